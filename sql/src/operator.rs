@@ -1,0 +1,58 @@
+//! The operator contract: one required method processes a micro-batch; the watermark
+//! and close hooks default to no-ops, so a stateless operator implements one method.
+
+use datafusion::arrow::record_batch::RecordBatch;
+
+use crate::Result;
+
+/// Where an operator puts what it produces: result rows, and input rows it refused as late.
+#[derive(Debug, Default)]
+pub struct Collector {
+    /// Result rows, in the operator's output schema.
+    pub rows: Vec<RecordBatch>,
+    /// Input rows (in the source schema) that arrived after their window closed.
+    pub late: Vec<RecordBatch>,
+}
+
+impl Collector {
+    /// Keep a result batch unless it is empty.
+    pub fn emit(&mut self, batch: RecordBatch) {
+        if batch.num_rows() > 0 {
+            self.rows.push(batch);
+        }
+    }
+
+    /// Keep input rows that were too late unless there are none.
+    pub fn late(&mut self, batch: RecordBatch) {
+        if batch.num_rows() > 0 {
+            self.late.push(batch);
+        }
+    }
+}
+
+/// A continuous query operator driven by the runtime, one micro-batch at a time.
+pub trait Operator: Send {
+    /// Process one micro-batch of the input source. `watermark` is the source's watermark
+    /// before this batch: rows whose window it has already closed are late.
+    fn process(
+        &mut self,
+        batch: &RecordBatch,
+        watermark: Option<i64>,
+        out: &mut Collector,
+    ) -> Result<()>;
+
+    /// The watermark advanced to `watermark`: emit whatever it completes.
+    fn on_watermark(&mut self, _watermark: i64, _out: &mut Collector) -> Result<()> {
+        Ok(())
+    }
+
+    /// Bytes of state held, for status pages.
+    fn state_size(&self) -> usize {
+        0
+    }
+
+    /// Number of windows still open, for status pages.
+    fn open_windows(&self) -> usize {
+        0
+    }
+}

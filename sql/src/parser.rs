@@ -1,0 +1,399 @@
+//! weir's SQL statements. Our own DDL (`CREATE SOURCE`, `CREATE MATERIALIZED VIEW`,
+//! `DROP`, `SHOW`) is read here with sqlparser's token-level API; everything else is
+//! handed to DataFusion's parser and must be a query.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use datafusion::arrow::datatypes::Field;
+use datafusion::sql::parser::{DFParserBuilder, Statement as DFStatement};
+use datafusion::sql::sqlparser::ast::{
+    self, BinaryOperator, ColumnOption, Expr, Query, SqlOption, Value,
+};
+use datafusion::sql::sqlparser::keywords::Keyword;
+use datafusion::sql::sqlparser::parser::Parser;
+use datafusion::sql::sqlparser::tokenizer::Token;
+
+use crate::{Result, invalid, schema, unsupported};
+
+/// One statement of weir's SQL.
+#[derive(Debug, Clone)]
+pub enum Statement {
+    /// `CREATE SOURCE [IF NOT EXISTS] name [(columns, WATERMARK FOR ...)] WITH (...)`
+    CreateSource(CreateSource),
+    /// `DROP SOURCE [IF EXISTS] name`
+    DropSource { name: String, if_exists: bool },
+    /// `SHOW SOURCES`
+    ShowSources,
+    /// `CREATE MATERIALIZED VIEW [IF NOT EXISTS] name AS query`
+    CreateView(CreateView),
+    /// `DROP [MATERIALIZED] VIEW [IF EXISTS] name`
+    DropView { name: String, if_exists: bool },
+    /// `SHOW VIEWS`
+    ShowViews,
+    /// An ad hoc query (SELECT, or EXPLAIN of one) over views.
+    Query(Box<ast::Statement>),
+}
+
+/// A declared source: its columns, watermark and connector options.
+#[derive(Debug, Clone)]
+pub struct CreateSource {
+    pub name: String,
+    pub if_not_exists: bool,
+    /// Declared columns; empty when the connector supplies them (nexmark).
+    pub columns: Vec<Field>,
+    pub watermark: Option<WatermarkSpec>,
+    /// `WITH (...)` options, keys lower-cased, values as text.
+    pub options: BTreeMap<String, String>,
+}
+
+/// `WATERMARK FOR column AS column - INTERVAL ...`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatermarkSpec {
+    pub column: String,
+    pub delay: Duration,
+}
+
+/// A continuous query kept up to date as a named view.
+#[derive(Debug, Clone)]
+pub struct CreateView {
+    pub name: String,
+    pub if_not_exists: bool,
+    pub query: Box<Query>,
+}
+
+/// Parse exactly one statement (a trailing `;` is allowed).
+pub fn parse_statement(sql: &str) -> Result<Statement> {
+    let mut df = DFParserBuilder::new(sql).build()?;
+    let stmt = {
+        let p = &mut df.parser;
+        if p.parse_keywords(&[Keyword::CREATE, Keyword::SOURCE]) {
+            Some(Statement::CreateSource(parse_create_source(p)?))
+        } else if p.parse_keywords(&[Keyword::CREATE, Keyword::MATERIALIZED, Keyword::VIEW]) {
+            let if_not_exists = p.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
+            let name = object_name(p)?;
+            p.expect_keyword(Keyword::AS)?;
+            let query = p.parse_query()?;
+            Some(Statement::CreateView(CreateView {
+                name,
+                if_not_exists,
+                query,
+            }))
+        } else if p.parse_keywords(&[Keyword::CREATE, Keyword::VIEW]) {
+            return Err(unsupported!(
+                "CREATE VIEW is not supported: weir keeps views up to date, so write CREATE MATERIALIZED VIEW"
+            ));
+        } else if p.parse_keywords(&[Keyword::DROP, Keyword::SOURCE]) {
+            let if_exists = p.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
+            Some(Statement::DropSource {
+                name: object_name(p)?,
+                if_exists,
+            })
+        } else if p.parse_keywords(&[Keyword::DROP, Keyword::MATERIALIZED, Keyword::VIEW])
+            || p.parse_keywords(&[Keyword::DROP, Keyword::VIEW])
+        {
+            let if_exists = p.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
+            Some(Statement::DropView {
+                name: object_name(p)?,
+                if_exists,
+            })
+        } else if p.parse_keyword(Keyword::SHOW)
+            && (next_word_is(p, "sources") || next_word_is(p, "views"))
+        {
+            let word = p.next_token().to_string().to_ascii_lowercase();
+            Some(if word == "sources" {
+                Statement::ShowSources
+            } else {
+                Statement::ShowViews
+            })
+        } else {
+            None
+        }
+    };
+    let stmt = match stmt {
+        Some(s) => s,
+        None => {
+            // Not ours: start over with DataFusion's own parser.
+            let mut df = DFParserBuilder::new(sql).build()?;
+            let parsed = df.parse_statement()?;
+            expect_end(&mut df.parser)?;
+            return match parsed {
+                DFStatement::Statement(s)
+                    if matches!(
+                        *s,
+                        ast::Statement::Query(_) | ast::Statement::Explain { .. }
+                    ) =>
+                {
+                    Ok(Statement::Query(s))
+                }
+                other => Err(unsupported!(
+                    "statement not supported: {}. weir runs CREATE SOURCE, CREATE MATERIALIZED VIEW, \
+                     DROP SOURCE, DROP VIEW, SHOW SOURCES, SHOW VIEWS and SELECT over views",
+                    first_words(&other.to_string())
+                )),
+            };
+        }
+    };
+    expect_end(&mut df.parser)?;
+    Ok(stmt)
+}
+
+fn first_words(s: &str) -> String {
+    s.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+}
+
+fn next_word_is(p: &Parser, word: &str) -> bool {
+    matches!(&p.peek_token().token, Token::Word(w) if w.value.eq_ignore_ascii_case(word))
+}
+
+fn expect_end(p: &mut Parser) -> Result<()> {
+    while p.consume_token(&Token::SemiColon) {}
+    let t = p.peek_token();
+    if t.token != Token::EOF {
+        return Err(invalid!(
+            "unexpected '{}' after the end of the statement at {}",
+            t.token,
+            t.span.start
+        ));
+    }
+    Ok(())
+}
+
+fn object_name(p: &mut Parser) -> Result<String> {
+    let name = p.parse_object_name(false)?;
+    if name.0.len() != 1 {
+        return Err(invalid!("name {name} must not be qualified"));
+    }
+    Ok(normalize(&name.0[0].to_string()))
+}
+
+/// Unquoted identifiers are case-insensitive (folded to lower case), as in DataFusion.
+fn normalize(ident: &str) -> String {
+    if let Some(quoted) = ident.strip_prefix('"').and_then(|s| s.strip_suffix('"')) {
+        quoted.to_string()
+    } else {
+        ident.to_ascii_lowercase()
+    }
+}
+
+fn parse_create_source(p: &mut Parser) -> Result<CreateSource> {
+    let if_not_exists = p.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
+    let name = object_name(p)?;
+    let mut columns = Vec::new();
+    let mut watermark = None;
+    if p.consume_token(&Token::LParen) {
+        loop {
+            if next_word_is(p, "watermark") {
+                p.next_token();
+                if watermark.is_some() {
+                    return Err(invalid!("source {name} declares more than one WATERMARK"));
+                }
+                p.expect_keyword(Keyword::FOR)?;
+                let column = normalize(&p.parse_identifier()?.to_string());
+                p.expect_keyword(Keyword::AS)?;
+                let expr = p.parse_expr()?;
+                watermark = Some(watermark_spec(column, &expr)?);
+            } else {
+                let def = p.parse_column_def()?;
+                let not_null = def
+                    .options
+                    .iter()
+                    .any(|o| matches!(o.option, ColumnOption::NotNull));
+                let column = normalize(&def.name.to_string());
+                columns.push(Field::new(
+                    column,
+                    schema::arrow_type(&def.data_type)?,
+                    !not_null,
+                ));
+            }
+            if p.consume_token(&Token::Comma) {
+                continue;
+            }
+            p.expect_token(&Token::RParen)?;
+            break;
+        }
+    }
+    let mut options = BTreeMap::new();
+    for opt in p.parse_options(Keyword::WITH)? {
+        let SqlOption::KeyValue { key, value } = opt else {
+            return Err(invalid!("WITH options are written key = 'value'"));
+        };
+        options.insert(key.value.to_ascii_lowercase(), option_value(&value)?);
+    }
+    if !options.contains_key("connector") {
+        return Err(invalid!(
+            "source {name} needs WITH (connector = 'http' | 'nexmark', ...)"
+        ));
+    }
+    if let Some(wm) = &watermark {
+        let Some(col) = columns.iter_mut().find(|f| f.name() == &wm.column) else {
+            if columns.is_empty() {
+                // Connector-defined columns: checked when the connector supplies its schema.
+                return Ok(CreateSource {
+                    name,
+                    if_not_exists,
+                    columns,
+                    watermark,
+                    options,
+                });
+            }
+            return Err(invalid!(
+                "WATERMARK FOR {}: no such column in source {name}",
+                wm.column
+            ));
+        };
+        if !matches!(
+            col.data_type(),
+            datafusion::arrow::datatypes::DataType::Timestamp(_, _)
+        ) {
+            return Err(invalid!(
+                "WATERMARK FOR {}: the column must be a TIMESTAMP, not {}",
+                wm.column,
+                col.data_type()
+            ));
+        }
+        // Rows without an event time cannot be placed in a window: they are dead-lettered.
+        *col = col.clone().with_nullable(false);
+    }
+    Ok(CreateSource {
+        name,
+        if_not_exists,
+        columns,
+        watermark,
+        options,
+    })
+}
+
+fn watermark_spec(column: String, expr: &Expr) -> Result<WatermarkSpec> {
+    let is_col = |e: &Expr| matches!(e, Expr::Identifier(i) if normalize(&i.to_string()) == column);
+    let delay = match expr {
+        e if is_col(e) => Duration::ZERO,
+        Expr::BinaryOp {
+            left,
+            op: BinaryOperator::Minus,
+            right,
+        } if is_col(left) => schema::interval(right)?,
+        other => {
+            return Err(invalid!(
+                "WATERMARK FOR {column} AS {other}: write `{column} - INTERVAL 'n' SECOND` (or just `{column}`)"
+            ));
+        }
+    };
+    Ok(WatermarkSpec { column, delay })
+}
+
+fn option_value(expr: &Expr) -> Result<String> {
+    match expr {
+        Expr::Value(v) => match &v.value {
+            Value::SingleQuotedString(s) | Value::DoubleQuotedString(s) => Ok(s.clone()),
+            Value::Number(n, _) => Ok(n.clone()),
+            Value::Boolean(b) => Ok(b.to_string()),
+            other => Err(invalid!(
+                "option value {other} must be a string or a number"
+            )),
+        },
+        Expr::Identifier(i) => Ok(i.value.clone()),
+        Expr::UnaryOp {
+            op: ast::UnaryOperator::Minus,
+            expr,
+        } => Ok(format!("-{}", option_value(expr)?)),
+        other => Err(invalid!(
+            "option value {other} must be a string or a number"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::datatypes::DataType;
+
+    #[test]
+    fn create_source_with_columns_watermark_and_options() {
+        let s = parse_statement(
+            "CREATE SOURCE Bids (auction BIGINT NOT NULL, price DOUBLE, date_time TIMESTAMP, \
+             WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND) \
+             WITH (connector = 'http', max_rows = 100);",
+        )
+        .expect("parses");
+        let Statement::CreateSource(s) = s else {
+            panic!("not a source: {s:?}")
+        };
+        assert_eq!(s.name, "bids");
+        assert_eq!(s.columns.len(), 3);
+        assert_eq!(s.columns[0].data_type(), &DataType::Int64);
+        assert!(!s.columns[0].is_nullable());
+        assert!(s.columns[1].is_nullable());
+        assert!(
+            !s.columns[2].is_nullable(),
+            "the watermark column is required"
+        );
+        assert_eq!(
+            s.watermark,
+            Some(WatermarkSpec {
+                column: "date_time".into(),
+                delay: Duration::from_secs(4)
+            })
+        );
+        assert_eq!(s.options["connector"], "http");
+        assert_eq!(s.options["max_rows"], "100");
+    }
+
+    #[test]
+    fn nexmark_source_needs_no_columns() {
+        let s = parse_statement(
+            "CREATE SOURCE bid WITH (connector = 'nexmark', table = 'bid', seed = 3)",
+        )
+        .expect("parses");
+        assert!(
+            matches!(s, Statement::CreateSource(c) if c.columns.is_empty() && c.options["seed"] == "3")
+        );
+    }
+
+    #[test]
+    fn view_drop_show_and_query() {
+        assert!(matches!(
+            parse_statement("CREATE MATERIALIZED VIEW v AS SELECT a FROM s WHERE a > 1").expect("parses"),
+            Statement::CreateView(v) if v.name == "v"
+        ));
+        assert!(matches!(
+            parse_statement("drop view if exists v").expect("parses"),
+            Statement::DropView {
+                if_exists: true,
+                ..
+            }
+        ));
+        assert!(matches!(
+            parse_statement("DROP SOURCE s").expect("parses"),
+            Statement::DropSource { .. }
+        ));
+        assert!(matches!(
+            parse_statement("SHOW SOURCES").expect("parses"),
+            Statement::ShowSources
+        ));
+        assert!(matches!(
+            parse_statement("show views;").expect("parses"),
+            Statement::ShowViews
+        ));
+        assert!(matches!(
+            parse_statement("SELECT 1").expect("parses"),
+            Statement::Query(_)
+        ));
+    }
+
+    #[test]
+    fn helpful_errors() {
+        let e = parse_statement("CREATE SOURCE s (a BIGINT) WITH (format = 'json')")
+            .expect_err("no connector");
+        assert!(e.to_string().contains("connector"), "{e}");
+        let e = parse_statement("CREATE SOURCE s (a BIGINT, t TIMESTAMP, WATERMARK FOR t AS t + 1) WITH (connector='http')")
+            .expect_err("bad watermark");
+        assert!(e.to_string().contains("INTERVAL"), "{e}");
+        let e = parse_statement("INSERT INTO t VALUES (1)").expect_err("not supported");
+        assert!(e.to_string().contains("not supported"), "{e}");
+        let e = parse_statement("SELEC 1").expect_err("typo");
+        assert!(e.to_string().contains("SELEC"), "{e}");
+        let e = parse_statement("SELECT 1; SELECT 2").expect_err("two statements");
+        assert!(e.to_string().contains("unexpected"), "{e}");
+    }
+}

@@ -1,0 +1,501 @@
+//! From `CREATE MATERIALIZED VIEW ... AS query` to a running [`Operator`].
+//!
+//! The query's `TUMBLE(src, col, size)` is rewritten to a plain reference to `src`, which
+//! is registered for planning with two extra columns, `window_start` and `window_end`.
+//! DataFusion then plans and optimizes the query (type coercion, projection pushdown,
+//! simplification). The optimized plan must be a chain over one source: stateless nodes
+//! (projection, filter) below an optional aggregate, and projection or filter (HAVING)
+//! above it. Each node is lowered to vectorized physical expressions.
+
+pub mod steps;
+
+use std::collections::HashMap;
+use std::ops::ControlFlow;
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
+use datafusion::datasource::MemTable;
+use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
+use datafusion::logical_expr::{Expr, LogicalPlan};
+use datafusion::physical_expr::aggregate::LoweredAggregateBuilder;
+use datafusion::physical_expr::create_physical_expr;
+use datafusion::physical_expr::execution_props::ExecutionProps;
+use datafusion::prelude::SessionContext;
+use datafusion::sql::parser::Statement as DFStatement;
+use datafusion::sql::sqlparser::ast::{
+    self, FunctionArg, FunctionArgExpr, ObjectNamePart, TableFactor, VisitMut, VisitorMut,
+};
+
+use crate::aggregate::{AggregateCall, WindowedAggregate, WindowedAggregatePlan};
+use crate::operator::{Collector, Operator};
+use crate::parser::{CreateView, WatermarkSpec};
+use crate::schema::{TIMESTAMP, duration_in_unit, interval};
+use crate::window::Tumble;
+use crate::{Error, Result, invalid, unsupported};
+use steps::{Step, Steps};
+
+/// What the planner needs to know of a source.
+#[derive(Debug, Clone)]
+pub struct SourceInfo {
+    pub schema: SchemaRef,
+    pub watermark: Option<WatermarkSpec>,
+}
+
+/// The sources a view may read, by name.
+pub type SourceCatalog = HashMap<String, SourceInfo>;
+
+/// A planned continuous query: which source it reads, what rows it produces, and the
+/// operator that produces them.
+pub struct ContinuousQuery {
+    pub source: String,
+    pub output_schema: SchemaRef,
+    /// A short description of the operator chain, for status pages.
+    pub description: String,
+    pub operator: Box<dyn Operator>,
+}
+
+impl std::fmt::Debug for ContinuousQuery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ContinuousQuery")
+            .field("source", &self.source)
+            .field("description", &self.description)
+            .finish()
+    }
+}
+
+/// A `TUMBLE(src, col, size)` found in the query.
+#[derive(Debug, Clone)]
+struct TumbleCall {
+    source: String,
+    time_column: String,
+    size: std::time::Duration,
+}
+
+/// Rewrites window table functions to plain table references and remembers them.
+#[derive(Default)]
+struct WindowRewriter {
+    tumbles: Vec<TumbleCall>,
+    error: Option<Error>,
+}
+
+impl VisitorMut for WindowRewriter {
+    type Break = ();
+
+    fn pre_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<()> {
+        let TableFactor::Table { name, args, .. } = factor else {
+            return ControlFlow::Continue(());
+        };
+        let Some(fargs) = args.as_ref() else {
+            return ControlFlow::Continue(());
+        };
+        let function = name.to_string().to_ascii_lowercase();
+        let result = match function.as_str() {
+            "tumble" => tumble_call(&fargs.args),
+            "hop" | "session" => Err(unsupported!(
+                "{} windows are not supported yet; use TUMBLE(source, time_column, INTERVAL '10' SECOND)",
+                function.to_uppercase()
+            )),
+            other => Err(unsupported!(
+                "table function {other}(...) is not supported; use TUMBLE(source, time_column, size)"
+            )),
+        };
+        match result {
+            Ok(call) => {
+                *name = ast::ObjectName(vec![ObjectNamePart::Identifier(ast::Ident::new(
+                    call.source.clone(),
+                ))]);
+                *args = None;
+                self.tumbles.push(call);
+                ControlFlow::Continue(())
+            }
+            Err(e) => {
+                self.error = Some(e);
+                ControlFlow::Break(())
+            }
+        }
+    }
+}
+
+fn tumble_call(args: &[FunctionArg]) -> Result<TumbleCall> {
+    let exprs: Vec<&ast::Expr> = args
+        .iter()
+        .filter_map(|a| match a {
+            FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Some(e),
+            _ => None,
+        })
+        .collect();
+    let [source, time, size] = exprs.as_slice() else {
+        return Err(invalid!(
+            "TUMBLE takes three arguments: TUMBLE(source, time_column, INTERVAL '10' SECOND)"
+        ));
+    };
+    let ident = |e: &ast::Expr, what: &str| match e {
+        ast::Expr::Identifier(i) => Ok(if i.quote_style.is_some() {
+            i.value.clone()
+        } else {
+            i.value.to_ascii_lowercase()
+        }),
+        other => Err(invalid!("TUMBLE's {what} must be a name, found {other}")),
+    };
+    Ok(TumbleCall {
+        source: ident(source, "first argument (the source)")?,
+        time_column: ident(time, "second argument (the time column)")?,
+        size: interval(size)?,
+    })
+}
+
+/// Every table the query reads, by name.
+fn relations(query: &ast::Query) -> Vec<String> {
+    let mut names = Vec::new();
+    let _ = ast::visit_relations(query, |name| {
+        names.push(
+            name.to_string()
+                .trim_matches('"')
+                .to_string()
+                .to_ascii_lowercase(),
+        );
+        ControlFlow::<()>::Continue(())
+    });
+    names
+}
+
+impl ContinuousQuery {
+    /// Plan a view's query against the declared sources.
+    pub async fn plan(view: &CreateView, sources: &SourceCatalog) -> Result<Self> {
+        let mut query = view.query.clone();
+        let mut rewriter = WindowRewriter::default();
+        let _ = query.visit(&mut rewriter);
+        if let Some(e) = rewriter.error {
+            return Err(e);
+        }
+        let mut names = relations(&query);
+        names.sort();
+        names.dedup();
+        let source = match names.as_slice() {
+            [one] => one.clone(),
+            [] => {
+                return Err(invalid!(
+                    "view {} reads no source: add FROM <source>",
+                    view.name
+                ));
+            }
+            _ => {
+                return Err(unsupported!(
+                    "view {} reads {}: joins are not supported yet; a view reads one source",
+                    view.name,
+                    names.join(", ")
+                ));
+            }
+        };
+        let info = sources.get(&source).ok_or_else(|| {
+            Error::NotFound(format!(
+                "no source named {source} (views read sources; SHOW SOURCES lists them)"
+            ))
+        })?;
+        let tumble = match rewriter.tumbles.as_slice() {
+            [] => None,
+            [t] => Some(t.clone()),
+            _ => return Err(unsupported!("a view may use one TUMBLE window")),
+        };
+
+        // Plan with DataFusion against the source (plus window columns when windowed).
+        let ctx = SessionContext::new();
+        let (scan_schema, window) = match &tumble {
+            None => (info.schema.clone(), None),
+            Some(t) => {
+                let time_column = info.schema.index_of(&t.time_column).map_err(|_| {
+                    invalid!("TUMBLE: source {source} has no column {}", t.time_column)
+                })?;
+                if info.schema.field(time_column).data_type() != &TIMESTAMP {
+                    return Err(invalid!(
+                        "TUMBLE: column {} must be a TIMESTAMP",
+                        t.time_column
+                    ));
+                }
+                if info
+                    .watermark
+                    .as_ref()
+                    .is_none_or(|w| w.column != t.time_column)
+                {
+                    return Err(invalid!(
+                        "TUMBLE over {source}.{col} needs a watermark on that column: declare \
+                         WATERMARK FOR {col} AS {col} - INTERVAL '5' SECOND in CREATE SOURCE",
+                        col = t.time_column
+                    ));
+                }
+                let mut fields: Vec<Field> = info
+                    .schema
+                    .fields()
+                    .iter()
+                    .map(|f| f.as_ref().clone())
+                    .collect();
+                fields.push(Field::new("window_start", TIMESTAMP, false));
+                fields.push(Field::new("window_end", TIMESTAMP, false));
+                let size =
+                    duration_in_unit(t.size, datafusion::arrow::datatypes::TimeUnit::Millisecond);
+                (
+                    Arc::new(Schema::new(fields)),
+                    Some((Tumble::new(size)?, time_column)),
+                )
+            }
+        };
+        ctx.register_table(
+            source.as_str(),
+            Arc::new(MemTable::try_new(scan_schema.clone(), vec![vec![]])?),
+        )?;
+        let state = ctx.state();
+        let statement = DFStatement::Statement(Box::new(ast::Statement::Query(query)));
+        let plan = state.statement_to_plan(statement).await?;
+        let plan = state.optimize(&plan)?;
+
+        let chain = linearize(&plan)?;
+        let aggregate_at = chain
+            .iter()
+            .position(|p| matches!(p, LogicalPlan::Aggregate(_)));
+        let output_schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
+        let props = ExecutionProps::new();
+        match (aggregate_at, window) {
+            (None, None) => {
+                let steps = lower_chain(&chain, &props)?;
+                Ok(Self {
+                    source,
+                    output_schema: output_schema.clone(),
+                    description: format!("source -> {}", describe(&chain)),
+                    operator: Box::new(Stateless { steps }),
+                })
+            }
+            (None, Some(_)) => Err(unsupported!(
+                "TUMBLE without GROUP BY is not supported yet: aggregate with GROUP BY window_start, window_end, ..."
+            )),
+            (Some(_), None) => Err(unsupported!(
+                "GROUP BY over an unbounded stream needs a window: read FROM TUMBLE({source}, time_column, INTERVAL '10' SECOND) \
+                 and GROUP BY window_start, window_end, ..."
+            )),
+            (Some(at), Some((tumble, time_column))) => {
+                let LogicalPlan::Aggregate(agg) = chain[at] else {
+                    unreachable!("position found an Aggregate")
+                };
+                if chain[at + 1..]
+                    .iter()
+                    .any(|p| matches!(p, LogicalPlan::Aggregate(_)))
+                {
+                    return Err(unsupported!(
+                        "nested aggregation (for example COUNT(DISTINCT ...) or a grouped subquery) is not supported yet"
+                    ));
+                }
+                let is_window_key = |e: &Expr| matches!(e, Expr::Column(c) if c.name == "window_start" || c.name == "window_end");
+                if !agg.group_expr.iter().any(is_window_key) {
+                    return Err(invalid!(
+                        "a TUMBLE query must GROUP BY window_start or window_end (and any keys)"
+                    ));
+                }
+                let input = agg.input.schema();
+                let pctx = PhysicalPlanningContext::default();
+                let group_by = agg
+                    .group_expr
+                    .iter()
+                    .map(|e| match e {
+                        Expr::GroupingSet(_) => Err(unsupported!(
+                            "GROUPING SETS, CUBE and ROLLUP are not supported"
+                        )),
+                        e => Ok(create_physical_expr(e, input, &props, &pctx)?),
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let n_keys = agg.group_expr.len();
+                let aggregate_schema: SchemaRef = Arc::new(agg.schema.as_arrow().clone());
+                let group_schema =
+                    Arc::new(Schema::new(aggregate_schema.fields()[..n_keys].to_vec()));
+                let aggregates = agg
+                    .aggr_expr
+                    .iter()
+                    .map(|e| {
+                        let lowered =
+                            LoweredAggregateBuilder::new(e, input, input.as_arrow(), &props, &pctx)
+                                .build()?;
+                        if !lowered.order_bys.is_empty() {
+                            return Err(unsupported!(
+                                "ORDER BY inside an aggregate call ({e}) is not supported yet"
+                            ));
+                        }
+                        let args = lowered.aggregate.expressions();
+                        Ok(AggregateCall {
+                            function: lowered.aggregate,
+                            args,
+                            filter: lowered.filter,
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let plan = WindowedAggregatePlan {
+                    tumble,
+                    time_column,
+                    windowed_schema: scan_schema,
+                    pre: lower_chain(&chain[at + 1..], &props)?,
+                    group_by,
+                    group_schema,
+                    aggregates,
+                    aggregate_schema,
+                    post: lower_chain(&chain[..at], &props)?,
+                };
+                Ok(Self {
+                    source,
+                    output_schema,
+                    description: format!(
+                        "source -> {} (tumbling window {} ms)",
+                        describe(&chain),
+                        tumble.size()
+                    ),
+                    operator: Box::new(WindowedAggregate::new(plan)),
+                })
+            }
+        }
+    }
+}
+
+/// The plan as a single-input chain, root first.
+fn linearize(plan: &LogicalPlan) -> Result<Vec<&LogicalPlan>> {
+    let mut chain = Vec::new();
+    let mut node = plan;
+    loop {
+        chain.push(node);
+        match node {
+            LogicalPlan::TableScan(_) => return Ok(chain),
+            LogicalPlan::Projection(_)
+            | LogicalPlan::Filter(_)
+            | LogicalPlan::SubqueryAlias(_)
+            | LogicalPlan::Aggregate(_) => {
+                node = node.inputs()[0];
+            }
+            LogicalPlan::Sort(_) => {
+                return Err(unsupported!(
+                    "ORDER BY in a materialized view is not supported: a view over a stream has no order; \
+                     sort in an ad hoc SELECT over the view"
+                ));
+            }
+            LogicalPlan::Limit(_) => {
+                return Err(unsupported!(
+                    "LIMIT in a materialized view is not supported yet; apply it in an ad hoc SELECT over the view"
+                ));
+            }
+            LogicalPlan::Join(_) => {
+                return Err(unsupported!(
+                    "joins in materialized views are not supported yet"
+                ));
+            }
+            LogicalPlan::Window(_) => {
+                return Err(unsupported!(
+                    "window functions (OVER ...) in materialized views are not supported yet; use TUMBLE"
+                ));
+            }
+            LogicalPlan::Distinct(_) => {
+                return Err(unsupported!(
+                    "SELECT DISTINCT over a stream is not supported yet"
+                ));
+            }
+            LogicalPlan::Union(_) => {
+                return Err(unsupported!(
+                    "UNION in materialized views is not supported yet"
+                ));
+            }
+            LogicalPlan::EmptyRelation(_) | LogicalPlan::Values(_) => {
+                return Err(invalid!("a materialized view must read a source"));
+            }
+            other => {
+                return Err(unsupported!(
+                    "{} is not supported in a materialized view",
+                    other
+                        .display()
+                        .to_string()
+                        .split(':')
+                        .next()
+                        .unwrap_or("this construct")
+                ));
+            }
+        }
+    }
+}
+
+/// Lower a root-first chain of stateless nodes into steps applied leaf first.
+fn lower_chain(chain: &[&LogicalPlan], props: &ExecutionProps) -> Result<Steps> {
+    let pctx = PhysicalPlanningContext::default();
+    let mut steps = Vec::new();
+    for node in chain.iter().rev() {
+        match node {
+            LogicalPlan::TableScan(scan) => {
+                if scan.fetch.is_some() {
+                    return Err(unsupported!(
+                        "LIMIT in a materialized view is not supported yet"
+                    ));
+                }
+                if !scan.filters.is_empty() {
+                    return Err(Error::Execution(
+                        "unexpected filters pushed into a source scan".into(),
+                    ));
+                }
+                if let Some(projection) = &scan.projection {
+                    steps.push(Step::Select(projection.clone()));
+                }
+            }
+            LogicalPlan::Filter(f) => {
+                steps.push(Step::Filter(create_physical_expr(
+                    &f.predicate,
+                    f.input.schema(),
+                    props,
+                    &pctx,
+                )?));
+            }
+            LogicalPlan::Projection(p) => {
+                let exprs = p
+                    .expr
+                    .iter()
+                    .map(|e| create_physical_expr(e, p.input.schema(), props, &pctx))
+                    .collect::<datafusion::error::Result<Vec<_>>>()?;
+                steps.push(Step::Project(exprs, Arc::new(p.schema.as_arrow().clone())));
+            }
+            LogicalPlan::SubqueryAlias(_) => {}
+            other => {
+                return Err(Error::Execution(format!(
+                    "cannot lower {}",
+                    other.display()
+                )));
+            }
+        }
+    }
+    Ok(Steps(steps))
+}
+
+fn describe(chain: &[&LogicalPlan]) -> String {
+    chain
+        .iter()
+        .rev()
+        .filter_map(|p| match p {
+            LogicalPlan::TableScan(_) => None,
+            LogicalPlan::Filter(_) => Some("filter"),
+            LogicalPlan::Projection(_) => Some("project"),
+            LogicalPlan::Aggregate(_) => Some("aggregate"),
+            _ => None,
+        })
+        .collect::<Vec<_>>()
+        .join(" -> ")
+}
+
+/// A view of projections and filters: each batch in, its surviving rows out.
+struct Stateless {
+    steps: Steps,
+}
+
+impl Operator for Stateless {
+    fn process(
+        &mut self,
+        batch: &RecordBatch,
+        _watermark: Option<i64>,
+        out: &mut Collector,
+    ) -> Result<()> {
+        out.emit(self.steps.apply(batch.clone())?);
+        Ok(())
+    }
+}
+
+use datafusion::arrow::record_batch::RecordBatch;
+
+#[cfg(test)]
+mod tests;

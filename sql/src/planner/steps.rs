@@ -1,0 +1,63 @@
+//! Stateless per-batch steps lowered from DataFusion logical plan nodes: column
+//! selection (a scan's projection), filters and projections, each evaluated with
+//! vectorized DataFusion physical expressions over the whole batch.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, AsArray};
+use datafusion::arrow::compute::filter_record_batch;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::{RecordBatch, RecordBatchOptions};
+use datafusion::physical_expr::PhysicalExpr;
+
+use crate::{Error, Result};
+
+/// One stateless transformation of a batch.
+#[derive(Debug, Clone)]
+pub enum Step {
+    /// Keep these columns, in this order.
+    Select(Vec<usize>),
+    /// Keep the rows where the predicate is true (null counts as false).
+    Filter(Arc<dyn PhysicalExpr>),
+    /// Compute new columns into the given schema.
+    Project(Vec<Arc<dyn PhysicalExpr>>, SchemaRef),
+}
+
+/// A chain of steps applied in order.
+#[derive(Debug, Clone, Default)]
+pub struct Steps(pub Vec<Step>);
+
+impl Steps {
+    /// Run every step over `batch`.
+    pub fn apply(&self, mut batch: RecordBatch) -> Result<RecordBatch> {
+        for step in &self.0 {
+            batch = match step {
+                Step::Select(cols) => batch.project(cols)?,
+                Step::Filter(predicate) => {
+                    let mask = predicate.evaluate(&batch)?.into_array(batch.num_rows())?;
+                    let mask = mask.as_boolean_opt().ok_or_else(|| {
+                        Error::Execution(format!(
+                            "filter {predicate} returned {}, not BOOLEAN",
+                            mask.data_type()
+                        ))
+                    })?;
+                    if mask.true_count() == batch.num_rows() {
+                        batch
+                    } else {
+                        filter_record_batch(&batch, mask)?
+                    }
+                }
+                Step::Project(exprs, schema) => {
+                    let rows = batch.num_rows();
+                    let columns = exprs
+                        .iter()
+                        .map(|e| e.evaluate(&batch).and_then(|v| v.into_array(rows)))
+                        .collect::<datafusion::error::Result<Vec<_>>>()?;
+                    let options = RecordBatchOptions::new().with_row_count(Some(rows));
+                    RecordBatch::try_new_with_options(schema.clone(), columns, &options)?
+                }
+            };
+        }
+        Ok(batch)
+    }
+}

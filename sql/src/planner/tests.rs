@@ -1,0 +1,194 @@
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Int64Array, RecordBatch, TimestampMillisecondArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::assert_batches_eq;
+
+use super::*;
+use crate::parser::{Statement, parse_statement};
+use crate::watermark::Watermark;
+
+fn catalog() -> SourceCatalog {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("auction", DataType::Int64, true),
+        Field::new("price", DataType::Int64, true),
+        Field::new("date_time", TIMESTAMP, false),
+    ]));
+    let watermark = Some(WatermarkSpec {
+        column: "date_time".into(),
+        delay: std::time::Duration::ZERO,
+    });
+    SourceCatalog::from([("bids".to_string(), SourceInfo { schema, watermark })])
+}
+
+fn batch(rows: &[(i64, i64, i64)]) -> RecordBatch {
+    let c = catalog();
+    RecordBatch::try_new(
+        c["bids"].schema.clone(),
+        vec![
+            Arc::new(Int64Array::from(
+                rows.iter().map(|r| r.0).collect::<Vec<_>>(),
+            )),
+            Arc::new(Int64Array::from(
+                rows.iter().map(|r| r.1).collect::<Vec<_>>(),
+            )),
+            Arc::new(TimestampMillisecondArray::from(
+                rows.iter().map(|r| r.2).collect::<Vec<_>>(),
+            )),
+        ],
+    )
+    .expect("batch")
+}
+
+async fn plan(sql: &str) -> Result<ContinuousQuery> {
+    let Statement::CreateView(view) = parse_statement(sql).expect("parses") else {
+        panic!("not a view")
+    };
+    ContinuousQuery::plan(&view, &catalog()).await
+}
+
+/// Drive a query like the runtime does: process with the old watermark, then advance.
+fn run(
+    q: &mut ContinuousQuery,
+    batches: &[RecordBatch],
+    finish: bool,
+) -> (Vec<RecordBatch>, usize) {
+    let mut wm = Watermark::new(0);
+    let mut out = Collector::default();
+    for b in batches {
+        q.operator
+            .process(b, wm.current(), &mut out)
+            .expect("process");
+        let max = b
+            .column(2)
+            .as_any()
+            .downcast_ref::<TimestampMillisecondArray>()
+            .and_then(|a| a.iter().flatten().max());
+        if let Some(w) = max.and_then(|m| wm.observe(m)) {
+            q.operator.on_watermark(w, &mut out).expect("watermark");
+        }
+    }
+    if finish && let Some(w) = wm.finish() {
+        q.operator.on_watermark(w, &mut out).expect("finish");
+    }
+    (out.rows, out.late.iter().map(|b| b.num_rows()).sum())
+}
+
+#[tokio::test]
+async fn tumbling_aggregate_emits_each_window_once_when_the_watermark_passes() {
+    let mut q = plan(
+        "CREATE MATERIALIZED VIEW v AS SELECT window_start, window_end, auction, count(*) AS n, sum(price) AS total, \
+         max(price) AS top, min(price) AS low, avg(price) AS mean \
+         FROM TUMBLE(bids, date_time, INTERVAL '10' SECOND) WHERE price > 0 \
+         GROUP BY window_start, window_end, auction HAVING count(*) > 1",
+    )
+    .await
+    .expect("plans");
+    let b1 = batch(&[
+        (1, 10, 1_000),
+        (1, 30, 2_000),
+        (2, 5, 3_000),
+        (2, 7, 4_000),
+        (1, -1, 5_000),
+        (1, 50, 11_000),
+    ]);
+    let (rows, late) = run(&mut q, &[b1.clone()], false);
+    // Watermark 11_000 closed [0, 10s): auction 1 (two positive prices) and 2.
+    assert_batches_eq!(
+        [
+            "+---------------------+---------------------+---------+---+-------+-----+-----+------+",
+            "| window_start        | window_end          | auction | n | total | top | low | mean |",
+            "+---------------------+---------------------+---------+---+-------+-----+-----+------+",
+            "| 1970-01-01T00:00:00 | 1970-01-01T00:00:10 | 1       | 2 | 40    | 30  | 10  | 20.0 |",
+            "| 1970-01-01T00:00:00 | 1970-01-01T00:00:10 | 2       | 2 | 12    | 7   | 5   | 6.0  |",
+            "+---------------------+---------------------+---------+---+-------+-----+-----+------+",
+        ],
+        &rows
+    );
+    assert_eq!(late, 0);
+    assert_eq!(q.operator.open_windows(), 1);
+
+    // A row for the closed window is late; the open window keeps accumulating.
+    let b2 = batch(&[(1, 99, 9_000), (1, 60, 12_000), (3, 1, 13_000)]);
+    let mut wm_rows = Vec::new();
+    let mut out = Collector::default();
+    q.operator
+        .process(&b2, Some(11_000), &mut out)
+        .expect("process");
+    assert_eq!(out.late.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
+    q.operator.on_watermark(i64::MAX, &mut out).expect("finish");
+    wm_rows.extend(out.rows);
+    assert_batches_eq!(
+        [
+            "+---------------------+---------------------+---------+---+-------+-----+-----+------+",
+            "| window_start        | window_end          | auction | n | total | top | low | mean |",
+            "+---------------------+---------------------+---------+---+-------+-----+-----+------+",
+            "| 1970-01-01T00:00:10 | 1970-01-01T00:00:20 | 1       | 2 | 110   | 60  | 50  | 55.0 |",
+            "+---------------------+---------------------+---------+---+-------+-----+-----+------+",
+        ],
+        &wm_rows
+    );
+    assert_eq!(
+        q.operator.open_windows(),
+        0,
+        "closed windows free their state"
+    );
+}
+
+#[tokio::test]
+async fn projection_and_filter_view_is_stateless() {
+    let mut q = plan("CREATE MATERIALIZED VIEW big AS SELECT auction, price * 2 AS doubled FROM bids WHERE price >= 30")
+        .await
+        .expect("plans");
+    let (rows, late) = run(
+        &mut q,
+        &[batch(&[(1, 10, 1_000), (2, 30, 2_000), (3, 40, 500)])],
+        true,
+    );
+    assert_batches_eq!(
+        [
+            "+---------+---------+",
+            "| auction | doubled |",
+            "+---------+---------+",
+            "| 2       | 60      |",
+            "| 3       | 80      |",
+            "+---------+---------+",
+        ],
+        &rows
+    );
+    assert_eq!(late, 0, "a stateless view has no windows to be late for");
+}
+
+#[tokio::test]
+async fn unsupported_constructs_are_named() {
+    let cases = [
+        (
+            "CREATE MATERIALIZED VIEW v AS SELECT auction, count(*) FROM bids GROUP BY auction",
+            "needs a window",
+        ),
+        (
+            "CREATE MATERIALIZED VIEW v AS SELECT * FROM bids ORDER BY price",
+            "ORDER BY",
+        ),
+        (
+            "CREATE MATERIALIZED VIEW v AS SELECT * FROM HOP(bids, date_time, INTERVAL '1' SECOND, INTERVAL '2' SECOND)",
+            "HOP",
+        ),
+        (
+            "CREATE MATERIALIZED VIEW v AS SELECT * FROM nope",
+            "no source named nope",
+        ),
+        (
+            "CREATE MATERIALIZED VIEW v AS SELECT nope FROM bids",
+            "nope",
+        ),
+        (
+            "CREATE MATERIALIZED VIEW v AS SELECT auction, count(*) FROM TUMBLE(bids, date_time, INTERVAL '1' SECOND) GROUP BY auction",
+            "window_start",
+        ),
+    ];
+    for (sql, expected) in cases {
+        let e = plan(sql).await.expect_err(sql).to_string();
+        assert!(e.contains(expected), "{sql}: {e}");
+    }
+}
