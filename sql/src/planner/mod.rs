@@ -145,7 +145,7 @@ fn tumble_call(args: &[FunctionArg]) -> Result<TumbleCall> {
 }
 
 /// Every table the query reads, by name.
-fn relations(query: &ast::Query) -> Vec<String> {
+pub fn relations(query: &ast::Query) -> Vec<String> {
     let mut names = Vec::new();
     let _ = ast::visit_relations(query, |name| {
         names.push(

@@ -1,0 +1,75 @@
+//! Runtime configuration with every default in one place. The same structs are read
+//! from the `[runtime]` part of `weir.toml`; per-source `WITH (...)` options override
+//! the batching defaults (see [`crate::options`]).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Settings of the runtime.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Where weir keeps its files (dead letters). Default `./weir-data`.
+    pub data_dir: PathBuf,
+    /// Default micro-batch policy of every source.
+    pub batch: BatchConfig,
+    /// HTTP ingest limits.
+    pub http: HttpIngestConfig,
+    /// Rows a view keeps (newest first); older rows are released. Default 1,000,000.
+    pub view_max_rows: usize,
+    /// Dead letters kept in memory for the API (all are appended to the data dir). Default 10,000.
+    pub dead_letters_in_memory: usize,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("weir-data"),
+            batch: BatchConfig::default(),
+            http: HttpIngestConfig::default(),
+            view_max_rows: 1_000_000,
+            dead_letters_in_memory: 10_000,
+        }
+    }
+}
+
+/// When a micro-batch closes: at `max_rows` rows or `max_delay` after its first row.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct BatchConfig {
+    /// Close a batch at this many rows. Default 8192.
+    pub max_rows: usize,
+    /// Close a batch this long after its first row arrived. Default 100ms.
+    #[serde(with = "humantime_serde")]
+    pub max_delay: Duration,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        Self {
+            max_rows: 8192,
+            max_delay: Duration::from_millis(100),
+        }
+    }
+}
+
+/// Limits of `POST /api/v1/sources/{name}/records`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct HttpIngestConfig {
+    /// Largest accepted request body in bytes (413 above). Default 8 MiB.
+    pub max_body_bytes: usize,
+    /// Decoded request chunks a source buffers before answering 429. Default 64.
+    pub buffer_chunks: usize,
+}
+
+impl Default for HttpIngestConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 8 * 1024 * 1024,
+            buffer_chunks: 64,
+        }
+    }
+}

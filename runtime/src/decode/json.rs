@@ -1,0 +1,256 @@
+//! JSON records (one array, or newline-delimited) into an Arrow batch with arrow-json.
+//!
+//! arrow-json fails a whole batch on one bad record and is unusable after a syntax
+//! error, so records are first split and syntax-checked one by one (cheap, no
+//! allocation), then decoded together; only when that fails is the set bisected with
+//! fresh decoders to find the records that do not fit the schema.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::compute::concat_batches;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::error::ArrowError;
+use datafusion::arrow::json::ReaderBuilder;
+use serde::de::IgnoredAny;
+use serde_json::value::RawValue;
+
+/// Decodes JSON records against one schema. Unknown fields are ignored.
+#[derive(Debug, Clone)]
+pub struct JsonDecoder {
+    schema: SchemaRef,
+}
+
+/// A record that did not decode, with its index in the request and the reason.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejected {
+    pub index: usize,
+    pub raw: Vec<u8>,
+    pub reason: String,
+}
+
+/// The result of decoding one request body.
+#[derive(Debug)]
+pub struct Decoded {
+    /// The records that decoded, in order.
+    pub batch: RecordBatch,
+    /// The records that did not.
+    pub rejected: Vec<Rejected>,
+    /// Records found in the body (accepted plus rejected).
+    pub records: usize,
+}
+
+impl JsonDecoder {
+    pub fn new(schema: SchemaRef) -> Self {
+        Self { schema }
+    }
+
+    /// Decode a body holding a JSON array of objects or newline-delimited JSON objects.
+    pub fn decode(&self, body: &[u8]) -> Decoded {
+        let mut rejected = Vec::new();
+        let records = match split_records(body) {
+            Ok(records) => records,
+            Err(reason) => {
+                rejected.push(Rejected {
+                    index: 0,
+                    raw: body.to_vec(),
+                    reason,
+                });
+                return Decoded {
+                    batch: RecordBatch::new_empty(self.schema.clone()),
+                    rejected,
+                    records: 1,
+                };
+            }
+        };
+        let total = records.len();
+        let mut candidates = Vec::with_capacity(total);
+        for (index, record) in records.into_iter().enumerate() {
+            match check_object(record) {
+                Ok(()) => candidates.push((index, record)),
+                Err(reason) => rejected.push(Rejected {
+                    index,
+                    raw: record.to_vec(),
+                    reason,
+                }),
+            }
+        }
+        let mut batches = Vec::new();
+        self.bisect(&candidates, &mut batches, &mut rejected);
+        rejected.sort_by_key(|r| r.index);
+        let batch = match batches.len() {
+            0 => RecordBatch::new_empty(self.schema.clone()),
+            1 => batches.remove(0),
+            _ => concat_batches(&self.schema, &batches)
+                .unwrap_or_else(|_| RecordBatch::new_empty(self.schema.clone())),
+        };
+        Decoded {
+            batch,
+            rejected,
+            records: total,
+        }
+    }
+
+    fn bisect(
+        &self,
+        records: &[(usize, &[u8])],
+        good: &mut Vec<RecordBatch>,
+        bad: &mut Vec<Rejected>,
+    ) {
+        if records.is_empty() {
+            return;
+        }
+        match self.decode_all(records) {
+            Ok(batch) => good.push(batch),
+            Err(e) if records.len() == 1 => {
+                let (index, raw) = records[0];
+                bad.push(Rejected {
+                    index,
+                    raw: raw.to_vec(),
+                    reason: reason(&e),
+                });
+            }
+            Err(_) => {
+                let (left, right) = records.split_at(records.len() / 2);
+                self.bisect(left, good, bad);
+                self.bisect(right, good, bad);
+            }
+        }
+    }
+
+    fn decode_all(&self, records: &[(usize, &[u8])]) -> Result<RecordBatch, ArrowError> {
+        let mut decoder = ReaderBuilder::new(Arc::clone(&self.schema))
+            .with_batch_size(records.len())
+            .build_decoder()?;
+        for (_, record) in records {
+            decoder.decode(record)?;
+            decoder.decode(b"\n")?;
+        }
+        let batch = decoder
+            .flush()?
+            .unwrap_or_else(|| RecordBatch::new_empty(self.schema.clone()));
+        if batch.num_rows() != records.len() {
+            return Err(ArrowError::JsonError(format!(
+                "expected {} records, decoded {}",
+                records.len(),
+                batch.num_rows()
+            )));
+        }
+        Ok(batch)
+    }
+}
+
+fn reason(e: &ArrowError) -> String {
+    match e {
+        ArrowError::JsonError(m) => format!("does not match the source schema: {m}"),
+        other => format!("does not match the source schema: {other}"),
+    }
+}
+
+/// Split a body into records: a JSON array's elements, or the non-blank lines.
+fn split_records(body: &[u8]) -> Result<Vec<&[u8]>, String> {
+    let trimmed = body.trim_ascii();
+    if trimmed.first() == Some(&b'[') {
+        let items: Vec<&RawValue> = serde_json::from_slice(trimmed)
+            .map_err(|e| format!("the body is not a valid JSON array: {e}"))?;
+        return Ok(items.into_iter().map(|r| r.get().as_bytes()).collect());
+    }
+    Ok(body
+        .split(|&b| b == b'\n')
+        .map(<[u8]>::trim_ascii)
+        .filter(|l| !l.is_empty())
+        .collect())
+}
+
+fn check_object(record: &[u8]) -> Result<(), String> {
+    serde_json::from_slice::<IgnoredAny>(record).map_err(|e| format!("invalid JSON: {e}"))?;
+    if record.first() != Some(&b'{') {
+        return Err("expected a JSON object".to_string());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Array, AsArray};
+    use datafusion::arrow::datatypes::{
+        DataType, Field, Int64Type, Schema, TimeUnit, TimestampMillisecondType,
+    };
+
+    fn decoder() -> JsonDecoder {
+        JsonDecoder::new(Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("name", DataType::Utf8, true),
+            Field::new(
+                "ts",
+                DataType::Timestamp(TimeUnit::Millisecond, None),
+                false,
+            ),
+        ])))
+    }
+
+    #[test]
+    fn ndjson_and_array_bodies_decode_the_same() {
+        let nd = decoder().decode(b"{\"id\":1,\"name\":\"a\",\"ts\":1000}\n\n{\"id\":2,\"ts\":\"1970-01-01T00:00:02Z\",\"extra\":true}\n");
+        let arr = decoder().decode(b" [{\"id\":1,\"name\":\"a\",\"ts\":1000}, {\"id\":2,\"ts\":\"1970-01-01T00:00:02Z\",\"extra\":true}]");
+        for d in [nd, arr] {
+            assert!(d.rejected.is_empty(), "{:?}", d.rejected);
+            assert_eq!(d.records, 2);
+            assert_eq!(
+                d.batch.column(0).as_primitive::<Int64Type>().values(),
+                &[1, 2]
+            );
+            assert_eq!(
+                d.batch
+                    .column(2)
+                    .as_primitive::<TimestampMillisecondType>()
+                    .values(),
+                &[1000, 2000]
+            );
+            assert!(d.batch.column(1).is_null(1));
+        }
+    }
+
+    #[test]
+    fn malformed_records_are_rejected_one_by_one_with_reasons() {
+        let body = b"{\"id\":1,\"ts\":1}\n{\"id\":\n{\"id\":\"x\",\"ts\":3}\n[1,2]\n{\"name\":\"no id\",\"ts\":5}\n{\"id\":6,\"ts\":6}\n";
+        let d = decoder().decode(body);
+        assert_eq!(d.records, 6);
+        assert_eq!(
+            d.batch.column(0).as_primitive::<Int64Type>().values(),
+            &[1, 6]
+        );
+        let idx: Vec<usize> = d.rejected.iter().map(|r| r.index).collect();
+        assert_eq!(idx, vec![1, 2, 3, 4]);
+        assert!(
+            d.rejected[0].reason.starts_with("invalid JSON"),
+            "{}",
+            d.rejected[0].reason
+        );
+        assert!(
+            d.rejected[1].reason.contains("schema"),
+            "{}",
+            d.rejected[1].reason
+        );
+        assert!(
+            d.rejected[2].reason.contains("object"),
+            "{}",
+            d.rejected[2].reason
+        );
+        assert!(
+            d.rejected[3].reason.contains("schema"),
+            "missing non-null field: {}",
+            d.rejected[3].reason
+        );
+        assert_eq!(d.rejected[2].raw, b"[1,2]");
+    }
+
+    #[test]
+    fn a_broken_array_is_one_dead_letter() {
+        let d = decoder().decode(b"[{\"id\":1,\"ts\":1}, {\"id\":");
+        assert_eq!(d.batch.num_rows(), 0);
+        assert_eq!(d.rejected.len(), 1);
+        assert!(d.rejected[0].reason.contains("not a valid JSON array"));
+    }
+}

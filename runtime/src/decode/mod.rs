@@ -1,0 +1,5 @@
+//! Decoding raw records into Arrow record batches of a source's schema.
+
+pub mod json;
+
+pub use json::{Decoded, JsonDecoder, Rejected};

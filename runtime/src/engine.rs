@@ -1,0 +1,539 @@
+//! The engine: the catalog of sources and views, statement execution, HTTP ingest and
+//! ad hoc queries. The web layer holds one [`Engine`] and calls into it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize};
+
+use dashmap::DashMap;
+use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray, UInt64Array};
+use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
+use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::context::SQLOptions;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::sql::parser::Statement as DFStatement;
+use datafusion::sql::sqlparser::ast;
+use parking_lot::Mutex;
+
+use crate::batch::BatchPolicy;
+use crate::config::RuntimeConfig;
+use crate::deadletter::DeadLetterStore;
+use crate::decode::JsonDecoder;
+use crate::metrics::Metrics;
+use crate::options::{self, CommonOptions};
+use crate::pipeline::Pipeline;
+use crate::source::http::{HttpInput, IngestReport};
+use crate::source::nexmark::{self, NexmarkOptions};
+use crate::source::{SourceRuntime, SourceState, SourceStatus};
+use crate::view::{ViewRuntime, ViewStatus, ViewTable};
+use crate::{Error, Result};
+use weir_sql::planner::{SourceCatalog, SourceInfo};
+use weir_sql::{
+    ContinuousQuery, CreateSource, CreateView, Statement, WatermarkSpec, parse_statement,
+};
+
+/// What a statement produced.
+#[derive(Debug)]
+pub enum SqlOutput {
+    /// Rows of a query or SHOW.
+    Rows {
+        schema: SchemaRef,
+        batches: Vec<RecordBatch>,
+    },
+    /// A statement that changed the catalog, and what it did.
+    Done { message: String },
+}
+
+/// The running engine; cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: RuntimeConfig,
+    sources: DashMap<String, Arc<SourceRuntime>>,
+    views: DashMap<String, Arc<ViewRuntime>>,
+    dead_letters: Arc<DeadLetterStore>,
+    metrics: Metrics,
+    adhoc: SessionContext,
+    /// Catalog changes happen one at a time.
+    ddl: tokio::sync::Mutex<()>,
+}
+
+impl Engine {
+    /// Start an engine; the data directory must exist and be writable.
+    pub fn new(config: RuntimeConfig) -> Result<Self> {
+        let dead_letters = Arc::new(DeadLetterStore::open(
+            Some(&config.data_dir),
+            config.dead_letters_in_memory,
+        )?);
+        Ok(Self::with_dead_letters(config, dead_letters))
+    }
+
+    /// An engine that keeps dead letters in memory only (tests).
+    pub fn in_memory(config: RuntimeConfig) -> Self {
+        let keep = config.dead_letters_in_memory;
+        Self::with_dead_letters(
+            config,
+            Arc::new(DeadLetterStore::open(None, keep).expect("no file to open")),
+        )
+    }
+
+    fn with_dead_letters(config: RuntimeConfig, dead_letters: Arc<DeadLetterStore>) -> Self {
+        // Ad hoc SQL reads views only: no file formats, no URL tables.
+        let state = SessionStateBuilder::new()
+            .with_config(SessionConfig::new().with_information_schema(false))
+            .with_default_features()
+            .with_table_factories(Default::default())
+            .build();
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                sources: DashMap::new(),
+                views: DashMap::new(),
+                dead_letters,
+                metrics: Metrics::new(),
+                adhoc: SessionContext::new_with_state(state),
+                ddl: tokio::sync::Mutex::new(()),
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.inner.config
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    pub fn dead_letters(&self) -> &DeadLetterStore {
+        &self.inner.dead_letters
+    }
+
+    /// Run one SQL statement.
+    pub async fn execute(&self, sql: &str) -> Result<SqlOutput> {
+        match parse_statement(sql)? {
+            Statement::Query(stmt) => self.query(*stmt).await,
+            Statement::ShowSources => Ok(self.show_sources()),
+            Statement::ShowViews => Ok(self.show_views()),
+            ddl => {
+                let _guard = self.inner.ddl.lock().await;
+                match ddl {
+                    Statement::CreateSource(s) => self.create_source(s, sql),
+                    Statement::DropSource { name, if_exists } => self.drop_source(&name, if_exists),
+                    Statement::CreateView(v) => self.create_view(v, sql).await,
+                    Statement::DropView { name, if_exists } => self.drop_view(&name, if_exists),
+                    _ => Err(Error::Internal("statement kind handled above".into())),
+                }
+            }
+        }
+    }
+
+    async fn query(&self, stmt: ast::Statement) -> Result<SqlOutput> {
+        if let ast::Statement::Query(q) = &stmt {
+            for name in weir_sql::planner::relations(q) {
+                if self.inner.sources.contains_key(&name) {
+                    return Err(Error::BadRequest(format!(
+                        "{name} is a source (an unbounded stream) and cannot be queried directly: \
+                         CREATE MATERIALIZED VIEW over it and query the view"
+                    )));
+                }
+            }
+        }
+        let state = self.inner.adhoc.state();
+        let plan = state
+            .statement_to_plan(DFStatement::Statement(Box::new(stmt)))
+            .await?;
+        SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false)
+            .verify_plan(&plan)?;
+        let df = self.inner.adhoc.execute_logical_plan(plan).await?;
+        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+        let batches = df.collect().await?;
+        Ok(SqlOutput::Rows { schema, batches })
+    }
+
+    fn create_source(&self, s: CreateSource, sql: &str) -> Result<SqlOutput> {
+        let name = s.name.clone();
+        if self.inner.sources.contains_key(&name) || self.inner.views.contains_key(&name) {
+            if s.if_not_exists {
+                return Ok(SqlOutput::Done {
+                    message: format!("source {name} already exists"),
+                });
+            }
+            return Err(Error::Conflict(format!(
+                "the name {name} is taken; DROP it first or choose another"
+            )));
+        }
+        let common: CommonOptions = options::parse(&name, &s.options)?;
+        if let Some(f) = common.format.as_deref()
+            && !f.eq_ignore_ascii_case("json")
+        {
+            return Err(Error::BadRequest(format!(
+                "source {name}: format '{f}' is not supported; use 'json'"
+            )));
+        }
+        let known = match common.connector.as_str() {
+            "http" => crate::source::http::OPTIONS,
+            "nexmark" => nexmark::OPTIONS,
+            other => {
+                return Err(Error::BadRequest(format!(
+                    "source {name}: connector '{other}' is not supported; use 'http' or 'nexmark'"
+                )));
+            }
+        };
+        if let Some(unknown) = s.options.keys().find(|k| !known.contains(&k.as_str())) {
+            return Err(Error::BadRequest(format!(
+                "source {name}: unknown option '{unknown}' for connector '{}'; known options: {}",
+                common.connector,
+                known.join(", ")
+            )));
+        }
+        let batch = BatchPolicy::new(common.batch(self.inner.config.batch));
+        let (schema, watermark) = match common.connector.as_str() {
+            "nexmark" => {
+                if !s.columns.is_empty() {
+                    return Err(Error::BadRequest(format!(
+                        "source {name}: nexmark sources take their columns from the generator; leave out the column list"
+                    )));
+                }
+                let opts: NexmarkOptions = options::parse(&name, &s.options)?;
+                let default_wm = WatermarkSpec {
+                    column: "date_time".into(),
+                    delay: std::time::Duration::from_secs(4),
+                };
+                (
+                    opts.table.schema(),
+                    Some(s.watermark.clone().unwrap_or(default_wm)),
+                )
+            }
+            _ => {
+                if s.columns.is_empty() {
+                    return Err(Error::BadRequest(format!(
+                        "source {name}: declare its columns, e.g. CREATE SOURCE {name} (id BIGINT, ts TIMESTAMP) WITH (...)"
+                    )));
+                }
+                (
+                    Arc::new(Schema::new(s.columns.clone())),
+                    s.watermark.clone(),
+                )
+            }
+        };
+        if let Some(wm) = &watermark
+            && schema.index_of(&wm.column).is_err()
+        {
+            return Err(Error::BadRequest(format!(
+                "source {name}: WATERMARK FOR {}: no such column",
+                wm.column
+            )));
+        }
+        let m = &self.inner.metrics;
+        let stop = Arc::new(AtomicBool::new(false));
+        let buffer = self.inner.config.http.buffer_chunks.max(1);
+        let (tx, rx) = std::sync::mpsc::sync_channel(buffer);
+        let buffered = Arc::new(AtomicUsize::new(0));
+        let http = (common.connector == "http").then(|| HttpInput {
+            tx: tx.clone(),
+            buffered: buffered.clone(),
+            capacity: buffer,
+            decoder: JsonDecoder::new(schema.clone()),
+            next_position: AtomicU64::new(0),
+        });
+        let source = Arc::new(SourceRuntime {
+            name: name.clone(),
+            connector: common.connector.clone(),
+            sql: sql.trim().to_string(),
+            schema,
+            watermark,
+            views: Mutex::new(Vec::new()),
+            state: Mutex::new(SourceState::Running),
+            current_watermark: AtomicI64::new(i64::MIN),
+            stop: stop.clone(),
+            http,
+            records_in: m.records_in.with_label_values(&[&name]),
+            batches: m.batches.with_label_values(&[&name]),
+            dead_letters: m.dead_letters.with_label_values(&[&name]),
+        });
+        let pipeline = Pipeline::new(
+            source.clone(),
+            batch,
+            self.inner.dead_letters.clone(),
+            m.batch_latency.with_label_values(&[&name]),
+            source.http.as_ref().map(|_| buffered),
+        );
+        pipeline.spawn(rx)?;
+        if common.connector == "nexmark" {
+            let opts: NexmarkOptions = options::parse(&name, &s.options)?;
+            nexmark::spawn(
+                &name,
+                &opts,
+                batch.max_rows().min(4096),
+                tx,
+                stop,
+                source.records_in.clone(),
+            )?;
+        }
+        self.inner.sources.insert(name.clone(), source);
+        tracing::info!(source = %name, connector = %common.connector, "source created");
+        Ok(SqlOutput::Done {
+            message: format!("source {name} created"),
+        })
+    }
+
+    fn drop_source(&self, name: &str, if_exists: bool) -> Result<SqlOutput> {
+        let Some(source) = self.inner.sources.get(name).map(|s| s.clone()) else {
+            return missing(if_exists, format!("no source named {name}"));
+        };
+        let users: Vec<String> = source.views.lock().iter().map(|v| v.name.clone()).collect();
+        if !users.is_empty() {
+            return Err(Error::Conflict(format!(
+                "source {name} is read by views {}; drop them first",
+                users.join(", ")
+            )));
+        }
+        source.shut_down();
+        self.inner.sources.remove(name);
+        Ok(SqlOutput::Done {
+            message: format!("source {name} dropped"),
+        })
+    }
+
+    async fn create_view(&self, v: CreateView, sql: &str) -> Result<SqlOutput> {
+        let name = v.name.clone();
+        if self.inner.views.contains_key(&name) || self.inner.sources.contains_key(&name) {
+            if v.if_not_exists {
+                return Ok(SqlOutput::Done {
+                    message: format!("view {name} already exists"),
+                });
+            }
+            return Err(Error::Conflict(format!(
+                "the name {name} is taken; DROP it first or choose another"
+            )));
+        }
+        let catalog: SourceCatalog = self
+            .inner
+            .sources
+            .iter()
+            .map(|s| {
+                (
+                    s.key().clone(),
+                    SourceInfo {
+                        schema: s.schema.clone(),
+                        watermark: s.watermark.clone(),
+                    },
+                )
+            })
+            .collect();
+        let query = ContinuousQuery::plan(&v, &catalog).await?;
+        let source = self
+            .inner
+            .sources
+            .get(&query.source)
+            .map(|s| s.clone())
+            .ok_or_else(|| Error::NotFound(format!("no source named {}", query.source)))?;
+        let m = &self.inner.metrics;
+        let view = Arc::new(ViewRuntime::new(
+            name.clone(),
+            query.source.clone(),
+            sql.trim().to_string(),
+            query.description.clone(),
+            query.output_schema.clone(),
+            query.operator,
+            self.inner.config.view_max_rows,
+            m.late_rows.with_label_values(&[&name]),
+            m.rows_emitted.with_label_values(&[&name]),
+        ));
+        self.inner
+            .adhoc
+            .register_table(name.as_str(), Arc::new(ViewTable(view.clone())))?;
+        source.views.lock().push(view.clone());
+        self.inner.views.insert(name.clone(), view);
+        tracing::info!(view = %name, source = %query.source, plan = %query.description, "view created");
+        Ok(SqlOutput::Done {
+            message: format!("view {name} created"),
+        })
+    }
+
+    fn drop_view(&self, name: &str, if_exists: bool) -> Result<SqlOutput> {
+        let Some((_, view)) = self.inner.views.remove(name) else {
+            return missing(if_exists, format!("no view named {name}"));
+        };
+        if let Some(source) = self.inner.sources.get(&view.source) {
+            source.views.lock().retain(|v| v.name != name);
+        }
+        self.inner.adhoc.deregister_table(name)?;
+        Ok(SqlOutput::Done {
+            message: format!("view {name} dropped"),
+        })
+    }
+
+    /// Push a request body into an HTTP source.
+    pub fn ingest(&self, source: &str, body: &[u8]) -> Result<IngestReport> {
+        let s = self.source(source)?;
+        let input = s.http.as_ref().ok_or_else(|| {
+            Error::BadRequest(format!(
+                "source {source} is fed by its {} connector, not over HTTP",
+                s.connector
+            ))
+        })?;
+        if *s.state.lock() != SourceState::Running {
+            return Err(Error::Conflict(format!("source {source} is not running")));
+        }
+        input.ingest(&s, body, &self.inner.dead_letters)
+    }
+
+    pub fn source(&self, name: &str) -> Result<Arc<SourceRuntime>> {
+        self.inner
+            .sources
+            .get(name)
+            .map(|s| s.clone())
+            .ok_or_else(|| Error::NotFound(format!("no source named {name}")))
+    }
+
+    pub fn view(&self, name: &str) -> Result<Arc<ViewRuntime>> {
+        self.inner
+            .views
+            .get(name)
+            .map(|v| v.clone())
+            .ok_or_else(|| Error::NotFound(format!("no view named {name}")))
+    }
+
+    pub fn sources(&self) -> Vec<SourceStatus> {
+        let mut out: Vec<_> = self.inner.sources.iter().map(|s| s.status()).collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    pub fn views(&self) -> Vec<ViewStatus> {
+        let mut out: Vec<_> = self.inner.views.iter().map(|v| v.status()).collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    fn show_sources(&self) -> SqlOutput {
+        let s = self.sources();
+        rows(vec![
+            (
+                "name",
+                Arc::new(StringArray::from_iter_values(
+                    s.iter().map(|s| s.name.clone()),
+                )),
+            ),
+            (
+                "connector",
+                Arc::new(StringArray::from_iter_values(
+                    s.iter().map(|s| s.connector.clone()),
+                )),
+            ),
+            (
+                "status",
+                Arc::new(StringArray::from_iter_values(
+                    s.iter().map(|s| format!("{:?}", s.status).to_lowercase()),
+                )),
+            ),
+            (
+                "records_in",
+                Arc::new(UInt64Array::from_iter_values(
+                    s.iter().map(|s| s.records_in),
+                )),
+            ),
+            (
+                "dead_letters",
+                Arc::new(UInt64Array::from_iter_values(
+                    s.iter().map(|s| s.dead_letters),
+                )),
+            ),
+            (
+                "watermark_ms",
+                Arc::new(Int64Array::from_iter(s.iter().map(|s| s.watermark_ms))),
+            ),
+        ])
+    }
+
+    fn show_views(&self) -> SqlOutput {
+        let v = self.views();
+        rows(vec![
+            (
+                "name",
+                Arc::new(StringArray::from_iter_values(
+                    v.iter().map(|v| v.name.clone()),
+                )),
+            ),
+            (
+                "source",
+                Arc::new(StringArray::from_iter_values(
+                    v.iter().map(|v| v.source.clone()),
+                )),
+            ),
+            (
+                "rows",
+                Arc::new(UInt64Array::from_iter_values(
+                    v.iter().map(|v| v.rows as u64),
+                )),
+            ),
+            (
+                "late_rows",
+                Arc::new(UInt64Array::from_iter_values(v.iter().map(|v| v.late_rows))),
+            ),
+            (
+                "plan",
+                Arc::new(StringArray::from_iter_values(
+                    v.iter().map(|v| v.plan.clone()),
+                )),
+            ),
+        ])
+    }
+
+    /// Stop every source (on shutdown).
+    pub fn shut_down(&self) {
+        for s in self.inner.sources.iter() {
+            s.shut_down();
+        }
+    }
+
+    /// Options of a source as declared, for status pages.
+    pub fn source_options(&self, name: &str) -> Result<BTreeMap<String, String>> {
+        let s = self.source(name)?;
+        Ok(parse_statement(&s.sql)
+            .ok()
+            .and_then(|st| match st {
+                Statement::CreateSource(c) => Some(c.options),
+                _ => None,
+            })
+            .unwrap_or_default())
+    }
+}
+
+fn missing(if_exists: bool, message: String) -> Result<SqlOutput> {
+    if if_exists {
+        Ok(SqlOutput::Done { message })
+    } else {
+        Err(Error::NotFound(message))
+    }
+}
+
+fn rows(columns: Vec<(&str, ArrayRef)>) -> SqlOutput {
+    let schema = Arc::new(Schema::new(
+        columns
+            .iter()
+            .map(|(n, a)| Field::new(*n, a.data_type().clone(), true))
+            .collect::<Vec<_>>(),
+    ));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        columns.into_iter().map(|(_, a)| a).collect(),
+    );
+    match batch {
+        Ok(b) => SqlOutput::Rows {
+            schema,
+            batches: vec![b],
+        },
+        Err(e) => SqlOutput::Done {
+            message: format!("internal error: {e}"),
+        },
+    }
+}

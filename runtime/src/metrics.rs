@@ -1,0 +1,106 @@
+//! Every metric weir exports, defined in one place, rendered in Prometheus text format.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// The process's metrics.
+pub struct Metrics {
+    registry: Registry,
+    /// Records accepted into each source (decoded rows).
+    pub records_in: IntCounterVec,
+    /// Micro-batches processed per source.
+    pub batches: IntCounterVec,
+    /// Time from a micro-batch's first row to the end of its processing.
+    pub batch_latency: HistogramVec,
+    /// Records dead-lettered per source.
+    pub dead_letters: IntCounterVec,
+    /// Late rows refused per view.
+    pub late_rows: IntCounterVec,
+    /// Rows emitted per view.
+    pub rows_emitted: IntCounterVec,
+    /// Current watermark per source (ms since the epoch).
+    pub watermark: IntGaugeVec,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, label: &str| {
+            let c = IntCounterVec::new(Opts::new(name, help), &[label])
+                .expect("valid metric definition");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("metric registered once");
+            c
+        };
+        let records_in = counter(
+            "weir_records_in_total",
+            "Records accepted into a source.",
+            "source",
+        );
+        let batches = counter("weir_batches_total", "Micro-batches processed.", "source");
+        let dead_letters = counter(
+            "weir_dead_letters_total",
+            "Records sent to the dead-letter store.",
+            "source",
+        );
+        let late_rows = counter(
+            "weir_late_rows_total",
+            "Rows that arrived after their window closed.",
+            "view",
+        );
+        let rows_emitted = counter(
+            "weir_view_rows_emitted_total",
+            "Rows emitted by a view.",
+            "view",
+        );
+        let batch_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "weir_batch_latency_seconds",
+                "Time from a micro-batch's first row until its processing finished.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
+            &["source"],
+        )
+        .expect("valid metric definition");
+        registry
+            .register(Box::new(batch_latency.clone()))
+            .expect("metric registered once");
+        let watermark = IntGaugeVec::new(
+            Opts::new("weir_watermark_ms", "Current watermark of a source."),
+            &["source"],
+        )
+        .expect("valid metric definition");
+        registry
+            .register(Box::new(watermark.clone()))
+            .expect("metric registered once");
+        Self {
+            registry,
+            records_in,
+            batches,
+            batch_latency,
+            dead_letters,
+            late_rows,
+            rows_emitted,
+            watermark,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::error!(error = %e, "cannot encode metrics");
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

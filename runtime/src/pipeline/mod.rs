@@ -1,0 +1,258 @@
+//! A source's pipeline: one thread that closes micro-batches (by [`BatchPolicy`]), runs
+//! every view of the source over each batch, advances the source's watermark, lets the
+//! views emit what it completes, and sends late rows and failed batches to the
+//! dead-letter store. It owns no tokio runtime: operators are CPU work.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use datafusion::arrow::array::{Array, RecordBatch, TimestampMillisecondArray};
+use datafusion::arrow::compute::{concat_batches, max};
+use datafusion::arrow::json::LineDelimitedWriter;
+use datafusion::arrow::temporal_conversions::timestamp_ms_to_datetime;
+use prometheus::Histogram;
+
+use crate::batch::BatchPolicy;
+use crate::deadletter::{DeadLetterStore, NewDeadLetter};
+use crate::source::{Chunk, SourceRuntime, SourceState};
+use crate::view::ViewRuntime;
+use weir_sql::{Collector, Watermark};
+
+/// Everything a pipeline thread needs besides its source.
+pub struct Pipeline {
+    pub source: Arc<SourceRuntime>,
+    pub policy: BatchPolicy,
+    pub dead_letters: Arc<DeadLetterStore>,
+    pub latency: Histogram,
+    /// Chunks queued by an HTTP source (decremented as they are taken).
+    pub buffered: Option<Arc<AtomicUsize>>,
+    watermark: Watermark,
+    time_column: Option<usize>,
+}
+
+impl Pipeline {
+    pub fn new(
+        source: Arc<SourceRuntime>,
+        policy: BatchPolicy,
+        dead_letters: Arc<DeadLetterStore>,
+        latency: Histogram,
+        buffered: Option<Arc<AtomicUsize>>,
+    ) -> Self {
+        let (watermark, time_column) = match &source.watermark {
+            Some(spec) => (
+                Watermark::new(spec.delay.as_millis() as i64),
+                source.schema.index_of(&spec.column).ok(),
+            ),
+            None => (Watermark::new(0), None),
+        };
+        Self {
+            source,
+            policy,
+            dead_letters,
+            latency,
+            buffered,
+            watermark,
+            time_column,
+        }
+    }
+
+    /// Start the pipeline thread.
+    pub fn spawn(self, rx: Receiver<Chunk>) -> std::io::Result<()> {
+        std::thread::Builder::new()
+            .name(format!("pipeline-{}", self.source.name))
+            .spawn(move || self.run(rx))?;
+        Ok(())
+    }
+
+    fn run(mut self, rx: Receiver<Chunk>) {
+        let mut pending: Vec<RecordBatch> = Vec::new();
+        let mut rows = 0usize;
+        let mut opened: Option<Instant> = None;
+        loop {
+            if self.source.stop.load(Ordering::Relaxed) {
+                return;
+            }
+            let wait = opened.map_or(Duration::from_millis(100), |t| {
+                self.policy.remaining(t.elapsed())
+            });
+            match rx.recv_timeout(wait) {
+                Ok(Chunk::Rows { batch, received }) => {
+                    if let Some(b) = &self.buffered {
+                        b.fetch_sub(1, Ordering::Relaxed);
+                    }
+                    opened.get_or_insert(received);
+                    rows += batch.num_rows();
+                    pending.push(batch);
+                }
+                Ok(Chunk::End) => {
+                    self.flush(&mut pending, opened.take());
+                    self.finish();
+                    return;
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.flush(&mut pending, opened.take());
+                    return;
+                }
+            }
+            if let Some(t) = opened
+                && self.policy.should_flush(rows, t.elapsed())
+            {
+                self.flush(&mut pending, Some(t));
+                rows = 0;
+                opened = None;
+            }
+        }
+    }
+
+    /// Process the pending rows as micro-batches of at most `max_rows`.
+    fn flush(&mut self, pending: &mut Vec<RecordBatch>, opened: Option<Instant>) {
+        if pending.is_empty() {
+            return;
+        }
+        let batch = if pending.len() == 1 {
+            pending.remove(0)
+        } else {
+            match concat_batches(&self.source.schema, pending.iter()) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!(source = %self.source.name, error = %e, "cannot concatenate chunks");
+                    pending.clear();
+                    return;
+                }
+            }
+        };
+        pending.clear();
+        let max_rows = self.policy.max_rows();
+        let mut offset = 0;
+        while offset < batch.num_rows() {
+            let len = max_rows.min(batch.num_rows() - offset);
+            self.process(&batch.slice(offset, len));
+            offset += len;
+        }
+        if let Some(t) = opened {
+            self.latency.observe(t.elapsed().as_secs_f64());
+        }
+    }
+
+    fn process(&mut self, batch: &RecordBatch) {
+        let views = self.source.views.lock().clone();
+        let before = self.watermark.current();
+        for view in &views {
+            let mut out = Collector::default();
+            let result = view.operator.lock().process(batch, before, &mut out);
+            self.deliver(view, out, result, batch);
+        }
+        self.source.batches.inc();
+        let advanced = self
+            .time_column
+            .and_then(|c| {
+                batch
+                    .column(c)
+                    .as_any()
+                    .downcast_ref::<TimestampMillisecondArray>()
+                    .and_then(max)
+            })
+            .and_then(|m| self.watermark.observe(m));
+        if let Some(w) = advanced {
+            self.advance(&views, w);
+        }
+    }
+
+    fn advance(&mut self, views: &[Arc<ViewRuntime>], watermark: i64) {
+        self.source
+            .current_watermark
+            .store(watermark, Ordering::Relaxed);
+        for view in views {
+            let mut out = Collector::default();
+            let result = view.operator.lock().on_watermark(watermark, &mut out);
+            if let Err(e) = &result {
+                tracing::error!(view = %view.name, error = %e, "closing windows failed");
+                *view.last_error.lock() = Some(e.to_string());
+            }
+            view.publish(out.rows);
+        }
+    }
+
+    /// The source ended: a final watermark closes every window.
+    fn finish(&mut self) {
+        if let Some(w) = self.watermark.finish() {
+            let views = self.source.views.lock().clone();
+            self.advance(&views, w);
+        }
+        *self.source.state.lock() = SourceState::Finished;
+        tracing::info!(source = %self.source.name, "source finished");
+    }
+
+    fn deliver(
+        &self,
+        view: &ViewRuntime,
+        out: Collector,
+        result: weir_sql::Result<()>,
+        batch: &RecordBatch,
+    ) {
+        if let Err(e) = result {
+            let reason = format!("view {} could not process this batch: {e}", view.name);
+            tracing::warn!(view = %view.name, error = %e, "batch dead-lettered");
+            *view.last_error.lock() = Some(reason.clone());
+            self.dead_letter_rows(view, batch, |_| reason.clone());
+        }
+        let watermark = self.watermark.current().unwrap_or(i64::MIN);
+        for late in &out.late {
+            view.late_rows.inc_by(late.num_rows() as u64);
+            let times = self.time_column.and_then(|c| {
+                late.column(c)
+                    .as_any()
+                    .downcast_ref::<TimestampMillisecondArray>()
+                    .cloned()
+            });
+            self.dead_letter_rows(view, late, |row| {
+                let time = times.as_ref().filter(|t| t.is_valid(row)).map(|t| t.value(row));
+                format!(
+                    "late row for view {}: event time {} is behind the watermark {}; its window was already emitted",
+                    view.name,
+                    time.map_or("NULL".to_string(), show_time),
+                    show_time(watermark)
+                )
+            });
+        }
+        view.publish(out.rows);
+    }
+
+    /// Dead-letter each row of `batch` as a JSON object.
+    fn dead_letter_rows(
+        &self,
+        view: &ViewRuntime,
+        batch: &RecordBatch,
+        reason: impl Fn(usize) -> String,
+    ) {
+        let mut writer = LineDelimitedWriter::new(Vec::new());
+        let lines = match writer.write(batch).and_then(|_| writer.finish()) {
+            Ok(()) => writer.into_inner(),
+            Err(e) => format!("(rows could not be rendered: {e})").into_bytes(),
+        };
+        let n = self.dead_letters.push_all(
+            lines
+                .split(|&b| b == b'\n')
+                .filter(|l| !l.is_empty())
+                .enumerate()
+                .map(|(row, raw)| NewDeadLetter {
+                    source: self.source.name.clone(),
+                    view: Some(view.name.clone()),
+                    position: None,
+                    reason: reason(row),
+                    raw: raw.to_vec(),
+                }),
+        );
+        self.source.dead_letters.inc_by(n as u64);
+    }
+}
+
+fn show_time(ms: i64) -> String {
+    timestamp_ms_to_datetime(ms).map_or_else(
+        || ms.to_string(),
+        |t| t.format("%Y-%m-%dT%H:%M:%S%.3f").to_string(),
+    )
+}

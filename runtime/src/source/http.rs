@@ -1,0 +1,98 @@
+//! The `http` connector: records pushed to `POST /api/v1/sources/{name}/records`.
+//! Bodies are decoded on the request's thread; decoded chunks wait in a bounded buffer
+//! for the pipeline, and a full buffer answers 429 before any work is done.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{SyncSender, TrySendError};
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::{Chunk, SourceRuntime};
+use crate::deadletter::{DeadLetterStore, NewDeadLetter};
+use crate::decode::JsonDecoder;
+use crate::{Error, Result};
+
+/// Options of `WITH (connector = 'http', ...)` beyond the common ones.
+pub const OPTIONS: &[&str] = &["connector", "format", "max_rows", "max_delay"];
+
+/// The push side of an HTTP source.
+pub struct HttpInput {
+    pub(crate) tx: SyncSender<Chunk>,
+    /// Chunks sent but not yet taken by the pipeline.
+    pub(crate) buffered: Arc<AtomicUsize>,
+    pub(crate) capacity: usize,
+    pub(crate) decoder: JsonDecoder,
+    pub(crate) next_position: AtomicU64,
+}
+
+/// The answer to one ingest request.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct IngestReport {
+    /// Records decoded and queued for the pipeline.
+    pub accepted: usize,
+    /// Records sent to the dead-letter store.
+    pub dead_lettered: usize,
+}
+
+impl HttpInput {
+    /// Decode `body` and queue its rows; malformed records go to the dead-letter store.
+    pub fn ingest(
+        &self,
+        source: &SourceRuntime,
+        body: &[u8],
+        dead_letters: &DeadLetterStore,
+    ) -> Result<IngestReport> {
+        if self.buffered.load(Ordering::Relaxed) >= self.capacity {
+            return Err(backpressure(&source.name));
+        }
+        let received = Instant::now();
+        let decoded = self.decoder.decode(body);
+        let first = self
+            .next_position
+            .fetch_add(decoded.records as u64, Ordering::Relaxed);
+        let dead_lettered =
+            dead_letters.push_all(decoded.rejected.into_iter().map(|r| NewDeadLetter {
+                source: source.name.clone(),
+                view: None,
+                position: Some(first + r.index as u64),
+                reason: r.reason,
+                raw: r.raw,
+            }));
+        source.dead_letters.inc_by(dead_lettered as u64);
+        let accepted = decoded.batch.num_rows();
+        if accepted > 0 {
+            self.buffered.fetch_add(1, Ordering::Relaxed);
+            match self.tx.try_send(Chunk::Rows {
+                batch: decoded.batch,
+                received,
+            }) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_)) => {
+                    self.buffered.fetch_sub(1, Ordering::Relaxed);
+                    return Err(backpressure(&source.name));
+                }
+                Err(TrySendError::Disconnected(_)) => {
+                    self.buffered.fetch_sub(1, Ordering::Relaxed);
+                    return Err(Error::NotFound(format!(
+                        "source {} has stopped",
+                        source.name
+                    )));
+                }
+            }
+            source.records_in.inc_by(accepted as u64);
+        }
+        Ok(IngestReport {
+            accepted,
+            dead_lettered,
+        })
+    }
+}
+
+fn backpressure(source: &str) -> Error {
+    Error::Backpressure {
+        message: format!("source {source} is busy: its buffer is full; retry after a second"),
+        retry_after_secs: 1,
+    }
+}

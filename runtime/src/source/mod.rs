@@ -1,0 +1,117 @@
+//! Sources: where rows come from. Every source runs one pipeline thread (see
+//! [`crate::pipeline`]) fed through a bounded channel of [`Chunk`]s; connectors differ
+//! only in who sends the chunks: HTTP requests ([`http`]) or a generator thread
+//! ([`nexmark`]).
+
+pub mod http;
+pub mod nexmark;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::Instant;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
+use parking_lot::Mutex;
+use prometheus::IntCounter;
+use serde::Serialize;
+
+use crate::view::{ColumnInfo, ViewRuntime};
+use weir_sql::WatermarkSpec;
+
+/// What a connector sends to its source's pipeline.
+#[derive(Debug)]
+pub enum Chunk {
+    /// Decoded rows, and when they arrived.
+    Rows {
+        batch: RecordBatch,
+        received: Instant,
+    },
+    /// A finite source has no more rows: flush everything.
+    End,
+}
+
+/// Life cycle of a source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceState {
+    Running,
+    /// A finite source delivered all its rows and closed all windows.
+    Finished,
+    Stopped,
+}
+
+/// A running source.
+pub struct SourceRuntime {
+    pub name: String,
+    pub connector: String,
+    pub sql: String,
+    pub schema: SchemaRef,
+    pub watermark: Option<WatermarkSpec>,
+    pub(crate) views: Mutex<Vec<Arc<ViewRuntime>>>,
+    pub(crate) state: Mutex<SourceState>,
+    /// Current watermark in ms; `i64::MIN` before the first batch.
+    pub(crate) current_watermark: AtomicI64,
+    pub(crate) stop: Arc<AtomicBool>,
+    pub(crate) http: Option<http::HttpInput>,
+    pub(crate) records_in: IntCounter,
+    pub(crate) batches: IntCounter,
+    pub(crate) dead_letters: IntCounter,
+}
+
+/// What the API shows of a source.
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceStatus {
+    pub name: String,
+    pub connector: String,
+    pub sql: String,
+    pub status: SourceState,
+    pub records_in: u64,
+    pub batches: u64,
+    pub dead_letters: u64,
+    /// Milliseconds since the epoch; absent before the first batch or without a WATERMARK.
+    pub watermark_ms: Option<i64>,
+    pub views: Vec<String>,
+    pub columns: Vec<ColumnInfo>,
+}
+
+impl SourceRuntime {
+    pub fn status(&self) -> SourceStatus {
+        let wm = self.current_watermark.load(Ordering::Relaxed);
+        SourceStatus {
+            name: self.name.clone(),
+            connector: self.connector.clone(),
+            sql: self.sql.clone(),
+            status: self.state.lock().clone(),
+            records_in: self.records_in.get(),
+            batches: self.batches.get(),
+            dead_letters: self.dead_letters.get(),
+            watermark_ms: (wm != i64::MIN).then_some(wm),
+            views: self.views.lock().iter().map(|v| v.name.clone()).collect(),
+            columns: self
+                .schema
+                .fields()
+                .iter()
+                .map(|f| ColumnInfo {
+                    name: f.name().clone(),
+                    data_type: f.data_type().to_string(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Ask the source's threads to stop.
+    pub(crate) fn shut_down(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        *self.state.lock() = SourceState::Stopped;
+    }
+}
+
+impl std::fmt::Debug for SourceRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SourceRuntime")
+            .field("name", &self.name)
+            .field("connector", &self.connector)
+            .finish()
+    }
+}

@@ -1,0 +1,147 @@
+//! The `nexmark` connector: a generator thread producing one Nexmark table, throttled
+//! to `rate` events per second (0 = as fast as possible), ending after `events` events
+//! (0 = never) with a final watermark that closes every window.
+
+pub mod generator;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::SyncSender;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use prometheus::IntCounter;
+use serde::Deserialize;
+
+use super::Chunk;
+use crate::{Error, Result};
+pub use generator::{Generator, GeneratorConfig, Table};
+
+/// Option names of `WITH (connector = 'nexmark', ...)`.
+pub const OPTIONS: &[&str] = &[
+    "connector",
+    "format",
+    "max_rows",
+    "max_delay",
+    "table",
+    "rate",
+    "events",
+    "seed",
+    "event_rate",
+    "start_time",
+];
+
+/// Options of the nexmark connector.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub struct NexmarkOptions {
+    /// `person`, `auction` or `bid`.
+    pub table: Table,
+    /// Events per second of wall-clock time over all three streams; 0 = as fast as possible.
+    #[serde(default)]
+    pub rate: u64,
+    /// Total events over all three streams; 0 = unbounded.
+    #[serde(default)]
+    pub events: u64,
+    /// Generator seed; the same seed gives the same rows. Default 0.
+    #[serde(default)]
+    pub seed: u64,
+    /// Events per second of event time; defaults to `rate`, or 10,000 when `rate` is 0.
+    #[serde(default)]
+    pub event_rate: Option<u64>,
+    /// Event time of the first event: ms since the epoch, or 'now'. Default 2015-07-15T00:00:00Z.
+    #[serde(default)]
+    pub start_time: Option<StartTime>,
+}
+
+/// When event time starts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum StartTime {
+    Millis(i64),
+    Named(String),
+}
+
+/// The benchmark's customary epoch, 2015-07-15T00:00:00Z, for reproducible runs.
+const DEFAULT_START_MS: i64 = 1_436_918_400_000;
+
+impl NexmarkOptions {
+    pub fn generator_config(&self) -> Result<GeneratorConfig> {
+        let start_time_ms = match &self.start_time {
+            None => DEFAULT_START_MS,
+            Some(StartTime::Millis(ms)) => *ms,
+            Some(StartTime::Named(s)) if s.eq_ignore_ascii_case("now") => SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(DEFAULT_START_MS),
+            Some(StartTime::Named(s)) => {
+                return Err(Error::BadRequest(format!(
+                    "nexmark start_time '{s}' must be milliseconds since the epoch or 'now'"
+                )));
+            }
+        };
+        Ok(GeneratorConfig {
+            table: self.table,
+            seed: self.seed,
+            events: (self.events > 0).then_some(self.events),
+            event_rate: self
+                .event_rate
+                .unwrap_or(if self.rate > 0 { self.rate } else { 10_000 })
+                .max(1),
+            start_time_ms,
+        })
+    }
+}
+
+/// Run the generator on its own thread until it ends or `stop` is set.
+pub fn spawn(
+    name: &str,
+    options: &NexmarkOptions,
+    chunk_events: usize,
+    tx: SyncSender<Chunk>,
+    stop: Arc<AtomicBool>,
+    records_in: IntCounter,
+) -> Result<()> {
+    let mut generator = Generator::new(options.generator_config()?);
+    let rate = options.rate;
+    std::thread::Builder::new()
+        .name(format!("nexmark-{name}"))
+        .spawn(move || {
+            let started = Instant::now();
+            // Throttled runs send small chunks often, so batches close on time.
+            let chunk = if rate > 0 {
+                (rate / 100).clamp(1, chunk_events as u64)
+            } else {
+                chunk_events as u64
+            };
+            while !stop.load(Ordering::Relaxed) {
+                if rate > 0 {
+                    let due = Duration::from_secs_f64(generator.next_event() as f64 / rate as f64);
+                    if let Some(wait) = due.checked_sub(started.elapsed()) {
+                        std::thread::sleep(wait.min(Duration::from_millis(100)));
+                        continue;
+                    }
+                }
+                match generator.next_batch(chunk) {
+                    Some(batch) => {
+                        records_in.inc_by(batch.num_rows() as u64);
+                        if batch.num_rows() > 0
+                            && tx
+                                .send(Chunk::Rows {
+                                    batch,
+                                    received: Instant::now(),
+                                })
+                                .is_err()
+                        {
+                            return;
+                        }
+                    }
+                    None => {
+                        let _ = tx.send(Chunk::End);
+                        return;
+                    }
+                }
+            }
+        })
+        .map_err(|e| Error::Internal(format!("cannot start the nexmark generator: {e}")))?;
+    Ok(())
+}

@@ -1,0 +1,198 @@
+//! A materialized view at run time: its operator, its current rows (bounded by
+//! `view_max_rows`, newest kept), live subscribers, and the table that ad hoc SQL reads.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use async_trait::async_trait;
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::logical_expr::{Expr, TableType};
+use datafusion::physical_plan::ExecutionPlan;
+use parking_lot::{Mutex, RwLock};
+use prometheus::IntCounter;
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+use weir_sql::Operator;
+
+/// A running view.
+pub struct ViewRuntime {
+    pub name: String,
+    pub source: String,
+    pub sql: String,
+    pub description: String,
+    pub schema: SchemaRef,
+    pub(crate) operator: Mutex<Box<dyn Operator>>,
+    rows: RwLock<VecDeque<RecordBatch>>,
+    row_count: AtomicUsize,
+    max_rows: usize,
+    updates: broadcast::Sender<RecordBatch>,
+    pub(crate) late_rows: IntCounter,
+    pub(crate) rows_emitted: IntCounter,
+    pub(crate) last_error: Mutex<Option<String>>,
+}
+
+/// What the API shows of a view.
+#[derive(Debug, Clone, Serialize)]
+pub struct ViewStatus {
+    pub name: String,
+    pub source: String,
+    pub sql: String,
+    pub plan: String,
+    pub status: &'static str,
+    pub error: Option<String>,
+    pub rows: usize,
+    pub rows_emitted: u64,
+    pub late_rows: u64,
+    pub open_windows: usize,
+    pub state_bytes: usize,
+    pub columns: Vec<ColumnInfo>,
+}
+
+/// A column's name and type.
+#[derive(Debug, Clone, Serialize)]
+pub struct ColumnInfo {
+    pub name: String,
+    pub data_type: String,
+}
+
+impl ViewRuntime {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        name: String,
+        source: String,
+        sql: String,
+        description: String,
+        schema: SchemaRef,
+        operator: Box<dyn Operator>,
+        max_rows: usize,
+        late_rows: IntCounter,
+        rows_emitted: IntCounter,
+    ) -> Self {
+        Self {
+            name,
+            source,
+            sql,
+            description,
+            schema,
+            operator: Mutex::new(operator),
+            rows: RwLock::new(VecDeque::new()),
+            row_count: AtomicUsize::new(0),
+            max_rows,
+            updates: broadcast::channel(256).0,
+            late_rows,
+            rows_emitted,
+            last_error: Mutex::new(None),
+        }
+    }
+
+    /// The current rows, oldest first.
+    pub fn snapshot(&self) -> Vec<RecordBatch> {
+        self.rows.read().iter().cloned().collect()
+    }
+
+    /// New rows as they are emitted.
+    pub fn subscribe(&self) -> broadcast::Receiver<RecordBatch> {
+        self.updates.subscribe()
+    }
+
+    /// Append emitted rows, release the oldest past the bound, notify subscribers.
+    pub(crate) fn publish(&self, batches: Vec<RecordBatch>) {
+        if batches.is_empty() {
+            return;
+        }
+        {
+            let mut rows = self.rows.write();
+            for b in &batches {
+                self.row_count.fetch_add(b.num_rows(), Ordering::Relaxed);
+                self.rows_emitted.inc_by(b.num_rows() as u64);
+                rows.push_back(b.clone());
+            }
+            while self.row_count.load(Ordering::Relaxed) > self.max_rows && rows.len() > 1 {
+                if let Some(old) = rows.pop_front() {
+                    self.row_count.fetch_sub(old.num_rows(), Ordering::Relaxed);
+                }
+            }
+        }
+        for b in batches {
+            // No subscribers is fine.
+            let _ = self.updates.send(b);
+        }
+    }
+
+    pub fn status(&self) -> ViewStatus {
+        let (open_windows, state_bytes) = {
+            let op = self.operator.lock();
+            (op.open_windows(), op.state_size())
+        };
+        let error = self.last_error.lock().clone();
+        ViewStatus {
+            name: self.name.clone(),
+            source: self.source.clone(),
+            sql: self.sql.clone(),
+            plan: self.description.clone(),
+            status: if error.is_some() {
+                "degraded"
+            } else {
+                "running"
+            },
+            error,
+            rows: self.row_count.load(Ordering::Relaxed),
+            rows_emitted: self.rows_emitted.get(),
+            late_rows: self.late_rows.get(),
+            open_windows,
+            state_bytes,
+            columns: self
+                .schema
+                .fields()
+                .iter()
+                .map(|f| ColumnInfo {
+                    name: f.name().clone(),
+                    data_type: f.data_type().to_string(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The table ad hoc SQL sees for a view: a snapshot of its rows at scan time.
+#[derive(Debug)]
+pub struct ViewTable(pub Arc<ViewRuntime>);
+
+impl std::fmt::Debug for ViewRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ViewRuntime")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+#[async_trait]
+impl TableProvider for ViewTable {
+    fn schema(&self) -> SchemaRef {
+        self.0.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::View
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        let batches = self.0.snapshot();
+        Ok(MemorySourceConfig::try_new_exec(
+            &[batches],
+            self.0.schema.clone(),
+            projection.cloned(),
+        )?)
+    }
+}
