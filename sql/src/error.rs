@@ -23,10 +23,24 @@ pub enum Error {
     AlreadyExists(String),
     /// DataFusion rejected the statement while planning; usually the user's SQL.
     #[error("{0}")]
-    Plan(#[from] DataFusionError),
+    Plan(DataFusionError),
     /// Evaluating an operator on a batch failed; a bug or an unexpected input.
     #[error("{0}")]
     Execution(String),
+}
+
+impl From<DataFusionError> for Error {
+    fn from(e: DataFusionError) -> Self {
+        match e {
+            // Parser errors are the user's SQL: show sqlparser's message without wrappers.
+            DataFusionError::SQL(e, _) => Error::InvalidSql(e.to_string()),
+            DataFusionError::Context(ctx, inner) => match Error::from(*inner) {
+                Error::Plan(inner) => Error::Plan(DataFusionError::Context(ctx, Box::new(inner))),
+                other => other,
+            },
+            other => Error::Plan(other),
+        }
+    }
 }
 
 impl From<datafusion::arrow::error::ArrowError> for Error {

@@ -1,0 +1,8 @@
+//! One module per resource of the HTTP API.
+
+pub mod dashboard;
+pub mod dead_letters;
+pub mod ops;
+pub mod sources;
+pub mod sql;
+pub mod views;

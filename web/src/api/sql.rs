@@ -1,0 +1,34 @@
+//! `POST /api/v1/sql`: run one statement.
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use weir_runtime::SqlOutput;
+
+use crate::app::AppState;
+use crate::error::{ApiError, ApiResult};
+use crate::format::{Format, rows_response};
+
+#[derive(Debug, Deserialize)]
+pub struct SqlRequest {
+    pub sql: String,
+}
+
+pub async fn execute(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> ApiResult<Response> {
+    let request: SqlRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(format!("expected a JSON body {{\"sql\": \"...\"}}: {e}"))
+    })?;
+    match state.engine.execute(&request.sql).await? {
+        SqlOutput::Rows { schema, batches } => {
+            rows_response(Format::from_headers(&headers), &schema, &batches)
+        }
+        SqlOutput::Done { message } => {
+            Ok(axum::Json(serde_json::json!({ "message": message })).into_response())
+        }
+    }
+}

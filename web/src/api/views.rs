@@ -1,0 +1,88 @@
+//! Views: list, current rows, and live changes over server-sent events.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures::Stream;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::app::AppState;
+use crate::error::ApiResult;
+use crate::format::{Format, rows_json, rows_response};
+
+pub async fn list(State(state): State<AppState>) -> Json<Value> {
+    Json(json!({ "views": state.engine.views() }))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RowsQuery {
+    /// Return only the newest `limit` rows.
+    pub limit: Option<usize>,
+}
+
+/// `GET /api/v1/views/{name}`: the view's current rows, oldest first.
+pub async fn rows(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<RowsQuery>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let view = state.engine.view(&name)?;
+    let mut batches = view.snapshot();
+    if let Some(limit) = q.limit {
+        batches = newest(batches, limit);
+    }
+    rows_response(Format::from_headers(&headers), &view.schema, &batches)
+}
+
+/// Keep the newest `limit` rows of `batches`.
+fn newest(
+    batches: Vec<datafusion::arrow::array::RecordBatch>,
+    limit: usize,
+) -> Vec<datafusion::arrow::array::RecordBatch> {
+    let mut out = Vec::new();
+    let mut remaining = limit;
+    for b in batches.into_iter().rev() {
+        if remaining == 0 {
+            break;
+        }
+        let take = remaining.min(b.num_rows());
+        out.push(b.slice(b.num_rows() - take, take));
+        remaining -= take;
+    }
+    out.reverse();
+    out
+}
+
+/// `GET /api/v1/views/{name}/stream`: an SSE event `rows` per emitted batch, with the
+/// same JSON shape as the rows endpoint; `lagged` if this client fell behind (refetch).
+pub async fn stream(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
+    let view = state.engine.view(&name)?;
+    let schema = view.schema.clone();
+    let rx = view.subscribe();
+    let events = futures::stream::unfold(rx, move |mut rx| {
+        let schema = schema.clone();
+        async move {
+            let event = match rx.recv().await {
+                Ok(batch) => match rows_json(&schema, &[batch]) {
+                    Ok(v) => Event::default().event("rows").data(v.to_string()),
+                    Err(e) => Event::default().event("error").data(e.to_string()),
+                },
+                Err(RecvError::Lagged(n)) => Event::default().event("lagged").data(n.to_string()),
+                Err(RecvError::Closed) => return None,
+            };
+            Some((Ok(event), rx))
+        }
+    });
+    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}

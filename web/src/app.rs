@@ -1,0 +1,164 @@
+//! The HTTP application: `fn app(state) -> Router`, apart from serving, so tests can
+//! call it without a socket.
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use weir_runtime::Engine;
+
+use crate::api;
+
+/// Shared state of every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub engine: Engine,
+}
+
+/// Every route of weir.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(api::dashboard::index))
+        .route("/assets/{file}", get(api::dashboard::asset))
+        .route("/healthz", get(api::ops::healthz))
+        .route("/metrics", get(api::ops::metrics))
+        .route("/api/v1/sql", post(api::sql::execute))
+        .route("/api/v1/sources", get(api::sources::list))
+        .route("/api/v1/sources/{name}", get(api::sources::get_one))
+        .route(
+            "/api/v1/sources/{name}/records",
+            post(api::sources::ingest).layer(DefaultBodyLimit::disable()),
+        )
+        .route("/api/v1/views", get(api::views::list))
+        .route("/api/v1/views/{name}", get(api::views::rows))
+        .route("/api/v1/views/{name}/stream", get(api::views::stream))
+        .route("/api/v1/dead-letters", get(api::dead_letters::list))
+        .fallback(api::ops::not_found)
+        .with_state(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode, header};
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    use weir_runtime::{Engine, RuntimeConfig};
+
+    use super::*;
+
+    fn test_app(max_body_bytes: usize) -> Router {
+        let mut config = RuntimeConfig::default();
+        config.http.max_body_bytes = max_body_bytes;
+        app(AppState {
+            engine: Engine::in_memory(config),
+        })
+    }
+
+    async fn call(
+        app: &Router,
+        method: &str,
+        uri: &str,
+        body: &str,
+    ) -> (StatusCode, serde_json::Value) {
+        let request = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body.to_string()))
+            .expect("request");
+        let response = app.clone().oneshot(request).await.expect("response");
+        let status = response.status();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    #[tokio::test]
+    async fn errors_have_a_status_and_a_json_body() {
+        let app = test_app(64);
+        let (status, body) = call(&app, "POST", "/api/v1/sql", r#"{"sql": "SELEC 1"}"#).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(
+            body["detail"].as_str().is_some_and(|d| d.contains("SELEC")),
+            "{body}"
+        );
+        let (status, _) = call(&app, "POST", "/api/v1/sql", "not json").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let (status, body) = call(&app, "GET", "/api/v1/views/nope", "").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(body["error"], "not found");
+        let (status, _) = call(&app, "POST", "/api/v1/sources/nope/records", "{}").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+
+        let create = r#"{"sql": "CREATE SOURCE s (id BIGINT) WITH (connector = 'http')"}"#;
+        assert_eq!(
+            call(&app, "POST", "/api/v1/sql", create).await.0,
+            StatusCode::OK
+        );
+        assert_eq!(
+            call(&app, "POST", "/api/v1/sql", create).await.0,
+            StatusCode::CONFLICT
+        );
+        let (status, body) = call(
+            &app,
+            "POST",
+            "/api/v1/sources/s/records",
+            &"{\"id\":1}\n".repeat(20),
+        )
+        .await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+        let (status, body) = call(
+            &app,
+            "POST",
+            "/api/v1/sources/s/records",
+            "{\"id\":1}\n{\"id\":true}",
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body, serde_json::json!({"accepted": 1, "dead_lettered": 1}));
+    }
+
+    #[test]
+    fn backpressure_is_429_with_retry_after() {
+        use axum::response::IntoResponse;
+        let e = crate::error::ApiError::from(weir_runtime::Error::Backpressure {
+            message: "busy".into(),
+            retry_after_secs: 1,
+        });
+        let r = e.into_response();
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "1");
+    }
+
+    #[tokio::test]
+    async fn health_metrics_and_dashboard() {
+        let app = test_app(1024);
+        for (uri, needle) in [
+            ("/healthz", "ok"),
+            ("/metrics", ""),
+            ("/", "<title>weir</title>"),
+            ("/assets/app.js", "EventSource"),
+        ] {
+            let response = app
+                .clone()
+                .oneshot(Request::get(uri).body(Body::empty()).expect("request"))
+                .await
+                .expect("response");
+            assert_eq!(response.status(), StatusCode::OK, "{uri}");
+            let bytes = response
+                .into_body()
+                .collect()
+                .await
+                .expect("body")
+                .to_bytes();
+            assert!(String::from_utf8_lossy(&bytes).contains(needle), "{uri}");
+        }
+    }
+}

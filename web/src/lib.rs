@@ -1,0 +1,12 @@
+//! weir-web: the `weir` binary's library half: the HTTP API (axum), the embedded
+//! dashboard, the server configuration and the demo pipeline. `main.rs` is the CLI.
+
+pub mod api;
+pub mod app;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod format;
+pub mod serve;
+
+pub use app::{AppState, app};

@@ -1,0 +1,49 @@
+//! `weir serve`: check the data dir, bind, start, and serve until Ctrl-C.
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use weir_runtime::Engine;
+
+use crate::app::{AppState, app};
+use crate::config::ServerConfig;
+
+/// Run the server. Errors are one line a person can act on.
+pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
+    let data_dir = &config.runtime.data_dir;
+    check_data_dir(data_dir)?;
+    let listener = TcpListener::bind(&config.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+    let addr = listener.local_addr().context("listener address")?;
+    let engine = Engine::new(config.runtime.clone()).context("starting the engine")?;
+    if config.demo {
+        crate::demo::start(&engine).await?;
+    }
+    tracing::info!(%addr, data_dir = %data_dir.display(), "weir listening");
+    // A line on stdout that scripts and tests can wait for.
+    println!("weir listening on http://{addr}");
+    let _ = std::io::stdout().flush();
+    let shutdown_engine = engine.clone();
+    axum::serve(listener, app(AppState { engine }))
+        .with_graceful_shutdown(async move {
+            let _ = tokio::signal::ctrl_c().await;
+            tracing::info!("shutting down");
+            shutdown_engine.shut_down();
+        })
+        .await
+        .context("serving HTTP")?;
+    Ok(())
+}
+
+/// Create the data dir if needed and prove it is writable.
+fn check_data_dir(dir: &Path) -> anyhow::Result<()> {
+    let fail = |e: std::io::Error| anyhow::anyhow!("cannot use data dir {}: {e}", dir.display());
+    std::fs::create_dir_all(dir).map_err(fail)?;
+    let probe = dir.join(".weir-write-probe");
+    std::fs::write(&probe, b"ok").map_err(fail)?;
+    std::fs::remove_file(&probe).map_err(fail)?;
+    Ok(())
+}
