@@ -233,6 +233,7 @@ impl Engine {
         }
         let m = &self.inner.metrics;
         let stop = Arc::new(AtomicBool::new(false));
+        let active = Arc::new(AtomicBool::new(false));
         let buffer = self.inner.config.http.buffer_chunks.max(1);
         let (tx, rx) = std::sync::mpsc::sync_channel(buffer);
         let buffered = Arc::new(AtomicUsize::new(0));
@@ -253,6 +254,7 @@ impl Engine {
             state: Mutex::new(SourceState::Running),
             current_watermark: AtomicI64::new(i64::MIN),
             stop: stop.clone(),
+            active: active.clone(),
             http,
             records_in: m.records_in.with_label_values(&[&name]),
             batches: m.batches.with_label_values(&[&name]),
@@ -274,6 +276,7 @@ impl Engine {
                 batch.max_rows().min(4096),
                 tx,
                 stop,
+                active,
                 source.records_in.clone(),
             )?;
         }
@@ -351,6 +354,9 @@ impl Engine {
             .adhoc
             .register_table(name.as_str(), Arc::new(ViewTable(view.clone())))?;
         source.views.lock().push(view.clone());
+        source
+            .active
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         self.inner.views.insert(name.clone(), view);
         tracing::info!(view = %name, source = %query.source, plan = %query.description, "view created");
         Ok(SqlOutput::Done {

@@ -1,1 +1,8 @@
+//! End-to-end tests: each starts the real `weir` binary on a free port and talks to it
+//! over HTTP. Build the binary first (`cargo build -p weir-web`); `scripts/test.sh` does.
 
+mod cli;
+mod dashboard;
+mod http_pipeline;
+mod nexmark;
+mod support;

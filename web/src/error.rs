@@ -60,6 +60,11 @@ impl From<Error> for ApiError {
             Error::Query(DataFusionError::Internal(_)) | Error::Io(_) | Error::Internal(_) => {
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error", detail)
             }
+            Error::Query(
+                DataFusionError::SchemaError(..)
+                | DataFusionError::Plan(_)
+                | DataFusionError::SQL(..),
+            ) => Self::new(StatusCode::BAD_REQUEST, "invalid SQL", detail),
             Error::Query(_) => Self::new(StatusCode::BAD_REQUEST, "query failed", detail),
         }
     }

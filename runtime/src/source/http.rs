@@ -129,6 +129,7 @@ mod tests {
             state: Mutex::new(SourceState::Running),
             current_watermark: AtomicI64::new(i64::MIN),
             stop: Arc::new(AtomicBool::new(false)),
+            active: Arc::new(AtomicBool::new(true)),
             http: Some(http),
             records_in: counter(),
             batches: counter(),

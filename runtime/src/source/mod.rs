@@ -53,6 +53,8 @@ pub struct SourceRuntime {
     /// Current watermark in ms; `i64::MIN` before the first batch.
     pub(crate) current_watermark: AtomicI64,
     pub(crate) stop: Arc<AtomicBool>,
+    /// Set when the first view attaches: generators wait for it so no view misses rows.
+    pub(crate) active: Arc<AtomicBool>,
     pub(crate) http: Option<http::HttpInput>,
     pub(crate) records_in: IntCounter,
     pub(crate) batches: IntCounter,

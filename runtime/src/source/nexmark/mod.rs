@@ -1,6 +1,7 @@
 //! The `nexmark` connector: a generator thread producing one Nexmark table, throttled
 //! to `rate` events per second (0 = as fast as possible), ending after `events` events
-//! (0 = never) with a final watermark that closes every window.
+//! (0 = never) with a final watermark that closes every window. Generation starts when
+//! the first view attaches, so a finite run is seen whole by that view.
 
 pub mod generator;
 
@@ -99,6 +100,7 @@ pub fn spawn(
     chunk_events: usize,
     tx: SyncSender<Chunk>,
     stop: Arc<AtomicBool>,
+    active: Arc<AtomicBool>,
     records_in: IntCounter,
 ) -> Result<()> {
     let mut generator = Generator::new(options.generator_config()?);
@@ -106,6 +108,13 @@ pub fn spawn(
     std::thread::Builder::new()
         .name(format!("nexmark-{name}"))
         .spawn(move || {
+            // A source without views has nothing to feed: start with the first view.
+            while !active.load(Ordering::Relaxed) {
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
             let started = Instant::now();
             // Throttled runs send small chunks often, so batches close on time.
             let chunk = if rate > 0 {

@@ -1,0 +1,356 @@
+//! The whole path over HTTP: an http source, a tumbling-window view, thousands of events
+//! with known event times (some malformed, some late), checked against the same
+//! aggregation computed here in plain Rust.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::Result;
+use serde_json::{Value, json};
+
+use crate::support::Weir;
+
+/// 2023-11-14T22:13:20Z, a multiple of the window size.
+const T0: i64 = 1_700_000_000_000;
+const WINDOW_MS: i64 = 10_000;
+const USERS: i64 = 7;
+
+fn event(i: i64) -> Value {
+    json!({ "id": i, "user_id": i % USERS, "amount": (i % 97) as f64 + 0.5, "ts": T0 + i * 20 })
+}
+
+/// (window_start ms, user) -> (count, sum, min, max), computed independently of weir.
+type Expected = BTreeMap<(i64, i64), (i64, f64, f64, f64)>;
+
+fn expect(expected: &mut Expected, e: &Value) {
+    let ts = e["ts"].as_i64().expect("ts");
+    let amount = e["amount"].as_f64().expect("amount");
+    let entry = expected
+        .entry((
+            ts - ts.rem_euclid(WINDOW_MS),
+            e["user_id"].as_i64().expect("user"),
+        ))
+        .or_insert((0, 0.0, f64::MAX, f64::MIN));
+    entry.0 += 1;
+    entry.1 += amount;
+    entry.2 = entry.2.min(amount);
+    entry.3 = entry.3.max(amount);
+}
+
+fn iso(ms: i64) -> String {
+    let secs = ms / 1000;
+    // Good enough for the test's range: format via the days-from-civil algorithm.
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn ndjson(events: &[Value]) -> String {
+    events.iter().map(|e| format!("{e}\n")).collect()
+}
+
+async fn view_rows(weir: &Weir) -> Result<usize> {
+    Ok(weir.get("/api/v1/views/per_user").await?["rows"]
+        .as_array()
+        .map_or(0, Vec::len))
+}
+
+#[tokio::test]
+async fn http_source_to_tumbling_window_view() -> Result<()> {
+    let weir = Weir::start(&[]).await?;
+    weir.exec(
+        "CREATE SOURCE events (id BIGINT NOT NULL, user_id BIGINT NOT NULL, amount DOUBLE, ts TIMESTAMP, \
+         WATERMARK FOR ts AS ts - INTERVAL '2' SECOND) WITH (connector = 'http', max_rows = 500, max_delay = '10ms')",
+    )
+    .await?;
+    weir.exec(
+        "CREATE MATERIALIZED VIEW per_user AS SELECT window_start, window_end, user_id, count(*) AS n, \
+         sum(amount) AS total, min(amount) AS low, max(amount) AS high \
+         FROM TUMBLE(events, ts, INTERVAL '10' SECOND) GROUP BY window_start, window_end, user_id",
+    )
+    .await?;
+
+    // Bad SQL answers 400 and names the problem.
+    let (status, body) = weir
+        .sql("CREATE MATERIALIZED VIEW v2 AS SELECT user_id, count(*) FROM events GROUP BY user_id")
+        .await?;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("needs a window"),
+        "{body}"
+    );
+    let (status, body) = weir.sql("SELECT nope FROM per_user").await?;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["detail"].as_str().unwrap_or("").contains("nope"),
+        "{body}"
+    );
+    let (status, body) = weir
+        .sql("CREATE SOURCE events (a BIGINT) WITH (connector = 'http')")
+        .await?;
+    assert_eq!(status, 409, "{body}");
+
+    let mut expected = Expected::new();
+    // Phase 1: 0..60 s of event time in six requests (NDJSON and arrays), with three
+    // malformed records in the first.
+    for part in 0..6 {
+        let events: Vec<Value> = (part * 500..(part + 1) * 500).map(event).collect();
+        events.iter().for_each(|e| expect(&mut expected, e));
+        let body = if part == 0 {
+            let mut lines: Vec<String> = events.iter().map(Value::to_string).collect();
+            lines.insert(10, "{\"id\": 1, \"user_id\": ".to_string());
+            lines.insert(
+                20,
+                json!({"id": 2, "user_id": "seven", "ts": T0}).to_string(),
+            );
+            lines.insert(
+                30,
+                json!({"user_id": 3, "ts": T0, "amount": 1.0}).to_string(),
+            );
+            lines.join("\n")
+        } else if part % 2 == 0 {
+            ndjson(&events)
+        } else {
+            Value::Array(events).to_string()
+        };
+        let (status, report) = weir.post_records("events", body).await?;
+        assert_eq!(status, 200, "{report}");
+        let bad = if part == 0 { 3 } else { 0 };
+        assert_eq!(report, json!({ "accepted": 500, "dead_lettered": bad }));
+    }
+    // The watermark reaches 59.98 s - 2 s: windows up to [40 s, 50 s) are closed.
+    weir.wait_for("five closed windows", Duration::from_secs(30), || async {
+        Ok((view_rows(&weir).await? == 5 * USERS as usize).then_some(()))
+    })
+    .await?;
+
+    // Phase 2: ten rows for the closed first window are late.
+    let late: Vec<Value> = (0..10)
+        .map(|i| json!({ "id": 10_000 + i, "user_id": 1, "amount": 1.0, "ts": T0 + 5_000 }))
+        .collect();
+    let (status, report) = weir.post_records("events", ndjson(&late)).await?;
+    assert_eq!(
+        (status, report),
+        (200, json!({ "accepted": 10, "dead_lettered": 0 }))
+    );
+    weir.wait_for("ten late rows", Duration::from_secs(30), || async {
+        let views = weir.get("/api/v1/views").await?;
+        Ok((views["views"][0]["late_rows"] == 10).then_some(()))
+    })
+    .await?;
+
+    // Live changes: subscribe before the remaining windows close.
+    let mut stream = weir
+        .client
+        .get(format!("{}/api/v1/views/per_user/stream", weir.url))
+        .send()
+        .await?;
+    assert_eq!(stream.status(), 200);
+
+    // Phase 3: 60..100 s, then one event far ahead that closes every window before it.
+    let events: Vec<Value> = (3000..5000).map(event).collect();
+    events.iter().for_each(|e| expect(&mut expected, e));
+    weir.post_records("events", ndjson(&events)).await?;
+    let (status, _) = weir
+        .post_records(
+            "events",
+            ndjson(&[json!({"id": 99_999, "user_id": 0, "amount": 1.0, "ts": T0 + 200_000})]),
+        )
+        .await?;
+    assert_eq!(status, 200);
+    weir.wait_for("all ten windows", Duration::from_secs(30), || async {
+        Ok((view_rows(&weir).await? == 10 * USERS as usize).then_some(()))
+    })
+    .await?;
+
+    // The exact rows.
+    let body = weir.get("/api/v1/views/per_user").await?;
+    assert_eq!(
+        body["columns"],
+        json!([
+            "window_start",
+            "window_end",
+            "user_id",
+            "n",
+            "total",
+            "low",
+            "high"
+        ])
+    );
+    let mut actual: Vec<Value> = body["rows"].as_array().cloned().unwrap_or_default();
+    actual.sort_by_key(|r| (r[0].as_str().unwrap_or("").to_string(), r[2].as_i64()));
+    let want: Vec<Value> = expected
+        .iter()
+        .map(|(&(start, user), &(n, total, low, high))| {
+            json!([
+                iso(start),
+                iso(start + WINDOW_MS),
+                user,
+                n,
+                total,
+                low,
+                high
+            ])
+        })
+        .collect();
+    assert_eq!(want.len(), 70);
+    assert_eq!(actual, want);
+
+    // The live stream carried rows of the windows closed in phase 3.
+    let mut seen = String::new();
+    while !seen.contains("event: rows") {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), stream.chunk()).await??;
+        seen.push_str(&String::from_utf8_lossy(&chunk.unwrap_or_default()));
+    }
+    let data = seen
+        .lines()
+        .find_map(|l| l.strip_prefix("data: "))
+        .expect("an SSE data line");
+    let update: Value = serde_json::from_str(data)?;
+    assert_eq!(update["columns"], body["columns"]);
+    assert!(
+        update["rows"][0][0].as_str().unwrap_or("") >= iso(T0 + 50_000).as_str(),
+        "{update}"
+    );
+
+    // Dead letters: three malformed records with their positions, ten late rows.
+    let dl = weir
+        .get("/api/v1/dead-letters?source=events&limit=1000")
+        .await?;
+    let letters = dl["dead_letters"].as_array().cloned().unwrap_or_default();
+    assert_eq!(dl["total"], 13);
+    let malformed: Vec<&Value> = letters.iter().filter(|l| l["view"].is_null()).collect();
+    assert_eq!(
+        malformed
+            .iter()
+            .map(|l| l["position"].as_u64())
+            .collect::<Vec<_>>(),
+        vec![Some(10), Some(20), Some(30)]
+    );
+    assert!(
+        malformed[0]["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("invalid JSON"),
+        "{}",
+        malformed[0]
+    );
+    assert!(
+        malformed[1]["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("schema"),
+        "{}",
+        malformed[1]
+    );
+    assert!(
+        malformed[2]["raw"]
+            .as_str()
+            .unwrap_or("")
+            .contains("\"user_id\":3"),
+        "{}",
+        malformed[2]
+    );
+    let late_letters: Vec<&Value> = letters.iter().filter(|l| l["view"] == "per_user").collect();
+    assert_eq!(late_letters.len(), 10);
+    assert!(
+        late_letters[0]["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("late row"),
+        "{}",
+        late_letters[0]
+    );
+    let on_disk = std::fs::read_to_string(weir.data_dir.path().join("dead-letters.jsonl"))?;
+    assert_eq!(on_disk.lines().count(), 13);
+
+    // Ad hoc SQL over the view, and the other formats.
+    let total = weir.exec("SELECT sum(n) AS events FROM per_user").await?;
+    assert_eq!(total["rows"], json!([[5000]]));
+    let csv = weir
+        .client
+        .get(format!("{}/api/v1/views/per_user", weir.url))
+        .header("accept", "text/csv")
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert!(
+        csv.starts_with("window_start,window_end,user_id,n,total,low,high\n"),
+        "{csv}"
+    );
+    assert_eq!(csv.lines().count(), 71);
+    let arrow = weir
+        .client
+        .get(format!("{}/api/v1/views/per_user?limit=5", weir.url))
+        .header("accept", "application/vnd.apache.arrow.stream")
+        .send()
+        .await?;
+    assert_eq!(
+        arrow.headers()["content-type"],
+        "application/vnd.apache.arrow.stream"
+    );
+    let bytes = arrow.bytes().await?;
+    assert_eq!(
+        &bytes[..4],
+        &[0xff, 0xff, 0xff, 0xff],
+        "an Arrow IPC stream starts with a continuation marker"
+    );
+
+    // Metrics and status.
+    let metrics = weir
+        .client
+        .get(format!("{}/metrics", weir.url))
+        .send()
+        .await?
+        .text()
+        .await?;
+    for line in [
+        "weir_records_in_total{source=\"events\"} 5011",
+        "weir_late_rows_total{view=\"per_user\"} 10",
+        "weir_dead_letters_total{source=\"events\"} 13",
+        "weir_view_rows_emitted_total{view=\"per_user\"} 70",
+    ] {
+        assert!(metrics.contains(line), "missing {line} in\n{metrics}");
+    }
+    assert!(
+        metrics.contains("weir_batch_latency_seconds_bucket"),
+        "{metrics}"
+    );
+    let source = weir.get("/api/v1/sources/events").await?;
+    assert_eq!(source["watermark_ms"], T0 + 198_000);
+
+    // Oversized bodies are refused from their declared length, before they are read.
+    let response = raw_request(&weir.url, "POST /api/v1/sources/events/records HTTP/1.1\r\nHost: x\r\nContent-Length: 9437184\r\n\r\n").await?;
+    assert!(response.starts_with("HTTP/1.1 413"), "{response}");
+    assert!(response.contains("larger than 8388608 bytes"), "{response}");
+    Ok(())
+}
+
+/// Send raw request bytes and read the answer (the body is never sent).
+async fn raw_request(url: &str, head: &str) -> Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = url.trim_start_matches("http://");
+    let mut conn = tokio::net::TcpStream::connect(addr).await?;
+    conn.write_all(head.as_bytes()).await?;
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut buf)).await??;
+    Ok(String::from_utf8_lossy(&buf[..n]).to_string())
+}

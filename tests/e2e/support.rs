@@ -1,0 +1,147 @@
+//! Starting the real binary and talking to it.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// The `weir` binary next to this test's build (or `$WEIR_BIN`).
+pub fn weir_binary() -> PathBuf {
+    if let Ok(p) = std::env::var("WEIR_BIN") {
+        return p.into();
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target dir");
+    let bin = dir.join("weir");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p weir-web` first",
+        bin.display()
+    );
+    bin
+}
+
+/// A running `weir serve` on a free port with its own data dir; killed on drop.
+pub struct Weir {
+    /// Held so the server lives as long as the test (killed on drop).
+    _child: Child,
+    pub url: String,
+    pub data_dir: tempfile::TempDir,
+    pub client: reqwest::Client,
+}
+
+impl Weir {
+    pub async fn start(extra_args: &[&str]) -> Result<Self> {
+        let data_dir = tempfile::tempdir()?;
+        let log = std::fs::File::create(data_dir.path().join("weir.log"))?;
+        let mut child = Command::new(weir_binary())
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir.path())
+            .args(extra_args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting weir")?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+            .await
+            .context("weir did not start within 60 s")??
+            .context("weir exited before listening")?;
+        let url = line
+            .strip_prefix("weir listening on ")
+            .context("unexpected first line")?
+            .trim()
+            .to_string();
+        Ok(Self {
+            _child: child,
+            url,
+            data_dir,
+            client: reqwest::Client::new(),
+        })
+    }
+
+    pub async fn sql(&self, sql: &str) -> Result<(u16, Value)> {
+        let r = self
+            .client
+            .post(format!("{}/api/v1/sql", self.url))
+            .json(&json!({ "sql": sql }))
+            .send()
+            .await?;
+        Ok((r.status().as_u16(), r.json().await?))
+    }
+
+    /// Run a statement that must succeed.
+    pub async fn exec(&self, sql: &str) -> Result<Value> {
+        let (status, body) = self.sql(sql).await?;
+        if status != 200 {
+            bail!("{sql}\nanswered {status}: {body}");
+        }
+        Ok(body)
+    }
+
+    pub async fn get(&self, path: &str) -> Result<Value> {
+        let r = self
+            .client
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await?;
+        let status = r.status();
+        let body = r.json().await?;
+        if !status.is_success() {
+            bail!("GET {path} answered {status}: {body}");
+        }
+        Ok(body)
+    }
+
+    pub async fn post_records(&self, source: &str, body: String) -> Result<(u16, Value)> {
+        let r = self
+            .client
+            .post(format!("{}/api/v1/sources/{source}/records", self.url))
+            .body(body)
+            .send()
+            .await?;
+        Ok((r.status().as_u16(), r.json().await.unwrap_or(Value::Null)))
+    }
+
+    /// Poll `check` until it returns Some, or fail after `timeout` naming `what`.
+    pub async fn wait_for<T, F, Fut>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut check: F,
+    ) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<Option<T>>>,
+    {
+        let start = Instant::now();
+        loop {
+            if let Some(v) = check().await? {
+                return Ok(v);
+            }
+            if start.elapsed() > timeout {
+                let log = std::fs::read_to_string(self.data_dir.path().join("weir.log"))
+                    .unwrap_or_default();
+                bail!(
+                    "timed out waiting for {what}; weir log tail:\n{}",
+                    tail(&log, 30)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
