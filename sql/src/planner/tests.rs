@@ -92,7 +92,7 @@ async fn tumbling_aggregate_emits_each_window_once_when_the_watermark_passes() {
         (1, -1, 5_000),
         (1, 50, 11_000),
     ]);
-    let (rows, late) = run(&mut q, &[b1.clone()], false);
+    let (rows, late) = run(&mut q, &[b1], false);
     // Watermark 11_000 closed [0, 10s): auction 1 (two positive prices) and 2.
     assert_batches_eq!(
         [

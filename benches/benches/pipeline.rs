@@ -1,0 +1,143 @@
+//! Throughput of weir's hot paths on one core, on the built-in Nexmark bid stream:
+//! generating events, decoding JSON, a stateless filter view and a tumbling-window
+//! aggregate view (per-batch processing plus window emission).
+//!
+//! Run: `cargo bench -p weir-benches --bench pipeline`
+
+use std::hint::black_box;
+
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::json::LineDelimitedWriter;
+use weir_runtime::decode::JsonDecoder;
+use weir_runtime::source::nexmark::{Generator, GeneratorConfig, Table};
+use weir_sql::planner::{SourceCatalog, SourceInfo};
+use weir_sql::{Collector, ContinuousQuery, Statement, Watermark, WatermarkSpec, parse_statement};
+
+const BATCH_EVENTS: u64 = 8_192 * 50 / 46;
+const EVENTS: u64 = 2_000_000;
+
+fn bids(events: u64) -> Vec<RecordBatch> {
+    let mut g = Generator::new(GeneratorConfig {
+        table: Table::Bid,
+        seed: 1,
+        events: Some(events),
+        event_rate: 100_000,
+        start_time_ms: 0,
+    });
+    std::iter::from_fn(|| g.next_batch(BATCH_EVENTS)).collect()
+}
+
+fn plan(sql: &str) -> ContinuousQuery {
+    let Ok(Statement::CreateView(view)) = parse_statement(sql) else {
+        panic!("not a view: {sql}")
+    };
+    let catalog = SourceCatalog::from([(
+        "bids".to_string(),
+        SourceInfo {
+            schema: Table::Bid.schema(),
+            watermark: Some(WatermarkSpec {
+                column: "date_time".into(),
+                delay: std::time::Duration::from_secs(4),
+            }),
+        },
+    )]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    rt.block_on(ContinuousQuery::plan(&view, &catalog))
+        .expect("plans")
+}
+
+/// Drive a query over all batches the way a pipeline does; returns rows emitted.
+fn drive(query: &mut ContinuousQuery, batches: &[RecordBatch]) -> usize {
+    let mut watermark = Watermark::new(4_000);
+    let time = Table::Bid
+        .schema()
+        .index_of("date_time")
+        .expect("date_time");
+    let mut out = Collector::default();
+    for b in batches {
+        query
+            .operator
+            .process(b, watermark.current(), &mut out)
+            .expect("process");
+        let max = datafusion::arrow::compute::max(
+            b.column(time)
+                .as_any()
+                .downcast_ref::<datafusion::arrow::array::TimestampMillisecondArray>()
+                .expect("ts"),
+        );
+        if let Some(w) = max.and_then(|m| watermark.observe(m)) {
+            query.operator.on_watermark(w, &mut out).expect("watermark");
+        }
+    }
+    if let Some(w) = watermark.finish() {
+        query.operator.on_watermark(w, &mut out).expect("finish");
+    }
+    out.rows.iter().map(RecordBatch::num_rows).sum()
+}
+
+fn benches(c: &mut Criterion) {
+    let batches = bids(EVENTS);
+    let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+
+    let mut g = c.benchmark_group("nexmark");
+    g.throughput(Throughput::Elements(EVENTS));
+    g.sample_size(10);
+    g.bench_function("generate_bids", |b| b.iter(|| black_box(bids(EVENTS))));
+    g.finish();
+
+    let mut g = c.benchmark_group("view");
+    g.throughput(Throughput::Elements(rows));
+    g.sample_size(10);
+    g.bench_function("filter_project", |b| {
+        b.iter_batched(
+            || plan("CREATE MATERIALIZED VIEW v AS SELECT auction, price * 0.908 AS euros FROM bids WHERE price > 1000000"),
+            |mut q| drive(&mut q, &batches),
+            BatchSize::PerIteration,
+        )
+    });
+    g.bench_function("tumble_count_sum_max_by_auction", |b| {
+        b.iter_batched(
+            || {
+                plan(
+                    "CREATE MATERIALIZED VIEW v AS SELECT window_start, window_end, auction, count(*) AS n, \
+                     sum(price) AS total, max(price) AS top FROM TUMBLE(bids, date_time, INTERVAL '10' SECOND) \
+                     GROUP BY window_start, window_end, auction",
+                )
+            },
+            |mut q| drive(&mut q, &batches),
+            BatchSize::PerIteration,
+        )
+    });
+    g.bench_function("tumble_avg_by_channel", |b| {
+        b.iter_batched(
+            || {
+                plan(
+                    "CREATE MATERIALIZED VIEW v AS SELECT window_start, window_end, channel, avg(price) AS mean \
+                     FROM TUMBLE(bids, date_time, INTERVAL '10' SECOND) GROUP BY window_start, window_end, channel",
+                )
+            },
+            |mut q| drive(&mut q, &batches),
+            BatchSize::PerIteration,
+        )
+    });
+    g.finish();
+
+    // JSON decoding of one 8192-row micro-batch of bids.
+    let mut writer = LineDelimitedWriter::new(Vec::new());
+    writer.write(&batches[0]).expect("json");
+    writer.finish().expect("json");
+    let body = writer.into_inner();
+    let decoder = JsonDecoder::new(Table::Bid.schema());
+    let mut g = c.benchmark_group("decode");
+    g.throughput(Throughput::Elements(batches[0].num_rows() as u64));
+    g.bench_function("json_bids_8k", |b| {
+        b.iter(|| black_box(decoder.decode(&body)))
+    });
+    g.finish();
+}
+
+criterion_group!(pipeline, benches);
+criterion_main!(pipeline);

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Runs every test of weir on a fresh machine: installs what is missing (rustfmt and
+# clippy, Debian's Chromium, playwright-core for the browser test), then checks format
+# and lints, builds the `weir` binary and runs all unit and end-to-end tests.
+# The end-to-end tests start the real binary themselves, on free loopback ports.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# One build cache outside the clone, reused between runs.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/weir-target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+step() { printf '\n== %s (%s)\n' "$1" "$(date +%T)"; }
+
+step "tools"
+for component in rustfmt clippy; do
+  rustup component list --installed 2>/dev/null | grep -q "^$component" || rustup component add "$component"
+done
+if ! command -v chromium >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+fi
+if [ ! -d tests/browser/node_modules/playwright-core ]; then
+  (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
+fi
+
+step "format"
+cargo fmt --all -- --check
+
+step "lint"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+step "build"
+cargo build -p weir-web --quiet
+
+step "test"
+cargo test --workspace --quiet
+
+step "done"
