@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize};
 use dashmap::DashMap;
 use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray, UInt64Array};
 use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
+use datafusion::common::TableReference;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::context::SQLOptions;
 use datafusion::prelude::{SessionConfig, SessionContext};
@@ -223,13 +224,25 @@ impl Engine {
                 )
             }
         };
-        if let Some(wm) = &watermark
-            && schema.index_of(&wm.column).is_err()
-        {
-            return Err(Error::BadRequest(format!(
-                "source {name}: WATERMARK FOR {}: no such column",
-                wm.column
-            )));
+        if let Some(wm) = &watermark {
+            match schema
+                .index_of(&wm.column)
+                .map(|i| schema.field(i).data_type())
+            {
+                Err(_) => {
+                    return Err(Error::BadRequest(format!(
+                        "source {name}: WATERMARK FOR {}: no such column",
+                        wm.column
+                    )));
+                }
+                Ok(t) if *t != weir_sql::schema::TIMESTAMP => {
+                    return Err(Error::BadRequest(format!(
+                        "source {name}: WATERMARK FOR {}: the column must be a TIMESTAMP, not {t}",
+                        wm.column
+                    )));
+                }
+                Ok(_) => {}
+            }
         }
         let m = &self.inner.metrics;
         let stop = Arc::new(AtomicBool::new(false));
@@ -259,6 +272,7 @@ impl Engine {
             records_in: m.records_in.with_label_values(&[&name]),
             batches: m.batches.with_label_values(&[&name]),
             dead_letters: m.dead_letters.with_label_values(&[&name]),
+            watermark_gauge: m.watermark.with_label_values(&[&name]),
         });
         let pipeline = Pipeline::new(
             source.clone(),
@@ -300,6 +314,12 @@ impl Engine {
         }
         source.shut_down();
         self.inner.sources.remove(name);
+        let m = &self.inner.metrics;
+        for family in [&m.records_in, &m.batches, &m.dead_letters] {
+            let _ = family.remove_label_values(&[name]);
+        }
+        let _ = m.batch_latency.remove_label_values(&[name]);
+        let _ = m.watermark.remove_label_values(&[name]);
         Ok(SqlOutput::Done {
             message: format!("source {name} dropped"),
         })
@@ -316,6 +336,14 @@ impl Engine {
             return Err(Error::Conflict(format!(
                 "the name {name} is taken; DROP it first or choose another"
             )));
+        }
+        for name in weir_sql::planner::relations(&v.query) {
+            if self.inner.views.contains_key(&name) {
+                return Err(Error::BadRequest(format!(
+                    "view {} reads view {name}: views over views are not supported yet; read the source instead",
+                    v.name
+                )));
+            }
         }
         let catalog: SourceCatalog = self
             .inner
@@ -350,9 +378,10 @@ impl Engine {
             m.late_rows.with_label_values(&[&name]),
             m.rows_emitted.with_label_values(&[&name]),
         ));
-        self.inner
-            .adhoc
-            .register_table(name.as_str(), Arc::new(ViewTable(view.clone())))?;
+        self.inner.adhoc.register_table(
+            TableReference::bare(name.as_str()),
+            Arc::new(ViewTable(view.clone())),
+        )?;
         source.views.lock().push(view.clone());
         source
             .active
@@ -371,7 +400,13 @@ impl Engine {
         if let Some(source) = self.inner.sources.get(&view.source) {
             source.views.lock().retain(|v| v.name != name);
         }
-        self.inner.adhoc.deregister_table(name)?;
+        self.inner
+            .adhoc
+            .deregister_table(TableReference::bare(name))?;
+        // A view of the same name later starts its counters from zero.
+        let m = &self.inner.metrics;
+        let _ = m.late_rows.remove_label_values(&[name]);
+        let _ = m.rows_emitted.remove_label_values(&[name]);
         Ok(SqlOutput::Done {
             message: format!("view {name} dropped"),
         })

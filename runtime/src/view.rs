@@ -34,6 +34,9 @@ pub struct ViewRuntime {
     pub(crate) late_rows: IntCounter,
     pub(crate) rows_emitted: IntCounter,
     pub(crate) last_error: Mutex<Option<String>>,
+    /// Published after each operator call, so status pages never wait for the operator.
+    open_windows: AtomicUsize,
+    state_bytes: AtomicUsize,
 }
 
 /// What the API shows of a view.
@@ -87,7 +90,33 @@ impl ViewRuntime {
             late_rows,
             rows_emitted,
             last_error: Mutex::new(None),
+            open_windows: AtomicUsize::new(0),
+            state_bytes: AtomicUsize::new(0),
         }
+    }
+
+    /// Call the operator; a panic in it is contained and reported as an error of this
+    /// batch, so one bad view cannot take its source's pipeline down.
+    pub(crate) fn run_operator(
+        &self,
+        call: impl FnOnce(&mut dyn Operator) -> weir_sql::Result<()>,
+    ) -> weir_sql::Result<()> {
+        let mut op = self.operator.lock();
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| call(op.as_mut())))
+            .unwrap_or_else(|panic| {
+                let what = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                Err(weir_sql::Error::Execution(format!(
+                    "internal error (panic) in the operator: {what}"
+                )))
+            });
+        self.open_windows
+            .store(op.open_windows(), Ordering::Relaxed);
+        self.state_bytes.store(op.state_size(), Ordering::Relaxed);
+        result
     }
 
     /// The current rows, oldest first.
@@ -125,10 +154,8 @@ impl ViewRuntime {
     }
 
     pub fn status(&self) -> ViewStatus {
-        let (open_windows, state_bytes) = {
-            let op = self.operator.lock();
-            (op.open_windows(), op.state_size())
-        };
+        let open_windows = self.open_windows.load(Ordering::Relaxed);
+        let state_bytes = self.state_bytes.load(Ordering::Relaxed);
         let error = self.last_error.lock().clone();
         ViewStatus {
             name: self.name.clone(),

@@ -12,6 +12,8 @@ pub struct Collector {
     pub rows: Vec<RecordBatch>,
     /// Input rows (in the source schema) that arrived after their window closed.
     pub late: Vec<RecordBatch>,
+    /// Rows the operator could not finish (for the dead-letter store), with the reason.
+    pub failed: Vec<(RecordBatch, String)>,
 }
 
 impl Collector {
@@ -20,6 +22,11 @@ impl Collector {
         if batch.num_rows() > 0 {
             self.rows.push(batch);
         }
+    }
+
+    /// Hand back rows that could not be finished, so they are not lost.
+    pub fn failed(&mut self, batch: RecordBatch, reason: String) {
+        self.failed.push((batch, reason));
     }
 
     /// Keep input rows that were too late unless there are none.

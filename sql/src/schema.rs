@@ -90,11 +90,9 @@ pub fn interval(expr: &Expr) -> Result<Duration> {
             ));
         }
     };
-    let secs = n * seconds_per_unit;
-    if !(secs.is_finite() && secs >= 0.0) {
-        return Err(invalid!("interval {expr} must not be negative"));
-    }
-    Ok(Duration::from_secs_f64(secs))
+    Duration::try_from_secs_f64(n * seconds_per_unit).map_err(|_| {
+        invalid!("interval {expr} must be a non-negative duration of at most a few centuries")
+    })
 }
 
 fn unit_name(field: &DateTimeField) -> Result<String> {

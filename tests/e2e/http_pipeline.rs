@@ -84,6 +84,8 @@ async fn http_source_to_tumbling_window_view() -> Result<()> {
     )
     .await?;
 
+    weir.exec("CREATE MATERIALIZED VIEW big_spends AS SELECT id, user_id, amount, ts FROM events WHERE amount > 90").await?;
+
     // Bad SQL answers 400 and names the problem.
     let (status, body) = weir
         .sql("CREATE MATERIALIZED VIEW v2 AS SELECT user_id, count(*) FROM events GROUP BY user_id")
@@ -152,7 +154,11 @@ async fn http_source_to_tumbling_window_view() -> Result<()> {
     );
     weir.wait_for("ten late rows", Duration::from_secs(30), || async {
         let views = weir.get("/api/v1/views").await?;
-        Ok((views["views"][0]["late_rows"] == 10).then_some(()))
+        let per_user = views["views"]
+            .as_array()
+            .and_then(|v| v.iter().find(|x| x["name"] == "per_user"))
+            .cloned();
+        Ok(per_user.is_some_and(|v| v["late_rows"] == 10).then_some(()))
     })
     .await?;
 
@@ -284,6 +290,15 @@ async fn http_source_to_tumbling_window_view() -> Result<()> {
     // Ad hoc SQL over the view, and the other formats.
     let total = weir.exec("SELECT sum(n) AS events FROM per_user").await?;
     assert_eq!(total["rows"], json!([[5000]]));
+    // A join of two views: each big spend falls in exactly one (window, user) row.
+    let big = (0..5000).filter(|i| (i % 97) as f64 + 0.5 > 90.0).count();
+    let joined = weir
+        .exec(
+            "SELECT count(*) AS n FROM big_spends b JOIN per_user p \
+             ON b.user_id = p.user_id AND b.ts >= p.window_start AND b.ts < p.window_end",
+        )
+        .await?;
+    assert_eq!(joined["rows"], json!([[big]]));
     let csv = weir
         .client
         .get(format!("{}/api/v1/views/per_user", weir.url))
@@ -323,12 +338,13 @@ async fn http_source_to_tumbling_window_view() -> Result<()> {
         .text()
         .await?;
     for line in [
-        "weir_records_in_total{source=\"events\"} 5011",
-        "weir_late_rows_total{view=\"per_user\"} 10",
-        "weir_dead_letters_total{source=\"events\"} 13",
-        "weir_view_rows_emitted_total{view=\"per_user\"} 70",
+        "weir_records_in_total{source=\"events\"} 5011".to_string(),
+        "weir_late_rows_total{view=\"per_user\"} 10".to_string(),
+        "weir_dead_letters_total{source=\"events\"} 13".to_string(),
+        "weir_view_rows_emitted_total{view=\"per_user\"} 70".to_string(),
+        format!("weir_watermark_ms{{source=\"events\"}} {}", T0 + 198_000),
     ] {
-        assert!(metrics.contains(line), "missing {line} in\n{metrics}");
+        assert!(metrics.contains(&line), "missing {line} in\n{metrics}");
     }
     assert!(
         metrics.contains("weir_batch_latency_seconds_bucket"),

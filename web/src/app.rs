@@ -1,9 +1,12 @@
 //! The HTTP application: `fn app(state) -> Router`, apart from serving, so tests can
 //! call it without a socket.
 
+use std::sync::Arc;
+
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
+use tokio::sync::watch;
 use weir_runtime::Engine;
 
 use crate::api;
@@ -12,6 +15,17 @@ use crate::api;
 #[derive(Clone)]
 pub struct AppState {
     pub engine: Engine,
+    /// Set to true on shutdown: live streams end so the server can stop.
+    pub shutdown: Arc<watch::Sender<bool>>,
+}
+
+impl AppState {
+    pub fn new(engine: Engine) -> Self {
+        Self {
+            engine,
+            shutdown: Arc::new(watch::channel(false).0),
+        }
+    }
 }
 
 /// Every route of weir.
@@ -49,9 +63,7 @@ mod tests {
     fn test_app(max_body_bytes: usize) -> Router {
         let mut config = RuntimeConfig::default();
         config.http.max_body_bytes = max_body_bytes;
-        app(AppState {
-            engine: Engine::in_memory(config),
-        })
+        app(AppState::new(Engine::in_memory(config)))
     }
 
     async fn call(
@@ -123,6 +135,38 @@ mod tests {
         .await;
         assert_eq!(status, StatusCode::OK, "{body}");
         assert_eq!(body, serde_json::json!({"accepted": 1, "dead_lettered": 1}));
+    }
+
+    #[tokio::test]
+    async fn repeated_column_names_keep_their_values_and_views_over_views_are_refused() {
+        let app = test_app(1024);
+        let sql = r#"{"sql": "SELECT * FROM (SELECT 1 AS x) a JOIN (SELECT 2 AS x) b ON true"}"#;
+        let (status, body) = call(&app, "POST", "/api/v1/sql", sql).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["columns"], serde_json::json!(["x", "x"]));
+        assert_eq!(body["rows"], serde_json::json!([[1, 2]]));
+
+        for sql in [
+            r#"{"sql": "CREATE SOURCE s (id BIGINT) WITH (connector = 'http')"}"#,
+            r#"{"sql": "CREATE MATERIALIZED VIEW v AS SELECT id FROM s"}"#,
+        ] {
+            assert_eq!(
+                call(&app, "POST", "/api/v1/sql", sql).await.0,
+                StatusCode::OK
+            );
+        }
+        let sql = r#"{"sql": "CREATE MATERIALIZED VIEW w AS SELECT id FROM v"}"#;
+        let (status, body) = call(&app, "POST", "/api/v1/sql", sql).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(
+            body["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("views over views")),
+            "{body}"
+        );
+        let sql = r#"{"sql": "CREATE SOURCE t (id BIGINT, ts BIGINT, WATERMARK FOR ts AS ts) WITH (connector = 'http')"}"#;
+        let (status, body) = call(&app, "POST", "/api/v1/sql", sql).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     }
 
     #[test]

@@ -95,11 +95,21 @@ pub fn rows_json(
     batches: &[RecordBatch],
 ) -> Result<Value, datafusion::arrow::error::ArrowError> {
     let names: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+    // Write under positional keys: output names may repeat (`SELECT a.id, b.id ...`).
+    let keys: Vec<String> = (0..names.len()).map(|i| i.to_string()).collect();
+    let keyed = std::sync::Arc::new(datafusion::arrow::datatypes::Schema::new(
+        schema
+            .fields()
+            .iter()
+            .zip(&keys)
+            .map(|(f, k)| f.as_ref().clone().with_name(k))
+            .collect::<Vec<_>>(),
+    ));
     let mut writer = JsonWriterBuilder::new()
         .with_explicit_nulls(true)
         .build::<_, datafusion::arrow::json::writer::JsonArray>(Vec::new());
     for b in batches {
-        writer.write(b)?;
+        writer.write(&RecordBatch::try_new(keyed.clone(), b.columns().to_vec())?)?;
     }
     writer.finish()?;
     let objects: Vec<serde_json::Map<String, Value>> = if batches.iter().all(|b| b.num_rows() == 0)
@@ -113,9 +123,8 @@ pub fn rows_json(
         .into_iter()
         .map(|mut o| {
             Value::Array(
-                names
-                    .iter()
-                    .map(|n| o.remove(n).unwrap_or(Value::Null))
+                keys.iter()
+                    .map(|k| o.remove(k).unwrap_or(Value::Null))
                     .collect(),
             )
         })

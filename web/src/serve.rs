@@ -26,12 +26,15 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     // A line on stdout that scripts and tests can wait for.
     println!("weir listening on http://{addr}");
     let _ = std::io::stdout().flush();
-    let shutdown_engine = engine.clone();
-    axum::serve(listener, app(AppState { engine }))
+    let state = AppState::new(engine.clone());
+    let shutdown = state.shutdown.clone();
+    axum::serve(listener, app(state))
         .with_graceful_shutdown(async move {
             let _ = tokio::signal::ctrl_c().await;
             tracing::info!("shutting down");
-            shutdown_engine.shut_down();
+            // End live streams, or graceful shutdown would wait for them forever.
+            let _ = shutdown.send(true);
+            engine.shut_down();
         })
         .await
         .context("serving HTTP")?;

@@ -42,7 +42,7 @@ impl Pipeline {
     ) -> Self {
         let (watermark, time_column) = match &source.watermark {
             Some(spec) => (
-                Watermark::new(spec.delay.as_millis() as i64),
+                Watermark::new(i64::try_from(spec.delay.as_millis()).unwrap_or(i64::MAX)),
                 source.schema.index_of(&spec.column).ok(),
             ),
             None => (Watermark::new(0), None),
@@ -142,7 +142,7 @@ impl Pipeline {
         let before = self.watermark.current();
         for view in &views {
             let mut out = Collector::default();
-            let result = view.operator.lock().process(batch, before, &mut out);
+            let result = view.run_operator(|op| op.process(batch, before, &mut out));
             self.deliver(view, out, result, batch);
         }
         self.source.batches.inc();
@@ -165,13 +165,17 @@ impl Pipeline {
         self.source
             .current_watermark
             .store(watermark, Ordering::Relaxed);
+        if watermark != i64::MAX {
+            self.source.watermark_gauge.set(watermark);
+        }
         for view in views {
             let mut out = Collector::default();
-            let result = view.operator.lock().on_watermark(watermark, &mut out);
+            let result = view.run_operator(|op| op.on_watermark(watermark, &mut out));
             if let Err(e) = &result {
                 tracing::error!(view = %view.name, error = %e, "closing windows failed");
                 *view.last_error.lock() = Some(e.to_string());
             }
+            self.dead_letter_failed(view, &out.failed);
             view.publish(out.rows);
         }
     }
@@ -199,6 +203,7 @@ impl Pipeline {
             *view.last_error.lock() = Some(reason.clone());
             self.dead_letter_rows(view, batch, |_| reason.clone());
         }
+        self.dead_letter_failed(view, &out.failed);
         let watermark = self.watermark.current().unwrap_or(i64::MIN);
         for late in &out.late {
             view.late_rows.inc_by(late.num_rows() as u64);
@@ -219,6 +224,14 @@ impl Pipeline {
             });
         }
         view.publish(out.rows);
+    }
+
+    fn dead_letter_failed(&self, view: &ViewRuntime, failed: &[(RecordBatch, String)]) {
+        for (rows, reason) in failed {
+            tracing::warn!(view = %view.name, %reason, "rows dead-lettered");
+            *view.last_error.lock() = Some(reason.clone());
+            self.dead_letter_rows(view, rows, |_| format!("view {}: {reason}", view.name));
+        }
     }
 
     /// Dead-letter each row of `batch` as a JSON object.

@@ -1,10 +1,11 @@
 //! The `http` connector: records pushed to `POST /api/v1/sources/{name}/records`.
 //! Bodies are decoded on the request's thread; decoded chunks wait in a bounded buffer
-//! for the pipeline, and a full buffer answers 429 before any work is done.
+//! for the pipeline. A request first reserves a place in that buffer, so a full buffer
+//! answers 429 before any work is done and a retried request is never counted twice.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{SyncSender, TrySendError};
+use std::sync::mpsc::SyncSender;
 use std::time::Instant;
 
 use serde::Serialize;
@@ -44,9 +45,17 @@ impl HttpInput {
         body: &[u8],
         dead_letters: &DeadLetterStore,
     ) -> Result<IngestReport> {
-        if self.buffered.load(Ordering::Relaxed) >= self.capacity {
+        // Reserve a place in the buffer before any work, so a 429 has no side effects.
+        if self
+            .buffered
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.capacity).then_some(n + 1)
+            })
+            .is_err()
+        {
             return Err(backpressure(&source.name));
         }
+        let release = || self.buffered.fetch_sub(1, Ordering::AcqRel);
         let received = Instant::now();
         let decoded = self.decoder.decode(body);
         let first = self
@@ -62,24 +71,20 @@ impl HttpInput {
             }));
         source.dead_letters.inc_by(dead_lettered as u64);
         let accepted = decoded.batch.num_rows();
-        if accepted > 0 {
-            self.buffered.fetch_add(1, Ordering::Relaxed);
-            match self.tx.try_send(Chunk::Rows {
+        if accepted == 0 {
+            release();
+        } else {
+            // The reservation guarantees room: the channel holds at most `capacity` chunks.
+            let chunk = Chunk::Rows {
                 batch: decoded.batch,
                 received,
-            }) {
-                Ok(()) => {}
-                Err(TrySendError::Full(_)) => {
-                    self.buffered.fetch_sub(1, Ordering::Relaxed);
-                    return Err(backpressure(&source.name));
-                }
-                Err(TrySendError::Disconnected(_)) => {
-                    self.buffered.fetch_sub(1, Ordering::Relaxed);
-                    return Err(Error::NotFound(format!(
-                        "source {} has stopped",
-                        source.name
-                    )));
-                }
+            };
+            if self.tx.try_send(chunk).is_err() {
+                release();
+                return Err(Error::NotFound(format!(
+                    "source {} has stopped",
+                    source.name
+                )));
             }
             source.records_in.inc_by(accepted as u64);
         }
@@ -103,7 +108,7 @@ mod tests {
 
     use datafusion::arrow::datatypes::{DataType, Field, Schema};
     use parking_lot::Mutex;
-    use prometheus::IntCounter;
+    use prometheus::{IntCounter, IntGauge};
 
     use super::*;
     use crate::source::SourceState;
@@ -134,6 +139,7 @@ mod tests {
             records_in: counter(),
             batches: counter(),
             dead_letters: counter(),
+            watermark_gauge: IntGauge::new("g", "g").expect("gauge"),
         };
         (s, rx)
     }

@@ -13,7 +13,7 @@ use std::time::Instant;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use parking_lot::Mutex;
-use prometheus::IntCounter;
+use prometheus::{IntCounter, IntGauge};
 use serde::Serialize;
 
 use crate::view::{ColumnInfo, ViewRuntime};
@@ -59,6 +59,7 @@ pub struct SourceRuntime {
     pub(crate) records_in: IntCounter,
     pub(crate) batches: IntCounter,
     pub(crate) dead_letters: IntCounter,
+    pub(crate) watermark_gauge: IntGauge,
 }
 
 /// What the API shows of a source.

@@ -105,7 +105,9 @@ impl WindowedAggregate {
         }
     }
 
-    fn add_slice(&mut self, start: i64, slice: RecordBatch) -> Result<()> {
+    /// Evaluate everything a window slice needs, without touching any state, so that
+    /// a failing expression leaves every window as it was.
+    fn prepare(&self, start: i64, slice: RecordBatch) -> Result<Option<Prepared>> {
         let rows = slice.num_rows();
         let end = self.plan.tumble.end(start);
         let mut columns = slice.columns().to_vec();
@@ -115,39 +117,61 @@ impl WindowedAggregate {
         let input = self.plan.pre.apply(windowed)?;
         let rows = input.num_rows();
         if rows == 0 {
-            return Ok(());
+            return Ok(None);
         }
-        let Self {
-            plan,
-            windows,
-            group_indices,
-        } = self;
-        let keys = evaluate(&plan.group_by, &input)?;
-        let state = match windows.entry(start) {
-            Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(v) => v.insert(WindowState::new(plan)?),
-        };
-        state.groups.intern(&keys, group_indices)?;
-        let total_groups = state.groups.len();
-        for (acc, call) in state.accumulators.iter_mut().zip(&plan.aggregates) {
+        let keys = evaluate(&self.plan.group_by, &input)?;
+        let mut arguments = Vec::with_capacity(self.plan.aggregates.len());
+        for call in &self.plan.aggregates {
             let values = evaluate(&call.args, &input)?;
             let filter = match &call.filter {
                 Some(f) => Some(boolean(f.evaluate(&input)?.into_array(rows)?)?),
                 None => None,
             };
-            acc.update_batch(&values, group_indices, filter.as_ref(), total_groups)?;
+            arguments.push((values, filter));
+        }
+        Ok(Some(Prepared {
+            start,
+            keys,
+            arguments,
+        }))
+    }
+
+    /// Fold a prepared slice into its window's groups and accumulators.
+    fn apply(&mut self, prepared: Prepared) -> Result<()> {
+        let Self {
+            plan,
+            windows,
+            group_indices,
+        } = self;
+        let state = match windows.entry(prepared.start) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(v) => v.insert(WindowState::new(plan)?),
+        };
+        state.groups.intern(&prepared.keys, group_indices)?;
+        let total_groups = state.groups.len();
+        for (acc, (values, filter)) in state.accumulators.iter_mut().zip(&prepared.arguments) {
+            acc.update_batch(values, group_indices, filter.as_ref(), total_groups)?;
         }
         Ok(())
     }
 
-    fn emit_window(&self, mut state: WindowState) -> Result<RecordBatch> {
+    /// The window's rows before and after the post-aggregate steps (HAVING, projection).
+    fn emit_window(&self, mut state: WindowState) -> Result<(RecordBatch, Result<RecordBatch>)> {
         let mut columns = state.groups.emit(EmitTo::All)?;
         for acc in &mut state.accumulators {
             columns.push(acc.evaluate(EmitTo::All)?);
         }
-        let batch = RecordBatch::try_new(self.plan.aggregate_schema.clone(), columns)?;
-        self.plan.post.apply(batch)
+        let aggregated = RecordBatch::try_new(self.plan.aggregate_schema.clone(), columns)?;
+        let rows = self.plan.post.apply(aggregated.clone());
+        Ok((aggregated, rows))
     }
+}
+
+/// One window's share of a batch, evaluated and ready to fold in.
+struct Prepared {
+    start: i64,
+    keys: Vec<ArrayRef>,
+    arguments: Vec<(Vec<ArrayRef>, Option<BooleanArray>)>,
 }
 
 fn evaluate(exprs: &[Arc<dyn PhysicalExpr>], batch: &RecordBatch) -> Result<Vec<ArrayRef>> {
@@ -179,15 +203,20 @@ impl Operator for WindowedAggregate {
     ) -> Result<()> {
         let times = event_times(batch.column(self.plan.time_column))?;
         let split = split_by_window(times, self.plan.tumble, watermark);
-        if let Some(late) = &split.late {
-            out.late(take_record_batch(batch, late)?);
-        }
+        let mut prepared = Vec::with_capacity(split.windows.len());
         for (start, rows) in split.windows {
             let slice = match rows {
                 None => batch.clone(),
                 Some(rows) => take_record_batch(batch, &rows)?,
             };
-            self.add_slice(start, slice)?;
+            prepared.extend(self.prepare(start, slice)?);
+        }
+        // Nothing has changed yet: an error above leaves the whole batch to the caller.
+        for p in prepared {
+            self.apply(p)?;
+        }
+        if let Some(late) = &split.late {
+            out.late(take_record_batch(batch, late)?);
         }
         Ok(())
     }
@@ -197,9 +226,17 @@ impl Operator for WindowedAggregate {
             if !self.plan.tumble.is_closed(*entry.key(), Some(watermark)) {
                 break;
             }
+            let start = *entry.key();
             let state = entry.remove();
-            let rows = self.emit_window(state)?;
-            out.emit(rows);
+            let (aggregated, rows) = self.emit_window(state)?;
+            match rows {
+                Ok(rows) => out.emit(rows),
+                // Keep the window's aggregated rows rather than lose them.
+                Err(e) => out.failed(
+                    aggregated,
+                    format!("window starting at {start} ms could not be finished: {e}"),
+                ),
+            }
         }
         Ok(())
     }

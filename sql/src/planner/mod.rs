@@ -148,12 +148,17 @@ fn tumble_call(args: &[FunctionArg]) -> Result<TumbleCall> {
 pub fn relations(query: &ast::Query) -> Vec<String> {
     let mut names = Vec::new();
     let _ = ast::visit_relations(query, |name| {
-        names.push(
-            name.to_string()
-                .trim_matches('"')
-                .to_string()
-                .to_ascii_lowercase(),
-        );
+        // Unquoted names fold to lower case, quoted ones keep theirs (as DataFusion does).
+        let parts: Vec<String> = name
+            .0
+            .iter()
+            .map(|part| match part.as_ident() {
+                Some(i) if i.quote_style.is_some() => i.value.clone(),
+                Some(i) => i.value.to_ascii_lowercase(),
+                None => part.to_string(),
+            })
+            .collect();
+        names.push(parts.join("."));
         ControlFlow::<()>::Continue(())
     });
     names
@@ -240,7 +245,7 @@ impl ContinuousQuery {
             }
         };
         ctx.register_table(
-            source.as_str(),
+            datafusion::common::TableReference::bare(source.as_str()),
             Arc::new(MemTable::try_new(scan_schema.clone(), vec![vec![]])?),
         )?;
         let state = ctx.state();

@@ -192,3 +192,66 @@ async fn unsupported_constructs_are_named() {
         assert!(e.contains(expected), "{sql}: {e}");
     }
 }
+
+#[tokio::test]
+async fn a_failing_expression_loses_no_rows_and_changes_no_state() {
+    // Pre-aggregate failure: 100 / (price - 5) divides by zero for price 5.
+    let mut q = plan(
+        "CREATE MATERIALIZED VIEW v AS SELECT window_start, window_end, count(*) AS n \
+         FROM TUMBLE(bids, date_time, INTERVAL '10' SECOND) WHERE 100 / (price - 5) > 0 \
+         GROUP BY window_start, window_end",
+    )
+    .await
+    .expect("plans");
+    let mut out = Collector::default();
+    let good_then_bad = batch(&[(1, 10, 1_000), (1, 20, 15_000), (1, 5, 16_000)]);
+    assert!(q.operator.process(&good_then_bad, None, &mut out).is_err());
+    assert_eq!(
+        q.operator.open_windows(),
+        0,
+        "no window counted part of the failed batch"
+    );
+
+    // Post-aggregate failure: the window's aggregated rows come back as failed, and the
+    // other windows are still emitted.
+    let mut q = plan(
+        "CREATE MATERIALIZED VIEW v AS SELECT window_start, auction, count(*) AS n \
+         FROM TUMBLE(bids, date_time, INTERVAL '10' SECOND) \
+         GROUP BY window_start, window_end, auction HAVING 10 / (count(*) - 2) > 0",
+    )
+    .await
+    .expect("plans");
+    let mut out = Collector::default();
+    q.operator
+        .process(
+            &batch(&[(1, 1, 1_000), (1, 1, 2_000), (2, 1, 12_000)]),
+            None,
+            &mut out,
+        )
+        .expect("process");
+    q.operator
+        .on_watermark(i64::MAX, &mut out)
+        .expect("emits what it can");
+    assert_eq!(out.failed.len(), 1, "window [0, 10s) fails on 10 / 0");
+    assert_eq!(out.failed[0].0.num_rows(), 1);
+    assert!(
+        out.failed[0].1.contains("Divide by zero"),
+        "{}",
+        out.failed[0].1
+    );
+    assert_eq!(
+        out.rows.iter().map(RecordBatch::num_rows).sum::<usize>(),
+        0,
+        "10 / (1 - 2) < 0 filters the other window"
+    );
+    assert_eq!(q.operator.open_windows(), 0);
+}
+
+#[test]
+fn absurd_intervals_are_errors_not_panics() {
+    let e = parse_statement(
+        "CREATE SOURCE s (t TIMESTAMP, WATERMARK FOR t AS t - INTERVAL '1e300' SECOND) WITH (connector = 'http')",
+    )
+    .expect_err("too long");
+    assert!(e.to_string().contains("duration"), "{e}");
+}

@@ -34,7 +34,8 @@ impl Tumble {
 
     /// Start of the window holding event time `t`.
     pub fn start(&self, t: i64) -> i64 {
-        t - t.rem_euclid(self.size)
+        // Saturating: an absurd event time near i64::MIN must not panic the pipeline.
+        t.saturating_sub(t.rem_euclid(self.size))
     }
 
     /// End (exclusive) of the window starting at `start`.

@@ -8,7 +8,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::response::sse::{Event, KeepAlive, Sse};
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
@@ -70,6 +70,7 @@ pub async fn stream(
     let view = state.engine.view(&name)?;
     let schema = view.schema.clone();
     let rx = view.subscribe();
+    let mut shutdown = state.shutdown.subscribe();
     let events = futures::stream::unfold(rx, move |mut rx| {
         let schema = schema.clone();
         async move {
@@ -83,6 +84,9 @@ pub async fn stream(
             };
             Some((Ok(event), rx))
         }
+    });
+    let events = events.take_until(async move {
+        let _ = shutdown.wait_for(|stop| *stop).await;
     });
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
