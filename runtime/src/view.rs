@@ -63,6 +63,20 @@ pub struct ColumnInfo {
     pub data_type: String,
 }
 
+impl ColumnInfo {
+    /// The columns of a schema, for status pages.
+    pub fn of(schema: &SchemaRef) -> Vec<Self> {
+        schema
+            .fields()
+            .iter()
+            .map(|f| ColumnInfo {
+                name: f.name().clone(),
+                data_type: f.data_type().to_string(),
+            })
+            .collect()
+    }
+}
+
 impl ViewRuntime {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
@@ -173,15 +187,7 @@ impl ViewRuntime {
             late_rows: self.late_rows.get(),
             open_windows,
             state_bytes,
-            columns: self
-                .schema
-                .fields()
-                .iter()
-                .map(|f| ColumnInfo {
-                    name: f.name().clone(),
-                    data_type: f.data_type().to_string(),
-                })
-                .collect(),
+            columns: ColumnInfo::of(&self.schema),
         }
     }
 }

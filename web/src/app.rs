@@ -164,6 +164,40 @@ mod tests {
                 .is_some_and(|d| d.contains("views over views")),
             "{body}"
         );
+        // A source in use cannot be dropped; after its view is gone it can.
+        let (status, body) = call(&app, "POST", "/api/v1/sql", r#"{"sql": "DROP SOURCE s"}"#).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{body}");
+        assert_eq!(
+            call(&app, "POST", "/api/v1/sql", r#"{"sql": "DROP VIEW v"}"#)
+                .await
+                .0,
+            StatusCode::OK
+        );
+        assert_eq!(
+            call(&app, "POST", "/api/v1/sql", r#"{"sql": "DROP SOURCE s"}"#)
+                .await
+                .0,
+            StatusCode::OK
+        );
+        let (_, shown) = call(&app, "POST", "/api/v1/sql", r#"{"sql": "SHOW SOURCES"}"#).await;
+        assert_eq!(shown["rows"], serde_json::json!([]));
+        assert_eq!(
+            call(&app, "POST", "/api/v1/sql", r#"{"sql": "DROP VIEW v"}"#)
+                .await
+                .0,
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            call(
+                &app,
+                "POST",
+                "/api/v1/sql",
+                r#"{"sql": "DROP VIEW IF EXISTS v"}"#
+            )
+            .await
+            .0,
+            StatusCode::OK
+        );
         let sql = r#"{"sql": "CREATE SOURCE t (id BIGINT, ts BIGINT, WATERMARK FOR ts AS ts) WITH (connector = 'http')"}"#;
         let (status, body) = call(&app, "POST", "/api/v1/sql", sql).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");

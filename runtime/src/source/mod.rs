@@ -91,15 +91,7 @@ impl SourceRuntime {
             dead_letters: self.dead_letters.get(),
             watermark_ms: (wm != i64::MIN).then_some(wm),
             views: self.views.lock().iter().map(|v| v.name.clone()).collect(),
-            columns: self
-                .schema
-                .fields()
-                .iter()
-                .map(|f| ColumnInfo {
-                    name: f.name().clone(),
-                    data_type: f.data_type().to_string(),
-                })
-                .collect(),
+            columns: ColumnInfo::of(&self.schema),
         }
     }
 

@@ -15,8 +15,10 @@ use std::sync::Arc;
 
 use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
 use datafusion::datasource::MemTable;
+use datafusion::execution::SessionStateBuilder;
 use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
 use datafusion::logical_expr::{Expr, LogicalPlan};
+use datafusion::optimizer::Optimizer;
 use datafusion::physical_expr::aggregate::LoweredAggregateBuilder;
 use datafusion::physical_expr::create_physical_expr;
 use datafusion::physical_expr::execution_props::ExecutionProps;
@@ -204,7 +206,7 @@ impl ContinuousQuery {
         };
 
         // Plan with DataFusion against the source (plus window columns when windowed).
-        let ctx = SessionContext::new();
+        let ctx = planning_context();
         let (scan_schema, window) = match &tumble {
             None => (info.schema.clone(), None),
             Some(t) => {
@@ -285,7 +287,7 @@ impl ContinuousQuery {
                     .any(|p| matches!(p, LogicalPlan::Aggregate(_)))
                 {
                     return Err(unsupported!(
-                        "nested aggregation (for example COUNT(DISTINCT ...) or a grouped subquery) is not supported yet"
+                        "nested aggregation (a grouped subquery) is not supported yet"
                     ));
                 }
                 let is_window_key = |e: &Expr| matches!(e, Expr::Column(c) if c.name == "window_start" || c.name == "window_end");
@@ -354,6 +356,22 @@ impl ContinuousQuery {
             }
         }
     }
+}
+
+/// A DataFusion session for planning continuous queries. It leaves out the rule that
+/// turns a lone `count(DISTINCT x)` into two nested aggregations: the distinct
+/// accumulator does the same job in one incremental aggregate.
+fn planning_context() -> SessionContext {
+    let rules = Optimizer::new()
+        .rules
+        .into_iter()
+        .filter(|r| r.name() != "single_distinct_aggregation_to_group_by")
+        .collect();
+    let state = SessionStateBuilder::new()
+        .with_default_features()
+        .with_optimizer_rules(rules)
+        .build();
+    SessionContext::new_with_state(state)
 }
 
 /// The plan as a single-input chain, root first.

@@ -136,6 +136,37 @@ async fn tumbling_aggregate_emits_each_window_once_when_the_watermark_passes() {
 }
 
 #[tokio::test]
+async fn a_lone_count_distinct_is_one_incremental_aggregate() {
+    let mut q = plan(
+        "CREATE MATERIALIZED VIEW v AS SELECT window_start, count(DISTINCT auction) AS auctions \
+         FROM TUMBLE(bids, date_time, INTERVAL '10' SECOND) GROUP BY window_start, window_end",
+    )
+    .await
+    .expect("plans");
+    let (rows, _) = run(
+        &mut q,
+        &[batch(&[
+            (1, 1, 1_000),
+            (1, 2, 2_000),
+            (2, 3, 3_000),
+            (3, 4, 12_000),
+        ])],
+        true,
+    );
+    assert_batches_eq!(
+        [
+            "+---------------------+----------+",
+            "| window_start        | auctions |",
+            "+---------------------+----------+",
+            "| 1970-01-01T00:00:00 | 2        |",
+            "| 1970-01-01T00:00:10 | 1        |",
+            "+---------------------+----------+",
+        ],
+        &rows
+    );
+}
+
+#[tokio::test]
 async fn projection_and_filter_view_is_stateless() {
     let mut q = plan("CREATE MATERIALIZED VIEW big AS SELECT auction, price * 2 AS doubled FROM bids WHERE price >= 30")
         .await

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# End-to-end throughput of the real binary: a finite Nexmark bid run through one
+# tumbling-window view, timed from the view's creation to the source finishing.
+# Usage: scripts/bench-nexmark.sh [events]   (default 20,000,000)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/weir-target}"
+EVENTS="${1:-20000000}"
+cargo build --release -p weir-web --quiet
+BIN="$CARGO_TARGET_DIR/release/weir"
+DATA=$(mktemp -d)
+"$BIN" serve --listen 127.0.0.1:0 --data-dir "$DATA" > "$DATA/out" 2> "$DATA/log" &
+PID=$!
+trap 'kill $PID 2>/dev/null; rm -rf "$DATA"' EXIT
+for _ in $(seq 100); do grep -q "listening on" "$DATA/out" 2>/dev/null && break; sleep 0.1; done
+URL=$(sed -n 's/^weir listening on //p' "$DATA/out")
+sql() { curl -sf "$URL/api/v1/sql" -H 'content-type: application/json' -d "{\"sql\": \"$1\"}" > /dev/null; }
+sql "CREATE SOURCE bids WITH (connector = 'nexmark', table = 'bid', events = $EVENTS, seed = 1, event_rate = 100000)"
+START=$(date +%s.%N)
+sql "CREATE MATERIALIZED VIEW q AS SELECT window_start, window_end, auction, count(*) AS n, max(price) AS top FROM TUMBLE(bids, date_time, INTERVAL '10' SECOND) GROUP BY window_start, window_end, auction"
+until curl -sf "$URL/api/v1/sources/bids" | grep -q '"status":"finished"'; do sleep 0.05; done
+END=$(date +%s.%N)
+ROWS=$(curl -sf "$URL/api/v1/sources/bids" | sed -n 's/.*"records_in":\([0-9]*\).*/\1/p')
+python3 -c "import sys; e, r, s = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[4]) - float(sys.argv[3]); print(f'{e} events ({r} bids) in {s:.2f} s: {e/s/1e6:.2f} M events/s, {r/s/1e6:.2f} M bids/s')" "$EVENTS" "$ROWS" "$START" "$END"
