@@ -5,4 +5,5 @@ mod cli;
 mod dashboard;
 mod http_pipeline;
 mod nexmark;
+mod sql_fuzz;
 mod support;

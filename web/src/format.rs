@@ -3,7 +3,7 @@
 
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::array::{RecordBatch, RecordBatchOptions};
 use datafusion::arrow::csv::WriterBuilder as CsvWriterBuilder;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::ipc::writer::StreamWriter;
@@ -109,7 +109,13 @@ pub fn rows_json(
         .with_explicit_nulls(true)
         .build::<_, datafusion::arrow::json::writer::JsonArray>(Vec::new());
     for b in batches {
-        writer.write(&RecordBatch::try_new(keyed.clone(), b.columns().to_vec())?)?;
+        // With options: a query may select no columns at all (`SELECT FROM t`).
+        let options = RecordBatchOptions::new().with_row_count(Some(b.num_rows()));
+        writer.write(&RecordBatch::try_new_with_options(
+            keyed.clone(),
+            b.columns().to_vec(),
+            &options,
+        )?)?;
     }
     writer.finish()?;
     let objects: Vec<serde_json::Map<String, Value>> = if batches.iter().all(|b| b.num_rows() == 0)

@@ -23,7 +23,7 @@ use datafusion::physical_plan::aggregates::order::GroupOrdering;
 
 use crate::operator::{Collector, Operator};
 use crate::planner::steps::Steps;
-use crate::window::{Tumble, event_times, split_by_window};
+use crate::window::{Windowing, event_times, split_by_window};
 use crate::{Error, Result};
 
 /// One aggregate call of the query: the function, its argument expressions and its
@@ -50,10 +50,10 @@ impl AggregateCall {
     }
 }
 
-/// The shape of a `TUMBLE` + `GROUP BY` query, as lowered by the planner.
+/// The shape of a `TUMBLE` or `HOP` + `GROUP BY` query, as lowered by the planner.
 #[derive(Debug, Clone)]
 pub struct WindowedAggregatePlan {
-    pub tumble: Tumble,
+    pub windowing: Windowing,
     /// Index of the event-time column in the source schema.
     pub time_column: usize,
     /// Source schema plus `window_start` and `window_end`.
@@ -109,7 +109,7 @@ impl WindowedAggregate {
     /// a failing expression leaves every window as it was.
     fn prepare(&self, start: i64, slice: RecordBatch) -> Result<Option<Prepared>> {
         let rows = slice.num_rows();
-        let end = self.plan.tumble.end(start);
+        let end = self.plan.windowing.end(start);
         let mut columns = slice.columns().to_vec();
         columns.push(Arc::new(TimestampMillisecondArray::from_value(start, rows)) as ArrayRef);
         columns.push(Arc::new(TimestampMillisecondArray::from_value(end, rows)) as ArrayRef);
@@ -202,7 +202,7 @@ impl Operator for WindowedAggregate {
         out: &mut Collector,
     ) -> Result<()> {
         let times = event_times(batch.column(self.plan.time_column))?;
-        let split = split_by_window(times, self.plan.tumble, watermark);
+        let split = split_by_window(times, self.plan.windowing, watermark);
         let mut prepared = Vec::with_capacity(split.windows.len());
         for (start, rows) in split.windows {
             let slice = match rows {
@@ -223,7 +223,7 @@ impl Operator for WindowedAggregate {
 
     fn on_watermark(&mut self, watermark: i64, out: &mut Collector) -> Result<()> {
         while let Some(entry) = self.windows.first_entry() {
-            if !self.plan.tumble.is_closed(*entry.key(), Some(watermark)) {
+            if !self.plan.windowing.is_closed(*entry.key(), Some(watermark)) {
                 break;
             }
             let start = *entry.key();

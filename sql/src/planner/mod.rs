@@ -1,6 +1,6 @@
 //! From `CREATE MATERIALIZED VIEW ... AS query` to a running [`Operator`].
 //!
-//! The query's `TUMBLE(src, col, size)` is rewritten to a plain reference to `src`, which
+//! The query's `TUMBLE(src, col, size)` or `HOP(src, col, slide, size)` is rewritten to a plain reference to `src`, which
 //! is registered for planning with two extra columns, `window_start` and `window_end`.
 //! DataFusion then plans and optimizes the query (type coercion, projection pushdown,
 //! simplification). The optimized plan must be a chain over one source: stateless nodes
@@ -32,7 +32,7 @@ use crate::aggregate::{AggregateCall, WindowedAggregate, WindowedAggregatePlan};
 use crate::operator::{Collector, Operator};
 use crate::parser::{CreateView, WatermarkSpec};
 use crate::schema::{TIMESTAMP, duration_in_unit, interval};
-use crate::window::Tumble;
+use crate::window::Windowing;
 use crate::{Error, Result, invalid, unsupported};
 use steps::{Step, Steps};
 
@@ -65,18 +65,20 @@ impl std::fmt::Debug for ContinuousQuery {
     }
 }
 
-/// A `TUMBLE(src, col, size)` found in the query.
+/// A `TUMBLE(src, col, size)` or `HOP(src, col, slide, size)` found in the query.
 #[derive(Debug, Clone)]
-struct TumbleCall {
+struct WindowCall {
+    function: &'static str,
     source: String,
     time_column: String,
+    slide: std::time::Duration,
     size: std::time::Duration,
 }
 
 /// Rewrites window table functions to plain table references and remembers them.
 #[derive(Default)]
 struct WindowRewriter {
-    tumbles: Vec<TumbleCall>,
+    windows: Vec<WindowCall>,
     error: Option<Error>,
 }
 
@@ -92,9 +94,10 @@ impl VisitorMut for WindowRewriter {
         };
         let function = name.to_string().to_ascii_lowercase();
         let result = match function.as_str() {
-            "tumble" => tumble_call(&fargs.args),
-            "hop" | "session" => Err(unsupported!(
-                "{} windows are not supported yet; use TUMBLE(source, time_column, INTERVAL '10' SECOND)",
+            "tumble" => window_call("TUMBLE", &fargs.args),
+            "hop" => window_call("HOP", &fargs.args),
+            "session" => Err(unsupported!(
+                "{} windows are not supported yet; use TUMBLE(source, time_column, size) or HOP(source, time_column, slide, size)",
                 function.to_uppercase()
             )),
             other => Err(unsupported!(
@@ -107,7 +110,7 @@ impl VisitorMut for WindowRewriter {
                     call.source.clone(),
                 ))]);
                 *args = None;
-                self.tumbles.push(call);
+                self.windows.push(call);
                 ControlFlow::Continue(())
             }
             Err(e) => {
@@ -118,7 +121,7 @@ impl VisitorMut for WindowRewriter {
     }
 }
 
-fn tumble_call(args: &[FunctionArg]) -> Result<TumbleCall> {
+fn window_call(function: &'static str, args: &[FunctionArg]) -> Result<WindowCall> {
     let exprs: Vec<&ast::Expr> = args
         .iter()
         .filter_map(|a| match a {
@@ -126,22 +129,36 @@ fn tumble_call(args: &[FunctionArg]) -> Result<TumbleCall> {
             _ => None,
         })
         .collect();
-    let [source, time, size] = exprs.as_slice() else {
-        return Err(invalid!(
-            "TUMBLE takes three arguments: TUMBLE(source, time_column, INTERVAL '10' SECOND)"
-        ));
-    };
     let ident = |e: &ast::Expr, what: &str| match e {
         ast::Expr::Identifier(i) => Ok(if i.quote_style.is_some() {
             i.value.clone()
         } else {
             i.value.to_ascii_lowercase()
         }),
-        other => Err(invalid!("TUMBLE's {what} must be a name, found {other}")),
+        other => Err(invalid!(
+            "{function}'s {what} must be a name, found {other}"
+        )),
     };
-    Ok(TumbleCall {
+    let (source, time, slide, size) = match (function, exprs.as_slice()) {
+        ("TUMBLE", [source, time, size]) => (source, time, size, size),
+        ("HOP", [source, time, slide, size]) => (source, time, slide, size),
+        ("TUMBLE", _) => {
+            return Err(invalid!(
+                "TUMBLE takes three arguments: TUMBLE(source, time_column, INTERVAL '10' SECOND)"
+            ));
+        }
+        _ => {
+            return Err(invalid!(
+                "HOP takes four arguments: HOP(source, time_column, slide, size), e.g. \
+                 HOP(bids, date_time, INTERVAL '2' SECOND, INTERVAL '10' SECOND)"
+            ));
+        }
+    };
+    Ok(WindowCall {
+        function,
         source: ident(source, "first argument (the source)")?,
         time_column: ident(time, "second argument (the time column)")?,
+        slide: interval(slide)?,
         size: interval(size)?,
     })
 }
@@ -199,23 +216,28 @@ impl ContinuousQuery {
                 "no source named {source} (views read sources; SHOW SOURCES lists them)"
             ))
         })?;
-        let tumble = match rewriter.tumbles.as_slice() {
+        let window_call = match rewriter.windows.as_slice() {
             [] => None,
             [t] => Some(t.clone()),
-            _ => return Err(unsupported!("a view may use one TUMBLE window")),
+            _ => return Err(unsupported!("a view may use one window function")),
         };
 
         // Plan with DataFusion against the source (plus window columns when windowed).
         let ctx = planning_context();
-        let (scan_schema, window) = match &tumble {
+        let (scan_schema, window) = match &window_call {
             None => (info.schema.clone(), None),
             Some(t) => {
                 let time_column = info.schema.index_of(&t.time_column).map_err(|_| {
-                    invalid!("TUMBLE: source {source} has no column {}", t.time_column)
+                    invalid!(
+                        "{}: source {source} has no column {}",
+                        t.function,
+                        t.time_column
+                    )
                 })?;
                 if info.schema.field(time_column).data_type() != &TIMESTAMP {
                     return Err(invalid!(
-                        "TUMBLE: column {} must be a TIMESTAMP",
+                        "{}: column {} must be a TIMESTAMP",
+                        t.function,
                         t.time_column
                     ));
                 }
@@ -225,8 +247,9 @@ impl ContinuousQuery {
                     .is_none_or(|w| w.column != t.time_column)
                 {
                     return Err(invalid!(
-                        "TUMBLE over {source}.{col} needs a watermark on that column: declare \
+                        "{function} over {source}.{col} needs a watermark on that column: declare \
                          WATERMARK FOR {col} AS {col} - INTERVAL '5' SECOND in CREATE SOURCE",
+                        function = t.function,
                         col = t.time_column
                     ));
                 }
@@ -238,11 +261,12 @@ impl ContinuousQuery {
                     .collect();
                 fields.push(Field::new("window_start", TIMESTAMP, false));
                 fields.push(Field::new("window_end", TIMESTAMP, false));
-                let size =
-                    duration_in_unit(t.size, datafusion::arrow::datatypes::TimeUnit::Millisecond);
+                let ms =
+                    |d| duration_in_unit(d, datafusion::arrow::datatypes::TimeUnit::Millisecond);
+                let windowing = Windowing::hop(ms(t.slide), ms(t.size))?;
                 (
                     Arc::new(Schema::new(fields)),
-                    Some((Tumble::new(size)?, time_column)),
+                    Some((windowing, time_column)),
                 )
             }
         };
@@ -272,13 +296,13 @@ impl ContinuousQuery {
                 })
             }
             (None, Some(_)) => Err(unsupported!(
-                "TUMBLE without GROUP BY is not supported yet: aggregate with GROUP BY window_start, window_end, ..."
+                "a window without GROUP BY is not supported yet: aggregate with GROUP BY window_start, window_end, ..."
             )),
             (Some(_), None) => Err(unsupported!(
                 "GROUP BY over an unbounded stream needs a window: read FROM TUMBLE({source}, time_column, INTERVAL '10' SECOND) \
                  and GROUP BY window_start, window_end, ..."
             )),
-            (Some(at), Some((tumble, time_column))) => {
+            (Some(at), Some((windowing, time_column))) => {
                 let LogicalPlan::Aggregate(agg) = chain[at] else {
                     unreachable!("position found an Aggregate")
                 };
@@ -293,7 +317,7 @@ impl ContinuousQuery {
                 let is_window_key = |e: &Expr| matches!(e, Expr::Column(c) if c.name == "window_start" || c.name == "window_end");
                 if !agg.group_expr.iter().any(is_window_key) {
                     return Err(invalid!(
-                        "a TUMBLE query must GROUP BY window_start or window_end (and any keys)"
+                        "a windowed query must GROUP BY window_start or window_end (and any keys)"
                     ));
                 }
                 let input = agg.input.schema();
@@ -333,7 +357,7 @@ impl ContinuousQuery {
                     })
                     .collect::<Result<Vec<_>>>()?;
                 let plan = WindowedAggregatePlan {
-                    tumble,
+                    windowing,
                     time_column,
                     windowed_schema: scan_schema,
                     pre: lower_chain(&chain[at + 1..], &props)?,
@@ -346,11 +370,20 @@ impl ContinuousQuery {
                 Ok(Self {
                     source,
                     output_schema,
-                    description: format!(
-                        "source -> {} (tumbling window {} ms)",
-                        describe(&chain),
-                        tumble.size()
-                    ),
+                    description: if windowing.slide() == windowing.size() {
+                        format!(
+                            "source -> {} (tumbling window {} ms)",
+                            describe(&chain),
+                            windowing.size()
+                        )
+                    } else {
+                        format!(
+                            "source -> {} (hopping window {} ms every {} ms)",
+                            describe(&chain),
+                            windowing.size(),
+                            windowing.slide()
+                        )
+                    },
                     operator: Box::new(WindowedAggregate::new(plan)),
                 })
             }

@@ -167,6 +167,41 @@ async fn a_lone_count_distinct_is_one_incremental_aggregate() {
 }
 
 #[tokio::test]
+async fn hopping_windows_count_each_row_in_every_window_it_falls_in() {
+    let mut q = plan(
+        "CREATE MATERIALIZED VIEW v AS SELECT window_start, window_end, count(*) AS n, sum(price) AS total \
+         FROM HOP(bids, date_time, INTERVAL '5' SECOND, INTERVAL '10' SECOND) GROUP BY window_start, window_end",
+    )
+    .await
+    .expect("plans");
+    assert!(
+        q.description
+            .contains("hopping window 10000 ms every 5000 ms"),
+        "{}",
+        q.description
+    );
+    let (rows, late) = run(
+        &mut q,
+        &[batch(&[(1, 1, 1_000), (1, 2, 6_000), (1, 4, 12_000)])],
+        true,
+    );
+    assert_eq!(late, 0);
+    assert_batches_eq!(
+        [
+            "+---------------------+---------------------+---+-------+",
+            "| window_start        | window_end          | n | total |",
+            "+---------------------+---------------------+---+-------+",
+            "| 1969-12-31T23:59:55 | 1970-01-01T00:00:05 | 1 | 1     |",
+            "| 1970-01-01T00:00:00 | 1970-01-01T00:00:10 | 2 | 3     |",
+            "| 1970-01-01T00:00:05 | 1970-01-01T00:00:15 | 2 | 6     |",
+            "| 1970-01-01T00:00:10 | 1970-01-01T00:00:20 | 1 | 4     |",
+            "+---------------------+---------------------+---+-------+",
+        ],
+        &rows
+    );
+}
+
+#[tokio::test]
 async fn projection_and_filter_view_is_stateless() {
     let mut q = plan("CREATE MATERIALIZED VIEW big AS SELECT auction, price * 2 AS doubled FROM bids WHERE price >= 30")
         .await
@@ -203,7 +238,15 @@ async fn unsupported_constructs_are_named() {
         ),
         (
             "CREATE MATERIALIZED VIEW v AS SELECT * FROM HOP(bids, date_time, INTERVAL '1' SECOND, INTERVAL '2' SECOND)",
-            "HOP",
+            "without GROUP BY",
+        ),
+        (
+            "CREATE MATERIALIZED VIEW v AS SELECT * FROM SESSION(bids, date_time, INTERVAL '1' SECOND)",
+            "SESSION",
+        ),
+        (
+            "CREATE MATERIALIZED VIEW v AS SELECT window_start, count(*) FROM HOP(bids, date_time, INTERVAL '1' SECOND) GROUP BY window_start",
+            "four arguments",
         ),
         (
             "CREATE MATERIALIZED VIEW v AS SELECT * FROM nope",

@@ -1,7 +1,8 @@
-//! Window assignment. A tumbling window of size `s` holds the event times
-//! `[start, start + s)` with `start = t - t mod s` (aligned to the Unix epoch).
-//! [`split_by_window`] groups a batch's rows by window and sets aside late rows: those
-//! whose window the watermark has already closed.
+//! Window assignment. A window of size `s` holds the event times `[start, start + s)`.
+//! Tumbling windows start at multiples of `s`; hopping windows at multiples of their
+//! slide, so they overlap (all aligned to the Unix epoch). [`split_by_window`] groups a
+//! batch's rows by window and sets aside late rows: those whose windows the watermark
+//! has all closed already.
 
 use std::collections::BTreeMap;
 
@@ -10,21 +11,40 @@ use datafusion::arrow::datatypes::{DataType, TimeUnit};
 
 use crate::{Error, Result};
 
-/// Tumbling windows of a fixed size, in the unit of the time column.
+/// Windows of a fixed `size` starting every `slide` time units (aligned to the Unix
+/// epoch): a tumbling window has `slide == size`, a hopping window a smaller slide, so
+/// each event time falls in `ceil(size / slide)` windows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Tumble {
+pub struct Windowing {
     size: i64,
+    slide: i64,
 }
 
-impl Tumble {
-    /// Windows of `size` time units; `size` must be positive.
-    pub fn new(size: i64) -> Result<Self> {
-        if size <= 0 {
+impl Windowing {
+    /// `TUMBLE`: back-to-back windows of `size` time units.
+    pub fn tumble(size: i64) -> Result<Self> {
+        Self::hop(size, size)
+    }
+
+    /// `HOP`: windows of `size` starting every `slide`; `0 < slide <= size`.
+    pub fn hop(slide: i64, size: i64) -> Result<Self> {
+        if size <= 0 || slide <= 0 {
             return Err(Error::InvalidSql(
-                "a TUMBLE window size must be positive".into(),
+                "window sizes and slides must be positive".into(),
             ));
         }
-        Ok(Self { size })
+        if slide > size {
+            return Err(Error::InvalidSql(format!(
+                "a HOP slide ({slide} ms) larger than its size ({size} ms) would skip events; use a slide of at most the size"
+            )));
+        }
+        if size / slide > 1000 {
+            return Err(Error::InvalidSql(format!(
+                "a HOP window of {size} ms sliding by {slide} ms puts every event in {} windows; keep it under 1000",
+                size / slide
+            )));
+        }
+        Ok(Self { size, slide })
     }
 
     /// The window size in time units.
@@ -32,10 +52,26 @@ impl Tumble {
         self.size
     }
 
-    /// Start of the window holding event time `t`.
+    /// The slide in time units (equal to the size for tumbling windows).
+    pub fn slide(&self) -> i64 {
+        self.slide
+    }
+
+    fn is_tumbling(&self) -> bool {
+        self.slide == self.size
+    }
+
+    /// Start of the latest window holding event time `t`.
     pub fn start(&self, t: i64) -> i64 {
         // Saturating: an absurd event time near i64::MIN must not panic the pipeline.
-        t.saturating_sub(t.rem_euclid(self.size))
+        t.saturating_sub(t.rem_euclid(self.slide))
+    }
+
+    /// Starts of every window holding `t`, latest first.
+    pub fn starts(&self, t: i64) -> impl Iterator<Item = i64> + use<> {
+        let (slide, earliest) = (self.slide, t.saturating_sub(self.size));
+        std::iter::successors(Some(self.start(t)), move |s| s.checked_sub(slide))
+            .take_while(move |&s| s > earliest)
     }
 
     /// End (exclusive) of the window starting at `start`.
@@ -54,7 +90,7 @@ impl Tumble {
 pub struct Split {
     /// (window start, row indices); `None` means every row of the batch.
     pub windows: Vec<(i64, Option<UInt32Array>)>,
-    /// Rows whose window is already closed, or that have no event time.
+    /// Rows whose windows are all closed already, or that have no event time.
     pub late: Option<UInt32Array>,
 }
 
@@ -72,23 +108,25 @@ pub fn event_times(column: &ArrayRef) -> Result<&TimestampMillisecondArray> {
         })
 }
 
-/// Group rows by tumbling window; rows of windows closed by `watermark` are late.
+/// Group rows by window; rows whose windows `watermark` has all closed are late. With
+/// hopping windows a row appears in each of its open windows.
 pub fn split_by_window(
     times: &TimestampMillisecondArray,
-    tumble: Tumble,
+    windowing: Windowing,
     watermark: Option<i64>,
 ) -> Split {
     let values = times.values();
     if values.is_empty() {
         return Split::default();
     }
-    // Fast path: the whole batch falls in one open window (the common case).
-    let first = tumble.start(values[0]);
-    if times.null_count() == 0
-        && !tumble.is_closed(first, watermark)
+    // Fast path: a tumbling window holds the whole batch and is open (the common case).
+    let first = windowing.start(values[0]);
+    if windowing.is_tumbling()
+        && times.null_count() == 0
+        && !windowing.is_closed(first, watermark)
         && values
             .iter()
-            .all(|&t| t >= first && t < first.saturating_add(tumble.size()))
+            .all(|&t| t >= first && t < windowing.end(first))
     {
         return Split {
             windows: vec![(first, None)],
@@ -99,11 +137,18 @@ pub fn split_by_window(
     let mut late = Vec::new();
     for (i, &t) in values.iter().enumerate() {
         let row = i as u32;
-        let start = tumble.start(t);
-        if times.is_null(i) || tumble.is_closed(start, watermark) {
+        let mut placed = false;
+        if times.is_valid(i) {
+            for start in windowing
+                .starts(t)
+                .filter(|&s| !windowing.is_closed(s, watermark))
+            {
+                windows.entry(start).or_default().push(row);
+                placed = true;
+            }
+        }
+        if !placed {
             late.push(row);
-        } else {
-            windows.entry(start).or_default().push(row);
         }
     }
     Split {
@@ -121,19 +166,23 @@ mod tests {
 
     #[test]
     fn windows_are_aligned_to_the_epoch_including_negative_times() {
-        let t = Tumble::new(10_000).expect("size");
+        let t = Windowing::tumble(10_000).expect("size");
         assert_eq!(t.start(0), 0);
         assert_eq!(t.start(9_999), 0);
         assert_eq!(t.start(10_000), 10_000);
         assert_eq!(t.start(-1), -10_000);
         assert_eq!(t.end(10_000), 20_000);
-        assert!(Tumble::new(0).is_err());
+        assert!(Windowing::tumble(0).is_err());
     }
 
     #[test]
     fn one_open_window_takes_the_fast_path() {
         let times = TimestampMillisecondArray::from(vec![10_000, 15_000, 19_999]);
-        let s = split_by_window(&times, Tumble::new(10_000).expect("size"), Some(5_000));
+        let s = split_by_window(
+            &times,
+            Windowing::tumble(10_000).expect("size"),
+            Some(5_000),
+        );
         assert_eq!(
             s,
             Split {
@@ -154,7 +203,11 @@ mod tests {
             Some(9_999),
         ]);
         // Watermark 10_000 closes [0, 10000): rows 1 and 5 are late, row 3 has no time.
-        let s = split_by_window(&times, Tumble::new(10_000).expect("size"), Some(10_000));
+        let s = split_by_window(
+            &times,
+            Windowing::tumble(10_000).expect("size"),
+            Some(10_000),
+        );
         assert_eq!(
             s.windows,
             vec![
@@ -166,8 +219,35 @@ mod tests {
     }
 
     #[test]
+    fn hopping_windows_hold_each_row_size_over_slide_times() {
+        let hop = Windowing::hop(5_000, 10_000).expect("hop");
+        assert_eq!(hop.starts(12_000).collect::<Vec<_>>(), vec![10_000, 5_000]);
+        assert_eq!(hop.starts(10_000).collect::<Vec<_>>(), vec![10_000, 5_000]);
+        assert_eq!(hop.starts(-1).collect::<Vec<_>>(), vec![-5_000, -10_000]);
+        let uneven = Windowing::hop(3, 10).expect("hop");
+        assert_eq!(uneven.starts(10).collect::<Vec<_>>(), vec![9, 6, 3]);
+        assert!(
+            Windowing::hop(20, 10).is_err(),
+            "a slide above the size skips events"
+        );
+
+        // Watermark 15_000 closes [5s, 15s): row at 12s only goes to [10s, 20s);
+        // row at 9s has both its windows ([0, 10s), [5s, 15s)) closed: late.
+        let times = TimestampMillisecondArray::from(vec![12_000, 9_000, 16_000]);
+        let s = split_by_window(&times, hop, Some(15_000));
+        assert_eq!(
+            s.windows,
+            vec![
+                (10_000, Some(UInt32Array::from(vec![0, 2]))),
+                (15_000, Some(UInt32Array::from(vec![2])))
+            ]
+        );
+        assert_eq!(s.late, Some(UInt32Array::from(vec![1])));
+    }
+
+    #[test]
     fn window_ending_exactly_at_the_watermark_is_closed() {
-        let t = Tumble::new(10).expect("size");
+        let t = Windowing::tumble(10).expect("size");
         assert!(t.is_closed(0, Some(10)));
         assert!(!t.is_closed(0, Some(9)));
         assert!(!t.is_closed(0, None));
