@@ -119,6 +119,18 @@ impl Engine {
             Statement::Query(stmt) => self.query(*stmt).await,
             Statement::ShowSources => Ok(self.show_sources()),
             Statement::ShowViews => Ok(self.show_views()),
+            Statement::ExplainView { name } => self.explain_view(&name),
+            Statement::ExplainCreateView(v) => {
+                let query = ContinuousQuery::plan(&v, &self.catalog()).await?;
+                let n = query.operators.len() + 1;
+                Ok(explain_rows(
+                    query
+                        .operators
+                        .into_iter()
+                        .chain([("sink".to_string(), format!("view {}", v.name))]),
+                    std::iter::repeat_n("not running".to_string(), n),
+                ))
+            }
             ddl => {
                 let _guard = self.inner.ddl.lock().await;
                 match ddl {
@@ -345,21 +357,7 @@ impl Engine {
                 )));
             }
         }
-        let catalog: SourceCatalog = self
-            .inner
-            .sources
-            .iter()
-            .map(|s| {
-                (
-                    s.key().clone(),
-                    SourceInfo {
-                        schema: s.schema.clone(),
-                        watermark: s.watermark.clone(),
-                    },
-                )
-            })
-            .collect();
-        let query = ContinuousQuery::plan(&v, &catalog).await?;
+        let query = ContinuousQuery::plan(&v, &self.catalog()).await?;
         let source = self
             .inner
             .sources
@@ -372,6 +370,7 @@ impl Engine {
             query.source.clone(),
             sql.trim().to_string(),
             query.description.clone(),
+            query.operators.clone(),
             query.output_schema.clone(),
             query.operator,
             self.inner.config.view_max_rows,
@@ -391,6 +390,57 @@ impl Engine {
         Ok(SqlOutput::Done {
             message: format!("view {name} created"),
         })
+    }
+
+    /// What a view may read: every source's schema and watermark.
+    fn catalog(&self) -> SourceCatalog {
+        self.inner
+            .sources
+            .iter()
+            .map(|s| {
+                (
+                    s.key().clone(),
+                    SourceInfo {
+                        schema: s.schema.clone(),
+                        watermark: s.watermark.clone(),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// `EXPLAIN VIEW name`: the running view's operators and their live state.
+    fn explain_view(&self, name: &str) -> Result<SqlOutput> {
+        let view = self.view(name)?;
+        let status = view.status();
+        let source = self.source(&view.source)?.status();
+        let states = view.operators.iter().map(|(op, _)| match op.as_str() {
+            "source" => format!(
+                "{}, {} records in, watermark {}",
+                serde_json::to_value(&source.status)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default(),
+                source.records_in,
+                source
+                    .watermark_ms
+                    .map_or("none yet".to_string(), |w| w.to_string())
+            ),
+            "window" => format!("{} open windows", status.open_windows),
+            "aggregate" => format!("{} bytes of state", status.state_bytes),
+            _ => "stateless".to_string(),
+        });
+        let sink = format!(
+            "{} rows, {} emitted, {} late",
+            status.rows, status.rows_emitted, status.late_rows
+        );
+        Ok(explain_rows(
+            view.operators
+                .iter()
+                .cloned()
+                .chain([("sink".to_string(), format!("view {name}"))]),
+            states.chain([sink]),
+        ))
     }
 
     fn drop_view(&self, name: &str, if_exists: bool) -> Result<SqlOutput> {
@@ -547,6 +597,20 @@ impl Engine {
             })
             .unwrap_or_default())
     }
+}
+
+/// EXPLAIN's answer: one row per operator, source first.
+fn explain_rows(
+    operators: impl Iterator<Item = (String, String)>,
+    states: impl Iterator<Item = String>,
+) -> SqlOutput {
+    let (names, details): (Vec<String>, Vec<String>) = operators.unzip();
+    let states: Vec<String> = states.collect();
+    rows(vec![
+        ("operator", Arc::new(StringArray::from(names))),
+        ("detail", Arc::new(StringArray::from(details))),
+        ("state", Arc::new(StringArray::from(states))),
+    ])
 }
 
 fn missing(if_exists: bool, message: String) -> Result<SqlOutput> {

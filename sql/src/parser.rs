@@ -31,7 +31,11 @@ pub enum Statement {
     DropView { name: String, if_exists: bool },
     /// `SHOW VIEWS`
     ShowViews,
-    /// An ad hoc query (SELECT, or EXPLAIN of one) over views.
+    /// `EXPLAIN CREATE MATERIALIZED VIEW ...`: the operators a view would run.
+    ExplainCreateView(CreateView),
+    /// `EXPLAIN VIEW name`: a running view's operators and their state.
+    ExplainView { name: String },
+    /// An ad hoc query (SELECT) over views.
     Query(Box<ast::Statement>),
 }
 
@@ -79,6 +83,25 @@ pub fn parse_statement(sql: &str) -> Result<Statement> {
                 if_not_exists,
                 query,
             }))
+        } else if p.parse_keywords(&[
+            Keyword::EXPLAIN,
+            Keyword::CREATE,
+            Keyword::MATERIALIZED,
+            Keyword::VIEW,
+        ]) {
+            let if_not_exists = p.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
+            let name = object_name(p)?;
+            p.expect_keyword(Keyword::AS)?;
+            let query = p.parse_query()?;
+            Some(Statement::ExplainCreateView(CreateView {
+                name,
+                if_not_exists,
+                query,
+            }))
+        } else if p.parse_keywords(&[Keyword::EXPLAIN, Keyword::VIEW]) {
+            Some(Statement::ExplainView {
+                name: object_name(p)?,
+            })
         } else if p.parse_keywords(&[Keyword::CREATE, Keyword::VIEW]) {
             return Err(unsupported!(
                 "CREATE VIEW is not supported: weir keeps views up to date, so write CREATE MATERIALIZED VIEW"
@@ -128,7 +151,8 @@ pub fn parse_statement(sql: &str) -> Result<Statement> {
                 }
                 other => Err(unsupported!(
                     "statement not supported: {}. weir runs CREATE SOURCE, CREATE MATERIALIZED VIEW, \
-                     DROP SOURCE, DROP VIEW, SHOW SOURCES, SHOW VIEWS and SELECT over views",
+                     DROP SOURCE, DROP VIEW, SHOW SOURCES, SHOW VIEWS, EXPLAIN CREATE MATERIALIZED VIEW, \
+                     EXPLAIN VIEW and SELECT over views",
                     first_words(&other.to_string())
                 )),
             };

@@ -287,6 +287,18 @@ async fn http_source_to_tumbling_window_view() -> Result<()> {
     let on_disk = std::fs::read_to_string(weir.data_dir.path().join("dead-letters.jsonl"))?;
     assert_eq!(on_disk.lines().count(), 13);
 
+    // EXPLAIN shows the operators and their live state: the far-future event's window is open.
+    let explain = weir.exec("EXPLAIN VIEW per_user").await?;
+    let ops: Vec<&str> = explain["rows"].as_array().map_or(vec![], |r| r.iter().filter_map(|r| r[0].as_str()).collect());
+    assert_eq!(ops, vec!["source", "window", "aggregate", "project", "sink"], "{explain}");
+    assert_eq!(explain["rows"][1][2], "1 open windows", "{explain}");
+    assert_eq!(explain["rows"][4][2], "70 rows, 70 emitted, 10 late", "{explain}");
+    let plan = weir
+        .exec("EXPLAIN CREATE MATERIALIZED VIEW x AS SELECT user_id, amount FROM events WHERE amount > 10")
+        .await?;
+    assert_eq!(plan["rows"][1], json!(["filter", "events.amount > Float64(10)", "not running"]), "{plan}");
+    assert_eq!(weir.sql("SELECT * FROM x").await?.0, 400, "EXPLAIN creates nothing");
+
     // Ad hoc SQL over the view, and the other formats.
     let total = weir.exec("SELECT sum(n) AS events FROM per_user").await?;
     assert_eq!(total["rows"], json!([[5000]]));

@@ -15,3 +15,5 @@ SHOW SOURCES;
 SHOW VIEWS;
 DROP VIEW IF EXISTS nothing_here;
 DROP SOURCE IF EXISTS nothing_here;
+EXPLAIN VIEW per_user;
+EXPLAIN CREATE MATERIALIZED VIEW e AS SELECT window_start, count(*) FROM HOP(events, ts, INTERVAL '5' SECOND, INTERVAL '10' SECOND) GROUP BY window_start, window_end;

@@ -53,6 +53,8 @@ pub struct ContinuousQuery {
     pub output_schema: SchemaRef,
     /// A short description of the operator chain, for status pages.
     pub description: String,
+    /// The operators from source to view, each with what it does (for EXPLAIN).
+    pub operators: Vec<(String, String)>,
     pub operator: Box<dyn Operator>,
 }
 
@@ -289,6 +291,7 @@ impl ContinuousQuery {
             (None, None) => {
                 let steps = lower_chain(&chain, &props)?;
                 Ok(Self {
+                    operators: explain(&chain, &source, info, None),
                     source,
                     output_schema: output_schema.clone(),
                     description: format!("source -> {}", describe(&chain)),
@@ -368,6 +371,7 @@ impl ContinuousQuery {
                     post: lower_chain(&chain[..at], &props)?,
                 };
                 Ok(Self {
+                    operators: explain(&chain, &source, info, window_call.as_ref()),
                     source,
                     output_schema,
                     description: if windowing.slide() == windowing.size() {
@@ -517,6 +521,62 @@ fn lower_chain(chain: &[&LogicalPlan], props: &ExecutionProps) -> Result<Steps> 
         }
     }
     Ok(Steps(steps))
+}
+
+/// The operators of a planned chain, leaf first, with their expressions.
+fn explain(
+    chain: &[&LogicalPlan],
+    source: &str,
+    info: &SourceInfo,
+    window: Option<&WindowCall>,
+) -> Vec<(String, String)> {
+    let list = |exprs: &[Expr]| {
+        exprs
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut ops = vec![(
+        "source".to_string(),
+        match &info.watermark {
+            Some(w) => format!(
+                "{source}, watermark {} - {} ms",
+                w.column,
+                w.delay.as_millis()
+            ),
+            None => format!("{source}, no watermark"),
+        },
+    )];
+    for node in chain.iter().rev() {
+        match node {
+            LogicalPlan::Filter(f) => ops.push(("filter".into(), f.predicate.to_string())),
+            LogicalPlan::Projection(p) => ops.push(("project".into(), list(&p.expr))),
+            LogicalPlan::Aggregate(a) => {
+                if let Some(w) = window {
+                    let detail = if w.function == "HOP" {
+                        format!(
+                            "HOP on {}, size {:?}, slide {:?}",
+                            w.time_column, w.size, w.slide
+                        )
+                    } else {
+                        format!("TUMBLE on {}, size {:?}", w.time_column, w.size)
+                    };
+                    ops.push(("window".into(), detail));
+                }
+                ops.push((
+                    "aggregate".into(),
+                    format!(
+                        "group by {}; compute {}",
+                        list(&a.group_expr),
+                        list(&a.aggr_expr)
+                    ),
+                ));
+            }
+            _ => {}
+        }
+    }
+    ops
 }
 
 fn describe(chain: &[&LogicalPlan]) -> String {
