@@ -171,6 +171,21 @@ impl ViewRuntime {
         }
     }
 
+    /// An updating view's rows are now exactly `all`; `changes` go to subscribers.
+    pub(crate) fn replace(&self, all: RecordBatch, changes: Vec<RecordBatch>) {
+        {
+            let mut rows = self.rows.write();
+            self.row_count.store(all.num_rows(), Ordering::Relaxed);
+            rows.clear();
+            rows.push_back(all);
+        }
+        for b in changes {
+            self.rows_emitted.inc_by(b.num_rows() as u64);
+            // No subscribers is fine.
+            let _ = self.updates.send(b);
+        }
+    }
+
     pub fn status(&self) -> ViewStatus {
         let open_windows = self.open_windows.load(Ordering::Relaxed);
         let state_bytes = self.state_bytes.load(Ordering::Relaxed);

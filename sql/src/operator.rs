@@ -8,12 +8,15 @@ use crate::Result;
 /// Where an operator puts what it produces: result rows, and input rows it refused as late.
 #[derive(Debug, Default)]
 pub struct Collector {
-    /// Result rows, in the operator's output schema.
+    /// Result rows, in the operator's output schema: appended to the view, or for an
+    /// updating view the changed rows.
     pub rows: Vec<RecordBatch>,
     /// Input rows (in the source schema) that arrived after their window closed.
     pub late: Vec<RecordBatch>,
     /// Rows the operator could not finish (for the dead-letter store), with the reason.
     pub failed: Vec<(RecordBatch, String)>,
+    /// For updating views: the view's complete rows now (`rows` then holds the changes).
+    pub replace: Option<RecordBatch>,
 }
 
 impl Collector {
@@ -22,6 +25,11 @@ impl Collector {
         if batch.num_rows() > 0 {
             self.rows.push(batch);
         }
+    }
+
+    /// The view's rows are now exactly `batch` (updating aggregates).
+    pub fn replace(&mut self, batch: RecordBatch) {
+        self.replace = Some(batch);
     }
 
     /// Hand back rows that could not be finished, so they are not lost.

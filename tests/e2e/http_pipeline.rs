@@ -85,17 +85,16 @@ async fn http_source_to_tumbling_window_view() -> Result<()> {
     .await?;
 
     weir.exec("CREATE MATERIALIZED VIEW big_spends AS SELECT id, user_id, amount, ts FROM events WHERE amount > 90").await?;
+    // GROUP BY without a window: an updating aggregate over every record, late or not.
+    weir.exec("CREATE MATERIALIZED VIEW per_user_total AS SELECT user_id, count(*) AS n FROM events GROUP BY user_id").await?;
 
     // Bad SQL answers 400 and names the problem.
     let (status, body) = weir
-        .sql("CREATE MATERIALIZED VIEW v2 AS SELECT user_id, count(*) FROM events GROUP BY user_id")
+        .sql("CREATE MATERIALIZED VIEW v2 AS SELECT user_id, amount FROM events ORDER BY amount")
         .await?;
     assert_eq!(status, 400, "{body}");
     assert!(
-        body["detail"]
-            .as_str()
-            .unwrap_or("")
-            .contains("needs a window"),
+        body["detail"].as_str().unwrap_or("").contains("ORDER BY"),
         "{body}"
     );
     let (status, body) = weir.sql("SELECT nope FROM per_user").await?;
@@ -287,17 +286,47 @@ async fn http_source_to_tumbling_window_view() -> Result<()> {
     let on_disk = std::fs::read_to_string(weir.data_dir.path().join("dead-letters.jsonl"))?;
     assert_eq!(on_disk.lines().count(), 13);
 
+    // The updating aggregate counted every valid record: 5000 events, 10 late ones for
+    // user 1 and the far-future one for user 0.
+    let mut totals = weir
+        .exec("SELECT user_id, n FROM per_user_total ORDER BY user_id")
+        .await?["rows"]
+        .clone();
+    let mut want: Vec<Value> = (0..USERS)
+        .map(|u| json!([u, (0..5000).filter(|i| i % USERS == u).count()]))
+        .collect();
+    want[1][1] = json!(want[1][1].as_u64().unwrap_or(0) + 10);
+    want[0][1] = json!(want[0][1].as_u64().unwrap_or(0) + 1);
+    assert_eq!(totals.take(), Value::Array(want));
+
     // EXPLAIN shows the operators and their live state: the far-future event's window is open.
     let explain = weir.exec("EXPLAIN VIEW per_user").await?;
-    let ops: Vec<&str> = explain["rows"].as_array().map_or(vec![], |r| r.iter().filter_map(|r| r[0].as_str()).collect());
-    assert_eq!(ops, vec!["source", "window", "aggregate", "project", "sink"], "{explain}");
+    let ops: Vec<&str> = explain["rows"]
+        .as_array()
+        .map_or(vec![], |r| r.iter().filter_map(|r| r[0].as_str()).collect());
+    assert_eq!(
+        ops,
+        vec!["source", "window", "aggregate", "project", "sink"],
+        "{explain}"
+    );
     assert_eq!(explain["rows"][1][2], "1 open windows", "{explain}");
-    assert_eq!(explain["rows"][4][2], "70 rows, 70 emitted, 10 late", "{explain}");
+    assert_eq!(
+        explain["rows"][4][2], "70 rows, 70 emitted, 10 late",
+        "{explain}"
+    );
     let plan = weir
         .exec("EXPLAIN CREATE MATERIALIZED VIEW x AS SELECT user_id, amount FROM events WHERE amount > 10")
         .await?;
-    assert_eq!(plan["rows"][1], json!(["filter", "events.amount > Float64(10)", "not running"]), "{plan}");
-    assert_eq!(weir.sql("SELECT * FROM x").await?.0, 400, "EXPLAIN creates nothing");
+    assert_eq!(
+        plan["rows"][1],
+        json!(["filter", "events.amount > Float64(10)", "not running"]),
+        "{plan}"
+    );
+    assert_eq!(
+        weir.sql("SELECT * FROM x").await?.0,
+        400,
+        "EXPLAIN creates nothing"
+    );
 
     // Ad hoc SQL over the view, and the other formats.
     let total = weir.exec("SELECT sum(n) AS events FROM per_user").await?;

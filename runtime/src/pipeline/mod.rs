@@ -223,7 +223,10 @@ impl Pipeline {
                 )
             });
         }
-        view.publish(out.rows);
+        match out.replace {
+            Some(all) => view.replace(all, out.rows),
+            None => view.publish(out.rows),
+        }
     }
 
     fn dead_letter_failed(&self, view: &ViewRuntime, failed: &[(RecordBatch, String)]) {

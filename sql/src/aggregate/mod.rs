@@ -1,18 +1,20 @@
-//! Incremental windowed aggregation on DataFusion's vectorized grouping machinery.
+//! Incremental aggregation on DataFusion's vectorized grouping machinery.
 //!
-//! Each open window owns one `GroupValues` (group key -> dense group index) and one
+//! A [`GroupState`] is one `GroupValues` (group key -> dense group index) and one
 //! `GroupsAccumulator` per aggregate, exactly the pieces DataFusion's hash aggregation
-//! uses. A micro-batch is split by window; each slice is interned and fed to the
-//! accumulators with one vectorized call each. When the watermark passes a window's
-//! end, its groups are emitted with `EmitTo::All` and the window's state is dropped, so
-//! memory is bounded by the open windows, not by history.
+//! uses, so every DataFusion aggregate function works without being re-implemented. A
+//! batch is interned and fed to the accumulators with one vectorized call each.
+//!
+//! Two operators use it: [`windowed::WindowedAggregate`] keeps one state per open window
+//! and emits a window once the watermark passes its end; [`updating::UpdatingAggregate`]
+//! (GROUP BY without a window) keeps one state and re-emits the groups each batch changes.
 
-use std::collections::BTreeMap;
-use std::collections::btree_map::Entry;
+pub mod updating;
+pub mod windowed;
+
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, TimestampMillisecondArray};
-use datafusion::arrow::compute::take_record_batch;
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
@@ -21,10 +23,11 @@ use datafusion::physical_expr::{GroupsAccumulatorAdapter, PhysicalExpr};
 use datafusion::physical_plan::aggregates::group_values::{GroupValues, new_group_values};
 use datafusion::physical_plan::aggregates::order::GroupOrdering;
 
-use crate::operator::{Collector, Operator};
 use crate::planner::steps::Steps;
-use crate::window::{Windowing, event_times, split_by_window};
 use crate::{Error, Result};
+
+pub use updating::UpdatingAggregate;
+pub use windowed::{WindowedAggregate, WindowedAggregatePlan};
 
 /// One aggregate call of the query: the function, its argument expressions and its
 /// optional `FILTER (WHERE ...)`.
@@ -50,15 +53,11 @@ impl AggregateCall {
     }
 }
 
-/// The shape of a `TUMBLE` or `HOP` + `GROUP BY` query, as lowered by the planner.
+/// A grouped aggregation as lowered by the planner: the stateless steps before it, the
+/// group keys and aggregate calls, and the steps after it (HAVING, final projection).
 #[derive(Debug, Clone)]
-pub struct WindowedAggregatePlan {
-    pub windowing: Windowing,
-    /// Index of the event-time column in the source schema.
-    pub time_column: usize,
-    /// Source schema plus `window_start` and `window_end`.
-    pub windowed_schema: SchemaRef,
-    /// From the windowed source rows to the aggregate's input.
+pub struct GroupedPlan {
+    /// From the operator's input rows to the aggregate's input.
     pub pre: Steps,
     pub group_by: Vec<Arc<dyn PhysicalExpr>>,
     /// Schema of the group key columns.
@@ -66,62 +65,28 @@ pub struct WindowedAggregatePlan {
     pub aggregates: Vec<AggregateCall>,
     /// Output of the aggregate: group keys, then aggregate values.
     pub aggregate_schema: SchemaRef,
-    /// From the aggregate's output to the view's rows (HAVING, final projection).
+    /// From the aggregate's output to the view's rows.
     pub post: Steps,
 }
 
-struct WindowState {
-    groups: Box<dyn GroupValues>,
-    accumulators: Vec<Box<dyn GroupsAccumulator>>,
+/// Keys and aggregate arguments of some input rows, evaluated and ready to fold in.
+pub struct Prepared {
+    keys: Vec<ArrayRef>,
+    arguments: Vec<(Vec<ArrayRef>, Option<BooleanArray>)>,
 }
 
-impl WindowState {
-    fn new(plan: &WindowedAggregatePlan) -> Result<Self> {
-        Ok(Self {
-            groups: new_group_values(plan.group_schema.clone(), &GroupOrdering::None)?,
-            accumulators: plan
-                .aggregates
-                .iter()
-                .map(AggregateCall::accumulator)
-                .collect::<Result<_>>()?,
-        })
-    }
-}
-
-/// The running operator of a windowed aggregate view.
-pub struct WindowedAggregate {
-    plan: WindowedAggregatePlan,
-    windows: BTreeMap<i64, WindowState>,
-    /// Reused buffer of group indices for the rows of one slice.
-    group_indices: Vec<usize>,
-}
-
-impl WindowedAggregate {
-    pub fn new(plan: WindowedAggregatePlan) -> Self {
-        Self {
-            plan,
-            windows: BTreeMap::new(),
-            group_indices: Vec::new(),
-        }
-    }
-
-    /// Evaluate everything a window slice needs, without touching any state, so that
-    /// a failing expression leaves every window as it was.
-    fn prepare(&self, start: i64, slice: RecordBatch) -> Result<Option<Prepared>> {
-        let rows = slice.num_rows();
-        let end = self.plan.windowing.end(start);
-        let mut columns = slice.columns().to_vec();
-        columns.push(Arc::new(TimestampMillisecondArray::from_value(start, rows)) as ArrayRef);
-        columns.push(Arc::new(TimestampMillisecondArray::from_value(end, rows)) as ArrayRef);
-        let windowed = RecordBatch::try_new(self.plan.windowed_schema.clone(), columns)?;
-        let input = self.plan.pre.apply(windowed)?;
+impl GroupedPlan {
+    /// Evaluate what `input` contributes, without touching any state, so that a failing
+    /// expression leaves every state as it was. `None` when no row survives `pre`.
+    pub fn prepare(&self, input: RecordBatch) -> Result<Option<Prepared>> {
+        let input = self.pre.apply(input)?;
         let rows = input.num_rows();
         if rows == 0 {
             return Ok(None);
         }
-        let keys = evaluate(&self.plan.group_by, &input)?;
-        let mut arguments = Vec::with_capacity(self.plan.aggregates.len());
-        for call in &self.plan.aggregates {
+        let keys = evaluate(&self.group_by, &input)?;
+        let mut arguments = Vec::with_capacity(self.aggregates.len());
+        for call in &self.aggregates {
             let values = evaluate(&call.args, &input)?;
             let filter = match &call.filter {
                 Some(f) => Some(boolean(f.evaluate(&input)?.into_array(rows)?)?),
@@ -129,49 +94,67 @@ impl WindowedAggregate {
             };
             arguments.push((values, filter));
         }
-        Ok(Some(Prepared {
-            start,
-            keys,
-            arguments,
-        }))
+        Ok(Some(Prepared { keys, arguments }))
     }
 
-    /// Fold a prepared slice into its window's groups and accumulators.
-    fn apply(&mut self, prepared: Prepared) -> Result<()> {
-        let Self {
-            plan,
-            windows,
-            group_indices,
-        } = self;
-        let state = match windows.entry(prepared.start) {
-            Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(v) => v.insert(WindowState::new(plan)?),
-        };
-        state.groups.intern(&prepared.keys, group_indices)?;
-        let total_groups = state.groups.len();
-        for (acc, (values, filter)) in state.accumulators.iter_mut().zip(&prepared.arguments) {
-            acc.update_batch(values, group_indices, filter.as_ref(), total_groups)?;
+    /// An empty state for this aggregation.
+    pub fn new_state(&self) -> Result<GroupState> {
+        Ok(GroupState {
+            groups: new_group_values(self.group_schema.clone(), &GroupOrdering::None)?,
+            accumulators: self
+                .aggregates
+                .iter()
+                .map(AggregateCall::accumulator)
+                .collect::<Result<_>>()?,
+        })
+    }
+
+    /// Run the post-aggregate steps, handing back the aggregated rows on failure so the
+    /// caller can dead-letter them instead of losing them.
+    pub fn finish(&self, aggregated: RecordBatch) -> (RecordBatch, Result<RecordBatch>) {
+        let rows = self.post.apply(aggregated.clone());
+        (aggregated, rows)
+    }
+}
+
+/// The groups and accumulators of one aggregation (one window, or the whole stream).
+pub struct GroupState {
+    groups: Box<dyn GroupValues>,
+    accumulators: Vec<Box<dyn GroupsAccumulator>>,
+}
+
+impl GroupState {
+    /// Fold prepared rows in; `indices` receives each row's group index.
+    pub fn fold(&mut self, prepared: &Prepared, indices: &mut Vec<usize>) -> Result<()> {
+        self.groups.intern(&prepared.keys, indices)?;
+        let total_groups = self.groups.len();
+        for (acc, (values, filter)) in self.accumulators.iter_mut().zip(&prepared.arguments) {
+            acc.update_batch(values, indices, filter.as_ref(), total_groups)?;
         }
         Ok(())
     }
 
-    /// The window's rows before and after the post-aggregate steps (HAVING, projection).
-    fn emit_window(&self, mut state: WindowState) -> Result<(RecordBatch, Result<RecordBatch>)> {
-        let mut columns = state.groups.emit(EmitTo::All)?;
-        for acc in &mut state.accumulators {
+    /// Emit every group (keys, then final values) and reset the state.
+    pub fn emit(&mut self, schema: &SchemaRef) -> Result<RecordBatch> {
+        let mut columns = self.groups.emit(EmitTo::All)?;
+        for acc in &mut self.accumulators {
             columns.push(acc.evaluate(EmitTo::All)?);
         }
-        let aggregated = RecordBatch::try_new(self.plan.aggregate_schema.clone(), columns)?;
-        let rows = self.plan.post.apply(aggregated.clone());
-        Ok((aggregated, rows))
+        Ok(RecordBatch::try_new(schema.clone(), columns)?)
     }
-}
 
-/// One window's share of a batch, evaluated and ready to fold in.
-struct Prepared {
-    start: i64,
-    keys: Vec<ArrayRef>,
-    arguments: Vec<(Vec<ArrayRef>, Option<BooleanArray>)>,
+    /// Bytes held by the groups and accumulators.
+    pub fn size(&self) -> usize {
+        self.groups.size() + self.accumulators.iter().map(|a| a.size()).sum::<usize>()
+    }
+
+    pub fn len(&self) -> usize {
+        self.groups.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.groups.is_empty()
+    }
 }
 
 fn evaluate(exprs: &[Arc<dyn PhysicalExpr>], batch: &RecordBatch) -> Result<Vec<ArrayRef>> {
@@ -192,63 +175,4 @@ fn boolean(array: ArrayRef) -> Result<BooleanArray> {
             array.data_type()
         ))
     })
-}
-
-impl Operator for WindowedAggregate {
-    fn process(
-        &mut self,
-        batch: &RecordBatch,
-        watermark: Option<i64>,
-        out: &mut Collector,
-    ) -> Result<()> {
-        let times = event_times(batch.column(self.plan.time_column))?;
-        let split = split_by_window(times, self.plan.windowing, watermark);
-        let mut prepared = Vec::with_capacity(split.windows.len());
-        for (start, rows) in split.windows {
-            let slice = match rows {
-                None => batch.clone(),
-                Some(rows) => take_record_batch(batch, &rows)?,
-            };
-            prepared.extend(self.prepare(start, slice)?);
-        }
-        // Nothing has changed yet: an error above leaves the whole batch to the caller.
-        for p in prepared {
-            self.apply(p)?;
-        }
-        if let Some(late) = &split.late {
-            out.late(take_record_batch(batch, late)?);
-        }
-        Ok(())
-    }
-
-    fn on_watermark(&mut self, watermark: i64, out: &mut Collector) -> Result<()> {
-        while let Some(entry) = self.windows.first_entry() {
-            if !self.plan.windowing.is_closed(*entry.key(), Some(watermark)) {
-                break;
-            }
-            let start = *entry.key();
-            let state = entry.remove();
-            let (aggregated, rows) = self.emit_window(state)?;
-            match rows {
-                Ok(rows) => out.emit(rows),
-                // Keep the window's aggregated rows rather than lose them.
-                Err(e) => out.failed(
-                    aggregated,
-                    format!("window starting at {start} ms could not be finished: {e}"),
-                ),
-            }
-        }
-        Ok(())
-    }
-
-    fn state_size(&self) -> usize {
-        self.windows
-            .values()
-            .map(|w| w.groups.size() + w.accumulators.iter().map(|a| a.size()).sum::<usize>())
-            .sum()
-    }
-
-    fn open_windows(&self) -> usize {
-        self.windows.len()
-    }
 }

@@ -28,7 +28,9 @@ use datafusion::sql::sqlparser::ast::{
     self, FunctionArg, FunctionArgExpr, ObjectNamePart, TableFactor, VisitMut, VisitorMut,
 };
 
-use crate::aggregate::{AggregateCall, WindowedAggregate, WindowedAggregatePlan};
+use crate::aggregate::{
+    AggregateCall, GroupedPlan, UpdatingAggregate, WindowedAggregate, WindowedAggregatePlan,
+};
 use crate::operator::{Collector, Operator};
 use crate::parser::{CreateView, WatermarkSpec};
 use crate::schema::{TIMESTAMP, duration_in_unit, interval};
@@ -301,93 +303,43 @@ impl ContinuousQuery {
             (None, Some(_)) => Err(unsupported!(
                 "a window without GROUP BY is not supported yet: aggregate with GROUP BY window_start, window_end, ..."
             )),
-            (Some(_), None) => Err(unsupported!(
-                "GROUP BY over an unbounded stream needs a window: read FROM TUMBLE({source}, time_column, INTERVAL '10' SECOND) \
-                 and GROUP BY window_start, window_end, ..."
-            )),
-            (Some(at), Some((windowing, time_column))) => {
-                let LogicalPlan::Aggregate(agg) = chain[at] else {
-                    unreachable!("position found an Aggregate")
+            (Some(at), window) => {
+                let grouped = lower_aggregate(&chain, at, window.is_some(), &props)?;
+                let operators = explain(&chain, &source, info, window_call.as_ref());
+                let Some((windowing, time_column)) = window else {
+                    return Ok(Self {
+                        operators,
+                        source,
+                        output_schema,
+                        description: format!("source -> {} (updating)", describe(&chain)),
+                        operator: Box::new(UpdatingAggregate::new(grouped)?),
+                    });
                 };
-                if chain[at + 1..]
-                    .iter()
-                    .any(|p| matches!(p, LogicalPlan::Aggregate(_)))
-                {
-                    return Err(unsupported!(
-                        "nested aggregation (a grouped subquery) is not supported yet"
-                    ));
-                }
-                let is_window_key = |e: &Expr| matches!(e, Expr::Column(c) if c.name == "window_start" || c.name == "window_end");
-                if !agg.group_expr.iter().any(is_window_key) {
-                    return Err(invalid!(
-                        "a windowed query must GROUP BY window_start or window_end (and any keys)"
-                    ));
-                }
-                let input = agg.input.schema();
-                let pctx = PhysicalPlanningContext::default();
-                let group_by = agg
-                    .group_expr
-                    .iter()
-                    .map(|e| match e {
-                        Expr::GroupingSet(_) => Err(unsupported!(
-                            "GROUPING SETS, CUBE and ROLLUP are not supported"
-                        )),
-                        e => Ok(create_physical_expr(e, input, &props, &pctx)?),
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                let n_keys = agg.group_expr.len();
-                let aggregate_schema: SchemaRef = Arc::new(agg.schema.as_arrow().clone());
-                let group_schema =
-                    Arc::new(Schema::new(aggregate_schema.fields()[..n_keys].to_vec()));
-                let aggregates = agg
-                    .aggr_expr
-                    .iter()
-                    .map(|e| {
-                        let lowered =
-                            LoweredAggregateBuilder::new(e, input, input.as_arrow(), &props, &pctx)
-                                .build()?;
-                        if !lowered.order_bys.is_empty() {
-                            return Err(unsupported!(
-                                "ORDER BY inside an aggregate call ({e}) is not supported yet"
-                            ));
-                        }
-                        let args = lowered.aggregate.expressions();
-                        Ok(AggregateCall {
-                            function: lowered.aggregate,
-                            args,
-                            filter: lowered.filter,
-                        })
-                    })
-                    .collect::<Result<Vec<_>>>()?;
+                let description = if windowing.slide() == windowing.size() {
+                    format!(
+                        "source -> {} (tumbling window {} ms)",
+                        describe(&chain),
+                        windowing.size()
+                    )
+                } else {
+                    format!(
+                        "source -> {} (hopping window {} ms every {} ms)",
+                        describe(&chain),
+                        windowing.size(),
+                        windowing.slide()
+                    )
+                };
                 let plan = WindowedAggregatePlan {
                     windowing,
                     time_column,
                     windowed_schema: scan_schema,
-                    pre: lower_chain(&chain[at + 1..], &props)?,
-                    group_by,
-                    group_schema,
-                    aggregates,
-                    aggregate_schema,
-                    post: lower_chain(&chain[..at], &props)?,
+                    grouped,
                 };
                 Ok(Self {
-                    operators: explain(&chain, &source, info, window_call.as_ref()),
+                    operators,
                     source,
                     output_schema,
-                    description: if windowing.slide() == windowing.size() {
-                        format!(
-                            "source -> {} (tumbling window {} ms)",
-                            describe(&chain),
-                            windowing.size()
-                        )
-                    } else {
-                        format!(
-                            "source -> {} (hopping window {} ms every {} ms)",
-                            describe(&chain),
-                            windowing.size(),
-                            windowing.slide()
-                        )
-                    },
+                    description,
                     operator: Box::new(WindowedAggregate::new(plan)),
                 })
             }
@@ -409,6 +361,74 @@ fn planning_context() -> SessionContext {
         .with_optimizer_rules(rules)
         .build();
     SessionContext::new_with_state(state)
+}
+
+/// Lower the aggregate at `chain[at]` with the stateless steps before and after it.
+fn lower_aggregate(
+    chain: &[&LogicalPlan],
+    at: usize,
+    windowed: bool,
+    props: &ExecutionProps,
+) -> Result<GroupedPlan> {
+    let LogicalPlan::Aggregate(agg) = chain[at] else {
+        unreachable!("position found an Aggregate")
+    };
+    if chain[at + 1..]
+        .iter()
+        .any(|p| matches!(p, LogicalPlan::Aggregate(_)))
+    {
+        return Err(unsupported!(
+            "nested aggregation (a grouped subquery) is not supported yet"
+        ));
+    }
+    let is_window_key = |e: &Expr| matches!(e, Expr::Column(c) if c.name == "window_start" || c.name == "window_end");
+    if windowed && !agg.group_expr.iter().any(is_window_key) {
+        return Err(invalid!(
+            "a windowed query must GROUP BY window_start or window_end (and any keys)"
+        ));
+    }
+    let input = agg.input.schema();
+    let pctx = PhysicalPlanningContext::default();
+    let group_by = agg
+        .group_expr
+        .iter()
+        .map(|e| match e {
+            Expr::GroupingSet(_) => Err(unsupported!(
+                "GROUPING SETS, CUBE and ROLLUP are not supported"
+            )),
+            e => Ok(create_physical_expr(e, input, props, &pctx)?),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let n_keys = agg.group_expr.len();
+    let aggregate_schema: SchemaRef = Arc::new(agg.schema.as_arrow().clone());
+    let group_schema = Arc::new(Schema::new(aggregate_schema.fields()[..n_keys].to_vec()));
+    let aggregates = agg
+        .aggr_expr
+        .iter()
+        .map(|e| {
+            let lowered =
+                LoweredAggregateBuilder::new(e, input, input.as_arrow(), props, &pctx).build()?;
+            if !lowered.order_bys.is_empty() {
+                return Err(unsupported!(
+                    "ORDER BY inside an aggregate call ({e}) is not supported yet"
+                ));
+            }
+            let args = lowered.aggregate.expressions();
+            Ok(AggregateCall {
+                function: lowered.aggregate,
+                args,
+                filter: lowered.filter,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(GroupedPlan {
+        pre: lower_chain(&chain[at + 1..], props)?,
+        group_by,
+        group_schema,
+        aggregates,
+        aggregate_schema,
+        post: lower_chain(&chain[..at], props)?,
+    })
 }
 
 /// The plan as a single-input chain, root first.
