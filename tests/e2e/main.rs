@@ -5,5 +5,6 @@ mod cli;
 mod dashboard;
 mod http_pipeline;
 mod nexmark;
+mod oracle;
 mod sql_fuzz;
 mod support;
