@@ -382,6 +382,12 @@ fn lower_aggregate(
         ));
     }
     let is_window_key = |e: &Expr| matches!(e, Expr::Column(c) if c.name == "window_start" || c.name == "window_end");
+    if agg.group_expr.is_empty() {
+        return Err(unsupported!(
+            "an aggregate without GROUP BY over a stream is not supported yet: group by a key, \
+             or read FROM TUMBLE(source, time_column, size) and GROUP BY window_start, window_end"
+        ));
+    }
     if windowed && !agg.group_expr.iter().any(is_window_key) {
         return Err(invalid!(
             "a windowed query must GROUP BY window_start or window_end (and any keys)"

@@ -38,10 +38,10 @@ impl Windowing {
                 "a HOP slide ({slide} ms) larger than its size ({size} ms) would skip events; use a slide of at most the size"
             )));
         }
-        if size / slide > 1000 {
+        let per_row = (size - 1) / slide + 1; // ceil(size / slide), both positive
+        if per_row > 1000 {
             return Err(Error::InvalidSql(format!(
-                "a HOP window of {size} ms sliding by {slide} ms puts every event in {} windows; keep it under 1000",
-                size / slide
+                "a HOP window of {size} ms sliding by {slide} ms puts every event in {per_row} windows; keep it at most 1000"
             )));
         }
         Ok(Self { size, slide })
