@@ -29,7 +29,8 @@ pub struct ViewRuntime {
     pub operators: Vec<(String, String)>,
     pub schema: SchemaRef,
     pub(crate) operator: Mutex<Box<dyn Operator>>,
-    rows: RwLock<VecDeque<RecordBatch>>,
+    /// Emitted batches, oldest first; a key marks a window's rows that an upsert replaces.
+    rows: RwLock<VecDeque<(Option<i64>, RecordBatch)>>,
     row_count: AtomicUsize,
     max_rows: usize,
     updates: broadcast::Sender<RecordBatch>,
@@ -139,7 +140,7 @@ impl ViewRuntime {
 
     /// The current rows, oldest first.
     pub fn snapshot(&self) -> Vec<RecordBatch> {
-        self.rows.read().iter().cloned().collect()
+        self.rows.read().iter().map(|(_, b)| b.clone()).collect()
     }
 
     /// New rows as they are emitted.
@@ -157,10 +158,10 @@ impl ViewRuntime {
             for b in &batches {
                 self.row_count.fetch_add(b.num_rows(), Ordering::Relaxed);
                 self.rows_emitted.inc_by(b.num_rows() as u64);
-                rows.push_back(b.clone());
+                rows.push_back((None, b.clone()));
             }
             while self.row_count.load(Ordering::Relaxed) > self.max_rows && rows.len() > 1 {
-                if let Some(old) = rows.pop_front() {
+                if let Some((_, old)) = rows.pop_front() {
                     self.row_count.fetch_sub(old.num_rows(), Ordering::Relaxed);
                 }
             }
@@ -171,13 +172,38 @@ impl ViewRuntime {
         }
     }
 
+    /// Rows for `key` (a window's start) replace the rows held for it, or are appended.
+    pub(crate) fn upsert(&self, key: i64, batch: RecordBatch) {
+        {
+            let mut rows = self.rows.write();
+            // Re-emitted windows are recent: search from the newest.
+            match rows.iter_mut().rev().find(|(k, _)| *k == Some(key)) {
+                Some((_, old)) => {
+                    self.row_count.fetch_sub(old.num_rows(), Ordering::Relaxed);
+                    *old = batch.clone();
+                }
+                None => rows.push_back((Some(key), batch.clone())),
+            }
+            self.row_count
+                .fetch_add(batch.num_rows(), Ordering::Relaxed);
+            while self.row_count.load(Ordering::Relaxed) > self.max_rows && rows.len() > 1 {
+                if let Some((_, old)) = rows.pop_front() {
+                    self.row_count.fetch_sub(old.num_rows(), Ordering::Relaxed);
+                }
+            }
+        }
+        self.rows_emitted.inc_by(batch.num_rows() as u64);
+        // No subscribers is fine.
+        let _ = self.updates.send(batch);
+    }
+
     /// An updating view's rows are now exactly `all`; `changes` go to subscribers.
     pub(crate) fn replace(&self, all: RecordBatch, changes: Vec<RecordBatch>) {
         {
             let mut rows = self.rows.write();
             self.row_count.store(all.num_rows(), Ordering::Relaxed);
             rows.clear();
-            rows.push_back(all);
+            rows.push_back((None, all));
         }
         for b in changes {
             self.rows_emitted.inc_by(b.num_rows() as u64);

@@ -17,6 +17,9 @@ pub struct Collector {
     pub failed: Vec<(RecordBatch, String)>,
     /// For updating views: the view's complete rows now (`rows` then holds the changes).
     pub replace: Option<RecordBatch>,
+    /// Rows that replace what the view holds under the same key: a window emitted under
+    /// allowed lateness, and emitted again when late rows change it.
+    pub upserts: Vec<(i64, RecordBatch)>,
 }
 
 impl Collector {
@@ -25,6 +28,11 @@ impl Collector {
         if batch.num_rows() > 0 {
             self.rows.push(batch);
         }
+    }
+
+    /// Rows for `key` that replace the view's earlier rows for it.
+    pub fn upsert(&mut self, key: i64, batch: RecordBatch) {
+        self.upserts.push((key, batch));
     }
 
     /// The view's rows are now exactly `batch` (updating aggregates).

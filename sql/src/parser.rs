@@ -63,6 +63,8 @@ pub struct WatermarkSpec {
 pub struct CreateView {
     pub name: String,
     pub if_not_exists: bool,
+    /// `WITH (...)` options before `AS`, keys lower-cased (e.g. `allowed_lateness`).
+    pub options: BTreeMap<String, String>,
     pub query: Box<Query>,
 }
 
@@ -74,30 +76,14 @@ pub fn parse_statement(sql: &str) -> Result<Statement> {
         if p.parse_keywords(&[Keyword::CREATE, Keyword::SOURCE]) {
             Some(Statement::CreateSource(parse_create_source(p)?))
         } else if p.parse_keywords(&[Keyword::CREATE, Keyword::MATERIALIZED, Keyword::VIEW]) {
-            let if_not_exists = p.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
-            let name = object_name(p)?;
-            p.expect_keyword(Keyword::AS)?;
-            let query = p.parse_query()?;
-            Some(Statement::CreateView(CreateView {
-                name,
-                if_not_exists,
-                query,
-            }))
+            Some(Statement::CreateView(parse_create_view(p)?))
         } else if p.parse_keywords(&[
             Keyword::EXPLAIN,
             Keyword::CREATE,
             Keyword::MATERIALIZED,
             Keyword::VIEW,
         ]) {
-            let if_not_exists = p.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
-            let name = object_name(p)?;
-            p.expect_keyword(Keyword::AS)?;
-            let query = p.parse_query()?;
-            Some(Statement::ExplainCreateView(CreateView {
-                name,
-                if_not_exists,
-                query,
-            }))
+            Some(Statement::ExplainCreateView(parse_create_view(p)?))
         } else if p.parse_keywords(&[Keyword::EXPLAIN, Keyword::VIEW]) {
             Some(Statement::ExplainView {
                 name: object_name(p)?,
@@ -200,6 +186,33 @@ fn normalize(ident: &str) -> String {
     }
 }
 
+/// After `CREATE MATERIALIZED VIEW`: `[IF NOT EXISTS] name [WITH (...)] AS query`.
+fn parse_create_view(p: &mut Parser) -> Result<CreateView> {
+    let if_not_exists = p.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
+    let name = object_name(p)?;
+    let options = parse_with(p)?;
+    p.expect_keyword(Keyword::AS)?;
+    let query = p.parse_query()?;
+    Ok(CreateView {
+        name,
+        if_not_exists,
+        options,
+        query,
+    })
+}
+
+/// `WITH (key = value, ...)`, keys lower-cased, values as text; empty when absent.
+fn parse_with(p: &mut Parser) -> Result<BTreeMap<String, String>> {
+    let mut options = BTreeMap::new();
+    for opt in p.parse_options(Keyword::WITH)? {
+        let SqlOption::KeyValue { key, value } = opt else {
+            return Err(invalid!("WITH options are written key = 'value'"));
+        };
+        options.insert(key.value.to_ascii_lowercase(), option_value(&value)?);
+    }
+    Ok(options)
+}
+
 fn parse_create_source(p: &mut Parser) -> Result<CreateSource> {
     let if_not_exists = p.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
     let name = object_name(p)?;
@@ -237,13 +250,7 @@ fn parse_create_source(p: &mut Parser) -> Result<CreateSource> {
             break;
         }
     }
-    let mut options = BTreeMap::new();
-    for opt in p.parse_options(Keyword::WITH)? {
-        let SqlOption::KeyValue { key, value } = opt else {
-            return Err(invalid!("WITH options are written key = 'value'"));
-        };
-        options.insert(key.value.to_ascii_lowercase(), option_value(&value)?);
-    }
+    let options = parse_with(p)?;
     if !options.contains_key("connector") {
         return Err(invalid!(
             "source {name} needs WITH (connector = 'http' | 'nexmark', ...)"

@@ -75,9 +75,31 @@ pub fn interval(expr: &Expr) -> Result<Duration> {
             (n, u)
         }
     };
+    scaled(&number, &unit).map_err(|e| invalid!("interval {expr}: {e}"))
+}
+
+/// A duration written as text, as in `WITH (allowed_lateness = '5s')`: a number and a unit
+/// (`ms`, `s`, `min`, `h`, `d` or their long names); seconds without a unit.
+pub fn duration_text(text: &str) -> Result<Duration> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let unit = match unit.trim().to_ascii_lowercase() {
+        u if u.is_empty() => "second".to_string(),
+        u if u == "h" => "hour".to_string(),
+        u if u == "d" => "day".to_string(),
+        u if u == "s" => "second".to_string(),
+        u => u,
+    };
+    scaled(number, &unit).map_err(|e| invalid!("duration '{text}': {e}"))
+}
+
+fn scaled(number: &str, unit: &str) -> Result<Duration> {
     let n: f64 = number
         .parse()
-        .map_err(|_| invalid!("interval value '{number}' is not a number"))?;
+        .map_err(|_| invalid!("'{number}' is not a number"))?;
     let seconds_per_unit = match unit.trim_end_matches('s') {
         "millisecond" | "m" => 0.001,
         "second" | "sec" => 1.0,
@@ -86,13 +108,12 @@ pub fn interval(expr: &Expr) -> Result<Duration> {
         "day" => 86_400.0,
         other => {
             return Err(invalid!(
-                "interval unit '{other}' is not supported; use MILLISECOND, SECOND, MINUTE, HOUR or DAY"
+                "unit '{other}' is not supported; use MILLISECOND, SECOND, MINUTE, HOUR or DAY"
             ));
         }
     };
-    Duration::try_from_secs_f64(n * seconds_per_unit).map_err(|_| {
-        invalid!("interval {expr} must be a non-negative duration of at most a few centuries")
-    })
+    Duration::try_from_secs_f64(n * seconds_per_unit)
+        .map_err(|_| invalid!("must be a non-negative duration of at most a few centuries"))
 }
 
 fn unit_name(field: &DateTimeField) -> Result<String> {

@@ -85,6 +85,13 @@ async fn http_source_to_tumbling_window_view() -> Result<()> {
     .await?;
 
     weir.exec("CREATE MATERIALIZED VIEW big_spends AS SELECT id, user_id, amount, ts FROM events WHERE amount > 90").await?;
+    // The same windows with 60 s of allowed lateness: the late rows update window [0, 10 s).
+    weir.exec(
+        "CREATE MATERIALIZED VIEW per_user_lenient WITH (allowed_lateness = '60s') AS \
+         SELECT window_start, user_id, count(*) AS n FROM TUMBLE(events, ts, INTERVAL '10' SECOND) \
+         GROUP BY window_start, window_end, user_id",
+    )
+    .await?;
     // GROUP BY without a window: an updating aggregate over every record, late or not.
     weir.exec("CREATE MATERIALIZED VIEW per_user_total AS SELECT user_id, count(*) AS n FROM events GROUP BY user_id").await?;
 
@@ -298,6 +305,18 @@ async fn http_source_to_tumbling_window_view() -> Result<()> {
     want[1][1] = json!(want[1][1].as_u64().unwrap_or(0) + 10);
     want[0][1] = json!(want[0][1].as_u64().unwrap_or(0) + 1);
     assert_eq!(totals.take(), Value::Array(want));
+
+    // Allowed lateness: the ten late rows counted, each window's rows replaced, not repeated.
+    let lenient = weir
+        .exec("SELECT count(*), sum(n) FROM per_user_lenient")
+        .await?;
+    assert_eq!(lenient["rows"], json!([[70, 5010]]));
+    let views = weir.get("/api/v1/views").await?;
+    let lenient = views["views"]
+        .as_array()
+        .and_then(|v| v.iter().find(|x| x["name"] == "per_user_lenient"))
+        .cloned();
+    assert_eq!(lenient.map(|v| v["late_rows"].clone()), Some(json!(0)));
 
     // EXPLAIN shows the operators and their live state: the far-future event's window is open.
     let explain = weir.exec("EXPLAIN VIEW per_user").await?;

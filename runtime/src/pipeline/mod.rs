@@ -176,6 +176,9 @@ impl Pipeline {
                 *view.last_error.lock() = Some(e.to_string());
             }
             self.dead_letter_failed(view, &out.failed);
+            for (key, rows) in out.upserts {
+                view.upsert(key, rows);
+            }
             view.publish(out.rows);
         }
     }
@@ -222,6 +225,9 @@ impl Pipeline {
                     show_time(watermark)
                 )
             });
+        }
+        for (key, rows) in out.upserts {
+            view.upsert(key, rows);
         }
         match out.replace {
             Some(all) => view.replace(all, out.rows),

@@ -143,6 +143,40 @@ impl GroupState {
         Ok(RecordBatch::try_new(schema.clone(), columns)?)
     }
 
+    /// Every group's keys and current values, leaving the state as it was.
+    ///
+    /// DataFusion 55's accumulators have no non-destructive read, so this drains the state
+    /// and rebuilds it from its intermediate form (`state` -> `merge_batch`): O(groups).
+    pub fn read(&mut self, plan: &GroupedPlan, indices: &mut Vec<usize>) -> Result<RecordBatch> {
+        let n = self.len();
+        let keys = self.groups.emit(EmitTo::All)?;
+        let states = self
+            .accumulators
+            .iter_mut()
+            .map(|a| a.state(EmitTo::All))
+            .collect::<datafusion::error::Result<Vec<_>>>()?;
+        let mut kept = plan.new_state()?;
+        let mut read = plan.new_state()?;
+        // Unique keys into empty group values get the indices 0..n, in order.
+        kept.groups.intern(&keys, indices)?;
+        let mut columns: Vec<ArrayRef> = keys;
+        for ((keep, out), state) in kept
+            .accumulators
+            .iter_mut()
+            .zip(read.accumulators.iter_mut())
+            .zip(&states)
+        {
+            keep.merge_batch(state, indices, n)?;
+            out.merge_batch(state, indices, n)?;
+            columns.push(out.evaluate(EmitTo::All)?);
+        }
+        *self = kept;
+        Ok(RecordBatch::try_new(
+            plan.aggregate_schema.clone(),
+            columns,
+        )?)
+    }
+
     /// Bytes held by the groups and accumulators.
     pub fn size(&self) -> usize {
         self.groups.size() + self.accumulators.iter().map(|a| a.size()).sum::<usize>()

@@ -2,6 +2,10 @@
 //! window; each slice is prepared (evaluated) first and folded in only when every slice
 //! succeeded. When the watermark passes a window's end, its groups are emitted and its
 //! state dropped, so memory is bounded by the open windows, not by history.
+//!
+//! With allowed lateness a window is emitted when the watermark reaches its end but kept
+//! until the watermark passes its end plus the lateness; late rows in between update it
+//! and the window is emitted again, as an upsert that replaces its earlier rows.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -27,10 +31,16 @@ pub struct WindowedAggregatePlan {
     pub grouped: GroupedPlan,
 }
 
+/// One window's state and whether its rows were emitted already.
+struct Window {
+    state: GroupState,
+    emitted: bool,
+}
+
 /// The running operator of a windowed aggregate view.
 pub struct WindowedAggregate {
     plan: WindowedAggregatePlan,
-    windows: BTreeMap<i64, GroupState>,
+    windows: BTreeMap<i64, Window>,
     /// Reused buffer of group indices for the rows of one slice.
     group_indices: Vec<usize>,
 }
@@ -58,6 +68,34 @@ impl WindowedAggregate {
     }
 }
 
+impl WindowedAggregate {
+    /// Emit a window's rows: destructively when it is `last` (its state goes next), else
+    /// by reading its state and keeping it for late rows.
+    fn emit(&mut self, start: i64, last: bool, out: &mut Collector) -> Result<()> {
+        let Some(window) = self.windows.get_mut(&start) else {
+            return Ok(());
+        };
+        let grouped = &self.plan.grouped;
+        let aggregated = if last {
+            window.state.emit(&grouped.aggregate_schema)?
+        } else {
+            window.state.read(grouped, &mut self.group_indices)?
+        };
+        window.emitted = true;
+        match grouped.finish(aggregated) {
+            // Without lateness a window is emitted once: append. With it, upsert by start.
+            (_, Ok(rows)) if self.plan.windowing.lateness() == 0 => out.emit(rows),
+            (_, Ok(rows)) => out.upsert(start, rows),
+            // Keep the window's aggregated rows rather than lose them.
+            (aggregated, Err(e)) => out.failed(
+                aggregated,
+                format!("window starting at {start} ms could not be finished: {e}"),
+            ),
+        }
+        Ok(())
+    }
+}
+
 impl Operator for WindowedAggregate {
     fn process(
         &mut self,
@@ -82,15 +120,23 @@ impl Operator for WindowedAggregate {
             }
         }
         // Nothing has changed yet: an error above leaves the whole batch to the caller.
+        let mut changed_emitted = Vec::new();
         for (start, p) in prepared {
-            let state = match self.windows.get_mut(&start) {
-                Some(s) => s,
-                None => self
-                    .windows
-                    .entry(start)
-                    .or_insert(self.plan.grouped.new_state()?),
+            let window = match self.windows.get_mut(&start) {
+                Some(w) => w,
+                None => self.windows.entry(start).or_insert(Window {
+                    state: self.plan.grouped.new_state()?,
+                    emitted: false,
+                }),
             };
-            state.fold(&p, &mut self.group_indices)?;
+            window.state.fold(&p, &mut self.group_indices)?;
+            if window.emitted {
+                changed_emitted.push(start);
+            }
+        }
+        // Late rows within the allowed lateness changed emitted windows: emit them again.
+        for start in changed_emitted {
+            self.emit(start, false, out)?;
         }
         if let Some(late) = &split.late {
             out.late(take_record_batch(batch, late)?);
@@ -99,27 +145,31 @@ impl Operator for WindowedAggregate {
     }
 
     fn on_watermark(&mut self, watermark: i64, out: &mut Collector) -> Result<()> {
-        while let Some(entry) = self.windows.first_entry() {
-            if !self.plan.windowing.is_closed(*entry.key(), Some(watermark)) {
-                break;
-            }
-            let start = *entry.key();
-            let mut state = entry.remove();
-            let aggregated = state.emit(&self.plan.grouped.aggregate_schema)?;
-            match self.plan.grouped.finish(aggregated) {
-                (_, Ok(rows)) => out.emit(rows),
-                // Keep the window's aggregated rows rather than lose them.
-                (aggregated, Err(e)) => out.failed(
-                    aggregated,
-                    format!("window starting at {start} ms could not be finished: {e}"),
-                ),
+        let windowing = self.plan.windowing;
+        let closed: Vec<i64> = self
+            .windows
+            .keys()
+            .copied()
+            .take_while(|&s| windowing.is_closed(s, Some(watermark)))
+            .collect();
+        for start in closed {
+            let last = !windowing.accepts(start, Some(watermark));
+            let emitted = self.windows.get(&start).is_some_and(|w| w.emitted);
+            if last {
+                // Final: emit unless already emitted (and unchanged since), then drop.
+                if !emitted {
+                    self.emit(start, true, out)?;
+                }
+                self.windows.remove(&start);
+            } else if !emitted {
+                self.emit(start, false, out)?;
             }
         }
         Ok(())
     }
 
     fn state_size(&self) -> usize {
-        self.windows.values().map(GroupState::size).sum()
+        self.windows.values().map(|w| w.state.size()).sum()
     }
 
     fn open_windows(&self) -> usize {

@@ -33,7 +33,7 @@ use crate::aggregate::{
 };
 use crate::operator::{Collector, Operator};
 use crate::parser::{CreateView, WatermarkSpec};
-use crate::schema::{TIMESTAMP, duration_in_unit, interval};
+use crate::schema::{TIMESTAMP, duration_in_unit, duration_text, interval};
 use crate::window::Windowing;
 use crate::{Error, Result, invalid, unsupported};
 use steps::{Step, Steps};
@@ -225,6 +225,22 @@ impl ContinuousQuery {
             [t] => Some(t.clone()),
             _ => return Err(unsupported!("a view may use one window function")),
         };
+        let mut lateness = std::time::Duration::ZERO;
+        for (key, value) in &view.options {
+            match key.as_str() {
+                "allowed_lateness" if window_call.is_some() => lateness = duration_text(value)?,
+                "allowed_lateness" => {
+                    return Err(invalid!(
+                        "allowed_lateness applies to windowed views (TUMBLE, HOP)"
+                    ));
+                }
+                other => {
+                    return Err(invalid!(
+                        "unknown view option '{other}'; views take allowed_lateness"
+                    ));
+                }
+            }
+        }
 
         // Plan with DataFusion against the source (plus window columns when windowed).
         let ctx = planning_context();
@@ -267,7 +283,8 @@ impl ContinuousQuery {
                 fields.push(Field::new("window_end", TIMESTAMP, false));
                 let ms =
                     |d| duration_in_unit(d, datafusion::arrow::datatypes::TimeUnit::Millisecond);
-                let windowing = Windowing::hop(ms(t.slide), ms(t.size))?;
+                let windowing =
+                    Windowing::hop(ms(t.slide), ms(t.size))?.with_lateness(ms(lateness));
                 (
                     Arc::new(Schema::new(fields)),
                     Some((windowing, time_column)),

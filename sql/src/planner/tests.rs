@@ -257,6 +257,72 @@ async fn group_by_without_a_window_updates_its_rows() {
 }
 
 #[tokio::test]
+async fn allowed_lateness_updates_an_emitted_window() {
+    let mut q = plan(
+        "CREATE MATERIALIZED VIEW v WITH (allowed_lateness = '5s') AS SELECT window_start, count(*) AS n \
+         FROM TUMBLE(bids, date_time, INTERVAL '10' SECOND) GROUP BY window_start, window_end",
+    )
+    .await
+    .expect("plans");
+    let count = |out: &Collector| -> Vec<(i64, usize)> {
+        out.upserts
+            .iter()
+            .map(|(k, b)| {
+                (
+                    *k,
+                    b.column(1)
+                        .as_any()
+                        .downcast_ref::<Int64Array>()
+                        .map_or(0, |a| a.value(0) as usize),
+                )
+            })
+            .collect()
+    };
+    let mut out = Collector::default();
+    q.operator
+        .process(&batch(&[(1, 1, 1_000), (1, 1, 2_000)]), None, &mut out)
+        .expect("process");
+    q.operator
+        .on_watermark(10_000, &mut out)
+        .expect("closes [0, 10s)");
+    assert_eq!(
+        count(&out),
+        vec![(0, 2)],
+        "emitted when the watermark reaches the end"
+    );
+    assert!(out.rows.is_empty(), "with lateness, windows are upserts");
+
+    // Within the lateness: accepted, and the window is emitted again with the new count.
+    let mut out = Collector::default();
+    q.operator
+        .process(&batch(&[(1, 1, 3_000)]), Some(12_000), &mut out)
+        .expect("process");
+    assert!(out.late.is_empty());
+    assert_eq!(count(&out), vec![(0, 3)]);
+
+    // Past end + lateness: the window is final and its state gone; the next row is late.
+    let mut out = Collector::default();
+    q.operator.on_watermark(15_000, &mut out).expect("final");
+    assert!(out.upserts.is_empty(), "no change since the last emission");
+    assert_eq!(q.operator.open_windows(), 0);
+    q.operator
+        .process(&batch(&[(1, 1, 4_000)]), Some(15_000), &mut out)
+        .expect("process");
+    assert_eq!(out.late.iter().map(RecordBatch::num_rows).sum::<usize>(), 1);
+
+    let e = plan(
+        "CREATE MATERIALIZED VIEW v WITH (allowed_lateness = '5s') AS SELECT auction FROM bids",
+    )
+    .await
+    .expect_err("not windowed");
+    assert!(e.to_string().contains("windowed"), "{e}");
+    let e = plan("CREATE MATERIALIZED VIEW v WITH (lateness = '5s') AS SELECT auction FROM bids")
+        .await
+        .expect_err("unknown");
+    assert!(e.to_string().contains("unknown view option"), "{e}");
+}
+
+#[tokio::test]
 async fn projection_and_filter_view_is_stateless() {
     let mut q = plan("CREATE MATERIALIZED VIEW big AS SELECT auction, price * 2 AS doubled FROM bids WHERE price >= 30")
         .await

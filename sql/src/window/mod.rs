@@ -18,6 +18,8 @@ use crate::{Error, Result};
 pub struct Windowing {
     size: i64,
     slide: i64,
+    /// How long after its end a window still accepts late rows (allowed lateness).
+    lateness: i64,
 }
 
 impl Windowing {
@@ -44,7 +46,31 @@ impl Windowing {
                 "a HOP window of {size} ms sliding by {slide} ms puts every event in {per_row} windows; keep it at most 1000"
             )));
         }
-        Ok(Self { size, slide })
+        Ok(Self {
+            size,
+            slide,
+            lateness: 0,
+        })
+    }
+
+    /// Keep accepting rows for `lateness` time units after a window closes: the window is
+    /// emitted when the watermark reaches its end and re-emitted when late rows change it.
+    pub fn with_lateness(self, lateness: i64) -> Self {
+        Self {
+            lateness: lateness.max(0),
+            ..self
+        }
+    }
+
+    /// The allowed lateness in time units.
+    pub fn lateness(&self) -> i64 {
+        self.lateness
+    }
+
+    /// Whether the window starting at `start` still takes rows: until the watermark
+    /// passes its end plus the allowed lateness.
+    pub fn accepts(&self, start: i64, watermark: Option<i64>) -> bool {
+        watermark.is_none_or(|w| self.end(start).saturating_add(self.lateness) > w)
     }
 
     /// The window size in time units.
@@ -108,8 +134,9 @@ pub fn event_times(column: &ArrayRef) -> Result<&TimestampMillisecondArray> {
         })
 }
 
-/// Group rows by window; rows whose windows `watermark` has all closed are late. With
-/// hopping windows a row appears in each of its open windows.
+/// Group rows by window; rows whose windows no longer accept rows (closed by `watermark`,
+/// plus any allowed lateness) are late. With hopping windows a row appears in each of its
+/// windows that still accept it.
 pub fn split_by_window(
     times: &TimestampMillisecondArray,
     windowing: Windowing,
@@ -123,7 +150,7 @@ pub fn split_by_window(
     let first = windowing.start(values[0]);
     if windowing.is_tumbling()
         && times.null_count() == 0
-        && !windowing.is_closed(first, watermark)
+        && windowing.accepts(first, watermark)
         && values
             .iter()
             .all(|&t| t >= first && t < windowing.end(first))
