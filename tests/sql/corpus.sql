@@ -17,3 +17,5 @@ DROP VIEW IF EXISTS nothing_here;
 DROP SOURCE IF EXISTS nothing_here;
 EXPLAIN VIEW per_user;
 EXPLAIN CREATE MATERIALIZED VIEW e AS SELECT window_start, count(*) FROM HOP(events, ts, INTERVAL '5' SECOND, INTERVAL '10' SECOND) GROUP BY window_start, window_end;
+CREATE MATERIALIZED VIEW lenient WITH (allowed_lateness = '30s') AS SELECT window_start, window_end, user_id, count(*) AS n FROM TUMBLE(events, ts, INTERVAL '10' SECOND) GROUP BY window_start, window_end, user_id;
+CREATE MATERIALIZED VIEW totals AS SELECT user_id, count(*) AS n, max(amount) AS top FROM events GROUP BY user_id HAVING count(*) > 0;
