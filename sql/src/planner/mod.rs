@@ -17,11 +17,11 @@ use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
 use datafusion::datasource::MemTable;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
-use datafusion::logical_expr::{Expr, LogicalPlan};
+use datafusion::logical_expr::{Expr, FetchType, LogicalPlan, SkipType};
 use datafusion::optimizer::Optimizer;
 use datafusion::physical_expr::aggregate::LoweredAggregateBuilder;
-use datafusion::physical_expr::create_physical_expr;
 use datafusion::physical_expr::execution_props::ExecutionProps;
+use datafusion::physical_expr::{create_physical_expr, create_physical_sort_exprs};
 use datafusion::prelude::SessionContext;
 use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast::{
@@ -304,6 +304,20 @@ impl ContinuousQuery {
         let aggregate_at = chain
             .iter()
             .position(|p| matches!(p, LogicalPlan::Aggregate(_)));
+        // ORDER BY / LIMIT rank the rows of each emitted window: only above a windowed
+        // aggregate. Anywhere else a stream has no order and no end.
+        let ranked_at = chain
+            .iter()
+            .rposition(|p| matches!(p, LogicalPlan::Sort(_) | LogicalPlan::Limit(_)));
+        if let Some(r) = ranked_at
+            && (window.is_none() || aggregate_at.is_none_or(|a| r > a))
+        {
+            return Err(unsupported!(
+                "ORDER BY / LIMIT over an unbounded stream is not supported: use them above a windowed \
+                 aggregate (FROM TUMBLE(...) GROUP BY window_start, ... ORDER BY ... LIMIT n keeps the \
+                 top n rows of each window), or in an ad hoc SELECT over the view"
+            ));
+        }
         let output_schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
         let props = ExecutionProps::new();
         match (aggregate_at, window) {
@@ -468,16 +482,9 @@ fn linearize(plan: &LogicalPlan) -> Result<Vec<&LogicalPlan>> {
             | LogicalPlan::Aggregate(_) => {
                 node = node.inputs()[0];
             }
-            LogicalPlan::Sort(_) => {
-                return Err(unsupported!(
-                    "ORDER BY in a materialized view is not supported: a view over a stream has no order; \
-                     sort in an ad hoc SELECT over the view"
-                ));
-            }
-            LogicalPlan::Limit(_) => {
-                return Err(unsupported!(
-                    "LIMIT in a materialized view is not supported yet; apply it in an ad hoc SELECT over the view"
-                ));
+            // Allowed only above a windowed aggregate (top-N per window); checked by the caller.
+            LogicalPlan::Sort(_) | LogicalPlan::Limit(_) => {
+                node = node.inputs()[0];
             }
             LogicalPlan::Join(_) => {
                 return Err(unsupported!(
@@ -555,6 +562,19 @@ fn lower_chain(chain: &[&LogicalPlan], props: &ExecutionProps) -> Result<Steps> 
                 steps.push(Step::Project(exprs, Arc::new(p.schema.as_arrow().clone())));
             }
             LogicalPlan::SubqueryAlias(_) => {}
+            LogicalPlan::Sort(sort) => {
+                let order =
+                    create_physical_sort_exprs(&sort.expr, sort.input.schema(), props, &pctx)?;
+                steps.push(Step::Sort(order, sort.fetch));
+            }
+            LogicalPlan::Limit(limit) => {
+                let (SkipType::Literal(skip), FetchType::Literal(fetch)) =
+                    (limit.get_skip_type()?, limit.get_fetch_type()?)
+                else {
+                    return Err(unsupported!("LIMIT and OFFSET must be constants"));
+                };
+                steps.push(Step::Limit(skip, fetch));
+            }
             other => {
                 return Err(Error::Execution(format!(
                     "cannot lower {}",
@@ -594,6 +614,23 @@ fn explain(
     for node in chain.iter().rev() {
         match node {
             LogicalPlan::Filter(f) => ops.push(("filter".into(), f.predicate.to_string())),
+            LogicalPlan::Sort(sort) => {
+                let order = sort
+                    .expr
+                    .iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let keep = sort.fetch.map_or(String::new(), |n| format!(", keep {n}"));
+                ops.push((
+                    "top-n".into(),
+                    format!("per window: order by {order}{keep}"),
+                ));
+            }
+            LogicalPlan::Limit(limit) => {
+                let plan = LogicalPlan::Limit(limit.clone());
+                ops.push(("top-n".into(), format!("per window: {}", plan.display())));
+            }
             LogicalPlan::Projection(p) => ops.push(("project".into(), list(&p.expr))),
             LogicalPlan::Aggregate(a) => {
                 if let Some(w) = window {
@@ -631,6 +668,7 @@ fn describe(chain: &[&LogicalPlan]) -> String {
             LogicalPlan::Filter(_) => Some("filter"),
             LogicalPlan::Projection(_) => Some("project"),
             LogicalPlan::Aggregate(_) => Some("aggregate"),
+            LogicalPlan::Sort(_) | LogicalPlan::Limit(_) => Some("top-n"),
             _ => None,
         })
         .collect::<Vec<_>>()

@@ -1,14 +1,15 @@
 //! Stateless per-batch steps lowered from DataFusion logical plan nodes: column
 //! selection (a scan's projection), filters and projections, each evaluated with
-//! vectorized DataFusion physical expressions over the whole batch.
+//! vectorized DataFusion physical expressions over the whole batch; and, over the rows of
+//! one emitted window, sort and limit (top-N per window).
 
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, AsArray};
-use datafusion::arrow::compute::filter_record_batch;
+use datafusion::arrow::compute::{filter_record_batch, lexsort_to_indices, take_record_batch};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::{RecordBatch, RecordBatchOptions};
-use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::{PhysicalExpr, PhysicalSortExpr};
 
 use crate::{Error, Result};
 
@@ -21,6 +22,10 @@ pub enum Step {
     Filter(Arc<dyn PhysicalExpr>),
     /// Compute new columns into the given schema.
     Project(Vec<Arc<dyn PhysicalExpr>>, SchemaRef),
+    /// Sort the batch, keeping the first `fetch` rows (top-N of an emitted window).
+    Sort(Vec<PhysicalSortExpr>, Option<usize>),
+    /// Skip `skip` rows and keep at most `fetch`.
+    Limit(usize, Option<usize>),
 }
 
 /// A chain of steps applied in order.
@@ -55,6 +60,21 @@ impl Steps {
                         .collect::<datafusion::error::Result<Vec<_>>>()?;
                     let options = RecordBatchOptions::new().with_row_count(Some(rows));
                     RecordBatch::try_new_with_options(schema.clone(), columns, &options)?
+                }
+                Step::Sort(order, fetch) => {
+                    let columns = order
+                        .iter()
+                        .map(|e| e.evaluate_to_sort_column(&batch))
+                        .collect::<datafusion::error::Result<Vec<_>>>()?;
+                    let indices = lexsort_to_indices(&columns, *fetch)?;
+                    take_record_batch(&batch, &indices)?
+                }
+                Step::Limit(skip, fetch) => {
+                    let start = (*skip).min(batch.num_rows());
+                    let len = fetch.map_or(batch.num_rows() - start, |f| {
+                        f.min(batch.num_rows() - start)
+                    });
+                    batch.slice(start, len)
                 }
             };
         }

@@ -323,6 +323,44 @@ async fn allowed_lateness_updates_an_emitted_window() {
 }
 
 #[tokio::test]
+async fn order_by_limit_keeps_the_top_rows_of_each_window() {
+    let mut q = plan(
+        "CREATE MATERIALIZED VIEW v AS SELECT window_start, auction, count(*) AS n \
+         FROM TUMBLE(bids, date_time, INTERVAL '10' SECOND) GROUP BY window_start, window_end, auction \
+         ORDER BY n DESC, auction LIMIT 2",
+    )
+    .await
+    .expect("plans");
+    assert!(
+        q.operators.iter().any(|(op, _)| op == "top-n"),
+        "{:?}",
+        q.operators
+    );
+    let rows = [
+        (1, 1, 1_000),
+        (2, 1, 2_000),
+        (2, 1, 3_000),
+        (3, 1, 4_000),
+        (3, 1, 5_000),
+        (3, 1, 6_000),
+        (4, 1, 12_000),
+    ];
+    let (out, _) = run(&mut q, &[batch(&rows)], true);
+    assert_batches_eq!(
+        [
+            "+---------------------+---------+---+",
+            "| window_start        | auction | n |",
+            "+---------------------+---------+---+",
+            "| 1970-01-01T00:00:00 | 3       | 3 |",
+            "| 1970-01-01T00:00:00 | 2       | 2 |",
+            "| 1970-01-01T00:00:10 | 4       | 1 |",
+            "+---------------------+---------+---+",
+        ],
+        &out
+    );
+}
+
+#[tokio::test]
 async fn projection_and_filter_view_is_stateless() {
     let mut q = plan("CREATE MATERIALIZED VIEW big AS SELECT auction, price * 2 AS doubled FROM bids WHERE price >= 30")
         .await
