@@ -188,19 +188,14 @@ impl Generator {
 
     /// Event time of `event` in ms.
     pub fn timestamp(&self, event: u64) -> i64 {
-        let micros = u128::from(event) * 1_000_000 / u128::from(self.config.event_rate.max(1));
-        self.config
-            .start_time_ms
-            .saturating_add((micros / 1000) as i64)
+        event_time(&self.config, event)
     }
 
     fn generate(&mut self, event: u64) {
         let mut rng =
             Pcg64Mcg::seed_from_u64(self.config.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ event);
         let ts = self.timestamp(event);
-        // Auctions last long enough that about NUM_IN_FLIGHT_AUCTIONS are open at once.
-        let horizon_events = NUM_IN_FLIGHT_AUCTIONS * TOTAL_PROPORTION / AUCTION_PROPORTION;
-        let horizon_ms = (self.timestamp(event + horizon_events) - ts).max(1);
+        let config = self.config;
         let s = &mut self.scratch;
         match &mut self.columns {
             Columns::Person {
@@ -270,6 +265,9 @@ impl Generator {
                 initial_bid.append_value(initial);
                 reserve.append_value(initial + price(&mut rng));
                 date_time.append_value(ts);
+                // Auctions last long enough that about NUM_IN_FLIGHT_AUCTIONS are open at once.
+                let horizon_events = NUM_IN_FLIGHT_AUCTIONS * TOTAL_PROPORTION / AUCTION_PROPORTION;
+                let horizon_ms = (event_time(&config, event + horizon_events) - ts).max(1);
                 expires.append_value(ts + 1 + rng.random_range(0..(horizon_ms * 2).max(1)));
                 let seller_base = if rng.random_range(0..HOT_SELLER_ODDS) > 0 {
                     (last_person(event) / HOT_SELLER_RATIO) * HOT_SELLER_RATIO
@@ -467,6 +465,12 @@ impl Columns {
         RecordBatch::try_new(table.schema(), columns)
             .expect("generator columns match the table schema")
     }
+}
+
+/// Event time of `event` in ms: event time advances by a fixed delay per event.
+fn event_time(config: &GeneratorConfig, event: u64) -> i64 {
+    let micros = u128::from(event) * 1_000_000 / u128::from(config.event_rate.max(1));
+    config.start_time_ms.saturating_add((micros / 1000) as i64)
 }
 
 /// Zero-based id of the last person created at or before `event`.
