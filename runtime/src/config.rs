@@ -21,6 +21,8 @@ pub struct RuntimeConfig {
     pub view_max_rows: usize,
     /// Dead letters kept in memory for the API (all are appended to the data dir). Default 10,000.
     pub dead_letters_in_memory: usize,
+    /// Limits of Wasm plugins.
+    pub plugins: PluginConfig,
 }
 
 impl Default for RuntimeConfig {
@@ -31,6 +33,7 @@ impl Default for RuntimeConfig {
             http: HttpIngestConfig::default(),
             view_max_rows: 1_000_000,
             dead_letters_in_memory: 10_000,
+            plugins: PluginConfig::default(),
         }
     }
 }
@@ -70,6 +73,38 @@ impl Default for HttpIngestConfig {
         Self {
             max_body_bytes: 8 * 1024 * 1024,
             buffer_chunks: 64,
+        }
+    }
+}
+
+/// Limits every plugin call runs under.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct PluginConfig {
+    /// Linear memory one plugin instance may use. Default 64 MiB.
+    pub memory_limit_bytes: usize,
+    /// Time one call (one batch) may take. Default 1s.
+    #[serde(with = "humantime_serde")]
+    pub time_limit: Duration,
+    /// Largest output one call may return. Default 32 MiB.
+    pub max_output_bytes: usize,
+    /// Failures in a row after which a plugin is marked failed and its views pause. Default 3.
+    pub max_consecutive_failures: u32,
+    /// Log lines per second one instance may write; the rest are dropped and counted. Default 20.
+    pub log_lines_per_second: u32,
+    /// Largest accepted upload. Default 32 MiB.
+    pub max_upload_bytes: usize,
+}
+
+impl Default for PluginConfig {
+    fn default() -> Self {
+        Self {
+            memory_limit_bytes: 64 << 20,
+            time_limit: Duration::from_secs(1),
+            max_output_bytes: 32 << 20,
+            max_consecutive_failures: 3,
+            log_lines_per_second: 20,
+            max_upload_bytes: 32 << 20,
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod error;
 pub mod metrics;
 pub mod options;
 pub mod pipeline;
+pub mod plugin;
 pub mod source;
 pub mod view;
 

@@ -1,0 +1,538 @@
+//! The Wasm host: one wasmtime engine with epoch interruption (a ticker thread drives
+//! it), compiled modules cached in the data dir, and instances that each run one batch
+//! per call under a memory cap and a time budget.
+
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::buffer::Buffer;
+use datafusion::arrow::ipc::reader::StreamDecoder;
+use datafusion::arrow::ipc::writer::StreamWriter;
+use sha2::{Digest, Sha256};
+use wasmtime::{
+    Caller, Engine, InstancePre, Linker, Memory, Module, ResourceLimiter, Store, Trap, TypedFunc,
+};
+
+use super::descriptor::Descriptor;
+use crate::config::PluginConfig;
+
+/// How often the epoch advances; time budgets are counted in these ticks.
+const TICK: Duration = Duration::from_millis(10);
+/// Error messages and log lines from a plugin are cut to this length.
+const MAX_MESSAGE: usize = 4096;
+
+/// Why a call into a plugin failed. The text is what users see in dead letters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallFailure {
+    Timeout(String),
+    Memory(String),
+    Trap(String),
+    BadOutput(String),
+    /// The plugin ran and returned an error message.
+    Refused(String),
+}
+
+impl CallFailure {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Timeout(_) => "timeout",
+            Self::Memory(_) => "memory",
+            Self::Trap(_) => "trap",
+            Self::BadOutput(_) => "bad output",
+            Self::Refused(_) => "error",
+        }
+    }
+}
+
+impl std::fmt::Display for CallFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Timeout(m) | Self::Memory(m) | Self::Trap(m) | Self::BadOutput(m) => {
+                f.write_str(m)
+            }
+            Self::Refused(m) => write!(f, "the plugin returned an error: {m}"),
+        }
+    }
+}
+
+/// The engine and its limits; shared by every plugin.
+pub struct PluginHost {
+    engine: Engine,
+    linker: Linker<StoreState>,
+    pub(crate) config: PluginConfig,
+    cache_dir: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for PluginHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginHost")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+/// A compiled, checked module, ready to instantiate.
+pub struct Compiled {
+    pub module: Module,
+    pub pre: InstancePre<StoreState>,
+    pub descriptor: Descriptor,
+    pub sha256: String,
+}
+
+impl PluginHost {
+    pub fn new(config: PluginConfig, cache_dir: Option<PathBuf>) -> Result<Self, String> {
+        let mut wasm = wasmtime::Config::new();
+        wasm.epoch_interruption(true);
+        let engine = Engine::new(&wasm).map_err(|e| format!("cannot start wasmtime: {e}"))?;
+        let weak = engine.weak();
+        std::thread::Builder::new()
+            .name("wasm-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = weak.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(TICK);
+                }
+            })
+            .map_err(|e| format!("cannot start the epoch ticker: {e}"))?;
+        let mut linker = Linker::new(&engine);
+        linker
+            .func_wrap("weir", "log", host_log)
+            .map_err(|e| e.to_string())?;
+        if let Some(dir) = &cache_dir {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        }
+        Ok(Self {
+            engine,
+            linker,
+            config,
+            cache_dir,
+        })
+    }
+
+    /// Validate and compile a module, check what it imports, instantiate it once and
+    /// read its descriptor. Every refusal says why.
+    pub fn compile(&self, wasm: &[u8]) -> Result<Compiled, String> {
+        if !wasm.starts_with(b"\0asm") {
+            return Err(
+                "not a WebAssembly module (it does not start with \\0asm); upload the .wasm file that cargo build --target wasm32-unknown-unknown produces".into(),
+            );
+        }
+        let sha256 = hex(&Sha256::digest(wasm));
+        let module = self.load_or_compile(wasm, &sha256)?;
+        let refused: Vec<String> = module
+            .imports()
+            .filter(|i| !(i.module() == "weir" && i.name() == "log"))
+            .map(|i| format!("{}::{}", i.module(), i.name()))
+            .collect();
+        if !refused.is_empty() {
+            return Err(format!(
+                "the module imports {} which weir does not grant (plugins get no files, network, environment or clock; only weir::log). Build for wasm32-unknown-unknown",
+                refused.join(", ")
+            ));
+        }
+        let pre = self
+            .linker
+            .instantiate_pre(&module)
+            .map_err(|e| format!("cannot link the module: {e}"))?;
+        let mut instance = self.instantiate(&pre, "(new upload)")?;
+        let descriptor = instance.describe()?;
+        Ok(Compiled {
+            module,
+            pre,
+            descriptor,
+            sha256,
+        })
+    }
+
+    /// Compiled code is cached by the module's hash and the engine's settings, so a
+    /// restart does not compile again.
+    fn load_or_compile(&self, wasm: &[u8], sha256: &str) -> Result<Module, String> {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut h);
+        let path = self
+            .cache_dir
+            .as_ref()
+            .map(|d| d.join(format!("{sha256}-{:016x}.cwasm", h.finish())));
+        if let Some(path) = &path
+            && path.exists()
+        {
+            match load_cached(&self.engine, path) {
+                Ok(m) => return Ok(m),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "ignoring a bad compiled-module cache entry")
+                }
+            }
+        }
+        let module = Module::from_binary(&self.engine, wasm)
+            .map_err(|e| format!("not a valid WebAssembly module: {}", root_cause(&e)))?;
+        if let Some(path) = &path {
+            let saved = module
+                .serialize()
+                .map_err(|e| e.to_string())
+                .and_then(|bytes| write_atomically(path, &bytes).map_err(|e| e.to_string()));
+            if let Err(e) = saved {
+                tracing::warn!(path = %path.display(), error = %e, "cannot cache the compiled module");
+            }
+        }
+        Ok(module)
+    }
+
+    /// A fresh instance under this host's limits.
+    pub fn instantiate(
+        &self,
+        pre: &InstancePre<StoreState>,
+        tag: &str,
+    ) -> Result<PluginInstance, String> {
+        let mut store = Store::new(
+            &self.engine,
+            StoreState {
+                memory: MemoryCap {
+                    max_bytes: self.config.memory_limit_bytes,
+                    denied: None,
+                },
+                log: LogLimit::new(tag, self.config.log_lines_per_second),
+            },
+        );
+        store.limiter(|s| &mut s.memory);
+        store.set_epoch_deadline(self.budget_ticks());
+        let instance = pre
+            .instantiate(&mut store)
+            .map_err(|e| format!("cannot instantiate the module: {}", classify(&e, &store)))?;
+        let memory = instance
+            .get_memory(&mut store, "memory")
+            .ok_or("the module exports no memory named \"memory\"")?;
+        let func = |store: &mut Store<StoreState>, name: &str| {
+            instance.get_func(&mut *store, name).ok_or_else(|| {
+                format!("not a weir plugin: it does not export {name} (see docs/PLUGIN_ABI.md)")
+            })
+        };
+        let typed = |e: wasmtime::Error, name: &str| format!("{name} has the wrong signature: {e}");
+        let abi_version = func(&mut store, "weir_abi_version")?
+            .typed::<(), i32>(&store)
+            .map_err(|e| typed(e, "weir_abi_version"))?;
+        let alloc = func(&mut store, "weir_alloc")?
+            .typed::<i32, i32>(&store)
+            .map_err(|e| typed(e, "weir_alloc"))?;
+        let describe = func(&mut store, "weir_describe")?
+            .typed::<(), i64>(&store)
+            .map_err(|e| typed(e, "weir_describe"))?;
+        let call = func(&mut store, "weir_call")?
+            .typed::<(i32, i32, i32, i32), i64>(&store)
+            .map_err(|e| typed(e, "weir_call"))?;
+        Ok(PluginInstance {
+            store,
+            memory,
+            abi_version,
+            alloc,
+            describe,
+            call,
+            budget_ticks: self.budget_ticks(),
+            max_output_bytes: self.config.max_output_bytes,
+            input: Vec::new(),
+        })
+    }
+
+    fn budget_ticks(&self) -> u64 {
+        (self.config.time_limit.as_millis() / TICK.as_millis()).max(1) as u64
+    }
+}
+
+/// Per-instance host state: the memory cap and the log limiter.
+pub struct StoreState {
+    memory: MemoryCap,
+    log: LogLimit,
+}
+
+struct MemoryCap {
+    max_bytes: usize,
+    /// Set when the plugin asked for more than the cap (to explain the trap after).
+    denied: Option<usize>,
+}
+
+impl ResourceLimiter for MemoryCap {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.max_bytes {
+            self.denied = Some(desired);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 1 << 20)
+    }
+
+    fn instances(&self) -> usize {
+        1
+    }
+
+    fn tables(&self) -> usize {
+        4
+    }
+
+    fn memories(&self) -> usize {
+        1
+    }
+}
+
+/// At most `per_second` log lines per instance; the rest are counted and reported.
+struct LogLimit {
+    tag: String,
+    per_second: u32,
+    window: Instant,
+    used: u32,
+    dropped: u64,
+}
+
+impl LogLimit {
+    fn new(tag: &str, per_second: u32) -> Self {
+        Self {
+            tag: tag.to_string(),
+            per_second,
+            window: Instant::now(),
+            used: 0,
+            dropped: 0,
+        }
+    }
+
+    fn admit(&mut self) -> bool {
+        if self.window.elapsed() >= Duration::from_secs(1) {
+            if self.dropped > 0 {
+                tracing::warn!(plugin = %self.tag, dropped = self.dropped, "plugin log lines dropped (rate limit)");
+            }
+            self.window = Instant::now();
+            self.used = 0;
+            self.dropped = 0;
+        }
+        if self.used < self.per_second {
+            self.used += 1;
+            true
+        } else {
+            self.dropped += 1;
+            false
+        }
+    }
+}
+
+fn host_log(mut caller: Caller<'_, StoreState>, level: i32, ptr: i32, len: i32) {
+    if !caller.data_mut().log.admit() {
+        return;
+    }
+    let Some(memory) = caller.get_export("memory").and_then(|e| e.into_memory()) else {
+        return;
+    };
+    let text = read_guest(
+        &memory,
+        &caller,
+        ptr as u32,
+        (len as u32).min(MAX_MESSAGE as u32),
+    )
+    .map(|b| String::from_utf8_lossy(b).into_owned())
+    .unwrap_or_else(|| "(log line outside the plugin's memory)".into());
+    let tag = &caller.data().log.tag;
+    match level {
+        0 => tracing::error!(plugin = %tag, "{text}"),
+        1 => tracing::warn!(plugin = %tag, "{text}"),
+        _ => tracing::info!(plugin = %tag, "{text}"),
+    }
+}
+
+fn read_guest<'a>(
+    memory: &Memory,
+    store: impl Into<wasmtime::StoreContext<'a, StoreState>>,
+    ptr: u32,
+    len: u32,
+) -> Option<&'a [u8]> {
+    let data = memory.data(store);
+    let start = ptr as usize;
+    data.get(start..start.checked_add(len as usize)?)
+}
+
+/// One live instance of a plugin. After any failure it is dropped, never reused:
+/// its memory may be corrupt.
+pub struct PluginInstance {
+    store: Store<StoreState>,
+    memory: Memory,
+    abi_version: TypedFunc<(), i32>,
+    alloc: TypedFunc<i32, i32>,
+    describe: TypedFunc<(), i64>,
+    call: TypedFunc<(i32, i32, i32, i32), i64>,
+    budget_ticks: u64,
+    max_output_bytes: usize,
+    /// Reused buffer for the Arrow IPC input.
+    input: Vec<u8>,
+}
+
+impl PluginInstance {
+    /// Check the ABI version and read the descriptor.
+    fn describe(&mut self) -> Result<Descriptor, String> {
+        self.store.set_epoch_deadline(self.budget_ticks);
+        let version = self
+            .abi_version
+            .call(&mut self.store, ())
+            .map_err(|e| format!("weir_abi_version failed: {}", classify(&e, &self.store)))?;
+        if version != super::descriptor::ABI_VERSION as i32 {
+            return Err(format!(
+                "the plugin speaks plugin ABI {version} but this weir speaks ABI {}; rebuild it with a matching weir-sdk",
+                super::descriptor::ABI_VERSION
+            ));
+        }
+        self.store.set_epoch_deadline(self.budget_ticks);
+        let packed = self
+            .describe
+            .call(&mut self.store, ())
+            .map_err(|e| format!("weir_describe failed: {}", classify(&e, &self.store)))?;
+        let (ptr, len, error) = unpack(packed);
+        if error || len as usize > 1 << 20 {
+            return Err("weir_describe returned an error or more than 1 MiB".into());
+        }
+        let json = read_guest(&self.memory, &self.store, ptr, len)
+            .ok_or("weir_describe pointed outside the plugin's memory")?;
+        Descriptor::parse(json)
+    }
+
+    /// Run one batch through export `index` of `kind` (0 function, 1 transform).
+    pub fn invoke(
+        &mut self,
+        kind: i32,
+        index: usize,
+        batch: &RecordBatch,
+    ) -> Result<RecordBatch, CallFailure> {
+        self.input.clear();
+        StreamWriter::try_new(&mut self.input, &batch.schema())
+            .and_then(|mut w| {
+                w.write(batch)?;
+                w.finish()
+            })
+            .map_err(|e| CallFailure::BadOutput(format!("cannot encode the input: {e}")))?;
+        let len = i32::try_from(self.input.len())
+            .map_err(|_| CallFailure::Memory("the input batch is larger than 2 GiB".into()))?;
+        self.store.set_epoch_deadline(self.budget_ticks);
+        let ptr = self
+            .alloc
+            .call(&mut self.store, len)
+            .map_err(|e| classify(&e, &self.store))?;
+        if ptr == 0 {
+            return Err(CallFailure::Memory(format!(
+                "the plugin could not allocate {} bytes for the input batch",
+                self.input.len()
+            )));
+        }
+        self.memory
+            .write(&mut self.store, ptr as u32 as usize, &self.input)
+            .map_err(|_| {
+                CallFailure::BadOutput("weir_alloc returned a pointer outside memory".into())
+            })?;
+        self.store.set_epoch_deadline(self.budget_ticks);
+        let packed = self
+            .call
+            .call(&mut self.store, (kind, index as i32, ptr, len))
+            .map_err(|e| classify(&e, &self.store))?;
+        let (ptr, len, error) = unpack(packed);
+        if error {
+            let message = read_guest(&self.memory, &self.store, ptr, len.min(MAX_MESSAGE as u32))
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_else(|| "(the error message points outside the plugin's memory)".into());
+            return Err(CallFailure::Refused(message));
+        }
+        if len as usize > self.max_output_bytes {
+            return Err(CallFailure::BadOutput(format!(
+                "output of {len} bytes is over the limit of {} bytes (plugins.max-output-bytes)",
+                self.max_output_bytes
+            )));
+        }
+        let bytes = read_guest(&self.memory, &self.store, ptr, len).ok_or_else(|| {
+            CallFailure::BadOutput(format!(
+                "the output ({len} bytes at {ptr}) lies outside the plugin's memory"
+            ))
+        })?;
+        // One copy out of guest memory into an aligned buffer; decoding is zero-copy.
+        let mut buffer = Buffer::from(bytes);
+        let mut decoder = StreamDecoder::new();
+        let not_arrow = |e: &dyn std::fmt::Display| {
+            CallFailure::BadOutput(format!("the output is not an Arrow IPC stream: {e}"))
+        };
+        let batch = decoder
+            .decode(&mut buffer)
+            .map_err(|e| not_arrow(&e))?
+            .ok_or_else(|| not_arrow(&"it holds no record batch"))?;
+        Ok(batch)
+    }
+}
+
+fn unpack(packed: i64) -> (u32, u32, bool) {
+    let error = packed < 0;
+    let bits = packed & i64::MAX;
+    ((bits >> 32) as u32, bits as u32, error)
+}
+
+/// Turn a wasmtime error into the reason users see.
+fn classify(e: &wasmtime::Error, store: &Store<StoreState>) -> CallFailure {
+    let state = store.data();
+    if let Some(asked) = state.memory.denied {
+        return CallFailure::Memory(format!(
+            "memory limit exceeded: the plugin asked for {} MiB, the limit is {} MiB (plugins.memory-limit-bytes)",
+            asked.div_ceil(1 << 20),
+            state.memory.max_bytes >> 20
+        ));
+    }
+    match e.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => CallFailure::Timeout(
+            "time limit exceeded: the call ran past its budget (plugins.time-limit) and was stopped"
+                .into(),
+        ),
+        Some(Trap::StackOverflow) => {
+            CallFailure::Trap("trap: stack overflow (recursion too deep)".into())
+        }
+        Some(Trap::UnreachableCodeReached) => CallFailure::Trap(
+            "trap: unreachable code reached (a panic or abort inside the plugin)".into(),
+        ),
+        Some(trap) => CallFailure::Trap(format!("trap: {trap}")),
+        None => CallFailure::Trap(root_cause(e)),
+    }
+}
+
+fn root_cause(e: &wasmtime::Error) -> String {
+    format!("{e:#}")
+}
+
+#[allow(unsafe_code)]
+fn load_cached(engine: &Engine, path: &Path) -> Result<Module, String> {
+    // SAFETY: the file is one this host wrote with Module::serialize into its own data
+    // dir; its name carries the engine's compatibility hash and wasmtime rejects
+    // blobs from other versions or settings. Whoever can rewrite the data dir can
+    // already replace the weir binary.
+    unsafe { Module::deserialize_file(engine, path) }.map_err(|e| e.to_string())
+}
+
+/// Write through a temporary file and rename, so a crash never leaves half a file.
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Shared handle.
+pub type Host = Arc<PluginHost>;

@@ -1,0 +1,111 @@
+//! The host against the hostile modules in plugins/hostile/wat: every failure is
+//! contained, classified and counted, and a plugin that keeps failing is marked failed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use datafusion::arrow::array::{Int64Array, RecordBatch};
+use datafusion::arrow::datatypes::DataType;
+
+use super::*;
+use crate::config::PluginConfig;
+
+fn wat(name: &str) -> Vec<u8> {
+    let path = format!(
+        "{}/../plugins/hostile/wat/{name}.wat",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    wat::parse_file(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn plugins() -> Plugins {
+    let config = PluginConfig {
+        memory_limit_bytes: 16 << 20,
+        time_limit: Duration::from_millis(200),
+        max_consecutive_failures: 2,
+        ..PluginConfig::default()
+    };
+    Plugins::open(PluginHost::new(config, None).expect("host"), None).expect("plugins")
+}
+
+fn numbers() -> RecordBatch {
+    RecordBatch::try_from_iter([("arg0", Arc::new(Int64Array::from(vec![1, 2, 3])) as _)])
+        .expect("batch")
+}
+
+fn failure(plugins: &Plugins, module: &str, function: &str) -> String {
+    let entry = plugins.install(module, &wat(module)).expect("installs");
+    let err = entry
+        .call_function(function, numbers(), &DataType::Int64)
+        .expect_err("must fail");
+    assert_eq!(err.plugin, module);
+    assert_eq!(err.version, 1);
+    err.to_string()
+}
+
+#[test]
+fn each_hostile_module_costs_only_its_call() {
+    let plugins = plugins();
+    let cases = [
+        ("infinite_loop", "spin", "time limit exceeded"),
+        ("memory_bomb", "bomb", "memory limit exceeded"),
+        ("deep_recursion", "recurse", "stack overflow"),
+        ("immediate_trap", "crash", "unreachable code"),
+        ("garbage_output", "garbage", "not an Arrow IPC stream"),
+        ("wild_pointer", "wild", "outside the plugin's memory"),
+    ];
+    for (module, function, reason) in cases {
+        let message = failure(&plugins, module, function);
+        assert!(
+            message.starts_with(&format!("plugin {module} v1: ")) && message.contains(reason),
+            "{module}: {message}"
+        );
+    }
+}
+
+#[test]
+fn refuses_modules_it_cannot_trust() {
+    let plugins = plugins();
+    let e = plugins
+        .check(b"This is a text file")
+        .err()
+        .expect("not wasm");
+    assert!(e.contains("not a WebAssembly module"), "{e}");
+    let e = plugins.check(&wat("wasi_file")).err().expect("wasi");
+    assert!(
+        e.contains("wasi_snapshot_preview1::path_open") && e.contains("does not grant"),
+        "{e}"
+    );
+    let e = plugins
+        .check(b"\0asm\x01\0\0\0\x99")
+        .err()
+        .expect("corrupt");
+    assert!(e.contains("not a valid WebAssembly module"), "{e}");
+    let no_abi = wat::parse_str(r#"(module (memory (export "memory") 1))"#).expect("wat");
+    let e = plugins.check(&no_abi).err().expect("no abi");
+    assert!(e.contains("does not export weir_abi_version"), "{e}");
+}
+
+#[test]
+fn repeated_failures_mark_the_plugin_failed_until_a_new_upload() {
+    let plugins = plugins();
+    let entry = plugins
+        .install("crashy", &wat("immediate_trap"))
+        .expect("installs");
+    for _ in 0..2 {
+        let _ = entry.call_function("crash", numbers(), &DataType::Int64);
+    }
+    let reason = entry.failed().expect("marked failed");
+    assert!(reason.contains("2 failures in a row"), "{reason}");
+    let err = entry
+        .call_function("crash", numbers(), &DataType::Int64)
+        .expect_err("refused while failed");
+    assert!(err.reason.contains("marked failed"), "{err}");
+    assert_eq!(entry.status(vec![]).failures, 2, "refusals are not calls");
+    // A new version clears the failure.
+    plugins
+        .install("crashy", &wat("garbage_output"))
+        .expect("installs");
+    assert!(entry.failed().is_none());
+    assert_eq!(entry.current().version, 2);
+}
