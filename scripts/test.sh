@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of weir on a fresh machine: installs what is missing (rustfmt and
-# clippy, Debian's Chromium, playwright-core for the browser test), then checks format
-# and lints, builds the `weir` binary and runs all unit and end-to-end tests.
+# clippy, Debian's Chromium, playwright-core for the browser test, the wasm32 target),
+# then checks format and lints, builds the `weir` binary and the plugins in plugins/,
+# and runs all unit and end-to-end tests.
 # The end-to-end tests start the real binary themselves, on free loopback ports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,6 +33,7 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 
 step "build"
 cargo build -p weir-web --quiet
+scripts/build-plugins.sh
 
 step "test"
 cargo test --workspace --quiet

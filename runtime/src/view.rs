@@ -17,6 +17,7 @@ use prometheus::IntCounter;
 use serde::Serialize;
 use tokio::sync::broadcast;
 
+use crate::plugin::PluginEntry;
 use weir_sql::Operator;
 
 /// A running view.
@@ -40,6 +41,10 @@ pub struct ViewRuntime {
     /// Published after each operator call, so status pages never wait for the operator.
     open_windows: AtomicUsize,
     state_bytes: AtomicUsize,
+    /// Plugins whose functions the view calls; a failed one pauses the view.
+    pub plugins: Vec<Arc<PluginEntry>>,
+    /// Batches (with the watermark before each) kept while the view is paused.
+    held: Mutex<Vec<(RecordBatch, Option<i64>)>>,
 }
 
 /// What the API shows of a view.
@@ -111,7 +116,41 @@ impl ViewRuntime {
             last_error: Mutex::new(None),
             open_windows: AtomicUsize::new(0),
             state_bytes: AtomicUsize::new(0),
+            plugins: Vec::new(),
+            held: Mutex::new(Vec::new()),
         }
+    }
+
+    pub(crate) fn with_plugins(mut self, plugins: Vec<Arc<PluginEntry>>) -> Self {
+        self.plugins = plugins;
+        self
+    }
+
+    /// Why the view is paused: a plugin it calls is marked failed.
+    pub fn paused(&self) -> Option<String> {
+        self.plugins.iter().find_map(|p| {
+            p.failed().map(|reason| {
+                format!(
+                    "paused: plugin {} is failed ({reason}); upload a fixed version to resume",
+                    p.name
+                )
+            })
+        })
+    }
+
+    /// Keep a batch for later; returns how many are held.
+    pub(crate) fn hold(&self, batch: RecordBatch, watermark_before: Option<i64>) -> usize {
+        let mut held = self.held.lock();
+        held.push((batch, watermark_before));
+        held.len()
+    }
+
+    pub(crate) fn held_batches(&self) -> usize {
+        self.held.lock().len()
+    }
+
+    pub(crate) fn take_held(&self) -> Vec<(RecordBatch, Option<i64>)> {
+        std::mem::take(&mut *self.held.lock())
     }
 
     /// Call the operator; a panic in it is contained and reported as an error of this
@@ -215,13 +254,16 @@ impl ViewRuntime {
     pub fn status(&self) -> ViewStatus {
         let open_windows = self.open_windows.load(Ordering::Relaxed);
         let state_bytes = self.state_bytes.load(Ordering::Relaxed);
-        let error = self.last_error.lock().clone();
+        let paused = self.paused();
+        let error = paused.clone().or_else(|| self.last_error.lock().clone());
         ViewStatus {
             name: self.name.clone(),
             source: self.source.clone(),
             sql: self.sql.clone(),
             plan: self.description.clone(),
-            status: if error.is_some() {
+            status: if paused.is_some() {
+                "paused"
+            } else if error.is_some() {
                 "degraded"
             } else {
                 "running"

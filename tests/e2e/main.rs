@@ -6,5 +6,6 @@ mod dashboard;
 mod http_pipeline;
 mod nexmark;
 mod oracle;
+mod plugins;
 mod sql_fuzz;
 mod support;

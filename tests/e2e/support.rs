@@ -39,8 +39,25 @@ pub struct Weir {
 
 impl Weir {
     pub async fn start(extra_args: &[&str]) -> Result<Self> {
-        let data_dir = tempfile::tempdir()?;
-        let log = std::fs::File::create(data_dir.path().join("weir.log"))?;
+        Self::start_in(tempfile::tempdir()?, extra_args).await
+    }
+
+    /// Stop this server (as a crash would) and start another on the same data dir.
+    pub async fn restart(self, extra_args: &[&str]) -> Result<Self> {
+        let Self {
+            mut _child,
+            data_dir,
+            ..
+        } = self;
+        _child.kill().await?;
+        Self::start_in(data_dir, extra_args).await
+    }
+
+    pub async fn start_in(data_dir: tempfile::TempDir, extra_args: &[&str]) -> Result<Self> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data_dir.path().join("weir.log"))?;
         let mut child = Command::new(weir_binary())
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir.path())
@@ -102,6 +119,26 @@ impl Weir {
         Ok(body)
     }
 
+    /// `POST /api/v1/plugins?name=NAME` with the module as the body.
+    pub async fn upload_plugin(&self, name: &str, wasm: Vec<u8>) -> Result<(u16, Value)> {
+        let r = self
+            .client
+            .post(format!("{}/api/v1/plugins?name={name}", self.url))
+            .body(wasm)
+            .send()
+            .await?;
+        Ok((r.status().as_u16(), r.json().await.unwrap_or(Value::Null)))
+    }
+
+    pub async fn delete(&self, path: &str) -> Result<(u16, Value)> {
+        let r = self
+            .client
+            .delete(format!("{}{path}", self.url))
+            .send()
+            .await?;
+        Ok((r.status().as_u16(), r.json().await.unwrap_or(Value::Null)))
+    }
+
     pub async fn post_records(&self, source: &str, body: String) -> Result<(u16, Value)> {
         let r = self
             .client
@@ -144,4 +181,26 @@ impl Weir {
 fn tail(s: &str, n: usize) -> String {
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// A plugin built by `scripts/build-plugins.sh` (crate name with underscores).
+pub fn plugin_wasm(crate_name: &str) -> Vec<u8> {
+    let target = weir_binary()
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target dir")
+        .join("wasm32-unknown-unknown/plugin")
+        .join(format!("{crate_name}.wasm"));
+    std::fs::read(&target).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; build the example plugins with scripts/build-plugins.sh",
+            target.display()
+        )
+    })
+}
+
+/// A module from WebAssembly text in plugins/.
+pub fn wat_module(path: &str) -> Vec<u8> {
+    let path = format!("{}/../plugins/{path}", env!("CARGO_MANIFEST_DIR"));
+    wat::parse_file(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
 }

@@ -46,6 +46,16 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/views/{name}", get(api::views::rows))
         .route("/api/v1/views/{name}/stream", get(api::views::stream))
         .route("/api/v1/dead-letters", get(api::dead_letters::list))
+        .route(
+            "/api/v1/plugins",
+            get(api::plugins::list)
+                .post(api::plugins::upload)
+                .layer(DefaultBodyLimit::disable()),
+        )
+        .route(
+            "/api/v1/plugins/{name}",
+            get(api::plugins::get_one).delete(api::plugins::delete),
+        )
         .fallback(api::ops::not_found)
         .with_state(state)
 }
@@ -90,6 +100,34 @@ mod tests {
             status,
             serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
         )
+    }
+
+    #[tokio::test]
+    async fn plugin_uploads_are_named_and_bounded() {
+        let mut config = RuntimeConfig::default();
+        config.plugins.max_upload_bytes = 100;
+        let app = app(AppState::new(Engine::in_memory(config)));
+        let (status, body) = call(&app, "POST", "/api/v1/plugins?name=p", &"x".repeat(101)).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+        let (status, body) = call(&app, "POST", "/api/v1/plugins", "\0asm").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(
+            body["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("?name="))
+        );
+        let (status, body) = call(&app, "POST", "/api/v1/plugins?name=p", "hello").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(
+            body["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("not a WebAssembly module"))
+        );
+        let (status, _) = call(&app, "DELETE", "/api/v1/plugins/p", "").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        let (status, body) = call(&app, "GET", "/api/v1/plugins", "").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["plugins"], serde_json::json!([]));
     }
 
     #[tokio::test]

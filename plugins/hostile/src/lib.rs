@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use weir_sdk::arrow::array::{ArrayRef, Int64Array, StringArray};
+use weir_sdk::arrow::array::{ArrayRef, StringArray};
 use weir_sdk::arrow::datatypes::DataType;
 use weir_sdk::{Plugin, PluginError};
 
@@ -13,9 +13,11 @@ pub fn wrong_type(args: &[ArrayRef]) -> Result<ArrayRef, PluginError> {
     Ok(Arc::new(StringArray::from(vec!["not a number"; n])))
 }
 
-/// Returns 2 million values (16 MiB) whatever the input.
-pub fn enormous(_args: &[ArrayRef]) -> Result<ArrayRef, PluginError> {
-    Ok(Arc::new(Int64Array::from_iter_values(0..2_000_000)))
+/// Returns 3 MiB of text per row: the right shape, far too much of it.
+pub fn enormous(args: &[ArrayRef]) -> Result<ArrayRef, PluginError> {
+    let n = args.first().map_or(0, |a| a.len());
+    let big = "x".repeat(3 << 20);
+    Ok(Arc::new(StringArray::from(vec![big.as_str(); n])))
 }
 
 /// Fails politely with an error message.
@@ -31,7 +33,7 @@ pub fn plugin() -> Plugin {
             DataType::Int64,
             wrong_type,
         )
-        .function("enormous", &[DataType::Int64], DataType::Int64, enormous)
+        .function("enormous", &[DataType::Int64], DataType::Utf8, enormous)
         .function("refuse", &[DataType::Int64], DataType::Int64, refuse)
 }
 

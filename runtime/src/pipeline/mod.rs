@@ -20,6 +20,9 @@ use crate::source::{Chunk, SourceRuntime, SourceState};
 use crate::view::ViewRuntime;
 use weir_sql::{Collector, Watermark};
 
+/// Batches a paused view holds before its source waits for it.
+const MAX_HELD_BATCHES: usize = 256;
+
 /// Everything a pipeline thread needs besides its source.
 pub struct Pipeline {
     pub source: Arc<SourceRuntime>,
@@ -91,7 +94,7 @@ impl Pipeline {
                     self.finish();
                     return;
                 }
-                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Timeout) => self.resume_idle(),
                 Err(RecvTimeoutError::Disconnected) => {
                     self.flush(&mut pending, opened.take());
                     return;
@@ -141,9 +144,7 @@ impl Pipeline {
         let views = self.source.views.lock().clone();
         let before = self.watermark.current();
         for view in &views {
-            let mut out = Collector::default();
-            let result = view.run_operator(|op| op.process(batch, before, &mut out));
-            self.deliver(view, out, result, batch);
+            self.run_view(view, batch, before);
         }
         self.source.batches.inc();
         let advanced = self
@@ -161,6 +162,68 @@ impl Pipeline {
         }
     }
 
+    /// Run one view over a batch. A paused view (a plugin it calls is failed) holds
+    /// the batch instead; once it holds too many, the source waits for it, so nothing
+    /// is lost and the backpressure reaches the producers.
+    fn run_view(&self, view: &Arc<ViewRuntime>, batch: &RecordBatch, before: Option<i64>) {
+        if view.paused().is_some() {
+            if view.hold(batch.clone(), before) >= MAX_HELD_BATCHES {
+                self.wait_until_resumed(view);
+                self.resume(view);
+            }
+            return;
+        }
+        self.resume(view);
+        let mut out = Collector::default();
+        let result = view.run_operator(|op| op.process(batch, before, &mut out));
+        self.deliver(view, out, result, batch);
+    }
+
+    /// Replay what a paused view held, then bring it up to the current watermark.
+    fn resume(&self, view: &Arc<ViewRuntime>) {
+        if view.paused().is_some() {
+            return;
+        }
+        let held = view.take_held();
+        if held.is_empty() {
+            return;
+        }
+        tracing::info!(view = %view.name, batches = held.len(), "view resumed; replaying the batches it held");
+        for (batch, before) in &held {
+            let mut out = Collector::default();
+            let result = view.run_operator(|op| op.process(batch, *before, &mut out));
+            self.deliver(view, out, result, batch);
+        }
+        if let Some(w) = self.watermark.current() {
+            self.close_windows(view, w);
+        }
+    }
+
+    fn wait_until_resumed(&self, view: &Arc<ViewRuntime>) {
+        tracing::warn!(view = %view.name, "paused view holds {MAX_HELD_BATCHES} batches; source {} waits for it", self.source.name);
+        while view.paused().is_some()
+            && !self.source.stop.load(Ordering::Relaxed)
+            && self
+                .source
+                .views
+                .lock()
+                .iter()
+                .any(|v| Arc::ptr_eq(v, view))
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Resume views whose plugin was fixed while no batches came.
+    fn resume_idle(&self) {
+        let views = self.source.views.lock().clone();
+        for view in &views {
+            if view.held_batches() > 0 {
+                self.resume(view);
+            }
+        }
+    }
+
     fn advance(&mut self, views: &[Arc<ViewRuntime>], watermark: i64) {
         self.source
             .current_watermark
@@ -169,24 +232,38 @@ impl Pipeline {
             self.source.watermark_gauge.set(watermark);
         }
         for view in views {
-            let mut out = Collector::default();
-            let result = view.run_operator(|op| op.on_watermark(watermark, &mut out));
-            if let Err(e) = &result {
-                tracing::error!(view = %view.name, error = %e, "closing windows failed");
-                *view.last_error.lock() = Some(e.to_string());
+            // A paused view keeps its windows open until it has caught up.
+            if view.paused().is_none() && view.held_batches() == 0 {
+                self.close_windows(view, watermark);
             }
-            self.dead_letter_failed(view, &out.failed);
-            for (key, rows) in out.upserts {
-                view.upsert(key, rows);
-            }
-            view.publish(out.rows);
         }
     }
 
-    /// The source ended: a final watermark closes every window.
+    fn close_windows(&self, view: &ViewRuntime, watermark: i64) {
+        let mut out = Collector::default();
+        let result = view.run_operator(|op| op.on_watermark(watermark, &mut out));
+        if let Err(e) = &result {
+            tracing::error!(view = %view.name, error = %e, "closing windows failed");
+            *view.last_error.lock() = Some(e.to_string());
+        }
+        self.dead_letter_failed(view, &out.failed);
+        for (key, rows) in out.upserts {
+            view.upsert(key, rows);
+        }
+        view.publish(out.rows);
+    }
+
+    /// The source ended: paused views are waited for, then a final watermark closes
+    /// every window.
     fn finish(&mut self) {
+        let views = self.source.views.lock().clone();
+        for view in &views {
+            if view.held_batches() > 0 {
+                self.wait_until_resumed(view);
+                self.resume(view);
+            }
+        }
         if let Some(w) = self.watermark.finish() {
-            let views = self.source.views.lock().clone();
             self.advance(&views, w);
         }
         *self.source.state.lock() = SourceState::Finished;

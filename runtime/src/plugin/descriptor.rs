@@ -164,13 +164,15 @@ impl Descriptor {
 fn check_name(name: &str, what: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 64
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
         && !name.starts_with(|c: char| c.is_ascii_digit());
     if ok {
         Ok(())
     } else {
         Err(format!(
-            "{what} name {name:?} is not a SQL identifier (letters, digits and _, not starting with a digit)"
+            "{what} name {name:?} is not a SQL identifier (lower-case letters, digits and _, not starting with a digit)"
         ))
     }
 }

@@ -307,6 +307,18 @@ fn check_schema(expected: &SchemaRef, got: &SchemaRef) -> Result<(), String> {
     }
 }
 
+/// A compiled and checked module, not yet installed.
+pub struct Prepared {
+    plugin: LoadedPlugin,
+    wasm: Vec<u8>,
+}
+
+impl Prepared {
+    pub fn descriptor(&self) -> &Descriptor {
+        &self.plugin.descriptor
+    }
+}
+
 /// Every plugin, persisted under `<data-dir>/plugins/<name>/<version>.wasm`.
 pub struct Plugins {
     host: Arc<PluginHost>,
@@ -393,9 +405,16 @@ impl Plugins {
         self.host.compile(wasm).map(|c| c.descriptor)
     }
 
-    /// Store `wasm` as the next version of `name` and make it current: calls switch
-    /// to it at their next batch, and a failed plugin resumes.
-    pub fn install(&self, name: &str, wasm: &[u8]) -> Result<Arc<PluginEntry>, String> {
+    /// Compile and check `wasm` (the slow part, done before any lock is taken).
+    pub fn prepare(&self, wasm: Vec<u8>) -> Result<Prepared, String> {
+        let plugin = self.compile(&wasm, 0)?;
+        Ok(Prepared { plugin, wasm })
+    }
+
+    /// Store a prepared module as the next version of `name` and make it current:
+    /// calls switch to it at their next batch, and a failed plugin resumes.
+    pub fn commit(&self, name: &str, prepared: Prepared) -> Result<Arc<PluginEntry>, String> {
+        let Prepared { mut plugin, wasm } = prepared;
         let existing = self.entries.get(name).map(|e| e.clone());
         let version = existing.as_ref().map_or(0, |e| e.current().version).max(
             self.dir
@@ -403,11 +422,11 @@ impl Plugins {
                 .and_then(|d| newest_version(&d.join(name)))
                 .unwrap_or(0),
         ) + 1;
-        let plugin = self.compile(wasm, version)?;
+        plugin.version = version;
         if let Some(dir) = &self.dir {
             let dir = dir.join(name);
             std::fs::create_dir_all(&dir)
-                .and_then(|_| write_atomically(&dir.join(format!("{version}.wasm")), wasm))
+                .and_then(|_| write_atomically(&dir.join(format!("{version}.wasm")), &wasm))
                 .map_err(|e| format!("cannot store the plugin in {}: {e}", dir.display()))?;
         }
         let entry = match existing {
@@ -425,6 +444,12 @@ impl Plugins {
         };
         tracing::info!(plugin = %name, version, "plugin installed");
         Ok(entry)
+    }
+
+    /// `prepare` then `commit`.
+    pub fn install(&self, name: &str, wasm: &[u8]) -> Result<Arc<PluginEntry>, String> {
+        let prepared = self.prepare(wasm.to_vec())?;
+        self.commit(name, prepared)
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<PluginEntry>> {

@@ -190,6 +190,15 @@ pub fn relations(query: &ast::Query) -> Vec<String> {
 impl ContinuousQuery {
     /// Plan a view's query against the declared sources.
     pub async fn plan(view: &CreateView, sources: &SourceCatalog) -> Result<Self> {
+        Self::plan_with_functions(view, sources, &[]).await
+    }
+
+    /// Plan with extra scalar functions (plugin functions) in scope.
+    pub async fn plan_with_functions(
+        view: &CreateView,
+        sources: &SourceCatalog,
+        functions: &[datafusion::logical_expr::ScalarUDF],
+    ) -> Result<Self> {
         let mut query = view.query.clone();
         let mut rewriter = WindowRewriter::default();
         let _ = query.visit(&mut rewriter);
@@ -244,6 +253,9 @@ impl ContinuousQuery {
 
         // Plan with DataFusion against the source (plus window columns when windowed).
         let ctx = planning_context();
+        for f in functions {
+            ctx.register_udf(f.clone());
+        }
         let (scan_schema, window) = match &window_call {
             None => (info.schema.clone(), None),
             Some(t) => {

@@ -3,6 +3,7 @@
 pub mod dashboard;
 pub mod dead_letters;
 pub mod ops;
+pub mod plugins;
 pub mod sources;
 pub mod sql;
 pub mod views;

@@ -1,6 +1,8 @@
 //! The engine: the catalog of sources and views, statement execution, HTTP ingest and
 //! ad hoc queries. The web layer holds one [`Engine`] and calls into it.
 
+mod plugins;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize};
@@ -23,6 +25,7 @@ use crate::decode::JsonDecoder;
 use crate::metrics::Metrics;
 use crate::options::{self, CommonOptions};
 use crate::pipeline::Pipeline;
+use crate::plugin::{PluginHost, Plugins};
 use crate::source::http::{HttpInput, IngestReport};
 use crate::source::nexmark::{self, NexmarkOptions};
 use crate::source::{SourceRuntime, SourceState, SourceStatus};
@@ -58,6 +61,7 @@ struct Inner {
     dead_letters: Arc<DeadLetterStore>,
     metrics: Metrics,
     adhoc: SessionContext,
+    plugins: Plugins,
     /// Catalog changes happen one at a time.
     ddl: tokio::sync::Mutex<()>,
 }
@@ -69,26 +73,36 @@ impl Engine {
             Some(&config.data_dir),
             config.dead_letters_in_memory,
         )?);
-        Ok(Self::with_dead_letters(config, dead_letters))
+        let host = PluginHost::new(config.plugins, Some(config.data_dir.join("plugin-cache")))
+            .map_err(Error::Internal)?;
+        let plugins = Plugins::open(host, Some(&config.data_dir)).map_err(Error::Internal)?;
+        Ok(Self::with_parts(config, dead_letters, plugins))
     }
 
-    /// An engine that keeps dead letters in memory only (tests).
+    /// An engine that keeps dead letters and plugins in memory only (tests).
     pub fn in_memory(config: RuntimeConfig) -> Self {
         let keep = config.dead_letters_in_memory;
-        Self::with_dead_letters(
+        let host = PluginHost::new(config.plugins, None).expect("wasmtime starts");
+        let plugins = Plugins::open(host, None).expect("no files to open");
+        Self::with_parts(
             config,
             Arc::new(DeadLetterStore::open(None, keep).expect("no file to open")),
+            plugins,
         )
     }
 
-    fn with_dead_letters(config: RuntimeConfig, dead_letters: Arc<DeadLetterStore>) -> Self {
+    fn with_parts(
+        config: RuntimeConfig,
+        dead_letters: Arc<DeadLetterStore>,
+        plugins: Plugins,
+    ) -> Self {
         // Ad hoc SQL reads views only: no file formats, no URL tables.
         let state = SessionStateBuilder::new()
             .with_config(SessionConfig::new().with_information_schema(false))
             .with_default_features()
             .with_table_factories(Default::default())
             .build();
-        Self {
+        let engine = Self {
             inner: Arc::new(Inner {
                 config,
                 sources: DashMap::new(),
@@ -96,9 +110,14 @@ impl Engine {
                 dead_letters,
                 metrics: Metrics::new(),
                 adhoc: SessionContext::new_with_state(state),
+                plugins,
                 ddl: tokio::sync::Mutex::new(()),
             }),
+        };
+        for udf in engine.plugin_functions() {
+            engine.inner.adhoc.register_udf(udf);
         }
+        engine
     }
 
     pub fn config(&self) -> &RuntimeConfig {
@@ -121,7 +140,12 @@ impl Engine {
             Statement::ShowViews => Ok(self.show_views()),
             Statement::ExplainView { name } => self.explain_view(&name),
             Statement::ExplainCreateView(v) => {
-                let query = ContinuousQuery::plan(&v, &self.catalog()).await?;
+                let query = ContinuousQuery::plan_with_functions(
+                    &v,
+                    &self.catalog(),
+                    &self.plugin_functions(),
+                )
+                .await?;
                 let n = query.operators.len() + 1;
                 Ok(explain_rows(
                     query
@@ -357,26 +381,32 @@ impl Engine {
                 )));
             }
         }
-        let query = ContinuousQuery::plan(&v, &self.catalog()).await?;
+        let query =
+            ContinuousQuery::plan_with_functions(&v, &self.catalog(), &self.plugin_functions())
+                .await?;
         let source = self
             .inner
             .sources
             .get(&query.source)
             .map(|s| s.clone())
             .ok_or_else(|| Error::NotFound(format!("no source named {}", query.source)))?;
+        let plugins = self.plugins_called_by(&v.query);
         let m = &self.inner.metrics;
-        let view = Arc::new(ViewRuntime::new(
-            name.clone(),
-            query.source.clone(),
-            sql.trim().to_string(),
-            query.description.clone(),
-            query.operators.clone(),
-            query.output_schema.clone(),
-            query.operator,
-            self.inner.config.view_max_rows,
-            m.late_rows.with_label_values(&[&name]),
-            m.rows_emitted.with_label_values(&[&name]),
-        ));
+        let view = Arc::new(
+            ViewRuntime::new(
+                name.clone(),
+                query.source.clone(),
+                sql.trim().to_string(),
+                query.description.clone(),
+                query.operators.clone(),
+                query.output_schema.clone(),
+                query.operator,
+                self.inner.config.view_max_rows,
+                m.late_rows.with_label_values(&[&name]),
+                m.rows_emitted.with_label_values(&[&name]),
+            )
+            .with_plugins(plugins),
+        );
         self.inner.adhoc.register_table(
             TableReference::bare(name.as_str()),
             Arc::new(ViewTable(view.clone())),

@@ -1,0 +1,270 @@
+//! Wasm plugins through the real server: upload, SQL functions that must equal native
+//! SQL, hostile modules contained with the right status and reason, a plugin that
+//! keeps failing pauses its views without losing rows, and plugins survive a restart.
+
+use std::time::Duration;
+
+use anyhow::{Result, ensure};
+use serde_json::{Value, json};
+
+use crate::support::{Weir, plugin_wasm, wat_module};
+
+const LIMITS: &str = "[runtime.batch]\nmax-delay = '20ms'\n\
+[runtime.plugins]\ntime-limit = '300ms'\nmemory-limit-bytes = 33554432\n\
+max-output-bytes = 4194304\nmax-consecutive-failures = 3\n";
+
+async fn start_with_limits() -> Result<Weir> {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("weir.toml");
+    std::fs::write(&config, LIMITS)?;
+    let config = config.to_string_lossy().to_string();
+    Weir::start_in(dir, &["--config", &config]).await
+}
+
+async fn dead_letters_for(weir: &Weir, view: &str) -> Result<Vec<Value>> {
+    let all = weir.get("/api/v1/dead-letters?limit=10000").await?["dead_letters"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    Ok(all.into_iter().filter(|l| l["view"] == view).collect())
+}
+
+#[tokio::test]
+async fn currency_function_equals_native_sql_and_survives_a_restart() -> Result<()> {
+    let weir = Weir::start(&[]).await?;
+    let (status, body) = weir
+        .upload_plugin("currency", plugin_wasm("weir_plugin_currency"))
+        .await?;
+    ensure!(status == 201, "upload answered {status}: {body}");
+    assert_eq!(body["version"], 1);
+    assert_eq!(
+        body["functions"],
+        json!([{ "name": "to_eur", "args": ["Int64"], "returns": "Float64" }])
+    );
+
+    weir.exec(
+        "CREATE SOURCE bid WITH (connector = 'nexmark', table = 'bid', events = 50000, seed = 7)",
+    )
+    .await?;
+    weir.exec(
+        "CREATE MATERIALIZED VIEW by_plugin AS SELECT auction, to_eur(price) AS eur FROM bid",
+    )
+    .await?;
+    weir.exec("CREATE MATERIALIZED VIEW native AS SELECT auction, 0.908 * price AS eur FROM bid")
+        .await?;
+    weir.wait_for("the run to finish", Duration::from_secs(60), || async {
+        let s = weir.get("/api/v1/sources/bid").await?;
+        Ok((s["status"] == "finished").then_some(()))
+    })
+    .await?;
+    let plugin_rows = weir.get("/api/v1/views/by_plugin").await?["rows"].clone();
+    let native_rows = weir.get("/api/v1/views/native").await?["rows"].clone();
+    assert_eq!(plugin_rows.as_array().map(Vec::len), Some(46_000));
+    assert_eq!(
+        plugin_rows, native_rows,
+        "the plugin must equal 0.908 * price"
+    );
+
+    let status = weir.get("/api/v1/plugins/currency").await?;
+    assert_eq!(status["used_by"], json!(["by_plugin"]));
+    assert_eq!(status["rows"], 46_000);
+    assert_eq!(status["failures"], 0);
+    let (code, body) = weir.delete("/api/v1/plugins/currency").await?;
+    assert_eq!(code, 409, "{body}");
+    assert!(body["detail"].as_str().unwrap_or("").contains("by_plugin"));
+
+    // Ad hoc SQL sees plugin functions too, and so does the next process.
+    let weir = weir.restart(&[]).await?;
+    let listed = weir.get("/api/v1/plugins").await?;
+    assert_eq!(listed["plugins"][0]["name"], "currency");
+    assert_eq!(listed["plugins"][0]["version"], 1);
+    let one = weir
+        .exec("SELECT to_eur(CAST(1000 AS BIGINT)) AS eur")
+        .await?;
+    assert_eq!(one["rows"], json!([[908.0]]));
+    let (code, _) = weir.delete("/api/v1/plugins/currency").await?;
+    assert_eq!(code, 200);
+    let (code, body) = weir.sql("SELECT to_eur(CAST(1000 AS BIGINT))").await?;
+    assert_eq!(code, 400, "{body}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn hostile_plugins_cost_only_their_batches() -> Result<()> {
+    let weir = start_with_limits().await?;
+    weir.exec("CREATE SOURCE nums (n BIGINT) WITH (connector = 'http')")
+        .await?;
+
+    // Refused at upload, with the reason.
+    let refusals = [
+        (
+            wat_module("hostile/wat/wasi_file.wat"),
+            "wasi_snapshot_preview1::path_open",
+        ),
+        (
+            std::fs::read(format!(
+                "{}/../plugins/hostile/not-wasm.txt",
+                env!("CARGO_MANIFEST_DIR")
+            ))?,
+            "not a WebAssembly module",
+        ),
+    ];
+    for (wasm, reason) in refusals {
+        let (code, body) = weir.upload_plugin("refused", wasm).await?;
+        assert_eq!(code, 400, "{body}");
+        let detail = body["detail"].as_str().unwrap_or("");
+        assert!(detail.contains(reason), "{detail}");
+    }
+    let (code, body) = weir.upload_plugin("Bad Name", vec![0]).await?;
+    assert_eq!(code, 400, "{body}");
+
+    // Accepted, then each call fails and only that batch is dead-lettered.
+    let hostile = plugin_wasm("weir_plugin_hostile");
+    let cases: [(&str, Vec<u8>, &str, &str); 8] = [
+        (
+            "infinite_loop",
+            wat_module("hostile/wat/infinite_loop.wat"),
+            "spin",
+            "time limit exceeded",
+        ),
+        (
+            "memory_bomb",
+            wat_module("hostile/wat/memory_bomb.wat"),
+            "bomb",
+            "memory limit exceeded",
+        ),
+        (
+            "deep_recursion",
+            wat_module("hostile/wat/deep_recursion.wat"),
+            "recurse",
+            "stack overflow",
+        ),
+        (
+            "immediate_trap",
+            wat_module("hostile/wat/immediate_trap.wat"),
+            "crash",
+            "unreachable code",
+        ),
+        (
+            "garbage_output",
+            wat_module("hostile/wat/garbage_output.wat"),
+            "garbage",
+            "not an Arrow IPC stream",
+        ),
+        (
+            "wild_pointer",
+            wat_module("hostile/wat/wild_pointer.wat"),
+            "wild",
+            "outside the plugin's memory",
+        ),
+        ("hostile", hostile.clone(), "wrong_type", "bad output"),
+        ("hostile", hostile, "enormous", "over the limit"),
+    ];
+    for (i, (plugin, wasm, function, reason)) in cases.into_iter().enumerate() {
+        let (code, body) = weir.upload_plugin(plugin, wasm).await?;
+        ensure!(code == 201, "{plugin}: {code} {body}");
+        let view = format!("v{i}");
+        weir.exec(&format!(
+            "CREATE MATERIALIZED VIEW {view} AS SELECT n, {function}(n) AS r FROM nums"
+        ))
+        .await?;
+        let (code, body) = weir
+            .post_records("nums", json!([{ "n": 1 }, { "n": 2 }]).to_string())
+            .await?;
+        assert_eq!(code, 200, "{body}");
+        let letters = weir
+            .wait_for(
+                &format!("{plugin} dead letters"),
+                Duration::from_secs(30),
+                || async {
+                    let l = dead_letters_for(&weir, &view).await?;
+                    Ok((l.len() == 2).then_some(l))
+                },
+            )
+            .await?;
+        let text = letters[0]["reason"].as_str().unwrap_or("").to_string();
+        assert!(
+            text.contains(&format!("plugin {plugin} v")) && text.contains(reason),
+            "{plugin}: {text}"
+        );
+        assert_eq!(letters[0]["raw"], json!({ "n": 1 }).to_string());
+        let health = weir
+            .client
+            .get(format!("{}/healthz", weir.url))
+            .send()
+            .await?;
+        assert_eq!(health.status(), 200, "the server keeps answering");
+        weir.exec(&format!("DROP VIEW {view}")).await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_failing_plugin_pauses_its_view_until_a_fixed_upload() -> Result<()> {
+    let weir = start_with_limits().await?;
+    let broken = std::fs::read_to_string(format!(
+        "{}/../plugins/hostile/wat/immediate_trap.wat",
+        env!("CARGO_MANIFEST_DIR")
+    ))?;
+    // The same plugin with its bug fixed: it returns its input (a valid Int64 column).
+    let fixed = broken.replace(
+        "(unreachable))\n)",
+        "(i64.or (i64.shl (i64.extend_i32_u (local.get 2)) (i64.const 32)) (i64.extend_i32_u (local.get 3))))\n)",
+    );
+    assert_ne!(broken, fixed);
+    let (code, body) = weir
+        .upload_plugin("flaky", wat::parse_str(&broken)?)
+        .await?;
+    ensure!(code == 201, "{body}");
+    weir.exec("CREATE SOURCE nums (n BIGINT) WITH (connector = 'http')")
+        .await?;
+    weir.exec("CREATE MATERIALIZED VIEW checked AS SELECT n, crash(n) AS m FROM nums")
+        .await?;
+
+    // Three failing batches in a row: dead-lettered, and the plugin is marked failed.
+    for n in 1..=3 {
+        weir.post_records("nums", json!([{ "n": n }]).to_string())
+            .await?;
+        weir.wait_for("a dead letter", Duration::from_secs(10), || async {
+            Ok((dead_letters_for(&weir, "checked").await?.len() == n).then_some(()))
+        })
+        .await?;
+    }
+    let plugin = weir.get("/api/v1/plugins/flaky").await?;
+    assert_eq!(plugin["status"], "failed", "{plugin}");
+    assert!(
+        plugin["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("3 failures in a row")
+    );
+    let view = weir.get("/api/v1/views").await?["views"][0].clone();
+    assert_eq!(view["status"], "paused", "{view}");
+
+    // While paused, new rows are held, not dead-lettered.
+    weir.post_records("nums", json!([{ "n": 10 }, { "n": 11 }]).to_string())
+        .await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(dead_letters_for(&weir, "checked").await?.len(), 3);
+    assert_eq!(weir.get("/api/v1/views/checked").await?["rows"], json!([]));
+
+    // The fixed version resumes the view, which processes what it held.
+    let (code, body) = weir.upload_plugin("flaky", wat::parse_str(&fixed)?).await?;
+    ensure!(code == 201, "{body}");
+    assert_eq!(body["version"], 2);
+    assert_eq!(body["status"], "active");
+    let rows = weir
+        .wait_for("the held rows", Duration::from_secs(10), || async {
+            let rows = weir.get("/api/v1/views/checked").await?["rows"].clone();
+            Ok((rows.as_array().map(Vec::len) == Some(2)).then_some(rows))
+        })
+        .await?;
+    assert_eq!(rows, json!([[10, 10], [11, 11]]));
+    let view = weir.get("/api/v1/views").await?["views"][0].clone();
+    assert_eq!(
+        view["status"], "degraded",
+        "running again, last error kept: {view}"
+    );
+    assert_eq!(dead_letters_for(&weir, "checked").await?.len(), 3);
+    Ok(())
+}
