@@ -8,5 +8,6 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/weir-target}"
 rustup target list --installed 2>/dev/null | grep -q '^wasm32-unknown-unknown$' \
   || rustup target add wasm32-unknown-unknown
 cargo build --quiet --profile plugin --target wasm32-unknown-unknown \
-  -p weir-plugin-currency -p weir-plugin-hostile
+  -p weir-plugin-currency -p weir-plugin-redact -p weir-plugin-enrich \
+  -p weir-plugin-passthrough -p weir-plugin-hostile
 ls -l "$CARGO_TARGET_DIR"/wasm32-unknown-unknown/plugin/*.wasm | awk '{print $5, $9}'

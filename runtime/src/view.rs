@@ -43,6 +43,8 @@ pub struct ViewRuntime {
     state_bytes: AtomicUsize,
     /// Plugins whose functions the view calls; a failed one pauses the view.
     pub plugins: Vec<Arc<PluginEntry>>,
+    /// The derived stream the view reads, if it reads one (its source is the stream's).
+    pub stream: Option<String>,
     /// Batches (with the watermark before each) kept while the view is paused.
     held: Mutex<Vec<(RecordBatch, Option<i64>)>>,
 }
@@ -117,8 +119,14 @@ impl ViewRuntime {
             open_windows: AtomicUsize::new(0),
             state_bytes: AtomicUsize::new(0),
             plugins: Vec::new(),
+            stream: None,
             held: Mutex::new(Vec::new()),
         }
+    }
+
+    pub(crate) fn with_stream(mut self, stream: Option<String>) -> Self {
+        self.stream = stream;
+        self
     }
 
     pub(crate) fn with_plugins(mut self, plugins: Vec<Arc<PluginEntry>>) -> Self {

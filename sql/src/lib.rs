@@ -16,6 +16,8 @@ pub mod window;
 
 pub use error::{Error, Result};
 pub use operator::{Collector, Operator};
-pub use parser::{CreateSource, CreateView, Statement, WatermarkSpec, parse_statement};
+pub use parser::{
+    CreateSource, CreateStream, CreateView, Statement, WatermarkSpec, parse_statement,
+};
 pub use planner::{ContinuousQuery, SourceCatalog};
 pub use watermark::Watermark;

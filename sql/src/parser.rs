@@ -35,8 +35,25 @@ pub enum Statement {
     ExplainCreateView(CreateView),
     /// `EXPLAIN VIEW name`: a running view's operators and their state.
     ExplainView { name: String },
+    /// `CREATE STREAM [IF NOT EXISTS] name AS TRANSFORM source USING PLUGIN 'p[.t]'`
+    CreateStream(CreateStream),
+    /// `DROP STREAM [IF EXISTS] name`
+    DropStream { name: String, if_exists: bool },
+    /// `SHOW STREAMS`
+    ShowStreams,
     /// An ad hoc query (SELECT) over views.
     Query(Box<ast::Statement>),
+}
+
+/// A derived stream: a source's batches through a plugin's batch transform.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreateStream {
+    pub name: String,
+    pub if_not_exists: bool,
+    pub source: String,
+    pub plugin: String,
+    /// The transform's name; `None` means the plugin's only transform.
+    pub transform: Option<String>,
 }
 
 /// A declared source: its columns, watermark and connector options.
@@ -88,6 +105,14 @@ pub fn parse_statement(sql: &str) -> Result<Statement> {
             Some(Statement::ExplainView {
                 name: object_name(p)?,
             })
+        } else if p.parse_keywords(&[Keyword::CREATE, Keyword::STREAM]) {
+            Some(Statement::CreateStream(parse_create_stream(p)?))
+        } else if p.parse_keywords(&[Keyword::DROP, Keyword::STREAM]) {
+            let if_exists = p.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
+            Some(Statement::DropStream {
+                name: object_name(p)?,
+                if_exists,
+            })
         } else if p.parse_keywords(&[Keyword::CREATE, Keyword::VIEW]) {
             return Err(unsupported!(
                 "CREATE VIEW is not supported: weir keeps views up to date, so write CREATE MATERIALIZED VIEW"
@@ -107,13 +132,15 @@ pub fn parse_statement(sql: &str) -> Result<Statement> {
                 if_exists,
             })
         } else if p.parse_keyword(Keyword::SHOW)
-            && (next_word_is(p, "sources") || next_word_is(p, "views"))
+            && (next_word_is(p, "sources")
+                || next_word_is(p, "views")
+                || next_word_is(p, "streams"))
         {
             let word = p.next_token().to_string().to_ascii_lowercase();
-            Some(if word == "sources" {
-                Statement::ShowSources
-            } else {
-                Statement::ShowViews
+            Some(match word.as_str() {
+                "sources" => Statement::ShowSources,
+                "streams" => Statement::ShowStreams,
+                _ => Statement::ShowViews,
             })
         } else {
             None
@@ -187,6 +214,41 @@ fn normalize(ident: &str) -> String {
 }
 
 /// After `CREATE MATERIALIZED VIEW`: `[IF NOT EXISTS] name [WITH (...)] AS query`.
+fn parse_create_stream(p: &mut Parser) -> Result<CreateStream> {
+    let usage = "write CREATE STREAM name AS TRANSFORM source USING PLUGIN 'plugin' \
+                 (or 'plugin.transform' when the plugin has several)";
+    let if_not_exists = p.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
+    let name = object_name(p)?;
+    if !(p.parse_keyword(Keyword::AS) && next_word_is(p, "transform")) {
+        return Err(invalid!("CREATE STREAM {name}: {usage}"));
+    }
+    p.next_token();
+    let source = object_name(p)?;
+    if !(p.parse_keyword(Keyword::USING) && next_word_is(p, "plugin")) {
+        return Err(invalid!("CREATE STREAM {name}: {usage}"));
+    }
+    p.next_token();
+    let target = match p.next_token().token {
+        Token::SingleQuotedString(s) => s,
+        other => {
+            return Err(invalid!(
+                "CREATE STREAM {name}: expected a quoted plugin name, found {other}; {usage}"
+            ));
+        }
+    };
+    let (plugin, transform) = match target.split_once('.') {
+        Some((p, t)) => (p.to_string(), Some(t.to_string())),
+        None => (target, None),
+    };
+    Ok(CreateStream {
+        name,
+        if_not_exists,
+        source,
+        plugin,
+        transform,
+    })
+}
+
 fn parse_create_view(p: &mut Parser) -> Result<CreateView> {
     let if_not_exists = p.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
     let name = object_name(p)?;
@@ -338,6 +400,54 @@ fn option_value(expr: &Expr) -> Result<String> {
 mod tests {
     use super::*;
     use datafusion::arrow::datatypes::DataType;
+
+    #[test]
+    fn create_drop_and_show_streams() {
+        let s = parse_statement("CREATE STREAM Clean AS TRANSFORM bids USING PLUGIN 'pii.redact'")
+            .expect("parses");
+        let Statement::CreateStream(s) = s else {
+            panic!("not a stream: {s:?}")
+        };
+        assert_eq!(
+            s,
+            CreateStream {
+                name: "clean".into(),
+                if_not_exists: false,
+                source: "bids".into(),
+                plugin: "pii".into(),
+                transform: Some("redact".into()),
+            }
+        );
+        let s = parse_statement("CREATE STREAM IF NOT EXISTS c AS TRANSFORM b USING PLUGIN 'p'")
+            .expect("parses");
+        assert!(matches!(
+            s,
+            Statement::CreateStream(CreateStream {
+                if_not_exists: true,
+                transform: None,
+                ..
+            })
+        ));
+        assert!(matches!(
+            parse_statement("DROP STREAM IF EXISTS c").expect("parses"),
+            Statement::DropStream {
+                if_exists: true,
+                ..
+            }
+        ));
+        assert!(matches!(
+            parse_statement("SHOW STREAMS").expect("parses"),
+            Statement::ShowStreams
+        ));
+        let e = parse_statement("CREATE STREAM c AS SELECT 1").expect_err("needs TRANSFORM");
+        assert!(
+            e.to_string().contains("TRANSFORM source USING PLUGIN"),
+            "{e}"
+        );
+        let e =
+            parse_statement("CREATE STREAM c AS TRANSFORM b USING PLUGIN p").expect_err("quoted");
+        assert!(e.to_string().contains("quoted plugin name"), "{e}");
+    }
 
     #[test]
     fn create_source_with_columns_watermark_and_options() {

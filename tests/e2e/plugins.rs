@@ -268,3 +268,97 @@ async fn a_failing_plugin_pauses_its_view_until_a_fixed_upload() -> Result<()> {
     assert_eq!(dead_letters_for(&weir, "checked").await?.len(), 3);
     Ok(())
 }
+
+#[tokio::test]
+async fn transforms_make_streams_that_views_read() -> Result<()> {
+    let weir = Weir::start(&[]).await?;
+    for (name, module) in [
+        ("redact", "weir_plugin_redact"),
+        ("enrich", "weir_plugin_enrich"),
+    ] {
+        let (code, body) = weir.upload_plugin(name, plugin_wasm(module)).await?;
+        ensure!(code == 201, "{name}: {body}");
+    }
+
+    // Redaction: the stream has the source's shape, with PII masked.
+    weir.exec("CREATE SOURCE msgs (id BIGINT, note VARCHAR) WITH (connector = 'http')")
+        .await?;
+    weir.exec("CREATE STREAM clean AS TRANSFORM msgs USING PLUGIN 'redact'")
+        .await?;
+    weir.exec("CREATE MATERIALIZED VIEW notes AS SELECT id, note FROM clean")
+        .await?;
+    let records = json!([
+        { "id": 1, "note": "write to ann@example.com" },
+        { "id": 2, "note": "login from 192.168.10.4" },
+        { "id": 3, "note": "paid with 4111 1111 1111 1111" },
+        { "id": 4, "note": null },
+    ]);
+    weir.post_records("msgs", records.to_string()).await?;
+    let rows = weir
+        .wait_for("redacted rows", Duration::from_secs(10), || async {
+            let rows = weir.get("/api/v1/views/notes").await?["rows"].clone();
+            Ok((rows.as_array().map(Vec::len) == Some(4)).then_some(rows))
+        })
+        .await?;
+    assert_eq!(
+        rows,
+        json!([
+            [1, "write to [email]"],
+            [2, "login from [ip]"],
+            [3, "paid with [card]"],
+            [4, null]
+        ])
+    );
+    let streams = weir.exec("SHOW STREAMS").await?["rows"].clone();
+    assert_eq!(streams, json!([["clean", "msgs", "redact", "redact"]]));
+    let (code, body) = weir.sql("DROP STREAM clean").await?;
+    assert_eq!(code, 409, "{body}");
+    let (code, body) = weir.delete("/api/v1/plugins/redact").await?;
+    assert_eq!(code, 409, "{body}");
+    assert!(
+        body["detail"].as_str().unwrap_or("").contains("clean"),
+        "{body}"
+    );
+
+    // Enrichment over Nexmark, windowed on the source's watermark, against the same
+    // categories written as SQL.
+    weir.exec(
+        "CREATE SOURCE bid WITH (connector = 'nexmark', table = 'bid', events = 60000, seed = 3)",
+    )
+    .await?;
+    weir.exec("CREATE STREAM bid_sites AS TRANSFORM bid USING PLUGIN 'enrich.categorize'")
+        .await?;
+    let (code, body) = weir
+        .sql("CREATE STREAM x AS TRANSFORM bid USING PLUGIN 'enrich.nope'")
+        .await?;
+    assert_eq!(code, 400, "{body}");
+    weir.exec(
+        "CREATE MATERIALIZED VIEW by_plugin AS SELECT window_start, site_category, count(*) AS n \
+         FROM TUMBLE(bid_sites, date_time, INTERVAL '1' SECOND) GROUP BY window_start, window_end, site_category",
+    )
+    .await?;
+    weir.exec(
+        "CREATE MATERIALIZED VIEW by_sql AS SELECT window_start, \
+         CASE split_part(url, '/', 4) WHEN 'googl' THEN 'search' WHEN 'baidu' THEN 'search' \
+         WHEN 'faceb' THEN 'social' WHEN 'apple' THEN 'technology' END AS site_category, count(*) AS n \
+         FROM TUMBLE(bid, date_time, INTERVAL '1' SECOND) GROUP BY window_start, window_end, 2",
+    )
+    .await?;
+    weir.wait_for("the run to finish", Duration::from_secs(60), || async {
+        let s = weir.get("/api/v1/sources/bid").await?;
+        Ok((s["status"] == "finished").then_some(()))
+    })
+    .await?;
+    let sorted = |v: Value| {
+        let mut rows = v.as_array().cloned().unwrap_or_default();
+        rows.sort_by_key(|r| r.to_string());
+        rows
+    };
+    let by_plugin = sorted(weir.get("/api/v1/views/by_plugin").await?["rows"].clone());
+    let by_sql = sorted(weir.get("/api/v1/views/by_sql").await?["rows"].clone());
+    assert!(by_plugin.len() >= 8, "several windows: {by_plugin:?}");
+    assert_eq!(by_plugin, by_sql);
+    let explain = weir.exec("EXPLAIN VIEW by_plugin").await?["rows"].to_string();
+    assert!(explain.contains("plugin enrich.categorize"), "{explain}");
+    Ok(())
+}

@@ -2,6 +2,7 @@
 //! ad hoc queries. The web layer holds one [`Engine`] and calls into it.
 
 mod plugins;
+mod streams;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -62,6 +63,7 @@ struct Inner {
     metrics: Metrics,
     adhoc: SessionContext,
     plugins: Plugins,
+    streams: DashMap<String, Arc<streams::StreamDef>>,
     /// Catalog changes happen one at a time.
     ddl: tokio::sync::Mutex<()>,
 }
@@ -111,6 +113,7 @@ impl Engine {
                 metrics: Metrics::new(),
                 adhoc: SessionContext::new_with_state(state),
                 plugins,
+                streams: DashMap::new(),
                 ddl: tokio::sync::Mutex::new(()),
             }),
         };
@@ -138,6 +141,7 @@ impl Engine {
             Statement::Query(stmt) => self.query(*stmt).await,
             Statement::ShowSources => Ok(self.show_sources()),
             Statement::ShowViews => Ok(self.show_views()),
+            Statement::ShowStreams => Ok(self.show_streams()),
             Statement::ExplainView { name } => self.explain_view(&name),
             Statement::ExplainCreateView(v) => {
                 let query = ContinuousQuery::plan_with_functions(
@@ -162,6 +166,8 @@ impl Engine {
                     Statement::DropSource { name, if_exists } => self.drop_source(&name, if_exists),
                     Statement::CreateView(v) => self.create_view(v, sql).await,
                     Statement::DropView { name, if_exists } => self.drop_view(&name, if_exists),
+                    Statement::CreateStream(c) => self.create_stream(c),
+                    Statement::DropStream { name, if_exists } => self.drop_stream(&name, if_exists),
                     _ => Err(Error::Internal("statement kind handled above".into())),
                 }
             }
@@ -341,10 +347,11 @@ impl Engine {
         let Some(source) = self.inner.sources.get(name).map(|s| s.clone()) else {
             return missing(if_exists, format!("no source named {name}"));
         };
-        let users: Vec<String> = source.views.lock().iter().map(|v| v.name.clone()).collect();
+        let mut users: Vec<String> = source.views.lock().iter().map(|v| v.name.clone()).collect();
+        users.extend(self.streams_where(|s| s.source == name));
         if !users.is_empty() {
             return Err(Error::Conflict(format!(
-                "source {name} is read by views {}; drop them first",
+                "source {name} is read by {}; drop them first",
                 users.join(", ")
             )));
         }
@@ -363,8 +370,11 @@ impl Engine {
 
     async fn create_view(&self, v: CreateView, sql: &str) -> Result<SqlOutput> {
         let name = v.name.clone();
-        if self.inner.views.contains_key(&name) || self.inner.sources.contains_key(&name) {
-            if v.if_not_exists {
+        if self.inner.views.contains_key(&name)
+            || self.inner.sources.contains_key(&name)
+            || self.inner.streams.contains_key(&name)
+        {
+            if v.if_not_exists && self.inner.views.contains_key(&name) {
                 return Ok(SqlOutput::Done {
                     message: format!("view {name} already exists"),
                 });
@@ -384,28 +394,57 @@ impl Engine {
         let query =
             ContinuousQuery::plan_with_functions(&v, &self.catalog(), &self.plugin_functions())
                 .await?;
+        let mut plugins = self.plugins_called_by(&v.query);
+        let mut operators = query.operators.clone();
+        // A view over a stream runs on the stream's source, behind the stream's transform.
+        let stream = self.inner.streams.get(&query.source).map(|s| s.clone());
+        let (source_name, operator) = match &stream {
+            Some(s) => {
+                if !plugins.iter().any(|p| Arc::ptr_eq(p, &s.plugin)) {
+                    plugins.push(s.plugin.clone());
+                }
+                operators.insert(
+                    1,
+                    (
+                        "transform".to_string(),
+                        format!(
+                            "stream {} = plugin {}.{}",
+                            s.name, s.plugin.name, s.transform
+                        ),
+                    ),
+                );
+                let operator: Box<dyn weir_sql::Operator> =
+                    Box::new(crate::plugin::transform::TransformThen {
+                        plugin: s.plugin.clone(),
+                        transform: s.transform.clone(),
+                        then: query.operator,
+                    });
+                (s.source.clone(), operator)
+            }
+            None => (query.source.clone(), query.operator),
+        };
         let source = self
             .inner
             .sources
-            .get(&query.source)
+            .get(&source_name)
             .map(|s| s.clone())
-            .ok_or_else(|| Error::NotFound(format!("no source named {}", query.source)))?;
-        let plugins = self.plugins_called_by(&v.query);
+            .ok_or_else(|| Error::NotFound(format!("no source named {source_name}")))?;
         let m = &self.inner.metrics;
         let view = Arc::new(
             ViewRuntime::new(
                 name.clone(),
-                query.source.clone(),
+                source_name.clone(),
                 sql.trim().to_string(),
                 query.description.clone(),
-                query.operators.clone(),
+                operators,
                 query.output_schema.clone(),
-                query.operator,
+                operator,
                 self.inner.config.view_max_rows,
                 m.late_rows.with_label_values(&[&name]),
                 m.rows_emitted.with_label_values(&[&name]),
             )
-            .with_plugins(plugins),
+            .with_plugins(plugins)
+            .with_stream(stream.map(|s| s.name.clone())),
         );
         self.inner.adhoc.register_table(
             TableReference::bare(name.as_str()),
@@ -424,19 +463,25 @@ impl Engine {
 
     /// What a view may read: every source's schema and watermark.
     fn catalog(&self) -> SourceCatalog {
-        self.inner
-            .sources
-            .iter()
-            .map(|s| {
-                (
-                    s.key().clone(),
-                    SourceInfo {
-                        schema: s.schema.clone(),
-                        watermark: s.watermark.clone(),
-                    },
-                )
-            })
-            .collect()
+        let sources = self.inner.sources.iter().map(|s| {
+            (
+                s.key().clone(),
+                SourceInfo {
+                    schema: s.schema.clone(),
+                    watermark: s.watermark.clone(),
+                },
+            )
+        });
+        let streams = self.inner.streams.iter().map(|s| {
+            (
+                s.key().clone(),
+                SourceInfo {
+                    schema: s.schema.clone(),
+                    watermark: s.watermark.clone(),
+                },
+            )
+        });
+        sources.chain(streams).collect()
     }
 
     /// `EXPLAIN VIEW name`: the running view's operators and their live state.

@@ -58,6 +58,7 @@ impl Engine {
             .collect()
     }
 
+    /// Views and streams that call `plugin`.
     fn views_using(&self, plugin: &str) -> Vec<String> {
         let mut names: Vec<String> = self
             .inner
@@ -67,6 +68,7 @@ impl Engine {
             .map(|v| v.name.clone())
             .collect();
         names.sort();
+        names.extend(self.streams_where(|s| s.plugin.name == plugin));
         names
     }
 
@@ -170,7 +172,7 @@ impl Engine {
         let users = self.views_using(name);
         if !users.is_empty() {
             return Err(Error::Conflict(format!(
-                "plugin {name} is used by view {}; drop {} first",
+                "plugin {name} is used by {}; drop {} first",
                 users.join(", "),
                 if users.len() == 1 { "it" } else { "them" }
             )));

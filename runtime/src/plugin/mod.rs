@@ -5,6 +5,7 @@
 pub mod descriptor;
 pub mod host;
 pub mod registry;
+pub mod transform;
 pub mod udf;
 
 pub use descriptor::{ABI_VERSION, Descriptor};
