@@ -139,7 +139,7 @@ impl ViewRuntime {
         self.plugins.iter().find_map(|p| {
             p.failed().map(|reason| {
                 format!(
-                    "paused: plugin {} is failed ({reason}); upload a fixed version to resume",
+                    "plugin {} is failed ({reason}); upload a fixed version to resume",
                     p.name
                 )
             })

@@ -13,8 +13,6 @@ use std::cell::RefCell;
 
 use crate::{Kind, Plugin, describe_json};
 
-const ALIGN: usize = 16;
-
 thread_local! {
     /// The last output or error message, kept alive until the next call.
     static OUTPUT: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
@@ -32,8 +30,10 @@ pub fn log(message: &str) {
     unsafe { host_log(2, message.as_ptr() as i32, message.len() as i32) }
 }
 
+/// Input buffers are byte vectors the host fills; `weir_call` takes them over as an
+/// Arrow `Buffer` without copying.
 pub fn alloc(size: i32) -> i32 {
-    let Ok(layout) = Layout::from_size_align(size.max(1) as usize, ALIGN) else {
+    let Ok(layout) = Layout::array::<u8>(size.max(1) as usize) else {
         return 0;
     };
     // SAFETY: the layout has a non-zero size.
@@ -44,7 +44,7 @@ pub fn free(ptr: i32, size: i32) {
     if ptr == 0 {
         return;
     }
-    if let Ok(layout) = Layout::from_size_align(size.max(1) as usize, ALIGN) {
+    if let Ok(layout) = Layout::array::<u8>(size.max(1) as usize) {
         // SAFETY: `ptr` came from `alloc` with this size (the ABI's contract).
         unsafe { dealloc(ptr as *mut u8, layout) }
     }
@@ -80,12 +80,14 @@ pub fn call(build: fn() -> Plugin, kind: i32, index: i32, ptr: i32, len: i32) ->
         1 => Kind::Transform,
         other => return hand_out(format!("unknown call kind {other}").into_bytes(), true),
     };
-    let result = {
-        // SAFETY: the host wrote `len` bytes at `ptr`, a buffer from `alloc(len)`.
-        let input = unsafe { std::slice::from_raw_parts(ptr as *const u8, len as usize) };
-        with_plugin(build, |p| p.call(kind, index as usize, input))
-    };
-    free(ptr, len);
+    if ptr == 0 {
+        return hand_out(b"no input buffer".to_vec(), true);
+    }
+    // SAFETY: the host wrote `len` bytes at `ptr`, which `alloc(len)` allocated with the
+    // layout of a `Vec<u8>` of capacity `len.max(1)`; the call hands it over to us.
+    let input = unsafe { Vec::from_raw_parts(ptr as *mut u8, len as usize, len.max(1) as usize) };
+    let input = arrow_buffer::Buffer::from_vec(input);
+    let result = with_plugin(build, |p| p.call_buffer(kind, index as usize, input));
     match result {
         Ok(bytes) => hand_out(bytes, false),
         Err(e) => hand_out(e.0.into_bytes(), true),

@@ -1,16 +1,18 @@
 //! Arrow IPC stream format in and out of a plugin: one schema message, one batch.
 
 use arrow_array::RecordBatch;
-use arrow_ipc::reader::StreamReader;
+use arrow_buffer::Buffer;
+use arrow_ipc::reader::StreamDecoder;
 use arrow_ipc::writer::StreamWriter;
 
 use crate::PluginError;
 
-/// The single batch of an IPC stream.
-pub(crate) fn read_one(bytes: &[u8]) -> Result<RecordBatch, PluginError> {
-    let mut reader = StreamReader::try_new(bytes, None)?;
-    match reader.next() {
-        Some(batch) => Ok(batch?),
+/// The single batch of an IPC stream. Arrays point into `buffer` (no copy) when it is
+/// aligned for their types.
+pub(crate) fn read_one(mut buffer: Buffer) -> Result<RecordBatch, PluginError> {
+    let mut decoder = StreamDecoder::new();
+    match decoder.decode(&mut buffer)? {
+        Some(batch) => Ok(batch),
         None => Err(PluginError::new("the input stream holds no batch")),
     }
 }

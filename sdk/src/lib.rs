@@ -177,6 +177,16 @@ impl Plugin {
 
     /// One call as the host makes it: Arrow IPC stream in, Arrow IPC stream out.
     pub fn call(&self, kind: Kind, index: usize, input: &[u8]) -> Result<Vec<u8>, PluginError> {
+        self.call_buffer(kind, index, arrow_buffer::Buffer::from(input))
+    }
+
+    /// [`Plugin::call`] on a buffer the plugin owns (decoded without copying).
+    pub fn call_buffer(
+        &self,
+        kind: Kind,
+        index: usize,
+        input: arrow_buffer::Buffer,
+    ) -> Result<Vec<u8>, PluginError> {
         let batch = ipc::read_one(input)?;
         let output = match kind {
             Kind::Function => {
@@ -271,4 +281,47 @@ pub fn log(message: &str) {
     abi::log(message);
     #[cfg(not(target_arch = "wasm32"))]
     eprintln!("{message}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::{Int64Array, StringArray};
+
+    fn double(args: &[ArrayRef]) -> Result<ArrayRef, PluginError> {
+        let [x] = expect_args::<1>(args)?;
+        let x = downcast::<Int64Array>(x)?;
+        Ok(Arc::new(
+            x.iter().map(|v| v.map(|v| v * 2)).collect::<Int64Array>(),
+        ))
+    }
+
+    #[test]
+    fn a_call_round_trips_through_arrow_ipc() {
+        let plugin =
+            Plugin::new("p", "1").function("double", &[DataType::Int64], DataType::Int64, double);
+        let x: ArrayRef = Arc::new(Int64Array::from(vec![Some(1), None, Some(-4)]));
+        let input = ipc::write_one(&RecordBatch::try_from_iter([("arg0", x)]).expect("batch"))
+            .expect("encodes");
+        let output = plugin.call(Kind::Function, 0, &input).expect("calls");
+        let batch = ipc::read_one(arrow_buffer::Buffer::from(output.as_slice())).expect("decodes");
+        let out = batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .expect("Int64");
+        assert_eq!(out, &Int64Array::from(vec![Some(2), None, Some(-8)]));
+        let text: ArrayRef = Arc::new(StringArray::from(vec!["a"]));
+        let input = ipc::write_one(&RecordBatch::try_from_iter([("arg0", text)]).expect("batch"))
+            .expect("encodes");
+        let err = plugin
+            .call(Kind::Function, 0, &input)
+            .expect_err("wrong type");
+        assert!(err.0.contains("unexpected argument type Utf8"), "{err}");
+        assert!(
+            plugin.call(Kind::Transform, 0, &input).is_err(),
+            "no transform 0"
+        );
+        assert!(plugin.call(Kind::Function, 0, b"garbage").is_err());
+    }
 }

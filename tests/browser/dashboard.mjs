@@ -1,6 +1,8 @@
 // Drives the weir dashboard in headless Chromium: the status tables fill from the API,
 // the live table receives new rows over SSE, and the SQL box shows results and errors.
-// Usage: node dashboard.mjs http://127.0.0.1:PORT   (exit 0 when every check passes)
+// Plugins: uploads through the file picker (a refusal, a plugin, a failing plugin).
+// Usage: node dashboard.mjs http://127.0.0.1:PORT DIR   (DIR has currency.wasm,
+// not-wasm.txt and trap.wasm; exit 0 when every check passes)
 import { chromium } from "playwright-core";
 
 const url = process.argv[2];
@@ -34,7 +36,28 @@ try {
   await page.waitForSelector("#sql-error:has-text('400')", { timeout: 20000 });
   const error = await page.textContent("#sql-error");
   if (!error.includes("nope")) await fail(`error does not name the column: ${error}`);
-  console.log(JSON.stringify({ ok: true, live_rows: live.length, error }));
+  // Plugins: a refused upload shows why; an accepted one shows its exports and joins
+  // the list; one that traps on every batch is marked failed and its view paused.
+  const files = process.argv[3];
+  await page.fill("#plugin-name", "broken");
+  await page.setInputFiles("#plugin-file", `${files}/not-wasm.txt`);
+  await page.click("#plugin-upload");
+  await page.waitForSelector("#plugin-error:has-text('not a WebAssembly module')", { timeout: 20000 });
+  await page.fill("#plugin-name", "currency");
+  await page.setInputFiles("#plugin-file", `${files}/currency.wasm`);
+  await page.click("#plugin-upload");
+  await page.waitForSelector("#plugin-result:has-text('to_eur(Int64) -> Float64')", { timeout: 30000 });
+  await page.waitForSelector("#plugins td:text-is('currency')", { timeout: 20000 });
+  await page.fill("#plugin-name", "flaky");
+  await page.setInputFiles("#plugin-file", `${files}/trap.wasm`);
+  await page.click("#plugin-upload");
+  await page.waitForSelector("#plugin-result:has-text('crash(Int64) -> Int64')", { timeout: 30000 });
+  await page.fill("#sql", "CREATE MATERIALIZED VIEW flaky_view AS SELECT crash(auction) AS c FROM bids");
+  await page.click("#run");
+  await page.waitForSelector("#plugins td:has-text('failed: 3 failures in a row')", { timeout: 30000 });
+  await page.waitForSelector("#views td:has-text('paused: plugin flaky is failed')", { timeout: 20000 });
+  const plugins = await page.$$eval("#plugins tbody tr", (rows) => rows.map((r) => r.innerText));
+  console.log(JSON.stringify({ ok: true, live_rows: live.length, error, plugins }));
 } catch (e) {
   await fail(String(e));
 }

@@ -1,6 +1,6 @@
 //! The dashboard in a real headless Chromium (driven by playwright-core from
 //! tests/browser): `weir serve --demo` shows sources, views, a live table fed by SSE,
-//! and SQL results and errors.
+//! SQL results and errors, and plugin uploads (refused, accepted, failing).
 
 use std::path::Path;
 use std::time::Duration;
@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use tokio::process::Command;
 
-use crate::support::Weir;
+use crate::support::{Weir, plugin_wasm, wat_module};
 
 #[tokio::test]
 async fn demo_dashboard_shows_live_results_in_a_browser() -> Result<()> {
@@ -24,11 +24,22 @@ async fn demo_dashboard_shows_live_results_in_a_browser() -> Result<()> {
         return Ok(());
     }
     let weir = Weir::start(&["--demo"]).await?;
+    let files = tempfile::tempdir()?;
+    std::fs::write(
+        files.path().join("currency.wasm"),
+        plugin_wasm("weir_plugin_currency"),
+    )?;
+    std::fs::write(files.path().join("not-wasm.txt"), "not WebAssembly\n")?;
+    std::fs::write(
+        files.path().join("trap.wasm"),
+        wat_module("hostile/wat/immediate_trap.wat"),
+    )?;
     let out = tokio::time::timeout(
         Duration::from_secs(120),
         Command::new("node")
             .arg(dir.join("dashboard.mjs"))
             .arg(format!("{}/", weir.url))
+            .arg(files.path())
             .kill_on_drop(true)
             .output(),
     )

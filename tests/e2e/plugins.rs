@@ -362,3 +362,98 @@ async fn transforms_make_streams_that_views_read() -> Result<()> {
     assert!(explain.contains("plugin enrich.categorize"), "{explain}");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_plugin_written_without_the_sdk_follows_the_abi() -> Result<()> {
+    let weir = Weir::start(&[]).await?;
+    let (code, body) = weir
+        .upload_plugin("tax", wat_module("no-sdk/tax.wat"))
+        .await?;
+    ensure!(code == 201, "{body}");
+    assert_eq!(body["functions"][0]["name"], "with_tax");
+    weir.exec("CREATE SOURCE prices (price BIGINT) WITH (connector = 'http')")
+        .await?;
+    weir.exec(
+        "CREATE MATERIALIZED VIEW taxed AS SELECT with_tax(price) AS by_plugin, \
+         price + price / 5 AS by_sql FROM prices",
+    )
+    .await?;
+    let mut records: Vec<Value> = (0..20_000)
+        .map(|i| json!({ "price": i * 7 - 5_000 }))
+        .collect();
+    records.push(json!({ "price": null }));
+    let (code, body) = weir
+        .post_records("prices", Value::Array(records).to_string())
+        .await?;
+    assert_eq!(code, 200, "{body}");
+    let rows = weir
+        .wait_for("taxed rows", Duration::from_secs(20), || async {
+            let rows = weir.get("/api/v1/views/taxed").await?["rows"].clone();
+            Ok((rows.as_array().map(Vec::len) == Some(20_001)).then_some(rows))
+        })
+        .await?;
+    for row in rows.as_array().into_iter().flatten() {
+        assert_eq!(row[0], row[1], "{row}");
+    }
+    assert!(
+        rows.as_array()
+            .is_some_and(|r| r.iter().any(|row| row[0].is_null()))
+    );
+    Ok(())
+}
+
+/// `weir plugin new` makes a crate that builds for wasm32 as is and works in the server.
+#[tokio::test]
+async fn a_scaffolded_plugin_builds_and_runs() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let out = tokio::process::Command::new(crate::support::weir_binary())
+        .args(["plugin", "new", "scaffolded", "--dir"])
+        .arg(dir.path())
+        .output()
+        .await?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let root = dir.path().join("scaffolded");
+    // Same dependency versions as this workspace (already in the local registry).
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.lock"),
+        root.join("Cargo.lock"),
+    )?;
+    let target = std::env::var("HOME").map_or_else(
+        |_| dir.path().join("target"),
+        |h| std::path::PathBuf::from(h).join(".cache/weir-scaffold-target"),
+    );
+    let build = tokio::process::Command::new(std::env::var("CARGO").unwrap_or("cargo".into()))
+        .args([
+            "build",
+            "--quiet",
+            "--release",
+            "--target",
+            "wasm32-unknown-unknown",
+        ])
+        .current_dir(&root)
+        .env("CARGO_TARGET_DIR", &target)
+        .output()
+        .await?;
+    ensure!(
+        build.status.success(),
+        "{}",
+        String::from_utf8_lossy(&build.stderr)
+    );
+    let wasm = std::fs::read(target.join("wasm32-unknown-unknown/release/scaffolded.wasm"))?;
+
+    let weir = Weir::start(&[]).await?;
+    let (code, body) = weir.upload_plugin("scaffolded", wasm).await?;
+    ensure!(code == 201, "{body}");
+    assert_eq!(body["functions"][0]["name"], "double_it");
+    assert_eq!(body["transforms"][0]["name"], "shout");
+    let rows = weir
+        .exec("SELECT double_it(CAST(21 AS BIGINT)) AS x")
+        .await?["rows"]
+        .clone();
+    assert_eq!(rows, json!([[42]]));
+    Ok(())
+}

@@ -38,11 +38,22 @@ async function getJson(url) {
   return r.json();
 }
 
+function exportsOf(p) {
+  return [
+    ...p.functions.map((f) => `${f.name}(${f.args.join(", ")}) -> ${f.returns}`),
+    ...p.transforms.map((t) => `transform ${t.name}: ${t.output}`),
+  ].join("; ");
+}
+
 async function refreshStatus() {
   try {
-    const [s, v, d] = await Promise.all([
+    const [s, v, d, p] = await Promise.all([
       getJson("/api/v1/sources"), getJson("/api/v1/views"), getJson("/api/v1/dead-letters?limit=20"),
+      getJson("/api/v1/plugins"),
     ]);
+    fillRows($("plugins").tBodies[0], p.plugins.map((x) =>
+      [x.name, x.version, exportsOf(x), x.reason ? `${x.status}: ${x.reason}` : x.status,
+        x.calls, x.failures, x.used_by.join(", "), x.last_failure || ""]));
     fillRows($("sources").tBodies[0], s.sources.map((x) =>
       [x.name, x.connector, x.status, x.records_in, x.batches, x.dead_letters, time(x.watermark_ms)]));
     fillRows($("views").tBodies[0], v.views.map((x) =>
@@ -134,6 +145,38 @@ async function follow(name) {
   }
 }
 
+// Upload a plugin: the server compiles and checks it, and answers its exports or why not.
+async function uploadPlugin(file) {
+  $("plugin-error").textContent = "";
+  $("plugin-result").textContent = "";
+  if (!file) { $("plugin-error").textContent = "choose a .wasm file"; return; }
+  const name = $("plugin-name").value.trim() || file.name.replace(/\.wasm$/, "").replace(/^weir_plugin_/, "");
+  $("plugin-result").textContent = `uploading ${name}…`;
+  try {
+    const r = await fetch(`/api/v1/plugins?name=${encodeURIComponent(name)}`, { method: "POST", body: file });
+    const body = await r.json().catch(() => ({}));
+    if (!r.ok) {
+      $("plugin-result").textContent = "";
+      $("plugin-error").textContent = `${r.status} ${body.error || ""}: ${body.detail || ""}`;
+      return;
+    }
+    $("plugin-result").textContent = `${body.name} v${body.version}: ${exportsOf(body)}`;
+    refreshStatus();
+  } catch (e) {
+    $("plugin-result").textContent = "";
+    $("plugin-error").textContent = e.message;
+  }
+}
+
+const drop = $("plugin-drop");
+drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+drop.addEventListener("drop", (e) => {
+  e.preventDefault();
+  drop.classList.remove("over");
+  uploadPlugin(e.dataTransfer.files[0]);
+});
+$("plugin-upload").addEventListener("click", () => uploadPlugin($("plugin-file").files[0]));
 $("run").addEventListener("click", runSql);
 $("sql").addEventListener("keydown", (e) => { if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) runSql(); });
 $("view-picker").addEventListener("change", (e) => follow(e.target.value));

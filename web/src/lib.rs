@@ -7,6 +7,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod format;
+pub mod scaffold;
 pub mod serve;
 
 pub use app::{AppState, app};

@@ -31,6 +31,26 @@ enum Command {
         #[arg(long)]
         demo: bool,
     },
+    /// Wasm plugins.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PluginCommand {
+    /// Create a plugin crate NAME (one function, one transform, tests) to build for wasm32.
+    New {
+        /// The plugin's name: lower-case letters, digits and _.
+        name: String,
+        /// Directory to create it in (default: the current directory).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// Path to weir's sdk/ directory (default: the checkout weir was built from).
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -48,6 +68,14 @@ fn main() -> ExitCode {
             data_dir,
             demo,
         } => run_serve(config, listen, data_dir, demo),
+        Command::Plugin {
+            command: PluginCommand::New { name, dir, sdk },
+        } => weir_web::scaffold::new_plugin(&name, &dir, sdk).map(|root| {
+            println!(
+                "created {root}\nnext:\n  cd {root}\n  cargo test\n  cargo build --release --target wasm32-unknown-unknown\n  curl --data-binary @target/wasm32-unknown-unknown/release/{name}.wasm 'http://127.0.0.1:8080/api/v1/plugins?name={name}'",
+                root = root.display()
+            )
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

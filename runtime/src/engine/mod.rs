@@ -177,9 +177,10 @@ impl Engine {
     async fn query(&self, stmt: ast::Statement) -> Result<SqlOutput> {
         if let ast::Statement::Query(q) = &stmt {
             for name in weir_sql::planner::relations(q) {
-                if self.inner.sources.contains_key(&name) {
+                if self.inner.sources.contains_key(&name) || self.inner.streams.contains_key(&name)
+                {
                     return Err(Error::BadRequest(format!(
-                        "{name} is a source (an unbounded stream) and cannot be queried directly: \
+                        "{name} is a source or stream (unbounded) and cannot be queried directly: \
                          CREATE MATERIALIZED VIEW over it and query the view"
                     )));
                 }
