@@ -32,7 +32,7 @@
 //! whole ABI path (Arrow IPC in, Arrow IPC out) natively too.
 
 mod describe;
-mod ipc;
+pub mod ipc;
 
 #[cfg(target_arch = "wasm32")]
 #[doc(hidden)]

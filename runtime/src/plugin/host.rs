@@ -9,12 +9,12 @@ use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::buffer::Buffer;
-use datafusion::arrow::ipc::reader::StreamDecoder;
-use datafusion::arrow::ipc::writer::StreamWriter;
+use datafusion::arrow::error::ArrowError;
 use sha2::{Digest, Sha256};
 use wasmtime::{
     Caller, Engine, InstancePre, Linker, Memory, Module, ResourceLimiter, Store, Trap, TypedFunc,
 };
+use weir_sdk::ipc::{Decoder, Encoder};
 
 use super::descriptor::Descriptor;
 use crate::config::PluginConfig;
@@ -234,6 +234,8 @@ impl PluginHost {
             budget_ticks: self.budget_ticks(),
             max_output_bytes: self.config.max_output_bytes,
             input: Vec::new(),
+            encoder: Encoder::new(),
+            decoder: Decoder::new(),
         })
     }
 
@@ -376,6 +378,9 @@ pub struct PluginInstance {
     max_output_bytes: usize,
     /// Reused buffer for the Arrow IPC input.
     input: Vec<u8>,
+    /// Both keep the last schema, so a call with the same schema skips its encoding.
+    encoder: Encoder,
+    decoder: Decoder,
 }
 
 impl PluginInstance {
@@ -414,11 +419,8 @@ impl PluginInstance {
         batch: &RecordBatch,
     ) -> Result<RecordBatch, CallFailure> {
         self.input.clear();
-        StreamWriter::try_new(&mut self.input, &batch.schema())
-            .and_then(|mut w| {
-                w.write(batch)?;
-                w.finish()
-            })
+        self.encoder
+            .encode_into(batch, &mut self.input)
             .map_err(|e| CallFailure::BadOutput(format!("cannot encode the input: {e}")))?;
         let len = i32::try_from(self.input.len())
             .map_err(|_| CallFailure::Memory("the input batch is larger than 2 GiB".into()))?;
@@ -462,16 +464,14 @@ impl PluginInstance {
             ))
         })?;
         // One copy out of guest memory into an aligned buffer; decoding is zero-copy.
-        let mut buffer = Buffer::from(bytes);
-        let mut decoder = StreamDecoder::new();
-        let not_arrow = |e: &dyn std::fmt::Display| {
-            CallFailure::BadOutput(format!("the output is not an Arrow IPC stream: {e}"))
-        };
-        let batch = decoder
-            .decode(&mut buffer)
-            .map_err(|e| not_arrow(&e))?
-            .ok_or_else(|| not_arrow(&"it holds no record batch"))?;
-        Ok(batch)
+        let buffer = Buffer::from(bytes);
+        let decoder = &mut self.decoder;
+        // arrow-ipc can panic on some malformed flatbuffers; guest output is untrusted.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decoder.decode(buffer)))
+            .unwrap_or_else(|_| Err(ArrowError::IpcError("the decoder panicked".into())))
+            .map_err(|e| {
+                CallFailure::BadOutput(format!("the output is not an Arrow IPC stream: {e}"))
+            })
     }
 }
 
