@@ -457,3 +457,19 @@ async fn a_scaffolded_plugin_builds_and_runs() -> Result<()> {
     assert_eq!(rows, json!([[42]]));
     Ok(())
 }
+
+/// A wasm32-wasip1 build imports WASI; the host answers the few imports Rust's standard
+/// library needs with stubs that grant nothing, so it runs like the unknown-unknown build.
+#[tokio::test]
+async fn a_wasip1_build_runs_on_the_granted_stubs() -> Result<()> {
+    let weir = Weir::start(&[]).await?;
+    let wasm = crate::support::plugin_wasm_for("wasm32-wasip1", "weir_plugin_currency");
+    let (code, body) = weir.upload_plugin("currency", wasm).await?;
+    ensure!(code == 201, "{body}");
+    let rows = weir
+        .exec("SELECT to_eur(CAST(2000 AS BIGINT)) AS eur")
+        .await?["rows"]
+        .clone();
+    assert_eq!(rows, json!([[1816.0]]));
+    Ok(())
+}

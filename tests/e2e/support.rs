@@ -185,11 +185,17 @@ fn tail(s: &str, n: usize) -> String {
 
 /// A plugin built by `scripts/build-plugins.sh` (crate name with underscores).
 pub fn plugin_wasm(crate_name: &str) -> Vec<u8> {
+    plugin_wasm_for("wasm32-unknown-unknown", crate_name)
+}
+
+/// A plugin built by `scripts/build-plugins.sh` for `triple`.
+pub fn plugin_wasm_for(triple: &str, crate_name: &str) -> Vec<u8> {
     let target = weir_binary()
         .parent()
         .and_then(|d| d.parent())
         .expect("target dir")
-        .join("wasm32-unknown-unknown/plugin")
+        .join(triple)
+        .join("plugin")
         .join(format!("{crate_name}.wasm"));
     std::fs::read(&target).unwrap_or_else(|e| {
         panic!(

@@ -102,6 +102,7 @@ impl PluginHost {
         linker
             .func_wrap("weir", "log", host_log)
             .map_err(|e| e.to_string())?;
+        wasi_stubs(&mut linker).map_err(|e| e.to_string())?;
         if let Some(dir) = &cache_dir {
             std::fs::create_dir_all(dir)
                 .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
@@ -126,13 +127,17 @@ impl PluginHost {
         let module = self.load_or_compile(wasm, &sha256)?;
         let refused: Vec<String> = module
             .imports()
-            .filter(|i| !(i.module() == "weir" && i.name() == "log"))
+            .filter(|i| {
+                !(i.module() == "weir" && i.name() == "log"
+                    || i.module() == WASI && WASI_GRANTED.contains(&i.name()))
+            })
             .map(|i| format!("{}::{}", i.module(), i.name()))
             .collect();
         if !refused.is_empty() {
             return Err(format!(
-                "the module imports {} which weir does not grant (plugins get no files, network, environment or clock; only weir::log). Build for wasm32-unknown-unknown",
-                refused.join(", ")
+                "the module imports {} which weir does not grant (plugins get no files, network, environment or clock: only weir::log and, for wasm32-wasip1 builds, WASI's {}). Build for wasm32-unknown-unknown",
+                refused.join(", "),
+                WASI_GRANTED.join(", ")
             ));
         }
         let pre = self
@@ -354,6 +359,106 @@ fn host_log(mut caller: Caller<'_, StoreState>, level: i32, ptr: i32, len: i32) 
     }
 }
 
+const WASI: &str = "wasi_snapshot_preview1";
+/// What a Rust wasm32-wasip1 library imports, answered without granting anything: no
+/// environment, output to the plugin log, a fixed pseudo-random sequence, exit as a trap.
+const WASI_GRANTED: [&str; 5] = [
+    "environ_get",
+    "environ_sizes_get",
+    "fd_write",
+    "proc_exit",
+    "random_get",
+];
+const WASI_OK: i32 = 0;
+const WASI_EBADF: i32 = 8;
+const WASI_EFAULT: i32 = 21;
+
+fn wasi_stubs(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
+    linker.func_wrap(
+        WASI,
+        "environ_sizes_get",
+        |mut caller: Caller<'_, StoreState>, count: i32, size: i32| {
+            let zeros = [0u8; 4];
+            match caller.get_export("memory").and_then(|e| e.into_memory()) {
+                Some(m)
+                    if m.write(&mut caller, count as u32 as usize, &zeros).is_ok()
+                        && m.write(&mut caller, size as u32 as usize, &zeros).is_ok() =>
+                {
+                    WASI_OK
+                }
+                _ => WASI_EFAULT,
+            }
+        },
+    )?;
+    linker.func_wrap(WASI, "environ_get", |_: i32, _: i32| WASI_OK)?;
+    linker.func_wrap(
+        WASI,
+        "random_get",
+        |mut caller: Caller<'_, StoreState>, ptr: i32, len: i32| {
+            // Deterministic on purpose: the same input gives the same output.
+            let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+            let bytes: Vec<u8> = (0..len.max(0))
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            match caller.get_export("memory").and_then(|e| e.into_memory()) {
+                Some(m) if m.write(&mut caller, ptr as u32 as usize, &bytes).is_ok() => WASI_OK,
+                _ => WASI_EFAULT,
+            }
+        },
+    )?;
+    linker.func_wrap(WASI, "proc_exit", |code: i32| -> wasmtime::Result<()> {
+        Err(wasmtime::Error::msg(format!(
+            "the plugin called proc_exit({code})"
+        )))
+    })?;
+    linker.func_wrap(
+        WASI,
+        "fd_write",
+        |mut caller: Caller<'_, StoreState>, fd: i32, iovs: i32, count: i32, written: i32| {
+            if fd != 1 && fd != 2 {
+                return WASI_EBADF;
+            }
+            let Some(memory) = caller.get_export("memory").and_then(|e| e.into_memory()) else {
+                return WASI_EFAULT;
+            };
+            let mut text = Vec::new();
+            let mut total: u32 = 0;
+            for i in 0..count.max(0) as u32 {
+                let Some(iov) = read_guest(&memory, &caller, iovs as u32 + i * 8, 8) else {
+                    return WASI_EFAULT;
+                };
+                let ptr = u32::from_le_bytes([iov[0], iov[1], iov[2], iov[3]]);
+                let len = u32::from_le_bytes([iov[4], iov[5], iov[6], iov[7]]);
+                let Some(bytes) = read_guest(&memory, &caller, ptr, len) else {
+                    return WASI_EFAULT;
+                };
+                if text.len() < MAX_MESSAGE {
+                    text.extend_from_slice(&bytes[..bytes.len().min(MAX_MESSAGE - text.len())]);
+                }
+                total = total.saturating_add(len);
+            }
+            if memory
+                .write(&mut caller, written as u32 as usize, &total.to_le_bytes())
+                .is_err()
+            {
+                return WASI_EFAULT;
+            }
+            let line = String::from_utf8_lossy(&text).trim_end().to_string();
+            if !line.is_empty() && caller.data_mut().log.admit() {
+                let tag = &caller.data().log.tag;
+                tracing::info!(plugin = %tag, fd, "{line}");
+            }
+            WASI_OK
+        },
+    )?;
+    Ok(())
+}
+
 fn read_guest<'a>(
     memory: &Memory,
     store: impl Into<wasmtime::StoreContext<'a, StoreState>>,
@@ -424,6 +529,8 @@ impl PluginInstance {
             .map_err(|e| CallFailure::BadOutput(format!("cannot encode the input: {e}")))?;
         let len = i32::try_from(self.input.len())
             .map_err(|_| CallFailure::Memory("the input batch is larger than 2 GiB".into()))?;
+        // A refused growth is reported only for the call it happened in.
+        self.store.data_mut().memory.denied = None;
         self.store.set_epoch_deadline(self.budget_ticks);
         let ptr = self
             .alloc
@@ -536,3 +643,29 @@ fn hex(bytes: &[u8]) -> String {
 
 /// Shared handle.
 pub type Host = Arc<PluginHost>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_lines_are_rate_limited_per_second() {
+        let mut limit = LogLimit::new("p@v1", 2);
+        assert!(limit.admit());
+        assert!(limit.admit());
+        assert!(
+            !limit.admit(),
+            "the third line in the same second is dropped"
+        );
+        assert_eq!(limit.dropped, 1);
+        limit.window -= Duration::from_secs(2);
+        assert!(limit.admit(), "a new second admits again");
+        assert_eq!(limit.dropped, 0);
+    }
+
+    #[test]
+    fn packed_results_carry_pointer_length_and_error_bit() {
+        assert_eq!(unpack((1024 << 32) | 109), (1024, 109, false));
+        assert_eq!(unpack(i64::MIN | (2048 << 32) | 26), (2048, 26, true));
+    }
+}

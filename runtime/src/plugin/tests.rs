@@ -103,3 +103,52 @@ fn repeated_failures_mark_the_plugin_failed_until_a_new_upload() {
     assert!(entry.failed().is_none());
     assert_eq!(entry.current().version, 2);
 }
+
+#[test]
+fn wasip1_imports_get_stubs_and_nothing_more() {
+    // Writes "hello" to stdout (the plugin log), reads an empty environment and random
+    // bytes, then exits with code 3: a trap that names the code.
+    let source = std::fs::read_to_string(format!(
+        "{}/../plugins/hostile/wat/immediate_trap.wat",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .expect("wat");
+    let source = source
+        .replace(
+            "(module\n",
+            r#"(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "environ_sizes_get" (func $env (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "random_get" (func $random (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+"#,
+        )
+        .replace(
+            "    (unreachable))\n)",
+            r#"    (i32.store (i32.const 512) (i32.const 600))
+    (i32.store (i32.const 516) (i32.const 5))
+    (i32.store8 (i32.const 600) (i32.const 104))
+    (i32.store8 (i32.const 601) (i32.const 101))
+    (i32.store8 (i32.const 602) (i32.const 108))
+    (i32.store8 (i32.const 603) (i32.const 108))
+    (i32.store8 (i32.const 604) (i32.const 111))
+    (if (i32.ne (call $fd_write (i32.const 1) (i32.const 512) (i32.const 1) (i32.const 520)) (i32.const 0)) (then (unreachable)))
+    (if (i32.ne (i32.load (i32.const 520)) (i32.const 5)) (then (unreachable)))
+    (if (i32.ne (call $fd_write (i32.const 3) (i32.const 512) (i32.const 1) (i32.const 520)) (i32.const 8)) (then (unreachable)))
+    (i32.store (i32.const 524) (i32.const 7))
+    (if (i32.ne (call $env (i32.const 524) (i32.const 528)) (i32.const 0)) (then (unreachable)))
+    (if (i32.ne (i32.load (i32.const 524)) (i32.const 0)) (then (unreachable)))
+    (if (i32.ne (call $random (i32.const 700) (i32.const 16)) (i32.const 0)) (then (unreachable)))
+    (call $exit (i32.const 3))
+    (unreachable))
+)"#,
+        );
+    let plugins = plugins();
+    let entry = plugins
+        .install("wasi", &wat::parse_str(&source).expect("valid wat"))
+        .expect("the granted WASI imports are linked");
+    let err = entry
+        .call_function("crash", numbers(), &DataType::Int64)
+        .expect_err("exits");
+    assert!(err.reason.contains("proc_exit(3)"), "{err}");
+}
