@@ -6,6 +6,7 @@
 //! web layer drives.
 
 pub mod batch;
+pub mod catalog_file;
 pub mod config;
 pub mod deadletter;
 pub mod decode;

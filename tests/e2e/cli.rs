@@ -52,3 +52,18 @@ async fn config_file_typos_are_reported() {
     let stderr = serve_fails(&["--config", &file.path().to_string_lossy()]).await;
     assert!(stderr.contains("unknown field `lisen`"), "{stderr}");
 }
+
+#[tokio::test]
+async fn a_data_dir_from_another_version_is_refused_untouched() {
+    let dir = tempfile::tempdir().expect("dir");
+    let catalog = dir.path().join("catalog.json");
+    let text = r#"{"format": 7, "statements": []}"#;
+    std::fs::write(&catalog, text).expect("write");
+    let data = dir.path().to_string_lossy().to_string();
+    let stderr = serve_fails(&["--listen", "127.0.0.1:0", "--data-dir", &data]).await;
+    assert!(
+        stderr.contains("catalog format 7") && stderr.contains("Nothing was changed"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read_to_string(&catalog).expect("read"), text);
+}

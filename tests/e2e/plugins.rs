@@ -82,6 +82,10 @@ async fn currency_function_equals_native_sql_and_survives_a_restart() -> Result<
         .exec("SELECT to_eur(CAST(1000 AS BIGINT)) AS eur")
         .await?;
     assert_eq!(one["rows"], json!([[908.0]]));
+    // The views came back with the catalog, so the plugin is still in use.
+    let (code, _) = weir.delete("/api/v1/plugins/currency").await?;
+    assert_eq!(code, 409);
+    weir.exec("DROP VIEW by_plugin").await?;
     let (code, _) = weir.delete("/api/v1/plugins/currency").await?;
     assert_eq!(code, 200);
     let (code, body) = weir.sql("SELECT to_eur(CAST(1000 AS BIGINT))").await?;
@@ -471,5 +475,53 @@ async fn a_wasip1_build_runs_on_the_granted_stubs() -> Result<()> {
         .await?["rows"]
         .clone();
     assert_eq!(rows, json!([[1816.0]]));
+    Ok(())
+}
+
+/// DDL is durable when it answers: sources, streams and views come back after a kill.
+#[tokio::test]
+async fn the_catalog_survives_a_kill() -> Result<()> {
+    let weir = Weir::start(&[]).await?;
+    let (code, body) = weir
+        .upload_plugin("redact", plugin_wasm("weir_plugin_redact"))
+        .await?;
+    ensure!(code == 201, "{body}");
+    weir.exec("CREATE SOURCE msgs (id BIGINT, note VARCHAR) WITH (connector = 'http')")
+        .await?;
+    weir.exec("CREATE STREAM clean AS TRANSFORM msgs USING PLUGIN 'redact'")
+        .await?;
+    weir.exec("CREATE MATERIALIZED VIEW notes AS SELECT id, note FROM clean")
+        .await?;
+    weir.exec("CREATE MATERIALIZED VIEW gone AS SELECT id FROM msgs")
+        .await?;
+    weir.exec("DROP VIEW gone").await?;
+
+    let weir = weir.restart(&[]).await?;
+    assert_eq!(
+        weir.exec("SHOW STREAMS").await?["rows"],
+        json!([["clean", "msgs", "redact", "redact"]])
+    );
+    let views: Vec<Value> = weir.exec("SHOW VIEWS").await?["rows"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(views.len(), 1, "{views:?}");
+    assert_eq!(views[0][0], "notes");
+    weir.post_records(
+        "msgs",
+        json!([{ "id": 1, "note": "mail me at a@b.org" }]).to_string(),
+    )
+    .await?;
+    let rows = weir
+        .wait_for(
+            "rows after the restart",
+            Duration::from_secs(10),
+            || async {
+                let rows = weir.get("/api/v1/views/notes").await?["rows"].clone();
+                Ok((rows.as_array().map(Vec::len) == Some(1)).then_some(rows))
+            },
+        )
+        .await?;
+    assert_eq!(rows, json!([[1, "mail me at [email]"]]));
     Ok(())
 }

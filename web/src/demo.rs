@@ -5,13 +5,13 @@ use weir_runtime::Engine;
 
 /// The demo's statements, in order.
 pub const STATEMENTS: &[&str] = &[
-    "CREATE SOURCE bids WITH (connector = 'nexmark', table = 'bid', rate = 2000, start_time = 'now', max_delay = '200ms')",
-    "CREATE MATERIALIZED VIEW bids_per_channel AS \
+    "CREATE SOURCE IF NOT EXISTS bids WITH (connector = 'nexmark', table = 'bid', rate = 2000, start_time = 'now', max_delay = '200ms')",
+    "CREATE MATERIALIZED VIEW IF NOT EXISTS bids_per_channel AS \
      SELECT window_start, window_end, channel, count(*) AS bids, max(price) AS top_price, avg(price) AS avg_price \
      FROM TUMBLE(bids, date_time, INTERVAL '5' SECOND) \
      WHERE channel IN ('Google', 'Facebook', 'Baidu', 'Apple') \
      GROUP BY window_start, window_end, channel",
-    "CREATE MATERIALIZED VIEW big_bids AS \
+    "CREATE MATERIALIZED VIEW IF NOT EXISTS big_bids AS \
      SELECT auction, bidder, price, channel, date_time FROM bids WHERE price > 50000000",
 ];
 

@@ -18,7 +18,11 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
     let addr = listener.local_addr().context("listener address")?;
-    let engine = Engine::new(config.runtime.clone()).context("starting the engine")?;
+    let engine = Engine::new(config.runtime.clone())
+        .map_err(|e| anyhow::anyhow!("cannot start on data dir {}: {e}", data_dir.display()))?;
+    for problem in engine.restore_catalog().await {
+        tracing::warn!("{problem}");
+    }
     if config.demo {
         crate::demo::start(&engine).await?;
     }

@@ -20,6 +20,7 @@ use datafusion::sql::sqlparser::ast;
 use parking_lot::Mutex;
 
 use crate::batch::BatchPolicy;
+use crate::catalog_file::CatalogFile;
 use crate::config::RuntimeConfig;
 use crate::deadletter::DeadLetterStore;
 use crate::decode::JsonDecoder;
@@ -64,6 +65,8 @@ struct Inner {
     adhoc: SessionContext,
     plugins: Plugins,
     streams: DashMap<String, Arc<streams::StreamDef>>,
+    /// The DDL in force, on disk.
+    catalog_file: CatalogFile,
     /// Catalog changes happen one at a time.
     ddl: tokio::sync::Mutex<()>,
 }
@@ -78,7 +81,13 @@ impl Engine {
         let host = PluginHost::new(config.plugins, Some(config.data_dir.join("plugin-cache")))
             .map_err(Error::Internal)?;
         let plugins = Plugins::open(host, Some(&config.data_dir)).map_err(Error::Internal)?;
-        Ok(Self::with_parts(config, dead_letters, plugins))
+        let catalog_file = CatalogFile::open(Some(&config.data_dir))?;
+        Ok(Self::with_parts(
+            config,
+            dead_letters,
+            plugins,
+            catalog_file,
+        ))
     }
 
     /// An engine that keeps dead letters and plugins in memory only (tests).
@@ -90,6 +99,7 @@ impl Engine {
             config,
             Arc::new(DeadLetterStore::open(None, keep).expect("no file to open")),
             plugins,
+            CatalogFile::open(None).expect("no file to open"),
         )
     }
 
@@ -97,6 +107,7 @@ impl Engine {
         config: RuntimeConfig,
         dead_letters: Arc<DeadLetterStore>,
         plugins: Plugins,
+        catalog_file: CatalogFile,
     ) -> Self {
         // Ad hoc SQL reads views only: no file formats, no URL tables.
         let state = SessionStateBuilder::new()
@@ -114,6 +125,7 @@ impl Engine {
                 adhoc: SessionContext::new_with_state(state),
                 plugins,
                 streams: DashMap::new(),
+                catalog_file,
                 ddl: tokio::sync::Mutex::new(()),
             }),
         };
@@ -161,7 +173,16 @@ impl Engine {
             }
             ddl => {
                 let _guard = self.inner.ddl.lock().await;
-                match ddl {
+                let change = match &ddl {
+                    Statement::CreateSource(c) => Some(("source", c.name.clone())),
+                    Statement::CreateView(c) => Some(("view", c.name.clone())),
+                    Statement::CreateStream(c) => Some(("stream", c.name.clone())),
+                    Statement::DropSource { name, .. }
+                    | Statement::DropView { name, .. }
+                    | Statement::DropStream { name, .. } => Some(("drop", name.clone())),
+                    _ => None,
+                };
+                let output = match ddl {
                     Statement::CreateSource(s) => self.create_source(s, sql),
                     Statement::DropSource { name, if_exists } => self.drop_source(&name, if_exists),
                     Statement::CreateView(v) => self.create_view(v, sql).await,
@@ -169,9 +190,56 @@ impl Engine {
                     Statement::CreateStream(c) => self.create_stream(c),
                     Statement::DropStream { name, if_exists } => self.drop_stream(&name, if_exists),
                     _ => Err(Error::Internal("statement kind handled above".into())),
+                }?;
+                // What is in force reaches the disk before the answer.
+                if let Some((kind, name)) = change {
+                    let file = &self.inner.catalog_file;
+                    let saved = if kind == "drop" {
+                        file.forget(&name)
+                    } else {
+                        file.record(kind, &name, sql)
+                    };
+                    if let Err(e) = saved {
+                        if kind != "drop" {
+                            self.undo_create(kind, &name);
+                        }
+                        return Err(Error::Io(std::io::Error::other(format!(
+                            "cannot record the catalog in the data dir, so the statement was undone: {e}"
+                        ))));
+                    }
+                }
+                Ok(output)
+            }
+        }
+    }
+
+    fn undo_create(&self, kind: &str, name: &str) {
+        let _ = match kind {
+            "source" => self.drop_source(name, true),
+            "view" => self.drop_view(name, true),
+            _ => self.drop_stream(name, true),
+        };
+    }
+
+    /// Replay the catalog of the data dir (at start, before serving). A statement that
+    /// no longer runs is dropped from the catalog; the answer lists them.
+    pub async fn restore_catalog(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        for entry in self.inner.catalog_file.entries() {
+            match self.execute(&entry.sql).await {
+                Ok(_) => tracing::info!(kind = %entry.kind, name = %entry.name, "restored"),
+                Err(e) => {
+                    let problem = format!(
+                        "{} {} could not be restored and was removed from the catalog: {e}; its statement was: {}",
+                        entry.kind, entry.name, entry.sql
+                    );
+                    tracing::warn!("{problem}");
+                    let _ = self.inner.catalog_file.forget(&entry.name);
+                    problems.push(problem);
                 }
             }
         }
+        problems
     }
 
     async fn query(&self, stmt: ast::Statement) -> Result<SqlOutput> {
@@ -203,8 +271,11 @@ impl Engine {
 
     fn create_source(&self, s: CreateSource, sql: &str) -> Result<SqlOutput> {
         let name = s.name.clone();
-        if self.inner.sources.contains_key(&name) || self.inner.views.contains_key(&name) {
-            if s.if_not_exists {
+        if self.inner.sources.contains_key(&name)
+            || self.inner.views.contains_key(&name)
+            || self.inner.streams.contains_key(&name)
+        {
+            if s.if_not_exists && self.inner.sources.contains_key(&name) {
                 return Ok(SqlOutput::Done {
                     message: format!("source {name} already exists"),
                 });
