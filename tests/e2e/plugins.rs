@@ -525,3 +525,44 @@ async fn the_catalog_survives_a_kill() -> Result<()> {
     assert_eq!(rows, json!([[1, "mail me at [email]"]]));
     Ok(())
 }
+
+/// Function names are global in SQL: no two plugins may export the same one, and none
+/// may shadow a built-in function.
+#[tokio::test]
+async fn function_names_cannot_clash() -> Result<()> {
+    let weir = Weir::start(&[]).await?;
+    let trap = std::fs::read_to_string(format!(
+        "{}/../plugins/hostile/wat/immediate_trap.wat",
+        env!("CARGO_MANIFEST_DIR")
+    ))?;
+    let (code, body) = weir.upload_plugin("first", wat::parse_str(&trap)?).await?;
+    ensure!(code == 201, "{body}");
+    let (code, body) = weir.upload_plugin("second", wat::parse_str(&trap)?).await?;
+    assert_eq!(code, 409, "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("plugin first already exports"),
+        "{body}"
+    );
+    // Same length as "crash", so the descriptor's length stays right.
+    let shadow = trap.replace(r#"\"name\":\"crash\""#, r#"\"name\":\"upper\""#);
+    assert_ne!(shadow, trap);
+    let (code, body) = weir
+        .upload_plugin("third", wat::parse_str(&shadow)?)
+        .await?;
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("built-in SQL function"),
+        "{body}"
+    );
+    // A new version of the same plugin may keep its names.
+    let (code, body) = weir.upload_plugin("first", wat::parse_str(&trap)?).await?;
+    assert_eq!(code, 201, "{body}");
+    assert_eq!(body["version"], 2);
+    Ok(())
+}
