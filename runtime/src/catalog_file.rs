@@ -72,20 +72,22 @@ impl CatalogFile {
         self.entries.lock().clone()
     }
 
-    /// Record a statement that just succeeded (once per name).
+    /// Record a statement that just succeeded. An entry of the same name (one that could
+    /// not be restored, or the same statement replayed) is replaced in place.
     pub fn record(&self, kind: &str, name: &str, sql: &str) -> std::io::Result<()> {
         let mut entries = self.entries.lock();
-        if entries.iter().any(|e| e.name == name) {
-            return Ok(());
-        }
-        entries.push(Entry {
+        let entry = Entry {
             kind: kind.into(),
             name: name.into(),
             sql: sql.trim().into(),
-        });
-        self.save(&entries).inspect_err(|_| {
-            entries.pop();
-        })
+        };
+        let before = entries.clone();
+        match entries.iter_mut().find(|e| e.name == name) {
+            Some(existing) if *existing == entry => return Ok(()),
+            Some(existing) => *existing = entry,
+            None => entries.push(entry),
+        }
+        self.save(&entries).inspect_err(|_| *entries = before)
     }
 
     /// Forget the statement that created `name`.
@@ -129,7 +131,8 @@ mod tests {
             .expect("records");
         file.record("view", "v", " CREATE MATERIALIZED VIEW v ... ")
             .expect("records");
-        file.record("view", "v", "again").expect("idempotent");
+        file.record("view", "v", " CREATE MATERIALIZED VIEW v ... ")
+            .expect("idempotent");
         file.record("view", "w", "CREATE MATERIALIZED VIEW w ...")
             .expect("records");
         file.forget("v").expect("forgets");

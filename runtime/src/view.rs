@@ -153,6 +153,14 @@ impl ViewRuntime {
         held.len()
     }
 
+    /// Put batches back in front of those held (a replay that stopped part way).
+    pub(crate) fn hold_front(&self, batches: Vec<(RecordBatch, Option<i64>)>) {
+        let mut held = self.held.lock();
+        let later = std::mem::take(&mut *held);
+        *held = batches;
+        held.extend(later);
+    }
+
     pub(crate) fn held_batches(&self) -> usize {
         self.held.lock().len()
     }

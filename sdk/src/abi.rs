@@ -80,7 +80,7 @@ pub fn call(build: fn() -> Plugin, kind: i32, index: i32, ptr: i32, len: i32) ->
         1 => Kind::Transform,
         other => return hand_out(format!("unknown call kind {other}").into_bytes(), true),
     };
-    if ptr == 0 {
+    if ptr == 0 || len < 0 {
         return hand_out(b"no input buffer".to_vec(), true);
     }
     // SAFETY: the host wrote `len` bytes at `ptr`, which `alloc(len)` allocated with the

@@ -2,7 +2,8 @@
 //! batch, the end-of-stream marker. Calls after the first almost always carry the same
 //! schema, so [`Encoder`] reuses the schema message it encoded last and [`Decoder`]
 //! skips parsing a schema message it has seen byte for byte. Streams with dictionary
-//! or unusual nested types go through arrow-ipc's general reader and writer.
+//! or unusual nested types are written by arrow-ipc's general writer and refused by
+//! the decoder.
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -11,7 +12,7 @@ use std::sync::Arc;
 use arrow_array::RecordBatch;
 use arrow_buffer::Buffer;
 use arrow_ipc::convert::fb_to_schema;
-use arrow_ipc::reader::{StreamDecoder, read_record_batch};
+use arrow_ipc::reader::read_record_batch;
 use arrow_ipc::root_as_message;
 use arrow_ipc::writer::{
     DictionaryTracker, IpcDataGenerator, IpcWriteContext, IpcWriteOptions, StreamWriter,
@@ -84,9 +85,11 @@ impl Decoder {
         Self::default()
     }
 
-    /// The batch in `buffer`. Arrays point into `buffer` (no copy) where it is aligned
-    /// for their types.
-    pub fn decode(&mut self, buffer: Buffer) -> Result<RecordBatch, ArrowError> {
+    /// The batch in `buffer`, of at most `max_rows` rows. Arrays point into `buffer`
+    /// (no copy) where it is aligned for their types. Compressed buffers and dictionary,
+    /// union, run-end or list-view columns are refused: the other side is untrusted, and
+    /// a compressed buffer declares its own (unbounded) decompressed size.
+    pub fn decode(&mut self, buffer: Buffer, max_rows: usize) -> Result<RecordBatch, ArrowError> {
         let bytes = buffer.as_slice();
         let (schema_range, next) = message_at(bytes, 0)?;
         let schema_bytes = &bytes[schema_range];
@@ -101,7 +104,10 @@ impl Decoder {
                     .ok_or_else(|| invalid("the stream does not start with a schema".into()))?;
                 let schema = Arc::new(fb_to_schema(fb));
                 if !plain(&schema) {
-                    return general(buffer);
+                    return Err(invalid(
+                        "dictionary, union, run-end and list-view columns cannot cross the plugin boundary"
+                            .into(),
+                    ));
                 }
                 self.schema = Some((schema_bytes.to_vec(), schema.clone()));
                 schema
@@ -113,6 +119,15 @@ impl Decoder {
         let batch = message
             .header_as_record_batch()
             .ok_or_else(|| invalid("the second message is not a record batch".into()))?;
+        if batch.compression().is_some() {
+            return Err(invalid("compressed record batches are not accepted".into()));
+        }
+        if usize::try_from(batch.length()).map_or(true, |rows| rows > max_rows) {
+            return Err(invalid(format!(
+                "the batch claims {} rows, more than the {max_rows} allowed",
+                batch.length()
+            )));
+        }
         let body_len = usize::try_from(message.bodyLength())
             .map_err(|_| invalid("negative body length".into()))?;
         if body_start
@@ -155,12 +170,6 @@ fn message_at(bytes: &[u8], at: usize) -> Result<(Range<usize>, usize), ArrowErr
     Ok((start..end, end))
 }
 
-fn general(mut buffer: Buffer) -> Result<RecordBatch, ArrowError> {
-    StreamDecoder::new()
-        .decode(&mut buffer)?
-        .ok_or_else(|| invalid("the stream holds no record batch".into()))
-}
-
 fn invalid(message: String) -> ArrowError {
     ArrowError::IpcError(message)
 }
@@ -192,7 +201,7 @@ std::thread_local! {
 
 /// The single batch of an IPC stream (the guest's side, one cache per thread).
 pub(crate) fn read_one(buffer: Buffer) -> Result<RecordBatch, crate::PluginError> {
-    Ok(DECODER.with(|d| d.borrow_mut().decode(buffer))?)
+    Ok(DECODER.with(|d| d.borrow_mut().decode(buffer, usize::MAX))?)
 }
 
 /// A batch as an IPC stream (the guest's side, one cache per thread).
@@ -222,11 +231,15 @@ mod tests {
     ) -> RecordBatch {
         let mut bytes = Vec::new();
         encoder.encode_into(batch, &mut bytes).expect("encodes");
-        // The general reader must read what the encoder wrote.
-        let general = general(Buffer::from(bytes.as_slice())).expect("a valid stream");
+        // arrow-ipc's own reader must read what the encoder wrote.
+        let mut buffer = Buffer::from(bytes.as_slice());
+        let general = arrow_ipc::reader::StreamDecoder::new()
+            .decode(&mut buffer)
+            .expect("a valid stream")
+            .expect("a batch");
         assert_eq!(&general, batch);
         decoder
-            .decode(Buffer::from(bytes.as_slice()))
+            .decode(Buffer::from(bytes.as_slice()), batch.num_rows())
             .expect("decodes")
     }
 
@@ -248,11 +261,16 @@ mod tests {
         assert_eq!(round_trip(&strings, &mut e, &mut d), strings);
         let dict: DictionaryArray<Int32Type> = vec!["p", "q", "p"].into_iter().collect();
         let dicts = RecordBatch::try_from_iter([("d", Arc::new(dict) as ArrayRef)]).expect("batch");
-        assert_eq!(round_trip(&dicts, &mut e, &mut d), dicts);
+        let mut bytes = Vec::new();
+        e.encode_into(&dicts, &mut bytes).expect("encodes");
+        let err = d
+            .decode(Buffer::from(bytes.as_slice()), 10)
+            .expect_err("refused");
+        assert!(err.to_string().contains("dictionary"), "{err}");
     }
 
     #[test]
-    fn refuses_truncated_or_foreign_bytes() {
+    fn refuses_truncated_foreign_or_oversized_batches() {
         let mut bytes = Vec::new();
         let batch = RecordBatch::try_from_iter([(
             "a",
@@ -265,13 +283,17 @@ mod tests {
         let mut d = Decoder::new();
         for cut in [0, 3, 9, bytes.len() / 2, bytes.len() - 40] {
             assert!(
-                d.decode(Buffer::from(&bytes[..cut])).is_err(),
+                d.decode(Buffer::from(&bytes[..cut]), 3).is_err(),
                 "cut at {cut}"
             );
         }
         assert!(
-            d.decode(Buffer::from(&b"{\"not\": \"arrow\"}"[..]))
+            d.decode(Buffer::from(&b"{\"not\": \"arrow\"}"[..]), 3)
                 .is_err()
         );
+        let err = d
+            .decode(Buffer::from(bytes.as_slice()), 2)
+            .expect_err("too many rows");
+        assert!(err.to_string().contains("claims 3 rows"), "{err}");
     }
 }

@@ -182,6 +182,12 @@ impl Engine {
                     | Statement::DropStream { name, .. } => Some(("drop", name.clone())),
                     _ => None,
                 };
+                // CREATE ... IF NOT EXISTS of an existing object changes nothing to record.
+                let existed = change.as_ref().is_some_and(|(_, name)| {
+                    self.inner.sources.contains_key(name)
+                        || self.inner.views.contains_key(name)
+                        || self.inner.streams.contains_key(name)
+                });
                 let output = match ddl {
                     Statement::CreateSource(s) => self.create_source(s, sql),
                     Statement::DropSource { name, if_exists } => self.drop_source(&name, if_exists),
@@ -192,7 +198,7 @@ impl Engine {
                     _ => Err(Error::Internal("statement kind handled above".into())),
                 }?;
                 // What is in force reaches the disk before the answer.
-                if let Some((kind, name)) = change {
+                if let Some((kind, name)) = change.filter(|(kind, _)| *kind == "drop" || !existed) {
                     let file = &self.inner.catalog_file;
                     let saved = if kind == "drop" {
                         file.forget(&name)
@@ -222,7 +228,8 @@ impl Engine {
     }
 
     /// Replay the catalog of the data dir (at start, before serving). A statement that
-    /// no longer runs is dropped from the catalog; the answer lists them.
+    /// no longer runs (a plugin that fails to load, say) stays in the catalog, so it
+    /// comes back once the cause is fixed; the answer lists them.
     pub async fn restore_catalog(&self) -> Vec<String> {
         let mut problems = Vec::new();
         for entry in self.inner.catalog_file.entries() {
@@ -230,11 +237,10 @@ impl Engine {
                 Ok(_) => tracing::info!(kind = %entry.kind, name = %entry.name, "restored"),
                 Err(e) => {
                     let problem = format!(
-                        "{} {} could not be restored and was removed from the catalog: {e}; its statement was: {}",
+                        "{} {} could not be restored: {e}; its statement stays in the catalog: {}",
                         entry.kind, entry.name, entry.sql
                     );
                     tracing::warn!("{problem}");
-                    let _ = self.inner.catalog_file.forget(&entry.name);
                     problems.push(problem);
                 }
             }

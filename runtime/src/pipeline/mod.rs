@@ -173,30 +173,44 @@ impl Pipeline {
             }
             return;
         }
-        self.resume(view);
+        if !self.resume(view) {
+            // The plugin failed again while replaying: keep this batch too.
+            view.hold(batch.clone(), before);
+            return;
+        }
         let mut out = Collector::default();
         let result = view.run_operator(|op| op.process(batch, before, &mut out));
         self.deliver(view, out, result, batch);
     }
 
     /// Replay what a paused view held, then bring it up to the current watermark.
-    fn resume(&self, view: &Arc<ViewRuntime>) {
+    /// False when the view is (again) paused; what it has not replayed stays held.
+    fn resume(&self, view: &Arc<ViewRuntime>) -> bool {
         if view.paused().is_some() {
-            return;
+            return false;
         }
         let held = view.take_held();
         if held.is_empty() {
-            return;
+            return true;
         }
         tracing::info!(view = %view.name, batches = held.len(), "view resumed; replaying the batches it held");
-        for (batch, before) in &held {
+        let mut held = held.into_iter();
+        while let Some((batch, before)) = held.next() {
+            if view.paused().is_some() {
+                view.hold_front(std::iter::once((batch, before)).chain(held).collect());
+                return false;
+            }
             let mut out = Collector::default();
-            let result = view.run_operator(|op| op.process(batch, *before, &mut out));
-            self.deliver(view, out, result, batch);
+            let result = view.run_operator(|op| op.process(&batch, before, &mut out));
+            self.deliver(view, out, result, &batch);
+        }
+        if view.paused().is_some() {
+            return false;
         }
         if let Some(w) = self.watermark.current() {
             self.close_windows(view, w);
         }
+        true
     }
 
     fn wait_until_resumed(&self, view: &Arc<ViewRuntime>) {
@@ -258,9 +272,11 @@ impl Pipeline {
     fn finish(&mut self) {
         let views = self.source.views.lock().clone();
         for view in &views {
-            if view.held_batches() > 0 {
+            while view.held_batches() > 0 || view.paused().is_some() {
                 self.wait_until_resumed(view);
-                self.resume(view);
+                if self.resume(view) || self.source.stop.load(Ordering::Relaxed) {
+                    break;
+                }
             }
         }
         if let Some(w) = self.watermark.finish() {
@@ -287,12 +303,18 @@ impl Pipeline {
         let watermark = self.watermark.current().unwrap_or(i64::MIN);
         for late in &out.late {
             view.late_rows.inc_by(late.num_rows() as u64);
-            let times = self.time_column.and_then(|c| {
-                late.column(c)
-                    .as_any()
-                    .downcast_ref::<TimestampMillisecondArray>()
-                    .cloned()
-            });
+            // By name: a view over a stream has the stream's columns, not the source's.
+            let times = self
+                .source
+                .watermark
+                .as_ref()
+                .and_then(|w| late.schema().index_of(&w.column).ok())
+                .and_then(|c| {
+                    late.column(c)
+                        .as_any()
+                        .downcast_ref::<TimestampMillisecondArray>()
+                        .cloned()
+                });
             self.dead_letter_rows(view, late, |row| {
                 let time = times.as_ref().filter(|t| t.is_valid(row)).map(|t| t.value(row));
                 format!(

@@ -178,6 +178,25 @@ fn check_name(name: &str, what: &str) -> Result<(), String> {
 }
 
 fn data_type(text: &str, owner: &str) -> Result<DataType, String> {
+    // The parser recurses: bound the nesting before handing it untrusted text.
+    let mut depth = 0usize;
+    let mut deepest = 0usize;
+    for c in text.chars() {
+        match c {
+            '(' | '<' | '[' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            ')' | '>' | ']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    if text.len() > 256 || deepest > 16 {
+        return Err(format!(
+            "{owner}: the type {:?}... is longer than 256 characters or nested deeper than 16",
+            text.chars().take(40).collect::<String>()
+        ));
+    }
     DataType::from_str(text).map_err(|e| format!("{owner}: unknown Arrow type {text:?}: {e}"))
 }
 
@@ -215,6 +234,12 @@ mod tests {
         assert!(e.contains("ABI 2"), "{e}");
         let e = Descriptor::parse(br#"{"abi":1,"name":"p","version":"1","functions":[{"name":"f","args":["Integer"],"returns":"Int64"}]}"#).expect_err("type");
         assert!(e.contains("unknown Arrow type \"Integer\""), "{e}");
+        let deep = format!("{}Int64{}", "List(".repeat(5000), ")".repeat(5000));
+        let json = format!(
+            r#"{{"abi":1,"name":"p","version":"1","functions":[{{"name":"f","args":[],"returns":"{deep}"}}]}}"#
+        );
+        let e = Descriptor::parse(json.as_bytes()).expect_err("too deep");
+        assert!(e.contains("nested deeper than 16"), "{e}");
         let e = Descriptor::parse(br#"{"abi":1,"name":"p","version":"1","functions":[{"name":"drop table","args":[],"returns":"Int64"}]}"#).expect_err("name");
         assert!(e.contains("not a SQL identifier"), "{e}");
     }

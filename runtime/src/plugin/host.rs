@@ -395,6 +395,15 @@ fn wasi_stubs(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
         WASI,
         "random_get",
         |mut caller: Caller<'_, StoreState>, ptr: i32, len: i32| {
+            let Some(memory) = caller.get_export("memory").and_then(|e| e.into_memory()) else {
+                return WASI_EFAULT;
+            };
+            // Check the range before allocating anything for it.
+            let fits =
+                len >= 0 && (ptr as u32 as u64) + (len as u64) <= memory.data_size(&caller) as u64;
+            if !fits {
+                return WASI_EFAULT;
+            }
             // Deterministic on purpose: the same input gives the same output.
             let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
             let bytes: Vec<u8> = (0..len.max(0))
@@ -405,9 +414,9 @@ fn wasi_stubs(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
                     x as u8
                 })
                 .collect();
-            match caller.get_export("memory").and_then(|e| e.into_memory()) {
-                Some(m) if m.write(&mut caller, ptr as u32 as usize, &bytes).is_ok() => WASI_OK,
-                _ => WASI_EFAULT,
+            match memory.write(&mut caller, ptr as u32 as usize, &bytes) {
+                Ok(()) => WASI_OK,
+                Err(_) => WASI_EFAULT,
             }
         },
     )?;
@@ -574,11 +583,18 @@ impl PluginInstance {
         let buffer = Buffer::from(bytes);
         let decoder = &mut self.decoder;
         // arrow-ipc can panic on some malformed flatbuffers; guest output is untrusted.
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decoder.decode(buffer)))
-            .unwrap_or_else(|_| Err(ArrowError::IpcError("the decoder panicked".into())))
-            .map_err(|e| {
-                CallFailure::BadOutput(format!("the output is not an Arrow IPC stream: {e}"))
-            })
+        // A scalar function returns one row per input row; a transform at most one row
+        // per byte it may return.
+        let max_rows = if kind == 0 {
+            batch.num_rows()
+        } else {
+            self.max_output_bytes
+        };
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            decoder.decode(buffer, max_rows)
+        }))
+        .unwrap_or_else(|_| Err(ArrowError::IpcError("the decoder panicked".into())))
+        .map_err(|e| CallFailure::BadOutput(format!("the output is not an Arrow IPC stream: {e}")))
     }
 }
 
@@ -627,14 +643,26 @@ fn load_cached(engine: &Engine, path: &Path) -> Result<Module, String> {
     unsafe { Module::deserialize_file(engine, path) }.map_err(|e| e.to_string())
 }
 
-/// Write through a temporary file and rename, so a crash never leaves half a file.
+/// Write through a temporary file (a name of its own, so concurrent writers never
+/// share one), fsync, rename, and fsync the directory: a crash leaves the old file or
+/// the new one, never half of one, and an acknowledged write survives power loss.
 pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
-    let tmp = path.with_extension("tmp");
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let tmp = path.with_extension(format!(
+        "{}.{}.tmp",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
     let mut file = std::fs::File::create(&tmp)?;
     file.write_all(bytes)?;
     file.sync_all()?;
-    std::fs::rename(&tmp, path)
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 fn hex(bytes: &[u8]) -> String {

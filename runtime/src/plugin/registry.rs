@@ -260,8 +260,17 @@ impl PluginEntry {
                     .fetch_add(input.num_rows() as u64, Ordering::Relaxed);
                 Ok(out)
             }
-            Err(reason) => Err(fail(self.record_failure(reason))),
+            Err(reason) => Err(fail(self.record_failure_of(plugin.version, reason))),
         }
+    }
+
+    /// Count a failure of `version`; a call still running on a version that was just
+    /// replaced does not count against the new one.
+    fn record_failure_of(&self, version: u32, reason: String) -> String {
+        if self.current().version != version {
+            return reason;
+        }
+        self.record_failure(reason)
     }
 
     fn record_failure(&self, reason: String) -> String {

@@ -139,6 +139,7 @@ fn wasip1_imports_get_stubs_and_nothing_more() {
     (if (i32.ne (call $env (i32.const 524) (i32.const 528)) (i32.const 0)) (then (unreachable)))
     (if (i32.ne (i32.load (i32.const 524)) (i32.const 0)) (then (unreachable)))
     (if (i32.ne (call $random (i32.const 700) (i32.const 16)) (i32.const 0)) (then (unreachable)))
+    (if (i32.ne (call $random (i32.const 700) (i32.const 0x7fffffff)) (i32.const 21)) (then (unreachable)))
     (call $exit (i32.const 3))
     (unreachable))
 )"#,
