@@ -566,3 +566,61 @@ async fn function_names_cannot_clash() -> Result<()> {
     assert_eq!(body["version"], 2);
     Ok(())
 }
+
+/// A replay whose plugin fails again stops after the failures that mark it failed and
+/// keeps the rest of what the view held, for the next fixed version.
+#[tokio::test]
+async fn a_replay_that_fails_again_keeps_the_rest_held() -> Result<()> {
+    let weir = start_with_limits().await?;
+    let broken = std::fs::read_to_string(format!(
+        "{}/../plugins/hostile/wat/immediate_trap.wat",
+        env!("CARGO_MANIFEST_DIR")
+    ))?;
+    let fixed = broken.replace(
+        "(unreachable))\n)",
+        "(i64.or (i64.shl (i64.extend_i32_u (local.get 2)) (i64.const 32)) (i64.extend_i32_u (local.get 3))))\n)",
+    );
+    weir.upload_plugin("flaky", wat::parse_str(&broken)?)
+        .await?;
+    weir.exec("CREATE SOURCE nums (n BIGINT) WITH (connector = 'http')")
+        .await?;
+    weir.exec("CREATE MATERIALIZED VIEW checked AS SELECT n, crash(n) AS m FROM nums")
+        .await?;
+    for n in 1..=3 {
+        weir.post_records("nums", json!([{ "n": n }]).to_string())
+            .await?;
+        weir.wait_for("a dead letter", Duration::from_secs(10), || async {
+            Ok((dead_letters_for(&weir, "checked").await?.len() == n).then_some(()))
+        })
+        .await?;
+    }
+    // Five batches held while the plugin is failed.
+    for n in 10..15 {
+        weir.post_records("nums", json!([{ "n": n }]).to_string())
+            .await?;
+        tokio::time::sleep(Duration::from_millis(120)).await;
+    }
+    assert_eq!(dead_letters_for(&weir, "checked").await?.len(), 3);
+    // Still broken: three replayed batches fail and mark it failed again; two stay held.
+    weir.upload_plugin("flaky", wat::parse_str(&broken)?)
+        .await?;
+    weir.wait_for("the second failure", Duration::from_secs(10), || async {
+        let p = weir.get("/api/v1/plugins/flaky").await?;
+        Ok((p["status"] == "failed" && p["version"] == 2).then_some(()))
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(dead_letters_for(&weir, "checked").await?.len(), 6);
+    assert_eq!(weir.get("/api/v1/views/checked").await?["rows"], json!([]));
+    // Fixed: the two batches still held are processed.
+    weir.upload_plugin("flaky", wat::parse_str(&fixed)?).await?;
+    let rows = weir
+        .wait_for("the held rows", Duration::from_secs(10), || async {
+            let rows = weir.get("/api/v1/views/checked").await?["rows"].clone();
+            Ok((rows.as_array().map(Vec::len) == Some(2)).then_some(rows))
+        })
+        .await?;
+    assert_eq!(rows, json!([[13, 13], [14, 14]]));
+    assert_eq!(dead_letters_for(&weir, "checked").await?.len(), 6);
+    Ok(())
+}
