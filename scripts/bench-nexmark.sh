@@ -13,12 +13,10 @@ DATA=$(mktemp -d)
 # VIEW_MAX_ROWS bounds the rows the view keeps (default 1,000,000), to separate the
 # view's retained rows from operator state in the memory figure.
 printf '[runtime]\nview-max-rows = %s\n' "${VIEW_MAX_ROWS:-1000000}" > "$DATA/weir.toml"
-"$BIN" serve --config "$DATA/weir.toml" --listen 127.0.0.1:0 --data-dir "$DATA" > "$DATA/out" 2> "$DATA/log" &
-PID=$!
+source scripts/lib/weir-server.sh
+start_weir "$DATA"
+PID=$WEIR_PID URL=$WEIR_URL
 trap 'kill $PID 2>/dev/null; rm -rf "$DATA"' EXIT
-for _ in $(seq 100); do grep -q "listening on" "$DATA/out" 2>/dev/null && break; sleep 0.1; done
-URL=$(sed -n 's/^weir listening on //p' "$DATA/out")
-sql() { curl -sf "$URL/api/v1/sql" -H 'content-type: application/json' -d "{\"sql\": \"$1\"}" > /dev/null; }
 sql "CREATE SOURCE bids WITH (connector = 'nexmark', table = 'bid', events = $EVENTS, seed = 1, event_rate = 100000)"
 START=$(date +%s.%N)
 sql "CREATE MATERIALIZED VIEW q AS SELECT window_start, window_end, auction, count(*) AS n, max(price) AS top FROM TUMBLE(bids, date_time, INTERVAL '10' SECOND) GROUP BY window_start, window_end, auction"

@@ -12,17 +12,16 @@ scripts/build-plugins.sh > /dev/null
 BIN="$CARGO_TARGET_DIR/release/weir"
 WASM="$CARGO_TARGET_DIR/wasm32-unknown-unknown/plugin/weir_plugin_currency.wasm"
 
+source scripts/lib/weir-server.sh
+
 run() { # $1 = the price expression; prints events per second
-  local data pid url start end
+  local data start end
   data=$(mktemp -d)
   # q1 keeps every row; bound what the view retains so memory is not the measure.
   printf '[runtime]\nview-max-rows = 100000\n' > "$data/weir.toml"
-  "$BIN" serve --config "$data/weir.toml" --listen 127.0.0.1:0 --data-dir "$data" > "$data/out" 2> "$data/log" &
-  pid=$!
-  for _ in $(seq 100); do grep -q "listening on" "$data/out" 2>/dev/null && break; sleep 0.1; done
-  url=$(sed -n 's/^weir listening on //p' "$data/out")
+  start_weir "$data"
+  local pid=$WEIR_PID url=$WEIR_URL
   curl -sf --data-binary @"$WASM" "$url/api/v1/plugins?name=currency" > /dev/null
-  sql() { curl -sf "$url/api/v1/sql" -H 'content-type: application/json' -d "{\"sql\": \"$1\"}" > /dev/null; }
   sql "CREATE SOURCE bid WITH (connector = 'nexmark', table = 'bid', events = $EVENTS, seed = 1, event_rate = 100000)"
   start=$(date +%s.%N)
   sql "CREATE MATERIALIZED VIEW q1 AS SELECT auction, bidder, $1 AS price, date_time, extra FROM bid"

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-use crate::plugin::host::write_atomically;
+use crate::durable::write_atomically;
 use crate::{Error, Result};
 
 /// The format this weir writes and reads.

@@ -10,6 +10,7 @@ pub mod catalog_file;
 pub mod config;
 pub mod deadletter;
 pub mod decode;
+pub mod durable;
 pub mod engine;
 pub mod error;
 pub mod metrics;

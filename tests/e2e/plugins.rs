@@ -203,37 +203,46 @@ async fn hostile_plugins_cost_only_their_batches() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn a_failing_plugin_pauses_its_view_until_a_fixed_upload() -> Result<()> {
-    let weir = start_with_limits().await?;
+/// The immediate-trap module, and the same plugin with its bug fixed: it returns its
+/// input (a valid Int64 column).
+fn flaky_modules() -> Result<(Vec<u8>, Vec<u8>)> {
     let broken = std::fs::read_to_string(format!(
         "{}/../plugins/hostile/wat/immediate_trap.wat",
         env!("CARGO_MANIFEST_DIR")
     ))?;
-    // The same plugin with its bug fixed: it returns its input (a valid Int64 column).
     let fixed = broken.replace(
         "(unreachable))\n)",
         "(i64.or (i64.shl (i64.extend_i32_u (local.get 2)) (i64.const 32)) (i64.extend_i32_u (local.get 3))))\n)",
     );
-    assert_ne!(broken, fixed);
-    let (code, body) = weir
-        .upload_plugin("flaky", wat::parse_str(&broken)?)
-        .await?;
+    ensure!(broken != fixed, "the fix must change the module");
+    Ok((wat::parse_str(&broken)?, wat::parse_str(&fixed)?))
+}
+
+/// Upload `broken` as plugin flaky, make view `checked` call it over http source `nums`,
+/// and fail three batches in a row: dead-lettered, and the plugin is marked failed.
+async fn fail_three_batches(weir: &Weir, broken: &[u8]) -> Result<()> {
+    let (code, body) = weir.upload_plugin("flaky", broken.to_vec()).await?;
     ensure!(code == 201, "{body}");
     weir.exec("CREATE SOURCE nums (n BIGINT) WITH (connector = 'http')")
         .await?;
     weir.exec("CREATE MATERIALIZED VIEW checked AS SELECT n, crash(n) AS m FROM nums")
         .await?;
-
-    // Three failing batches in a row: dead-lettered, and the plugin is marked failed.
     for n in 1..=3 {
         weir.post_records("nums", json!([{ "n": n }]).to_string())
             .await?;
         weir.wait_for("a dead letter", Duration::from_secs(10), || async {
-            Ok((dead_letters_for(&weir, "checked").await?.len() == n).then_some(()))
+            Ok((dead_letters_for(weir, "checked").await?.len() == n).then_some(()))
         })
         .await?;
     }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_failing_plugin_pauses_its_view_until_a_fixed_upload() -> Result<()> {
+    let weir = start_with_limits().await?;
+    let (broken, fixed) = flaky_modules()?;
+    fail_three_batches(&weir, &broken).await?;
     let plugin = weir.get("/api/v1/plugins/flaky").await?;
     assert_eq!(plugin["status"], "failed", "{plugin}");
     assert!(
@@ -253,7 +262,7 @@ async fn a_failing_plugin_pauses_its_view_until_a_fixed_upload() -> Result<()> {
     assert_eq!(weir.get("/api/v1/views/checked").await?["rows"], json!([]));
 
     // The fixed version resumes the view, which processes what it held.
-    let (code, body) = weir.upload_plugin("flaky", wat::parse_str(&fixed)?).await?;
+    let (code, body) = weir.upload_plugin("flaky", fixed.clone()).await?;
     ensure!(code == 201, "{body}");
     assert_eq!(body["version"], 2);
     assert_eq!(body["status"], "active");
@@ -572,28 +581,8 @@ async fn function_names_cannot_clash() -> Result<()> {
 #[tokio::test]
 async fn a_replay_that_fails_again_keeps_the_rest_held() -> Result<()> {
     let weir = start_with_limits().await?;
-    let broken = std::fs::read_to_string(format!(
-        "{}/../plugins/hostile/wat/immediate_trap.wat",
-        env!("CARGO_MANIFEST_DIR")
-    ))?;
-    let fixed = broken.replace(
-        "(unreachable))\n)",
-        "(i64.or (i64.shl (i64.extend_i32_u (local.get 2)) (i64.const 32)) (i64.extend_i32_u (local.get 3))))\n)",
-    );
-    weir.upload_plugin("flaky", wat::parse_str(&broken)?)
-        .await?;
-    weir.exec("CREATE SOURCE nums (n BIGINT) WITH (connector = 'http')")
-        .await?;
-    weir.exec("CREATE MATERIALIZED VIEW checked AS SELECT n, crash(n) AS m FROM nums")
-        .await?;
-    for n in 1..=3 {
-        weir.post_records("nums", json!([{ "n": n }]).to_string())
-            .await?;
-        weir.wait_for("a dead letter", Duration::from_secs(10), || async {
-            Ok((dead_letters_for(&weir, "checked").await?.len() == n).then_some(()))
-        })
-        .await?;
-    }
+    let (broken, fixed) = flaky_modules()?;
+    fail_three_batches(&weir, &broken).await?;
     // Five batches held while the plugin is failed.
     for n in 10..15 {
         weir.post_records("nums", json!([{ "n": n }]).to_string())
@@ -602,8 +591,7 @@ async fn a_replay_that_fails_again_keeps_the_rest_held() -> Result<()> {
     }
     assert_eq!(dead_letters_for(&weir, "checked").await?.len(), 3);
     // Still broken: three replayed batches fail and mark it failed again; two stay held.
-    weir.upload_plugin("flaky", wat::parse_str(&broken)?)
-        .await?;
+    weir.upload_plugin("flaky", broken.clone()).await?;
     weir.wait_for("the second failure", Duration::from_secs(10), || async {
         let p = weir.get("/api/v1/plugins/flaky").await?;
         Ok((p["status"] == "failed" && p["version"] == 2).then_some(()))
@@ -613,7 +601,7 @@ async fn a_replay_that_fails_again_keeps_the_rest_held() -> Result<()> {
     assert_eq!(dead_letters_for(&weir, "checked").await?.len(), 6);
     assert_eq!(weir.get("/api/v1/views/checked").await?["rows"], json!([]));
     // Fixed: the two batches still held are processed.
-    weir.upload_plugin("flaky", wat::parse_str(&fixed)?).await?;
+    weir.upload_plugin("flaky", fixed.clone()).await?;
     let rows = weir
         .wait_for("the held rows", Duration::from_secs(10), || async {
             let rows = weir.get("/api/v1/views/checked").await?["rows"].clone();

@@ -541,24 +541,20 @@ impl Engine {
 
     /// What a view may read: every source's schema and watermark.
     fn catalog(&self) -> SourceCatalog {
-        let sources = self.inner.sources.iter().map(|s| {
-            (
-                s.key().clone(),
-                SourceInfo {
-                    schema: s.schema.clone(),
-                    watermark: s.watermark.clone(),
-                },
-            )
-        });
-        let streams = self.inner.streams.iter().map(|s| {
-            (
-                s.key().clone(),
-                SourceInfo {
-                    schema: s.schema.clone(),
-                    watermark: s.watermark.clone(),
-                },
-            )
-        });
+        let info = |name: &String, schema: &SchemaRef, watermark: &Option<WatermarkSpec>| {
+            let (schema, watermark) = (schema.clone(), watermark.clone());
+            (name.clone(), SourceInfo { schema, watermark })
+        };
+        let sources = self
+            .inner
+            .sources
+            .iter()
+            .map(|s| info(s.key(), &s.schema, &s.watermark));
+        let streams = self
+            .inner
+            .streams
+            .iter()
+            .map(|s| info(s.key(), &s.schema, &s.watermark));
         sources.chain(streams).collect()
     }
 

@@ -6,8 +6,8 @@ use std::str::FromStr;
 use datafusion::arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef};
 use serde::Deserialize;
 
-/// The ABI version this host speaks.
-pub const ABI_VERSION: u32 = 1;
+/// The ABI version this host speaks: the one weir-sdk writes.
+pub use weir_sdk::ABI_VERSION;
 
 #[derive(Debug, Clone)]
 pub struct Descriptor {

@@ -4,7 +4,6 @@
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::RecordBatch;
@@ -14,10 +13,12 @@ use sha2::{Digest, Sha256};
 use wasmtime::{
     Caller, Engine, InstancePre, Linker, Memory, Module, ResourceLimiter, Store, Trap, TypedFunc,
 };
+use weir_sdk::Kind;
 use weir_sdk::ipc::{Decoder, Encoder};
 
 use super::descriptor::Descriptor;
 use crate::config::PluginConfig;
+use crate::durable::write_atomically;
 
 /// How often the epoch advances; time budgets are counted in these ticks.
 const TICK: Duration = Duration::from_millis(10);
@@ -505,10 +506,10 @@ impl PluginInstance {
             .abi_version
             .call(&mut self.store, ())
             .map_err(|e| format!("weir_abi_version failed: {}", classify(&e, &self.store)))?;
-        if version != super::descriptor::ABI_VERSION as i32 {
+        if version != weir_sdk::ABI_VERSION as i32 {
             return Err(format!(
                 "the plugin speaks plugin ABI {version} but this weir speaks ABI {}; rebuild it with a matching weir-sdk",
-                super::descriptor::ABI_VERSION
+                weir_sdk::ABI_VERSION
             ));
         }
         self.store.set_epoch_deadline(self.budget_ticks);
@@ -525,10 +526,10 @@ impl PluginInstance {
         Descriptor::parse(json)
     }
 
-    /// Run one batch through export `index` of `kind` (0 function, 1 transform).
+    /// Run one batch through export `index` of `kind`.
     pub fn invoke(
         &mut self,
-        kind: i32,
+        kind: Kind,
         index: usize,
         batch: &RecordBatch,
     ) -> Result<RecordBatch, CallFailure> {
@@ -559,7 +560,7 @@ impl PluginInstance {
         self.store.set_epoch_deadline(self.budget_ticks);
         let packed = self
             .call
-            .call(&mut self.store, (kind, index as i32, ptr, len))
+            .call(&mut self.store, (kind as i32, index as i32, ptr, len))
             .map_err(|e| classify(&e, &self.store))?;
         let (ptr, len, error) = unpack(packed);
         if error {
@@ -585,7 +586,7 @@ impl PluginInstance {
         // arrow-ipc can panic on some malformed flatbuffers; guest output is untrusted.
         // A scalar function returns one row per input row; a transform at most one row
         // per byte it may return.
-        let max_rows = if kind == 0 {
+        let max_rows = if kind == Kind::Function {
             batch.num_rows()
         } else {
             self.max_output_bytes
@@ -643,34 +644,9 @@ fn load_cached(engine: &Engine, path: &Path) -> Result<Module, String> {
     unsafe { Module::deserialize_file(engine, path) }.map_err(|e| e.to_string())
 }
 
-/// Write through a temporary file (a name of its own, so concurrent writers never
-/// share one), fsync, rename, and fsync the directory: a crash leaves the old file or
-/// the new one, never half of one, and an acknowledged write survives power loss.
-pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let tmp = path.with_extension(format!(
-        "{}.{}.tmp",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
-}
-
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
-
-/// Shared handle.
-pub type Host = Arc<PluginHost>;
 
 #[cfg(test)]
 mod tests {

@@ -12,9 +12,11 @@ use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
 use wasmtime::InstancePre;
+use weir_sdk::Kind;
 
 use super::descriptor::{Descriptor, OutputSpec};
-use super::host::{CallFailure, PluginHost, PluginInstance, StoreState, write_atomically};
+use super::host::{CallFailure, PluginHost, PluginInstance, StoreState};
+use crate::durable::write_atomically;
 
 /// A failed call, with the plugin and version it happened in.
 #[derive(Debug, Clone)]
@@ -155,7 +157,7 @@ impl PluginEntry {
         returns: &DataType,
     ) -> Result<ArrayRef, PluginCallError> {
         let rows = args.num_rows();
-        self.call(0, name, &args, |plugin, out| {
+        self.call(Kind::Function, name, &args, |plugin, out| {
             let f = plugin
                 .descriptor
                 .functions
@@ -189,7 +191,7 @@ impl PluginEntry {
         name: &str,
         batch: &RecordBatch,
     ) -> Result<RecordBatch, PluginCallError> {
-        self.call(1, name, batch, |plugin, out| {
+        self.call(Kind::Transform, name, batch, |plugin, out| {
             let t = plugin
                 .descriptor
                 .transforms
@@ -206,7 +208,7 @@ impl PluginEntry {
 
     fn call<T>(
         &self,
-        kind: i32,
+        kind: Kind,
         name: &str,
         input: &RecordBatch,
         check: impl FnOnce(&LoadedPlugin, RecordBatch) -> Result<T, String>,
@@ -223,12 +225,12 @@ impl PluginEntry {
             )));
         }
         let index = match kind {
-            0 => plugin
+            Kind::Function => plugin
                 .descriptor
                 .functions
                 .iter()
                 .position(|f| f.name == name),
-            _ => plugin
+            Kind::Transform => plugin
                 .descriptor
                 .transforms
                 .iter()

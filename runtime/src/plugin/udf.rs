@@ -4,7 +4,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{RecordBatch, RecordBatchOptions};
-use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::{DataFusionError, Result};
 use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
@@ -20,6 +20,9 @@ pub struct PluginFunction {
     name: String,
     signature: Signature,
     returns: DataType,
+    /// `arg0, arg1, ...` of the declared types, built once: the signature is exact, so
+    /// every batch has these types (and the IPC encoder sees the same schema each time).
+    args: SchemaRef,
 }
 
 impl std::fmt::Debug for PluginEntry {
@@ -38,6 +41,13 @@ impl PluginFunction {
             // Volatile: never folded at plan time, so planning never runs guest code.
             signature: Signature::exact(spec.args.clone(), Volatility::Volatile),
             returns: spec.returns.clone(),
+            args: Arc::new(Schema::new(
+                spec.args
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| Field::new(format!("arg{i}"), t.clone(), true))
+                    .collect::<Vec<_>>(),
+            )),
         })
     }
 
@@ -81,13 +91,8 @@ impl ScalarUDFImpl for PluginFunction {
             .iter()
             .map(|a| a.to_array(rows))
             .collect::<Result<Vec<_>>>()?;
-        let fields: Vec<Field> = columns
-            .iter()
-            .enumerate()
-            .map(|(i, c)| Field::new(format!("arg{i}"), c.data_type().clone(), true))
-            .collect();
         let batch = RecordBatch::try_new_with_options(
-            Arc::new(Schema::new(fields)),
+            self.args.clone(),
             columns,
             &RecordBatchOptions::new().with_row_count(Some(rows)),
         )?;

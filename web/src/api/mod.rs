@@ -1,5 +1,6 @@
 //! One module per resource of the HTTP API.
 
+pub mod body;
 pub mod dashboard;
 pub mod dead_letters;
 pub mod ops;

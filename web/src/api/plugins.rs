@@ -3,10 +3,11 @@
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::api::body::Limit;
 use crate::app::AppState;
 use crate::error::{ApiError, ApiResult};
 
@@ -28,26 +29,15 @@ pub async fn upload(
             "name the plugin: POST /api/v1/plugins?name=NAME with the .wasm file as the body",
         )
     })?;
-    let limit = state.engine.plugins().config().max_upload_bytes;
-    let too_large = || {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "request too large",
-            format!(
-                "plugins may be at most {limit} bytes; build with --release and strip debug info"
-            ),
-        )
+    let bytes = state.engine.plugins().config().max_upload_bytes;
+    let limit = Limit {
+        bytes,
+        detail: format!(
+            "plugins may be at most {bytes} bytes; build with --release and strip debug info"
+        ),
     };
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return Err(too_large());
-    }
-    let wasm = axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| too_large())?;
+    limit.check_declared(&headers)?;
+    let wasm = limit.read(body).await?;
     let status = state.engine.upload_plugin(&name, wasm.to_vec()).await?;
     Ok((StatusCode::CREATED, Json(json!(status))))
 }

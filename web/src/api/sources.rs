@@ -3,9 +3,10 @@
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
 
+use crate::api::body::Limit;
 use crate::app::AppState;
 use crate::error::{ApiError, ApiResult};
 
@@ -27,26 +28,15 @@ pub async fn ingest(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Json<Value>> {
-    let limit = state.engine.config().http.max_body_bytes;
-    let too_large = || {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "request too large",
-            format!("the body is larger than {limit} bytes; split it into smaller requests"),
-        )
+    let bytes = state.engine.config().http.max_body_bytes;
+    let limit = Limit {
+        bytes,
+        detail: format!("the body is larger than {bytes} bytes; split it into smaller requests"),
     };
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return Err(too_large());
-    }
+    limit.check_declared(&headers)?;
     // Check the source before reading the body, so a typo answers 404 at once.
     state.engine.source(&name)?;
-    let bytes = axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| too_large())?;
+    let bytes = limit.read(body).await?;
     let engine = state.engine.clone();
     let report = tokio::task::spawn_blocking(move || engine.ingest(&name, &bytes))
         .await
