@@ -69,6 +69,22 @@ pub trait Operator: Send {
         Ok(())
     }
 
+    /// The operator's state as Arrow batches, for a checkpoint, leaving it as it was.
+    /// Stateless operators have none.
+    fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {
+        Ok(Vec::new())
+    }
+
+    /// Take the state of a [`Operator::snapshot`] of the same query.
+    fn restore(&mut self, state: &[RecordBatch]) -> Result<()> {
+        if state.iter().any(|b| b.num_rows() > 0) {
+            return Err(crate::Error::Execution(
+                "the checkpoint holds state for an operator that keeps none".into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// Bytes of state held, for status pages.
     fn state_size(&self) -> usize {
         0

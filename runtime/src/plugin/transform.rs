@@ -32,6 +32,14 @@ impl Operator for TransformThen {
         self.then.on_watermark(watermark, out)
     }
 
+    fn snapshot(&mut self) -> weir_sql::Result<Vec<RecordBatch>> {
+        self.then.snapshot()
+    }
+
+    fn restore(&mut self, state: &[RecordBatch]) -> weir_sql::Result<()> {
+        self.then.restore(state)
+    }
+
     fn state_size(&self) -> usize {
         self.then.state_size()
     }

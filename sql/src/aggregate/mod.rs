@@ -15,8 +15,8 @@ pub mod windowed;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray};
-use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 use datafusion::physical_expr::{GroupsAccumulatorAdapter, PhysicalExpr};
@@ -148,33 +148,98 @@ impl GroupState {
     /// DataFusion 55's accumulators have no non-destructive read, so this drains the state
     /// and rebuilds it from its intermediate form (`state` -> `merge_batch`): O(groups).
     pub fn read(&mut self, plan: &GroupedPlan, indices: &mut Vec<usize>) -> Result<RecordBatch> {
+        let (keys, states) = self.drain()?;
+        *self = Self::rebuild(plan, &keys, &states, indices)?;
+        // `indices` is 0..n again: merge the same states into fresh accumulators to read.
         let n = self.len();
+        let mut columns: Vec<ArrayRef> = keys;
+        for (mut out, state) in plan.new_state()?.accumulators.into_iter().zip(&states) {
+            out.merge_batch(state, indices, n)?;
+            columns.push(out.evaluate(EmitTo::All)?);
+        }
+        Ok(RecordBatch::try_new(
+            plan.aggregate_schema.clone(),
+            columns,
+        )?)
+    }
+
+    /// The state in DataFusion's intermediate form, for a checkpoint: the group keys,
+    /// then each aggregate's state columns (what a partial aggregation hands to a final
+    /// one). The state stays as it was.
+    pub fn snapshot(
+        &mut self,
+        plan: &GroupedPlan,
+        indices: &mut Vec<usize>,
+    ) -> Result<Vec<ArrayRef>> {
+        let (keys, states) = self.drain()?;
+        *self = Self::rebuild(plan, &keys, &states, indices)?;
+        Ok(keys
+            .into_iter()
+            .chain(states.into_iter().flatten())
+            .collect())
+    }
+
+    /// A state from the columns of [`GroupState::snapshot`].
+    pub fn restore(
+        plan: &GroupedPlan,
+        columns: &[ArrayRef],
+        indices: &mut Vec<usize>,
+    ) -> Result<Self> {
+        let key_count = plan.group_schema.fields().len();
+        let mut widths = Vec::with_capacity(plan.aggregates.len());
+        let mut types: Vec<DataType> = plan
+            .group_schema
+            .fields()
+            .iter()
+            .map(|f| f.data_type().clone())
+            .collect();
+        for call in &plan.aggregates {
+            let fields = call.function.state_fields()?;
+            widths.push(fields.len());
+            types.extend(fields.iter().map(|f| f.data_type().clone()));
+        }
+        let found: Vec<&DataType> = columns.iter().map(|c| c.data_type()).collect();
+        if found.len() != types.len() || found.iter().zip(&types).any(|(a, b)| *a != b) {
+            return Err(Error::Execution(format!(
+                "checkpointed aggregate state has the columns {found:?}; this query needs {types:?}"
+            )));
+        }
+        let (keys, mut rest) = columns.split_at(key_count);
+        let mut states = Vec::with_capacity(widths.len());
+        for width in widths {
+            let (state, tail) = rest.split_at(width);
+            states.push(state.to_vec());
+            rest = tail;
+        }
+        Self::rebuild(plan, keys, &states, indices)
+    }
+
+    /// Take the keys and each accumulator's intermediate state out, leaving it empty.
+    fn drain(&mut self) -> Result<(Vec<ArrayRef>, Vec<Vec<ArrayRef>>)> {
         let keys = self.groups.emit(EmitTo::All)?;
         let states = self
             .accumulators
             .iter_mut()
             .map(|a| a.state(EmitTo::All))
             .collect::<datafusion::error::Result<Vec<_>>>()?;
-        let mut kept = plan.new_state()?;
-        let mut read = plan.new_state()?;
+        Ok((keys, states))
+    }
+
+    /// A state holding exactly `keys` (unique) with the given intermediate states.
+    fn rebuild(
+        plan: &GroupedPlan,
+        keys: &[ArrayRef],
+        states: &[Vec<ArrayRef>],
+        indices: &mut Vec<usize>,
+    ) -> Result<Self> {
+        let mut state = plan.new_state()?;
         // Unique keys into empty group values get the indices 0..n, in order.
-        kept.groups.intern(&keys, indices)?;
-        let mut columns: Vec<ArrayRef> = keys;
-        for ((keep, out), state) in kept
-            .accumulators
-            .iter_mut()
-            .zip(read.accumulators.iter_mut())
-            .zip(&states)
-        {
-            keep.merge_batch(state, indices, n)?;
-            out.merge_batch(state, indices, n)?;
-            columns.push(out.evaluate(EmitTo::All)?);
+        state.groups.intern(keys, indices)?;
+        let n = state.len();
+        for (acc, columns) in state.accumulators.iter_mut().zip(states) {
+            acc.merge_batch(columns, indices, n)?;
         }
-        *self = kept;
-        Ok(RecordBatch::try_new(
-            plan.aggregate_schema.clone(),
-            columns,
-        )?)
+        Ok(state)
     }
 
     /// Bytes held by the groups and accumulators.
@@ -189,6 +254,22 @@ impl GroupState {
     pub fn is_empty(&self) -> bool {
         self.groups.is_empty()
     }
+}
+
+/// Columns of a checkpointed state as a batch: positional names, every column nullable,
+/// so that the states of all windows of one query share one schema.
+pub(crate) fn state_batch(columns: Vec<ArrayRef>) -> Result<RecordBatch> {
+    let fields: Vec<Field> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| Field::new(format!("c{i}"), c.data_type().clone(), true))
+        .collect();
+    let rows = columns.first().map_or(0, |c| c.len());
+    Ok(RecordBatch::try_new_with_options(
+        Arc::new(Schema::new(fields)),
+        columns,
+        &RecordBatchOptions::new().with_row_count(Some(rows)),
+    )?)
 }
 
 fn evaluate(exprs: &[Arc<dyn PhysicalExpr>], batch: &RecordBatch) -> Result<Vec<ArrayRef>> {

@@ -62,6 +62,25 @@ impl Operator for UpdatingAggregate {
         Ok(())
     }
 
+    fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {
+        let columns = self.state.snapshot(&self.plan, &mut self.group_indices)?;
+        Ok(vec![super::state_batch(columns)?])
+    }
+
+    fn restore(&mut self, state: &[RecordBatch]) -> Result<()> {
+        self.state = match state {
+            [] => self.plan.new_state()?,
+            [batch] => GroupState::restore(&self.plan, batch.columns(), &mut self.group_indices)?,
+            _ => {
+                return Err(crate::Error::Execution(format!(
+                    "an updating aggregate's checkpoint is one batch, not {}",
+                    state.len()
+                )));
+            }
+        };
+        Ok(())
+    }
+
     fn state_size(&self) -> usize {
         self.state.size()
     }

@@ -10,15 +10,18 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, TimestampMillisecondArray};
+use datafusion::arrow::array::{
+    ArrayRef, AsArray, BooleanArray, Int64Array, TimestampMillisecondArray,
+};
 use datafusion::arrow::compute::take_record_batch;
+use datafusion::arrow::datatypes::Int64Type;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 
-use super::{GroupState, GroupedPlan};
-use crate::Result;
+use super::{GroupState, GroupedPlan, state_batch};
 use crate::operator::{Collector, Operator};
 use crate::window::{Windowing, event_times, split_by_window};
+use crate::{Error, Result};
 
 /// The shape of a `TUMBLE` or `HOP` + `GROUP BY` query, as lowered by the planner.
 #[derive(Debug, Clone)]
@@ -165,6 +168,57 @@ impl Operator for WindowedAggregate {
                 self.emit(start, false, out)?;
             }
         }
+        Ok(())
+    }
+
+    /// One batch per open window: its start, whether it was emitted, then its groups'
+    /// keys and intermediate aggregate states.
+    fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {
+        let mut batches = Vec::with_capacity(self.windows.len());
+        for (&start, window) in &mut self.windows {
+            let groups = window
+                .state
+                .snapshot(&self.plan.grouped, &mut self.group_indices)?;
+            let rows = window.state.len();
+            let mut columns: Vec<ArrayRef> = vec![
+                Arc::new(Int64Array::from_value(start, rows)),
+                Arc::new(BooleanArray::from(vec![window.emitted; rows])),
+            ];
+            columns.extend(groups);
+            batches.push(state_batch(columns)?);
+        }
+        Ok(batches)
+    }
+
+    fn restore(&mut self, state: &[RecordBatch]) -> Result<()> {
+        let mut windows = BTreeMap::new();
+        for batch in state.iter().filter(|b| b.num_rows() > 0) {
+            let header = |i: usize| {
+                batch.columns().get(i).cloned().ok_or_else(|| {
+                    Error::Execution("a checkpointed window lacks its start or flag".into())
+                })
+            };
+            let start = header(0)?;
+            let emitted = header(1)?;
+            let (Some(start), Some(emitted)) = (
+                start.as_primitive_opt::<Int64Type>(),
+                emitted.as_boolean_opt(),
+            ) else {
+                return Err(Error::Execution(
+                    "a checkpointed window's start or flag has the wrong type".into(),
+                ));
+            };
+            let window = Window {
+                state: GroupState::restore(
+                    &self.plan.grouped,
+                    &batch.columns()[2..],
+                    &mut self.group_indices,
+                )?,
+                emitted: emitted.value(0),
+            };
+            windows.insert(start.value(0), window);
+        }
+        self.windows = windows;
         Ok(())
     }
 

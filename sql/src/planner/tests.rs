@@ -488,3 +488,135 @@ fn absurd_intervals_are_errors_not_panics() {
     .expect_err("too long");
     assert!(e.to_string().contains("duration"), "{e}");
 }
+
+/// Bids over 20 s with repeated auctions and prices, in event-time order.
+fn bids_for_checkpoints() -> Vec<RecordBatch> {
+    (0..8)
+        .map(|b| {
+            let rows: Vec<(i64, i64, i64)> = (0..50)
+                .map(|i| {
+                    let n = b * 50 + i;
+                    (n % 7, (n * 37) % 101, n * 50)
+                })
+                .collect();
+            batch(&rows)
+        })
+        .collect()
+}
+
+/// Run `batches`, and when `cut` is given, checkpoint after that many batches and go
+/// on in a fresh operator restored from the checkpoint (through Arrow IPC, as on disk).
+async fn run_with_checkpoint(
+    sql: &str,
+    batches: &[RecordBatch],
+    cut: Option<usize>,
+) -> Vec<RecordBatch> {
+    let mut q = plan(sql).await.expect("plans");
+    let mut wm = Watermark::new(1_000);
+    let mut out = Collector::default();
+    for (i, b) in batches.iter().enumerate() {
+        if cut == Some(i) {
+            let state = q.operator.snapshot().expect("snapshot");
+            let mut file = Vec::new();
+            if let Some(first) = state.first() {
+                let mut w =
+                    datafusion::arrow::ipc::writer::FileWriter::try_new(&mut file, &first.schema())
+                        .expect("writer");
+                for s in &state {
+                    w.write(s).expect("write");
+                }
+                w.finish().expect("finish");
+            }
+            let read: Vec<RecordBatch> = if file.is_empty() {
+                Vec::new()
+            } else {
+                datafusion::arrow::ipc::reader::FileReader::try_new(
+                    std::io::Cursor::new(file),
+                    None,
+                )
+                .expect("reader")
+                .collect::<std::result::Result<_, _>>()
+                .expect("read")
+            };
+            q = plan(sql).await.expect("plans again");
+            q.operator.restore(&read).expect("restore");
+        }
+        q.operator
+            .process(b, wm.current(), &mut out)
+            .expect("process");
+        let max = b
+            .column(2)
+            .as_any()
+            .downcast_ref::<TimestampMillisecondArray>()
+            .and_then(|a| a.iter().flatten().max());
+        if let Some(w) = max.and_then(|m| wm.observe(m)) {
+            q.operator.on_watermark(w, &mut out).expect("watermark");
+        }
+    }
+    if let Some(w) = wm.finish() {
+        q.operator.on_watermark(w, &mut out).expect("finish");
+    }
+    let mut rows = out.rows;
+    rows.extend(out.replace);
+    rows
+}
+
+#[tokio::test]
+async fn restored_state_continues_exactly_as_if_never_stopped() {
+    let input = bids_for_checkpoints();
+    for sql in [
+        "CREATE MATERIALIZED VIEW v AS SELECT window_start, auction, count(*) AS n, \
+         count(DISTINCT price) AS prices, avg(price) AS mean, min(price) AS low, max(price) AS high, \
+         stddev(price) AS sd, array_agg(price) AS all_prices, approx_distinct(price) AS ad \
+         FROM TUMBLE(bids, date_time, INTERVAL '3' SECOND) GROUP BY window_start, auction",
+        "CREATE MATERIALIZED VIEW v AS SELECT window_start, auction, sum(price) AS total \
+         FROM HOP(bids, date_time, INTERVAL '1' SECOND, INTERVAL '4' SECOND) GROUP BY window_start, auction",
+        "CREATE MATERIALIZED VIEW v AS SELECT auction, count(DISTINCT price) AS prices, median(price) AS mid \
+         FROM bids GROUP BY auction",
+    ] {
+        let whole = run_with_checkpoint(sql, &input, None).await;
+        let expected = datafusion::arrow::util::pretty::pretty_format_batches(&whole)
+            .expect("format")
+            .to_string();
+        assert!(
+            whole.iter().map(|b| b.num_rows()).sum::<usize>() > 7,
+            "{sql}"
+        );
+        for cut in [1, 3, 6] {
+            let resumed = run_with_checkpoint(sql, &input, Some(cut)).await;
+            let got = datafusion::arrow::util::pretty::pretty_format_batches(&resumed)
+                .expect("format")
+                .to_string();
+            assert_eq!(got, expected, "{sql} restored after batch {cut}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_checkpoint_of_another_shape_is_refused() {
+    let mut windowed = plan(
+        "CREATE MATERIALIZED VIEW v AS SELECT window_start, count(*) AS n \
+         FROM TUMBLE(bids, date_time, INTERVAL '3' SECOND) GROUP BY window_start",
+    )
+    .await
+    .expect("plans");
+    let mut out = Collector::default();
+    windowed
+        .operator
+        .process(&batch(&[(1, 10, 1_000)]), None, &mut out)
+        .expect("process");
+    let state = windowed.operator.snapshot().expect("snapshot");
+    assert_eq!(state.len(), 1, "one open window");
+    let mut updating = plan(
+        "CREATE MATERIALIZED VIEW v AS SELECT auction, avg(price) AS a, sum(price) AS s FROM bids GROUP BY auction",
+    )
+    .await
+    .expect("plans");
+    let e = updating.operator.restore(&state).expect_err("other shape");
+    assert!(e.to_string().contains("columns"), "{e}");
+    let mut stateless = plan("CREATE MATERIALIZED VIEW v AS SELECT auction FROM bids")
+        .await
+        .expect("plans");
+    assert!(stateless.operator.restore(&state).is_err());
+    assert!(stateless.operator.restore(&[]).is_ok());
+}
