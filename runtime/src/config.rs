@@ -23,6 +23,8 @@ pub struct RuntimeConfig {
     pub dead_letters_in_memory: usize,
     /// Limits of Wasm plugins.
     pub plugins: PluginConfig,
+    /// When checkpoints are taken and how many are kept.
+    pub checkpoints: CheckpointConfig,
 }
 
 impl Default for RuntimeConfig {
@@ -34,6 +36,7 @@ impl Default for RuntimeConfig {
             view_max_rows: 1_000_000,
             dead_letters_in_memory: 10_000,
             plugins: PluginConfig::default(),
+            checkpoints: CheckpointConfig::default(),
         }
     }
 }
@@ -73,6 +76,26 @@ impl Default for HttpIngestConfig {
         Self {
             max_body_bytes: 8 * 1024 * 1024,
             buffer_chunks: 64,
+        }
+    }
+}
+
+/// Checkpoints of sources' positions and views' state (see docs/RECOVERY.md).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct CheckpointConfig {
+    /// Time between checkpoints. Default 10s.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Checkpoints kept on disk, newest first. Default 3.
+    pub keep: usize,
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(10),
+            keep: 3,
         }
     }
 }

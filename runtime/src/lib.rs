@@ -7,6 +7,7 @@
 
 pub mod batch;
 pub mod catalog_file;
+pub mod checkpoint;
 pub mod config;
 pub mod deadletter;
 pub mod decode;

@@ -1,7 +1,8 @@
 //! Every metric weir exports, defined in one place, rendered in Prometheus text format.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// The process's metrics.
@@ -21,6 +22,14 @@ pub struct Metrics {
     pub rows_emitted: IntCounterVec,
     /// Current watermark per source (ms since the epoch).
     pub watermark: IntGaugeVec,
+    /// Time to take and write a checkpoint.
+    pub checkpoint_duration: Histogram,
+    /// Bytes of the last checkpoint written.
+    pub checkpoint_bytes: IntGauge,
+    /// Checkpoints written.
+    pub checkpoints: IntCounter,
+    /// Checkpoints that could not be written.
+    pub checkpoint_failures: IntCounter,
 }
 
 impl Metrics {
@@ -77,7 +86,41 @@ impl Metrics {
         registry
             .register(Box::new(watermark.clone()))
             .expect("metric registered once");
+        let checkpoint_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "weir_checkpoint_duration_seconds",
+                "Time to take and write a checkpoint.",
+            )
+            .buckets(vec![
+                0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+        )
+        .expect("valid metric definition");
+        let checkpoint_bytes = IntGauge::new(
+            "weir_checkpoint_bytes",
+            "Bytes of the last checkpoint written.",
+        )
+        .expect("valid metric definition");
+        let checkpoints = IntCounter::new("weir_checkpoints_total", "Checkpoints written.")
+            .expect("valid metric definition");
+        let checkpoint_failures = IntCounter::new(
+            "weir_checkpoint_failures_total",
+            "Checkpoints that could not be written.",
+        )
+        .expect("valid metric definition");
+        for m in [
+            Box::new(checkpoint_duration.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(checkpoint_bytes.clone()),
+            Box::new(checkpoints.clone()),
+            Box::new(checkpoint_failures.clone()),
+        ] {
+            registry.register(m).expect("metric registered once");
+        }
         Self {
+            checkpoint_duration,
+            checkpoint_bytes,
+            checkpoints,
+            checkpoint_failures,
             registry,
             records_in,
             batches,

@@ -17,6 +17,7 @@ use prometheus::IntCounter;
 use serde::Serialize;
 use tokio::sync::broadcast;
 
+use crate::checkpoint::ViewSnapshot;
 use crate::plugin::PluginEntry;
 use weir_sql::Operator;
 
@@ -191,6 +192,47 @@ impl ViewRuntime {
             .store(op.open_windows(), Ordering::Relaxed);
         self.state_bytes.store(op.state_size(), Ordering::Relaxed);
         result
+    }
+
+    /// The operator's state and the rows, for a checkpoint.
+    pub(crate) fn checkpoint(&self) -> weir_sql::Result<ViewSnapshot> {
+        let mut state = Vec::new();
+        self.run_operator(|op| {
+            state = op.snapshot()?;
+            Ok(())
+        })?;
+        Ok(ViewSnapshot {
+            name: self.name.clone(),
+            sql: self.sql.clone(),
+            schema: self.schema.clone(),
+            state,
+            rows: self.rows.read().iter().cloned().collect(),
+        })
+    }
+
+    /// Take the operator state and rows of a checkpoint (before the view runs).
+    pub(crate) fn restore(
+        &self,
+        state: &[RecordBatch],
+        rows: Vec<(Option<i64>, RecordBatch)>,
+    ) -> weir_sql::Result<()> {
+        // In the view's own schema; columns of other types are refused here.
+        let rows = rows
+            .into_iter()
+            .map(|(k, b)| {
+                RecordBatch::try_new(self.schema.clone(), b.columns().to_vec()).map(|b| (k, b))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| {
+                weir_sql::Error::Execution(format!(
+                    "the checkpointed rows do not fit the view's columns: {e}"
+                ))
+            })?;
+        self.run_operator(|op| op.restore(state))?;
+        let count = rows.iter().map(|(_, b)| b.num_rows()).sum();
+        *self.rows.write() = rows.into();
+        self.row_count.store(count, Ordering::Relaxed);
+        Ok(())
     }
 
     /// The current rows, oldest first.

@@ -7,5 +7,6 @@ mod http_pipeline;
 mod nexmark;
 mod oracle;
 mod plugins;
+mod recovery;
 mod sql_fuzz;
 mod support;

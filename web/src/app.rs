@@ -47,6 +47,10 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/views/{name}/stream", get(api::views::stream))
         .route("/api/v1/dead-letters", get(api::dead_letters::list))
         .route(
+            "/api/v1/checkpoints",
+            get(api::checkpoints::list).post(api::checkpoints::take),
+        )
+        .route(
             "/api/v1/plugins",
             get(api::plugins::list)
                 .post(api::plugins::upload)

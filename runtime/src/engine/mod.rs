@@ -1,8 +1,11 @@
 //! The engine: the catalog of sources and views, statement execution, HTTP ingest and
 //! ad hoc queries. The web layer holds one [`Engine`] and calls into it.
 
+mod checkpoints;
 mod plugins;
 mod streams;
+
+pub use checkpoints::CheckpointsStatus;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -21,6 +24,7 @@ use parking_lot::Mutex;
 
 use crate::batch::BatchPolicy;
 use crate::catalog_file::CatalogFile;
+use crate::checkpoint::store::CheckpointStore;
 use crate::config::RuntimeConfig;
 use crate::deadletter::DeadLetterStore;
 use crate::decode::JsonDecoder;
@@ -69,6 +73,15 @@ struct Inner {
     catalog_file: CatalogFile,
     /// Catalog changes happen one at a time.
     ddl: tokio::sync::Mutex<()>,
+    checkpoints: CheckpointStore,
+    restoring: Mutex<checkpoints::Restoring>,
+    restored_from: Mutex<Option<u64>>,
+    next_epoch: AtomicU64,
+    /// Checkpoints are taken one at a time.
+    checkpoint_lock: Mutex<()>,
+    checkpoint_error: Mutex<Option<String>>,
+    checkpoints_started: AtomicBool,
+    shut_down: AtomicBool,
 }
 
 impl Engine {
@@ -82,12 +95,15 @@ impl Engine {
             .map_err(Error::Internal)?;
         let plugins = Plugins::open(host, Some(&config.data_dir)).map_err(Error::Internal)?;
         let catalog_file = CatalogFile::open(Some(&config.data_dir))?;
-        Ok(Self::with_parts(
-            config,
-            dead_letters,
-            plugins,
-            catalog_file,
-        ))
+        let checkpoints = CheckpointStore::open(Some(&config.data_dir), config.checkpoints.keep);
+        let restored = checkpoints.restore()?;
+        let engine = Self::with_parts(config, dead_letters, plugins, catalog_file, checkpoints);
+        if let Some(r) = restored {
+            tracing::info!(epoch = r.epoch, "restoring checkpoint");
+            *engine.inner.restored_from.lock() = Some(r.epoch);
+            engine.inner.restoring.lock().checkpoint = Some(r);
+        }
+        Ok(engine)
     }
 
     /// An engine that keeps dead letters and plugins in memory only (tests).
@@ -100,6 +116,7 @@ impl Engine {
             Arc::new(DeadLetterStore::open(None, keep).expect("no file to open")),
             plugins,
             CatalogFile::open(None).expect("no file to open"),
+            CheckpointStore::open(None, 1),
         )
     }
 
@@ -108,6 +125,7 @@ impl Engine {
         dead_letters: Arc<DeadLetterStore>,
         plugins: Plugins,
         catalog_file: CatalogFile,
+        checkpoints: CheckpointStore,
     ) -> Self {
         // Ad hoc SQL reads views only: no file formats, no URL tables.
         let state = SessionStateBuilder::new()
@@ -127,6 +145,14 @@ impl Engine {
                 streams: DashMap::new(),
                 catalog_file,
                 ddl: tokio::sync::Mutex::new(()),
+                next_epoch: AtomicU64::new(checkpoints.next_epoch()),
+                checkpoints,
+                restoring: Mutex::new(Default::default()),
+                restored_from: Mutex::new(None),
+                checkpoint_lock: Mutex::new(()),
+                checkpoint_error: Mutex::new(None),
+                checkpoints_started: AtomicBool::new(false),
+                shut_down: AtomicBool::new(false),
             }),
         };
         for udf in engine.plugin_functions() {
@@ -230,7 +256,11 @@ impl Engine {
     /// Replay the catalog of the data dir (at start, before serving). A statement that
     /// no longer runs (a plugin that fails to load, say) stays in the catalog, so it
     /// comes back once the cause is fixed; the answer lists them.
+    ///
+    /// Sources resume at the positions of the newest checkpoint and views take its
+    /// state; generators start once every view is back, and checkpoints start after.
     pub async fn restore_catalog(&self) -> Vec<String> {
+        self.inner.restoring.lock().replaying = true;
         let mut problems = Vec::new();
         for entry in self.inner.catalog_file.entries() {
             match self.execute(&entry.sql).await {
@@ -245,6 +275,15 @@ impl Engine {
                 }
             }
         }
+        *self.inner.restoring.lock() = Default::default();
+        for source in self.inner.sources.iter() {
+            if !source.views.lock().is_empty() {
+                source
+                    .active
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        self.start_checkpoints();
         problems
     }
 
@@ -393,20 +432,30 @@ impl Engine {
             batches: m.batches.with_label_values(&[&name]),
             dead_letters: m.dead_letters.with_label_values(&[&name]),
             watermark_gauge: m.watermark.with_label_values(&[&name]),
+            checkpoint: Default::default(),
         });
-        let pipeline = Pipeline::new(
+        let mut pipeline = Pipeline::new(
             source.clone(),
             batch,
             self.inner.dead_letters.clone(),
             m.batch_latency.with_label_values(&[&name]),
             source.http.as_ref().map(|_| buffered),
         );
+        let resume = self.restored_position(&name, sql);
+        let start_event = resume
+            .as_ref()
+            .and_then(|(p, _)| p.offset(nexmark::POSITION))
+            .unwrap_or(0);
+        if let Some((position, watermark)) = resume {
+            pipeline = pipeline.resume_at(position, watermark);
+        }
         pipeline.spawn(rx)?;
         if common.connector == "nexmark" {
             let opts: NexmarkOptions = options::parse(&name, &s.options)?;
             nexmark::spawn(
                 &name,
                 &opts,
+                start_event,
                 batch.max_rows().min(4096),
                 tx,
                 stop,
@@ -528,10 +577,13 @@ impl Engine {
             TableReference::bare(name.as_str()),
             Arc::new(ViewTable(view.clone())),
         )?;
+        self.restore_view(&view);
         source.views.lock().push(view.clone());
-        source
-            .active
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        if !self.replaying() {
+            source
+                .active
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         self.inner.views.insert(name.clone(), view);
         tracing::info!(view = %name, source = %query.source, plan = %query.description, "view created");
         Ok(SqlOutput::Done {
@@ -730,6 +782,9 @@ impl Engine {
 
     /// Stop every source (on shutdown).
     pub fn shut_down(&self) {
+        self.inner
+            .shut_down
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         for s in self.inner.sources.iter() {
             s.shut_down();
         }

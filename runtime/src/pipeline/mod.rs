@@ -15,6 +15,7 @@ use datafusion::arrow::temporal_conversions::timestamp_ms_to_datetime;
 use prometheus::Histogram;
 
 use crate::batch::BatchPolicy;
+use crate::checkpoint::{Position, SourceSnapshot};
 use crate::deadletter::{DeadLetterStore, NewDeadLetter};
 use crate::source::{Chunk, SourceRuntime, SourceState};
 use crate::view::ViewRuntime;
@@ -33,6 +34,10 @@ pub struct Pipeline {
     pub buffered: Option<Arc<AtomicUsize>>,
     watermark: Watermark,
     time_column: Option<usize>,
+    /// The source's position after the last chunk received.
+    position: Position,
+    /// Batches processed since the last snapshot.
+    unsaved_batches: u64,
 }
 
 impl Pipeline {
@@ -58,7 +63,20 @@ impl Pipeline {
             buffered,
             watermark,
             time_column,
+            position: Position::default(),
+            unsaved_batches: 0,
         }
+    }
+
+    /// Continue from a checkpoint: the source resumes at `position`, and the watermark
+    /// is where it was.
+    pub fn resume_at(mut self, position: Position, watermark: Option<i64>) -> Self {
+        self.position = position;
+        if let Some(w) = watermark {
+            self.watermark.advance_to(w);
+            self.source.current_watermark.store(w, Ordering::Relaxed);
+        }
+        self
     }
 
     /// Start the pipeline thread.
@@ -77,11 +95,22 @@ impl Pipeline {
             if self.source.stop.load(Ordering::Relaxed) {
                 return;
             }
+            // Between micro-batches every view has seen exactly the rows up to `position`.
+            if pending.is_empty()
+                && let Some(epoch) = self.source.checkpoint.wanted()
+            {
+                self.snapshot(epoch);
+            }
             let wait = opened.map_or(Duration::from_millis(100), |t| {
                 self.policy.remaining(t.elapsed())
             });
             match rx.recv_timeout(wait) {
-                Ok(Chunk::Rows { batch, received }) => {
+                Ok(Chunk::Rows {
+                    batch,
+                    received,
+                    position,
+                }) => {
+                    self.position.advance(&position);
                     if let Some(b) = &self.buffered {
                         b.fetch_sub(1, Ordering::Relaxed);
                     }
@@ -147,6 +176,7 @@ impl Pipeline {
             self.run_view(view, batch, before);
         }
         self.source.batches.inc();
+        self.unsaved_batches += 1;
         let advanced = self
             .time_column
             .and_then(|c| {
@@ -282,8 +312,50 @@ impl Pipeline {
         if let Some(w) = self.watermark.finish() {
             self.advance(&views, w);
         }
+        // The final state, for every checkpoint from now on.
+        self.snapshot(0);
         *self.source.state.lock() = SourceState::Finished;
         tracing::info!(source = %self.source.name, "source finished");
+    }
+
+    /// Leave a snapshot of the source's position and views for checkpoint `epoch`.
+    /// Nothing changed since the last one: that one answers again.
+    fn snapshot(&mut self, epoch: u64) {
+        let slot = &self.source.checkpoint;
+        let views = self.source.views.lock().clone();
+        // A paused view has not processed the batches it holds: snapshot later.
+        if views.iter().any(|v| v.held_batches() > 0) {
+            return;
+        }
+        let same_views = slot.latest().is_some_and(|s| {
+            s.views.len() == views.len()
+                && s.views.iter().zip(&views).all(|(a, b)| a.name == b.name)
+        });
+        if self.unsaved_batches == 0 && same_views {
+            slot.put_unchanged(epoch);
+            return;
+        }
+        let mut snapshots = Vec::with_capacity(views.len());
+        for view in &views {
+            match view.checkpoint() {
+                Ok(s) => snapshots.push(s),
+                Err(e) => {
+                    tracing::error!(view = %view.name, error = %e, "cannot snapshot the view; the checkpoint keeps its previous state");
+                    return;
+                }
+            }
+        }
+        slot.put(
+            epoch,
+            SourceSnapshot {
+                name: self.source.name.clone(),
+                sql: self.source.sql.clone(),
+                position: self.position.clone(),
+                watermark: self.watermark.current(),
+                views: snapshots,
+            },
+        );
+        self.unsaved_batches = 0;
     }
 
     fn deliver(

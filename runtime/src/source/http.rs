@@ -11,6 +11,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::{Chunk, SourceRuntime};
+use crate::checkpoint::Position;
 use crate::deadletter::{DeadLetterStore, NewDeadLetter};
 use crate::decode::JsonDecoder;
 use crate::{Error, Result};
@@ -78,6 +79,7 @@ impl HttpInput {
             let chunk = Chunk::Rows {
                 batch: decoded.batch,
                 received,
+                position: Position::at("records", first + decoded.records as u64),
             };
             if self.tx.try_send(chunk).is_err() {
                 release();
@@ -140,6 +142,7 @@ mod tests {
             batches: counter(),
             dead_letters: counter(),
             watermark_gauge: IntGauge::new("g", "g").expect("gauge"),
+            checkpoint: Default::default(),
         };
         (s, rx)
     }

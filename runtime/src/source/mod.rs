@@ -16,16 +16,18 @@ use parking_lot::Mutex;
 use prometheus::{IntCounter, IntGauge};
 use serde::Serialize;
 
+use crate::checkpoint::{CheckpointSlot, Position};
 use crate::view::{ColumnInfo, ViewRuntime};
 use weir_sql::WatermarkSpec;
 
 /// What a connector sends to its source's pipeline.
 #[derive(Debug)]
 pub enum Chunk {
-    /// Decoded rows, and when they arrived.
+    /// Decoded rows, when they arrived, and the source's position after them.
     Rows {
         batch: RecordBatch,
         received: Instant,
+        position: Position,
     },
     /// A finite source has no more rows: flush everything.
     End,
@@ -60,6 +62,8 @@ pub struct SourceRuntime {
     pub(crate) batches: IntCounter,
     pub(crate) dead_letters: IntCounter,
     pub(crate) watermark_gauge: IntGauge,
+    /// Where the pipeline leaves its snapshots for checkpoints.
+    pub(crate) checkpoint: CheckpointSlot,
 }
 
 /// What the API shows of a source.

@@ -1,6 +1,7 @@
 //! One module per resource of the HTTP API.
 
 pub mod body;
+pub mod checkpoints;
 pub mod dashboard;
 pub mod dead_letters;
 pub mod ops;

@@ -169,6 +169,12 @@ impl Generator {
         self.next_event
     }
 
+    /// Continue from event `event` (a checkpointed position): events are generated from
+    /// their number alone, so what follows is what an uninterrupted run would produce.
+    pub fn seek(&mut self, event: u64) {
+        self.next_event = event;
+    }
+
     /// Advance over up to `events` events, returning this table's rows among them, or
     /// `None` once the configured number of events has been generated.
     pub fn next_batch(&mut self, events: u64) -> Option<RecordBatch> {

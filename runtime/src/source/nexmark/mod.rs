@@ -14,6 +14,7 @@ use prometheus::IntCounter;
 use serde::Deserialize;
 
 use super::Chunk;
+use crate::checkpoint::Position;
 use crate::{Error, Result};
 pub use generator::{Generator, GeneratorConfig, Table};
 
@@ -93,10 +94,16 @@ impl NexmarkOptions {
     }
 }
 
-/// Run the generator on its own thread until it ends or `stop` is set.
+/// The partition name of the generator's position: the number of the next event.
+pub const POSITION: &str = "event";
+
+/// Run the generator on its own thread, from event `start_event`, until it ends or
+/// `stop` is set.
+#[allow(clippy::too_many_arguments)]
 pub fn spawn(
     name: &str,
     options: &NexmarkOptions,
+    start_event: u64,
     chunk_events: usize,
     tx: SyncSender<Chunk>,
     stop: Arc<AtomicBool>,
@@ -104,6 +111,7 @@ pub fn spawn(
     records_in: IntCounter,
 ) -> Result<()> {
     let mut generator = Generator::new(options.generator_config()?);
+    generator.seek(start_event);
     let rate = options.rate;
     std::thread::Builder::new()
         .name(format!("nexmark-{name}"))
@@ -124,7 +132,8 @@ pub fn spawn(
             };
             while !stop.load(Ordering::Relaxed) {
                 if rate > 0 {
-                    let due = Duration::from_secs_f64(generator.next_event() as f64 / rate as f64);
+                    let sent = generator.next_event() - start_event;
+                    let due = Duration::from_secs_f64(sent as f64 / rate as f64);
                     if let Some(wait) = due.checked_sub(started.elapsed()) {
                         std::thread::sleep(wait.min(Duration::from_millis(100)));
                         continue;
@@ -138,6 +147,7 @@ pub fn spawn(
                                 .send(Chunk::Rows {
                                     batch,
                                     received: Instant::now(),
+                                    position: Position::at(POSITION, generator.next_event()),
                                 })
                                 .is_err()
                         {

@@ -1,0 +1,545 @@
+//! Checkpoints on disk: `<data-dir>/checkpoints/<epoch>/`, one directory per checkpoint
+//! with Arrow IPC files (each view's operator state and rows) and `manifest.json`, which
+//! names every file with its size and SHA-256, every source's position and watermark,
+//! and the catalog and plugin versions in force.
+//!
+//! A checkpoint is written into a temporary directory (files fsynced, manifest last),
+//! which is renamed into place and its parent fsynced: a crash leaves a whole
+//! checkpoint or none. At start the newest checkpoint whose files match their checksums
+//! is restored; a damaged one is skipped with a warning. The newest `keep` are kept.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::ipc::reader::FileReader;
+use datafusion::arrow::ipc::writer::FileWriter;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::{Position, SourceSnapshot};
+use crate::catalog_file::Entry;
+use crate::{Error, Result};
+
+/// The manifest format this weir writes and reads.
+pub const FORMAT: u32 = 1;
+const MANIFEST: &str = "manifest.json";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Manifest {
+    format: u32,
+    epoch: u64,
+    created_ms: i64,
+    duration_ms: u64,
+    /// The DDL in force when the checkpoint was taken.
+    catalog: Vec<Entry>,
+    /// Plugin name and the version in use.
+    plugins: Vec<(String, u32)>,
+    sources: Vec<SourceEntry>,
+    files: Vec<FileEntry>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SourceEntry {
+    name: String,
+    sql: String,
+    position: Position,
+    watermark_ms: Option<i64>,
+    views: Vec<ViewEntry>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ViewEntry {
+    name: String,
+    sql: String,
+    state_file: Option<String>,
+    rows_file: Option<String>,
+    /// Per batch of `rows_file`: the key an upsert replaces it by.
+    row_keys: Vec<Option<i64>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct FileEntry {
+    name: String,
+    bytes: u64,
+    sha256: String,
+}
+
+/// What the API shows of a checkpoint.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckpointInfo {
+    pub epoch: u64,
+    /// Milliseconds since the epoch.
+    pub created_ms: i64,
+    pub duration_ms: u64,
+    pub bytes: u64,
+    pub sources: Vec<SourcePositionInfo>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SourcePositionInfo {
+    pub name: String,
+    pub position: Position,
+    pub watermark_ms: Option<i64>,
+}
+
+/// A source and its views as restored from a checkpoint.
+#[derive(Debug, Clone)]
+pub struct RestoredSource {
+    pub sql: String,
+    pub position: Position,
+    pub watermark: Option<i64>,
+    pub views: HashMap<String, RestoredView>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RestoredView {
+    pub sql: String,
+    pub state: Vec<RecordBatch>,
+    pub rows: Vec<(Option<i64>, RecordBatch)>,
+}
+
+/// The newest valid checkpoint, read at start.
+#[derive(Debug, Clone)]
+pub struct Restored {
+    pub epoch: u64,
+    pub sources: HashMap<String, RestoredSource>,
+}
+
+/// The checkpoints of a data dir.
+pub struct CheckpointStore {
+    dir: Option<PathBuf>,
+    keep: usize,
+    /// Problems met while looking for a checkpoint to restore (damaged ones skipped).
+    warnings: Mutex<Vec<String>>,
+}
+
+impl CheckpointStore {
+    /// The store of `data_dir` (none: checkpoints are off).
+    pub fn open(data_dir: Option<&Path>, keep: usize) -> Self {
+        Self {
+            dir: data_dir.map(|d| d.join("checkpoints")),
+            keep: keep.max(1),
+            warnings: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.dir.is_some()
+    }
+
+    /// Warnings of the last restore, for the log and the API.
+    pub fn warnings(&self) -> Vec<String> {
+        self.warnings.lock().clone()
+    }
+
+    /// Checkpoint directories, newest first.
+    fn epochs(&self) -> Vec<(u64, PathBuf)> {
+        let Some(dir) = &self.dir else {
+            return Vec::new();
+        };
+        let mut found: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_str()?.to_string();
+                Some((name.parse::<u64>().ok()?, e.path()))
+            })
+            .collect();
+        found.sort_by_key(|e| std::cmp::Reverse(e.0));
+        found
+    }
+
+    /// The epoch the next checkpoint gets.
+    pub fn next_epoch(&self) -> u64 {
+        self.epochs().first().map_or(1, |(e, _)| e + 1)
+    }
+
+    /// Read the newest checkpoint whose files are whole; damaged ones are skipped with
+    /// a warning. A checkpoint of another format is an error that changes nothing.
+    pub fn restore(&self) -> Result<Option<Restored>> {
+        let mut warnings = Vec::new();
+        let mut restored = None;
+        for (epoch, path) in self.epochs() {
+            match read_checkpoint(&path) {
+                Ok(r) => {
+                    restored = Some(r);
+                    break;
+                }
+                Err(Error::BadRequest(e)) => return Err(Error::BadRequest(e)),
+                Err(e) => {
+                    let w = format!(
+                        "checkpoint {epoch} ({}) is damaged and was skipped: {e}",
+                        path.display()
+                    );
+                    tracing::warn!("{w}");
+                    warnings.push(w);
+                }
+            }
+        }
+        *self.warnings.lock() = warnings;
+        Ok(restored)
+    }
+
+    /// Recent checkpoints, newest first.
+    pub fn list(&self) -> Vec<CheckpointInfo> {
+        self.epochs()
+            .into_iter()
+            .filter_map(|(_, path)| read_manifest(&path).ok())
+            .map(|m| info(&m))
+            .collect()
+    }
+
+    /// Write a checkpoint of `sources` and prune the old ones.
+    pub fn write(
+        &self,
+        epoch: u64,
+        started: Instant,
+        sources: &[Arc<SourceSnapshot>],
+        catalog: Vec<Entry>,
+        plugins: Vec<(String, u32)>,
+    ) -> Result<CheckpointInfo> {
+        let Some(dir) = &self.dir else {
+            return Err(Error::Internal("checkpoints need a data dir".into()));
+        };
+        std::fs::create_dir_all(dir)?;
+        let tmp = dir.join(format!("{epoch:020}.tmp"));
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp)?;
+        }
+        std::fs::create_dir(&tmp)?;
+        let mut files = Vec::new();
+        let mut entries = Vec::with_capacity(sources.len());
+        for (s, source) in sources.iter().enumerate() {
+            let mut views = Vec::with_capacity(source.views.len());
+            for (v, view) in source.views.iter().enumerate() {
+                let state_file = match view.state.first() {
+                    Some(first) => Some(write_ipc(
+                        &tmp,
+                        &format!("s{s}-v{v}-state.arrow"),
+                        &first.schema(),
+                        view.state.iter(),
+                        &mut files,
+                    )?),
+                    None => None,
+                };
+                let rows_file = if view.rows.is_empty() {
+                    None
+                } else {
+                    Some(write_ipc(
+                        &tmp,
+                        &format!("s{s}-v{v}-rows.arrow"),
+                        &view.schema,
+                        view.rows.iter().map(|(_, b)| b),
+                        &mut files,
+                    )?)
+                };
+                views.push(ViewEntry {
+                    name: view.name.clone(),
+                    sql: view.sql.clone(),
+                    state_file,
+                    rows_file,
+                    row_keys: view.rows.iter().map(|(k, _)| *k).collect(),
+                });
+            }
+            entries.push(SourceEntry {
+                name: source.name.clone(),
+                sql: source.sql.clone(),
+                position: source.position.clone(),
+                watermark_ms: source.watermark,
+                views,
+            });
+        }
+        let manifest = Manifest {
+            format: FORMAT,
+            epoch,
+            created_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64),
+            duration_ms: started.elapsed().as_millis() as u64,
+            catalog,
+            plugins,
+            sources: entries,
+            files,
+        };
+        let json = serde_json::to_vec_pretty(&manifest)
+            .map_err(|e| Error::Internal(format!("cannot render the manifest: {e}")))?;
+        write_synced(&tmp.join(MANIFEST), &json)?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        let done = dir.join(format!("{epoch:020}"));
+        std::fs::rename(&tmp, &done)?;
+        std::fs::File::open(dir)?.sync_all()?;
+        self.prune();
+        Ok(info(&manifest))
+    }
+
+    /// Keep the newest `keep` checkpoints; remove older ones and leftover temporaries.
+    fn prune(&self) {
+        let Some(dir) = &self.dir else { return };
+        for (_, path) in self.epochs().into_iter().skip(self.keep) {
+            if let Err(e) = std::fs::remove_dir_all(&path) {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove an old checkpoint");
+            }
+        }
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if entry.file_name().to_string_lossy().ends_with(".tmp") {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+}
+
+fn info(m: &Manifest) -> CheckpointInfo {
+    CheckpointInfo {
+        epoch: m.epoch,
+        created_ms: m.created_ms,
+        duration_ms: m.duration_ms,
+        bytes: m.files.iter().map(|f| f.bytes).sum(),
+        sources: m
+            .sources
+            .iter()
+            .map(|s| SourcePositionInfo {
+                name: s.name.clone(),
+                position: s.position.clone(),
+                watermark_ms: s.watermark_ms,
+            })
+            .collect(),
+    }
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut file = std::fs::File::create(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+/// Write batches as an Arrow IPC file and note its checksum; returns the file's name.
+fn write_ipc<'a>(
+    dir: &Path,
+    name: &str,
+    schema: &SchemaRef,
+    batches: impl Iterator<Item = &'a RecordBatch>,
+    files: &mut Vec<FileEntry>,
+) -> Result<String> {
+    let mut bytes = Vec::new();
+    let mut writer = FileWriter::try_new(&mut bytes, schema)?;
+    for b in batches {
+        writer.write(b)?;
+    }
+    writer.finish()?;
+    drop(writer);
+    write_synced(&dir.join(name), &bytes)?;
+    files.push(FileEntry {
+        name: name.to_string(),
+        bytes: bytes.len() as u64,
+        sha256: hex(&Sha256::digest(&bytes)),
+    });
+    Ok(name.to_string())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn read_manifest(dir: &Path) -> Result<Manifest> {
+    let bytes = std::fs::read(dir.join(MANIFEST))?;
+    let format = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .map_err(|e| Error::Internal(format!("manifest.json does not parse: {e}")))?["format"]
+        .as_u64();
+    if format != Some(u64::from(FORMAT)) {
+        return Err(Error::BadRequest(format!(
+            "checkpoint {} was written by another version of weir (format {}, this weir reads format {FORMAT}); \
+             run the weir that wrote it, or start with another --data-dir. Nothing was changed.",
+            dir.display(),
+            format.map_or("unknown".to_string(), |f| f.to_string())
+        )));
+    }
+    serde_json::from_slice(&bytes)
+        .map_err(|e| Error::Internal(format!("manifest.json does not parse: {e}")))
+}
+
+/// Read and verify one checkpoint: every file must have its recorded size and checksum.
+fn read_checkpoint(dir: &Path) -> Result<Restored> {
+    let manifest = read_manifest(dir)?;
+    let mut verified: HashMap<String, Vec<RecordBatch>> = HashMap::new();
+    for f in &manifest.files {
+        if f.name.contains(['/', '\\']) || f.name.starts_with('.') {
+            return Err(Error::Internal(format!(
+                "the manifest names a file outside it: {}",
+                f.name
+            )));
+        }
+        let bytes = std::fs::read(dir.join(&f.name))?;
+        if bytes.len() as u64 != f.bytes || hex(&Sha256::digest(&bytes)) != f.sha256 {
+            return Err(Error::Internal(format!(
+                "{} does not match its checksum ({} bytes, {} expected)",
+                f.name,
+                bytes.len(),
+                f.bytes
+            )));
+        }
+        let batches = FileReader::try_new(std::io::Cursor::new(bytes), None)?
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        verified.insert(f.name.clone(), batches);
+    }
+    let mut take = |name: &Option<String>| -> Result<Vec<RecordBatch>> {
+        match name {
+            None => Ok(Vec::new()),
+            Some(n) => verified
+                .remove(n)
+                .ok_or_else(|| Error::Internal(format!("{n} is not in the manifest's file list"))),
+        }
+    };
+    let mut sources = HashMap::new();
+    for s in manifest.sources {
+        let mut views = HashMap::new();
+        for v in s.views {
+            let rows = take(&v.rows_file)?;
+            if rows.len() != v.row_keys.len() {
+                return Err(Error::Internal(format!(
+                    "view {} has {} row batches and {} keys",
+                    v.name,
+                    rows.len(),
+                    v.row_keys.len()
+                )));
+            }
+            views.insert(
+                v.name,
+                RestoredView {
+                    sql: v.sql,
+                    state: take(&v.state_file)?,
+                    rows: v.row_keys.into_iter().zip(rows).collect(),
+                },
+            );
+        }
+        sources.insert(
+            s.name,
+            RestoredSource {
+                sql: s.sql,
+                position: s.position,
+                watermark: s.watermark_ms,
+                views,
+            },
+        );
+    }
+    Ok(Restored {
+        epoch: manifest.epoch,
+        sources,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use datafusion::arrow::array::Int64Array;
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+
+    use super::*;
+    use crate::checkpoint::ViewSnapshot;
+
+    fn snapshot(n: i64) -> Arc<SourceSnapshot> {
+        let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(Int64Array::from(vec![n, n + 1]))],
+        )
+        .expect("batch");
+        Arc::new(SourceSnapshot {
+            name: "bids".into(),
+            sql: "CREATE SOURCE bids ...".into(),
+            position: Position::at("event", n as u64),
+            watermark: Some(n * 1000),
+            views: vec![ViewSnapshot {
+                name: "v".into(),
+                sql: "CREATE MATERIALIZED VIEW v ...".into(),
+                schema: schema.clone(),
+                state: vec![batch.clone()],
+                rows: vec![(None, batch.clone()), (Some(7), batch)],
+            }],
+        })
+    }
+
+    fn write(store: &CheckpointStore, n: i64) -> CheckpointInfo {
+        store
+            .write(
+                store.next_epoch(),
+                Instant::now(),
+                &[snapshot(n)],
+                Vec::new(),
+                Vec::new(),
+            )
+            .expect("written")
+    }
+
+    #[test]
+    fn the_newest_whole_checkpoint_is_restored_and_old_ones_pruned() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = CheckpointStore::open(Some(dir.path()), 2);
+        assert!(store.restore().expect("reads").is_none());
+        for n in 1..=4 {
+            assert_eq!(write(&store, n).epoch, n as u64);
+        }
+        let kept: Vec<u64> = store.list().iter().map(|c| c.epoch).collect();
+        assert_eq!(kept, vec![4, 3], "only the newest two are kept");
+        let r = store.restore().expect("reads").expect("one");
+        assert_eq!(r.epoch, 4);
+        let bids = &r.sources["bids"];
+        assert_eq!(bids.position.offset("event"), Some(4));
+        assert_eq!(bids.watermark, Some(4000));
+        let v = &bids.views["v"];
+        assert_eq!(
+            v.rows.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
+            vec![None, Some(7)]
+        );
+        assert_eq!(v.state[0].num_rows(), 2);
+        assert!(store.warnings().is_empty());
+    }
+
+    #[test]
+    fn a_damaged_newest_checkpoint_falls_back_to_the_previous_with_a_warning() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = CheckpointStore::open(Some(dir.path()), 3);
+        write(&store, 1);
+        write(&store, 2);
+        let newest = dir.path().join("checkpoints").join(format!("{:020}", 2));
+        let state = newest.join("s0-v0-state.arrow");
+        let mut bytes = std::fs::read(&state).expect("read");
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0xff;
+        std::fs::write(&state, bytes).expect("corrupt");
+        let r = store.restore().expect("reads").expect("one");
+        assert_eq!(r.epoch, 1);
+        let w = store.warnings();
+        assert_eq!(w.len(), 1);
+        assert!(w[0].contains("checksum"), "{w:?}");
+        // A truncated manifest is damage too.
+        std::fs::write(newest.join(MANIFEST), b"{\"format\": 1, \"epo").expect("truncate");
+        assert_eq!(store.restore().expect("reads").expect("one").epoch, 1);
+    }
+
+    #[test]
+    fn a_checkpoint_of_another_format_stops_the_restore_untouched() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = CheckpointStore::open(Some(dir.path()), 3);
+        write(&store, 1);
+        let manifest = dir
+            .path()
+            .join("checkpoints")
+            .join(format!("{:020}", 1))
+            .join(MANIFEST);
+        let other = std::fs::read_to_string(&manifest).expect("read").replacen(
+            "\"format\": 1",
+            "\"format\": 99",
+            1,
+        );
+        std::fs::write(&manifest, &other).expect("write");
+        let e = store.restore().expect_err("refused");
+        assert!(e.to_string().contains("another version"), "{e}");
+        assert_eq!(std::fs::read_to_string(&manifest).expect("read"), other);
+    }
+}

@@ -1,0 +1,196 @@
+//! Taking checkpoints on a timer, and restoring the newest one at start.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::Engine;
+use crate::checkpoint::Position;
+use crate::checkpoint::store::{CheckpointInfo, Restored};
+use crate::source::SourceState;
+use crate::view::ViewRuntime;
+use crate::{Error, Result};
+
+/// How long a checkpoint waits for busy pipelines to reach a batch boundary; one that
+/// does not answer in time contributes its previous snapshot.
+const ANSWER_WAIT: Duration = Duration::from_secs(2);
+
+/// What `GET /api/v1/checkpoints` shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckpointsStatus {
+    pub interval_ms: u64,
+    pub keep: usize,
+    /// The checkpoint this process started from, if any.
+    pub restored_from: Option<u64>,
+    /// Damaged checkpoints skipped at start.
+    pub warnings: Vec<String>,
+    /// Why the last checkpoint failed, until one succeeds again.
+    pub last_error: Option<String>,
+    /// On disk, newest first.
+    pub checkpoints: Vec<CheckpointInfo>,
+}
+
+/// Restore state between Engine::new and the end of the catalog replay.
+#[derive(Default)]
+pub(super) struct Restoring {
+    pub checkpoint: Option<Restored>,
+    /// Set while the catalog replays: generators wait until every view is back.
+    pub replaying: bool,
+}
+
+impl Engine {
+    /// Take a checkpoint now: ask every pipeline for a snapshot at its next batch
+    /// boundary, then write the latest snapshot of every source.
+    pub fn checkpoint_now(&self) -> Result<CheckpointInfo> {
+        let inner = &self.inner;
+        if !inner.checkpoints.enabled() {
+            return Err(Error::BadRequest("checkpoints need a data dir".into()));
+        }
+        let _one_at_a_time = inner.checkpoint_lock.lock();
+        let started = Instant::now();
+        let epoch = inner.next_epoch.fetch_add(1, Ordering::Relaxed);
+        let sources: Vec<_> = inner.sources.iter().map(|s| s.clone()).collect();
+        for s in &sources {
+            s.checkpoint.request(epoch);
+        }
+        let deadline = started + ANSWER_WAIT;
+        while Instant::now() < deadline
+            && sources
+                .iter()
+                .any(|s| *s.state.lock() == SourceState::Running && !s.checkpoint.answered(epoch))
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let snapshots: Vec<_> = sources
+            .iter()
+            .filter_map(|s| s.checkpoint.latest())
+            .collect();
+        let plugins = inner
+            .plugins
+            .all()
+            .iter()
+            .map(|p| (p.name.clone(), p.current().version))
+            .collect();
+        let written = inner.checkpoints.write(
+            epoch,
+            started,
+            &snapshots,
+            inner.catalog_file.entries(),
+            plugins,
+        );
+        let m = &inner.metrics;
+        match &written {
+            Ok(info) => {
+                m.checkpoints.inc();
+                m.checkpoint_bytes.set(info.bytes as i64);
+                m.checkpoint_duration
+                    .observe(started.elapsed().as_secs_f64());
+                *inner.checkpoint_error.lock() = None;
+                tracing::debug!(epoch, bytes = info.bytes, "checkpoint written");
+            }
+            Err(e) => {
+                m.checkpoint_failures.inc();
+                let reason = format!("checkpoint {epoch} could not be written: {e}");
+                tracing::error!("{reason}");
+                *inner.checkpoint_error.lock() = Some(reason);
+            }
+        }
+        written
+    }
+
+    /// Checkpoints on disk and how the last ones went.
+    pub fn checkpoints(&self) -> CheckpointsStatus {
+        let inner = &self.inner;
+        let config = inner.config.checkpoints;
+        CheckpointsStatus {
+            interval_ms: config.interval.as_millis() as u64,
+            keep: config.keep,
+            restored_from: *inner.restored_from.lock(),
+            warnings: inner.checkpoints.warnings(),
+            last_error: inner.checkpoint_error.lock().clone(),
+            checkpoints: inner.checkpoints.list(),
+        }
+    }
+
+    /// Take a checkpoint every interval, on a thread of its own, until the engine is
+    /// dropped or shut down.
+    pub(super) fn start_checkpoints(&self) {
+        if !self.inner.checkpoints.enabled()
+            || self.inner.checkpoints_started.swap(true, Ordering::Relaxed)
+        {
+            return;
+        }
+        let weak = Arc::downgrade(&self.inner);
+        let interval = self
+            .inner
+            .config
+            .checkpoints
+            .interval
+            .max(Duration::from_millis(100));
+        let spawned = std::thread::Builder::new()
+            .name("checkpoints".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(interval);
+                    let Some(inner) = weak.upgrade() else { return };
+                    if inner.shut_down.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let _ = Engine { inner }.checkpoint_now();
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the checkpoint thread; no checkpoints will be taken");
+        }
+    }
+
+    /// Where a source created during the catalog replay resumes: its checkpointed
+    /// position and watermark, if the checkpoint has it under the same statement.
+    pub(super) fn restored_position(
+        &self,
+        name: &str,
+        sql: &str,
+    ) -> Option<(Position, Option<i64>)> {
+        let mut restoring = self.inner.restoring.lock();
+        let checkpoint = restoring.checkpoint.as_mut()?;
+        let source = checkpoint.sources.get(name)?;
+        if source.sql != sql.trim() {
+            tracing::warn!(source = %name, "the source's statement changed since the checkpoint; it starts from the beginning");
+            checkpoint.sources.remove(name);
+            return None;
+        }
+        Some((source.position.clone(), source.watermark))
+    }
+
+    /// Give a view created during the catalog replay its checkpointed state and rows.
+    pub(super) fn restore_view(&self, view: &ViewRuntime) {
+        let mut restoring = self.inner.restoring.lock();
+        let Some(saved) = restoring
+            .checkpoint
+            .as_mut()
+            .and_then(|c| c.sources.get_mut(&view.source))
+            .and_then(|s| s.views.remove(&view.name))
+        else {
+            return;
+        };
+        if saved.sql != view.sql {
+            tracing::warn!(view = %view.name, "the view's statement changed since the checkpoint; it starts empty");
+            return;
+        }
+        match view.restore(&saved.state, saved.rows) {
+            Ok(()) => tracing::info!(view = %view.name, "view state restored from the checkpoint"),
+            Err(e) => {
+                tracing::error!(view = %view.name, error = %e, "the checkpointed state does not fit the view; it starts empty");
+                *view.last_error.lock() =
+                    Some(format!("state not restored from the checkpoint: {e}"));
+            }
+        }
+    }
+
+    /// Whether the catalog is being replayed (generators wait for every view).
+    pub(super) fn replaying(&self) -> bool {
+        self.inner.restoring.lock().replaying
+    }
+}
