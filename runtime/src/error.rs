@@ -33,6 +33,10 @@ pub enum Error {
     /// The data directory or another local resource failed.
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// A resource weir needs is failing (the data dir is full or read-only, say):
+    /// nothing was done; retry once it is fixed.
+    #[error("{0}")]
+    Unavailable(String),
     /// A bug of ours.
     #[error("internal error: {0}")]
     Internal(String),

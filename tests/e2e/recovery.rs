@@ -158,3 +158,205 @@ async fn nexmark_views_survive_kill_9_exactly() -> Result<()> {
     );
     Ok(())
 }
+
+const HTTP: &[&str] = &[
+    "CREATE SOURCE events (id BIGINT, user_id BIGINT, amount BIGINT, ts TIMESTAMP, \
+     WATERMARK FOR ts AS ts - INTERVAL '1' SECOND) WITH (connector = 'http')",
+    "CREATE MATERIALIZED VIEW per_user AS SELECT user_id, count(*) AS n, sum(amount) AS total \
+     FROM events GROUP BY user_id",
+    "CREATE MATERIALIZED VIEW per_second AS SELECT window_start, user_id % 3 AS k, count(*) AS n, \
+     sum(amount) AS total FROM TUMBLE(events, ts, INTERVAL '1' SECOND) GROUP BY window_start, user_id % 3",
+];
+const REQUESTS: usize = 240;
+const PER_REQUEST: usize = 25;
+
+/// Request `i`'s body: records in event-time order across requests.
+fn request_body(i: usize) -> String {
+    (0..PER_REQUEST)
+        .map(|j| {
+            let id = i * PER_REQUEST + j;
+            format!(
+                "{{\"id\":{id},\"user_id\":{},\"amount\":{},\"ts\":{}}}\n",
+                id % 17,
+                (id * 31) % 1000,
+                1_700_000_000_000u64 + id as u64 * 20
+            )
+        })
+        .collect()
+}
+
+/// Send every request in order, each with its idempotency key, retrying until it is
+/// answered 200; `url` follows the server across restarts. After a failure the client
+/// also sends the previous request again, as one unsure whether its last answer was
+/// lost would: the server must recognise it. Returns (retries, duplicates answered).
+async fn send_all(
+    url: std::sync::Arc<tokio::sync::Mutex<String>>,
+    pace: Duration,
+) -> Result<(usize, usize)> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()?;
+    let (mut retries, mut duplicates) = (0, 0);
+    let mut unsure = false;
+    let mut i = 0;
+    while i < REQUESTS {
+        tokio::time::sleep(pace).await;
+        let n = if unsure && i > 0 { i - 1 } else { i };
+        let base = url.lock().await.clone();
+        let sent = client
+            .post(format!("{base}/api/v1/sources/events/records"))
+            .header("Idempotency-Key", format!("request-{n}"))
+            .body(request_body(n))
+            .send()
+            .await;
+        match sent {
+            Ok(r) if r.status() == 200 => {
+                let answer: Value = r.json().await?;
+                if answer["duplicate"] == true {
+                    duplicates += 1;
+                }
+                if n == i {
+                    i += 1;
+                }
+                unsure = false;
+            }
+            _ => {
+                retries += 1;
+                unsure = true;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    Ok((retries, duplicates))
+}
+
+async fn http_view_rows(weir: &Weir) -> Result<Vec<Vec<String>>> {
+    let mut out = Vec::new();
+    for view in ["per_user", "per_second"] {
+        out.push(rows(weir, view).await?);
+    }
+    Ok(out)
+}
+
+/// The views' rows once they hold every record (and, for the reference run, stopped
+/// changing), or once they equal `expected`; on timeout the difference is shown.
+async fn settled_rows(
+    weir: &Weir,
+    expected: Option<&Vec<Vec<String>>>,
+) -> Result<Vec<Vec<String>>> {
+    let total = (REQUESTS * PER_REQUEST) as i64;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut previous = Vec::new();
+    loop {
+        let now = http_view_rows(weir).await?;
+        let counted: i64 = weir.get("/api/v1/views/per_user").await?["rows"]
+            .as_array()
+            .map(|r| r.iter().filter_map(|row| row[1].as_i64()).sum())
+            .unwrap_or(0);
+        let done = match expected {
+            Some(e) => now == *e,
+            None => counted == total && now == previous,
+        };
+        if done {
+            return Ok(now);
+        }
+        if std::time::Instant::now() > deadline {
+            let log =
+                std::fs::read_to_string(weir.data_dir.path().join("weir.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
+            if let Some(e) = expected {
+                assert_eq!(
+                    now, *e,
+                    "{counted} of {total} records counted; log tail (newest first): {tail:#?}"
+                );
+            }
+            anyhow::bail!("the views did not settle: {counted} of {total} records counted");
+        }
+        previous = now;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+#[tokio::test]
+async fn http_ingest_with_retries_survives_kill_9_exactly() -> Result<()> {
+    let reference = start().await?;
+    for sql in HTTP {
+        reference.exec(sql).await?;
+    }
+    let url = std::sync::Arc::new(tokio::sync::Mutex::new(reference.url.clone()));
+    send_all(url, Duration::ZERO).await?;
+    let expected = settled_rows(&reference, None).await?;
+    ensure!(expected[1].len() > 10, "closed windows: {:?}", expected[1]);
+    drop(reference);
+
+    let mut moments = Moments::new();
+    let mut weir = start().await?;
+    for sql in HTTP {
+        weir.exec(sql).await?;
+    }
+    let url = std::sync::Arc::new(tokio::sync::Mutex::new(weir.url.clone()));
+    // Paced so that the kills land while requests are in flight.
+    let client = tokio::spawn(send_all(url.clone(), Duration::from_millis(25)));
+    for _ in 0..5 {
+        tokio::time::sleep(moments.next(200, 1_200)).await;
+        weir = restart(weir).await?;
+        *url.lock().await = weir.url.clone();
+    }
+    let (retries, duplicates) = client.await??;
+    ensure!(retries > 0, "no request was in flight during a kill");
+    ensure!(duplicates > 0, "no request was sent twice");
+    settled_rows(&weir, Some(&expected)).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_retried_request_with_the_same_key_counts_once() -> Result<()> {
+    let weir = start().await?;
+    for sql in HTTP {
+        weir.exec(sql).await?;
+    }
+    let post = |key: &'static str| {
+        weir.client
+            .post(format!("{}/api/v1/sources/events/records", weir.url))
+            .header("Idempotency-Key", key)
+            .body(request_body(0))
+            .send()
+    };
+    let first: Value = post("k-1").await?.json().await?;
+    assert_eq!(first["accepted"], PER_REQUEST);
+    assert!(first.get("duplicate").is_none(), "{first}");
+    let again: Value = post("k-1").await?.json().await?;
+    assert_eq!(again["accepted"], PER_REQUEST);
+    assert_eq!(again["duplicate"], true, "{again}");
+    // The key is remembered across a crash: it is in the write-ahead log.
+    let weir = restart(weir).await?;
+    let after: Value = weir
+        .client
+        .post(format!("{}/api/v1/sources/events/records", weir.url))
+        .header("Idempotency-Key", "k-1")
+        .body(request_body(0))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(after["duplicate"], true, "{after}");
+    let counted = weir
+        .wait_for(
+            "the logged records to be replayed",
+            Duration::from_secs(10),
+            || async {
+                let rows = weir.get("/api/v1/views/per_user").await?["rows"].clone();
+                let n: i64 = rows
+                    .as_array()
+                    .map(|r| r.iter().filter_map(|row| row[1].as_i64()).sum())
+                    .unwrap_or(0);
+                Ok((n > 0).then_some(n))
+            },
+        )
+        .await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(counted, PER_REQUEST as i64, "counted once, replayed once");
+    let status = weir.get("/api/v1/sources/events").await?;
+    assert_eq!(status["records_in"], PER_REQUEST, "{status}");
+    Ok(())
+}

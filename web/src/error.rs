@@ -57,6 +57,10 @@ impl From<Error> for ApiError {
                 retry_after: Some(retry_after_secs),
                 ..Self::new(StatusCode::TOO_MANY_REQUESTS, "slow down", detail)
             },
+            Error::Unavailable(_) => Self {
+                retry_after: Some(5),
+                ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", detail)
+            },
             Error::Query(DataFusionError::Internal(_)) | Error::Io(_) | Error::Internal(_) => {
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error", detail)
             }

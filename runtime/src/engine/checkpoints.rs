@@ -10,6 +10,8 @@ use super::Engine;
 use crate::checkpoint::Position;
 use crate::checkpoint::store::{CheckpointInfo, Restored};
 use crate::source::SourceState;
+use crate::source::http;
+use crate::source::wal::Wal;
 use crate::view::ViewRuntime;
 use crate::{Error, Result};
 
@@ -89,6 +91,7 @@ impl Engine {
                     .observe(started.elapsed().as_secs_f64());
                 *inner.checkpoint_error.lock() = None;
                 tracing::debug!(epoch, bytes = info.bytes, "checkpoint written");
+                self.prune_logs(&inner.checkpoints.list());
             }
             Err(e) => {
                 m.checkpoint_failures.inc();
@@ -164,6 +167,92 @@ impl Engine {
         Some((source.position.clone(), source.watermark))
     }
 
+    /// The checkpoint's entry for `source` does not apply (nor its views').
+    pub(super) fn forget_restored(&self, source: &str) {
+        if let Some(c) = self.inner.restoring.lock().checkpoint.as_mut() {
+            c.sources.remove(source);
+        }
+    }
+
+    /// The write-ahead log of HTTP source `name`. A source created outside a restart
+    /// starts a new log: one left by an earlier source of the name is removed.
+    pub(super) fn open_wal(&self, name: &str) -> Result<Wal> {
+        let dir = self.inner.config.data_dir.join("wal").join(file_name(name));
+        if !self.replaying() && dir.exists() {
+            std::fs::remove_dir_all(&dir)?;
+        }
+        Wal::open(&dir).map_err(|e| {
+            Error::Unavailable(format!(
+                "source {name}: cannot open its write-ahead log in {}: {e}",
+                dir.display()
+            ))
+        })
+    }
+
+    /// After the catalog is restored: queue again what HTTP sources logged after the
+    /// checkpoint, before any new request is served.
+    pub(super) async fn replay_logs(&self) {
+        let sources: Vec<_> = self.inner.sources.iter().map(|s| s.clone()).collect();
+        for source in sources {
+            let Some(from) = source
+                .http
+                .as_ref()
+                .and_then(|h| h.replay_from.lock().take())
+            else {
+                continue;
+            };
+            let s = source.clone();
+            let replayed = tokio::task::spawn_blocking(move || {
+                s.http.as_ref().map_or(Ok(0), |h| h.replay(&s, from))
+            })
+            .await;
+            match replayed {
+                Ok(Ok(records)) => {
+                    tracing::info!(source = %source.name, from, records, "write-ahead log replayed")
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(source = %source.name, error = %e, "cannot replay the write-ahead log")
+                }
+                Err(e) => {
+                    tracing::error!(source = %source.name, error = %e, "write-ahead log replay failed")
+                }
+            }
+        }
+    }
+
+    /// Remove log segments that no kept checkpoint needs.
+    fn prune_logs(&self, kept: &[CheckpointInfo]) {
+        for source in self.inner.sources.iter() {
+            let Some(wal) = source.http.as_ref().and_then(|h| h.wal.as_ref()) else {
+                continue;
+            };
+            // A checkpoint without this log's position would replay it from the start.
+            let floor = kept
+                .iter()
+                .map(|c| {
+                    c.sources
+                        .iter()
+                        .find(|s| s.name == source.name)
+                        .filter(|s| {
+                            s.position.0.get(http::WAL_ID).map(String::as_str) == Some(wal.id())
+                        })
+                        .and_then(|s| s.position.offset(http::WAL_POSITION))
+                        .unwrap_or(0)
+                })
+                .min()
+                .unwrap_or(0);
+            match wal.prune_before(floor) {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(source = %source.name, segments = n, "write-ahead log segments removed")
+                }
+                Err(e) => {
+                    tracing::warn!(source = %source.name, error = %e, "cannot remove old write-ahead log segments")
+                }
+            }
+        }
+    }
+
     /// Give a view created during the catalog replay its checkpointed state and rows.
     pub(super) fn restore_view(&self, view: &ViewRuntime) {
         let mut restoring = self.inner.restoring.lock();
@@ -193,4 +282,14 @@ impl Engine {
     pub(super) fn replaying(&self) -> bool {
         self.inner.restoring.lock().replaying
     }
+}
+
+/// A source name as a file name: other characters than a-z, 0-9 and _ are escaped.
+fn file_name(name: &str) -> String {
+    name.chars()
+        .map(|c| match c {
+            'a'..='z' | '0'..='9' | '_' => c.to_string(),
+            c => format!("%{:x}", c as u32),
+        })
+        .collect()
 }

@@ -32,7 +32,7 @@ use crate::metrics::Metrics;
 use crate::options::{self, CommonOptions};
 use crate::pipeline::Pipeline;
 use crate::plugin::{PluginHost, Plugins};
-use crate::source::http::{HttpInput, IngestReport};
+use crate::source::http::{self, HttpInput, IngestReport};
 use crate::source::nexmark::{self, NexmarkOptions};
 use crate::source::{SourceRuntime, SourceState, SourceStatus};
 use crate::view::{ViewRuntime, ViewStatus, ViewTable};
@@ -276,6 +276,7 @@ impl Engine {
             }
         }
         *self.inner.restoring.lock() = Default::default();
+        self.replay_logs().await;
         for source in self.inner.sources.iter() {
             if !source.views.lock().is_empty() {
                 source
@@ -409,12 +410,37 @@ impl Engine {
         let buffer = self.inner.config.http.buffer_chunks.max(1);
         let (tx, rx) = std::sync::mpsc::sync_channel(buffer);
         let buffered = Arc::new(AtomicUsize::new(0));
+        let mut resume = self.restored_position(&name, sql);
+        let wal = match common.connector.as_str() {
+            "http" if self.inner.checkpoints.enabled() => Some(self.open_wal(&name)?),
+            _ => None,
+        };
+        // An HTTP source replays its log after the catalog: from the checkpoint's
+        // position if the checkpoint was taken on this log, else from its start.
+        let replay_from = wal.as_ref().map(|wal| {
+            let from = match &resume {
+                Some((p, _)) if p.0.get(http::WAL_ID).map(String::as_str) == Some(wal.id()) => {
+                    p.offset(http::WAL_POSITION).unwrap_or(0)
+                }
+                // A checkpoint of an earlier source of this name: its state does not apply.
+                Some(_) => {
+                    self.forget_restored(&name);
+                    resume = None;
+                    0
+                }
+                None => 0,
+            };
+            tracing::info!(source = %name, from, end = wal.end(), "write-ahead log opened");
+            from
+        });
         let http = (common.connector == "http").then(|| HttpInput {
             tx: tx.clone(),
             buffered: buffered.clone(),
             capacity: buffer,
             decoder: JsonDecoder::new(schema.clone()),
             next_position: AtomicU64::new(0),
+            wal,
+            replay_from: Mutex::new(replay_from),
         });
         let source = Arc::new(SourceRuntime {
             name: name.clone(),
@@ -441,7 +467,6 @@ impl Engine {
             m.batch_latency.with_label_values(&[&name]),
             source.http.as_ref().map(|_| buffered),
         );
-        let resume = self.restored_position(&name, sql);
         let start_event = resume
             .as_ref()
             .and_then(|(p, _)| p.offset(nexmark::POSITION))
@@ -483,6 +508,11 @@ impl Engine {
             )));
         }
         source.shut_down();
+        if let Some(wal) = source.http.as_ref().and_then(|h| h.wal.as_ref())
+            && let Err(e) = wal.destroy()
+        {
+            tracing::warn!(source = %name, error = %e, "cannot remove the write-ahead log of a dropped source");
+        }
         self.inner.sources.remove(name);
         let m = &self.inner.metrics;
         for family in [&m.records_in, &m.batches, &m.dead_letters] {
@@ -664,7 +694,13 @@ impl Engine {
     }
 
     /// Push a request body into an HTTP source.
-    pub fn ingest(&self, source: &str, body: &[u8]) -> Result<IngestReport> {
+    /// A request with an `idempotency_key` already logged is answered as it was then.
+    pub fn ingest(
+        &self,
+        source: &str,
+        body: &[u8],
+        idempotency_key: Option<&str>,
+    ) -> Result<IngestReport> {
         let s = self.source(source)?;
         let input = s.http.as_ref().ok_or_else(|| {
             Error::BadRequest(format!(
@@ -675,7 +711,7 @@ impl Engine {
         if *s.state.lock() != SourceState::Running {
             return Err(Error::Conflict(format!("source {source} is not running")));
         }
-        input.ingest(&s, body, &self.inner.dead_letters)
+        input.ingest(&s, body, idempotency_key, &self.inner.dead_letters)
     }
 
     pub fn source(&self, name: &str) -> Result<Arc<SourceRuntime>> {

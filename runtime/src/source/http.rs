@@ -2,6 +2,10 @@
 //! Bodies are decoded on the request's thread; decoded chunks wait in a bounded buffer
 //! for the pipeline. A request first reserves a place in that buffer, so a full buffer
 //! answers 429 before any work is done and a retried request is never counted twice.
+//!
+//! With a data dir every accepted body is in the source's write-ahead log ([`Wal`])
+//! before the request answers, and a request that carries an idempotency key already
+//! logged is answered again without being counted again.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -10,6 +14,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use super::wal::Wal;
 use super::{Chunk, SourceRuntime};
 use crate::checkpoint::Position;
 use crate::deadletter::{DeadLetterStore, NewDeadLetter};
@@ -27,6 +32,10 @@ pub struct HttpInput {
     pub(crate) capacity: usize,
     pub(crate) decoder: JsonDecoder,
     pub(crate) next_position: AtomicU64,
+    /// None for an in-memory engine.
+    pub(crate) wal: Option<Wal>,
+    /// Where the log is replayed from once the catalog is restored.
+    pub(crate) replay_from: parking_lot::Mutex<Option<u64>>,
 }
 
 /// The answer to one ingest request.
@@ -36,16 +45,32 @@ pub struct IngestReport {
     pub accepted: usize,
     /// Records sent to the dead-letter store.
     pub dead_lettered: usize,
+    /// The idempotency key was seen before: this is the first answer again, and
+    /// nothing was counted twice.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub duplicate: bool,
 }
 
 impl HttpInput {
-    /// Decode `body` and queue its rows; malformed records go to the dead-letter store.
+    /// Decode `body`, log it and queue its rows; malformed records go to the
+    /// dead-letter store. A request whose `key` was logged before is answered as then.
     pub fn ingest(
         &self,
         source: &SourceRuntime,
         body: &[u8],
+        key: Option<&str>,
         dead_letters: &DeadLetterStore,
     ) -> Result<IngestReport> {
+        let logged = |(accepted, dead_lettered): (u32, u32)| IngestReport {
+            accepted: accepted as usize,
+            dead_lettered: dead_lettered as usize,
+            duplicate: true,
+        };
+        if let (Some(wal), Some(k)) = (&self.wal, key)
+            && let Some(report) = wal.answered(k)
+        {
+            return Ok(logged(report));
+        }
         // Reserve a place in the buffer before any work, so a 429 has no side effects.
         if self
             .buffered
@@ -59,9 +84,55 @@ impl HttpInput {
         let release = || self.buffered.fetch_sub(1, Ordering::AcqRel);
         let received = Instant::now();
         let decoded = self.decoder.decode(body);
+        let accepted = decoded.batch.num_rows();
+        let rejected = decoded.rejected.len();
         let first = self
             .next_position
             .fetch_add(decoded.records as u64, Ordering::Relaxed);
+        let queue = |position: Position| -> Result<()> {
+            if accepted == 0 {
+                release();
+                return Ok(());
+            }
+            // The reservation guarantees room: the channel holds at most `capacity` chunks.
+            let chunk = Chunk::Rows {
+                batch: decoded.batch.clone(),
+                received,
+                position,
+            };
+            if self.tx.try_send(chunk).is_err() {
+                release();
+                return Err(Error::NotFound(format!(
+                    "source {} has stopped",
+                    source.name
+                )));
+            }
+            Ok(())
+        };
+        match &self.wal {
+            Some(wal) => {
+                let appended = wal.append(accepted as u32, rejected as u32, key, body, |end| {
+                    queue(wal_position(wal, end)).map(|()| end)
+                });
+                let end = match appended {
+                    Ok(queued) => queued?,
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                        // The same key raced in: the first request was logged.
+                        release();
+                        let first = key.and_then(|k| wal.answered(k)).unwrap_or_default();
+                        return Ok(logged(first));
+                    }
+                    Err(e) => {
+                        release();
+                        return Err(unavailable(&source.name, &e));
+                    }
+                };
+                wal.sync_to(end)
+                    .map_err(|e| unavailable(&source.name, &e))?;
+            }
+            None => queue(Position::at("records", first + decoded.records as u64))?,
+        }
+        source.records_in.inc_by(accepted as u64);
         let dead_lettered =
             dead_letters.push_all(decoded.rejected.into_iter().map(|r| NewDeadLetter {
                 source: source.name.clone(),
@@ -71,30 +142,60 @@ impl HttpInput {
                 raw: r.raw,
             }));
         source.dead_letters.inc_by(dead_lettered as u64);
-        let accepted = decoded.batch.num_rows();
-        if accepted == 0 {
-            release();
-        } else {
-            // The reservation guarantees room: the channel holds at most `capacity` chunks.
+        Ok(IngestReport {
+            accepted,
+            dead_lettered,
+            duplicate: false,
+        })
+    }
+
+    /// Queue again the logged requests after `from` (at start, after a crash), in log
+    /// order; their malformed records were dead-lettered when they first came.
+    pub(crate) fn replay(&self, source: &SourceRuntime, from: u64) -> Result<usize> {
+        let Some(wal) = &self.wal else { return Ok(0) };
+        let mut records = 0;
+        for entry in wal.read_from(from)? {
+            let decoded = self.decoder.decode(&entry.body);
+            let rows = decoded.batch.num_rows();
+            if rows == 0 {
+                continue;
+            }
+            self.buffered.fetch_add(1, Ordering::AcqRel);
             let chunk = Chunk::Rows {
                 batch: decoded.batch,
-                received,
-                position: Position::at("records", first + decoded.records as u64),
+                received: Instant::now(),
+                position: wal_position(wal, entry.end),
             };
-            if self.tx.try_send(chunk).is_err() {
-                release();
+            if self.tx.send(chunk).is_err() {
                 return Err(Error::NotFound(format!(
                     "source {} has stopped",
                     source.name
                 )));
             }
-            source.records_in.inc_by(accepted as u64);
+            source.records_in.inc_by(rows as u64);
+            records += rows;
         }
-        Ok(IngestReport {
-            accepted,
-            dead_lettered,
-        })
+        Ok(records)
     }
+}
+
+/// The partition names of an HTTP source's position: the write-ahead log's offset and
+/// which log it is.
+pub const WAL_POSITION: &str = "wal";
+pub const WAL_ID: &str = "wal_id";
+
+/// Where an HTTP source is after the log entry that ends at `end`.
+pub fn wal_position(wal: &Wal, end: u64) -> Position {
+    let mut p = Position::at(WAL_POSITION, end);
+    p.0.insert(WAL_ID.into(), wal.id().to_string());
+    p
+}
+
+fn unavailable(source: &str, e: &std::io::Error) -> Error {
+    Error::Unavailable(format!(
+        "source {source} cannot log the request in the data dir's write-ahead log ({e}); \
+         nothing was accepted; retry once the data dir is writable"
+    ))
 }
 
 fn backpressure(source: &str) -> Error {
@@ -125,6 +226,8 @@ mod tests {
             capacity,
             decoder: JsonDecoder::new(schema.clone()),
             next_position: AtomicU64::new(0),
+            wal: None,
+            replay_from: Default::default(),
         };
         let s = SourceRuntime {
             name: "s".into(),
@@ -153,18 +256,19 @@ mod tests {
         let dlq = DeadLetterStore::open(None, 10).expect("store");
         let http = s.http.as_ref().expect("http");
         let r = http
-            .ingest(&s, b"{\"id\":1}\n{\"id\":\"bad\"}", &dlq)
+            .ingest(&s, b"{\"id\":1}\n{\"id\":\"bad\"}", None, &dlq)
             .expect("accepted");
         assert_eq!(
             r,
             IngestReport {
                 accepted: 1,
-                dead_lettered: 1
+                dead_lettered: 1,
+                duplicate: false
             }
         );
         assert_eq!(dlq.recent(None, None, 10)[0].position, Some(1));
         let e = http
-            .ingest(&s, b"{\"id\":2}", &dlq)
+            .ingest(&s, b"{\"id\":2}", None, &dlq)
             .expect_err("buffer full");
         assert!(
             matches!(
@@ -180,13 +284,14 @@ mod tests {
         assert!(matches!(rx.recv(), Ok(Chunk::Rows { .. })));
         http.buffered.fetch_sub(1, Ordering::Relaxed);
         let r = http
-            .ingest(&s, b"{\"id\":\"x\"}\n{\"id\":3}", &dlq)
+            .ingest(&s, b"{\"id\":\"x\"}\n{\"id\":3}", None, &dlq)
             .expect("accepted");
         assert_eq!(
             r,
             IngestReport {
                 accepted: 1,
-                dead_lettered: 1
+                dead_lettered: 1,
+                duplicate: false
             }
         );
         assert_eq!(

@@ -5,6 +5,7 @@
 
 pub mod http;
 pub mod nexmark;
+pub mod wal;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};

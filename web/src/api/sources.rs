@@ -38,7 +38,16 @@ pub async fn ingest(
     state.engine.source(&name)?;
     let bytes = limit.read(body).await?;
     let engine = state.engine.clone();
-    let report = tokio::task::spawn_blocking(move || engine.ingest(&name, &bytes))
+    let key = match headers.get("idempotency-key").map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(k)) if !k.is_empty() && k.len() <= 256 => Some(k.to_string()),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "the Idempotency-Key header must be 1 to 256 visible ASCII characters",
+            ));
+        }
+    };
+    let report = tokio::task::spawn_blocking(move || engine.ingest(&name, &bytes, key.as_deref()))
         .await
         .map_err(|e| {
             ApiError::new(
