@@ -48,6 +48,14 @@ pub struct ViewRuntime {
     pub stream: Option<String>,
     /// Batches (with the watermark before each) kept while the view is paused.
     held: Mutex<Vec<(RecordBatch, Option<i64>)>>,
+    /// Changes since the last snapshot, kept while a client follows committed changes.
+    uncommitted: Mutex<Vec<RecordBatch>>,
+    /// Changes of snapshots that no written checkpoint holds yet, by epoch.
+    sealed: Mutex<Vec<(u64, Vec<RecordBatch>)>>,
+    /// Changes once a written checkpoint holds them, with its epoch.
+    committed: broadcast::Sender<(u64, RecordBatch)>,
+    /// The rows as of the newest written checkpoint.
+    committed_rows: RwLock<Vec<RecordBatch>>,
 }
 
 /// What the API shows of a view.
@@ -122,6 +130,10 @@ impl ViewRuntime {
             plugins: Vec::new(),
             stream: None,
             held: Mutex::new(Vec::new()),
+            uncommitted: Mutex::new(Vec::new()),
+            sealed: Mutex::new(Vec::new()),
+            committed: broadcast::channel(256).0,
+            committed_rows: RwLock::new(Vec::new()),
         }
     }
 
@@ -194,8 +206,52 @@ impl ViewRuntime {
         result
     }
 
-    /// The operator's state and the rows, for a checkpoint.
-    pub(crate) fn checkpoint(&self) -> weir_sql::Result<ViewSnapshot> {
+    /// A change to subscribers now, and to committed subscribers once a checkpoint
+    /// holds it.
+    fn notify(&self, batch: RecordBatch) {
+        if self.committed.receiver_count() > 0 {
+            self.uncommitted.lock().push(batch.clone());
+        }
+        // No subscribers is fine.
+        let _ = self.updates.send(batch);
+    }
+
+    /// Changes as they become durable: each with the epoch of the checkpoint that
+    /// holds it, so no crash can take one back.
+    pub fn subscribe_committed(&self) -> broadcast::Receiver<(u64, RecordBatch)> {
+        self.committed.subscribe()
+    }
+
+    /// The rows as of the newest written (or restored) checkpoint.
+    pub fn committed_snapshot(&self) -> Vec<RecordBatch> {
+        self.committed_rows.read().clone()
+    }
+
+    /// Checkpoint `epoch`, which holds this view as `rows`, is on disk: publish the
+    /// changes it covers.
+    pub(crate) fn commit(&self, epoch: u64, rows: Vec<RecordBatch>) {
+        *self.committed_rows.write() = rows;
+        let mut sealed = self.sealed.lock();
+        let (done, later): (Vec<_>, Vec<_>) = std::mem::take(&mut *sealed)
+            .into_iter()
+            .partition(|(e, _)| *e <= epoch);
+        *sealed = later;
+        drop(sealed);
+        for (e, changes) in done {
+            for b in changes {
+                // No subscribers is fine.
+                let _ = self.committed.send((e, b));
+            }
+        }
+    }
+
+    /// The operator's state and the rows, for checkpoint `epoch`; the changes so far
+    /// are sealed under it.
+    pub(crate) fn checkpoint(&self, epoch: u64) -> weir_sql::Result<ViewSnapshot> {
+        let changes = std::mem::take(&mut *self.uncommitted.lock());
+        if !changes.is_empty() {
+            self.sealed.lock().push((epoch, changes));
+        }
         let mut state = Vec::new();
         self.run_operator(|op| {
             state = op.snapshot()?;
@@ -230,6 +286,7 @@ impl ViewRuntime {
             })?;
         self.run_operator(|op| op.restore(state))?;
         let count = rows.iter().map(|(_, b)| b.num_rows()).sum();
+        *self.committed_rows.write() = rows.iter().map(|(_, b)| b.clone()).collect();
         *self.rows.write() = rows.into();
         self.row_count.store(count, Ordering::Relaxed);
         Ok(())
@@ -265,7 +322,7 @@ impl ViewRuntime {
         }
         for b in batches {
             // No subscribers is fine.
-            let _ = self.updates.send(b);
+            self.notify(b);
         }
     }
 
@@ -291,7 +348,7 @@ impl ViewRuntime {
         }
         self.rows_emitted.inc_by(batch.num_rows() as u64);
         // No subscribers is fine.
-        let _ = self.updates.send(batch);
+        self.notify(batch);
     }
 
     /// An updating view's rows are now exactly `all`; `changes` go to subscribers.
@@ -305,7 +362,7 @@ impl ViewRuntime {
         for b in changes {
             self.rows_emitted.inc_by(b.num_rows() as u64);
             // No subscribers is fine.
-            let _ = self.updates.send(b);
+            self.notify(b);
         }
     }
 

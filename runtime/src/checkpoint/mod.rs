@@ -65,6 +65,8 @@ pub struct ViewSnapshot {
 /// One source and its views at one batch boundary.
 #[derive(Debug, Clone)]
 pub struct SourceSnapshot {
+    /// The checkpoint it was taken for.
+    pub epoch: u64,
     pub name: String,
     pub sql: String,
     pub position: Position,
@@ -85,6 +87,11 @@ impl CheckpointSlot {
     /// Ask for a snapshot numbered `epoch`.
     pub fn request(&self, epoch: u64) {
         self.requested.fetch_max(epoch, Ordering::AcqRel);
+    }
+
+    /// The newest epoch asked for.
+    pub fn requested(&self) -> u64 {
+        self.requested.load(Ordering::Acquire)
     }
 
     /// The epoch asked for, when the pipeline has not answered it yet.
@@ -140,6 +147,7 @@ mod tests {
         slot.put(
             3,
             SourceSnapshot {
+                epoch: 3,
                 name: "s".into(),
                 sql: String::new(),
                 position: Position::default(),

@@ -450,6 +450,7 @@ mod tests {
         )
         .expect("batch");
         Arc::new(SourceSnapshot {
+            epoch: 1,
             name: "bids".into(),
             sql: "CREATE SOURCE bids ...".into(),
             position: Position::at("event", n as u64),

@@ -92,6 +92,18 @@ impl Engine {
                 *inner.checkpoint_error.lock() = None;
                 tracing::debug!(epoch, bytes = info.bytes, "checkpoint written");
                 self.prune_logs(&inner.checkpoints.list());
+                for snapshot in &snapshots {
+                    for v in &snapshot.views {
+                        if let Some(view) = inner.views.get(&v.name).map(|v| v.clone())
+                            && view.source == snapshot.name
+                        {
+                            view.commit(
+                                snapshot.epoch,
+                                v.rows.iter().map(|(_, b)| b.clone()).collect(),
+                            );
+                        }
+                    }
+                }
             }
             Err(e) => {
                 m.checkpoint_failures.inc();

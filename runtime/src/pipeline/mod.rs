@@ -313,7 +313,7 @@ impl Pipeline {
             self.advance(&views, w);
         }
         // The final state, for every checkpoint from now on.
-        self.snapshot(0);
+        self.snapshot(self.source.checkpoint.requested());
         *self.source.state.lock() = SourceState::Finished;
         tracing::info!(source = %self.source.name, "source finished");
     }
@@ -337,7 +337,7 @@ impl Pipeline {
         }
         let mut snapshots = Vec::with_capacity(views.len());
         for view in &views {
-            match view.checkpoint() {
+            match view.checkpoint(epoch) {
                 Ok(s) => snapshots.push(s),
                 Err(e) => {
                     tracing::error!(view = %view.name, error = %e, "cannot snapshot the view; the checkpoint keeps its previous state");
@@ -348,6 +348,7 @@ impl Pipeline {
         slot.put(
             epoch,
             SourceSnapshot {
+                epoch,
                 name: self.source.name.clone(),
                 sql: self.source.sql.clone(),
                 position: self.position.clone(),

@@ -25,6 +25,27 @@ pub async fn list(State(state): State<AppState>) -> Json<Value> {
 pub struct RowsQuery {
     /// Return only the newest `limit` rows.
     pub limit: Option<usize>,
+    #[serde(default)]
+    pub consistency: Consistency,
+}
+
+/// Which rows a reader sees (docs/RECOVERY.md).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Consistency {
+    /// Everything processed, at once; after a crash, what came after the last
+    /// checkpoint is computed again (the same rows for a replayed input).
+    #[default]
+    Live,
+    /// Only what a written checkpoint holds: never taken back by a crash, at most one
+    /// checkpoint interval behind.
+    Committed,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct StreamQuery {
+    #[serde(default)]
+    pub consistency: Consistency,
 }
 
 /// `GET /api/v1/views/{name}`: the view's current rows, oldest first.
@@ -35,7 +56,10 @@ pub async fn rows(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let view = state.engine.view(&name)?;
-    let mut batches = view.snapshot();
+    let mut batches = match q.consistency {
+        Consistency::Live => view.snapshot(),
+        Consistency::Committed => view.committed_snapshot(),
+    };
     if let Some(limit) = q.limit {
         batches = newest(batches, limit);
     }
@@ -63,18 +87,31 @@ fn newest(
 
 /// `GET /api/v1/views/{name}/stream`: an SSE event `rows` per emitted batch, with the
 /// same JSON shape as the rows endpoint; `lagged` if this client fell behind (refetch).
+/// With `?consistency=committed` a change comes once a written checkpoint holds it,
+/// and its event id is that checkpoint's epoch.
 pub async fn stream(
     State(state): State<AppState>,
     Path(name): Path<String>,
+    Query(q): Query<StreamQuery>,
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
     let view = state.engine.view(&name)?;
     let schema = view.schema.clone();
-    let rx = view.subscribe();
+    let changes = match q.consistency {
+        Consistency::Live => Changes::Live(view.subscribe()),
+        Consistency::Committed => Changes::Committed(view.subscribe_committed()),
+    };
     let mut shutdown = state.shutdown.subscribe();
-    let events = futures::stream::unfold(rx, move |mut rx| {
+    let events = futures::stream::unfold(changes, move |mut changes| {
         let schema = schema.clone();
         async move {
-            let event = match rx.recv().await {
+            let (epoch, received) = match &mut changes {
+                Changes::Live(rx) => (None, rx.recv().await),
+                Changes::Committed(rx) => match rx.recv().await {
+                    Ok((epoch, batch)) => (Some(epoch), Ok(batch)),
+                    Err(e) => (None, Err(e)),
+                },
+            };
+            let event = match received {
                 Ok(batch) => match rows_json(&schema, &[batch]) {
                     Ok(v) => Event::default().event("rows").data(v.to_string()),
                     Err(e) => Event::default().event("error").data(e.to_string()),
@@ -82,11 +119,21 @@ pub async fn stream(
                 Err(RecvError::Lagged(n)) => Event::default().event("lagged").data(n.to_string()),
                 Err(RecvError::Closed) => return None,
             };
-            Some((Ok(event), rx))
+            let event = match epoch {
+                Some(e) => event.id(e.to_string()),
+                None => event,
+            };
+            Some((Ok(event), changes))
         }
     });
     let events = events.take_until(async move {
         let _ = shutdown.wait_for(|stop| *stop).await;
     });
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+/// What a stream follows.
+enum Changes {
+    Live(tokio::sync::broadcast::Receiver<datafusion::arrow::array::RecordBatch>),
+    Committed(tokio::sync::broadcast::Receiver<(u64, datafusion::arrow::array::RecordBatch)>),
 }
