@@ -446,3 +446,188 @@ async fn committed_readers_see_only_checkpointed_rows() -> Result<()> {
     assert_eq!(status["restored_from"], epoch, "{status}");
     Ok(())
 }
+
+/// Records counted by the per_user view.
+async fn counted(weir: &Weir) -> Result<i64> {
+    Ok(weir.get("/api/v1/views/per_user").await?["rows"]
+        .as_array()
+        .map(|r| r.iter().filter_map(|row| row[1].as_i64()).sum())
+        .unwrap_or(0))
+}
+
+/// A small tmpfs mounted over a directory, unmounted on drop.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    /// None when this process may not mount (not root): the test says so and skips.
+    fn mount(path: &std::path::Path, size: &str) -> Option<Self> {
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Self(path.to_path_buf()))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// Post requests `next`, `next + 1`, ... until one is refused with 503 (the data dir is
+/// full); `next` ends at the refused one. Returns the refusal.
+async fn post_until_refused(weir: &Weir, next: &mut usize) -> Result<Value> {
+    for _ in 0..200 {
+        let (status, body) = weir.post_records("events", request_body(*next)).await?;
+        match status {
+            200 => *next += 1,
+            503 => return Ok(body),
+            _ => anyhow::bail!("answered {status}: {body}"),
+        }
+    }
+    anyhow::bail!("200 requests were accepted on a full disk")
+}
+
+/// Fill the disk under `dir`; returns the filler to remove.
+fn fill(dir: &std::path::Path) -> std::path::PathBuf {
+    let filler = dir.join("filler");
+    let _ = std::fs::write(&filler, vec![0u8; 64 << 20]);
+    filler
+}
+
+#[tokio::test]
+async fn a_full_data_dir_refuses_writes_keeps_reads_and_the_last_checkpoint() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().to_path_buf();
+    let Some(_disk) = SmallDisk::mount(&path, "16m") else {
+        eprintln!(
+            "SKIPPED: cannot mount a tmpfs here (needs root); the full-disk test did not run"
+        );
+        return Ok(());
+    };
+    let config = std::env::temp_dir().join(format!("weir-full-{}.toml", std::process::id()));
+    std::fs::write(&config, "[runtime.checkpoints]\ninterval = '200ms'\n")?;
+    let config = config.to_string_lossy().to_string();
+    let weir = Weir::start_in(dir, &["--config", &config]).await?;
+    for sql in HTTP {
+        weir.exec(sql).await?;
+    }
+    let (status, _) = weir.post_records("events", request_body(0)).await?;
+    assert_eq!(status, 200);
+    weir.wait_for(
+        "a checkpoint with the first rows",
+        Duration::from_secs(10),
+        || async {
+            let c = weir
+                .get("/api/v1/views/per_user?consistency=committed")
+                .await?;
+            Ok((c["rows"].as_array().is_some_and(|r| !r.is_empty())).then_some(()))
+        },
+    )
+    .await?;
+
+    // The disk fills up: requests are refused once the log's last block is full.
+    let mut next = 1;
+    let filler = fill(&path);
+    let body = post_until_refused(&weir, &mut next).await?;
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("write-ahead log"),
+        "{body}"
+    );
+    let acknowledged = (next * PER_REQUEST) as i64;
+    weir.wait_for(
+        "reads to show every acknowledged record",
+        Duration::from_secs(10),
+        || async { Ok((counted(&weir).await? == acknowledged).then_some(())) },
+    )
+    .await?;
+    let health = weir
+        .client
+        .get(format!("{}/healthz", weir.url))
+        .send()
+        .await?;
+    assert_eq!(health.status(), 200);
+    let failing = weir
+        .wait_for("a failed checkpoint", Duration::from_secs(10), || async {
+            let s = weir.get("/api/v1/checkpoints").await?;
+            Ok(s["last_error"].is_string().then_some(s))
+        })
+        .await?;
+    assert!(
+        failing["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("intact"),
+        "{failing}"
+    );
+    let metrics = weir
+        .client
+        .get(format!("{}/metrics", weir.url))
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("weir_checkpoint_failures_total ") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+
+    // Space comes back: writes and checkpoints resume.
+    std::fs::remove_file(&filler)?;
+    let (status, body) = weir.post_records("events", request_body(next)).await?;
+    assert_eq!(status, 200, "{body}");
+    next += 1;
+    weir.wait_for(
+        "checkpoints to succeed again",
+        Duration::from_secs(10),
+        || async {
+            let s = weir.get("/api/v1/checkpoints").await?;
+            Ok(s["last_error"].is_null().then_some(()))
+        },
+    )
+    .await?;
+
+    // Full again, then a crash: a start on a full disk is refused with a clear error,
+    // and once there is room the last good checkpoint and the log bring back every
+    // acknowledged record.
+    let filler = fill(&path);
+    post_until_refused(&weir, &mut next).await?;
+    let dir = weir.kill().await?;
+    let refused = tokio::process::Command::new(crate::support::weir_binary())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            &config,
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .await?;
+    assert!(!refused.status.success(), "weir started on a full data dir");
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("cannot use data dir"), "{said}");
+    std::fs::remove_file(&filler)?;
+    let weir = Weir::start_in(dir, &["--config", &config]).await?;
+    let status = weir.get("/api/v1/checkpoints").await?;
+    assert!(status["restored_from"].is_u64(), "{status}");
+    weir.wait_for(
+        "every acknowledged record",
+        Duration::from_secs(10),
+        || async { Ok((counted(&weir).await? == (next * PER_REQUEST) as i64).then_some(())) },
+    )
+    .await?;
+    Ok(())
+}

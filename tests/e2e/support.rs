@@ -53,6 +53,17 @@ impl Weir {
         Self::start_in(data_dir, extra_args).await
     }
 
+    /// Kill this server (as a crash would) and keep its data dir.
+    pub async fn kill(self) -> Result<tempfile::TempDir> {
+        let Self {
+            mut _child,
+            data_dir,
+            ..
+        } = self;
+        _child.kill().await?;
+        Ok(data_dir)
+    }
+
     pub async fn start_in(data_dir: tempfile::TempDir, extra_args: &[&str]) -> Result<Self> {
         let log = std::fs::OpenOptions::new()
             .create(true)

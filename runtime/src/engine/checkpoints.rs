@@ -82,6 +82,13 @@ impl Engine {
             inner.catalog_file.entries(),
             plugins,
         );
+        // A full or read-only data dir is the operator's to fix: say so, and retry later.
+        let written = written.map_err(|e| match e {
+            Error::Io(io) => Error::Unavailable(format!(
+                "checkpoint {epoch} could not be written to the data dir ({io}); the previous checkpoints are intact"
+            )),
+            other => other,
+        });
         let m = &inner.metrics;
         match &written {
             Ok(info) => {
@@ -107,7 +114,7 @@ impl Engine {
             }
             Err(e) => {
                 m.checkpoint_failures.inc();
-                let reason = format!("checkpoint {epoch} could not be written: {e}");
+                let reason = e.to_string();
                 tracing::error!("{reason}");
                 *inner.checkpoint_error.lock() = Some(reason);
             }
