@@ -57,7 +57,11 @@ try {
   await page.waitForSelector("#plugins td:has-text('failed: 3 failures in a row')", { timeout: 30000 });
   await page.waitForSelector("#views td:has-text('paused: plugin flaky is failed')", { timeout: 20000 });
   const plugins = await page.$$eval("#plugins tbody tr", (rows) => rows.map((r) => r.innerText));
-  console.log(JSON.stringify({ ok: true, live_rows: live.length, error, plugins }));
+  // Checkpoints run every 10 s by default: the header shows the newest and its age.
+  await page.waitForSelector("#checkpoint:has-text('last checkpoint #')", { timeout: 30000 });
+  const checkpoint = await page.textContent("#checkpoint");
+  if (!/s ago, [0-9.]+ KiB/.test(checkpoint)) await fail(`checkpoint line: ${checkpoint}`);
+  console.log(JSON.stringify({ ok: true, live_rows: live.length, error, plugins, checkpoint }));
 } catch (e) {
   await fail(String(e));
 }

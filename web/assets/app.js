@@ -45,12 +45,25 @@ function exportsOf(p) {
   ].join("; ");
 }
 
+// The newest checkpoint and its age, or why checkpoints fail.
+function showCheckpoint(c) {
+  const el = $("checkpoint");
+  const last = c && c.checkpoints && c.checkpoints[0];
+  let text = last
+    ? `last checkpoint #${last.epoch}, ${Math.max(0, Math.round((Date.now() - last.created_ms) / 1000))} s ago, ${(last.bytes / 1024).toFixed(1)} KiB`
+    : "no checkpoint yet";
+  if (c && c.last_error) text += ` — failing: ${c.last_error}`;
+  el.textContent = text;
+  el.className = c && c.last_error ? "error" : "muted";
+}
+
 async function refreshStatus() {
   try {
-    const [s, v, d, p] = await Promise.all([
+    const [s, v, d, p, c] = await Promise.all([
       getJson("/api/v1/sources"), getJson("/api/v1/views"), getJson("/api/v1/dead-letters?limit=20"),
-      getJson("/api/v1/plugins"),
+      getJson("/api/v1/plugins"), getJson("/api/v1/checkpoints"),
     ]);
+    showCheckpoint(c);
     fillRows($("plugins").tBodies[0], p.plugins.map((x) =>
       [x.name, x.version, exportsOf(x), x.reason ? `${x.status}: ${x.reason}` : x.status,
         x.calls, x.failures, x.used_by.join(", "), x.last_failure || ""]));

@@ -38,6 +38,13 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
             tracing::info!("shutting down");
             // End live streams, or graceful shutdown would wait for them forever.
             let _ = shutdown.send(true);
+            // A last checkpoint, so a planned restart replays nothing.
+            let last = engine.clone();
+            match tokio::task::spawn_blocking(move || last.checkpoint_now()).await {
+                Ok(Ok(c)) => tracing::info!(epoch = c.epoch, "final checkpoint written"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "no final checkpoint"),
+                Err(e) => tracing::warn!(error = %e, "no final checkpoint"),
+            }
             engine.shut_down();
         })
         .await
