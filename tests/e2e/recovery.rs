@@ -95,6 +95,33 @@ impl Moments {
     }
 }
 
+/// Flip a byte in the middle of a view-state file of the newest checkpoint that has
+/// one (when an older checkpoint exists to fall back to); returns its epoch.
+fn damage_newest_checkpoint(data_dir: &std::path::Path) -> Result<Option<u64>> {
+    let mut epochs: Vec<(u64, std::path::PathBuf)> =
+        std::fs::read_dir(data_dir.join("checkpoints"))?
+            .flatten()
+            .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path())))
+            .collect();
+    epochs.sort();
+    if epochs.len() < 2 {
+        return Ok(None);
+    }
+    let (epoch, newest) = epochs.pop().expect("two or more");
+    let Some(file) = std::fs::read_dir(&newest)?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with("-state.arrow"))
+    else {
+        return Ok(None);
+    };
+    let mut bytes = std::fs::read(&file)?;
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x5a;
+    std::fs::write(&file, bytes)?;
+    Ok(Some(epoch))
+}
+
 #[tokio::test]
 async fn nexmark_views_survive_kill_9_exactly() -> Result<()> {
     // The uninterrupted run.
@@ -118,14 +145,34 @@ async fn nexmark_views_survive_kill_9_exactly() -> Result<()> {
         weir.exec(sql).await?;
     }
     let mut restored = 0;
-    for _ in 0..5 {
+    let mut fell_back = false;
+    for kill in 0..5 {
         tokio::time::sleep(moments.next(400, 1_800)).await;
-        weir = restart(weir).await?;
+        if kill == 2 {
+            // This time the newest checkpoint is also damaged: the one before it is used.
+            let dir = weir.kill().await?;
+            let damaged = damage_newest_checkpoint(dir.path())?;
+            let config = dir.path().join("weir.toml").to_string_lossy().to_string();
+            weir = Weir::start_in(dir, &["--config", &config]).await?;
+            if let Some(epoch) = damaged {
+                let status = weir.get("/api/v1/checkpoints").await?;
+                let warnings = status["warnings"].to_string();
+                ensure!(
+                    warnings.contains(&format!("checkpoint {epoch}")),
+                    "{status}"
+                );
+                ensure!(status["restored_from"].as_u64() < Some(epoch), "{status}");
+                fell_back = true;
+            }
+        } else {
+            weir = restart(weir).await?;
+        }
         let status = weir.get("/api/v1/checkpoints").await?;
         if status["restored_from"].is_u64() {
             restored += 1;
         }
     }
+    ensure!(fell_back, "the damaged-checkpoint restart did not happen");
     ensure!(
         restored >= 3,
         "most restarts should restore a checkpoint, {restored} of 5 did"
@@ -628,6 +675,60 @@ async fn a_full_data_dir_refuses_writes_keeps_reads_and_the_last_checkpoint() ->
         Duration::from_secs(10),
         || async { Ok((counted(&weir).await? == (next * PER_REQUEST) as i64).then_some(())) },
     )
+    .await?;
+    Ok(())
+}
+
+/// A data dir that has become read-only: weir says so at start and changes nothing.
+#[tokio::test]
+async fn a_read_only_data_dir_is_refused_at_start_untouched() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().to_path_buf();
+    let Some(_disk) = SmallDisk::mount(&path, "4m") else {
+        eprintln!(
+            "SKIPPED: cannot mount a tmpfs here (needs root); the read-only test did not run"
+        );
+        return Ok(());
+    };
+    let weir = Weir::start_in(dir, &[]).await?;
+    weir.exec("CREATE SOURCE msgs (id BIGINT) WITH (connector = 'http')")
+        .await?;
+    weir.exec("CREATE MATERIALIZED VIEW ids AS SELECT id FROM msgs")
+        .await?;
+    let (status, _) = weir.post_records("msgs", "{\"id\":1}".into()).await?;
+    assert_eq!(status, 200);
+    let dir = weir.kill().await?;
+    let before = std::fs::read(path.join("catalog.json"))?;
+    let remounted = std::process::Command::new("mount")
+        .args(["-o", "remount,ro"])
+        .arg(&path)
+        .status()?;
+    ensure!(remounted.success(), "cannot remount read-only");
+    let refused = tokio::process::Command::new(crate::support::weir_binary())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&path)
+        .output()
+        .await?;
+    assert!(
+        !refused.status.success(),
+        "weir started on a read-only data dir"
+    );
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        said.contains("cannot use data dir") && said.contains("Read-only"),
+        "{said}"
+    );
+    assert_eq!(std::fs::read(path.join("catalog.json"))?, before);
+    // Writable again: everything is back.
+    std::process::Command::new("mount")
+        .args(["-o", "remount,rw"])
+        .arg(&path)
+        .status()?;
+    let weir = Weir::start_in(dir, &[]).await?;
+    weir.wait_for("the logged row", Duration::from_secs(10), || async {
+        let rows = weir.get("/api/v1/views/ids").await?["rows"].clone();
+        Ok((rows == serde_json::json!([[1]])).then_some(()))
+    })
     .await?;
     Ok(())
 }
