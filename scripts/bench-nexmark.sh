@@ -2,7 +2,8 @@
 # End-to-end throughput of the real binary: a finite Nexmark bid run through one
 # tumbling-window view, timed from the view's creation to the source finishing, with the
 # process's peak resident memory (flat across run lengths: state is bounded by open windows).
-# Usage: [VIEW_MAX_ROWS=n] scripts/bench-nexmark.sh [events]   (default 20,000,000)
+# With CHECKPOINT_INTERVAL (default 10s) it also reports the checkpoints taken meanwhile.
+# Usage: [VIEW_MAX_ROWS=n] [CHECKPOINT_INTERVAL=1s] scripts/bench-nexmark.sh [events]   (default 20,000,000)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/weir-target}"
@@ -12,7 +13,8 @@ BIN="$CARGO_TARGET_DIR/release/weir"
 DATA=$(mktemp -d)
 # VIEW_MAX_ROWS bounds the rows the view keeps (default 1,000,000), to separate the
 # view's retained rows from operator state in the memory figure.
-printf '[runtime]\nview-max-rows = %s\n' "${VIEW_MAX_ROWS:-1000000}" > "$DATA/weir.toml"
+printf '[runtime]\nview-max-rows = %s\n[runtime.checkpoints]\ninterval = "%s"\n' \
+  "${VIEW_MAX_ROWS:-1000000}" "${CHECKPOINT_INTERVAL:-10s}" > "$DATA/weir.toml"
 source scripts/lib/weir-server.sh
 start_weir "$DATA"
 PID=$WEIR_PID URL=$WEIR_URL
@@ -25,3 +27,14 @@ END=$(date +%s.%N)
 ROWS=$(curl -sf "$URL/api/v1/sources/bids" | sed -n 's/.*"records_in":\([0-9]*\).*/\1/p')
 PEAK_KB=$(sed -n 's/^VmHWM:[[:space:]]*\([0-9]*\) kB/\1/p' "/proc/$PID/status")
 python3 -c "import sys; e, r, s = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[4]) - float(sys.argv[3]); print(f'{e} events ({r} bids) in {s:.2f} s: {e/s/1e6:.2f} M events/s, {r/s/1e6:.2f} M bids/s, peak RSS {int(sys.argv[5])/1024:.0f} MiB')" "$EVENTS" "$ROWS" "$START" "$END" "$PEAK_KB"
+curl -sf "$URL/metrics" | python3 -c "
+import sys
+m = {}
+for line in sys.stdin:
+    if line.startswith('weir_checkpoint'):
+        k, v = line.rsplit(' ', 1)
+        m[k] = float(v)
+n = m.get('weir_checkpoint_duration_seconds_count', 0)
+if n:
+    print(f\"{int(n)} checkpoints, mean {m['weir_checkpoint_duration_seconds_sum'] / n * 1000:.1f} ms, last {m.get('weir_checkpoint_bytes', 0) / 1024:.0f} KiB\")
+"

@@ -9,6 +9,7 @@ pub mod aggregate;
 pub mod error;
 pub mod operator;
 pub mod parser;
+pub mod per_window;
 pub mod planner;
 pub mod schema;
 pub mod watermark;

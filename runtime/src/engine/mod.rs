@@ -540,7 +540,7 @@ impl Engine {
                 "the name {name} is taken; DROP it first or choose another"
             )));
         }
-        for name in weir_sql::planner::relations(&v.query) {
+        for name in weir_sql::planner::view_relations(&v.query) {
             if self.inner.views.contains_key(&name) {
                 return Err(Error::BadRequest(format!(
                     "view {} reads view {name}: views over views are not supported yet; read the source instead",

@@ -10,9 +10,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{
-    ArrayRef, AsArray, BooleanArray, Int64Array, TimestampMillisecondArray,
-};
+use datafusion::arrow::array::{ArrayRef, AsArray, BooleanArray, Int64Array};
 use datafusion::arrow::compute::take_record_batch;
 use datafusion::arrow::datatypes::Int64Type;
 use datafusion::arrow::datatypes::SchemaRef;
@@ -20,7 +18,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 
 use super::{GroupState, GroupedPlan, state_batch};
 use crate::operator::{Collector, Operator};
-use crate::window::{Windowing, event_times, split_by_window};
+use crate::window::{Windowing, event_times, split_by_window, with_window_columns};
 use crate::{Error, Result};
 
 /// The shape of a `TUMBLE` or `HOP` + `GROUP BY` query, as lowered by the planner.
@@ -59,15 +57,12 @@ impl WindowedAggregate {
 
     /// The slice's rows with their window's `window_start` and `window_end` columns.
     fn with_window(&self, start: i64, slice: &RecordBatch) -> Result<RecordBatch> {
-        let rows = slice.num_rows();
-        let end = self.plan.windowing.end(start);
-        let mut columns = slice.columns().to_vec();
-        columns.push(Arc::new(TimestampMillisecondArray::from_value(start, rows)) as ArrayRef);
-        columns.push(Arc::new(TimestampMillisecondArray::from_value(end, rows)) as ArrayRef);
-        Ok(RecordBatch::try_new(
-            self.plan.windowed_schema.clone(),
-            columns,
-        )?)
+        with_window_columns(
+            &self.plan.windowed_schema,
+            self.plan.windowing,
+            start,
+            slice,
+        )
     }
 }
 

@@ -14,7 +14,6 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
-use datafusion::datasource::MemTable;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
 use datafusion::logical_expr::{Expr, FetchType, LogicalPlan, SkipType};
@@ -33,6 +32,7 @@ use crate::aggregate::{
 };
 use crate::operator::{Collector, Operator};
 use crate::parser::{CreateView, WatermarkSpec};
+use crate::per_window::{PerWindowPlan, PerWindowQuery, WindowRows, check_window_local};
 use crate::schema::{TIMESTAMP, duration_in_unit, duration_text, interval};
 use crate::window::Windowing;
 use crate::{Error, Result, invalid, unsupported};
@@ -167,6 +167,14 @@ fn window_call(function: &'static str, args: &[FunctionArg]) -> Result<WindowCal
     })
 }
 
+/// Every table a view's query reads, by name: the sources inside `TUMBLE(...)` and
+/// `HOP(...)`, not the window functions' own names (a view may be called `hop`).
+pub fn view_relations(query: &ast::Query) -> Vec<String> {
+    let mut query = query.clone();
+    let _ = query.visit(&mut WindowRewriter::default());
+    relations(&query)
+}
+
 /// Every table the query reads, by name.
 pub fn relations(query: &ast::Query) -> Vec<String> {
     let mut names = Vec::new();
@@ -232,7 +240,13 @@ impl ContinuousQuery {
         let window_call = match rewriter.windows.as_slice() {
             [] => None,
             [t] => Some(t.clone()),
-            _ => return Err(unsupported!("a view may use one window function")),
+            // The same window in several subqueries (Nexmark q5) is one windowing.
+            [t, rest @ ..] if rest.iter().all(|o| same_window(t, o)) => Some(t.clone()),
+            _ => {
+                return Err(unsupported!(
+                    "a view may use one window: every TUMBLE or HOP in it must have the same arguments"
+                ));
+            }
         };
         let mut lateness = std::time::Duration::ZERO;
         for (key, value) in &view.options {
@@ -303,16 +317,63 @@ impl ContinuousQuery {
                 )
             }
         };
+        let table = Arc::new(WindowRows::new(scan_schema.clone()));
         ctx.register_table(
             datafusion::common::TableReference::bare(source.as_str()),
-            Arc::new(MemTable::try_new(scan_schema.clone(), vec![vec![]])?),
+            table.clone(),
         )?;
         let state = ctx.state();
         let statement = DFStatement::Statement(Box::new(ast::Statement::Query(query)));
         let plan = state.statement_to_plan(statement).await?;
         let plan = state.optimize(&plan)?;
 
-        let chain = linearize(&plan)?;
+        let chain = linearize(&plan);
+        // Beyond a chain with one aggregate, a windowed query runs whole per window.
+        if let Some((windowing, time_column)) = window
+            && (chain.is_err() || count_aggregates(&plan) > 1)
+        {
+            if windowing.lateness() > 0 {
+                return Err(unsupported!(
+                    "allowed_lateness is not supported for this query (it runs whole per window): \
+                     leave it out"
+                ));
+            }
+            check_window_local(&plan)?;
+            let w = window_call.as_ref().expect("a window");
+            let window_detail = if w.function == "HOP" {
+                format!(
+                    "HOP on {}, size {:?}, slide {:?}",
+                    w.time_column, w.size, w.slide
+                )
+            } else {
+                format!("TUMBLE on {}, size {:?}", w.time_column, w.size)
+            };
+            let mut operators = explain(&[], &source, info, None);
+            operators.push(("window".into(), window_detail.clone()));
+            operators.push((
+                "query".into(),
+                format!(
+                    "per closed window, in batch: {}",
+                    plan.display_indent().to_string().replace('\n', "; ")
+                ),
+            ));
+            let output_schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
+            return Ok(Self {
+                operators,
+                source,
+                output_schema,
+                description: format!("source -> window ({window_detail}) -> query per window"),
+                operator: Box::new(PerWindowQuery::new(PerWindowPlan {
+                    windowing,
+                    time_column,
+                    windowed_schema: scan_schema,
+                    plan,
+                    session: ctx.state(),
+                    table,
+                })),
+            });
+        }
+        let chain = chain?;
         let aggregate_at = chain
             .iter()
             .position(|p| matches!(p, LogicalPlan::Aggregate(_)));
@@ -394,12 +455,15 @@ impl ContinuousQuery {
 /// turns a lone `count(DISTINCT x)` into two nested aggregations: the distinct
 /// accumulator does the same job in one incremental aggregate.
 fn planning_context() -> SessionContext {
+    // One partition: per-window queries run on the pipeline's thread, without repartitioning.
+    let config = datafusion::prelude::SessionConfig::new().with_target_partitions(1);
     let rules = Optimizer::new()
         .rules
         .into_iter()
         .filter(|r| r.name() != "single_distinct_aggregation_to_group_by")
         .collect();
     let state = SessionStateBuilder::new()
+        .with_config(config)
         .with_default_features()
         .with_optimizer_rules(rules)
         .build();
@@ -669,6 +733,21 @@ fn explain(
         }
     }
     ops
+}
+
+fn same_window(a: &WindowCall, b: &WindowCall) -> bool {
+    (a.function, &a.source, &a.time_column, a.slide, a.size)
+        == (b.function, &b.source, &b.time_column, b.slide, b.size)
+}
+
+/// Aggregations anywhere in the plan.
+fn count_aggregates(plan: &LogicalPlan) -> usize {
+    let own = usize::from(matches!(plan, LogicalPlan::Aggregate(_)));
+    own + plan
+        .inputs()
+        .into_iter()
+        .map(count_aggregates)
+        .sum::<usize>()
 }
 
 fn describe(chain: &[&LogicalPlan]) -> String {

@@ -111,6 +111,27 @@ impl Windowing {
     }
 }
 
+/// Rows of one window with its `window_start` and `window_end` columns appended.
+pub fn with_window_columns(
+    windowed_schema: &datafusion::arrow::datatypes::SchemaRef,
+    windowing: Windowing,
+    start: i64,
+    slice: &datafusion::arrow::record_batch::RecordBatch,
+) -> Result<datafusion::arrow::record_batch::RecordBatch> {
+    let rows = slice.num_rows();
+    let mut columns = slice.columns().to_vec();
+    columns
+        .push(std::sync::Arc::new(TimestampMillisecondArray::from_value(start, rows)) as ArrayRef);
+    columns.push(std::sync::Arc::new(TimestampMillisecondArray::from_value(
+        windowing.end(start),
+        rows,
+    )) as ArrayRef);
+    Ok(datafusion::arrow::record_batch::RecordBatch::try_new(
+        windowed_schema.clone(),
+        columns,
+    )?)
+}
+
 /// The rows of one batch grouped by window.
 #[derive(Debug, Default, PartialEq)]
 pub struct Split {

@@ -1,0 +1,322 @@
+//! Window-local queries evaluated whole, one window at a time.
+//!
+//! Some queries over `TUMBLE` or `HOP` are not a chain the incremental operators cover:
+//! a join of a windowed aggregate with an aggregate over it (Nexmark q5's hottest
+//! auctions), `rank()` or `row_number()` per window (q7's highest bids), a subquery
+//! per window. When every part of such a query stays inside one window (aggregates group
+//! by `window_start`, window functions partition by it, joins match on it), the query's
+//! answer for a window depends on that window's rows only. [`PerWindowQuery`] keeps the
+//! rows of each open window and, once the watermark closes it, runs the whole query with
+//! DataFusion in batch mode over exactly those rows. Memory is bounded by the rows of the
+//! open windows.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{Array, AsArray};
+use datafusion::arrow::compute::{concat_batches, take_record_batch};
+use datafusion::arrow::datatypes::{SchemaRef, TimestampMillisecondType};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::execution::SessionState;
+use datafusion::logical_expr::{Expr, LogicalPlan, TableType};
+use datafusion::physical_plan::ExecutionPlan;
+
+use crate::operator::{Collector, Operator};
+use crate::window::{Windowing, event_times, split_by_window, with_window_columns};
+use crate::{Error, Result, unsupported};
+
+/// The table a per-window query reads: the rows of the window being evaluated.
+#[derive(Debug)]
+pub struct WindowRows {
+    schema: SchemaRef,
+    rows: Mutex<Vec<RecordBatch>>,
+}
+
+impl WindowRows {
+    pub fn new(schema: SchemaRef) -> Self {
+        Self {
+            schema,
+            rows: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn set(&self, rows: Vec<RecordBatch>) {
+        *self.rows.lock().unwrap_or_else(|e| e.into_inner()) = rows;
+    }
+}
+
+#[async_trait]
+impl TableProvider for WindowRows {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        let rows = self.rows.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        Ok(MemorySourceConfig::try_new_exec(
+            &[rows],
+            self.schema.clone(),
+            projection.cloned(),
+        )?)
+    }
+}
+
+/// What a [`PerWindowQuery`] runs.
+pub struct PerWindowPlan {
+    pub windowing: Windowing,
+    /// Index of the event-time column in the source schema.
+    pub time_column: usize,
+    /// Source schema plus `window_start` and `window_end`.
+    pub windowed_schema: SchemaRef,
+    /// The optimized query; its scans read `table`.
+    pub plan: LogicalPlan,
+    pub session: SessionState,
+    pub table: Arc<WindowRows>,
+}
+
+/// The running operator: each open window's rows, until the watermark closes it.
+pub struct PerWindowQuery {
+    plan: PerWindowPlan,
+    windows: BTreeMap<i64, Vec<RecordBatch>>,
+}
+
+impl PerWindowQuery {
+    pub fn new(plan: PerWindowPlan) -> Self {
+        Self {
+            plan,
+            windows: BTreeMap::new(),
+        }
+    }
+
+    /// The query's answer over `rows` (one window's).
+    fn evaluate(&self, rows: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
+        let PerWindowPlan {
+            plan,
+            session,
+            table,
+            ..
+        } = &self.plan;
+        table.set(rows);
+        // On a thread of its own, outside any async runtime: the plan is one partition
+        // (target_partitions = 1), so DataFusion runs it on this thread alone.
+        let result = std::thread::scope(|s| {
+            s.spawn(|| {
+                futures::executor::block_on(async {
+                    let physical = session.create_physical_plan(plan).await?;
+                    datafusion::physical_plan::collect(physical, session.task_ctx()).await
+                })
+            })
+            .join()
+        });
+        table.set(Vec::new());
+        match result {
+            Ok(batches) => Ok(batches?),
+            Err(_) => Err(Error::Execution(
+                "the per-window query panicked".to_string(),
+            )),
+        }
+    }
+}
+
+impl Operator for PerWindowQuery {
+    fn process(
+        &mut self,
+        batch: &RecordBatch,
+        watermark: Option<i64>,
+        out: &mut Collector,
+    ) -> Result<()> {
+        let windowing = self.plan.windowing;
+        let times = event_times(batch.column(self.plan.time_column))?;
+        let split = split_by_window(times, windowing, watermark);
+        let mut slices = Vec::with_capacity(split.windows.len());
+        for (start, rows) in split.windows {
+            let slice = match rows {
+                None => batch.clone(),
+                Some(rows) => take_record_batch(batch, &rows)?,
+            };
+            slices.push((
+                start,
+                with_window_columns(&self.plan.windowed_schema, windowing, start, &slice)?,
+            ));
+        }
+        for (start, slice) in slices {
+            self.windows.entry(start).or_default().push(slice);
+        }
+        if let Some(late) = &split.late {
+            out.late(take_record_batch(batch, late)?);
+        }
+        Ok(())
+    }
+
+    fn on_watermark(&mut self, watermark: i64, out: &mut Collector) -> Result<()> {
+        let windowing = self.plan.windowing;
+        let closed: Vec<i64> = self
+            .windows
+            .keys()
+            .copied()
+            .take_while(|&s| windowing.is_closed(s, Some(watermark)))
+            .collect();
+        for start in closed {
+            let rows = self.windows.remove(&start).unwrap_or_default();
+            match self.evaluate(rows.clone()) {
+                Ok(result) => result.into_iter().for_each(|b| out.emit(b)),
+                // Keep the window's rows rather than lose them.
+                Err(e) => {
+                    let rows = concat_batches(&self.plan.windowed_schema, &rows)?;
+                    out.failed(
+                        rows,
+                        format!("the window starting at {start} ms could not be evaluated: {e}"),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One batch per open window: its rows with their window columns.
+    fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {
+        self.windows
+            .values()
+            .map(|rows| Ok(concat_batches(&self.plan.windowed_schema, rows)?))
+            .collect()
+    }
+
+    fn restore(&mut self, state: &[RecordBatch]) -> Result<()> {
+        let start_column = self.plan.windowed_schema.fields().len() - 2;
+        let mut windows = BTreeMap::new();
+        for batch in state.iter().filter(|b| b.num_rows() > 0) {
+            if batch.schema().fields().len() != self.plan.windowed_schema.fields().len() {
+                return Err(Error::Execution(
+                    "the checkpointed window rows have other columns than this query".into(),
+                ));
+            }
+            let batch =
+                RecordBatch::try_new(self.plan.windowed_schema.clone(), batch.columns().to_vec())?;
+            let start = batch
+                .column(start_column)
+                .as_primitive_opt::<TimestampMillisecondType>()
+                .filter(|s| s.is_valid(0))
+                .map(|s| s.value(0))
+                .ok_or_else(|| Error::Execution("a checkpointed window has no start".into()))?;
+            windows.entry(start).or_insert_with(Vec::new).push(batch);
+        }
+        self.windows = windows;
+        Ok(())
+    }
+
+    fn state_size(&self) -> usize {
+        self.windows
+            .values()
+            .flatten()
+            .map(RecordBatch::get_array_memory_size)
+            .sum()
+    }
+
+    fn open_windows(&self) -> usize {
+        self.windows.len()
+    }
+}
+
+/// Check that every part of `plan` stays inside one window, so that evaluating it per
+/// window equals evaluating it over the whole stream. ORDER BY and LIMIT are allowed at
+/// the top only (they rank each window's result).
+pub fn check_window_local(plan: &LogicalPlan) -> Result<()> {
+    check(plan, true)
+}
+
+fn is_window_column(e: &Expr) -> bool {
+    matches!(e, Expr::Column(c) if c.name == "window_start" || c.name == "window_end")
+}
+
+fn check(plan: &LogicalPlan, top: bool) -> Result<()> {
+    let stays_top = top
+        && matches!(
+            plan,
+            LogicalPlan::Projection(_)
+                | LogicalPlan::Filter(_)
+                | LogicalPlan::Sort(_)
+                | LogicalPlan::Limit(_)
+                | LogicalPlan::SubqueryAlias(_)
+        );
+    match plan {
+        LogicalPlan::TableScan(_)
+        | LogicalPlan::Projection(_)
+        | LogicalPlan::Filter(_)
+        | LogicalPlan::SubqueryAlias(_)
+        | LogicalPlan::Union(_) => {}
+        LogicalPlan::Sort(_) | LogicalPlan::Limit(_) if top => {}
+        LogicalPlan::Sort(_) | LogicalPlan::Limit(_) => {
+            return Err(unsupported!(
+                "ORDER BY / LIMIT inside a subquery of a windowed view is not supported: \
+                 rank per window with row_number() OVER (PARTITION BY window_start ORDER BY ...)"
+            ));
+        }
+        LogicalPlan::Aggregate(a) => {
+            if !a.group_expr.iter().any(is_window_column) {
+                return Err(unsupported!(
+                    "every aggregation in a windowed view must GROUP BY window_start or window_end \
+                     (keep those names in subqueries), so it stays inside one window"
+                ));
+            }
+        }
+        LogicalPlan::Window(w) => {
+            for e in &w.window_expr {
+                let Expr::WindowFunction(f) = e.clone().unalias() else {
+                    continue;
+                };
+                if !f.params.partition_by.iter().any(is_window_column) {
+                    return Err(unsupported!(
+                        "window functions in a windowed view must PARTITION BY window_start or \
+                         window_end, so they stay inside one window: {e}"
+                    ));
+                }
+            }
+        }
+        LogicalPlan::Join(j) => {
+            if !j
+                .on
+                .iter()
+                .any(|(l, r)| is_window_column(l) && is_window_column(r))
+            {
+                return Err(unsupported!(
+                    "a join inside a windowed view must match window_start (or window_end) on \
+                     both sides, so it stays inside one window"
+                ));
+            }
+        }
+        LogicalPlan::Distinct(_) => {
+            if plan
+                .schema()
+                .field_with_unqualified_name("window_start")
+                .is_err()
+            {
+                return Err(unsupported!(
+                    "SELECT DISTINCT in a windowed view must keep window_start among its columns"
+                ));
+            }
+        }
+        other => {
+            return Err(unsupported!(
+                "{} in a windowed view is not supported",
+                other.display()
+            ));
+        }
+    }
+    for input in plan.inputs() {
+        check(input, stays_top)?;
+    }
+    Ok(())
+}
