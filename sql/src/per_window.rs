@@ -77,9 +77,11 @@ impl TableProvider for WindowRows {
 /// What a [`PerWindowQuery`] runs.
 pub struct PerWindowPlan {
     pub windowing: Windowing,
-    /// Index of the event-time column in the source schema.
+    /// Index of the event-time column among the kept source columns.
     pub time_column: usize,
-    /// Source schema plus `window_start` and `window_end`.
+    /// The source columns the query reads, when not all: only those are kept.
+    pub source_columns: Option<Vec<usize>>,
+    /// The kept source columns plus `window_start` and `window_end`.
     pub windowed_schema: SchemaRef,
     /// The optimized query; its scans read `table`.
     pub plan: LogicalPlan,
@@ -139,6 +141,11 @@ impl Operator for PerWindowQuery {
         out: &mut Collector,
     ) -> Result<()> {
         let windowing = self.plan.windowing;
+        let whole = batch;
+        let batch = &match &self.plan.source_columns {
+            Some(columns) => batch.project(columns)?,
+            None => batch.clone(),
+        };
         let times = event_times(batch.column(self.plan.time_column))?;
         let split = split_by_window(times, windowing, watermark);
         let mut slices = Vec::with_capacity(split.windows.len());
@@ -155,8 +162,9 @@ impl Operator for PerWindowQuery {
         for (start, slice) in slices {
             self.windows.entry(start).or_default().push(slice);
         }
+        // Late rows go to the dead-letter store whole, with every source column.
         if let Some(late) = &split.late {
-            out.late(take_record_batch(batch, late)?);
+            out.late(take_record_batch(whole, late)?);
         }
         Ok(())
     }

@@ -323,7 +323,7 @@ impl ContinuousQuery {
             table.clone(),
         )?;
         let state = ctx.state();
-        let statement = DFStatement::Statement(Box::new(ast::Statement::Query(query)));
+        let statement = DFStatement::Statement(Box::new(ast::Statement::Query(query.clone())));
         let plan = state.statement_to_plan(statement).await?;
         let plan = state.optimize(&plan)?;
 
@@ -339,6 +339,43 @@ impl ContinuousQuery {
                 ));
             }
             check_window_local(&plan)?;
+            // Each open window holds its rows: keep only the columns the query reads,
+            // planning again over just those.
+            let n_source = info.schema.fields().len();
+            let mut kept = used_columns(&plan, n_source + 2);
+            kept.retain(|&i| i < n_source);
+            if !kept.contains(&time_column) {
+                kept.push(time_column);
+                kept.sort_unstable();
+            }
+            let (plan, session, table, scan_schema, time_column, source_columns) =
+                if kept.len() < n_source {
+                    let narrow = Arc::new(
+                        scan_schema.project(
+                            &kept
+                                .iter()
+                                .copied()
+                                .chain([n_source, n_source + 1])
+                                .collect::<Vec<_>>(),
+                        )?,
+                    );
+                    let ctx = planning_context();
+                    for f in functions {
+                        ctx.register_udf(f.clone());
+                    }
+                    let table = Arc::new(WindowRows::new(narrow.clone()));
+                    ctx.register_table(
+                        datafusion::common::TableReference::bare(source.as_str()),
+                        table.clone(),
+                    )?;
+                    let state = ctx.state();
+                    let statement = DFStatement::Statement(Box::new(ast::Statement::Query(query)));
+                    let plan = state.optimize(&state.statement_to_plan(statement).await?)?;
+                    let time = kept.iter().position(|&i| i == time_column).unwrap_or(0);
+                    (plan, state, table, narrow, time, Some(kept))
+                } else {
+                    (plan, ctx.state(), table, scan_schema, time_column, None)
+                };
             let w = window_call.as_ref().expect("a window");
             let window_detail = if w.function == "HOP" {
                 format!(
@@ -366,9 +403,10 @@ impl ContinuousQuery {
                 operator: Box::new(PerWindowQuery::new(PerWindowPlan {
                     windowing,
                     time_column,
+                    source_columns,
                     windowed_schema: scan_schema,
                     plan,
-                    session: ctx.state(),
+                    session,
                     table,
                 })),
             });
@@ -738,6 +776,25 @@ fn explain(
 fn same_window(a: &WindowCall, b: &WindowCall) -> bool {
     (a.function, &a.source, &a.time_column, a.slide, a.size)
         == (b.function, &b.source, &b.time_column, b.slide, b.size)
+}
+
+/// Indices of the scanned table's columns that any scan in the plan reads.
+fn used_columns(plan: &LogicalPlan, width: usize) -> Vec<usize> {
+    let mut used = vec![false; width];
+    let mut stack = vec![plan];
+    while let Some(node) = stack.pop() {
+        if let LogicalPlan::TableScan(scan) = node {
+            match &scan.projection {
+                Some(p) => p
+                    .iter()
+                    .filter(|&&i| i < width)
+                    .for_each(|&i| used[i] = true),
+                None => used.iter_mut().for_each(|u| *u = true),
+            }
+        }
+        stack.extend(node.inputs());
+    }
+    (0..width).filter(|&i| used[i]).collect()
 }
 
 /// Aggregations anywhere in the plan.

@@ -662,6 +662,31 @@ async fn window_local_queries_run_per_window_and_others_are_named() {
         ],
         &rows
     );
+    // The query reads two of the three columns: only those are kept per window, but a
+    // late row goes to the dead-letter store whole.
+    let mut q = plan(
+        "CREATE MATERIALIZED VIEW v AS SELECT window_start, price FROM (SELECT window_start, price, \
+         row_number() OVER (PARTITION BY window_start ORDER BY price DESC) AS rn \
+         FROM TUMBLE(bids, date_time, INTERVAL '10' SECOND)) WHERE rn = 1",
+    )
+    .await
+    .expect("plans");
+    let mut out = Collector::default();
+    q.operator
+        .process(
+            &batch(&[(9, 1, 500), (8, 2, 25_000)]),
+            Some(20_000),
+            &mut out,
+        )
+        .expect("late");
+    let kept = q.operator.snapshot().expect("snapshot");
+    assert_eq!(
+        kept[0].num_columns(),
+        4,
+        "price and date_time are kept with the window columns, auction is not"
+    );
+    assert_eq!(out.late.len(), 1);
+    assert_eq!(out.late[0].num_columns(), 3);
     for (sql, named) in [
         (
             "CREATE MATERIALIZED VIEW v AS SELECT auction, row_number() OVER (ORDER BY price) AS r \
