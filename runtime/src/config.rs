@@ -25,6 +25,18 @@ pub struct RuntimeConfig {
     pub plugins: PluginConfig,
     /// When checkpoints are taken and how many are kept.
     pub checkpoints: CheckpointConfig,
+    /// Where `file` sources find their files (paths may not leave it). Default
+    /// `<data-dir>/files`.
+    pub files_dir: Option<PathBuf>,
+}
+
+impl RuntimeConfig {
+    /// Where `file` sources read from.
+    pub fn files_dir(&self) -> PathBuf {
+        self.files_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("files"))
+    }
 }
 
 impl Default for RuntimeConfig {
@@ -37,6 +49,7 @@ impl Default for RuntimeConfig {
             dead_letters_in_memory: 10_000,
             plugins: PluginConfig::default(),
             checkpoints: CheckpointConfig::default(),
+            files_dir: None,
         }
     }
 }

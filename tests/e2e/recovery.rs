@@ -732,3 +732,63 @@ async fn a_read_only_data_dir_is_refused_at_start_untouched() -> Result<()> {
     .await?;
     Ok(())
 }
+
+/// A file source's position is the byte offset it read up to: after a restart it reads
+/// only what was appended to the file since.
+#[tokio::test]
+async fn a_file_source_resumes_at_its_byte_offset() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let files = dir.path().join("files");
+    std::fs::create_dir(&files)?;
+    let line = |i: usize| format!("{{\"id\":{i},\"user_id\":{},\"amount\":{i}}}\n", i % 7);
+    let first: String = (0..20_000).map(line).collect();
+    std::fs::write(files.join("events.jsonl"), &first)?;
+    let weir = Weir::start_in(dir, &[]).await?;
+    weir.exec(
+        "CREATE SOURCE events (id BIGINT, user_id BIGINT, amount BIGINT) \
+         WITH (connector = 'file', path = 'events.jsonl')",
+    )
+    .await?;
+    weir.exec(
+        "CREATE MATERIALIZED VIEW per_user AS SELECT user_id, count(*) AS n, sum(amount) AS total \
+         FROM events GROUP BY user_id",
+    )
+    .await?;
+    wait_finished(&weir, "events").await?;
+    let taken: Value = weir
+        .client
+        .post(format!("{}/api/v1/checkpoints", weir.url))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(
+        taken["sources"][0]["position"]["offset"],
+        first.len().to_string(),
+        "{taken}"
+    );
+    let (code, body) = weir
+        .sql("CREATE SOURCE outside (id BIGINT) WITH (connector = 'file', path = '../weir.log')")
+        .await?;
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body["detail"].as_str().unwrap_or("").contains("files dir"),
+        "{body}"
+    );
+
+    let more: String = (20_000..20_010).map(line).collect();
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(weir.data_dir.path().join("files/events.jsonl"))?;
+    std::io::Write::write_all(&mut file, more.as_bytes())?;
+    let weir = weir.restart(&[]).await?;
+    wait_finished(&weir, "events").await?;
+    let status = weir.get("/api/v1/sources/events").await?;
+    assert_eq!(
+        status["records_in"], 10,
+        "only the appended lines are read: {status}"
+    );
+    let n = counted(&weir).await?;
+    assert_eq!(n, 20_010, "every line counted once");
+    Ok(())
+}

@@ -340,10 +340,11 @@ impl Engine {
         }
         let known = match common.connector.as_str() {
             "http" => crate::source::http::OPTIONS,
+            "file" => crate::source::file::OPTIONS,
             "nexmark" => nexmark::OPTIONS,
             other => {
                 return Err(Error::BadRequest(format!(
-                    "source {name}: connector '{other}' is not supported; use 'http' or 'nexmark'"
+                    "source {name}: connector '{other}' is not supported; use 'http', 'nexmark' or 'file'"
                 )));
             }
         };
@@ -354,6 +355,21 @@ impl Engine {
                 known.join(", ")
             )));
         }
+        let file = match common.connector.as_str() {
+            "file" => {
+                let path = s.options.get("path").ok_or_else(|| {
+                    Error::BadRequest(format!(
+                        "source {name}: a file source needs path = 'name.jsonl' (inside {})",
+                        self.inner.config.files_dir().display()
+                    ))
+                })?;
+                Some(crate::source::file::resolve(
+                    &self.inner.config.files_dir(),
+                    path,
+                )?)
+            }
+            _ => None,
+        };
         let batch = BatchPolicy::new(common.batch(self.inner.config.batch));
         let (schema, watermark) = match common.connector.as_str() {
             "nexmark" => {
@@ -471,10 +487,29 @@ impl Engine {
             .as_ref()
             .and_then(|(p, _)| p.offset(nexmark::POSITION))
             .unwrap_or(0);
+        let file_offset = resume
+            .as_ref()
+            .and_then(|(p, _)| p.offset(crate::source::file::POSITION))
+            .unwrap_or(0);
         if let Some((position, watermark)) = resume {
             pipeline = pipeline.resume_at(position, watermark);
         }
         pipeline.spawn(rx)?;
+        if let Some(path) = file {
+            crate::source::file::FileReader {
+                source: name.clone(),
+                path,
+                start: file_offset,
+                decoder: JsonDecoder::new(source.schema.clone()),
+                tx: tx.clone(),
+                stop: stop.clone(),
+                active: active.clone(),
+                records_in: source.records_in.clone(),
+                dead_letter_count: source.dead_letters.clone(),
+                dead_letters: self.inner.dead_letters.clone(),
+            }
+            .spawn()?;
+        }
         if common.connector == "nexmark" {
             let opts: NexmarkOptions = options::parse(&name, &s.options)?;
             nexmark::spawn(

@@ -3,6 +3,7 @@
 //! only in who sends the chunks: HTTP requests ([`http`]) or a generator thread
 //! ([`nexmark`]).
 
+pub mod file;
 pub mod http;
 pub mod nexmark;
 pub mod wal;

@@ -1,0 +1,238 @@
+//! The `file` connector: replays a file of newline-delimited JSON, then ends (a finite
+//! source: the final watermark closes every window). Its position is the byte offset
+//! after the last line read, so a restart from a checkpoint reads on from there.
+//!
+//! Paths are relative to `runtime.files-dir` (default `<data-dir>/files`) and may not
+//! leave it: SQL users must not be able to read any file the server can.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::SyncSender;
+use std::time::{Duration, Instant};
+
+use prometheus::IntCounter;
+
+use super::Chunk;
+use crate::checkpoint::Position;
+use crate::deadletter::{DeadLetterStore, NewDeadLetter};
+use crate::decode::JsonDecoder;
+use crate::{Error, Result};
+
+/// Option names of `WITH (connector = 'file', ...)`.
+pub const OPTIONS: &[&str] = &["connector", "format", "max_rows", "max_delay", "path"];
+
+/// The partition name of a file source's position: the byte offset read up to.
+pub const POSITION: &str = "offset";
+
+/// Bytes read per chunk (the chunk ends at the last complete line).
+const READ_BYTES: usize = 1 << 20;
+
+/// The file `path` names inside `dir`, which it may not leave.
+pub fn resolve(dir: &Path, path: &str) -> Result<PathBuf> {
+    let dir = dir.canonicalize().map_err(|e| {
+        Error::BadRequest(format!(
+            "the files dir {} is not readable ({e}); create it and put the files to replay there",
+            dir.display()
+        ))
+    })?;
+    let file = dir.join(path).canonicalize().map_err(|e| {
+        Error::BadRequest(format!(
+            "file {path} cannot be read in {} ({e})",
+            dir.display()
+        ))
+    })?;
+    if !file.starts_with(&dir) || !file.is_file() {
+        return Err(Error::BadRequest(format!(
+            "file {path} must be a file inside the files dir {}",
+            dir.display()
+        )));
+    }
+    Ok(file)
+}
+
+/// What a file reader needs besides the file.
+pub struct FileReader {
+    pub source: String,
+    pub path: PathBuf,
+    pub start: u64,
+    pub decoder: JsonDecoder,
+    pub tx: SyncSender<Chunk>,
+    pub stop: Arc<AtomicBool>,
+    pub active: Arc<AtomicBool>,
+    pub records_in: IntCounter,
+    pub dead_letter_count: IntCounter,
+    pub dead_letters: Arc<DeadLetterStore>,
+}
+
+impl FileReader {
+    /// Read on a thread of its own, from `start` to the end of the file.
+    pub fn spawn(self) -> Result<()> {
+        std::thread::Builder::new()
+            .name(format!("file-{}", self.source))
+            .spawn(move || {
+                if let Err(e) = self.run() {
+                    tracing::error!(source = %self.source, error = %e, "the file source stopped");
+                }
+            })
+            .map_err(|e| Error::Internal(format!("cannot start the file reader: {e}")))?;
+        Ok(())
+    }
+
+    fn run(&self) -> std::io::Result<()> {
+        // A source without views has nothing to feed: start with the first view.
+        while !self.active.load(Ordering::Relaxed) {
+            if self.stop.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let mut file = File::open(&self.path)?;
+        file.seek(SeekFrom::Start(self.start))?;
+        let mut offset = self.start;
+        let mut carry: Vec<u8> = Vec::new();
+        let mut block = vec![0u8; READ_BYTES];
+        loop {
+            if self.stop.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            let n = file.read(&mut block)?;
+            let at_end = n == 0;
+            carry.extend_from_slice(&block[..n]);
+            // Whole lines only; at the end, a last line without a newline too.
+            let take = if at_end {
+                carry.len()
+            } else {
+                match carry.iter().rposition(|&b| b == b'\n') {
+                    Some(i) => i + 1,
+                    None => continue,
+                }
+            };
+            let lines: Vec<u8> = carry.drain(..take).collect();
+            let end = offset + lines.len() as u64;
+            if lines.iter().any(|b| !b.is_ascii_whitespace()) && !self.send(&lines, offset, end) {
+                return Ok(());
+            }
+            offset = end;
+            if at_end {
+                let _ = self.tx.send(Chunk::End);
+                return Ok(());
+            }
+        }
+    }
+
+    /// Decode and send the lines at `from..end`; false once the pipeline is gone.
+    fn send(&self, lines: &[u8], from: u64, end: u64) -> bool {
+        let decoded = self.decoder.decode(lines);
+        let n = self
+            .dead_letters
+            .push_all(decoded.rejected.into_iter().map(|r| NewDeadLetter {
+                source: self.source.clone(),
+                view: None,
+                position: None,
+                reason: format!(
+                    "{} (in bytes {from}..{end} of {})",
+                    r.reason,
+                    self.path.display()
+                ),
+                raw: r.raw,
+            }));
+        self.dead_letter_count.inc_by(n as u64);
+        self.records_in.inc_by(decoded.batch.num_rows() as u64);
+        self.tx
+            .send(Chunk::Rows {
+                batch: decoded.batch,
+                received: Instant::now(),
+                position: Position::at(POSITION, end),
+            })
+            .is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc::sync_channel;
+
+    use datafusion::arrow::array::{AsArray, RecordBatch};
+    use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema};
+
+    use super::*;
+
+    fn read(dir: &Path, start: u64) -> (Vec<i64>, Vec<u64>, usize) {
+        let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
+        let (tx, rx) = sync_channel(16);
+        let counter = || IntCounter::new("c", "c").expect("counter");
+        let dead_letters = Arc::new(DeadLetterStore::open(None, 10).expect("store"));
+        FileReader {
+            source: "f".into(),
+            path: resolve(dir, "records.jsonl").expect("inside"),
+            start,
+            decoder: JsonDecoder::new(schema),
+            tx,
+            stop: Arc::new(AtomicBool::new(false)),
+            active: Arc::new(AtomicBool::new(true)),
+            records_in: counter(),
+            dead_letter_count: counter(),
+            dead_letters: dead_letters.clone(),
+        }
+        .run()
+        .expect("reads");
+        let (mut ids, mut ends) = (Vec::new(), Vec::new());
+        for chunk in rx.try_iter() {
+            match chunk {
+                Chunk::Rows {
+                    batch, position, ..
+                } => {
+                    let batch: RecordBatch = batch;
+                    ids.extend(
+                        batch
+                            .column(0)
+                            .as_primitive::<Int64Type>()
+                            .values()
+                            .iter()
+                            .copied(),
+                    );
+                    ends.push(position.offset(POSITION).expect("offset"));
+                }
+                Chunk::End => ends.push(u64::MAX),
+            }
+        }
+        (ids, ends, dead_letters.recent(None, None, 10).len())
+    }
+
+    #[test]
+    fn reads_every_line_and_resumes_at_a_byte_offset() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let text = "{\"id\":1}\n{\"id\":\"bad\"}\n{\"id\":3}\n{\"id\":4}";
+        std::fs::write(dir.path().join("records.jsonl"), text).expect("write");
+        let (ids, ends, bad) = read(dir.path(), 0);
+        assert_eq!(ids, vec![1, 3, 4]);
+        assert_eq!(bad, 1);
+        // Whole lines first; the last line, without a newline, once the end is reached.
+        let whole_lines = text.rfind('\n').expect("newlines") as u64 + 1;
+        assert_eq!(ends, vec![whole_lines, text.len() as u64, u64::MAX]);
+        // From the offset after the second line: the rest only.
+        let (ids, _, bad) = read(dir.path(), "{\"id\":1}\n{\"id\":\"bad\"}\n".len() as u64);
+        assert_eq!(ids, vec![3, 4]);
+        assert_eq!(bad, 0);
+    }
+
+    #[test]
+    fn paths_may_not_leave_the_files_dir() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let files = dir.path().join("files");
+        std::fs::create_dir(&files).expect("dir");
+        std::fs::write(dir.path().join("secret"), "x").expect("write");
+        std::fs::write(files.join("ok.jsonl"), "{}").expect("write");
+        assert!(resolve(&files, "ok.jsonl").is_ok());
+        for bad in ["../secret", "/etc/passwd", "missing.jsonl", "."] {
+            let e = resolve(&files, bad).expect_err(bad).to_string();
+            assert!(
+                e.contains("files dir") || e.contains("cannot be read"),
+                "{bad}: {e}"
+            );
+        }
+    }
+}
