@@ -194,12 +194,10 @@ impl Operator for PerWindowQuery {
         Ok(())
     }
 
-    /// One batch per open window: its rows with their window columns.
+    /// The open windows' rows as they are held (shared, not copied); each batch carries
+    /// its window in its window columns.
     fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {
-        self.windows
-            .values()
-            .map(|rows| Ok(concat_batches(&self.plan.windowed_schema, rows)?))
-            .collect()
+        Ok(self.windows.values().flatten().cloned().collect())
     }
 
     fn restore(&mut self, state: &[RecordBatch]) -> Result<()> {

@@ -312,6 +312,26 @@ fn info(m: &Manifest) -> CheckpointInfo {
     }
 }
 
+/// A file writer that counts and hashes what passes through it.
+struct HashingWriter {
+    file: std::io::BufWriter<std::fs::File>,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl std::io::Write for HashingWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
 fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let mut file = std::fs::File::create(path)?;
@@ -327,18 +347,27 @@ fn write_ipc<'a>(
     batches: impl Iterator<Item = &'a RecordBatch>,
     files: &mut Vec<FileEntry>,
 ) -> Result<String> {
-    let mut bytes = Vec::new();
-    let mut writer = FileWriter::try_new(&mut bytes, schema)?;
+    // Streamed to the file, hashed on the way: no copy of the state in memory.
+    let sink = HashingWriter {
+        file: std::io::BufWriter::new(std::fs::File::create(dir.join(name))?),
+        hasher: Sha256::new(),
+        bytes: 0,
+    };
+    let mut writer = FileWriter::try_new(sink, schema)?;
     for b in batches {
         writer.write(b)?;
     }
     writer.finish()?;
-    drop(writer);
-    write_synced(&dir.join(name), &bytes)?;
+    let HashingWriter {
+        file,
+        hasher,
+        bytes,
+    } = writer.into_inner()?;
+    file.into_inner().map_err(|e| e.into_error())?.sync_all()?;
     files.push(FileEntry {
         name: name.to_string(),
-        bytes: bytes.len() as u64,
-        sha256: hex(&Sha256::digest(&bytes)),
+        bytes,
+        sha256: hex(&hasher.finalize()),
     });
     Ok(name.to_string())
 }
