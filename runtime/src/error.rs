@@ -44,6 +44,10 @@ pub enum Error {
 
 impl From<datafusion::arrow::error::ArrowError> for Error {
     fn from(e: datafusion::arrow::error::ArrowError) -> Self {
-        Error::Internal(e.to_string())
+        match e {
+            // Writing Arrow files: a full or read-only disk is not a bug of ours.
+            datafusion::arrow::error::ArrowError::IoError(_, io) => Error::Io(io),
+            e => Error::Internal(e.to_string()),
+        }
     }
 }
