@@ -12,6 +12,7 @@ pub mod parser;
 pub mod per_window;
 pub mod planner;
 pub mod schema;
+pub mod session;
 pub mod watermark;
 pub mod window;
 

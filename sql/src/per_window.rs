@@ -105,31 +105,35 @@ impl PerWindowQuery {
 
     /// The query's answer over `rows` (one window's).
     fn evaluate(&self, rows: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
-        let PerWindowPlan {
-            plan,
-            session,
-            table,
-            ..
-        } = &self.plan;
-        table.set(rows);
-        // On a thread of its own, outside any async runtime: the plan is one partition
-        // (target_partitions = 1), so DataFusion runs it on this thread alone.
-        let result = std::thread::scope(|s| {
-            s.spawn(|| {
-                futures::executor::block_on(async {
-                    let physical = session.create_physical_plan(plan).await?;
-                    datafusion::physical_plan::collect(physical, session.task_ctx()).await
-                })
+        run_batch(&self.plan.plan, &self.plan.session, &self.plan.table, rows)
+    }
+}
+
+/// Run `plan` in batch mode over `rows` (the rows its scans of `table` read).
+pub(crate) fn run_batch(
+    plan: &LogicalPlan,
+    session: &SessionState,
+    table: &WindowRows,
+    rows: Vec<RecordBatch>,
+) -> Result<Vec<RecordBatch>> {
+    table.set(rows);
+    // On a thread of its own, outside any async runtime: the plan is one partition
+    // (target_partitions = 1), so DataFusion runs it on this thread alone.
+    let result = std::thread::scope(|s| {
+        s.spawn(|| {
+            futures::executor::block_on(async {
+                let physical = session.create_physical_plan(plan).await?;
+                datafusion::physical_plan::collect(physical, session.task_ctx()).await
             })
-            .join()
-        });
-        table.set(Vec::new());
-        match result {
-            Ok(batches) => Ok(batches?),
-            Err(_) => Err(Error::Execution(
-                "the per-window query panicked".to_string(),
-            )),
-        }
+        })
+        .join()
+    });
+    table.set(Vec::new());
+    match result {
+        Ok(batches) => Ok(batches?),
+        Err(_) => Err(Error::Execution(
+            "the per-window query panicked".to_string(),
+        )),
     }
 }
 

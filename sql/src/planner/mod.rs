@@ -34,6 +34,7 @@ use crate::operator::{Collector, Operator};
 use crate::parser::{CreateView, WatermarkSpec};
 use crate::per_window::{PerWindowPlan, PerWindowQuery, WindowRows, check_window_local};
 use crate::schema::{TIMESTAMP, duration_in_unit, duration_text, interval};
+use crate::session::{SessionPlan, SessionQuery};
 use crate::window::Windowing;
 use crate::{Error, Result, invalid, unsupported};
 use steps::{Step, Steps};
@@ -100,10 +101,7 @@ impl VisitorMut for WindowRewriter {
         let result = match function.as_str() {
             "tumble" => window_call("TUMBLE", &fargs.args),
             "hop" => window_call("HOP", &fargs.args),
-            "session" => Err(unsupported!(
-                "{} windows are not supported yet; use TUMBLE(source, time_column, size) or HOP(source, time_column, slide, size)",
-                function.to_uppercase()
-            )),
+            "session" => window_call("SESSION", &fargs.args),
             other => Err(unsupported!(
                 "table function {other}(...) is not supported; use TUMBLE(source, time_column, size)"
             )),
@@ -146,6 +144,13 @@ fn window_call(function: &'static str, args: &[FunctionArg]) -> Result<WindowCal
     let (source, time, slide, size) = match (function, exprs.as_slice()) {
         ("TUMBLE", [source, time, size]) => (source, time, size, size),
         ("HOP", [source, time, slide, size]) => (source, time, slide, size),
+        ("SESSION", [source, time, gap]) => (source, time, gap, gap),
+        ("SESSION", _) => {
+            return Err(invalid!(
+                "SESSION takes three arguments: SESSION(source, time_column, gap), e.g. \
+                 SESSION(bids, date_time, INTERVAL '10' SECOND)"
+            ));
+        }
         ("TUMBLE", _) => {
             return Err(invalid!(
                 "TUMBLE takes three arguments: TUMBLE(source, time_column, INTERVAL '10' SECOND)"
@@ -327,6 +332,26 @@ impl ContinuousQuery {
         let plan = state.statement_to_plan(statement).await?;
         let plan = state.optimize(&plan)?;
 
+        if let (Some(w), Some((windowing, time_column))) = (&window_call, window)
+            && w.function == "SESSION"
+        {
+            return plan_session(
+                w,
+                windowing,
+                Planned {
+                    query,
+                    plan,
+                    ctx,
+                    table,
+                    scan_schema,
+                },
+                source,
+                info,
+                time_column,
+                functions,
+            )
+            .await;
+        }
         let chain = linearize(&plan);
         // Beyond a chain with one aggregate, a windowed query runs whole per window.
         if let Some((windowing, time_column)) = window
@@ -339,43 +364,27 @@ impl ContinuousQuery {
                 ));
             }
             check_window_local(&plan)?;
-            // Each open window holds its rows: keep only the columns the query reads,
-            // planning again over just those.
-            let n_source = info.schema.fields().len();
-            let mut kept = used_columns(&plan, n_source + 2);
-            kept.retain(|&i| i < n_source);
-            if !kept.contains(&time_column) {
-                kept.push(time_column);
-                kept.sort_unstable();
-            }
-            let (plan, session, table, scan_schema, time_column, source_columns) =
-                if kept.len() < n_source {
-                    let narrow = Arc::new(
-                        scan_schema.project(
-                            &kept
-                                .iter()
-                                .copied()
-                                .chain([n_source, n_source + 1])
-                                .collect::<Vec<_>>(),
-                        )?,
-                    );
-                    let ctx = planning_context();
-                    for f in functions {
-                        ctx.register_udf(f.clone());
-                    }
-                    let table = Arc::new(WindowRows::new(narrow.clone()));
-                    ctx.register_table(
-                        datafusion::common::TableReference::bare(source.as_str()),
-                        table.clone(),
-                    )?;
-                    let state = ctx.state();
-                    let statement = DFStatement::Statement(Box::new(ast::Statement::Query(query)));
-                    let plan = state.optimize(&state.statement_to_plan(statement).await?)?;
-                    let time = kept.iter().position(|&i| i == time_column).unwrap_or(0);
-                    (plan, state, table, narrow, time, Some(kept))
-                } else {
-                    (plan, ctx.state(), table, scan_schema, time_column, None)
-                };
+            let Narrowed {
+                plan,
+                session,
+                table,
+                schema: scan_schema,
+                time_column,
+                source_columns,
+            } = narrow(
+                Planned {
+                    query,
+                    plan,
+                    ctx,
+                    table,
+                    scan_schema,
+                },
+                &source,
+                info,
+                time_column,
+                functions,
+            )
+            .await?;
             let w = window_call.as_ref().expect("a window");
             let window_detail = if w.function == "HOP" {
                 format!(
@@ -776,6 +785,194 @@ fn explain(
 fn same_window(a: &WindowCall, b: &WindowCall) -> bool {
     (a.function, &a.source, &a.time_column, a.slide, a.size)
         == (b.function, &b.source, &b.time_column, b.slide, b.size)
+}
+
+/// A SESSION view: sessions per key, each evaluated whole once it has ended.
+#[allow(clippy::too_many_arguments)]
+async fn plan_session(
+    call: &WindowCall,
+    windowing: Windowing,
+    planned: Planned,
+    source: String,
+    info: &SourceInfo,
+    time_column: usize,
+    functions: &[datafusion::logical_expr::ScalarUDF],
+) -> Result<ContinuousQuery> {
+    if windowing.lateness() > 0 {
+        return Err(unsupported!(
+            "allowed_lateness is not supported for SESSION windows: leave it out"
+        ));
+    }
+    check_window_local(&planned.plan)?;
+    let narrowed = narrow(planned, &source, info, time_column, functions).await?;
+    // The session keys: the GROUP BY columns (besides the window's) of the aggregate
+    // nearest the source.
+    let mut aggregates = Vec::new();
+    let mut stack = vec![&narrowed.plan];
+    while let Some(node) = stack.pop() {
+        if let LogicalPlan::Aggregate(a) = node {
+            aggregates.push(a);
+        }
+        stack.extend(node.inputs());
+    }
+    let Some(lowest) = aggregates.last() else {
+        return Err(unsupported!(
+            "a SESSION view must aggregate: GROUP BY window_start, window_end and the session's keys"
+        ));
+    };
+    let mut key_columns = Vec::new();
+    for e in &lowest.group_expr {
+        match e {
+            Expr::Column(c) if c.name == "window_start" || c.name == "window_end" => {}
+            Expr::Column(c) => match narrowed.schema.index_of(&c.name) {
+                Ok(i) if i + 2 < narrowed.schema.fields().len() => key_columns.push(i),
+                _ => {
+                    return Err(unsupported!(
+                        "SESSION keys must be columns of the source; {} is not",
+                        c.name
+                    ));
+                }
+            },
+            other => {
+                return Err(unsupported!(
+                    "SESSION keys must be plain columns of the source, not {other}: \
+                     compute it in a stream or group by the column"
+                ));
+            }
+        }
+    }
+    let gap = windowing.size();
+    let keys: Vec<String> = key_columns
+        .iter()
+        .map(|&i| narrowed.schema.field(i).name().clone())
+        .collect();
+    let detail = format!(
+        "SESSION on {}, gap {:?}, per {}",
+        call.time_column,
+        call.size,
+        if keys.is_empty() {
+            "stream".to_string()
+        } else {
+            keys.join(", ")
+        }
+    );
+    let mut operators = explain(&[], &source, info, None);
+    operators.push(("window".into(), detail.clone()));
+    operators.push((
+        "query".into(),
+        format!(
+            "per ended session, in batch: {}",
+            narrowed
+                .plan
+                .display_indent()
+                .to_string()
+                .replace('\n', "; ")
+        ),
+    ));
+    let output_schema: SchemaRef = Arc::new(narrowed.plan.schema().as_arrow().clone());
+    Ok(ContinuousQuery {
+        operators,
+        source,
+        output_schema,
+        description: format!("source -> window ({detail}) -> query per session"),
+        operator: Box::new(SessionQuery::new(SessionPlan {
+            gap,
+            time_column: narrowed.time_column,
+            key_columns,
+            source_columns: narrowed.source_columns,
+            windowed_schema: narrowed.schema,
+            plan: narrowed.plan,
+            session: narrowed.session,
+            table: narrowed.table,
+        })?),
+    })
+}
+
+/// A plan of rows-holding views (per window, per session), over only the source
+/// columns it reads.
+struct Narrowed {
+    plan: LogicalPlan,
+    session: datafusion::execution::SessionState,
+    table: Arc<WindowRows>,
+    /// The kept source columns plus the two window columns.
+    schema: SchemaRef,
+    /// Index of the time column among the kept columns.
+    time_column: usize,
+    /// The kept source columns, when not all.
+    source_columns: Option<Vec<usize>>,
+}
+
+/// A query as first planned over the full source schema plus window columns.
+struct Planned {
+    query: Box<ast::Query>,
+    plan: LogicalPlan,
+    ctx: SessionContext,
+    table: Arc<WindowRows>,
+    scan_schema: SchemaRef,
+}
+
+/// Such views hold rows: keep only the source columns the query reads (and the time
+/// column), planning again over just those.
+async fn narrow(
+    planned: Planned,
+    source: &str,
+    info: &SourceInfo,
+    time_column: usize,
+    functions: &[datafusion::logical_expr::ScalarUDF],
+) -> Result<Narrowed> {
+    let Planned {
+        query,
+        plan,
+        ctx,
+        table,
+        scan_schema,
+    } = planned;
+    let n_source = info.schema.fields().len();
+    let mut kept = used_columns(&plan, n_source + 2);
+    kept.retain(|&i| i < n_source);
+    if !kept.contains(&time_column) {
+        kept.push(time_column);
+        kept.sort_unstable();
+    }
+    if kept.len() == n_source {
+        return Ok(Narrowed {
+            plan,
+            session: ctx.state(),
+            table,
+            schema: scan_schema,
+            time_column,
+            source_columns: None,
+        });
+    }
+    let schema = Arc::new(
+        scan_schema.project(
+            &kept
+                .iter()
+                .copied()
+                .chain([n_source, n_source + 1])
+                .collect::<Vec<_>>(),
+        )?,
+    );
+    let ctx = planning_context();
+    for f in functions {
+        ctx.register_udf(f.clone());
+    }
+    let table = Arc::new(WindowRows::new(schema.clone()));
+    ctx.register_table(
+        datafusion::common::TableReference::bare(source),
+        table.clone(),
+    )?;
+    let session = ctx.state();
+    let statement = DFStatement::Statement(Box::new(ast::Statement::Query(query)));
+    let plan = session.optimize(&session.statement_to_plan(statement).await?)?;
+    Ok(Narrowed {
+        plan,
+        session,
+        table,
+        schema,
+        time_column: kept.iter().position(|&i| i == time_column).unwrap_or(0),
+        source_columns: Some(kept),
+    })
 }
 
 /// Indices of the scanned table's columns that any scan in the plan reads.

@@ -574,6 +574,8 @@ async fn restored_state_continues_exactly_as_if_never_stopped() {
         "CREATE MATERIALIZED VIEW v AS SELECT auction, count(DISTINCT price) AS prices, median(price) AS mid \
          FROM bids GROUP BY auction",
         // Run whole per window: the open windows' rows are the state.
+        "CREATE MATERIALIZED VIEW v AS SELECT window_start, window_end, auction, count(*) AS n \
+         FROM SESSION(bids, date_time, INTERVAL '1' SECOND) GROUP BY window_start, window_end, auction",
         "CREATE MATERIALIZED VIEW v AS SELECT b.window_start, b.auction, b.price FROM \
          TUMBLE(bids, date_time, INTERVAL '3' SECOND) AS b JOIN (SELECT window_start, max(price) AS top \
          FROM TUMBLE(bids, date_time, INTERVAL '3' SECOND) GROUP BY window_start) AS m \
@@ -715,5 +717,75 @@ async fn window_local_queries_run_per_window_and_others_are_named() {
     ] {
         let e = plan(sql).await.expect_err(sql).to_string();
         assert!(e.contains(named), "{sql}\n{e}");
+    }
+}
+
+#[tokio::test]
+async fn session_windows_per_key_merge_and_close_at_their_end() {
+    let sql = "CREATE MATERIALIZED VIEW v AS SELECT window_start, window_end, auction, count(*) AS n, \
+               sum(price) AS total FROM SESSION(bids, date_time, INTERVAL '5' SECOND) \
+               GROUP BY window_start, window_end, auction";
+    let input = [
+        batch(&[(1, 10, 1_000), (2, 1, 2_000), (3, 7, 1_000), (1, 20, 3_000)]),
+        batch(&[(2, 1, 6_000), (3, 7, 9_000)]),
+        // Bridges auction 3's two sessions into one.
+        batch(&[(3, 7, 5_000)]),
+        batch(&[(1, 30, 20_000)]),
+    ];
+    let mut q = plan(sql).await.expect("plans");
+    assert!(q.description.contains("SESSION"), "{}", q.description);
+    // No watermark until the end, so that the late row can still bridge two sessions.
+    let mut collected = Collector::default();
+    for b in &input {
+        q.operator
+            .process(b, None, &mut collected)
+            .expect("process");
+    }
+    assert_eq!(
+        q.operator.open_windows(),
+        4,
+        "auction 3's two sessions merged"
+    );
+    q.operator
+        .on_watermark(i64::MAX, &mut collected)
+        .expect("end");
+    assert!(collected.late.is_empty());
+    let rows = collected.rows;
+    let mut out = datafusion::arrow::util::pretty::pretty_format_batches(&rows)
+        .expect("format")
+        .to_string()
+        .lines()
+        .filter(|l| l.starts_with("| 1970"))
+        .map(str::to_string)
+        .collect::<Vec<_>>();
+    out.sort();
+    assert_eq!(
+        out,
+        [
+            "| 1970-01-01T00:00:01 | 1970-01-01T00:00:08 | 1       | 2 | 30    |",
+            "| 1970-01-01T00:00:01 | 1970-01-01T00:00:14 | 3       | 3 | 21    |",
+            "| 1970-01-01T00:00:02 | 1970-01-01T00:00:11 | 2       | 2 | 2     |",
+            "| 1970-01-01T00:00:20 | 1970-01-01T00:00:25 | 1       | 1 | 30    |",
+        ]
+    );
+    // A row whose own session has ended by the watermark is late.
+    let mut out = Collector::default();
+    q.operator
+        .process(&batch(&[(9, 1, 100)]), Some(10_000), &mut out)
+        .expect("late");
+    assert_eq!(out.late.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
+    for (bad, named) in [
+        (
+            "CREATE MATERIALIZED VIEW v AS SELECT window_start, price % 2 AS k, count(*) FROM \
+             SESSION(bids, date_time, INTERVAL '5' SECOND) GROUP BY window_start, price % 2",
+            "plain columns",
+        ),
+        (
+            "CREATE MATERIALIZED VIEW v AS SELECT window_start FROM SESSION(bids, date_time)",
+            "three arguments",
+        ),
+    ] {
+        let e = plan(bad).await.expect_err(bad).to_string();
+        assert!(e.contains(named), "{bad}\n{e}");
     }
 }
