@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{Array, AsArray};
+use datafusion::arrow::array::{Array, AsArray, UInt32Array};
 use datafusion::arrow::compute::{concat_batches, take_record_batch};
 use datafusion::arrow::datatypes::{SchemaRef, TimestampMillisecondType};
 use datafusion::arrow::record_batch::RecordBatch;
@@ -130,7 +130,15 @@ pub(crate) fn run_batch(
     });
     table.set(Vec::new());
     match result {
-        Ok(batches) => Ok(batches?),
+        // Results are kept by the view: copy them into buffers of their own size (a
+        // join's few output rows may otherwise pin buffers sized for a whole batch).
+        Ok(batches) => batches?
+            .iter()
+            .map(|b| {
+                let all = UInt32Array::from_iter_values(0..b.num_rows() as u32);
+                Ok(take_record_batch(b, &all)?)
+            })
+            .collect(),
         Err(_) => Err(Error::Execution(
             "the per-window query panicked".to_string(),
         )),

@@ -56,3 +56,64 @@ async fn same_seed_same_rows() -> Result<()> {
     assert_ne!(first, other, "another seed must give other rows");
     Ok(())
 }
+
+/// Views that hold rows (per window, per session) run through the real binary and
+/// EXPLAIN shows what they hold.
+#[tokio::test]
+async fn per_window_and_session_views_run_and_explain_their_state() -> Result<()> {
+    let weir = Weir::start(&[]).await?;
+    // Slow enough that windows are open when EXPLAIN runs.
+    weir.exec("CREATE SOURCE bids WITH (connector = 'nexmark', table = 'bid', rate = 20000, events = 60000, seed = 3)")
+        .await?;
+    weir.exec(
+        "CREATE MATERIALIZED VIEW q7 AS SELECT b.auction, b.price, b.window_start \
+         FROM TUMBLE(bids, date_time, INTERVAL '1' SECOND) AS b \
+         JOIN (SELECT max(price) AS top, window_start FROM TUMBLE(bids, date_time, INTERVAL '1' SECOND) \
+               GROUP BY window_start) AS m ON b.window_start = m.window_start AND b.price = m.top",
+    )
+    .await?;
+    weir.exec(
+        "CREATE MATERIALIZED VIEW bursts AS SELECT window_start, window_end, bidder, count(*) AS n \
+         FROM SESSION(bids, date_time, INTERVAL '1' SECOND) GROUP BY window_start, window_end, bidder",
+    )
+    .await?;
+    let held = weir
+        .wait_for(
+            "rows held by open windows",
+            Duration::from_secs(30),
+            || async {
+                let rows = weir.exec("EXPLAIN VIEW q7").await?["rows"].clone();
+                let query = rows
+                    .as_array()
+                    .and_then(|r| r.iter().find(|row| row[0] == "query"))
+                    .cloned();
+                Ok(query.filter(|q| {
+                    q[2].as_str()
+                        .is_some_and(|s| s.ends_with("bytes of held rows") && !s.starts_with("0 "))
+                }))
+            },
+        )
+        .await?;
+    assert!(
+        held[1].as_str().unwrap_or("").contains("per closed window"),
+        "{held}"
+    );
+    let explain = weir.exec("EXPLAIN VIEW bursts").await?["rows"].to_string();
+    assert!(explain.contains("SESSION on date_time"), "{explain}");
+    weir.wait_for("the run to finish", Duration::from_secs(60), || async {
+        let s = weir.get("/api/v1/sources/bids").await?;
+        Ok((s["status"] == "finished").then_some(()))
+    })
+    .await?;
+    // 60,000 events at 20,000 per second of event time: three 1-second windows, one top
+    // bid each (or a tie), and sessions for many bidders.
+    let q7 = weir.get("/api/v1/views/q7").await?["rows"]
+        .as_array()
+        .map_or(0, Vec::len);
+    assert!((3..=9).contains(&q7), "{q7} top bids");
+    let bursts = weir.get("/api/v1/views/bursts").await?["rows"]
+        .as_array()
+        .map_or(0, Vec::len);
+    assert!(bursts > 10, "{bursts} sessions");
+    Ok(())
+}

@@ -694,6 +694,7 @@ impl Engine {
             ),
             "window" => format!("{} open windows", status.open_windows),
             "aggregate" => format!("{} bytes of state", status.state_bytes),
+            "query" => format!("{} bytes of held rows", status.state_bytes),
             _ => "stateless".to_string(),
         });
         let sink = format!(
