@@ -21,8 +21,17 @@ use crate::checkpoint::ViewSnapshot;
 use crate::plugin::PluginEntry;
 use weir_sql::Operator;
 
+/// Epochs of changes kept for committed readers while checkpoints fail.
+const MAX_SEALED_EPOCHS: usize = 64;
+/// Changes a committed reader may fall behind by: a checkpoint releases a whole
+/// interval's changes at once.
+const COMMITTED_CHANNEL: usize = 16_384;
+
 /// A running view.
 pub struct ViewRuntime {
+    /// Unique in this process: a dropped and re-created view of the same name is
+    /// another view.
+    pub(crate) id: u64,
     pub name: String,
     pub source: String,
     pub sql: String,
@@ -56,6 +65,8 @@ pub struct ViewRuntime {
     committed: broadcast::Sender<(u64, RecordBatch)>,
     /// The rows as of the newest written checkpoint.
     committed_rows: RwLock<Vec<RecordBatch>>,
+    /// Whether checkpoints run (else nothing is ever committed, nor kept for it).
+    checkpointed: bool,
 }
 
 /// What the API shows of a view.
@@ -110,7 +121,9 @@ impl ViewRuntime {
         late_rows: IntCounter,
         rows_emitted: IntCounter,
     ) -> Self {
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Self {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             name,
             source,
             sql,
@@ -132,9 +145,16 @@ impl ViewRuntime {
             held: Mutex::new(Vec::new()),
             uncommitted: Mutex::new(Vec::new()),
             sealed: Mutex::new(Vec::new()),
-            committed: broadcast::channel(256).0,
+            committed: broadcast::channel(COMMITTED_CHANNEL).0,
             committed_rows: RwLock::new(Vec::new()),
+            checkpointed: false,
         }
+    }
+
+    /// Keep changes for committed readers (checkpoints run).
+    pub(crate) fn with_checkpoints(mut self, on: bool) -> Self {
+        self.checkpointed = on;
+        self
     }
 
     pub(crate) fn with_stream(mut self, stream: Option<String>) -> Self {
@@ -209,7 +229,9 @@ impl ViewRuntime {
     /// A change to subscribers now, and to committed subscribers once a checkpoint
     /// holds it.
     fn notify(&self, batch: RecordBatch) {
-        if self.committed.receiver_count() > 0 {
+        // Kept even without committed subscribers: one may subscribe before the
+        // checkpoint that holds this change. Shared arrays, not copies.
+        if self.checkpointed {
             self.uncommitted.lock().push(batch.clone());
         }
         // No subscribers is fine.
@@ -250,7 +272,15 @@ impl ViewRuntime {
     pub(crate) fn checkpoint(&self, epoch: u64) -> weir_sql::Result<ViewSnapshot> {
         let changes = std::mem::take(&mut *self.uncommitted.lock());
         if !changes.is_empty() {
-            self.sealed.lock().push((epoch, changes));
+            let mut sealed = self.sealed.lock();
+            sealed.push((epoch, changes));
+            // While checkpoints keep failing, keep only the newest epochs' changes;
+            // committed readers miss the older ones (and are told in the log).
+            if sealed.len() > MAX_SEALED_EPOCHS {
+                let dropped = sealed.len() - MAX_SEALED_EPOCHS;
+                sealed.drain(..dropped);
+                tracing::warn!(view = %self.name, dropped, "checkpoints keep failing: changes of older epochs will not reach committed readers");
+            }
         }
         let mut state = Vec::new();
         self.run_operator(|op| {
@@ -258,6 +288,7 @@ impl ViewRuntime {
             Ok(())
         })?;
         Ok(ViewSnapshot {
+            view_id: self.id,
             name: self.name.clone(),
             sql: self.sql.clone(),
             schema: self.schema.clone(),

@@ -304,11 +304,13 @@ fn check(plan: &LogicalPlan, top: bool) -> Result<()> {
             }
         }
         LogicalPlan::Join(j) => {
-            if !j
-                .on
-                .iter()
-                .any(|(l, r)| is_window_column(l) && is_window_column(r))
-            {
+            let same_window_column = |l: &Expr, r: &Expr| match (l, r) {
+                (Expr::Column(a), Expr::Column(b)) => {
+                    is_window_column(l) && is_window_column(r) && a.name == b.name
+                }
+                _ => false,
+            };
+            if !j.on.iter().any(|(l, r)| same_window_column(l, r)) {
                 return Err(unsupported!(
                     "a join inside a windowed view must match window_start (or window_end) on \
                      both sides, so it stays inside one window"

@@ -137,6 +137,9 @@ impl Operator for SessionQuery {
         // Each row's session; a session merged into another forwards to it.
         let mut assigned: Vec<(usize, u32)> = Vec::with_capacity(batch.num_rows());
         let mut forward: HashMap<usize, usize> = HashMap::new();
+        // Ids of sessions merged away: reused only after this batch's rows are placed,
+        // or a new session could take an id that `forward` still points from.
+        let mut freed = Vec::new();
         let mut late = Vec::new();
         for i in 0..batch.num_rows() {
             if !times.is_valid(i) {
@@ -191,7 +194,7 @@ impl Operator for SessionQuery {
                         .partition(|&id| self.sessions[id].as_ref().is_some_and(overlaps));
                     for other in others {
                         let merged = self.sessions[other].take().expect("open session");
-                        self.free.push(other);
+                        freed.push(other);
                         forward.insert(other, into);
                         let s = self.sessions[into].as_mut().expect("open session");
                         s.start = s.start.min(merged.start);
@@ -224,6 +227,7 @@ impl Operator for SessionQuery {
                 s.rows.push(slice);
             }
         }
+        self.free.extend(freed);
         if !late.is_empty() {
             out.late(take_record_batch(whole, &UInt32Array::from(late))?);
         }

@@ -443,6 +443,16 @@ async fn committed_readers_see_only_checkpointed_rows() -> Result<()> {
         v
     };
 
+    // Each CREATE is followed by a checkpoint (in the background): wait for both.
+    weir.wait_for(
+        "the checkpoints after the DDL",
+        Duration::from_secs(10),
+        || async {
+            let s = weir.get("/api/v1/checkpoints").await?;
+            Ok((s["checkpoints"].as_array().map_or(0, Vec::len) >= 2).then_some(()))
+        },
+    )
+    .await?;
     weir.post_records("msgs", "{\"id\":1}\n{\"id\":2}".into())
         .await?;
     weir.wait_for("live rows", Duration::from_secs(10), || async {

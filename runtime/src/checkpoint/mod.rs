@@ -52,6 +52,8 @@ impl Position {
 /// One view as a checkpoint holds it.
 #[derive(Debug, Clone)]
 pub struct ViewSnapshot {
+    /// Which running view it was taken of (not written to disk).
+    pub view_id: u64,
     pub name: String,
     pub sql: String,
     /// The view's row schema.

@@ -485,6 +485,7 @@ mod tests {
             position: Position::at("event", n as u64),
             watermark: Some(n * 1000),
             views: vec![ViewSnapshot {
+                view_id: 1,
                 name: "v".into(),
                 sql: "CREATE MATERIALIZED VIEW v ...".into(),
                 schema: schema.clone(),

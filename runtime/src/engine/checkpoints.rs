@@ -69,6 +69,21 @@ impl Engine {
             .iter()
             .filter_map(|s| s.checkpoint.latest())
             .collect();
+        // A checkpoint may name log offsets only once they are on disk: a power loss
+        // could otherwise leave the log shorter than the checkpoint says.
+        for s in &sources {
+            if let Some(wal) = s.http.as_ref().and_then(|h| h.wal.as_ref())
+                && let Err(e) = wal.sync_to(wal.end())
+            {
+                let reason = format!(
+                    "checkpoint {epoch} not written: the log of {} cannot be synced: {e}",
+                    s.name
+                );
+                inner.metrics.checkpoint_failures.inc();
+                *inner.checkpoint_error.lock() = Some(reason.clone());
+                return Err(Error::Unavailable(reason));
+            }
+        }
         let plugins = inner
             .plugins
             .all()
@@ -102,7 +117,7 @@ impl Engine {
                 for snapshot in &snapshots {
                     for v in &snapshot.views {
                         if let Some(view) = inner.views.get(&v.name).map(|v| v.clone())
-                            && view.source == snapshot.name
+                            && view.id == v.view_id
                         {
                             view.commit(
                                 snapshot.epoch,
@@ -295,6 +310,21 @@ impl Engine {
                     Some(format!("state not restored from the checkpoint: {e}"));
             }
         }
+    }
+
+    /// A checkpoint soon after a catalog change, so that a restart matches objects to
+    /// the checkpoint as they are now: a view created since the last checkpoint would
+    /// otherwise resume from an older position of its source and see rows it never saw,
+    /// and a dropped and re-created object could take its predecessor's state. In the
+    /// background, so DDL answers at once (views created one after another should all
+    /// see a source's first rows); skipped while the catalog replays. A failure shows
+    /// in the checkpoint status.
+    pub(super) fn checkpoint_after_ddl(&self) {
+        if !self.inner.checkpoints.enabled() || self.replaying() {
+            return;
+        }
+        let engine = self.clone();
+        tokio::task::spawn_blocking(move || engine.checkpoint_now());
     }
 
     /// Whether the catalog is being replayed (generators wait for every view).

@@ -239,6 +239,7 @@ impl Engine {
                             "cannot record the catalog in the data dir, so the statement was undone: {e}"
                         ))));
                     }
+                    self.checkpoint_after_ddl();
                 }
                 Ok(output)
             }
@@ -636,7 +637,8 @@ impl Engine {
                 m.rows_emitted.with_label_values(&[&name]),
             )
             .with_plugins(plugins)
-            .with_stream(stream.map(|s| s.name.clone())),
+            .with_stream(stream.map(|s| s.name.clone()))
+            .with_checkpoints(self.inner.checkpoints.enabled()),
         );
         self.inner.adhoc.register_table(
             TableReference::bare(name.as_str()),

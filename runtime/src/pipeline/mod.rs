@@ -111,6 +111,8 @@ impl Pipeline {
                     position,
                 }) => {
                     self.position.advance(&position);
+                    // Even a chunk without rows moves the position: save it.
+                    self.unsaved_batches += 1;
                     if let Some(b) = &self.buffered {
                         b.fetch_sub(1, Ordering::Relaxed);
                     }
@@ -312,7 +314,9 @@ impl Pipeline {
         if let Some(w) = self.watermark.finish() {
             self.advance(&views, w);
         }
-        // The final state, for every checkpoint from now on.
+        // The final state (the last watermark closed windows), for every checkpoint from
+        // now on.
+        self.unsaved_batches += 1;
         self.snapshot(self.source.checkpoint.requested());
         *self.source.state.lock() = SourceState::Finished;
         tracing::info!(source = %self.source.name, "source finished");
@@ -329,7 +333,7 @@ impl Pipeline {
         }
         let same_views = slot.latest().is_some_and(|s| {
             s.views.len() == views.len()
-                && s.views.iter().zip(&views).all(|(a, b)| a.name == b.name)
+                && s.views.iter().zip(&views).all(|(a, b)| a.view_id == b.id)
         });
         if self.unsaved_batches == 0 && same_views {
             slot.put_unchanged(epoch);

@@ -67,7 +67,7 @@ impl HttpInput {
             duplicate: true,
         };
         if let (Some(wal), Some(k)) = (&self.wal, key)
-            && let Some(report) = wal.answered(k)
+            && let Some(report) = wal.answered(k).map_err(|e| unavailable(&source.name, &e))?
         {
             return Ok(logged(report));
         }
@@ -119,7 +119,13 @@ impl HttpInput {
                     Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                         // The same key raced in: the first request was logged.
                         release();
-                        let first = key.and_then(|k| wal.answered(k)).unwrap_or_default();
+                        let first = match key {
+                            Some(k) => wal
+                                .answered(k)
+                                .map_err(|e| unavailable(&source.name, &e))?
+                                .unwrap_or_default(),
+                            None => (0, 0),
+                        };
                         return Ok(logged(first));
                     }
                     Err(e) => {
@@ -127,8 +133,15 @@ impl HttpInput {
                         return Err(unavailable(&source.name, &e));
                     }
                 };
-                wal.sync_to(end)
-                    .map_err(|e| unavailable(&source.name, &e))?;
+                wal.sync_to(end).map_err(|e| {
+                    // Logged and queued, but maybe not on disk: the outcome is unknown.
+                    Error::Io(std::io::Error::other(format!(
+                        "source {}: the request was logged but the log could not be synced ({e}); \
+                         whether it survives a crash is unknown. Retry with the same Idempotency-Key \
+                         once the data dir is healthy and weir restarted",
+                        source.name
+                    )))
+                })?;
             }
             None => queue(Position::at("records", first + decoded.records as u64))?,
         }
@@ -154,11 +167,13 @@ impl HttpInput {
     pub(crate) fn replay(&self, source: &SourceRuntime, from: u64) -> Result<usize> {
         let Some(wal) = &self.wal else { return Ok(0) };
         let mut records = 0;
-        for entry in wal.read_from(from)? {
+        let mut stopped = false;
+        // One log segment in memory at a time.
+        wal.for_each_from(from, |entry| {
             let decoded = self.decoder.decode(&entry.body);
             let rows = decoded.batch.num_rows();
             if rows == 0 {
-                continue;
+                return true;
             }
             self.buffered.fetch_add(1, Ordering::AcqRel);
             let chunk = Chunk::Rows {
@@ -167,13 +182,18 @@ impl HttpInput {
                 position: wal_position(wal, entry.end),
             };
             if self.tx.send(chunk).is_err() {
-                return Err(Error::NotFound(format!(
-                    "source {} has stopped",
-                    source.name
-                )));
+                stopped = true;
+                return false;
             }
             source.records_in.inc_by(rows as u64);
             records += rows;
+            true
+        })?;
+        if stopped {
+            return Err(Error::NotFound(format!(
+                "source {} has stopped",
+                source.name
+            )));
         }
         Ok(records)
     }

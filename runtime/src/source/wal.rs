@@ -60,12 +60,13 @@ pub struct Wal {
 
 #[derive(Default)]
 struct Keys {
-    reports: HashMap<String, (u32, u32)>,
+    /// Per key: records accepted and dead-lettered, and the offset after its entry.
+    reports: HashMap<String, (u32, u32, u64)>,
     order: VecDeque<String>,
 }
 
 impl Keys {
-    fn insert(&mut self, key: String, report: (u32, u32)) {
+    fn insert(&mut self, key: String, report: (u32, u32, u64)) {
         if self.reports.insert(key.clone(), report).is_none() {
             self.order.push_back(key);
         }
@@ -104,18 +105,20 @@ impl Wal {
         let mut segment_start = 0;
         for (i, &start) in segments.iter().enumerate() {
             let path = dir.join(segment_name(start));
-            let (entries, valid) = read_segment(&path, start)?;
+            let (entries, valid, torn_tail) = read_segment(&path, start)?;
             for e in entries {
                 if let Some(k) = e.key {
-                    keys.insert(k, (e.accepted, e.dead_lettered));
+                    keys.insert(k, (e.accepted, e.dead_lettered, e.end));
                 }
             }
             let len = std::fs::metadata(&path)?.len();
             if start + len != valid {
-                if i + 1 != segments.len() {
+                if i + 1 != segments.len() || !torn_tail {
                     return Err(std::io::Error::other(format!(
-                        "{} is damaged before its end; it is not the last segment, so records after it would be lost",
-                        path.display()
+                        "{} is damaged at byte {} with acknowledged records after it; weir will not \
+                         drop them silently. Move the file aside to accept the loss",
+                        path.display(),
+                        valid - start
                     )));
                 }
                 tracing::warn!(segment = %path.display(), at = valid - start, "cutting off a torn entry at the end of the write-ahead log");
@@ -127,10 +130,12 @@ impl Wal {
             end = valid;
             segment_start = start;
         }
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join(segment_name(segment_start)))?;
+        let path = dir.join(segment_name(segment_start));
+        let created = !path.exists();
+        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        if created {
+            File::open(dir)?.sync_all()?;
+        }
         Ok(Self {
             dir: dir.to_path_buf(),
             id,
@@ -150,9 +155,17 @@ impl Wal {
         &self.id
     }
 
-    /// What a request with this idempotency key was answered, if it was logged.
-    pub fn answered(&self, key: &str) -> Option<(u32, u32)> {
-        self.keys.lock().reports.get(key).copied()
+    /// What a request with this idempotency key was answered, if it was logged; once
+    /// its entry is on disk (the first request may still be waiting for its fsync).
+    pub fn answered(&self, key: &str) -> std::io::Result<Option<(u32, u32)>> {
+        let found = self.keys.lock().reports.get(key).copied();
+        match found {
+            Some((accepted, dead_lettered, end)) => {
+                self.sync_to(end)?;
+                Ok(Some((accepted, dead_lettered)))
+            }
+            None => Ok(None),
+        }
     }
 
     /// Append a request and run `then` with the offset after it while still holding the
@@ -215,7 +228,7 @@ impl Wal {
         if let Some(k) = key {
             self.keys
                 .lock()
-                .insert(k.to_string(), (accepted, dead_lettered));
+                .insert(k.to_string(), (accepted, dead_lettered, w.end));
         }
         Ok(then(w.end))
     }
@@ -247,18 +260,36 @@ impl Wal {
         self.writer.lock().end
     }
 
-    /// Every entry that ends after `from`, oldest first.
-    pub fn read_from(&self, from: u64) -> std::io::Result<Vec<Entry>> {
+    /// Every entry that ends after `from`, oldest first, one segment in memory at a time.
+    /// `each` returns false to stop.
+    pub fn for_each_from(
+        &self,
+        from: u64,
+        mut each: impl FnMut(Entry) -> bool,
+    ) -> std::io::Result<()> {
         let segments = segments(&self.dir)?;
-        let mut out = Vec::new();
         for (i, &start) in segments.iter().enumerate() {
             let next = segments.get(i + 1).copied().unwrap_or(u64::MAX);
             if next <= from {
                 continue;
             }
-            let (entries, _) = read_segment(&self.dir.join(segment_name(start)), start)?;
-            out.extend(entries.into_iter().filter(|e| e.end > from));
+            let (entries, _, _) = read_segment(&self.dir.join(segment_name(start)), start)?;
+            for e in entries.into_iter().filter(|e| e.end > from) {
+                if !each(e) {
+                    return Ok(());
+                }
+            }
         }
+        Ok(())
+    }
+
+    /// Every entry that ends after `from`, oldest first.
+    pub fn read_from(&self, from: u64) -> std::io::Result<Vec<Entry>> {
+        let mut out = Vec::new();
+        self.for_each_from(from, |e| {
+            out.push(e);
+            true
+        })?;
         Ok(out)
     }
 
@@ -294,8 +325,10 @@ fn segments(dir: &Path) -> std::io::Result<Vec<u64>> {
     Ok(starts)
 }
 
-/// The whole entries of a segment and the offset after the last of them.
-fn read_segment(path: &Path, start: u64) -> std::io::Result<(Vec<Entry>, u64)> {
+/// The whole entries of a segment, the offset after the last of them, and whether what
+/// follows them (if anything) is a torn last entry: one that reaches the end of the
+/// file, as a write cut short by a crash does. Anything else is damage.
+fn read_segment(path: &Path, start: u64) -> std::io::Result<(Vec<Entry>, u64, bool)> {
     let mut bytes = Vec::new();
     File::open(path)?.read_to_end(&mut bytes)?;
     let mut entries = Vec::new();
@@ -325,7 +358,14 @@ fn read_segment(path: &Path, start: u64) -> std::io::Result<(Vec<Entry>, u64)> {
             end: start + at as u64,
         });
     }
-    Ok((entries, start + at as u64))
+    let torn_tail = match bytes.get(at..at + HEADER) {
+        None => true,
+        Some(h) => {
+            let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
+            at + HEADER + len >= bytes.len()
+        }
+    };
+    Ok((entries, start + at as u64, torn_tail))
 }
 
 #[cfg(test)]
@@ -349,9 +389,9 @@ mod tests {
         log(&wal, Some("k3"), "{\"id\":3}");
         drop(wal);
         let wal = Wal::open(dir.path()).expect("reopen");
-        assert_eq!(wal.answered("k1"), Some((1, 0)));
-        assert_eq!(wal.answered("k3"), Some((1, 0)));
-        assert_eq!(wal.answered("k2"), None);
+        assert_eq!(wal.answered("k1").expect("io"), Some((1, 0)));
+        assert_eq!(wal.answered("k3").expect("io"), Some((1, 0)));
+        assert_eq!(wal.answered("k2").expect("io"), None);
         let all = wal.read_from(0).expect("read");
         assert_eq!(all.len(), 3);
         assert_eq!(all[0].end, a);
@@ -380,13 +420,22 @@ mod tests {
         assert_eq!(all.len(), 2);
         assert_eq!(all[1].body, b"{\"id\":3}");
         assert_eq!(all[1].end, third);
-        // A flipped bit is damage too.
+        // A flipped bit in the last entry looks like a torn write: cut off.
         drop(wal);
         let mut bytes = std::fs::read(&segment).expect("read");
         let last = bytes.len() - 2;
         bytes[last] ^= 1;
-        std::fs::write(&segment, bytes).expect("write");
+        std::fs::write(&segment, &bytes).expect("write");
         assert_eq!(Wal::open(dir.path()).expect("reopen").end(), first);
+        // In an entry with acknowledged entries after it, it is damage: refuse to start.
+        let wal = Wal::open(dir.path()).expect("reopen");
+        log(&wal, None, "{\"id\":5}");
+        drop(wal);
+        let mut bytes = std::fs::read(&segment).expect("read");
+        bytes[HEADER + 12] ^= 1;
+        std::fs::write(&segment, &bytes).expect("write");
+        let e = Wal::open(dir.path()).err().expect("refused");
+        assert!(e.to_string().contains("Move the file aside"), "{e}");
     }
 
     #[test]

@@ -702,6 +702,13 @@ async fn window_local_queries_run_per_window_and_others_are_named() {
             "match window_start",
         ),
         (
+            // Each window against the previous one would never match within a window.
+            "CREATE MATERIALIZED VIEW v AS SELECT b.auction FROM TUMBLE(bids, date_time, INTERVAL '10' SECOND) AS b \
+             JOIN (SELECT window_end, max(price) AS top FROM TUMBLE(bids, date_time, INTERVAL '10' SECOND) \
+             GROUP BY window_end) AS m ON b.window_start = m.window_end",
+            "match window_start",
+        ),
+        (
             "CREATE MATERIALIZED VIEW v AS SELECT b.auction FROM TUMBLE(bids, date_time, INTERVAL '10' SECOND) AS b \
              JOIN (SELECT window_start, max(price) AS top FROM TUMBLE(bids, date_time, INTERVAL '5' SECOND) \
              GROUP BY window_start) AS m ON b.window_start = m.window_start",
@@ -768,6 +775,31 @@ async fn session_windows_per_key_merge_and_close_at_their_end() {
             "| 1970-01-01T00:00:20 | 1970-01-01T00:00:25 | 1       | 1 | 30    |",
         ]
     );
+    // One batch: a row bridges two sessions of auction 5, then auction 6 starts a new
+    // session; the merged-away session's id must not be reused for it within the batch.
+    let mut q = plan(sql).await.expect("plans");
+    let mut collected = Collector::default();
+    q.operator
+        .process(
+            &batch(&[(5, 1, 0), (5, 1, 8_000), (5, 1, 4_000), (6, 1, 100_000)]),
+            None,
+            &mut collected,
+        )
+        .expect("process");
+    q.operator
+        .on_watermark(i64::MAX, &mut collected)
+        .expect("end");
+    let counts: Vec<String> =
+        datafusion::arrow::util::pretty::pretty_format_batches(&collected.rows)
+            .expect("format")
+            .to_string()
+            .lines()
+            .filter(|l| l.starts_with("| 1970"))
+            .map(|l| l.split('|').map(str::trim).collect::<Vec<_>>()[3..5].join(" "))
+            .collect();
+    let mut counts = counts;
+    counts.sort();
+    assert_eq!(counts, ["5 3", "6 1"], "auction, rows");
     // A row whose own session has ended by the watermark is late.
     let mut out = Collector::default();
     q.operator
