@@ -3,8 +3,8 @@
 # tumbling-window view, timed from the view's creation to the source finishing, with the
 # process's peak resident memory (flat across run lengths: state is bounded by open windows).
 # With CHECKPOINT_INTERVAL (default 10s) it also reports the checkpoints taken meanwhile.
-# QUERY=q5 runs Nexmark q5 instead of the tumbling aggregate.
-# Usage: [QUERY=tumble|q5] [VIEW_MAX_ROWS=n] [CHECKPOINT_INTERVAL=1s] scripts/bench-nexmark.sh [events]   (default 20,000,000)
+# QUERY=q5 runs Nexmark q5 instead of the tumbling aggregate; QUERY=session a SESSION view.
+# Usage: [QUERY=tumble|q5|session] [VIEW_MAX_ROWS=n] [CHECKPOINT_INTERVAL=1s] scripts/bench-nexmark.sh [events]   (default 20,000,000)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/weir-target}"
@@ -26,7 +26,9 @@ case "${QUERY:-tumble}" in
   tumble) VIEW="SELECT window_start, window_end, auction, count(*) AS n, max(price) AS top FROM TUMBLE(bids, date_time, INTERVAL '10' SECOND) GROUP BY window_start, window_end, auction" ;;
   # Nexmark q5 (hot items) in its subquery form: runs whole per closed window.
   q5) VIEW="SELECT a.auction, a.num, a.window_start, a.window_end FROM (SELECT auction, count(*) AS num, window_start, window_end FROM HOP(bids, date_time, INTERVAL '2' SECOND, INTERVAL '10' SECOND) GROUP BY auction, window_start, window_end) AS a JOIN (SELECT max(c.num) AS maxn, c.window_start, c.window_end FROM (SELECT count(*) AS num, window_start, window_end FROM HOP(bids, date_time, INTERVAL '2' SECOND, INTERVAL '10' SECOND) GROUP BY auction, window_start, window_end) AS c GROUP BY c.window_start, c.window_end) AS m ON a.window_start = m.window_start AND a.window_end = m.window_end AND a.num >= m.maxn" ;;
-  *) echo "QUERY must be tumble or q5" >&2; exit 2 ;;
+  # Sessions per bidder, ending after 2 s without a bid.
+  session) VIEW="SELECT window_start, window_end, bidder, count(*) AS bids, max(price) AS top FROM SESSION(bids, date_time, INTERVAL '2' SECOND) GROUP BY window_start, window_end, bidder" ;;
+  *) echo "QUERY must be tumble, q5 or session" >&2; exit 2 ;;
 esac
 sql "CREATE MATERIALIZED VIEW q AS $VIEW"
 until curl -sf "$URL/api/v1/sources/bids" | grep -q '"status":"finished"'; do sleep 0.05; done

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, TimestampMillisecondArray, UInt32Array};
-use datafusion::arrow::compute::{concat_batches, take_record_batch};
+use datafusion::arrow::compute::{concat_batches, interleave_record_batch, take_record_batch};
 use datafusion::arrow::datatypes::{SchemaRef, TimestampMillisecondType};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::row::{RowConverter, SortField};
@@ -24,6 +24,12 @@ use crate::operator::{Collector, Operator};
 use crate::per_window::{WindowRows, run_batch};
 use crate::window::event_times;
 use crate::{Error, Result};
+
+/// Ended sessions wait for one batch evaluation until this much event time (ms) has
+/// passed since the last one, or this many rows are waiting: sessions end all the time,
+/// and one DataFusion run per watermark step would cost more than the sessions.
+const EVALUATE_EVERY_MS: i64 = 1_000;
+const EVALUATE_AT_ROWS: usize = 65_536;
 
 /// What a [`SessionQuery`] runs.
 pub struct SessionPlan {
@@ -45,7 +51,10 @@ pub struct SessionPlan {
 struct Session {
     start: i64,
     last: i64,
-    rows: Vec<RecordBatch>,
+    /// (arena batch, row) of each row of the session.
+    rows: Vec<(usize, usize)>,
+    /// The arena batches it holds a reference on (once per batch it took rows from).
+    batches: Vec<usize>,
 }
 
 /// The running operator of a SESSION view.
@@ -57,6 +66,16 @@ pub struct SessionQuery {
     open: HashMap<Vec<u8>, Vec<usize>>,
     sessions: Vec<Option<Session>>,
     free: Vec<usize>,
+    /// Input batches that open sessions take rows from, with how many sessions do: a
+    /// session keeps row indices, not copies, and a batch goes when no session needs it.
+    arena: Vec<Option<RecordBatch>>,
+    refs: Vec<usize>,
+    arena_free: Vec<usize>,
+    /// Ended sessions (one batch each, with window columns) not yet evaluated.
+    ended: Vec<RecordBatch>,
+    ended_rows: usize,
+    /// The watermark of the last evaluation.
+    evaluated_at: Option<i64>,
 }
 
 impl SessionQuery {
@@ -72,6 +91,12 @@ impl SessionQuery {
             open: HashMap::new(),
             sessions: Vec::new(),
             free: Vec::new(),
+            arena: Vec::new(),
+            refs: Vec::new(),
+            arena_free: Vec::new(),
+            ended: Vec::new(),
+            ended_rows: 0,
+            evaluated_at: None,
         })
     }
 
@@ -96,26 +121,73 @@ impl SessionQuery {
             .collect()
     }
 
-    /// The rows of one session with its window columns.
-    fn with_bounds(&self, session: &Session) -> Result<Vec<RecordBatch>> {
+    /// Keep an input batch for the sessions that take rows from it.
+    fn store(&mut self, batch: RecordBatch) -> usize {
+        match self.arena_free.pop() {
+            Some(b) => {
+                self.arena[b] = Some(batch);
+                self.refs[b] = 0;
+                b
+            }
+            None => {
+                self.arena.push(Some(batch));
+                self.refs.push(0);
+                self.arena.len() - 1
+            }
+        }
+    }
+
+    /// Drop one reference on each batch a session used.
+    fn release(&mut self, session: &Session) {
+        for &b in &session.batches {
+            self.refs[b] = self.refs[b].saturating_sub(1);
+            if self.refs[b] == 0 && self.arena[b].take().is_some() {
+                self.arena_free.push(b);
+            }
+        }
+    }
+
+    /// The rows of one session, gathered into one batch, with its window columns.
+    fn with_bounds(&self, session: &Session) -> Result<RecordBatch> {
+        let mut local: HashMap<usize, usize> = HashMap::new();
+        let mut batches: Vec<&RecordBatch> = Vec::new();
+        let mut indices = Vec::with_capacity(session.rows.len());
+        for &(b, row) in &session.rows {
+            let l = match local.get(&b) {
+                Some(&l) => l,
+                None => {
+                    let batch = self.arena[b].as_ref().ok_or_else(|| {
+                        Error::Execution("a session's rows were released early".into())
+                    })?;
+                    batches.push(batch);
+                    local.insert(b, batches.len() - 1);
+                    batches.len() - 1
+                }
+            };
+            indices.push((l, row));
+        }
+        let rows = if batches.is_empty() {
+            let n = self.plan.windowed_schema.fields().len() - 2;
+            RecordBatch::new_empty(Arc::new(
+                self.plan
+                    .windowed_schema
+                    .project(&(0..n).collect::<Vec<_>>())?,
+            ))
+        } else {
+            interleave_record_batch(&batches, &indices)?
+        };
+        let n = rows.num_rows();
         let end = session.last.saturating_add(self.plan.gap);
-        session
-            .rows
-            .iter()
-            .map(|b| {
-                let n = b.num_rows();
-                let mut columns = b.columns().to_vec();
-                columns.push(Arc::new(TimestampMillisecondArray::from_value(
-                    session.start,
-                    n,
-                )));
-                columns.push(Arc::new(TimestampMillisecondArray::from_value(end, n)));
-                Ok(RecordBatch::try_new(
-                    self.plan.windowed_schema.clone(),
-                    columns,
-                )?)
-            })
-            .collect()
+        let mut columns = rows.columns().to_vec();
+        columns.push(Arc::new(TimestampMillisecondArray::from_value(
+            session.start,
+            n,
+        )));
+        columns.push(Arc::new(TimestampMillisecondArray::from_value(end, n)));
+        Ok(RecordBatch::try_new(
+            self.plan.windowed_schema.clone(),
+            columns,
+        )?)
     }
 }
 
@@ -173,6 +245,7 @@ impl Operator for SessionQuery {
                         start: t,
                         last: t,
                         rows: Vec::new(),
+                        batches: Vec::new(),
                     });
                     if let Some(ids) = self.open.get_mut(key) {
                         ids.push(id);
@@ -200,6 +273,7 @@ impl Operator for SessionQuery {
                         s.start = s.start.min(merged.start);
                         s.last = s.last.max(merged.last);
                         s.rows.extend(merged.rows);
+                        s.batches.extend(merged.batches);
                     }
                     let s = self.sessions[into].as_mut().expect("open session");
                     s.start = s.start.min(t);
@@ -221,11 +295,16 @@ impl Operator for SessionQuery {
             }
             per_session.entry(id).or_default().push(row);
         }
+        let b = self.store(batch);
         for (id, rows) in per_session {
-            let slice = take_record_batch(&batch, &UInt32Array::from(rows))?;
             if let Some(s) = self.sessions[id].as_mut() {
-                s.rows.push(slice);
+                s.rows.extend(rows.into_iter().map(|r| (b, r as usize)));
+                s.batches.push(b);
+                self.refs[b] += 1;
             }
+        }
+        if self.refs[b] == 0 && self.arena[b].take().is_some() {
+            self.arena_free.push(b);
         }
         self.free.extend(freed);
         if !late.is_empty() {
@@ -253,17 +332,26 @@ impl Operator for SessionQuery {
         // In a fixed order (not the hash map's), so a replay emits the same rows in the
         // same order.
         closed.sort_unstable();
-        let closed: Vec<usize> = closed.into_iter().map(|(_, _, id)| id).collect();
-        if closed.is_empty() {
-            return Ok(());
-        }
-        let mut rows = Vec::new();
-        for id in closed {
+        for (_, _, id) in closed {
             if let Some(s) = self.sessions[id].take() {
-                rows.extend(self.with_bounds(&s)?);
+                let rows = self.with_bounds(&s)?;
+                self.release(&s);
+                self.ended_rows += rows.num_rows();
+                self.ended.push(rows);
             }
             self.free.push(id);
         }
+        let due = watermark == i64::MAX
+            || self.ended_rows >= EVALUATE_AT_ROWS
+            || self
+                .evaluated_at
+                .is_none_or(|at| watermark.saturating_sub(at) >= EVALUATE_EVERY_MS);
+        if self.ended.is_empty() || !due {
+            return Ok(());
+        }
+        self.evaluated_at = Some(watermark);
+        self.ended_rows = 0;
+        let rows: Vec<RecordBatch> = std::mem::take(&mut self.ended);
         match run_batch(
             &self.plan.plan,
             &self.plan.session,
@@ -283,9 +371,10 @@ impl Operator for SessionQuery {
     fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {
         let mut out = Vec::new();
         for s in self.sessions.iter().flatten() {
-            let rows = self.with_bounds(s)?;
-            out.push(concat_batches(&self.plan.windowed_schema, &rows)?);
+            out.push(self.with_bounds(s)?);
         }
+        // Ended sessions not evaluated yet: restored as sessions, they end again at once.
+        out.extend(self.ended.iter().cloned());
         Ok(out)
     }
 
@@ -293,6 +382,11 @@ impl Operator for SessionQuery {
         self.open.clear();
         self.sessions.clear();
         self.free.clear();
+        self.ended.clear();
+        self.ended_rows = 0;
+        self.arena.clear();
+        self.refs.clear();
+        self.arena_free.clear();
         let width = self.plan.windowed_schema.fields().len();
         for batch in state.iter().filter(|b| b.num_rows() > 0) {
             if batch.num_columns() != width {
@@ -320,10 +414,14 @@ impl Operator for SessionQuery {
                 .as_ref()
                 .to_vec();
             let source_part = batch.project(&(0..width - 2).collect::<Vec<_>>())?;
+            let n = source_part.num_rows();
+            let b = self.store(source_part);
+            self.refs[b] = 1;
             let id = self.add(Session {
                 start,
                 last: end - self.plan.gap,
-                rows: vec![source_part],
+                rows: (0..n).map(|r| (b, r)).collect(),
+                batches: vec![b],
             });
             self.open.entry(key).or_default().push(id);
         }
@@ -331,15 +429,21 @@ impl Operator for SessionQuery {
     }
 
     fn state_size(&self) -> usize {
-        self.sessions
+        let held: usize = self
+            .arena
             .iter()
             .flatten()
-            .flat_map(|s| &s.rows)
             .map(RecordBatch::get_array_memory_size)
-            .sum()
+            .sum();
+        let ended: usize = self
+            .ended
+            .iter()
+            .map(RecordBatch::get_array_memory_size)
+            .sum();
+        held + ended
     }
 
     fn open_windows(&self) -> usize {
-        self.sessions.iter().flatten().count()
+        self.sessions.iter().flatten().count() + self.ended.len()
     }
 }
