@@ -28,6 +28,10 @@ pub struct RuntimeConfig {
     /// Where `file` sources find their files (paths may not leave it). Default
     /// `<data-dir>/files`.
     pub files_dir: Option<PathBuf>,
+    /// A source that sends nothing for this long stops holding back the windows of the
+    /// joins it feeds (its watermark is left out of their minimum). Default 10s.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
 }
 
 impl RuntimeConfig {
@@ -50,6 +54,7 @@ impl Default for RuntimeConfig {
             plugins: PluginConfig::default(),
             checkpoints: CheckpointConfig::default(),
             files_dir: None,
+            idle_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -67,6 +67,12 @@ pub struct ViewRuntime {
     committed_rows: RwLock<Vec<RecordBatch>>,
     /// Whether checkpoints run (else nothing is ever committed, nor kept for it).
     checkpointed: bool,
+    /// For a join of several sources: the sources in input order (input 0 is `source`),
+    /// and the minimum watermark of those that are not idle, as far as it has closed
+    /// windows. Empty for a view over one source.
+    pub(crate) inputs: Vec<std::sync::Weak<crate::source::SourceRuntime>>,
+    pub(crate) input_names: Vec<String>,
+    pub(crate) combined_watermark: std::sync::atomic::AtomicI64,
 }
 
 /// What the API shows of a view.
@@ -148,7 +154,30 @@ impl ViewRuntime {
             committed: broadcast::channel(COMMITTED_CHANNEL).0,
             committed_rows: RwLock::new(Vec::new()),
             checkpointed: false,
+            inputs: Vec::new(),
+            input_names: Vec::new(),
+            combined_watermark: std::sync::atomic::AtomicI64::new(i64::MIN),
         }
+    }
+
+    /// A join of several sources reads these, in input order.
+    pub(crate) fn with_inputs(mut self, sources: &[Arc<crate::source::SourceRuntime>]) -> Self {
+        self.inputs = sources.iter().map(Arc::downgrade).collect();
+        self.input_names = sources.iter().map(|s| s.name.clone()).collect();
+        self
+    }
+
+    /// Whether the view joins several sources.
+    pub fn is_join(&self) -> bool {
+        !self.input_names.is_empty()
+    }
+
+    /// Which input of the view `source` is (0 for a view over one source).
+    pub(crate) fn input_index(&self, source: &str) -> usize {
+        self.input_names
+            .iter()
+            .position(|n| n == source)
+            .unwrap_or(0)
     }
 
     /// Keep changes for committed readers (checkpoints run).

@@ -64,6 +64,23 @@ pub trait Operator: Send {
         out: &mut Collector,
     ) -> Result<()>;
 
+    /// Process a micro-batch of input `input` of a query over several sources (input 0
+    /// is the first source). Single-source operators have only input 0.
+    fn process_input(
+        &mut self,
+        input: usize,
+        batch: &RecordBatch,
+        watermark: Option<i64>,
+        out: &mut Collector,
+    ) -> Result<()> {
+        match input {
+            0 => self.process(batch, watermark, out),
+            n => Err(crate::Error::Execution(format!(
+                "this query reads one source, not input {n}"
+            ))),
+        }
+    }
+
     /// The watermark advanced to `watermark`: emit whatever it completes.
     fn on_watermark(&mut self, _watermark: i64, _out: &mut Collector) -> Result<()> {
         Ok(())

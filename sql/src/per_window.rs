@@ -87,17 +87,29 @@ pub struct PerWindowPlan {
     pub plan: LogicalPlan,
     pub session: SessionState,
     pub table: Arc<WindowRows>,
+    /// Further sources of a join of several sources (input 1, 2, ...), windowed alike.
+    pub others: Vec<OtherInput>,
+}
+
+/// Another source a per-window join reads.
+pub struct OtherInput {
+    pub time_column: usize,
+    pub windowed_schema: SchemaRef,
+    pub table: Arc<WindowRows>,
 }
 
 /// The running operator: each open window's rows, until the watermark closes it.
 pub struct PerWindowQuery {
     plan: PerWindowPlan,
     windows: BTreeMap<i64, Vec<RecordBatch>>,
+    /// The open windows' rows of each further input.
+    other_windows: Vec<BTreeMap<i64, Vec<RecordBatch>>>,
 }
 
 impl PerWindowQuery {
     pub fn new(plan: PerWindowPlan) -> Self {
         Self {
+            other_windows: plan.others.iter().map(|_| BTreeMap::new()).collect(),
             plan,
             windows: BTreeMap::new(),
         }
@@ -145,7 +157,55 @@ pub(crate) fn run_batch(
     }
 }
 
+impl PerWindowQuery {
+    /// Rows of a further input, split by window like input 0's.
+    fn process_other(
+        &mut self,
+        other: usize,
+        batch: &RecordBatch,
+        watermark: Option<i64>,
+        out: &mut Collector,
+    ) -> Result<()> {
+        let windowing = self.plan.windowing;
+        let input = self
+            .plan
+            .others
+            .get(other)
+            .ok_or_else(|| Error::Execution(format!("the query has no input {}", other + 1)))?;
+        let times = event_times(batch.column(input.time_column))?;
+        let split = split_by_window(times, windowing, watermark);
+        for (start, rows) in split.windows {
+            let slice = match rows {
+                None => batch.clone(),
+                Some(rows) => take_record_batch(batch, &rows)?,
+            };
+            let slice = with_window_columns(&input.windowed_schema, windowing, start, &slice)?;
+            self.other_windows[other]
+                .entry(start)
+                .or_default()
+                .push(slice);
+        }
+        if let Some(late) = &split.late {
+            out.late(take_record_batch(batch, late)?);
+        }
+        Ok(())
+    }
+}
+
 impl Operator for PerWindowQuery {
+    fn process_input(
+        &mut self,
+        input: usize,
+        batch: &RecordBatch,
+        watermark: Option<i64>,
+        out: &mut Collector,
+    ) -> Result<()> {
+        match input {
+            0 => self.process(batch, watermark, out),
+            n => self.process_other(n - 1, batch, watermark, out),
+        }
+    }
+
     fn process(
         &mut self,
         batch: &RecordBatch,
@@ -183,15 +243,25 @@ impl Operator for PerWindowQuery {
 
     fn on_watermark(&mut self, watermark: i64, out: &mut Collector) -> Result<()> {
         let windowing = self.plan.windowing;
-        let closed: Vec<i64> = self
+        let mut closed: Vec<i64> = self
             .windows
             .keys()
+            .chain(self.other_windows.iter().flat_map(|w| w.keys()))
             .copied()
-            .take_while(|&s| windowing.is_closed(s, Some(watermark)))
+            .filter(|&s| windowing.is_closed(s, Some(watermark)))
             .collect();
+        closed.sort_unstable();
+        closed.dedup();
         for start in closed {
             let rows = self.windows.remove(&start).unwrap_or_default();
-            match self.evaluate(rows.clone()) {
+            for (input, windows) in self.plan.others.iter().zip(&mut self.other_windows) {
+                input.table.set(windows.remove(&start).unwrap_or_default());
+            }
+            let result = self.evaluate(rows.clone());
+            for input in &self.plan.others {
+                input.table.set(Vec::new());
+            }
+            match result {
                 Ok(result) => result.into_iter().for_each(|b| out.emit(b)),
                 // Keep the window's rows rather than lose them.
                 Err(e) => {
@@ -209,6 +279,11 @@ impl Operator for PerWindowQuery {
     /// The open windows' rows as they are held (shared, not copied); each batch carries
     /// its window in its window columns.
     fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {
+        if !self.plan.others.is_empty() {
+            return Err(Error::Execution(
+                "joins of several sources are not checkpointed yet".into(),
+            ));
+        }
         Ok(self.windows.values().flatten().cloned().collect())
     }
 

@@ -430,3 +430,47 @@ async fn raw_request(url: &str, head: &str) -> Result<String> {
     let n = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut buf)).await??;
     Ok(String::from_utf8_lossy(&buf[..n]).to_string())
 }
+
+/// A join of two sources closes its windows at the minimum of their watermarks, but an
+/// input that has sent nothing for the idle timeout no longer holds them back.
+#[tokio::test]
+async fn an_idle_input_stops_holding_a_join_back() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("weir.toml");
+    std::fs::write(&config, "[runtime]\nidle-timeout = '1s'\n")?;
+    let config = config.to_string_lossy().to_string();
+    let weir = Weir::start_in(dir, &["--config", &config]).await?;
+    for table in ["clicks", "orders"] {
+        weir.exec(&format!(
+            "CREATE SOURCE {table} (id BIGINT, ts TIMESTAMP, WATERMARK FOR ts AS ts) WITH (connector = 'http')"
+        ))
+        .await?;
+    }
+    weir.exec(
+        "CREATE MATERIALIZED VIEW joined AS SELECT c.window_start, c.n, o.m \
+         FROM (SELECT window_start, count(*) AS n FROM TUMBLE(clicks, ts, INTERVAL '10' SECOND) GROUP BY window_start) AS c \
+         LEFT JOIN (SELECT window_start, count(*) AS m FROM TUMBLE(orders, ts, INTERVAL '10' SECOND) GROUP BY window_start) AS o \
+         ON c.window_start = o.window_start",
+    )
+    .await?;
+    // Orders never come; clicks cover 0..25 s, so two windows are complete.
+    let clicks: String = (0..25)
+        .map(|s| format!("{{\"id\":{s},\"ts\":{}}}\n", T0 + s * 1000))
+        .collect();
+    let (status, _) = weir.post_records("clicks", clicks).await?;
+    assert_eq!(status, 200);
+    let rows = weir
+        .wait_for(
+            "the idle input to be left out",
+            Duration::from_secs(20),
+            || async {
+                let rows = weir.get("/api/v1/views/joined").await?["rows"].clone();
+                Ok((rows.as_array().map_or(0, Vec::len) == 2).then_some(rows))
+            },
+        )
+        .await?;
+    assert_eq!(rows[0][1], 10);
+    assert_eq!(rows[1][1], 10);
+    assert!(rows[0][2].is_null(), "no orders: {rows}");
+    Ok(())
+}

@@ -112,6 +112,13 @@ impl CheckpointSlot {
         self.taken.fetch_max(epoch, Ordering::AcqRel);
     }
 
+    /// This source is not checkpointed (it feeds a join of several sources): answer
+    /// `epoch` with no snapshot, so a restart replays the source from its start.
+    pub fn clear(&self, epoch: u64) {
+        *self.latest.lock() = None;
+        self.taken.fetch_max(epoch, Ordering::AcqRel);
+    }
+
     /// Nothing changed since the latest snapshot: it answers `epoch` too.
     pub fn put_unchanged(&self, epoch: u64) {
         self.taken.fetch_max(epoch, Ordering::AcqRel);

@@ -476,6 +476,12 @@ impl Engine {
             dead_letters: m.dead_letters.with_label_values(&[&name]),
             watermark_gauge: m.watermark.with_label_values(&[&name]),
             checkpoint: Default::default(),
+            // Idle counts from creation: a source that never sends goes idle too.
+            last_chunk_ms: AtomicI64::new(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as i64),
+            ),
         });
         let mut pipeline = Pipeline::new(
             source.clone(),
@@ -483,7 +489,8 @@ impl Engine {
             self.inner.dead_letters.clone(),
             m.batch_latency.with_label_values(&[&name]),
             source.http.as_ref().map(|_| buffered),
-        );
+        )
+        .idle_after(self.inner.config.idle_timeout);
         let start_event = resume
             .as_ref()
             .and_then(|(p, _)| p.offset(nexmark::POSITION))
@@ -622,6 +629,29 @@ impl Engine {
             .get(&source_name)
             .map(|s| s.clone())
             .ok_or_else(|| Error::NotFound(format!("no source named {source_name}")))?;
+        // A join of several sources: every input feeds the view from its own pipeline.
+        let mut inputs = Vec::new();
+        if !query.other_sources.is_empty() {
+            if stream.is_some()
+                || query
+                    .other_sources
+                    .iter()
+                    .any(|s| self.inner.streams.contains_key(s))
+            {
+                return Err(Error::BadRequest(format!(
+                    "view {name} joins a stream: joins of several inputs read sources only, for now"
+                )));
+            }
+            if !plugins.is_empty() {
+                return Err(Error::BadRequest(format!(
+                    "view {name}: plugin functions in a join of several sources are not supported yet"
+                )));
+            }
+            inputs.push(source.clone());
+            for other in &query.other_sources {
+                inputs.push(self.source(other)?);
+            }
+        }
         let m = &self.inner.metrics;
         let view = Arc::new(
             ViewRuntime::new(
@@ -638,18 +668,24 @@ impl Engine {
             )
             .with_plugins(plugins)
             .with_stream(stream.map(|s| s.name.clone()))
-            .with_checkpoints(self.inner.checkpoints.enabled()),
+            .with_checkpoints(self.inner.checkpoints.enabled())
+            .with_inputs(&inputs),
         );
         self.inner.adhoc.register_table(
             TableReference::bare(name.as_str()),
             Arc::new(ViewTable(view.clone())),
         )?;
         self.restore_view(&view);
-        source.views.lock().push(view.clone());
-        if !self.replaying() {
-            source
-                .active
-                .store(true, std::sync::atomic::Ordering::Relaxed);
+        let fed_by = if inputs.is_empty() {
+            vec![source]
+        } else {
+            inputs
+        };
+        for s in &fed_by {
+            s.views.lock().push(view.clone());
+            if !self.replaying() {
+                s.active.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
         }
         self.inner.views.insert(name.clone(), view);
         tracing::info!(view = %name, source = %query.source, plan = %query.description, "view created");
@@ -716,8 +752,15 @@ impl Engine {
         let Some((_, view)) = self.inner.views.remove(name) else {
             return missing(if_exists, format!("no view named {name}"));
         };
-        if let Some(source) = self.inner.sources.get(&view.source) {
-            source.views.lock().retain(|v| v.name != name);
+        let fed_by = if view.is_join() {
+            view.input_names.clone()
+        } else {
+            vec![view.source.clone()]
+        };
+        for s in fed_by {
+            if let Some(source) = self.inner.sources.get(&s) {
+                source.views.lock().retain(|v| v.name != name);
+            }
         }
         self.inner
             .adhoc

@@ -38,6 +38,8 @@ pub struct Pipeline {
     position: Position,
     /// Batches processed since the last snapshot.
     unsaved_batches: u64,
+    /// See `RuntimeConfig::idle_timeout`.
+    idle_timeout_ms: i64,
 }
 
 impl Pipeline {
@@ -65,7 +67,14 @@ impl Pipeline {
             time_column,
             position: Position::default(),
             unsaved_batches: 0,
+            idle_timeout_ms: 10_000,
         }
+    }
+
+    /// When an input of a join counts as idle.
+    pub fn idle_after(mut self, timeout: Duration) -> Self {
+        self.idle_timeout_ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
+        self
     }
 
     /// Continue from a checkpoint: the source resumes at `position`, and the watermark
@@ -111,6 +120,7 @@ impl Pipeline {
                     position,
                 }) => {
                     self.position.advance(&position);
+                    self.source.last_chunk_ms.store(now_ms(), Ordering::Relaxed);
                     // Even a chunk without rows moves the position: save it.
                     self.unsaved_batches += 1;
                     if let Some(b) = &self.buffered {
@@ -175,6 +185,12 @@ impl Pipeline {
         let views = self.source.views.lock().clone();
         let before = self.watermark.current();
         for view in &views {
+            // A join's input is late by the join's watermark, not its own source's.
+            let before = if view.is_join() {
+                Some(view.combined_watermark.load(Ordering::Acquire)).filter(|&w| w != i64::MIN)
+            } else {
+                before
+            };
             self.run_view(view, batch, before);
         }
         self.source.batches.inc();
@@ -210,8 +226,9 @@ impl Pipeline {
             view.hold(batch.clone(), before);
             return;
         }
+        let input = view.input_index(&self.source.name);
         let mut out = Collector::default();
-        let result = view.run_operator(|op| op.process(batch, before, &mut out));
+        let result = view.run_operator(|op| op.process_input(input, batch, before, &mut out));
         self.deliver(view, out, result, batch);
     }
 
@@ -260,13 +277,45 @@ impl Pipeline {
         }
     }
 
-    /// Resume views whose plugin was fixed while no batches came.
+    /// Resume views whose plugin was fixed while no batches came, and let joins move
+    /// on when one of their inputs has gone idle.
     fn resume_idle(&self) {
         let views = self.source.views.lock().clone();
         for view in &views {
             if view.held_batches() > 0 {
                 self.resume(view);
             }
+            if view.is_join() {
+                self.advance_join(view);
+            }
+        }
+    }
+
+    /// Close a join's windows up to the minimum watermark of its inputs, leaving out
+    /// inputs idle for longer than the idle timeout (a finished input's watermark is
+    /// the end of time). Nothing moves while an active input has no watermark yet.
+    fn advance_join(&self, view: &ViewRuntime) {
+        let now = now_ms();
+        let mut min: Option<i64> = None;
+        for input in &view.inputs {
+            let Some(source) = input.upgrade() else {
+                continue;
+            };
+            let w = source.current_watermark.load(Ordering::Acquire);
+            let idle = now - source.last_chunk_ms.load(Ordering::Relaxed) > self.idle_timeout_ms
+                && *source.state.lock() == SourceState::Running;
+            if idle {
+                continue;
+            }
+            if w == i64::MIN {
+                return;
+            }
+            min = Some(min.map_or(w, |m: i64| m.min(w)));
+        }
+        if let Some(w) = min
+            && view.combined_watermark.fetch_max(w, Ordering::AcqRel) < w
+        {
+            self.close_windows(view, w);
         }
     }
 
@@ -278,8 +327,10 @@ impl Pipeline {
             self.source.watermark_gauge.set(watermark);
         }
         for view in views {
+            if view.is_join() {
+                self.advance_join(view);
             // A paused view keeps its windows open until it has caught up.
-            if view.paused().is_none() && view.held_batches() == 0 {
+            } else if view.paused().is_none() && view.held_batches() == 0 {
                 self.close_windows(view, watermark);
             }
         }
@@ -327,6 +378,12 @@ impl Pipeline {
     fn snapshot(&mut self, epoch: u64) {
         let slot = &self.source.checkpoint;
         let views = self.source.views.lock().clone();
+        // Joins of several sources are not checkpointed yet: their sources replay from
+        // the start after a restart (nexmark, file and HTTP through its log can).
+        if views.iter().any(|v| v.is_join()) {
+            slot.clear(epoch);
+            return;
+        }
         // A paused view has not processed the batches it holds: snapshot later.
         if views.iter().any(|v| v.held_batches() > 0) {
             return;
@@ -453,4 +510,10 @@ fn show_time(ms: i64) -> String {
         || ms.to_string(),
         |t| t.format("%Y-%m-%dT%H:%M:%S%.3f").to_string(),
     )
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }

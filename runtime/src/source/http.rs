@@ -266,6 +266,7 @@ mod tests {
             dead_letters: counter(),
             watermark_gauge: IntGauge::new("g", "g").expect("gauge"),
             checkpoint: Default::default(),
+            last_chunk_ms: AtomicI64::new(0),
         };
         (s, rx)
     }

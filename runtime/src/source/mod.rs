@@ -66,6 +66,8 @@ pub struct SourceRuntime {
     pub(crate) watermark_gauge: IntGauge,
     /// Where the pipeline leaves its snapshots for checkpoints.
     pub(crate) checkpoint: CheckpointSlot,
+    /// Wall-clock ms of the last chunk (joins skip idle inputs' watermarks).
+    pub(crate) last_chunk_ms: AtomicI64,
 }
 
 /// What the API shows of a source.

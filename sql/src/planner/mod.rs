@@ -32,7 +32,9 @@ use crate::aggregate::{
 };
 use crate::operator::{Collector, Operator};
 use crate::parser::{CreateView, WatermarkSpec};
-use crate::per_window::{PerWindowPlan, PerWindowQuery, WindowRows, check_window_local};
+use crate::per_window::{
+    OtherInput, PerWindowPlan, PerWindowQuery, WindowRows, check_window_local,
+};
 use crate::schema::{TIMESTAMP, duration_in_unit, duration_text, interval};
 use crate::session::{SessionPlan, SessionQuery};
 use crate::window::Windowing;
@@ -53,6 +55,8 @@ pub type SourceCatalog = HashMap<String, SourceInfo>;
 /// operator that produces them.
 pub struct ContinuousQuery {
     pub source: String,
+    /// Further sources of a join of several sources (inputs 1, 2, ... of the operator).
+    pub other_sources: Vec<String>,
     pub output_schema: SchemaRef,
     /// A short description of the operator chain, for status pages.
     pub description: String,
@@ -230,11 +234,7 @@ impl ContinuousQuery {
                 ));
             }
             _ => {
-                return Err(unsupported!(
-                    "view {} reads {}: joins are not supported yet; a view reads one source",
-                    view.name,
-                    names.join(", ")
-                ));
+                return plan_join(view, sources, functions, &names, &rewriter.windows, query).await;
             }
         };
         let info = sources.get(&source).ok_or_else(|| {
@@ -278,48 +278,12 @@ impl ContinuousQuery {
         let (scan_schema, window) = match &window_call {
             None => (info.schema.clone(), None),
             Some(t) => {
-                let time_column = info.schema.index_of(&t.time_column).map_err(|_| {
-                    invalid!(
-                        "{}: source {source} has no column {}",
-                        t.function,
-                        t.time_column
-                    )
-                })?;
-                if info.schema.field(time_column).data_type() != &TIMESTAMP {
-                    return Err(invalid!(
-                        "{}: column {} must be a TIMESTAMP",
-                        t.function,
-                        t.time_column
-                    ));
-                }
-                if info
-                    .watermark
-                    .as_ref()
-                    .is_none_or(|w| w.column != t.time_column)
-                {
-                    return Err(invalid!(
-                        "{function} over {source}.{col} needs a watermark on that column: declare \
-                         WATERMARK FOR {col} AS {col} - INTERVAL '5' SECOND in CREATE SOURCE",
-                        function = t.function,
-                        col = t.time_column
-                    ));
-                }
-                let mut fields: Vec<Field> = info
-                    .schema
-                    .fields()
-                    .iter()
-                    .map(|f| f.as_ref().clone())
-                    .collect();
-                fields.push(Field::new("window_start", TIMESTAMP, false));
-                fields.push(Field::new("window_end", TIMESTAMP, false));
+                let (schema, time_column) = windowed_schema(&source, info, t)?;
                 let ms =
                     |d| duration_in_unit(d, datafusion::arrow::datatypes::TimeUnit::Millisecond);
                 let windowing =
                     Windowing::hop(ms(t.slide), ms(t.size))?.with_lateness(ms(lateness));
-                (
-                    Arc::new(Schema::new(fields)),
-                    Some((windowing, time_column)),
-                )
+                (schema, Some((windowing, time_column)))
             }
         };
         let table = Arc::new(WindowRows::new(scan_schema.clone()));
@@ -405,6 +369,7 @@ impl ContinuousQuery {
             ));
             let output_schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
             return Ok(Self {
+                other_sources: Vec::new(),
                 operators,
                 source,
                 output_schema,
@@ -417,6 +382,7 @@ impl ContinuousQuery {
                     plan,
                     session,
                     table,
+                    others: Vec::new(),
                 })),
             });
         }
@@ -444,6 +410,7 @@ impl ContinuousQuery {
             (None, None) => {
                 let steps = lower_chain(&chain, &props)?;
                 Ok(Self {
+                    other_sources: Vec::new(),
                     operators: explain(&chain, &source, info, None),
                     source,
                     output_schema: output_schema.clone(),
@@ -459,6 +426,7 @@ impl ContinuousQuery {
                 let operators = explain(&chain, &source, info, window_call.as_ref());
                 let Some((windowing, time_column)) = window else {
                     return Ok(Self {
+                        other_sources: Vec::new(),
                         operators,
                         source,
                         output_schema,
@@ -487,6 +455,7 @@ impl ContinuousQuery {
                     grouped,
                 };
                 Ok(Self {
+                    other_sources: Vec::new(),
                     operators,
                     source,
                     output_schema,
@@ -787,6 +756,162 @@ fn same_window(a: &WindowCall, b: &WindowCall) -> bool {
         == (b.function, &b.source, &b.time_column, b.slide, b.size)
 }
 
+/// A join of several sources, each read through the same TUMBLE or HOP window and
+/// matched on `window_start`: it runs whole per closed window over every input's rows.
+async fn plan_join(
+    view: &CreateView,
+    sources: &SourceCatalog,
+    functions: &[datafusion::logical_expr::ScalarUDF],
+    names: &[String],
+    windows: &[WindowCall],
+    query: Box<ast::Query>,
+) -> Result<ContinuousQuery> {
+    let fix = "read each source through the same window and match window_start, e.g. \
+               FROM TUMBLE(a, ts, INTERVAL '10' SECOND) AS x JOIN TUMBLE(b, ts, INTERVAL '10' SECOND) AS y \
+               ON x.window_start = y.window_start AND ...";
+    if !view.options.is_empty() {
+        return Err(unsupported!(
+            "view options (allowed_lateness) are not supported for joins of several sources"
+        ));
+    }
+    let first = windows.first().ok_or_else(|| {
+        unsupported!(
+            "view {} reads {} without a window: {fix}",
+            view.name,
+            names.join(", ")
+        )
+    })?;
+    if first.function == "SESSION"
+        || windows
+            .iter()
+            .any(|w| (w.function, w.slide, w.size) != (first.function, first.slide, first.size))
+    {
+        return Err(unsupported!(
+            "a join of several sources needs the same TUMBLE or HOP window on each: {fix}"
+        ));
+    }
+    let ms = |d| duration_in_unit(d, datafusion::arrow::datatypes::TimeUnit::Millisecond);
+    let windowing = Windowing::hop(ms(first.slide), ms(first.size))?;
+    let ctx = planning_context();
+    for f in functions {
+        ctx.register_udf(f.clone());
+    }
+    let mut inputs = Vec::with_capacity(names.len());
+    for name in names {
+        let info = sources.get(name).ok_or_else(|| {
+            Error::NotFound(format!(
+                "no source named {name} (views read sources; SHOW SOURCES lists them)"
+            ))
+        })?;
+        let call = windows.iter().find(|w| &w.source == name).ok_or_else(|| {
+            unsupported!("view {} reads {name} without a window: {fix}", view.name)
+        })?;
+        let (schema, time_column) = windowed_schema(name, info, call)?;
+        let table = Arc::new(WindowRows::new(schema.clone()));
+        ctx.register_table(
+            datafusion::common::TableReference::bare(name.as_str()),
+            table.clone(),
+        )?;
+        inputs.push((name.clone(), info, schema, time_column, table));
+    }
+    let session = ctx.state();
+    let statement = DFStatement::Statement(Box::new(ast::Statement::Query(query)));
+    let plan = session.optimize(&session.statement_to_plan(statement).await?)?;
+    check_window_local(&plan)?;
+    let mut inputs = inputs.into_iter();
+    let (source, info, windowed_schema, time_column, table) =
+        inputs.next().expect("two or more sources");
+    let others: Vec<_> = inputs.collect();
+    let detail = format!(
+        "{} on each source, size {:?}{}",
+        first.function,
+        first.size,
+        if first.function == "HOP" {
+            format!(", slide {:?}", first.slide)
+        } else {
+            String::new()
+        }
+    );
+    let mut operators = explain(&[], &source, info, None);
+    for (name, info, ..) in &others {
+        operators.extend(explain(&[], name, info, None));
+    }
+    operators.push(("window".into(), detail.clone()));
+    operators.push((
+        "query".into(),
+        format!(
+            "join per closed window (the minimum watermark of the inputs), in batch: {}",
+            plan.display_indent().to_string().replace('\n', "; ")
+        ),
+    ));
+    let output_schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
+    Ok(ContinuousQuery {
+        other_sources: others.iter().map(|(n, ..)| n.clone()).collect(),
+        operators,
+        source,
+        output_schema,
+        description: format!("sources -> window ({detail}) -> join per window"),
+        operator: Box::new(PerWindowQuery::new(PerWindowPlan {
+            windowing,
+            time_column,
+            source_columns: None,
+            windowed_schema,
+            plan,
+            session,
+            table,
+            others: others
+                .into_iter()
+                .map(|(_, _, windowed_schema, time_column, table)| OtherInput {
+                    time_column,
+                    windowed_schema,
+                    table,
+                })
+                .collect(),
+        })),
+    })
+}
+
+/// The schema a windowed source is planned with (its columns, then `window_start` and
+/// `window_end`) and the index of its time column, which must be a TIMESTAMP with a
+/// declared watermark.
+fn windowed_schema(source: &str, info: &SourceInfo, t: &WindowCall) -> Result<(SchemaRef, usize)> {
+    let time_column = info.schema.index_of(&t.time_column).map_err(|_| {
+        invalid!(
+            "{}: source {source} has no column {}",
+            t.function,
+            t.time_column
+        )
+    })?;
+    if info.schema.field(time_column).data_type() != &TIMESTAMP {
+        return Err(invalid!(
+            "{}: column {} must be a TIMESTAMP",
+            t.function,
+            t.time_column
+        ));
+    }
+    if info
+        .watermark
+        .as_ref()
+        .is_none_or(|w| w.column != t.time_column)
+    {
+        return Err(invalid!(
+            "{function} over {source}.{col} needs a watermark on that column: declare \
+             WATERMARK FOR {col} AS {col} - INTERVAL '5' SECOND in CREATE SOURCE",
+            function = t.function,
+            col = t.time_column
+        ));
+    }
+    let mut fields: Vec<Field> = info
+        .schema
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields.push(Field::new("window_start", TIMESTAMP, false));
+    fields.push(Field::new("window_end", TIMESTAMP, false));
+    Ok((Arc::new(Schema::new(fields)), time_column))
+}
+
 /// A SESSION view: sessions per key, each evaluated whole once it has ended.
 #[allow(clippy::too_many_arguments)]
 async fn plan_session(
@@ -871,6 +996,7 @@ async fn plan_session(
     ));
     let output_schema: SchemaRef = Arc::new(narrowed.plan.schema().as_arrow().clone());
     Ok(ContinuousQuery {
+        other_sources: Vec::new(),
         operators,
         source,
         output_schema,

@@ -821,3 +821,47 @@ async fn session_windows_per_key_merge_and_close_at_their_end() {
         assert!(e.contains(named), "{bad}\n{e}");
     }
 }
+
+#[tokio::test]
+async fn joins_of_several_sources_need_the_same_window_on_each() {
+    let mut sources = catalog();
+    let bids = sources["bids"].clone();
+    sources.insert("asks".to_string(), bids);
+    let plan_in = |sql: &'static str| {
+        let sources = sources.clone();
+        async move {
+            let Statement::CreateView(view) = parse_statement(sql).expect("parses") else {
+                panic!("not a view")
+            };
+            ContinuousQuery::plan(&view, &sources).await
+        }
+    };
+    let q = plan_in(
+        "CREATE MATERIALIZED VIEW v AS SELECT b.window_start, b.auction FROM \
+         TUMBLE(bids, date_time, INTERVAL '10' SECOND) AS b JOIN TUMBLE(asks, date_time, INTERVAL '10' SECOND) AS a \
+         ON b.window_start = a.window_start AND b.auction = a.auction",
+    )
+    .await
+    .expect("plans");
+    assert_eq!(q.source, "asks");
+    assert_eq!(q.other_sources, ["bids"]);
+    for (sql, named) in [
+        (
+            "CREATE MATERIALIZED VIEW v AS SELECT b.auction FROM bids AS b JOIN asks AS a ON b.auction = a.auction",
+            "without a window",
+        ),
+        (
+            "CREATE MATERIALIZED VIEW v AS SELECT b.auction FROM TUMBLE(bids, date_time, INTERVAL '10' SECOND) AS b \
+             JOIN TUMBLE(asks, date_time, INTERVAL '5' SECOND) AS a ON b.window_start = a.window_start",
+            "same TUMBLE or HOP window",
+        ),
+        (
+            "CREATE MATERIALIZED VIEW v AS SELECT b.auction FROM TUMBLE(bids, date_time, INTERVAL '10' SECOND) AS b \
+             JOIN TUMBLE(asks, date_time, INTERVAL '10' SECOND) AS a ON b.auction = a.auction",
+            "match window_start",
+        ),
+    ] {
+        let e = plan_in(sql).await.expect_err(sql).to_string();
+        assert!(e.contains(named), "{sql}\n{e}");
+    }
+}
