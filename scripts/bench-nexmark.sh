@@ -4,7 +4,7 @@
 # process's peak resident memory (flat across run lengths: state is bounded by open windows).
 # With CHECKPOINT_INTERVAL (default 10s) it also reports the checkpoints taken meanwhile.
 # QUERY=q5 runs Nexmark q5 instead of the tumbling aggregate; QUERY=session a SESSION view.
-# Usage: [QUERY=tumble|q5|session] [VIEW_MAX_ROWS=n] [CHECKPOINT_INTERVAL=1s] scripts/bench-nexmark.sh [events]   (default 20,000,000)
+# Usage: [QUERY=tumble|q5|session|q8] [VIEW_MAX_ROWS=n] [CHECKPOINT_INTERVAL=1s] scripts/bench-nexmark.sh [events]   (default 20,000,000)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/weir-target}"
@@ -28,14 +28,26 @@ case "${QUERY:-tumble}" in
   q5) VIEW="SELECT a.auction, a.num, a.window_start, a.window_end FROM (SELECT auction, count(*) AS num, window_start, window_end FROM HOP(bids, date_time, INTERVAL '2' SECOND, INTERVAL '10' SECOND) GROUP BY auction, window_start, window_end) AS a JOIN (SELECT max(c.num) AS maxn, c.window_start, c.window_end FROM (SELECT count(*) AS num, window_start, window_end FROM HOP(bids, date_time, INTERVAL '2' SECOND, INTERVAL '10' SECOND) GROUP BY auction, window_start, window_end) AS c GROUP BY c.window_start, c.window_end) AS m ON a.window_start = m.window_start AND a.window_end = m.window_end AND a.num >= m.maxn" ;;
   # Sessions per bidder, ending after 2 s without a bid.
   session) VIEW="SELECT window_start, window_end, bidder, count(*) AS bids, max(price) AS top FROM SESSION(bids, date_time, INTERVAL '2' SECOND) GROUP BY window_start, window_end, bidder" ;;
-  *) echo "QUERY must be tumble, q5 or session" >&2; exit 2 ;;
+  # Nexmark q8 (new users who opened auctions): a window join of two sources.
+  q8)
+    for t in person auction; do
+      sql "CREATE SOURCE $t WITH (connector = 'nexmark', table = '$t', events = $EVENTS, seed = 1, event_rate = 100000)"
+    done
+    WAIT="person auction"
+    VIEW="SELECT p.id, p.name, p.window_start FROM (SELECT id, name, window_start, window_end FROM TUMBLE(person, date_time, INTERVAL '10' SECOND) GROUP BY id, name, window_start, window_end) AS p JOIN (SELECT seller, window_start, window_end FROM TUMBLE(auction, date_time, INTERVAL '10' SECOND) GROUP BY seller, window_start, window_end) AS a ON p.id = a.seller AND p.window_start = a.window_start AND p.window_end = a.window_end" ;;
+  *) echo "QUERY must be tumble, q5, session or q8" >&2; exit 2 ;;
 esac
 sql "CREATE MATERIALIZED VIEW q AS $VIEW"
-until curl -sf "$URL/api/v1/sources/bids" | grep -q '"status":"finished"'; do sleep 0.05; done
+for s in ${WAIT:-bids}; do
+  until curl -sf "$URL/api/v1/sources/$s" | grep -q '"status":"finished"'; do sleep 0.05; done
+done
 END=$(date +%s.%N)
-ROWS=$(curl -sf "$URL/api/v1/sources/bids" | sed -n 's/.*"records_in":\([0-9]*\).*/\1/p')
+ROWS=0
+for s in ${WAIT:-bids}; do
+  ROWS=$((ROWS + $(curl -sf "$URL/api/v1/sources/$s" | sed -n 's/.*"records_in":\([0-9]*\).*/\1/p')))
+done
 PEAK_KB=$(sed -n 's/^VmHWM:[[:space:]]*\([0-9]*\) kB/\1/p' "/proc/$PID/status")
-python3 -c "import sys; e, r, s = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[4]) - float(sys.argv[3]); print(f'{e} events ({r} bids) in {s:.2f} s: {e/s/1e6:.2f} M events/s, {r/s/1e6:.2f} M bids/s, peak RSS {int(sys.argv[5])/1024:.0f} MiB')" "$EVENTS" "$ROWS" "$START" "$END" "$PEAK_KB"
+python3 -c "import sys; e, r, s = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[4]) - float(sys.argv[3]); print(f'{e} events ({r} source rows) in {s:.2f} s: {e/s/1e6:.2f} M events/s, {r/s/1e6:.2f} M rows/s, peak RSS {int(sys.argv[5])/1024:.0f} MiB')" "$EVENTS" "$ROWS" "$START" "$END" "$PEAK_KB"
 curl -sf "$URL/metrics" | python3 -c "
 import sys
 m = {}

@@ -24,6 +24,11 @@ use weir_sql::{Collector, Watermark};
 /// Batches a paused view holds before its source waits for it.
 const MAX_HELD_BATCHES: usize = 256;
 
+/// How far (event time, ms) an input of a join may run ahead of the join's watermark
+/// before its pipeline waits for the other inputs: without it, a fast input fills the
+/// join's open windows with rows the slow input is far from matching.
+const MAX_JOIN_SKEW_MS: i64 = 10_000;
+
 /// Everything a pipeline thread needs besides its source.
 pub struct Pipeline {
     pub source: Arc<SourceRuntime>,
@@ -184,6 +189,9 @@ impl Pipeline {
     fn process(&mut self, batch: &RecordBatch) {
         let views = self.source.views.lock().clone();
         let before = self.watermark.current();
+        for view in views.iter().filter(|v| v.is_join()) {
+            self.align(view);
+        }
         for view in &views {
             // A join's input is late by the join's watermark, not its own source's.
             let before = if view.is_join() {
@@ -287,6 +295,25 @@ impl Pipeline {
             }
             if view.is_join() {
                 self.advance_join(view);
+            }
+        }
+    }
+
+    /// Wait while this source is more than `MAX_JOIN_SKEW_MS` ahead of a join it feeds
+    /// (watermark alignment); idle inputs stop counting as the wait goes on.
+    fn align(&self, view: &ViewRuntime) {
+        loop {
+            let own = self.source.current_watermark.load(Ordering::Acquire);
+            let joined = view.combined_watermark.load(Ordering::Acquire);
+            if own == i64::MIN
+                || own.saturating_sub(joined) <= MAX_JOIN_SKEW_MS
+                || self.source.stop.load(Ordering::Relaxed)
+            {
+                return;
+            }
+            self.advance_join(view);
+            if view.combined_watermark.load(Ordering::Acquire) == joined {
+                std::thread::sleep(Duration::from_millis(5));
             }
         }
     }
