@@ -215,7 +215,21 @@ async fn q8_joins_two_sources_per_window_like_the_batch_oracle() -> Result<()> {
     assert!(!expected.is_empty(), "the oracle found no new sellers");
     assert_eq!(got.len(), expected.len(), "q8 rows");
     assert_eq!(got, expected);
-    let explain = weir.exec("EXPLAIN VIEW q8").await?["rows"].to_string();
-    assert!(explain.contains("minimum watermark"), "{explain}");
+    let explain = weir.exec("EXPLAIN VIEW q8").await?["rows"].clone();
+    assert!(
+        explain.to_string().contains("minimum watermark"),
+        "{explain}"
+    );
+    // Each source with its own state: auctions are three times the persons.
+    let sources: Vec<String> = explain
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter(|r| r[0] == "source")
+        .map(|r| r[2].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(sources.len(), 2, "{explain}");
+    assert_ne!(sources[0], sources[1], "{explain}");
     Ok(())
 }

@@ -718,18 +718,27 @@ impl Engine {
         let view = self.view(name)?;
         let status = view.status();
         let source = self.source(&view.source)?.status();
-        let states = view.operators.iter().map(|(op, _)| match op.as_str() {
-            "source" => format!(
-                "{}, {} records in, watermark {}",
-                serde_json::to_value(&source.status)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_string))
-                    .unwrap_or_default(),
-                source.records_in,
-                source
-                    .watermark_ms
-                    .map_or("none yet".to_string(), |w| w.to_string())
-            ),
+        let states = view.operators.iter().map(|(op, detail)| match op.as_str() {
+            "source" => {
+                // A join lists each of its sources: the detail starts with the name.
+                let named = detail
+                    .split(',')
+                    .next()
+                    .and_then(|n| self.source(n).ok())
+                    .map(|s| s.status());
+                let source = named.as_ref().unwrap_or(&source);
+                format!(
+                    "{}, {} records in, watermark {}",
+                    serde_json::to_value(&source.status)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default(),
+                    source.records_in,
+                    source
+                        .watermark_ms
+                        .map_or("none yet".to_string(), |w| w.to_string())
+                )
+            }
             "window" => format!("{} open windows", status.open_windows),
             "aggregate" => format!("{} bytes of state", status.state_bytes),
             "query" => format!("{} bytes of held rows", status.state_bytes),
