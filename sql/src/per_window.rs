@@ -166,30 +166,57 @@ impl PerWindowQuery {
         watermark: Option<i64>,
         out: &mut Collector,
     ) -> Result<()> {
-        let windowing = self.plan.windowing;
         let input = self
             .plan
             .others
             .get(other)
             .ok_or_else(|| Error::Execution(format!("the query has no input {}", other + 1)))?;
-        let times = event_times(batch.column(input.time_column))?;
-        let split = split_by_window(times, windowing, watermark);
-        for (start, rows) in split.windows {
-            let slice = match rows {
-                None => batch.clone(),
-                Some(rows) => take_record_batch(batch, &rows)?,
-            };
-            let slice = with_window_columns(&input.windowed_schema, windowing, start, &slice)?;
-            self.other_windows[other]
-                .entry(start)
-                .or_default()
-                .push(slice);
-        }
-        if let Some(late) = &split.late {
-            out.late(take_record_batch(batch, late)?);
-        }
-        Ok(())
+        hold_by_window(
+            &mut self.other_windows[other],
+            &input.windowed_schema,
+            self.plan.windowing,
+            input.time_column,
+            (batch, batch),
+            watermark,
+            out,
+        )
     }
+}
+
+/// Add the rows of `batch` (kept columns, and the batch as received) to the open windows
+/// they fall in, with their window columns; rows whose windows have all closed go back as
+/// late, with every column.
+fn hold_by_window(
+    windows: &mut BTreeMap<i64, Vec<RecordBatch>>,
+    windowed_schema: &SchemaRef,
+    windowing: Windowing,
+    time_column: usize,
+    (batch, whole): (&RecordBatch, &RecordBatch),
+    watermark: Option<i64>,
+    out: &mut Collector,
+) -> Result<()> {
+    let times = event_times(batch.column(time_column))?;
+    let split = split_by_window(times, windowing, watermark);
+    // Every slice first: an error leaves the windows as they were (the runtime
+    // dead-letters the whole batch).
+    let mut slices = Vec::with_capacity(split.windows.len());
+    for (start, rows) in split.windows {
+        let slice = match rows {
+            None => batch.clone(),
+            Some(rows) => take_record_batch(batch, &rows)?,
+        };
+        slices.push((
+            start,
+            with_window_columns(windowed_schema, windowing, start, &slice)?,
+        ));
+    }
+    for (start, slice) in slices {
+        windows.entry(start).or_default().push(slice);
+    }
+    if let Some(late) = &split.late {
+        out.late(take_record_batch(whole, late)?);
+    }
+    Ok(())
 }
 
 impl Operator for PerWindowQuery {
@@ -212,33 +239,20 @@ impl Operator for PerWindowQuery {
         watermark: Option<i64>,
         out: &mut Collector,
     ) -> Result<()> {
-        let windowing = self.plan.windowing;
-        let whole = batch;
-        let batch = &match &self.plan.source_columns {
+        let kept = match &self.plan.source_columns {
             Some(columns) => batch.project(columns)?,
             None => batch.clone(),
         };
-        let times = event_times(batch.column(self.plan.time_column))?;
-        let split = split_by_window(times, windowing, watermark);
-        let mut slices = Vec::with_capacity(split.windows.len());
-        for (start, rows) in split.windows {
-            let slice = match rows {
-                None => batch.clone(),
-                Some(rows) => take_record_batch(batch, &rows)?,
-            };
-            slices.push((
-                start,
-                with_window_columns(&self.plan.windowed_schema, windowing, start, &slice)?,
-            ));
-        }
-        for (start, slice) in slices {
-            self.windows.entry(start).or_default().push(slice);
-        }
         // Late rows go to the dead-letter store whole, with every source column.
-        if let Some(late) = &split.late {
-            out.late(take_record_batch(whole, late)?);
-        }
-        Ok(())
+        hold_by_window(
+            &mut self.windows,
+            &self.plan.windowed_schema,
+            self.plan.windowing,
+            self.plan.time_column,
+            (&kept, batch),
+            watermark,
+            out,
+        )
     }
 
     fn on_watermark(&mut self, watermark: i64, out: &mut Collector) -> Result<()> {

@@ -551,6 +551,21 @@ async fn post_until_refused(weir: &Weir, next: &mut usize) -> Result<Value> {
     anyhow::bail!("200 requests were accepted on a full disk")
 }
 
+/// Run `weir serve` on `data_dir` where it is expected to refuse to start: whether it
+/// started (exited successfully) and what it said on stderr.
+async fn try_start(data_dir: &std::path::Path, extra_args: &[&str]) -> Result<(bool, String)> {
+    let out = tokio::process::Command::new(crate::support::weir_binary())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .args(extra_args)
+        .output()
+        .await?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
 /// Fill the disk under `dir`; returns the filler to remove.
 fn fill(dir: &std::path::Path) -> std::path::PathBuf {
     let filler = dir.join("filler");
@@ -661,20 +676,8 @@ async fn a_full_data_dir_refuses_writes_keeps_reads_and_the_last_checkpoint() ->
     let filler = fill(&path);
     post_until_refused(&weir, &mut next).await?;
     let dir = weir.kill().await?;
-    let refused = tokio::process::Command::new(crate::support::weir_binary())
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--config",
-            &config,
-            "--data-dir",
-        ])
-        .arg(dir.path())
-        .output()
-        .await?;
-    assert!(!refused.status.success(), "weir started on a full data dir");
-    let said = String::from_utf8_lossy(&refused.stderr);
+    let (started, said) = try_start(dir.path(), &["--config", &config]).await?;
+    assert!(!started, "weir started on a full data dir");
     assert!(said.contains("cannot use data dir"), "{said}");
     std::fs::remove_file(&filler)?;
     let weir = Weir::start_in(dir, &["--config", &config]).await?;
@@ -714,16 +717,8 @@ async fn a_read_only_data_dir_is_refused_at_start_untouched() -> Result<()> {
         .arg(&path)
         .status()?;
     ensure!(remounted.success(), "cannot remount read-only");
-    let refused = tokio::process::Command::new(crate::support::weir_binary())
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(&path)
-        .output()
-        .await?;
-    assert!(
-        !refused.status.success(),
-        "weir started on a read-only data dir"
-    );
-    let said = String::from_utf8_lossy(&refused.stderr);
+    let (started, said) = try_start(&path, &[]).await?;
+    assert!(!started, "weir started on a read-only data dir");
     assert!(
         said.contains("cannot use data dir") && said.contains("Read-only"),
         "{said}"

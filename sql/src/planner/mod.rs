@@ -350,23 +350,13 @@ impl ContinuousQuery {
             )
             .await?;
             let w = window_call.as_ref().expect("a window");
-            let window_detail = if w.function == "HOP" {
-                format!(
-                    "HOP on {}, size {:?}, slide {:?}",
-                    w.time_column, w.size, w.slide
-                )
-            } else {
-                format!("TUMBLE on {}, size {:?}", w.time_column, w.size)
-            };
-            let mut operators = explain(&[], &source, info, None);
-            operators.push(("window".into(), window_detail.clone()));
-            operators.push((
-                "query".into(),
-                format!(
-                    "per closed window, in batch: {}",
-                    plan.display_indent().to_string().replace('\n', "; ")
-                ),
-            ));
+            let window_detail = w.describe();
+            let operators = with_held_rows(
+                explain(&[], &source, info, None),
+                &window_detail,
+                "per closed window",
+                &plan,
+            );
             let output_schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
             return Ok(Self {
                 other_sources: Vec::new(),
@@ -726,15 +716,7 @@ fn explain(
             LogicalPlan::Projection(p) => ops.push(("project".into(), list(&p.expr))),
             LogicalPlan::Aggregate(a) => {
                 if let Some(w) = window {
-                    let detail = if w.function == "HOP" {
-                        format!(
-                            "HOP on {}, size {:?}, slide {:?}",
-                            w.time_column, w.size, w.slide
-                        )
-                    } else {
-                        format!("TUMBLE on {}, size {:?}", w.time_column, w.size)
-                    };
-                    ops.push(("window".into(), detail));
+                    ops.push(("window".into(), w.describe()));
                 }
                 ops.push((
                     "aggregate".into(),
@@ -749,6 +731,39 @@ fn explain(
         }
     }
     ops
+}
+
+impl WindowCall {
+    /// For EXPLAIN: the window and its sizes.
+    fn describe(&self) -> String {
+        if self.function == "HOP" {
+            format!(
+                "HOP on {}, size {:?}, slide {:?}",
+                self.time_column, self.size, self.slide
+            )
+        } else {
+            format!("TUMBLE on {}, size {:?}", self.time_column, self.size)
+        }
+    }
+}
+
+/// EXPLAIN of a view that holds rows and runs `plan` over them `when`: the sources'
+/// rows, then its window and its query.
+fn with_held_rows(
+    mut operators: Vec<(String, String)>,
+    window: &str,
+    when: &str,
+    plan: &LogicalPlan,
+) -> Vec<(String, String)> {
+    operators.push(("window".into(), window.to_string()));
+    operators.push((
+        "query".into(),
+        format!(
+            "{when}, in batch: {}",
+            plan.display_indent().to_string().replace('\n', "; ")
+        ),
+    ));
+    operators
 }
 
 fn same_window(a: &WindowCall, b: &WindowCall) -> bool {
@@ -836,14 +851,12 @@ async fn plan_join(
     for (name, info, ..) in &others {
         operators.extend(explain(&[], name, info, None));
     }
-    operators.push(("window".into(), detail.clone()));
-    operators.push((
-        "query".into(),
-        format!(
-            "join per closed window (the minimum watermark of the inputs), in batch: {}",
-            plan.display_indent().to_string().replace('\n', "; ")
-        ),
-    ));
+    let operators = with_held_rows(
+        operators,
+        &detail,
+        "join per closed window (the minimum watermark of the inputs)",
+        &plan,
+    );
     let output_schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
     Ok(ContinuousQuery {
         other_sources: others.iter().map(|(n, ..)| n.clone()).collect(),
@@ -981,19 +994,12 @@ async fn plan_session(
             keys.join(", ")
         }
     );
-    let mut operators = explain(&[], &source, info, None);
-    operators.push(("window".into(), detail.clone()));
-    operators.push((
-        "query".into(),
-        format!(
-            "per ended session, in batch: {}",
-            narrowed
-                .plan
-                .display_indent()
-                .to_string()
-                .replace('\n', "; ")
-        ),
-    ));
+    let operators = with_held_rows(
+        explain(&[], &source, info, None),
+        &detail,
+        "per ended session",
+        &narrowed.plan,
+    );
     let output_schema: SchemaRef = Arc::new(narrowed.plan.schema().as_arrow().clone());
     Ok(ContinuousQuery {
         other_sources: Vec::new(),
