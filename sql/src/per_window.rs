@@ -10,7 +10,7 @@
 //! DataFusion in batch mode over exactly those rows. Memory is bounded by the rows of the
 //! open windows.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -291,43 +291,62 @@ impl Operator for PerWindowQuery {
     }
 
     /// The open windows' rows as they are held (shared, not copied); each batch carries
-    /// its window in its window columns.
+    /// its window in its window columns. Rows of a further input of a join carry its
+    /// number in their schema's metadata.
     fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {
-        if !self.plan.others.is_empty() {
-            return Err(Error::Execution(
-                "joins of several sources are not checkpointed yet".into(),
-            ));
+        let mut state: Vec<RecordBatch> = self.windows.values().flatten().cloned().collect();
+        for (n, windows) in self.other_windows.iter().enumerate() {
+            let tagged = Arc::new(
+                self.plan.others[n]
+                    .windowed_schema
+                    .as_ref()
+                    .clone()
+                    .with_metadata(HashMap::from([(
+                        INPUT_KEY.to_string(),
+                        (n + 1).to_string(),
+                    )])),
+            );
+            for batch in windows.values().flatten() {
+                state.push(batch.clone().with_schema(tagged.clone())?);
+            }
         }
-        Ok(self.windows.values().flatten().cloned().collect())
+        Ok(state)
     }
 
     fn restore(&mut self, state: &[RecordBatch]) -> Result<()> {
-        let start_column = self.plan.windowed_schema.fields().len() - 2;
         let mut windows = BTreeMap::new();
+        let mut other_windows: Vec<_> = self.plan.others.iter().map(|_| BTreeMap::new()).collect();
         for batch in state.iter().filter(|b| b.num_rows() > 0) {
-            if batch.schema().fields().len() != self.plan.windowed_schema.fields().len() {
-                return Err(Error::Execution(
-                    "the checkpointed window rows have other columns than this query".into(),
-                ));
-            }
-            let batch =
-                RecordBatch::try_new(self.plan.windowed_schema.clone(), batch.columns().to_vec())?;
-            let start = batch
-                .column(start_column)
-                .as_primitive_opt::<TimestampMillisecondType>()
-                .filter(|s| s.is_valid(0))
-                .map(|s| s.value(0))
-                .ok_or_else(|| Error::Execution("a checkpointed window has no start".into()))?;
+            let input = match batch.schema().metadata().get(INPUT_KEY) {
+                None => 0,
+                Some(n) => n.parse::<usize>().map_err(|_| {
+                    Error::Execution(format!("a checkpointed window names input {n:?}"))
+                })?,
+            };
+            let (schema, windows) = match input {
+                0 => (&self.plan.windowed_schema, &mut windows),
+                n => match (self.plan.others.get(n - 1), other_windows.get_mut(n - 1)) {
+                    (Some(other), Some(w)) => (&other.windowed_schema, w),
+                    _ => {
+                        return Err(Error::Execution(format!(
+                            "the checkpoint holds rows of input {n}; this query has {} inputs",
+                            self.plan.others.len() + 1
+                        )));
+                    }
+                },
+            };
+            let (start, batch) = restored_window(schema, batch)?;
             windows.entry(start).or_insert_with(Vec::new).push(batch);
         }
         self.windows = windows;
+        self.other_windows = other_windows;
         Ok(())
     }
 
     fn state_size(&self) -> usize {
-        self.windows
-            .values()
-            .flatten()
+        std::iter::once(&self.windows)
+            .chain(&self.other_windows)
+            .flat_map(|w| w.values().flatten())
             .map(RecordBatch::get_array_memory_size)
             .sum()
     }
@@ -335,6 +354,26 @@ impl Operator for PerWindowQuery {
     fn open_windows(&self) -> usize {
         self.windows.len()
     }
+}
+
+/// The schema metadata key that numbers a further input's rows in a snapshot.
+const INPUT_KEY: &str = "weir.input";
+
+/// A checkpointed batch of one window's rows, in `schema`, and the window's start.
+fn restored_window(schema: &SchemaRef, batch: &RecordBatch) -> Result<(i64, RecordBatch)> {
+    if batch.schema().fields().len() != schema.fields().len() {
+        return Err(Error::Execution(
+            "the checkpointed window rows have other columns than this query".into(),
+        ));
+    }
+    let batch = RecordBatch::try_new(schema.clone(), batch.columns().to_vec())?;
+    let start = batch
+        .column(schema.fields().len() - 2)
+        .as_primitive_opt::<TimestampMillisecondType>()
+        .filter(|s| s.is_valid(0))
+        .map(|s| s.value(0))
+        .ok_or_else(|| Error::Execution("a checkpointed window has no start".into()))?;
+    Ok((start, batch))
 }
 
 /// Check that every part of `plan` stays inside one window, so that evaluating it per

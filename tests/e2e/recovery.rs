@@ -23,9 +23,20 @@ const NEXMARK: &[&str] = &[
     // A stateless view: its rows are the state.
     "CREATE MATERIALIZED VIEW big_bids AS SELECT auction, bidder, price, date_time FROM bids \
      WHERE price > 9000000",
+    // A join of two sources (Nexmark q8): its open windows hold rows of both, which a
+    // checkpoint takes with both sources' positions at one moment.
+    "CREATE SOURCE person WITH (connector = 'nexmark', table = 'person', events = 400000, rate = 50000, seed = 7)",
+    "CREATE SOURCE auction WITH (connector = 'nexmark', table = 'auction', events = 400000, rate = 50000, seed = 7)",
+    "CREATE MATERIALIZED VIEW new_sellers AS SELECT p.id, p.name, p.window_start \
+     FROM (SELECT id, name, window_start, window_end FROM TUMBLE(person, date_time, INTERVAL '2' SECOND) \
+           GROUP BY id, name, window_start, window_end) AS p \
+     JOIN (SELECT seller, window_start, window_end FROM TUMBLE(auction, date_time, INTERVAL '2' SECOND) \
+           GROUP BY seller, window_start, window_end) AS a \
+     ON p.id = a.seller AND p.window_start = a.window_start AND p.window_end = a.window_end",
 ];
 
-const VIEWS: &[&str] = &["per_window", "per_channel", "big_bids"];
+const VIEWS: &[&str] = &["per_window", "per_channel", "big_bids", "new_sellers"];
+const NEXMARK_SOURCES: &[&str] = &["bids", "person", "auction"];
 
 async fn start() -> Result<Weir> {
     let dir = tempfile::tempdir()?;
@@ -129,7 +140,9 @@ async fn nexmark_views_survive_kill_9_exactly() -> Result<()> {
     for sql in NEXMARK {
         reference.exec(sql).await?;
     }
-    wait_finished(&reference, "bids").await?;
+    for source in NEXMARK_SOURCES {
+        wait_finished(&reference, source).await?;
+    }
     let mut expected = Vec::new();
     for view in VIEWS {
         let r = rows(&reference, view).await?;
@@ -145,6 +158,7 @@ async fn nexmark_views_survive_kill_9_exactly() -> Result<()> {
         weir.exec(sql).await?;
     }
     let mut restored = 0;
+    let mut join_resumed = 0;
     let mut fell_back = false;
     for kill in 0..5 {
         tokio::time::sleep(moments.next(400, 1_800)).await;
@@ -168,16 +182,40 @@ async fn nexmark_views_survive_kill_9_exactly() -> Result<()> {
             weir = restart(weir).await?;
         }
         let status = weir.get("/api/v1/checkpoints").await?;
-        if status["restored_from"].is_u64() {
+        if let Some(epoch) = status["restored_from"].as_u64() {
             restored += 1;
+            // The join's inputs resumed mid-stream, not from their start.
+            let list = status["checkpoints"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            if let Some(c) = list.iter().find(|c| c["epoch"].as_u64() == Some(epoch)) {
+                let at = |name: &str| {
+                    c["sources"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .find(|s| s["name"] == name)
+                        .and_then(|s| s["position"]["event"].as_str()?.parse::<u64>().ok())
+                };
+                if at("person").is_some_and(|p| p > 0) && at("auction").is_some_and(|p| p > 0) {
+                    join_resumed += 1;
+                }
+            }
         }
     }
+    ensure!(
+        join_resumed >= 1,
+        "no restart resumed the join's sources from a checkpointed position"
+    );
     ensure!(fell_back, "the damaged-checkpoint restart did not happen");
     ensure!(
         restored >= 3,
         "most restarts should restore a checkpoint, {restored} of 5 did"
     );
-    wait_finished(&weir, "bids").await?;
+    for source in NEXMARK_SOURCES {
+        wait_finished(&weir, source).await?;
+    }
     for (view, expected) in VIEWS.iter().zip(&expected) {
         let got = rows(&weir, view).await?;
         assert_eq!(

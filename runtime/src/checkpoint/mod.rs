@@ -4,10 +4,12 @@
 //!
 //! Each source's pipeline thread takes a [`SourceSnapshot`] of itself when asked (see
 //! [`CheckpointSlot`]): its position, its watermark, and the state and rows of every
-//! view it feeds. Views read one source each, so one source's snapshot is consistent on
-//! its own; a checkpoint is the latest snapshot of every source, written by
-//! [`store::CheckpointStore`] as Arrow IPC files and a manifest with their checksums.
+//! view it feeds. A view of one source is consistent with its source's snapshot alone;
+//! sources joined by a view are snapshotted together ([`align`]). A checkpoint is the
+//! latest snapshot of every source, written by [`store::CheckpointStore`] as Arrow IPC
+//! files and a manifest with their checksums.
 
+pub mod align;
 pub mod store;
 
 use std::collections::BTreeMap;
@@ -109,13 +111,6 @@ impl CheckpointSlot {
 
     pub fn put(&self, epoch: u64, snapshot: SourceSnapshot) {
         *self.latest.lock() = Some(Arc::new(snapshot));
-        self.taken.fetch_max(epoch, Ordering::AcqRel);
-    }
-
-    /// This source is not checkpointed (it feeds a join of several sources): answer
-    /// `epoch` with no snapshot, so a restart replays the source from its start.
-    pub fn clear(&self, epoch: u64) {
-        *self.latest.lock() = None;
         self.taken.fetch_max(epoch, Ordering::AcqRel);
     }
 

@@ -57,6 +57,10 @@ struct ViewEntry {
     name: String,
     sql: String,
     state_file: Option<String>,
+    /// Further state files: state batches of another schema than the one before (the
+    /// inputs of a join of several sources), in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    more_state_files: Vec<String>,
     rows_file: Option<String>,
     /// Per batch of `rows_file`: the key an upsert replaces it by.
     row_keys: Vec<Option<i64>>,
@@ -218,16 +222,27 @@ impl CheckpointStore {
         for (s, source) in sources.iter().enumerate() {
             let mut views = Vec::with_capacity(source.views.len());
             for (v, view) in source.views.iter().enumerate() {
-                let state_file = match view.state.first() {
-                    Some(first) => Some(write_ipc(
+                let mut state_files = Vec::new();
+                for (part, batches) in view
+                    .state
+                    .chunk_by(|a, b| a.schema() == b.schema())
+                    .enumerate()
+                {
+                    let suffix = if part == 0 {
+                        String::new()
+                    } else {
+                        format!("-{part}")
+                    };
+                    state_files.push(write_ipc(
                         &tmp,
-                        &format!("s{s}-v{v}-state.arrow"),
-                        &first.schema(),
-                        view.state.iter(),
+                        &format!("s{s}-v{v}-state{suffix}.arrow"),
+                        &batches[0].schema(),
+                        batches.iter(),
                         &mut files,
-                    )?),
-                    None => None,
-                };
+                    )?);
+                }
+                let mut state_files = state_files.into_iter();
+                let state_file = state_files.next();
                 let rows_file = if view.rows.is_empty() {
                     None
                 } else {
@@ -243,6 +258,7 @@ impl CheckpointStore {
                     name: view.name.clone(),
                     sql: view.sql.clone(),
                     state_file,
+                    more_state_files: state_files.collect(),
                     rows_file,
                     row_keys: view.rows.iter().map(|(k, _)| *k).collect(),
                 });
@@ -438,11 +454,15 @@ fn read_checkpoint(dir: &Path) -> Result<Restored> {
                     v.row_keys.len()
                 )));
             }
+            let mut state = take(&v.state_file)?;
+            for file in &v.more_state_files {
+                state.extend(take(&Some(file.clone()))?);
+            }
             views.insert(
                 v.name,
                 RestoredView {
                     sql: v.sql,
-                    state: take(&v.state_file)?,
+                    state,
                     rows: v.row_keys.into_iter().zip(rows).collect(),
                 },
             );
@@ -529,6 +549,42 @@ mod tests {
         );
         assert_eq!(v.state[0].num_rows(), 2);
         assert!(store.warnings().is_empty());
+    }
+
+    #[test]
+    fn state_of_several_schemas_is_kept_in_order_with_its_metadata() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = CheckpointStore::open(Some(dir.path()), 2);
+        let mut s = (*snapshot(1)).clone();
+        let first = s.views[0].state[0].clone();
+        // Two inputs of one schema, told apart by their metadata, then another schema.
+        let tagged = |input: &str| {
+            let schema = Arc::new(
+                first
+                    .schema()
+                    .as_ref()
+                    .clone()
+                    .with_metadata(HashMap::from([("input".to_string(), input.to_string())])),
+            );
+            first.clone().with_schema(schema).expect("same fields")
+        };
+        let other = Arc::new(Schema::new(vec![Field::new("s", DataType::Utf8, true)]));
+        let other = RecordBatch::new_empty(other);
+        s.views[0].state = vec![tagged("0"), tagged("0"), tagged("1"), other.clone()];
+        store
+            .write(1, Instant::now(), &[Arc::new(s)], Vec::new(), Vec::new())
+            .expect("written");
+        let r = store.restore().expect("reads").expect("one");
+        let state = &r.sources["bids"].views["v"].state;
+        let inputs: Vec<_> = state
+            .iter()
+            .map(|b| b.schema().metadata().get("input").cloned())
+            .collect();
+        assert_eq!(
+            inputs,
+            vec![Some("0".into()), Some("0".into()), Some("1".into()), None]
+        );
+        assert_eq!(state[3].schema(), other.schema());
     }
 
     #[test]

@@ -65,10 +65,13 @@ impl Engine {
         {
             std::thread::sleep(Duration::from_millis(5));
         }
-        let snapshots: Vec<_> = sources
-            .iter()
-            .filter_map(|s| s.checkpoint.latest())
-            .collect();
+        // The inputs of a join put their snapshots together: read them whole.
+        let snapshots: Vec<_> = inner.alignment.read_slots(|| {
+            sources
+                .iter()
+                .filter_map(|s| s.checkpoint.latest())
+                .collect()
+        });
         // A checkpoint may name log offsets only once they are on disk: a power loss
         // could otherwise leave the log shorter than the checkpoint says.
         for s in &sources {

@@ -79,6 +79,8 @@ struct Inner {
     next_epoch: AtomicU64,
     /// Checkpoints are taken one at a time.
     checkpoint_lock: Mutex<()>,
+    /// Where the inputs of joins meet to be snapshotted together.
+    alignment: Arc<crate::checkpoint::align::JoinAlignment>,
     checkpoint_error: Mutex<Option<String>>,
     checkpoints_started: AtomicBool,
     shut_down: AtomicBool,
@@ -150,6 +152,7 @@ impl Engine {
                 restoring: Mutex::new(Default::default()),
                 restored_from: Mutex::new(None),
                 checkpoint_lock: Mutex::new(()),
+                alignment: Arc::default(),
                 checkpoint_error: Mutex::new(None),
                 checkpoints_started: AtomicBool::new(false),
                 shut_down: AtomicBool::new(false),
@@ -490,7 +493,8 @@ impl Engine {
             m.batch_latency.with_label_values(&[&name]),
             source.http.as_ref().map(|_| buffered),
         )
-        .idle_after(self.inner.config.idle_timeout);
+        .idle_after(self.inner.config.idle_timeout)
+        .aligned_by(self.inner.alignment.clone());
         let start_event = resume
             .as_ref()
             .and_then(|(p, _)| p.offset(nexmark::POSITION))

@@ -15,6 +15,7 @@ use datafusion::arrow::temporal_conversions::timestamp_ms_to_datetime;
 use prometheus::Histogram;
 
 use crate::batch::BatchPolicy;
+use crate::checkpoint::align::{Arrival, JoinAlignment};
 use crate::checkpoint::{Position, SourceSnapshot};
 use crate::deadletter::{DeadLetterStore, NewDeadLetter};
 use crate::source::{Chunk, SourceRuntime, SourceState};
@@ -28,6 +29,9 @@ const MAX_HELD_BATCHES: usize = 256;
 /// before its pipeline waits for the other inputs: without it, a fast input fills the
 /// join's open windows with rows the slow input is far from matching.
 const MAX_JOIN_SKEW_MS: i64 = 10_000;
+
+/// How long an input of a join waits at a checkpoint for the join's other inputs.
+const JOIN_ARRIVAL_WAIT: Duration = Duration::from_secs(2);
 
 /// Everything a pipeline thread needs besides its source.
 pub struct Pipeline {
@@ -45,6 +49,11 @@ pub struct Pipeline {
     unsaved_batches: u64,
     /// See `RuntimeConfig::idle_timeout`.
     idle_timeout_ms: i64,
+    /// Where the inputs of joins meet for checkpoints.
+    alignment: Arc<JoinAlignment>,
+    /// The last checkpoint this source's join group could not be snapshotted for: not
+    /// tried again (the source would wait at every batch).
+    missed_epoch: u64,
 }
 
 impl Pipeline {
@@ -73,7 +82,15 @@ impl Pipeline {
             position: Position::default(),
             unsaved_batches: 0,
             idle_timeout_ms: 10_000,
+            alignment: Arc::default(),
+            missed_epoch: 0,
         }
+    }
+
+    /// Meet the other inputs of joins at `alignment` for checkpoints.
+    pub fn aligned_by(mut self, alignment: Arc<JoinAlignment>) -> Self {
+        self.alignment = alignment;
+        self
     }
 
     /// When an input of a join counts as idle.
@@ -112,8 +129,9 @@ impl Pipeline {
             // Between micro-batches every view has seen exactly the rows up to `position`.
             if pending.is_empty()
                 && let Some(epoch) = self.source.checkpoint.wanted()
+                && epoch > self.missed_epoch
             {
-                self.snapshot(epoch);
+                self.snapshot(epoch, false);
             }
             let wait = opened.map_or(Duration::from_millis(100), |t| {
                 self.policy.remaining(t.elapsed())
@@ -305,9 +323,11 @@ impl Pipeline {
         loop {
             let own = self.source.current_watermark.load(Ordering::Acquire);
             let joined = view.combined_watermark.load(Ordering::Acquire);
+            // A checkpoint waits for every input at a batch boundary: go on to it.
             if own == i64::MIN
                 || own.saturating_sub(joined) <= MAX_JOIN_SKEW_MS
                 || self.source.stop.load(Ordering::Relaxed)
+                || self.source.checkpoint.wanted().is_some()
             {
                 return;
             }
@@ -395,24 +415,36 @@ impl Pipeline {
         // The final state (the last watermark closed windows), for every checkpoint from
         // now on.
         self.unsaved_batches += 1;
-        self.snapshot(self.source.checkpoint.requested());
+        self.snapshot(self.source.checkpoint.requested(), true);
         *self.source.state.lock() = SourceState::Finished;
         tracing::info!(source = %self.source.name, "source finished");
     }
 
     /// Leave a snapshot of the source's position and views for checkpoint `epoch`.
-    /// Nothing changed since the last one: that one answers again.
-    fn snapshot(&mut self, epoch: u64) {
+    /// Nothing changed since the last one: that one answers again. A source that feeds
+    /// a join is snapshotted with the join's other inputs.
+    fn snapshot(&mut self, epoch: u64, finished: bool) {
         let slot = &self.source.checkpoint;
         let views = self.source.views.lock().clone();
-        // Joins of several sources are not checkpointed yet: their sources replay from
-        // the start after a restart (nexmark, file and HTTP through its log can).
-        if views.iter().any(|v| v.is_join()) {
-            slot.clear(epoch);
-            return;
-        }
         // A paused view has not processed the batches it holds: snapshot later.
         if views.iter().any(|v| v.held_batches() > 0) {
+            return;
+        }
+        if views.iter().any(|v| v.is_join()) {
+            let arrival = Arrival {
+                epoch,
+                position: self.position.clone(),
+                watermark: self.watermark.current(),
+            };
+            if self
+                .alignment
+                .arrive(&self.source, arrival, finished, JOIN_ARRIVAL_WAIT)
+            {
+                self.unsaved_batches = 0;
+            } else if !finished {
+                tracing::warn!(source = %self.source.name, epoch, "the other inputs of a join did not reach checkpoint {epoch} in time; it keeps their previous snapshots");
+                self.missed_epoch = epoch;
+            }
             return;
         }
         let same_views = slot.latest().is_some_and(|s| {

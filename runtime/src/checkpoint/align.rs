@@ -1,0 +1,237 @@
+//! Aligned snapshots of sources joined by a view. A join of several sources holds rows
+//! of each, so its state fits only positions of all its inputs taken at one moment.
+//! Each input's pipeline stops at a batch boundary and *arrives*; once every source of
+//! its group (the sources connected through joins) is there, the last to arrive takes
+//! the snapshots of the whole group and puts them into their slots at once, under the
+//! lock that checkpoints read the slots under; then all go on. A join's state goes into
+//! the snapshot of its first input (the source the view is registered under).
+//!
+//! All or nothing: when a source does not arrive in time (a paused view holds it back),
+//! the others leave without a snapshot, and the group's previous snapshots, consistent
+//! with each other, stay in place. A finished source stays arrived with its final
+//! position.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex, MutexGuard};
+
+use super::{Position, SourceSnapshot};
+use crate::source::{SourceRuntime, SourceState};
+
+/// Where a source stopped for a checkpoint.
+#[derive(Debug, Clone)]
+pub struct Arrival {
+    pub epoch: u64,
+    pub position: Position,
+    pub watermark: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Waiting,
+    Taking,
+    /// The group's snapshots were taken (true) or could not be (false).
+    Done(bool),
+}
+
+struct Entry {
+    // Weak keeps the allocation, so the key (its address) is not reused meanwhile.
+    source: Weak<SourceRuntime>,
+    arrival: Arrival,
+    finished: bool,
+    stage: Stage,
+}
+
+/// The sources waiting to be snapshotted together; one per engine.
+#[derive(Default)]
+pub struct JoinAlignment {
+    entries: Mutex<HashMap<usize, Entry>>,
+    changed: Condvar,
+}
+
+fn key(source: &Arc<SourceRuntime>) -> usize {
+    Arc::as_ptr(source) as usize
+}
+
+impl JoinAlignment {
+    /// Run `read` while no group is putting its snapshots: it sees each group whole.
+    pub fn read_slots<R>(&self, read: impl FnOnce() -> R) -> R {
+        let _entries = self.entries.lock();
+        read()
+    }
+
+    /// `source` is at a batch boundary for checkpoint `arrival.epoch`. Waits up to
+    /// `wait` for the rest of its group; true when the group's snapshots were taken. A
+    /// `finished` source does not wait: it stays arrived for the checkpoints to come.
+    pub fn arrive(
+        &self,
+        source: &Arc<SourceRuntime>,
+        arrival: Arrival,
+        finished: bool,
+        wait: Duration,
+    ) -> bool {
+        let me = key(source);
+        let deadline = Instant::now() + wait;
+        let mut entries = self.entries.lock();
+        entries.retain(|_, e| e.source.strong_count() > 0);
+        entries.insert(
+            me,
+            Entry {
+                source: Arc::downgrade(source),
+                arrival,
+                finished,
+                stage: Stage::Waiting,
+            },
+        );
+        loop {
+            match entries.get(&me).map(|e| e.stage) {
+                Some(Stage::Done(taken)) => {
+                    entries.remove(&me);
+                    return taken;
+                }
+                Some(Stage::Taking) => {
+                    self.changed
+                        .wait_for(&mut entries, Duration::from_millis(100));
+                    continue;
+                }
+                Some(Stage::Waiting) => {}
+                None => return false,
+            }
+            let group = group_of(source);
+            for m in &group {
+                arrive_finished(&mut entries, m);
+            }
+            let all_here = group.iter().all(|m| {
+                entries
+                    .get(&key(m))
+                    .is_some_and(|e| e.stage == Stage::Waiting)
+            });
+            if all_here {
+                let taken = self.take(&mut entries, &group);
+                for m in &group {
+                    if let Some(e) = entries.get_mut(&key(m)) {
+                        e.stage = if e.finished {
+                            Stage::Waiting
+                        } else {
+                            Stage::Done(taken)
+                        };
+                    }
+                }
+                self.changed.notify_all();
+                if finished {
+                    return taken;
+                }
+                continue;
+            }
+            let now = Instant::now();
+            if finished || now >= deadline || source.stop.load(std::sync::atomic::Ordering::Relaxed)
+            {
+                if !finished {
+                    entries.remove(&me);
+                }
+                return false;
+            }
+            let poll = deadline.min(now + Duration::from_millis(100));
+            self.changed.wait_until(&mut entries, poll);
+        }
+    }
+
+    /// Snapshot every source of `group` and its views (outside the lock, while each is
+    /// held at its boundary), then put them all (under it).
+    fn take(
+        &self,
+        entries: &mut MutexGuard<'_, HashMap<usize, Entry>>,
+        group: &[Arc<SourceRuntime>],
+    ) -> bool {
+        let mut arrivals = Vec::with_capacity(group.len());
+        for m in group {
+            if let Some(e) = entries.get_mut(&key(m)) {
+                e.stage = Stage::Taking;
+                arrivals.push((m.clone(), e.arrival.clone()));
+            }
+        }
+        let epoch = arrivals.iter().map(|(_, a)| a.epoch).max().unwrap_or(0);
+        let snapshots = MutexGuard::unlocked(entries, || {
+            arrivals
+                .iter()
+                .map(|(m, a)| snapshot(m, a, epoch))
+                .collect::<weir_sql::Result<Vec<_>>>()
+        });
+        match snapshots {
+            Ok(snapshots) => {
+                for ((m, _), s) in arrivals.iter().zip(snapshots) {
+                    m.checkpoint.put(epoch, s);
+                }
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot snapshot the sources of a join; the checkpoint keeps their previous state");
+                false
+            }
+        }
+    }
+}
+
+/// A source that finished before it could arrive (its pipeline is gone) is there with
+/// the final position of its last snapshot.
+fn arrive_finished(entries: &mut HashMap<usize, Entry>, source: &Arc<SourceRuntime>) {
+    if entries.contains_key(&key(source)) || *source.state.lock() != SourceState::Finished {
+        return;
+    }
+    if let Some(last) = source.checkpoint.latest() {
+        entries.insert(
+            key(source),
+            Entry {
+                source: Arc::downgrade(source),
+                arrival: Arrival {
+                    epoch: last.epoch,
+                    position: last.position.clone(),
+                    watermark: last.watermark,
+                },
+                finished: true,
+                stage: Stage::Waiting,
+            },
+        );
+    }
+}
+
+/// `source` and every source joined with it, through any number of joins.
+fn group_of(source: &Arc<SourceRuntime>) -> Vec<Arc<SourceRuntime>> {
+    let mut group = vec![source.clone()];
+    let mut next = 0;
+    while next < group.len() {
+        let views = group[next].views.lock().clone();
+        next += 1;
+        for input in views.iter().flat_map(|v| &v.inputs) {
+            if let Some(input) = input.upgrade()
+                && !group.iter().any(|g| Arc::ptr_eq(g, &input))
+            {
+                group.push(input);
+            }
+        }
+    }
+    group
+}
+
+/// `source` and its views at `arrival`; a join goes with its first input only.
+fn snapshot(
+    source: &SourceRuntime,
+    arrival: &Arrival,
+    epoch: u64,
+) -> weir_sql::Result<SourceSnapshot> {
+    let views = source.views.lock().clone();
+    let mut snapshots = Vec::with_capacity(views.len());
+    for view in views.iter().filter(|v| v.source == source.name) {
+        snapshots.push(view.checkpoint(epoch)?);
+    }
+    Ok(SourceSnapshot {
+        epoch,
+        name: source.name.clone(),
+        sql: source.sql.clone(),
+        position: arrival.position.clone(),
+        watermark: arrival.watermark,
+        views: snapshots,
+    })
+}
