@@ -43,7 +43,7 @@ impl WindowRows {
         }
     }
 
-    fn set(&self, rows: Vec<RecordBatch>) {
+    pub(crate) fn set(&self, rows: Vec<RecordBatch>) {
         *self.rows.lock().unwrap_or_else(|e| e.into_inner()) = rows;
     }
 }
@@ -296,16 +296,7 @@ impl Operator for PerWindowQuery {
     fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {
         let mut state: Vec<RecordBatch> = self.windows.values().flatten().cloned().collect();
         for (n, windows) in self.other_windows.iter().enumerate() {
-            let tagged = Arc::new(
-                self.plan.others[n]
-                    .windowed_schema
-                    .as_ref()
-                    .clone()
-                    .with_metadata(HashMap::from([(
-                        INPUT_KEY.to_string(),
-                        (n + 1).to_string(),
-                    )])),
-            );
+            let tagged = tag_input(&self.plan.others[n].windowed_schema, n + 1);
             for batch in windows.values().flatten() {
                 state.push(batch.clone().with_schema(tagged.clone())?);
             }
@@ -317,13 +308,7 @@ impl Operator for PerWindowQuery {
         let mut windows = BTreeMap::new();
         let mut other_windows: Vec<_> = self.plan.others.iter().map(|_| BTreeMap::new()).collect();
         for batch in state.iter().filter(|b| b.num_rows() > 0) {
-            let input = match batch.schema().metadata().get(INPUT_KEY) {
-                None => 0,
-                Some(n) => n.parse::<usize>().map_err(|_| {
-                    Error::Execution(format!("a checkpointed window names input {n:?}"))
-                })?,
-            };
-            let (schema, windows) = match input {
+            let (schema, windows) = match tagged_input(batch)? {
                 0 => (&self.plan.windowed_schema, &mut windows),
                 n => match (self.plan.others.get(n - 1), other_windows.get_mut(n - 1)) {
                     (Some(other), Some(w)) => (&other.windowed_schema, w),
@@ -358,6 +343,26 @@ impl Operator for PerWindowQuery {
 
 /// The schema metadata key that numbers a further input's rows in a snapshot.
 const INPUT_KEY: &str = "weir.input";
+
+/// `schema` marked as input `input`'s, for a snapshot of an operator of several inputs.
+pub(crate) fn tag_input(schema: &SchemaRef, input: usize) -> SchemaRef {
+    Arc::new(
+        schema
+            .as_ref()
+            .clone()
+            .with_metadata(HashMap::from([(INPUT_KEY.to_string(), input.to_string())])),
+    )
+}
+
+/// Which input a snapshot batch holds rows of (untagged: input 0).
+pub(crate) fn tagged_input(batch: &RecordBatch) -> Result<usize> {
+    match batch.schema().metadata().get(INPUT_KEY) {
+        None => Ok(0),
+        Some(n) => n
+            .parse()
+            .map_err(|_| Error::Execution(format!("a checkpointed batch names input {n:?}"))),
+    }
+}
 
 /// A checkpointed batch of one window's rows, in `schema`, and the window's start.
 fn restored_window(schema: &SchemaRef, batch: &RecordBatch) -> Result<(i64, RecordBatch)> {

@@ -119,10 +119,10 @@ async fn per_window_and_session_views_run_and_explain_their_state() -> Result<()
 }
 
 /// Nexmark q8 (new users who opened auctions in the same window): a join of two
-/// sources per window, through the binary, equal to DataFusion in batch mode over the
-/// same generated events.
+/// sources per window, and q3 (local sellers): an interval join of the same sources;
+/// through the binary, equal to DataFusion in batch mode over the same generated events.
 #[tokio::test]
-async fn q8_joins_two_sources_per_window_like_the_batch_oracle() -> Result<()> {
+async fn q8_and_q3_join_two_sources_like_the_batch_oracle() -> Result<()> {
     use datafusion::arrow::array::{AsArray, RecordBatch};
     use datafusion::arrow::datatypes::Int64Type;
     use weir_runtime::source::nexmark::{Generator, GeneratorConfig, Table};
@@ -143,6 +143,13 @@ async fn q8_joins_two_sources_per_window_like_the_batch_oracle() -> Result<()> {
          JOIN (SELECT seller, window_start, window_end FROM TUMBLE(auction, date_time, INTERVAL '10' SECOND) \
                GROUP BY seller, window_start, window_end) AS a \
          ON p.id = a.seller AND p.window_start = a.window_start AND p.window_end = a.window_end",
+    )
+    .await?;
+    // Nexmark q3 over the same sources: an interval join (rows wait for a state_ttl).
+    weir.exec(
+        "CREATE MATERIALIZED VIEW q3 WITH (state_ttl = '10 seconds') AS \
+         SELECT P.name, P.city, P.state, A.id FROM auction AS A JOIN person AS P ON A.seller = P.id \
+         WHERE A.category = 10 AND (P.state = 'OR' OR P.state = 'ID' OR P.state = 'CA')",
     )
     .await?;
     for table in ["person", "auction"] {
@@ -231,5 +238,51 @@ async fn q8_joins_two_sources_per_window_like_the_batch_oracle() -> Result<()> {
         .collect();
     assert_eq!(sources.len(), 2, "{explain}");
     assert_ne!(sources[0], sources[1], "{explain}");
+
+    let mut got: Vec<String> = weir.get("/api/v1/views/q3").await?["rows"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|r| {
+            format!(
+                "{}|{}|{}|{}",
+                r[0].as_str().unwrap_or(""),
+                r[1].as_str().unwrap_or(""),
+                r[2].as_str().unwrap_or(""),
+                r[3]
+            )
+        })
+        .collect();
+    got.sort();
+    let oracle = ctx
+        .sql(
+            "SELECT P.name, P.city, P.state, A.id FROM auction AS A JOIN person AS P ON A.seller = P.id \
+             WHERE A.category = 10 AND (P.state = 'OR' OR P.state = 'ID' OR P.state = 'CA')",
+        )
+        .await?
+        .collect()
+        .await?;
+    let mut expected = Vec::new();
+    for b in &oracle {
+        let text = |c: usize| b.column(c).as_string::<i32>().clone();
+        let (names, cities, states) = (text(0), text(1), text(2));
+        let ids = b.column(3).as_primitive::<Int64Type>();
+        for i in 0..b.num_rows() {
+            expected.push(format!(
+                "{}|{}|{}|{}",
+                names.value(i),
+                cities.value(i),
+                states.value(i),
+                ids.value(i)
+            ));
+        }
+    }
+    expected.sort();
+    assert!(expected.len() > 100, "q3 oracle rows: {}", expected.len());
+    assert_eq!(got.len(), expected.len(), "q3 rows");
+    assert_eq!(got, expected);
+    let explain = weir.exec("EXPLAIN VIEW q3").await?["rows"].to_string();
+    assert!(explain.contains("interval join"), "{explain}");
     Ok(())
 }

@@ -1,17 +1,18 @@
 //! Continuous queries against a batch oracle. Each file in tests/golden/nexmark holds a
 //! view and the same query for DataFusion in batch mode. The view runs incrementally over
-//! a finite Nexmark bid stream, micro-batch by micro-batch with watermarks, exactly as a
-//! pipeline drives it; its final rows must equal the oracle's over the same events, and a
+//! finite Nexmark sources (`bid`, `auction`, `person`), micro-batch by micro-batch with
+//! watermarks, exactly as the pipelines drive it; its final rows must equal the oracle's over the same events, and a
 //! summary (row count, checksum, first rows) must equal the reviewed `.out` file.
 //! Regenerate the `.out` files with `WEIR_BLESS=1 cargo test -p weir-tests oracle`.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use datafusion::arrow::array::{RecordBatch, TimestampMillisecondArray};
-use datafusion::arrow::compute::max;
+use datafusion::arrow::compute::{max, min};
 use datafusion::arrow::util::pretty::pretty_format_batches;
 use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
@@ -19,13 +20,19 @@ use weir_runtime::source::nexmark::{Generator, GeneratorConfig, Table};
 use weir_sql::planner::{SourceCatalog, SourceInfo};
 use weir_sql::{Collector, ContinuousQuery, Statement, Watermark, WatermarkSpec, parse_statement};
 
-/// 200,000 events (184,000 bids, 20 s of event time), seed 7.
+/// 200,000 events (184,000 bids, 12,000 auctions, 4,000 persons; 20 s of event time),
+/// seed 7: each table its own source, as `CREATE SOURCE ... table = '...'` makes them.
 const EVENTS: u64 = 200_000;
 const DELAY_MS: i64 = 4_000;
+const TABLES: [(&str, Table); 3] = [
+    ("bid", Table::Bid),
+    ("auction", Table::Auction),
+    ("person", Table::Person),
+];
 
-fn bids() -> Vec<RecordBatch> {
+fn generate(table: Table) -> Vec<RecordBatch> {
     let mut g = Generator::new(GeneratorConfig {
-        table: Table::Bid,
+        table,
         seed: 7,
         events: Some(EVENTS),
         event_rate: 10_000,
@@ -34,8 +41,27 @@ fn bids() -> Vec<RecordBatch> {
     std::iter::from_fn(|| g.next_batch(4_000)).collect()
 }
 
-/// Run the view incrementally; its rows at the end of the stream.
-async fn stream(view: &str, batches: &[RecordBatch]) -> Result<Vec<RecordBatch>> {
+/// Every table's batches, by name.
+fn tables() -> BTreeMap<&'static str, Vec<RecordBatch>> {
+    TABLES
+        .iter()
+        .map(|(name, t)| (*name, generate(*t)))
+        .collect()
+}
+
+fn times(batch: &RecordBatch) -> Result<&TimestampMillisecondArray> {
+    let c = batch.schema().index_of("date_time")?;
+    batch
+        .column(c)
+        .as_any()
+        .downcast_ref::<TimestampMillisecondArray>()
+        .context("date_time")
+}
+
+/// Run the view incrementally, as the runtime drives it; its rows at the end. Each
+/// input it reads is a source with its own watermark; batches arrive in event-time
+/// order across inputs, and the view's watermark is the minimum of its inputs'.
+async fn stream(view: &str, tables: &BTreeMap<&str, Vec<RecordBatch>>) -> Result<Vec<RecordBatch>> {
     let Statement::CreateView(view) = parse_statement(view)? else {
         bail!("not a CREATE MATERIALIZED VIEW")
     };
@@ -43,16 +69,46 @@ async fn stream(view: &str, batches: &[RecordBatch]) -> Result<Vec<RecordBatch>>
         column: "date_time".into(),
         delay: Duration::from_millis(DELAY_MS as u64),
     };
-    let catalog = SourceCatalog::from([(
-        "bid".to_string(),
-        SourceInfo {
-            schema: Table::Bid.schema(),
-            watermark: Some(watermark),
-        },
-    )]);
+    let catalog: SourceCatalog = TABLES
+        .iter()
+        .map(|(name, t)| {
+            (
+                name.to_string(),
+                SourceInfo {
+                    schema: t.schema(),
+                    watermark: Some(watermark.clone()),
+                },
+            )
+        })
+        .collect();
     let mut query = ContinuousQuery::plan(&view, &catalog).await?;
-    let time = Table::Bid.schema().index_of("date_time")?;
-    let mut wm = Watermark::new(DELAY_MS);
+    let inputs: Vec<&[RecordBatch]> = std::iter::once(&query.source)
+        .chain(&query.other_sources)
+        .map(|name| {
+            tables
+                .get(name.as_str())
+                .map(Vec::as_slice)
+                .context("no such table")
+        })
+        .collect::<Result<_>>()?;
+    let mut next = vec![0usize; inputs.len()];
+    let mut marks: Vec<Watermark> = inputs.iter().map(|_| Watermark::new(DELAY_MS)).collect();
+    // A finished input no longer holds the others back.
+    let combined = |marks: &[Watermark], next: &[usize]| -> Option<i64> {
+        marks
+            .iter()
+            .zip(next)
+            .zip(&inputs)
+            .map(|((m, &n), batches)| {
+                if n >= batches.len() {
+                    Some(i64::MAX)
+                } else {
+                    m.current()
+                }
+            })
+            .collect::<Option<Vec<i64>>>()
+            .and_then(|w| w.into_iter().min())
+    };
     let (mut rows, mut current) = (Vec::new(), None);
     let mut collect = |out: Collector| -> Result<()> {
         if !out.late.is_empty() || !out.failed.is_empty() {
@@ -64,36 +120,37 @@ async fn stream(view: &str, batches: &[RecordBatch]) -> Result<Vec<RecordBatch>>
         }
         Ok(())
     };
-    for b in batches {
+    // The input whose next batch starts earliest, each time.
+    while let Some(input) = (0..inputs.len())
+        .filter(|&i| next[i] < inputs[i].len())
+        .min_by_key(|&i| times(&inputs[i][next[i]]).ok().and_then(min))
+    {
+        let batch = &inputs[input][next[input]];
+        let before = combined(&marks, &next);
         let mut out = Collector::default();
-        query.operator.process(b, wm.current(), &mut out)?;
-        let times = b
-            .column(time)
-            .as_any()
-            .downcast_ref::<TimestampMillisecondArray>()
-            .context("date_time")?;
-        if let Some(w) = max(times).and_then(|m| wm.observe(m)) {
+        query
+            .operator
+            .process_input(input, batch, before, &mut out)?;
+        if let Some(m) = max(times(batch)?) {
+            marks[input].observe(m);
+        }
+        next[input] += 1;
+        if let Some(w) = combined(&marks, &next).filter(|&w| Some(w) > before) {
             query.operator.on_watermark(w, &mut out)?;
         }
         collect(out)?;
     }
-    let mut out = Collector::default();
-    if let Some(w) = wm.finish() {
-        query.operator.on_watermark(w, &mut out)?;
-    }
-    collect(out)?;
     Ok(current.map_or(rows, |all| vec![all]))
 }
 
-async fn oracle(sql: &str, batches: &[RecordBatch]) -> Result<Vec<RecordBatch>> {
+async fn oracle(sql: &str, tables: &BTreeMap<&str, Vec<RecordBatch>>) -> Result<Vec<RecordBatch>> {
     let ctx = SessionContext::new();
-    ctx.register_table(
-        "bid",
-        Arc::new(MemTable::try_new(
-            Table::Bid.schema(),
-            vec![batches.to_vec()],
-        )?),
-    )?;
+    for (name, t) in TABLES {
+        ctx.register_table(
+            name,
+            Arc::new(MemTable::try_new(t.schema(), vec![tables[name].clone()])?),
+        )?;
+    }
     Ok(ctx.sql(sql).await?.collect().await?)
 }
 
@@ -125,7 +182,7 @@ fn fnv1a(lines: &[String]) -> u64 {
 async fn views_equal_the_batch_oracle_and_their_golden_files() -> Result<()> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("golden/nexmark");
     let bless = std::env::var("WEIR_BLESS").is_ok();
-    let batches = bids();
+    let batches = tables();
     let mut files: Vec<_> = std::fs::read_dir(&dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|e| e == "sql"))

@@ -23,3 +23,5 @@ CREATE MATERIALIZED VIEW hot AS SELECT a.auction, a.num, a.window_start FROM (SE
 CREATE MATERIALIZED VIEW ranked AS SELECT window_start, auction, price FROM (SELECT window_start, auction, price, rank() OVER (PARTITION BY window_start ORDER BY price DESC) AS r FROM TUMBLE(bids, date_time, INTERVAL '10' SECOND)) WHERE r <= 3;
 CREATE MATERIALIZED VIEW bursts AS SELECT window_start, window_end, bidder, count(*) AS bids FROM SESSION(bids, date_time, INTERVAL '2' SECOND) GROUP BY window_start, window_end, bidder;
 CREATE MATERIALIZED VIEW paired AS SELECT e.window_start, count(*) AS n FROM TUMBLE(events, ts, INTERVAL '10' SECOND) AS e JOIN TUMBLE(clicks, ts, INTERVAL '10' SECOND) AS c ON e.window_start = c.window_start AND e.user_id = c.user_id GROUP BY e.window_start;
+CREATE MATERIALIZED VIEW followed AS SELECT e.id, e.amount, c.page FROM events AS e JOIN clicks AS c ON e.user_id = c.user_id AND c.ts BETWEEN e.ts AND e.ts + INTERVAL '5' SECOND WHERE e.amount > 0;
+CREATE MATERIALIZED VIEW matched WITH (state_ttl = '1 minute') AS SELECT e.id, c.page FROM events AS e JOIN clicks AS c ON e.user_id = c.user_id;

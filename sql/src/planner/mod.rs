@@ -30,6 +30,7 @@ use datafusion::sql::sqlparser::ast::{
 use crate::aggregate::{
     AggregateCall, GroupedPlan, UpdatingAggregate, WindowedAggregate, WindowedAggregatePlan,
 };
+use crate::interval_join;
 use crate::operator::{Collector, Operator};
 use crate::parser::{CreateView, WatermarkSpec};
 use crate::per_window::{
@@ -784,6 +785,9 @@ async fn plan_join(
     let fix = "read each source through the same window and match window_start, e.g. \
                FROM TUMBLE(a, ts, INTERVAL '10' SECOND) AS x JOIN TUMBLE(b, ts, INTERVAL '10' SECOND) AS y \
                ON x.window_start = y.window_start AND ...";
+    if windows.is_empty() {
+        return plan_interval_join(view, sources, functions, names, query).await;
+    }
     if !view.options.is_empty() {
         return Err(unsupported!(
             "view options (allowed_lateness) are not supported for joins of several sources"
@@ -882,6 +886,205 @@ async fn plan_join(
                 .collect(),
         })),
     })
+}
+
+/// A join of two sources without windows: an interval join, its rows matched within
+/// event-time bounds that the join condition states or a `state_ttl` sets.
+async fn plan_interval_join(
+    view: &CreateView,
+    sources: &SourceCatalog,
+    functions: &[datafusion::logical_expr::ScalarUDF],
+    names: &[String],
+    query: Box<ast::Query>,
+) -> Result<ContinuousQuery> {
+    let fix = "bound the event times in the join condition, e.g. \
+               b.date_time BETWEEN a.date_time AND a.date_time + INTERVAL '10' SECOND, \
+               or declare how long rows wait for a match: WITH (state_ttl = '1 minute'); \
+               or read each source through the same window and match window_start";
+    let [first, second] = names else {
+        return Err(unsupported!(
+            "view {} joins {} sources without windows: an interval join reads two",
+            view.name,
+            names.len()
+        ));
+    };
+    let mut ttl = None;
+    for (key, value) in &view.options {
+        match key.as_str() {
+            "state_ttl" => {
+                ttl = Some(duration_in_unit(
+                    duration_text(value)?,
+                    datafusion::arrow::datatypes::TimeUnit::Millisecond,
+                ))
+            }
+            other => {
+                return Err(invalid!(
+                    "unknown view option '{other}'; a join of two sources without windows takes state_ttl"
+                ));
+            }
+        }
+    }
+    let ctx = planning_context();
+    for f in functions {
+        ctx.register_udf(f.clone());
+    }
+    let mut inputs = Vec::with_capacity(2);
+    for name in [first, second] {
+        let info = sources.get(name).ok_or_else(|| {
+            Error::NotFound(format!(
+                "no source named {name} (views read sources; SHOW SOURCES lists them)"
+            ))
+        })?;
+        let watermark = info.watermark.as_ref().ok_or_else(|| {
+            invalid!(
+                "view {} joins {name}, which has no watermark: an interval join frees rows by \
+                 event time; declare WATERMARK FOR <column> AS <column> - INTERVAL '5' SECOND",
+                view.name
+            )
+        })?;
+        let time_column = info.schema.index_of(&watermark.column)?;
+        let table = Arc::new(WindowRows::new(info.schema.clone()));
+        ctx.register_table(
+            datafusion::common::TableReference::bare(name.as_str()),
+            table.clone(),
+        )?;
+        inputs.push((
+            name.clone(),
+            info,
+            watermark.column.clone(),
+            time_column,
+            table,
+        ));
+    }
+    let session = ctx.state();
+    let statement = DFStatement::Statement(Box::new(ast::Statement::Query(query)));
+    let mut plan = session.statement_to_plan(statement).await?;
+    let names_of = |plan: &LogicalPlan| -> Option<(usize, usize)> {
+        let join = find_join(plan)?;
+        let input_of = |side: &LogicalPlan| {
+            let scanned = scanned_table(side);
+            inputs
+                .iter()
+                .position(|i| Some(i.0.as_str()) == scanned.as_deref())
+        };
+        Some((input_of(&join.left)?, input_of(&join.right)?))
+    };
+    let sides = |plan: &LogicalPlan| {
+        names_of(plan).ok_or_else(|| {
+            unsupported!(
+                "view {}: an interval join joins {first} with {second}, each side reading one of them: {fix}",
+                view.name
+            )
+        })
+    };
+    // A state_ttl is part of the join's condition (before the optimizer drops the time
+    // columns nothing else reads), so its matches do not depend on when rows are freed.
+    if let Some(ttl) = ttl {
+        let (left, right) = sides(&plan)?;
+        let join = find_join(&plan).expect("found above");
+        let time = |side: &LogicalPlan, input: usize| {
+            side.schema()
+                .qualified_field_with_unqualified_name(&inputs[input].2)
+                .map(|(q, f)| datafusion::common::Column::new(q.cloned(), f.name()))
+                .map_err(|_| {
+                    invalid!(
+                        "view {}: state_ttl needs each side of the join to keep its time column {}",
+                        view.name,
+                        inputs[input].2
+                    )
+                })
+        };
+        let (l, r) = (time(&join.left, left)?, time(&join.right, right)?);
+        plan = interval_join::with_ttl(plan, l, r, ttl)?;
+    }
+    let plan = session.optimize(&plan)?;
+    interval_join::check_shape(&plan)?;
+    let (left, right) = sides(&plan)?;
+    let join = find_join(&plan).expect("found above");
+    let time_of = |c: &datafusion::common::Column| {
+        if join.left.schema().has_column(c) && c.name == inputs[left].2 {
+            Some(left)
+        } else if join.right.schema().has_column(c) && c.name == inputs[right].2 {
+            Some(right)
+        } else {
+            None
+        }
+    };
+    let (lo, hi) = interval_join::bounds_in(join.filter.as_ref(), &time_of);
+    let (Some(lo), Some(hi)) = (lo, hi) else {
+        return Err(unsupported!(
+            "view {} joins {first} and {second} without bounds on their event times, so it \
+             would keep every row forever: {fix}",
+            view.name
+        ));
+    };
+    if lo > hi {
+        return Err(invalid!(
+            "view {}: the join's time bounds exclude every pair ({first} - {second} between {lo} and {hi} ms)",
+            view.name
+        ));
+    }
+    let detail = format!(
+        "{first}.{} - {second}.{} between {lo} and {hi} ms; rows kept until the watermark \
+         (the minimum of both inputs') passes their bound",
+        inputs[0].2, inputs[1].2
+    );
+    let mut operators = explain(&[], first, inputs[0].1, None);
+    operators.extend(explain(&[], second, inputs[1].1, None));
+    operators.push(("join".into(), format!("interval join: {detail}")));
+    operators.push((
+        "query".into(),
+        format!(
+            "each batch against the other input's kept rows, in batch: {}",
+            plan.display_indent().to_string().replace('\n', "; ")
+        ),
+    ));
+    let output_schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
+    let mut inputs =
+        inputs.into_iter().map(
+            |(_, info, _, time_column, table)| interval_join::JoinInput {
+                table,
+                schema: info.schema.clone(),
+                time_column,
+            },
+        );
+    let (Some(i0), Some(i1)) = (inputs.next(), inputs.next()) else {
+        return Err(Error::Execution("an interval join has two inputs".into()));
+    };
+    Ok(ContinuousQuery {
+        other_sources: vec![second.clone()],
+        operators,
+        source: first.clone(),
+        output_schema,
+        description: format!("sources -> interval join ({detail})"),
+        operator: Box::new(interval_join::IntervalJoin::new(
+            interval_join::IntervalJoinPlan {
+                plan,
+                session,
+                inputs: [i0, i1],
+                bounds: (lo, hi),
+            },
+        )),
+    })
+}
+
+/// The join a plan (checked by `interval_join::check_shape`) filters and projects.
+fn find_join(plan: &LogicalPlan) -> Option<&datafusion::logical_expr::Join> {
+    match plan {
+        LogicalPlan::Join(j) => Some(j),
+        other => other.inputs().into_iter().find_map(find_join),
+    }
+}
+
+/// The one table a side of a join scans.
+fn scanned_table(plan: &LogicalPlan) -> Option<String> {
+    match plan {
+        LogicalPlan::TableScan(t) => Some(t.table_name.table().to_string()),
+        other => match other.inputs().as_slice() {
+            [one] => scanned_table(one),
+            _ => None,
+        },
+    }
 }
 
 /// The schema a windowed source is planned with (its columns, then `window_start` and

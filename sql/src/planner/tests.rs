@@ -848,7 +848,7 @@ async fn joins_of_several_sources_need_the_same_window_on_each() {
     for (sql, named) in [
         (
             "CREATE MATERIALIZED VIEW v AS SELECT b.auction FROM bids AS b JOIN asks AS a ON b.auction = a.auction",
-            "without a window",
+            "without bounds on their event times",
         ),
         (
             "CREATE MATERIALIZED VIEW v AS SELECT b.auction FROM TUMBLE(bids, date_time, INTERVAL '10' SECOND) AS b \
@@ -890,64 +890,242 @@ fn through_ipc(state: &[RecordBatch]) -> Vec<RecordBatch> {
     read
 }
 
-#[tokio::test]
-async fn a_join_of_two_sources_restored_from_a_snapshot_continues_exactly() {
+/// Sources `bids` and `asks` of one schema.
+fn two_sources() -> SourceCatalog {
     let mut sources = catalog();
     let bids = sources["bids"].clone();
     sources.insert("asks".to_string(), bids);
-    let sql = "CREATE MATERIALIZED VIEW v AS SELECT b.window_start, b.auction, b.price, a.price AS ask FROM \
-         TUMBLE(bids, date_time, INTERVAL '3' SECOND) AS b JOIN TUMBLE(asks, date_time, INTERVAL '3' SECOND) AS a \
-         ON b.window_start = a.window_start AND b.auction = a.auction";
+    sources
+}
+
+/// Asks: like the bids, `shift_ms` later, with other prices.
+fn asks_for(bids: &[RecordBatch], shift_ms: i64) -> Vec<RecordBatch> {
+    bids.iter()
+        .map(|b| {
+            let col = |i: usize| {
+                b.column(i)
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .expect("i64")
+                    .values()
+                    .to_vec()
+            };
+            let times = b
+                .column(2)
+                .as_any()
+                .downcast_ref::<TimestampMillisecondArray>()
+                .expect("ts");
+            let rows: Vec<(i64, i64, i64)> = col(0)
+                .into_iter()
+                .zip(col(1))
+                .zip(times.values().iter())
+                .map(|((a, p), t)| (a, (p * 7) % 101, t + shift_ms))
+                .collect();
+            batch(&rows)
+        })
+        .collect()
+}
+
+/// Run a view over `bids` and `asks` (inputs by name), batch by batch, each input with
+/// its own watermark and the view's the minimum; with `cut`, checkpoint after that many
+/// batches (through Arrow IPC) and go on in a fresh operator. The rows, sorted.
+async fn run_two(sql: &str, shift_ms: i64, cut: Option<usize>) -> Vec<String> {
     let Statement::CreateView(view) = parse_statement(sql).expect("parses") else {
         panic!("not a view")
     };
-    let input = bids_for_checkpoints();
-    let run = |cut: Option<usize>| {
-        let (view, sources, input) = (view.clone(), sources.clone(), input.clone());
-        async move {
-            let mut q = ContinuousQuery::plan(&view, &sources).await.expect("plans");
-            let mut wm = Watermark::new(1_000);
-            let mut out = Collector::default();
-            for (i, b) in input.iter().enumerate() {
-                if cut == Some(i) {
-                    let state = through_ipc(&q.operator.snapshot().expect("snapshot"));
-                    assert!(
-                        state
-                            .iter()
-                            .any(|b| b.schema().metadata().contains_key("weir.input")),
-                        "the second input's rows are in the snapshot"
-                    );
-                    q = ContinuousQuery::plan(&view, &sources)
-                        .await
-                        .expect("plans again");
-                    q.operator.restore(&state).expect("restore");
-                }
-                // Each batch reaches both inputs.
-                for input in 0..2 {
-                    q.operator
-                        .process_input(input, b, wm.current(), &mut out)
-                        .expect("process");
-                }
-                let max = b
-                    .column(2)
-                    .as_any()
-                    .downcast_ref::<TimestampMillisecondArray>()
-                    .and_then(|a| a.iter().flatten().max());
-                if let Some(w) = max.and_then(|m| wm.observe(m)) {
-                    q.operator.on_watermark(w, &mut out).expect("watermark");
-                }
-            }
-            if let Some(w) = wm.finish() {
-                q.operator.on_watermark(w, &mut out).expect("finish");
-            }
-            datafusion::arrow::util::pretty::pretty_format_batches(&out.rows)
-                .expect("format")
-                .to_string()
-        }
+    let sources = two_sources();
+    // Small batches (10 rows, 500 ms), so that matches span batches.
+    let slices = |batches: Vec<RecordBatch>| -> Vec<RecordBatch> {
+        batches
+            .iter()
+            .flat_map(|b| {
+                (0..b.num_rows())
+                    .step_by(10)
+                    .map(|o| b.slice(o, 10.min(b.num_rows() - o)))
+            })
+            .collect()
     };
-    let whole = run(None).await;
-    assert!(whole.lines().count() > 10, "{whole}");
+    let bids = slices(bids_for_checkpoints());
+    let asks = slices(asks_for(&bids_for_checkpoints(), shift_ms));
+    let mut q = ContinuousQuery::plan(&view, &sources).await.expect("plans");
+    let order: Vec<String> = std::iter::once(q.source.clone())
+        .chain(q.other_sources.clone())
+        .collect();
+    let mut marks = [Watermark::new(1_000), Watermark::new(1_000)];
+    let mut out = Collector::default();
+    let combined = |m: &[Watermark; 2]| m[0].current().zip(m[1].current()).map(|(a, b)| a.min(b));
+    for i in 0..bids.len() {
+        if cut == Some(i) {
+            let state = through_ipc(&q.operator.snapshot().expect("snapshot"));
+            assert!(
+                state
+                    .iter()
+                    .any(|b| b.schema().metadata().contains_key("weir.input")),
+                "the second input's rows are in the snapshot"
+            );
+            q = ContinuousQuery::plan(&view, &sources)
+                .await
+                .expect("plans again");
+            q.operator.restore(&state).expect("restore");
+        }
+        for (input, name) in order.iter().enumerate() {
+            let b = if name == "bids" { &bids[i] } else { &asks[i] };
+            let before = combined(&marks);
+            q.operator
+                .process_input(input, b, before, &mut out)
+                .expect("process");
+            let max = b
+                .column(2)
+                .as_any()
+                .downcast_ref::<TimestampMillisecondArray>()
+                .and_then(|a| a.iter().flatten().max());
+            if let Some(m) = max {
+                marks[input].observe(m);
+            }
+            if let Some(w) = combined(&marks).filter(|&w| Some(w) > before) {
+                q.operator.on_watermark(w, &mut out).expect("watermark");
+            }
+        }
+    }
+    assert!(out.late.is_empty(), "nothing is late in order");
+    q.operator.on_watermark(i64::MAX, &mut out).expect("finish");
+    let mut rows: Vec<String> = datafusion::arrow::util::pretty::pretty_format_batches(&out.rows)
+        .expect("format")
+        .to_string()
+        .lines()
+        .filter(|l| {
+            l.starts_with("| ") && !l.contains("window_start |") && !l.contains(" auction ")
+        })
+        .map(str::to_string)
+        .collect();
+    rows.sort();
+    rows
+}
+
+/// The same rows by DataFusion in batch mode over all of both inputs.
+async fn oracle_two(sql: &str, shift_ms: i64) -> Vec<String> {
+    let ctx = datafusion::prelude::SessionContext::new();
+    let bids = bids_for_checkpoints();
+    let asks = asks_for(&bids, shift_ms);
+    let schema = bids[0].schema();
+    for (name, rows) in [("bids", bids), ("asks", asks)] {
+        let table =
+            datafusion::datasource::MemTable::try_new(schema.clone(), vec![rows]).expect("table");
+        ctx.register_table(name, Arc::new(table)).expect("register");
+    }
+    let result = ctx
+        .sql(sql)
+        .await
+        .expect("plans")
+        .collect()
+        .await
+        .expect("runs");
+    let mut rows: Vec<String> = datafusion::arrow::util::pretty::pretty_format_batches(&result)
+        .expect("format")
+        .to_string()
+        .lines()
+        .filter(|l| {
+            l.starts_with("| ") && !l.contains("window_start |") && !l.contains(" auction ")
+        })
+        .map(str::to_string)
+        .collect();
+    rows.sort();
+    rows
+}
+
+#[tokio::test]
+async fn a_join_of_two_sources_restored_from_a_snapshot_continues_exactly() {
+    let sql = "CREATE MATERIALIZED VIEW v AS SELECT b.window_start, b.auction, b.price, a.price AS ask FROM \
+         TUMBLE(bids, date_time, INTERVAL '3' SECOND) AS b JOIN TUMBLE(asks, date_time, INTERVAL '3' SECOND) AS a \
+         ON b.window_start = a.window_start AND b.auction = a.auction";
+    let whole = run_two(sql, 700, None).await;
+    assert!(whole.len() > 10, "{whole:?}");
     for cut in [1, 3, 6] {
-        assert_eq!(run(Some(cut)).await, whole, "restored after batch {cut}");
+        assert_eq!(
+            run_two(sql, 700, Some(cut * 5)).await,
+            whole,
+            "restored after batch {cut}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn interval_joins_match_the_batch_join_within_their_bounds() {
+    for (view, oracle) in [
+        (
+            "CREATE MATERIALIZED VIEW v AS SELECT b.auction, b.price, a.price AS ask, b.date_time \
+             FROM bids AS b JOIN asks AS a ON b.auction = a.auction \
+             AND a.date_time BETWEEN b.date_time AND b.date_time + INTERVAL '1' SECOND",
+            "SELECT b.auction, b.price, a.price AS ask, b.date_time FROM bids AS b JOIN asks AS a \
+             ON b.auction = a.auction AND a.date_time BETWEEN b.date_time AND b.date_time + INTERVAL '1' SECOND",
+        ),
+        (
+            // Bounds on one side only, the other from a state_ttl; a filter on each side.
+            "CREATE MATERIALIZED VIEW v WITH (state_ttl = '2s') AS SELECT b.auction, a.price AS ask \
+             FROM bids AS b JOIN asks AS a ON b.auction = a.auction AND b.date_time < a.date_time \
+             WHERE b.price > 50 AND a.price < 30",
+            "SELECT b.auction, a.price AS ask FROM bids AS b JOIN asks AS a ON b.auction = a.auction \
+             AND b.date_time < a.date_time AND a.date_time <= b.date_time + INTERVAL '2' SECOND \
+             WHERE b.price > 50 AND a.price < 30",
+        ),
+    ] {
+        // Asks later and earlier than their bids: either input may wait for the other.
+        for shift in [700, -700, -1_500] {
+            let expected = oracle_two(oracle, shift).await;
+            assert!(expected.len() > 20, "{oracle}: {}", expected.len());
+            assert_eq!(
+                run_two(view, shift, None).await,
+                expected,
+                "{view}, shift {shift}"
+            );
+            for cut in [7, 21] {
+                assert_eq!(
+                    run_two(view, shift, Some(cut)).await,
+                    expected,
+                    "{view}, shift {shift}, restored at {cut}"
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn joins_without_time_bounds_or_of_other_shapes_are_named() {
+    let sources = two_sources();
+    for (sql, named) in [
+        (
+            "CREATE MATERIALIZED VIEW v AS SELECT b.auction FROM bids AS b JOIN asks AS a ON b.auction = a.auction",
+            "state_ttl",
+        ),
+        (
+            "CREATE MATERIALIZED VIEW v AS SELECT b.auction, count(*) FROM bids AS b JOIN asks AS a \
+             ON b.auction = a.auction AND a.date_time BETWEEN b.date_time AND b.date_time + INTERVAL '1' SECOND \
+             GROUP BY b.auction",
+            "per window",
+        ),
+        (
+            "CREATE MATERIALIZED VIEW v AS SELECT b.auction FROM bids AS b LEFT JOIN asks AS a \
+             ON b.auction = a.auction AND a.date_time BETWEEN b.date_time AND b.date_time + INTERVAL '1' SECOND",
+            "only inner joins",
+        ),
+        (
+            "CREATE MATERIALIZED VIEW v AS SELECT b.auction FROM bids AS b JOIN asks AS a \
+             ON b.auction = a.auction AND a.date_time BETWEEN b.date_time + INTERVAL '2' SECOND AND b.date_time",
+            "exclude every pair",
+        ),
+        (
+            "CREATE MATERIALIZED VIEW v WITH (allowed_lateness = '1s') AS SELECT b.auction FROM bids AS b \
+             JOIN asks AS a ON b.auction = a.auction",
+            "takes state_ttl",
+        ),
+    ] {
+        let Statement::CreateView(view) = parse_statement(sql).expect("parses") else {
+            panic!("not a view")
+        };
+        let e = ContinuousQuery::plan(&view, &sources)
+            .await
+            .expect_err(sql)
+            .to_string();
+        assert!(e.contains(named), "{sql}\n{e}");
     }
 }

@@ -1,0 +1,387 @@
+//! Interval joins of two sources: rows of each are matched with rows of the other whose
+//! event time lies within fixed bounds of theirs, e.g.
+//! `b.date_time BETWEEN a.date_time AND a.date_time + INTERVAL '2' SECOND`, or within a
+//! declared `state_ttl` of each other for a join without such bounds (Nexmark q3).
+//!
+//! Each input keeps its rows that may still find a partner. A batch of one input is
+//! joined with the other's kept rows by DataFusion in batch mode (the view's own query,
+//! which only filters and projects around one inner join, so the result is the union of
+//! these per-batch results), and then kept itself: every matching pair is produced once,
+//! when the later of its two rows arrives. The watermark (the minimum of both inputs')
+//! frees rows that no future row can match; rows behind it are late. State is the rows
+//! of the bounds' span of event time, never the history.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::BooleanArray;
+use datafusion::arrow::array::TimestampMillisecondArray;
+use datafusion::arrow::compute::kernels::cmp::{gt_eq, lt};
+use datafusion::arrow::compute::{filter_record_batch, max, min};
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::common::{Column, ScalarValue};
+use datafusion::execution::SessionState;
+use datafusion::logical_expr::{BinaryExpr, Expr, JoinType, LogicalPlan, Operator as Op, lit};
+
+use crate::operator::{Collector, Operator};
+use crate::per_window::{WindowRows, run_batch, tag_input, tagged_input};
+use crate::window::event_times;
+use crate::{Error, Result, unsupported};
+
+/// One input of the join: the table its rows are read through, and its time column.
+pub struct JoinInput {
+    pub table: Arc<WindowRows>,
+    pub schema: SchemaRef,
+    pub time_column: usize,
+}
+
+/// What an [`IntervalJoin`] runs: `t0 - t1` (input 0's event time minus input 1's, in
+/// ms) lies in `bounds` for every pair the query can match.
+pub struct IntervalJoinPlan {
+    pub plan: LogicalPlan,
+    pub session: SessionState,
+    pub inputs: [JoinInput; 2],
+    pub bounds: (i64, i64),
+}
+
+/// The running operator: the rows of each input that may still find a partner.
+pub struct IntervalJoin {
+    plan: IntervalJoinPlan,
+    kept: [Vec<RecordBatch>; 2],
+}
+
+impl IntervalJoin {
+    pub fn new(plan: IntervalJoinPlan) -> Self {
+        Self {
+            plan,
+            kept: [Vec::new(), Vec::new()],
+        }
+    }
+
+    /// The earliest event time a row of `input` must have to be kept at `watermark`:
+    /// a future row of the other input is at or after the watermark.
+    fn keep_from(&self, input: usize, watermark: i64) -> i64 {
+        let (lo, hi) = self.plan.bounds;
+        match input {
+            // t0 matches t1 in [t0 - hi, t0 - lo]: needed while t0 - lo >= watermark.
+            0 => watermark.saturating_add(lo),
+            // t1 matches t0 in [t1 + lo, t1 + hi]: needed while t1 + hi >= watermark.
+            _ => watermark.saturating_sub(hi),
+        }
+    }
+}
+
+/// The rows of `batch` whose time (column `time`) is at or after `from`, and the rest.
+fn split_at(batch: &RecordBatch, time: usize, from: i64) -> Result<(RecordBatch, RecordBatch)> {
+    let times = event_times(batch.column(time))?;
+    let from = TimestampMillisecondArray::new_scalar(from);
+    let keep: BooleanArray = gt_eq(times, &from)?;
+    let drop: BooleanArray = lt(times, &from)?;
+    // A NULL time can match nothing: neither kept nor late.
+    Ok((
+        filter_record_batch(batch, &keep)?,
+        filter_record_batch(batch, &drop)?,
+    ))
+}
+
+impl Operator for IntervalJoin {
+    fn process(
+        &mut self,
+        batch: &RecordBatch,
+        watermark: Option<i64>,
+        out: &mut Collector,
+    ) -> Result<()> {
+        self.process_input(0, batch, watermark, out)
+    }
+
+    fn process_input(
+        &mut self,
+        input: usize,
+        batch: &RecordBatch,
+        watermark: Option<i64>,
+        out: &mut Collector,
+    ) -> Result<()> {
+        if input > 1 {
+            return Err(Error::Execution(format!(
+                "an interval join has two inputs, not input {input}"
+            )));
+        }
+        let time = self.plan.inputs[input].time_column;
+        // Rows behind the watermark may have lost their partners: late.
+        let rows = match watermark {
+            Some(w) => {
+                let (on_time, late) = split_at(batch, time, w)?;
+                out.late(late);
+                on_time
+            }
+            None => batch.clone(),
+        };
+        if rows.num_rows() == 0 {
+            return Ok(());
+        }
+        let other = 1 - input;
+        if self.kept[other].iter().any(|b| b.num_rows() > 0) {
+            self.plan.inputs[other].table.set(self.kept[other].clone());
+            let result = run_batch(
+                &self.plan.plan,
+                &self.plan.session,
+                &self.plan.inputs[input].table,
+                vec![rows.clone()],
+            );
+            self.plan.inputs[other].table.set(Vec::new());
+            result?.into_iter().for_each(|b| out.emit(b));
+        }
+        self.kept[input].push(rows);
+        Ok(())
+    }
+
+    fn on_watermark(&mut self, watermark: i64, _out: &mut Collector) -> Result<()> {
+        for input in 0..2 {
+            let from = self.keep_from(input, watermark);
+            let time = self.plan.inputs[input].time_column;
+            let mut kept = Vec::with_capacity(self.kept[input].len());
+            for batch in std::mem::take(&mut self.kept[input]) {
+                let times = event_times(batch.column(time))?;
+                match (min(times), max(times)) {
+                    (Some(lo), _) if lo >= from => kept.push(batch),
+                    (_, Some(hi)) if hi < from => {}
+                    (None, None) => {}
+                    _ => kept.push(split_at(&batch, time, from)?.0),
+                }
+            }
+            self.kept[input] = kept;
+        }
+        Ok(())
+    }
+
+    /// The kept rows of both inputs; input 1's carry their number in their schema.
+    fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {
+        let mut state = self.kept[0].clone();
+        let tagged = tag_input(&self.plan.inputs[1].schema, 1);
+        for b in &self.kept[1] {
+            state.push(b.clone().with_schema(tagged.clone())?);
+        }
+        Ok(state)
+    }
+
+    fn restore(&mut self, state: &[RecordBatch]) -> Result<()> {
+        let mut kept = [Vec::new(), Vec::new()];
+        for batch in state.iter().filter(|b| b.num_rows() > 0) {
+            let input = tagged_input(batch)?;
+            let schema = &self
+                .plan
+                .inputs
+                .get(input)
+                .ok_or_else(|| {
+                    Error::Execution(format!("the checkpoint holds rows of join input {input}"))
+                })?
+                .schema;
+            if batch.schema().fields() != schema.fields() {
+                return Err(Error::Execution(
+                    "the checkpointed join rows have other columns than this query".into(),
+                ));
+            }
+            kept[input].push(RecordBatch::try_new(
+                schema.clone(),
+                batch.columns().to_vec(),
+            )?);
+        }
+        self.kept = kept;
+        Ok(())
+    }
+
+    fn state_size(&self) -> usize {
+        self.kept
+            .iter()
+            .flatten()
+            .map(RecordBatch::get_array_memory_size)
+            .sum()
+    }
+}
+
+/// A time column of the join's inputs, plus a constant offset in ms.
+struct TimeTerm {
+    /// 0 or 1: the input whose time column it is.
+    input: usize,
+    offset_ms: i64,
+}
+
+/// The bounds on `t0 - t1` that the join condition `filter` states, as far as it does:
+/// conjuncts comparing the two time columns (`time_of` names a column's input, when it
+/// is that input's time column), each plus or minus a constant interval.
+pub fn bounds_in(
+    filter: Option<&Expr>,
+    time_of: &dyn Fn(&Column) -> Option<usize>,
+) -> (Option<i64>, Option<i64>) {
+    let (mut lo, mut hi): (Option<i64>, Option<i64>) = (None, None);
+    let mut conjuncts = Vec::new();
+    if let Some(f) = filter {
+        split_and(f, &mut conjuncts);
+    }
+    for c in conjuncts {
+        let mut comparisons = Vec::new();
+        match c {
+            Expr::Between(b) if !b.negated => {
+                comparisons.push((b.expr.as_ref(), Op::GtEq, b.low.as_ref()));
+                comparisons.push((b.expr.as_ref(), Op::LtEq, b.high.as_ref()));
+            }
+            Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
+                comparisons.push((left.as_ref(), *op, right.as_ref()));
+            }
+            _ => {}
+        }
+        for (l, op, r) in comparisons {
+            let (Some(a), Some(b)) = (time_term(l, time_of), time_term(r, time_of)) else {
+                continue;
+            };
+            if a.input == b.input {
+                continue;
+            }
+            // a.t + a.off  op  b.t + b.off, as t0 - t1 op v.
+            let (op, v) = if a.input == 0 {
+                (op, b.offset_ms - a.offset_ms)
+            } else {
+                let Some(flipped) = op.swap() else { continue };
+                (flipped, a.offset_ms - b.offset_ms)
+            };
+            match op {
+                Op::Lt => hi = Some(hi.map_or(v - 1, |h| h.min(v - 1))),
+                Op::LtEq => hi = Some(hi.map_or(v, |h| h.min(v))),
+                Op::Gt => lo = Some(lo.map_or(v + 1, |l| l.max(v + 1))),
+                Op::GtEq => lo = Some(lo.map_or(v, |l| l.max(v))),
+                Op::Eq => {
+                    lo = Some(lo.map_or(v, |l| l.max(v)));
+                    hi = Some(hi.map_or(v, |h| h.min(v)));
+                }
+                _ => {}
+            }
+        }
+    }
+    (lo, hi)
+}
+
+fn split_and<'a>(e: &'a Expr, out: &mut Vec<&'a Expr>) {
+    match e {
+        Expr::BinaryExpr(BinaryExpr {
+            left,
+            op: Op::And,
+            right,
+        }) => {
+            split_and(left, out);
+            split_and(right, out);
+        }
+        other => out.push(other),
+    }
+}
+
+fn time_term(e: &Expr, time_of: &dyn Fn(&Column) -> Option<usize>) -> Option<TimeTerm> {
+    match e {
+        Expr::Column(c) => time_of(c).map(|input| TimeTerm {
+            input,
+            offset_ms: 0,
+        }),
+        Expr::Cast(c) => time_term(&c.expr, time_of),
+        Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
+            let t = time_term(left, time_of)?;
+            let ms = interval_ms(right)?;
+            match op {
+                Op::Plus => Some(TimeTerm {
+                    offset_ms: t.offset_ms + ms,
+                    ..t
+                }),
+                Op::Minus => Some(TimeTerm {
+                    offset_ms: t.offset_ms - ms,
+                    ..t
+                }),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// A constant interval or duration literal in ms (no months: their length varies).
+fn interval_ms(e: &Expr) -> Option<i64> {
+    let Expr::Literal(v, _) = e else { return None };
+    match v {
+        ScalarValue::IntervalDayTime(Some(d)) => {
+            Some(i64::from(d.days) * 86_400_000 + i64::from(d.milliseconds))
+        }
+        ScalarValue::IntervalMonthDayNano(Some(d)) if d.months == 0 => {
+            Some(i64::from(d.days) * 86_400_000 + d.nanoseconds / 1_000_000)
+        }
+        ScalarValue::DurationMillisecond(Some(ms)) => Some(*ms),
+        ScalarValue::DurationSecond(Some(s)) => Some(s * 1_000),
+        _ => None,
+    }
+}
+
+/// Check that `plan` only filters and projects around one inner join of two sources
+/// that each side only filters and projects: then the query over the union of batches
+/// is the union of its results per batch.
+pub fn check_shape(plan: &LogicalPlan) -> Result<()> {
+    fn below(plan: &LogicalPlan) -> Result<()> {
+        match plan {
+            LogicalPlan::TableScan(_) => Ok(()),
+            LogicalPlan::Projection(_) | LogicalPlan::Filter(_) | LogicalPlan::SubqueryAlias(_) => {
+                plan.inputs().into_iter().try_for_each(below)
+            }
+            other => Err(unsupported!(
+                "{} inside an interval join of two sources is not supported: each side may only filter and project its source",
+                other.display()
+            )),
+        }
+    }
+    match plan {
+        LogicalPlan::Projection(_) | LogicalPlan::Filter(_) | LogicalPlan::SubqueryAlias(_) => {
+            plan.inputs().into_iter().try_for_each(check_shape)
+        }
+        LogicalPlan::Join(j) if j.join_type == JoinType::Inner => {
+            below(&j.left)?;
+            below(&j.right)
+        }
+        LogicalPlan::Join(j) => Err(unsupported!(
+            "{} joins of two sources are not supported: only inner joins, whose matches are final",
+            j.join_type
+        )),
+        other => Err(unsupported!(
+            "{} over a join of two sources without a window is not supported: an interval join \
+             may only be filtered and projected; aggregate it per window instead \
+             (join TUMBLE(a, ...) with TUMBLE(b, ...) on window_start)",
+            other.display()
+        )),
+    }
+}
+
+/// `plan` with its join's condition also requiring `|t_left - t_right| <= ttl_ms`: a
+/// join without time bounds keeps rows for a `state_ttl`, and the condition makes that
+/// exact rather than a matter of when rows happen to be freed.
+pub fn with_ttl(
+    plan: LogicalPlan,
+    left_time: Column,
+    right_time: Column,
+    ttl_ms: i64,
+) -> Result<LogicalPlan> {
+    let within = |ms: i64| {
+        lit(ScalarValue::new_interval_mdn(
+            0,
+            0,
+            ms.saturating_mul(1_000_000),
+        ))
+    };
+    let condition = Expr::Column(left_time.clone())
+        .gt_eq(Expr::Column(right_time.clone()) - within(ttl_ms))
+        .and(Expr::Column(left_time).lt_eq(Expr::Column(right_time) + within(ttl_ms)));
+    let plan = plan.transform_up(|node| match node {
+        LogicalPlan::Join(mut j) => {
+            j.filter = Some(match j.filter.take() {
+                Some(f) => f.and(condition.clone()),
+                None => condition.clone(),
+            });
+            Ok(Transformed::yes(LogicalPlan::Join(j)))
+        }
+        other => Ok(Transformed::no(other)),
+    })?;
+    Ok(plan.data)
+}
