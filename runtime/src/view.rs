@@ -73,6 +73,8 @@ pub struct ViewRuntime {
     pub(crate) inputs: Vec<std::sync::Weak<crate::source::SourceRuntime>>,
     pub(crate) input_names: Vec<String>,
     pub(crate) combined_watermark: std::sync::atomic::AtomicI64,
+    /// Views whose rows this view joins its source with (kept while it exists).
+    pub(crate) tables: Vec<String>,
 }
 
 /// What the API shows of a view.
@@ -157,7 +159,14 @@ impl ViewRuntime {
             inputs: Vec::new(),
             input_names: Vec::new(),
             combined_watermark: std::sync::atomic::AtomicI64::new(i64::MIN),
+            tables: Vec::new(),
         }
+    }
+
+    /// A stream-table join reads these views' rows.
+    pub(crate) fn with_tables(mut self, tables: Vec<String>) -> Self {
+        self.tables = tables;
+        self
     }
 
     /// A join of several sources reads these, in input order.

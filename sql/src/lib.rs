@@ -8,6 +8,7 @@
 pub mod aggregate;
 pub mod error;
 pub mod interval_join;
+pub mod lookup_join;
 pub mod operator;
 pub mod parser;
 pub mod per_window;

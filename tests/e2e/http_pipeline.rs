@@ -474,3 +474,96 @@ async fn an_idle_input_stops_holding_a_join_back() -> Result<()> {
     assert!(rows[0][2].is_null(), "no orders: {rows}");
     Ok(())
 }
+
+/// A stream joined with an updating view (a stream-table join): each order is joined
+/// with the price the table holds when the order is processed; a later price change does
+/// not change orders already joined, and a left join keeps orders without a price.
+#[tokio::test]
+async fn orders_join_the_prices_table_as_it_is_when_they_arrive() -> Result<()> {
+    let weir = Weir::start(&[]).await?;
+    for sql in [
+        "CREATE SOURCE prices (sku BIGINT, price BIGINT) WITH (connector = 'http', max_delay = '10ms')",
+        "CREATE SOURCE orders (id BIGINT, sku BIGINT, qty BIGINT) WITH (connector = 'http', max_delay = '10ms')",
+        "CREATE MATERIALIZED VIEW latest AS SELECT sku, max(price) AS price FROM prices GROUP BY sku",
+        "CREATE MATERIALIZED VIEW priced AS SELECT o.id, o.qty * l.price AS total \
+         FROM orders AS o JOIN latest AS l ON o.sku = l.sku",
+        "CREATE MATERIALIZED VIEW all_orders AS SELECT o.id, l.price FROM orders AS o \
+         LEFT JOIN latest AS l ON o.sku = l.sku",
+    ] {
+        weir.exec(sql).await?;
+    }
+    let rows = |view: &'static str, n: usize| {
+        let weir = &weir;
+        async move {
+            weir.wait_for(
+                &format!("{n} rows in {view}"),
+                Duration::from_secs(20),
+                || async {
+                    let body = weir.get(&format!("/api/v1/views/{view}")).await?;
+                    let rows = body["rows"].as_array().cloned().unwrap_or_default();
+                    Ok((rows.len() >= n).then(|| {
+                        let mut r: Vec<String> = rows.iter().map(Value::to_string).collect();
+                        r.sort();
+                        r
+                    }))
+                },
+            )
+            .await
+        }
+    };
+    weir.post_records("prices", r#"{"sku": 1, "price": 10}"#.into())
+        .await?;
+    rows("latest", 1).await?;
+    weir.post_records(
+        "orders",
+        r#"{"id": 1, "sku": 1, "qty": 3}
+{"id": 2, "sku": 9, "qty": 1}"#
+            .into(),
+    )
+    .await?;
+    assert_eq!(rows("priced", 1).await?, ["[1,30]"]);
+    weir.post_records("prices", r#"{"sku": 1, "price": 20}"#.into())
+        .await?;
+    weir.wait_for("the new price", Duration::from_secs(20), || async {
+        let body = weir.get("/api/v1/views/latest").await?;
+        Ok((body["rows"] == json!([[1, 20]])).then_some(()))
+    })
+    .await?;
+    weir.post_records("orders", r#"{"id": 3, "sku": 1, "qty": 3}"#.into())
+        .await?;
+    assert_eq!(rows("priced", 2).await?, ["[1,30]", "[3,60]"]);
+    assert_eq!(
+        rows("all_orders", 3).await?,
+        ["[1,10]", "[2,null]", "[3,20]"]
+    );
+
+    // The table cannot be dropped under its readers; other shapes are named.
+    let (status, body) = weir.sql("DROP VIEW latest").await?;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("priced"), "{body}");
+    for (sql, named) in [
+        (
+            "CREATE MATERIALIZED VIEW copy AS SELECT * FROM latest",
+            "views over views",
+        ),
+        (
+            "CREATE MATERIALIZED VIEW agg AS SELECT l.sku, count(*) FROM orders AS o JOIN latest AS l \
+             ON o.sku = l.sku GROUP BY l.sku",
+            "stream-table join",
+        ),
+        (
+            "CREATE MATERIALIZED VIEW r AS SELECT o.id FROM orders AS o RIGHT JOIN latest AS l ON o.sku = l.sku",
+            "left join with the source on the left",
+        ),
+    ] {
+        let (status, body) = weir.sql(sql).await?;
+        assert_eq!(status, 400, "{sql}: {body}");
+        assert!(body.to_string().contains(named), "{sql}: {body}");
+    }
+    let explain = weir.exec("EXPLAIN VIEW priced").await?["rows"].to_string();
+    assert!(explain.contains("lookup join"), "{explain}");
+    weir.exec("DROP VIEW priced").await?;
+    weir.exec("DROP VIEW all_orders").await?;
+    weir.exec("DROP VIEW latest").await?;
+    Ok(())
+}

@@ -239,7 +239,19 @@ async fn q8_and_q3_join_two_sources_like_the_batch_oracle() -> Result<()> {
     assert_eq!(sources.len(), 2, "{explain}");
     assert_ne!(sources[0], sources[1], "{explain}");
 
-    let mut got: Vec<String> = weir.get("/api/v1/views/q3").await?["rows"]
+    let got = q3_rows(&weir, "q3").await?;
+    let expected = q3_oracle(&ctx).await?;
+    assert!(expected.len() > 100, "q3 oracle rows: {}", expected.len());
+    assert_eq!(got.len(), expected.len(), "q3 rows");
+    assert_eq!(got, expected);
+    let explain = weir.exec("EXPLAIN VIEW q3").await?["rows"].to_string();
+    assert!(explain.contains("interval join"), "{explain}");
+    Ok(())
+}
+
+/// Nexmark q3's rows of `view` (name, city, state, auction id), sorted.
+async fn q3_rows(weir: &Weir, view: &str) -> Result<Vec<String>> {
+    let mut got: Vec<String> = weir.get(&format!("/api/v1/views/{view}")).await?["rows"]
         .as_array()
         .cloned()
         .unwrap_or_default()
@@ -255,6 +267,13 @@ async fn q8_and_q3_join_two_sources_like_the_batch_oracle() -> Result<()> {
         })
         .collect();
     got.sort();
+    Ok(got)
+}
+
+/// Nexmark q3 by DataFusion in batch mode over `person` and `auction` in `ctx`, sorted.
+async fn q3_oracle(ctx: &datafusion::prelude::SessionContext) -> Result<Vec<String>> {
+    use datafusion::arrow::array::AsArray;
+    use datafusion::arrow::datatypes::Int64Type;
     let oracle = ctx
         .sql(
             "SELECT P.name, P.city, P.state, A.id FROM auction AS A JOIN person AS P ON A.seller = P.id \
@@ -279,10 +298,72 @@ async fn q8_and_q3_join_two_sources_like_the_batch_oracle() -> Result<()> {
         }
     }
     expected.sort();
+    Ok(expected)
+}
+
+/// Nexmark q3 as a stream-table join: auctions joined with a view of the persons (an
+/// updating aggregate per person). Created once the persons are all in the table, it
+/// equals DataFusion in batch mode over the same events.
+#[tokio::test]
+async fn q3_as_a_stream_table_join_like_the_batch_oracle() -> Result<()> {
+    use weir_runtime::source::nexmark::{Generator, GeneratorConfig, Table};
+    const EVENTS: u64 = 200_000;
+    let weir = Weir::start(&[]).await?;
+    let finished = |table: &'static str| {
+        let weir = &weir;
+        async move {
+            weir.wait_for(
+                &format!("{table} to finish"),
+                Duration::from_secs(120),
+                || async {
+                    let s = weir.get(&format!("/api/v1/sources/{table}")).await?;
+                    Ok((s["status"] == "finished").then_some(()))
+                },
+            )
+            .await
+        }
+    };
+    weir.exec(&format!(
+        "CREATE SOURCE person WITH (connector = 'nexmark', table = 'person', events = {EVENTS}, seed = 9)"
+    ))
+    .await?;
+    weir.exec(
+        "CREATE MATERIALIZED VIEW people AS SELECT id, max(name) AS name, max(city) AS city, \
+         max(state) AS state FROM person GROUP BY id",
+    )
+    .await?;
+    finished("person").await?;
+    weir.exec(&format!(
+        "CREATE SOURCE auction WITH (connector = 'nexmark', table = 'auction', events = {EVENTS}, seed = 9)"
+    ))
+    .await?;
+    weir.exec(
+        "CREATE MATERIALIZED VIEW q3 AS SELECT P.name, P.city, P.state, A.id \
+         FROM auction AS A JOIN people AS P ON A.seller = P.id \
+         WHERE A.category = 10 AND (P.state = 'OR' OR P.state = 'ID' OR P.state = 'CA')",
+    )
+    .await?;
+    finished("auction").await?;
+    let ctx = datafusion::prelude::SessionContext::new();
+    for (name, table) in [("person", Table::Person), ("auction", Table::Auction)] {
+        let mut g = Generator::new(GeneratorConfig {
+            table,
+            seed: 9,
+            events: Some(EVENTS),
+            event_rate: 10_000,
+            start_time_ms: 1_436_918_400_000,
+        });
+        let batches: Vec<_> = std::iter::from_fn(|| g.next_batch(4_000)).collect();
+        ctx.register_table(
+            name,
+            std::sync::Arc::new(datafusion::datasource::MemTable::try_new(
+                table.schema(),
+                vec![batches],
+            )?),
+        )?;
+    }
+    let expected = q3_oracle(&ctx).await?;
     assert!(expected.len() > 100, "q3 oracle rows: {}", expected.len());
-    assert_eq!(got.len(), expected.len(), "q3 rows");
-    assert_eq!(got, expected);
-    let explain = weir.exec("EXPLAIN VIEW q3").await?["rows"].to_string();
-    assert!(explain.contains("interval join"), "{explain}");
+    assert_eq!(q3_rows(&weir, "q3").await?, expected);
     Ok(())
 }

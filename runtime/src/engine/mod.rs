@@ -587,16 +587,16 @@ impl Engine {
                 "the name {name} is taken; DROP it first or choose another"
             )));
         }
+        // Views it reads are tables a source may be joined with (stream-table joins).
+        let mut tables = weir_sql::planner::LookupTables::new();
         for name in weir_sql::planner::view_relations(&v.query) {
-            if self.inner.views.contains_key(&name) {
-                return Err(Error::BadRequest(format!(
-                    "view {} reads view {name}: views over views are not supported yet; read the source instead",
-                    v.name
-                )));
+            if let Some(view) = self.inner.views.get(&name) {
+                tables.insert(name, Arc::new(ViewTable(view.clone())));
             }
         }
+        let table_names: Vec<String> = tables.keys().cloned().collect();
         let query =
-            ContinuousQuery::plan_with_functions(&v, &self.catalog(), &self.plugin_functions())
+            ContinuousQuery::plan_with(&v, &self.catalog(), &self.plugin_functions(), &tables)
                 .await?;
         let mut plugins = self.plugins_called_by(&v.query);
         let mut operators = query.operators.clone();
@@ -673,7 +673,8 @@ impl Engine {
             .with_plugins(plugins)
             .with_stream(stream.map(|s| s.name.clone()))
             .with_checkpoints(self.inner.checkpoints.enabled())
-            .with_inputs(&inputs),
+            .with_inputs(&inputs)
+            .with_tables(table_names),
         );
         self.inner.adhoc.register_table(
             TableReference::bare(name.as_str()),
@@ -762,6 +763,17 @@ impl Engine {
     }
 
     fn drop_view(&self, name: &str, if_exists: bool) -> Result<SqlOutput> {
+        if let Some(reader) = self
+            .inner
+            .views
+            .iter()
+            .find(|v| v.tables.iter().any(|t| t == name))
+        {
+            return Err(Error::BadRequest(format!(
+                "view {name} is joined by view {}: drop {} first",
+                reader.name, reader.name
+            )));
+        }
         let Some((_, view)) = self.inner.views.remove(name) else {
             return missing(if_exists, format!("no view named {name}"));
         };

@@ -52,6 +52,9 @@ pub struct SourceInfo {
 /// The sources a view may read, by name.
 pub type SourceCatalog = HashMap<String, SourceInfo>;
 
+/// Tables a view may join its source with (other views' rows), by name.
+pub type LookupTables = HashMap<String, Arc<dyn datafusion::catalog::TableProvider>>;
+
 /// A planned continuous query: which source it reads, what rows it produces, and the
 /// operator that produces them.
 pub struct ContinuousQuery {
@@ -217,6 +220,16 @@ impl ContinuousQuery {
         sources: &SourceCatalog,
         functions: &[datafusion::logical_expr::ScalarUDF],
     ) -> Result<Self> {
+        Self::plan_with(view, sources, functions, &LookupTables::new()).await
+    }
+
+    /// Plan with plugin functions, and with tables (views) the source may be joined with.
+    pub async fn plan_with(
+        view: &CreateView,
+        sources: &SourceCatalog,
+        functions: &[datafusion::logical_expr::ScalarUDF],
+        tables: &LookupTables,
+    ) -> Result<Self> {
         let mut query = view.query.clone();
         let mut rewriter = WindowRewriter::default();
         let _ = query.visit(&mut rewriter);
@@ -226,6 +239,21 @@ impl ContinuousQuery {
         let mut names = relations(&query);
         names.sort();
         names.dedup();
+        if names
+            .iter()
+            .any(|n| tables.contains_key(n) && !sources.contains_key(n))
+        {
+            return plan_lookup_join(
+                view,
+                sources,
+                functions,
+                &names,
+                tables,
+                &rewriter.windows,
+                query,
+            )
+            .await;
+        }
         let source = match names.as_slice() {
             [one] => one.clone(),
             [] => {
@@ -1065,6 +1093,108 @@ async fn plan_interval_join(
                 bounds: (lo, hi),
             },
         )),
+    })
+}
+
+/// A source joined with views (tables): each batch joined with the views' rows as they
+/// are then.
+async fn plan_lookup_join(
+    view: &CreateView,
+    sources: &SourceCatalog,
+    functions: &[datafusion::logical_expr::ScalarUDF],
+    names: &[String],
+    tables: &LookupTables,
+    windows: &[WindowCall],
+    query: Box<ast::Query>,
+) -> Result<ContinuousQuery> {
+    let (read_tables, read_sources): (Vec<&String>, Vec<&String>) = names
+        .iter()
+        .partition(|n| tables.contains_key(*n) && !sources.contains_key(*n));
+    let tables_named = read_tables
+        .iter()
+        .map(|t| t.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let source = match read_sources.as_slice() {
+        [one] => (*one).clone(),
+        [] => {
+            return Err(unsupported!(
+                "view {} reads only views ({tables_named}): views over views are not supported; \
+                 a view may read another view only as the table side of a join with a source",
+                view.name
+            ));
+        }
+        more => {
+            return Err(unsupported!(
+                "view {} joins views ({tables_named}) with several sources ({}): a stream-table join reads one source",
+                view.name,
+                more.iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+    };
+    if !windows.is_empty() {
+        return Err(unsupported!(
+            "view {}: windows in a join with a view are not supported; window the source in the view the join reads, or join first",
+            view.name
+        ));
+    }
+    if !view.options.is_empty() {
+        return Err(invalid!(
+            "view {}: a join of a source with a view takes no options",
+            view.name
+        ));
+    }
+    let info = sources.get(&source).ok_or_else(|| {
+        Error::NotFound(format!(
+            "no source named {source} (views read sources; SHOW SOURCES lists them)"
+        ))
+    })?;
+    let ctx = planning_context();
+    for f in functions {
+        ctx.register_udf(f.clone());
+    }
+    let table = Arc::new(WindowRows::new(info.schema.clone()));
+    ctx.register_table(
+        datafusion::common::TableReference::bare(source.as_str()),
+        table.clone(),
+    )?;
+    for name in &read_tables {
+        ctx.register_table(
+            datafusion::common::TableReference::bare(name.as_str()),
+            tables[*name].clone(),
+        )?;
+    }
+    let session = ctx.state();
+    let statement = DFStatement::Statement(Box::new(ast::Statement::Query(query)));
+    let plan = session.optimize(&session.statement_to_plan(statement).await?)?;
+    crate::lookup_join::check_linear(&plan, &source)?;
+    let detail = format!(
+        "lookup join: each batch of {source} against the rows of {tables_named} as they are then \
+         (later changes of the table do not change emitted rows); no state of its own"
+    );
+    let mut operators = explain(&[], &source, info, None);
+    operators.push(("join".into(), detail.clone()));
+    operators.push((
+        "query".into(),
+        format!(
+            "per batch, in batch: {}",
+            plan.display_indent().to_string().replace('\n', "; ")
+        ),
+    ));
+    Ok(ContinuousQuery {
+        other_sources: Vec::new(),
+        operators,
+        source,
+        output_schema: Arc::new(plan.schema().as_arrow().clone()),
+        description: format!("source -> {detail}"),
+        operator: Box::new(crate::lookup_join::LookupJoin {
+            plan,
+            session,
+            source: table,
+        }),
     })
 }
 

@@ -1,0 +1,105 @@
+//! Stream-table joins: a source joined with a view (an updating table, such as an
+//! aggregate per key), as ksqlDB's stream-table joins and Flink's lookup joins do. Each
+//! batch of the source is joined with the table's rows as they are when the batch is
+//! processed; later changes of the table do not change rows already emitted. The join
+//! keeps no state of its own: the table is the other view's rows, bounded by its keys.
+//!
+//! The query runs in batch mode per source batch, so it must be linear in the source:
+//! on the way from the source to the result only filters, projections and joins (inner,
+//! or left with the source on the left) are allowed; the table's side may aggregate.
+
+use std::sync::Arc;
+
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::execution::SessionState;
+use datafusion::logical_expr::{JoinType, LogicalPlan};
+
+use crate::operator::{Collector, Operator};
+use crate::per_window::{WindowRows, run_batch};
+use crate::{Result, unsupported};
+
+/// The running operator: the query, and the table its source's batch is read through.
+pub struct LookupJoin {
+    pub plan: LogicalPlan,
+    pub session: SessionState,
+    pub source: Arc<WindowRows>,
+}
+
+impl Operator for LookupJoin {
+    fn process(
+        &mut self,
+        batch: &RecordBatch,
+        _watermark: Option<i64>,
+        out: &mut Collector,
+    ) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        run_batch(&self.plan, &self.session, &self.source, vec![batch.clone()])?
+            .into_iter()
+            .for_each(|b| out.emit(b));
+        Ok(())
+    }
+}
+
+/// Check that every path from `source`'s scan to the top of `plan` only filters,
+/// projects and joins (so that the query over many batches is the union of its results
+/// per batch), and that the source is read once.
+pub fn check_linear(plan: &LogicalPlan, source: &str) -> Result<()> {
+    match scans_of(plan, source) {
+        0 => Err(unsupported!("the query does not read its source {source}")),
+        1 => check(plan, source),
+        _ => Err(unsupported!(
+            "a join with a view may read its source {source} once"
+        )),
+    }
+}
+
+fn scans_of(plan: &LogicalPlan, source: &str) -> usize {
+    match plan {
+        LogicalPlan::TableScan(t) if t.table_name.table() == source => 1,
+        other => other
+            .inputs()
+            .into_iter()
+            .map(|i| scans_of(i, source))
+            .sum(),
+    }
+}
+
+fn check(plan: &LogicalPlan, source: &str) -> Result<()> {
+    if scans_of(plan, source) == 0 {
+        // The table's side: anything goes, it is read whole each time.
+        return Ok(());
+    }
+    match plan {
+        LogicalPlan::TableScan(_)
+        | LogicalPlan::Projection(_)
+        | LogicalPlan::Filter(_)
+        | LogicalPlan::SubqueryAlias(_) => {}
+        LogicalPlan::Join(j) => {
+            let source_on_left = scans_of(&j.left, source) > 0;
+            let fine = match j.join_type {
+                JoinType::Inner => true,
+                JoinType::Left | JoinType::LeftSemi | JoinType::LeftAnti => source_on_left,
+                JoinType::Right | JoinType::RightSemi | JoinType::RightAnti => !source_on_left,
+                JoinType::Full | JoinType::LeftMark | JoinType::RightMark => false,
+            };
+            if !fine {
+                return Err(unsupported!(
+                    "a {} join that keeps the view's unmatched rows is not supported in a stream-table join: \
+                     use an inner join, or a left join with the source on the left",
+                    j.join_type
+                ));
+            }
+        }
+        other => {
+            return Err(unsupported!(
+                "{} over a stream-table join is not supported: a join of a source with a view only \
+                 filters and projects the source's rows (aggregate in another view over the source, \
+                 or per window)",
+                other.display()
+            ));
+        }
+    }
+    plan.inputs().into_iter().try_for_each(|i| check(i, source))
+}
