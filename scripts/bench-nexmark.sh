@@ -3,8 +3,9 @@
 # tumbling-window view, timed from the view's creation to the source finishing, with the
 # process's peak resident memory (flat across run lengths: state is bounded by open windows).
 # With CHECKPOINT_INTERVAL (default 10s) it also reports the checkpoints taken meanwhile.
-# QUERY=q5 runs Nexmark q5 instead of the tumbling aggregate; QUERY=session a SESSION view.
-# Usage: [QUERY=tumble|q5|session|q8] [VIEW_MAX_ROWS=n] [CHECKPOINT_INTERVAL=1s] scripts/bench-nexmark.sh [events]   (default 20,000,000)
+# QUERY=q5 runs Nexmark q5 instead of the tumbling aggregate; QUERY=session a SESSION view;
+# QUERY=q8 a window join and QUERY=q3 an interval join of the person and auction sources.
+# Usage: [QUERY=tumble|q5|session|q8|q3] [VIEW_MAX_ROWS=n] [CHECKPOINT_INTERVAL=1s] scripts/bench-nexmark.sh [events]   (default 20,000,000)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/weir-target}"
@@ -35,9 +36,17 @@ case "${QUERY:-tumble}" in
     done
     WAIT="person auction"
     VIEW="SELECT p.id, p.name, p.window_start FROM (SELECT id, name, window_start, window_end FROM TUMBLE(person, date_time, INTERVAL '10' SECOND) GROUP BY id, name, window_start, window_end) AS p JOIN (SELECT seller, window_start, window_end FROM TUMBLE(auction, date_time, INTERVAL '10' SECOND) GROUP BY seller, window_start, window_end) AS a ON p.id = a.seller AND p.window_start = a.window_start AND p.window_end = a.window_end" ;;
-  *) echo "QUERY must be tumble, q5, session or q8" >&2; exit 2 ;;
+  # Nexmark q3 (local sellers): an interval join of two sources, rows kept for 10 s.
+  q3)
+    for t in person auction; do
+      sql "CREATE SOURCE $t WITH (connector = 'nexmark', table = '$t', events = $EVENTS, seed = 1, event_rate = 100000)"
+    done
+    WAIT="person auction"
+    OPTIONS="WITH (state_ttl = '10 seconds')"
+    VIEW="SELECT P.name, P.city, P.state, A.id FROM auction AS A JOIN person AS P ON A.seller = P.id WHERE A.category = 10 AND (P.state = 'OR' OR P.state = 'ID' OR P.state = 'CA')" ;;
+  *) echo "QUERY must be tumble, q5, session, q8 or q3" >&2; exit 2 ;;
 esac
-sql "CREATE MATERIALIZED VIEW q AS $VIEW"
+sql "CREATE MATERIALIZED VIEW q ${OPTIONS:-} AS $VIEW"
 for s in ${WAIT:-bids}; do
   until curl -sf "$URL/api/v1/sources/$s" | grep -q '"status":"finished"'; do sleep 0.05; done
 done

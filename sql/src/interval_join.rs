@@ -16,28 +16,41 @@ use std::sync::Arc;
 use datafusion::arrow::array::BooleanArray;
 use datafusion::arrow::array::TimestampMillisecondArray;
 use datafusion::arrow::compute::kernels::cmp::{gt_eq, lt};
-use datafusion::arrow::compute::{filter_record_batch, max, min};
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::compute::{concat_batches, filter_record_batch, max, min};
+use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{Column, ScalarValue};
 use datafusion::execution::SessionState;
-use datafusion::logical_expr::{BinaryExpr, Expr, JoinType, LogicalPlan, Operator as Op, lit};
+use datafusion::logical_expr::{
+    BinaryExpr, Expr, JoinType, LogicalPlan, LogicalPlanBuilder, Operator as Op, lit,
+};
 
 use crate::operator::{Collector, Operator};
 use crate::per_window::{WindowRows, run_batch, tag_input, tagged_input};
 use crate::window::event_times;
 use crate::{Error, Result, unsupported};
 
-/// One input of the join: the table its rows are read through, and its time column.
+/// Kept batches of one input beyond which they are merged into one.
+const MAX_KEPT_BATCHES: usize = 32;
+
+/// One input of the join. Its rows are filtered and projected by its side of the query
+/// (`side`, reading `source`) as they arrive, and only what the join reads is kept (in
+/// `kept`, the table the join's query reads this side through).
 pub struct JoinInput {
-    pub table: Arc<WindowRows>,
-    pub schema: SchemaRef,
-    pub time_column: usize,
+    pub source: Arc<WindowRows>,
+    /// The source's event-time column, for late rows.
+    pub source_time: usize,
+    pub side: LogicalPlan,
+    pub kept: Arc<WindowRows>,
+    pub kept_schema: SchemaRef,
+    /// The event-time column among the kept columns.
+    pub kept_time: usize,
 }
 
 /// What an [`IntervalJoin`] runs: `t0 - t1` (input 0's event time minus input 1's, in
-/// ms) lies in `bounds` for every pair the query can match.
+/// ms) lies in `bounds` for every pair the query can match. `plan` reads each input's
+/// kept rows.
 pub struct IntervalJoinPlan {
     pub plan: LogicalPlan,
     pub session: SessionState,
@@ -107,11 +120,11 @@ impl Operator for IntervalJoin {
                 "an interval join has two inputs, not input {input}"
             )));
         }
-        let time = self.plan.inputs[input].time_column;
-        // Rows behind the watermark may have lost their partners: late.
+        let this = &self.plan.inputs[input];
+        // Rows behind the watermark may have lost their partners: late, with every column.
         let rows = match watermark {
             Some(w) => {
-                let (on_time, late) = split_at(batch, time, w)?;
+                let (on_time, late) = split_at(batch, this.source_time, w)?;
                 out.late(late);
                 on_time
             }
@@ -120,26 +133,40 @@ impl Operator for IntervalJoin {
         if rows.num_rows() == 0 {
             return Ok(());
         }
-        let other = 1 - input;
-        if self.kept[other].iter().any(|b| b.num_rows() > 0) {
-            self.plan.inputs[other].table.set(self.kept[other].clone());
+        // Only what the join reads is kept: the side's filters and projections first.
+        let rows = run_batch(&this.side, &self.plan.session, &this.source, vec![rows])?;
+        if rows.iter().all(|b| b.num_rows() == 0) {
+            return Ok(());
+        }
+        let rows: Vec<RecordBatch> = rows
+            .into_iter()
+            .map(|b| RecordBatch::try_new(this.kept_schema.clone(), b.columns().to_vec()))
+            .collect::<std::result::Result<_, _>>()?;
+        let other = &self.plan.inputs[1 - input];
+        if self.kept[1 - input].iter().any(|b| b.num_rows() > 0) {
+            other.kept.set(self.kept[1 - input].clone());
             let result = run_batch(
                 &self.plan.plan,
                 &self.plan.session,
-                &self.plan.inputs[input].table,
-                vec![rows.clone()],
+                &this.kept,
+                rows.clone(),
             );
-            self.plan.inputs[other].table.set(Vec::new());
+            other.kept.set(Vec::new());
             result?.into_iter().for_each(|b| out.emit(b));
         }
-        self.kept[input].push(rows);
+        let kept = &mut self.kept[input];
+        kept.extend(rows.into_iter().filter(|b| b.num_rows() > 0));
+        // Many small batches cost more to scan and join than one: merge them now and then.
+        if kept.len() > MAX_KEPT_BATCHES {
+            *kept = vec![concat_batches(&this.kept_schema, kept.iter())?];
+        }
         Ok(())
     }
 
     fn on_watermark(&mut self, watermark: i64, _out: &mut Collector) -> Result<()> {
         for input in 0..2 {
             let from = self.keep_from(input, watermark);
-            let time = self.plan.inputs[input].time_column;
+            let time = self.plan.inputs[input].kept_time;
             let mut kept = Vec::with_capacity(self.kept[input].len());
             for batch in std::mem::take(&mut self.kept[input]) {
                 let times = event_times(batch.column(time))?;
@@ -158,7 +185,7 @@ impl Operator for IntervalJoin {
     /// The kept rows of both inputs; input 1's carry their number in their schema.
     fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {
         let mut state = self.kept[0].clone();
-        let tagged = tag_input(&self.plan.inputs[1].schema, 1);
+        let tagged = tag_input(&self.plan.inputs[1].kept_schema, 1);
         for b in &self.kept[1] {
             state.push(b.clone().with_schema(tagged.clone())?);
         }
@@ -176,7 +203,7 @@ impl Operator for IntervalJoin {
                 .ok_or_else(|| {
                     Error::Execution(format!("the checkpoint holds rows of join input {input}"))
                 })?
-                .schema;
+                .kept_schema;
             if batch.schema().fields() != schema.fields() {
                 return Err(Error::Execution(
                     "the checkpointed join rows have other columns than this query".into(),
@@ -240,15 +267,15 @@ pub fn bounds_in(
             }
             // a.t + a.off  op  b.t + b.off, as t0 - t1 op v.
             let (op, v) = if a.input == 0 {
-                (op, b.offset_ms - a.offset_ms)
+                (op, b.offset_ms.saturating_sub(a.offset_ms))
             } else {
                 let Some(flipped) = op.swap() else { continue };
-                (flipped, a.offset_ms - b.offset_ms)
+                (flipped, a.offset_ms.saturating_sub(b.offset_ms))
             };
             match op {
-                Op::Lt => hi = Some(hi.map_or(v - 1, |h| h.min(v - 1))),
+                Op::Lt => hi = Some(hi.map_or(v.saturating_sub(1), |h| h.min(v.saturating_sub(1)))),
                 Op::LtEq => hi = Some(hi.map_or(v, |h| h.min(v))),
-                Op::Gt => lo = Some(lo.map_or(v + 1, |l| l.max(v + 1))),
+                Op::Gt => lo = Some(lo.map_or(v.saturating_add(1), |l| l.max(v.saturating_add(1)))),
                 Op::GtEq => lo = Some(lo.map_or(v, |l| l.max(v))),
                 Op::Eq => {
                     lo = Some(lo.map_or(v, |l| l.max(v)));
@@ -281,17 +308,28 @@ fn time_term(e: &Expr, time_of: &dyn Fn(&Column) -> Option<usize>) -> Option<Tim
             input,
             offset_ms: 0,
         }),
-        Expr::Cast(c) => time_term(&c.expr, time_of),
+        // A cast to a coarser type (a DATE, whole seconds) would make the bounds wrong.
+        Expr::Cast(c)
+            if matches!(
+                c.field.data_type(),
+                DataType::Timestamp(
+                    TimeUnit::Millisecond | TimeUnit::Microsecond | TimeUnit::Nanosecond,
+                    _
+                )
+            ) =>
+        {
+            time_term(&c.expr, time_of)
+        }
         Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
             let t = time_term(left, time_of)?;
             let ms = interval_ms(right)?;
             match op {
                 Op::Plus => Some(TimeTerm {
-                    offset_ms: t.offset_ms + ms,
+                    offset_ms: t.offset_ms.checked_add(ms)?,
                     ..t
                 }),
                 Op::Minus => Some(TimeTerm {
-                    offset_ms: t.offset_ms - ms,
+                    offset_ms: t.offset_ms.checked_sub(ms)?,
                     ..t
                 }),
                 _ => None,
@@ -308,11 +346,16 @@ fn interval_ms(e: &Expr) -> Option<i64> {
         ScalarValue::IntervalDayTime(Some(d)) => {
             Some(i64::from(d.days) * 86_400_000 + i64::from(d.milliseconds))
         }
-        ScalarValue::IntervalMonthDayNano(Some(d)) if d.months == 0 => {
-            Some(i64::from(d.days) * 86_400_000 + d.nanoseconds / 1_000_000)
+        // Bounds are whole milliseconds, as event times are.
+        ScalarValue::IntervalMonthDayNano(Some(d))
+            if d.months == 0 && d.nanoseconds % 1_000_000 == 0 =>
+        {
+            i64::from(d.days)
+                .checked_mul(86_400_000)?
+                .checked_add(d.nanoseconds / 1_000_000)
         }
         ScalarValue::DurationMillisecond(Some(ms)) => Some(*ms),
-        ScalarValue::DurationSecond(Some(s)) => Some(s * 1_000),
+        ScalarValue::DurationSecond(Some(s)) => s.checked_mul(1_000),
         _ => None,
     }
 }
@@ -384,4 +427,84 @@ pub fn with_ttl(
         other => Ok(Transformed::no(other)),
     })?;
     Ok(plan.data)
+}
+
+/// One side of the join as it is kept: the side's own plan, the table of its kept rows
+/// and their schema.
+pub type KeptSide = (LogicalPlan, Arc<WindowRows>, SchemaRef);
+
+/// Replace each side of the join in `plan` by a scan of the rows kept for it: the
+/// side's output, computed as rows arrive. Returns the plan and, per side (left, right),
+/// the side's own plan, the kept table and its schema.
+pub fn read_kept_rows(plan: LogicalPlan) -> Result<(LogicalPlan, [KeptSide; 2])> {
+    let mut sides = Vec::with_capacity(2);
+    let plan = plan
+        .transform_up(|node| match node {
+            LogicalPlan::Join(mut j) => {
+                for side in [&mut j.left, &mut j.right] {
+                    let (scan, table, schema) = kept_scan(side)
+                        .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+                    sides.push((side.as_ref().clone(), table, schema));
+                    *side = Arc::new(scan);
+                }
+                Ok(Transformed::yes(LogicalPlan::Join(j)))
+            }
+            other => Ok(Transformed::no(other)),
+        })?
+        .data;
+    let mut sides = sides.into_iter();
+    match (sides.next(), sides.next(), sides.next()) {
+        (Some(left), Some(right), None) => Ok((plan, [left, right])),
+        _ => Err(unsupported!("an interval join has exactly one join")),
+    }
+}
+
+/// A scan of a new table of `side`'s rows that yields exactly `side`'s schema (the same
+/// qualified names), so the expressions above it still resolve.
+fn kept_scan(side: &LogicalPlan) -> Result<(LogicalPlan, Arc<WindowRows>, SchemaRef)> {
+    let fields: Vec<datafusion::arrow::datatypes::Field> = side
+        .schema()
+        .fields()
+        .iter()
+        .enumerate()
+        .map(|(i, f)| f.as_ref().clone().with_name(format!("c{i}")))
+        .collect();
+    let schema: SchemaRef = Arc::new(datafusion::arrow::datatypes::Schema::new(fields));
+    let table = Arc::new(WindowRows::new(schema.clone()));
+    let exprs: Vec<Expr> = side
+        .schema()
+        .iter()
+        .enumerate()
+        .map(|(i, (qualifier, f))| {
+            Expr::Column(Column::new(Some("kept"), format!("c{i}")))
+                .alias_qualified(qualifier.cloned(), f.name())
+        })
+        .collect();
+    let scan = LogicalPlanBuilder::scan(
+        "kept",
+        datafusion::datasource::provider_as_source(table.clone()),
+        None,
+    )?
+    .project(exprs)?
+    .build()?;
+    Ok((scan, table, schema))
+}
+
+/// Whether `side` passes its source's column `time` through unchanged (projections may
+/// keep it, not compute it): the bounds and the freeing of rows read that column.
+pub fn passes_time_through(side: &LogicalPlan, time: &str) -> bool {
+    match side {
+        LogicalPlan::Projection(p) => {
+            p.expr
+                .iter()
+                .zip(p.schema.fields())
+                .filter(|(_, f)| f.name() == time)
+                .all(|(e, _)| matches!(e.clone().unalias(), Expr::Column(c) if c.name == time))
+                && passes_time_through(&p.input, time)
+        }
+        other => other
+            .inputs()
+            .into_iter()
+            .all(|i| passes_time_through(i, time)),
+    }
 }

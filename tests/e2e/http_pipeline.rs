@@ -540,7 +540,11 @@ async fn orders_join_the_prices_table_as_it_is_when_they_arrive() -> Result<()> 
     // The table cannot be dropped under its readers; other shapes are named.
     let (status, body) = weir.sql("DROP VIEW latest").await?;
     assert_eq!(status, 400, "{body}");
-    assert!(body.to_string().contains("priced"), "{body}");
+    assert!(
+        body.to_string()
+            .contains("joined by all_orders, priced: drop them first"),
+        "{body}"
+    );
     for (sql, named) in [
         (
             "CREATE MATERIALIZED VIEW copy AS SELECT * FROM latest",

@@ -47,8 +47,16 @@ struct Entry {
 /// The sources waiting to be snapshotted together; one per engine.
 #[derive(Default)]
 pub struct JoinAlignment {
-    entries: Mutex<HashMap<usize, Entry>>,
+    state: Mutex<State>,
     changed: Condvar,
+}
+
+#[derive(Default)]
+struct State {
+    entries: HashMap<usize, Entry>,
+    /// Per source, the newest checkpoint its group gave up on: a member arriving for it
+    /// later does not wait in vain.
+    abandoned: HashMap<usize, u64>,
 }
 
 fn key(source: &Arc<SourceRuntime>) -> usize {
@@ -58,7 +66,7 @@ fn key(source: &Arc<SourceRuntime>) -> usize {
 impl JoinAlignment {
     /// Run `read` while no group is putting its snapshots: it sees each group whole.
     pub fn read_slots<R>(&self, read: impl FnOnce() -> R) -> R {
-        let _entries = self.entries.lock();
+        let _state = self.state.lock();
         read()
     }
 
@@ -73,10 +81,14 @@ impl JoinAlignment {
         wait: Duration,
     ) -> bool {
         let me = key(source);
+        let epoch = arrival.epoch;
         let deadline = Instant::now() + wait;
-        let mut entries = self.entries.lock();
-        entries.retain(|_, e| e.source.strong_count() > 0);
-        entries.insert(
+        let mut state = self.state.lock();
+        if !finished && state.abandoned.get(&me).is_some_and(|&a| a >= epoch) {
+            return false;
+        }
+        state.entries.retain(|_, e| e.source.strong_count() > 0);
+        state.entries.insert(
             me,
             Entry {
                 source: Arc::downgrade(source),
@@ -86,14 +98,14 @@ impl JoinAlignment {
             },
         );
         loop {
-            match entries.get(&me).map(|e| e.stage) {
+            match state.entries.get(&me).map(|e| e.stage) {
                 Some(Stage::Done(taken)) => {
-                    entries.remove(&me);
+                    state.entries.remove(&me);
                     return taken;
                 }
                 Some(Stage::Taking) => {
                     self.changed
-                        .wait_for(&mut entries, Duration::from_millis(100));
+                        .wait_for(&mut state, Duration::from_millis(100));
                     continue;
                 }
                 Some(Stage::Waiting) => {}
@@ -101,17 +113,18 @@ impl JoinAlignment {
             }
             let group = group_of(source);
             for m in &group {
-                arrive_finished(&mut entries, m);
+                arrive_finished(&mut state.entries, m);
             }
             let all_here = group.iter().all(|m| {
-                entries
+                state
+                    .entries
                     .get(&key(m))
                     .is_some_and(|e| e.stage == Stage::Waiting)
             });
             if all_here {
-                let taken = self.take(&mut entries, &group);
+                let taken = self.take(&mut state, &group);
                 for m in &group {
-                    if let Some(e) = entries.get_mut(&key(m)) {
+                    if let Some(e) = state.entries.get_mut(&key(m)) {
                         e.stage = if e.finished {
                             Stage::Waiting
                         } else {
@@ -126,37 +139,43 @@ impl JoinAlignment {
                 continue;
             }
             let now = Instant::now();
-            if finished || now >= deadline || source.stop.load(std::sync::atomic::Ordering::Relaxed)
+            let given_up = state.abandoned.get(&me).is_some_and(|&a| a >= epoch);
+            if finished
+                || given_up
+                || now >= deadline
+                || source.stop.load(std::sync::atomic::Ordering::Relaxed)
             {
                 if !finished {
-                    entries.remove(&me);
+                    state.entries.remove(&me);
+                    // The rest of the group need not wait for this checkpoint any more.
+                    for m in &group {
+                        let a = state.abandoned.entry(key(m)).or_insert(0);
+                        *a = (*a).max(epoch);
+                    }
+                    self.changed.notify_all();
                 }
                 return false;
             }
             let poll = deadline.min(now + Duration::from_millis(100));
-            self.changed.wait_until(&mut entries, poll);
+            self.changed.wait_until(&mut state, poll);
         }
     }
 
     /// Snapshot every source of `group` and its views (outside the lock, while each is
     /// held at its boundary), then put them all (under it).
-    fn take(
-        &self,
-        entries: &mut MutexGuard<'_, HashMap<usize, Entry>>,
-        group: &[Arc<SourceRuntime>],
-    ) -> bool {
+    fn take(&self, state: &mut MutexGuard<'_, State>, group: &[Arc<SourceRuntime>]) -> bool {
         let mut arrivals = Vec::with_capacity(group.len());
         for m in group {
-            if let Some(e) = entries.get_mut(&key(m)) {
+            if let Some(e) = state.entries.get_mut(&key(m)) {
                 e.stage = Stage::Taking;
                 arrivals.push((m.clone(), e.arrival.clone()));
             }
         }
         let epoch = arrivals.iter().map(|(_, a)| a.epoch).max().unwrap_or(0);
-        let snapshots = MutexGuard::unlocked(entries, || {
+        let snapshots = MutexGuard::unlocked(state, || {
             arrivals
                 .iter()
-                .map(|(m, a)| snapshot(m, a, epoch))
+                .map(|(m, a)| snapshot(m, a, epoch, group))
                 .collect::<weir_sql::Result<Vec<_>>>()
         });
         match snapshots {
@@ -220,8 +239,21 @@ fn snapshot(
     source: &SourceRuntime,
     arrival: &Arrival,
     epoch: u64,
+    group: &[Arc<SourceRuntime>],
 ) -> weir_sql::Result<SourceSnapshot> {
     let views = source.views.lock().clone();
+    // A join created since the group was found may read a source outside it, whose
+    // position was not taken at this moment: not this time.
+    let outside = views.iter().flat_map(|v| &v.inputs).any(|input| {
+        input
+            .upgrade()
+            .is_some_and(|i| !group.iter().any(|g| Arc::ptr_eq(g, &i)))
+    });
+    if outside {
+        return Err(weir_sql::Error::Execution(
+            "a join was created while its sources were being snapshotted".into(),
+        ));
+    }
     let mut snapshots = Vec::with_capacity(views.len());
     for view in views.iter().filter(|v| v.source == source.name) {
         snapshots.push(view.checkpoint(epoch)?);

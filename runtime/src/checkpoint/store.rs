@@ -25,8 +25,11 @@ use super::{Position, SourceSnapshot};
 use crate::catalog_file::Entry;
 use crate::{Error, Result};
 
-/// The manifest format this weir writes and reads.
-pub const FORMAT: u32 = 1;
+/// The manifest format this weir writes. Format 2 added `more_state_files` (the state
+/// of a join's further inputs); format 1 checkpoints read as format 2 without them.
+pub const FORMAT: u32 = 2;
+/// The oldest format this weir reads.
+const OLDEST_FORMAT: u32 = 1;
 const MANIFEST: &str = "manifest.json";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -397,9 +400,9 @@ fn read_manifest(dir: &Path) -> Result<Manifest> {
     let format = serde_json::from_slice::<serde_json::Value>(&bytes)
         .map_err(|e| Error::Internal(format!("manifest.json does not parse: {e}")))?["format"]
         .as_u64();
-    if format != Some(u64::from(FORMAT)) {
+    if !format.is_some_and(|f| (u64::from(OLDEST_FORMAT)..=u64::from(FORMAT)).contains(&f)) {
         return Err(Error::BadRequest(format!(
-            "checkpoint {} was written by another version of weir (format {}, this weir reads format {FORMAT}); \
+            "checkpoint {} was written by another version of weir (format {}, this weir reads formats {OLDEST_FORMAT} to {FORMAT}); \
              run the weir that wrote it, or start with another --data-dir. Nothing was changed.",
             dir.display(),
             format.map_or("unknown".to_string(), |f| f.to_string())
@@ -619,11 +622,16 @@ mod tests {
             .join("checkpoints")
             .join(format!("{:020}", 1))
             .join(MANIFEST);
-        let other = std::fs::read_to_string(&manifest).expect("read").replacen(
-            "\"format\": 1",
-            "\"format\": 99",
-            1,
+        let text = std::fs::read_to_string(&manifest).expect("read");
+        // Format 1 (before the state of joins' further inputs) is still read.
+        let first = text.replacen("\"format\": 2", "\"format\": 1", 1);
+        assert_ne!(first, text);
+        std::fs::write(&manifest, &first).expect("write");
+        assert_eq!(
+            store.restore().expect("reads format 1").expect("one").epoch,
+            1
         );
+        let other = text.replacen("\"format\": 2", "\"format\": 99", 1);
         std::fs::write(&manifest, &other).expect("write");
         let e = store.restore().expect_err("refused");
         assert!(e.to_string().contains("another version"), "{e}");

@@ -293,6 +293,13 @@ impl Engine {
     /// Give a view created during the catalog replay its checkpointed state and rows.
     pub(super) fn restore_view(&self, view: &ViewRuntime) {
         let mut restoring = self.inner.restoring.lock();
+        // A join's state holds rows of every input: it applies only if every input
+        // resumes where the checkpoint left it.
+        let inputs_restored = restoring.checkpoint.as_ref().is_some_and(|c| {
+            view.input_names
+                .iter()
+                .all(|input| c.sources.contains_key(input))
+        });
         let Some(saved) = restoring
             .checkpoint
             .as_mut()
@@ -301,6 +308,10 @@ impl Engine {
         else {
             return;
         };
+        if !inputs_restored {
+            tracing::warn!(view = %view.name, "an input of the join starts over (its statement changed since the checkpoint); the join starts empty");
+            return;
+        }
         if saved.sql != view.sql {
             tracing::warn!(view = %view.name, "the view's statement changed since the checkpoint; it starts empty");
             return;

@@ -763,15 +763,19 @@ impl Engine {
     }
 
     fn drop_view(&self, name: &str, if_exists: bool) -> Result<SqlOutput> {
-        if let Some(reader) = self
+        let mut readers: Vec<String> = self
             .inner
             .views
             .iter()
-            .find(|v| v.tables.iter().any(|t| t == name))
-        {
+            .filter(|v| v.tables.iter().any(|t| t == name))
+            .map(|v| v.name.clone())
+            .collect();
+        if !readers.is_empty() {
+            readers.sort();
             return Err(Error::BadRequest(format!(
-                "view {name} is joined by view {}: drop {} first",
-                reader.name, reader.name
+                "view {name} is joined by {}: drop {} first",
+                readers.join(", "),
+                if readers.len() == 1 { "it" } else { "them" }
             )));
         }
         let Some((_, view)) = self.inner.views.remove(name) else {

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::{Array, RecordBatch, TimestampMillisecondArray};
@@ -136,33 +136,50 @@ impl Pipeline {
             let wait = opened.map_or(Duration::from_millis(100), |t| {
                 self.policy.remaining(t.elapsed())
             });
-            match rx.recv_timeout(wait) {
-                Ok(Chunk::Rows {
-                    batch,
-                    received,
-                    position,
-                }) => {
-                    self.position.advance(&position);
-                    self.source.last_chunk_ms.store(now_ms(), Ordering::Relaxed);
-                    // Even a chunk without rows moves the position: save it.
-                    self.unsaved_batches += 1;
-                    if let Some(b) = &self.buffered {
-                        b.fetch_sub(1, Ordering::Relaxed);
-                    }
-                    opened.get_or_insert(received);
-                    rows += batch.num_rows();
-                    pending.push(batch);
+            let mut next = rx.recv_timeout(wait);
+            let mut took = false;
+            // Behind (chunks already waiting): take them into this micro-batch too, so
+            // a backlog makes batches larger, not a batch per late chunk.
+            while let Ok(Chunk::Rows {
+                batch,
+                received,
+                position,
+            }) = next
+            {
+                took = true;
+                self.position.advance(&position);
+                self.source.last_chunk_ms.store(now_ms(), Ordering::Relaxed);
+                // Even a chunk without rows moves the position: save it.
+                self.unsaved_batches += 1;
+                if let Some(b) = &self.buffered {
+                    b.fetch_sub(1, Ordering::Relaxed);
                 }
+                opened.get_or_insert(received);
+                rows += batch.num_rows();
+                pending.push(batch);
+                next = if rows >= self.policy.max_rows() {
+                    Err(RecvTimeoutError::Timeout)
+                } else {
+                    match rx.try_recv() {
+                        Ok(chunk) => Ok(chunk),
+                        Err(TryRecvError::Empty) => Err(RecvTimeoutError::Timeout),
+                        Err(TryRecvError::Disconnected) => Err(RecvTimeoutError::Disconnected),
+                    }
+                };
+            }
+            match next {
                 Ok(Chunk::End) => {
                     self.flush(&mut pending, opened.take());
                     self.finish();
                     return;
                 }
-                Err(RecvTimeoutError::Timeout) => self.resume_idle(),
                 Err(RecvTimeoutError::Disconnected) => {
                     self.flush(&mut pending, opened.take());
                     return;
                 }
+                Err(RecvTimeoutError::Timeout) if !took => self.resume_idle(),
+                // Rows were taken above.
+                Ok(Chunk::Rows { .. }) | Err(RecvTimeoutError::Timeout) => {}
             }
             if let Some(t) = opened
                 && self.policy.should_flush(rows, t.elapsed())
@@ -327,7 +344,11 @@ impl Pipeline {
             if own == i64::MIN
                 || own.saturating_sub(joined) <= MAX_JOIN_SKEW_MS
                 || self.source.stop.load(Ordering::Relaxed)
-                || self.source.checkpoint.wanted().is_some()
+                || self
+                    .source
+                    .checkpoint
+                    .wanted()
+                    .is_some_and(|e| e > self.missed_epoch)
             {
                 return;
             }

@@ -1029,6 +1029,17 @@ async fn plan_interval_join(
     interval_join::check_shape(&plan)?;
     let (left, right) = sides(&plan)?;
     let join = find_join(&plan).expect("found above");
+    for (side, input) in [(&join.left, left), (&join.right, right)] {
+        if !interval_join::passes_time_through(side, &inputs[input].2) {
+            return Err(unsupported!(
+                "view {}: the join must compare {}'s own {} column (its watermark column), not a \
+                 column computed under that name",
+                view.name,
+                inputs[input].0,
+                inputs[input].2
+            ));
+        }
+    }
     let time_of = |c: &datafusion::common::Column| {
         if join.left.schema().has_column(c) && c.name == inputs[left].2 {
             Some(left)
@@ -1068,15 +1079,39 @@ async fn plan_interval_join(
         ),
     ));
     let output_schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
-    let mut inputs =
-        inputs.into_iter().map(
-            |(_, info, _, time_column, table)| interval_join::JoinInput {
-                table,
-                schema: info.schema.clone(),
-                time_column,
-            },
-        );
-    let (Some(i0), Some(i1)) = (inputs.next(), inputs.next()) else {
+    // Each side keeps only what the join reads of it: its filtered, projected rows.
+    let (plan, [left_side, right_side]) = interval_join::read_kept_rows(plan)?;
+    let sides = if left == 0 {
+        [left_side, right_side]
+    } else {
+        [right_side, left_side]
+    };
+    let mut by_input = Vec::with_capacity(2);
+    for ((side, kept, kept_schema), (name, _, time, source_time, source)) in
+        sides.into_iter().zip(inputs)
+    {
+        let kept_time = side
+            .schema()
+            .fields()
+            .iter()
+            .position(|f| f.name() == &time)
+            .ok_or_else(|| {
+                invalid!(
+                    "view {}: the join must read the time column {time} of {name}",
+                    view.name
+                )
+            })?;
+        by_input.push(interval_join::JoinInput {
+            source,
+            source_time,
+            side,
+            kept,
+            kept_schema,
+            kept_time,
+        });
+    }
+    let mut by_input = by_input.into_iter();
+    let (Some(i0), Some(i1)) = (by_input.next(), by_input.next()) else {
         return Err(Error::Execution("an interval join has two inputs".into()));
     };
     Ok(ContinuousQuery {

@@ -1114,6 +1114,18 @@ async fn joins_without_time_bounds_or_of_other_shapes_are_named() {
             "exclude every pair",
         ),
         (
+            // A cast to a coarser type is not a bound.
+            "CREATE MATERIALIZED VIEW v AS SELECT b.auction FROM bids AS b JOIN asks AS a ON b.auction = a.auction \
+             AND CAST(a.date_time AS DATE) BETWEEN CAST(b.date_time AS DATE) AND CAST(b.date_time AS DATE)",
+            "without bounds",
+        ),
+        (
+            "CREATE MATERIALIZED VIEW v AS SELECT b.auction FROM \
+             (SELECT auction, date_time + INTERVAL '1' HOUR AS date_time FROM bids) AS b JOIN asks AS a \
+             ON b.auction = a.auction AND a.date_time BETWEEN b.date_time AND b.date_time + INTERVAL '1' SECOND",
+            "own date_time column",
+        ),
+        (
             "CREATE MATERIALIZED VIEW v WITH (allowed_lateness = '1s') AS SELECT b.auction FROM bids AS b \
              JOIN asks AS a ON b.auction = a.auction",
             "takes state_ttl",
