@@ -93,7 +93,10 @@ pub struct PerWindowPlan {
 
 /// Another source a per-window join reads.
 pub struct OtherInput {
+    /// Index of the event-time column among the kept source columns.
     pub time_column: usize,
+    /// The source columns the query reads, when not all: only those are kept.
+    pub source_columns: Option<Vec<usize>>,
     pub windowed_schema: SchemaRef,
     pub table: Arc<WindowRows>,
 }
@@ -171,12 +174,16 @@ impl PerWindowQuery {
             .others
             .get(other)
             .ok_or_else(|| Error::Execution(format!("the query has no input {}", other + 1)))?;
+        let kept = match &input.source_columns {
+            Some(columns) => batch.project(columns)?,
+            None => batch.clone(),
+        };
         hold_by_window(
             &mut self.other_windows[other],
             &input.windowed_schema,
             self.plan.windowing,
             input.time_column,
-            (batch, batch),
+            (&kept, batch),
             watermark,
             out,
         )

@@ -862,13 +862,63 @@ async fn plan_join(
         inputs.push((name.clone(), info, schema, time_column, table));
     }
     let session = ctx.state();
-    let statement = DFStatement::Statement(Box::new(ast::Statement::Query(query)));
-    let plan = session.optimize(&session.statement_to_plan(statement).await?)?;
+    let statement = DFStatement::Statement(Box::new(ast::Statement::Query(query.clone())));
+    let mut plan = session.optimize(&session.statement_to_plan(statement).await?)?;
     check_window_local(&plan)?;
+    let mut session = session;
+    // Open windows hold only the source columns the query reads (and the time column).
+    let kept: Vec<Option<Vec<usize>>> = inputs
+        .iter()
+        .map(|(name, info, schema, time_column, _)| {
+            let n_source = info.schema.fields().len();
+            let mut kept: Vec<usize> = used_columns_of(&plan, name, schema.fields().len())
+                .into_iter()
+                .filter(|&i| i < n_source)
+                .collect();
+            if !kept.contains(time_column) {
+                kept.push(*time_column);
+                kept.sort_unstable();
+            }
+            (kept.len() < n_source).then_some(kept)
+        })
+        .collect();
+    if kept.iter().any(Option::is_some) {
+        let ctx = planning_context();
+        for f in functions {
+            ctx.register_udf(f.clone());
+        }
+        for ((name, info, schema, time_column, table), kept) in inputs.iter_mut().zip(&kept) {
+            let Some(kept) = kept else {
+                ctx.register_table(
+                    datafusion::common::TableReference::bare(name.as_str()),
+                    table.clone(),
+                )?;
+                continue;
+            };
+            let n_source = info.schema.fields().len();
+            let columns: Vec<usize> = kept
+                .iter()
+                .copied()
+                .chain([n_source, n_source + 1])
+                .collect();
+            *schema = Arc::new(schema.project(&columns)?);
+            *time_column = kept.iter().position(|i| i == time_column).unwrap_or(0);
+            *table = Arc::new(WindowRows::new(schema.clone()));
+            ctx.register_table(
+                datafusion::common::TableReference::bare(name.as_str()),
+                table.clone(),
+            )?;
+        }
+        session = ctx.state();
+        let statement = DFStatement::Statement(Box::new(ast::Statement::Query(query)));
+        plan = session.optimize(&session.statement_to_plan(statement).await?)?;
+    }
+    let mut kept = kept.into_iter();
+    let source_columns = kept.next().flatten();
     let mut inputs = inputs.into_iter();
     let (source, info, windowed_schema, time_column, table) =
         inputs.next().expect("two or more sources");
-    let others: Vec<_> = inputs.collect();
+    let others: Vec<_> = inputs.zip(kept).collect();
     let detail = format!(
         "{} on each source, size {:?}{}",
         first.function,
@@ -880,7 +930,7 @@ async fn plan_join(
         }
     );
     let mut operators = explain(&[], &source, info, None);
-    for (name, info, ..) in &others {
+    for ((name, info, ..), _) in &others {
         operators.extend(explain(&[], name, info, None));
     }
     let operators = with_held_rows(
@@ -891,7 +941,7 @@ async fn plan_join(
     );
     let output_schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
     Ok(ContinuousQuery {
-        other_sources: others.iter().map(|(n, ..)| n.clone()).collect(),
+        other_sources: others.iter().map(|((n, ..), _)| n.clone()).collect(),
         operators,
         source,
         output_schema,
@@ -899,18 +949,21 @@ async fn plan_join(
         operator: Box::new(PerWindowQuery::new(PerWindowPlan {
             windowing,
             time_column,
-            source_columns: None,
+            source_columns,
             windowed_schema,
             plan,
             session,
             table,
             others: others
                 .into_iter()
-                .map(|(_, _, windowed_schema, time_column, table)| OtherInput {
-                    time_column,
-                    windowed_schema,
-                    table,
-                })
+                .map(
+                    |((_, _, windowed_schema, time_column, table), source_columns)| OtherInput {
+                        time_column,
+                        source_columns,
+                        windowed_schema,
+                        table,
+                    },
+                )
                 .collect(),
         })),
     })
@@ -1473,6 +1526,27 @@ async fn narrow(
         time_column: kept.iter().position(|&i| i == time_column).unwrap_or(0),
         source_columns: Some(kept),
     })
+}
+
+/// Indices of the columns of table `name` that any scan of it in the plan reads.
+fn used_columns_of(plan: &LogicalPlan, name: &str, width: usize) -> Vec<usize> {
+    let mut used = vec![false; width];
+    let mut stack = vec![plan];
+    while let Some(node) = stack.pop() {
+        if let LogicalPlan::TableScan(scan) = node
+            && scan.table_name.table() == name
+        {
+            match &scan.projection {
+                Some(p) => p
+                    .iter()
+                    .filter(|&&i| i < width)
+                    .for_each(|&i| used[i] = true),
+                None => used.iter_mut().for_each(|u| *u = true),
+            }
+        }
+        stack.extend(node.inputs());
+    }
+    (0..width).filter(|&i| used[i]).collect()
 }
 
 /// Indices of the scanned table's columns that any scan in the plan reads.
