@@ -508,3 +508,228 @@ pub fn passes_time_through(side: &LogicalPlan, time: &str) -> bool {
             .all(|i| passes_time_through(i, time)),
     }
 }
+
+/// The schema metadata key that marks the parts of a [`JoinAggregate`] snapshot.
+const PART_KEY: &str = "weir.part";
+
+fn tag_part(batch: &RecordBatch, part: &str) -> Result<RecordBatch> {
+    let schema = Arc::new(batch.schema().as_ref().clone().with_metadata(
+        std::collections::HashMap::from([(PART_KEY.to_string(), part.to_string())]),
+    ));
+    Ok(batch.clone().with_schema(schema)?)
+}
+
+/// What a [`JoinAggregate`] runs besides its join: the aggregate over the join's rows
+/// (grouped by one side's time column among others), and what the view does with the
+/// aggregate's final rows.
+pub struct JoinAggregatePlan {
+    /// The side (input) whose time column the aggregate groups by.
+    pub side: usize,
+    /// That column among the join's output columns.
+    pub close_column: usize,
+    /// The aggregate, reading `joined`.
+    pub aggregate: LogicalPlan,
+    pub joined: Arc<WindowRows>,
+    pub joined_schema: SchemaRef,
+    /// Run over the aggregate's final rows: an updating aggregate (Nexmark q4's average
+    /// per category), or projections and filters.
+    pub then: Box<dyn Operator>,
+}
+
+/// An aggregate over an interval join. A group that includes a side's time column is
+/// final once the join has freed that side's rows of that time: no later row can join
+/// them. The join's rows wait per group until then; each final group's row is handed
+/// to `then` once, so an aggregate over it (an average of maximums) needs no retraction.
+/// State: the join's kept rows and the rows of groups not yet final.
+pub struct JoinAggregate {
+    join: IntervalJoin,
+    plan: JoinAggregatePlan,
+    pending: Vec<RecordBatch>,
+}
+
+impl JoinAggregate {
+    pub fn new(join: IntervalJoin, plan: JoinAggregatePlan) -> Self {
+        Self {
+            join,
+            plan,
+            pending: Vec::new(),
+        }
+    }
+}
+
+impl Operator for JoinAggregate {
+    fn process(
+        &mut self,
+        batch: &RecordBatch,
+        watermark: Option<i64>,
+        out: &mut Collector,
+    ) -> Result<()> {
+        self.process_input(0, batch, watermark, out)
+    }
+
+    fn process_input(
+        &mut self,
+        input: usize,
+        batch: &RecordBatch,
+        watermark: Option<i64>,
+        out: &mut Collector,
+    ) -> Result<()> {
+        let mut joined = Collector::default();
+        self.join
+            .process_input(input, batch, watermark, &mut joined)?;
+        out.late.extend(joined.late);
+        out.failed.extend(joined.failed);
+        self.pending.extend(
+            joined
+                .rows
+                .into_iter()
+                .map(|b| {
+                    RecordBatch::try_new(self.plan.joined_schema.clone(), b.columns().to_vec())
+                })
+                .collect::<std::result::Result<Vec<_>, _>>()?,
+        );
+        if self.pending.len() > MAX_KEPT_BATCHES {
+            self.pending = vec![concat_batches(
+                &self.plan.joined_schema,
+                self.pending.iter(),
+            )?];
+        }
+        Ok(())
+    }
+
+    fn on_watermark(&mut self, watermark: i64, out: &mut Collector) -> Result<()> {
+        self.join.on_watermark(watermark, out)?;
+        let from = self.join.keep_from(self.plan.side, watermark);
+        let mut closed = Vec::new();
+        let mut open = Vec::with_capacity(self.pending.len());
+        for batch in std::mem::take(&mut self.pending) {
+            let (still, done) = split_at(&batch, self.plan.close_column, from)?;
+            if done.num_rows() > 0 {
+                closed.push(done);
+            }
+            if still.num_rows() > 0 {
+                open.push(still);
+            }
+        }
+        self.pending = open;
+        if closed.is_empty() {
+            return Ok(());
+        }
+        let finals = run_batch(
+            &self.plan.aggregate,
+            &self.join.plan.session,
+            &self.plan.joined,
+            closed,
+        )?;
+        for batch in finals.iter().filter(|b| b.num_rows() > 0) {
+            self.plan.then.process(batch, None, out)?;
+        }
+        Ok(())
+    }
+
+    /// The join's state, the rows of groups not final yet, and `then`'s state, each
+    /// part marked in its schema's metadata.
+    fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {
+        let mut state = self.join.snapshot()?;
+        for b in &self.pending {
+            state.push(tag_part(b, "pending")?);
+        }
+        for b in self.plan.then.snapshot()? {
+            state.push(tag_part(&b, "then")?);
+        }
+        Ok(state)
+    }
+
+    fn restore(&mut self, state: &[RecordBatch]) -> Result<()> {
+        let part = |b: &RecordBatch| b.schema().metadata().get(PART_KEY).cloned();
+        let join: Vec<RecordBatch> = state
+            .iter()
+            .filter(|b| part(b).is_none())
+            .cloned()
+            .collect();
+        let then: Vec<RecordBatch> = state
+            .iter()
+            .filter(|b| part(b).as_deref() == Some("then"))
+            .map(|b| {
+                let plain = Arc::new(
+                    b.schema()
+                        .as_ref()
+                        .clone()
+                        .with_metadata(Default::default()),
+                );
+                RecordBatch::try_new(plain, b.columns().to_vec())
+            })
+            .collect::<std::result::Result<_, _>>()?;
+        let mut pending = Vec::new();
+        for b in state
+            .iter()
+            .filter(|b| part(b).as_deref() == Some("pending"))
+        {
+            if b.schema().fields() != self.plan.joined_schema.fields() {
+                return Err(Error::Execution(
+                    "the checkpointed join rows have other columns than this query".into(),
+                ));
+            }
+            pending.push(RecordBatch::try_new(
+                self.plan.joined_schema.clone(),
+                b.columns().to_vec(),
+            )?);
+        }
+        self.join.restore(&join)?;
+        self.plan.then.restore(&then)?;
+        self.pending = pending;
+        Ok(())
+    }
+
+    fn state_size(&self) -> usize {
+        self.join.state_size()
+            + self
+                .pending
+                .iter()
+                .map(RecordBatch::get_array_memory_size)
+                .sum::<usize>()
+            + self.plan.then.state_size()
+    }
+}
+
+/// The lowest aggregate above the join in `plan`, if any: the one over the join's rows.
+pub fn aggregate_over_join(plan: &LogicalPlan) -> Option<&datafusion::logical_expr::Aggregate> {
+    let mut found = None;
+    let mut node = plan;
+    loop {
+        if let LogicalPlan::Aggregate(a) = node {
+            found = Some(a);
+        }
+        match node {
+            LogicalPlan::Join(_) => return found,
+            other => match other.inputs().as_slice() {
+                [one] => node = one,
+                _ => return None,
+            },
+        }
+    }
+}
+
+/// `plan` with `node` (a part of it) replaced by a scan of a new table of its rows.
+pub fn replace_with_scan(
+    plan: LogicalPlan,
+    node: &LogicalPlan,
+) -> Result<(LogicalPlan, Arc<WindowRows>, SchemaRef)> {
+    let (scan, table, schema) = kept_scan(node)?;
+    let mut scan = Some(scan);
+    let plan = plan
+        .transform_down(|n| {
+            if &n == node
+                && let Some(scan) = scan.take()
+            {
+                return Ok(Transformed::new(
+                    scan,
+                    true,
+                    datafusion::common::tree_node::TreeNodeRecursion::Jump,
+                ));
+            }
+            Ok(Transformed::no(n))
+        })?
+        .data;
+    Ok((plan, table, schema))
+}

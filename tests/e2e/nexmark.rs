@@ -367,3 +367,95 @@ async fn q3_as_a_stream_table_join_like_the_batch_oracle() -> Result<()> {
     assert_eq!(q3_rows(&weir, "q3").await?, expected);
     Ok(())
 }
+
+/// Nexmark q4 through the binary: an average over each auction's closing price, an
+/// aggregate over an interval join of two sources; equal to DataFusion in batch mode.
+#[tokio::test]
+async fn q4_averages_closing_prices_like_the_batch_oracle() -> Result<()> {
+    use datafusion::arrow::array::AsArray;
+    use datafusion::arrow::datatypes::{Float64Type, Int64Type};
+    use weir_runtime::source::nexmark::{Generator, GeneratorConfig, Table};
+    const EVENTS: u64 = 200_000;
+    let weir = Weir::start(&[]).await?;
+    for table in ["auction", "bid"] {
+        weir.exec(&format!(
+            "CREATE SOURCE {table} WITH (connector = 'nexmark', table = '{table}', events = {EVENTS}, seed = 11)"
+        ))
+        .await?;
+    }
+    weir.exec(
+        "CREATE MATERIALIZED VIEW q4 WITH (state_ttl = '10 seconds') AS \
+         SELECT Q.category, avg(Q.final) AS avg_final \
+         FROM (SELECT A.id, A.category, A.date_time, max(B.price) AS final \
+               FROM auction AS A JOIN bid AS B ON A.id = B.auction \
+               AND B.date_time BETWEEN A.date_time AND A.expires \
+               GROUP BY A.id, A.category, A.date_time) AS Q \
+         GROUP BY Q.category",
+    )
+    .await?;
+    for table in ["auction", "bid"] {
+        weir.wait_for(
+            &format!("{table} to finish"),
+            Duration::from_secs(120),
+            || async {
+                let s = weir.get(&format!("/api/v1/sources/{table}")).await?;
+                Ok((s["status"] == "finished").then_some(()))
+            },
+        )
+        .await?;
+    }
+    let mut got: Vec<String> = weir.get("/api/v1/views/q4").await?["rows"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|r| format!("{}|{:.6}", r[0], r[1].as_f64().unwrap_or(f64::NAN)))
+        .collect();
+    got.sort();
+
+    let ctx = datafusion::prelude::SessionContext::new();
+    for (name, table) in [("auction", Table::Auction), ("bid", Table::Bid)] {
+        let mut g = Generator::new(GeneratorConfig {
+            table,
+            seed: 11,
+            events: Some(EVENTS),
+            event_rate: 10_000,
+            start_time_ms: 1_436_918_400_000,
+        });
+        let batches: Vec<_> = std::iter::from_fn(|| g.next_batch(4_000)).collect();
+        ctx.register_table(
+            name,
+            std::sync::Arc::new(datafusion::datasource::MemTable::try_new(
+                table.schema(),
+                vec![batches],
+            )?),
+        )?;
+    }
+    let oracle = ctx
+        .sql(
+            "SELECT Q.category, avg(Q.final) FROM (SELECT max(B.price) AS final, A.category \
+             FROM auction AS A, bid AS B WHERE A.id = B.auction \
+             AND B.date_time BETWEEN A.date_time AND A.expires GROUP BY A.id, A.category) AS Q \
+             GROUP BY Q.category",
+        )
+        .await?
+        .collect()
+        .await?;
+    let mut expected = Vec::new();
+    for b in &oracle {
+        let categories = b.column(0).as_primitive::<Int64Type>();
+        let averages = b.column(1).as_primitive::<Float64Type>();
+        for i in 0..b.num_rows() {
+            expected.push(format!("{}|{:.6}", categories.value(i), averages.value(i)));
+        }
+    }
+    expected.sort();
+    assert_eq!(expected.len(), 5, "{expected:?}");
+    assert_eq!(got, expected);
+    let explain = weir.exec("EXPLAIN VIEW q4").await?["rows"].to_string();
+    assert!(
+        explain.contains("each group final once the join frees its rows"),
+        "{explain}"
+    );
+    Ok(())
+}

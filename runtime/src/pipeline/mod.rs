@@ -415,7 +415,11 @@ impl Pipeline {
         for (key, rows) in out.upserts {
             view.upsert(key, rows);
         }
-        view.publish(out.rows);
+        // An aggregate over a join's closed groups updates the view's rows.
+        match out.replace {
+            Some(all) => view.replace(all, out.rows),
+            None => view.publish(out.rows),
+        }
     }
 
     /// The source ended: paused views are waited for, then a final watermark closes

@@ -1078,7 +1078,14 @@ async fn plan_interval_join(
         let (l, r) = (time(&join.left, left)?, time(&join.right, right)?);
         plan = interval_join::with_ttl(plan, l, r, ttl)?;
     }
-    let plan = session.optimize(&plan)?;
+    let whole = session.optimize(&plan)?;
+    // An aggregate over the join's rows runs on its own (below: JoinAggregate); the
+    // join part only filters and projects around the join.
+    let over = interval_join::aggregate_over_join(&whole).cloned();
+    let plan = match &over {
+        Some(a) => a.input.as_ref().clone(),
+        None => whole.clone(),
+    };
     interval_join::check_shape(&plan)?;
     let (left, right) = sides(&plan)?;
     let join = find_join(&plan).expect("found above");
@@ -1131,7 +1138,42 @@ async fn plan_interval_join(
             plan.display_indent().to_string().replace('\n', "; ")
         ),
     ));
-    let output_schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
+    let output_schema: SchemaRef = Arc::new(whole.schema().as_arrow().clone());
+    // Groups of an aggregate over the join close by a side's time column.
+    let close = match &over {
+        None => None,
+        Some(a) => {
+            let found = a.group_expr.iter().find_map(|e| match e {
+                Expr::Column(c) => Some((time_of(c)?, plan.schema().index_of_column(c).ok()?)),
+                _ => None,
+            });
+            let Some(found) = found else {
+                return Err(unsupported!(
+                    "view {}: an aggregate over an interval join must GROUP BY the time column of \
+                     one side (e.g. GROUP BY a.id, a.{}), so that each group is final once the \
+                     join has freed those rows",
+                    view.name,
+                    inputs[left].2
+                ));
+            };
+            Some(found)
+        }
+    };
+    let then = match &over {
+        None => None,
+        Some(a) => Some(plan_after_join_aggregate(view, &whole, a)?),
+    };
+    if let Some(a) = &over {
+        operators.push((
+            "aggregate".into(),
+            format!(
+                "{}, each group final once the join frees its rows; then {}",
+                LogicalPlan::Aggregate(a.clone()).display(),
+                then.as_ref().map_or(String::new(), |(_, d)| d.clone())
+            ),
+        ));
+    }
+    let join_part = plan.clone();
     // Each side keeps only what the join reads of it: its filtered, projected rows.
     let (plan, [left_side, right_side]) = interval_join::read_kept_rows(plan)?;
     let sides = if left == 0 {
@@ -1172,16 +1214,89 @@ async fn plan_interval_join(
         operators,
         source: first.clone(),
         output_schema,
-        description: format!("sources -> interval join ({detail})"),
-        operator: Box::new(interval_join::IntervalJoin::new(
-            interval_join::IntervalJoinPlan {
+        description: format!(
+            "sources -> interval join ({detail}){}",
+            if over.is_some() { " -> aggregate" } else { "" }
+        ),
+        operator: {
+            let join = interval_join::IntervalJoin::new(interval_join::IntervalJoinPlan {
                 plan,
                 session,
                 inputs: [i0, i1],
                 bounds: (lo, hi),
-            },
-        )),
+            });
+            match (over, close, then) {
+                (Some(a), Some((side, close_column)), Some((then, _))) => {
+                    let (aggregate, joined, joined_schema) =
+                        interval_join::replace_with_scan(LogicalPlan::Aggregate(a), &join_part)?;
+                    Box::new(interval_join::JoinAggregate::new(
+                        join,
+                        interval_join::JoinAggregatePlan {
+                            side,
+                            close_column,
+                            aggregate,
+                            joined,
+                            joined_schema,
+                            then,
+                        },
+                    ))
+                }
+                _ => Box::new(join),
+            }
+        },
     })
+}
+
+/// What a view does with the final rows of an aggregate over an interval join: the
+/// rest of its plan, over those rows, lowered like a view over one source (projections
+/// and filters, or an updating aggregate such as an average of the maximums).
+fn plan_after_join_aggregate(
+    view: &CreateView,
+    whole: &LogicalPlan,
+    aggregate: &datafusion::logical_expr::Aggregate,
+) -> Result<(Box<dyn Operator>, String)> {
+    let (rest, _, _) = interval_join::replace_with_scan(
+        whole.clone(),
+        &LogicalPlan::Aggregate(aggregate.clone()),
+    )?;
+    let chain = linearize(&rest)?;
+    if chain
+        .iter()
+        .any(|p| matches!(p, LogicalPlan::Sort(_) | LogicalPlan::Limit(_)))
+    {
+        return Err(unsupported!(
+            "view {}: ORDER BY / LIMIT over a join's aggregate is not supported: use them in an ad hoc SELECT over the view",
+            view.name
+        ));
+    }
+    let props = ExecutionProps::new();
+    match chain
+        .iter()
+        .filter(|p| matches!(p, LogicalPlan::Aggregate(_)))
+        .count()
+    {
+        0 => Ok((
+            Box::new(Stateless {
+                steps: lower_chain(&chain, &props)?,
+            }),
+            format!("append: {}", describe(&chain)),
+        )),
+        1 => {
+            let at = chain
+                .iter()
+                .position(|p| matches!(p, LogicalPlan::Aggregate(_)))
+                .unwrap_or(0);
+            let grouped = lower_aggregate(&chain, at, false, &props)?;
+            Ok((
+                Box::new(UpdatingAggregate::new(grouped)?),
+                format!("updating: {}", describe(&chain)),
+            ))
+        }
+        _ => Err(unsupported!(
+            "view {}: more than two levels of aggregation over a join are not supported",
+            view.name
+        )),
+    }
 }
 
 /// A source joined with views (tables): each batch joined with the views' rows as they
