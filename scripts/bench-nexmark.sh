@@ -4,8 +4,9 @@
 # process's peak resident memory (flat across run lengths: state is bounded by open windows).
 # With CHECKPOINT_INTERVAL (default 10s) it also reports the checkpoints taken meanwhile.
 # QUERY=q5 runs Nexmark q5 instead of the tumbling aggregate; QUERY=session a SESSION view;
-# QUERY=q8 a window join and QUERY=q3 an interval join of the person and auction sources.
-# Usage: [QUERY=tumble|q5|session|q8|q3] [VIEW_MAX_ROWS=n] [CHECKPOINT_INTERVAL=1s] scripts/bench-nexmark.sh [events]   (default 20,000,000)
+# QUERY=q8 a window join and QUERY=q3 an interval join of the person and auction sources;
+# QUERY=q4 an aggregate over an interval join of auctions and bids.
+# Usage: [QUERY=tumble|q5|session|q8|q3|q4] [VIEW_MAX_ROWS=n] [CHECKPOINT_INTERVAL=1s] scripts/bench-nexmark.sh [events]   (default 20,000,000)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/weir-target}"
@@ -44,7 +45,13 @@ case "${QUERY:-tumble}" in
     WAIT="person auction"
     OPTIONS="WITH (state_ttl = '10 seconds')"
     VIEW="SELECT P.name, P.city, P.state, A.id FROM auction AS A JOIN person AS P ON A.seller = P.id WHERE A.category = 10 AND (P.state = 'OR' OR P.state = 'ID' OR P.state = 'CA')" ;;
-  *) echo "QUERY must be tumble, q5, session, q8 or q3" >&2; exit 2 ;;
+  # Nexmark q4 (average closing price per category): an aggregate over an interval join.
+  q4)
+    sql "CREATE SOURCE auction WITH (connector = 'nexmark', table = 'auction', events = $EVENTS, seed = 1, event_rate = 100000)"
+    WAIT="auction bids"
+    OPTIONS="WITH (state_ttl = '10 seconds')"
+    VIEW="SELECT Q.category, avg(Q.final) AS avg_final FROM (SELECT A.id, A.category, A.date_time, max(B.price) AS final FROM auction AS A JOIN bids AS B ON A.id = B.auction AND B.date_time BETWEEN A.date_time AND A.expires GROUP BY A.id, A.category, A.date_time) AS Q GROUP BY Q.category" ;;
+  *) echo "QUERY must be tumble, q5, session, q8, q3 or q4" >&2; exit 2 ;;
 esac
 sql "CREATE MATERIALIZED VIEW q ${OPTIONS:-} AS $VIEW"
 for s in ${WAIT:-bids}; do

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use datafusion::arrow::array::BooleanArray;
 use datafusion::arrow::array::TimestampMillisecondArray;
 use datafusion::arrow::compute::kernels::cmp::{gt_eq, lt};
-use datafusion::arrow::compute::{concat_batches, filter_record_batch, max, min};
+use datafusion::arrow::compute::{filter_record_batch, max, min};
 use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::tree_node::{Transformed, TreeNode};
@@ -30,9 +30,6 @@ use crate::operator::{Collector, Operator};
 use crate::per_window::{WindowRows, run_batch, tag_input, tagged_input};
 use crate::window::event_times;
 use crate::{Error, Result, unsupported};
-
-/// Kept batches of one input beyond which they are merged into one.
-const MAX_KEPT_BATCHES: usize = 32;
 
 /// One input of the join. Its rows are filtered and projected by its side of the query
 /// (`side`, reading `source`) as they arrive, and only what the join reads is kept (in
@@ -62,6 +59,9 @@ pub struct IntervalJoinPlan {
 pub struct IntervalJoin {
     plan: IntervalJoinPlan,
     kept: [Vec<RecordBatch>; 2],
+    /// The earliest and latest time of each kept batch, so a watermark touches only
+    /// the batches it frees rows of.
+    ranges: [Vec<(i64, i64)>; 2],
 }
 
 impl IntervalJoin {
@@ -69,7 +69,19 @@ impl IntervalJoin {
         Self {
             plan,
             kept: [Vec::new(), Vec::new()],
+            ranges: [Vec::new(), Vec::new()],
         }
+    }
+
+    /// Keep rows of `input`, with their earliest and latest time (rows without a time
+    /// match nothing: dropped).
+    fn keep(&mut self, input: usize, rows: RecordBatch) -> Result<()> {
+        let times = event_times(rows.column(self.plan.inputs[input].kept_time))?;
+        if let (Some(lo), Some(hi)) = (min(times), max(times)) {
+            self.kept[input].push(rows);
+            self.ranges[input].push((lo, hi));
+        }
+        Ok(())
     }
 
     /// The earliest event time a row of `input` must have to be kept at `watermark`:
@@ -154,11 +166,8 @@ impl Operator for IntervalJoin {
             other.kept.set(Vec::new());
             result?.into_iter().for_each(|b| out.emit(b));
         }
-        let kept = &mut self.kept[input];
-        kept.extend(rows.into_iter().filter(|b| b.num_rows() > 0));
-        // Many small batches cost more to scan and join than one: merge them now and then.
-        if kept.len() > MAX_KEPT_BATCHES {
-            *kept = vec![concat_batches(&this.kept_schema, kept.iter())?];
+        for b in rows {
+            self.keep(input, b)?;
         }
         Ok(())
     }
@@ -167,17 +176,16 @@ impl Operator for IntervalJoin {
         for input in 0..2 {
             let from = self.keep_from(input, watermark);
             let time = self.plan.inputs[input].kept_time;
-            let mut kept = Vec::with_capacity(self.kept[input].len());
-            for batch in std::mem::take(&mut self.kept[input]) {
-                let times = event_times(batch.column(time))?;
-                match (min(times), max(times)) {
-                    (Some(lo), _) if lo >= from => kept.push(batch),
-                    (_, Some(hi)) if hi < from => {}
-                    (None, None) => {}
-                    _ => kept.push(split_at(&batch, time, from)?.0),
+            let batches = std::mem::take(&mut self.kept[input]);
+            let ranges = std::mem::take(&mut self.ranges[input]);
+            for (batch, (lo, hi)) in batches.into_iter().zip(ranges) {
+                if lo >= from {
+                    self.kept[input].push(batch);
+                    self.ranges[input].push((lo, hi));
+                } else if hi >= from {
+                    self.keep(input, split_at(&batch, time, from)?.0)?;
                 }
             }
-            self.kept[input] = kept;
         }
         Ok(())
     }
@@ -214,7 +222,13 @@ impl Operator for IntervalJoin {
                 batch.columns().to_vec(),
             )?);
         }
-        self.kept = kept;
+        self.kept = [Vec::new(), Vec::new()];
+        self.ranges = [Vec::new(), Vec::new()];
+        for (input, batches) in kept.into_iter().enumerate() {
+            for b in batches {
+                self.keep(input, b)?;
+            }
+        }
         Ok(())
     }
 
@@ -406,13 +420,8 @@ pub fn with_ttl(
     right_time: Column,
     ttl_ms: i64,
 ) -> Result<LogicalPlan> {
-    let within = |ms: i64| {
-        lit(ScalarValue::new_interval_mdn(
-            0,
-            0,
-            ms.saturating_mul(1_000_000),
-        ))
-    };
+    // A duration, not an interval: timestamp plus duration is plain integer arithmetic.
+    let within = |ms: i64| lit(ScalarValue::DurationMillisecond(Some(ms)));
     let condition = Expr::Column(left_time.clone())
         .gt_eq(Expr::Column(right_time.clone()) - within(ttl_ms))
         .and(Expr::Column(left_time).lt_eq(Expr::Column(right_time) + within(ttl_ms)));
@@ -544,7 +553,8 @@ pub struct JoinAggregatePlan {
 pub struct JoinAggregate {
     join: IntervalJoin,
     plan: JoinAggregatePlan,
-    pending: Vec<RecordBatch>,
+    /// Joined rows of groups not final yet, with the earliest group time of each batch.
+    pending: Vec<(RecordBatch, i64)>,
 }
 
 impl JoinAggregate {
@@ -554,6 +564,15 @@ impl JoinAggregate {
             plan,
             pending: Vec::new(),
         }
+    }
+
+    /// Keep joined rows until their groups close, with the earliest group time among
+    /// them (rows without a time belong to no group that can close: dropped).
+    fn hold(&mut self, rows: RecordBatch) -> Result<()> {
+        if let Some(earliest) = min(event_times(rows.column(self.plan.close_column))?) {
+            self.pending.push((rows, earliest));
+        }
+        Ok(())
     }
 }
 
@@ -579,20 +598,9 @@ impl Operator for JoinAggregate {
             .process_input(input, batch, watermark, &mut joined)?;
         out.late.extend(joined.late);
         out.failed.extend(joined.failed);
-        self.pending.extend(
-            joined
-                .rows
-                .into_iter()
-                .map(|b| {
-                    RecordBatch::try_new(self.plan.joined_schema.clone(), b.columns().to_vec())
-                })
-                .collect::<std::result::Result<Vec<_>, _>>()?,
-        );
-        if self.pending.len() > MAX_KEPT_BATCHES {
-            self.pending = vec![concat_batches(
-                &self.plan.joined_schema,
-                self.pending.iter(),
-            )?];
+        for b in joined.rows {
+            let b = RecordBatch::try_new(self.plan.joined_schema.clone(), b.columns().to_vec())?;
+            self.hold(b)?;
         }
         Ok(())
     }
@@ -601,17 +609,18 @@ impl Operator for JoinAggregate {
         self.join.on_watermark(watermark, out)?;
         let from = self.join.keep_from(self.plan.side, watermark);
         let mut closed = Vec::new();
-        let mut open = Vec::with_capacity(self.pending.len());
-        for batch in std::mem::take(&mut self.pending) {
+        // Only batches with a group to close are split; the others wait as they are.
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending)
+            .into_iter()
+            .partition(|(_, earliest)| *earliest < from);
+        self.pending = waiting;
+        for (batch, _) in ready {
             let (still, done) = split_at(&batch, self.plan.close_column, from)?;
             if done.num_rows() > 0 {
                 closed.push(done);
             }
-            if still.num_rows() > 0 {
-                open.push(still);
-            }
+            self.hold(still)?;
         }
-        self.pending = open;
         if closed.is_empty() {
             return Ok(());
         }
@@ -631,7 +640,7 @@ impl Operator for JoinAggregate {
     /// part marked in its schema's metadata.
     fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {
         let mut state = self.join.snapshot()?;
-        for b in &self.pending {
+        for (b, _) in &self.pending {
             state.push(tag_part(b, "pending")?);
         }
         for b in self.plan.then.snapshot()? {
@@ -677,7 +686,10 @@ impl Operator for JoinAggregate {
         }
         self.join.restore(&join)?;
         self.plan.then.restore(&then)?;
-        self.pending = pending;
+        self.pending.clear();
+        for b in pending {
+            self.hold(b)?;
+        }
         Ok(())
     }
 
@@ -686,7 +698,7 @@ impl Operator for JoinAggregate {
             + self
                 .pending
                 .iter()
-                .map(RecordBatch::get_array_memory_size)
+                .map(|(b, _)| b.get_array_memory_size())
                 .sum::<usize>()
             + self.plan.then.state_size()
     }
