@@ -16,7 +16,7 @@ use std::sync::Arc;
 use datafusion::arrow::array::BooleanArray;
 use datafusion::arrow::array::TimestampMillisecondArray;
 use datafusion::arrow::compute::kernels::cmp::{gt_eq, lt};
-use datafusion::arrow::compute::{filter_record_batch, max, min};
+use datafusion::arrow::compute::{concat_batches, filter_record_batch, max, min};
 use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::tree_node::{Transformed, TreeNode};
@@ -607,7 +607,10 @@ impl Operator for JoinAggregate {
 
     fn on_watermark(&mut self, watermark: i64, out: &mut Collector) -> Result<()> {
         self.join.on_watermark(watermark, out)?;
-        let from = self.join.keep_from(self.plan.side, watermark);
+        // A group of time T is final once no new row of the side can have time T (T is
+        // behind the watermark) and the side's rows of time T can match nothing new
+        // (the join has freed them).
+        let from = watermark.min(self.join.keep_from(self.plan.side, watermark));
         let mut closed = Vec::new();
         // Only batches with a group to close are split; the others wait as they are.
         let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending)
@@ -624,12 +627,23 @@ impl Operator for JoinAggregate {
         if closed.is_empty() {
             return Ok(());
         }
-        let finals = run_batch(
+        let finals = match run_batch(
             &self.plan.aggregate,
             &self.join.plan.session,
             &self.plan.joined,
-            closed,
-        )?;
+            closed.clone(),
+        ) {
+            Ok(finals) => finals,
+            // Keep the closed groups' rows rather than lose them.
+            Err(e) => {
+                let rows = concat_batches(&self.plan.joined_schema, closed.iter())?;
+                out.failed(
+                    rows,
+                    format!("the closed groups could not be aggregated: {e}"),
+                );
+                return Ok(());
+            }
+        };
         for batch in finals.iter().filter(|b| b.num_rows() > 0) {
             self.plan.then.process(batch, None, out)?;
         }
@@ -744,4 +758,22 @@ pub fn replace_with_scan(
         })?
         .data;
     Ok((plan, table, schema))
+}
+
+/// The column of `plan`'s output `column` as it leaves the join below, when every
+/// projection on the way passes it through unchanged (qualified, not computed).
+pub fn column_at_join(plan: &LogicalPlan, column: &Column) -> Option<Column> {
+    column.relation.as_ref()?;
+    match plan {
+        LogicalPlan::Join(_) => Some(column.clone()),
+        LogicalPlan::Projection(p) => {
+            let i = p.schema.index_of_column(column).ok()?;
+            match p.expr.get(i)?.clone().unalias() {
+                Expr::Column(c) => column_at_join(&p.input, &c),
+                _ => None,
+            }
+        }
+        LogicalPlan::Filter(f) => column_at_join(&f.input, column),
+        _ => None,
+    }
 }

@@ -882,36 +882,46 @@ async fn plan_join(
             (kept.len() < n_source).then_some(kept)
         })
         .collect();
+    let mut kept = kept;
     if kept.iter().any(Option::is_some) {
         let ctx = planning_context();
         for f in functions {
             ctx.register_udf(f.clone());
         }
-        for ((name, info, schema, time_column, table), kept) in inputs.iter_mut().zip(&kept) {
-            let Some(kept) = kept else {
-                ctx.register_table(
-                    datafusion::common::TableReference::bare(name.as_str()),
-                    table.clone(),
-                )?;
-                continue;
-            };
-            let n_source = info.schema.fields().len();
-            let columns: Vec<usize> = kept
-                .iter()
-                .copied()
-                .chain([n_source, n_source + 1])
-                .collect();
-            *schema = Arc::new(schema.project(&columns)?);
-            *time_column = kept.iter().position(|i| i == time_column).unwrap_or(0);
-            *table = Arc::new(WindowRows::new(schema.clone()));
+        let mut narrowed = inputs.clone();
+        for ((name, info, schema, time_column, table), kept) in narrowed.iter_mut().zip(&kept) {
+            if let Some(kept) = kept {
+                let n_source = info.schema.fields().len();
+                let columns: Vec<usize> = kept
+                    .iter()
+                    .copied()
+                    .chain([n_source, n_source + 1])
+                    .collect();
+                *schema = Arc::new(schema.project(&columns)?);
+                *time_column = kept.iter().position(|i| i == time_column).unwrap_or(0);
+                *table = Arc::new(WindowRows::new(schema.clone()));
+            }
             ctx.register_table(
                 datafusion::common::TableReference::bare(name.as_str()),
                 table.clone(),
             )?;
         }
-        session = ctx.state();
+        let narrow_session = ctx.state();
         let statement = DFStatement::Statement(Box::new(ast::Statement::Query(query)));
-        plan = session.optimize(&session.statement_to_plan(statement).await?)?;
+        // The optimizer may have dropped a column the query names (`x IS NOT NULL` of a
+        // column that cannot be NULL): then the query reads every column.
+        let replanned = match narrow_session.statement_to_plan(statement).await {
+            Ok(p) => narrow_session.optimize(&p).ok(),
+            Err(_) => None,
+        };
+        match replanned {
+            Some(p) => {
+                plan = p;
+                session = narrow_session;
+                inputs = narrowed;
+            }
+            None => kept.iter_mut().for_each(|k| *k = None),
+        }
     }
     let mut kept = kept.into_iter();
     let source_columns = kept.next().flatten();
@@ -1143,8 +1153,13 @@ async fn plan_interval_join(
     let close = match &over {
         None => None,
         Some(a) => {
+            // A qualified column that reaches the join unchanged and is a side's own
+            // time column there.
             let found = a.group_expr.iter().find_map(|e| match e {
-                Expr::Column(c) => Some((time_of(c)?, plan.schema().index_of_column(c).ok()?)),
+                Expr::Column(c) => {
+                    let at_join = interval_join::column_at_join(&plan, c)?;
+                    Some((time_of(&at_join)?, plan.schema().index_of_column(c).ok()?))
+                }
                 _ => None,
             });
             let Some(found) = found else {
@@ -1591,7 +1606,7 @@ async fn narrow(
     let Planned {
         query,
         plan,
-        ctx,
+        ctx: planned_ctx,
         table,
         scan_schema,
     } = planned;
@@ -1605,7 +1620,7 @@ async fn narrow(
     if kept.len() == n_source {
         return Ok(Narrowed {
             plan,
-            session: ctx.state(),
+            session: planned_ctx.state(),
             table,
             schema: scan_schema,
             time_column,
@@ -1625,18 +1640,33 @@ async fn narrow(
     for f in functions {
         ctx.register_udf(f.clone());
     }
-    let table = Arc::new(WindowRows::new(schema.clone()));
+    let narrow_table = Arc::new(WindowRows::new(schema.clone()));
     ctx.register_table(
         datafusion::common::TableReference::bare(source),
-        table.clone(),
+        narrow_table.clone(),
     )?;
     let session = ctx.state();
     let statement = DFStatement::Statement(Box::new(ast::Statement::Query(query)));
-    let plan = session.optimize(&session.statement_to_plan(statement).await?)?;
+    // The optimizer may have dropped a column the query names (`x IS NOT NULL` of a
+    // column that cannot be NULL): then the query keeps every column.
+    let replanned = match session.statement_to_plan(statement).await {
+        Ok(p) => session.optimize(&p).ok(),
+        Err(_) => None,
+    };
+    let Some(narrow_plan) = replanned else {
+        return Ok(Narrowed {
+            plan,
+            session: planned_ctx.state(),
+            table,
+            schema: scan_schema,
+            time_column,
+            source_columns: None,
+        });
+    };
     Ok(Narrowed {
-        plan,
+        plan: narrow_plan,
         session,
-        table,
+        table: narrow_table,
         schema,
         time_column: kept.iter().position(|&i| i == time_column).unwrap_or(0),
         source_columns: Some(kept),

@@ -1097,6 +1097,10 @@ async fn aggregates_over_interval_joins_close_each_group_once_its_rows_are_freed
          JOIN asks AS a ON b.auction = a.auction \
          AND a.date_time BETWEEN b.date_time AND b.date_time + INTERVAL '2' SECOND \
          GROUP BY b.auction, b.date_time";
+    let later = "SELECT b.auction, b.date_time, count(*) AS n FROM bids AS b \
+         JOIN asks AS a ON b.auction = a.auction \
+         AND a.date_time BETWEEN b.date_time - INTERVAL '2' SECOND AND b.date_time - INTERVAL '1' SECOND \
+         GROUP BY b.auction, b.date_time";
     for (view, oracle) in [
         // Final rows per group, appended.
         (
@@ -1112,6 +1116,12 @@ async fn aggregates_over_interval_joins_close_each_group_once_its_rows_are_freed
             format!(
                 "SELECT auction, sum(n) AS n, avg(top) AS top FROM ({inner}) AS q GROUP BY auction"
             ),
+        ),
+        // Grouped by the later side: its rows are freed only after the watermark passes
+        // them, so groups close at the watermark.
+        (
+            format!("CREATE MATERIALIZED VIEW v AS {later}"),
+            later.to_string(),
         ),
     ] {
         for shift in [700, -700, 1_500] {
@@ -1158,6 +1168,14 @@ async fn joins_without_time_bounds_or_of_other_shapes_are_named() {
             "exclude every pair",
         ),
         (
+            // The group's time column must be a side's own, not computed under its name.
+            "CREATE MATERIALIZED VIEW v AS SELECT date_time, count(*) FROM (SELECT \
+             b.date_time - INTERVAL '1' HOUR AS date_time FROM bids AS b JOIN asks AS a \
+             ON b.auction = a.auction AND a.date_time BETWEEN b.date_time AND b.date_time + INTERVAL '1' SECOND) \
+             GROUP BY date_time",
+            "GROUP BY the time column",
+        ),
+        (
             // A cast to a coarser type is not a bound.
             "CREATE MATERIALIZED VIEW v AS SELECT b.auction FROM bids AS b JOIN asks AS a ON b.auction = a.auction \
              AND CAST(a.date_time AS DATE) BETWEEN CAST(b.date_time AS DATE) AND CAST(b.date_time AS DATE)",
@@ -1183,5 +1201,82 @@ async fn joins_without_time_bounds_or_of_other_shapes_are_named() {
             .expect_err(sql)
             .to_string();
         assert!(e.contains(named), "{sql}\n{e}");
+    }
+}
+
+#[tokio::test]
+async fn a_group_of_the_later_side_stays_open_while_its_rows_may_still_come() {
+    // Bids (input 1) join asks (input 0) one to two seconds before them.
+    let sql = "CREATE MATERIALIZED VIEW v AS SELECT b.auction, b.date_time, count(*) AS n \
+         FROM bids AS b JOIN asks AS a ON b.auction = a.auction \
+         AND a.date_time BETWEEN b.date_time - INTERVAL '2' SECOND AND b.date_time - INTERVAL '1' SECOND \
+         GROUP BY b.auction, b.date_time";
+    let Statement::CreateView(view) = parse_statement(sql).expect("parses") else {
+        panic!("not a view")
+    };
+    let mut q = ContinuousQuery::plan(&view, &two_sources())
+        .await
+        .expect("plans");
+    assert_eq!(q.source, "asks");
+    let mut out = Collector::default();
+    let op = &mut q.operator;
+    op.process_input(0, &batch(&[(1, 10, 3_000)]), None, &mut out)
+        .expect("ask");
+    op.process_input(1, &batch(&[(1, 20, 4_500)]), None, &mut out)
+        .expect("bid");
+    // The bids' rows of 4.5 s are still kept (until 5.5 s), but a bid of 4.5 s is not late.
+    op.on_watermark(4_000, &mut out).expect("watermark");
+    op.process_input(1, &batch(&[(1, 30, 4_500)]), Some(4_000), &mut out)
+        .expect("another bid of the same time");
+    op.on_watermark(i64::MAX, &mut out).expect("finish");
+    assert!(out.late.is_empty());
+    assert_batches_eq!(
+        [
+            "+---------+-------------------------+---+",
+            "| auction | date_time               | n |",
+            "+---------+-------------------------+---+",
+            "| 1       | 1970-01-01T00:00:04.500 | 2 |",
+            "+---------+-------------------------+---+",
+        ],
+        &out.rows
+    );
+}
+
+#[tokio::test]
+async fn a_column_named_only_where_the_optimizer_drops_it_still_plans() {
+    // `k IS NOT NULL` of a column that cannot be NULL is optimized away, so the
+    // optimized plan reads no `k`; planning again with only the read columns must not
+    // fail on the name.
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("k", DataType::Int64, false),
+        Field::new("v", DataType::Int64, true),
+        Field::new("date_time", TIMESTAMP, false),
+    ]));
+    let watermark = Some(WatermarkSpec {
+        column: "date_time".into(),
+        delay: std::time::Duration::ZERO,
+    });
+    let mut sources = SourceCatalog::new();
+    for name in ["a", "b"] {
+        sources.insert(
+            name.to_string(),
+            SourceInfo {
+                schema: schema.clone(),
+                watermark: watermark.clone(),
+            },
+        );
+    }
+    for sql in [
+        "CREATE MATERIALIZED VIEW v AS SELECT window_start, v FROM (SELECT window_start, v, \
+         row_number() OVER (PARTITION BY window_start ORDER BY v) AS rn \
+         FROM TUMBLE(a, date_time, INTERVAL '10' SECOND) WHERE k IS NOT NULL) WHERE rn <= 1",
+        "CREATE MATERIALIZED VIEW v AS SELECT x.window_start, x.v FROM \
+         TUMBLE(a, date_time, INTERVAL '10' SECOND) AS x JOIN TUMBLE(b, date_time, INTERVAL '10' SECOND) AS y \
+         ON x.window_start = y.window_start AND x.v = y.v WHERE x.k IS NOT NULL",
+    ] {
+        let Statement::CreateView(view) = parse_statement(sql).expect("parses") else {
+            panic!("not a view")
+        };
+        ContinuousQuery::plan(&view, &sources).await.expect(sql);
     }
 }
