@@ -62,6 +62,8 @@ pub struct IntervalJoin {
     /// The earliest and latest time of each kept batch, so a watermark touches only
     /// the batches it frees rows of.
     ranges: [Vec<(i64, i64)>; 2],
+    /// The latest watermark rows were freed at (see `process_input`).
+    freed_at: Option<i64>,
 }
 
 impl IntervalJoin {
@@ -70,6 +72,7 @@ impl IntervalJoin {
             plan,
             kept: [Vec::new(), Vec::new()],
             ranges: [Vec::new(), Vec::new()],
+            freed_at: None,
         }
     }
 
@@ -133,6 +136,8 @@ impl Operator for IntervalJoin {
             )));
         }
         let this = &self.plan.inputs[input];
+        // The other input may have freed rows at a later watermark meanwhile.
+        let watermark = watermark.max(self.freed_at);
         // Rows behind the watermark may have lost their partners: late, with every column.
         let rows = match watermark {
             Some(w) => {
@@ -173,6 +178,7 @@ impl Operator for IntervalJoin {
     }
 
     fn on_watermark(&mut self, watermark: i64, _out: &mut Collector) -> Result<()> {
+        self.freed_at = self.freed_at.max(Some(watermark));
         for input in 0..2 {
             let from = self.keep_from(input, watermark);
             let time = self.plan.inputs[input].kept_time;

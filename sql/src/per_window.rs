@@ -104,6 +104,10 @@ pub struct OtherInput {
 /// The running operator: each open window's rows, until the watermark closes it.
 pub struct PerWindowQuery {
     plan: PerWindowPlan,
+    /// The latest watermark windows were closed at. A join's inputs run on threads of
+    /// their own: a batch's watermark, read before it got here, may be older than one
+    /// another input has closed windows at meanwhile.
+    closed_at: Option<i64>,
     windows: BTreeMap<i64, Vec<RecordBatch>>,
     /// The open windows' rows of each further input.
     other_windows: Vec<BTreeMap<i64, Vec<RecordBatch>>>,
@@ -112,6 +116,7 @@ pub struct PerWindowQuery {
 impl PerWindowQuery {
     pub fn new(plan: PerWindowPlan) -> Self {
         Self {
+            closed_at: None,
             other_windows: plan.others.iter().map(|_| BTreeMap::new()).collect(),
             plan,
             windows: BTreeMap::new(),
@@ -234,6 +239,7 @@ impl Operator for PerWindowQuery {
         watermark: Option<i64>,
         out: &mut Collector,
     ) -> Result<()> {
+        let watermark = watermark.max(self.closed_at);
         match input {
             0 => self.process(batch, watermark, out),
             n => self.process_other(n - 1, batch, watermark, out),
@@ -263,6 +269,7 @@ impl Operator for PerWindowQuery {
     }
 
     fn on_watermark(&mut self, watermark: i64, out: &mut Collector) -> Result<()> {
+        self.closed_at = self.closed_at.max(Some(watermark));
         let windowing = self.plan.windowing;
         let mut closed: Vec<i64> = self
             .windows
