@@ -27,7 +27,7 @@ use datafusion::logical_expr::{
 };
 
 use crate::operator::{Collector, Operator};
-use crate::per_window::{WindowRows, run_batch, tag_input, tagged_input};
+use crate::per_window::{WindowRows, run_batch, tag_input, tagged, tagged_input};
 use crate::window::event_times;
 use crate::{Error, Result, unsupported};
 
@@ -528,10 +528,9 @@ pub fn passes_time_through(side: &LogicalPlan, time: &str) -> bool {
 const PART_KEY: &str = "weir.part";
 
 fn tag_part(batch: &RecordBatch, part: &str) -> Result<RecordBatch> {
-    let schema = Arc::new(batch.schema().as_ref().clone().with_metadata(
-        std::collections::HashMap::from([(PART_KEY.to_string(), part.to_string())]),
-    ));
-    Ok(batch.clone().with_schema(schema)?)
+    Ok(batch
+        .clone()
+        .with_schema(tagged(&batch.schema(), PART_KEY, part))?)
 }
 
 /// What a [`JoinAggregate`] runs besides its join: the aggregate over the join's rows

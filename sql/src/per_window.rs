@@ -360,11 +360,17 @@ const INPUT_KEY: &str = "weir.input";
 
 /// `schema` marked as input `input`'s, for a snapshot of an operator of several inputs.
 pub(crate) fn tag_input(schema: &SchemaRef, input: usize) -> SchemaRef {
+    tagged(schema, INPUT_KEY, &input.to_string())
+}
+
+/// `schema` with the metadata `key = value` only: snapshots of operators with several
+/// parts mark each part's batches so (the checkpoint keeps schemas with their metadata).
+pub(crate) fn tagged(schema: &SchemaRef, key: &str, value: &str) -> SchemaRef {
     Arc::new(
         schema
             .as_ref()
             .clone()
-            .with_metadata(HashMap::from([(INPUT_KEY.to_string(), input.to_string())])),
+            .with_metadata(HashMap::from([(key.to_string(), value.to_string())])),
     )
 }
 

@@ -123,9 +123,9 @@ async fn per_window_and_session_views_run_and_explain_their_state() -> Result<()
 /// through the binary, equal to DataFusion in batch mode over the same generated events.
 #[tokio::test]
 async fn q8_and_q3_join_two_sources_like_the_batch_oracle() -> Result<()> {
-    use datafusion::arrow::array::{AsArray, RecordBatch};
+    use datafusion::arrow::array::AsArray;
     use datafusion::arrow::datatypes::Int64Type;
-    use weir_runtime::source::nexmark::{Generator, GeneratorConfig, Table};
+    use weir_runtime::source::nexmark::Table;
 
     const EVENTS: u64 = 300_000;
     let weir = Weir::start(&[]).await?;
@@ -153,15 +153,7 @@ async fn q8_and_q3_join_two_sources_like_the_batch_oracle() -> Result<()> {
     )
     .await?;
     for table in ["person", "auction"] {
-        weir.wait_for(
-            &format!("{table} to finish"),
-            Duration::from_secs(120),
-            || async {
-                let s = weir.get(&format!("/api/v1/sources/{table}")).await?;
-                Ok((s["status"] == "finished").then_some(()))
-            },
-        )
-        .await?;
+        weir.wait_finished(table).await?;
     }
     // The last window closes once both inputs have finished.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -174,26 +166,11 @@ async fn q8_and_q3_join_two_sources_like_the_batch_oracle() -> Result<()> {
         .collect();
     got.sort();
 
-    let generate = |table| -> Vec<RecordBatch> {
-        let mut g = Generator::new(GeneratorConfig {
-            table,
-            seed: 5,
-            events: Some(EVENTS),
-            event_rate: 10_000,
-            start_time_ms: 1_436_918_400_000,
-        });
-        std::iter::from_fn(|| g.next_batch(4_000)).collect()
-    };
-    let ctx = datafusion::prelude::SessionContext::new();
-    for (name, table) in [("person", Table::Person), ("auction", Table::Auction)] {
-        ctx.register_table(
-            name,
-            std::sync::Arc::new(datafusion::datasource::MemTable::try_new(
-                table.schema(),
-                vec![generate(table)],
-            )?),
-        )?;
-    }
+    let ctx = oracle_context(
+        &[("person", Table::Person), ("auction", Table::Auction)],
+        5,
+        EVENTS,
+    )?;
     let oracle = ctx
         .sql(
             "SELECT p.id, p.name, CAST(p.ws AS BIGINT) AS ws FROM \
@@ -306,23 +283,9 @@ async fn q3_oracle(ctx: &datafusion::prelude::SessionContext) -> Result<Vec<Stri
 /// equals DataFusion in batch mode over the same events.
 #[tokio::test]
 async fn q3_as_a_stream_table_join_like_the_batch_oracle() -> Result<()> {
-    use weir_runtime::source::nexmark::{Generator, GeneratorConfig, Table};
+    use weir_runtime::source::nexmark::Table;
     const EVENTS: u64 = 200_000;
     let weir = Weir::start(&[]).await?;
-    let finished = |table: &'static str| {
-        let weir = &weir;
-        async move {
-            weir.wait_for(
-                &format!("{table} to finish"),
-                Duration::from_secs(120),
-                || async {
-                    let s = weir.get(&format!("/api/v1/sources/{table}")).await?;
-                    Ok((s["status"] == "finished").then_some(()))
-                },
-            )
-            .await
-        }
-    };
     weir.exec(&format!(
         "CREATE SOURCE person WITH (connector = 'nexmark', table = 'person', events = {EVENTS}, seed = 9)"
     ))
@@ -332,7 +295,7 @@ async fn q3_as_a_stream_table_join_like_the_batch_oracle() -> Result<()> {
          max(state) AS state FROM person GROUP BY id",
     )
     .await?;
-    finished("person").await?;
+    weir.wait_finished("person").await?;
     weir.exec(&format!(
         "CREATE SOURCE auction WITH (connector = 'nexmark', table = 'auction', events = {EVENTS}, seed = 9)"
     ))
@@ -343,25 +306,12 @@ async fn q3_as_a_stream_table_join_like_the_batch_oracle() -> Result<()> {
          WHERE A.category = 10 AND (P.state = 'OR' OR P.state = 'ID' OR P.state = 'CA')",
     )
     .await?;
-    finished("auction").await?;
-    let ctx = datafusion::prelude::SessionContext::new();
-    for (name, table) in [("person", Table::Person), ("auction", Table::Auction)] {
-        let mut g = Generator::new(GeneratorConfig {
-            table,
-            seed: 9,
-            events: Some(EVENTS),
-            event_rate: 10_000,
-            start_time_ms: 1_436_918_400_000,
-        });
-        let batches: Vec<_> = std::iter::from_fn(|| g.next_batch(4_000)).collect();
-        ctx.register_table(
-            name,
-            std::sync::Arc::new(datafusion::datasource::MemTable::try_new(
-                table.schema(),
-                vec![batches],
-            )?),
-        )?;
-    }
+    weir.wait_finished("auction").await?;
+    let ctx = oracle_context(
+        &[("person", Table::Person), ("auction", Table::Auction)],
+        9,
+        EVENTS,
+    )?;
     let expected = q3_oracle(&ctx).await?;
     assert!(expected.len() > 100, "q3 oracle rows: {}", expected.len());
     assert_eq!(q3_rows(&weir, "q3").await?, expected);
@@ -374,7 +324,7 @@ async fn q3_as_a_stream_table_join_like_the_batch_oracle() -> Result<()> {
 async fn q4_averages_closing_prices_like_the_batch_oracle() -> Result<()> {
     use datafusion::arrow::array::AsArray;
     use datafusion::arrow::datatypes::{Float64Type, Int64Type};
-    use weir_runtime::source::nexmark::{Generator, GeneratorConfig, Table};
+    use weir_runtime::source::nexmark::Table;
     const EVENTS: u64 = 200_000;
     let weir = Weir::start(&[]).await?;
     for table in ["auction", "bid"] {
@@ -394,15 +344,7 @@ async fn q4_averages_closing_prices_like_the_batch_oracle() -> Result<()> {
     )
     .await?;
     for table in ["auction", "bid"] {
-        weir.wait_for(
-            &format!("{table} to finish"),
-            Duration::from_secs(120),
-            || async {
-                let s = weir.get(&format!("/api/v1/sources/{table}")).await?;
-                Ok((s["status"] == "finished").then_some(()))
-            },
-        )
-        .await?;
+        weir.wait_finished(table).await?;
     }
     let mut got: Vec<String> = weir.get("/api/v1/views/q4").await?["rows"]
         .as_array()
@@ -413,24 +355,11 @@ async fn q4_averages_closing_prices_like_the_batch_oracle() -> Result<()> {
         .collect();
     got.sort();
 
-    let ctx = datafusion::prelude::SessionContext::new();
-    for (name, table) in [("auction", Table::Auction), ("bid", Table::Bid)] {
-        let mut g = Generator::new(GeneratorConfig {
-            table,
-            seed: 11,
-            events: Some(EVENTS),
-            event_rate: 10_000,
-            start_time_ms: 1_436_918_400_000,
-        });
-        let batches: Vec<_> = std::iter::from_fn(|| g.next_batch(4_000)).collect();
-        ctx.register_table(
-            name,
-            std::sync::Arc::new(datafusion::datasource::MemTable::try_new(
-                table.schema(),
-                vec![batches],
-            )?),
-        )?;
-    }
+    let ctx = oracle_context(
+        &[("auction", Table::Auction), ("bid", Table::Bid)],
+        11,
+        EVENTS,
+    )?;
     let oracle = ctx
         .sql(
             "SELECT Q.category, avg(Q.final) FROM (SELECT max(B.price) AS final, A.category \
@@ -458,4 +387,33 @@ async fn q4_averages_closing_prices_like_the_batch_oracle() -> Result<()> {
         "{explain}"
     );
     Ok(())
+}
+
+/// DataFusion over the Nexmark `tables`, generated as `CREATE SOURCE ... WITH
+/// (connector = 'nexmark', table = ..., events, seed)` generates them.
+fn oracle_context(
+    tables: &[(&str, weir_runtime::source::nexmark::Table)],
+    seed: u64,
+    events: u64,
+) -> Result<datafusion::prelude::SessionContext> {
+    use weir_runtime::source::nexmark::{Generator, GeneratorConfig};
+    let ctx = datafusion::prelude::SessionContext::new();
+    for (name, table) in tables {
+        let mut g = Generator::new(GeneratorConfig {
+            table: *table,
+            seed,
+            events: Some(events),
+            event_rate: 10_000,
+            start_time_ms: 1_436_918_400_000,
+        });
+        let batches: Vec<_> = std::iter::from_fn(|| g.next_batch(4_000)).collect();
+        ctx.register_table(
+            *name,
+            std::sync::Arc::new(datafusion::datasource::MemTable::try_new(
+                table.schema(),
+                vec![batches],
+            )?),
+        )?;
+    }
+    Ok(ctx)
 }

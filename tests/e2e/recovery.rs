@@ -66,18 +66,6 @@ async fn rows(weir: &Weir, view: &str) -> Result<Vec<String>> {
     Ok(rows)
 }
 
-async fn wait_finished(weir: &Weir, source: &str) -> Result<()> {
-    weir.wait_for(
-        &format!("source {source} to finish"),
-        Duration::from_secs(240),
-        || async {
-            let s = weir.get(&format!("/api/v1/sources/{source}")).await?;
-            Ok((s["status"] == "finished").then_some(()))
-        },
-    )
-    .await
-}
-
 /// A small deterministic generator of kill moments; the seed is printed so a failing
 /// run can be repeated with WEIR_CRASH_SEED.
 struct Moments(u64);
@@ -141,7 +129,7 @@ async fn nexmark_views_survive_kill_9_exactly() -> Result<()> {
         reference.exec(sql).await?;
     }
     for source in NEXMARK_SOURCES {
-        wait_finished(&reference, source).await?;
+        reference.wait_finished(source).await?;
     }
     let mut expected = Vec::new();
     for view in VIEWS {
@@ -214,7 +202,7 @@ async fn nexmark_views_survive_kill_9_exactly() -> Result<()> {
         "most restarts should restore a checkpoint, {restored} of 5 did"
     );
     for source in NEXMARK_SOURCES {
-        wait_finished(&weir, source).await?;
+        weir.wait_finished(source).await?;
     }
     for (view, expected) in VIEWS.iter().zip(&expected) {
         let got = rows(&weir, view).await?;
@@ -797,7 +785,7 @@ async fn a_file_source_resumes_at_its_byte_offset() -> Result<()> {
          FROM events GROUP BY user_id",
     )
     .await?;
-    wait_finished(&weir, "events").await?;
+    weir.wait_finished("events").await?;
     let taken: Value = weir
         .client
         .post(format!("{}/api/v1/checkpoints", weir.url))
@@ -825,7 +813,7 @@ async fn a_file_source_resumes_at_its_byte_offset() -> Result<()> {
         .open(weir.data_dir.path().join("files/events.jsonl"))?;
     std::io::Write::write_all(&mut file, more.as_bytes())?;
     let weir = weir.restart(&[]).await?;
-    wait_finished(&weir, "events").await?;
+    weir.wait_finished("events").await?;
     let status = weir.get("/api/v1/sources/events").await?;
     assert_eq!(
         status["records_in"], 10,

@@ -160,6 +160,19 @@ impl Weir {
         Ok((r.status().as_u16(), r.json().await.unwrap_or(Value::Null)))
     }
 
+    /// Wait until source `source` has finished (a finite source after its last row).
+    pub async fn wait_finished(&self, source: &str) -> Result<()> {
+        self.wait_for(
+            &format!("source {source} to finish"),
+            Duration::from_secs(240),
+            || async {
+                let s = self.get(&format!("/api/v1/sources/{source}")).await?;
+                Ok((s["status"] == "finished").then_some(()))
+            },
+        )
+        .await
+    }
+
     /// Poll `check` until it returns Some, or fail after `timeout` naming `what`.
     pub async fn wait_for<T, F, Fut>(
         &self,

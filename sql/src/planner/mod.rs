@@ -1611,7 +1611,7 @@ async fn narrow(
         scan_schema,
     } = planned;
     let n_source = info.schema.fields().len();
-    let mut kept = used_columns(&plan, n_source + 2);
+    let mut kept = used_columns_of(&plan, source, n_source + 2);
     kept.retain(|&i| i < n_source);
     if !kept.contains(&time_column) {
         kept.push(time_column);
@@ -1681,25 +1681,6 @@ fn used_columns_of(plan: &LogicalPlan, name: &str, width: usize) -> Vec<usize> {
         if let LogicalPlan::TableScan(scan) = node
             && scan.table_name.table() == name
         {
-            match &scan.projection {
-                Some(p) => p
-                    .iter()
-                    .filter(|&&i| i < width)
-                    .for_each(|&i| used[i] = true),
-                None => used.iter_mut().for_each(|u| *u = true),
-            }
-        }
-        stack.extend(node.inputs());
-    }
-    (0..width).filter(|&i| used[i]).collect()
-}
-
-/// Indices of the scanned table's columns that any scan in the plan reads.
-fn used_columns(plan: &LogicalPlan, width: usize) -> Vec<usize> {
-    let mut used = vec![false; width];
-    let mut stack = vec![plan];
-    while let Some(node) = stack.pop() {
-        if let LogicalPlan::TableScan(scan) = node {
             match &scan.projection {
                 Some(p) => p
                     .iter()

@@ -991,7 +991,12 @@ async fn run_two(sql: &str, shift_ms: i64, cut: Option<usize>) -> Vec<String> {
     q.operator.on_watermark(i64::MAX, &mut out).expect("finish");
     // An updating view's rows are its last complete rows.
     let result = out.replace.map_or(out.rows, |all| vec![all]);
-    let mut rows: Vec<String> = datafusion::arrow::util::pretty::pretty_format_batches(&result)
+    sorted_rows(&result)
+}
+
+/// The row lines of `batches` as a pretty-printed table, without the header, sorted.
+fn sorted_rows(batches: &[RecordBatch]) -> Vec<String> {
+    let mut rows: Vec<String> = datafusion::arrow::util::pretty::pretty_format_batches(batches)
         .expect("format")
         .to_string()
         .lines()
@@ -1022,17 +1027,7 @@ async fn oracle_two(sql: &str, shift_ms: i64) -> Vec<String> {
         .collect()
         .await
         .expect("runs");
-    let mut rows: Vec<String> = datafusion::arrow::util::pretty::pretty_format_batches(&result)
-        .expect("format")
-        .to_string()
-        .lines()
-        .filter(|l| {
-            l.starts_with("| ") && !l.contains("window_start |") && !l.contains(" auction ")
-        })
-        .map(str::to_string)
-        .collect();
-    rows.sort();
-    rows
+    sorted_rows(&result)
 }
 
 #[tokio::test]
