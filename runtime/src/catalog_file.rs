@@ -110,12 +110,8 @@ impl CatalogFile {
             statements: entries.to_vec(),
         })
         .map_err(std::io::Error::other)?;
-        write_atomically(path, &bytes)?;
-        // The rename is durable once the directory is synced.
-        if let Some(dir) = path.parent() {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
-        Ok(())
+        // Synced, renamed into place, and its directory synced.
+        write_atomically(path, &bytes)
     }
 }
 

@@ -1,5 +1,5 @@
-//! Files that must survive a crash whole: the catalog, stored plugins, compiled-module
-//! cache entries.
+//! Files that must survive a crash whole (the catalog, stored plugins, compiled-module
+//! cache entries), and directories whose entries must.
 
 use std::path::Path;
 
@@ -20,7 +20,13 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     file.sync_all()?;
     std::fs::rename(&tmp, path)?;
     if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
+        sync_dir(dir)?;
     }
     Ok(())
+}
+
+/// Make the names in `dir` durable: a file created, renamed or removed there survives
+/// power loss only once its directory is synced.
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
 }

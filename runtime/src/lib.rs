@@ -23,4 +23,4 @@ pub mod view;
 
 pub use config::RuntimeConfig;
 pub use engine::{Engine, SqlOutput};
-pub use error::{Error, Result};
+pub use error::{Error, ErrorClass, Result};

@@ -1,9 +1,10 @@
-//! A materialized view at run time: its operator, its current rows (bounded by
-//! `view_max_rows`, newest kept), live subscribers, and the table that ad hoc SQL reads.
+//! A materialized view at run time: its operator, its current rows (bounded by its
+//! `max_rows`, default `runtime.view-max-rows`; the newest are kept and how many were
+//! released is shown), live subscribers, and the table that ad hoc SQL reads.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 use datafusion::arrow::array::RecordBatch;
@@ -43,7 +44,10 @@ pub struct ViewRuntime {
     /// Emitted batches, oldest first; a key marks a window's rows that an upsert replaces.
     rows: RwLock<VecDeque<(Option<i64>, RecordBatch)>>,
     row_count: AtomicUsize,
-    max_rows: usize,
+    /// The rows kept, newest first; `None` keeps every row.
+    max_rows: Option<usize>,
+    /// Rows released to stay within `max_rows`.
+    rows_released: AtomicU64,
     updates: broadcast::Sender<RecordBatch>,
     pub(crate) late_rows: IntCounter,
     pub(crate) rows_emitted: IntCounter,
@@ -91,6 +95,12 @@ pub struct ViewStatus {
     pub late_rows: u64,
     pub open_windows: usize,
     pub state_bytes: usize,
+    /// The rows the view keeps (its newest); `None` keeps every row.
+    pub max_rows: Option<usize>,
+    /// Older rows released to stay within `max_rows`.
+    pub rows_released: u64,
+    /// Something the user should know though nothing failed (rows released, say).
+    pub warning: Option<String>,
     pub columns: Vec<ColumnInfo>,
 }
 
@@ -125,7 +135,7 @@ impl ViewRuntime {
         operators: Vec<(String, String)>,
         schema: SchemaRef,
         operator: Box<dyn Operator>,
-        max_rows: usize,
+        max_rows: Option<usize>,
         late_rows: IntCounter,
         rows_emitted: IntCounter,
     ) -> Self {
@@ -142,6 +152,7 @@ impl ViewRuntime {
             rows: RwLock::new(VecDeque::new()),
             row_count: AtomicUsize::new(0),
             max_rows,
+            rows_released: AtomicU64::new(0),
             updates: broadcast::channel(256).0,
             late_rows,
             rows_emitted,
@@ -383,16 +394,60 @@ impl ViewRuntime {
                 self.rows_emitted.inc_by(b.num_rows() as u64);
                 rows.push_back((None, b.clone()));
             }
-            while self.row_count.load(Ordering::Relaxed) > self.max_rows && rows.len() > 1 {
-                if let Some((_, old)) = rows.pop_front() {
-                    self.row_count.fetch_sub(old.num_rows(), Ordering::Relaxed);
-                }
-            }
+            self.release_oldest(&mut rows);
         }
         for b in batches {
             // No subscribers is fine.
             self.notify(b);
         }
+    }
+
+    /// Release the oldest rows while the view holds more than `max_rows`, counting what
+    /// goes; the first release is logged.
+    fn release_oldest(&self, rows: &mut VecDeque<(Option<i64>, RecordBatch)>) {
+        let Some(max_rows) = self.max_rows else {
+            return;
+        };
+        loop {
+            let excess = self
+                .row_count
+                .load(Ordering::Relaxed)
+                .saturating_sub(max_rows);
+            let Some((_, oldest)) = rows.front_mut().filter(|_| excess > 0) else {
+                break;
+            };
+            let released = excess.min(oldest.num_rows());
+            if released == oldest.num_rows() {
+                rows.pop_front();
+            } else {
+                *oldest = oldest.slice(released, oldest.num_rows() - released);
+            }
+            self.row_count.fetch_sub(released, Ordering::Relaxed);
+            let before = self
+                .rows_released
+                .fetch_add(released as u64, Ordering::Relaxed);
+            if before == 0 {
+                tracing::warn!(view = %self.name, max_rows, "the view holds more rows than its max_rows: releasing the oldest (see its status)");
+            }
+        }
+    }
+
+    /// Why rows are missing from the view, if they are.
+    pub fn rows_cut(&self) -> Option<String> {
+        let released = self.rows_released.load(Ordering::Relaxed);
+        let max_rows = self.max_rows?;
+        (released > 0).then(|| {
+            format!(
+                "the view keeps its newest {max_rows} rows (max_rows): {released} older rows were \
+                 released; raise it with CREATE MATERIALIZED VIEW ... WITH (max_rows = ...), or \
+                 max_rows = 'unbounded'"
+            )
+        })
+    }
+
+    /// Rows released to stay within `max_rows`.
+    pub fn rows_released(&self) -> u64 {
+        self.rows_released.load(Ordering::Relaxed)
     }
 
     /// Rows for `key` (a window's start) replace the rows held for it, or are appended.
@@ -409,11 +464,7 @@ impl ViewRuntime {
             }
             self.row_count
                 .fetch_add(batch.num_rows(), Ordering::Relaxed);
-            while self.row_count.load(Ordering::Relaxed) > self.max_rows && rows.len() > 1 {
-                if let Some((_, old)) = rows.pop_front() {
-                    self.row_count.fetch_sub(old.num_rows(), Ordering::Relaxed);
-                }
-            }
+            self.release_oldest(&mut rows);
         }
         self.rows_emitted.inc_by(batch.num_rows() as u64);
         // No subscribers is fine.
@@ -458,6 +509,9 @@ impl ViewRuntime {
             late_rows: self.late_rows.get(),
             open_windows,
             state_bytes,
+            max_rows: self.max_rows,
+            rows_released: self.rows_released(),
+            warning: self.rows_cut(),
             columns: ColumnInfo::of(&self.schema),
         }
     }

@@ -180,6 +180,137 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn what_the_operator_must_fix_answers_503_with_a_retry_hint() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = RuntimeConfig {
+            data_dir: dir.path().to_path_buf(),
+            ..RuntimeConfig::default()
+        };
+        let app = app(AppState::new(Engine::new(config).expect("engine")));
+        // The catalog cannot be written: its name is taken by a directory.
+        let catalog = dir.path().join("catalog.json");
+        let _ = std::fs::remove_file(&catalog);
+        std::fs::create_dir_all(catalog.join("in-the-way")).expect("dir");
+        let request = Request::builder()
+            .method("POST")
+            .uri("/api/v1/sql")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(
+                r#"{"sql": "CREATE SOURCE s (id BIGINT) WITH (connector = 'http')"}"#,
+            ))
+            .expect("request");
+        let response = app.clone().oneshot(request).await.expect("response");
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(response.headers().contains_key(header::RETRY_AFTER));
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        let body: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert!(
+            body["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("cannot record the catalog")),
+            "{body}"
+        );
+        // Undone: nothing half-created is left behind.
+        let (status, _) = call(&app, "GET", "/api/v1/sources/s", "").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test]
+    async fn a_view_says_when_it_released_rows_and_may_keep_more() {
+        let app = test_app(1 << 20);
+        for sql in [
+            "CREATE SOURCE s (id BIGINT) WITH (connector = 'http')",
+            "CREATE MATERIALIZED VIEW newest WITH (max_rows = 5) AS SELECT id FROM s",
+            "CREATE MATERIALIZED VIEW every WITH (max_rows = 'unbounded') AS SELECT id FROM s",
+        ] {
+            let body = serde_json::json!({ "sql": sql }).to_string();
+            let (status, body) = call(&app, "POST", "/api/v1/sql", &body).await;
+            assert_eq!(status, StatusCode::OK, "{sql}: {body}");
+        }
+        let bad =
+            r#"{"sql": "CREATE MATERIALIZED VIEW x WITH (max_rows = 'lots') AS SELECT id FROM s"}"#;
+        let (status, body) = call(&app, "POST", "/api/v1/sql", bad).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(
+            body["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("max_rows")),
+            "{body}"
+        );
+
+        let records: String = (1..=30).map(|i| format!("{{\"id\":{i}}}\n")).collect();
+        let (status, body) = call(&app, "POST", "/api/v1/sources/s/records", &records).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let status_of = |views: &serde_json::Value, name: &str| {
+            views["views"]
+                .as_array()
+                .and_then(|v| v.iter().find(|v| v["name"] == name).cloned())
+                .unwrap_or_default()
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let views = loop {
+            let (_, views) = call(&app, "GET", "/api/v1/views", "").await;
+            if ["newest", "every"]
+                .iter()
+                .all(|n| status_of(&views, n)["rows_emitted"] == 30)
+            {
+                break views;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not processed: {views}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        };
+        let newest = status_of(&views, "newest");
+        assert_eq!(newest["rows"], 5, "{newest}");
+        assert_eq!(newest["rows_released"], 25, "{newest}");
+        assert_eq!(newest["max_rows"], 5, "{newest}");
+        assert!(
+            newest["warning"]
+                .as_str()
+                .is_some_and(|w| w.contains("25 older rows were released")),
+            "{newest}"
+        );
+        let every = status_of(&views, "every");
+        assert_eq!(every["rows"], 30, "{every}");
+        assert_eq!(every["rows_released"], 0, "{every}");
+        assert!(every["warning"].is_null(), "{every}");
+
+        let response = app
+            .clone()
+            .oneshot(
+                Request::builder()
+                    .uri("/api/v1/views/newest")
+                    .body(Body::empty())
+                    .expect("request"),
+            )
+            .await
+            .expect("response");
+        assert_eq!(response.headers()["weir-rows-released"], "25");
+        assert!(response.headers().contains_key("weir-rows-cut"));
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        let body: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(
+            body["rows"],
+            serde_json::json!([[26], [27], [28], [29], [30]]),
+            "the newest rows are kept"
+        );
+        let (status, _) = call(&app, "GET", "/api/v1/views/every", "").await;
+        assert_eq!(status, StatusCode::OK);
+    }
+
+    #[tokio::test]
     async fn repeated_column_names_keep_their_values_and_views_over_views_are_refused() {
         let app = test_app(1024);
         let sql = r#"{"sql": "SELECT * FROM (SELECT 1 AS x) a JOIN (SELECT 2 AS x) b ON true"}"#;

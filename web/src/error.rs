@@ -3,8 +3,7 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use datafusion::error::DataFusionError;
-use weir_runtime::Error;
+use weir_runtime::{Error, ErrorClass};
 
 /// An error answered over HTTP.
 #[derive(Debug)]
@@ -31,45 +30,34 @@ impl ApiError {
 }
 
 impl From<Error> for ApiError {
+    /// The status says who must act: 4xx the client, 503 the server's operator (with a
+    /// retry hint), 500 us.
     fn from(e: Error) -> Self {
-        use weir_sql::Error as S;
         let detail = e.to_string();
-        match e {
-            Error::Sql(S::InvalidSql(_) | S::Plan(_) | S::Execution(_)) => {
-                Self::new(StatusCode::BAD_REQUEST, "invalid SQL", detail)
-            }
-            Error::Sql(S::Unsupported(_)) => {
-                Self::new(StatusCode::BAD_REQUEST, "unsupported SQL", detail)
-            }
-            Error::Sql(S::NotFound(_)) | Error::NotFound(_) => {
-                Self::new(StatusCode::NOT_FOUND, "not found", detail)
-            }
-            Error::Sql(S::AlreadyExists(_)) | Error::Conflict(_) => {
-                Self::new(StatusCode::CONFLICT, "conflict", detail)
-            }
-            Error::BadRequest(_) => Self::bad_request(detail),
-            Error::TooLarge(_) => {
-                Self::new(StatusCode::PAYLOAD_TOO_LARGE, "request too large", detail)
-            }
-            Error::Backpressure {
-                retry_after_secs, ..
-            } => Self {
-                retry_after: Some(retry_after_secs),
-                ..Self::new(StatusCode::TOO_MANY_REQUESTS, "slow down", detail)
-            },
-            Error::Unavailable(_) => Self {
-                retry_after: Some(5),
-                ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", detail)
-            },
-            Error::Query(DataFusionError::Internal(_)) | Error::Io(_) | Error::Internal(_) => {
-                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error", detail)
-            }
-            Error::Query(
-                DataFusionError::SchemaError(..)
-                | DataFusionError::Plan(_)
-                | DataFusionError::SQL(..),
-            ) => Self::new(StatusCode::BAD_REQUEST, "invalid SQL", detail),
-            Error::Query(_) => Self::new(StatusCode::BAD_REQUEST, "query failed", detail),
+        let (status, error, retry_after) = match e.class() {
+            ErrorClass::InvalidSql => (StatusCode::BAD_REQUEST, "invalid SQL", None),
+            ErrorClass::UnsupportedSql => (StatusCode::BAD_REQUEST, "unsupported SQL", None),
+            ErrorClass::QueryFailed => (StatusCode::BAD_REQUEST, "query failed", None),
+            ErrorClass::BadRequest => (StatusCode::BAD_REQUEST, "bad request", None),
+            ErrorClass::BadPlugin => (StatusCode::BAD_REQUEST, "bad plugin", None),
+            ErrorClass::NotFound => (StatusCode::NOT_FOUND, "not found", None),
+            ErrorClass::Conflict => (StatusCode::CONFLICT, "conflict", None),
+            ErrorClass::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "request too large", None),
+            ErrorClass::SlowDown { retry_after_secs } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "slow down",
+                Some(retry_after_secs),
+            ),
+            ErrorClass::Unavailable { retry_after_secs } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                Some(retry_after_secs),
+            ),
+            ErrorClass::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal error", None),
+        };
+        Self {
+            retry_after,
+            ..Self::new(status, error, detail)
         }
     }
 }

@@ -1,13 +1,13 @@
 //! Rows as HTTP bodies: JSON `{"columns": [...], "rows": [[...]]}` by default, CSV for
 //! `Accept: text/csv`, Arrow IPC stream for `Accept: application/vnd.apache.arrow.stream`.
 
+use arrow::array::{RecordBatch, RecordBatchOptions};
+use arrow::csv::WriterBuilder as CsvWriterBuilder;
+use arrow::datatypes::SchemaRef;
+use arrow::ipc::writer::StreamWriter;
+use arrow::json::WriterBuilder as JsonWriterBuilder;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use datafusion::arrow::array::{RecordBatch, RecordBatchOptions};
-use datafusion::arrow::csv::WriterBuilder as CsvWriterBuilder;
-use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::arrow::ipc::writer::StreamWriter;
-use datafusion::arrow::json::WriterBuilder as JsonWriterBuilder;
 use serde_json::Value;
 
 use crate::error::{ApiError, ApiResult};
@@ -44,7 +44,7 @@ pub fn rows_response(
     schema: &SchemaRef,
     batches: &[RecordBatch],
 ) -> ApiResult<Response> {
-    let internal = |e: datafusion::arrow::error::ArrowError| {
+    let internal = |e: arrow::error::ArrowError| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "cannot render rows",
@@ -93,11 +93,11 @@ fn body(content_type: &'static str, bytes: Vec<u8>) -> Response {
 pub fn rows_json(
     schema: &SchemaRef,
     batches: &[RecordBatch],
-) -> Result<Value, datafusion::arrow::error::ArrowError> {
+) -> Result<Value, arrow::error::ArrowError> {
     let names: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
     // Write under positional keys: output names may repeat (`SELECT a.id, b.id ...`).
     let keys: Vec<String> = (0..names.len()).map(|i| i.to_string()).collect();
-    let keyed = std::sync::Arc::new(datafusion::arrow::datatypes::Schema::new(
+    let keyed = std::sync::Arc::new(arrow::datatypes::Schema::new(
         schema
             .fields()
             .iter()
@@ -107,7 +107,7 @@ pub fn rows_json(
     ));
     let mut writer = JsonWriterBuilder::new()
         .with_explicit_nulls(true)
-        .build::<_, datafusion::arrow::json::writer::JsonArray>(Vec::new());
+        .build::<_, arrow::json::writer::JsonArray>(Vec::new());
     for b in batches {
         // With options: a query may select no columns at all (`SELECT FROM t`).
         let options = RecordBatchOptions::new().with_row_count(Some(b.num_rows()));
@@ -123,7 +123,7 @@ pub fn rows_json(
         Vec::new()
     } else {
         serde_json::from_slice(&writer.into_inner())
-            .map_err(|e| datafusion::arrow::error::ArrowError::JsonError(e.to_string()))?
+            .map_err(|e| arrow::error::ArrowError::JsonError(e.to_string()))?
     };
     let rows: Vec<Value> = objects
         .into_iter()

@@ -289,10 +289,10 @@ impl CheckpointStore {
         let json = serde_json::to_vec_pretty(&manifest)
             .map_err(|e| Error::Internal(format!("cannot render the manifest: {e}")))?;
         write_synced(&tmp.join(MANIFEST), &json)?;
-        std::fs::File::open(&tmp)?.sync_all()?;
+        crate::durable::sync_dir(&tmp)?;
         let done = dir.join(format!("{epoch:020}"));
         std::fs::rename(&tmp, &done)?;
-        std::fs::File::open(dir)?.sync_all()?;
+        crate::durable::sync_dir(dir)?;
         self.prune();
         Ok(info(&manifest))
     }

@@ -77,18 +77,40 @@ impl JsonDecoder {
         }
         let mut batches = Vec::new();
         self.bisect(&candidates, &mut batches, &mut rejected);
+        let batch = self.assemble(batches, &candidates, &mut rejected);
         rejected.sort_by_key(|r| r.index);
-        let batch = match batches.len() {
-            0 => RecordBatch::new_empty(self.schema.clone()),
-            1 => batches.remove(0),
-            _ => concat_batches(&self.schema, &batches)
-                .unwrap_or_else(|_| RecordBatch::new_empty(self.schema.clone())),
-        };
         Decoded {
             batch,
             rejected,
             records: total,
         }
+    }
+
+    /// One batch of the decoded parts. Should they not fit together, every record that
+    /// decoded is rejected with the reason: never lost behind an empty batch.
+    fn assemble(
+        &self,
+        mut batches: Vec<RecordBatch>,
+        candidates: &[(usize, &[u8])],
+        rejected: &mut Vec<Rejected>,
+    ) -> RecordBatch {
+        let error = match batches.len() {
+            0 => return RecordBatch::new_empty(self.schema.clone()),
+            1 => return batches.remove(0),
+            _ => match concat_batches(&self.schema, &batches) {
+                Ok(batch) => return batch,
+                Err(e) => e,
+            },
+        };
+        let failed: std::collections::HashSet<usize> = rejected.iter().map(|r| r.index).collect();
+        for (index, record) in candidates.iter().filter(|(i, _)| !failed.contains(i)) {
+            rejected.push(Rejected {
+                index: *index,
+                raw: record.to_vec(),
+                reason: format!("the decoded records could not be put into one batch: {error}"),
+            });
+        }
+        RecordBatch::new_empty(self.schema.clone())
     }
 
     fn bisect(
@@ -252,5 +274,34 @@ mod tests {
         assert_eq!(d.batch.num_rows(), 0);
         assert_eq!(d.rejected.len(), 1);
         assert!(d.rejected[0].reason.contains("not a valid JSON array"));
+    }
+
+    #[test]
+    fn parts_that_do_not_fit_together_are_dead_letters_not_an_empty_batch() {
+        let d = decoder();
+        let good = d.decode(br#"{"id": 1, "name": "a", "ts": 1}"#).batch;
+        let other = RecordBatch::try_from_iter([(
+            "x",
+            Arc::new(datafusion::arrow::array::Int32Array::from(vec![7])) as _,
+        )])
+        .expect("batch");
+        let records: [(usize, &[u8]); 3] = [(0, b"{\"a\"}"), (1, b"{\"b\"}"), (2, b"{\"c\"}")];
+        let mut rejected = vec![Rejected {
+            index: 1,
+            raw: b"{\"b\"}".to_vec(),
+            reason: "bad".into(),
+        }];
+        let batch = d.assemble(vec![good, other], &records, &mut rejected);
+        assert_eq!(batch.num_rows(), 0);
+        let mut indices: Vec<usize> = rejected.iter().map(|r| r.index).collect();
+        indices.sort_unstable();
+        assert_eq!(indices, vec![0, 1, 2], "each record once, none lost");
+        assert!(
+            rejected
+                .iter()
+                .filter(|r| r.index != 1)
+                .all(|r| r.reason.contains("could not be put into one batch")),
+            "{rejected:?}"
+        );
     }
 }

@@ -101,7 +101,7 @@ impl Engine {
         let prepared = tokio::task::spawn_blocking(move || engine.inner.plugins.prepare(wasm))
             .await
             .map_err(|e| Error::Internal(format!("compiling the plugin panicked: {e}")))?
-            .map_err(|e| Error::BadRequest(format!("plugin {name} refused: {e}")))?;
+            .map_err(|e| e.of(name))?;
         let _ddl = self.inner.ddl.lock().await;
         let state = self.inner.adhoc.state();
         for f in &prepared.descriptor().functions {
@@ -145,11 +145,7 @@ impl Engine {
                     .collect()
             })
             .unwrap_or_default();
-        let entry = self
-            .inner
-            .plugins
-            .commit(name, prepared)
-            .map_err(|e| Error::Io(std::io::Error::other(e)))?;
+        let entry = self.inner.plugins.commit(name, prepared)?;
         let current = entry.current();
         for gone in before
             .iter()

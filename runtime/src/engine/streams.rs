@@ -8,7 +8,8 @@ use datafusion::arrow::array::StringArray;
 use datafusion::arrow::datatypes::SchemaRef;
 use weir_sql::{CreateStream, WatermarkSpec};
 
-use super::{Engine, SqlOutput, missing, rows};
+use super::introspect::rows;
+use super::{Engine, SqlOutput, missing};
 use crate::plugin::PluginEntry;
 use crate::{Error, Result};
 
@@ -122,7 +123,7 @@ impl Engine {
         })
     }
 
-    pub(super) fn show_streams(&self) -> SqlOutput {
+    pub(super) fn show_streams(&self) -> Result<SqlOutput> {
         let mut streams: Vec<Arc<StreamDef>> =
             self.inner.streams.iter().map(|s| s.clone()).collect();
         streams.sort_by(|a, b| a.name.cmp(&b.name));

@@ -14,6 +14,7 @@ use serde::Serialize;
 use wasmtime::InstancePre;
 use weir_sdk::Kind;
 
+use super::PluginError;
 use super::descriptor::{Descriptor, OutputSpec};
 use super::host::{CallFailure, PluginHost, PluginInstance, StoreState};
 use crate::durable::write_atomically;
@@ -339,7 +340,7 @@ pub struct Plugins {
 
 impl Plugins {
     /// Open the plugin store and load the newest version of every plugin in it.
-    pub fn open(host: PluginHost, data_dir: Option<&Path>) -> Result<Self, String> {
+    pub fn open(host: PluginHost, data_dir: Option<&Path>) -> Result<Self, PluginError> {
         let dir = data_dir.map(|d| d.join("plugins"));
         let plugins = Self {
             host: Arc::new(host),
@@ -368,7 +369,7 @@ impl Plugins {
             };
             let file = path.join(format!("{version}.wasm"));
             let loaded = std::fs::read(&file)
-                .map_err(|e| e.to_string())
+                .map_err(PluginError::Storage)
                 .and_then(|wasm| self.compile(&wasm, version));
             match loaded {
                 Ok(plugin) => {
@@ -381,7 +382,7 @@ impl Plugins {
         }
     }
 
-    fn compile(&self, wasm: &[u8], version: u32) -> Result<LoadedPlugin, String> {
+    fn compile(&self, wasm: &[u8], version: u32) -> Result<LoadedPlugin, PluginError> {
         let compiled = self.host.compile(wasm)?;
         Ok(LoadedPlugin {
             version,
@@ -412,19 +413,19 @@ impl Plugins {
     }
 
     /// Compile and check `wasm` without keeping it (the refusal says why).
-    pub fn check(&self, wasm: &[u8]) -> Result<Descriptor, String> {
+    pub fn check(&self, wasm: &[u8]) -> Result<Descriptor, PluginError> {
         self.host.compile(wasm).map(|c| c.descriptor)
     }
 
     /// Compile and check `wasm` (the slow part, done before any lock is taken).
-    pub fn prepare(&self, wasm: Vec<u8>) -> Result<Prepared, String> {
+    pub fn prepare(&self, wasm: Vec<u8>) -> Result<Prepared, PluginError> {
         let plugin = self.compile(&wasm, 0)?;
         Ok(Prepared { plugin, wasm })
     }
 
     /// Store a prepared module as the next version of `name` and make it current:
     /// calls switch to it at their next batch, and a failed plugin resumes.
-    pub fn commit(&self, name: &str, prepared: Prepared) -> Result<Arc<PluginEntry>, String> {
+    pub fn commit(&self, name: &str, prepared: Prepared) -> Result<Arc<PluginEntry>, PluginError> {
         let Prepared { mut plugin, wasm } = prepared;
         let existing = self.entries.get(name).map(|e| e.clone());
         let version = existing.as_ref().map_or(0, |e| e.current().version).max(
@@ -438,7 +439,12 @@ impl Plugins {
             let dir = dir.join(name);
             std::fs::create_dir_all(&dir)
                 .and_then(|_| write_atomically(&dir.join(format!("{version}.wasm")), &wasm))
-                .map_err(|e| format!("cannot store the plugin in {}: {e}", dir.display()))?;
+                .map_err(|e| {
+                    PluginError::Storage(std::io::Error::new(
+                        e.kind(),
+                        format!("cannot store the plugin in {}: {e}", dir.display()),
+                    ))
+                })?;
         }
         let entry = match existing {
             Some(entry) => {
@@ -458,7 +464,7 @@ impl Plugins {
     }
 
     /// `prepare` then `commit`.
-    pub fn install(&self, name: &str, wasm: &[u8]) -> Result<Arc<PluginEntry>, String> {
+    pub fn install(&self, name: &str, wasm: &[u8]) -> Result<Arc<PluginEntry>, PluginError> {
         let prepared = self.prepare(wasm.to_vec())?;
         self.commit(name, prepared)
     }

@@ -102,8 +102,8 @@ impl HttpInput {
             };
             if self.tx.try_send(chunk).is_err() {
                 release();
-                return Err(Error::NotFound(format!(
-                    "source {} has stopped",
+                return Err(Error::Unavailable(format!(
+                    "source {} has stopped: its pipeline ended (see the log); retry once it runs again",
                     source.name
                 )));
             }
@@ -190,8 +190,8 @@ impl HttpInput {
             true
         })?;
         if stopped {
-            return Err(Error::NotFound(format!(
-                "source {} has stopped",
+            return Err(Error::Unavailable(format!(
+                "source {} has stopped: its pipeline ended (see the log); retry once it runs again",
                 source.name
             )));
         }

@@ -134,7 +134,7 @@ impl Wal {
         let created = !path.exists();
         let file = OpenOptions::new().create(true).append(true).open(&path)?;
         if created {
-            File::open(dir)?.sync_all()?;
+            crate::durable::sync_dir(dir)?;
         }
         Ok(Self {
             dir: dir.to_path_buf(),
@@ -214,7 +214,7 @@ impl Wal {
                 .create(true)
                 .append(true)
                 .open(self.dir.join(segment_name(w.end)))?;
-            File::open(&self.dir)?.sync_all()?;
+            crate::durable::sync_dir(&self.dir)?;
             w.segment_start = w.end;
             w.file = file;
         }

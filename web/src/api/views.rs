@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderValue};
 use axum::response::Response;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::{Stream, StreamExt};
@@ -63,14 +63,23 @@ pub async fn rows(
     if let Some(limit) = q.limit {
         batches = newest(batches, limit);
     }
-    rows_response(Format::from_headers(&headers), &view.schema, &batches)
+    let mut response = rows_response(Format::from_headers(&headers), &view.schema, &batches)?;
+    // Rows the view no longer holds: say so, whatever the format.
+    if let Some(cut) = view.rows_cut() {
+        let h = response.headers_mut();
+        h.insert(
+            "weir-rows-released",
+            HeaderValue::from(view.rows_released()),
+        );
+        if let Ok(v) = HeaderValue::from_str(&cut) {
+            h.insert("weir-rows-cut", v);
+        }
+    }
+    Ok(response)
 }
 
 /// Keep the newest `limit` rows of `batches`.
-fn newest(
-    batches: Vec<datafusion::arrow::array::RecordBatch>,
-    limit: usize,
-) -> Vec<datafusion::arrow::array::RecordBatch> {
+fn newest(batches: Vec<arrow::array::RecordBatch>, limit: usize) -> Vec<arrow::array::RecordBatch> {
     let mut out = Vec::new();
     let mut remaining = limit;
     for b in batches.into_iter().rev() {
@@ -134,6 +143,6 @@ pub async fn stream(
 
 /// What a stream follows.
 enum Changes {
-    Live(tokio::sync::broadcast::Receiver<datafusion::arrow::array::RecordBatch>),
-    Committed(tokio::sync::broadcast::Receiver<(u64, datafusion::arrow::array::RecordBatch)>),
+    Live(tokio::sync::broadcast::Receiver<arrow::array::RecordBatch>),
+    Committed(tokio::sync::broadcast::Receiver<(u64, arrow::array::RecordBatch)>),
 }

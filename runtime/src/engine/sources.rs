@@ -1,0 +1,321 @@
+//! Sources: CREATE and DROP SOURCE, HTTP ingest, and the sources' status.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize};
+
+use datafusion::arrow::datatypes::Schema;
+use parking_lot::Mutex;
+
+use super::{Engine, SqlOutput, missing};
+use crate::batch::BatchPolicy;
+use crate::decode::JsonDecoder;
+use crate::options::{self, CommonOptions};
+use crate::pipeline::Pipeline;
+use crate::source::http::{self, HttpInput, IngestReport};
+use crate::source::nexmark::{self, NexmarkOptions};
+use crate::source::{SourceRuntime, SourceState, SourceStatus};
+use crate::{Error, Result};
+use weir_sql::{CreateSource, Statement, WatermarkSpec, parse_statement};
+
+impl Engine {
+    pub(super) fn create_source(&self, s: CreateSource, sql: &str) -> Result<SqlOutput> {
+        let name = s.name.clone();
+        if self.inner.sources.contains_key(&name)
+            || self.inner.views.contains_key(&name)
+            || self.inner.streams.contains_key(&name)
+        {
+            if s.if_not_exists && self.inner.sources.contains_key(&name) {
+                return Ok(SqlOutput::Done {
+                    message: format!("source {name} already exists"),
+                });
+            }
+            return Err(Error::Conflict(format!(
+                "the name {name} is taken; DROP it first or choose another"
+            )));
+        }
+        let common: CommonOptions = options::parse(&name, &s.options)?;
+        if let Some(f) = common.format.as_deref()
+            && !f.eq_ignore_ascii_case("json")
+        {
+            return Err(Error::BadRequest(format!(
+                "source {name}: format '{f}' is not supported; use 'json'"
+            )));
+        }
+        let known = match common.connector.as_str() {
+            "http" => crate::source::http::OPTIONS,
+            "file" => crate::source::file::OPTIONS,
+            "nexmark" => nexmark::OPTIONS,
+            other => {
+                return Err(Error::BadRequest(format!(
+                    "source {name}: connector '{other}' is not supported; use 'http', 'nexmark' or 'file'"
+                )));
+            }
+        };
+        if let Some(unknown) = s.options.keys().find(|k| !known.contains(&k.as_str())) {
+            return Err(Error::BadRequest(format!(
+                "source {name}: unknown option '{unknown}' for connector '{}'; known options: {}",
+                common.connector,
+                known.join(", ")
+            )));
+        }
+        let file = match common.connector.as_str() {
+            "file" => {
+                let path = s.options.get("path").ok_or_else(|| {
+                    Error::BadRequest(format!(
+                        "source {name}: a file source needs path = 'name.jsonl' (inside {})",
+                        self.inner.config.files_dir().display()
+                    ))
+                })?;
+                Some(crate::source::file::resolve(
+                    &self.inner.config.files_dir(),
+                    path,
+                )?)
+            }
+            _ => None,
+        };
+        let batch = BatchPolicy::new(common.batch(self.inner.config.batch));
+        let (schema, watermark) = match common.connector.as_str() {
+            "nexmark" => {
+                if !s.columns.is_empty() {
+                    return Err(Error::BadRequest(format!(
+                        "source {name}: nexmark sources take their columns from the generator; leave out the column list"
+                    )));
+                }
+                let opts: NexmarkOptions = options::parse(&name, &s.options)?;
+                let default_wm = WatermarkSpec {
+                    column: "date_time".into(),
+                    delay: std::time::Duration::from_secs(4),
+                };
+                (
+                    opts.table.schema(),
+                    Some(s.watermark.clone().unwrap_or(default_wm)),
+                )
+            }
+            _ => {
+                if s.columns.is_empty() {
+                    return Err(Error::BadRequest(format!(
+                        "source {name}: declare its columns, e.g. CREATE SOURCE {name} (id BIGINT, ts TIMESTAMP) WITH (...)"
+                    )));
+                }
+                (
+                    Arc::new(Schema::new(s.columns.clone())),
+                    s.watermark.clone(),
+                )
+            }
+        };
+        if let Some(wm) = &watermark {
+            match schema
+                .index_of(&wm.column)
+                .map(|i| schema.field(i).data_type())
+            {
+                Err(_) => {
+                    return Err(Error::BadRequest(format!(
+                        "source {name}: WATERMARK FOR {}: no such column",
+                        wm.column
+                    )));
+                }
+                Ok(t) if *t != weir_sql::schema::TIMESTAMP => {
+                    return Err(Error::BadRequest(format!(
+                        "source {name}: WATERMARK FOR {}: the column must be a TIMESTAMP, not {t}",
+                        wm.column
+                    )));
+                }
+                Ok(_) => {}
+            }
+        }
+        let m = &self.inner.metrics;
+        let stop = Arc::new(AtomicBool::new(false));
+        let active = Arc::new(AtomicBool::new(false));
+        let buffer = self.inner.config.http.buffer_chunks.max(1);
+        let (tx, rx) = std::sync::mpsc::sync_channel(buffer);
+        let buffered = Arc::new(AtomicUsize::new(0));
+        let mut resume = self.restored_position(&name, sql);
+        let wal = match common.connector.as_str() {
+            "http" if self.inner.checkpoints.enabled() => Some(self.open_wal(&name)?),
+            _ => None,
+        };
+        // An HTTP source replays its log after the catalog: from the checkpoint's
+        // position if the checkpoint was taken on this log, else from its start.
+        let replay_from = wal.as_ref().map(|wal| {
+            let from = match &resume {
+                Some((p, _)) if p.0.get(http::WAL_ID).map(String::as_str) == Some(wal.id()) => {
+                    p.offset(http::WAL_POSITION).unwrap_or(0)
+                }
+                // A checkpoint of an earlier source of this name: its state does not apply.
+                Some(_) => {
+                    self.forget_restored(&name);
+                    resume = None;
+                    0
+                }
+                None => 0,
+            };
+            tracing::info!(source = %name, from, end = wal.end(), "write-ahead log opened");
+            from
+        });
+        let http = (common.connector == "http").then(|| HttpInput {
+            tx: tx.clone(),
+            buffered: buffered.clone(),
+            capacity: buffer,
+            decoder: JsonDecoder::new(schema.clone()),
+            next_position: AtomicU64::new(0),
+            wal,
+            replay_from: Mutex::new(replay_from),
+        });
+        let source = Arc::new(SourceRuntime {
+            name: name.clone(),
+            connector: common.connector.clone(),
+            sql: sql.trim().to_string(),
+            schema,
+            watermark,
+            views: Mutex::new(Vec::new()),
+            state: Mutex::new(SourceState::Running),
+            current_watermark: AtomicI64::new(i64::MIN),
+            stop: stop.clone(),
+            active: active.clone(),
+            http,
+            records_in: m.records_in.with_label_values(&[&name]),
+            batches: m.batches.with_label_values(&[&name]),
+            dead_letters: m.dead_letters.with_label_values(&[&name]),
+            watermark_gauge: m.watermark.with_label_values(&[&name]),
+            checkpoint: Default::default(),
+            // Idle counts from creation: a source that never sends goes idle too.
+            last_chunk_ms: AtomicI64::new(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as i64),
+            ),
+        });
+        let mut pipeline = Pipeline::new(
+            source.clone(),
+            batch,
+            self.inner.dead_letters.clone(),
+            m.batch_latency.with_label_values(&[&name]),
+            source.http.as_ref().map(|_| buffered),
+        )
+        .idle_after(self.inner.config.idle_timeout)
+        .aligned_by(self.inner.alignment.clone());
+        let start_event = resume
+            .as_ref()
+            .and_then(|(p, _)| p.offset(nexmark::POSITION))
+            .unwrap_or(0);
+        let file_offset = resume
+            .as_ref()
+            .and_then(|(p, _)| p.offset(crate::source::file::POSITION))
+            .unwrap_or(0);
+        if let Some((position, watermark)) = resume {
+            pipeline = pipeline.resume_at(position, watermark);
+        }
+        pipeline.spawn(rx)?;
+        if let Some(path) = file {
+            crate::source::file::FileReader {
+                source: name.clone(),
+                path,
+                start: file_offset,
+                decoder: JsonDecoder::new(source.schema.clone()),
+                tx: tx.clone(),
+                stop: stop.clone(),
+                active: active.clone(),
+                records_in: source.records_in.clone(),
+                dead_letter_count: source.dead_letters.clone(),
+                dead_letters: self.inner.dead_letters.clone(),
+            }
+            .spawn()?;
+        }
+        if common.connector == "nexmark" {
+            let opts: NexmarkOptions = options::parse(&name, &s.options)?;
+            nexmark::spawn(
+                &name,
+                &opts,
+                start_event,
+                batch.max_rows().min(4096),
+                tx,
+                stop,
+                active,
+                source.records_in.clone(),
+            )?;
+        }
+        self.inner.sources.insert(name.clone(), source);
+        tracing::info!(source = %name, connector = %common.connector, "source created");
+        Ok(SqlOutput::Done {
+            message: format!("source {name} created"),
+        })
+    }
+
+    pub(super) fn drop_source(&self, name: &str, if_exists: bool) -> Result<SqlOutput> {
+        let Some(source) = self.inner.sources.get(name).map(|s| s.clone()) else {
+            return missing(if_exists, format!("no source named {name}"));
+        };
+        let mut users: Vec<String> = source.views.lock().iter().map(|v| v.name.clone()).collect();
+        users.extend(self.streams_where(|s| s.source == name));
+        if !users.is_empty() {
+            return Err(Error::Conflict(format!(
+                "source {name} is read by {}; drop them first",
+                users.join(", ")
+            )));
+        }
+        source.shut_down();
+        if let Some(wal) = source.http.as_ref().and_then(|h| h.wal.as_ref())
+            && let Err(e) = wal.destroy()
+        {
+            tracing::warn!(source = %name, error = %e, "cannot remove the write-ahead log of a dropped source");
+        }
+        self.inner.sources.remove(name);
+        let m = &self.inner.metrics;
+        for family in [&m.records_in, &m.batches, &m.dead_letters] {
+            let _ = family.remove_label_values(&[name]);
+        }
+        let _ = m.batch_latency.remove_label_values(&[name]);
+        let _ = m.watermark.remove_label_values(&[name]);
+        Ok(SqlOutput::Done {
+            message: format!("source {name} dropped"),
+        })
+    }
+
+    /// Push a request body into an HTTP source.
+    /// A request with an `idempotency_key` already logged is answered as it was then.
+    pub fn ingest(
+        &self,
+        source: &str,
+        body: &[u8],
+        idempotency_key: Option<&str>,
+    ) -> Result<IngestReport> {
+        let s = self.source(source)?;
+        let input = s.http.as_ref().ok_or_else(|| {
+            Error::BadRequest(format!(
+                "source {source} is fed by its {} connector, not over HTTP",
+                s.connector
+            ))
+        })?;
+        if *s.state.lock() != SourceState::Running {
+            return Err(Error::Conflict(format!("source {source} is not running")));
+        }
+        input.ingest(&s, body, idempotency_key, &self.inner.dead_letters)
+    }
+
+    pub fn source(&self, name: &str) -> Result<Arc<SourceRuntime>> {
+        self.inner
+            .sources
+            .get(name)
+            .map(|s| s.clone())
+            .ok_or_else(|| Error::NotFound(format!("no source named {name}")))
+    }
+
+    pub fn sources(&self) -> Vec<SourceStatus> {
+        let mut out: Vec<_> = self.inner.sources.iter().map(|s| s.status()).collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// Options of a source as declared, for status pages.
+    pub fn source_options(&self, name: &str) -> Result<BTreeMap<String, String>> {
+        let s = self.source(name)?;
+        Ok(parse_statement(&s.sql)
+            .ok()
+            .and_then(|st| match st {
+                Statement::CreateSource(c) => Some(c.options),
+                _ => None,
+            })
+            .unwrap_or_default())
+    }
+}

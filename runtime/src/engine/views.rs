@@ -1,0 +1,234 @@
+//! Views: CREATE and DROP MATERIALIZED VIEW (planned by weir-sql, fed by the
+//! pipelines of the sources they read), and the views' status.
+
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::common::TableReference;
+
+use super::{Engine, SqlOutput, missing};
+use crate::view::{ViewRuntime, ViewStatus, ViewTable};
+use crate::{Error, Result};
+use weir_sql::planner::{SourceCatalog, SourceInfo};
+use weir_sql::{ContinuousQuery, CreateView, WatermarkSpec};
+
+impl Engine {
+    pub(super) async fn create_view(&self, mut v: CreateView, sql: &str) -> Result<SqlOutput> {
+        let name = v.name.clone();
+        // How many rows the view keeps is the runtime's business, not the query's.
+        let max_rows = match v.options.remove("max_rows") {
+            None => Some(self.inner.config.view_max_rows),
+            Some(text) => max_rows(&name, &text)?,
+        };
+        if self.inner.views.contains_key(&name)
+            || self.inner.sources.contains_key(&name)
+            || self.inner.streams.contains_key(&name)
+        {
+            if v.if_not_exists && self.inner.views.contains_key(&name) {
+                return Ok(SqlOutput::Done {
+                    message: format!("view {name} already exists"),
+                });
+            }
+            return Err(Error::Conflict(format!(
+                "the name {name} is taken; DROP it first or choose another"
+            )));
+        }
+        // Views it reads are tables a source may be joined with (stream-table joins).
+        let mut tables = weir_sql::planner::LookupTables::new();
+        for name in weir_sql::planner::view_relations(&v.query) {
+            if let Some(view) = self.inner.views.get(&name) {
+                tables.insert(name, Arc::new(ViewTable(view.clone())));
+            }
+        }
+        let table_names: Vec<String> = tables.keys().cloned().collect();
+        let query =
+            ContinuousQuery::plan_with(&v, &self.catalog(), &self.plugin_functions(), &tables)
+                .await?;
+        let mut plugins = self.plugins_called_by(&v.query);
+        let mut operators = query.operators.clone();
+        // A view over a stream runs on the stream's source, behind the stream's transform.
+        let stream = self.inner.streams.get(&query.source).map(|s| s.clone());
+        let (source_name, operator) = match &stream {
+            Some(s) => {
+                if !plugins.iter().any(|p| Arc::ptr_eq(p, &s.plugin)) {
+                    plugins.push(s.plugin.clone());
+                }
+                operators.insert(
+                    1,
+                    (
+                        "transform".to_string(),
+                        format!(
+                            "stream {} = plugin {}.{}",
+                            s.name, s.plugin.name, s.transform
+                        ),
+                    ),
+                );
+                let operator: Box<dyn weir_sql::Operator> =
+                    Box::new(crate::plugin::transform::TransformThen {
+                        plugin: s.plugin.clone(),
+                        transform: s.transform.clone(),
+                        then: query.operator,
+                    });
+                (s.source.clone(), operator)
+            }
+            None => (query.source.clone(), query.operator),
+        };
+        let source = self
+            .inner
+            .sources
+            .get(&source_name)
+            .map(|s| s.clone())
+            .ok_or_else(|| Error::NotFound(format!("no source named {source_name}")))?;
+        // A join of several sources: every input feeds the view from its own pipeline.
+        let mut inputs = Vec::new();
+        if !query.other_sources.is_empty() {
+            if stream.is_some()
+                || query
+                    .other_sources
+                    .iter()
+                    .any(|s| self.inner.streams.contains_key(s))
+            {
+                return Err(Error::BadRequest(format!(
+                    "view {name} joins a stream: joins of several inputs read sources only, for now"
+                )));
+            }
+            if !plugins.is_empty() {
+                return Err(Error::BadRequest(format!(
+                    "view {name}: plugin functions in a join of several sources are not supported yet"
+                )));
+            }
+            inputs.push(source.clone());
+            for other in &query.other_sources {
+                inputs.push(self.source(other)?);
+            }
+        }
+        let m = &self.inner.metrics;
+        let view = Arc::new(
+            ViewRuntime::new(
+                name.clone(),
+                source_name.clone(),
+                sql.trim().to_string(),
+                query.description.clone(),
+                operators,
+                query.output_schema.clone(),
+                operator,
+                max_rows,
+                m.late_rows.with_label_values(&[&name]),
+                m.rows_emitted.with_label_values(&[&name]),
+            )
+            .with_plugins(plugins)
+            .with_stream(stream.map(|s| s.name.clone()))
+            .with_checkpoints(self.inner.checkpoints.enabled())
+            .with_inputs(&inputs)
+            .with_tables(table_names),
+        );
+        self.inner.adhoc.register_table(
+            TableReference::bare(name.as_str()),
+            Arc::new(ViewTable(view.clone())),
+        )?;
+        self.restore_view(&view);
+        let fed_by = if inputs.is_empty() {
+            vec![source]
+        } else {
+            inputs
+        };
+        for s in &fed_by {
+            s.views.lock().push(view.clone());
+            if !self.replaying() {
+                s.active.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        self.inner.views.insert(name.clone(), view);
+        tracing::info!(view = %name, source = %query.source, plan = %query.description, "view created");
+        Ok(SqlOutput::Done {
+            message: format!("view {name} created"),
+        })
+    }
+
+    /// What a view may read: every source's schema and watermark.
+    pub(super) fn catalog(&self) -> SourceCatalog {
+        let info = |name: &String, schema: &SchemaRef, watermark: &Option<WatermarkSpec>| {
+            let (schema, watermark) = (schema.clone(), watermark.clone());
+            (name.clone(), SourceInfo { schema, watermark })
+        };
+        let sources = self
+            .inner
+            .sources
+            .iter()
+            .map(|s| info(s.key(), &s.schema, &s.watermark));
+        let streams = self
+            .inner
+            .streams
+            .iter()
+            .map(|s| info(s.key(), &s.schema, &s.watermark));
+        sources.chain(streams).collect()
+    }
+
+    pub(super) fn drop_view(&self, name: &str, if_exists: bool) -> Result<SqlOutput> {
+        let mut readers: Vec<String> = self
+            .inner
+            .views
+            .iter()
+            .filter(|v| v.tables.iter().any(|t| t == name))
+            .map(|v| v.name.clone())
+            .collect();
+        if !readers.is_empty() {
+            readers.sort();
+            return Err(Error::BadRequest(format!(
+                "view {name} is joined by {}: drop {} first",
+                readers.join(", "),
+                if readers.len() == 1 { "it" } else { "them" }
+            )));
+        }
+        let Some((_, view)) = self.inner.views.remove(name) else {
+            return missing(if_exists, format!("no view named {name}"));
+        };
+        let fed_by = if view.is_join() {
+            view.input_names.clone()
+        } else {
+            vec![view.source.clone()]
+        };
+        for s in fed_by {
+            if let Some(source) = self.inner.sources.get(&s) {
+                source.views.lock().retain(|v| v.name != name);
+            }
+        }
+        self.inner
+            .adhoc
+            .deregister_table(TableReference::bare(name))?;
+        // A view of the same name later starts its counters from zero.
+        let m = &self.inner.metrics;
+        let _ = m.late_rows.remove_label_values(&[name]);
+        let _ = m.rows_emitted.remove_label_values(&[name]);
+        Ok(SqlOutput::Done {
+            message: format!("view {name} dropped"),
+        })
+    }
+
+    pub fn view(&self, name: &str) -> Result<Arc<ViewRuntime>> {
+        self.inner
+            .views
+            .get(name)
+            .map(|v| v.clone())
+            .ok_or_else(|| Error::NotFound(format!("no view named {name}")))
+    }
+
+    pub fn views(&self) -> Vec<ViewStatus> {
+        let mut out: Vec<_> = self.inner.views.iter().map(|v| v.status()).collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+}
+
+/// A view's `max_rows` option: a positive number of rows, or `'unbounded'`.
+fn max_rows(view: &str, text: &str) -> Result<Option<usize>> {
+    if text.trim().eq_ignore_ascii_case("unbounded") {
+        return Ok(None);
+    }
+    match text.trim().replace('_', "").parse::<usize>() {
+        Ok(n) if n > 0 => Ok(Some(n)),
+        _ => Err(Error::BadRequest(format!(
+            "view {view}: max_rows must be a positive number of rows or 'unbounded', not '{text}'"
+        ))),
+    }
+}
