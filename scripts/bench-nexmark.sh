@@ -5,8 +5,10 @@
 # With CHECKPOINT_INTERVAL (default 10s) it also reports the checkpoints taken meanwhile.
 # QUERY=q5 runs Nexmark q5 instead of the tumbling aggregate; QUERY=session a SESSION view;
 # QUERY=q8 a window join and QUERY=q3 an interval join of the person and auction sources;
-# QUERY=q4 an aggregate over an interval join of auctions and bids.
-# Usage: [QUERY=tumble|q5|session|q8|q3|q4] [VIEW_MAX_ROWS=n] [CHECKPOINT_INTERVAL=1s] scripts/bench-nexmark.sh [events]   (default 20,000,000)
+# QUERY=q4 an aggregate over an interval join of auctions and bids; QUERY=stream3 three
+# views (a filter, a tumbling aggregate, an updating aggregate) over one derived stream
+# (the passthrough plugin's transform of the bids).
+# Usage: [QUERY=tumble|q5|session|q8|q3|q4|stream3] [VIEW_MAX_ROWS=n] [CHECKPOINT_INTERVAL=1s] scripts/bench-nexmark.sh [events]   (default 20,000,000)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/weir-target}"
@@ -51,7 +53,17 @@ case "${QUERY:-tumble}" in
     WAIT="auction bids"
     OPTIONS="WITH (state_ttl = '10 seconds')"
     VIEW="SELECT Q.category, avg(Q.final) AS avg_final FROM (SELECT A.id, A.category, A.date_time, max(B.price) AS final FROM auction AS A JOIN bids AS B ON A.id = B.auction AND B.date_time BETWEEN A.date_time AND A.expires GROUP BY A.id, A.category, A.date_time) AS Q GROUP BY Q.category" ;;
-  *) echo "QUERY must be tumble, q5, session, q8, q3 or q4" >&2; exit 2 ;;
+  # Three views over one derived stream: the transform runs once per batch for all.
+  stream3)
+    WASM="${WASM:-$CARGO_TARGET_DIR/wasm32-unknown-unknown/plugin/weir_plugin_passthrough.wasm}"
+    [ -f "$WASM" ] || scripts/build-plugins.sh > /dev/null
+    curl -sf --data-binary @"$WASM" "$URL/api/v1/plugins?name=passthrough" > /dev/null
+    sql "CREATE STREAM s AS TRANSFORM bids USING PLUGIN 'passthrough.passthrough'"
+    START=$(date +%s.%N)   # the bids flow from the first view on
+    sql "CREATE MATERIALIZED VIEW big AS SELECT auction, price FROM s WHERE price > 10000000"
+    sql "CREATE MATERIALIZED VIEW per_channel AS SELECT channel, count(*) AS n, max(price) AS top FROM s GROUP BY channel"
+    VIEW="SELECT window_start, window_end, auction, count(*) AS n FROM TUMBLE(s, date_time, INTERVAL '10' SECOND) GROUP BY window_start, window_end, auction" ;;
+  *) echo "QUERY must be tumble, q5, session, q8, q3, q4 or stream3" >&2; exit 2 ;;
 esac
 sql "CREATE MATERIALIZED VIEW q ${OPTIONS:-} AS $VIEW"
 for s in ${WAIT:-bids}; do

@@ -54,6 +54,7 @@ pub struct ViewRuntime {
     pub(crate) last_error: Mutex<Option<String>>,
     /// Published after each operator call, so status pages never wait for the operator.
     open_windows: AtomicUsize,
+    /// As last measured on read (see `state_bytes()`).
     state_bytes: AtomicUsize,
     /// Plugins whose functions the view calls; a failed one pauses the view.
     pub plugins: Vec<Arc<PluginEntry>>,
@@ -271,8 +272,21 @@ impl ViewRuntime {
             });
         self.open_windows
             .store(op.open_windows(), Ordering::Relaxed);
-        self.state_bytes.store(op.state_size(), Ordering::Relaxed);
+        // state_size walks every held buffer: it is measured when read, not per batch.
         result
+    }
+
+    /// The bytes the operator holds: measured now if the operator is free, else as
+    /// last measured (a status page never waits for a batch to finish).
+    fn state_bytes(&self) -> usize {
+        match self.operator.try_lock() {
+            Some(op) => {
+                let bytes = op.state_size();
+                self.state_bytes.store(bytes, Ordering::Relaxed);
+                bytes
+            }
+            None => self.state_bytes.load(Ordering::Relaxed),
+        }
     }
 
     /// A change to subscribers now, and to committed subscribers once a checkpoint
@@ -488,7 +502,7 @@ impl ViewRuntime {
 
     pub fn status(&self) -> ViewStatus {
         let open_windows = self.open_windows.load(Ordering::Relaxed);
-        let state_bytes = self.state_bytes.load(Ordering::Relaxed);
+        let state_bytes = self.state_bytes();
         let paused = self.paused();
         let error = paused.clone().or_else(|| self.last_error.lock().clone());
         ViewStatus {

@@ -11,6 +11,7 @@ use weir_sql::{CreateStream, WatermarkSpec};
 use super::introspect::rows;
 use super::{Engine, SqlOutput, missing};
 use crate::plugin::PluginEntry;
+use crate::plugin::transform::StreamTransform;
 use crate::{Error, Result};
 
 /// A declared stream.
@@ -21,6 +22,8 @@ pub struct StreamDef {
     pub transform: String,
     pub schema: SchemaRef,
     pub watermark: Option<WatermarkSpec>,
+    /// The transform every view of the stream shares: one call per batch for all.
+    pub shared: Arc<StreamTransform>,
 }
 
 impl Engine {
@@ -89,6 +92,7 @@ impl Engine {
         let stream = StreamDef {
             name: name.clone(),
             source: c.source.clone(),
+            shared: Arc::new(StreamTransform::new(plugin.clone(), spec.name.clone())),
             plugin,
             transform: spec.name.clone(),
             schema,

@@ -65,8 +65,7 @@ impl Engine {
                 );
                 let operator: Box<dyn weir_sql::Operator> =
                     Box::new(crate::plugin::transform::TransformThen {
-                        plugin: s.plugin.clone(),
-                        transform: s.transform.clone(),
+                        transform: s.shared.clone(),
                         then: query.operator,
                     });
                 (s.source.clone(), operator)

@@ -162,3 +162,49 @@ fn wasip1_imports_get_stubs_and_nothing_more() {
         .expect_err("exits");
     assert!(err.reason.contains("proc_exit(3)"), "{err}");
 }
+
+/// A transform that answers its input unchanged: the IPC bytes it was given.
+fn echo_transform() -> Vec<u8> {
+    let descriptor = r#"{"abi":1,"name":"echo","version":"1","functions":[],"transforms":[{"name":"echo","output":"same_as_input"}]}"#;
+    let source = format!(
+        r#"(module
+  (memory (export "memory") 2)
+  (data (i32.const 1024) "{data}")
+  (func (export "weir_abi_version") (result i32) (i32.const 1))
+  (func (export "weir_alloc") (param $n i32) (result i32)
+    (local $need i32)
+    (local.set $need (i32.sub (i32.shr_u (i32.add (i32.add (local.get $n) (i32.const 65536)) (i32.const 65535)) (i32.const 16)) (memory.size)))
+    (if (i32.gt_s (local.get $need) (i32.const 0))
+      (then (if (i32.lt_s (memory.grow (local.get $need)) (i32.const 0)) (then (return (i32.const 0))))))
+    (i32.const 65536))
+  (func (export "weir_describe") (result i64)
+    (i64.or (i64.shl (i64.const 1024) (i64.const 32)) (i64.const {len})))
+  (func (export "weir_call") (param i32 i32 i32 i32) (result i64)
+    (i64.or (i64.shl (i64.extend_i32_u (local.get 2)) (i64.const 32)) (i64.extend_i32_u (local.get 3))))
+)"#,
+        data = descriptor.replace('"', "\\\""),
+        len = descriptor.len()
+    );
+    wat::parse_str(&source).expect("valid wat")
+}
+
+#[test]
+fn a_stream_transform_runs_once_per_batch_however_many_views_read_it() {
+    let plugins = plugins();
+    let entry = plugins
+        .install("echo", &echo_transform())
+        .expect("installs");
+    let shared = transform::StreamTransform::new(entry.clone(), "echo".into());
+    let batch = numbers();
+    for _view in 0..3 {
+        assert_eq!(shared.apply(&batch).expect("echoes"), batch);
+    }
+    assert_eq!(
+        entry.status(Vec::new()).calls,
+        1,
+        "one call for three views"
+    );
+    // Equal values in other arrays are another batch.
+    assert_eq!(shared.apply(&numbers()).expect("echoes"), batch);
+    assert_eq!(entry.status(Vec::new()).calls, 2);
+}

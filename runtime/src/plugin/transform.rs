@@ -1,16 +1,63 @@
-//! A view over a derived stream: the stream's plugin transform runs on each batch of
-//! the source, then the view's own operator on the result.
+//! Derived streams at run time: a stream's plugin transform, shared by every view that
+//! reads the stream, runs once per batch of the source however many views read it; each
+//! view then runs its own operator on the result.
 
 use std::sync::Arc;
 
 use datafusion::arrow::array::RecordBatch;
+use parking_lot::Mutex;
 use weir_sql::{Collector, Operator};
 
 use super::PluginEntry;
 
-pub struct TransformThen {
+/// A stream's transform, with the result of the batch it last transformed.
+pub struct StreamTransform {
     pub plugin: Arc<PluginEntry>,
     pub transform: String,
+    /// The last input and what it gave. Holding the input keeps its arrays alive, so no
+    /// later batch can have the same arrays: comparing them identifies the batch.
+    last: Mutex<Option<(RecordBatch, Result<RecordBatch, String>)>>,
+}
+
+impl StreamTransform {
+    pub fn new(plugin: Arc<PluginEntry>, transform: String) -> Self {
+        Self {
+            plugin,
+            transform,
+            last: Mutex::new(None),
+        }
+    }
+
+    /// The transform of `batch`: called once for a batch however many views ask.
+    pub fn apply(&self, batch: &RecordBatch) -> Result<RecordBatch, String> {
+        let mut last = self.last.lock();
+        if let Some((input, output)) = last.as_ref()
+            && same_arrays(input, batch)
+        {
+            return output.clone();
+        }
+        let output = self
+            .plugin
+            .call_transform(&self.transform, batch)
+            .map_err(|e| e.to_string());
+        *last = Some((batch.clone(), output.clone()));
+        output
+    }
+}
+
+/// The same batch: the very same arrays (not merely equal values).
+fn same_arrays(a: &RecordBatch, b: &RecordBatch) -> bool {
+    a.num_rows() == b.num_rows()
+        && a.num_columns() == b.num_columns()
+        && a.columns()
+            .iter()
+            .zip(b.columns())
+            .all(|(x, y)| Arc::ptr_eq(x, y))
+}
+
+/// A view over a derived stream: the stream's transform, then the view's operator.
+pub struct TransformThen {
+    pub transform: Arc<StreamTransform>,
     pub then: Box<dyn Operator>,
 }
 
@@ -22,9 +69,9 @@ impl Operator for TransformThen {
         out: &mut Collector,
     ) -> weir_sql::Result<()> {
         let transformed = self
-            .plugin
-            .call_transform(&self.transform, batch)
-            .map_err(|e| weir_sql::Error::Execution(e.to_string()))?;
+            .transform
+            .apply(batch)
+            .map_err(weir_sql::Error::Execution)?;
         self.then.process(&transformed, watermark, out)
     }
 
