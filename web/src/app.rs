@@ -311,6 +311,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn decimal_literals_are_exact_in_ad_hoc_queries() {
+        let app = test_app(64);
+        let (status, body) = call(
+            &app,
+            "POST",
+            "/api/v1/sql",
+            r#"{"sql": "SELECT 0.908 * 1589 AS euros, 0.1 + 0.2 = 0.3 AS exact"}"#,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["rows"][0][1], true, "{body}");
+        assert_eq!(
+            body["rows"][0][0].to_string().trim_matches('"'),
+            "1442.812",
+            "{body}"
+        );
+        assert!(
+            body["types"][0]
+                .as_str()
+                .is_some_and(|t| t.starts_with("Decimal128")),
+            "{body}"
+        );
+    }
+
+    #[tokio::test]
     async fn repeated_column_names_keep_their_values_and_views_over_views_are_refused() {
         let app = test_app(1024);
         let sql = r#"{"sql": "SELECT * FROM (SELECT 1 AS x) a JOIN (SELECT 2 AS x) b ON true"}"#;

@@ -15,9 +15,12 @@ use super::{Engine, SqlOutput};
 use crate::{Error, Result};
 
 /// The session ad hoc SQL runs in: it reads views only (no file formats, no URL tables).
+/// Literals with a decimal point are exact decimals, as in views (and PostgreSQL).
 pub(super) fn adhoc_context() -> SessionContext {
+    let mut config = SessionConfig::new().with_information_schema(false);
+    config.options_mut().sql_parser.parse_float_as_decimal = true;
     let state = SessionStateBuilder::new()
-        .with_config(SessionConfig::new().with_information_schema(false))
+        .with_config(config)
         .with_default_features()
         .with_table_factories(Default::default())
         .build();
