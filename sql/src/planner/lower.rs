@@ -12,6 +12,7 @@ use datafusion::physical_expr::{create_physical_expr, create_physical_sort_exprs
 
 use super::steps::{Step, Steps};
 use crate::aggregate::{AggregateCall, GroupedPlan};
+use crate::window::local::any_window_column;
 use crate::{Error, Result, invalid, unsupported};
 
 /// Lower the aggregate at `chain[at]` with the stateless steps before and after it.
@@ -32,14 +33,13 @@ pub(crate) fn lower_aggregate(
             "nested aggregation (a grouped subquery) is not supported yet"
         ));
     }
-    let is_window_key = |e: &Expr| matches!(e, Expr::Column(c) if c.name == "window_start" || c.name == "window_end");
     if agg.group_expr.is_empty() {
         return Err(unsupported!(
             "an aggregate without GROUP BY over a stream is not supported yet: group by a key, \
              or read FROM TUMBLE(source, time_column, size) and GROUP BY window_start, window_end"
         ));
     }
-    if windowed && !agg.group_expr.iter().any(is_window_key) {
+    if windowed && !any_window_column(&agg.input, &agg.group_expr) {
         return Err(invalid!(
             "a windowed query must GROUP BY window_start or window_end (and any keys)"
         ));

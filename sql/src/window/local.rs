@@ -1,9 +1,13 @@
 //! Which queries over a window may run whole per window: those whose every part stays
 //! inside one window (aggregates group by `window_start`, window functions partition by
 //! it, joins match on it), so that their answer for a window depends on that window's
-//! rows only.
+//! rows only. A window column stays the window under any alias (Nexmark's published
+//! queries rename it in subqueries: `window_start AS starttime`, then join on
+//! `starttime`); a column computed under its name is not the window.
 
-use datafusion::logical_expr::{Expr, LogicalPlan};
+use std::iter::repeat;
+
+use datafusion::logical_expr::{Distinct, Expr, JoinType, LogicalPlan};
 
 use crate::{Result, unsupported};
 
@@ -14,8 +18,92 @@ pub fn check_window_local(plan: &LogicalPlan) -> Result<()> {
     check(plan, true)
 }
 
-fn is_window_column(e: &Expr) -> bool {
-    matches!(e, Expr::Column(c) if c.name == "window_start" || c.name == "window_end")
+/// One of the two window columns of a windowed scan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Bound {
+    Start,
+    End,
+}
+
+/// For each output column of `plan`, which window column it is, if any: the
+/// `window_start` or `window_end` of a windowed scan, passed on unchanged under any name
+/// (projections, aliases, group keys, either side of a join).
+pub(crate) fn window_columns(plan: &LogicalPlan) -> Vec<Option<Bound>> {
+    let width = plan.schema().fields().len();
+    let of_exprs = |input: &LogicalPlan, exprs: &[Expr]| {
+        let kinds = window_columns(input);
+        exprs
+            .iter()
+            .map(|e| bound_in(input, &kinds, e))
+            .collect::<Vec<_>>()
+    };
+    let kinds = match plan {
+        LogicalPlan::TableScan(scan) => scan
+            .projected_schema
+            .fields()
+            .iter()
+            .map(|f| match f.name().as_str() {
+                "window_start" => Some(Bound::Start),
+                "window_end" => Some(Bound::End),
+                _ => None,
+            })
+            .collect(),
+        LogicalPlan::Projection(p) => of_exprs(&p.input, &p.expr),
+        // The group keys, then the aggregates.
+        LogicalPlan::Aggregate(a) => of_exprs(&a.input, &a.group_expr),
+        LogicalPlan::Distinct(Distinct::On(d)) => of_exprs(&d.input, &d.select_expr),
+        LogicalPlan::Join(j) => match j.join_type {
+            JoinType::LeftSemi | JoinType::LeftAnti | JoinType::LeftMark => window_columns(&j.left),
+            JoinType::RightSemi | JoinType::RightAnti | JoinType::RightMark => {
+                window_columns(&j.right)
+            }
+            JoinType::Inner | JoinType::Left | JoinType::Right | JoinType::Full => {
+                let mut kinds = window_columns(&j.left);
+                kinds.extend(window_columns(&j.right));
+                kinds
+            }
+        },
+        // A column of a union is a window column when it is the same one in every input.
+        LogicalPlan::Union(u) => {
+            let mut inputs = u.inputs.iter().map(|i| window_columns(i));
+            let first = inputs.next().unwrap_or_default();
+            inputs.fold(first, |kinds, other| {
+                kinds
+                    .iter()
+                    .zip(other)
+                    .map(|(a, b)| a.filter(|a| Some(*a) == b))
+                    .collect()
+            })
+        }
+        // The input's columns (a window function's results follow them).
+        LogicalPlan::Filter(_)
+        | LogicalPlan::Sort(_)
+        | LogicalPlan::Limit(_)
+        | LogicalPlan::SubqueryAlias(_)
+        | LogicalPlan::Distinct(Distinct::All(_))
+        | LogicalPlan::Window(_) => match plan.inputs().as_slice() {
+            [input] => window_columns(input),
+            _ => Vec::new(),
+        },
+        _ => Vec::new(),
+    };
+    kinds.into_iter().chain(repeat(None)).take(width).collect()
+}
+
+/// Which window column `e` (an expression over `input`, whose columns are `kinds`) is:
+/// a column of the input that is one, under any alias.
+fn bound_in(input: &LogicalPlan, kinds: &[Option<Bound>], e: &Expr) -> Option<Bound> {
+    let Expr::Column(c) = e.clone().unalias() else {
+        return None;
+    };
+    let i = input.schema().index_of_column(&c).ok()?;
+    kinds.get(i).copied().flatten()
+}
+
+/// Whether any of `exprs` (over `input`) is a window column.
+pub(crate) fn any_window_column(input: &LogicalPlan, exprs: &[Expr]) -> bool {
+    let kinds = window_columns(input);
+    exprs.iter().any(|e| bound_in(input, &kinds, e).is_some())
 }
 
 fn check(plan: &LogicalPlan, top: bool) -> Result<()> {
@@ -42,10 +130,10 @@ fn check(plan: &LogicalPlan, top: bool) -> Result<()> {
             ));
         }
         LogicalPlan::Aggregate(a) => {
-            if !a.group_expr.iter().any(is_window_column) {
+            if !any_window_column(&a.input, &a.group_expr) {
                 return Err(unsupported!(
                     "every aggregation in a windowed view must GROUP BY window_start or window_end \
-                     (keep those names in subqueries), so it stays inside one window"
+                     (under any alias), so it stays inside one window"
                 ));
             }
         }
@@ -54,7 +142,7 @@ fn check(plan: &LogicalPlan, top: bool) -> Result<()> {
                 let Expr::WindowFunction(f) = e.clone().unalias() else {
                     continue;
                 };
-                if !f.params.partition_by.iter().any(is_window_column) {
+                if !any_window_column(&w.input, &f.params.partition_by) {
                     return Err(unsupported!(
                         "window functions in a windowed view must PARTITION BY window_start or \
                          window_end, so they stay inside one window: {e}"
@@ -63,11 +151,10 @@ fn check(plan: &LogicalPlan, top: bool) -> Result<()> {
             }
         }
         LogicalPlan::Join(j) => {
-            let same_window_column = |l: &Expr, r: &Expr| match (l, r) {
-                (Expr::Column(a), Expr::Column(b)) => {
-                    is_window_column(l) && is_window_column(r) && a.name == b.name
-                }
-                _ => false,
+            let (left, right) = (window_columns(&j.left), window_columns(&j.right));
+            let same_window_column = |l: &Expr, r: &Expr| {
+                let l = bound_in(&j.left, &left, l);
+                l.is_some() && l == bound_in(&j.right, &right, r)
             };
             if !j.on.iter().any(|(l, r)| same_window_column(l, r)) {
                 return Err(unsupported!(
@@ -77,11 +164,7 @@ fn check(plan: &LogicalPlan, top: bool) -> Result<()> {
             }
         }
         LogicalPlan::Distinct(_) => {
-            if plan
-                .schema()
-                .field_with_unqualified_name("window_start")
-                .is_err()
-            {
+            if !window_columns(plan).contains(&Some(Bound::Start)) {
                 return Err(unsupported!(
                     "SELECT DISTINCT in a windowed view must keep window_start among its columns"
                 ));

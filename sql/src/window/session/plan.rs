@@ -12,7 +12,7 @@ use crate::planner::narrow::{Planned, narrow};
 use crate::planner::window_call::WindowCall;
 use crate::planner::{ContinuousQuery, SourceInfo};
 use crate::window::Windowing;
-use crate::window::local::check_window_local;
+use crate::window::local::{any_window_column, check_window_local};
 use crate::{Result, unsupported};
 
 /// A SESSION view: sessions per key, each evaluated whole once it has ended.
@@ -51,7 +51,7 @@ pub(crate) async fn plan_session(
     let mut key_columns = Vec::new();
     for e in &lowest.group_expr {
         match e {
-            Expr::Column(c) if c.name == "window_start" || c.name == "window_end" => {}
+            e if any_window_column(&lowest.input, std::slice::from_ref(e)) => {}
             Expr::Column(c) => match narrowed.schema.index_of(&c.name) {
                 Ok(i) if i + 2 < narrowed.schema.fields().len() => key_columns.push(i),
                 _ => {
