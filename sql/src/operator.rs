@@ -1,9 +1,15 @@
 //! The operator contract: one required method processes a micro-batch; the watermark
 //! and close hooks default to no-ops, so a stateless operator implements one method.
+//! Operators of several inputs or parts mark each part's batches in their snapshots
+//! with schema metadata (`tag_input`, `tagged`).
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 
-use crate::Result;
+use crate::{Error, Result};
 
 /// Where an operator puts what it produces: result rows, and input rows it refused as late.
 #[derive(Debug, Default)]
@@ -110,5 +116,34 @@ pub trait Operator: Send {
     /// Number of windows still open, for status pages.
     fn open_windows(&self) -> usize {
         0
+    }
+}
+
+/// The schema metadata key that numbers a further input's rows in a snapshot.
+const INPUT_KEY: &str = "weir.input";
+
+/// `schema` marked as input `input`'s, for a snapshot of an operator of several inputs.
+pub(crate) fn tag_input(schema: &SchemaRef, input: usize) -> SchemaRef {
+    tagged(schema, INPUT_KEY, &input.to_string())
+}
+
+/// `schema` with the metadata `key = value` only: snapshots of operators with several
+/// parts mark each part's batches so (the checkpoint keeps schemas with their metadata).
+pub(crate) fn tagged(schema: &SchemaRef, key: &str, value: &str) -> SchemaRef {
+    Arc::new(
+        schema
+            .as_ref()
+            .clone()
+            .with_metadata(HashMap::from([(key.to_string(), value.to_string())])),
+    )
+}
+
+/// Which input a snapshot batch holds rows of (untagged: input 0).
+pub(crate) fn tagged_input(batch: &RecordBatch) -> Result<usize> {
+    match batch.schema().metadata().get(INPUT_KEY) {
+        None => Ok(0),
+        Some(n) => n
+            .parse()
+            .map_err(|_| Error::Execution(format!("a checkpointed batch names input {n:?}"))),
     }
 }

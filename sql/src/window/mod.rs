@@ -3,6 +3,15 @@
 //! slide, so they overlap (all aligned to the Unix epoch). [`split_by_window`] groups a
 //! batch's rows by window and sets aside late rows: those whose windows the watermark
 //! has all closed already.
+//!
+//! The operators that hold a window's rows live beside it: [`per_window`] runs a query
+//! whole per closed TUMBLE or HOP window ([`local`] checks that it stays inside one),
+//! [`session`] per ended SESSION. Windowed aggregates that are a chain run
+//! incrementally in [`crate::aggregate::windowed`].
+
+pub mod local;
+pub mod per_window;
+pub mod session;
 
 use std::collections::BTreeMap;
 
@@ -209,95 +218,4 @@ pub fn split_by_window(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn windows_are_aligned_to_the_epoch_including_negative_times() {
-        let t = Windowing::tumble(10_000).expect("size");
-        assert_eq!(t.start(0), 0);
-        assert_eq!(t.start(9_999), 0);
-        assert_eq!(t.start(10_000), 10_000);
-        assert_eq!(t.start(-1), -10_000);
-        assert_eq!(t.end(10_000), 20_000);
-        assert!(Windowing::tumble(0).is_err());
-    }
-
-    #[test]
-    fn one_open_window_takes_the_fast_path() {
-        let times = TimestampMillisecondArray::from(vec![10_000, 15_000, 19_999]);
-        let s = split_by_window(
-            &times,
-            Windowing::tumble(10_000).expect("size"),
-            Some(5_000),
-        );
-        assert_eq!(
-            s,
-            Split {
-                windows: vec![(10_000, None)],
-                late: None
-            }
-        );
-    }
-
-    #[test]
-    fn rows_are_grouped_by_window_and_late_rows_set_aside() {
-        let times = TimestampMillisecondArray::from(vec![
-            Some(25_000),
-            Some(3_000),
-            Some(12_000),
-            None,
-            Some(21_000),
-            Some(9_999),
-        ]);
-        // Watermark 10_000 closes [0, 10000): rows 1 and 5 are late, row 3 has no time.
-        let s = split_by_window(
-            &times,
-            Windowing::tumble(10_000).expect("size"),
-            Some(10_000),
-        );
-        assert_eq!(
-            s.windows,
-            vec![
-                (10_000, Some(UInt32Array::from(vec![2]))),
-                (20_000, Some(UInt32Array::from(vec![0, 4])))
-            ]
-        );
-        assert_eq!(s.late, Some(UInt32Array::from(vec![1, 3, 5])));
-    }
-
-    #[test]
-    fn hopping_windows_hold_each_row_size_over_slide_times() {
-        let hop = Windowing::hop(5_000, 10_000).expect("hop");
-        assert_eq!(hop.starts(12_000).collect::<Vec<_>>(), vec![10_000, 5_000]);
-        assert_eq!(hop.starts(10_000).collect::<Vec<_>>(), vec![10_000, 5_000]);
-        assert_eq!(hop.starts(-1).collect::<Vec<_>>(), vec![-5_000, -10_000]);
-        let uneven = Windowing::hop(3, 10).expect("hop");
-        assert_eq!(uneven.starts(10).collect::<Vec<_>>(), vec![9, 6, 3]);
-        assert!(
-            Windowing::hop(20, 10).is_err(),
-            "a slide above the size skips events"
-        );
-
-        // Watermark 15_000 closes [5s, 15s): row at 12s only goes to [10s, 20s);
-        // row at 9s has both its windows ([0, 10s), [5s, 15s)) closed: late.
-        let times = TimestampMillisecondArray::from(vec![12_000, 9_000, 16_000]);
-        let s = split_by_window(&times, hop, Some(15_000));
-        assert_eq!(
-            s.windows,
-            vec![
-                (10_000, Some(UInt32Array::from(vec![0, 2]))),
-                (15_000, Some(UInt32Array::from(vec![2])))
-            ]
-        );
-        assert_eq!(s.late, Some(UInt32Array::from(vec![1])));
-    }
-
-    #[test]
-    fn window_ending_exactly_at_the_watermark_is_closed() {
-        let t = Windowing::tumble(10).expect("size");
-        assert!(t.is_closed(0, Some(10)));
-        assert!(!t.is_closed(0, Some(9)));
-        assert!(!t.is_closed(0, None));
-    }
-}
+mod tests;

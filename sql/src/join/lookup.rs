@@ -13,10 +13,18 @@ use std::sync::Arc;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::execution::SessionState;
 use datafusion::logical_expr::{JoinType, LogicalPlan};
+use datafusion::sql::sqlparser::ast;
 
+use crate::batch::{WindowRows, run_batch};
 use crate::operator::{Collector, Operator};
-use crate::per_window::{WindowRows, run_batch};
-use crate::{Result, unsupported};
+use crate::parser::CreateView;
+use crate::planner::explain::explain;
+use crate::planner::window_call::WindowCall;
+use crate::planner::{
+    ContinuousQuery, LookupTables, SourceCatalog, logical_plan, planning_context, register,
+    source_info,
+};
+use crate::{Result, invalid, unsupported};
 
 /// The running operator: the query, and the table its source's batch is read through.
 pub struct LookupJoin {
@@ -40,6 +48,94 @@ impl Operator for LookupJoin {
             .for_each(|b| out.emit(b));
         Ok(())
     }
+}
+
+/// A source joined with views (tables): each batch joined with the views' rows as they
+/// are then.
+pub(crate) async fn plan_lookup_join(
+    view: &CreateView,
+    sources: &SourceCatalog,
+    functions: &[datafusion::logical_expr::ScalarUDF],
+    names: &[String],
+    tables: &LookupTables,
+    windows: &[WindowCall],
+    query: Box<ast::Query>,
+) -> Result<ContinuousQuery> {
+    let (read_tables, read_sources): (Vec<&String>, Vec<&String>) = names
+        .iter()
+        .partition(|n| tables.contains_key(*n) && !sources.contains_key(*n));
+    let tables_named = read_tables
+        .iter()
+        .map(|t| t.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let source = match read_sources.as_slice() {
+        [one] => (*one).clone(),
+        [] => {
+            return Err(unsupported!(
+                "view {} reads only views ({tables_named}): views over views are not supported; \
+                 a view may read another view only as the table side of a join with a source",
+                view.name
+            ));
+        }
+        more => {
+            return Err(unsupported!(
+                "view {} joins views ({tables_named}) with several sources ({}): a stream-table join reads one source",
+                view.name,
+                more.iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+    };
+    if !windows.is_empty() {
+        return Err(unsupported!(
+            "view {}: windows in a join with a view are not supported; window the source in the view the join reads, or join first",
+            view.name
+        ));
+    }
+    if !view.options.is_empty() {
+        return Err(invalid!(
+            "view {}: a join of a source with a view takes no options",
+            view.name
+        ));
+    }
+    let info = source_info(sources, &source)?;
+    let ctx = planning_context(functions);
+    let table = Arc::new(WindowRows::new(info.schema.clone()));
+    register(&ctx, &source, table.clone())?;
+    for name in &read_tables {
+        register(&ctx, name, tables[*name].clone())?;
+    }
+    let session = ctx.state();
+    let plan = session.optimize(&logical_plan(&session, query).await?)?;
+    check_linear(&plan, &source)?;
+    let detail = format!(
+        "lookup join: each batch of {source} against the rows of {tables_named} as they are then \
+         (later changes of the table do not change emitted rows); no state of its own"
+    );
+    let mut operators = explain(&[], &source, info, None);
+    operators.push(("join".into(), detail.clone()));
+    operators.push((
+        "query".into(),
+        format!(
+            "per batch, in batch: {}",
+            plan.display_indent().to_string().replace('\n', "; ")
+        ),
+    ));
+    Ok(ContinuousQuery {
+        other_sources: Vec::new(),
+        operators,
+        source,
+        output_schema: Arc::new(plan.schema().as_arrow().clone()),
+        description: format!("source -> {detail}"),
+        operator: Box::new(LookupJoin {
+            plan,
+            session,
+            source: table,
+        }),
+    })
 }
 
 /// Check that every path from `source`'s scan to the top of `plan` only filters,

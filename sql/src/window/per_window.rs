@@ -10,69 +10,20 @@
 //! DataFusion in batch mode over exactly those rows. Memory is bounded by the rows of the
 //! open windows.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
-use async_trait::async_trait;
-use datafusion::arrow::array::{Array, AsArray, UInt32Array};
+use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::compute::{concat_batches, take_record_batch};
 use datafusion::arrow::datatypes::{SchemaRef, TimestampMillisecondType};
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::catalog::{Session, TableProvider};
-use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::execution::SessionState;
-use datafusion::logical_expr::{Expr, LogicalPlan, TableType};
-use datafusion::physical_plan::ExecutionPlan;
+use datafusion::logical_expr::LogicalPlan;
 
-use crate::operator::{Collector, Operator};
+use crate::batch::{WindowRows, run_batch};
+use crate::operator::{Collector, Operator, tag_input, tagged_input};
 use crate::window::{Windowing, event_times, split_by_window, with_window_columns};
-use crate::{Error, Result, unsupported};
-
-/// The table a per-window query reads: the rows of the window being evaluated.
-#[derive(Debug)]
-pub struct WindowRows {
-    schema: SchemaRef,
-    rows: Mutex<Vec<RecordBatch>>,
-}
-
-impl WindowRows {
-    pub fn new(schema: SchemaRef) -> Self {
-        Self {
-            schema,
-            rows: Mutex::new(Vec::new()),
-        }
-    }
-
-    pub(crate) fn set(&self, rows: Vec<RecordBatch>) {
-        *self.rows.lock().unwrap_or_else(|e| e.into_inner()) = rows;
-    }
-}
-
-#[async_trait]
-impl TableProvider for WindowRows {
-    fn schema(&self) -> SchemaRef {
-        self.schema.clone()
-    }
-
-    fn table_type(&self) -> TableType {
-        TableType::Base
-    }
-
-    async fn scan(
-        &self,
-        _state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        _filters: &[Expr],
-        _limit: Option<usize>,
-    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
-        let rows = self.rows.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        Ok(MemorySourceConfig::try_new_exec(
-            &[rows],
-            self.schema.clone(),
-            projection.cloned(),
-        )?)
-    }
-}
+use crate::{Error, Result};
 
 /// What a [`PerWindowQuery`] runs.
 pub struct PerWindowPlan {
@@ -126,42 +77,6 @@ impl PerWindowQuery {
     /// The query's answer over `rows` (one window's).
     fn evaluate(&self, rows: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
         run_batch(&self.plan.plan, &self.plan.session, &self.plan.table, rows)
-    }
-}
-
-/// Run `plan` in batch mode over `rows` (the rows its scans of `table` read).
-pub(crate) fn run_batch(
-    plan: &LogicalPlan,
-    session: &SessionState,
-    table: &WindowRows,
-    rows: Vec<RecordBatch>,
-) -> Result<Vec<RecordBatch>> {
-    table.set(rows);
-    // On a thread of its own, outside any async runtime: the plan is one partition
-    // (target_partitions = 1), so DataFusion runs it on this thread alone.
-    let result = std::thread::scope(|s| {
-        s.spawn(|| {
-            futures::executor::block_on(async {
-                let physical = session.create_physical_plan(plan).await?;
-                datafusion::physical_plan::collect(physical, session.task_ctx()).await
-            })
-        })
-        .join()
-    });
-    table.set(Vec::new());
-    match result {
-        // Results are kept by the view: copy them into buffers of their own size (a
-        // join's few output rows may otherwise pin buffers sized for a whole batch).
-        Ok(batches) => batches?
-            .iter()
-            .map(|b| {
-                let all = UInt32Array::from_iter_values(0..b.num_rows() as u32);
-                Ok(take_record_batch(b, &all)?)
-            })
-            .collect(),
-        Err(_) => Err(Error::Execution(
-            "the per-window query panicked".to_string(),
-        )),
     }
 }
 
@@ -355,35 +270,6 @@ impl Operator for PerWindowQuery {
     }
 }
 
-/// The schema metadata key that numbers a further input's rows in a snapshot.
-const INPUT_KEY: &str = "weir.input";
-
-/// `schema` marked as input `input`'s, for a snapshot of an operator of several inputs.
-pub(crate) fn tag_input(schema: &SchemaRef, input: usize) -> SchemaRef {
-    tagged(schema, INPUT_KEY, &input.to_string())
-}
-
-/// `schema` with the metadata `key = value` only: snapshots of operators with several
-/// parts mark each part's batches so (the checkpoint keeps schemas with their metadata).
-pub(crate) fn tagged(schema: &SchemaRef, key: &str, value: &str) -> SchemaRef {
-    Arc::new(
-        schema
-            .as_ref()
-            .clone()
-            .with_metadata(HashMap::from([(key.to_string(), value.to_string())])),
-    )
-}
-
-/// Which input a snapshot batch holds rows of (untagged: input 0).
-pub(crate) fn tagged_input(batch: &RecordBatch) -> Result<usize> {
-    match batch.schema().metadata().get(INPUT_KEY) {
-        None => Ok(0),
-        Some(n) => n
-            .parse()
-            .map_err(|_| Error::Execution(format!("a checkpointed batch names input {n:?}"))),
-    }
-}
-
 /// A checkpointed batch of one window's rows, in `schema`, and the window's start.
 fn restored_window(schema: &SchemaRef, batch: &RecordBatch) -> Result<(i64, RecordBatch)> {
     if batch.schema().fields().len() != schema.fields().len() {
@@ -399,97 +285,4 @@ fn restored_window(schema: &SchemaRef, batch: &RecordBatch) -> Result<(i64, Reco
         .map(|s| s.value(0))
         .ok_or_else(|| Error::Execution("a checkpointed window has no start".into()))?;
     Ok((start, batch))
-}
-
-/// Check that every part of `plan` stays inside one window, so that evaluating it per
-/// window equals evaluating it over the whole stream. ORDER BY and LIMIT are allowed at
-/// the top only (they rank each window's result).
-pub fn check_window_local(plan: &LogicalPlan) -> Result<()> {
-    check(plan, true)
-}
-
-fn is_window_column(e: &Expr) -> bool {
-    matches!(e, Expr::Column(c) if c.name == "window_start" || c.name == "window_end")
-}
-
-fn check(plan: &LogicalPlan, top: bool) -> Result<()> {
-    let stays_top = top
-        && matches!(
-            plan,
-            LogicalPlan::Projection(_)
-                | LogicalPlan::Filter(_)
-                | LogicalPlan::Sort(_)
-                | LogicalPlan::Limit(_)
-                | LogicalPlan::SubqueryAlias(_)
-        );
-    match plan {
-        LogicalPlan::TableScan(_)
-        | LogicalPlan::Projection(_)
-        | LogicalPlan::Filter(_)
-        | LogicalPlan::SubqueryAlias(_)
-        | LogicalPlan::Union(_) => {}
-        LogicalPlan::Sort(_) | LogicalPlan::Limit(_) if top => {}
-        LogicalPlan::Sort(_) | LogicalPlan::Limit(_) => {
-            return Err(unsupported!(
-                "ORDER BY / LIMIT inside a subquery of a windowed view is not supported: \
-                 rank per window with row_number() OVER (PARTITION BY window_start ORDER BY ...)"
-            ));
-        }
-        LogicalPlan::Aggregate(a) => {
-            if !a.group_expr.iter().any(is_window_column) {
-                return Err(unsupported!(
-                    "every aggregation in a windowed view must GROUP BY window_start or window_end \
-                     (keep those names in subqueries), so it stays inside one window"
-                ));
-            }
-        }
-        LogicalPlan::Window(w) => {
-            for e in &w.window_expr {
-                let Expr::WindowFunction(f) = e.clone().unalias() else {
-                    continue;
-                };
-                if !f.params.partition_by.iter().any(is_window_column) {
-                    return Err(unsupported!(
-                        "window functions in a windowed view must PARTITION BY window_start or \
-                         window_end, so they stay inside one window: {e}"
-                    ));
-                }
-            }
-        }
-        LogicalPlan::Join(j) => {
-            let same_window_column = |l: &Expr, r: &Expr| match (l, r) {
-                (Expr::Column(a), Expr::Column(b)) => {
-                    is_window_column(l) && is_window_column(r) && a.name == b.name
-                }
-                _ => false,
-            };
-            if !j.on.iter().any(|(l, r)| same_window_column(l, r)) {
-                return Err(unsupported!(
-                    "a join inside a windowed view must match window_start (or window_end) on \
-                     both sides, so it stays inside one window"
-                ));
-            }
-        }
-        LogicalPlan::Distinct(_) => {
-            if plan
-                .schema()
-                .field_with_unqualified_name("window_start")
-                .is_err()
-            {
-                return Err(unsupported!(
-                    "SELECT DISTINCT in a windowed view must keep window_start among its columns"
-                ));
-            }
-        }
-        other => {
-            return Err(unsupported!(
-                "{} in a windowed view is not supported",
-                other.display()
-            ));
-        }
-    }
-    for input in plan.inputs() {
-        check(input, stays_top)?;
-    }
-    Ok(())
 }

@@ -6,8 +6,11 @@
 //! [`SessionQuery`] keeps each open session's rows, merging sessions that a row
 //! bridges. Once the watermark reaches a session's end no row can extend it: the rows of
 //! every such session get their window columns and the whole query runs over them in
-//! batch mode (as [`crate::per_window`] does for fixed windows). A row whose own session
-//! `[t, t + gap)` ends at or before the watermark is late (as in Flink).
+//! batch mode (as [`super::per_window`] does for fixed windows). A row whose own
+//! session `[t, t + gap)` ends at or before the watermark is late (as in Flink).
+//! [`plan`] plans a SESSION view.
+
+pub mod plan;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,8 +23,8 @@ use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::execution::SessionState;
 use datafusion::logical_expr::LogicalPlan;
 
+use crate::batch::{WindowRows, run_batch};
 use crate::operator::{Collector, Operator};
-use crate::per_window::{WindowRows, run_batch};
 use crate::window::event_times;
 use crate::{Error, Result};
 

@@ -1,0 +1,379 @@
+use datafusion::arrow::array::{RecordBatch, TimestampMillisecondArray, UInt32Array};
+use datafusion::assert_batches_eq;
+
+use super::*;
+use crate::operator::Collector;
+use crate::testing::{batch, bids_for_checkpoints, plan, run};
+
+#[test]
+fn windows_are_aligned_to_the_epoch_including_negative_times() {
+    let t = Windowing::tumble(10_000).expect("size");
+    assert_eq!(t.start(0), 0);
+    assert_eq!(t.start(9_999), 0);
+    assert_eq!(t.start(10_000), 10_000);
+    assert_eq!(t.start(-1), -10_000);
+    assert_eq!(t.end(10_000), 20_000);
+    assert!(Windowing::tumble(0).is_err());
+}
+
+#[test]
+fn one_open_window_takes_the_fast_path() {
+    let times = TimestampMillisecondArray::from(vec![10_000, 15_000, 19_999]);
+    let s = split_by_window(
+        &times,
+        Windowing::tumble(10_000).expect("size"),
+        Some(5_000),
+    );
+    assert_eq!(
+        s,
+        Split {
+            windows: vec![(10_000, None)],
+            late: None
+        }
+    );
+}
+
+#[test]
+fn rows_are_grouped_by_window_and_late_rows_set_aside() {
+    let times = TimestampMillisecondArray::from(vec![
+        Some(25_000),
+        Some(3_000),
+        Some(12_000),
+        None,
+        Some(21_000),
+        Some(9_999),
+    ]);
+    // Watermark 10_000 closes [0, 10000): rows 1 and 5 are late, row 3 has no time.
+    let s = split_by_window(
+        &times,
+        Windowing::tumble(10_000).expect("size"),
+        Some(10_000),
+    );
+    assert_eq!(
+        s.windows,
+        vec![
+            (10_000, Some(UInt32Array::from(vec![2]))),
+            (20_000, Some(UInt32Array::from(vec![0, 4])))
+        ]
+    );
+    assert_eq!(s.late, Some(UInt32Array::from(vec![1, 3, 5])));
+}
+
+#[test]
+fn hopping_windows_hold_each_row_size_over_slide_times() {
+    let hop = Windowing::hop(5_000, 10_000).expect("hop");
+    assert_eq!(hop.starts(12_000).collect::<Vec<_>>(), vec![10_000, 5_000]);
+    assert_eq!(hop.starts(10_000).collect::<Vec<_>>(), vec![10_000, 5_000]);
+    assert_eq!(hop.starts(-1).collect::<Vec<_>>(), vec![-5_000, -10_000]);
+    let uneven = Windowing::hop(3, 10).expect("hop");
+    assert_eq!(uneven.starts(10).collect::<Vec<_>>(), vec![9, 6, 3]);
+    assert!(
+        Windowing::hop(20, 10).is_err(),
+        "a slide above the size skips events"
+    );
+
+    // Watermark 15_000 closes [5s, 15s): row at 12s only goes to [10s, 20s);
+    // row at 9s has both its windows ([0, 10s), [5s, 15s)) closed: late.
+    let times = TimestampMillisecondArray::from(vec![12_000, 9_000, 16_000]);
+    let s = split_by_window(&times, hop, Some(15_000));
+    assert_eq!(
+        s.windows,
+        vec![
+            (10_000, Some(UInt32Array::from(vec![0, 2]))),
+            (15_000, Some(UInt32Array::from(vec![2])))
+        ]
+    );
+    assert_eq!(s.late, Some(UInt32Array::from(vec![1])));
+}
+
+#[test]
+fn window_ending_exactly_at_the_watermark_is_closed() {
+    let t = Windowing::tumble(10).expect("size");
+    assert!(t.is_closed(0, Some(10)));
+    assert!(!t.is_closed(0, Some(9)));
+    assert!(!t.is_closed(0, None));
+}
+
+#[tokio::test]
+async fn window_local_queries_run_per_window_and_others_are_named() {
+    let q = plan(
+        "CREATE MATERIALIZED VIEW v AS SELECT window_start, auction, price FROM (SELECT window_start, \
+         auction, price, row_number() OVER (PARTITION BY window_start ORDER BY price DESC) AS rn \
+         FROM TUMBLE(bids, date_time, INTERVAL '10' SECOND)) WHERE rn <= 2",
+    )
+    .await
+    .expect("plans");
+    assert!(
+        q.description.contains("query per window"),
+        "{}",
+        q.description
+    );
+    let mut q = q;
+    let (rows, late) = run(
+        &mut q,
+        &[
+            batch(&[(1, 10, 1_000), (2, 30, 2_000), (3, 20, 3_000)]),
+            batch(&[(4, 5, 12_000)]),
+        ],
+        true,
+    );
+    assert_eq!(late, 0);
+    assert_batches_eq!(
+        [
+            "+---------------------+---------+-------+",
+            "| window_start        | auction | price |",
+            "+---------------------+---------+-------+",
+            "| 1970-01-01T00:00:00 | 2       | 30    |",
+            "| 1970-01-01T00:00:00 | 3       | 20    |",
+            "| 1970-01-01T00:00:10 | 4       | 5     |",
+            "+---------------------+---------+-------+",
+        ],
+        &rows
+    );
+    // The query reads two of the three columns: only those are kept per window, but a
+    // late row goes to the dead-letter store whole.
+    let mut q = plan(
+        "CREATE MATERIALIZED VIEW v AS SELECT window_start, price FROM (SELECT window_start, price, \
+         row_number() OVER (PARTITION BY window_start ORDER BY price DESC) AS rn \
+         FROM TUMBLE(bids, date_time, INTERVAL '10' SECOND)) WHERE rn = 1",
+    )
+    .await
+    .expect("plans");
+    let mut out = Collector::default();
+    q.operator
+        .process(
+            &batch(&[(9, 1, 500), (8, 2, 25_000)]),
+            Some(20_000),
+            &mut out,
+        )
+        .expect("late");
+    let kept = q.operator.snapshot().expect("snapshot");
+    assert_eq!(
+        kept[0].num_columns(),
+        4,
+        "price and date_time are kept with the window columns, auction is not"
+    );
+    assert_eq!(out.late.len(), 1);
+    assert_eq!(out.late[0].num_columns(), 3);
+    for (sql, named) in [
+        (
+            "CREATE MATERIALIZED VIEW v AS SELECT auction, row_number() OVER (ORDER BY price) AS r \
+             FROM TUMBLE(bids, date_time, INTERVAL '10' SECOND)",
+            "PARTITION BY window_start",
+        ),
+        (
+            "CREATE MATERIALIZED VIEW v AS SELECT b.auction FROM TUMBLE(bids, date_time, INTERVAL '10' SECOND) AS b \
+             JOIN (SELECT max(price) AS top FROM TUMBLE(bids, date_time, INTERVAL '10' SECOND) GROUP BY window_start) AS m \
+             ON b.price = m.top",
+            "match window_start",
+        ),
+        (
+            // Each window against the previous one would never match within a window.
+            "CREATE MATERIALIZED VIEW v AS SELECT b.auction FROM TUMBLE(bids, date_time, INTERVAL '10' SECOND) AS b \
+             JOIN (SELECT window_end, max(price) AS top FROM TUMBLE(bids, date_time, INTERVAL '10' SECOND) \
+             GROUP BY window_end) AS m ON b.window_start = m.window_end",
+            "match window_start",
+        ),
+        (
+            "CREATE MATERIALIZED VIEW v AS SELECT b.auction FROM TUMBLE(bids, date_time, INTERVAL '10' SECOND) AS b \
+             JOIN (SELECT window_start, max(price) AS top FROM TUMBLE(bids, date_time, INTERVAL '5' SECOND) \
+             GROUP BY window_start) AS m ON b.window_start = m.window_start",
+            "same arguments",
+        ),
+        (
+            "CREATE MATERIALIZED VIEW v AS SELECT m.top FROM (SELECT window_start, max(price) AS top \
+             FROM TUMBLE(bids, date_time, INTERVAL '10' SECOND) GROUP BY window_start) AS m \
+             JOIN (SELECT window_start FROM TUMBLE(bids, date_time, INTERVAL '10' SECOND) ORDER BY price LIMIT 1) AS l \
+             ON m.window_start = l.window_start",
+            "inside a subquery",
+        ),
+    ] {
+        let e = plan(sql).await.expect_err(sql).to_string();
+        assert!(e.contains(named), "{sql}\n{e}");
+    }
+}
+
+#[tokio::test]
+async fn session_windows_per_key_merge_and_close_at_their_end() {
+    let sql = "CREATE MATERIALIZED VIEW v AS SELECT window_start, window_end, auction, count(*) AS n, \
+               sum(price) AS total FROM SESSION(bids, date_time, INTERVAL '5' SECOND) \
+               GROUP BY window_start, window_end, auction";
+    let input = [
+        batch(&[(1, 10, 1_000), (2, 1, 2_000), (3, 7, 1_000), (1, 20, 3_000)]),
+        batch(&[(2, 1, 6_000), (3, 7, 9_000)]),
+        // Bridges auction 3's two sessions into one.
+        batch(&[(3, 7, 5_000)]),
+        batch(&[(1, 30, 20_000)]),
+    ];
+    let mut q = plan(sql).await.expect("plans");
+    assert!(q.description.contains("SESSION"), "{}", q.description);
+    // No watermark until the end, so that the late row can still bridge two sessions.
+    let mut collected = Collector::default();
+    for b in &input {
+        q.operator
+            .process(b, None, &mut collected)
+            .expect("process");
+    }
+    assert_eq!(
+        q.operator.open_windows(),
+        4,
+        "auction 3's two sessions merged"
+    );
+    q.operator
+        .on_watermark(i64::MAX, &mut collected)
+        .expect("end");
+    assert!(collected.late.is_empty());
+    let rows = collected.rows;
+    let mut out = datafusion::arrow::util::pretty::pretty_format_batches(&rows)
+        .expect("format")
+        .to_string()
+        .lines()
+        .filter(|l| l.starts_with("| 1970"))
+        .map(str::to_string)
+        .collect::<Vec<_>>();
+    out.sort();
+    assert_eq!(
+        out,
+        [
+            "| 1970-01-01T00:00:01 | 1970-01-01T00:00:08 | 1       | 2 | 30    |",
+            "| 1970-01-01T00:00:01 | 1970-01-01T00:00:14 | 3       | 3 | 21    |",
+            "| 1970-01-01T00:00:02 | 1970-01-01T00:00:11 | 2       | 2 | 2     |",
+            "| 1970-01-01T00:00:20 | 1970-01-01T00:00:25 | 1       | 1 | 30    |",
+        ]
+    );
+    // One batch: a row bridges two sessions of auction 5, then auction 6 starts a new
+    // session; the merged-away session's id must not be reused for it within the batch.
+    let mut q = plan(sql).await.expect("plans");
+    let mut collected = Collector::default();
+    q.operator
+        .process(
+            &batch(&[(5, 1, 0), (5, 1, 8_000), (5, 1, 4_000), (6, 1, 100_000)]),
+            None,
+            &mut collected,
+        )
+        .expect("process");
+    q.operator
+        .on_watermark(i64::MAX, &mut collected)
+        .expect("end");
+    let counts: Vec<String> =
+        datafusion::arrow::util::pretty::pretty_format_batches(&collected.rows)
+            .expect("format")
+            .to_string()
+            .lines()
+            .filter(|l| l.starts_with("| 1970"))
+            .map(|l| l.split('|').map(str::trim).collect::<Vec<_>>()[3..5].join(" "))
+            .collect();
+    let mut counts = counts;
+    counts.sort();
+    assert_eq!(counts, ["5 3", "6 1"], "auction, rows");
+    // A row whose own session has ended by the watermark is late.
+    let mut out = Collector::default();
+    q.operator
+        .process(&batch(&[(9, 1, 100)]), Some(10_000), &mut out)
+        .expect("late");
+    assert_eq!(out.late.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
+    for (bad, named) in [
+        (
+            "CREATE MATERIALIZED VIEW v AS SELECT window_start, price % 2 AS k, count(*) FROM \
+             SESSION(bids, date_time, INTERVAL '5' SECOND) GROUP BY window_start, price % 2",
+            "plain columns",
+        ),
+        (
+            "CREATE MATERIALIZED VIEW v AS SELECT window_start FROM SESSION(bids, date_time)",
+            "three arguments",
+        ),
+    ] {
+        let e = plan(bad).await.expect_err(bad).to_string();
+        assert!(e.contains(named), "{bad}\n{e}");
+    }
+}
+
+/// Nexmark q5 as published (nexmark-flink, RisingWave): the subqueries rename the window
+/// columns (`window_start AS starttime`) and the join matches the new names.
+const Q5_PUBLISHED: &str = "CREATE MATERIALIZED VIEW q5 AS \
+     SELECT AuctionBids.starttime AS ws, AuctionBids.auction, AuctionBids.num \
+     FROM (SELECT auction, count(*) AS num, window_start AS starttime, window_end AS endtime \
+           FROM HOP(bids, date_time, INTERVAL '2' SECOND, INTERVAL '10' SECOND) \
+           GROUP BY auction, window_start, window_end) AS AuctionBids \
+     JOIN (SELECT max(CountBids.num) AS maxn, CountBids.starttime, CountBids.endtime \
+           FROM (SELECT count(*) AS num, window_start AS starttime, window_end AS endtime \
+                 FROM HOP(bids, date_time, INTERVAL '2' SECOND, INTERVAL '10' SECOND) \
+                 GROUP BY auction, window_start, window_end) AS CountBids \
+           GROUP BY CountBids.starttime, CountBids.endtime) AS MaxBids \
+     ON AuctionBids.starttime = MaxBids.starttime AND AuctionBids.endtime = MaxBids.endtime \
+     AND AuctionBids.num >= MaxBids.maxn";
+
+/// The same query keeping the window columns' names.
+const Q5_UNALIASED: &str = "CREATE MATERIALIZED VIEW q5 AS \
+     SELECT a.window_start AS ws, a.auction, a.num \
+     FROM (SELECT auction, count(*) AS num, window_start, window_end \
+           FROM HOP(bids, date_time, INTERVAL '2' SECOND, INTERVAL '10' SECOND) \
+           GROUP BY auction, window_start, window_end) AS a \
+     JOIN (SELECT max(c.num) AS maxn, c.window_start, c.window_end \
+           FROM (SELECT count(*) AS num, window_start, window_end \
+                 FROM HOP(bids, date_time, INTERVAL '2' SECOND, INTERVAL '10' SECOND) \
+                 GROUP BY auction, window_start, window_end) AS c \
+           GROUP BY c.window_start, c.window_end) AS m \
+     ON a.window_start = m.window_start AND a.window_end = m.window_end AND a.num >= m.maxn";
+
+#[tokio::test]
+async fn a_window_column_stays_the_window_under_any_alias() {
+    let input = bids_for_checkpoints();
+    let rows = |batches: &[RecordBatch]| {
+        let mut lines: Vec<String> =
+            datafusion::arrow::util::pretty::pretty_format_batches(batches)
+                .expect("format")
+                .to_string()
+                .lines()
+                .map(str::to_string)
+                .collect();
+        lines.sort();
+        lines
+    };
+    let mut published = plan(Q5_PUBLISHED).await.expect("the published q5 plans");
+    assert!(
+        published.description.contains("query per window"),
+        "{}",
+        published.description
+    );
+    let mut unaliased = plan(Q5_UNALIASED).await.expect("plans");
+    let (expected, _) = run(&mut unaliased, &input, true);
+    let (got, late) = run(&mut published, &input, true);
+    assert_eq!(late, 0);
+    assert!(expected.iter().map(RecordBatch::num_rows).sum::<usize>() >= 10);
+    assert_eq!(rows(&got), rows(&expected));
+
+    // A windowed aggregate grouping by a renamed window column runs incrementally.
+    let mut renamed = plan(
+        "CREATE MATERIALIZED VIEW v AS SELECT ws, count(*) AS n FROM \
+         (SELECT window_start AS ws, auction FROM TUMBLE(bids, date_time, INTERVAL '10' SECOND)) \
+         GROUP BY ws",
+    )
+    .await
+    .expect("plans");
+    let (counts, _) = run(&mut renamed, &input, true);
+    assert_batches_eq!(
+        [
+            "+---------------------+-----+",
+            "| ws                  | n   |",
+            "+---------------------+-----+",
+            "| 1970-01-01T00:00:00 | 200 |",
+            "| 1970-01-01T00:00:10 | 200 |",
+            "+---------------------+-----+",
+        ],
+        &counts
+    );
+
+    // A column that is not the window under the window's name does not count: each
+    // window matched with the next one's rows would never match inside one window.
+    let e = plan(
+        "CREATE MATERIALIZED VIEW v AS SELECT b.auction FROM TUMBLE(bids, date_time, INTERVAL '10' SECOND) AS b \
+         JOIN (SELECT window_end AS window_start, max(price) AS top \
+               FROM TUMBLE(bids, date_time, INTERVAL '10' SECOND) GROUP BY window_end) AS m \
+         ON b.window_start = m.window_start AND b.price = m.top",
+    )
+    .await
+    .expect_err("window_end renamed window_start is not the window's start")
+    .to_string();
+    assert!(e.contains("match window_start"), "{e}");
+}
