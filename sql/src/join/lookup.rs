@@ -97,7 +97,7 @@ pub(crate) async fn plan_lookup_join(
     }
     if !view.options.is_empty() {
         return Err(invalid!(
-            "view {}: a join of a source with a view takes no options",
+            "view {}: a join of a source with a view takes no options but max_rows",
             view.name
         ));
     }

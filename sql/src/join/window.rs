@@ -34,7 +34,7 @@ pub(crate) async fn plan_window_join(
                ON x.window_start = y.window_start AND ...";
     if !view.options.is_empty() {
         return Err(unsupported!(
-            "view options (allowed_lateness) are not supported for joins of several sources"
+            "view options other than max_rows (allowed_lateness) are not supported for joins of several sources"
         ));
     }
     let first = windows.first().ok_or_else(|| {

@@ -248,7 +248,7 @@ fn allowed_lateness(view: &CreateView, windowed: bool) -> Result<std::time::Dura
             }
             other => {
                 return Err(invalid!(
-                    "unknown view option '{other}'; views take allowed_lateness"
+                    "unknown view option '{other}'; views take max_rows and, when windowed, allowed_lateness"
                 ));
             }
         }

@@ -52,7 +52,7 @@ pub(crate) async fn plan_interval_join(
             }
             other => {
                 return Err(invalid!(
-                    "unknown view option '{other}'; a join of two sources without windows takes state_ttl"
+                    "unknown view option '{other}'; a join of two sources without windows takes state_ttl and max_rows"
                 ));
             }
         }
