@@ -1,9 +1,10 @@
 //! weir-runtime: the host side of weir. Sources (HTTP push, the built-in Nexmark
-//! generator) produce Arrow record batches; one batching policy closes micro-batches;
+//! generator, files of JSON lines) produce Arrow record batches; one batching policy closes micro-batches;
 //! each source's pipeline thread runs the continuous queries of weir-sql over them,
 //! advances the watermark and publishes view rows. Records that cannot be processed go
-//! to the dead-letter store with the reason. [`Engine`] ties it together and is what the
-//! web layer drives.
+//! to the dead-letter store with the reason. Wasm plugins run in [`plugin`]'s host;
+//! checkpoints make all of it survive a crash. [`Engine`] ties it together and is what
+//! the web layer drives; [`Error::class`] tells it who must act on an error.
 
 pub mod batch;
 pub mod catalog_file;

@@ -15,7 +15,7 @@ use crate::{Error, Result};
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub struct CommonOptions {
-    /// `http` or `nexmark`.
+    /// `http`, `nexmark` or `file`.
     pub connector: String,
     /// Record format; only `json` for now.
     #[serde(default)]

@@ -1,7 +1,7 @@
 //! Sources: where rows come from. Every source runs one pipeline thread (see
 //! [`crate::pipeline`]) fed through a bounded channel of [`Chunk`]s; connectors differ
-//! only in who sends the chunks: HTTP requests ([`http`]) or a generator thread
-//! ([`nexmark`]).
+//! only in who sends the chunks: HTTP requests ([`http`], logged by [`wal`]), a
+//! generator thread ([`nexmark`]) or a file reader thread ([`file`]).
 
 pub mod file;
 pub mod http;
