@@ -414,12 +414,15 @@ async fn plan_per_window(
 }
 
 /// A DataFusion session for planning continuous queries, with the plugin functions
-/// `functions` in scope. It leaves out the rule that turns a lone `count(DISTINCT x)`
+/// `functions` in scope. Numeric literals with a decimal point are exact decimals, as
+/// in PostgreSQL, Flink and RisingWave: `0.908 * price` is `1442.812`, not the float
+/// `1442.8120000000001`. It leaves out the rule that turns a lone `count(DISTINCT x)`
 /// into two nested aggregations: the distinct accumulator does the same job in one
 /// incremental aggregate.
 pub(crate) fn planning_context(functions: &[ScalarUDF]) -> SessionContext {
     // One partition: per-window queries run on the pipeline's thread, without repartitioning.
-    let config = SessionConfig::new().with_target_partitions(1);
+    let mut config = SessionConfig::new().with_target_partitions(1);
+    config.options_mut().sql_parser.parse_float_as_decimal = true;
     let rules = Optimizer::new()
         .rules
         .into_iter()
