@@ -1,9 +1,19 @@
 //! Batch-mode runs over rows an operator holds. The operators that keep rows (per
 //! window, per session, interval and lookup joins) answer with DataFusion in batch mode:
-//! the rows are put in a [`WindowRows`] table that the query's scans read, and
-//! `run_batch` runs the planned query over them.
+//! the rows are put in a [`WindowRows`] table that the query's scans read, and a
+//! [`BatchQuery`] runs the planned query over them.
+//!
+//! A query is planned once. Its physical plan is made on its first run and kept: the
+//! scans of its tables read the rows the tables hold when the plan runs, not when it was
+//! made, and before each run the plan's operators drop what an earlier run left them (a
+//! hash join's build side), as DataFusion re-runs the plan of a recursive query
+//! (`reset_plan_states`). The plan is one partition (the planning context's
+//! `target_partitions = 1`), so it runs on the calling thread, a pipeline's plain
+//! thread, with no async runtime.
 
-use std::sync::{Arc, Mutex};
+use std::fmt;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use async_trait::async_trait;
 use datafusion::arrow::array::UInt32Array;
@@ -11,25 +21,35 @@ use datafusion::arrow::compute::take_record_batch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::{Session, TableProvider};
-use datafusion::datasource::memory::MemorySourceConfig;
-use datafusion::execution::SessionState;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::execution::{SendableRecordBatchStream, SessionState, TaskContext};
 use datafusion::logical_expr::{Expr, LogicalPlan, TableType};
-use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType, reset_plan_states};
+use datafusion::physical_plan::memory::MemoryStream;
+use datafusion::physical_plan::{
+    ChildrenPropertiesMode, DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning,
+    PlanProperties, ReplaceChildrenOptions,
+};
 
 use crate::{Error, Result};
 
-/// The table a per-window query reads: the rows of the window being evaluated.
+/// The rows a table of a batch query holds while the query runs.
+type Held = Arc<Mutex<Vec<RecordBatch>>>;
+
+/// The table a batch query reads: the rows of the window (the session, the batch)
+/// being evaluated.
 #[derive(Debug)]
 pub struct WindowRows {
     schema: SchemaRef,
-    rows: Mutex<Vec<RecordBatch>>,
+    rows: Held,
 }
 
 impl WindowRows {
     pub fn new(schema: SchemaRef) -> Self {
         Self {
             schema,
-            rows: Mutex::new(Vec::new()),
+            rows: Arc::default(),
         }
     }
 
@@ -55,47 +75,226 @@ impl TableProvider for WindowRows {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
-        let rows = self.rows.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        Ok(MemorySourceConfig::try_new_exec(
-            &[rows],
-            self.schema.clone(),
-            projection.cloned(),
-        )?)
+        let schema = match projection {
+            Some(columns) => Arc::new(self.schema.project(columns)?),
+            None => self.schema.clone(),
+        };
+        let properties = PlanProperties::new(
+            EquivalenceProperties::new(schema.clone()),
+            Partitioning::UnknownPartitioning(1),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        );
+        Ok(Arc::new(HeldRowsExec {
+            rows: self.rows.clone(),
+            projection: projection.cloned(),
+            schema,
+            properties: Arc::new(properties),
+        }))
     }
 }
 
-/// Run `plan` in batch mode over `rows` (the rows its scans of `table` read).
-pub(crate) fn run_batch(
-    plan: &LogicalPlan,
-    session: &SessionState,
-    table: &WindowRows,
-    rows: Vec<RecordBatch>,
-) -> Result<Vec<RecordBatch>> {
-    table.set(rows);
-    // On a thread of its own, outside any async runtime: the plan is one partition
-    // (target_partitions = 1), so DataFusion runs it on this thread alone.
-    let result = std::thread::scope(|s| {
-        s.spawn(|| {
+/// The scan of a [`WindowRows`] table: it reads the rows the table holds when it runs,
+/// so one physical plan serves every run. It states no statistics: they change with
+/// every run.
+#[derive(Debug)]
+struct HeldRowsExec {
+    rows: Held,
+    projection: Option<Vec<usize>>,
+    /// The projected schema.
+    schema: SchemaRef,
+    properties: Arc<PlanProperties>,
+}
+
+impl DisplayAs for HeldRowsExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "HeldRowsExec: projection={:?}", self.projection)
+    }
+}
+
+impl ExecutionPlan for HeldRowsExec {
+    fn name(&self) -> &'static str {
+        "HeldRowsExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        Vec::new()
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> datafusion::error::Result<TreeNodeRecursion>,
+    ) -> datafusion::error::Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn replace_children(
+        self: Arc<Self>,
+        _children: Vec<Arc<dyn ExecutionPlan>>,
+        _options: ReplaceChildrenOptions,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        Ok(self)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        self.replace_children(
+            children,
+            ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute),
+        )
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        _context: Arc<TaskContext>,
+    ) -> datafusion::error::Result<SendableRecordBatchStream> {
+        if partition != 0 {
+            return Err(datafusion::error::DataFusionError::Internal(format!(
+                "HeldRowsExec has one partition, not {partition}"
+            )));
+        }
+        let rows = self.rows.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let rows = match &self.projection {
+            Some(columns) => rows
+                .iter()
+                .map(|b| b.project(columns))
+                .collect::<std::result::Result<_, _>>()?,
+            None => rows,
+        };
+        Ok(Box::pin(MemoryStream::try_new(
+            rows,
+            self.schema.clone(),
+            None,
+        )?))
+    }
+}
+
+/// A query run in batch mode over the rows its [`WindowRows`] tables hold, planned
+/// once (see the module's doc).
+pub struct BatchQuery {
+    plan: LogicalPlan,
+    session: SessionState,
+    /// Made on the first run; never run itself, only copies reset from it.
+    physical: OnceLock<Arc<dyn ExecutionPlan>>,
+}
+
+impl BatchQuery {
+    /// `plan`, optimized, whose scans read [`WindowRows`] tables registered in `session`.
+    pub fn new(plan: LogicalPlan, session: SessionState) -> Self {
+        Self {
+            plan,
+            session,
+            physical: OnceLock::new(),
+        }
+    }
+
+    /// Run the query over `rows`, the rows its scans of `table` read (its other tables
+    /// read what they hold).
+    pub fn run(&self, table: &WindowRows, rows: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
+        table.set(rows);
+        let result = outside_async_runtime(|| {
             futures::executor::block_on(async {
-                let physical = session.create_physical_plan(plan).await?;
-                datafusion::physical_plan::collect(physical, session.task_ctx()).await
+                let physical = match self.physical.get() {
+                    Some(p) => p.clone(),
+                    None => {
+                        let p = self.session.create_physical_plan(&self.plan).await?;
+                        self.physical.get_or_init(|| p).clone()
+                    }
+                };
+                datafusion::physical_plan::collect(
+                    reset_plan_states(physical)?,
+                    self.session.task_ctx(),
+                )
+                .await
             })
-        })
-        .join()
-    });
-    table.set(Vec::new());
-    match result {
+        });
+        table.set(Vec::new());
         // Results are kept by the view: copy them into buffers of their own size (a
         // join's few output rows may otherwise pin buffers sized for a whole batch).
-        Ok(batches) => batches?
+        result??
             .iter()
             .map(|b| {
                 let all = UInt32Array::from_iter_values(0..b.num_rows() as u32);
                 Ok(take_record_batch(b, &all)?)
             })
-            .collect(),
-        Err(_) => Err(Error::Execution(
-            "the per-window query panicked".to_string(),
-        )),
+            .collect()
+    }
+}
+
+/// Run `f`, which blocks on a query, with a panic as an error. The pipelines' threads
+/// are outside any async runtime: `f` runs right there. Within a runtime (tests, a
+/// blocking task) DataFusion may hand work to the runtime (`spawn_buffered` on a
+/// multi-threaded one) that the blocked thread could starve, so there `f` runs on a
+/// thread of its own, outside the runtime.
+fn outside_async_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> Result<T> {
+    let result = if tokio::runtime::Handle::try_current().is_ok() {
+        std::thread::scope(|s| s.spawn(f).join())
+    } else {
+        std::panic::catch_unwind(AssertUnwindSafe(f))
+    };
+    result.map_err(|_| Error::Execution("the per-window query panicked".to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use datafusion::arrow::array::Int64Array;
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::assert_batches_sorted_eq;
+
+    use super::*;
+    use crate::parser::{Statement, parse_statement};
+    use crate::planner::{logical_plan, planning_context, register};
+
+    fn rows(schema: &SchemaRef, values: &[i64]) -> Vec<RecordBatch> {
+        let column = Arc::new(Int64Array::from(values.to_vec()));
+        vec![RecordBatch::try_new(schema.clone(), vec![column]).expect("batch")]
+    }
+
+    /// One physical plan, run again and again over other rows (as a join's build side,
+    /// which a hash join keeps), on a thread outside any async runtime.
+    #[test]
+    fn one_plan_runs_over_the_rows_its_tables_hold_each_time() {
+        let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, true)]));
+        let (a, b) = (
+            Arc::new(WindowRows::new(schema.clone())),
+            Arc::new(WindowRows::new(schema.clone())),
+        );
+        let ctx = planning_context(&[]);
+        register(&ctx, "a", a.clone()).expect("a");
+        register(&ctx, "b", b.clone()).expect("b");
+        let state = ctx.state();
+        let Ok(Statement::CreateView(view)) = parse_statement(
+            "CREATE MATERIALIZED VIEW v AS \
+             SELECT a.k, count(*) AS n FROM a JOIN b ON a.k = b.k GROUP BY a.k",
+        ) else {
+            panic!("parses")
+        };
+        let plan = futures::executor::block_on(logical_plan(&state, view.query)).expect("plans");
+        let query = BatchQuery::new(state.optimize(&plan).expect("optimizes"), state);
+        for (left, right, expected) in [
+            (&[1, 2, 2][..], &[2, 3][..], &["| 2 | 2 |"][..]),
+            (
+                &[3, 4][..],
+                &[3, 3, 4, 5][..],
+                &["| 3 | 2 |", "| 4 | 1 |"][..],
+            ),
+        ] {
+            b.set(rows(&schema, right));
+            let result = query.run(&a, rows(&schema, left)).expect("runs");
+            b.set(Vec::new());
+            let result: Vec<_> = result.into_iter().filter(|r| r.num_rows() > 0).collect();
+            let border = "+---+---+";
+            let mut lines = vec![border, "| k | n |", border];
+            lines.extend(expected);
+            lines.push(border);
+            assert_batches_sorted_eq!(lines, &result);
+        }
     }
 }

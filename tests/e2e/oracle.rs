@@ -15,7 +15,7 @@ use datafusion::arrow::array::{RecordBatch, TimestampMillisecondArray};
 use datafusion::arrow::compute::{max, min};
 use datafusion::arrow::util::pretty::pretty_format_batches;
 use datafusion::datasource::MemTable;
-use datafusion::prelude::SessionContext;
+use datafusion::prelude::{SessionConfig, SessionContext};
 use weir_runtime::source::nexmark::{Generator, GeneratorConfig, Table};
 use weir_sql::planner::{SourceCatalog, SourceInfo};
 use weir_sql::{Collector, ContinuousQuery, Statement, Watermark, WatermarkSpec, parse_statement};
@@ -144,7 +144,10 @@ async fn stream(view: &str, tables: &BTreeMap<&str, Vec<RecordBatch>>) -> Result
 }
 
 async fn oracle(sql: &str, tables: &BTreeMap<&str, Vec<RecordBatch>>) -> Result<Vec<RecordBatch>> {
-    let ctx = SessionContext::new();
+    // Read numeric literals as views do: with a decimal point, exact decimals.
+    let config =
+        SessionConfig::new().set_bool("datafusion.sql_parser.parse_float_as_decimal", true);
+    let ctx = SessionContext::new_with_config(config);
     for (name, t) in TABLES {
         ctx.register_table(
             name,

@@ -11,11 +11,10 @@
 use std::sync::Arc;
 
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::execution::SessionState;
 use datafusion::logical_expr::{JoinType, LogicalPlan};
 use datafusion::sql::sqlparser::ast;
 
-use crate::batch::{WindowRows, run_batch};
+use crate::batch::{BatchQuery, WindowRows};
 use crate::operator::{Collector, Operator};
 use crate::parser::CreateView;
 use crate::planner::explain::explain;
@@ -28,8 +27,7 @@ use crate::{Result, invalid, unsupported};
 
 /// The running operator: the query, and the table its source's batch is read through.
 pub struct LookupJoin {
-    pub plan: LogicalPlan,
-    pub session: SessionState,
+    pub query: BatchQuery,
     pub source: Arc<WindowRows>,
 }
 
@@ -43,7 +41,8 @@ impl Operator for LookupJoin {
         if batch.num_rows() == 0 {
             return Ok(());
         }
-        run_batch(&self.plan, &self.session, &self.source, vec![batch.clone()])?
+        self.query
+            .run(&self.source, vec![batch.clone()])?
             .into_iter()
             .for_each(|b| out.emit(b));
         Ok(())
@@ -131,8 +130,7 @@ pub(crate) async fn plan_lookup_join(
         output_schema: Arc::new(plan.schema().as_arrow().clone()),
         description: format!("source -> {detail}"),
         operator: Box::new(LookupJoin {
-            plan,
-            session,
+            query: BatchQuery::new(plan, session),
             source: table,
         }),
     })

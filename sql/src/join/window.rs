@@ -6,7 +6,7 @@ use std::sync::Arc;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::sql::sqlparser::ast;
 
-use crate::batch::WindowRows;
+use crate::batch::{BatchQuery, WindowRows};
 use crate::parser::CreateView;
 use crate::planner::explain::{explain, with_held_rows};
 use crate::planner::narrow::used_columns_of;
@@ -158,8 +158,7 @@ pub(crate) async fn plan_window_join(
             time_column,
             source_columns,
             windowed_schema,
-            plan,
-            session,
+            query: BatchQuery::new(plan, session),
             table,
             others: others
                 .into_iter()

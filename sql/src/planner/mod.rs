@@ -38,7 +38,7 @@ use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast::{self, VisitMut};
 
 use crate::aggregate::{UpdatingAggregate, WindowedAggregate, WindowedAggregatePlan};
-use crate::batch::WindowRows;
+use crate::batch::{BatchQuery, WindowRows};
 use crate::join::interval::plan_interval_join;
 use crate::join::lookup::plan_lookup_join;
 use crate::join::window::plan_window_join;
@@ -405,8 +405,7 @@ async fn plan_per_window(
             time_column,
             source_columns,
             windowed_schema,
-            plan,
-            session,
+            query: BatchQuery::new(plan, session),
             table,
             others: Vec::new(),
         })),
@@ -414,12 +413,20 @@ async fn plan_per_window(
 }
 
 /// A DataFusion session for planning continuous queries, with the plugin functions
-/// `functions` in scope. It leaves out the rule that turns a lone `count(DISTINCT x)`
+/// `functions` in scope. Numeric literals with a decimal point are exact decimals, as
+/// in PostgreSQL, Flink and RisingWave: `0.908 * price` is `1442.812`, not the float
+/// `1442.8120000000001`. It leaves out the rule that turns a lone `count(DISTINCT x)`
 /// into two nested aggregations: the distinct accumulator does the same job in one
 /// incremental aggregate.
 pub(crate) fn planning_context(functions: &[ScalarUDF]) -> SessionContext {
     // One partition: per-window queries run on the pipeline's thread, without repartitioning.
-    let config = SessionConfig::new().with_target_partitions(1);
+    // A physical plan is made once and run again and again (crate::batch): no filters
+    // that one run derives and leaves in the plan for the next (the key turns off every
+    // kind of dynamic filter).
+    let mut config = SessionConfig::new()
+        .with_target_partitions(1)
+        .set_bool("datafusion.optimizer.enable_dynamic_filter_pushdown", false);
+    config.options_mut().sql_parser.parse_float_as_decimal = true;
     let rules = Optimizer::new()
         .rules
         .into_iter()

@@ -1,4 +1,5 @@
 use datafusion::arrow::array::{Int64Array, RecordBatch, TimestampMillisecondArray};
+use datafusion::arrow::datatypes::DataType;
 use datafusion::assert_batches_eq;
 
 use crate::operator::Collector;
@@ -543,4 +544,35 @@ async fn a_checkpoint_of_another_shape_is_refused() {
         .expect("plans");
     assert!(stateless.operator.restore(&state).is_err());
     assert!(stateless.operator.restore(&[]).is_ok());
+}
+
+#[tokio::test]
+async fn numeric_literals_with_a_decimal_point_are_exact_decimals() {
+    let mut q = plan(
+        "CREATE MATERIALIZED VIEW v AS SELECT auction, 0.908 * price AS eur, price * 1.5 AS more \
+         FROM bids WHERE price > 0.5",
+    )
+    .await
+    .expect("plans");
+    assert!(
+        matches!(
+            q.output_schema
+                .field_with_name("eur")
+                .map(|f| f.data_type()),
+            Ok(DataType::Decimal128(_, 3))
+        ),
+        "{:?}",
+        q.output_schema
+    );
+    let (rows, _) = run(&mut q, &[batch(&[(1, 1589, 1_000), (2, 0, 2_000)])], true);
+    assert_batches_eq!(
+        [
+            "+---------+----------+--------+",
+            "| auction | eur      | more   |",
+            "+---------+----------+--------+",
+            "| 1       | 1442.812 | 2383.5 |",
+            "+---------+----------+--------+",
+        ],
+        &rows
+    );
 }

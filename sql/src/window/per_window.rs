@@ -17,10 +17,8 @@ use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::compute::{concat_batches, take_record_batch};
 use datafusion::arrow::datatypes::{SchemaRef, TimestampMillisecondType};
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::execution::SessionState;
-use datafusion::logical_expr::LogicalPlan;
 
-use crate::batch::{WindowRows, run_batch};
+use crate::batch::{BatchQuery, WindowRows};
 use crate::operator::{Collector, Operator, tag_input, tagged_input};
 use crate::window::{Windowing, event_times, split_by_window, with_window_columns};
 use crate::{Error, Result};
@@ -34,9 +32,8 @@ pub struct PerWindowPlan {
     pub source_columns: Option<Vec<usize>>,
     /// The kept source columns plus `window_start` and `window_end`.
     pub windowed_schema: SchemaRef,
-    /// The optimized query; its scans read `table`.
-    pub plan: LogicalPlan,
-    pub session: SessionState,
+    /// The query; its scans read `table`.
+    pub query: BatchQuery,
     pub table: Arc<WindowRows>,
     /// Further sources of a join of several sources (input 1, 2, ...), windowed alike.
     pub others: Vec<OtherInput>,
@@ -76,7 +73,7 @@ impl PerWindowQuery {
 
     /// The query's answer over `rows` (one window's).
     fn evaluate(&self, rows: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
-        run_batch(&self.plan.plan, &self.plan.session, &self.plan.table, rows)
+        self.plan.query.run(&self.plan.table, rows)
     }
 }
 

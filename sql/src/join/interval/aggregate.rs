@@ -12,7 +12,7 @@ use datafusion::physical_expr::execution_props::ExecutionProps;
 use super::rewrite::replace_with_scan;
 use super::{IntervalJoin, split_at};
 use crate::aggregate::UpdatingAggregate;
-use crate::batch::{WindowRows, run_batch};
+use crate::batch::{BatchQuery, WindowRows};
 use crate::operator::{Collector, Operator, tagged};
 use crate::parser::CreateView;
 use crate::planner::lower::{describe, linearize, lower_aggregate, lower_chain};
@@ -38,7 +38,7 @@ pub struct JoinAggregatePlan {
     /// That column among the join's output columns.
     pub close_column: usize,
     /// The aggregate, reading `joined`.
-    pub aggregate: LogicalPlan,
+    pub aggregate: BatchQuery,
     pub joined: Arc<WindowRows>,
     pub joined_schema: SchemaRef,
     /// Run over the aggregate's final rows: an updating aggregate (Nexmark q4's average
@@ -128,12 +128,7 @@ impl Operator for JoinAggregate {
         if closed.is_empty() {
             return Ok(());
         }
-        let finals = match run_batch(
-            &self.plan.aggregate,
-            &self.join.plan.session,
-            &self.plan.joined,
-            closed.clone(),
-        ) {
+        let finals = match self.plan.aggregate.run(&self.plan.joined, closed.clone()) {
             Ok(finals) => finals,
             // Keep the closed groups' rows rather than lose them.
             Err(e) => {

@@ -29,10 +29,8 @@ use datafusion::arrow::compute::kernels::cmp::{gt_eq, lt};
 use datafusion::arrow::compute::{filter_record_batch, max, min};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::execution::SessionState;
-use datafusion::logical_expr::LogicalPlan;
 
-use crate::batch::{WindowRows, run_batch};
+use crate::batch::{BatchQuery, WindowRows};
 use crate::operator::{Collector, Operator, tag_input, tagged_input};
 use crate::window::event_times;
 use crate::{Error, Result};
@@ -47,7 +45,7 @@ pub struct JoinInput {
     pub source: Arc<WindowRows>,
     /// The source's event-time column, for late rows.
     pub source_time: usize,
-    pub side: LogicalPlan,
+    pub side: BatchQuery,
     pub kept: Arc<WindowRows>,
     pub kept_schema: SchemaRef,
     /// The event-time column among the kept columns.
@@ -58,8 +56,7 @@ pub struct JoinInput {
 /// ms) lies in `bounds` for every pair the query can match. `plan` reads each input's
 /// kept rows.
 pub struct IntervalJoinPlan {
-    pub plan: LogicalPlan,
-    pub session: SessionState,
+    pub query: BatchQuery,
     pub inputs: [JoinInput; 2],
     pub bounds: (i64, i64),
 }
@@ -160,7 +157,7 @@ impl Operator for IntervalJoin {
             return Ok(());
         }
         // Only what the join reads is kept: the side's filters and projections first.
-        let rows = run_batch(&this.side, &self.plan.session, &this.source, vec![rows])?;
+        let rows = this.side.run(&this.source, vec![rows])?;
         if rows.iter().all(|b| b.num_rows() == 0) {
             return Ok(());
         }
@@ -171,12 +168,7 @@ impl Operator for IntervalJoin {
         let other = &self.plan.inputs[1 - input];
         if self.kept[1 - input].iter().any(|b| b.num_rows() > 0) {
             other.kept.set(self.kept[1 - input].clone());
-            let result = run_batch(
-                &self.plan.plan,
-                &self.plan.session,
-                &this.kept,
-                rows.clone(),
-            );
+            let result = self.plan.query.run(&this.kept, rows.clone());
             other.kept.set(Vec::new());
             result?.into_iter().for_each(|b| out.emit(b));
         }

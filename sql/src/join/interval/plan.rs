@@ -11,7 +11,7 @@ use super::aggregate::{JoinAggregate, JoinAggregatePlan, plan_after_join_aggrega
 use super::bounds::{bounds_in, column_at_join, passes_time_through, with_ttl};
 use super::rewrite::{aggregate_over_join, check_shape, read_kept_rows, replace_with_scan};
 use super::{IntervalJoin, IntervalJoinPlan, JoinInput};
-use crate::batch::WindowRows;
+use crate::batch::{BatchQuery, WindowRows};
 use crate::join::{find_join, scanned_table};
 use crate::parser::CreateView;
 use crate::planner::explain::explain;
@@ -245,7 +245,7 @@ pub(crate) async fn plan_interval_join(
         by_input.push(JoinInput {
             source,
             source_time,
-            side,
+            side: BatchQuery::new(side, session.clone()),
             kept,
             kept_schema,
             kept_time,
@@ -266,8 +266,7 @@ pub(crate) async fn plan_interval_join(
         ),
         operator: {
             let join = IntervalJoin::new(IntervalJoinPlan {
-                plan,
-                session,
+                query: BatchQuery::new(plan, session.clone()),
                 inputs: [i0, i1],
                 bounds: (lo, hi),
             });
@@ -280,7 +279,7 @@ pub(crate) async fn plan_interval_join(
                         JoinAggregatePlan {
                             side,
                             close_column,
-                            aggregate,
+                            aggregate: BatchQuery::new(aggregate, session),
                             joined,
                             joined_schema,
                             then,

@@ -20,10 +20,8 @@ use datafusion::arrow::compute::{concat_batches, interleave_record_batch, take_r
 use datafusion::arrow::datatypes::{SchemaRef, TimestampMillisecondType};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::row::{RowConverter, SortField};
-use datafusion::execution::SessionState;
-use datafusion::logical_expr::LogicalPlan;
 
-use crate::batch::{WindowRows, run_batch};
+use crate::batch::{BatchQuery, WindowRows};
 use crate::operator::{Collector, Operator};
 use crate::window::event_times;
 use crate::{Error, Result};
@@ -46,8 +44,8 @@ pub struct SessionPlan {
     pub source_columns: Option<Vec<usize>>,
     /// The kept source columns plus `window_start` and `window_end`.
     pub windowed_schema: SchemaRef,
-    pub plan: LogicalPlan,
-    pub session: SessionState,
+    /// The query; its scans read `table`.
+    pub query: BatchQuery,
     pub table: Arc<WindowRows>,
 }
 
@@ -355,12 +353,7 @@ impl Operator for SessionQuery {
         self.evaluated_at = Some(watermark);
         self.ended_rows = 0;
         let rows: Vec<RecordBatch> = std::mem::take(&mut self.ended);
-        match run_batch(
-            &self.plan.plan,
-            &self.plan.session,
-            &self.plan.table,
-            rows.clone(),
-        ) {
+        match self.plan.query.run(&self.plan.table, rows.clone()) {
             Ok(result) => result.into_iter().for_each(|b| out.emit(b)),
             Err(e) => out.failed(
                 concat_batches(&self.plan.windowed_schema, &rows)?,

@@ -7,6 +7,7 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::logical_expr::{Expr, LogicalPlan};
 
 use super::{SessionPlan, SessionQuery};
+use crate::batch::BatchQuery;
 use crate::planner::explain::{explain, with_held_rows};
 use crate::planner::narrow::{Planned, narrow};
 use crate::planner::window_call::WindowCall;
@@ -103,8 +104,7 @@ pub(crate) async fn plan_session(
             key_columns,
             source_columns: narrowed.source_columns,
             windowed_schema: narrowed.schema,
-            plan: narrowed.plan,
-            session: narrowed.session,
+            query: BatchQuery::new(narrowed.plan, narrowed.session),
             table: narrowed.table,
         })?),
     })
