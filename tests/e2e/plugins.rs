@@ -50,7 +50,7 @@ async fn currency_function_equals_native_sql_and_survives_a_restart() -> Result<
         "CREATE MATERIALIZED VIEW by_plugin AS SELECT auction, to_eur(price) AS eur FROM bid",
     )
     .await?;
-    weir.exec("CREATE MATERIALIZED VIEW native AS SELECT auction, 0.908 * price AS eur FROM bid")
+    weir.exec("CREATE MATERIALIZED VIEW native AS SELECT auction, 0.908 * CAST(price AS DOUBLE) AS eur FROM bid")
         .await?;
     weir.wait_for("the run to finish", Duration::from_secs(60), || async {
         let s = weir.get("/api/v1/sources/bid").await?;
