@@ -14,18 +14,22 @@ pub fn weir_binary() -> PathBuf {
     if let Ok(p) = std::env::var("WEIR_BIN") {
         return p.into();
     }
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target dir");
-    let bin = dir.join("weir");
+    let bin = profile_dir().join("weir");
     assert!(
         bin.exists(),
         "{} is missing: run `cargo build -p weir-web` first",
         bin.display()
     );
     bin
+}
+
+/// The build's profile dir (`target/debug`): the test executable is in its `deps/`.
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    exe.parent()
+        .and_then(|deps| deps.parent())
+        .expect("target dir")
+        .to_path_buf()
 }
 
 /// A running `weir serve` on a free port with its own data dir; killed on drop.
@@ -214,9 +218,9 @@ pub fn plugin_wasm(crate_name: &str) -> Vec<u8> {
 
 /// A plugin built by `scripts/build-plugins.sh` for `triple`.
 pub fn plugin_wasm_for(triple: &str, crate_name: &str) -> Vec<u8> {
-    let target = weir_binary()
+    // Beside this test's build, not `$WEIR_BIN`'s (a copy may live anywhere).
+    let target = profile_dir()
         .parent()
-        .and_then(|d| d.parent())
         .expect("target dir")
         .join(triple)
         .join("plugin")
