@@ -164,6 +164,31 @@ impl Weir {
         Ok((r.status().as_u16(), r.json().await.unwrap_or(Value::Null)))
     }
 
+    /// How many micro-batches source `source` has run its views over (a paused view's
+    /// held batches count: the pipeline is done with them).
+    pub async fn source_batches(&self, source: &str) -> Result<u64> {
+        let s = self.get(&format!("/api/v1/sources/{source}")).await?;
+        s["batches"]
+            .as_u64()
+            .with_context(|| format!("no batch count in {s}"))
+    }
+
+    /// Post `body` to http source `source` and wait until its pipeline has run a batch
+    /// more than before: the records close a micro-batch of their own.
+    pub async fn post_batch(&self, source: &str, body: String) -> Result<()> {
+        let before = self.source_batches(source).await?;
+        let (code, answer) = self.post_records(source, body).await?;
+        if code != 200 {
+            bail!("posting to {source} answered {code}: {answer}");
+        }
+        self.wait_for(
+            &format!("source {source} to run the batch"),
+            Duration::from_secs(10),
+            || async { Ok((self.source_batches(source).await? > before).then_some(())) },
+        )
+        .await
+    }
+
     /// Wait until source `source` has finished (a finite source after its last row).
     pub async fn wait_finished(&self, source: &str) -> Result<()> {
         self.wait_for(
