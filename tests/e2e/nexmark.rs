@@ -155,17 +155,6 @@ async fn q8_and_q3_join_two_sources_like_the_batch_oracle() -> Result<()> {
     for table in ["person", "auction"] {
         weir.wait_finished(table).await?;
     }
-    // The last window closes once both inputs have finished.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut got: Vec<String> = weir.get("/api/v1/views/q8").await?["rows"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .map(|r| format!("{}|{}|{}", r[0], r[1].as_str().unwrap_or(""), r[2]))
-        .collect();
-    got.sort();
-
     let ctx = oracle_context(
         &[("person", Table::Person), ("auction", Table::Auction)],
         5,
@@ -197,6 +186,17 @@ async fn q8_and_q3_join_two_sources_like_the_batch_oracle() -> Result<()> {
     }
     expected.sort();
     assert!(!expected.is_empty(), "the oracle found no new sellers");
+    // The last window closes once both inputs have finished.
+    let got = weir
+        .wait_for(
+            "q8 to hold as many rows as the oracle",
+            Duration::from_secs(30),
+            || async {
+                let got = q8_rows(&weir).await?;
+                Ok((got.len() >= expected.len()).then_some(got))
+            },
+        )
+        .await?;
     assert_eq!(got.len(), expected.len(), "q8 rows");
     assert_eq!(got, expected);
     let explain = weir.exec("EXPLAIN VIEW q8").await?["rows"].clone();
@@ -224,6 +224,19 @@ async fn q8_and_q3_join_two_sources_like_the_batch_oracle() -> Result<()> {
     let explain = weir.exec("EXPLAIN VIEW q3").await?["rows"].to_string();
     assert!(explain.contains("interval join"), "{explain}");
     Ok(())
+}
+
+/// Nexmark q8's rows (id, name, window start), sorted.
+async fn q8_rows(weir: &Weir) -> Result<Vec<String>> {
+    let mut got: Vec<String> = weir.get("/api/v1/views/q8").await?["rows"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|r| format!("{}|{}|{}", r[0], r[1].as_str().unwrap_or(""), r[2]))
+        .collect();
+    got.sort();
+    Ok(got)
 }
 
 /// Nexmark q3's rows of `view` (name, city, state, auction id), sorted.

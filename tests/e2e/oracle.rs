@@ -1,24 +1,27 @@
 //! Continuous queries against a batch oracle. Each file in tests/golden/nexmark holds a
-//! view and the same query for DataFusion in batch mode. The view runs incrementally over
-//! finite Nexmark sources (`bid`, `auction`, `person`), micro-batch by micro-batch with
-//! watermarks, exactly as the pipelines drive it; its final rows must equal the oracle's over the same events, and a
-//! summary (row count, checksum, first rows) must equal the reviewed `.out` file.
+//! view and the same query for DataFusion in batch mode, and is its own test, named
+//! after the file. The view runs incrementally over finite Nexmark sources (`bid`,
+//! `auction`, `person`), batch by batch under the pipeline's watermark rules
+//! (`weir_runtime::pipeline::drive`); its final rows must equal the oracle's over the
+//! same events, and a summary (row count, checksum, header, first rows) must equal the
+//! reviewed `.out` file. A failure shows the rows that differ, or a diff of the summary.
 //! Regenerate the `.out` files with `WEIR_BLESS=1 cargo test -p weir-tests oracle`.
 
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use datafusion::arrow::array::{RecordBatch, TimestampMillisecondArray};
-use datafusion::arrow::compute::{max, min};
+use datafusion::arrow::compute::min;
 use datafusion::arrow::util::pretty::pretty_format_batches;
 use datafusion::datasource::MemTable;
 use datafusion::prelude::{SessionConfig, SessionContext};
+use weir_runtime::pipeline::drive::{InputWatermark, WatermarkedInputs};
 use weir_runtime::source::nexmark::{Generator, GeneratorConfig, Table};
 use weir_sql::planner::{SourceCatalog, SourceInfo};
-use weir_sql::{Collector, ContinuousQuery, Statement, Watermark, WatermarkSpec, parse_statement};
+use weir_sql::{Collector, ContinuousQuery, Statement, WatermarkSpec, parse_statement};
 
 /// 400,000 events (368,000 bids, 24,000 auctions, 8,000 persons; 40 s of event time),
 /// seed 7: each table its own source, as `CREATE SOURCE ... table = '...'` makes them.
@@ -58,9 +61,11 @@ fn times(batch: &RecordBatch) -> Result<&TimestampMillisecondArray> {
         .context("date_time")
 }
 
-/// Run the view incrementally, as the runtime drives it; its rows at the end. Each
-/// input it reads is a source with its own watermark; batches arrive in event-time
-/// order across inputs, and the view's watermark is the minimum of its inputs'.
+/// Run the view incrementally, as the runtime drives it, with the pipeline's watermark
+/// rules ([`WatermarkedInputs`]); its rows at the end. Each input it reads is a source
+/// with its own watermark; batches arrive in event-time order across inputs (the
+/// pipeline's watermark alignment, made deterministic), and an input ends after its
+/// last batch.
 async fn stream(view: &str, tables: &BTreeMap<&str, Vec<RecordBatch>>) -> Result<Vec<RecordBatch>> {
     let Statement::CreateView(view) = parse_statement(view)? else {
         bail!("not a CREATE MATERIALIZED VIEW")
@@ -82,33 +87,22 @@ async fn stream(view: &str, tables: &BTreeMap<&str, Vec<RecordBatch>>) -> Result
         })
         .collect();
     let mut query = ContinuousQuery::plan(&view, &catalog).await?;
-    let inputs: Vec<&[RecordBatch]> = std::iter::once(&query.source)
+    let names: Vec<&String> = std::iter::once(&query.source)
         .chain(&query.other_sources)
-        .map(|name| {
-            tables
-                .get(name.as_str())
-                .map(Vec::as_slice)
-                .context("no such table")
-        })
-        .collect::<Result<_>>()?;
-    let mut next = vec![0usize; inputs.len()];
-    let mut marks: Vec<Watermark> = inputs.iter().map(|_| Watermark::new(DELAY_MS)).collect();
-    // A finished input no longer holds the others back.
-    let combined = |marks: &[Watermark], next: &[usize]| -> Option<i64> {
-        marks
-            .iter()
-            .zip(next)
-            .zip(&inputs)
-            .map(|((m, &n), batches)| {
-                if n >= batches.len() {
-                    Some(i64::MAX)
-                } else {
-                    m.current()
-                }
-            })
-            .collect::<Option<Vec<i64>>>()
-            .and_then(|w| w.into_iter().min())
-    };
+        .collect();
+    let mut inputs = Vec::new();
+    let mut marks = Vec::new();
+    for name in names {
+        let batches = tables.get(name.as_str()).context("no such table")?;
+        let schema = &catalog[name.as_str()].schema;
+        inputs.push(batches.as_slice());
+        marks.push(InputWatermark::new(
+            DELAY_MS,
+            schema.index_of(&watermark.column).ok(),
+        ));
+    }
+    let mut marks = WatermarkedInputs::new(marks);
+    let op = query.operator.as_mut();
     let (mut rows, mut current) = (Vec::new(), None);
     let mut collect = |out: Collector| -> Result<()> {
         if !out.late.is_empty() || !out.failed.is_empty() {
@@ -120,23 +114,24 @@ async fn stream(view: &str, tables: &BTreeMap<&str, Vec<RecordBatch>>) -> Result
         }
         Ok(())
     };
+    let mut next = vec![0usize; inputs.len()];
+    for (i, batches) in inputs.iter().enumerate() {
+        if batches.is_empty() {
+            let mut out = Collector::default();
+            marks.finish(op, i, &mut out)?;
+            collect(out)?;
+        }
+    }
     // The input whose next batch starts earliest, each time.
     while let Some(input) = (0..inputs.len())
         .filter(|&i| next[i] < inputs[i].len())
         .min_by_key(|&i| times(&inputs[i][next[i]]).ok().and_then(min))
     {
-        let batch = &inputs[input][next[input]];
-        let before = combined(&marks, &next);
         let mut out = Collector::default();
-        query
-            .operator
-            .process_input(input, batch, before, &mut out)?;
-        if let Some(m) = max(times(batch)?) {
-            marks[input].observe(m);
-        }
+        marks.drive(op, input, &inputs[input][next[input]], &mut out)?;
         next[input] += 1;
-        if let Some(w) = combined(&marks, &next).filter(|&w| Some(w) > before) {
-            query.operator.on_watermark(w, &mut out)?;
+        if next[input] == inputs[input].len() {
+            marks.finish(op, input, &mut out)?;
         }
         collect(out)?;
     }
@@ -181,76 +176,202 @@ fn fnv1a(lines: &[String]) -> u64 {
         })
 }
 
-#[tokio::test]
-async fn views_equal_the_batch_oracle_and_their_golden_files() -> Result<()> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("golden/nexmark");
-    let bless = std::env::var("WEIR_BLESS").is_ok();
-    let batches = tables();
-    let mut files: Vec<_> = std::fs::read_dir(&dir)?
+/// One test per golden case, named after its file, so a case runs and fails alone
+/// (`cargo test -p weir-tests --test e2e q5_hot_items`).
+macro_rules! golden_cases {
+    ($($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $case() -> Result<()> {
+                golden_case(stringify!($case)).await
+            }
+        )*
+
+        /// The cases above, for the check that none is left out.
+        const CASES: &[&str] = &[$(stringify!($case)),*];
+    };
+}
+
+golden_cases!(
+    hop_bids_per_auction,
+    interval_early_bids,
+    q0_passthrough,
+    q1_currency,
+    q2_selection,
+    q3_local_item_suggestion,
+    q4_average_price_per_category,
+    q5_hot_items,
+    q5_hot_items_published,
+    q7_highest_bid,
+    q8_new_sellers,
+    session_bidder_activity,
+    tumble_bids_per_auction,
+    tumble_channel_stats,
+    tumble_row_number_top_bids,
+    tumble_top_auctions,
+    updating_per_channel,
+);
+
+fn golden_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("golden/nexmark")
+}
+
+/// A new `.sql` file must be listed in `golden_cases!`, or it would never run.
+#[test]
+fn every_golden_file_is_a_listed_case() -> Result<()> {
+    let mut files: Vec<String> = std::fs::read_dir(golden_dir())?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|e| e == "sql"))
+        .filter_map(|p| Some(p.file_stem()?.to_string_lossy().to_string()))
         .collect();
     files.sort();
-    assert!(
-        files.len() >= 7,
-        "golden cases missing in {}",
-        dir.display()
+    let unlisted: Vec<&String> = files
+        .iter()
+        .filter(|f| !CASES.contains(&f.as_str()))
+        .collect();
+    let missing: Vec<&&str> = CASES
+        .iter()
+        .filter(|c| !files.iter().any(|f| f == *c))
+        .collect();
+    ensure!(
+        unlisted.is_empty() && missing.is_empty(),
+        "golden files not listed in golden_cases!: {unlisted:?}; listed cases without a .sql file: {missing:?}"
     );
-    let mut failures = Vec::new();
-    for file in &files {
-        let text = std::fs::read_to_string(file)?;
-        let (view, oracle_sql) = text.split_once("-- oracle").context("a `-- oracle` line")?;
-        let (streamed_header, streamed) = table(
-            &stream(view.trim(), &batches)
-                .await
-                .with_context(|| file.display().to_string())?,
-        )?;
-        let (oracle_header, expected) = table(&oracle(oracle_sql.trim(), &batches).await?)?;
-        let name = file
-            .file_stem()
-            .unwrap_or_default()
-            .to_string_lossy()
-            .to_string();
-        if streamed.is_empty() {
-            failures.push(format!("{name}: the view produced no rows"));
-        }
-        if streamed_header != oracle_header || streamed != expected {
-            let first_diff = streamed.iter().zip(&expected).find(|(a, b)| a != b);
-            failures.push(format!(
-                "{name}: view ({} rows) differs from the oracle ({} rows)\n  headers: {streamed_header} / {oracle_header}\n  first difference: {first_diff:?}",
-                streamed.len(),
-                expected.len()
-            ));
-            continue;
-        }
-        let summary = format!(
-            "rows: {}\nchecksum: {:016x}\n{streamed_header}\n{}\n",
+    Ok(())
+}
+
+/// The generated events, once per test binary: every case reads the same.
+fn shared_tables() -> &'static BTreeMap<&'static str, Vec<RecordBatch>> {
+    static TABLES_BY_NAME: LazyLock<BTreeMap<&'static str, Vec<RecordBatch>>> =
+        LazyLock::new(tables);
+    &TABLES_BY_NAME
+}
+
+/// Golden case `name`: the view's final rows equal the batch oracle's, and their
+/// summary equals the reviewed `.out` file (written instead with `WEIR_BLESS=1`).
+async fn golden_case(name: &str) -> Result<()> {
+    let file = golden_dir().join(format!("{name}.sql"));
+    let text = std::fs::read_to_string(&file).with_context(|| file.display().to_string())?;
+    let (view, oracle_sql) = text
+        .split_once("-- oracle")
+        .with_context(|| format!("{}: a `-- oracle` line", file.display()))?;
+    let batches = shared_tables();
+    let (streamed_header, streamed) = table(
+        &stream(view.trim(), batches)
+            .await
+            .with_context(|| file.display().to_string())?,
+    )?;
+    let (oracle_header, expected) = table(&oracle(oracle_sql.trim(), batches).await?)?;
+    ensure!(!streamed.is_empty(), "{name}: the view produced no rows");
+    ensure!(
+        streamed_header == oracle_header,
+        "{name}: the view's columns differ from the oracle's\n  view:   {streamed_header}\n  oracle: {oracle_header}"
+    );
+    if streamed != expected {
+        bail!(
+            "{name}: the view ({} rows) differs from the oracle ({} rows)\n{streamed_header}\n{}",
             streamed.len(),
-            fnv1a(&streamed),
-            streamed
-                .iter()
-                .take(5)
-                .cloned()
-                .collect::<Vec<_>>()
-                .join("\n")
+            expected.len(),
+            row_difference(&streamed, &expected)
         );
-        let golden = file.with_extension("out");
-        if bless {
-            std::fs::write(&golden, &summary)?;
-        } else {
-            match std::fs::read_to_string(&golden) {
-                Ok(g) if g == summary => {}
-                Ok(g) => failures.push(format!(
-                    "{name}: differs from {}:\n--- golden\n{g}--- now\n{summary}",
-                    golden.display()
-                )),
-                Err(_) => failures.push(format!(
-                    "{name}: no {} (run with WEIR_BLESS=1 and review it)",
-                    golden.display()
-                )),
+    }
+    let summary = format!(
+        "rows: {}\nchecksum: {:016x}\n{streamed_header}\n{}\n",
+        streamed.len(),
+        fnv1a(&streamed),
+        streamed
+            .iter()
+            .take(5)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let golden = file.with_extension("out");
+    if std::env::var("WEIR_BLESS").is_ok() {
+        std::fs::write(&golden, &summary)?;
+        return Ok(());
+    }
+    let Ok(reviewed) = std::fs::read_to_string(&golden) else {
+        bail!(
+            "{name}: no {} (run with WEIR_BLESS=1 and review it)",
+            golden.display()
+        );
+    };
+    ensure!(
+        reviewed == summary,
+        "{name}: the view equals the oracle, but not {} (- reviewed, + now; WEIR_BLESS=1 rewrites it):\n{}",
+        golden.display(),
+        line_diff(&reviewed, &summary)
+    );
+    Ok(())
+}
+
+/// Rows only in the view and rows only in the oracle (both sorted), the first few of
+/// each with their counts.
+fn row_difference(view: &[String], oracle: &[String]) -> String {
+    const SHOWN: usize = 10;
+    let (mut only_view, mut only_oracle) = (Vec::new(), Vec::new());
+    let (mut v, mut o) = (view.iter().peekable(), oracle.iter().peekable());
+    loop {
+        match (v.peek(), o.peek()) {
+            (Some(a), Some(b)) if a == b => {
+                v.next();
+                o.next();
             }
+            (Some(a), Some(b)) if a < b => only_view.extend(v.next()),
+            (Some(_), Some(_)) | (None, Some(_)) => only_oracle.extend(o.next()),
+            (Some(_), None) => only_view.extend(v.next()),
+            (None, None) => break,
         }
     }
-    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
-    Ok(())
+    let list = |what: &str, rows: &[&String]| {
+        let more = rows.len().saturating_sub(SHOWN);
+        let mut s = format!("{} rows only in the {what}", rows.len());
+        if !rows.is_empty() {
+            s.push(':');
+        }
+        for r in rows.iter().take(SHOWN) {
+            s.push_str(&format!("\n  {r}"));
+        }
+        if more > 0 {
+            s.push_str(&format!("\n  ... and {more} more"));
+        }
+        s
+    };
+    format!(
+        "{}\n{}",
+        list("view", &only_view),
+        list("oracle", &only_oracle)
+    )
+}
+
+/// A line diff of two short texts (longest common subsequence): `-` lines only in
+/// `old`, `+` lines only in `new`, the rest indented.
+fn line_diff(old: &str, new: &str) -> String {
+    let (a, b): (Vec<&str>, Vec<&str>) = (old.lines().collect(), new.lines().collect());
+    // common[i][j]: length of the longest common subsequence of a[i..] and b[j..].
+    let mut common = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for i in (0..a.len()).rev() {
+        for j in (0..b.len()).rev() {
+            common[i][j] = if a[i] == b[j] {
+                common[i + 1][j + 1] + 1
+            } else {
+                common[i + 1][j].max(common[i][j + 1])
+            };
+        }
+    }
+    let (mut i, mut j, mut out) = (0, 0, Vec::new());
+    while i < a.len() || j < b.len() {
+        if i < a.len() && j < b.len() && a[i] == b[j] {
+            out.push(format!("  {}", a[i]));
+            (i, j) = (i + 1, j + 1);
+        } else if i < a.len() && (j == b.len() || common[i + 1][j] >= common[i][j + 1]) {
+            out.push(format!("- {}", a[i]));
+            i += 1;
+        } else {
+            out.push(format!("+ {}", b[j]));
+            j += 1;
+        }
+    }
+    out.join("\n")
 }

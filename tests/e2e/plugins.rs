@@ -255,9 +255,8 @@ async fn a_failing_plugin_pauses_its_view_until_a_fixed_upload() -> Result<()> {
     assert_eq!(view["status"], "paused", "{view}");
 
     // While paused, new rows are held, not dead-lettered.
-    weir.post_records("nums", json!([{ "n": 10 }, { "n": 11 }]).to_string())
+    weir.post_batch("nums", json!([{ "n": 10 }, { "n": 11 }]).to_string())
         .await?;
-    tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(dead_letters_for(&weir, "checked").await?.len(), 3);
     assert_eq!(weir.get("/api/v1/views/checked").await?["rows"], json!([]));
 
@@ -585,9 +584,8 @@ async fn a_replay_that_fails_again_keeps_the_rest_held() -> Result<()> {
     fail_three_batches(&weir, &broken).await?;
     // Five batches held while the plugin is failed.
     for n in 10..15 {
-        weir.post_records("nums", json!([{ "n": n }]).to_string())
+        weir.post_batch("nums", json!([{ "n": n }]).to_string())
             .await?;
-        tokio::time::sleep(Duration::from_millis(120)).await;
     }
     assert_eq!(dead_letters_for(&weir, "checked").await?.len(), 3);
     // Still broken: three replayed batches fail and mark it failed again; two stay held.
@@ -597,8 +595,17 @@ async fn a_replay_that_fails_again_keeps_the_rest_held() -> Result<()> {
         Ok((p["status"] == "failed" && p["version"] == 2).then_some(()))
     })
     .await?;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(dead_letters_for(&weir, "checked").await?.len(), 6);
+    let dead = weir
+        .wait_for(
+            "the replayed batches' dead letters",
+            Duration::from_secs(10),
+            || async {
+                let n = dead_letters_for(&weir, "checked").await?.len();
+                Ok((n >= 6).then_some(n))
+            },
+        )
+        .await?;
+    assert_eq!(dead, 6);
     assert_eq!(weir.get("/api/v1/views/checked").await?["rows"], json!([]));
     // Fixed: the two batches still held are processed.
     weir.upload_plugin("flaky", fixed.clone()).await?;

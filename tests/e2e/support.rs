@@ -14,18 +14,22 @@ pub fn weir_binary() -> PathBuf {
     if let Ok(p) = std::env::var("WEIR_BIN") {
         return p.into();
     }
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target dir");
-    let bin = dir.join("weir");
+    let bin = profile_dir().join("weir");
     assert!(
         bin.exists(),
         "{} is missing: run `cargo build -p weir-web` first",
         bin.display()
     );
     bin
+}
+
+/// The build's profile dir (`target/debug`): the test executable is in its `deps/`.
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    exe.parent()
+        .and_then(|deps| deps.parent())
+        .expect("target dir")
+        .to_path_buf()
 }
 
 /// A running `weir serve` on a free port with its own data dir; killed on drop.
@@ -160,6 +164,31 @@ impl Weir {
         Ok((r.status().as_u16(), r.json().await.unwrap_or(Value::Null)))
     }
 
+    /// How many micro-batches source `source` has run its views over (a paused view's
+    /// held batches count: the pipeline is done with them).
+    pub async fn source_batches(&self, source: &str) -> Result<u64> {
+        let s = self.get(&format!("/api/v1/sources/{source}")).await?;
+        s["batches"]
+            .as_u64()
+            .with_context(|| format!("no batch count in {s}"))
+    }
+
+    /// Post `body` to http source `source` and wait until its pipeline has run a batch
+    /// more than before: the records close a micro-batch of their own.
+    pub async fn post_batch(&self, source: &str, body: String) -> Result<()> {
+        let before = self.source_batches(source).await?;
+        let (code, answer) = self.post_records(source, body).await?;
+        if code != 200 {
+            bail!("posting to {source} answered {code}: {answer}");
+        }
+        self.wait_for(
+            &format!("source {source} to run the batch"),
+            Duration::from_secs(10),
+            || async { Ok((self.source_batches(source).await? > before).then_some(())) },
+        )
+        .await
+    }
+
     /// Wait until source `source` has finished (a finite source after its last row).
     pub async fn wait_finished(&self, source: &str) -> Result<()> {
         self.wait_for(
@@ -214,9 +243,9 @@ pub fn plugin_wasm(crate_name: &str) -> Vec<u8> {
 
 /// A plugin built by `scripts/build-plugins.sh` for `triple`.
 pub fn plugin_wasm_for(triple: &str, crate_name: &str) -> Vec<u8> {
-    let target = weir_binary()
+    // Beside this test's build, not `$WEIR_BIN`'s (a copy may live anywhere).
+    let target = profile_dir()
         .parent()
-        .and_then(|d| d.parent())
         .expect("target dir")
         .join(triple)
         .join("plugin")

@@ -2,36 +2,39 @@
 //! every view of the source over each batch, advances the source's watermark, lets the
 //! views emit what it completes, and sends late rows and failed batches to the
 //! dead-letter store. It owns no tokio runtime: operators are CPU work.
+//!
+//! This file is the batching loop and the watermark's advance; the rest by concept:
+//! [`drive`] the watermark rules shared with the tests, `pause` holding and replaying
+//! batches for views whose plugin failed, `alignment` keeping a join's inputs close in
+//! event time, `snapshot` answering checkpoint requests, `deliver` putting an
+//! operator's output into its view and the dead-letter store.
+
+mod alignment;
+mod deliver;
+pub mod drive;
+mod pause;
+mod snapshot;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::time::{Duration, Instant};
 
-use datafusion::arrow::array::{Array, RecordBatch, TimestampMillisecondArray};
-use datafusion::arrow::compute::{concat_batches, max};
-use datafusion::arrow::json::LineDelimitedWriter;
-use datafusion::arrow::temporal_conversions::timestamp_ms_to_datetime;
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::compute::concat_batches;
 use prometheus::Histogram;
 
 use crate::batch::BatchPolicy;
-use crate::checkpoint::align::{Arrival, JoinAlignment};
-use crate::checkpoint::{Position, SourceSnapshot};
-use crate::deadletter::{DeadLetterStore, NewDeadLetter};
+use crate::checkpoint::Position;
+use crate::checkpoint::align::JoinAlignment;
+use crate::deadletter::DeadLetterStore;
 use crate::source::{Chunk, SourceRuntime, SourceState};
 use crate::view::ViewRuntime;
-use weir_sql::{Collector, Watermark};
+use drive::InputWatermark;
+use weir_sql::Collector;
 
 /// Batches a paused view holds before its source waits for it.
 const MAX_HELD_BATCHES: usize = 256;
-
-/// How far (event time, ms) an input of a join may run ahead of the join's watermark
-/// before its pipeline waits for the other inputs: without it, a fast input fills the
-/// join's open windows with rows the slow input is far from matching.
-const MAX_JOIN_SKEW_MS: i64 = 10_000;
-
-/// How long an input of a join waits at a checkpoint for the join's other inputs.
-const JOIN_ARRIVAL_WAIT: Duration = Duration::from_secs(2);
 
 /// Everything a pipeline thread needs besides its source.
 pub struct Pipeline {
@@ -41,8 +44,8 @@ pub struct Pipeline {
     pub latency: Histogram,
     /// Chunks queued by an HTTP source (decremented as they are taken).
     pub buffered: Option<Arc<AtomicUsize>>,
-    watermark: Watermark,
-    time_column: Option<usize>,
+    /// The source's watermark over the batches processed so far.
+    watermark: InputWatermark,
     /// The source's position after the last chunk received.
     position: Position,
     /// Batches processed since the last snapshot.
@@ -64,12 +67,12 @@ impl Pipeline {
         latency: Histogram,
         buffered: Option<Arc<AtomicUsize>>,
     ) -> Self {
-        let (watermark, time_column) = match &source.watermark {
-            Some(spec) => (
-                Watermark::new(i64::try_from(spec.delay.as_millis()).unwrap_or(i64::MAX)),
+        let watermark = match &source.watermark {
+            Some(spec) => InputWatermark::new(
+                i64::try_from(spec.delay.as_millis()).unwrap_or(i64::MAX),
                 source.schema.index_of(&spec.column).ok(),
             ),
-            None => (Watermark::new(0), None),
+            None => InputWatermark::new(0, None),
         };
         Self {
             source,
@@ -78,7 +81,6 @@ impl Pipeline {
             latency,
             buffered,
             watermark,
-            time_column,
             position: Position::default(),
             unsaved_batches: 0,
             idle_timeout_ms: 10_000,
@@ -221,6 +223,8 @@ impl Pipeline {
         }
     }
 
+    /// Run every view over one batch, then move the watermark on (the order of
+    /// [`drive::WatermarkedInputs::drive`]).
     fn process(&mut self, batch: &RecordBatch) {
         let views = self.source.views.lock().clone();
         let before = self.watermark.current();
@@ -238,85 +242,10 @@ impl Pipeline {
         }
         self.source.batches.inc();
         self.unsaved_batches += 1;
-        let advanced = self
-            .time_column
-            .and_then(|c| {
-                batch
-                    .column(c)
-                    .as_any()
-                    .downcast_ref::<TimestampMillisecondArray>()
-                    .and_then(max)
-            })
-            .and_then(|m| self.watermark.observe(m));
-        if let Some(w) = advanced {
+        // Only now that every view has the batch: a join's other inputs may close its
+        // windows as soon as this watermark is published.
+        if let Some(w) = self.watermark.observe(batch) {
             self.advance(&views, w);
-        }
-    }
-
-    /// Run one view over a batch. A paused view (a plugin it calls is failed) holds
-    /// the batch instead; once it holds too many, the source waits for it, so nothing
-    /// is lost and the backpressure reaches the producers.
-    fn run_view(&self, view: &Arc<ViewRuntime>, batch: &RecordBatch, before: Option<i64>) {
-        if view.paused().is_some() {
-            if view.hold(batch.clone(), before) >= MAX_HELD_BATCHES {
-                self.wait_until_resumed(view);
-                self.resume(view);
-            }
-            return;
-        }
-        if !self.resume(view) {
-            // The plugin failed again while replaying: keep this batch too.
-            view.hold(batch.clone(), before);
-            return;
-        }
-        let input = view.input_index(&self.source.name);
-        let mut out = Collector::default();
-        let result = view.run_operator(|op| op.process_input(input, batch, before, &mut out));
-        self.deliver(view, out, result, batch);
-    }
-
-    /// Replay what a paused view held, then bring it up to the current watermark.
-    /// False when the view is (again) paused; what it has not replayed stays held.
-    fn resume(&self, view: &Arc<ViewRuntime>) -> bool {
-        if view.paused().is_some() {
-            return false;
-        }
-        let held = view.take_held();
-        if held.is_empty() {
-            return true;
-        }
-        tracing::info!(view = %view.name, batches = held.len(), "view resumed; replaying the batches it held");
-        let mut held = held.into_iter();
-        while let Some((batch, before)) = held.next() {
-            if view.paused().is_some() {
-                view.hold_front(std::iter::once((batch, before)).chain(held).collect());
-                return false;
-            }
-            let mut out = Collector::default();
-            let result = view.run_operator(|op| op.process(&batch, before, &mut out));
-            self.deliver(view, out, result, &batch);
-        }
-        if view.paused().is_some() {
-            return false;
-        }
-        if let Some(w) = self.watermark.current() {
-            self.close_windows(view, w);
-        }
-        true
-    }
-
-    fn wait_until_resumed(&self, view: &Arc<ViewRuntime>) {
-        tracing::warn!(view = %view.name, "paused view holds {MAX_HELD_BATCHES} batches; source {} waits for it", self.source.name);
-        while view.paused().is_some()
-            && !self.source.stop.load(Ordering::Relaxed)
-            && self
-                .source
-                .views
-                .lock()
-                .iter()
-                .any(|v| Arc::ptr_eq(v, view))
-        {
-            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
@@ -334,59 +263,8 @@ impl Pipeline {
         }
     }
 
-    /// Wait while this source is more than `MAX_JOIN_SKEW_MS` ahead of a join it feeds
-    /// (watermark alignment); idle inputs stop counting as the wait goes on.
-    fn align(&self, view: &ViewRuntime) {
-        loop {
-            let own = self.source.current_watermark.load(Ordering::Acquire);
-            let joined = view.combined_watermark.load(Ordering::Acquire);
-            // A checkpoint waits for every input at a batch boundary: go on to it.
-            if own == i64::MIN
-                || own.saturating_sub(joined) <= MAX_JOIN_SKEW_MS
-                || self.source.stop.load(Ordering::Relaxed)
-                || self
-                    .source
-                    .checkpoint
-                    .wanted()
-                    .is_some_and(|e| e > self.missed_epoch)
-            {
-                return;
-            }
-            self.advance_join(view);
-            if view.combined_watermark.load(Ordering::Acquire) == joined {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        }
-    }
-
-    /// Close a join's windows up to the minimum watermark of its inputs, leaving out
-    /// inputs idle for longer than the idle timeout (a finished input's watermark is
-    /// the end of time). Nothing moves while an active input has no watermark yet.
-    fn advance_join(&self, view: &ViewRuntime) {
-        let now = now_ms();
-        let mut min: Option<i64> = None;
-        for input in &view.inputs {
-            let Some(source) = input.upgrade() else {
-                continue;
-            };
-            let w = source.current_watermark.load(Ordering::Acquire);
-            let idle = now - source.last_chunk_ms.load(Ordering::Relaxed) > self.idle_timeout_ms
-                && *source.state.lock() == SourceState::Running;
-            if idle {
-                continue;
-            }
-            if w == i64::MIN {
-                return;
-            }
-            min = Some(min.map_or(w, |m: i64| m.min(w)));
-        }
-        if let Some(w) = min
-            && view.combined_watermark.fetch_max(w, Ordering::AcqRel) < w
-        {
-            self.close_windows(view, w);
-        }
-    }
-
+    /// Publish the source's new watermark and close what it completes: a view over
+    /// this source alone closes its windows now, a join as far as all its inputs allow.
     fn advance(&mut self, views: &[Arc<ViewRuntime>], watermark: i64) {
         self.source
             .current_watermark
@@ -404,6 +282,7 @@ impl Pipeline {
         }
     }
 
+    /// The watermark reached `watermark`: the view emits the windows it closes.
     fn close_windows(&self, view: &ViewRuntime, watermark: i64) {
         let mut out = Collector::default();
         let result = view.run_operator(|op| op.on_watermark(watermark, &mut out));
@@ -412,14 +291,8 @@ impl Pipeline {
             *view.last_error.lock() = Some(e.to_string());
         }
         self.dead_letter_failed(view, &out.failed);
-        for (key, rows) in out.upserts {
-            view.upsert(key, rows);
-        }
         // An aggregate over a join's closed groups updates the view's rows.
-        match out.replace {
-            Some(all) => view.replace(all, out.rows),
-            None => view.publish(out.rows),
-        }
+        deliver::publish(view, out);
     }
 
     /// The source ended: paused views are waited for, then a final watermark closes
@@ -444,156 +317,6 @@ impl Pipeline {
         *self.source.state.lock() = SourceState::Finished;
         tracing::info!(source = %self.source.name, "source finished");
     }
-
-    /// Leave a snapshot of the source's position and views for checkpoint `epoch`.
-    /// Nothing changed since the last one: that one answers again. A source that feeds
-    /// a join is snapshotted with the join's other inputs.
-    fn snapshot(&mut self, epoch: u64, finished: bool) {
-        let slot = &self.source.checkpoint;
-        let views = self.source.views.lock().clone();
-        // A paused view has not processed the batches it holds: snapshot later.
-        if views.iter().any(|v| v.held_batches() > 0) {
-            return;
-        }
-        if views.iter().any(|v| v.is_join()) {
-            let arrival = Arrival {
-                epoch,
-                position: self.position.clone(),
-                watermark: self.watermark.current(),
-            };
-            if self
-                .alignment
-                .arrive(&self.source, arrival, finished, JOIN_ARRIVAL_WAIT)
-            {
-                self.unsaved_batches = 0;
-            } else if !finished {
-                tracing::warn!(source = %self.source.name, epoch, "the other inputs of a join did not reach checkpoint {epoch} in time; it keeps their previous snapshots");
-                self.missed_epoch = epoch;
-            }
-            return;
-        }
-        let same_views = slot.latest().is_some_and(|s| {
-            s.views.len() == views.len()
-                && s.views.iter().zip(&views).all(|(a, b)| a.view_id == b.id)
-        });
-        if self.unsaved_batches == 0 && same_views {
-            slot.put_unchanged(epoch);
-            return;
-        }
-        let mut snapshots = Vec::with_capacity(views.len());
-        for view in &views {
-            match view.checkpoint(epoch) {
-                Ok(s) => snapshots.push(s),
-                Err(e) => {
-                    tracing::error!(view = %view.name, error = %e, "cannot snapshot the view; the checkpoint keeps its previous state");
-                    return;
-                }
-            }
-        }
-        slot.put(
-            epoch,
-            SourceSnapshot {
-                epoch,
-                name: self.source.name.clone(),
-                sql: self.source.sql.clone(),
-                position: self.position.clone(),
-                watermark: self.watermark.current(),
-                views: snapshots,
-            },
-        );
-        self.unsaved_batches = 0;
-    }
-
-    fn deliver(
-        &self,
-        view: &ViewRuntime,
-        out: Collector,
-        result: weir_sql::Result<()>,
-        batch: &RecordBatch,
-    ) {
-        if let Err(e) = result {
-            let reason = format!("view {} could not process this batch: {e}", view.name);
-            tracing::warn!(view = %view.name, error = %e, "batch dead-lettered");
-            *view.last_error.lock() = Some(reason.clone());
-            self.dead_letter_rows(view, batch, |_| reason.clone());
-        }
-        self.dead_letter_failed(view, &out.failed);
-        let watermark = self.watermark.current().unwrap_or(i64::MIN);
-        for late in &out.late {
-            view.late_rows.inc_by(late.num_rows() as u64);
-            // By name: a view over a stream has the stream's columns, not the source's.
-            let times = self
-                .source
-                .watermark
-                .as_ref()
-                .and_then(|w| late.schema().index_of(&w.column).ok())
-                .and_then(|c| {
-                    late.column(c)
-                        .as_any()
-                        .downcast_ref::<TimestampMillisecondArray>()
-                        .cloned()
-                });
-            self.dead_letter_rows(view, late, |row| {
-                let time = times.as_ref().filter(|t| t.is_valid(row)).map(|t| t.value(row));
-                format!(
-                    "late row for view {}: event time {} is behind the watermark {}; its window was already emitted",
-                    view.name,
-                    time.map_or("NULL".to_string(), show_time),
-                    show_time(watermark)
-                )
-            });
-        }
-        for (key, rows) in out.upserts {
-            view.upsert(key, rows);
-        }
-        match out.replace {
-            Some(all) => view.replace(all, out.rows),
-            None => view.publish(out.rows),
-        }
-    }
-
-    fn dead_letter_failed(&self, view: &ViewRuntime, failed: &[(RecordBatch, String)]) {
-        for (rows, reason) in failed {
-            tracing::warn!(view = %view.name, %reason, "rows dead-lettered");
-            *view.last_error.lock() = Some(reason.clone());
-            self.dead_letter_rows(view, rows, |_| format!("view {}: {reason}", view.name));
-        }
-    }
-
-    /// Dead-letter each row of `batch` as a JSON object.
-    fn dead_letter_rows(
-        &self,
-        view: &ViewRuntime,
-        batch: &RecordBatch,
-        reason: impl Fn(usize) -> String,
-    ) {
-        let mut writer = LineDelimitedWriter::new(Vec::new());
-        let lines = match writer.write(batch).and_then(|_| writer.finish()) {
-            Ok(()) => writer.into_inner(),
-            Err(e) => format!("(rows could not be rendered: {e})").into_bytes(),
-        };
-        let n = self.dead_letters.push_all(
-            lines
-                .split(|&b| b == b'\n')
-                .filter(|l| !l.is_empty())
-                .enumerate()
-                .map(|(row, raw)| NewDeadLetter {
-                    source: self.source.name.clone(),
-                    view: Some(view.name.clone()),
-                    position: None,
-                    reason: reason(row),
-                    raw: raw.to_vec(),
-                }),
-        );
-        self.source.dead_letters.inc_by(n as u64);
-    }
-}
-
-fn show_time(ms: i64) -> String {
-    timestamp_ms_to_datetime(ms).map_or_else(
-        || ms.to_string(),
-        |t| t.format("%Y-%m-%dT%H:%M:%S%.3f").to_string(),
-    )
 }
 
 fn now_ms() -> i64 {

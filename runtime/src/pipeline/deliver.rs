@@ -1,0 +1,115 @@
+//! Delivery of an operator's output: its rows to the view (appended, upserted by
+//! window, or replacing an updating view's rows), and rows it refused to the
+//! dead-letter store, each with a reason a user can act on: a batch the view could not
+//! process, a late row (with its event time and the watermark it missed), or rows the
+//! operator could not finish.
+
+use datafusion::arrow::array::{Array, RecordBatch, TimestampMillisecondArray};
+use datafusion::arrow::json::LineDelimitedWriter;
+use datafusion::arrow::temporal_conversions::timestamp_ms_to_datetime;
+
+use super::Pipeline;
+use crate::deadletter::NewDeadLetter;
+use crate::view::ViewRuntime;
+use weir_sql::Collector;
+
+impl Pipeline {
+    /// Deliver what the view made of `batch`; if it failed, the whole batch is
+    /// dead-lettered with the error.
+    pub(super) fn deliver(
+        &self,
+        view: &ViewRuntime,
+        out: Collector,
+        result: weir_sql::Result<()>,
+        batch: &RecordBatch,
+    ) {
+        if let Err(e) = result {
+            let reason = format!("view {} could not process this batch: {e}", view.name);
+            tracing::warn!(view = %view.name, error = %e, "batch dead-lettered");
+            *view.last_error.lock() = Some(reason.clone());
+            self.dead_letter_rows(view, batch, |_| reason.clone());
+        }
+        self.dead_letter_failed(view, &out.failed);
+        let watermark = self.watermark.current().unwrap_or(i64::MIN);
+        for late in &out.late {
+            view.late_rows.inc_by(late.num_rows() as u64);
+            // By name: a view over a stream has the stream's columns, not the source's.
+            let times = self
+                .source
+                .watermark
+                .as_ref()
+                .and_then(|w| late.schema().index_of(&w.column).ok())
+                .and_then(|c| {
+                    late.column(c)
+                        .as_any()
+                        .downcast_ref::<TimestampMillisecondArray>()
+                        .cloned()
+                });
+            self.dead_letter_rows(view, late, |row| {
+                let time = times.as_ref().filter(|t| t.is_valid(row)).map(|t| t.value(row));
+                format!(
+                    "late row for view {}: event time {} is behind the watermark {}; its window was already emitted",
+                    view.name,
+                    time.map_or("NULL".to_string(), show_time),
+                    show_time(watermark)
+                )
+            });
+        }
+        publish(view, out);
+    }
+
+    pub(super) fn dead_letter_failed(&self, view: &ViewRuntime, failed: &[(RecordBatch, String)]) {
+        for (rows, reason) in failed {
+            tracing::warn!(view = %view.name, %reason, "rows dead-lettered");
+            *view.last_error.lock() = Some(reason.clone());
+            self.dead_letter_rows(view, rows, |_| format!("view {}: {reason}", view.name));
+        }
+    }
+
+    /// Dead-letter each row of `batch` as a JSON object.
+    fn dead_letter_rows(
+        &self,
+        view: &ViewRuntime,
+        batch: &RecordBatch,
+        reason: impl Fn(usize) -> String,
+    ) {
+        let mut writer = LineDelimitedWriter::new(Vec::new());
+        let lines = match writer.write(batch).and_then(|_| writer.finish()) {
+            Ok(()) => writer.into_inner(),
+            Err(e) => format!("(rows could not be rendered: {e})").into_bytes(),
+        };
+        let n = self.dead_letters.push_all(
+            lines
+                .split(|&b| b == b'\n')
+                .filter(|l| !l.is_empty())
+                .enumerate()
+                .map(|(row, raw)| NewDeadLetter {
+                    source: self.source.name.clone(),
+                    view: Some(view.name.clone()),
+                    position: None,
+                    reason: reason(row),
+                    raw: raw.to_vec(),
+                }),
+        );
+        self.source.dead_letters.inc_by(n as u64);
+    }
+}
+
+/// Put an operator's result rows into the view: upserts by key, then the complete rows
+/// of an updating view, or rows to append.
+pub(super) fn publish(view: &ViewRuntime, out: Collector) {
+    for (key, rows) in out.upserts {
+        view.upsert(key, rows);
+    }
+    match out.replace {
+        Some(all) => view.replace(all, out.rows),
+        None => view.publish(out.rows),
+    }
+}
+
+fn show_time(ms: i64) -> String {
+    timestamp_ms_to_datetime(ms).map_or_else(
+        || ms.to_string(),
+        |t| t.format("%Y-%m-%dT%H:%M:%S%.3f").to_string(),
+    )
+}

@@ -1,0 +1,274 @@
+//! The watermark rules every driver of an operator follows, apart from threads and
+//! clocks, so the pipeline and the tests that check views against a batch oracle run
+//! operators by the same rules rather than by two copies of them: an input's
+//! watermark trails the largest event time of its batches; a query over several
+//! inputs is at the minimum of theirs, where a finished input (at the end of time) no
+//! longer holds the others back; a batch is judged by the watermark windows were
+//! closed at before it, and windows close only when that watermark moves on.
+//!
+//! The pipeline spreads a join's inputs over one thread per source, so it uses
+//! [`InputWatermark`] and [`join_watermark`] directly; [`WatermarkedInputs`] puts them
+//! together for one thread that drives every input of a query in turn.
+
+use datafusion::arrow::array::{RecordBatch, TimestampMillisecondArray};
+use datafusion::arrow::compute::max;
+use weir_sql::{Collector, Operator, Watermark};
+
+/// An input's watermark: the largest event time of its batches so far, less the delay.
+/// Without a time column it only moves when the input finishes.
+#[derive(Debug, Clone)]
+pub struct InputWatermark {
+    watermark: Watermark,
+    time_column: Option<usize>,
+}
+
+impl InputWatermark {
+    /// A watermark `delay_ms` behind the largest value of column `time_column` (a
+    /// millisecond timestamp) of the batches observed.
+    pub fn new(delay_ms: i64, time_column: Option<usize>) -> Self {
+        Self {
+            watermark: Watermark::new(delay_ms),
+            time_column,
+        }
+    }
+
+    /// The current watermark; `None` before the first event time.
+    pub fn current(&self) -> Option<i64> {
+        self.watermark.current()
+    }
+
+    /// Observe a batch's largest event time (null times do not count). The new
+    /// watermark if it advanced.
+    pub fn observe(&mut self, batch: &RecordBatch) -> Option<i64> {
+        let time = self.time_column.and_then(|c| {
+            batch
+                .column(c)
+                .as_any()
+                .downcast_ref::<TimestampMillisecondArray>()
+                .and_then(max)
+        })?;
+        self.watermark.observe(time)
+    }
+
+    /// Move to `value` if that is later (a watermark restored from a checkpoint).
+    pub fn advance_to(&mut self, value: i64) -> Option<i64> {
+        self.watermark.advance_to(value)
+    }
+
+    /// The input ended: the end of time, so every window closes.
+    pub fn finish(&mut self) -> Option<i64> {
+        self.watermark.finish()
+    }
+}
+
+/// What one input of a join counts for in the join's watermark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinInput {
+    /// Not counted: idle for longer than the idle timeout, or gone.
+    Skipped,
+    /// Counted, but without a watermark yet.
+    Pending,
+    /// Counted, at this watermark (`i64::MAX` once finished).
+    At(i64),
+}
+
+/// The watermark of a query over several inputs: the minimum of the counted inputs'.
+/// None while a counted input has no watermark yet (its first rows may be anywhere in
+/// time), and none when no input counts.
+pub fn join_watermark(inputs: impl IntoIterator<Item = JoinInput>) -> Option<i64> {
+    let mut min: Option<i64> = None;
+    for input in inputs {
+        match input {
+            JoinInput::Skipped => {}
+            JoinInput::Pending => return None,
+            JoinInput::At(w) => min = Some(min.map_or(w, |m| m.min(w))),
+        }
+    }
+    min
+}
+
+/// The inputs of one query driven from one thread, batch by batch (input 0 is the
+/// query's first source). Unlike the pipeline it has no idle inputs: whoever calls it
+/// decides the order the inputs' batches come in.
+#[derive(Debug, Clone)]
+pub struct WatermarkedInputs {
+    inputs: Vec<InputWatermark>,
+    /// How far windows are closed: the watermark the next batch is judged by.
+    closed: Option<i64>,
+}
+
+impl WatermarkedInputs {
+    pub fn new(inputs: Vec<InputWatermark>) -> Self {
+        Self {
+            inputs,
+            closed: None,
+        }
+    }
+
+    /// The watermark windows are closed at; `None` before every input has one.
+    pub fn closed(&self) -> Option<i64> {
+        self.closed
+    }
+
+    /// One batch of input `input`, as a pipeline runs it: the operator processes it
+    /// under the watermark before it (rows behind that are late), then the input
+    /// observes the batch's event times, and if the query's watermark moved on the
+    /// operator emits what that completes.
+    pub fn drive(
+        &mut self,
+        op: &mut dyn Operator,
+        input: usize,
+        batch: &RecordBatch,
+        out: &mut Collector,
+    ) -> weir_sql::Result<()> {
+        op.process_input(input, batch, self.closed, out)?;
+        if self.input(input)?.observe(batch).is_some() {
+            self.close(op, out)?;
+        }
+        Ok(())
+    }
+
+    /// Input `input` ended: it no longer holds the others back, and windows close as
+    /// far as they allow.
+    pub fn finish(
+        &mut self,
+        op: &mut dyn Operator,
+        input: usize,
+        out: &mut Collector,
+    ) -> weir_sql::Result<()> {
+        if self.input(input)?.finish().is_some() {
+            self.close(op, out)?;
+        }
+        Ok(())
+    }
+
+    fn input(&mut self, input: usize) -> weir_sql::Result<&mut InputWatermark> {
+        let count = self.inputs.len();
+        self.inputs.get_mut(input).ok_or_else(|| {
+            weir_sql::Error::Execution(format!("no input {input} (the query has {count})"))
+        })
+    }
+
+    fn close(&mut self, op: &mut dyn Operator, out: &mut Collector) -> weir_sql::Result<()> {
+        let joined = join_watermark(
+            self.inputs
+                .iter()
+                .map(|i| i.current().map_or(JoinInput::Pending, JoinInput::At)),
+        );
+        match joined {
+            Some(w) if Some(w) > self.closed => {
+                self.closed = Some(w);
+                op.on_watermark(w, out)
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    use datafusion::arrow::error::ArrowError;
+
+    use super::*;
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    fn times(ms: &[i64]) -> Result<RecordBatch, ArrowError> {
+        let schema = Schema::new(vec![Field::new(
+            "t",
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            true,
+        )]);
+        RecordBatch::try_new(
+            Arc::new(schema),
+            vec![Arc::new(TimestampMillisecondArray::from(ms.to_vec()))],
+        )
+    }
+
+    /// Records what the driver asks of it.
+    #[derive(Default)]
+    struct Calls(Vec<String>);
+
+    impl Operator for Calls {
+        fn process(
+            &mut self,
+            _: &RecordBatch,
+            _: Option<i64>,
+            _: &mut Collector,
+        ) -> weir_sql::Result<()> {
+            unreachable!("driven through process_input")
+        }
+
+        fn process_input(
+            &mut self,
+            input: usize,
+            batch: &RecordBatch,
+            watermark: Option<i64>,
+            _: &mut Collector,
+        ) -> weir_sql::Result<()> {
+            self.0.push(format!(
+                "input {input}: {} rows under {watermark:?}",
+                batch.num_rows()
+            ));
+            Ok(())
+        }
+
+        fn on_watermark(&mut self, watermark: i64, _: &mut Collector) -> weir_sql::Result<()> {
+            self.0.push(format!("close at {watermark}"));
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn an_input_trails_its_largest_event_time() -> TestResult {
+        let mut w = InputWatermark::new(1_000, Some(0));
+        assert_eq!(w.observe(&times(&[5_000, 9_000, 7_000])?), Some(8_000));
+        assert_eq!(w.observe(&times(&[6_000])?), None, "never goes back");
+        let mut untimed = InputWatermark::new(1_000, None);
+        assert_eq!(untimed.observe(&times(&[5_000])?), None);
+        assert_eq!(untimed.finish(), Some(i64::MAX));
+        Ok(())
+    }
+
+    #[test]
+    fn a_join_waits_for_every_counted_input() {
+        use JoinInput::*;
+        assert_eq!(join_watermark([At(5), At(3), Skipped]), Some(3));
+        assert_eq!(join_watermark([At(5), Pending]), None);
+        assert_eq!(join_watermark([Skipped, Skipped]), None);
+        assert_eq!(join_watermark([At(i64::MAX), At(7)]), Some(7));
+    }
+
+    #[test]
+    fn batches_are_judged_by_the_watermark_before_them() -> TestResult {
+        let mut op = Calls::default();
+        let mut out = Collector::default();
+        let mut inputs = WatermarkedInputs::new(vec![
+            InputWatermark::new(0, Some(0)),
+            InputWatermark::new(0, Some(0)),
+        ]);
+        inputs.drive(&mut op, 0, &times(&[10])?, &mut out)?;
+        inputs.drive(&mut op, 1, &times(&[20, 30])?, &mut out)?;
+        inputs.drive(&mut op, 0, &times(&[40])?, &mut out)?;
+        inputs.finish(&mut op, 0, &mut out)?;
+        inputs.finish(&mut op, 1, &mut out)?;
+        assert_eq!(
+            op.0,
+            [
+                "input 0: 1 rows under None",
+                "input 1: 2 rows under None",
+                "close at 10",
+                "input 0: 1 rows under Some(10)",
+                "close at 30",
+                // Input 0's end moves nothing (input 1 holds the query at 30); input
+                // 1's closes every window.
+                "close at 9223372036854775807",
+            ]
+        );
+        assert!(inputs.drive(&mut op, 2, &times(&[1])?, &mut out).is_err());
+        Ok(())
+    }
+}

@@ -1,0 +1,76 @@
+//! Answering checkpoint requests. Between micro-batches every view of a source has
+//! seen exactly the rows up to the source's position, so that is where the pipeline
+//! leaves a snapshot of its position, watermark and views for the checkpoint to
+//! collect. A source feeding a join meets the join's other inputs first
+//! ([`crate::checkpoint::align`]): a join's state fits only positions of all its
+//! inputs taken at one moment.
+
+use std::time::Duration;
+
+use super::Pipeline;
+use crate::checkpoint::SourceSnapshot;
+use crate::checkpoint::align::Arrival;
+
+/// How long an input of a join waits at a checkpoint for the join's other inputs.
+const JOIN_ARRIVAL_WAIT: Duration = Duration::from_secs(2);
+
+impl Pipeline {
+    /// Leave a snapshot of the source's position and views for checkpoint `epoch`.
+    /// Nothing changed since the last one: that one answers again. A source that feeds
+    /// a join is snapshotted with the join's other inputs.
+    pub(super) fn snapshot(&mut self, epoch: u64, finished: bool) {
+        let slot = &self.source.checkpoint;
+        let views = self.source.views.lock().clone();
+        // A paused view has not processed the batches it holds: snapshot later.
+        if views.iter().any(|v| v.held_batches() > 0) {
+            return;
+        }
+        if views.iter().any(|v| v.is_join()) {
+            let arrival = Arrival {
+                epoch,
+                position: self.position.clone(),
+                watermark: self.watermark.current(),
+            };
+            if self
+                .alignment
+                .arrive(&self.source, arrival, finished, JOIN_ARRIVAL_WAIT)
+            {
+                self.unsaved_batches = 0;
+            } else if !finished {
+                tracing::warn!(source = %self.source.name, epoch, "the other inputs of a join did not reach checkpoint {epoch} in time; it keeps their previous snapshots");
+                self.missed_epoch = epoch;
+            }
+            return;
+        }
+        let same_views = slot.latest().is_some_and(|s| {
+            s.views.len() == views.len()
+                && s.views.iter().zip(&views).all(|(a, b)| a.view_id == b.id)
+        });
+        if self.unsaved_batches == 0 && same_views {
+            slot.put_unchanged(epoch);
+            return;
+        }
+        let mut snapshots = Vec::with_capacity(views.len());
+        for view in &views {
+            match view.checkpoint(epoch) {
+                Ok(s) => snapshots.push(s),
+                Err(e) => {
+                    tracing::error!(view = %view.name, error = %e, "cannot snapshot the view; the checkpoint keeps its previous state");
+                    return;
+                }
+            }
+        }
+        slot.put(
+            epoch,
+            SourceSnapshot {
+                epoch,
+                name: self.source.name.clone(),
+                sql: self.source.sql.clone(),
+                position: self.position.clone(),
+                watermark: self.watermark.current(),
+                views: snapshots,
+            },
+        );
+        self.unsaved_batches = 0;
+    }
+}
