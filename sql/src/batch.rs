@@ -183,6 +183,9 @@ pub struct BatchQuery {
     session: SessionState,
     /// Made on the first run; never run itself, only copies reset from it.
     physical: OnceLock<Arc<dyn ExecutionPlan>>,
+    /// Planned again for every run: the query reads other tables (views) whose scans
+    /// take those tables' rows when planned.
+    plan_each_run: bool,
 }
 
 impl BatchQuery {
@@ -192,6 +195,16 @@ impl BatchQuery {
             plan,
             session,
             physical: OnceLock::new(),
+            plan_each_run: false,
+        }
+    }
+
+    /// `new`, for a plan that also reads tables other than [`WindowRows`] (the views
+    /// of a stream-table join): their rows are read as they are at each run.
+    pub fn reading_other_tables(plan: LogicalPlan, session: SessionState) -> Self {
+        Self {
+            plan_each_run: true,
+            ..Self::new(plan, session)
         }
     }
 
@@ -202,6 +215,9 @@ impl BatchQuery {
         let result = outside_async_runtime(|| {
             futures::executor::block_on(async {
                 let physical = match self.physical.get() {
+                    _ if self.plan_each_run => {
+                        self.session.create_physical_plan(&self.plan).await?
+                    }
                     Some(p) => p.clone(),
                     None => {
                         let p = self.session.create_physical_plan(&self.plan).await?;

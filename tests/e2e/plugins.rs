@@ -42,21 +42,23 @@ async fn currency_function_equals_native_sql_and_survives_a_restart() -> Result<
         json!([{ "name": "to_eur", "args": ["Int64"], "returns": "Float64" }])
     );
 
-    weir.exec(
-        "CREATE SOURCE bid WITH (connector = 'nexmark', table = 'bid', events = 50000, seed = 7)",
-    )
-    .await?;
+    // Each view reads a source of its own with the same events: a generator starts with
+    // the first view that reads it, so a second view over it could miss its first rows.
+    for name in ["bid", "bid_native"] {
+        weir.exec(&format!(
+            "CREATE SOURCE {name} WITH (connector = 'nexmark', table = 'bid', events = 50000, seed = 7)"
+        ))
+        .await?;
+    }
     weir.exec(
         "CREATE MATERIALIZED VIEW by_plugin AS SELECT auction, to_eur(price) AS eur FROM bid",
     )
     .await?;
-    weir.exec("CREATE MATERIALIZED VIEW native AS SELECT auction, 0.908 * CAST(price AS DOUBLE) AS eur FROM bid")
+    weir.exec("CREATE MATERIALIZED VIEW native AS SELECT auction, 0.908 * CAST(price AS DOUBLE) AS eur FROM bid_native")
         .await?;
-    weir.wait_for("the run to finish", Duration::from_secs(60), || async {
-        let s = weir.get("/api/v1/sources/bid").await?;
-        Ok((s["status"] == "finished").then_some(()))
-    })
-    .await?;
+    for name in ["bid", "bid_native"] {
+        weir.wait_finished(name).await?;
+    }
     let plugin_rows = weir.get("/api/v1/views/by_plugin").await?["rows"].clone();
     let native_rows = weir.get("/api/v1/views/native").await?["rows"].clone();
     assert_eq!(plugin_rows.as_array().map(Vec::len), Some(46_000));
@@ -334,10 +336,13 @@ async fn transforms_make_streams_that_views_read() -> Result<()> {
 
     // Enrichment over Nexmark, windowed on the source's watermark, against the same
     // categories written as SQL.
-    weir.exec(
-        "CREATE SOURCE bid WITH (connector = 'nexmark', table = 'bid', events = 60000, seed = 3)",
-    )
-    .await?;
+    // by_sql reads the same events from a source of its own (see above).
+    for name in ["bid", "bid_sql"] {
+        weir.exec(&format!(
+            "CREATE SOURCE {name} WITH (connector = 'nexmark', table = 'bid', events = 60000, seed = 3)"
+        ))
+        .await?;
+    }
     weir.exec("CREATE STREAM bid_sites AS TRANSFORM bid USING PLUGIN 'enrich.categorize'")
         .await?;
     let (code, body) = weir
@@ -353,14 +358,12 @@ async fn transforms_make_streams_that_views_read() -> Result<()> {
         "CREATE MATERIALIZED VIEW by_sql AS SELECT window_start, \
          CASE split_part(url, '/', 4) WHEN 'googl' THEN 'search' WHEN 'baidu' THEN 'search' \
          WHEN 'faceb' THEN 'social' WHEN 'apple' THEN 'technology' END AS site_category, count(*) AS n \
-         FROM TUMBLE(bid, date_time, INTERVAL '1' SECOND) GROUP BY window_start, window_end, 2",
+         FROM TUMBLE(bid_sql, date_time, INTERVAL '1' SECOND) GROUP BY window_start, window_end, 2",
     )
     .await?;
-    weir.wait_for("the run to finish", Duration::from_secs(60), || async {
-        let s = weir.get("/api/v1/sources/bid").await?;
-        Ok((s["status"] == "finished").then_some(()))
-    })
-    .await?;
+    for name in ["bid", "bid_sql"] {
+        weir.wait_finished(name).await?;
+    }
     let sorted = |v: Value| {
         let mut rows = v.as_array().cloned().unwrap_or_default();
         rows.sort_by_key(|r| r.to_string());

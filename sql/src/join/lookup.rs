@@ -130,7 +130,8 @@ pub(crate) async fn plan_lookup_join(
         output_schema: Arc::new(plan.schema().as_arrow().clone()),
         description: format!("source -> {detail}"),
         operator: Box::new(LookupJoin {
-            query: BatchQuery::new(plan, session),
+            // The views' rows are read as they are when each batch runs.
+            query: BatchQuery::reading_other_tables(plan, session),
             source: table,
         }),
     })
