@@ -381,8 +381,11 @@ impl ViewRuntime {
         self.run_operator(|op| op.restore(state))?;
         let count = rows.iter().map(|(_, b)| b.num_rows()).sum();
         *self.committed_rows.write() = rows.iter().map(|(_, b)| b.clone()).collect();
-        *self.rows.write() = rows.into();
+        let mut held = self.rows.write();
+        *held = rows.into();
         self.row_count.store(count, Ordering::Relaxed);
+        // The bound may have been lowered since the checkpoint.
+        self.release_oldest(&mut held);
         Ok(())
     }
 

@@ -232,6 +232,9 @@ mod tests {
             let (status, body) = call(&app, "POST", "/api/v1/sql", &body).await;
             assert_eq!(status, StatusCode::OK, "{sql}: {body}");
         }
+        let explain = r#"{"sql": "EXPLAIN CREATE MATERIALIZED VIEW x WITH (max_rows = 5) AS SELECT id FROM s"}"#;
+        let (status, body) = call(&app, "POST", "/api/v1/sql", explain).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
         let bad =
             r#"{"sql": "CREATE MATERIALIZED VIEW x WITH (max_rows = 'lots') AS SELECT id FROM s"}"#;
         let (status, body) = call(&app, "POST", "/api/v1/sql", bad).await;

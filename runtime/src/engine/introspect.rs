@@ -13,8 +13,10 @@ use weir_sql::{ContinuousQuery, CreateView};
 impl Engine {
     /// `EXPLAIN CREATE MATERIALIZED VIEW ...`: the operators it would run.
     pub(super) async fn explain_create_view(&self, v: &CreateView) -> Result<SqlOutput> {
+        let mut v = v.clone();
+        super::views::take_max_rows(&mut v, self.inner.config.view_max_rows)?;
         let query =
-            ContinuousQuery::plan_with_functions(v, &self.catalog(), &self.plugin_functions())
+            ContinuousQuery::plan_with_functions(&v, &self.catalog(), &self.plugin_functions())
                 .await?;
         let n = query.operators.len() + 1;
         explain_rows(

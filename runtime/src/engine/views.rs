@@ -15,11 +15,7 @@ use weir_sql::{ContinuousQuery, CreateView, WatermarkSpec};
 impl Engine {
     pub(super) async fn create_view(&self, mut v: CreateView, sql: &str) -> Result<SqlOutput> {
         let name = v.name.clone();
-        // How many rows the view keeps is the runtime's business, not the query's.
-        let max_rows = match v.options.remove("max_rows") {
-            None => Some(self.inner.config.view_max_rows),
-            Some(text) => max_rows(&name, &text)?,
-        };
+        let max_rows = take_max_rows(&mut v, self.inner.config.view_max_rows)?;
         if self.inner.views.contains_key(&name)
             || self.inner.sources.contains_key(&name)
             || self.inner.streams.contains_key(&name)
@@ -216,6 +212,15 @@ impl Engine {
         let mut out: Vec<_> = self.inner.views.iter().map(|v| v.status()).collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
         out
+    }
+}
+
+/// Take the view's `max_rows` option out of its options (how many rows a view keeps is
+/// the runtime's business, not the query's): `default` when not given.
+pub(super) fn take_max_rows(v: &mut CreateView, default: usize) -> Result<Option<usize>> {
+    match v.options.remove("max_rows") {
+        None => Ok(Some(default)),
+        Some(text) => max_rows(&v.name, &text),
     }
 }
 

@@ -207,4 +207,10 @@ fn a_stream_transform_runs_once_per_batch_however_many_views_read_it() {
     // Equal values in other arrays are another batch.
     assert_eq!(shared.apply(&numbers()).expect("echoes"), batch);
     assert_eq!(entry.status(Vec::new()).calls, 2);
+    // A new version of the plugin transforms the same batch again.
+    plugins
+        .install("echo", &echo_transform())
+        .expect("version 2");
+    assert_eq!(shared.apply(&batch).expect("echoes"), batch);
+    assert_eq!(entry.status(Vec::new()).calls, 3);
 }

@@ -14,9 +14,11 @@ use super::PluginEntry;
 pub struct StreamTransform {
     pub plugin: Arc<PluginEntry>,
     pub transform: String,
-    /// The last input and what it gave. Holding the input keeps its arrays alive, so no
-    /// later batch can have the same arrays: comparing them identifies the batch.
-    last: Mutex<Option<(RecordBatch, Result<RecordBatch, String>)>>,
+    /// The last input, the plugin version that transformed it, and what it gave.
+    /// Holding the input keeps its arrays alive, so no later batch can have the same
+    /// arrays: comparing them identifies the batch. Failures are not kept: a view that
+    /// replays the batch after a fixed upload calls the plugin again.
+    last: Mutex<Option<(RecordBatch, u32, RecordBatch)>>,
 }
 
 impl StreamTransform {
@@ -31,17 +33,20 @@ impl StreamTransform {
     /// The transform of `batch`: called once for a batch however many views ask.
     pub fn apply(&self, batch: &RecordBatch) -> Result<RecordBatch, String> {
         let mut last = self.last.lock();
-        if let Some((input, output)) = last.as_ref()
+        let version = self.plugin.current().version;
+        if let Some((input, by, output)) = last.as_ref()
+            && *by == version
             && same_arrays(input, batch)
         {
-            return output.clone();
+            return Ok(output.clone());
         }
+        *last = None;
         let output = self
             .plugin
             .call_transform(&self.transform, batch)
-            .map_err(|e| e.to_string());
-        *last = Some((batch.clone(), output.clone()));
-        output
+            .map_err(|e| e.to_string())?;
+        *last = Some((batch.clone(), version, output.clone()));
+        Ok(output)
     }
 }
 
