@@ -204,8 +204,11 @@ impl Pipeline {
             match concat_batches(&self.source.schema, pending.iter()) {
                 Ok(b) => b,
                 Err(e) => {
-                    tracing::error!(source = %self.source.name, error = %e, "cannot concatenate chunks");
-                    pending.clear();
+                    // Never dropped: each chunk goes through on its own.
+                    tracing::error!(source = %self.source.name, error = %e, "cannot concatenate chunks: processing them one by one");
+                    for chunk in std::mem::take(pending) {
+                        self.flush(&mut vec![chunk], opened);
+                    }
                     return;
                 }
             }
