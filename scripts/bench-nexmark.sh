@@ -13,8 +13,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/weir-target}"
 EVENTS="${1:-20000000}"
-cargo build --release -p weir-web --quiet
-BIN="$CARGO_TARGET_DIR/release/weir"
+# BIN=/path/to/weir measures that binary instead (an older build, for before-and-after).
+if [ -z "${BIN:-}" ]; then
+  cargo build --release -p weir-web --quiet
+  BIN="$CARGO_TARGET_DIR/release/weir"
+fi
 DATA=$(mktemp -d)
 # VIEW_MAX_ROWS bounds the rows the view keeps (default 1,000,000), to separate the
 # view's retained rows from operator state in the memory figure.

@@ -7,9 +7,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/weir-target}"
 EVENTS="${1:-10000000}"
-cargo build --release -p weir-web --quiet
+# BIN=/path/to/weir measures that binary instead (an older build, for before-and-after).
+if [ -z "${BIN:-}" ]; then
+  cargo build --release -p weir-web --quiet
+  BIN="$CARGO_TARGET_DIR/release/weir"
+fi
 scripts/build-plugins.sh > /dev/null
-BIN="$CARGO_TARGET_DIR/release/weir"
 WASM="$CARGO_TARGET_DIR/wasm32-unknown-unknown/plugin/weir_plugin_currency.wasm"
 
 source scripts/lib/weir-server.sh

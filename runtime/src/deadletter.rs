@@ -6,11 +6,13 @@ use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use datafusion::arrow::temporal_conversions::timestamp_ms_to_datetime;
 use parking_lot::Mutex;
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 
 /// Raw records are kept up to this many bytes.
 pub const MAX_RAW_BYTES: usize = 64 * 1024;
@@ -26,13 +28,68 @@ pub struct DeadLetter {
     /// The view that refused it (late rows, failed operators), if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub view: Option<String>,
-    /// Position of the record in its source (record number for HTTP, event id for Nexmark).
+    /// The partition the record was read from (`topic/partition` for Kafka).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partition: Option<String>,
+    /// Position of the record in its source (record number for HTTP, the offset in its
+    /// partition for Kafka).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub position: Option<u64>,
-    pub reason: String,
+    /// On disk: `"reason": "..."`, or `"late": {"event_time_ms", "watermark_ms"}`.
+    #[serde(flatten)]
+    pub reason: Reason,
     /// The record as received (or as JSON for rows), truncated past 64 KiB.
     pub raw: String,
     pub truncated: bool,
+}
+
+impl DeadLetter {
+    /// The reason as a sentence; late rows get theirs here, when read, not when refused.
+    pub fn reason_text(&self) -> String {
+        match &self.reason {
+            Reason::Message(text) => text.to_string(),
+            Reason::Late {
+                event_time_ms,
+                watermark_ms,
+            } => format!(
+                "late row for view {}: event time {} is behind the watermark {}; its window was already emitted",
+                self.view.as_deref().unwrap_or("?"),
+                event_time_ms.map_or_else(|| "NULL".to_string(), show_time),
+                show_time(*watermark_ms)
+            ),
+        }
+    }
+}
+
+/// Why a record was refused. A message is shared by every row of one refusal; a late
+/// row keeps its times as numbers, so refusing a million late rows formats nothing.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    #[serde(rename = "reason", serialize_with = "shared_str")]
+    Message(Arc<str>),
+    /// A row whose event time was behind the watermark: its window was already emitted.
+    Late {
+        event_time_ms: Option<i64>,
+        watermark_ms: i64,
+    },
+}
+
+impl From<String> for Reason {
+    fn from(text: String) -> Self {
+        Reason::Message(text.into())
+    }
+}
+
+fn shared_str<S: Serializer>(text: &Arc<str>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(text)
+}
+
+fn show_time(ms: i64) -> String {
+    timestamp_ms_to_datetime(ms).map_or_else(
+        || ms.to_string(),
+        |t| t.format("%Y-%m-%dT%H:%M:%S%.3f").to_string(),
+    )
 }
 
 /// What a caller reports; the store stamps id and time.
@@ -40,8 +97,9 @@ pub struct DeadLetter {
 pub struct NewDeadLetter {
     pub source: String,
     pub view: Option<String>,
+    pub partition: Option<String>,
     pub position: Option<u64>,
-    pub reason: String,
+    pub reason: Reason,
     pub raw: Vec<u8>,
 }
 
@@ -91,6 +149,7 @@ impl DeadLetterStore {
                 time_ms,
                 source: l.source,
                 view: l.view,
+                partition: l.partition,
                 position: l.position,
                 reason: l.reason,
                 raw,
@@ -152,8 +211,9 @@ mod tests {
         NewDeadLetter {
             source: source.into(),
             view: None,
+            partition: None,
             position: Some(7),
-            reason: "bad".into(),
+            reason: "bad".to_string().into(),
             raw,
         }
     }
@@ -174,5 +234,40 @@ mod tests {
         assert_eq!(store.recent(Some("a"), None, 10).len(), 1);
         let disk = std::fs::read_to_string(dir.path().join("dead-letters.jsonl")).expect("file");
         assert_eq!(disk.lines().count(), 3);
+        let first: serde_json::Value =
+            serde_json::from_str(disk.lines().next().expect("a line")).expect("json");
+        assert_eq!(first["reason"], "bad");
+    }
+
+    #[test]
+    fn a_late_row_keeps_its_times_as_numbers_and_is_described_when_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = DeadLetterStore::open(Some(dir.path()), 10).expect("open");
+        store.push_all([NewDeadLetter {
+            source: "bids".into(),
+            view: Some("per_minute".into()),
+            partition: None,
+            position: None,
+            reason: Reason::Late {
+                event_time_ms: Some(1_000),
+                watermark_ms: 61_000,
+            },
+            raw: b"{}".to_vec(),
+        }]);
+        let disk = std::fs::read_to_string(dir.path().join("dead-letters.jsonl")).expect("file");
+        let line: serde_json::Value = serde_json::from_str(disk.trim()).expect("json");
+        assert_eq!(
+            line["late"],
+            serde_json::json!({"event_time_ms": 1000, "watermark_ms": 61000})
+        );
+        assert!(
+            line.get("reason").is_none(),
+            "no text is formatted on write: {line}"
+        );
+        assert_eq!(
+            store.recent(None, None, 1)[0].reason_text(),
+            "late row for view per_minute: event time 1970-01-01T00:00:01.000 is behind \
+             the watermark 1970-01-01T00:01:01.000; its window was already emitted"
+        );
     }
 }

@@ -22,6 +22,8 @@ pub struct Metrics {
     pub rows_emitted: IntCounterVec,
     /// Current watermark per source (ms since the epoch).
     pub watermark: IntGaugeVec,
+    /// Records a source's partition has not read yet (the log's end less its position).
+    pub source_lag: IntGaugeVec,
     /// Time to take and write a checkpoint.
     pub checkpoint_duration: Histogram,
     /// Bytes of the last checkpoint written.
@@ -86,6 +88,17 @@ impl Metrics {
         registry
             .register(Box::new(watermark.clone()))
             .expect("metric registered once");
+        let source_lag = IntGaugeVec::new(
+            Opts::new(
+                "weir_source_lag",
+                "Records of a source's partition not read yet (the log's end less the position).",
+            ),
+            &["source", "partition"],
+        )
+        .expect("valid metric definition");
+        registry
+            .register(Box::new(source_lag.clone()))
+            .expect("metric registered once");
         let checkpoint_duration = Histogram::with_opts(
             HistogramOpts::new(
                 "weir_checkpoint_duration_seconds",
@@ -129,6 +142,7 @@ impl Metrics {
             late_rows,
             rows_emitted,
             watermark,
+            source_lag,
         }
     }
 

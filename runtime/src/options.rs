@@ -38,26 +38,97 @@ impl CommonOptions {
     }
 }
 
-/// Deserialize `options` into `T`, naming the source in errors.
+/// Keys every connector takes: [`CommonOptions`]'s.
+pub const COMMON: &[&str] = &["connector", "format", "max_rows", "max_delay"];
+
+/// Deserialize `options` into `T`, naming the source in errors. Values stay text
+/// unless a field asks for a number or a flag: `group = '42'` is the string "42".
 pub fn parse<T: DeserializeOwned>(source: &str, options: &BTreeMap<String, String>) -> Result<T> {
-    let map = options
-        .iter()
-        .map(|(k, v)| (k.clone(), typed(v)))
-        .collect::<serde_json::Map<_, _>>();
-    serde_json::from_value(serde_json::Value::Object(map))
-        .map_err(|e| Error::BadRequest(format!("source {source}: bad WITH option: {e}")))
+    from_text(source, options.iter())
 }
 
-fn typed(v: &str) -> serde_json::Value {
-    if let Ok(i) = v.parse::<u64>() {
-        return i.into();
+/// A connector's own options: every key but the common ones and `properties.*`
+/// (passed through to a client library). `T` should deny unknown fields, so that a
+/// misspelt option is an error that lists the right ones.
+pub fn parse_own<T: DeserializeOwned>(
+    source: &str,
+    options: &BTreeMap<String, String>,
+) -> Result<T> {
+    from_text(
+        source,
+        options
+            .iter()
+            .filter(|(k, _)| !COMMON.contains(&k.as_str()) && !k.starts_with("properties.")),
+    )
+}
+
+/// The `properties.<name>` options, without the prefix.
+pub fn properties(options: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    options
+        .iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix("properties.")?.to_string(), v.clone())))
+        .collect()
+}
+
+fn from_text<'a, T: DeserializeOwned>(
+    source: &str,
+    pairs: impl Iterator<Item = (&'a String, &'a String)>,
+) -> Result<T> {
+    // The form-encoding deserializer reads every value as text and parses it only
+    // where the target type wants a number or a bool.
+    let form = serde_urlencoded::to_string(pairs.collect::<Vec<_>>())
+        .map_err(|e| Error::BadRequest(format!("source {source}: bad WITH option: {e}")))?;
+    serde_urlencoded::from_str(&form).map_err(|e| {
+        let e = e.to_string().replace("unknown field", "unknown option");
+        Error::BadRequest(format!("source {source}: bad WITH option: {e}"))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Own {
+        group: Option<String>,
+        events: Option<u64>,
     }
-    if let Ok(i) = v.parse::<i64>() {
-        return i.into();
+
+    fn options(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
-    match v {
-        "true" => true.into(),
-        "false" => false.into(),
-        _ => v.into(),
+
+    #[test]
+    fn text_stays_text_and_numbers_parse_where_wanted() {
+        let o: Own = parse_own(
+            "s",
+            &options(&[
+                ("connector", "kafka"),
+                ("group", "42"),
+                ("events", "7"),
+                ("properties.sasl.mechanism", "PLAIN"),
+            ]),
+        )
+        .expect("parses");
+        assert_eq!(o.group.as_deref(), Some("42"));
+        assert_eq!(o.events, Some(7));
+        let e = parse_own::<Own>("s", &options(&[("gruop", "a")])).expect_err("misspelt");
+        assert!(
+            e.to_string().contains("unknown option `gruop`") && e.to_string().contains("group"),
+            "{e}"
+        );
+        let e = parse_own::<Own>("s", &options(&[("events", "many")])).expect_err("not a number");
+        assert!(e.to_string().contains("source s"), "{e}");
+        assert_eq!(
+            properties(&options(&[
+                ("properties.sasl.mechanism", "PLAIN"),
+                ("topic", "t")
+            ])),
+            options(&[("sasl.mechanism", "PLAIN")])
+        );
     }
 }

@@ -7,9 +7,7 @@ use std::time::Duration;
 
 use datafusion::arrow::datatypes::Field;
 use datafusion::sql::parser::{DFParserBuilder, Statement as DFStatement};
-use datafusion::sql::sqlparser::ast::{
-    self, BinaryOperator, ColumnOption, Expr, Query, SqlOption, Value,
-};
+use datafusion::sql::sqlparser::ast::{self, BinaryOperator, Expr, Query, Value};
 use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::parser::Parser;
 use datafusion::sql::sqlparser::tokenizer::Token;
@@ -264,15 +262,64 @@ fn parse_create_view(p: &mut Parser) -> Result<CreateView> {
 }
 
 /// `WITH (key = value, ...)`, keys lower-cased, values as text; empty when absent.
+/// A key is a name or dotted names: `properties.fetch.max.bytes` passes a setting on
+/// to a client library.
 fn parse_with(p: &mut Parser) -> Result<BTreeMap<String, String>> {
     let mut options = BTreeMap::new();
-    for opt in p.parse_options(Keyword::WITH)? {
-        let SqlOption::KeyValue { key, value } = opt else {
-            return Err(invalid!("WITH options are written key = 'value'"));
-        };
-        options.insert(key.value.to_ascii_lowercase(), option_value(&value)?);
+    if !p.parse_keyword(Keyword::WITH) {
+        return Ok(options);
     }
-    Ok(options)
+    p.expect_token(&Token::LParen)?;
+    if p.consume_token(&Token::RParen) {
+        return Ok(options);
+    }
+    loop {
+        let mut key = p.parse_identifier()?.value;
+        while p.consume_token(&Token::Period) {
+            key.push('.');
+            key.push_str(&p.parse_identifier()?.value);
+        }
+        if !p.consume_token(&Token::Eq) {
+            return Err(invalid!(
+                "WITH options are written key = 'value' (after {key})"
+            ));
+        }
+        let value = p.parse_expr()?;
+        options.insert(key.to_ascii_lowercase(), option_value(&value)?);
+        if p.consume_token(&Token::Comma) {
+            continue;
+        }
+        p.expect_token(&Token::RParen)?;
+        return Ok(options);
+    }
+}
+
+/// The field metadata key naming what a `METADATA FROM 'key'` column holds.
+pub const METADATA_KEY: &str = "weir.metadata";
+
+/// `name TYPE [NOT NULL | NULL] [METADATA FROM 'key']`: a metadata column is filled by
+/// the connector from the record's envelope (a Kafka message's partition, offset, ...).
+fn source_column(p: &mut Parser) -> Result<Field> {
+    let name = normalize(&p.parse_identifier()?.to_string());
+    let data_type = schema::arrow_type(&p.parse_data_type()?)?;
+    let mut nullable = true;
+    let mut metadata = None;
+    loop {
+        if next_word_is(p, "metadata") {
+            p.next_token();
+            p.expect_keyword(Keyword::FROM)?;
+            metadata = Some(p.parse_literal_string()?.to_ascii_lowercase());
+        } else if p.parse_keywords(&[Keyword::NOT, Keyword::NULL]) {
+            nullable = false;
+        } else if !p.parse_keyword(Keyword::NULL) {
+            break;
+        }
+    }
+    let field = Field::new(name, data_type, nullable);
+    Ok(match metadata {
+        Some(key) => field.with_metadata([(METADATA_KEY.to_string(), key)].into()),
+        None => field,
+    })
 }
 
 fn parse_create_source(p: &mut Parser) -> Result<CreateSource> {
@@ -293,17 +340,7 @@ fn parse_create_source(p: &mut Parser) -> Result<CreateSource> {
                 let expr = p.parse_expr()?;
                 watermark = Some(watermark_spec(column, &expr)?);
             } else {
-                let def = p.parse_column_def()?;
-                let not_null = def
-                    .options
-                    .iter()
-                    .any(|o| matches!(o.option, ColumnOption::NotNull));
-                let column = normalize(&def.name.to_string());
-                columns.push(Field::new(
-                    column,
-                    schema::arrow_type(&def.data_type)?,
-                    !not_null,
-                ));
+                columns.push(source_column(p)?);
             }
             if p.consume_token(&Token::Comma) {
                 continue;
@@ -520,6 +557,34 @@ mod tests {
             parse_statement("SELECT 1").expect("parses"),
             Statement::Query(_)
         ));
+    }
+
+    #[test]
+    fn metadata_columns_name_what_they_hold() {
+        let Statement::CreateSource(s) = parse_statement(
+            "CREATE SOURCE k (id BIGINT NOT NULL, part INT METADATA FROM 'partition', \
+             ts TIMESTAMP NOT NULL METADATA FROM 'Timestamp', WATERMARK FOR ts AS ts) \
+             WITH (connector = 'kafka', properties.fetch.max.bytes = '1048576')",
+        )
+        .expect("parses") else {
+            panic!("a source")
+        };
+        assert_eq!(
+            s.options
+                .get("properties.fetch.max.bytes")
+                .map(String::as_str),
+            Some("1048576")
+        );
+        let meta = |i: usize| s.columns[i].metadata().get(METADATA_KEY).cloned();
+        assert_eq!(meta(0), None);
+        assert!(!s.columns[0].is_nullable());
+        assert_eq!(meta(1).as_deref(), Some("partition"));
+        assert!(s.columns[1].is_nullable());
+        assert_eq!(meta(2).as_deref(), Some("timestamp"));
+        assert!(!s.columns[2].is_nullable());
+        let e = parse_statement("CREATE SOURCE k (a INT METADATA 'x') WITH (connector = 'kafka')")
+            .expect_err("no FROM");
+        assert!(e.to_string().contains("FROM"), "{e}");
     }
 
     #[test]

@@ -290,6 +290,12 @@ async fn http_source_to_tumbling_window_view() -> Result<()> {
         "{}",
         late_letters[0]
     );
+    assert!(
+        late_letters[0]["late"]["watermark_ms"].as_i64().is_some()
+            && late_letters[0]["late"]["event_time_ms"].as_i64().is_some(),
+        "a late row keeps its times: {}",
+        late_letters[0]
+    );
     let on_disk = std::fs::read_to_string(weir.data_dir.path().join("dead-letters.jsonl"))?;
     assert_eq!(on_disk.lines().count(), 13);
 
@@ -390,13 +396,7 @@ async fn http_source_to_tumbling_window_view() -> Result<()> {
     );
 
     // Metrics and status.
-    let metrics = weir
-        .client
-        .get(format!("{}/metrics", weir.url))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let metrics = weir.metrics().await?;
     for line in [
         "weir_records_in_total{source=\"events\"} 5011".to_string(),
         "weir_late_rows_total{view=\"per_user\"} 10".to_string(),

@@ -4,6 +4,7 @@
 mod cli;
 mod dashboard;
 mod http_pipeline;
+mod kafka;
 mod nexmark;
 mod oracle;
 mod plugins;

@@ -667,13 +667,7 @@ async fn a_full_data_dir_refuses_writes_keeps_reads_and_the_last_checkpoint() ->
             .contains("intact"),
         "{failing}"
     );
-    let metrics = weir
-        .client
-        .get(format!("{}/metrics", weir.url))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let metrics = weir.metrics().await?;
     assert!(
         metrics
             .lines()

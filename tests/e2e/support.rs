@@ -120,6 +120,17 @@ impl Weir {
         Ok(body)
     }
 
+    /// The Prometheus text of `GET /metrics`.
+    pub async fn metrics(&self) -> Result<String> {
+        Ok(self
+            .client
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await?
+            .text()
+            .await?)
+    }
+
     pub async fn get(&self, path: &str) -> Result<Value> {
         let r = self
             .client

@@ -47,25 +47,30 @@ impl JsonDecoder {
 
     /// Decode a body holding a JSON array of objects or newline-delimited JSON objects.
     pub fn decode(&self, body: &[u8]) -> Decoded {
-        let mut rejected = Vec::new();
         let records = match split_records(body) {
             Ok(records) => records,
             Err(reason) => {
-                rejected.push(Rejected {
-                    index: 0,
-                    raw: body.to_vec(),
-                    reason,
-                });
                 return Decoded {
                     batch: RecordBatch::new_empty(self.schema.clone()),
-                    rejected,
+                    rejected: vec![Rejected {
+                        index: 0,
+                        raw: body.to_vec(),
+                        reason,
+                    }],
                     records: 1,
                 };
             }
         };
-        let total = records.len();
-        let mut candidates = Vec::with_capacity(total);
+        self.decode_records(records)
+    }
+
+    /// Decode records that arrive one by one (a message each), one JSON object each.
+    pub fn decode_records<'a>(&self, records: impl IntoIterator<Item = &'a [u8]>) -> Decoded {
+        let mut rejected = Vec::new();
+        let mut candidates = Vec::new();
+        let mut total = 0;
         for (index, record) in records.into_iter().enumerate() {
+            total += 1;
             match check_object(record) {
                 Ok(()) => candidates.push((index, record)),
                 Err(reason) => rejected.push(Rejected {

@@ -117,6 +117,15 @@ impl Engine {
                 *inner.checkpoint_error.lock() = None;
                 tracing::debug!(epoch, bytes = info.bytes, "checkpoint written");
                 self.prune_logs(&inner.checkpoints.list());
+                // Durable now: connectors may acknowledge these positions upstream.
+                for (source, snapshot) in sources.iter().filter_map(|s| {
+                    let snapshot = snapshots.iter().find(|n| n.name == s.name)?;
+                    Some((s, snapshot))
+                }) {
+                    if snapshot.sql == source.sql {
+                        source.input.checkpoint_durable(&snapshot.position);
+                    }
+                }
                 for snapshot in &snapshots {
                     for v in &snapshot.views {
                         if let Some(view) = inner.views.get(&v.name).map(|v| v.clone())

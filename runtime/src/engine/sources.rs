@@ -4,7 +4,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize};
 
-use datafusion::arrow::datatypes::Schema;
 use parking_lot::Mutex;
 
 use super::{Engine, SqlOutput, missing};
@@ -12,11 +11,11 @@ use crate::batch::BatchPolicy;
 use crate::decode::JsonDecoder;
 use crate::options::{self, CommonOptions};
 use crate::pipeline::Pipeline;
+use crate::source::connector::{self, Feed, SourceDef};
 use crate::source::http::{self, HttpInput, IngestReport};
-use crate::source::nexmark::{self, NexmarkOptions};
 use crate::source::{SourceRuntime, SourceState, SourceStatus};
 use crate::{Error, Result};
-use weir_sql::{CreateSource, Statement, WatermarkSpec, parse_statement};
+use weir_sql::{CreateSource, Statement, parse_statement};
 
 impl Engine {
     pub(super) fn create_source(&self, s: CreateSource, sql: &str) -> Result<SqlOutput> {
@@ -35,75 +34,17 @@ impl Engine {
             )));
         }
         let common: CommonOptions = options::parse(&name, &s.options)?;
-        if let Some(f) = common.format.as_deref()
-            && !f.eq_ignore_ascii_case("json")
-        {
-            return Err(Error::BadRequest(format!(
-                "source {name}: format '{f}' is not supported; use 'json'"
-            )));
-        }
-        let known = match common.connector.as_str() {
-            "http" => crate::source::http::OPTIONS,
-            "file" => crate::source::file::OPTIONS,
-            "nexmark" => nexmark::OPTIONS,
-            other => {
-                return Err(Error::BadRequest(format!(
-                    "source {name}: connector '{other}' is not supported; use 'http', 'nexmark' or 'file'"
-                )));
-            }
-        };
-        if let Some(unknown) = s.options.keys().find(|k| !known.contains(&k.as_str())) {
-            return Err(Error::BadRequest(format!(
-                "source {name}: unknown option '{unknown}' for connector '{}'; known options: {}",
-                common.connector,
-                known.join(", ")
-            )));
-        }
-        let file = match common.connector.as_str() {
-            "file" => {
-                let path = s.options.get("path").ok_or_else(|| {
-                    Error::BadRequest(format!(
-                        "source {name}: a file source needs path = 'name.jsonl' (inside {})",
-                        self.inner.config.files_dir().display()
-                    ))
-                })?;
-                Some(crate::source::file::resolve(
-                    &self.inner.config.files_dir(),
-                    path,
-                )?)
-            }
-            _ => None,
-        };
+        let input = connector::open(&SourceDef {
+            name: &name,
+            columns: &s.columns,
+            options: &s.options,
+            common: &common,
+            config: &self.inner.config,
+            restoring: self.replaying(),
+        })?;
         let batch = BatchPolicy::new(common.batch(self.inner.config.batch));
-        let (schema, watermark) = match common.connector.as_str() {
-            "nexmark" => {
-                if !s.columns.is_empty() {
-                    return Err(Error::BadRequest(format!(
-                        "source {name}: nexmark sources take their columns from the generator; leave out the column list"
-                    )));
-                }
-                let opts: NexmarkOptions = options::parse(&name, &s.options)?;
-                let default_wm = WatermarkSpec {
-                    column: "date_time".into(),
-                    delay: std::time::Duration::from_secs(4),
-                };
-                (
-                    opts.table.schema(),
-                    Some(s.watermark.clone().unwrap_or(default_wm)),
-                )
-            }
-            _ => {
-                if s.columns.is_empty() {
-                    return Err(Error::BadRequest(format!(
-                        "source {name}: declare its columns, e.g. CREATE SOURCE {name} (id BIGINT, ts TIMESTAMP) WITH (...)"
-                    )));
-                }
-                (
-                    Arc::new(Schema::new(s.columns.clone())),
-                    s.watermark.clone(),
-                )
-            }
-        };
+        let schema = input.schema();
+        let watermark = s.watermark.clone().or_else(|| input.default_watermark());
         if let Some(wm) = &watermark {
             match schema
                 .index_of(&wm.column)
@@ -174,6 +115,7 @@ impl Engine {
             stop: stop.clone(),
             active: active.clone(),
             http,
+            input,
             records_in: m.records_in.with_label_values(&[&name]),
             batches: m.batches.with_label_values(&[&name]),
             dead_letters: m.dead_letters.with_label_values(&[&name]),
@@ -195,45 +137,29 @@ impl Engine {
         )
         .idle_after(self.inner.config.idle_timeout)
         .aligned_by(self.inner.alignment.clone());
-        let start_event = resume
-            .as_ref()
-            .and_then(|(p, _)| p.offset(nexmark::POSITION))
-            .unwrap_or(0);
-        let file_offset = resume
-            .as_ref()
-            .and_then(|(p, _)| p.offset(crate::source::file::POSITION))
-            .unwrap_or(0);
+        let resume_position = resume.as_ref().map(|(p, _)| p.clone());
         if let Some((position, watermark)) = resume {
             pipeline = pipeline.resume_at(position, watermark);
         }
         pipeline.spawn(rx)?;
-        if let Some(path) = file {
-            crate::source::file::FileReader {
+        let started = source.input.start(
+            Feed {
                 source: name.clone(),
-                path,
-                start: file_offset,
-                decoder: JsonDecoder::new(source.schema.clone()),
-                tx: tx.clone(),
-                stop: stop.clone(),
-                active: active.clone(),
-                records_in: source.records_in.clone(),
-                dead_letter_count: source.dead_letters.clone(),
-                dead_letters: self.inner.dead_letters.clone(),
-            }
-            .spawn()?;
-        }
-        if common.connector == "nexmark" {
-            let opts: NexmarkOptions = options::parse(&name, &s.options)?;
-            nexmark::spawn(
-                &name,
-                &opts,
-                start_event,
-                batch.max_rows().min(4096),
+                schema: source.schema.clone(),
                 tx,
                 stop,
                 active,
-                source.records_in.clone(),
-            )?;
+                records_in: source.records_in.clone(),
+                dead_letter_count: source.dead_letters.clone(),
+                dead_letters: self.inner.dead_letters.clone(),
+                chunk_rows: batch.max_rows(),
+                lag: m.source_lag.clone(),
+            },
+            resume_position,
+        );
+        if let Err(e) = started {
+            source.shut_down();
+            return Err(e);
         }
         self.inner.sources.insert(name.clone(), source);
         tracing::info!(source = %name, connector = %common.connector, "source created");
@@ -267,6 +193,9 @@ impl Engine {
         }
         let _ = m.batch_latency.remove_label_values(&[name]);
         let _ = m.watermark.remove_label_values(&[name]);
+        for p in source.input.status().partitions {
+            let _ = m.source_lag.remove_label_values(&[name, &p.partition]);
+        }
         Ok(SqlOutput::Done {
             message: format!("source {name} dropped"),
         })

@@ -6,10 +6,9 @@
 
 use datafusion::arrow::array::{Array, RecordBatch, TimestampMillisecondArray};
 use datafusion::arrow::json::LineDelimitedWriter;
-use datafusion::arrow::temporal_conversions::timestamp_ms_to_datetime;
 
 use super::Pipeline;
-use crate::deadletter::NewDeadLetter;
+use crate::deadletter::{NewDeadLetter, Reason};
 use crate::view::ViewRuntime;
 use weir_sql::Collector;
 
@@ -27,6 +26,7 @@ impl Pipeline {
             let reason = format!("view {} could not process this batch: {e}", view.name);
             tracing::warn!(view = %view.name, error = %e, "batch dead-lettered");
             *view.last_error.lock() = Some(reason.clone());
+            let reason = Reason::from(reason);
             self.dead_letter_rows(view, batch, |_| reason.clone());
         }
         self.dead_letter_failed(view, &out.failed);
@@ -45,14 +45,12 @@ impl Pipeline {
                         .downcast_ref::<TimestampMillisecondArray>()
                         .cloned()
                 });
-            self.dead_letter_rows(view, late, |row| {
-                let time = times.as_ref().filter(|t| t.is_valid(row)).map(|t| t.value(row));
-                format!(
-                    "late row for view {}: event time {} is behind the watermark {}; its window was already emitted",
-                    view.name,
-                    time.map_or("NULL".to_string(), show_time),
-                    show_time(watermark)
-                )
+            self.dead_letter_rows(view, late, |row| Reason::Late {
+                event_time_ms: times
+                    .as_ref()
+                    .filter(|t| t.is_valid(row))
+                    .map(|t| t.value(row)),
+                watermark_ms: watermark,
             });
         }
         publish(view, out);
@@ -62,7 +60,8 @@ impl Pipeline {
         for (rows, reason) in failed {
             tracing::warn!(view = %view.name, %reason, "rows dead-lettered");
             *view.last_error.lock() = Some(reason.clone());
-            self.dead_letter_rows(view, rows, |_| format!("view {}: {reason}", view.name));
+            let reason = Reason::from(format!("view {}: {reason}", view.name));
+            self.dead_letter_rows(view, rows, |_| reason.clone());
         }
     }
 
@@ -71,7 +70,7 @@ impl Pipeline {
         &self,
         view: &ViewRuntime,
         batch: &RecordBatch,
-        reason: impl Fn(usize) -> String,
+        reason: impl Fn(usize) -> Reason,
     ) {
         let mut writer = LineDelimitedWriter::new(Vec::new());
         let lines = match writer.write(batch).and_then(|_| writer.finish()) {
@@ -86,6 +85,7 @@ impl Pipeline {
                 .map(|(row, raw)| NewDeadLetter {
                     source: self.source.name.clone(),
                     view: Some(view.name.clone()),
+                    partition: None,
                     position: None,
                     reason: reason(row),
                     raw: raw.to_vec(),
@@ -105,11 +105,4 @@ pub(super) fn publish(view: &ViewRuntime, out: Collector) {
         Some(all) => view.replace(all, out.rows),
         None => view.publish(out.rows),
     }
-}
-
-fn show_time(ms: i64) -> String {
-    timestamp_ms_to_datetime(ms).map_or_else(
-        || ms.to_string(),
-        |t| t.format("%Y-%m-%dT%H:%M:%S%.3f").to_string(),
-    )
 }

@@ -61,6 +61,98 @@ impl InputWatermark {
     }
 }
 
+/// The watermark of a source read in splits (a Kafka topic's partitions): each split
+/// trails its own largest event time, and the source is at the minimum over its
+/// splits, leaving out those idle longer than the idle timeout, so a partition far
+/// behind does not make the others' rows late and a silent one does not stall windows.
+/// It never moves back: a split that comes back from idle behind it finds its rows
+/// late. A source read as one split behaves exactly like one [`InputWatermark`].
+#[derive(Debug, Clone)]
+pub struct SplitWatermarks {
+    /// A new split's watermark, before it has seen anything.
+    fresh: InputWatermark,
+    splits: std::collections::BTreeMap<u32, Split>,
+    current: Option<i64>,
+}
+
+#[derive(Debug, Clone)]
+struct Split {
+    watermark: InputWatermark,
+    /// Wall-clock ms of its last batch (or of when it was announced).
+    last_ms: i64,
+}
+
+impl SplitWatermarks {
+    pub fn new(fresh: InputWatermark) -> Self {
+        Self {
+            fresh,
+            splits: Default::default(),
+            current: None,
+        }
+    }
+
+    /// The source's watermark; `None` before every split heard from has one.
+    pub fn current(&self) -> Option<i64> {
+        self.current
+    }
+
+    /// Split `split` is heard from at wall-clock `now_ms` (rows arrived, or it was
+    /// announced): it holds the source back until it has a watermark or goes idle.
+    pub fn touch(&mut self, split: u32, now_ms: i64) {
+        self.split(split, now_ms).last_ms = now_ms;
+    }
+
+    /// Split `split`'s rows `batch` were processed.
+    pub fn observe(&mut self, split: u32, batch: &RecordBatch, now_ms: i64) {
+        if batch.num_rows() > 0 {
+            self.split(split, now_ms).watermark.observe(batch);
+        }
+    }
+
+    fn split(&mut self, split: u32, now_ms: i64) -> &mut Split {
+        self.splits.entry(split).or_insert_with(|| Split {
+            watermark: self.fresh.clone(),
+            last_ms: now_ms,
+        })
+    }
+
+    /// Move to the minimum of the active splits' watermarks; the new watermark if it
+    /// advanced.
+    pub fn update(&mut self, now_ms: i64, idle_ms: i64) -> Option<i64> {
+        let joined = join_watermark(self.splits.values().map(|s| {
+            if now_ms.saturating_sub(s.last_ms) > idle_ms {
+                JoinInput::Skipped
+            } else {
+                s.watermark
+                    .current()
+                    .map_or(JoinInput::Pending, JoinInput::At)
+            }
+        }))?;
+        (Some(joined) > self.current).then(|| {
+            self.current = Some(joined);
+            joined
+        })
+    }
+
+    /// Each split's own watermark.
+    pub fn of_splits(&self) -> impl Iterator<Item = (u32, Option<i64>)> + '_ {
+        self.splits.iter().map(|(k, s)| (*k, s.watermark.current()))
+    }
+
+    /// Move to `value` if that is later (a watermark restored from a checkpoint).
+    pub fn advance_to(&mut self, value: i64) -> Option<i64> {
+        (Some(value) > self.current).then(|| {
+            self.current = Some(value);
+            value
+        })
+    }
+
+    /// The source ended: the end of time, so every window closes.
+    pub fn finish(&mut self) -> Option<i64> {
+        self.advance_to(i64::MAX)
+    }
+}
+
 /// What one input of a join counts for in the join's watermark.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JoinInput {
@@ -230,6 +322,43 @@ mod tests {
         let mut untimed = InputWatermark::new(1_000, None);
         assert_eq!(untimed.observe(&times(&[5_000])?), None);
         assert_eq!(untimed.finish(), Some(i64::MAX));
+        Ok(())
+    }
+
+    #[test]
+    fn a_source_in_splits_is_at_its_slowest_active_split() -> TestResult {
+        let mut w = SplitWatermarks::new(InputWatermark::new(1_000, Some(0)));
+        let idle = 10_000;
+        // Both partitions announced: the fast one alone moves nothing.
+        w.touch(0, 0);
+        w.touch(1, 0);
+        w.touch(0, 100);
+        w.observe(0, &times(&[50_000])?, 100);
+        assert_eq!(w.update(100, idle), None);
+        // The slow partition holds the source back, not the fast one's rows.
+        w.touch(1, 200);
+        w.observe(1, &times(&[5_000])?, 200);
+        assert_eq!(w.update(200, idle), Some(4_000));
+        w.touch(0, 300);
+        w.observe(0, &times(&[60_000])?, 300);
+        assert_eq!(w.update(300, idle), None, "partition 1 is still at 4 s");
+        // Partition 1 falls silent: after the idle timeout it no longer counts.
+        assert_eq!(w.update(200 + idle + 1, idle), Some(59_000));
+        // It comes back behind: the source does not go back.
+        w.touch(1, 20_000);
+        w.observe(1, &times(&[6_000])?, 20_000);
+        assert_eq!(w.update(20_000, idle), None);
+        assert_eq!(w.current(), Some(59_000));
+        assert_eq!(
+            w.of_splits().collect::<Vec<_>>(),
+            [(0, Some(59_000)), (1, Some(5_000))]
+        );
+        // A single split is an InputWatermark.
+        let mut one = SplitWatermarks::new(InputWatermark::new(1_000, Some(0)));
+        one.touch(0, 0);
+        one.observe(0, &times(&[5_000, 9_000])?, 0);
+        assert_eq!(one.update(0, idle), Some(8_000));
+        assert_eq!(one.finish(), Some(i64::MAX));
         Ok(())
     }
 

@@ -30,7 +30,7 @@ use crate::checkpoint::align::JoinAlignment;
 use crate::deadletter::DeadLetterStore;
 use crate::source::{Chunk, SourceRuntime, SourceState};
 use crate::view::ViewRuntime;
-use drive::InputWatermark;
+use drive::{InputWatermark, SplitWatermarks};
 use weir_sql::Collector;
 
 /// Batches a paused view holds before its source waits for it.
@@ -44,8 +44,8 @@ pub struct Pipeline {
     pub latency: Histogram,
     /// Chunks queued by an HTTP source (decremented as they are taken).
     pub buffered: Option<Arc<AtomicUsize>>,
-    /// The source's watermark over the batches processed so far.
-    watermark: InputWatermark,
+    /// The source's watermark over the batches processed so far (per split).
+    watermark: SplitWatermarks,
     /// The source's position after the last chunk received.
     position: Position,
     /// Batches processed since the last snapshot.
@@ -67,13 +67,13 @@ impl Pipeline {
         latency: Histogram,
         buffered: Option<Arc<AtomicUsize>>,
     ) -> Self {
-        let watermark = match &source.watermark {
+        let watermark = SplitWatermarks::new(match &source.watermark {
             Some(spec) => InputWatermark::new(
                 i64::try_from(spec.delay.as_millis()).unwrap_or(i64::MAX),
                 source.schema.index_of(&spec.column).ok(),
             ),
             None => InputWatermark::new(0, None),
-        };
+        });
         Self {
             source,
             policy,
@@ -121,7 +121,7 @@ impl Pipeline {
     }
 
     fn run(mut self, rx: Receiver<Chunk>) {
-        let mut pending: Vec<RecordBatch> = Vec::new();
+        let mut pending: Vec<(u32, RecordBatch)> = Vec::new();
         let mut rows = 0usize;
         let mut opened: Option<Instant> = None;
         loop {
@@ -146,6 +146,7 @@ impl Pipeline {
                 batch,
                 received,
                 position,
+                split,
             }) = next
             {
                 took = true;
@@ -156,9 +157,17 @@ impl Pipeline {
                 if let Some(b) = &self.buffered {
                     b.fetch_sub(1, Ordering::Relaxed);
                 }
-                opened.get_or_insert(received);
-                rows += batch.num_rows();
-                pending.push(batch);
+                // Heard from when its rows arrive (not when processed, which may be
+                // later), or when announced (no rows, no position); a chunk of dead
+                // letters alone does not keep a split active.
+                if batch.num_rows() > 0 || position.0.is_empty() {
+                    self.watermark.touch(split, now_ms());
+                }
+                if batch.num_rows() > 0 {
+                    opened.get_or_insert(received);
+                    rows += batch.num_rows();
+                    pending.push((split, batch));
+                }
                 next = if rows >= self.policy.max_rows() {
                     Err(RecvTimeoutError::Timeout)
                 } else {
@@ -179,7 +188,11 @@ impl Pipeline {
                     self.flush(&mut pending, opened.take());
                     return;
                 }
-                Err(RecvTimeoutError::Timeout) if !took => self.resume_idle(),
+                Err(RecvTimeoutError::Timeout) if !took => {
+                    self.resume_idle();
+                    // A split gone idle may no longer hold the watermark back.
+                    self.update_watermark();
+                }
                 // Rows were taken above.
                 Ok(Chunk::Rows { .. }) | Err(RecvTimeoutError::Timeout) => {}
             }
@@ -194,14 +207,21 @@ impl Pipeline {
     }
 
     /// Process the pending rows as micro-batches of at most `max_rows`.
-    fn flush(&mut self, pending: &mut Vec<RecordBatch>, opened: Option<Instant>) {
+    fn flush(&mut self, pending: &mut Vec<(u32, RecordBatch)>, opened: Option<Instant>) {
         if pending.is_empty() {
             return;
         }
+        // Which rows of the batch came from which split: (split, first row, rows).
+        let mut splits = Vec::with_capacity(pending.len());
+        let mut first = 0;
+        for (split, b) in pending.iter() {
+            splits.push((*split, first, b.num_rows()));
+            first += b.num_rows();
+        }
         let batch = if pending.len() == 1 {
-            pending.remove(0)
+            pending.remove(0).1
         } else {
-            match concat_batches(&self.source.schema, pending.iter()) {
+            match concat_batches(&self.source.schema, pending.iter().map(|(_, b)| b)) {
                 Ok(b) => b,
                 Err(e) => {
                     // Never dropped: each chunk goes through on its own.
@@ -218,8 +238,18 @@ impl Pipeline {
         let mut offset = 0;
         while offset < batch.num_rows() {
             let len = max_rows.min(batch.num_rows() - offset);
-            self.process(&batch.slice(offset, len));
-            offset += len;
+            let end = offset + len;
+            // The splits' rows within this slice, relative to it.
+            let parts: Vec<(u32, usize, usize)> = splits
+                .iter()
+                .filter(|(_, from, n)| *from < end && from + n > offset)
+                .map(|&(split, from, n)| {
+                    let start = from.max(offset);
+                    (split, start - offset, (from + n).min(end) - start)
+                })
+                .collect();
+            self.process(&batch.slice(offset, len), &parts);
+            offset = end;
         }
         if let Some(t) = opened {
             self.latency.observe(t.elapsed().as_secs_f64());
@@ -227,8 +257,9 @@ impl Pipeline {
     }
 
     /// Run every view over one batch, then move the watermark on (the order of
-    /// [`drive::WatermarkedInputs::drive`]).
-    fn process(&mut self, batch: &RecordBatch) {
+    /// [`drive::WatermarkedInputs::drive`]). `splits` says which rows came from which
+    /// split: (split, first row, rows).
+    fn process(&mut self, batch: &RecordBatch, splits: &[(u32, usize, usize)]) {
         let views = self.source.views.lock().clone();
         let before = self.watermark.current();
         for view in views.iter().filter(|v| v.is_join()) {
@@ -247,8 +278,27 @@ impl Pipeline {
         self.unsaved_batches += 1;
         // Only now that every view has the batch: a join's other inputs may close its
         // windows as soon as this watermark is published.
-        if let Some(w) = self.watermark.observe(batch) {
-            self.advance(&views, w);
+        let now = now_ms();
+        for &(split, first, rows) in splits {
+            let part = if first == 0 && rows == batch.num_rows() {
+                batch.clone()
+            } else {
+                batch.slice(first, rows)
+            };
+            self.watermark.observe(split, &part, now);
+        }
+        self.update_watermark_with(&views);
+    }
+
+    /// Move the source's watermark to where its splits allow now.
+    fn update_watermark(&mut self) {
+        let views = self.source.views.lock().clone();
+        self.update_watermark_with(&views);
+    }
+
+    fn update_watermark_with(&mut self, views: &[Arc<ViewRuntime>]) {
+        if let Some(w) = self.watermark.update(now_ms(), self.idle_timeout_ms) {
+            self.advance(views, w);
         }
     }
 

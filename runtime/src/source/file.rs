@@ -9,20 +9,71 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::SyncSender;
-use std::time::{Duration, Instant};
 
-use prometheus::IntCounter;
+use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use serde::Deserialize;
 
-use super::Chunk;
+use super::connector::{Connector, Feed, SourceDef};
 use crate::checkpoint::Position;
-use crate::deadletter::{DeadLetterStore, NewDeadLetter};
+use crate::deadletter::NewDeadLetter;
 use crate::decode::JsonDecoder;
 use crate::{Error, Result};
 
-/// Option names of `WITH (connector = 'file', ...)`.
-pub const OPTIONS: &[&str] = &["connector", "format", "max_rows", "max_delay", "path"];
+/// Options of `WITH (connector = 'file', ...)` beyond the common ones.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileOptions {
+    /// The file, relative to the files dir.
+    path: Option<String>,
+}
+
+/// A source replaying one file.
+pub struct FileSource {
+    path: PathBuf,
+    schema: SchemaRef,
+}
+
+pub fn open(def: &SourceDef) -> Result<Box<dyn Connector>> {
+    def.json_only()?;
+    def.no_metadata_columns()?;
+    let options: FileOptions = crate::options::parse_own(def.name, def.options)?;
+    let files_dir = def.config.files_dir();
+    let path = options.path.ok_or_else(|| {
+        Error::BadRequest(format!(
+            "source {}: a file source needs path = 'name.jsonl' (inside {})",
+            def.name,
+            files_dir.display()
+        ))
+    })?;
+    Ok(Box::new(FileSource {
+        path: resolve(&files_dir, &path)?,
+        schema: Arc::new(Schema::new(def.declared_columns()?.to_vec())),
+    }))
+}
+
+impl Connector for FileSource {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn start(&self, feed: Feed, resume: Option<Position>) -> Result<()> {
+        let reader = FileReader {
+            path: self.path.clone(),
+            start: resume.and_then(|p| p.offset(POSITION)).unwrap_or(0),
+            decoder: JsonDecoder::new(self.schema.clone()),
+            feed,
+        };
+        std::thread::Builder::new()
+            .name(format!("file-{}", reader.feed.source))
+            .spawn(move || {
+                if let Err(e) = reader.run() {
+                    tracing::error!(source = %reader.feed.source, error = %e, "the file source stopped");
+                }
+            })
+            .map_err(|e| Error::Internal(format!("cannot start the file reader: {e}")))?;
+        Ok(())
+    }
+}
 
 /// The partition name of a file source's position: the byte offset read up to.
 pub const POSITION: &str = "offset";
@@ -53,41 +104,18 @@ pub fn resolve(dir: &Path, path: &str) -> Result<PathBuf> {
     Ok(file)
 }
 
-/// What a file reader needs besides the file.
-pub struct FileReader {
-    pub source: String,
-    pub path: PathBuf,
-    pub start: u64,
-    pub decoder: JsonDecoder,
-    pub tx: SyncSender<Chunk>,
-    pub stop: Arc<AtomicBool>,
-    pub active: Arc<AtomicBool>,
-    pub records_in: IntCounter,
-    pub dead_letter_count: IntCounter,
-    pub dead_letters: Arc<DeadLetterStore>,
+/// Reads one file into its source's feed.
+struct FileReader {
+    path: PathBuf,
+    start: u64,
+    decoder: JsonDecoder,
+    feed: Feed,
 }
 
 impl FileReader {
-    /// Read on a thread of its own, from `start` to the end of the file.
-    pub fn spawn(self) -> Result<()> {
-        std::thread::Builder::new()
-            .name(format!("file-{}", self.source))
-            .spawn(move || {
-                if let Err(e) = self.run() {
-                    tracing::error!(source = %self.source, error = %e, "the file source stopped");
-                }
-            })
-            .map_err(|e| Error::Internal(format!("cannot start the file reader: {e}")))?;
-        Ok(())
-    }
-
     fn run(&self) -> std::io::Result<()> {
-        // A source without views has nothing to feed: start with the first view.
-        while !self.active.load(Ordering::Relaxed) {
-            if self.stop.load(Ordering::Relaxed) {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(10));
+        if !self.feed.wait_for_a_view() {
+            return Ok(());
         }
         let mut file = File::open(&self.path)?;
         file.seek(SeekFrom::Start(self.start))?;
@@ -95,7 +123,7 @@ impl FileReader {
         let mut carry: Vec<u8> = Vec::new();
         let mut block = vec![0u8; READ_BYTES];
         loop {
-            if self.stop.load(Ordering::Relaxed) {
+            if self.feed.stopped() {
                 return Ok(());
             }
             let n = file.read(&mut block)?;
@@ -117,7 +145,7 @@ impl FileReader {
             }
             offset = end;
             if at_end {
-                let _ = self.tx.send(Chunk::End);
+                self.feed.end();
                 return Ok(());
             }
         }
@@ -126,39 +154,38 @@ impl FileReader {
     /// Decode and send the lines at `from..end`; false once the pipeline is gone.
     fn send(&self, lines: &[u8], from: u64, end: u64) -> bool {
         let decoded = self.decoder.decode(lines);
-        let n = self
-            .dead_letters
-            .push_all(decoded.rejected.into_iter().map(|r| NewDeadLetter {
-                source: self.source.clone(),
+        self.feed.dead_letter(decoded.rejected.into_iter().map(|r| {
+            NewDeadLetter {
+                source: self.feed.source.clone(),
                 view: None,
+                partition: None,
                 position: None,
                 reason: format!(
                     "{} (in bytes {from}..{end} of {})",
                     r.reason,
                     self.path.display()
-                ),
+                )
+                .into(),
                 raw: r.raw,
-            }));
-        self.dead_letter_count.inc_by(n as u64);
-        self.records_in.inc_by(decoded.batch.num_rows() as u64);
-        self.tx
-            .send(Chunk::Rows {
-                batch: decoded.batch,
-                received: Instant::now(),
-                position: Position::at(POSITION, end),
-            })
-            .is_ok()
+            }
+        }));
+        self.feed
+            .send(decoded.batch, Position::at(POSITION, end), 0)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::AtomicBool;
     use std::sync::mpsc::sync_channel;
 
     use datafusion::arrow::array::{AsArray, RecordBatch};
-    use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema};
+    use datafusion::arrow::datatypes::{DataType, Field, Int64Type};
+    use prometheus::{IntCounter, IntGaugeVec, Opts};
 
     use super::*;
+    use crate::deadletter::DeadLetterStore;
+    use crate::source::Chunk;
 
     fn read(dir: &Path, start: u64) -> (Vec<i64>, Vec<u64>, usize) {
         let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
@@ -166,16 +193,22 @@ mod tests {
         let counter = || IntCounter::new("c", "c").expect("counter");
         let dead_letters = Arc::new(DeadLetterStore::open(None, 10).expect("store"));
         FileReader {
-            source: "f".into(),
             path: resolve(dir, "records.jsonl").expect("inside"),
             start,
-            decoder: JsonDecoder::new(schema),
-            tx,
-            stop: Arc::new(AtomicBool::new(false)),
-            active: Arc::new(AtomicBool::new(true)),
-            records_in: counter(),
-            dead_letter_count: counter(),
-            dead_letters: dead_letters.clone(),
+            decoder: JsonDecoder::new(schema.clone()),
+            feed: Feed {
+                source: "f".into(),
+                schema,
+                tx,
+                stop: Arc::new(AtomicBool::new(false)),
+                active: Arc::new(AtomicBool::new(true)),
+                records_in: counter(),
+                dead_letter_count: counter(),
+                dead_letters: dead_letters.clone(),
+                chunk_rows: 4096,
+                lag: IntGaugeVec::new(Opts::new("l", "l"), &["source", "partition"])
+                    .expect("gauge"),
+            },
         }
         .run()
         .expect("reads");

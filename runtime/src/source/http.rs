@@ -12,8 +12,10 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::SyncSender;
 use std::time::Instant;
 
-use serde::Serialize;
+use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use serde::{Deserialize, Serialize};
 
+use super::connector::{Connector, Feed, SourceDef};
 use super::wal::Wal;
 use super::{Chunk, SourceRuntime};
 use crate::checkpoint::Position;
@@ -21,8 +23,35 @@ use crate::deadletter::{DeadLetterStore, NewDeadLetter};
 use crate::decode::JsonDecoder;
 use crate::{Error, Result};
 
-/// Options of `WITH (connector = 'http', ...)` beyond the common ones.
-pub const OPTIONS: &[&str] = &["connector", "format", "max_rows", "max_delay"];
+/// Options of `WITH (connector = 'http', ...)` beyond the common ones: none.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HttpOptions {}
+
+/// A source whose records are posted to it; the engine's [`HttpInput`] takes them.
+struct HttpSource {
+    schema: SchemaRef,
+}
+
+pub fn open(def: &SourceDef) -> Result<Box<dyn Connector>> {
+    def.json_only()?;
+    def.no_metadata_columns()?;
+    let _: HttpOptions = crate::options::parse_own(def.name, def.options)?;
+    Ok(Box::new(HttpSource {
+        schema: Arc::new(Schema::new(def.declared_columns()?.to_vec())),
+    }))
+}
+
+impl Connector for HttpSource {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    /// Rows come with requests: nothing to start.
+    fn start(&self, _feed: Feed, _resume: Option<Position>) -> Result<()> {
+        Ok(())
+    }
+}
 
 /// The push side of an HTTP source.
 pub struct HttpInput {
@@ -99,6 +128,7 @@ impl HttpInput {
                 batch: decoded.batch.clone(),
                 received,
                 position,
+                split: 0,
             };
             if self.tx.try_send(chunk).is_err() {
                 release();
@@ -150,8 +180,9 @@ impl HttpInput {
             dead_letters.push_all(decoded.rejected.into_iter().map(|r| NewDeadLetter {
                 source: source.name.clone(),
                 view: None,
+                partition: None,
                 position: Some(first + r.index as u64),
-                reason: r.reason,
+                reason: r.reason.into(),
                 raw: r.raw,
             }));
         source.dead_letters.inc_by(dead_lettered as u64);
@@ -180,6 +211,7 @@ impl HttpInput {
                 batch: decoded.batch,
                 received: Instant::now(),
                 position: wal_position(wal, entry.end),
+                split: 0,
             };
             if self.tx.send(chunk).is_err() {
                 stopped = true;
@@ -261,6 +293,9 @@ mod tests {
             stop: Arc::new(AtomicBool::new(false)),
             active: Arc::new(AtomicBool::new(true)),
             http: Some(http),
+            input: Box::new(HttpSource {
+                schema: Arc::new(Schema::empty()),
+            }),
             records_in: counter(),
             batches: counter(),
             dead_letters: counter(),

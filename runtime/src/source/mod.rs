@@ -1,10 +1,13 @@
 //! Sources: where rows come from. Every source runs one pipeline thread (see
-//! [`crate::pipeline`]) fed through a bounded channel of [`Chunk`]s; connectors differ
-//! only in who sends the chunks: HTTP requests ([`http`], logged by [`wal`]), a
-//! generator thread ([`nexmark`]) or a file reader thread ([`file`]).
+//! [`crate::pipeline`]) fed through a bounded channel of [`Chunk`]s; connectors (one
+//! shape, [`connector::Connector`]) differ only in who sends the chunks: HTTP requests
+//! ([`http`], logged by [`wal`]), a generator thread ([`nexmark`]), a file reader
+//! thread ([`file`]) or a Kafka consumer thread ([`kafka`]).
 
+pub mod connector;
 pub mod file;
 pub mod http;
+pub mod kafka;
 pub mod nexmark;
 pub mod wal;
 
@@ -25,11 +28,14 @@ use weir_sql::WatermarkSpec;
 /// What a connector sends to its source's pipeline.
 #[derive(Debug)]
 pub enum Chunk {
-    /// Decoded rows, when they arrived, and the source's position after them.
+    /// Decoded rows, when they arrived, and the source's position after them. Rows of
+    /// one split (a Kafka partition; 0 for sources read as one) are in order, and each
+    /// split has its own watermark.
     Rows {
         batch: RecordBatch,
         received: Instant,
         position: Position,
+        split: u32,
     },
     /// A finite source has no more rows: flush everything.
     End,
@@ -39,6 +45,8 @@ pub enum Chunk {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SourceState {
+    /// Created, but its connector cannot read yet (a broker that does not answer).
+    Connecting,
     Running,
     /// A finite source delivered all its rows and closed all windows.
     Finished,
@@ -60,6 +68,8 @@ pub struct SourceRuntime {
     /// Set when the first view attaches: generators wait for it so no view misses rows.
     pub(crate) active: Arc<AtomicBool>,
     pub(crate) http: Option<http::HttpInput>,
+    /// Where the rows come from.
+    pub(crate) input: Box<dyn connector::Connector>,
     pub(crate) records_in: IntCounter,
     pub(crate) batches: IntCounter,
     pub(crate) dead_letters: IntCounter,
@@ -84,22 +94,30 @@ pub struct SourceStatus {
     pub watermark_ms: Option<i64>,
     pub views: Vec<String>,
     pub columns: Vec<ColumnInfo>,
+    #[serde(flatten)]
+    pub connector_status: connector::ConnectorStatus,
 }
 
 impl SourceRuntime {
     pub fn status(&self) -> SourceStatus {
         let wm = self.current_watermark.load(Ordering::Relaxed);
+        let connector_status = self.input.status();
+        let status = match self.state.lock().clone() {
+            SourceState::Running if connector_status.waiting.is_some() => SourceState::Connecting,
+            state => state,
+        };
         SourceStatus {
             name: self.name.clone(),
             connector: self.connector.clone(),
             sql: self.sql.clone(),
-            status: self.state.lock().clone(),
+            status,
             records_in: self.records_in.get(),
             batches: self.batches.get(),
             dead_letters: self.dead_letters.get(),
             watermark_ms: (wm != i64::MIN).then_some(wm),
             views: self.views.lock().iter().map(|v| v.name.clone()).collect(),
             columns: ColumnInfo::of(&self.schema),
+            connector_status,
         }
     }
 

@@ -22,5 +22,14 @@ pub async fn list(State(state): State<AppState>, Query(f): Query<Filter>) -> Jso
         f.view.as_deref(),
         f.limit.unwrap_or(100),
     );
+    // Late rows are described here, when read (see `Reason`); a late one keeps `late`.
+    let letters: Vec<Value> = letters
+        .iter()
+        .map(|l| {
+            let mut v = serde_json::to_value(l).unwrap_or_default();
+            v["reason"] = l.reason_text().into();
+            v
+        })
+        .collect();
     Json(json!({ "total": store.total(), "dead_letters": letters }))
 }

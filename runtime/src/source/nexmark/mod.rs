@@ -5,36 +5,56 @@
 
 pub mod generator;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::SyncSender;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use prometheus::IntCounter;
+use datafusion::arrow::datatypes::SchemaRef;
 use serde::Deserialize;
 
-use super::Chunk;
+use super::connector::{Connector, Feed, SourceDef};
 use crate::checkpoint::Position;
 use crate::{Error, Result};
 pub use generator::{Generator, GeneratorConfig, Table};
+use weir_sql::WatermarkSpec;
 
-/// Option names of `WITH (connector = 'nexmark', ...)`.
-pub const OPTIONS: &[&str] = &[
-    "connector",
-    "format",
-    "max_rows",
-    "max_delay",
-    "table",
-    "rate",
-    "events",
-    "seed",
-    "event_rate",
-    "start_time",
-];
+/// A generated Nexmark table.
+pub struct NexmarkSource {
+    options: NexmarkOptions,
+}
+
+pub fn open(def: &SourceDef) -> Result<Box<dyn Connector>> {
+    def.json_only()?;
+    if !def.columns.is_empty() {
+        return Err(Error::BadRequest(format!(
+            "source {}: nexmark sources take their columns from the generator; leave out the column list",
+            def.name
+        )));
+    }
+    let options: NexmarkOptions = crate::options::parse_own(def.name, def.options)?;
+    options.generator_config()?;
+    Ok(Box::new(NexmarkSource { options }))
+}
+
+impl Connector for NexmarkSource {
+    fn schema(&self) -> SchemaRef {
+        self.options.table.schema()
+    }
+
+    fn default_watermark(&self) -> Option<WatermarkSpec> {
+        Some(WatermarkSpec {
+            column: "date_time".into(),
+            delay: Duration::from_secs(4),
+        })
+    }
+
+    fn start(&self, feed: Feed, resume: Option<Position>) -> Result<()> {
+        let start_event = resume.and_then(|p| p.offset(POSITION)).unwrap_or(0);
+        spawn(&self.options, start_event, feed)
+    }
+}
 
 /// Options of the nexmark connector.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub struct NexmarkOptions {
     /// `person`, `auction` or `bid`.
     pub table: Table,
@@ -52,15 +72,7 @@ pub struct NexmarkOptions {
     pub event_rate: Option<u64>,
     /// Event time of the first event: ms since the epoch, or 'now'. Default 2015-07-15T00:00:00Z.
     #[serde(default)]
-    pub start_time: Option<StartTime>,
-}
-
-/// When event time starts.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-pub enum StartTime {
-    Millis(i64),
-    Named(String),
+    pub start_time: Option<String>,
 }
 
 /// The benchmark's customary epoch, 2015-07-15T00:00:00Z, for reproducible runs.
@@ -68,18 +80,17 @@ const DEFAULT_START_MS: i64 = 1_436_918_400_000;
 
 impl NexmarkOptions {
     pub fn generator_config(&self) -> Result<GeneratorConfig> {
-        let start_time_ms = match &self.start_time {
+        let start_time_ms = match self.start_time.as_deref() {
             None => DEFAULT_START_MS,
-            Some(StartTime::Millis(ms)) => *ms,
-            Some(StartTime::Named(s)) if s.eq_ignore_ascii_case("now") => SystemTime::now()
+            Some(s) if s.eq_ignore_ascii_case("now") => SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_millis() as i64)
                 .unwrap_or(DEFAULT_START_MS),
-            Some(StartTime::Named(s)) => {
-                return Err(Error::BadRequest(format!(
+            Some(s) => s.parse().map_err(|_| {
+                Error::BadRequest(format!(
                     "nexmark start_time '{s}' must be milliseconds since the epoch or 'now'"
-                )));
-            }
+                ))
+            })?,
         };
         Ok(GeneratorConfig {
             table: self.table,
@@ -98,30 +109,17 @@ impl NexmarkOptions {
 pub const POSITION: &str = "event";
 
 /// Run the generator on its own thread, from event `start_event`, until it ends or
-/// `stop` is set.
-#[allow(clippy::too_many_arguments)]
-pub fn spawn(
-    name: &str,
-    options: &NexmarkOptions,
-    start_event: u64,
-    chunk_events: usize,
-    tx: SyncSender<Chunk>,
-    stop: Arc<AtomicBool>,
-    active: Arc<AtomicBool>,
-    records_in: IntCounter,
-) -> Result<()> {
+/// the source stops.
+fn spawn(options: &NexmarkOptions, start_event: u64, feed: Feed) -> Result<()> {
     let mut generator = Generator::new(options.generator_config()?);
     generator.seek(start_event);
     let rate = options.rate;
+    let chunk_events = feed.chunk_rows.min(4096);
     std::thread::Builder::new()
-        .name(format!("nexmark-{name}"))
+        .name(format!("nexmark-{}", feed.source))
         .spawn(move || {
-            // A source without views has nothing to feed: start with the first view.
-            while !active.load(Ordering::Relaxed) {
-                if stop.load(Ordering::Relaxed) {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(10));
+            if !feed.wait_for_a_view() {
+                return;
             }
             let started = Instant::now();
             // Throttled runs send small chunks often, so batches close on time.
@@ -130,7 +128,7 @@ pub fn spawn(
             } else {
                 chunk_events as u64
             };
-            while !stop.load(Ordering::Relaxed) {
+            while !feed.stopped() {
                 if rate > 0 {
                     let sent = generator.next_event() - start_event;
                     let due = Duration::from_secs_f64(sent as f64 / rate as f64);
@@ -141,21 +139,13 @@ pub fn spawn(
                 }
                 match generator.next_batch(chunk) {
                     Some(batch) => {
-                        records_in.inc_by(batch.num_rows() as u64);
-                        if batch.num_rows() > 0
-                            && tx
-                                .send(Chunk::Rows {
-                                    batch,
-                                    received: Instant::now(),
-                                    position: Position::at(POSITION, generator.next_event()),
-                                })
-                                .is_err()
-                        {
+                        let position = Position::at(POSITION, generator.next_event());
+                        if batch.num_rows() > 0 && !feed.send(batch, position, 0) {
                             return;
                         }
                     }
                     None => {
-                        let _ = tx.send(Chunk::End);
+                        feed.end();
                         return;
                     }
                 }

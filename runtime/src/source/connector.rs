@@ -1,0 +1,219 @@
+//! One shape for every source connector. A connector parses its own `WITH (...)`
+//! options into a typed struct when the source is created ([`open`]), says what its
+//! rows look like, starts reading from a checkpoint's position or from its configured
+//! start, and hears when a checkpoint that covers a position is durable. Adding a
+//! connector is a folder under `source/` and one line in [`CONNECTORS`].
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::SyncSender;
+use std::time::{Duration, Instant};
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::{Field, SchemaRef};
+use prometheus::{IntCounter, IntGaugeVec};
+use serde::Serialize;
+
+use super::{Chunk, file, http, kafka, nexmark};
+use crate::checkpoint::Position;
+use crate::config::RuntimeConfig;
+use crate::deadletter::{DeadLetterStore, NewDeadLetter};
+use crate::options::CommonOptions;
+use crate::{Error, Result};
+use weir_sql::WatermarkSpec;
+use weir_sql::parser::METADATA_KEY;
+
+/// How a connector is made from a `CREATE SOURCE` statement.
+type Open = fn(&SourceDef) -> Result<Box<dyn Connector>>;
+
+/// Every connector, by the name `WITH (connector = ...)` gives.
+const CONNECTORS: &[(&str, Open)] = &[
+    ("http", http::open),
+    ("nexmark", nexmark::open),
+    ("file", file::open),
+    ("kafka", kafka::open),
+];
+
+/// What a `CREATE SOURCE` statement says, for its connector.
+pub struct SourceDef<'a> {
+    pub name: &'a str,
+    /// Declared columns (empty when the connector brings its own).
+    pub columns: &'a [Field],
+    pub options: &'a BTreeMap<String, String>,
+    pub common: &'a CommonOptions,
+    pub config: &'a RuntimeConfig,
+    /// Created again from the catalog at start: accepted before, so not refused for
+    /// what may be passing (a topic a broker does not list for a moment).
+    pub restoring: bool,
+}
+
+impl SourceDef<'_> {
+    /// Refuse `METADATA FROM` columns: this connector's records have no envelope.
+    pub fn no_metadata_columns(&self) -> Result<()> {
+        match self
+            .columns
+            .iter()
+            .find(|f| f.metadata().contains_key(METADATA_KEY))
+        {
+            Some(f) => Err(Error::BadRequest(format!(
+                "source {}: column {} is METADATA FROM '{}', but the {} connector has no metadata columns",
+                self.name,
+                f.name(),
+                f.metadata()[METADATA_KEY],
+                self.common.connector
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Refuse any format but JSON.
+    pub fn json_only(&self) -> Result<()> {
+        match self.common.format.as_deref() {
+            Some(f) if !f.eq_ignore_ascii_case("json") => Err(Error::BadRequest(format!(
+                "source {}: format '{f}' is not supported by the {} connector; use 'json'",
+                self.name, self.common.connector
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// The declared columns, which a source of this connector needs.
+    pub fn declared_columns(&self) -> Result<&[Field]> {
+        if self.columns.is_empty() {
+            return Err(Error::BadRequest(format!(
+                "source {name}: declare its columns, e.g. CREATE SOURCE {name} (id BIGINT, ts TIMESTAMP) WITH (...)",
+                name = self.name
+            )));
+        }
+        Ok(self.columns)
+    }
+}
+
+/// The connector of `def`, its options checked.
+pub fn open(def: &SourceDef) -> Result<Box<dyn Connector>> {
+    let connector = def.common.connector.as_str();
+    match CONNECTORS.iter().find(|(name, _)| *name == connector) {
+        Some((_, open)) => open(def),
+        None => Err(Error::BadRequest(format!(
+            "source {}: connector '{connector}' is not supported; use one of {}",
+            def.name,
+            CONNECTORS
+                .iter()
+                .map(|(n, _)| format!("'{n}'"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
+
+/// A source's connector: where its rows come from.
+pub trait Connector: Send + Sync {
+    /// The rows' schema: the declared columns, or the connector's own.
+    fn schema(&self) -> SchemaRef;
+
+    /// The watermark of a source whose statement declares none.
+    fn default_watermark(&self) -> Option<WatermarkSpec> {
+        None
+    }
+
+    /// Start sending rows to `feed`, from `resume` (the position of the checkpoint the
+    /// source was restored from) or else from the configured start. A connector whose
+    /// rows are pushed to it (http) has nothing to start.
+    fn start(&self, feed: Feed, resume: Option<Position>) -> Result<()>;
+
+    /// A checkpoint that covers `position` is durable: what it names may be
+    /// acknowledged upstream (a Kafka group's offsets committed).
+    fn checkpoint_durable(&self, _position: &Position) {}
+
+    /// What the API shows beyond the common counters.
+    fn status(&self) -> ConnectorStatus {
+        ConnectorStatus::default()
+    }
+}
+
+/// A connector's own part of a source's status.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ConnectorStatus {
+    /// Set while the connector cannot read yet (`connecting`), with why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
+    /// One entry per partition, shard or split read.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub partitions: Vec<PartitionStatus>,
+    /// Where a bounded read ends (per partition), once known.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub end_offsets: BTreeMap<String, i64>,
+}
+
+/// One partition of a source.
+#[derive(Debug, Clone, Serialize)]
+pub struct PartitionStatus {
+    pub partition: String,
+    /// The next offset to read.
+    pub position: Option<i64>,
+    /// The log's end offset when last asked.
+    pub high_watermark: Option<i64>,
+    /// Records not read yet.
+    pub lag: Option<i64>,
+}
+
+/// Where a connector sends what it reads, and what it counts.
+pub struct Feed {
+    pub source: String,
+    pub schema: SchemaRef,
+    pub tx: SyncSender<Chunk>,
+    pub stop: Arc<AtomicBool>,
+    /// Set when the first view attaches.
+    pub active: Arc<AtomicBool>,
+    pub records_in: IntCounter,
+    pub dead_letter_count: IntCounter,
+    pub dead_letters: Arc<DeadLetterStore>,
+    /// Rows per chunk a generator should aim for.
+    pub chunk_rows: usize,
+    /// `weir_source_lag{source, partition}`.
+    pub lag: IntGaugeVec,
+}
+
+impl Feed {
+    pub fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    /// Wait for the first view: a source without views has nothing to feed, and a
+    /// finite one would be read past before anyone looked. False if stopped first.
+    pub fn wait_for_a_view(&self) -> bool {
+        while !self.active.load(Ordering::Relaxed) {
+            if self.stopped() {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        true
+    }
+
+    /// Send rows of split `split` (a partition, or 0) and the position after them;
+    /// false once the pipeline is gone.
+    pub fn send(&self, batch: RecordBatch, position: Position, split: u32) -> bool {
+        self.records_in.inc_by(batch.num_rows() as u64);
+        self.tx
+            .send(Chunk::Rows {
+                batch,
+                received: Instant::now(),
+                position,
+                split,
+            })
+            .is_ok()
+    }
+
+    /// The source has no more rows.
+    pub fn end(&self) {
+        let _ = self.tx.send(Chunk::End);
+    }
+
+    /// Store dead letters and count them.
+    pub fn dead_letter(&self, letters: impl IntoIterator<Item = NewDeadLetter>) {
+        let n = self.dead_letters.push_all(letters);
+        self.dead_letter_count.inc_by(n as u64);
+    }
+}

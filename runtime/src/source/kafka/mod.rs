@@ -1,0 +1,271 @@
+//! The `kafka` connector: a consumer-group member reading one or more topics with
+//! librdkafka. Each partition is its own split (its own watermark), each chunk holds
+//! one partition's messages, and the position after a chunk is the next offset to read
+//! per partition (`topic/partition`). A restart from a checkpoint seeks to the
+//! checkpoint's offsets; once a checkpoint is durable the same offsets are committed to
+//! the group, so the group's lag is the truth. See docs/CONNECTORS.md.
+
+mod envelope;
+pub mod options;
+mod reader;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use datafusion::arrow::datatypes::SchemaRef;
+use parking_lot::Mutex;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+use super::connector::{Connector, ConnectorStatus, Feed, PartitionStatus, SourceDef};
+use crate::checkpoint::Position;
+use crate::{Error, Result};
+use envelope::Layout;
+use options::{End, KafkaOptions, Start};
+use reader::Context;
+
+/// How long CREATE SOURCE waits for the brokers to say whether the topic exists.
+const METADATA_WAIT: Duration = Duration::from_secs(3);
+
+/// A Kafka source.
+pub struct KafkaSource {
+    name: String,
+    brokers: String,
+    /// Topics by name, or one pattern (`^...`).
+    subscription: Vec<String>,
+    start: Start,
+    end: Option<End>,
+    layout: Layout,
+    config: ClientConfig,
+    shared: Arc<Shared>,
+}
+
+/// What the consumer thread and the API share.
+#[derive(Default)]
+pub struct Shared {
+    /// Why the source cannot read yet (brokers unreachable), until it reads.
+    pub waiting: Mutex<Option<String>>,
+    /// Per `topic/partition`.
+    pub partitions: Mutex<BTreeMap<String, PartitionState>>,
+    /// Where a bounded read ends, per `topic/partition`.
+    pub end_offsets: Mutex<BTreeMap<String, i64>>,
+    /// The consumer, once it runs (commits go through it).
+    pub consumer: Mutex<Option<Arc<BaseConsumer<Context>>>>,
+}
+
+/// One partition as the API shows it.
+#[derive(Debug, Clone, Default)]
+pub struct PartitionState {
+    pub assigned: bool,
+    pub position: Option<i64>,
+    pub high_watermark: Option<i64>,
+}
+
+pub fn open(def: &SourceDef) -> Result<Box<dyn Connector>> {
+    let name = def.name;
+    let options: KafkaOptions = crate::options::parse_own(name, def.options)?;
+    let brokers = options.brokers.clone().ok_or_else(|| {
+        Error::BadRequest(format!(
+            "source {name}: a kafka source needs brokers = 'host:port[,host:port]'"
+        ))
+    })?;
+    let subscription = match (&options.topic, &options.topic_pattern) {
+        (Some(topics), None) => {
+            let topics: Vec<String> = topics
+                .split(',')
+                .map(|t| t.trim().to_string())
+                .filter(|t| !t.is_empty())
+                .collect();
+            if topics.is_empty() {
+                return Err(Error::BadRequest(format!(
+                    "source {name}: topic = '' names no topic"
+                )));
+            }
+            topics
+        }
+        (None, Some(pattern)) => vec![format!("^{}", pattern.trim_start_matches('^'))],
+        _ => {
+            return Err(Error::BadRequest(format!(
+                "source {name}: a kafka source reads topic = 'name[,name]' or topic_pattern = 'regex' (one of the two)"
+            )));
+        }
+    };
+    let start = Start::parse(name, options.start.as_deref())?;
+    let end = options
+        .end
+        .as_deref()
+        .map(|e| End::parse(name, e))
+        .transpose()?;
+    if end.is_some() && options.topic_pattern.is_some() {
+        return Err(Error::BadRequest(format!(
+            "source {name}: a bounded read (end = ...) needs named topics, not a topic_pattern"
+        )));
+    }
+    let layout = Layout::new(
+        name,
+        def.declared_columns()?,
+        def.common.format.as_deref().unwrap_or("json"),
+    )?;
+    let group = options
+        .group
+        .clone()
+        .unwrap_or_else(|| format!("weir-{name}"));
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", &group)
+        .set("client.id", format!("weir-{name}"))
+        // Offsets are committed by weir, after checkpoints, and never stored by reads.
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set(
+            "isolation.level",
+            options::isolation(name, options.isolation.as_deref())?,
+        )
+        .set("enable.partition.eof", "true")
+        // A short session so a group forms (and a dead member's partitions move) in
+        // seconds; new partitions are looked for every 10 s.
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "1000")
+        .set("topic.metadata.refresh.interval.ms", "10000")
+        .set("reconnect.backoff.max.ms", "5000")
+        // Each partition's end offset, for lag, comes with the statistics.
+        .set("statistics.interval.ms", "1000");
+    for (k, v) in crate::options::properties(def.options) {
+        config.set(k, v);
+    }
+    let source = KafkaSource {
+        name: name.to_string(),
+        brokers,
+        subscription,
+        start,
+        end,
+        layout,
+        config,
+        shared: Arc::default(),
+    };
+    if !def.restoring {
+        source.check_topics()?;
+    }
+    Ok(Box::new(source))
+}
+
+impl KafkaSource {
+    /// Named topics must exist, if the brokers answer now; if they do not, the source
+    /// is created and waits for them (`connecting`).
+    fn check_topics(&self) -> Result<()> {
+        if self.subscription.iter().any(|t| t.starts_with('^')) {
+            return Ok(());
+        }
+        let consumer: BaseConsumer = self.config.create().map_err(|e| {
+            Error::BadRequest(format!(
+                "source {}: the kafka client refuses its settings: {e}",
+                self.name
+            ))
+        })?;
+        for topic in &self.subscription {
+            match consumer.fetch_metadata(Some(topic), METADATA_WAIT) {
+                Ok(m) => {
+                    let missing = m
+                        .topics()
+                        .iter()
+                        .find(|t| t.name() == topic)
+                        .is_none_or(|t| t.error().is_some() || t.partitions().is_empty());
+                    if missing {
+                        return Err(Error::BadRequest(format!(
+                            "source {}: topic '{topic}' does not exist on {}; create it first",
+                            self.name, self.brokers
+                        )));
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(source = %self.name, error = %e, "the brokers do not answer; the source waits for them");
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Connector for KafkaSource {
+    fn schema(&self) -> SchemaRef {
+        self.layout.schema()
+    }
+
+    fn start(&self, feed: Feed, resume: Option<Position>) -> Result<()> {
+        let resume = resume.map(|p| reader::offsets_of(&p)).unwrap_or_default();
+        let reader = reader::Reader::new(
+            self.name.clone(),
+            self.brokers.clone(),
+            self.subscription.clone(),
+            self.start.clone(),
+            self.end.clone(),
+            self.layout.clone(),
+            &self.config,
+            self.shared.clone(),
+            resume,
+            feed,
+        )?;
+        std::thread::Builder::new()
+            .name(format!("kafka-{}", self.name))
+            .spawn(move || reader.run())
+            .map_err(|e| Error::Internal(format!("cannot start the kafka reader: {e}")))?;
+        Ok(())
+    }
+
+    /// Commit the checkpoint's offsets of the partitions this process still owns: as
+    /// the next offsets to read, which is what the group's lag tools expect.
+    fn checkpoint_durable(&self, position: &Position) {
+        let Some(consumer) = self.shared.consumer.lock().clone() else {
+            return;
+        };
+        let owned: Vec<String> = self
+            .shared
+            .partitions
+            .lock()
+            .iter()
+            .filter(|(_, p)| p.assigned)
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), offset) in reader::offsets_of(position) {
+            if owned.contains(&reader::partition_key(&topic, partition)) {
+                let _ = tpl.add_partition_offset(&topic, partition, Offset::Offset(offset));
+            }
+        }
+        if tpl.count() == 0 {
+            return;
+        }
+        if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+            tracing::warn!(source = %self.name, error = %e, "cannot commit the checkpoint's offsets to the group");
+        }
+    }
+
+    fn status(&self) -> ConnectorStatus {
+        let partitions = self
+            .shared
+            .partitions
+            .lock()
+            .iter()
+            .filter(|(_, p)| p.assigned)
+            .map(|(k, p)| PartitionStatus {
+                partition: k.clone(),
+                position: p.position,
+                high_watermark: p.high_watermark,
+                lag: p
+                    .high_watermark
+                    .zip(p.position)
+                    .map(|(h, pos)| (h - pos).max(0)),
+            })
+            .collect();
+        ConnectorStatus {
+            waiting: self.shared.waiting.lock().clone(),
+            partitions,
+            end_offsets: self.shared.end_offsets.lock().clone(),
+        }
+    }
+}

@@ -1,0 +1,536 @@
+//! The Kafka source against a real Kafka-protocol broker (tansu), started once per test
+//! run by `scripts/test.sh` and named by `WEIR_TEST_KAFKA`. Each test uses topics and
+//! groups of its own.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail, ensure};
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use serde_json::{Value, json};
+
+use crate::support::Weir;
+
+/// The broker's address; the test script starts it.
+fn brokers() -> String {
+    std::env::var("WEIR_TEST_KAFKA").expect(
+        "WEIR_TEST_KAFKA is not set: run the tests with scripts/test.sh, which starts a broker",
+    )
+}
+
+/// A topic name no other test (or earlier run on the same broker) uses.
+fn unique(prefix: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    format!("{prefix}-{now}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+async fn create_topic(topic: &str, partitions: i32) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()?;
+    let results = admin
+        .create_topics(
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await?;
+    for r in results {
+        r.map_err(|(t, e)| anyhow::anyhow!("cannot create topic {t}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// A producer that sends each message in a batch of its own (tansu reports a
+/// partition's end as its last batch's first offset + 1).
+fn producer() -> Result<FutureProducer> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("linger.ms", "0")
+        .set("batch.num.messages", "1")
+        .create()?)
+}
+
+/// Produce `(partition, key, value)` messages, in order, each acknowledged.
+async fn produce(topic: &str, messages: &[(i32, Option<String>, String)]) -> Result<()> {
+    let producer = producer()?;
+    for (partition, key, value) in messages {
+        let mut record = FutureRecord::to(topic).partition(*partition).payload(value);
+        if let Some(k) = key {
+            record = record.key(k);
+        }
+        producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .map_err(|(e, _)| anyhow::anyhow!("produce to {topic}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// The group's committed offsets per partition.
+fn committed(group: &str, topic: &str, partitions: i32) -> Result<BTreeMap<i32, i64>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", group)
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let offsets = consumer.committed_offsets(tpl, Duration::from_secs(10))?;
+    Ok(offsets
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) => Some((e.partition(), o)),
+            _ => None,
+        })
+        .collect())
+}
+
+fn bid(id: u64, user: u64, ts_ms: u64) -> String {
+    json!({"id": id, "user_id": user, "price": id * 10, "ts": ts_ms}).to_string()
+}
+
+async fn config_dir(config: &str) -> Result<(tempfile::TempDir, String)> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("weir.toml");
+    std::fs::write(&path, config)?;
+    Ok((dir, path.to_string_lossy().to_string()))
+}
+
+/// A view's rows, each as an object by column name.
+async fn view_rows(weir: &Weir, view: &str) -> Result<Vec<Value>> {
+    let body = weir.get(&format!("/api/v1/views/{view}")).await?;
+    let columns: Vec<String> = body["columns"]
+        .as_array()
+        .context("columns")?
+        .iter()
+        .map(|c| c.as_str().unwrap_or_default().to_string())
+        .collect();
+    Ok(body["rows"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|row| {
+            let values = row.as_array().cloned().unwrap_or_default();
+            Value::Object(columns.iter().cloned().zip(values).collect())
+        })
+        .collect())
+}
+
+/// The sum of `column` over a view's rows (None without rows).
+async fn column_sum(weir: &Weir, view: &str, column: &str) -> Result<Option<i64>> {
+    let rows = view_rows(weir, view).await?;
+    Ok((!rows.is_empty()).then(|| rows.iter().filter_map(|r| r[column].as_i64()).sum()))
+}
+
+#[tokio::test]
+async fn reads_json_with_metadata_columns_and_dead_letters_bad_messages_by_offset() -> Result<()> {
+    let topic = unique("meta");
+    create_topic(&topic, 2).await?;
+    let mut messages = Vec::new();
+    for i in 0..40u64 {
+        messages.push((
+            (i % 2) as i32,
+            Some(format!("k{i}")),
+            bid(i, i % 4, 1_000 + i),
+        ));
+    }
+    // Partition 1's 21st message (offset 20) is not JSON.
+    messages.push((1, None, "{not json".to_string()));
+    produce(&topic, &messages).await?;
+
+    let weir = Weir::start(&[]).await?;
+    let b = brokers();
+    weir.exec(&format!(
+        "CREATE SOURCE bids (id BIGINT, user_id BIGINT, price BIGINT, \
+         part INT METADATA FROM 'partition', off BIGINT METADATA FROM 'offset', \
+         k VARCHAR METADATA FROM 'key', t VARCHAR METADATA FROM 'topic', \
+         sent TIMESTAMP METADATA FROM 'timestamp') \
+         WITH (connector = 'kafka', brokers = '{b}', topic = '{topic}', start = 'earliest', group = '42')"
+    ))
+    .await?;
+    weir.exec("CREATE MATERIALIZED VIEW all_bids AS SELECT id, part, off, k, t, sent FROM bids")
+        .await?;
+    let rows = weir
+        .wait_for("40 rows", Duration::from_secs(60), || async {
+            let rows = view_rows(&weir, "all_bids").await?;
+            Ok((rows.len() >= 40).then_some(rows))
+        })
+        .await?;
+    ensure!(rows.len() == 40, "{} rows", rows.len());
+    for r in &rows {
+        let id = r["id"].as_i64().context("id")?;
+        ensure!(r["part"] == json!(id % 2), "{r}");
+        ensure!(
+            r["off"] == json!(id / 2),
+            "offsets count within a partition: {r}"
+        );
+        ensure!(r["k"] == json!(format!("k{id}")), "{r}");
+        ensure!(r["t"] == json!(topic), "{r}");
+        ensure!(r["sent"].is_string(), "the message time: {r}");
+    }
+    let letters = weir
+        .wait_for("the dead letter", Duration::from_secs(30), || async {
+            let l = weir.get("/api/v1/dead-letters?source=bids").await?["dead_letters"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            Ok((!l.is_empty()).then_some(l))
+        })
+        .await?;
+    ensure!(letters.len() == 1, "{letters:?}");
+    ensure!(
+        letters[0]["partition"] == json!(format!("{topic}/1")),
+        "{}",
+        letters[0]
+    );
+    ensure!(letters[0]["position"] == json!(20), "{}", letters[0]);
+    ensure!(letters[0]["raw"] == json!("{not json"), "{}", letters[0]);
+
+    // The status shows each partition's position; group '42' stayed text.
+    let status = weir
+        .wait_for("positions", Duration::from_secs(30), || async {
+            let s = weir.get("/api/v1/sources/bids").await?;
+            let done = s["partitions"]
+                .as_array()
+                .is_some_and(|p| p.len() == 2 && p.iter().all(|p| p["lag"] == json!(0)));
+            Ok(done.then_some(s))
+        })
+        .await?;
+    let positions: Vec<&Value> = status["partitions"]
+        .as_array()
+        .context("partitions")?
+        .iter()
+        .map(|p| &p["position"])
+        .collect();
+    ensure!(positions == [&json!(20), &json!(21)], "{status}");
+    let lag_line = format!("weir_source_lag{{partition=\"{topic}/1\",source=\"bids\"}} 0");
+    weir.wait_for(
+        "lag per partition in /metrics",
+        Duration::from_secs(10),
+        || async {
+            let metrics = weir.metrics().await?;
+            Ok(metrics.contains(&lag_line).then_some(()))
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn options_are_checked_when_the_source_is_created() -> Result<()> {
+    let weir = Weir::start(&[]).await?;
+    let b = brokers();
+    let cases = [
+        (
+            format!(
+                "CREATE SOURCE s (a BIGINT) WITH (connector = 'kafka', brokers = '{b}', topic = 't', strat = 'earliest')"
+            ),
+            "unknown option `strat`",
+        ),
+        (
+            format!("CREATE SOURCE s (a BIGINT) WITH (connector = 'kafka', brokers = '{b}')"),
+            "topic",
+        ),
+        (
+            format!(
+                "CREATE SOURCE s (a BIGINT) WITH (connector = 'kafka', brokers = '{b}', topic = 't', start = 'soon')"
+            ),
+            "start = 'soon'",
+        ),
+        (
+            format!(
+                "CREATE SOURCE s (a BIGINT, b BIGINT) WITH (connector = 'kafka', brokers = '{b}', topic = 't', format = 'raw')"
+            ),
+            "one column",
+        ),
+        (
+            format!(
+                "CREATE SOURCE s (a BIGINT METADATA FROM 'leader') WITH (connector = 'kafka', brokers = '{b}', topic = 't')"
+            ),
+            "'partition', 'offset'",
+        ),
+        (
+            "CREATE SOURCE s (a BIGINT METADATA FROM 'offset') WITH (connector = 'http')"
+                .to_string(),
+            "no metadata columns",
+        ),
+    ];
+    for (sql, expected) in cases {
+        let (status, body) = weir.sql(&sql).await?;
+        ensure!(status == 400, "{sql}: {status} {body}");
+        ensure!(
+            body.to_string().contains(expected),
+            "{sql}: expected {expected:?} in {body}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_restart_reads_on_from_the_checkpoint_and_the_group_holds_its_offsets() -> Result<()> {
+    let topic = unique("restart");
+    let group = unique("g");
+    create_topic(&topic, 2).await?;
+    let batch = |from: u64, to: u64| -> Vec<(i32, Option<String>, String)> {
+        (from..to)
+            .map(|i| ((i % 2) as i32, None, bid(i, i % 7, 1_000 + i)))
+            .collect()
+    };
+    produce(&topic, &batch(0, 300)).await?;
+    let (dir, config) = config_dir("[runtime.checkpoints]\ninterval = '200ms'\nkeep = 3\n").await?;
+    let weir = Weir::start_in(dir, &["--config", &config]).await?;
+    let b = brokers();
+    weir.exec(&format!(
+        "CREATE SOURCE bids (id BIGINT, user_id BIGINT, price BIGINT, ts TIMESTAMP) \
+         WITH (connector = 'kafka', brokers = '{b}', topic = '{topic}', group = '{group}', start = 'earliest')"
+    ))
+    .await?;
+    weir.exec(
+        "CREATE MATERIALIZED VIEW totals AS SELECT user_id, count(*) AS n, sum(id) AS ids \
+         FROM bids GROUP BY user_id",
+    )
+    .await?;
+    let total = |n: u64| (0..n).sum::<u64>() as i64;
+    weir.wait_for("300 bids", Duration::from_secs(60), || async {
+        Ok((column_sum(&weir, "totals", "n").await? == Some(300)).then_some(()))
+    })
+    .await?;
+    // Once a checkpoint holds them, the group has them as the next offsets to read.
+    weir.wait_for("the committed offsets", Duration::from_secs(30), || async {
+        let c = committed(&group, &topic, 2)?;
+        Ok((c == BTreeMap::from([(0, 150), (1, 150)])).then_some(()))
+    })
+    .await?;
+
+    // Killed three times while messages keep coming: nothing lost, nothing twice.
+    let mut weir = weir;
+    let mut sent = 300;
+    for round in 0..3 {
+        produce(&topic, &batch(sent, sent + 100)).await?;
+        sent += 100;
+        tokio::time::sleep(Duration::from_millis(150 * (round + 1))).await;
+        let config = weir.data_dir.path().join("weir.toml");
+        let config = config.to_string_lossy().to_string();
+        weir = weir.restart(&["--config", &config]).await?;
+    }
+    let expected = sent;
+    weir.wait_for("every bid once", Duration::from_secs(60), || async {
+        let n = column_sum(&weir, "totals", "n").await?;
+        if n.is_some_and(|n| n > expected as i64) {
+            bail!("counted {n:?} bids of {expected}: some twice");
+        }
+        Ok((n == Some(expected as i64)).then_some(()))
+    })
+    .await?;
+    ensure!(column_sum(&weir, "totals", "ids").await? == Some(total(expected)));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_partition_far_behind_holds_the_watermark_and_an_idle_one_does_not() -> Result<()> {
+    let topic = unique("skew");
+    // A group of its own: members of one group reading other topics would rebalance it.
+    let group = unique("g");
+    create_topic(&topic, 2).await?;
+    // Partition 0 runs 100 s ahead of partition 1: each partition's rows are in time
+    // order, but read together partition 1's would all be late by a single watermark.
+    let base = 1_700_000_000_000u64;
+    let mut messages = Vec::new();
+    for i in 0..60u64 {
+        messages.push((0, None, bid(i, 0, base + 100_000 + i * 500)));
+        messages.push((1, None, bid(1_000 + i, 1, base + i * 500)));
+    }
+    produce(&topic, &messages).await?;
+    let (dir, config) = config_dir("[runtime]\nidle-timeout = '5s'\n").await?;
+    let weir = Weir::start_in(dir, &["--config", &config]).await?;
+    let b = brokers();
+    weir.exec(&format!(
+        "CREATE SOURCE bids (id BIGINT, user_id BIGINT, price BIGINT, ts TIMESTAMP, \
+         WATERMARK FOR ts AS ts - INTERVAL '1' SECOND) \
+         WITH (connector = 'kafka', brokers = '{b}', topic = '{topic}', start = 'earliest', group = '{group}')"
+    ))
+    .await?;
+    weir.exec(
+        "CREATE MATERIALIZED VIEW per_10s AS SELECT window_start, count(*) AS n \
+         FROM TUMBLE(bids, ts, INTERVAL '10' SECOND) GROUP BY window_start",
+    )
+    .await?;
+    // Partition 1 falls silent once read; partition 0 moves on, and closes the last
+    // windows once partition 1 counts as idle.
+    let first = weir
+        .wait_for(
+            "partition 1's first windows",
+            Duration::from_secs(60),
+            || async { Ok((view_rows(&weir, "per_10s").await?.len() >= 2).then_some(())) },
+        )
+        .await;
+    if let Err(e) = first {
+        bail!(
+            "{e}\nsource: {}\nviews: {}",
+            weir.get("/api/v1/sources/bids").await?,
+            weir.get("/api/v1/views").await?
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    produce(&topic, &[(0, None, bid(5_000, 0, base + 200_000))]).await?;
+    let rows = weir
+        .wait_for(
+            "windows of both partitions",
+            Duration::from_secs(60),
+            || async {
+                let rows = view_rows(&weir, "per_10s").await?;
+                let counted: i64 = rows.iter().filter_map(|r| r["n"].as_i64()).sum();
+                Ok((counted == 120).then_some(rows))
+            },
+        )
+        .await;
+    let rows = match rows {
+        Ok(rows) => rows,
+        Err(e) => bail!(
+            "{e}\nsource: {}\nviews: {}\nrows: {:?}",
+            weir.get("/api/v1/sources/bids").await?,
+            weir.get("/api/v1/views").await?,
+            view_rows(&weir, "per_10s").await?
+        ),
+    };
+    ensure!(rows.len() == 6, "3 windows of each partition: {rows:?}");
+    let views = weir.get("/api/v1/views").await?;
+    let late = views["views"]
+        .as_array()
+        .and_then(|v| v.iter().find(|v| v["name"] == "per_10s"))
+        .map(|v| v["late_rows"].clone());
+    ensure!(late == Some(json!(0)), "no row was late: {views}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_bounded_read_finishes_at_the_end_offsets_and_says_where() -> Result<()> {
+    let topic = unique("bounded");
+    let group = unique("g");
+    create_topic(&topic, 2).await?;
+    let messages: Vec<_> = (0..20u64)
+        .map(|i| ((i % 2) as i32, None, bid(i, 0, 1_000 + i * 100)))
+        .collect();
+    produce(&topic, &messages).await?;
+    let weir = Weir::start(&[]).await?;
+    let b = brokers();
+    weir.exec(&format!(
+        "CREATE SOURCE bids (id BIGINT, user_id BIGINT, price BIGINT, ts TIMESTAMP, \
+         WATERMARK FOR ts AS ts - INTERVAL '1' SECOND) \
+         WITH (connector = 'kafka', brokers = '{b}', topic = '{topic}', start = 'earliest', end = 'latest', group = '{group}')"
+    ))
+    .await?;
+    weir.exec(
+        "CREATE MATERIALIZED VIEW per_window AS SELECT window_start, count(*) AS n \
+         FROM TUMBLE(bids, ts, INTERVAL '1' SECOND) GROUP BY window_start",
+    )
+    .await?;
+    weir.wait_finished("bids").await?;
+    // Written after the end was taken: not read.
+    produce(&topic, &[(0, None, bid(99, 0, 1_500))]).await?;
+    let status = weir.get("/api/v1/sources/bids").await?;
+    ensure!(status["status"] == "finished", "{status}");
+    ensure!(
+        status["end_offsets"] == json!({format!("{topic}/0"): 10, format!("{topic}/1"): 10}),
+        "{status}"
+    );
+    // The final watermark closed every window: 20 rows in 2 windows.
+    let rows = view_rows(&weir, "per_window").await?;
+    let counted: i64 = rows.iter().filter_map(|r| r["n"].as_i64()).sum();
+    ensure!(counted == 20 && rows.len() == 2, "{rows:?}");
+    Ok(())
+}
+
+/// A second broker of the test's own, killed on drop (`WEIR_TANSU` is the binary).
+struct OwnBroker(std::process::Child);
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+#[tokio::test]
+async fn a_source_waits_for_brokers_that_are_down_and_reads_once_they_are_up() -> Result<()> {
+    let tansu = std::env::var("WEIR_TANSU")
+        .context("WEIR_TANSU is not set: run the tests with scripts/test.sh")?;
+    let port = free_port()?;
+    let address = format!("127.0.0.1:{port}");
+    let weir = Weir::start(&[]).await?;
+    weir.exec(&format!(
+        "CREATE SOURCE later (id BIGINT, user_id BIGINT, price BIGINT, ts TIMESTAMP) \
+         WITH (connector = 'kafka', brokers = '{address}', topic = 'later', start = 'earliest')"
+    ))
+    .await?;
+    weir.exec("CREATE MATERIALIZED VIEW seen AS SELECT id FROM later")
+        .await?;
+    let status = weir
+        .wait_for(
+            "the source to say it is connecting",
+            Duration::from_secs(30),
+            || async {
+                let s = weir.get("/api/v1/sources/later").await?;
+                Ok((s["status"] == "connecting").then_some(s))
+            },
+        )
+        .await?;
+    ensure!(
+        status["waiting"]
+            .as_str()
+            .is_some_and(|w| w.contains(&address)),
+        "the reason names the brokers: {status}"
+    );
+    let url = format!("tcp://{address}");
+    let _broker = OwnBroker(
+        std::process::Command::new(tansu)
+            .arg("broker")
+            .env("LISTENER_URL", &url)
+            .env("ADVERTISED_LISTENER_URL", &url)
+            .env("STORAGE_ENGINE", "memory://tansu/")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?,
+    );
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &address)
+        .set("linger.ms", "0")
+        .create()?;
+    // The broker creates the topic when the producer first asks for it.
+    for i in 0..5u64 {
+        producer
+            .send(
+                FutureRecord::<(), String>::to("later").payload(&bid(i, 0, 1_000)),
+                Duration::from_secs(20),
+            )
+            .await
+            .map_err(|(e, _)| anyhow::anyhow!("produce: {e}"))?;
+    }
+    weir.wait_for(
+        "the rows once the brokers are up",
+        Duration::from_secs(90),
+        || async { Ok((view_rows(&weir, "seen").await?.len() == 5).then_some(())) },
+    )
+    .await?;
+    let status = weir.get("/api/v1/sources/later").await?;
+    ensure!(status["status"] == "running", "{status}");
+    Ok(())
+}
