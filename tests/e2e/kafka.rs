@@ -266,6 +266,17 @@ async fn options_are_checked_when_the_source_is_created() -> Result<()> {
                 .to_string(),
             "no metadata columns",
         ),
+        (
+            format!(
+                "CREATE SOURCE s (a BIGINT) WITH (connector = 'kafka', brokers = '{b}', topic = 't', properties.enable.auto.commit = 'true')"
+            ),
+            "weir commits offsets itself",
+        ),
+        (
+            "CREATE SOURCE s (a BIGINT) WITH (connector = 'http', properties.linger.ms = '5')"
+                .to_string(),
+            "takes no properties",
+        ),
     ];
     for (sql, expected) in cases {
         let (status, body) = weir.sql(&sql).await?;

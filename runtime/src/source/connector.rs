@@ -67,6 +67,18 @@ impl SourceDef<'_> {
         }
     }
 
+    /// Refuse `properties.*` options: this connector has no client library to pass
+    /// them to.
+    pub fn no_properties(&self) -> Result<()> {
+        match self.options.keys().find(|k| k.starts_with("properties.")) {
+            Some(k) => Err(Error::BadRequest(format!(
+                "source {}: unknown option '{k}': the {} connector takes no properties.* options",
+                self.name, self.common.connector
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// Refuse any format but JSON.
     pub fn json_only(&self) -> Result<()> {
         match self.common.format.as_deref() {

@@ -35,6 +35,7 @@ pub struct FileSource {
 
 pub fn open(def: &SourceDef) -> Result<Box<dyn Connector>> {
     def.json_only()?;
+    def.no_properties()?;
     def.no_metadata_columns()?;
     let options: FileOptions = crate::options::parse_own(def.name, def.options)?;
     let files_dir = def.config.files_dir();

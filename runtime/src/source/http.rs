@@ -35,6 +35,7 @@ struct HttpSource {
 
 pub fn open(def: &SourceDef) -> Result<Box<dyn Connector>> {
     def.json_only()?;
+    def.no_properties()?;
     def.no_metadata_columns()?;
     let _: HttpOptions = crate::options::parse_own(def.name, def.options)?;
     Ok(Box::new(HttpSource {

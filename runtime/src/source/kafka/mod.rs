@@ -29,6 +29,22 @@ use reader::Context;
 /// How long CREATE SOURCE waits for the brokers to say whether the topic exists.
 const METADATA_WAIT: Duration = Duration::from_secs(3);
 
+/// librdkafka settings weir decides itself, and why.
+const OWN_SETTINGS: &[(&str, &str)] = &[
+    ("group.id", "use the group option"),
+    ("bootstrap.servers", "use the brokers option"),
+    ("isolation.level", "use the isolation option"),
+    (
+        "enable.auto.commit",
+        "weir commits offsets itself, once a checkpoint that covers them is durable",
+    ),
+    (
+        "enable.auto.offset.store",
+        "weir commits offsets itself, once a checkpoint that covers them is durable",
+    ),
+    ("enable.partition.eof", "bounded reads depend on it"),
+];
+
 /// A Kafka source.
 pub struct KafkaSource {
     name: String,
@@ -135,6 +151,15 @@ pub fn open(def: &SourceDef) -> Result<Box<dyn Connector>> {
         // Each partition's end offset, for lag, comes with the statistics.
         .set("statistics.interval.ms", "1000");
     for (k, v) in crate::options::properties(def.options) {
+        if let Some(why) = OWN_SETTINGS
+            .iter()
+            .find(|(name, _)| *name == k)
+            .map(|(_, why)| why)
+        {
+            return Err(Error::BadRequest(format!(
+                "source {name}: properties.{k} cannot be set: {why}"
+            )));
+        }
         config.set(k, v);
     }
     let source = KafkaSource {

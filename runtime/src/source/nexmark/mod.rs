@@ -23,6 +23,7 @@ pub struct NexmarkSource {
 
 pub fn open(def: &SourceDef) -> Result<Box<dyn Connector>> {
     def.json_only()?;
+    def.no_properties()?;
     if !def.columns.is_empty() {
         return Err(Error::BadRequest(format!(
             "source {}: nexmark sources take their columns from the generator; leave out the column list",
