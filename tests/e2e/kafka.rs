@@ -545,3 +545,65 @@ async fn a_source_waits_for_brokers_that_are_down_and_reads_once_they_are_up() -
     ensure!(status["status"] == "running", "{status}");
     Ok(())
 }
+
+/// Two processes with the same source and group split a 4-partition topic: each holds
+/// the complete counts of the keys in its partitions, and together they hold them all.
+#[tokio::test]
+async fn two_processes_in_one_group_split_the_partitions_and_together_count_everything()
+-> Result<()> {
+    let topic = unique("shared");
+    let group = unique("g");
+    create_topic(&topic, 4).await?;
+    let b = brokers();
+    let mut processes = Vec::new();
+    for _ in 0..2 {
+        let weir = Weir::start(&[]).await?;
+        weir.exec(&format!(
+            "CREATE SOURCE bids (id BIGINT, user_id BIGINT, price BIGINT, ts TIMESTAMP) \
+             WITH (connector = 'kafka', brokers = '{b}', topic = '{topic}', group = '{group}', start = 'earliest')"
+        ))
+        .await?;
+        weir.exec(
+            "CREATE MATERIALIZED VIEW per_user AS SELECT user_id, count(*) AS n FROM bids GROUP BY user_id",
+        )
+        .await?;
+        processes.push(weir);
+    }
+    // Produce only once the group has settled with two partitions each.
+    for weir in &processes {
+        weir.wait_for("two partitions each", Duration::from_secs(60), || async {
+            let s = weir.get("/api/v1/sources/bids").await?;
+            Ok((s["partitions"].as_array().map(Vec::len) == Some(2)).then_some(()))
+        })
+        .await?;
+    }
+    // The key is the partition: user u's bids are all in partition u.
+    let messages: Vec<_> = (0..200u64)
+        .map(|i| ((i % 4) as i32, None, bid(i, i % 4, 1_000 + i)))
+        .collect();
+    produce(&topic, &messages).await?;
+    let mut counts: BTreeMap<i64, (usize, i64)> = BTreeMap::new();
+    for (p, weir) in processes.iter().enumerate() {
+        let rows = weir
+            .wait_for("its partitions' rows", Duration::from_secs(60), || async {
+                let rows = view_rows(weir, "per_user").await?;
+                let n: i64 = rows.iter().filter_map(|r| r["n"].as_i64()).sum();
+                Ok((n == 100).then_some(rows))
+            })
+            .await?;
+        for r in rows {
+            let user = r["user_id"].as_i64().context("user_id")?;
+            ensure!(
+                counts
+                    .insert(user, (p, r["n"].as_i64().context("n")?))
+                    .is_none(),
+                "user {user} counted in both processes"
+            );
+        }
+    }
+    ensure!(
+        counts.values().map(|(_, n)| *n).collect::<Vec<_>>() == [50, 50, 50, 50],
+        "each user complete in one process: {counts:?}"
+    );
+    Ok(())
+}
