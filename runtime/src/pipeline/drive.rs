@@ -102,6 +102,11 @@ impl SplitWatermarks {
         self.split(split, now_ms).last_ms = now_ms;
     }
 
+    /// Split `split` is no longer read here: it no longer counts.
+    pub fn forget(&mut self, split: u32) {
+        self.splits.remove(&split);
+    }
+
     /// Split `split`'s rows `batch` were processed.
     pub fn observe(&mut self, split: u32, batch: &RecordBatch, now_ms: i64) {
         if batch.num_rows() > 0 {
@@ -353,6 +358,14 @@ mod tests {
             w.of_splits().collect::<Vec<_>>(),
             [(0, Some(59_000)), (1, Some(5_000))]
         );
+        // A partition handed to another process no longer counts at all.
+        let mut handed = SplitWatermarks::new(InputWatermark::new(0, Some(0)));
+        handed.touch(0, 0);
+        handed.touch(1, 0);
+        handed.observe(0, &times(&[9_000])?, 0);
+        assert_eq!(handed.update(0, idle), None, "split 1 has no watermark yet");
+        handed.forget(1);
+        assert_eq!(handed.update(0, idle), Some(9_000));
         // A single split is an InputWatermark.
         let mut one = SplitWatermarks::new(InputWatermark::new(1_000, Some(0)));
         one.touch(0, 0);

@@ -188,6 +188,13 @@ impl Pipeline {
                     self.flush(&mut pending, opened.take());
                     return;
                 }
+                Ok(Chunk::SplitGone(split)) => {
+                    // Its rows received before are processed first, under it.
+                    self.flush(&mut pending, opened.take());
+                    rows = 0;
+                    self.watermark.forget(split);
+                    self.update_watermark();
+                }
                 Err(RecvTimeoutError::Timeout) if !took => {
                     self.resume_idle();
                     // A split gone idle may no longer hold the watermark back.

@@ -218,6 +218,11 @@ impl Feed {
             .is_ok()
     }
 
+    /// Split `split` is no longer read by this process.
+    pub fn split_gone(&self, split: u32) {
+        let _ = self.tx.send(Chunk::SplitGone(split));
+    }
+
     /// The source has no more rows.
     pub fn end(&self) {
         let _ = self.tx.send(Chunk::End);

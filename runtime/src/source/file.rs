@@ -231,6 +231,7 @@ mod tests {
                     ends.push(position.offset(POSITION).expect("offset"));
                 }
                 Chunk::End => ends.push(u64::MAX),
+                Chunk::SplitGone(_) => unreachable!("a file is one split"),
             }
         }
         (ids, ends, dead_letters.recent(None, None, 10).len())

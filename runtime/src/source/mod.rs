@@ -37,6 +37,9 @@ pub enum Chunk {
         position: Position,
         split: u32,
     },
+    /// A split is no longer read here (its partition went to another process of the
+    /// group): it no longer holds the source's watermark back.
+    SplitGone(u32),
     /// A finite source has no more rows: flush everything.
     End,
 }

@@ -419,6 +419,7 @@ impl Reader {
                 // offsets: give them up here.
                 let buffer_key = (self.topic_index(&partition.0), partition.1);
                 self.buffers.remove(&buffer_key);
+                self.feed.split_gone(split);
                 let _ = self.feed.lag.remove_label_values(&[&self.name, &key]);
             }
         }
