@@ -80,6 +80,16 @@ mod tests {
         app(AppState::new(Engine::in_memory(config)))
     }
 
+    /// A response's whole body.
+    async fn body_bytes(response: axum::response::Response) -> bytes::Bytes {
+        response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes()
+    }
+
     async fn call(
         app: &Router,
         method: &str,
@@ -94,12 +104,7 @@ mod tests {
             .expect("request");
         let response = app.clone().oneshot(request).await.expect("response");
         let status = response.status();
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes();
+        let bytes = body_bytes(response).await;
         (
             status,
             serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
@@ -202,12 +207,7 @@ mod tests {
         let response = app.clone().oneshot(request).await.expect("response");
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert!(response.headers().contains_key(header::RETRY_AFTER));
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes();
+        let body = body_bytes(response).await;
         let body: serde_json::Value = serde_json::from_slice(&body).expect("json");
         assert!(
             body["detail"]
@@ -297,12 +297,7 @@ mod tests {
             .expect("response");
         assert_eq!(response.headers()["weir-rows-released"], "25");
         assert!(response.headers().contains_key("weir-rows-cut"));
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes();
+        let body = body_bytes(response).await;
         let body: serde_json::Value = serde_json::from_slice(&body).expect("json");
         assert_eq!(
             body["rows"],
@@ -431,12 +426,7 @@ mod tests {
                 .await
                 .expect("response");
             assert_eq!(response.status(), StatusCode::OK, "{uri}");
-            let bytes = response
-                .into_body()
-                .collect()
-                .await
-                .expect("body")
-                .to_bytes();
+            let bytes = body_bytes(response).await;
             assert!(String::from_utf8_lossy(&bytes).contains(needle), "{uri}");
         }
     }

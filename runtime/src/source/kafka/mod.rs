@@ -222,19 +222,7 @@ impl Connector for KafkaSource {
     }
 
     fn start(&self, feed: Feed, resume: Option<Position>) -> Result<()> {
-        let resume = resume.map(|p| reader::offsets_of(&p)).unwrap_or_default();
-        let reader = reader::Reader::new(
-            self.name.clone(),
-            self.brokers.clone(),
-            self.subscription.clone(),
-            self.start.clone(),
-            self.end.clone(),
-            self.layout.clone(),
-            &self.config,
-            self.shared.clone(),
-            resume,
-            feed,
-        )?;
+        let reader = reader::Reader::new(self, resume, feed)?;
         std::thread::Builder::new()
             .name(format!("kafka-{}", self.name))
             .spawn(move || reader.run())

@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use datafusion::arrow::array::RecordBatch;
 use parking_lot::Mutex;
 use rdkafka::client::ClientContext;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
@@ -21,9 +20,9 @@ use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 
-use super::Shared;
 use super::envelope::{Built, Layout, Messages};
 use super::options::{End, Start};
+use super::{KafkaSource, Shared};
 use crate::checkpoint::Position;
 use crate::deadletter::NewDeadLetter;
 use crate::source::connector::Feed;
@@ -272,44 +271,35 @@ pub struct Reader {
 }
 
 impl Reader {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        name: String,
-        brokers: String,
-        subscription: Vec<String>,
-        start: Start,
-        end: Option<End>,
-        layout: Layout,
-        config: &ClientConfig,
-        shared: Arc<Shared>,
-        resume: BTreeMap<Partition, i64>,
-        feed: Feed,
-    ) -> Result<Self> {
+    /// A reader of `source`, from `resume` (a checkpoint's position) if given.
+    pub fn new(source: &KafkaSource, resume: Option<Position>, feed: Feed) -> Result<Self> {
+        let name = source.name.clone();
         let context = Context {
             source: name.clone(),
-            brokers,
-            start,
-            shared: shared.clone(),
+            brokers: source.brokers.clone(),
+            start: source.start.clone(),
+            shared: source.shared.clone(),
             first: Mutex::new(FirstOffsets {
-                resume,
+                resume: resume.map(|p| offsets_of(&p)).unwrap_or_default(),
                 assigned_before: false,
             }),
             changes: Mutex::default(),
         };
-        let consumer: BaseConsumer<Context> = config.create_with_context(context).map_err(|e| {
-            Error::BadRequest(format!(
-                "source {name}: the kafka client refuses its settings: {e}"
-            ))
-        })?;
+        let consumer: BaseConsumer<Context> =
+            source.config.create_with_context(context).map_err(|e| {
+                Error::BadRequest(format!(
+                    "source {name}: the kafka client refuses its settings: {e}"
+                ))
+            })?;
         let consumer = Arc::new(consumer);
-        *shared.consumer.lock() = Some(consumer.clone());
+        *source.shared.consumer.lock() = Some(consumer.clone());
         Ok(Self {
             name,
-            subscription,
-            end,
-            layout,
+            subscription: source.subscription.clone(),
+            end: source.end.clone(),
+            layout: source.layout.clone(),
             consumer,
-            shared,
+            shared: source.shared.clone(),
             feed,
             topics: Vec::new(),
             buffers: HashMap::new(),
