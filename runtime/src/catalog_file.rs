@@ -1,4 +1,4 @@
-//! The catalog on disk: every CREATE SOURCE, STREAM and MATERIALIZED VIEW in force, in
+//! The catalog on disk: every CREATE SOURCE, STREAM, MATERIALIZED VIEW and SINK in force, in
 //! the order it ran. It is written (temporary file, fsync, rename) before a DDL
 //! statement answers, and replayed at start, so a view created a moment before a crash
 //! exists after the restart. Plugins are stored beside it (`plugins/`).
@@ -18,7 +18,7 @@ const FILE: &str = "catalog.json";
 /// One statement in force.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
-    /// `source`, `stream` or `view`.
+    /// `source`, `stream`, `view` or `sink`.
     pub kind: String,
     pub name: String,
     pub sql: String,

@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod options;
 pub mod pipeline;
 pub mod plugin;
+pub mod sink;
 pub mod source;
 pub mod view;
 

@@ -32,6 +32,10 @@ pub struct Metrics {
     pub checkpoints: IntCounter,
     /// Checkpoints that could not be written.
     pub checkpoint_failures: IntCounter,
+    /// Messages a sink wrote.
+    pub sink_messages: IntCounterVec,
+    /// Deliveries of a sink that failed (and are retried).
+    pub sink_failures: IntCounterVec,
 }
 
 impl Metrics {
@@ -65,6 +69,16 @@ impl Metrics {
             "weir_view_rows_emitted_total",
             "Rows emitted by a view.",
             "view",
+        );
+        let sink_messages = counter(
+            "weir_sink_messages_total",
+            "Messages a sink wrote (again after a crash, for at-least-once delivery).",
+            "sink",
+        );
+        let sink_failures = counter(
+            "weir_sink_failed_deliveries_total",
+            "Deliveries of a sink that failed and are retried.",
+            "sink",
         );
         let batch_latency = HistogramVec::new(
             HistogramOpts::new(
@@ -143,6 +157,8 @@ impl Metrics {
             rows_emitted,
             watermark,
             source_lag,
+            sink_messages,
+            sink_failures,
         }
     }
 

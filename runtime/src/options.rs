@@ -44,7 +44,12 @@ pub const COMMON: &[&str] = &["connector", "format", "max_rows", "max_delay"];
 /// Deserialize `options` into `T`, naming the source in errors. Values stay text
 /// unless a field asks for a number or a flag: `group = '42'` is the string "42".
 pub fn parse<T: DeserializeOwned>(source: &str, options: &BTreeMap<String, String>) -> Result<T> {
-    from_text(source, options.iter())
+    from_text(&format!("source {source}"), options.iter())
+}
+
+/// [`parse`] for another object than a source: `what` names it in errors ("sink out").
+pub fn parse_as<T: DeserializeOwned>(what: &str, options: &BTreeMap<String, String>) -> Result<T> {
+    from_text(what, options.iter())
 }
 
 /// A connector's own options: every key but the common ones and `properties.*`
@@ -55,7 +60,7 @@ pub fn parse_own<T: DeserializeOwned>(
     options: &BTreeMap<String, String>,
 ) -> Result<T> {
     from_text(
-        source,
+        &format!("source {source}"),
         options
             .iter()
             .filter(|(k, _)| !COMMON.contains(&k.as_str()) && !k.starts_with("properties.")),
@@ -71,16 +76,16 @@ pub fn properties(options: &BTreeMap<String, String>) -> BTreeMap<String, String
 }
 
 fn from_text<'a, T: DeserializeOwned>(
-    source: &str,
+    what: &str,
     pairs: impl Iterator<Item = (&'a String, &'a String)>,
 ) -> Result<T> {
     // The form-encoding deserializer reads every value as text and parses it only
     // where the target type wants a number or a bool.
     let form = serde_urlencoded::to_string(pairs.collect::<Vec<_>>())
-        .map_err(|e| Error::BadRequest(format!("source {source}: bad WITH option: {e}")))?;
+        .map_err(|e| Error::BadRequest(format!("{what}: bad WITH option: {e}")))?;
     serde_urlencoded::from_str(&form).map_err(|e| {
         let e = e.to_string().replace("unknown field", "unknown option");
-        Error::BadRequest(format!("source {source}: bad WITH option: {e}"))
+        Error::BadRequest(format!("{what}: bad WITH option: {e}"))
     })
 }
 

@@ -20,6 +20,7 @@ use tokio::sync::broadcast;
 
 use crate::checkpoint::ViewSnapshot;
 use crate::plugin::PluginEntry;
+use crate::sink::feed::{Change, ChangeKind, Outbox, SinkFeed};
 use weir_sql::Operator;
 
 /// Epochs of changes kept for committed readers while checkpoints fail.
@@ -80,6 +81,11 @@ pub struct ViewRuntime {
     pub(crate) combined_watermark: std::sync::atomic::AtomicI64,
     /// Views whose rows this view joins its source with (kept while it exists).
     pub(crate) tables: Vec<String>,
+    /// The feeds of the sinks that write this view's changes.
+    sinks: Mutex<Vec<Arc<SinkFeed>>>,
+    /// From the checkpoint restored: each sink's undelivered epochs, and the epoch of
+    /// that checkpoint, until the sink is created again.
+    restored_outboxes: Mutex<(u64, Vec<Outbox>)>,
 }
 
 /// What the API shows of a view.
@@ -172,6 +178,8 @@ impl ViewRuntime {
             input_names: Vec::new(),
             combined_watermark: std::sync::atomic::AtomicI64::new(i64::MIN),
             tables: Vec::new(),
+            sinks: Mutex::new(Vec::new()),
+            restored_outboxes: Mutex::default(),
         }
     }
 
@@ -301,6 +309,58 @@ impl ViewRuntime {
         let _ = self.updates.send(batch);
     }
 
+    /// A change to every sink. Called under the rows' write lock, so that a sink
+    /// attached meanwhile gets each change once: in its snapshot or here.
+    fn to_sinks(&self, rows: &RecordBatch, kind: ChangeKind) {
+        for feed in self.sinks.lock().iter() {
+            feed.push(Change {
+                rows: rows.clone(),
+                kind,
+            });
+        }
+    }
+
+    /// Feed a new sink: the view's current rows first, then every change. Restored
+    /// (during the catalog replay), it takes what the checkpoint held for it instead; a
+    /// sink the checkpoint does not know (created after it) starts with the rows.
+    pub(crate) fn attach_sink(&self, sink: &str, sql: &str, restored: bool) -> Arc<SinkFeed> {
+        let rows = self.rows.write();
+        let saved = {
+            let mut outboxes = self.restored_outboxes.lock();
+            let epoch = outboxes.0;
+            let found = outboxes
+                .1
+                .iter()
+                .position(|o| o.sink == sink && o.sql == sql.trim());
+            found.map(|i| (epoch, outboxes.1.swap_remove(i)))
+        };
+        let feed = Arc::new(match saved {
+            Some((epoch, outbox)) if restored => SinkFeed::restored(outbox, epoch),
+            _ => {
+                let feed = SinkFeed::new(sink, sql, self.checkpointed);
+                for (_, b) in rows.iter() {
+                    feed.push(Change {
+                        rows: b.clone(),
+                        kind: ChangeKind::Snapshot,
+                    });
+                }
+                feed
+            }
+        });
+        self.sinks.lock().push(feed.clone());
+        drop(rows);
+        feed
+    }
+
+    pub(crate) fn detach_sink(&self, sink: &str) {
+        self.sinks.lock().retain(|f| f.sink != sink);
+    }
+
+    /// Whether sinks have changes the next snapshot must seal.
+    pub(crate) fn sink_changes_open(&self) -> bool {
+        self.sinks.lock().iter().any(|f| f.has_open())
+    }
+
     /// Changes as they become durable: each with the epoch of the checkpoint that
     /// holds it, so no crash can take one back.
     pub fn subscribe_committed(&self) -> broadcast::Receiver<(u64, RecordBatch)> {
@@ -316,6 +376,9 @@ impl ViewRuntime {
     /// changes it covers.
     pub(crate) fn commit(&self, epoch: u64, rows: Vec<RecordBatch>) {
         *self.committed_rows.write() = rows;
+        for feed in self.sinks.lock().iter() {
+            feed.durable(epoch);
+        }
         let mut sealed = self.sealed.lock();
         let (done, later): (Vec<_>, Vec<_>) = std::mem::take(&mut *sealed)
             .into_iter()
@@ -345,6 +408,7 @@ impl ViewRuntime {
                 tracing::warn!(view = %self.name, dropped, "checkpoints keep failing: changes of older epochs will not reach committed readers");
             }
         }
+        let outboxes = self.sinks.lock().iter().map(|f| f.seal(epoch)).collect();
         let mut state = Vec::new();
         self.run_operator(|op| {
             state = op.snapshot()?;
@@ -357,7 +421,13 @@ impl ViewRuntime {
             schema: self.schema.clone(),
             state,
             rows: self.rows.read().iter().cloned().collect(),
+            outboxes,
         })
+    }
+
+    /// Keep what checkpoint `epoch` held for the view's sinks until they are created.
+    pub(crate) fn restore_outboxes(&self, epoch: u64, outboxes: Vec<Outbox>) {
+        *self.restored_outboxes.lock() = (epoch, outboxes);
     }
 
     /// Take the operator state and rows of a checkpoint (before the view runs).
@@ -409,6 +479,7 @@ impl ViewRuntime {
             for b in &batches {
                 self.row_count.fetch_add(b.num_rows(), Ordering::Relaxed);
                 self.rows_emitted.inc_by(b.num_rows() as u64);
+                self.to_sinks(b, ChangeKind::Append);
                 rows.push_back((None, b.clone()));
             }
             self.release_oldest(&mut rows);
@@ -481,6 +552,7 @@ impl ViewRuntime {
             }
             self.row_count
                 .fetch_add(batch.num_rows(), Ordering::Relaxed);
+            self.to_sinks(&batch, ChangeKind::Update);
             self.release_oldest(&mut rows);
         }
         self.rows_emitted.inc_by(batch.num_rows() as u64);
@@ -495,6 +567,9 @@ impl ViewRuntime {
             self.row_count.store(all.num_rows(), Ordering::Relaxed);
             rows.clear();
             rows.push_back((None, all));
+            for b in &changes {
+                self.to_sinks(b, ChangeKind::Update);
+            }
         }
         for b in changes {
             self.rows_emitted.inc_by(b.num_rows() as u64);

@@ -35,7 +35,7 @@ mod testing;
 pub use error::{Error, Result};
 pub use operator::{Collector, Operator};
 pub use parser::{
-    CreateSource, CreateStream, CreateView, Statement, WatermarkSpec, parse_statement,
+    CreateSink, CreateSource, CreateStream, CreateView, Statement, WatermarkSpec, parse_statement,
 };
 pub use planner::{ContinuousQuery, SourceCatalog};
 pub use watermark::Watermark;

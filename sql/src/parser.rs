@@ -39,6 +39,12 @@ pub enum Statement {
     DropStream { name: String, if_exists: bool },
     /// `SHOW STREAMS`
     ShowStreams,
+    /// `CREATE SINK [IF NOT EXISTS] name FROM view WITH (connector = ..., ...)`
+    CreateSink(CreateSink),
+    /// `DROP SINK [IF EXISTS] name`
+    DropSink { name: String, if_exists: bool },
+    /// `SHOW SINKS`
+    ShowSinks,
     /// An ad hoc query (SELECT) over views.
     Query(Box<ast::Statement>),
 }
@@ -52,6 +58,17 @@ pub struct CreateStream {
     pub plugin: String,
     /// The transform's name; `None` means the plugin's only transform.
     pub transform: Option<String>,
+}
+
+/// A sink: where a view's changes are written.
+#[derive(Debug, Clone)]
+pub struct CreateSink {
+    pub name: String,
+    pub if_not_exists: bool,
+    /// The view whose changes it writes.
+    pub view: String,
+    /// `WITH (...)` options, keys lower-cased, values as text.
+    pub options: BTreeMap<String, String>,
 }
 
 /// A declared source: its columns, watermark and connector options.
@@ -111,6 +128,18 @@ pub fn parse_statement(sql: &str) -> Result<Statement> {
                 name: object_name(p)?,
                 if_exists,
             })
+        } else if p.peek_keyword(Keyword::CREATE) && word_after_is(p, "sink") {
+            p.next_token();
+            p.next_token();
+            Some(Statement::CreateSink(parse_create_sink(p)?))
+        } else if p.peek_keyword(Keyword::DROP) && word_after_is(p, "sink") {
+            p.next_token();
+            p.next_token();
+            let if_exists = p.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
+            Some(Statement::DropSink {
+                name: object_name(p)?,
+                if_exists,
+            })
         } else if p.parse_keywords(&[Keyword::CREATE, Keyword::VIEW]) {
             return Err(unsupported!(
                 "CREATE VIEW is not supported: weir keeps views up to date, so write CREATE MATERIALIZED VIEW"
@@ -132,12 +161,14 @@ pub fn parse_statement(sql: &str) -> Result<Statement> {
         } else if p.parse_keyword(Keyword::SHOW)
             && (next_word_is(p, "sources")
                 || next_word_is(p, "views")
-                || next_word_is(p, "streams"))
+                || next_word_is(p, "streams")
+                || next_word_is(p, "sinks"))
         {
             let word = p.next_token().to_string().to_ascii_lowercase();
             Some(match word.as_str() {
                 "sources" => Statement::ShowSources,
                 "streams" => Statement::ShowStreams,
+                "sinks" => Statement::ShowSinks,
                 _ => Statement::ShowViews,
             })
         } else {
@@ -162,7 +193,7 @@ pub fn parse_statement(sql: &str) -> Result<Statement> {
                 }
                 other => Err(unsupported!(
                     "statement not supported: {}. weir runs CREATE SOURCE, CREATE MATERIALIZED VIEW, \
-                     DROP SOURCE, DROP VIEW, SHOW SOURCES, SHOW VIEWS, EXPLAIN CREATE MATERIALIZED VIEW, \
+                     DROP SOURCE, DROP VIEW, CREATE SINK, DROP SINK, SHOW SOURCES, SHOW VIEWS, SHOW SINKS, EXPLAIN CREATE MATERIALIZED VIEW, \
                      EXPLAIN VIEW and SELECT over views",
                     first_words(&other.to_string())
                 )),
@@ -175,6 +206,11 @@ pub fn parse_statement(sql: &str) -> Result<Statement> {
 
 fn first_words(s: &str) -> String {
     s.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+}
+
+/// Whether the word after the next token is `word`.
+fn word_after_is(p: &Parser, word: &str) -> bool {
+    matches!(&p.peek_nth_token(1).token, Token::Word(w) if w.value.eq_ignore_ascii_case(word))
 }
 
 fn next_word_is(p: &Parser, word: &str) -> bool {
@@ -244,6 +280,30 @@ fn parse_create_stream(p: &mut Parser) -> Result<CreateStream> {
         source,
         plugin,
         transform,
+    })
+}
+
+/// After `CREATE SINK`: `[IF NOT EXISTS] name FROM view WITH (connector = ..., ...)`.
+fn parse_create_sink(p: &mut Parser) -> Result<CreateSink> {
+    let if_not_exists = p.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
+    let name = object_name(p)?;
+    if !p.parse_keyword(Keyword::FROM) {
+        return Err(invalid!(
+            "CREATE SINK {name}: write CREATE SINK name FROM view WITH (connector = 'kafka', ...)"
+        ));
+    }
+    let view = object_name(p)?;
+    let options = parse_with(p)?;
+    if !options.contains_key("connector") {
+        return Err(invalid!(
+            "sink {name} needs WITH (connector = 'kafka', ...)"
+        ));
+    }
+    Ok(CreateSink {
+        name,
+        if_not_exists,
+        view,
+        options,
     })
 }
 
@@ -557,6 +617,32 @@ mod tests {
             parse_statement("SELECT 1").expect("parses"),
             Statement::Query(_)
         ));
+    }
+
+    #[test]
+    fn sinks_are_created_dropped_and_shown() {
+        let Statement::CreateSink(s) = parse_statement(
+            "CREATE SINK IF NOT EXISTS out FROM top_bids WITH (connector = 'kafka', topic = 't', key = 'auction')",
+        )
+        .expect("parses") else {
+            panic!("a sink")
+        };
+        assert_eq!((s.name.as_str(), s.view.as_str()), ("out", "top_bids"));
+        assert!(s.if_not_exists);
+        assert_eq!(s.options["key"], "auction");
+        assert!(matches!(
+            parse_statement("DROP SINK IF EXISTS out").expect("parses"),
+            Statement::DropSink { name, if_exists: true } if name == "out"
+        ));
+        assert!(matches!(
+            parse_statement("show sinks").expect("parses"),
+            Statement::ShowSinks
+        ));
+        let e = parse_statement("CREATE SINK out TO v WITH (connector = 'kafka')")
+            .expect_err("FROM is needed");
+        assert!(e.to_string().contains("CREATE SINK name FROM view"), "{e}");
+        let e = parse_statement("CREATE SINK out FROM v").expect_err("a connector is needed");
+        assert!(e.to_string().contains("connector"), "{e}");
     }
 
     #[test]

@@ -18,14 +18,14 @@ use serde_json::{Value, json};
 use crate::support::Weir;
 
 /// The broker's address; the test script starts it.
-fn brokers() -> String {
+pub(crate) fn brokers() -> String {
     std::env::var("WEIR_TEST_KAFKA").expect(
         "WEIR_TEST_KAFKA is not set: run the tests with scripts/test.sh, which starts a broker",
     )
 }
 
 /// A topic name no other test (or earlier run on the same broker) uses.
-fn unique(prefix: &str) -> String {
+pub(crate) fn unique(prefix: &str) -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -33,7 +33,7 @@ fn unique(prefix: &str) -> String {
     format!("{prefix}-{now}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
-async fn create_topic(topic: &str, partitions: i32) -> Result<()> {
+pub(crate) async fn create_topic(topic: &str, partitions: i32) -> Result<()> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers())
         .create()?;
@@ -51,7 +51,7 @@ async fn create_topic(topic: &str, partitions: i32) -> Result<()> {
 
 /// A producer that sends each message in a batch of its own (tansu reports a
 /// partition's end as its last batch's first offset + 1).
-fn producer() -> Result<FutureProducer> {
+pub(crate) fn producer() -> Result<FutureProducer> {
     Ok(ClientConfig::new()
         .set("bootstrap.servers", brokers())
         .set("linger.ms", "0")
@@ -60,7 +60,7 @@ fn producer() -> Result<FutureProducer> {
 }
 
 /// Produce `(partition, key, value)` messages, in order, each acknowledged.
-async fn produce(topic: &str, messages: &[(i32, Option<String>, String)]) -> Result<()> {
+pub(crate) async fn produce(topic: &str, messages: &[(i32, Option<String>, String)]) -> Result<()> {
     let producer = producer()?;
     for (partition, key, value) in messages {
         let mut record = FutureRecord::to(topic).partition(*partition).payload(value);
@@ -96,11 +96,11 @@ fn committed(group: &str, topic: &str, partitions: i32) -> Result<BTreeMap<i32, 
         .collect())
 }
 
-fn bid(id: u64, user: u64, ts_ms: u64) -> String {
+pub(crate) fn bid(id: u64, user: u64, ts_ms: u64) -> String {
     json!({"id": id, "user_id": user, "price": id * 10, "ts": ts_ms}).to_string()
 }
 
-async fn config_dir(config: &str) -> Result<(tempfile::TempDir, String)> {
+pub(crate) async fn config_dir(config: &str) -> Result<(tempfile::TempDir, String)> {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("weir.toml");
     std::fs::write(&path, config)?;
@@ -108,7 +108,7 @@ async fn config_dir(config: &str) -> Result<(tempfile::TempDir, String)> {
 }
 
 /// A view's rows, each as an object by column name.
-async fn view_rows(weir: &Weir, view: &str) -> Result<Vec<Value>> {
+pub(crate) async fn view_rows(weir: &Weir, view: &str) -> Result<Vec<Value>> {
     let body = weir.get(&format!("/api/v1/views/{view}")).await?;
     let columns: Vec<String> = body["columns"]
         .as_array()
@@ -465,7 +465,7 @@ async fn a_bounded_read_finishes_at_the_end_offsets_and_says_where() -> Result<(
 }
 
 /// A second broker of the test's own, killed on drop (`WEIR_TANSU` is the binary).
-struct OwnBroker(std::process::Child);
+pub(crate) struct OwnBroker(pub std::process::Child);
 
 impl Drop for OwnBroker {
     fn drop(&mut self) {
@@ -474,7 +474,7 @@ impl Drop for OwnBroker {
     }
 }
 
-fn free_port() -> Result<u16> {
+pub(crate) fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
@@ -604,6 +604,88 @@ async fn two_processes_in_one_group_split_the_partitions_and_together_count_ever
     ensure!(
         counts.values().map(|(_, n)| *n).collect::<Vec<_>>() == [50, 50, 50, 50],
         "each user complete in one process: {counts:?}"
+    );
+    Ok(())
+}
+
+/// Two processes share a 4-partition topic; one is killed once its offsets are
+/// committed, and the other takes its partitions from the group's offsets: between
+/// them every message is read, none twice.
+#[tokio::test]
+async fn a_killed_process_leaves_its_partitions_to_the_other_and_nothing_is_lost() -> Result<()> {
+    let topic = unique("takeover");
+    let group = unique("g");
+    create_topic(&topic, 4).await?;
+    let b = brokers();
+    let mut processes = Vec::new();
+    for _ in 0..2 {
+        let (dir, config) = config_dir("[runtime.checkpoints]\ninterval = '200ms'\n").await?;
+        let weir = Weir::start_in(dir, &["--config", &config]).await?;
+        weir.exec(&format!(
+            "CREATE SOURCE bids (id BIGINT, user_id BIGINT, price BIGINT, ts TIMESTAMP) \
+             WITH (connector = 'kafka', brokers = '{b}', topic = '{topic}', group = '{group}', start = 'earliest')"
+        ))
+        .await?;
+        weir.exec("CREATE MATERIALIZED VIEW seen AS SELECT id FROM bids")
+            .await?;
+        processes.push(weir);
+    }
+    for weir in &processes {
+        weir.wait_for("two partitions each", Duration::from_secs(60), || async {
+            let s = weir.get("/api/v1/sources/bids").await?;
+            Ok((s["partitions"].as_array().map(Vec::len) == Some(2)).then_some(()))
+        })
+        .await?;
+    }
+    let batch = |from: u64, to: u64| -> Vec<(i32, Option<String>, String)> {
+        (from..to)
+            .map(|i| ((i % 4) as i32, None, bid(i, i % 4, 1_000 + i)))
+            .collect()
+    };
+    produce(&topic, &batch(0, 200)).await?;
+    let ids =
+        |rows: Vec<Value>| -> Vec<i64> { rows.iter().filter_map(|r| r["id"].as_i64()).collect() };
+    // Both have read their halves, and a checkpoint of each holds them.
+    for weir in &processes {
+        weir.wait_for("its half", Duration::from_secs(60), || async {
+            Ok((view_rows(weir, "seen").await?.len() == 100).then_some(()))
+        })
+        .await?;
+    }
+    processes[0]
+        .wait_for("the committed offsets", Duration::from_secs(30), || async {
+            let c = committed(&group, &topic, 4)?;
+            Ok((c == BTreeMap::from([(0, 50), (1, 50), (2, 50), (3, 50)])).then_some(()))
+        })
+        .await?;
+    let survivor = processes.pop().context("two processes")?;
+    let killed = processes.pop().context("two processes")?;
+    let killed_ids = ids(view_rows(&killed, "seen").await?);
+    killed.kill().await?;
+    survivor
+        .wait_for("all four partitions", Duration::from_secs(60), || async {
+            let s = survivor.get("/api/v1/sources/bids").await?;
+            Ok((s["partitions"].as_array().map(Vec::len) == Some(4)).then_some(()))
+        })
+        .await?;
+    produce(&topic, &batch(200, 400)).await?;
+    survivor
+        .wait_for(
+            "the new messages of every partition",
+            Duration::from_secs(60),
+            || async { Ok((view_rows(&survivor, "seen").await?.len() >= 300).then_some(())) },
+        )
+        .await?;
+    // Anything read twice would come in now.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let survivor_ids = ids(view_rows(&survivor, "seen").await?);
+    let mut all: Vec<i64> = killed_ids.iter().chain(&survivor_ids).copied().collect();
+    all.sort_unstable();
+    ensure!(
+        all == (0..400).collect::<Vec<_>>(),
+        "{} ids from the killed process and {} from the survivor are not 0..400 once each",
+        killed_ids.len(),
+        survivor_ids.len()
     );
     Ok(())
 }

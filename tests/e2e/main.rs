@@ -5,6 +5,8 @@ mod cli;
 mod dashboard;
 mod http_pipeline;
 mod kafka;
+mod kafka_front_door;
+mod kafka_sink;
 mod nexmark;
 mod oracle;
 mod plugins;

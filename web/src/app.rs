@@ -45,6 +45,8 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/views", get(api::views::list))
         .route("/api/v1/views/{name}", get(api::views::rows))
         .route("/api/v1/views/{name}/stream", get(api::views::stream))
+        .route("/api/v1/sinks", get(api::sinks::list))
+        .route("/api/v1/sinks/{name}", get(api::sinks::get_one))
         .route("/api/v1/dead-letters", get(api::dead_letters::list))
         .route(
             "/api/v1/checkpoints",

@@ -64,6 +64,8 @@ pub struct ViewSnapshot {
     pub state: Vec<RecordBatch>,
     /// The view's rows, oldest first, with the key an upsert replaces them by.
     pub rows: Vec<(Option<i64>, RecordBatch)>,
+    /// Per sink of the view: the changes it has not delivered, by epoch.
+    pub outboxes: Vec<crate::sink::feed::Outbox>,
 }
 
 /// One source and its views at one batch boundary.

@@ -23,6 +23,7 @@ use sha2::{Digest, Sha256};
 
 use super::{Position, SourceSnapshot};
 use crate::catalog_file::Entry;
+use crate::sink::feed::{Change, ChangeKind, Epoch, Outbox};
 use crate::{Error, Result};
 
 /// The manifest format this weir writes. Format 2 added `more_state_files` (the state
@@ -67,6 +68,18 @@ struct ViewEntry {
     rows_file: Option<String>,
     /// Per batch of `rows_file`: the key an upsert replaces it by.
     row_keys: Vec<Option<i64>>,
+    /// The changes each sink of the view has not delivered.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    outboxes: Vec<OutboxEntry>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct OutboxEntry {
+    sink: String,
+    sql: String,
+    file: Option<String>,
+    /// Per batch of `file`: its epoch and what kind of change it is.
+    batches: Vec<(u64, u8)>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -108,6 +121,8 @@ pub struct RestoredView {
     pub sql: String,
     pub state: Vec<RecordBatch>,
     pub rows: Vec<(Option<i64>, RecordBatch)>,
+    /// Per sink: the changes it had not delivered, by epoch.
+    pub outboxes: Vec<Outbox>,
 }
 
 /// The newest valid checkpoint, read at start.
@@ -257,6 +272,30 @@ impl CheckpointStore {
                         &mut files,
                     )?)
                 };
+                let mut outboxes = Vec::with_capacity(view.outboxes.len());
+                for (o, outbox) in view.outboxes.iter().enumerate() {
+                    let epochs = &outbox.epochs;
+                    let changes = epochs
+                        .iter()
+                        .flat_map(|(e, c)| c.iter().map(move |c| (*e, c)));
+                    let file = if epochs.is_empty() {
+                        None
+                    } else {
+                        Some(write_ipc(
+                            &tmp,
+                            &format!("s{s}-v{v}-sink{o}.arrow"),
+                            &view.schema,
+                            changes.clone().map(|(_, c)| &c.rows),
+                            &mut files,
+                        )?)
+                    };
+                    outboxes.push(OutboxEntry {
+                        sink: outbox.sink.clone(),
+                        sql: outbox.sql.clone(),
+                        file,
+                        batches: changes.map(|(e, c)| (e, c.kind.code())).collect(),
+                    });
+                }
                 views.push(ViewEntry {
                     name: view.name.clone(),
                     sql: view.sql.clone(),
@@ -264,6 +303,7 @@ impl CheckpointStore {
                     more_state_files: state_files.collect(),
                     rows_file,
                     row_keys: view.rows.iter().map(|(k, _)| *k).collect(),
+                    outboxes,
                 });
             }
             entries.push(SourceEntry {
@@ -461,12 +501,41 @@ fn read_checkpoint(dir: &Path) -> Result<Restored> {
             for file in &v.more_state_files {
                 state.extend(take(&Some(file.clone()))?);
             }
+            let mut outboxes = Vec::with_capacity(v.outboxes.len());
+            for o in v.outboxes {
+                let batches = take(&o.file)?;
+                if batches.len() != o.batches.len() {
+                    return Err(Error::Internal(format!(
+                        "sink {} has {} batches and {} epochs",
+                        o.sink,
+                        batches.len(),
+                        o.batches.len()
+                    )));
+                }
+                let mut epochs: Vec<Epoch> = Vec::new();
+                for ((epoch, code), rows) in o.batches.into_iter().zip(batches) {
+                    let kind = ChangeKind::from_code(code).ok_or_else(|| {
+                        Error::Internal(format!("sink {}: unknown change kind {code}", o.sink))
+                    })?;
+                    let change = Change { rows, kind };
+                    match epochs.last_mut() {
+                        Some((e, changes)) if *e == epoch => changes.push(change),
+                        _ => epochs.push((epoch, vec![change])),
+                    }
+                }
+                outboxes.push(Outbox {
+                    sink: o.sink,
+                    sql: o.sql,
+                    epochs,
+                });
+            }
             views.insert(
                 v.name,
                 RestoredView {
                     sql: v.sql,
                     state,
                     rows: v.row_keys.into_iter().zip(rows).collect(),
+                    outboxes,
                 },
             );
         }
@@ -513,7 +582,27 @@ mod tests {
                 sql: "CREATE MATERIALIZED VIEW v ...".into(),
                 schema: schema.clone(),
                 state: vec![batch.clone()],
-                rows: vec![(None, batch.clone()), (Some(7), batch)],
+                rows: vec![(None, batch.clone()), (Some(7), batch.clone())],
+                outboxes: vec![Outbox {
+                    sink: "k".into(),
+                    sql: "CREATE SINK k ...".into(),
+                    epochs: vec![
+                        (
+                            4,
+                            vec![Change {
+                                rows: batch.clone(),
+                                kind: ChangeKind::Snapshot,
+                            }],
+                        ),
+                        (
+                            5,
+                            vec![Change {
+                                rows: batch,
+                                kind: ChangeKind::Update,
+                            }],
+                        ),
+                    ],
+                }],
             }],
         })
     }
@@ -551,6 +640,16 @@ mod tests {
             vec![None, Some(7)]
         );
         assert_eq!(v.state[0].num_rows(), 2);
+        // A sink's undelivered changes come back by epoch, with their kind.
+        let Outbox { sink, sql, epochs } = &v.outboxes[0];
+        assert_eq!((sink.as_str(), sql.as_str()), ("k", "CREATE SINK k ..."));
+        assert_eq!(
+            epochs
+                .iter()
+                .map(|(e, c)| (*e, c[0].kind, c[0].rows.num_rows()))
+                .collect::<Vec<_>>(),
+            [(4, ChangeKind::Snapshot, 2), (5, ChangeKind::Update, 2)]
+        );
         assert!(store.warnings().is_empty());
     }
 

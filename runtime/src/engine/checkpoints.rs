@@ -56,6 +56,7 @@ impl Engine {
         let sources: Vec<_> = inner.sources.iter().map(|s| s.clone()).collect();
         for s in &sources {
             s.checkpoint.request(epoch);
+            seal_finished(s, epoch);
         }
         let deadline = started + ANSWER_WAIT;
         while Instant::now() < deadline
@@ -309,6 +310,7 @@ impl Engine {
                 .iter()
                 .all(|input| c.sources.contains_key(input))
         });
+        let epoch = restoring.checkpoint.as_ref().map_or(0, |c| c.epoch);
         let Some(saved) = restoring
             .checkpoint
             .as_mut()
@@ -325,6 +327,8 @@ impl Engine {
             tracing::warn!(view = %view.name, "the view's statement changed since the checkpoint; it starts empty");
             return;
         }
+        // The sinks of the view take these when they are created again.
+        view.restore_outboxes(epoch, saved.outboxes);
         match view.restore(&saved.state, saved.rows) {
             Ok(()) => tracing::info!(view = %view.name, "view state restored from the checkpoint"),
             Err(e) => {
@@ -356,8 +360,34 @@ impl Engine {
     }
 }
 
-/// A source name as a file name: other characters than a-z, 0-9 and _ are escaped.
-fn file_name(name: &str) -> String {
+/// A finished source has no pipeline left to answer: a sink created on one of its views
+/// since has the view's rows sealed here, so that a checkpoint holds them.
+fn seal_finished(source: &crate::source::SourceRuntime, epoch: u64) {
+    let views = source.views.lock().clone();
+    if *source.state.lock() != SourceState::Finished || !views.iter().any(|v| v.sink_changes_open())
+    {
+        return;
+    }
+    let Some(latest) = source.checkpoint.latest() else {
+        return;
+    };
+    match views.iter().map(|v| v.checkpoint(epoch)).collect() {
+        Ok(views) => source.checkpoint.put(
+            epoch,
+            crate::checkpoint::SourceSnapshot {
+                epoch,
+                views,
+                ..(*latest).clone()
+            },
+        ),
+        Err(e) => {
+            tracing::error!(source = %source.name, error = %e, "cannot snapshot the views of a finished source")
+        }
+    }
+}
+
+/// A source's or sink's name as a file name: other characters than a-z, 0-9 and _ are escaped.
+pub(super) fn file_name(name: &str) -> String {
     name.chars()
         .map(|c| match c {
             'a'..='z' | '0'..='9' | '_' => c.to_string(),

@@ -1,4 +1,4 @@
-//! Introspection: SHOW SOURCES, SHOW VIEWS, EXPLAIN VIEW (the running operators and
+//! Introspection: SHOW SOURCES, SHOW VIEWS, SHOW SINKS, EXPLAIN VIEW (the running operators and
 //! their live state) and EXPLAIN CREATE MATERIALIZED VIEW (the plan, not run).
 
 use std::sync::Arc;
@@ -143,6 +143,34 @@ impl Engine {
                     v.iter().map(|v| v.plan.clone()),
                 )),
             ),
+        ])
+    }
+}
+
+impl Engine {
+    pub(super) fn show_sinks(&self) -> Result<SqlOutput> {
+        let k = self.sinks();
+        let text = |f: fn(&crate::sink::SinkStatus) -> String| -> ArrayRef {
+            Arc::new(StringArray::from_iter_values(k.iter().map(f)))
+        };
+        rows(vec![
+            ("name", text(|s| s.name.clone())),
+            ("view", text(|s| s.view.clone())),
+            ("connector", text(|s| s.connector.clone())),
+            ("status", text(|s| s.status.to_string())),
+            (
+                "delivered_epoch",
+                Arc::new(UInt64Array::from_iter_values(
+                    k.iter().map(|s| s.delivered_epoch),
+                )),
+            ),
+            (
+                "rows_pending",
+                Arc::new(UInt64Array::from_iter_values(
+                    k.iter().map(|s| s.rows_pending as u64),
+                )),
+            ),
+            ("error", text(|s| s.error.clone().unwrap_or_default())),
         ])
     }
 }

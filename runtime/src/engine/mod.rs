@@ -2,13 +2,14 @@
 //! The web layer holds one [`Engine`] and calls into it.
 //!
 //! This module runs a statement and makes DDL durable; each kind of object has its own
-//! file: `sources` (and HTTP ingest), `streams`, `views`, `plugins`, `adhoc` (SELECT
+//! file: `sources` (and HTTP ingest), `streams`, `views`, `sinks`, `plugins`, `adhoc` (SELECT
 //! over views), `introspect` (SHOW, EXPLAIN), `checkpoints` (taking and restoring them).
 
 mod adhoc;
 mod checkpoints;
 mod introspect;
 mod plugins;
+mod sinks;
 mod sources;
 mod streams;
 mod views;
@@ -62,6 +63,7 @@ struct Inner {
     adhoc: SessionContext,
     plugins: Plugins,
     streams: DashMap<String, Arc<streams::StreamDef>>,
+    sinks: DashMap<String, Arc<crate::sink::SinkRuntime>>,
     /// The DDL in force, on disk.
     catalog_file: CatalogFile,
     /// Catalog changes happen one at a time.
@@ -131,6 +133,7 @@ impl Engine {
                 adhoc: adhoc::adhoc_context(),
                 plugins,
                 streams: DashMap::new(),
+                sinks: DashMap::new(),
                 catalog_file,
                 ddl: tokio::sync::Mutex::new(()),
                 next_epoch: AtomicU64::new(checkpoints.next_epoch()),
@@ -169,6 +172,7 @@ impl Engine {
             Statement::ShowSources => self.show_sources(),
             Statement::ShowViews => self.show_views(),
             Statement::ShowStreams => self.show_streams(),
+            Statement::ShowSinks => self.show_sinks(),
             Statement::ExplainView { name } => self.explain_view(&name),
             Statement::ExplainCreateView(v) => self.explain_create_view(&v).await,
             ddl => {
@@ -177,17 +181,17 @@ impl Engine {
                     Statement::CreateSource(c) => Some(("source", c.name.clone())),
                     Statement::CreateView(c) => Some(("view", c.name.clone())),
                     Statement::CreateStream(c) => Some(("stream", c.name.clone())),
+                    Statement::CreateSink(c) => Some(("sink", c.name.clone())),
                     Statement::DropSource { name, .. }
                     | Statement::DropView { name, .. }
-                    | Statement::DropStream { name, .. } => Some(("drop", name.clone())),
+                    | Statement::DropStream { name, .. }
+                    | Statement::DropSink { name, .. } => Some(("drop", name.clone())),
                     _ => None,
                 };
                 // CREATE ... IF NOT EXISTS of an existing object changes nothing to record.
-                let existed = change.as_ref().is_some_and(|(_, name)| {
-                    self.inner.sources.contains_key(name)
-                        || self.inner.views.contains_key(name)
-                        || self.inner.streams.contains_key(name)
-                });
+                let existed = change
+                    .as_ref()
+                    .is_some_and(|(_, name)| self.name_taken(name));
                 let output = match ddl {
                     Statement::CreateSource(s) => self.create_source(s, sql),
                     Statement::DropSource { name, if_exists } => self.drop_source(&name, if_exists),
@@ -195,6 +199,8 @@ impl Engine {
                     Statement::DropView { name, if_exists } => self.drop_view(&name, if_exists),
                     Statement::CreateStream(c) => self.create_stream(c),
                     Statement::DropStream { name, if_exists } => self.drop_stream(&name, if_exists),
+                    Statement::CreateSink(c) => self.create_sink(c, sql),
+                    Statement::DropSink { name, if_exists } => self.drop_sink(&name, if_exists),
                     _ => Err(Error::Internal("statement kind handled above".into())),
                 }?;
                 // What is in force reaches the disk before the answer.
@@ -224,6 +230,7 @@ impl Engine {
         let _ = match kind {
             "source" => self.drop_source(name, true),
             "view" => self.drop_view(name, true),
+            "sink" => self.drop_sink(name, true),
             _ => self.drop_stream(name, true),
         };
     }
@@ -271,6 +278,19 @@ impl Engine {
         for s in self.inner.sources.iter() {
             s.shut_down();
         }
+        for s in self.inner.sinks.iter() {
+            s.stop(false);
+        }
+    }
+
+    /// Whether a source, view, stream or sink has this name (they share one namespace:
+    /// the catalog file knows them by name).
+    fn name_taken(&self, name: &str) -> bool {
+        let i = &self.inner;
+        i.sources.contains_key(name)
+            || i.views.contains_key(name)
+            || i.streams.contains_key(name)
+            || i.sinks.contains_key(name)
     }
 }
 

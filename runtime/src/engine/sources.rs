@@ -20,10 +20,7 @@ use weir_sql::{CreateSource, Statement, parse_statement};
 impl Engine {
     pub(super) fn create_source(&self, s: CreateSource, sql: &str) -> Result<SqlOutput> {
         let name = s.name.clone();
-        if self.inner.sources.contains_key(&name)
-            || self.inner.views.contains_key(&name)
-            || self.inner.streams.contains_key(&name)
-        {
+        if self.name_taken(&name) {
             if s.if_not_exists && self.inner.sources.contains_key(&name) {
                 return Ok(SqlOutput::Done {
                     message: format!("source {name} already exists"),
@@ -210,12 +207,18 @@ impl Engine {
         idempotency_key: Option<&str>,
     ) -> Result<IngestReport> {
         let s = self.source(source)?;
-        let input = s.http.as_ref().ok_or_else(|| {
-            Error::BadRequest(format!(
-                "source {source} is fed by its {} connector, not over HTTP",
-                s.connector
-            ))
-        })?;
+        let Some(input) = s.http.as_ref() else {
+            // A connector with a log of its own (Kafka) writes the records to it.
+            return s
+                .input
+                .write_records(body, idempotency_key, &self.inner.dead_letters)
+                .unwrap_or_else(|| {
+                    Err(Error::BadRequest(format!(
+                        "source {source} is fed by its {} connector, not over HTTP",
+                        s.connector
+                    )))
+                });
+        };
         if *s.state.lock() != SourceState::Running {
             return Err(Error::Conflict(format!("source {source} is not running")));
         }

@@ -29,10 +29,7 @@ pub struct StreamDef {
 impl Engine {
     pub(super) fn create_stream(&self, c: CreateStream) -> Result<SqlOutput> {
         let name = c.name.clone();
-        let taken = self.inner.sources.contains_key(&name)
-            || self.inner.views.contains_key(&name)
-            || self.inner.streams.contains_key(&name);
-        if taken {
+        if self.name_taken(&name) {
             if c.if_not_exists && self.inner.streams.contains_key(&name) {
                 return Ok(SqlOutput::Done {
                     message: format!("stream {name} already exists"),

@@ -16,10 +16,7 @@ impl Engine {
     pub(super) async fn create_view(&self, mut v: CreateView, sql: &str) -> Result<SqlOutput> {
         let name = v.name.clone();
         let max_rows = take_max_rows(&mut v, self.inner.config.view_max_rows)?;
-        if self.inner.views.contains_key(&name)
-            || self.inner.sources.contains_key(&name)
-            || self.inner.streams.contains_key(&name)
-        {
+        if self.name_taken(&name) {
             if v.if_not_exists && self.inner.views.contains_key(&name) {
                 return Ok(SqlOutput::Done {
                     message: format!("view {name} already exists"),
@@ -173,6 +170,14 @@ impl Engine {
                 "view {name} is joined by {}: drop {} first",
                 readers.join(", "),
                 if readers.len() == 1 { "it" } else { "them" }
+            )));
+        }
+        let sinks = self.sinks_of(name);
+        if !sinks.is_empty() {
+            return Err(Error::Conflict(format!(
+                "view {name} is written by sink {}: drop {} first",
+                sinks.join(", "),
+                if sinks.len() == 1 { "it" } else { "them" }
             )));
         }
         let Some((_, view)) = self.inner.views.remove(name) else {

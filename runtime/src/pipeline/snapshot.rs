@@ -46,7 +46,9 @@ impl Pipeline {
             s.views.len() == views.len()
                 && s.views.iter().zip(&views).all(|(a, b)| a.view_id == b.id)
         });
-        if self.unsaved_batches == 0 && same_views {
+        // A sink created since has the view's rows to seal.
+        let sinks_open = views.iter().any(|v| v.sink_changes_open());
+        if self.unsaved_batches == 0 && same_views && !sinks_open {
             slot.put_unchanged(epoch);
             return;
         }

@@ -138,6 +138,17 @@ pub trait Connector: Send + Sync {
     /// acknowledged upstream (a Kafka group's offsets committed).
     fn checkpoint_durable(&self, _position: &Position) {}
 
+    /// Records posted over HTTP that the connector writes to its log, to read them back
+    /// like any other (Kafka: produced to its topic); `None`: it takes none.
+    fn write_records(
+        &self,
+        _body: &[u8],
+        _idempotency_key: Option<&str>,
+        _dead_letters: &crate::deadletter::DeadLetterStore,
+    ) -> Option<Result<crate::source::http::IngestReport>> {
+        None
+    }
+
     /// What the API shows beyond the common counters.
     fn status(&self) -> ConnectorStatus {
         ConnectorStatus::default()

@@ -6,6 +6,7 @@ pub mod dashboard;
 pub mod dead_letters;
 pub mod ops;
 pub mod plugins;
+pub mod sinks;
 pub mod sources;
 pub mod sql;
 pub mod views;

@@ -6,6 +6,7 @@
 //! the group, so the group's lag is the truth. See docs/CONNECTORS.md.
 
 mod envelope;
+mod front_door;
 pub mod options;
 mod reader;
 
@@ -56,6 +57,8 @@ pub struct KafkaSource {
     layout: Layout,
     config: ClientConfig,
     shared: Arc<Shared>,
+    /// Records posted over HTTP are produced to the topic (one named topic only).
+    front_door: Option<front_door::FrontDoor>,
 }
 
 /// What the consumer thread and the API share.
@@ -150,7 +153,20 @@ pub fn open(def: &SourceDef) -> Result<Box<dyn Connector>> {
         .set("reconnect.backoff.max.ms", "5000")
         // Each partition's end offset, for lag, comes with the statistics.
         .set("statistics.interval.ms", "1000");
-    for (k, v) in crate::options::properties(def.options) {
+    let properties: Vec<(String, String)> = crate::options::properties(def.options)
+        .into_iter()
+        .collect();
+    let front_door = match subscription.as_slice() {
+        [topic] if !topic.starts_with('^') => Some(front_door::FrontDoor::new(
+            name,
+            topic,
+            options.key.clone(),
+            &brokers,
+            &properties,
+        )),
+        _ => None,
+    };
+    for (k, v) in properties {
         if let Some(why) = OWN_SETTINGS
             .iter()
             .find(|(name, _)| *name == k)
@@ -171,6 +187,7 @@ pub fn open(def: &SourceDef) -> Result<Box<dyn Connector>> {
         layout,
         config,
         shared: Arc::default(),
+        front_door,
     };
     if !def.restoring {
         source.check_topics()?;
@@ -219,6 +236,22 @@ impl KafkaSource {
 impl Connector for KafkaSource {
     fn schema(&self) -> SchemaRef {
         self.layout.schema()
+    }
+
+    fn write_records(
+        &self,
+        body: &[u8],
+        idempotency_key: Option<&str>,
+        dead_letters: &crate::deadletter::DeadLetterStore,
+    ) -> Option<Result<crate::source::http::IngestReport>> {
+        Some(match &self.front_door {
+            Some(door) => door.produce(body, idempotency_key, dead_letters),
+            None => Err(Error::BadRequest(format!(
+                "source {} reads several topics or a pattern: records posted over HTTP \
+                 are produced to a source of one named topic only",
+                self.name
+            ))),
+        })
     }
 
     fn start(&self, feed: Feed, resume: Option<Position>) -> Result<()> {

@@ -26,6 +26,8 @@ pub struct KafkaOptions {
     pub end: Option<String>,
     /// `read_committed` (default) | `read_uncommitted`.
     pub isolation: Option<String>,
+    /// Records posted over HTTP are produced with this field's value as the key.
+    pub key: Option<String>,
 }
 
 /// Where a partition is read from when no checkpoint says.

@@ -1,0 +1,130 @@
+//! Sinks: CREATE and DROP SINK (made by the sink connectors of `crate::sink`, fed by
+//! the view they name), and the sinks' status.
+
+use std::sync::Arc;
+
+use super::{Engine, SqlOutput, missing};
+use crate::sink::{SinkDef, SinkRuntime, SinkStatus};
+use crate::{Error, Result};
+use weir_sql::CreateSink;
+
+impl Engine {
+    pub(super) fn create_sink(&self, c: CreateSink, sql: &str) -> Result<SqlOutput> {
+        let name = c.name.clone();
+        if self.name_taken(&name) {
+            if c.if_not_exists && self.inner.sinks.contains_key(&name) {
+                return Ok(SqlOutput::Done {
+                    message: format!("sink {name} already exists"),
+                });
+            }
+            return Err(Error::Conflict(format!(
+                "the name {name} is taken; DROP it first or choose another"
+            )));
+        }
+        if !self.inner.views.contains_key(&c.view)
+            && (self.inner.sources.contains_key(&c.view)
+                || self.inner.streams.contains_key(&c.view))
+        {
+            return Err(Error::BadRequest(format!(
+                "sink {name}: {} is not a view; a sink writes a materialized view's changes \
+                 (CREATE MATERIALIZED VIEW v AS SELECT * FROM {}, then CREATE SINK {name} FROM v)",
+                c.view, c.view
+            )));
+        }
+        let view = self.view(&c.view)?;
+        let sink = crate::sink::open(&SinkDef {
+            name: &name,
+            view: &view.name,
+            schema: &view.schema,
+            options: &c.options,
+        })?;
+        let restoring = self.replaying();
+        let progress_file = self.inner.checkpoints.enabled().then(|| {
+            self.inner
+                .config
+                .data_dir
+                .join("sinks")
+                .join(format!("{}.json", super::checkpoints::file_name(&name)))
+        });
+        let feed = view.attach_sink(&name, sql, restoring);
+        let m = &self.inner.metrics;
+        let runtime = SinkRuntime::new(
+            &name,
+            &view.name,
+            c.options.get("connector").map_or("", String::as_str),
+            sql,
+            feed,
+            progress_file,
+            restoring,
+            (
+                m.sink_messages.with_label_values(&[&name]),
+                m.sink_failures.with_label_values(&[&name]),
+            ),
+        )
+        .and_then(|r| {
+            let r = Arc::new(r);
+            r.spawn(sink)?;
+            Ok(r)
+        });
+        let runtime = match runtime {
+            Ok(r) => r,
+            Err(e) => {
+                view.detach_sink(&name);
+                self.forget_sink_metrics(&name);
+                return Err(e);
+            }
+        };
+        self.inner.sinks.insert(name.clone(), runtime);
+        tracing::info!(sink = %name, view = %view.name, "sink created");
+        Ok(SqlOutput::Done {
+            message: format!("sink {name} created"),
+        })
+    }
+
+    pub(super) fn drop_sink(&self, name: &str, if_exists: bool) -> Result<SqlOutput> {
+        let Some((_, sink)) = self.inner.sinks.remove(name) else {
+            return missing(if_exists, format!("no sink named {name}"));
+        };
+        sink.stop(true);
+        if let Some(view) = self.inner.views.get(&sink.view) {
+            view.detach_sink(name);
+        }
+        self.forget_sink_metrics(name);
+        Ok(SqlOutput::Done {
+            message: format!("sink {name} dropped"),
+        })
+    }
+
+    fn forget_sink_metrics(&self, name: &str) {
+        let m = &self.inner.metrics;
+        let _ = m.sink_messages.remove_label_values(&[name]);
+        let _ = m.sink_failures.remove_label_values(&[name]);
+    }
+
+    /// The sinks that write `view`'s changes, by name.
+    pub(super) fn sinks_of(&self, view: &str) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .inner
+            .sinks
+            .iter()
+            .filter(|s| s.view == view)
+            .map(|s| s.name.clone())
+            .collect();
+        names.sort();
+        names
+    }
+
+    pub fn sink(&self, name: &str) -> Result<SinkStatus> {
+        self.inner
+            .sinks
+            .get(name)
+            .map(|s| s.status())
+            .ok_or_else(|| Error::NotFound(format!("no sink named {name}")))
+    }
+
+    pub fn sinks(&self) -> Vec<SinkStatus> {
+        let mut out: Vec<_> = self.inner.sinks.iter().map(|s| s.status()).collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+}

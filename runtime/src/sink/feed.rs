@@ -1,0 +1,301 @@
+//! A sink's feed: the changes of its view, sealed under the epoch of the checkpoint
+//! that takes them (the prepare step) and handed to the sink only once that checkpoint
+//! is durable (the commit step). Until the sink has delivered an epoch, its changes
+//! stay here and in every checkpoint, so a crash at any moment loses none: a restart
+//! hands the sink the same epochs with the same changes again.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use datafusion::arrow::array::RecordBatch;
+use parking_lot::{Condvar, Mutex};
+
+/// What a batch of changes does to the view's rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeKind {
+    /// New rows.
+    Append,
+    /// Rows that replace the view's rows of the same key (an updating aggregate's
+    /// groups, a window emitted again under allowed lateness).
+    Update,
+    /// The view's rows when the sink was created.
+    Snapshot,
+}
+
+impl ChangeKind {
+    /// As written in checkpoints.
+    pub fn code(self) -> u8 {
+        match self {
+            Self::Append => 0,
+            Self::Update => 1,
+            Self::Snapshot => 2,
+        }
+    }
+
+    pub fn from_code(code: u8) -> Option<Self> {
+        Some(match code {
+            0 => Self::Append,
+            1 => Self::Update,
+            2 => Self::Snapshot,
+            _ => return None,
+        })
+    }
+}
+
+/// One batch of a view's changes.
+#[derive(Debug, Clone)]
+pub struct Change {
+    pub rows: RecordBatch,
+    pub kind: ChangeKind,
+}
+
+/// The changes of one epoch.
+pub type Epoch = (u64, Vec<Change>);
+
+/// What a checkpoint holds for one sink: the changes it has not delivered.
+#[derive(Debug, Clone)]
+pub struct Outbox {
+    pub sink: String,
+    /// The sink's statement: a sink dropped and created again under its name is
+    /// another sink, which does not take these.
+    pub sql: String,
+    pub epochs: Vec<Epoch>,
+}
+
+/// Where a view leaves its changes for one sink.
+#[derive(Debug)]
+pub struct SinkFeed {
+    pub sink: String,
+    pub sql: String,
+    /// Without checkpoints every change is its own epoch, durable at once.
+    checkpointed: bool,
+    state: Mutex<FeedState>,
+    ready: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct FeedState {
+    /// Changes since the last checkpoint's snapshot.
+    open: Vec<Change>,
+    /// Changes sealed under their epoch and not delivered yet, oldest first.
+    sealed: VecDeque<Epoch>,
+    /// The newest epoch a written checkpoint holds.
+    durable: u64,
+    /// The last epoch numbered without checkpoints.
+    counter: u64,
+    rows_pending: usize,
+    closed: bool,
+}
+
+impl SinkFeed {
+    pub fn new(sink: &str, sql: &str, checkpointed: bool) -> Self {
+        Self {
+            sink: sink.to_string(),
+            sql: sql.trim().to_string(),
+            checkpointed,
+            state: Mutex::new(FeedState::default()),
+            ready: Condvar::new(),
+        }
+    }
+
+    /// A feed that continues from a checkpoint: `outbox` is what it held, `durable` the
+    /// checkpoint's epoch.
+    pub fn restored(outbox: Outbox, durable: u64) -> Self {
+        let Outbox { sink, sql, epochs } = outbox;
+        let feed = Self::new(&sink, &sql, true);
+        {
+            let mut s = feed.state.lock();
+            s.rows_pending = epochs.iter().map(|(_, c)| rows(c)).sum();
+            s.sealed = epochs.into();
+            s.durable = durable;
+        }
+        feed
+    }
+
+    /// A change of the view.
+    pub(crate) fn push(&self, change: Change) {
+        if change.rows.num_rows() == 0 {
+            return;
+        }
+        let mut s = self.state.lock();
+        s.rows_pending += change.rows.num_rows();
+        if self.checkpointed {
+            s.open.push(change);
+        } else {
+            s.counter += 1;
+            let epoch = s.counter;
+            s.sealed.push_back((epoch, vec![change]));
+            s.durable = epoch;
+            self.ready.notify_all();
+        }
+    }
+
+    /// Whether changes wait for the next checkpoint.
+    pub(crate) fn has_open(&self) -> bool {
+        !self.state.lock().open.is_empty()
+    }
+
+    /// Prepare: seal the open changes under `epoch`; returns every epoch not delivered
+    /// yet, for the checkpoint to hold.
+    pub(crate) fn seal(&self, epoch: u64) -> Outbox {
+        let mut s = self.state.lock();
+        let open = std::mem::take(&mut s.open);
+        if !open.is_empty() {
+            // Checkpoint epochs only grow; an epoch once sealed is never added to.
+            debug_assert!(s.sealed.back().is_none_or(|(last, _)| *last < epoch));
+            s.sealed.push_back((epoch, open));
+        }
+        Outbox {
+            sink: self.sink.clone(),
+            sql: self.sql.clone(),
+            epochs: s.sealed.iter().cloned().collect(),
+        }
+    }
+
+    /// Commit: checkpoint `epoch` is on disk, so the epochs up to it may be delivered.
+    pub(crate) fn durable(&self, epoch: u64) {
+        let mut s = self.state.lock();
+        if epoch > s.durable {
+            s.durable = epoch;
+            self.ready.notify_all();
+        }
+    }
+
+    /// The oldest durable epoch after `delivered`, waiting up to `wait` for one.
+    pub fn next_ready(&self, delivered: u64, wait: Duration) -> Option<Epoch> {
+        let mut s = self.state.lock();
+        loop {
+            let durable = s.durable;
+            if let Some(e) = s
+                .sealed
+                .iter()
+                .find(|(e, _)| *e > delivered && *e <= durable)
+            {
+                return Some(e.clone());
+            }
+            if s.closed || self.ready.wait_for(&mut s, wait).timed_out() {
+                return None;
+            }
+        }
+    }
+
+    /// The durable epoch, when no change up to it waits for the sink: a sink with
+    /// nothing to write is caught up with it.
+    pub fn settled(&self) -> Option<u64> {
+        let s = self.state.lock();
+        let durable = s.durable;
+        (!s.sealed.iter().any(|(e, _)| *e <= durable)).then_some(durable)
+    }
+
+    /// The sink holds `epoch` and every one before it: forget them.
+    pub fn delivered(&self, epoch: u64) {
+        let mut s = self.state.lock();
+        while s.sealed.front().is_some_and(|(e, _)| *e <= epoch) {
+            if let Some((_, changes)) = s.sealed.pop_front() {
+                s.rows_pending -= rows(&changes);
+            }
+        }
+    }
+
+    /// Rows the sink has not delivered yet (sealed or not).
+    pub fn rows_pending(&self) -> usize {
+        self.state.lock().rows_pending
+    }
+
+    /// The newest epoch a written checkpoint holds.
+    pub fn durable_epoch(&self) -> u64 {
+        self.state.lock().durable
+    }
+
+    /// Wake the sink's thread to stop.
+    pub fn close(&self) {
+        self.state.lock().closed = true;
+        self.ready.notify_all();
+    }
+}
+
+fn rows(changes: &[Change]) -> usize {
+    changes.iter().map(|c| c.rows.num_rows()).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::Int64Array;
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+
+    use super::*;
+
+    fn change(values: &[i64]) -> Change {
+        let schema = Arc::new(Schema::new(vec![Field::new("a", DataType::Int64, false)]));
+        Change {
+            rows: RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(values.to_vec()))])
+                .expect("batch"),
+            kind: ChangeKind::Append,
+        }
+    }
+
+    const NOW: Duration = Duration::ZERO;
+
+    #[test]
+    fn changes_reach_the_sink_only_once_their_checkpoint_is_durable() {
+        let feed = SinkFeed::new("k", "CREATE SINK k", true);
+        feed.push(change(&[1, 2]));
+        assert!(feed.has_open());
+        assert!(feed.next_ready(0, NOW).is_none(), "not sealed");
+        let held = feed.seal(3);
+        assert_eq!(held.epochs.len(), 1);
+        assert!(!feed.has_open());
+        assert!(feed.next_ready(0, NOW).is_none(), "sealed, not durable");
+        feed.push(change(&[3]));
+        feed.seal(4);
+        feed.durable(3);
+        let (epoch, changes) = feed.next_ready(0, NOW).expect("epoch 3 is durable");
+        assert_eq!((epoch, changes[0].rows.num_rows()), (3, 2));
+        assert!(feed.next_ready(3, NOW).is_none(), "epoch 4 is not durable");
+        // Until delivered, every checkpoint holds both epochs.
+        assert_eq!(feed.seal(5).epochs.len(), 2);
+        feed.delivered(3);
+        assert_eq!(feed.rows_pending(), 1);
+        assert_eq!(
+            feed.seal(6)
+                .epochs
+                .iter()
+                .map(|(e, _)| *e)
+                .collect::<Vec<_>>(),
+            [4]
+        );
+        feed.durable(5);
+        assert_eq!(feed.settled(), None, "epoch 4 waits");
+        assert_eq!(feed.next_ready(3, NOW).expect("epoch 4").0, 4);
+        feed.delivered(4);
+        assert_eq!(feed.settled(), Some(5));
+    }
+
+    #[test]
+    fn a_restored_feed_hands_out_its_epochs_again() {
+        let feed = SinkFeed::restored(
+            Outbox {
+                sink: "k".into(),
+                sql: "CREATE SINK k".into(),
+                epochs: vec![(6, vec![change(&[1])]), (7, vec![change(&[2])])],
+            },
+            7,
+        );
+        assert_eq!(feed.next_ready(6, NOW).expect("epoch 7").0, 7);
+        assert_eq!(feed.next_ready(0, NOW).expect("epoch 6").0, 6);
+        assert_eq!(feed.rows_pending(), 2);
+    }
+
+    #[test]
+    fn without_checkpoints_each_change_is_durable_at_once() {
+        let feed = SinkFeed::new("k", "CREATE SINK k", false);
+        feed.push(change(&[1]));
+        feed.push(change(&[]));
+        feed.push(change(&[2]));
+        assert_eq!(feed.next_ready(0, NOW).expect("first").0, 1);
+        assert_eq!(feed.next_ready(1, NOW).expect("second").0, 2);
+        assert!(feed.next_ready(2, NOW).is_none());
+    }
+}

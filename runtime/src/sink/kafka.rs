@@ -1,0 +1,297 @@
+//! The `kafka` sink: a view's changes as messages of one topic, each durable epoch
+//! written whole. `at_least_once` (the default) uses an idempotent producer and
+//! returns once every message is acknowledged by all in-sync replicas; `exactly_once`
+//! writes each epoch in one transaction, begun only once the checkpoint that holds the
+//! epoch is durable and committed before the next epoch starts. Every message carries
+//! the headers `weir-epoch` and `weir-seq` (its place in the epoch): when a crash makes
+//! weir write an epoch again, its messages carry the same pair, so a consumer can drop
+//! the duplicates exactly. See docs/CONNECTORS.md.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use rdkafka::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{
+    BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig,
+};
+use serde::Deserialize;
+
+use super::encode::{Encoder, Format, Messages};
+use super::feed::Change;
+use super::{Sink, SinkDef};
+use crate::{Error, Result};
+
+/// How long librdkafka tries to deliver a message before it reports a failure; an
+/// epoch's flush waits a little longer, so that none is still in flight after it.
+const MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
+const FLUSH_WAIT: Duration = Duration::from_secs(15);
+const TRANSACTION_WAIT: Duration = Duration::from_secs(30);
+
+/// librdkafka settings weir decides itself, and why.
+const OWN_SETTINGS: &[(&str, &str)] = &[
+    ("bootstrap.servers", "use the brokers option"),
+    ("transactional.id", "use the transactional_id option"),
+    (
+        "enable.idempotence",
+        "weir's producer is idempotent for both deliveries",
+    ),
+    ("acks", "weir waits for all in-sync replicas"),
+];
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KafkaSinkOptions {
+    brokers: Option<String>,
+    topic: Option<String>,
+    #[serde(default)]
+    format: Option<String>,
+    #[serde(default)]
+    key: Option<String>,
+    #[serde(default)]
+    delivery: Option<String>,
+    #[serde(default)]
+    transactional_id: Option<String>,
+}
+
+/// A Kafka sink.
+pub struct KafkaSink {
+    name: String,
+    topic: String,
+    encoder: Encoder,
+    config: ClientConfig,
+    transactional: bool,
+    /// Made at the first delivery (and again after a fatal error), so a sink is
+    /// created while its brokers are down.
+    producer: Option<BaseProducer<Delivery>>,
+    messages: Messages,
+}
+
+pub fn open(def: &SinkDef) -> Result<Box<dyn Sink>> {
+    let name = def.name;
+    let bad = |m: String| Error::BadRequest(format!("sink {name}: {m}"));
+    let own: std::collections::BTreeMap<String, String> = def
+        .options
+        .iter()
+        .filter(|(k, _)| k.as_str() != "connector" && !k.starts_with("properties."))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let options: KafkaSinkOptions = crate::options::parse_as(&format!("sink {name}"), &own)?;
+    let brokers = options
+        .brokers
+        .ok_or_else(|| bad("a kafka sink needs brokers = 'host:port[,host:port]'".into()))?;
+    let topic = options
+        .topic
+        .filter(|t| !t.trim().is_empty())
+        .ok_or_else(|| bad("a kafka sink needs topic = 'name'".into()))?;
+    let format_text = options.format.as_deref().unwrap_or("json");
+    let format = Format::parse(format_text).ok_or_else(|| {
+        bad(format!(
+            "format {format_text} is not one of json, upsert, debezium_json"
+        ))
+    })?;
+    let encoder = Encoder::new(format, def.schema, options.key.as_deref()).map_err(bad)?;
+    let transactional = match options.delivery.as_deref().unwrap_or("at_least_once") {
+        "at_least_once" => false,
+        "exactly_once" => true,
+        other => {
+            return Err(bad(format!(
+                "delivery {other} is not one of at_least_once, exactly_once"
+            )));
+        }
+    };
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &brokers)
+        .set("client.id", format!("weir-sink-{name}"))
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set(
+            "message.timeout.ms",
+            MESSAGE_TIMEOUT.as_millis().to_string(),
+        )
+        .set("reconnect.backoff.max.ms", "5000");
+    if transactional {
+        config.set(
+            "transactional.id",
+            options
+                .transactional_id
+                .unwrap_or_else(|| format!("weir-sink-{name}")),
+        );
+    } else if options.transactional_id.is_some() {
+        return Err(bad(
+            "transactional_id is for delivery = 'exactly_once'".into()
+        ));
+    }
+    for (k, v) in crate::options::properties(def.options) {
+        if let Some((_, why)) = OWN_SETTINGS.iter().find(|(own, _)| *own == k) {
+            return Err(bad(format!("properties.{k} cannot be set: {why}")));
+        }
+        config.set(k, v);
+    }
+    // The settings are checked now; the producer connects at the first delivery.
+    let _: BaseProducer<Delivery> = config
+        .create_with_context(Delivery::default())
+        .map_err(|e| bad(format!("the kafka client refuses its settings: {e}")))?;
+    Ok(Box::new(KafkaSink {
+        name: name.to_string(),
+        topic,
+        encoder,
+        config,
+        transactional,
+        producer: None,
+        messages: Messages::default(),
+    }))
+}
+
+/// Collects the first delivery error of an epoch.
+#[derive(Default, Clone)]
+struct Delivery {
+    failed: Arc<Mutex<Option<String>>>,
+}
+
+impl ClientContext for Delivery {}
+
+impl ProducerContext for Delivery {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = result {
+            let mut failed = self.failed.lock();
+            if failed.is_none() {
+                *failed = Some(e.to_string());
+            }
+        }
+    }
+}
+
+impl KafkaSink {
+    fn producer(&mut self) -> std::result::Result<&BaseProducer<Delivery>, String> {
+        if self.producer.is_none() {
+            let producer: BaseProducer<Delivery> = self
+                .config
+                .create_with_context(Delivery::default())
+                .map_err(|e| format!("cannot make the producer: {e}"))?;
+            if self.transactional {
+                // Fences an earlier producer of this transactional id and aborts the
+                // transaction it left open (an epoch a crash interrupted).
+                producer
+                    .init_transactions(TRANSACTION_WAIT)
+                    .map_err(|e| format!("cannot start transactions: {e}"))?;
+            }
+            self.producer = Some(producer);
+        }
+        Ok(self.producer.as_ref().expect("made above"))
+    }
+
+    /// Queue every message of the epoch.
+    fn send_all(&mut self, epoch: u64, changes: &[Change]) -> std::result::Result<u64, String> {
+        let epoch_text = epoch.to_string();
+        let mut seq: u64 = 0;
+        let mut messages = std::mem::take(&mut self.messages);
+        let result = (|| {
+            for change in changes {
+                self.encoder
+                    .encode(change, &mut messages)
+                    .map_err(|e| format!("cannot encode the view's rows: {e}"))?;
+                let producer = self.producer.as_ref().expect("made before sending");
+                for (i, value) in messages.values.iter().enumerate() {
+                    let seq_text = seq.to_string();
+                    let headers = OwnedHeaders::new_with_capacity(2)
+                        .insert(Header {
+                            key: "weir-epoch",
+                            value: Some(epoch_text.as_bytes()),
+                        })
+                        .insert(Header {
+                            key: "weir-seq",
+                            value: Some(seq_text.as_bytes()),
+                        });
+                    let mut record = BaseRecord::<[u8], [u8]>::to(&self.topic)
+                        .payload(&messages.buf[value.clone()])
+                        .headers(headers);
+                    if let Some(key) = messages.keys.get(i) {
+                        record = record.key(&messages.buf[key.clone()]);
+                    }
+                    loop {
+                        match producer.send(record) {
+                            Ok(()) => break,
+                            Err((
+                                KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
+                                r,
+                            )) => {
+                                // The local queue is full: let deliveries drain it.
+                                record = r;
+                                producer.poll(Duration::from_millis(50));
+                            }
+                            Err((e, _)) => {
+                                return Err(format!("cannot send to {}: {e}", self.topic));
+                            }
+                        }
+                    }
+                    seq += 1;
+                }
+                producer.poll(Duration::ZERO);
+            }
+            Ok(seq)
+        })();
+        self.messages = messages;
+        result
+    }
+}
+
+/// Commit the open transaction. A commit that timed out may still complete on the
+/// brokers: one that librdkafka says can be retried is retried (a few times), not
+/// aborted, so that the epoch is not written twice.
+fn commit(producer: &BaseProducer<Delivery>) -> KafkaResult<()> {
+    let mut tries = 0;
+    loop {
+        match producer.commit_transaction(TRANSACTION_WAIT) {
+            Err(KafkaError::Transaction(e)) if e.is_retriable() && tries < 3 => tries += 1,
+            other => return other,
+        }
+    }
+}
+
+impl Sink for KafkaSink {
+    fn deliver(&mut self, epoch: u64, changes: &[Change]) -> std::result::Result<u64, String> {
+        let transactional = self.transactional;
+        let producer = self.producer()?;
+        producer.context().failed.lock().take();
+        if transactional && let Err(e) = producer.begin_transaction() {
+            self.producer = None;
+            return Err(format!(
+                "cannot begin the transaction of epoch {epoch}: {e}"
+            ));
+        }
+        let sent = self.send_all(epoch, changes);
+        let producer = self.producer.as_ref().expect("made above");
+        let finished = match sent {
+            Ok(n) if transactional => commit(producer)
+                .map(|()| n)
+                .map_err(|e| format!("cannot commit the transaction of epoch {epoch}: {e}")),
+            Ok(n) => producer
+                .flush(FLUSH_WAIT)
+                .map_err(|e| format!("the brokers did not acknowledge epoch {epoch}: {e}"))
+                .and_then(|()| match producer.context().failed.lock().take() {
+                    Some(e) => Err(format!("a message of epoch {epoch} was not delivered: {e}")),
+                    None => Ok(n),
+                }),
+            Err(e) => Err(e),
+        };
+        if finished.is_err() {
+            // The epoch is written again, whole, by a new producer: nothing of this
+            // attempt is left queued beside it, and a new transactional producer aborts
+            // whatever this one left open (by fencing it).
+            if transactional {
+                let _ = producer.abort_transaction(TRANSACTION_WAIT);
+            }
+            producer.purge(PurgeConfig::default().queue().inflight());
+            self.producer = None;
+            tracing::debug!(sink = %self.name, epoch, "delivery failed; it is retried");
+        }
+        finished
+    }
+}

@@ -1,0 +1,268 @@
+//! Sinks: where a view's changes go. Every sink has one shape: a [`Sink`] made by its
+//! connector from the `WITH (...)` options (`SINKS` is the registration table), fed
+//! by a [`feed::SinkFeed`] that seals the view's changes under each checkpoint's epoch
+//! (prepare) and hands them over only once that checkpoint is durable (commit).
+//!
+//! [`SinkRuntime`] runs one sink on a thread of its own, so a slow or unreachable
+//! destination never blocks the view: an epoch that fails is retried with backoff,
+//! whole and with the same messages, and the epoch last delivered is written to the
+//! data dir so a restart goes on after it.
+
+pub mod encode;
+pub mod feed;
+pub mod kafka;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use datafusion::arrow::datatypes::SchemaRef;
+use parking_lot::Mutex;
+use prometheus::IntCounter;
+use serde::{Deserialize, Serialize};
+
+use crate::durable::write_atomically;
+use crate::{Error, Result};
+use feed::{Change, SinkFeed};
+
+/// What a connector is given to make a sink.
+pub struct SinkDef<'a> {
+    pub name: &'a str,
+    /// The view it writes, and the view's columns.
+    pub view: &'a str,
+    pub schema: &'a SchemaRef,
+    pub options: &'a BTreeMap<String, String>,
+}
+
+/// A destination of a view's changes.
+pub trait Sink: Send {
+    /// Write the changes of durable checkpoint `epoch`, and return (with the number of
+    /// messages written) once the destination holds them as the sink's delivery
+    /// guarantee says. On an error the same epoch is offered again, with the same
+    /// changes.
+    fn deliver(&mut self, epoch: u64, changes: &[Change]) -> std::result::Result<u64, String>;
+}
+
+/// A sink connector: its name in `WITH (connector = ...)` and how it is made.
+pub struct SinkConnector {
+    pub name: &'static str,
+    pub open: fn(&SinkDef) -> Result<Box<dyn Sink>>,
+}
+
+/// Every sink connector. A new one is a folder beside `kafka` and a line here.
+pub const SINKS: &[SinkConnector] = &[SinkConnector {
+    name: "kafka",
+    open: kafka::open,
+}];
+
+/// Make the sink `def` asks for.
+pub fn open(def: &SinkDef) -> Result<Box<dyn Sink>> {
+    let connector = def.options.get("connector").map(String::as_str);
+    let entry = SINKS
+        .iter()
+        .find(|c| Some(c.name) == connector)
+        .ok_or_else(|| {
+            Error::BadRequest(format!(
+                "sink {}: unknown connector {}; sinks are {}",
+                def.name,
+                connector.unwrap_or("(none)"),
+                SINKS.iter().map(|c| c.name).collect::<Vec<_>>().join(", ")
+            ))
+        })?;
+    (entry.open)(def)
+}
+
+/// What the API shows of a sink.
+#[derive(Debug, Clone, Serialize)]
+pub struct SinkStatus {
+    pub name: String,
+    pub view: String,
+    pub connector: String,
+    pub sql: String,
+    /// `running`, `retrying` (the last delivery failed; see `error`) or `stopped`.
+    pub status: &'static str,
+    pub error: Option<String>,
+    /// The newest checkpoint epoch whose changes the destination holds.
+    pub delivered_epoch: u64,
+    /// The newest epoch a durable checkpoint holds (what could be delivered).
+    pub durable_epoch: u64,
+    /// Changed rows not delivered yet: the sink's lag.
+    pub rows_pending: usize,
+    pub messages: u64,
+    pub failed_deliveries: u64,
+}
+
+/// The epoch a sink last delivered, as written in the data dir.
+#[derive(Debug, Serialize, Deserialize)]
+struct Progress {
+    sql: String,
+    delivered_epoch: u64,
+}
+
+/// A running sink.
+pub struct SinkRuntime {
+    pub name: String,
+    pub view: String,
+    pub connector: String,
+    pub sql: String,
+    pub feed: Arc<SinkFeed>,
+    stop: AtomicBool,
+    progress: Mutex<(u64, Option<String>)>,
+    /// Where the delivered epoch is kept (none without a data dir, or once dropped: a
+    /// delivery that ends after DROP SINK must not write it back).
+    progress_file: Mutex<Option<PathBuf>>,
+    messages: IntCounter,
+    failures: IntCounter,
+}
+
+/// Retries of a failed delivery wait this long at first, doubling up to `MAX_BACKOFF`.
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+impl SinkRuntime {
+    /// A sink fed by `feed`. `progress_file` holds the epoch delivered before a restart
+    /// (read when `resume`, else removed).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        name: &str,
+        view: &str,
+        connector: &str,
+        sql: &str,
+        feed: Arc<SinkFeed>,
+        progress_file: Option<PathBuf>,
+        resume: bool,
+        (messages, failures): (IntCounter, IntCounter),
+    ) -> Result<Self> {
+        let mut delivered = 0;
+        if let Some(file) = &progress_file {
+            let saved = std::fs::read(file)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Progress>(&b).ok());
+            match saved {
+                Some(p) if resume && p.sql == sql.trim() => delivered = p.delivered_epoch,
+                _ if file.exists() => std::fs::remove_file(file)?,
+                _ => {}
+            }
+        }
+        // Epochs delivered before the restart are not written again.
+        feed.delivered(delivered);
+        Ok(Self {
+            name: name.to_string(),
+            view: view.to_string(),
+            connector: connector.to_string(),
+            sql: sql.trim().to_string(),
+            feed,
+            stop: AtomicBool::new(false),
+            progress: Mutex::new((delivered, None)),
+            progress_file: Mutex::new(progress_file),
+            messages,
+            failures,
+        })
+    }
+
+    /// Deliver on a thread of its own until stopped.
+    pub(crate) fn spawn(self: &Arc<Self>, mut sink: Box<dyn Sink>) -> std::io::Result<()> {
+        let me = self.clone();
+        std::thread::Builder::new()
+            .name(format!("sink-{}", self.name))
+            .spawn(move || me.run(sink.as_mut()))?;
+        Ok(())
+    }
+
+    fn run(&self, sink: &mut dyn Sink) {
+        let mut backoff = FIRST_BACKOFF;
+        while !self.stop.load(Ordering::Relaxed) {
+            let delivered = self.progress.lock().0;
+            let Some((epoch, changes)) =
+                self.feed.next_ready(delivered, Duration::from_millis(200))
+            else {
+                // Nothing to write: the sink is as far as the checkpoints.
+                if let Some(durable) = self.feed.settled() {
+                    let mut progress = self.progress.lock();
+                    progress.0 = progress.0.max(durable);
+                }
+                continue;
+            };
+            match sink.deliver(epoch, &changes) {
+                Ok(messages) => {
+                    self.messages.inc_by(messages);
+                    if let Err(e) = self.save(epoch) {
+                        // Delivered all the same: a restart writes this epoch again, with
+                        // the same weir-epoch and weir-seq headers.
+                        tracing::warn!(sink = %self.name, error = %e, "cannot record the delivered epoch");
+                    }
+                    self.feed.delivered(epoch);
+                    *self.progress.lock() = (epoch, None);
+                    backoff = FIRST_BACKOFF;
+                }
+                Err(e) => {
+                    self.failures.inc();
+                    tracing::warn!(sink = %self.name, epoch, error = %e, retry_in = ?backoff, "delivery failed");
+                    self.progress.lock().1 = Some(e);
+                    self.sleep(backoff);
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
+    /// Sleep, but wake at once when stopped.
+    fn sleep(&self, total: Duration) {
+        let step = Duration::from_millis(50);
+        let mut slept = Duration::ZERO;
+        while slept < total && !self.stop.load(Ordering::Relaxed) {
+            std::thread::sleep(step);
+            slept += step;
+        }
+    }
+
+    fn save(&self, epoch: u64) -> std::io::Result<()> {
+        let file = self.progress_file.lock();
+        let Some(file) = file.as_ref() else {
+            return Ok(());
+        };
+        if let Some(dir) = file.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let bytes = serde_json::to_vec(&Progress {
+            sql: self.sql.clone(),
+            delivered_epoch: epoch,
+        })
+        .map_err(std::io::Error::other)?;
+        write_atomically(file, &bytes)
+    }
+
+    /// Stop the thread; with `forget`, the delivered epoch is removed too (DROP SINK).
+    pub(crate) fn stop(&self, forget: bool) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.feed.close();
+        if forget && let Some(file) = self.progress_file.lock().take() {
+            let _ = std::fs::remove_file(file);
+        }
+    }
+
+    pub fn status(&self) -> SinkStatus {
+        let (delivered_epoch, error) = self.progress.lock().clone();
+        SinkStatus {
+            name: self.name.clone(),
+            view: self.view.clone(),
+            connector: self.connector.clone(),
+            sql: self.sql.clone(),
+            status: if self.stop.load(Ordering::Relaxed) {
+                "stopped"
+            } else if error.is_some() {
+                "retrying"
+            } else {
+                "running"
+            },
+            error,
+            delivered_epoch,
+            durable_epoch: self.feed.durable_epoch(),
+            rows_pending: self.feed.rows_pending(),
+            messages: self.messages.get(),
+            failed_deliveries: self.failures.get(),
+        }
+    }
+}

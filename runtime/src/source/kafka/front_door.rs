@@ -1,0 +1,282 @@
+//! The HTTP front door of a Kafka source: records posted to the source are produced to
+//! its topic (the role of a Kafka REST proxy), and the source reads them back through
+//! its consumer like any other message. A request is answered only once the brokers
+//! have acknowledged every record (`acks=all`, an idempotent producer).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use rdkafka::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, ProducerContext};
+use serde_json::value::RawValue;
+
+use crate::deadletter::{DeadLetterStore, NewDeadLetter, Reason};
+use crate::source::http::IngestReport;
+use crate::{Error, Result};
+
+/// How long a record may wait for the brokers before the request fails (503).
+const DELIVERY_WAIT: Duration = Duration::from_secs(10);
+/// Idempotency keys remembered (the newest), with their answers.
+const KEYS_KEPT: usize = 10_000;
+
+/// Produces posted records to one topic.
+pub struct FrontDoor {
+    source: String,
+    topic: String,
+    /// The field whose value is each message's key.
+    key: Option<String>,
+    config: ClientConfig,
+    producer: Mutex<Option<Arc<BaseProducer<Acks>>>>,
+    answered: Mutex<Answered>,
+}
+
+/// The answers of the newest idempotency keys.
+#[derive(Default)]
+struct Answered {
+    by_key: HashMap<String, IngestReport>,
+    order: VecDeque<String>,
+}
+
+/// One request's records in flight.
+#[derive(Default)]
+struct Request {
+    pending: AtomicUsize,
+    failed: Mutex<Option<String>>,
+}
+
+/// Reports each record's acknowledgement to its request.
+struct Acks;
+
+impl ClientContext for Acks {}
+
+impl ProducerContext for Acks {
+    type DeliveryOpaque = Arc<Request>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, request: Arc<Request>) {
+        if let Err((e, _)) = result {
+            request.failed.lock().get_or_insert_with(|| e.to_string());
+        }
+        request.pending.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl FrontDoor {
+    /// The front door of source `source` to `topic`, with the consumer's connection
+    /// settings (`brokers`, `properties.*`).
+    pub fn new(
+        source: &str,
+        topic: &str,
+        key: Option<String>,
+        brokers: &str,
+        properties: &[(String, String)],
+    ) -> Self {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", brokers)
+            .set("client.id", format!("weir-{source}-front-door"))
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .set("message.timeout.ms", DELIVERY_WAIT.as_millis().to_string());
+        for (k, v) in properties {
+            config.set(k, v);
+        }
+        Self {
+            source: source.to_string(),
+            topic: topic.to_string(),
+            key,
+            config,
+            producer: Mutex::new(None),
+            answered: Mutex::default(),
+        }
+    }
+
+    fn producer(&self) -> Result<Arc<BaseProducer<Acks>>> {
+        let mut producer = self.producer.lock();
+        if let Some(p) = producer.as_ref() {
+            return Ok(p.clone());
+        }
+        let made: BaseProducer<Acks> = self.config.create_with_context(Acks).map_err(|e| {
+            Error::BadRequest(format!(
+                "source {}: the kafka client refuses its settings: {e}",
+                self.source
+            ))
+        })?;
+        let made = Arc::new(made);
+        *producer = Some(made.clone());
+        Ok(made)
+    }
+
+    /// Produce the records of `body` (a JSON array or newline-delimited JSON); records
+    /// that are not JSON objects go to the dead-letter store. A request whose
+    /// `idempotency_key` was answered before is answered as then, and produces nothing.
+    pub fn produce(
+        &self,
+        body: &[u8],
+        idempotency_key: Option<&str>,
+        dead_letters: &DeadLetterStore,
+    ) -> Result<IngestReport> {
+        if let Some(k) = idempotency_key
+            && let Some(first) = self.answered.lock().by_key.get(k)
+        {
+            return Ok(IngestReport {
+                duplicate: true,
+                ..*first
+            });
+        }
+        let (records, bad) = split(body);
+        let producer = self.producer()?;
+        let request = Arc::new(Request::default());
+        let mut accepted = 0;
+        for record in &records {
+            let bytes = record.get().as_bytes();
+            let key = self.key.as_deref().and_then(|field| key_of(record, field));
+            request.pending.fetch_add(1, Ordering::AcqRel);
+            let mut message = BaseRecord::<[u8], [u8], Arc<Request>>::with_opaque_to(
+                &self.topic,
+                request.clone(),
+            )
+            .payload(bytes);
+            if let Some(k) = key.as_deref() {
+                message = message.key(k.as_bytes());
+            }
+            loop {
+                match producer.send(message) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), m)) => {
+                        message = m;
+                        producer.poll(Duration::from_millis(20));
+                    }
+                    Err((e, _)) => {
+                        request.pending.fetch_sub(1, Ordering::AcqRel);
+                        request.failed.lock().get_or_insert_with(|| e.to_string());
+                        break;
+                    }
+                }
+            }
+            accepted += 1;
+        }
+        // Every record is acknowledged or has failed within the message timeout.
+        let deadline = Instant::now() + DELIVERY_WAIT + Duration::from_secs(5);
+        while request.pending.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+            producer.poll(Duration::from_millis(20));
+        }
+        let failed = request.failed.lock().take();
+        if let Some(e) = failed.or_else(|| {
+            (request.pending.load(Ordering::Acquire) > 0)
+                .then(|| "the brokers did not answer in time".to_string())
+        }) {
+            // The brokers are the operator's to fix: 503 with Retry-After.
+            return Err(Error::Unavailable(format!(
+                "source {}: the records could not be produced to topic {} ({e}); \
+                 retry once the brokers are reachable (with the same Idempotency-Key)",
+                self.source, self.topic
+            )));
+        }
+        let dead_lettered =
+            dead_letters.push_all(bad.into_iter().map(|(raw, reason)| NewDeadLetter {
+                source: self.source.clone(),
+                view: None,
+                partition: None,
+                position: None,
+                reason: Reason::from(reason),
+                raw,
+            }));
+        let report = IngestReport {
+            accepted,
+            dead_lettered,
+            duplicate: false,
+        };
+        if let Some(k) = idempotency_key {
+            let mut answered = self.answered.lock();
+            answered.by_key.insert(k.to_string(), report);
+            answered.order.push_back(k.to_string());
+            while answered.order.len() > KEYS_KEPT {
+                if let Some(old) = answered.order.pop_front() {
+                    answered.by_key.remove(&old);
+                }
+            }
+        }
+        Ok(report)
+    }
+}
+
+/// The records of a body: a JSON array's elements, or one per non-empty line. Each must
+/// be a JSON object; others come back as dead letters (raw bytes and the reason).
+fn split(body: &[u8]) -> (Vec<&RawValue>, Vec<(Vec<u8>, String)>) {
+    let mut records = Vec::new();
+    let mut bad = Vec::new();
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if first == Some(&b'[') {
+        match serde_json::from_slice::<Vec<&RawValue>>(body) {
+            Ok(all) => {
+                for r in all {
+                    if r.get().starts_with('{') {
+                        records.push(r);
+                    } else {
+                        bad.push((
+                            r.get().as_bytes().to_vec(),
+                            "a record must be a JSON object".into(),
+                        ));
+                    }
+                }
+            }
+            Err(e) => bad.push((body.to_vec(), format!("the body is not a JSON array: {e}"))),
+        }
+        return (records, bad);
+    }
+    for line in body.split(|&b| b == b'\n') {
+        let line = line.trim_ascii();
+        if line.is_empty() {
+            continue;
+        }
+        match serde_json::from_slice::<&RawValue>(line) {
+            Ok(r) if r.get().starts_with('{') => records.push(r),
+            Ok(_) => bad.push((line.to_vec(), "a record must be a JSON object".into())),
+            Err(e) => bad.push((line.to_vec(), format!("not JSON: {e}"))),
+        }
+    }
+    (records, bad)
+}
+
+/// The value of `field` in a record, as the message key: a string as itself, anything
+/// else as its JSON text; none when the record does not have it.
+fn key_of(record: &RawValue, field: &str) -> Option<String> {
+    let object: HashMap<&str, &RawValue> = serde_json::from_str(record.get()).ok()?;
+    let value = object.get(field)?.get();
+    match serde_json::from_str::<String>(value) {
+        Ok(text) => Some(text),
+        Err(_) if value == "null" => None,
+        Err(_) => Some(value.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_split_into_objects_and_dead_letters() {
+        let (records, bad) = split(b"{\"a\": 1}\n\n[1]\nnot json\n{\"a\": 2}\n");
+        assert_eq!(records.len(), 2);
+        assert_eq!(bad.len(), 2);
+        assert!(bad[0].1.contains("JSON object") && bad[1].1.contains("not JSON"));
+        let (records, bad) = split(b" [{\"a\": 1}, 7, {\"b\": \"x\"}]");
+        assert_eq!((records.len(), bad.len()), (2, 1));
+    }
+
+    #[test]
+    fn keys_come_from_a_field() {
+        let record: &RawValue =
+            serde_json::from_str(r#"{"user": "ann", "n": 7, "z": null}"#).expect("json");
+        assert_eq!(key_of(record, "user").as_deref(), Some("ann"));
+        assert_eq!(key_of(record, "n").as_deref(), Some("7"));
+        assert_eq!(key_of(record, "z"), None);
+        assert_eq!(key_of(record, "missing"), None);
+    }
+}

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The Kafka source's throughput against its ceiling, in one run on one broker (tansu, on
+# loopback, in memory): MESSAGES small JSON bids are produced to a 4-partition topic,
+# then read by a plain librdkafka consumer that does nothing with them (the ceiling),
+# then by weir (a Kafka source and one updating aggregate), and the same records by
+# weir's `file` connector from a JSON-lines file. weir's times run from CREATE VIEW until
+# the view has counted every record.
+# Usage: [BIN=/path/to/weir] scripts/bench-kafka.sh [messages]   (default 10,000,000)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/weir-target}"
+MESSAGES="${1:-10000000}"
+cargo build --release -p weir-benches --bin weir-kafka-tool --quiet
+TOOL="$CARGO_TARGET_DIR/release/weir-kafka-tool"
+if [ -z "${BIN:-}" ]; then
+  cargo build --release -p weir-web --quiet
+  BIN="$CARGO_TARGET_DIR/release/weir"
+fi
+WORK=$(mktemp -d)
+source scripts/lib/kafka.sh
+install_tansu > /dev/null
+start_kafka "$WORK/kafka"
+source scripts/lib/weir-server.sh
+trap 'kill ${WEIR_PID:-} 2>/dev/null; stop_kafka; rm -rf "$WORK"' EXIT
+TOPIC="bench-$(date +%s)"
+"$TOOL" produce "$WEIR_TEST_KAFKA" "$TOPIC" "$MESSAGES" "$WORK/bids.jsonl"
+"$TOOL" consume "$WEIR_TEST_KAFKA" "$TOPIC" "$MESSAGES"
+
+# Time from CREATE VIEW until the view has counted `MESSAGES` records.
+run_weir() {
+  local name=$1 source=$2
+  mkdir -p "$WORK/$name"
+  printf '[runtime.checkpoints]\ninterval = "10s"\n' > "$WORK/$name/weir.toml"
+  start_weir "$WORK/$name"
+  sql "$source"
+  local start end
+  start=$(date +%s.%N)
+  sql "CREATE MATERIALIZED VIEW per_user AS SELECT user_id, count(*) AS n FROM bids GROUP BY user_id"
+  until [ "$(curl -sf "$WEIR_URL/api/v1/sql" -H 'content-type: application/json' \
+      -d '{"sql": "SELECT sum(n) AS n FROM per_user"}' | sed -n 's/.*"rows":\[\[\([0-9]*\)\]\].*/\1/p')" = "$MESSAGES" ]; do
+    sleep 0.05
+  done
+  end=$(date +%s.%N)
+  python3 -c "import sys; n, s = int(sys.argv[1]), float(sys.argv[3]) - float(sys.argv[2]); print(f'weir, {sys.argv[4]}: {n} records in {s:.2f} s = {n/s:.0f} records/s')" "$MESSAGES" "$start" "$end" "$name"
+  kill "$WEIR_PID"; wait "$WEIR_PID" 2>/dev/null || true
+}
+COLUMNS="id BIGINT, user_id BIGINT, price BIGINT, ts BIGINT"
+run_weir kafka "CREATE SOURCE bids ($COLUMNS) WITH (connector = 'kafka', brokers = '$WEIR_TEST_KAFKA', topic = '$TOPIC', start = 'earliest')"
+run_weir file "CREATE SOURCE bids ($COLUMNS) WITH (connector = 'file', path = '$WORK/bids.jsonl')"
