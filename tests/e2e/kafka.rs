@@ -689,3 +689,56 @@ async fn a_killed_process_leaves_its_partitions_to_the_other_and_nothing_is_lost
     );
     Ok(())
 }
+
+/// A message over the source's `max_message_bytes` is a dead letter with its position,
+/// and the partition reads on past it.
+#[tokio::test]
+async fn a_message_over_the_size_limit_is_dead_lettered_and_the_partition_reads_on() -> Result<()> {
+    let topic = unique("big");
+    create_topic(&topic, 1).await?;
+    let big = json!({"id": 1, "user_id": 0, "price": 0, "ts": 1_000, "pad": "x".repeat(300)});
+    produce(
+        &topic,
+        &[
+            (0, None, bid(0, 0, 1_000)),
+            (0, None, big.to_string()),
+            (0, None, bid(2, 0, 1_002)),
+        ],
+    )
+    .await?;
+    let weir = Weir::start(&[]).await?;
+    let b = brokers();
+    weir.exec(&format!(
+        "CREATE SOURCE bids (id BIGINT, user_id BIGINT, price BIGINT, ts TIMESTAMP) \
+         WITH (connector = 'kafka', brokers = '{b}', topic = '{topic}', start = 'earliest', \
+         group = '{}', max_message_bytes = '200')",
+        unique("g")
+    ))
+    .await?;
+    weir.exec("CREATE MATERIALIZED VIEW seen AS SELECT id FROM bids")
+        .await?;
+    weir.wait_for("the small messages", Duration::from_secs(60), || async {
+        Ok((view_rows(&weir, "seen").await?.len() == 2).then_some(()))
+    })
+    .await?;
+    let letters = weir.get("/api/v1/dead-letters").await?;
+    let letter = letters["dead_letters"]
+        .as_array()
+        .and_then(|l| l.iter().find(|d| d["source"] == "bids"))
+        .with_context(|| format!("no dead letter: {letters}"))?;
+    ensure!(
+        letter["position"] == 1
+            && letter["partition"] == json!(format!("{topic}/0"))
+            && letter["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("over the source's max_message_bytes (200)")),
+        "{letter}"
+    );
+    let ids: Vec<i64> = view_rows(&weir, "seen")
+        .await?
+        .iter()
+        .filter_map(|r| r["id"].as_i64())
+        .collect();
+    ensure!(ids == [0, 2], "{ids:?}");
+    Ok(())
+}

@@ -72,7 +72,15 @@ pub struct Layout {
     value: Value,
     /// Whether any column needs the headers (rendered as JSON text).
     wants_headers: bool,
+    /// A message whose value is larger is dead-lettered, not decoded.
+    max_message_bytes: usize,
 }
+
+/// The default of the `max_message_bytes` option: Kafka's own default message limit.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1_048_576;
+
+/// The bytes of an oversized message kept in its dead letter.
+const OVERSIZED_PREFIX: usize = 1024;
 
 #[derive(Debug, Clone, Copy)]
 enum Column {
@@ -163,7 +171,14 @@ impl Layout {
                 .any(|c| matches!(c, Column::Meta(Meta::Headers))),
             columns: layout,
             value,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
         })
+    }
+
+    /// Dead-letter messages whose value is over `bytes`.
+    pub fn with_max_message_bytes(mut self, bytes: usize) -> Self {
+        self.max_message_bytes = bytes;
+        self
     }
 
     pub fn schema(&self) -> SchemaRef {
@@ -186,6 +201,10 @@ pub struct Messages {
     headers: Vec<Option<String>>,
     topic: String,
     partition: i32,
+    /// Messages over the size limit: their offset, first bytes and why.
+    oversized: Vec<(i64, Rejected)>,
+    /// The offset of the last message taken, held or not.
+    last_offset: Option<i64>,
 }
 
 /// What one partition's messages made.
@@ -199,8 +218,9 @@ impl Messages {
         self.offsets.len()
     }
 
+    /// Nothing held, not even a message over the size limit.
     pub fn is_empty(&self) -> bool {
-        self.offsets.is_empty()
+        self.last_offset.is_none()
     }
 
     /// Bytes held.
@@ -210,7 +230,7 @@ impl Messages {
 
     /// The offset after the last message held.
     pub fn next_offset(&self) -> Option<i64> {
-        self.offsets.last().map(|o| o + 1)
+        self.last_offset.map(|o| o + 1)
     }
 
     pub fn push<M: Message>(&mut self, m: &M, layout: &Layout) {
@@ -219,7 +239,25 @@ impl Messages {
             self.topic.push_str(m.topic());
             self.partition = m.partition();
         }
+        self.last_offset = Some(m.offset());
         let value = m.payload();
+        let size = value.map_or(0, <[u8]>::len);
+        if size > layout.max_message_bytes {
+            let raw = value.unwrap_or_default();
+            self.oversized.push((
+                m.offset(),
+                Rejected {
+                    index: usize::MAX,
+                    raw: raw[..OVERSIZED_PREFIX.min(raw.len())].to_vec(),
+                    reason: format!(
+                        "the message is {size} bytes, over the source's max_message_bytes ({}); \
+                         its first {OVERSIZED_PREFIX} bytes are kept here",
+                        layout.max_message_bytes
+                    ),
+                },
+            ));
+            return;
+        }
         self.values.extend_from_slice(value.unwrap_or_default());
         self.value_ends.push(self.values.len());
         self.null_values.push(value.is_none());
@@ -278,10 +316,12 @@ impl Messages {
         }
         let batch = RecordBatch::try_new(layout.schema.clone(), columns)
             .map_err(|e| Error::Internal(format!("kafka rows do not fit the schema: {e}")))?;
-        let rejected = rejected
+        let mut rejected: Vec<(i64, Rejected)> = rejected
             .into_iter()
             .map(|r| (self.offsets[r.index], r))
             .collect();
+        rejected.append(&mut self.oversized);
+        rejected.sort_by_key(|(offset, _)| *offset);
         self.clear();
         Ok(Built { batch, rejected })
     }
@@ -364,6 +404,7 @@ impl Messages {
     /// Every held message's offset and value, with `reason`, emptying the buffer: for
     /// messages that cannot become a batch at all.
     pub fn take_raw(&mut self, reason: &str) -> Vec<(i64, Vec<u8>, String)> {
+        let oversized = std::mem::take(&mut self.oversized);
         let taken = (0..self.len())
             .map(|i| {
                 (
@@ -372,6 +413,11 @@ impl Messages {
                     format!("the messages could not be made into rows: {reason}"),
                 )
             })
+            .chain(
+                oversized
+                    .into_iter()
+                    .map(|(offset, r)| (offset, r.raw, r.reason)),
+            )
             .collect();
         self.clear();
         taken
@@ -387,6 +433,8 @@ impl Messages {
         self.offsets.clear();
         self.timestamps.clear();
         self.headers.clear();
+        self.oversized.clear();
+        self.last_offset = None;
     }
 }
 

@@ -127,6 +127,11 @@ pub fn open(def: &SourceDef) -> Result<Box<dyn Connector>> {
         def.declared_columns()?,
         def.common.format.as_deref().unwrap_or("json"),
     )?;
+    let layout = layout.with_max_message_bytes(
+        options
+            .max_message_bytes
+            .unwrap_or(envelope::DEFAULT_MAX_MESSAGE_BYTES),
+    );
     let group = options
         .group
         .clone()

@@ -28,6 +28,8 @@ pub struct KafkaOptions {
     pub isolation: Option<String>,
     /// Records posted over HTTP are produced with this field's value as the key.
     pub key: Option<String>,
+    /// Messages with a larger value go to the dead-letter store (default 1 MiB).
+    pub max_message_bytes: Option<usize>,
 }
 
 /// Where a partition is read from when no checkpoint says.
