@@ -742,3 +742,163 @@ async fn a_message_over_the_size_limit_is_dead_lettered_and_the_partition_reads_
     ensure!(ids == [0, 2], "{ids:?}");
     Ok(())
 }
+
+/// Where each `start` and `end` says to begin and stop, and topics named as a list or a
+/// pattern, read from one topic produced in two phases with a moment between them.
+#[tokio::test]
+async fn start_end_and_topic_options_read_what_they_say() -> Result<()> {
+    let prefix = unique("opts");
+    let topic = format!("{prefix}-a");
+    let other = format!("{prefix}-b");
+    create_topic(&topic, 2).await?;
+    create_topic(&other, 1).await?;
+    // Partition i % 2, so id i is at offset i / 2 of its partition.
+    let batch = |from: u64, to: u64| -> Vec<(i32, Option<String>, String)> {
+        (from..to)
+            .map(|i| ((i % 2) as i32, None, bid(i, 0, 1_000 + i)))
+            .collect()
+    };
+    produce(&topic, &batch(0, 20)).await?;
+    produce(&other, &[(0, None, bid(100, 0, 1_000))]).await?;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let between = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    produce(&topic, &batch(20, 40)).await?;
+
+    let weir = Weir::start(&[]).await?;
+    let b = brokers();
+    let cases: [(&str, String); 7] = [
+        ("latest", format!("topic = '{topic}', start = 'latest'")),
+        ("since", format!("topic = '{topic}', start = '{between}'")),
+        ("offsets", format!("topic = '{topic}', start = '0:5,1:8'")),
+        (
+            "upto",
+            format!("topic = '{topic}', start = 'earliest', end = '0:3,1:2'"),
+        ),
+        (
+            "before",
+            format!("topic = '{topic}', start = 'earliest', end = '{between}'"),
+        ),
+        (
+            "both",
+            format!("topic = '{topic}, {other}', start = 'earliest'"),
+        ),
+        (
+            "pattern",
+            format!("topic_pattern = '{prefix}-b', start = 'earliest'"),
+        ),
+    ];
+    for (name, options) in &cases {
+        weir.exec(&format!(
+            "CREATE SOURCE {name} (id BIGINT, user_id BIGINT, price BIGINT, ts TIMESTAMP) \
+             WITH (connector = 'kafka', brokers = '{b}', group = '{}', {options})",
+            unique("g")
+        ))
+        .await?;
+        weir.exec(&format!(
+            "CREATE MATERIALIZED VIEW {name}_ids AS SELECT id FROM {name}"
+        ))
+        .await?;
+    }
+    // `latest` begins at the ends of the partitions when it starts fetching them: once
+    // the fetcher reports their ends (statistics, every second), and a moment more.
+    weir.wait_for("latest to fetch", Duration::from_secs(60), || async {
+        let s = weir.get("/api/v1/sources/latest").await?;
+        let fetching = s["partitions"].as_array().is_some_and(|p| {
+            p.len() == 2 && p.iter().all(|p| p["high_watermark"].as_i64().is_some())
+        });
+        Ok(fetching.then_some(()))
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    produce(&topic, &batch(40, 44)).await?;
+    let range = |r: std::ops::Range<i64>| r.collect::<Vec<_>>();
+    let expected: [(&str, Vec<i64>); 7] = [
+        ("latest", range(40..44)),
+        ("since", range(20..44)),
+        (
+            "offsets",
+            [10, 12, 14, 16, 18, 17, 19]
+                .into_iter()
+                .chain(20..44)
+                .collect(),
+        ),
+        ("upto", vec![0, 1, 2, 3, 4]),
+        ("before", range(0..20)),
+        ("both", range(0..44).into_iter().chain([100]).collect()),
+        ("pattern", vec![100]),
+    ];
+    for (name, mut want) in expected {
+        want.sort_unstable();
+        let view = format!("{name}_ids");
+        weir.wait_for(
+            &format!("{name} to read {want:?}"),
+            Duration::from_secs(60),
+            || async {
+                let mut ids: Vec<i64> = view_rows(&weir, &view)
+                    .await?
+                    .iter()
+                    .filter_map(|r| r["id"].as_i64())
+                    .collect();
+                ids.sort_unstable();
+                Ok((ids == want).then_some(()))
+            },
+        )
+        .await?;
+    }
+    for bounded in ["upto", "before"] {
+        weir.wait_finished(bounded).await?;
+    }
+    Ok(())
+}
+
+/// Partitions that appear while a source runs are found (metadata is refreshed every
+/// 10 s) and read from their start. tansu cannot add partitions to a topic
+/// (CreatePartitions is unsupported), so the new partitions here are a new topic's that
+/// match the source's pattern: the same discovery.
+#[tokio::test]
+async fn partitions_that_appear_while_running_are_read_from_their_start() -> Result<()> {
+    let prefix = unique("grow");
+    let first = format!("{prefix}-1");
+    create_topic(&first, 1).await?;
+    produce(&first, &[(0, None, bid(0, 0, 1_000))]).await?;
+    let weir = Weir::start(&[]).await?;
+    let b = brokers();
+    weir.exec(&format!(
+        "CREATE SOURCE bids (id BIGINT, user_id BIGINT, price BIGINT, ts TIMESTAMP) \
+         WITH (connector = 'kafka', brokers = '{b}', topic_pattern = '{prefix}-.*', \
+         start = 'earliest', group = '{}')",
+        unique("g")
+    ))
+    .await?;
+    weir.exec("CREATE MATERIALIZED VIEW seen AS SELECT id FROM bids")
+        .await?;
+    weir.wait_for("the first message", Duration::from_secs(60), || async {
+        Ok((view_rows(&weir, "seen").await?.len() == 1).then_some(()))
+    })
+    .await?;
+    let second = format!("{prefix}-2");
+    create_topic(&second, 2).await?;
+    produce(
+        &second,
+        &[(0, None, bid(1, 0, 1_001)), (1, None, bid(2, 0, 1_002))],
+    )
+    .await?;
+    weir.wait_for(
+        "the new partitions' messages",
+        Duration::from_secs(60),
+        || async {
+            let mut ids: Vec<i64> = view_rows(&weir, "seen")
+                .await?
+                .iter()
+                .filter_map(|r| r["id"].as_i64())
+                .collect();
+            ids.sort_unstable();
+            Ok((ids == [0, 1, 2]).then_some(()))
+        },
+    )
+    .await?;
+    let s = weir.get("/api/v1/sources/bids").await?;
+    ensure!(s["partitions"].as_array().map(Vec::len) == Some(3), "{s}");
+    Ok(())
+}
