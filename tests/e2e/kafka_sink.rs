@@ -25,6 +25,8 @@ pub(crate) struct Written {
     pub value: Option<Value>,
     pub epoch: Option<u64>,
     pub seq: Option<u64>,
+    /// Where it is in its partition.
+    pub offset: i64,
 }
 
 /// Every message of `topic` (partition by partition), read until `expected` have come and the
@@ -80,6 +82,7 @@ pub(crate) async fn read_topic(
                 value: json(m.payload())?,
                 epoch: header("weir-epoch"),
                 seq: header("weir-seq"),
+                offset: m.offset(),
             });
         }
         Ok(out)
@@ -238,7 +241,10 @@ async fn sinks_survive_three_kills_and_are_exact_once_deduplicated_by_their_head
     eprintln!(
         "upserts: {} messages in epochs {:?}",
         written.len(),
-        written.iter().map(|w| (w.epoch, w.seq)).collect::<Vec<_>>()
+        written
+            .iter()
+            .map(|w| (w.epoch, w.seq, w.offset))
+            .collect::<Vec<_>>()
     );
     let mut last: BTreeMap<i64, Value> = BTreeMap::new();
     for w in deduplicate(&written)? {
@@ -266,6 +272,24 @@ async fn sinks_survive_three_kills_and_are_exact_once_deduplicated_by_their_head
         seqs.entry(epoch).or_default().push(seq);
     }
     ensure!(firsts.is_sorted(), "epochs out of order: {firsts:?}");
+    // One transaction per epoch: the broker writes a commit (or abort) marker after
+    // each, which takes an offset, so each epoch's messages are contiguous and a gap
+    // comes before the next epoch begins (seq 0).
+    for pair in written.windows(2) {
+        let (a, b) = (&pair[0], &pair[1]);
+        let next_in_epoch = b.seq != Some(0);
+        if next_in_epoch {
+            ensure!(
+                b.epoch == a.epoch && b.seq == a.seq.map(|s| s + 1) && b.offset == a.offset + 1,
+                "a transaction is not one epoch: {a:?} then {b:?}"
+            );
+        } else {
+            ensure!(
+                b.offset >= a.offset + 2,
+                "no transaction marker between epochs: {a:?} then {b:?}"
+            );
+        }
+    }
     for (epoch, seq) in &seqs {
         ensure!(
             *seq == (0..seq.len() as u64).collect::<Vec<_>>(),
