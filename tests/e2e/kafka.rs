@@ -34,8 +34,12 @@ pub(crate) fn unique(prefix: &str) -> String {
 }
 
 pub(crate) async fn create_topic(topic: &str, partitions: i32) -> Result<()> {
+    create_topic_on(&brokers(), topic, partitions).await
+}
+
+async fn create_topic_on(brokers: &str, topic: &str, partitions: i32) -> Result<()> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
+        .set("bootstrap.servers", brokers)
         .create()?;
     let results = admin
         .create_topics(
@@ -51,9 +55,9 @@ pub(crate) async fn create_topic(topic: &str, partitions: i32) -> Result<()> {
 
 /// A producer that sends each message in a batch of its own (tansu reports a
 /// partition's end as its last batch's first offset + 1).
-pub(crate) fn producer() -> Result<FutureProducer> {
+pub(crate) fn producer(brokers: &str) -> Result<FutureProducer> {
     Ok(ClientConfig::new()
-        .set("bootstrap.servers", brokers())
+        .set("bootstrap.servers", brokers)
         .set("linger.ms", "0")
         .set("batch.num.messages", "1")
         .create()?)
@@ -61,7 +65,15 @@ pub(crate) fn producer() -> Result<FutureProducer> {
 
 /// Produce `(partition, key, value)` messages, in order, each acknowledged.
 pub(crate) async fn produce(topic: &str, messages: &[(i32, Option<String>, String)]) -> Result<()> {
-    let producer = producer()?;
+    produce_to(&brokers(), topic, messages).await
+}
+
+async fn produce_to(
+    brokers: &str,
+    topic: &str,
+    messages: &[(i32, Option<String>, String)],
+) -> Result<()> {
+    let producer = producer(brokers)?;
     for (partition, key, value) in messages {
         let mut record = FutureRecord::to(topic).partition(*partition).payload(value);
         if let Some(k) = key {
@@ -900,5 +912,134 @@ async fn partitions_that_appear_while_running_are_read_from_their_start() -> Res
     .await?;
     let s = weir.get("/api/v1/sources/bids").await?;
     ensure!(s["partitions"].as_array().map(Vec::len) == Some(3), "{s}");
+    Ok(())
+}
+
+/// tansu storing its log in S3 (the moto server the test script starts, `WEIR_TEST_S3`,
+/// a bucket of its own), so that the log survives a restart of the broker.
+fn durable_broker(address: &str, bucket: &str) -> Result<OwnBroker> {
+    let tansu = std::env::var("WEIR_TANSU")
+        .context("WEIR_TANSU is not set: run the tests with scripts/test.sh")?;
+    let s3 = std::env::var("WEIR_TEST_S3")
+        .context("WEIR_TEST_S3 is not set: run the tests with scripts/test.sh")?;
+    let url = format!("tcp://{address}");
+    Ok(OwnBroker(
+        std::process::Command::new(tansu)
+            .arg("broker")
+            .env("LISTENER_URL", &url)
+            .env("ADVERTISED_LISTENER_URL", &url)
+            .env("STORAGE_ENGINE", format!("s3://{bucket}/"))
+            .env("AWS_ENDPOINT", s3)
+            .env("AWS_ALLOW_HTTP", "true")
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_DEFAULT_REGION", "us-east-1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?,
+    ))
+}
+
+/// Start a durable broker on `address`, once the port is free again after a restart.
+async fn start_durable_broker(address: &str, bucket: &str) -> Result<OwnBroker> {
+    for _ in 0..50 {
+        let mut broker = durable_broker(address, bucket)?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // One that could not bind the port has exited.
+        if broker.0.try_wait()?.is_none() && std::net::TcpStream::connect(address).is_ok() {
+            return Ok(broker);
+        }
+    }
+    bail!("tansu did not start on {address}")
+}
+
+/// The broker stops mid-stream and comes back with its log: the source waits, then
+/// reads on from where it was, and every message is counted once.
+#[tokio::test]
+async fn a_broker_restarted_mid_stream_loses_nothing_and_counts_nothing_twice() -> Result<()> {
+    let s3 = std::env::var("WEIR_TEST_S3")
+        .context("WEIR_TEST_S3 is not set: run the tests with scripts/test.sh")?;
+    let bucket = unique("tansu");
+    let made = reqwest::Client::new()
+        .put(format!("{s3}/{bucket}"))
+        .send()
+        .await?;
+    ensure!(
+        made.status().is_success(),
+        "cannot make bucket {bucket}: {}",
+        made.status()
+    );
+    let address = format!("127.0.0.1:{}", free_port()?);
+    let broker = start_durable_broker(&address, &bucket).await?;
+    let topic = "restarted";
+    create_topic_on(&address, topic, 2).await?;
+    let batch = |from: u64, to: u64| -> Vec<(i32, Option<String>, String)> {
+        (from..to)
+            .map(|i| ((i % 2) as i32, None, bid(i, 0, 1_000 + i)))
+            .collect()
+    };
+    produce_to(&address, topic, &batch(0, 100)).await?;
+    let (dir, config) = config_dir("[runtime.checkpoints]\ninterval = '200ms'\n").await?;
+    let weir = Weir::start_in(dir, &["--config", &config]).await?;
+    weir.exec(&format!(
+        "CREATE SOURCE bids (id BIGINT, user_id BIGINT, price BIGINT, ts TIMESTAMP) \
+         WITH (connector = 'kafka', brokers = '{address}', topic = '{topic}', start = 'earliest')"
+    ))
+    .await?;
+    weir.exec("CREATE MATERIALIZED VIEW seen AS SELECT id FROM bids")
+        .await?;
+    let count = || async { Ok::<_, anyhow::Error>(view_rows(&weir, "seen").await?.len()) };
+    // The HTTP front door too: its producer must survive the restart.
+    let post = |id: u64| {
+        let weir = &weir;
+        async move {
+            let body = bid(id, 0, 1_000 + id);
+            weir.wait_for("the front door to take a record", Duration::from_secs(60), || {
+                let body = body.clone();
+                async move { Ok((weir.post_records("bids", body).await?.0 == 200).then_some(())) }
+            })
+            .await
+        }
+    };
+    post(1_000).await?;
+    weir.wait_for("the first messages", Duration::from_secs(60), || async {
+        Ok((count().await? == 101).then_some(()))
+    })
+    .await?;
+
+    drop(broker);
+    weir.wait_for(
+        "the source to see the brokers gone",
+        Duration::from_secs(60),
+        || async {
+            let s = weir.get("/api/v1/sources/bids").await?;
+            Ok((s["status"] == "connecting").then_some(()))
+        },
+    )
+    .await?;
+    let _broker = start_durable_broker(&address, &bucket).await?;
+    produce_to(&address, topic, &batch(100, 200)).await?;
+    post(1_001).await?;
+    weir.wait_for(
+        "every message after the restart",
+        Duration::from_secs(90),
+        || async { Ok((count().await? >= 202).then_some(())) },
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut ids: Vec<i64> = view_rows(&weir, "seen")
+        .await?
+        .iter()
+        .filter_map(|r| r["id"].as_i64())
+        .collect();
+    ids.sort_unstable();
+    let expected: Vec<i64> = (0..200).chain([1_000, 1_001]).collect();
+    ensure!(
+        ids == expected,
+        "{} ids, not 0..200, 1000 and 1001 once each",
+        ids.len()
+    );
+    let s = weir.get("/api/v1/sources/bids").await?;
+    ensure!(s["status"] == "running", "{s}");
     Ok(())
 }

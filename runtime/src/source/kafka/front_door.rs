@@ -12,7 +12,9 @@ use parking_lot::Mutex;
 use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, ProducerContext};
+use rdkafka::producer::{
+    BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig,
+};
 use serde_json::value::RawValue;
 
 use crate::deadletter::{DeadLetterStore, NewDeadLetter, Reason};
@@ -171,6 +173,10 @@ impl FrontDoor {
             (request.pending.load(Ordering::Acquire) > 0)
                 .then(|| "the brokers did not answer in time".to_string())
         }) {
+            // A producer that failed may be fenced for good (a broker that restarted
+            // without its producer state): the next request makes a new one.
+            producer.purge(PurgeConfig::default().queue().inflight());
+            self.producer.lock().take();
             // The brokers are the operator's to fix: 503 with Retry-After.
             return Err(Error::Unavailable(format!(
                 "source {}: the records could not be produced to topic {} ({e}); \
