@@ -19,8 +19,15 @@ fi
 WORK=$(mktemp -d)
 source scripts/lib/kafka.sh
 install_tansu > /dev/null
+mkdir -p "$WORK/kafka"
 start_kafka "$WORK/kafka"
 source scripts/lib/weir-server.sh
+# Like weir-server.sh's sql, but a refused statement stops the run with its error.
+sql() {
+  local answer
+  answer=$(curl -s "$WEIR_URL/api/v1/sql" -H 'content-type: application/json' -d "{\"sql\": \"$1\"}")
+  case "$answer" in *'"error"'*) echo "$1: $answer" >&2; exit 1 ;; esac
+}
 trap 'kill ${WEIR_PID:-} 2>/dev/null; stop_kafka; rm -rf "$WORK"' EXIT
 TOPIC="bench-$(date +%s)"
 "$TOOL" produce "$WEIR_TEST_KAFKA" "$TOPIC" "$MESSAGES" "$WORK/bids.jsonl"
@@ -29,7 +36,9 @@ TOPIC="bench-$(date +%s)"
 # Time from CREATE VIEW until the view has counted `MESSAGES` records.
 run_weir() {
   local name=$1 source=$2
-  mkdir -p "$WORK/$name"
+  mkdir -p "$WORK/$name/files"
+  # The file connector replays files from the data dir's files/.
+  ln -f "$WORK/bids.jsonl" "$WORK/$name/files/bids.jsonl"
   printf '[runtime.checkpoints]\ninterval = "10s"\n' > "$WORK/$name/weir.toml"
   start_weir "$WORK/$name"
   sql "$source"
@@ -46,4 +55,4 @@ run_weir() {
 }
 COLUMNS="id BIGINT, user_id BIGINT, price BIGINT, ts BIGINT"
 run_weir kafka "CREATE SOURCE bids ($COLUMNS) WITH (connector = 'kafka', brokers = '$WEIR_TEST_KAFKA', topic = '$TOPIC', start = 'earliest')"
-run_weir file "CREATE SOURCE bids ($COLUMNS) WITH (connector = 'file', path = '$WORK/bids.jsonl')"
+run_weir file "CREATE SOURCE bids ($COLUMNS) WITH (connector = 'file', path = 'bids.jsonl')"

@@ -101,10 +101,19 @@ fn produce(
 }
 
 fn consume(brokers: &str, topic: &str, messages: u64) -> Result<(), Box<dyn std::error::Error>> {
-    let consumer: BaseConsumer = ClientConfig::new()
+    let mut config = ClientConfig::new();
+    // SETTINGS='k=v,k=v': further librdkafka settings, to compare with weir's.
+    for kv in std::env::var("SETTINGS").unwrap_or_default().split(',') {
+        if let Some((k, v)) = kv.split_once('=') {
+            config.set(k, v);
+        }
+    }
+    let consumer: BaseConsumer = config
         .set("bootstrap.servers", brokers)
         .set("group.id", format!("plain-{}", std::process::id()))
         .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "6000")
         .create()?;
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let partitions = metadata
@@ -115,13 +124,21 @@ fn consume(brokers: &str, topic: &str, messages: u64) -> Result<(), Box<dyn std:
     for p in 0..partitions {
         tpl.add_partition_offset(topic, p as i32, Offset::Beginning)?;
     }
-    consumer.assign(&tpl)?;
+    // GROUP=1: join a consumer group (as weir does) instead of assigning partitions.
+    if std::env::var_os("GROUP").is_some() {
+        consumer.subscribe(&[topic])?;
+    } else {
+        consumer.assign(&tpl)?;
+    }
     let started = Instant::now();
     let (mut read, mut bytes) = (0u64, 0usize);
     let deadline = started + Duration::from_secs(600);
     while read < messages && Instant::now() < deadline {
         if let Some(m) = consumer.poll(Duration::from_millis(100)) {
-            let m = m?;
+            let m = match m {
+                Err(KafkaError::PartitionEOF(_)) => continue,
+                m => m?,
+            };
             bytes += rdkafka::Message::payload(&m).map_or(0, <[u8]>::len);
             read += 1;
         }
