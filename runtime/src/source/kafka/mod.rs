@@ -157,7 +157,12 @@ pub fn open(def: &SourceDef) -> Result<Box<dyn Connector>> {
         .set("topic.metadata.refresh.interval.ms", "10000")
         .set("reconnect.backoff.max.ms", "5000")
         // Each partition's end offset, for lag, comes with the statistics.
-        .set("statistics.interval.ms", "1000");
+        .set("statistics.interval.ms", "1000")
+        // weir takes messages in chunks: with librdkafka's default (100,000 messages
+        // per partition) the prefetch queue often passes the threshold and the partition
+        // is not fetched for `fetch.queue.backoff.ms` (1 s), which cut reads to a third
+        // (docs/PERFORMANCE.md). `queued.max.messages.kbytes` still bounds the memory.
+        .set("queued.min.messages", "1000000");
     let properties: Vec<(String, String)> = crate::options::properties(def.options)
         .into_iter()
         .collect();
