@@ -26,6 +26,11 @@ fi
 if [ ! -d tests/browser/node_modules/playwright-core ]; then
   (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
 fi
+# The PyPI tools live in a venv: Debian ships `venv` in a package of its own.
+if ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-venv >/dev/null
+fi
 source scripts/lib/kafka.sh
 install_tansu
 source scripts/lib/s3.sh

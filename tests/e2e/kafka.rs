@@ -953,10 +953,8 @@ async fn start_durable_broker(address: &str, bucket: &str) -> Result<OwnBroker> 
     bail!("tansu did not start on {address}")
 }
 
-/// The broker stops mid-stream and comes back with its log: the source waits, then
-/// reads on from where it was, and every message is counted once.
-#[tokio::test]
-async fn a_broker_restarted_mid_stream_loses_nothing_and_counts_nothing_twice() -> Result<()> {
+/// A durable broker in a bucket of its own, on a free port: (address, bucket, broker).
+async fn new_durable_broker() -> Result<(String, String, OwnBroker)> {
     let s3 = std::env::var("WEIR_TEST_S3")
         .context("WEIR_TEST_S3 is not set: run the tests with scripts/test.sh")?;
     let bucket = unique("tansu");
@@ -971,6 +969,37 @@ async fn a_broker_restarted_mid_stream_loses_nothing_and_counts_nothing_twice() 
     );
     let address = format!("127.0.0.1:{}", free_port()?);
     let broker = start_durable_broker(&address, &bucket).await?;
+    Ok((address, bucket, broker))
+}
+
+/// A topic that does not exist is an error naming it, when the source is created. (The
+/// shared broker creates any topic a client asks about; tansu on S3 does not.)
+#[tokio::test]
+async fn a_topic_that_does_not_exist_is_refused_by_name() -> Result<()> {
+    let (address, _bucket, _broker) = new_durable_broker().await?;
+    let weir = Weir::start(&[]).await?;
+    let (status, body) = weir
+        .sql(&format!(
+            "CREATE SOURCE nothing (id BIGINT) WITH (connector = 'kafka', brokers = '{address}', \
+             topic = 'no-such-topic')"
+        ))
+        .await?;
+    ensure!(
+        status == 400
+            && body["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("topic 'no-such-topic' does not exist")),
+        "{status} {body}"
+    );
+    ensure!(weir.get("/api/v1/sources").await?["sources"] == json!([]));
+    Ok(())
+}
+
+/// The broker stops mid-stream and comes back with its log: the source waits, then
+/// reads on from where it was, and every message is counted once.
+#[tokio::test]
+async fn a_broker_restarted_mid_stream_loses_nothing_and_counts_nothing_twice() -> Result<()> {
+    let (address, bucket, broker) = new_durable_broker().await?;
     let topic = "restarted";
     create_topic_on(&address, topic, 2).await?;
     let batch = |from: u64, to: u64| -> Vec<(i32, Option<String>, String)> {

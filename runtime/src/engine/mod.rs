@@ -258,6 +258,10 @@ impl Engine {
             }
         }
         *self.inner.restoring.lock() = Default::default();
+        // What the checkpoint held for sinks that were not created again is let go.
+        for view in self.inner.views.iter() {
+            view.restore_outboxes(0, Vec::new());
+        }
         self.replay_logs().await;
         for source in self.inner.sources.iter() {
             if !source.views.lock().is_empty() {
