@@ -78,6 +78,22 @@ async fn records_posted_to_a_kafka_source_reach_its_topic_and_its_views_once() -
     }
     let letters = weir.get("/api/v1/dead-letters").await?;
     ensure!(letters.to_string().contains("not json"), "{letters}");
+    // A record larger than a message may be is refused whole (413), nothing produced.
+    let big = format!(
+        "{{\"user_name\": \"ann\", \"n\": 1, \"pad\": \"{}\"}}\n{{\"user_name\": \"cy\", \"n\": 9}}",
+        "x".repeat(1_100_000)
+    );
+    let (status, body) = weir.post_records("door", big).await?;
+    ensure!(
+        status == 413
+            && body["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("record 0")),
+        "{status} {body}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rows = view_rows(&weir, "totals").await?;
+    ensure!(!rows.iter().any(|r| r["user_name"] == "cy"), "{rows:?}");
 
     // Brokers that do not answer: 503 with Retry-After, nothing accepted.
     let port = free_port()?;

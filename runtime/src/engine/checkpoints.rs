@@ -363,8 +363,11 @@ impl Engine {
 /// A finished source has no pipeline left to answer: a sink created on one of its views
 /// since has the view's rows sealed here, so that a checkpoint holds them.
 fn seal_finished(source: &crate::source::SourceRuntime, epoch: u64) {
+    // A join's views are snapshotted with its other inputs, not here.
     let views = source.views.lock().clone();
-    if *source.state.lock() != SourceState::Finished || !views.iter().any(|v| v.sink_changes_open())
+    if *source.state.lock() != SourceState::Finished
+        || views.iter().any(|v| v.is_join())
+        || !views.iter().any(|v| v.sink_changes_open())
     {
         return;
     }

@@ -139,10 +139,12 @@ impl SinkFeed {
     /// yet, for the checkpoint to hold.
     pub(crate) fn seal(&self, epoch: u64) -> Outbox {
         let mut s = self.state.lock();
-        let open = std::mem::take(&mut s.open);
-        if !open.is_empty() {
-            // Checkpoint epochs only grow; an epoch once sealed is never added to.
-            debug_assert!(s.sealed.back().is_none_or(|(last, _)| *last < epoch));
+        // An epoch once sealed or durable is never added to (it may be written already):
+        // a snapshot under such an epoch (a finishing source's last one, the second
+        // input of a join) leaves the changes open for the next checkpoint's epoch.
+        let fresh = epoch > s.durable && s.sealed.back().is_none_or(|(last, _)| *last < epoch);
+        if fresh && !s.open.is_empty() {
+            let open = std::mem::take(&mut s.open);
             s.sealed.push_back((epoch, open));
         }
         Outbox {
@@ -271,6 +273,31 @@ mod tests {
         assert_eq!(feed.next_ready(3, NOW).expect("epoch 4").0, 4);
         feed.delivered(4);
         assert_eq!(feed.settled(), Some(5));
+    }
+
+    #[test]
+    fn an_epoch_once_sealed_or_durable_is_never_added_to() {
+        let feed = SinkFeed::new("k", "CREATE SINK k", true);
+        feed.push(change(&[1]));
+        feed.seal(3);
+        feed.push(change(&[2]));
+        assert_eq!(feed.seal(3).epochs.len(), 1, "epoch 3 is sealed: 2 waits");
+        feed.durable(3);
+        assert_eq!(
+            feed.seal(2).epochs.len(),
+            1,
+            "an older epoch: 2 still waits"
+        );
+        assert!(feed.has_open());
+        let sealed = feed.seal(4);
+        assert_eq!(
+            sealed
+                .epochs
+                .iter()
+                .map(|(e, c)| (*e, c.len()))
+                .collect::<Vec<_>>(),
+            [(3, 1), (4, 1)]
+        );
     }
 
     #[test]

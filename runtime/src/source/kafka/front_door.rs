@@ -12,9 +12,7 @@ use parking_lot::Mutex;
 use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{
-    BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig,
-};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, ProducerContext};
 use serde_json::value::RawValue;
 
 use crate::deadletter::{DeadLetterStore, NewDeadLetter, Reason};
@@ -23,6 +21,8 @@ use crate::{Error, Result};
 
 /// How long a record may wait for the brokers before the request fails (503).
 const DELIVERY_WAIT: Duration = Duration::from_secs(10);
+/// librdkafka's default `message.max.bytes`, less room for the headers of a message.
+const MAX_RECORD_BYTES: usize = 1_000_000 - 1_024;
 /// Idempotency keys remembered (the newest), with their answers.
 const KEYS_KEPT: usize = 10_000;
 
@@ -132,10 +132,25 @@ impl FrontDoor {
             });
         }
         let (records, bad) = split(body);
+        // Checked before anything is produced: a request is produced whole or not at all
+        // for a reason the client must fix.
+        if let Some((n, r)) = records
+            .iter()
+            .enumerate()
+            .find(|(_, r)| r.get().len() > MAX_RECORD_BYTES)
+        {
+            return Err(Error::TooLarge(format!(
+                "source {}: record {n} of the request is {} bytes; a record produced to \
+                 topic {} may have at most {MAX_RECORD_BYTES}",
+                self.source,
+                r.get().len(),
+                self.topic
+            )));
+        }
         let producer = self.producer()?;
         let request = Arc::new(Request::default());
         let mut accepted = 0;
-        for record in &records {
+        'records: for record in &records {
             let bytes = record.get().as_bytes();
             let key = self.key.as_deref().and_then(|field| key_of(record, field));
             request.pending.fetch_add(1, Ordering::AcqRel);
@@ -155,9 +170,10 @@ impl FrontDoor {
                         producer.poll(Duration::from_millis(20));
                     }
                     Err((e, _)) => {
+                        // The rest would fail too, and a retry produces them all again.
                         request.pending.fetch_sub(1, Ordering::AcqRel);
                         request.failed.lock().get_or_insert_with(|| e.to_string());
-                        break;
+                        break 'records;
                     }
                 }
             }
@@ -174,9 +190,13 @@ impl FrontDoor {
                 .then(|| "the brokers did not answer in time".to_string())
         }) {
             // A producer that failed may be fenced for good (a broker that restarted
-            // without its producer state): the next request makes a new one.
-            producer.purge(PurgeConfig::default().queue().inflight());
-            self.producer.lock().take();
+            // without its producer state): the next request makes a new one. Requests
+            // still using this one finish with it; one made meanwhile is kept.
+            let mut current = self.producer.lock();
+            if current.as_ref().is_some_and(|p| Arc::ptr_eq(p, &producer)) {
+                current.take();
+            }
+            drop(current);
             // The brokers are the operator's to fix: 503 with Retry-After.
             return Err(Error::Unavailable(format!(
                 "source {}: the records could not be produced to topic {} ({e}); \

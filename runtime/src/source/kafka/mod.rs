@@ -166,16 +166,14 @@ pub fn open(def: &SourceDef) -> Result<Box<dyn Connector>> {
     let properties: Vec<(String, String)> = crate::options::properties(def.options)
         .into_iter()
         .collect();
-    let front_door = match subscription.as_slice() {
-        [topic] if !topic.starts_with('^') => Some(front_door::FrontDoor::new(
-            name,
-            topic,
-            options.key.clone(),
-            &brokers,
-            &properties,
-        )),
-        _ => None,
-    };
+    // A bounded read would never see records produced past its end.
+    let front_door =
+        match subscription.as_slice() {
+            [topic] if !topic.starts_with('^') && end.is_none() => Some(
+                front_door::FrontDoor::new(name, topic, options.key.clone(), &brokers, &properties),
+            ),
+            _ => None,
+        };
     for (k, v) in properties {
         if let Some(why) = OWN_SETTINGS
             .iter()
@@ -257,8 +255,8 @@ impl Connector for KafkaSource {
         Some(match &self.front_door {
             Some(door) => door.produce(body, idempotency_key, dead_letters),
             None => Err(Error::BadRequest(format!(
-                "source {} reads several topics or a pattern: records posted over HTTP \
-                 are produced to a source of one named topic only",
+                "source {} reads several topics, a pattern, or up to an end: records \
+                 posted over HTTP are produced to an unbounded source of one named topic",
                 self.name
             ))),
         })
