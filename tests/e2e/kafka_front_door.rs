@@ -102,12 +102,28 @@ async fn records_posted_to_a_kafka_source_reach_its_topic_and_its_views_once() -
          brokers = '127.0.0.1:{port}', topic = 'nowhere')"
     ))
     .await?;
-    let r = weir
+    let slow = {
+        let (client, url) = (weir.client.clone(), weir.url.clone());
+        tokio::spawn(async move {
+            client
+                .post(format!("{url}/api/v1/sources/nowhere/records"))
+                .header("Idempotency-Key", "slow")
+                .body("{\"n\": 1}")
+                .send()
+                .await
+        })
+    };
+    // A retry while the first request still waits is refused, not produced again.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let retry = weir
         .client
         .post(format!("{}/api/v1/sources/nowhere/records", weir.url))
+        .header("Idempotency-Key", "slow")
         .body("{\"n\": 1}")
         .send()
         .await?;
+    ensure!(retry.status().as_u16() == 409, "{}", retry.status());
+    let r = slow.await??;
     ensure!(r.status().as_u16() == 503, "{}", r.status());
     ensure!(r.headers().contains_key("retry-after"));
     let body: Value = r.json().await?;

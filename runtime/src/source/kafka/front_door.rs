@@ -37,10 +37,11 @@ pub struct FrontDoor {
     answered: Mutex<Answered>,
 }
 
-/// The answers of the newest idempotency keys.
+/// The answers of the newest idempotency keys; `None` while the key's first request is
+/// being produced.
 #[derive(Default)]
 struct Answered {
-    by_key: HashMap<String, IngestReport>,
+    by_key: HashMap<String, Option<IngestReport>>,
     order: VecDeque<String>,
 }
 
@@ -123,14 +124,53 @@ impl FrontDoor {
         idempotency_key: Option<&str>,
         dead_letters: &DeadLetterStore,
     ) -> Result<IngestReport> {
-        if let Some(k) = idempotency_key
-            && let Some(first) = self.answered.lock().by_key.get(k)
+        let Some(k) = idempotency_key else {
+            return self.produce_now(body, dead_letters);
+        };
         {
-            return Ok(IngestReport {
-                duplicate: true,
-                ..*first
-            });
+            // The key is reserved before producing: a retry that comes while the first
+            // request waits for the brokers must not produce the records again.
+            let mut answered = self.answered.lock();
+            match answered.by_key.get(k) {
+                Some(Some(first)) => {
+                    return Ok(IngestReport {
+                        duplicate: true,
+                        ..*first
+                    });
+                }
+                Some(None) => {
+                    return Err(Error::Conflict(format!(
+                        "source {}: a request with Idempotency-Key {k} is being produced now; \
+                         retry once it is answered",
+                        self.source
+                    )));
+                }
+                None => {
+                    answered.by_key.insert(k.to_string(), None);
+                }
+            }
         }
+        let result = self.produce_now(body, dead_letters);
+        let mut answered = self.answered.lock();
+        match &result {
+            Ok(report) => {
+                answered.by_key.insert(k.to_string(), Some(*report));
+                answered.order.push_back(k.to_string());
+                while answered.order.len() > KEYS_KEPT {
+                    if let Some(old) = answered.order.pop_front() {
+                        answered.by_key.remove(&old);
+                    }
+                }
+            }
+            // Nothing to remember: a retry tries again.
+            Err(_) => {
+                answered.by_key.remove(k);
+            }
+        }
+        result
+    }
+
+    fn produce_now(&self, body: &[u8], dead_letters: &DeadLetterStore) -> Result<IngestReport> {
         let (records, bad) = split(body);
         // Checked before anything is produced: a request is produced whole or not at all
         // for a reason the client must fix.
@@ -213,22 +253,11 @@ impl FrontDoor {
                 reason: Reason::from(reason),
                 raw,
             }));
-        let report = IngestReport {
+        Ok(IngestReport {
             accepted,
             dead_lettered,
             duplicate: false,
-        };
-        if let Some(k) = idempotency_key {
-            let mut answered = self.answered.lock();
-            answered.by_key.insert(k.to_string(), report);
-            answered.order.push_back(k.to_string());
-            while answered.order.len() > KEYS_KEPT {
-                if let Some(old) = answered.order.pop_front() {
-                    answered.by_key.remove(&old);
-                }
-            }
-        }
-        Ok(report)
+        })
     }
 }
 
