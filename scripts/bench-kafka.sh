@@ -28,7 +28,8 @@ sql() {
   answer=$(curl -s "$WEIR_URL/api/v1/sql" -H 'content-type: application/json' -d "{\"sql\": \"$1\"}")
   case "$answer" in *'"error"'*) echo "$1: $answer" >&2; exit 1 ;; esac
 }
-trap 'kill ${WEIR_PID:-} 2>/dev/null; stop_kafka; rm -rf "$WORK"' EXIT
+# `|| true`: under set -e a failed kill (weir already stopped) would end the trap early.
+trap 'kill ${WEIR_PID:-} 2>/dev/null || true; stop_kafka; rm -rf "$WORK"' EXIT
 TOPIC="bench-$(date +%s)"
 "$TOOL" produce "$WEIR_TEST_KAFKA" "$TOPIC" "$MESSAGES" "$WORK/bids.jsonl"
 "$TOOL" consume "$WEIR_TEST_KAFKA" "$TOPIC" "$MESSAGES"
