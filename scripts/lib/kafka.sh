@@ -18,9 +18,7 @@ install_tansu() {
   export WEIR_TANSU="$TANSU"
 }
 
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
+source "$(dirname "${BASH_SOURCE[0]}")/net.sh"
 
 start_kafka() {
   local dir=$1 port

@@ -2,6 +2,7 @@
 # on a free loopback port. install_moto puts it in the tools venv once; start_s3 DIR
 # starts it and exports WEIR_TEST_S3 (its URL) and S3_PID; stop_s3 stops it by PID.
 WEIR_TOOLS="${WEIR_TOOLS:-$HOME/.cache/weir-tools}"
+source "$(dirname "${BASH_SOURCE[0]}")/net.sh"
 
 install_moto() {
   MOTO="$WEIR_TOOLS/venv/bin/moto_server"
@@ -13,7 +14,7 @@ install_moto() {
 
 start_s3() {
   local dir=$1 port
-  port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  port=$(free_port)
   "$MOTO" -H 127.0.0.1 -p "$port" > "$dir/moto.log" 2>&1 &
   S3_PID=$!
   for _ in $(seq 100); do

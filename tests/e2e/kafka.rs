@@ -112,6 +112,12 @@ pub(crate) fn bid(id: u64, user: u64, ts_ms: u64) -> String {
     json!({"id": id, "user_id": user, "price": id * 10, "ts": ts_ms}).to_string()
 }
 
+/// weir with a checkpoint every 200 ms.
+pub(crate) async fn start_checkpointed() -> Result<Weir> {
+    let (dir, config) = config_dir("[runtime.checkpoints]\ninterval = '200ms'\n").await?;
+    Weir::start_in(dir, &["--config", &config]).await
+}
+
 pub(crate) async fn config_dir(config: &str) -> Result<(tempfile::TempDir, String)> {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("weir.toml");
@@ -494,8 +500,6 @@ pub(crate) fn free_port() -> Result<u16> {
 
 #[tokio::test]
 async fn a_source_waits_for_brokers_that_are_down_and_reads_once_they_are_up() -> Result<()> {
-    let tansu = std::env::var("WEIR_TANSU")
-        .context("WEIR_TANSU is not set: run the tests with scripts/test.sh")?;
     let port = free_port()?;
     let address = format!("127.0.0.1:{port}");
     let weir = Weir::start(&[]).await?;
@@ -522,17 +526,7 @@ async fn a_source_waits_for_brokers_that_are_down_and_reads_once_they_are_up() -
             .is_some_and(|w| w.contains(&address)),
         "the reason names the brokers: {status}"
     );
-    let url = format!("tcp://{address}");
-    let _broker = OwnBroker(
-        std::process::Command::new(tansu)
-            .arg("broker")
-            .env("LISTENER_URL", &url)
-            .env("ADVERTISED_LISTENER_URL", &url)
-            .env("STORAGE_ENGINE", "memory://tansu/")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()?,
-    );
+    let _broker = tansu(&address, &[("STORAGE_ENGINE", "memory://tansu/".into())])?;
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &address)
         .set("linger.ms", "0")
@@ -631,8 +625,7 @@ async fn a_killed_process_leaves_its_partitions_to_the_other_and_nothing_is_lost
     let b = brokers();
     let mut processes = Vec::new();
     for _ in 0..2 {
-        let (dir, config) = config_dir("[runtime.checkpoints]\ninterval = '200ms'\n").await?;
-        let weir = Weir::start_in(dir, &["--config", &config]).await?;
+        let weir = start_checkpointed().await?;
         weir.exec(&format!(
             "CREATE SOURCE bids (id BIGINT, user_id BIGINT, price BIGINT, ts TIMESTAMP) \
              WITH (connector = 'kafka', brokers = '{b}', topic = '{topic}', group = '{group}', start = 'earliest')"
@@ -915,29 +908,41 @@ async fn partitions_that_appear_while_running_are_read_from_their_start() -> Res
     Ok(())
 }
 
+/// A second broker of the test's own on `address` (`WEIR_TANSU` is the binary), with
+/// these further settings (`STORAGE_ENGINE`, ...), killed on drop.
+pub(crate) fn tansu(address: &str, env: &[(&str, String)]) -> Result<OwnBroker> {
+    let binary = std::env::var("WEIR_TANSU")
+        .context("WEIR_TANSU is not set: run the tests with scripts/test.sh")?;
+    let url = format!("tcp://{address}");
+    let mut command = std::process::Command::new(binary);
+    command
+        .arg("broker")
+        .env("LISTENER_URL", &url)
+        .env("ADVERTISED_LISTENER_URL", &url)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    Ok(OwnBroker(command.spawn()?))
+}
+
 /// tansu storing its log in S3 (the moto server the test script starts, `WEIR_TEST_S3`,
 /// a bucket of its own), so that the log survives a restart of the broker.
 fn durable_broker(address: &str, bucket: &str) -> Result<OwnBroker> {
-    let tansu = std::env::var("WEIR_TANSU")
-        .context("WEIR_TANSU is not set: run the tests with scripts/test.sh")?;
     let s3 = std::env::var("WEIR_TEST_S3")
         .context("WEIR_TEST_S3 is not set: run the tests with scripts/test.sh")?;
-    let url = format!("tcp://{address}");
-    Ok(OwnBroker(
-        std::process::Command::new(tansu)
-            .arg("broker")
-            .env("LISTENER_URL", &url)
-            .env("ADVERTISED_LISTENER_URL", &url)
-            .env("STORAGE_ENGINE", format!("s3://{bucket}/"))
-            .env("AWS_ENDPOINT", s3)
-            .env("AWS_ALLOW_HTTP", "true")
-            .env("AWS_ACCESS_KEY_ID", "test")
-            .env("AWS_SECRET_ACCESS_KEY", "test")
-            .env("AWS_DEFAULT_REGION", "us-east-1")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()?,
-    ))
+    tansu(
+        address,
+        &[
+            ("STORAGE_ENGINE", format!("s3://{bucket}/")),
+            ("AWS_ENDPOINT", s3),
+            ("AWS_ALLOW_HTTP", "true".into()),
+            ("AWS_ACCESS_KEY_ID", "test".into()),
+            ("AWS_SECRET_ACCESS_KEY", "test".into()),
+            ("AWS_DEFAULT_REGION", "us-east-1".into()),
+        ],
+    )
 }
 
 /// Start a durable broker on `address`, once the port is free again after a restart.
@@ -1008,8 +1013,7 @@ async fn a_broker_restarted_mid_stream_loses_nothing_and_counts_nothing_twice() 
             .collect()
     };
     produce_to(&address, topic, &batch(0, 100)).await?;
-    let (dir, config) = config_dir("[runtime.checkpoints]\ninterval = '200ms'\n").await?;
-    let weir = Weir::start_in(dir, &["--config", &config]).await?;
+    let weir = start_checkpointed().await?;
     weir.exec(&format!(
         "CREATE SOURCE bids (id BIGINT, user_id BIGINT, price BIGINT, ts TIMESTAMP) \
          WITH (connector = 'kafka', brokers = '{address}', topic = '{topic}', start = 'earliest')"

@@ -14,7 +14,8 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use serde_json::Value;
 
 use crate::kafka::{
-    OwnBroker, bid, brokers, config_dir, create_topic, free_port, produce, unique, view_rows,
+    bid, brokers, config_dir, create_topic, free_port, produce, start_checkpointed, tansu, unique,
+    view_rows,
 };
 use crate::support::Weir;
 
@@ -301,12 +302,9 @@ async fn sinks_survive_three_kills_and_are_exact_once_deduplicated_by_their_head
 
 #[tokio::test]
 async fn a_sink_waits_for_its_brokers_while_the_view_serves_and_then_catches_up() -> Result<()> {
-    let tansu = std::env::var("WEIR_TANSU")
-        .context("WEIR_TANSU is not set: run the tests with scripts/test.sh")?;
     let port = free_port()?;
     let address = format!("127.0.0.1:{port}");
-    let (dir, config) = config_dir("[runtime.checkpoints]\ninterval = '200ms'\n").await?;
-    let weir = Weir::start_in(dir, &["--config", &config]).await?;
+    let weir = start_checkpointed().await?;
     weir.exec("CREATE SOURCE s (id BIGINT) WITH (connector = 'http')")
         .await?;
     weir.exec("CREATE MATERIALIZED VIEW v AS SELECT id FROM s")
@@ -404,17 +402,7 @@ async fn a_sink_waits_for_its_brokers_while_the_view_serves_and_then_catches_up(
         .await?;
     ensure!(again.to_string().contains("already exists"), "{again}");
 
-    let url = format!("tcp://{address}");
-    let _broker = OwnBroker(
-        std::process::Command::new(tansu)
-            .arg("broker")
-            .env("LISTENER_URL", &url)
-            .env("ADVERTISED_LISTENER_URL", &url)
-            .env("STORAGE_ENGINE", "memory://tansu/")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()?,
-    );
+    let _broker = tansu(&address, &[("STORAGE_ENGINE", "memory://tansu/".into())])?;
     let delivered = wait_delivered(&weir, "k").await?;
     ensure!(delivered["error"].is_null(), "{delivered}");
     let written = read_topic(&address, "caught-up", 10).await?;
@@ -445,8 +433,7 @@ async fn a_sink_waits_for_its_brokers_while_the_view_serves_and_then_catches_up(
 async fn a_sink_on_a_finished_source_writes_the_views_rows_in_debezium_json() -> Result<()> {
     let topic = unique("sink-finished");
     create_topic(&topic, 1).await?;
-    let (dir, config) = config_dir("[runtime.checkpoints]\ninterval = '200ms'\n").await?;
-    let weir = Weir::start_in(dir, &["--config", &config]).await?;
+    let weir = start_checkpointed().await?;
     weir.exec("CREATE SOURCE bid WITH (connector = 'nexmark', table = 'bid', events = 200)")
         .await?;
     weir.exec("CREATE MATERIALIZED VIEW prices AS SELECT auction, price FROM bid")
@@ -484,8 +471,7 @@ async fn a_sink_on_a_finished_source_writes_the_views_rows_in_debezium_json() ->
 async fn a_sink_killed_right_after_its_creation_still_writes_the_views_rows() -> Result<()> {
     let topic = unique("sink-killed");
     create_topic(&topic, 1).await?;
-    let (dir, config) = config_dir("[runtime.checkpoints]\ninterval = '200ms'\n").await?;
-    let weir = Weir::start_in(dir, &["--config", &config]).await?;
+    let weir = start_checkpointed().await?;
     weir.exec("CREATE SOURCE s (id BIGINT) WITH (connector = 'http')")
         .await?;
     weir.exec("CREATE MATERIALIZED VIEW v AS SELECT id FROM s")

@@ -82,6 +82,62 @@ struct OutboxEntry {
     batches: Vec<(u64, u8)>,
 }
 
+impl OutboxEntry {
+    /// Write a sink's undelivered changes as `name` (no file when there are none).
+    fn write(
+        dir: &Path,
+        name: &str,
+        schema: &SchemaRef,
+        outbox: &Outbox,
+        files: &mut Vec<FileEntry>,
+    ) -> Result<Self> {
+        let changes = outbox
+            .epochs
+            .iter()
+            .flat_map(|(e, c)| c.iter().map(move |c| (*e, c)));
+        let file = if outbox.epochs.is_empty() {
+            None
+        } else {
+            let rows = changes.clone().map(|(_, c)| &c.rows);
+            Some(write_ipc(dir, name, schema, rows, files)?)
+        };
+        Ok(Self {
+            sink: outbox.sink.clone(),
+            sql: outbox.sql.clone(),
+            file,
+            batches: changes.map(|(e, c)| (e, c.kind.code())).collect(),
+        })
+    }
+
+    /// The sink's changes again, by epoch, from the batches of its file.
+    fn read(self, batches: Vec<RecordBatch>) -> Result<Outbox> {
+        if batches.len() != self.batches.len() {
+            return Err(Error::Internal(format!(
+                "sink {} has {} batches and {} epochs",
+                self.sink,
+                batches.len(),
+                self.batches.len()
+            )));
+        }
+        let mut epochs: Vec<Epoch> = Vec::new();
+        for ((epoch, code), rows) in self.batches.into_iter().zip(batches) {
+            let kind = ChangeKind::from_code(code).ok_or_else(|| {
+                Error::Internal(format!("sink {}: unknown change kind {code}", self.sink))
+            })?;
+            let change = Change { rows, kind };
+            match epochs.last_mut() {
+                Some((e, changes)) if *e == epoch => changes.push(change),
+                _ => epochs.push((epoch, vec![change])),
+            }
+        }
+        Ok(Outbox {
+            sink: self.sink,
+            sql: self.sql,
+            epochs,
+        })
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct FileEntry {
     name: String,
@@ -274,27 +330,14 @@ impl CheckpointStore {
                 };
                 let mut outboxes = Vec::with_capacity(view.outboxes.len());
                 for (o, outbox) in view.outboxes.iter().enumerate() {
-                    let epochs = &outbox.epochs;
-                    let changes = epochs
-                        .iter()
-                        .flat_map(|(e, c)| c.iter().map(move |c| (*e, c)));
-                    let file = if epochs.is_empty() {
-                        None
-                    } else {
-                        Some(write_ipc(
-                            &tmp,
-                            &format!("s{s}-v{v}-sink{o}.arrow"),
-                            &view.schema,
-                            changes.clone().map(|(_, c)| &c.rows),
-                            &mut files,
-                        )?)
-                    };
-                    outboxes.push(OutboxEntry {
-                        sink: outbox.sink.clone(),
-                        sql: outbox.sql.clone(),
-                        file,
-                        batches: changes.map(|(e, c)| (e, c.kind.code())).collect(),
-                    });
+                    let name = format!("s{s}-v{v}-sink{o}.arrow");
+                    outboxes.push(OutboxEntry::write(
+                        &tmp,
+                        &name,
+                        &view.schema,
+                        outbox,
+                        &mut files,
+                    )?);
                 }
                 views.push(ViewEntry {
                     name: view.name.clone(),
@@ -504,30 +547,7 @@ fn read_checkpoint(dir: &Path) -> Result<Restored> {
             let mut outboxes = Vec::with_capacity(v.outboxes.len());
             for o in v.outboxes {
                 let batches = take(&o.file)?;
-                if batches.len() != o.batches.len() {
-                    return Err(Error::Internal(format!(
-                        "sink {} has {} batches and {} epochs",
-                        o.sink,
-                        batches.len(),
-                        o.batches.len()
-                    )));
-                }
-                let mut epochs: Vec<Epoch> = Vec::new();
-                for ((epoch, code), rows) in o.batches.into_iter().zip(batches) {
-                    let kind = ChangeKind::from_code(code).ok_or_else(|| {
-                        Error::Internal(format!("sink {}: unknown change kind {code}", o.sink))
-                    })?;
-                    let change = Change { rows, kind };
-                    match epochs.last_mut() {
-                        Some((e, changes)) if *e == epoch => changes.push(change),
-                        _ => epochs.push((epoch, vec![change])),
-                    }
-                }
-                outboxes.push(Outbox {
-                    sink: o.sink,
-                    sql: o.sql,
-                    epochs,
-                });
+                outboxes.push(o.read(batches)?);
             }
             views.insert(
                 v.name,

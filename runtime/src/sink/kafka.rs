@@ -13,7 +13,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{
     BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig,
@@ -209,28 +209,14 @@ impl KafkaSink {
                             key: "weir-seq",
                             value: Some(seq_text.as_bytes()),
                         });
-                    let mut record = BaseRecord::<[u8], [u8]>::to(&self.topic)
+                    let mut record = BaseRecord::<[u8], [u8], ()>::to(&self.topic)
                         .payload(&messages.buf[value.clone()])
                         .headers(headers);
                     if let Some(key) = messages.keys.get(i) {
                         record = record.key(&messages.buf[key.clone()]);
                     }
-                    loop {
-                        match producer.send(record) {
-                            Ok(()) => break,
-                            Err((
-                                KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
-                                r,
-                            )) => {
-                                // The local queue is full: let deliveries drain it.
-                                record = r;
-                                producer.poll(Duration::from_millis(50));
-                            }
-                            Err((e, _)) => {
-                                return Err(format!("cannot send to {}: {e}", self.topic));
-                            }
-                        }
-                    }
+                    crate::kafka::send_waiting(producer, record)
+                        .map_err(|e| format!("cannot send to {}: {e}", self.topic))?;
                     seq += 1;
                 }
                 producer.poll(Duration::ZERO);

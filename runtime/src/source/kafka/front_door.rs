@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, ProducerContext};
 use serde_json::value::RawValue;
 
@@ -190,7 +189,7 @@ impl FrontDoor {
         let producer = self.producer()?;
         let request = Arc::new(Request::default());
         let mut accepted = 0;
-        'records: for record in &records {
+        for record in &records {
             let bytes = record.get().as_bytes();
             let key = self.key.as_deref().and_then(|field| key_of(record, field));
             request.pending.fetch_add(1, Ordering::AcqRel);
@@ -202,20 +201,11 @@ impl FrontDoor {
             if let Some(k) = key.as_deref() {
                 message = message.key(k.as_bytes());
             }
-            loop {
-                match producer.send(message) {
-                    Ok(()) => break,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), m)) => {
-                        message = m;
-                        producer.poll(Duration::from_millis(20));
-                    }
-                    Err((e, _)) => {
-                        // The rest would fail too, and a retry produces them all again.
-                        request.pending.fetch_sub(1, Ordering::AcqRel);
-                        request.failed.lock().get_or_insert_with(|| e.to_string());
-                        break 'records;
-                    }
-                }
+            if let Err(e) = crate::kafka::send_waiting(&producer, message) {
+                // The rest would fail too, and a retry produces them all again.
+                request.pending.fetch_sub(1, Ordering::AcqRel);
+                request.failed.lock().get_or_insert_with(|| e.to_string());
+                break;
             }
             accepted += 1;
         }
