@@ -15,6 +15,7 @@ pub mod decode;
 pub mod durable;
 pub mod engine;
 pub mod error;
+pub mod failpoint;
 mod kafka;
 pub mod metrics;
 pub mod options;

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::datasource::memory::MemorySourceConfig;
@@ -311,12 +312,9 @@ impl ViewRuntime {
 
     /// A change to every sink. Called under the rows' write lock, so that a sink
     /// attached meanwhile gets each change once: in its snapshot or here.
-    fn to_sinks(&self, rows: &RecordBatch, kind: ChangeKind) {
+    fn to_sinks(&self, change: Change) {
         for feed in self.sinks.lock().iter() {
-            feed.push(Change {
-                rows: rows.clone(),
-                kind,
-            });
+            feed.push(change.clone());
         }
     }
 
@@ -339,10 +337,7 @@ impl ViewRuntime {
             _ => {
                 let feed = SinkFeed::new(sink, sql, self.checkpointed);
                 for (_, b) in rows.iter() {
-                    feed.push(Change {
-                        rows: b.clone(),
-                        kind: ChangeKind::Snapshot,
-                    });
+                    feed.push(Change::new(b.clone(), ChangeKind::Snapshot));
                 }
                 feed
             }
@@ -479,7 +474,7 @@ impl ViewRuntime {
             for b in &batches {
                 self.row_count.fetch_add(b.num_rows(), Ordering::Relaxed);
                 self.rows_emitted.inc_by(b.num_rows() as u64);
-                self.to_sinks(b, ChangeKind::Append);
+                self.to_sinks(Change::new(b.clone(), ChangeKind::Append));
                 rows.push_back((None, b.clone()));
             }
             self.release_oldest(&mut rows);
@@ -543,16 +538,23 @@ impl ViewRuntime {
         {
             let mut rows = self.rows.write();
             // Re-emitted windows are recent: search from the newest.
-            match rows.iter_mut().rev().find(|(k, _)| *k == Some(key)) {
+            let replaced = match rows.iter_mut().rev().find(|(k, _)| *k == Some(key)) {
                 Some((_, old)) => {
                     self.row_count.fetch_sub(old.num_rows(), Ordering::Relaxed);
-                    *old = batch.clone();
+                    Some(std::mem::replace(old, batch.clone()))
                 }
-                None => rows.push_back((Some(key), batch.clone())),
-            }
+                None => {
+                    rows.push_back((Some(key), batch.clone()));
+                    None
+                }
+            };
             self.row_count
                 .fetch_add(batch.num_rows(), Ordering::Relaxed);
-            self.to_sinks(&batch, ChangeKind::Update);
+            self.to_sinks(Change {
+                rows: batch.clone(),
+                kind: ChangeKind::Update,
+                replaced,
+            });
             self.release_oldest(&mut rows);
         }
         self.rows_emitted.inc_by(batch.num_rows() as u64);
@@ -560,15 +562,30 @@ impl ViewRuntime {
         self.notify(batch);
     }
 
-    /// An updating view's rows are now exactly `all`; `changes` go to subscribers.
-    pub(crate) fn replace(&self, all: RecordBatch, changes: Vec<RecordBatch>) {
+    /// An updating view's rows are now exactly `all`; `changes` go to subscribers, and
+    /// to sinks with `replaced`, the rows the changed groups showed before.
+    pub(crate) fn replace(
+        &self,
+        all: RecordBatch,
+        changes: Vec<RecordBatch>,
+        replaced: Option<RecordBatch>,
+    ) {
         {
             let mut rows = self.rows.write();
             self.row_count.store(all.num_rows(), Ordering::Relaxed);
+            let schema = all.schema();
             rows.clear();
             rows.push_back((None, all));
-            for b in &changes {
-                self.to_sinks(b, ChangeKind::Update);
+            if !changes.is_empty() || replaced.is_some() {
+                match concat_batches(&schema, &changes) {
+                    Ok(rows) => self.to_sinks(Change {
+                        rows,
+                        kind: ChangeKind::Update,
+                        replaced,
+                    }),
+                    // Same schema throughout: cannot fail.
+                    Err(e) => tracing::error!(view = %self.name, "cannot join changes: {e}"),
+                }
             }
         }
         for b in changes {

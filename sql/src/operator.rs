@@ -23,6 +23,9 @@ pub struct Collector {
     pub failed: Vec<(RecordBatch, String)>,
     /// For updating views: the view's complete rows now (`rows` then holds the changes).
     pub replace: Option<RecordBatch>,
+    /// For updating views: the rows the view showed before for the groups this batch
+    /// changed (the groups in `rows`, and groups that left the view, say by HAVING).
+    pub replaced: Option<RecordBatch>,
     /// Rows that replace what the view holds under the same key: a window emitted under
     /// allowed lateness, and emitted again when late rows change it.
     pub upserts: Vec<(i64, RecordBatch)>,
@@ -44,6 +47,11 @@ impl Collector {
     /// The view's rows are now exactly `batch` (updating aggregates).
     pub fn replace(&mut self, batch: RecordBatch) {
         self.replace = Some(batch);
+    }
+
+    /// The rows that the changed groups showed before this batch (updating aggregates).
+    pub fn replaced(&mut self, batch: RecordBatch) {
+        self.replaced = Some(batch);
     }
 
     /// Hand back rows that could not be finished, so they are not lost.

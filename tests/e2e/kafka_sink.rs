@@ -143,9 +143,11 @@ async fn sinks_survive_three_kills_and_are_exact_once_deduplicated_by_their_head
     let input = unique("sink-in");
     let appends = unique("sink-appends");
     let upserts = unique("sink-upserts");
+    let cdc = unique("sink-cdc");
     create_topic(&input, 2).await?;
     create_topic(&appends, 1).await?;
     create_topic(&upserts, 1).await?;
+    create_topic(&cdc, 1).await?;
     let batch = |from: u64, to: u64| -> Vec<(i32, Option<String>, String)> {
         (from..to)
             .map(|i| ((i % 2) as i32, None, bid(i, i % 7, 1_000 + i)))
@@ -163,9 +165,11 @@ async fn sinks_survive_three_kills_and_are_exact_once_deduplicated_by_their_head
     .await?;
     weir.exec("CREATE MATERIALIZED VIEW seen AS SELECT id, user_id FROM bids")
         .await?;
+    // Users 3 to 6 leave the view at their 60th bid, in the last round: their keys
+    // must end with a tombstone (upsert) and a delete (Debezium).
     weir.exec(
         "CREATE MATERIALIZED VIEW totals AS SELECT user_id, count(*) AS n, sum(id) AS ids \
-         FROM bids GROUP BY user_id",
+         FROM bids GROUP BY user_id HAVING count(*) < 60 OR user_id < 3",
     )
     .await?;
     weir.exec(&format!(
@@ -177,6 +181,11 @@ async fn sinks_survive_three_kills_and_are_exact_once_deduplicated_by_their_head
          topic = '{upserts}', format = 'upsert', key = 'user_id', delivery = 'exactly_once')"
     ))
     .await?;
+    weir.exec(&format!(
+        "CREATE SINK totals_cdc FROM totals WITH (connector = 'kafka', brokers = '{b}', \
+         topic = '{cdc}', format = 'debezium_json', key = 'user_id')"
+    ))
+    .await?;
     let listed = weir.get("/api/v1/sinks").await?;
     let names: Vec<&str> = listed["sinks"]
         .as_array()
@@ -184,7 +193,10 @@ async fn sinks_survive_three_kills_and_are_exact_once_deduplicated_by_their_head
         .iter()
         .filter_map(|s| s["name"].as_str())
         .collect();
-    ensure!(names == ["seen_out", "totals_out"], "{listed}");
+    ensure!(
+        names == ["seen_out", "totals_cdc", "totals_out"],
+        "{listed}"
+    );
     wait_delivered(&weir, "seen_out").await?;
 
     // Killed three times while messages keep coming, each time after the process has
@@ -215,6 +227,7 @@ async fn sinks_survive_three_kills_and_are_exact_once_deduplicated_by_their_head
     wait_delivered(&weir, "seen_out").await?;
     let status = wait_delivered(&weir, "totals_out").await?;
     eprintln!("totals_out: {status}");
+    wait_delivered(&weir, "totals_cdc").await?;
 
     // The appends, duplicates dropped by their headers, are every row exactly once.
     let written = read_topic(&b, &appends, sent as usize).await?;
@@ -248,18 +261,55 @@ async fn sinks_survive_three_kills_and_are_exact_once_deduplicated_by_their_head
             .collect::<Vec<_>>()
     );
     let mut last: BTreeMap<i64, Value> = BTreeMap::new();
+    let mut tombstones = Vec::new();
     for w in deduplicate(&written)? {
         let key = w.key.as_ref().and_then(|k| k["user_id"].as_i64());
         let key = key.context("every message is keyed by user_id")?;
-        last.insert(key, w.value.context("a value")?);
+        match w.value {
+            Some(value) => last.insert(key, value),
+            None => {
+                tombstones.push(key);
+                last.remove(&key)
+            }
+        };
     }
     let mut view: BTreeMap<i64, Value> = BTreeMap::new();
     for row in view_rows(&weir, "totals").await? {
         view.insert(row["user_id"].as_i64().context("user_id")?, row);
     }
     ensure!(
+        view.keys().copied().collect::<Vec<_>>() == [0, 1, 2],
+        "users 3 to 6 have left the view: {view:?}"
+    );
+    tombstones.sort_unstable();
+    ensure!(
+        tombstones == [3, 4, 5, 6],
+        "one tombstone for each user that left: {tombstones:?}"
+    );
+    ensure!(
         last == view,
         "the topic's last values {last:?} are not the view {view:?}"
+    );
+
+    // Debezium, duplicates dropped: each message's `before` is the row the key had, so
+    // replaying the messages in order builds the view.
+    let mut replayed: BTreeMap<i64, Value> = BTreeMap::new();
+    for w in deduplicate(&read_topic(&b, &cdc, 7).await?)? {
+        let v = w.value.context("a value")?;
+        let key = w.key.as_ref().and_then(|k| k["user_id"].as_i64());
+        let key = key.context("every message is keyed by user_id")?;
+        let had = replayed.get(&key).cloned().unwrap_or(Value::Null);
+        ensure!(v["before"] == had, "{key} had {had}, the message says {v}");
+        match v["op"].as_str() {
+            Some("r" | "c") if had.is_null() => replayed.insert(key, v["after"].clone()),
+            Some("u") if !had.is_null() => replayed.insert(key, v["after"].clone()),
+            Some("d") if v["after"].is_null() => replayed.remove(&key),
+            _ => bail!("{v} does not follow {had}"),
+        };
+    }
+    ensure!(
+        replayed == view,
+        "the Debezium topic replayed {replayed:?} is not the view {view:?}"
     );
     // Epochs are written in order, each whole: the first copy of each epoch comes after
     // the epochs before it, and its messages are numbered 0, 1, 2, ... without a gap.
@@ -503,5 +553,174 @@ async fn a_sink_killed_right_after_its_creation_still_writes_the_views_rows() ->
         .collect();
     ids.sort_unstable();
     ensure!(ids == (0..20).collect::<Vec<_>>(), "{written:?}");
+    Ok(())
+}
+
+/// weir crashes after the brokers committed an exactly-once epoch and before weir noted
+/// it (a failpoint aborts the process there): the restarted sink finds the epoch in the
+/// brokers' record and does not write it again.
+#[tokio::test]
+async fn an_epoch_committed_just_before_a_crash_is_not_written_again() -> Result<()> {
+    let topic = unique("sink-window");
+    let sink = unique("window").replace('-', "_");
+    create_topic(&topic, 1).await?;
+    let (dir, config) = config_dir("[runtime.checkpoints]\ninterval = '200ms'\nkeep = 3\n").await?;
+    let weir = Weir::start_with_env(
+        dir,
+        &["--config", &config],
+        &[("WEIR_FAILPOINTS", "sink-delivered")],
+    )
+    .await?;
+    weir.exec("CREATE SOURCE s (id BIGINT) WITH (connector = 'http')")
+        .await?;
+    weir.exec("CREATE MATERIALIZED VIEW v AS SELECT id FROM s")
+        .await?;
+    let body = |ids: std::ops::Range<i64>| {
+        ids.map(|i| format!("{{\"id\": {i}}}\n"))
+            .collect::<String>()
+    };
+    ensure!(weir.post_records("s", body(0..20)).await?.0 == 200);
+    weir.wait_for("the view's rows", Duration::from_secs(30), || async {
+        Ok((view_rows(&weir, "v").await?.len() == 20).then_some(()))
+    })
+    .await?;
+    let b = brokers();
+    weir.exec(&format!(
+        "CREATE SINK {sink} FROM v WITH (connector = 'kafka', brokers = '{b}', topic = '{topic}', \
+         delivery = 'exactly_once')"
+    ))
+    .await?;
+    // The first epoch is committed, then the process aborts.
+    weir.wait_for(
+        "the failpoint to stop weir",
+        Duration::from_secs(60),
+        || async { Ok(weir.get("/api/v1/sinks").await.is_err().then_some(())) },
+    )
+    .await?;
+    let dir = weir.kill().await?;
+    let weir = Weir::start_in(dir, &["--config", &config]).await?;
+    wait_delivered(&weir, &sink).await?;
+    ensure!(weir.post_records("s", body(20..30)).await?.0 == 200);
+    weir.wait_for("the new rows", Duration::from_secs(30), || async {
+        Ok((view_rows(&weir, "v").await?.len() == 30).then_some(()))
+    })
+    .await?;
+    wait_delivered(&weir, &sink).await?;
+    let written = read_topic(&b, &topic, 30).await?;
+    let unique_rows = deduplicate(&written)?;
+    ensure!(
+        unique_rows.len() == written.len(),
+        "an epoch was written twice: {} messages, {} different",
+        written.len(),
+        unique_rows.len()
+    );
+    let mut ids: Vec<i64> = written
+        .iter()
+        .filter_map(|w| w.value.as_ref().and_then(|v| v["id"].as_i64()))
+        .collect();
+    ids.sort_unstable();
+    ensure!(ids == (0..30).collect::<Vec<_>>(), "{written:?}");
+    Ok(())
+}
+
+/// A message the producer can never send (over `message.max.bytes`) is a dead letter
+/// and the rest of its epoch is written; a sink whose destination never takes its
+/// changes fails once more than `max_pending_rows` wait, and stays failed after a
+/// restart, while its view serves.
+#[tokio::test]
+async fn a_sink_dead_letters_a_message_too_large_and_fails_past_its_pending_limit() -> Result<()> {
+    let topic = unique("sink-large");
+    create_topic(&topic, 1).await?;
+    let weir = start_checkpointed().await?;
+    weir.exec("CREATE SOURCE s (id BIGINT, note VARCHAR) WITH (connector = 'http')")
+        .await?;
+    weir.exec("CREATE MATERIALIZED VIEW v AS SELECT id, note FROM s")
+        .await?;
+    let b = brokers();
+    weir.exec(&format!(
+        "CREATE SINK big FROM v WITH (connector = 'kafka', brokers = '{b}', topic = '{topic}', \
+         properties.message.max.bytes = '2000')"
+    ))
+    .await?;
+    let down = format!("127.0.0.1:{}", free_port()?);
+    let (code, body) = weir
+        .sql(&format!(
+            "CREATE SINK stuck FROM v WITH (connector = 'kafka', brokers = '{down}', \
+             topic = 't', max_pending_rows = 'none')"
+        ))
+        .await?;
+    ensure!(
+        code == 400 && body.to_string().contains("max_pending_rows"),
+        "{code} {body}"
+    );
+    weir.exec(&format!(
+        "CREATE SINK stuck FROM v WITH (connector = 'kafka', brokers = '{down}', topic = 't', \
+         max_pending_rows = 15)"
+    ))
+    .await?;
+    let body = (0..10)
+        .map(|i| {
+            let note = if i == 4 {
+                "x".repeat(3000)
+            } else {
+                format!("n{i}")
+            };
+            format!("{{\"id\": {i}, \"note\": \"{note}\"}}\n")
+        })
+        .collect::<String>();
+    ensure!(weir.post_records("s", body).await?.0 == 200);
+    wait_delivered(&weir, "big").await?;
+    let written = deduplicate(&read_topic(&b, &topic, 9).await?)?;
+    let ids: Vec<i64> = written
+        .iter()
+        .filter_map(|w| w.value.as_ref().and_then(|v| v["id"].as_i64()))
+        .collect();
+    ensure!(ids == [0, 1, 2, 3, 5, 6, 7, 8, 9], "{ids:?}");
+    let letters = weir.get("/api/v1/dead-letters?source=s").await?;
+    let letter = letters["dead_letters"]
+        .as_array()
+        .and_then(|l| l.first())
+        .context("a dead letter")?
+        .clone();
+    ensure!(
+        letter["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("sink big") && r.contains("message.max.bytes"))
+            && letter["view"] == "v"
+            && letter["raw"].as_str().is_some_and(|r| r.contains("xxxx")),
+        "{letter}"
+    );
+
+    // 10 rows wait for the stuck sink: within its limit, it retries.
+    let stuck = weir.get("/api/v1/sinks/stuck").await?;
+    ensure!(stuck["status"] != "failed", "{stuck}");
+    let more = (10..20)
+        .map(|i| format!("{{\"id\": {i}, \"note\": \"n\"}}\n"))
+        .collect::<String>();
+    ensure!(weir.post_records("s", more).await?.0 == 200);
+    let failed = weir
+        .wait_for(
+            "the stuck sink to fail",
+            Duration::from_secs(30),
+            || async {
+                let s = weir.get("/api/v1/sinks/stuck").await?;
+                Ok((s["status"] == "failed").then_some(s))
+            },
+        )
+        .await?;
+    ensure!(
+        failed["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("max_pending_rows"))
+            && failed["rows_pending"] == 0,
+        "{failed}"
+    );
+    ensure!(view_rows(&weir, "v").await?.len() == 20, "the view serves");
+    let config_path = weir.data_dir.path().join("weir.toml");
+    let weir = weir
+        .restart(&["--config", &config_path.to_string_lossy()])
+        .await?;
+    let after = weir.get("/api/v1/sinks/stuck").await?;
+    ensure!(after["status"] == "failed", "still failed: {after}");
     Ok(())
 }

@@ -69,6 +69,15 @@ impl Weir {
     }
 
     pub async fn start_in(data_dir: tempfile::TempDir, extra_args: &[&str]) -> Result<Self> {
+        Self::start_with_env(data_dir, extra_args, &[]).await
+    }
+
+    /// Start on `data_dir` with these environment variables set (`WEIR_FAILPOINTS`).
+    pub async fn start_with_env(
+        data_dir: tempfile::TempDir,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -77,6 +86,7 @@ impl Weir {
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir.path())
             .args(extra_args)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
             .kill_on_drop(true)

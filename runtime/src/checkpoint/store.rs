@@ -78,9 +78,13 @@ struct OutboxEntry {
     sink: String,
     sql: String,
     file: Option<String>,
-    /// Per batch of `file`: its epoch and what kind of change it is.
+    /// Per batch of `file`: its epoch and what kind of change it is; a batch of kind
+    /// [`REPLACED`] holds the replaced rows of the change before it.
     batches: Vec<(u64, u8)>,
 }
+
+/// The kind code of a batch that is the `replaced` rows of the change before it.
+const REPLACED: u8 = u8::MAX;
 
 impl OutboxEntry {
     /// Write a sink's undelivered changes as `name` (no file when there are none).
@@ -91,21 +95,23 @@ impl OutboxEntry {
         outbox: &Outbox,
         files: &mut Vec<FileEntry>,
     ) -> Result<Self> {
-        let changes = outbox
-            .epochs
-            .iter()
-            .flat_map(|(e, c)| c.iter().map(move |c| (*e, c)));
+        let batches = outbox.epochs.iter().flat_map(|(e, changes)| {
+            changes.iter().flat_map(move |c| {
+                std::iter::once((*e, c.kind.code(), &c.rows))
+                    .chain(c.replaced.iter().map(move |r| (*e, REPLACED, r)))
+            })
+        });
         let file = if outbox.epochs.is_empty() {
             None
         } else {
-            let rows = changes.clone().map(|(_, c)| &c.rows);
+            let rows = batches.clone().map(|(_, _, rows)| rows);
             Some(write_ipc(dir, name, schema, rows, files)?)
         };
         Ok(Self {
             sink: outbox.sink.clone(),
             sql: outbox.sql.clone(),
             file,
-            batches: changes.map(|(e, c)| (e, c.kind.code())).collect(),
+            batches: batches.map(|(e, code, _)| (e, code)).collect(),
         })
     }
 
@@ -121,10 +127,25 @@ impl OutboxEntry {
         }
         let mut epochs: Vec<Epoch> = Vec::new();
         for ((epoch, code), rows) in self.batches.into_iter().zip(batches) {
+            if code == REPLACED {
+                let last = epochs
+                    .last_mut()
+                    .and_then(|(e, c)| c.last_mut().filter(|_| *e == epoch));
+                match last {
+                    Some(change) => change.replaced = Some(rows),
+                    None => {
+                        return Err(Error::Internal(format!(
+                            "sink {}: replaced rows without their change",
+                            self.sink
+                        )));
+                    }
+                }
+                continue;
+            }
             let kind = ChangeKind::from_code(code).ok_or_else(|| {
                 Error::Internal(format!("sink {}: unknown change kind {code}", self.sink))
             })?;
-            let change = Change { rows, kind };
+            let change = Change::new(rows, kind);
             match epochs.last_mut() {
                 Some((e, changes)) if *e == epoch => changes.push(change),
                 _ => epochs.push((epoch, vec![change])),
@@ -607,19 +628,17 @@ mod tests {
                     sink: "k".into(),
                     sql: "CREATE SINK k ...".into(),
                     epochs: vec![
-                        (
-                            4,
-                            vec![Change {
-                                rows: batch.clone(),
-                                kind: ChangeKind::Snapshot,
-                            }],
-                        ),
+                        (4, vec![Change::new(batch.clone(), ChangeKind::Snapshot)]),
                         (
                             5,
-                            vec![Change {
-                                rows: batch,
-                                kind: ChangeKind::Update,
-                            }],
+                            vec![
+                                Change {
+                                    rows: batch.clone(),
+                                    kind: ChangeKind::Update,
+                                    replaced: Some(batch.slice(1, 1)),
+                                },
+                                Change::new(batch, ChangeKind::Update),
+                            ],
                         ),
                     ],
                 }],
@@ -660,15 +679,25 @@ mod tests {
             vec![None, Some(7)]
         );
         assert_eq!(v.state[0].num_rows(), 2);
-        // A sink's undelivered changes come back by epoch, with their kind.
+        // A sink's undelivered changes come back by epoch, with their kind and the
+        // rows they replace.
         let Outbox { sink, sql, epochs } = &v.outboxes[0];
         assert_eq!((sink.as_str(), sql.as_str()), ("k", "CREATE SINK k ..."));
         assert_eq!(
             epochs
                 .iter()
-                .map(|(e, c)| (*e, c[0].kind, c[0].rows.num_rows()))
+                .flat_map(|(e, c)| c.iter().map(move |c| (
+                    *e,
+                    c.kind,
+                    c.rows.num_rows(),
+                    c.replaced.as_ref().map(RecordBatch::num_rows)
+                )))
                 .collect::<Vec<_>>(),
-            [(4, ChangeKind::Snapshot, 2), (5, ChangeKind::Update, 2)]
+            [
+                (4, ChangeKind::Snapshot, 2, None),
+                (5, ChangeKind::Update, 2, Some(1)),
+                (5, ChangeKind::Update, 2, None)
+            ]
         );
         assert!(store.warnings().is_empty());
     }

@@ -8,6 +8,10 @@ use crate::sink::{SinkDef, SinkRuntime, SinkStatus};
 use crate::{Error, Result};
 use weir_sql::CreateSink;
 
+/// Changed rows a sink may hold undelivered (in memory and in every checkpoint) before
+/// it fails instead of growing without end.
+const DEFAULT_MAX_PENDING_ROWS: usize = 10_000_000;
+
 impl Engine {
     pub(super) fn create_sink(&self, c: CreateSink, sql: &str) -> Result<SqlOutput> {
         let name = c.name.clone();
@@ -32,11 +36,19 @@ impl Engine {
             )));
         }
         let view = self.view(&c.view)?;
+        let mut options = c.options.clone();
+        let max_pending_rows = match options.remove("max_pending_rows") {
+            None => Some(DEFAULT_MAX_PENDING_ROWS),
+            Some(text) => super::views::parse_row_limit(&text)
+                .map_err(|e| Error::BadRequest(format!("sink {name}: max_pending_rows {e}")))?,
+        };
         let sink = crate::sink::open(&SinkDef {
             name: &name,
             view: &view.name,
+            source: &view.source,
             schema: &view.schema,
-            options: &c.options,
+            options: &options,
+            dead_letters: &self.inner.dead_letters,
         })?;
         let restoring = self.replaying();
         let progress_file = self.inner.checkpoints.enabled().then(|| {
@@ -47,6 +59,7 @@ impl Engine {
                 .join(format!("{}.json", super::checkpoints::file_name(&name)))
         });
         let feed = view.attach_sink(&name, sql, restoring);
+        feed.limit_pending(max_pending_rows);
         let m = &self.inner.metrics;
         let runtime = SinkRuntime::new(
             &name,

@@ -225,19 +225,21 @@ impl Engine {
 pub(super) fn take_max_rows(v: &mut CreateView, default: usize) -> Result<Option<usize>> {
     match v.options.remove("max_rows") {
         None => Ok(Some(default)),
-        Some(text) => max_rows(&v.name, &text),
+        Some(text) => parse_row_limit(&text)
+            .map_err(|e| Error::BadRequest(format!("view {}: max_rows {e}", v.name))),
     }
 }
 
-/// A view's `max_rows` option: a positive number of rows, or `'unbounded'`.
-fn max_rows(view: &str, text: &str) -> Result<Option<usize>> {
+/// A limit on rows: a positive number (`_` allowed between digits), or `'unbounded'`
+/// (`None`). The error completes "<option> ...".
+pub(super) fn parse_row_limit(text: &str) -> std::result::Result<Option<usize>, String> {
     if text.trim().eq_ignore_ascii_case("unbounded") {
         return Ok(None);
     }
     match text.trim().replace('_', "").parse::<usize>() {
         Ok(n) if n > 0 => Ok(Some(n)),
-        _ => Err(Error::BadRequest(format!(
-            "view {view}: max_rows must be a positive number of rows or 'unbounded', not '{text}'"
-        ))),
+        _ => Err(format!(
+            "must be a positive number of rows or 'unbounded', not '{text}'"
+        )),
     }
 }

@@ -102,7 +102,7 @@ pub(super) fn publish(view: &ViewRuntime, out: Collector) {
         view.upsert(key, rows);
     }
     match out.replace {
-        Some(all) => view.replace(all, out.rows),
+        Some(all) => view.replace(all, out.rows, out.replaced),
         None => view.publish(out.rows),
     }
 }

@@ -1,7 +1,10 @@
 //! A view's changes as messages: each row a JSON object (`json`), the same keyed by
-//! the key columns (`upsert`), or in Debezium's envelope (`debezium_json`). A batch is
-//! written into one buffer, and messages are ranges of it: no allocation per row.
+//! the key columns (`upsert`, with a tombstone for a key that left the view), or in
+//! Debezium's envelope (`debezium_json`, with the row before and the operation). A
+//! batch is written into one buffer, and messages are ranges of it: no allocation per
+//! row.
 
+use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 
 use datafusion::arrow::array::RecordBatch;
@@ -15,12 +18,13 @@ use super::feed::{Change, ChangeKind};
 /// How rows become message values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
-    /// Each row a JSON object.
+    /// Each row a JSON object: the rows a change adds (a row that leaves the view
+    /// writes nothing).
     Json,
     /// The row as the value, its key columns as the key: the last message of a key is
-    /// the view's row for it.
+    /// the view's row for it, and a key that left the view ends with a tombstone.
     Upsert,
-    /// `{"before": null, "after": row, "op": "c" | "u" | "r"}`.
+    /// `{"before": row | null, "after": row | null, "op": "c" | "u" | "d" | "r"}`.
     Debezium,
 }
 
@@ -43,13 +47,23 @@ pub struct Encoder {
     key: Vec<usize>,
 }
 
-/// One batch's messages: `values[i]` (and `keys[i]`, when keyed) are ranges of `buf`.
+/// One batch's messages: `values[i]` (and `keys[i]`, when keyed) are ranges of `buf`;
+/// a value of `None` is a tombstone.
 #[derive(Debug, Default)]
 pub struct Messages {
     pub buf: Vec<u8>,
-    pub values: Vec<Range<usize>>,
+    pub values: Vec<Option<Range<usize>>>,
     pub keys: Vec<Range<usize>>,
-    lines: Vec<u8>,
+    scratch: Scratch,
+}
+
+/// The JSON lines of a change, reused from batch to batch.
+#[derive(Debug, Default)]
+struct Scratch {
+    rows: Vec<u8>,
+    row_keys: Vec<u8>,
+    replaced: Vec<u8>,
+    replaced_keys: Vec<u8>,
 }
 
 impl Encoder {
@@ -83,50 +97,151 @@ impl Encoder {
     }
 
     /// The messages of one batch of changes, into `out` (cleared first).
+    ///
+    /// With key columns, a replaced row is paired with the new row of the same key:
+    /// Debezium's `before` and `u`; a replaced key without a new row has left the view
+    /// (`upsert`: a tombstone; Debezium: `d`). Without key columns, Debezium writes
+    /// each replaced row as `d` and each new row as `c`.
     pub fn encode(&self, change: &Change, out: &mut Messages) -> Result<(), ArrowError> {
-        out.buf.clear();
-        out.values.clear();
-        out.keys.clear();
-        let rows = &change.rows;
-        if self.format == Format::Debezium {
-            json_lines(rows, &mut out.lines)?;
-            let op: &[u8] = match change.kind {
-                ChangeKind::Append => b"c",
-                ChangeKind::Update => b"u",
-                ChangeKind::Snapshot => b"r",
-            };
-            for line in out.lines.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-                let start = out.buf.len();
-                out.buf.extend_from_slice(b"{\"before\":null,\"after\":");
-                out.buf.extend_from_slice(line);
-                out.buf.extend_from_slice(b",\"op\":\"");
-                out.buf.extend_from_slice(op);
-                out.buf.extend_from_slice(b"\"}");
-                out.values.push(start..out.buf.len());
-            }
-        } else {
-            json_lines(rows, &mut out.buf)?;
-            out.values = line_ranges(&out.buf, 0);
-        }
-        if !self.key.is_empty() {
-            let start = out.buf.len();
-            let mut keys = std::mem::take(&mut out.lines);
-            json_lines(&rows.project(&self.key)?, &mut keys)?;
-            out.buf.extend_from_slice(&keys);
-            out.keys = line_ranges(&out.buf, start);
-            out.lines = keys;
-        }
-        if out.values.len() != rows.num_rows()
-            || (!self.key.is_empty() && out.keys.len() != rows.num_rows())
+        let Messages {
+            buf,
+            values,
+            keys,
+            scratch,
+        } = out;
+        buf.clear();
+        values.clear();
+        keys.clear();
+        let rows = self.lines(&change.rows, &mut scratch.rows, &mut scratch.row_keys)?;
+        let replaced = match change
+            .replaced
+            .as_ref()
+            .filter(|_| self.format != Format::Json)
         {
-            return Err(ArrowError::JsonError(format!(
-                "{} rows became {} messages",
-                rows.num_rows(),
-                out.values.len()
-            )));
+            Some(old) => self.lines(old, &mut scratch.replaced, &mut scratch.replaced_keys)?,
+            None => Lines::default(),
+        };
+        let row_line = |i: usize| &scratch.rows[rows.values[i].clone()];
+        let row_key = |i: usize| rows.keys.get(i).map(|k| &scratch.row_keys[k.clone()]);
+        let old_line = |j: usize| &scratch.replaced[replaced.values[j].clone()];
+        let old_key = |j: usize| {
+            replaced
+                .keys
+                .get(j)
+                .map(|k| &scratch.replaced_keys[k.clone()])
+        };
+        let mut push = |buf: &mut Vec<u8>, value: Option<Range<usize>>, key: Option<&[u8]>| {
+            values.push(value);
+            if let Some(key) = key {
+                let start = buf.len();
+                buf.extend_from_slice(key);
+                keys.push(start..buf.len());
+            }
+        };
+        let new_keys: HashSet<&[u8]> = (0..rows.len()).filter_map(row_key).collect();
+        // Replaced rows whose key has no new row: they left the view.
+        let left =
+            (0..replaced.len()).filter(|&j| old_key(j).is_none_or(|k| !new_keys.contains(k)));
+        match self.format {
+            Format::Json | Format::Upsert => {
+                for i in 0..rows.len() {
+                    let start = buf.len();
+                    buf.extend_from_slice(row_line(i));
+                    let end = buf.len();
+                    push(buf, Some(start..end), row_key(i));
+                }
+                for j in left {
+                    push(buf, None, old_key(j));
+                }
+            }
+            Format::Debezium => {
+                let before_of: HashMap<&[u8], usize> = (0..replaced.len())
+                    .filter_map(|j| old_key(j).map(|k| (k, j)))
+                    .collect();
+                for j in left.clone().filter(|_| self.key.is_empty()) {
+                    let value = envelope(buf, Some(old_line(j)), None, b"d");
+                    push(buf, Some(value), None);
+                }
+                for i in 0..rows.len() {
+                    let before = row_key(i)
+                        .and_then(|k| before_of.get(k))
+                        .map(|&j| old_line(j));
+                    let op: &[u8] = match change.kind {
+                        ChangeKind::Append => b"c",
+                        ChangeKind::Snapshot => b"r",
+                        ChangeKind::Update if before.is_some() => b"u",
+                        ChangeKind::Update => b"c",
+                    };
+                    let value = envelope(buf, before, Some(row_line(i)), op);
+                    push(buf, Some(value), row_key(i));
+                }
+                for j in left.filter(|_| !self.key.is_empty()) {
+                    let value = envelope(buf, Some(old_line(j)), None, b"d");
+                    push(buf, Some(value), old_key(j));
+                }
+            }
         }
         Ok(())
     }
+
+    /// The rows of `batch` as JSON lines into `values`, and their key columns into
+    /// `keys` when the sink is keyed.
+    fn lines(
+        &self,
+        batch: &RecordBatch,
+        values: &mut Vec<u8>,
+        keys: &mut Vec<u8>,
+    ) -> Result<Lines, ArrowError> {
+        json_lines(batch, values)?;
+        let lines = Lines {
+            values: line_ranges(values, 0),
+            keys: if self.key.is_empty() {
+                Vec::new()
+            } else {
+                json_lines(&batch.project(&self.key)?, keys)?;
+                line_ranges(keys, 0)
+            },
+        };
+        let rows = batch.num_rows();
+        if lines.values.len() != rows || (!self.key.is_empty() && lines.keys.len() != rows) {
+            return Err(ArrowError::JsonError(format!(
+                "{rows} rows became {} lines",
+                lines.values.len()
+            )));
+        }
+        Ok(lines)
+    }
+}
+
+/// The line ranges of a batch's rows and of their keys.
+#[derive(Default)]
+struct Lines {
+    values: Vec<Range<usize>>,
+    keys: Vec<Range<usize>>,
+}
+
+impl Lines {
+    fn len(&self) -> usize {
+        self.values.len()
+    }
+}
+
+/// A Debezium envelope into `buf`; its range.
+fn envelope(
+    buf: &mut Vec<u8>,
+    before: Option<&[u8]>,
+    after: Option<&[u8]>,
+    op: &[u8],
+) -> Range<usize> {
+    let start = buf.len();
+    buf.extend_from_slice(b"{\"before\":");
+    buf.extend_from_slice(before.unwrap_or(b"null"));
+    buf.extend_from_slice(b",\"after\":");
+    buf.extend_from_slice(after.unwrap_or(b"null"));
+    buf.extend_from_slice(b",\"op\":\"");
+    buf.extend_from_slice(op);
+    buf.extend_from_slice(b"\"}");
+    start..buf.len()
 }
 
 /// The rows as JSON lines, nulls written out, into `buf` (cleared first).
@@ -168,58 +283,114 @@ mod tests {
 
     use super::*;
 
-    fn change(kind: ChangeKind) -> Change {
+    fn rows(auctions: &[i64], names: &[Option<&str>]) -> RecordBatch {
         let schema = Arc::new(Schema::new(vec![
             Field::new("auction", DataType::Int64, false),
             Field::new("name", DataType::Utf8, true),
         ]));
+        RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Int64Array::from(auctions.to_vec())),
+                Arc::new(StringArray::from(names.to_vec())),
+            ],
+        )
+        .expect("batch")
+    }
+
+    fn change(kind: ChangeKind) -> Change {
+        Change::new(rows(&[1, 2], &[Some("a"), None]), kind)
+    }
+
+    /// Groups 1 and 3 were shown as "x" and "y"; now group 1 is "a" and 2 is new, so
+    /// group 3 has left the view.
+    fn update() -> Change {
         Change {
-            rows: RecordBatch::try_new(
-                schema,
-                vec![
-                    Arc::new(Int64Array::from(vec![1, 2])),
-                    Arc::new(StringArray::from(vec![Some("a"), None])),
-                ],
-            )
-            .expect("batch"),
-            kind,
+            replaced: Some(rows(&[1, 3], &[Some("x"), Some("y")])),
+            ..change(ChangeKind::Update)
         }
     }
 
-    fn texts(m: &Messages, ranges: &[Range<usize>]) -> Vec<String> {
-        ranges
-            .iter()
-            .map(|r| String::from_utf8(m.buf[r.clone()].to_vec()).expect("utf-8"))
-            .collect()
+    fn encode(format: Format, key: Option<&str>, c: &Change) -> (Vec<Option<String>>, Vec<String>) {
+        let e = Encoder::new(format, c.rows.schema_ref(), key).expect("encoder");
+        let mut m = Messages::default();
+        e.encode(c, &mut m).expect("encodes");
+        let text = |r: &Range<usize>| String::from_utf8(m.buf[r.clone()].to_vec()).expect("utf-8");
+        (
+            m.values.iter().map(|v| v.as_ref().map(text)).collect(),
+            m.keys.iter().map(text).collect(),
+        )
     }
 
     #[test]
     fn rows_become_json_values_keyed_by_their_key_columns() {
-        let c = change(ChangeKind::Update);
-        let e = Encoder::new(Format::Upsert, c.rows.schema_ref(), Some("auction")).expect("key");
-        let mut m = Messages::default();
-        e.encode(&c, &mut m).expect("encodes");
+        let (values, keys) = encode(Format::Upsert, Some("auction"), &change(ChangeKind::Update));
         assert_eq!(
-            texts(&m, &m.values),
+            values,
             [
-                r#"{"auction":1,"name":"a"}"#,
-                r#"{"auction":2,"name":null}"#
+                Some(r#"{"auction":1,"name":"a"}"#.to_string()),
+                Some(r#"{"auction":2,"name":null}"#.to_string())
             ]
         );
-        assert_eq!(texts(&m, &m.keys), [r#"{"auction":1}"#, r#"{"auction":2}"#]);
+        assert_eq!(keys, [r#"{"auction":1}"#, r#"{"auction":2}"#]);
+    }
+
+    #[test]
+    fn upsert_ends_a_key_that_left_the_view_with_a_tombstone() {
+        let (values, keys) = encode(Format::Upsert, Some("auction"), &update());
+        assert_eq!(
+            values.iter().map(Option::is_some).collect::<Vec<_>>(),
+            [true, true, false]
+        );
+        assert_eq!(
+            keys,
+            [r#"{"auction":1}"#, r#"{"auction":2}"#, r#"{"auction":3}"#]
+        );
+        // Plain JSON writes the rows a change adds, nothing for a row that left.
+        let (values, keys) = encode(Format::Json, None, &update());
+        assert_eq!(values.len(), 2);
+        assert!(keys.is_empty());
+    }
+
+    #[test]
+    fn debezium_pairs_rows_by_key_into_updates_creates_and_deletes() {
+        let (values, keys) = encode(Format::Debezium, Some("auction"), &update());
+        assert_eq!(
+            values.into_iter().map(Option::unwrap).collect::<Vec<_>>(),
+            [
+                r#"{"before":{"auction":1,"name":"x"},"after":{"auction":1,"name":"a"},"op":"u"}"#,
+                r#"{"before":null,"after":{"auction":2,"name":null},"op":"c"}"#,
+                r#"{"before":{"auction":3,"name":"y"},"after":null,"op":"d"}"#,
+            ]
+        );
+        assert_eq!(
+            keys,
+            [r#"{"auction":1}"#, r#"{"auction":2}"#, r#"{"auction":3}"#]
+        );
+        // Without a key nothing pairs: each replaced row is deleted, each row created.
+        let (values, _) = encode(Format::Debezium, None, &update());
+        let ops: Vec<&str> = values
+            .iter()
+            .map(|v| &v.as_deref().expect("a value")[v.as_deref().expect("a value").len() - 4..])
+            .collect();
+        assert_eq!(ops, [r#""d"}"#, r#""d"}"#, r#""c"}"#, r#""c"}"#]);
     }
 
     #[test]
     fn debezium_wraps_each_row_with_its_operation() {
-        let c = change(ChangeKind::Append);
-        let e = Encoder::new(Format::Debezium, c.rows.schema_ref(), None).expect("no key");
-        let mut m = Messages::default();
-        e.encode(&c, &mut m).expect("encodes");
+        let (values, keys) = encode(Format::Debezium, None, &change(ChangeKind::Append));
         assert_eq!(
-            texts(&m, &m.values)[0],
-            r#"{"before":null,"after":{"auction":1,"name":"a"},"op":"c"}"#
+            values[0].as_deref(),
+            Some(r#"{"before":null,"after":{"auction":1,"name":"a"},"op":"c"}"#)
         );
-        assert!(m.keys.is_empty());
+        assert!(keys.is_empty());
+        let (values, _) = encode(Format::Debezium, None, &change(ChangeKind::Snapshot));
+        assert!(
+            values[1]
+                .as_deref()
+                .expect("value")
+                .ends_with(r#""op":"r"}"#)
+        );
     }
 
     #[test]

@@ -47,6 +47,28 @@ impl ChangeKind {
 pub struct Change {
     pub rows: RecordBatch,
     pub kind: ChangeKind,
+    /// For an update: the rows the view showed before for the same groups or window.
+    /// A row here without a row of the same key in `rows` has left the view.
+    pub replaced: Option<RecordBatch>,
+}
+
+impl Change {
+    pub fn new(rows: RecordBatch, kind: ChangeKind) -> Self {
+        Self {
+            rows,
+            kind,
+            replaced: None,
+        }
+    }
+
+    /// Rows in the change, new and replaced.
+    pub fn len(&self) -> usize {
+        self.rows.num_rows() + self.replaced.as_ref().map_or(0, RecordBatch::num_rows)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// The changes of one epoch.
@@ -84,6 +106,10 @@ struct FeedState {
     /// The last epoch numbered without checkpoints.
     counter: u64,
     rows_pending: usize,
+    /// Past this many pending rows the feed fails rather than grow without end.
+    limit: Option<usize>,
+    /// Why the feed has failed; it holds and takes nothing more.
+    failed: Option<String>,
     closed: bool,
 }
 
@@ -112,13 +138,45 @@ impl SinkFeed {
         feed
     }
 
+    /// Fail once more than `limit` rows wait for the sink (`None`: never).
+    pub(crate) fn limit_pending(&self, limit: Option<usize>) {
+        self.state.lock().limit = limit;
+    }
+
+    /// Give up: drop every change held, take no more, and say why from now on.
+    pub fn fail(&self, reason: String) {
+        let mut s = self.state.lock();
+        s.open.clear();
+        s.sealed.clear();
+        s.rows_pending = 0;
+        s.failed.get_or_insert(reason);
+        self.ready.notify_all();
+    }
+
+    /// Why the feed has failed, if it has.
+    pub fn failed(&self) -> Option<String> {
+        self.state.lock().failed.clone()
+    }
+
     /// A change of the view.
     pub(crate) fn push(&self, change: Change) {
-        if change.rows.num_rows() == 0 {
+        if change.is_empty() {
             return;
         }
         let mut s = self.state.lock();
-        s.rows_pending += change.rows.num_rows();
+        if s.failed.is_some() {
+            return;
+        }
+        s.rows_pending += change.len();
+        if let Some(limit) = s.limit.filter(|l| s.rows_pending > *l) {
+            drop(s);
+            self.fail(format!(
+                "more than {limit} changed rows waited for the sink (max_pending_rows): it \
+                 failed and let them go rather than hold more; fix the destination, then DROP \
+                 SINK and CREATE it again (a new sink starts with the view's rows)"
+            ));
+            return;
+        }
         if self.checkpointed {
             s.open.push(change);
         } else {
@@ -175,7 +233,7 @@ impl SinkFeed {
             {
                 return Some(e.clone());
             }
-            if s.closed || self.ready.wait_for(&mut s, wait).timed_out() {
+            if s.closed || s.failed.is_some() || self.ready.wait_for(&mut s, wait).timed_out() {
                 return None;
             }
         }
@@ -217,7 +275,7 @@ impl SinkFeed {
 }
 
 fn rows(changes: &[Change]) -> usize {
-    changes.iter().map(|c| c.rows.num_rows()).sum()
+    changes.iter().map(Change::len).sum()
 }
 
 #[cfg(test)]
@@ -231,11 +289,11 @@ mod tests {
 
     fn change(values: &[i64]) -> Change {
         let schema = Arc::new(Schema::new(vec![Field::new("a", DataType::Int64, false)]));
-        Change {
-            rows: RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(values.to_vec()))])
+        Change::new(
+            RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(values.to_vec()))])
                 .expect("batch"),
-            kind: ChangeKind::Append,
-        }
+            ChangeKind::Append,
+        )
     }
 
     const NOW: Duration = Duration::ZERO;
@@ -313,6 +371,28 @@ mod tests {
         assert_eq!(feed.next_ready(6, NOW).expect("epoch 7").0, 7);
         assert_eq!(feed.next_ready(0, NOW).expect("epoch 6").0, 6);
         assert_eq!(feed.rows_pending(), 2);
+    }
+
+    #[test]
+    fn a_feed_over_its_limit_fails_and_lets_its_changes_go() {
+        let feed = SinkFeed::new("k", "CREATE SINK k", true);
+        feed.limit_pending(Some(3));
+        feed.push(change(&[1, 2]));
+        feed.seal(1);
+        feed.push(change(&[3]));
+        assert!(feed.failed().is_none(), "3 rows are within the limit");
+        feed.push(change(&[4]));
+        let reason = feed.failed().expect("4 rows are over it");
+        assert!(reason.contains("max_pending_rows"), "{reason}");
+        assert_eq!(feed.rows_pending(), 0);
+        assert!(
+            feed.seal(2).epochs.is_empty(),
+            "checkpoints hold nothing for it"
+        );
+        feed.durable(2);
+        assert!(feed.next_ready(0, NOW).is_none());
+        feed.push(change(&[5]));
+        assert_eq!(feed.rows_pending(), 0, "and it takes nothing more");
     }
 
     #[test]

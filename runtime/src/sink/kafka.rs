@@ -5,7 +5,13 @@
 //! epoch is durable and committed before the next epoch starts. Every message carries
 //! the headers `weir-epoch` and `weir-seq` (its place in the epoch): when a crash makes
 //! weir write an epoch again, its messages carry the same pair, so a consumer can drop
-//! the duplicates exactly. See docs/CONNECTORS.md.
+//! the duplicates exactly.
+//!
+//! An `exactly_once` transaction also commits its epoch as the offset of a consumer
+//! group named after the transactional id (`send_offsets_to_transaction`), so the
+//! brokers record, atomically with the messages, which epoch is written: a crash after
+//! the commit and before weir notes it does not make weir write the epoch again. See
+//! docs/CONNECTORS.md.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,16 +19,19 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{
     BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig,
 };
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use serde::Deserialize;
 
 use super::encode::{Encoder, Format, Messages};
 use super::feed::Change;
 use super::{Sink, SinkDef};
+use crate::deadletter::{DeadLetterStore, NewDeadLetter};
 use crate::{Error, Result};
 
 /// How long librdkafka tries to deliver a message before it reports a failure; an
@@ -63,11 +72,25 @@ pub struct KafkaSink {
     topic: String,
     encoder: Encoder,
     config: ClientConfig,
-    transactional: bool,
+    /// For `exactly_once`: the consumer group whose offset on partition 0 of the topic
+    /// is the newest committed epoch, and a client of it.
+    epochs: Option<EpochRecord>,
     /// Made at the first delivery (and again after a fatal error), so a sink is
     /// created while its brokers are down.
     producer: Option<BaseProducer<Delivery>>,
     messages: Messages,
+    /// For messages over the producer's `message.max.bytes`.
+    dead_letters: Arc<DeadLetterStore>,
+    view: String,
+    source: String,
+}
+
+/// Where the brokers record the newest epoch an `exactly_once` sink committed.
+struct EpochRecord {
+    consumer: BaseConsumer,
+    /// The newest committed epoch, read once the producer is made (after
+    /// `init_transactions` has ended whatever transaction a crash left).
+    committed: Option<u64>,
 }
 
 pub fn open(def: &SinkDef) -> Result<Box<dyn Sink>> {
@@ -114,13 +137,12 @@ pub fn open(def: &SinkDef) -> Result<Box<dyn Sink>> {
             MESSAGE_TIMEOUT.as_millis().to_string(),
         )
         .set("reconnect.backoff.max.ms", "5000");
+    let transactional_id = options
+        .transactional_id
+        .clone()
+        .unwrap_or_else(|| format!("weir-sink-{name}"));
     if transactional {
-        config.set(
-            "transactional.id",
-            options
-                .transactional_id
-                .unwrap_or_else(|| format!("weir-sink-{name}")),
-        );
+        config.set("transactional.id", &transactional_id);
     } else if options.transactional_id.is_some() {
         return Err(bad(
             "transactional_id is for delivery = 'exactly_once'".into()
@@ -136,14 +158,37 @@ pub fn open(def: &SinkDef) -> Result<Box<dyn Sink>> {
     let _: BaseProducer<Delivery> = config
         .create_with_context(Delivery::default())
         .map_err(|e| bad(format!("the kafka client refuses its settings: {e}")))?;
+    let epochs = if transactional {
+        let mut group = ClientConfig::new();
+        group
+            .set("bootstrap.servers", &brokers)
+            .set("group.id", &transactional_id)
+            .set("enable.auto.commit", "false")
+            .set("log_level", "3");
+        for (k, v) in crate::options::properties(def.options) {
+            group.set(k, v);
+        }
+        let consumer = group
+            .create()
+            .map_err(|e| bad(format!("the kafka client refuses its settings: {e}")))?;
+        Some(EpochRecord {
+            consumer,
+            committed: None,
+        })
+    } else {
+        None
+    };
     Ok(Box::new(KafkaSink {
         name: name.to_string(),
         topic,
         encoder,
         config,
-        transactional,
+        epochs,
         producer: None,
         messages: Messages::default(),
+        dead_letters: def.dead_letters.clone(),
+        view: def.view.to_string(),
+        source: def.source.to_string(),
     }))
 }
 
@@ -175,12 +220,14 @@ impl KafkaSink {
                 .config
                 .create_with_context(Delivery::default())
                 .map_err(|e| format!("cannot make the producer: {e}"))?;
-            if self.transactional {
+            if let Some(epochs) = &mut self.epochs {
                 // Fences an earlier producer of this transactional id and aborts the
-                // transaction it left open (an epoch a crash interrupted).
+                // transaction it left open (an epoch a crash interrupted); then the
+                // recorded epoch is settled.
                 producer
                     .init_transactions(TRANSACTION_WAIT)
                     .map_err(|e| format!("cannot start transactions: {e}"))?;
+                epochs.committed = Some(committed_epoch(&epochs.consumer, &self.topic)?);
             }
             self.producer = Some(producer);
         }
@@ -209,14 +256,25 @@ impl KafkaSink {
                             key: "weir-seq",
                             value: Some(seq_text.as_bytes()),
                         });
-                    let mut record = BaseRecord::<[u8], [u8], ()>::to(&self.topic)
-                        .payload(&messages.buf[value.clone()])
-                        .headers(headers);
+                    let mut record = BaseRecord::<[u8], [u8], ()>::to(&self.topic).headers(headers);
+                    // No payload: a tombstone.
+                    if let Some(value) = value {
+                        record = record.payload(&messages.buf[value.clone()]);
+                    }
                     if let Some(key) = messages.keys.get(i) {
                         record = record.key(&messages.buf[key.clone()]);
                     }
-                    crate::kafka::send_waiting(producer, record)
-                        .map_err(|e| format!("cannot send to {}: {e}", self.topic))?;
+                    // A failed delivery fails the epoch: stop queueing the rest.
+                    let failed = || producer.context().failed.lock().is_some();
+                    match crate::kafka::send_waiting(producer, record, failed) {
+                        Ok(()) => {}
+                        // No retry can send it: a dead letter, and the epoch goes on
+                        // (the message keeps its seq, so the others keep theirs).
+                        Err(KafkaError::MessageProduction(
+                            RDKafkaErrorCode::MessageSizeTooLarge,
+                        )) => self.dead_letter(epoch, seq, &messages, i),
+                        Err(e) => return Err(format!("cannot send to {}: {e}", self.topic)),
+                    }
                     seq += 1;
                 }
                 producer.poll(Duration::ZERO);
@@ -228,23 +286,110 @@ impl KafkaSink {
     }
 }
 
-/// Commit the open transaction. A commit that timed out may still complete on the
-/// brokers: one that librdkafka says can be retried is retried (a few times), not
-/// aborted, so that the epoch is not written twice.
-fn commit(producer: &BaseProducer<Delivery>) -> KafkaResult<()> {
+/// The partition whose committed offset in the sink's group is the newest epoch.
+fn epoch_partition(topic: &str, epoch: Option<u64>) -> KafkaResult<TopicPartitionList> {
+    let mut tpl = TopicPartitionList::new();
+    let offset = match epoch {
+        Some(e) => Offset::Offset(e as i64),
+        None => Offset::Invalid,
+    };
+    tpl.add_partition_offset(topic, 0, offset)?;
+    Ok(tpl)
+}
+
+/// The newest epoch the brokers hold as committed (0: none).
+fn committed_epoch(consumer: &BaseConsumer, topic: &str) -> std::result::Result<u64, String> {
+    let asked = epoch_partition(topic, None).map_err(|e| e.to_string())?;
+    let answer = consumer
+        .committed_offsets(asked, TRANSACTION_WAIT)
+        .map_err(|e| format!("cannot read the committed epoch: {e}"))?;
+    Ok(answer
+        .elements()
+        .first()
+        .and_then(|p| match p.offset() {
+            Offset::Offset(n) if n > 0 => Some(n as u64),
+            _ => None,
+        })
+        .unwrap_or(0))
+}
+
+impl KafkaSink {
+    /// Message `i` of `messages` (seq `seq` of `epoch`) is over the size limit.
+    fn dead_letter(&self, epoch: u64, seq: u64, messages: &Messages, i: usize) {
+        let value = messages.values[i]
+            .clone()
+            .map_or(&[][..], |r| &messages.buf[r]);
+        let key = messages
+            .keys
+            .get(i)
+            .map_or(&[][..], |r| &messages.buf[r.clone()]);
+        self.dead_letters.push_all([NewDeadLetter {
+            source: self.source.clone(),
+            view: Some(self.view.clone()),
+            partition: Some(format!("sink {} epoch {epoch}", self.name)),
+            position: Some(seq),
+            reason: format!(
+                "sink {}: the message for topic {} is {} bytes (key and value), over the \
+                 producer's message.max.bytes; it is not written (raise \
+                 properties.message.max.bytes, and the topic's max.message.bytes)",
+                self.name,
+                self.topic,
+                key.len() + value.len()
+            )
+            .into(),
+            raw: value.to_vec(),
+        }]);
+        tracing::warn!(sink = %self.name, epoch, seq, "a message over the size limit is a dead letter");
+    }
+}
+
+/// Commit the open transaction, with `epoch` as the group's offset in it. A commit
+/// that timed out may still complete on the brokers: one that librdkafka says can be
+/// retried is retried (a few times), not aborted, so that the epoch is not written
+/// twice.
+fn commit(
+    producer: &BaseProducer<Delivery>,
+    epochs: &EpochRecord,
+    topic: &str,
+    epoch: u64,
+) -> std::result::Result<(), String> {
+    let group = epochs
+        .consumer
+        .group_metadata()
+        .ok_or("the epochs' consumer group has no metadata")?;
+    let offsets = epoch_partition(topic, Some(epoch)).map_err(|e| e.to_string())?;
+    producer
+        .send_offsets_to_transaction(&offsets, &group, TRANSACTION_WAIT)
+        .map_err(|e| format!("cannot record the epoch in the transaction: {e}"))?;
     let mut tries = 0;
     loop {
         match producer.commit_transaction(TRANSACTION_WAIT) {
             Err(KafkaError::Transaction(e)) if e.is_retriable() && tries < 3 => tries += 1,
-            other => return other,
+            other => return other.map_err(|e| e.to_string()),
         }
     }
 }
 
 impl Sink for KafkaSink {
-    fn deliver(&mut self, epoch: u64, changes: &[Change]) -> std::result::Result<u64, String> {
-        let transactional = self.transactional;
-        let producer = self.producer()?;
+    fn deliver(
+        &mut self,
+        epoch: u64,
+        durable: u64,
+        changes: &[Change],
+    ) -> std::result::Result<u64, String> {
+        let transactional = self.epochs.is_some();
+        self.producer()?;
+        // Committed before a crash kept weir from noting it: not written again. A
+        // record beyond the durable checkpoints is another data dir's (weir started
+        // afresh under the same transactional id) and is overwritten by this commit.
+        if let Some(committed) = self.epochs.as_ref().and_then(|e| e.committed)
+            && epoch <= committed
+            && committed <= durable
+        {
+            tracing::info!(sink = %self.name, epoch, committed, "the brokers hold this epoch already");
+            return Ok(0);
+        }
+        let producer = self.producer.as_ref().expect("made above");
         producer.context().failed.lock().take();
         if transactional && let Err(e) = producer.begin_transaction() {
             self.producer = None;
@@ -255,9 +400,11 @@ impl Sink for KafkaSink {
         let sent = self.send_all(epoch, changes);
         let producer = self.producer.as_ref().expect("made above");
         let finished = match sent {
-            Ok(n) if transactional => commit(producer)
-                .map(|()| n)
-                .map_err(|e| format!("cannot commit the transaction of epoch {epoch}: {e}")),
+            Ok(n) if let Some(epochs) = &self.epochs => {
+                commit(producer, epochs, &self.topic, epoch)
+                    .map(|()| n)
+                    .map_err(|e| format!("cannot commit the transaction of epoch {epoch}: {e}"))
+            }
             Ok(n) => producer
                 .flush(FLUSH_WAIT)
                 .map_err(|e| format!("the brokers did not acknowledge epoch {epoch}: {e}"))
@@ -267,6 +414,11 @@ impl Sink for KafkaSink {
                 }),
             Err(e) => Err(e),
         };
+        if finished.is_ok()
+            && let Some(epochs) = &mut self.epochs
+        {
+            epochs.committed = Some(epoch);
+        }
         if finished.is_err() {
             // The epoch is written again, whole, by a new producer: nothing of this
             // attempt is left queued beside it, and a new transactional producer aborts

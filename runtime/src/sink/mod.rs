@@ -23,6 +23,7 @@ use parking_lot::Mutex;
 use prometheus::IntCounter;
 use serde::{Deserialize, Serialize};
 
+use crate::deadletter::DeadLetterStore;
 use crate::durable::write_atomically;
 use crate::{Error, Result};
 use feed::{Change, SinkFeed};
@@ -30,10 +31,15 @@ use feed::{Change, SinkFeed};
 /// What a connector is given to make a sink.
 pub struct SinkDef<'a> {
     pub name: &'a str,
-    /// The view it writes, and the view's columns.
+    /// The view it writes, the source that view reads, and the view's columns.
     pub view: &'a str,
+    pub source: &'a str,
     pub schema: &'a SchemaRef,
+    /// The connector's own options (`max_pending_rows` is the runtime's, not here).
     pub options: &'a BTreeMap<String, String>,
+    /// Where a change the destination can never take goes (a message over its size
+    /// limit), so the sink goes on with the rest.
+    pub dead_letters: &'a Arc<DeadLetterStore>,
 }
 
 /// A destination of a view's changes.
@@ -41,8 +47,14 @@ pub trait Sink: Send {
     /// Write the changes of durable checkpoint `epoch`, and return (with the number of
     /// messages written) once the destination holds them as the sink's delivery
     /// guarantee says. On an error the same epoch is offered again, with the same
-    /// changes.
-    fn deliver(&mut self, epoch: u64, changes: &[Change]) -> std::result::Result<u64, String>;
+    /// changes. `durable` is the newest durable checkpoint's epoch: a record the
+    /// destination keeps of a newer epoch than that cannot be this weir's.
+    fn deliver(
+        &mut self,
+        epoch: u64,
+        durable: u64,
+        changes: &[Change],
+    ) -> std::result::Result<u64, String>;
 }
 
 /// A sink connector: its name in `WITH (connector = ...)` and how it is made.
@@ -81,7 +93,8 @@ pub struct SinkStatus {
     pub view: String,
     pub connector: String,
     pub sql: String,
-    /// `running`, `retrying` (the last delivery failed; see `error`) or `stopped`.
+    /// `running`, `retrying` (the last delivery failed; see `error`), `failed` (it
+    /// gave up; see `error`) or `stopped`.
     pub status: &'static str,
     pub error: Option<String>,
     /// The newest checkpoint epoch whose changes the destination holds.
@@ -94,11 +107,14 @@ pub struct SinkStatus {
     pub failed_deliveries: u64,
 }
 
-/// The epoch a sink last delivered, as written in the data dir.
+/// The epoch a sink last delivered, as written in the data dir, and why it failed if
+/// it did (a failed sink stays failed across restarts).
 #[derive(Debug, Serialize, Deserialize)]
 struct Progress {
     sql: String,
     delivered_epoch: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    failed: Option<String>,
 }
 
 /// A running sink.
@@ -110,6 +126,8 @@ pub struct SinkRuntime {
     pub feed: Arc<SinkFeed>,
     stop: AtomicBool,
     progress: Mutex<(u64, Option<String>)>,
+    /// Why the sink gave up, once that is recorded in the data dir.
+    failed: Mutex<Option<String>>,
     /// Where the delivered epoch is kept (none without a data dir, or once dropped: a
     /// delivery that ends after DROP SINK must not write it back).
     progress_file: Mutex<Option<PathBuf>>,
@@ -136,12 +154,19 @@ impl SinkRuntime {
         (messages, failures): (IntCounter, IntCounter),
     ) -> Result<Self> {
         let mut delivered = 0;
+        let mut failed = None;
         if let Some(file) = &progress_file {
             let saved = std::fs::read(file)
                 .ok()
                 .and_then(|b| serde_json::from_slice::<Progress>(&b).ok());
             match saved {
-                Some(p) if resume && p.sql == sql.trim() => delivered = p.delivered_epoch,
+                Some(p) if resume && p.sql == sql.trim() => {
+                    delivered = p.delivered_epoch;
+                    if let Some(reason) = p.failed {
+                        feed.fail(reason.clone());
+                        failed = Some(reason);
+                    }
+                }
                 _ if file.exists() => std::fs::remove_file(file)?,
                 _ => {}
             }
@@ -156,6 +181,7 @@ impl SinkRuntime {
             feed,
             stop: AtomicBool::new(false),
             progress: Mutex::new((delivered, None)),
+            failed: Mutex::new(failed),
             progress_file: Mutex::new(progress_file),
             messages,
             failures,
@@ -175,6 +201,14 @@ impl SinkRuntime {
         let mut backoff = FIRST_BACKOFF;
         while !self.stop.load(Ordering::Relaxed) {
             let delivered = self.progress.lock().0;
+            if let Some(reason) = self.feed.failed() {
+                tracing::error!(sink = %self.name, "the sink failed: {reason}");
+                if let Err(e) = self.save(delivered, Some(reason.clone())) {
+                    tracing::warn!(sink = %self.name, error = %e, "cannot record that the sink failed");
+                }
+                *self.failed.lock() = Some(reason);
+                return;
+            }
             let Some((epoch, changes)) =
                 self.feed.next_ready(delivered, Duration::from_millis(200))
             else {
@@ -185,10 +219,11 @@ impl SinkRuntime {
                 }
                 continue;
             };
-            match sink.deliver(epoch, &changes) {
+            match sink.deliver(epoch, self.feed.durable_epoch(), &changes) {
                 Ok(messages) => {
+                    crate::failpoint::crash_point("sink-delivered");
                     self.messages.inc_by(messages);
-                    if let Err(e) = self.save(epoch) {
+                    if let Err(e) = self.save(epoch, None) {
                         // Delivered all the same: a restart writes this epoch again, with
                         // the same weir-epoch and weir-seq headers.
                         tracing::warn!(sink = %self.name, error = %e, "cannot record the delivered epoch");
@@ -212,13 +247,13 @@ impl SinkRuntime {
     fn sleep(&self, total: Duration) {
         let step = Duration::from_millis(50);
         let mut slept = Duration::ZERO;
-        while slept < total && !self.stop.load(Ordering::Relaxed) {
+        while slept < total && !self.stop.load(Ordering::Relaxed) && self.feed.failed().is_none() {
             std::thread::sleep(step);
             slept += step;
         }
     }
 
-    fn save(&self, epoch: u64) -> std::io::Result<()> {
+    fn save(&self, epoch: u64, failed: Option<String>) -> std::io::Result<()> {
         let file = self.progress_file.lock();
         let Some(file) = file.as_ref() else {
             return Ok(());
@@ -229,6 +264,7 @@ impl SinkRuntime {
         let bytes = serde_json::to_vec(&Progress {
             sql: self.sql.clone(),
             delivered_epoch: epoch,
+            failed,
         })
         .map_err(std::io::Error::other)?;
         write_atomically(file, &bytes)
@@ -245,6 +281,7 @@ impl SinkRuntime {
 
     pub fn status(&self) -> SinkStatus {
         let (delivered_epoch, error) = self.progress.lock().clone();
+        let failed = self.failed.lock().clone();
         SinkStatus {
             name: self.name.clone(),
             view: self.view.clone(),
@@ -252,12 +289,14 @@ impl SinkRuntime {
             sql: self.sql.clone(),
             status: if self.stop.load(Ordering::Relaxed) {
                 "stopped"
+            } else if failed.is_some() {
+                "failed"
             } else if error.is_some() {
                 "retrying"
             } else {
                 "running"
             },
-            error,
+            error: failed.or(error),
             delivered_epoch,
             durable_epoch: self.feed.durable_epoch(),
             rows_pending: self.feed.rows_pending(),

@@ -1,12 +1,14 @@
 //! GROUP BY without a window: an updating aggregate. One [`GroupState`] holds every
 //! group; after each batch the view's rows are replaced by the current value of every
-//! group, and the groups the batch touched are emitted as changes (the SSE stream).
+//! group, and the groups the batch touched are emitted as changes (the SSE stream),
+//! with the rows those groups showed before (what sinks need for a group's previous
+//! values and for a group that left the view through HAVING).
 //!
 //! Reading the current values costs O(groups) per batch (see [`GroupState::read`]).
 //! Memory is bounded by the number of groups.
 
-use datafusion::arrow::array::{BooleanArray, RecordBatch};
-use datafusion::arrow::compute::filter_record_batch;
+use datafusion::arrow::array::{BooleanArray, RecordBatch, UInt32Array};
+use datafusion::arrow::compute::{filter_record_batch, take_record_batch};
 
 use super::{GroupState, GroupedPlan};
 use crate::Result;
@@ -17,6 +19,9 @@ pub struct UpdatingAggregate {
     plan: GroupedPlan,
     state: GroupState,
     group_indices: Vec<usize>,
+    /// Every group's aggregated values after the previous batch, by group index (group
+    /// indices are stable: [`GroupState::read`] rebuilds the groups in order).
+    previous: Option<RecordBatch>,
 }
 
 impl UpdatingAggregate {
@@ -26,6 +31,7 @@ impl UpdatingAggregate {
             plan,
             state,
             group_indices: Vec::new(),
+            previous: None,
         })
     }
 }
@@ -45,14 +51,34 @@ impl Operator for UpdatingAggregate {
         for &g in &self.group_indices {
             touched[g] = true;
         }
+        let known = self.previous.as_ref().map_or(0, RecordBatch::num_rows);
+        let touched_known: UInt32Array = touched[..known]
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| **t)
+            .map(|(g, _)| g as u32)
+            .collect();
         let current = self.state.read(&self.plan, &mut self.group_indices)?;
         let changed = filter_record_batch(&current, &BooleanArray::from(touched))?;
-        match (self.plan.finish(current), self.plan.finish(changed)) {
-            ((_, Ok(all)), (_, Ok(changes))) => {
+        let before = match &self.previous {
+            Some(previous) => Some(take_record_batch(previous, &touched_known)?),
+            None => None,
+        };
+        let finished = (
+            self.plan.finish(current.clone()).1,
+            self.plan.finish(changed),
+            before.map(|b| self.plan.finish(b).1).transpose(),
+        );
+        match finished {
+            (Ok(all), (_, Ok(changes)), Ok(replaced)) => {
                 out.replace(all);
                 out.emit(changes);
+                if let Some(replaced) = replaced.filter(|r| r.num_rows() > 0) {
+                    out.replaced(replaced);
+                }
+                self.previous = Some(current);
             }
-            (_, (changed, Err(e))) | ((_, Err(e)), (changed, _)) => {
+            (_, (changed, Err(e)), _) | (Err(e), (changed, _), _) | (_, (changed, _), Err(e)) => {
                 out.failed(
                     changed,
                     format!("updated groups could not be finished: {e}"),
@@ -78,6 +104,8 @@ impl Operator for UpdatingAggregate {
                 )));
             }
         };
+        // What the restored view shows, so the next batch knows the groups' rows before.
+        self.previous = Some(self.state.read(&self.plan, &mut self.group_indices)?);
         Ok(())
     }
 

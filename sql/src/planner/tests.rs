@@ -171,7 +171,19 @@ async fn group_by_without_a_window_updates_its_rows() {
         ],
         &out.rows[1..]
     );
-    // A third bid on auction 1 fails HAVING: it leaves the view.
+    // With the rows auction 1 showed before the second batch.
+    assert_batches_eq!(
+        [
+            "+---------+---+-----+",
+            "| auction | n | top |",
+            "+---------+---+-----+",
+            "| 1       | 1 | 10  |",
+            "+---------+---+-----+"
+        ],
+        &[out.replaced.clone().expect("auction 1 was shown")]
+    );
+    // A third bid on auction 1 fails HAVING: it leaves the view. No change row names
+    // it, and the replaced rows say what it showed last.
     let mut out = Collector::default();
     q.operator
         .process(&batch(&[(1, 1, 4_000)]), None, &mut out)
@@ -186,6 +198,23 @@ async fn group_by_without_a_window_updates_its_rows() {
         ],
         &[out.replace.expect("replaced")]
     );
+    assert!(out.rows.is_empty());
+    assert_batches_eq!(
+        [
+            "+---------+---+-----+",
+            "| auction | n | top |",
+            "+---------+---+-----+",
+            "| 1       | 2 | 30  |",
+            "+---------+---+-----+"
+        ],
+        &[out.replaced.expect("auction 1 left")]
+    );
+    // A group that was never shown and still is not changes nothing.
+    let mut out = Collector::default();
+    q.operator
+        .process(&batch(&[(1, 2, 5_000)]), None, &mut out)
+        .expect("fourth");
+    assert!(out.rows.is_empty() && out.replaced.is_none());
     assert!(q.operator.state_size() > 0);
 }
 

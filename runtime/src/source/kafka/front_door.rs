@@ -201,7 +201,9 @@ impl FrontDoor {
             if let Some(k) = key.as_deref() {
                 message = message.key(k.as_bytes());
             }
-            if let Err(e) = crate::kafka::send_waiting(&producer, message) {
+            if let Err(e) =
+                crate::kafka::send_waiting(&producer, message, || request.failed.lock().is_some())
+            {
                 // The rest would fail too, and a retry produces them all again.
                 request.pending.fetch_sub(1, Ordering::AcqRel);
                 request.failed.lock().get_or_insert_with(|| e.to_string());
