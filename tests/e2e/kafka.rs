@@ -453,32 +453,56 @@ async fn a_bounded_read_finishes_at_the_end_offsets_and_says_where() -> Result<(
         .map(|i| ((i % 2) as i32, None, bid(i, 0, 1_000 + i * 100)))
         .collect();
     produce(&topic, &messages).await?;
-    let weir = Weir::start(&[]).await?;
+    // Two processes in one group, each with the same bounded read: a bounded read is
+    // a batch job over fixed offsets, so each reads every partition and finishes.
+    let (dir, config) = config_dir("[runtime.checkpoints]\ninterval = '200ms'\nkeep = 3\n").await?;
+    let weir = Weir::start_in(dir, &["--config", &config]).await?;
+    let other = Weir::start(&[]).await?;
     let b = brokers();
-    weir.exec(&format!(
+    let source = format!(
         "CREATE SOURCE bids (id BIGINT, user_id BIGINT, price BIGINT, ts TIMESTAMP, \
          WATERMARK FOR ts AS ts - INTERVAL '1' SECOND) \
          WITH (connector = 'kafka', brokers = '{b}', topic = '{topic}', start = 'earliest', end = 'latest', group = '{group}')"
-    ))
-    .await?;
-    weir.exec(
-        "CREATE MATERIALIZED VIEW per_window AS SELECT window_start, count(*) AS n \
-         FROM TUMBLE(bids, ts, INTERVAL '1' SECOND) GROUP BY window_start",
-    )
-    .await?;
-    weir.wait_finished("bids").await?;
+    );
+    let view = "CREATE MATERIALIZED VIEW per_window AS SELECT window_start, count(*) AS n \
+         FROM TUMBLE(bids, ts, INTERVAL '1' SECOND) GROUP BY window_start";
+    for w in [&weir, &other] {
+        w.exec(&source).await?;
+        w.exec(view).await?;
+    }
+    for w in [&weir, &other] {
+        w.wait_finished("bids").await?;
+    }
     // Written after the end was taken: not read.
     produce(&topic, &[(0, None, bid(99, 0, 1_500))]).await?;
+    let ends = json!({format!("{topic}/0"): 10, format!("{topic}/1"): 10});
+    for w in [&weir, &other] {
+        let status = w.get("/api/v1/sources/bids").await?;
+        ensure!(status["status"] == "finished", "{status}");
+        ensure!(status["end_offsets"] == ends, "{status}");
+        // The final watermark closed every window: 20 rows in 2 windows.
+        let rows = view_rows(w, "per_window").await?;
+        let counted: i64 = rows.iter().filter_map(|r| r["n"].as_i64()).sum();
+        ensure!(counted == 20 && rows.len() == 2, "{rows:?}");
+    }
+    // The checkpoints after the end commit it to the group.
+    weir.wait_for("the end committed", Duration::from_secs(30), || async {
+        let c = committed(&group, &topic, 2)?;
+        Ok((c == BTreeMap::from([(0, 10), (1, 10)])).then_some(()))
+    })
+    .await?;
+    // Restarted, the read ends where it was to end, not at the topic's new end: the
+    // view is the same, and its windows are still closed.
+    let before = view_rows(&weir, "per_window").await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let weir = weir.restart(&["--config", &config]).await?;
+    weir.wait_finished("bids").await?;
     let status = weir.get("/api/v1/sources/bids").await?;
-    ensure!(status["status"] == "finished", "{status}");
+    ensure!(status["end_offsets"] == ends, "{status}");
     ensure!(
-        status["end_offsets"] == json!({format!("{topic}/0"): 10, format!("{topic}/1"): 10}),
-        "{status}"
+        view_rows(&weir, "per_window").await? == before,
+        "the restarted read changed the view"
     );
-    // The final watermark closed every window: 20 rows in 2 windows.
-    let rows = view_rows(&weir, "per_window").await?;
-    let counted: i64 = rows.iter().filter_map(|r| r["n"].as_i64()).sum();
-    ensure!(counted == 20 && rows.len() == 2, "{rows:?}");
     Ok(())
 }
 

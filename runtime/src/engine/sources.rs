@@ -156,6 +156,7 @@ impl Engine {
         );
         if let Err(e) = started {
             source.shut_down();
+            self.forget_source_metrics(&source);
             return Err(e);
         }
         self.inner.sources.insert(name.clone(), source);
@@ -184,6 +185,15 @@ impl Engine {
             tracing::warn!(source = %name, error = %e, "cannot remove the write-ahead log of a dropped source");
         }
         self.inner.sources.remove(name);
+        self.forget_source_metrics(&source);
+        Ok(SqlOutput::Done {
+            message: format!("source {name} dropped"),
+        })
+    }
+
+    /// Remove a source's metric series (dropped, or never started).
+    fn forget_source_metrics(&self, source: &SourceRuntime) {
+        let name = source.name.as_str();
         let m = &self.inner.metrics;
         for family in [&m.records_in, &m.batches, &m.dead_letters] {
             let _ = family.remove_label_values(&[name]);
@@ -193,9 +203,6 @@ impl Engine {
         for p in source.input.status().partitions {
             let _ = m.source_lag.remove_label_values(&[name, &p.partition]);
         }
-        Ok(SqlOutput::Done {
-            message: format!("source {name} dropped"),
-        })
     }
 
     /// Push a request body into an HTTP source.

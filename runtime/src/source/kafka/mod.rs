@@ -72,6 +72,10 @@ pub struct Shared {
     pub end_offsets: Mutex<BTreeMap<String, i64>>,
     /// The consumer, once it runs (commits go through it).
     pub consumer: Mutex<Option<Arc<BaseConsumer<Context>>>>,
+    /// The offsets of the newest durable checkpoint, committed once more, and
+    /// synchronously, when the reader stops: an asynchronous commit may not have
+    /// reached the brokers when the consumer closes.
+    pub durable_offsets: Mutex<Option<TopicPartitionList>>,
 }
 
 /// One partition as the API shows it.
@@ -162,7 +166,11 @@ pub fn open(def: &SourceDef) -> Result<Box<dyn Connector>> {
         // per partition) the prefetch queue often passes the threshold and the partition
         // is not fetched for `fetch.queue.backoff.ms` (1 s), which cut reads to a third
         // (docs/PERFORMANCE.md). `queued.max.messages.kbytes` still bounds the memory.
-        .set("queued.min.messages", "1000000");
+        .set("queued.min.messages", "1000000")
+        // The pipeline holds the reader back while it is behind (a bounded channel), so
+        // polls may be far apart: the group must not take that for a dead member (the
+        // session's heartbeats, from librdkafka's own thread, still catch a dead one).
+        .set("max.poll.interval.ms", "86400000");
     let properties: Vec<(String, String)> = crate::options::properties(def.options)
         .into_iter()
         .collect();
@@ -297,6 +305,7 @@ impl Connector for KafkaSource {
         if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
             tracing::warn!(source = %self.name, error = %e, "cannot commit the checkpoint's offsets to the group");
         }
+        *self.shared.durable_offsets.lock() = Some(tpl);
     }
 
     fn status(&self) -> ConnectorStatus {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use datafusion::arrow::array::RecordBatch;
 use parking_lot::Mutex;
 use rdkafka::client::ClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
@@ -42,13 +42,29 @@ pub fn partition_key(topic: &str, partition: i32) -> String {
     format!("{topic}/{partition}")
 }
 
-/// The offsets a position names, per partition.
+/// In a position, the end of a bounded read's partition is this prefix and the
+/// partition's key: checkpoints hold where the read ends, so a restart ends there too.
+const END_PREFIX: &str = "end:";
+
+/// The offsets a position names, per partition (the next to read).
 pub fn offsets_of(position: &Position) -> BTreeMap<Partition, i64> {
+    partition_offsets(position, |k| (!k.starts_with(END_PREFIX)).then_some(k))
+}
+
+/// The end offsets of a bounded read a position names, per partition.
+fn ends_of(position: &Position) -> BTreeMap<Partition, i64> {
+    partition_offsets(position, |k| k.strip_prefix(END_PREFIX))
+}
+
+fn partition_offsets(
+    position: &Position,
+    key: impl Fn(&str) -> Option<&str>,
+) -> BTreeMap<Partition, i64> {
     position
         .0
         .iter()
         .filter_map(|(k, v)| {
-            let (topic, partition) = k.rsplit_once('/')?;
+            let (topic, partition) = key(k)?.rsplit_once('/')?;
             Some((
                 (topic.to_string(), partition.parse().ok()?),
                 v.parse().ok()?,
@@ -265,6 +281,8 @@ pub struct Reader {
     splits: HashMap<Partition, u32>,
     /// A bounded read's end offset per partition (exclusive), and those reached.
     ends: BTreeMap<Partition, i64>,
+    /// The ends a checkpoint holds: a restarted bounded read ends where it was to.
+    resumed_ends: BTreeMap<Partition, i64>,
     done: HashSet<Partition>,
     last_flush: Instant,
     last_lag: Instant,
@@ -274,6 +292,7 @@ impl Reader {
     /// A reader of `source`, from `resume` (a checkpoint's position) if given.
     pub fn new(source: &KafkaSource, resume: Option<Position>, feed: Feed) -> Result<Self> {
         let name = source.name.clone();
+        let resumed_ends = resume.as_ref().map(ends_of).unwrap_or_default();
         let context = Context {
             source: name.clone(),
             brokers: source.brokers.clone(),
@@ -305,6 +324,7 @@ impl Reader {
             buffers: HashMap::new(),
             splits: HashMap::new(),
             ends: BTreeMap::new(),
+            resumed_ends,
             done: HashSet::new(),
             last_flush: Instant::now(),
             last_lag: Instant::now(),
@@ -313,24 +333,39 @@ impl Reader {
 
     /// Read until the source stops, its pipeline is gone or a bounded read ends.
     pub fn run(mut self) {
-        self.read();
+        if self.read() {
+            // A finished bounded read keeps its consumer, so that the checkpoints that
+            // follow (the one that holds the end first) commit their offsets.
+            return;
+        }
+        if let Some(offsets) = self.shared.durable_offsets.lock().take()
+            && let Err(e) = self.consumer.commit(&offsets, CommitMode::Sync)
+        {
+            tracing::warn!(source = %self.name, error = %e, "cannot commit the last checkpoint's offsets");
+        }
         self.consumer.unsubscribe();
         // The last handle goes with this thread: the consumer closes and leaves the group.
         self.shared.consumer.lock().take();
     }
 
-    fn read(&mut self) {
+    /// True when a bounded read has finished.
+    fn read(&mut self) -> bool {
         if !self.feed.wait_for_a_view() {
-            return;
+            return false;
         }
-        let topics: Vec<&str> = self.subscription.iter().map(String::as_str).collect();
-        if let Err(e) = self.consumer.subscribe(&topics) {
-            tracing::error!(source = %self.name, error = %e, "cannot subscribe");
-            *self.shared.waiting.lock() = Some(format!("cannot subscribe to {topics:?}: {e}"));
-            return;
-        }
-        if self.end.is_some() && !self.find_ends() {
-            return;
+        if self.end.is_some() {
+            // A bounded read is a batch job over fixed offsets: it reads every
+            // partition itself rather than share them through the group.
+            if !self.find_ends() || !self.assign_all() {
+                return false;
+            }
+        } else {
+            let topics: Vec<&str> = self.subscription.iter().map(String::as_str).collect();
+            if let Err(e) = self.consumer.subscribe(&topics) {
+                tracing::error!(source = %self.name, error = %e, "cannot subscribe");
+                *self.shared.waiting.lock() = Some(format!("cannot subscribe to {topics:?}: {e}"));
+                return false;
+            }
         }
         // A local handle: a polled message borrows it while the reader changes.
         let consumer = self.consumer.clone();
@@ -357,13 +392,13 @@ impl Reader {
                         buffer.len() >= self.feed.chunk_rows || buffer.bytes() >= CHUNK_BYTES;
                     drop(m);
                     if full && !self.flush(&key) {
-                        return;
+                        return false;
                     }
                 }
                 Some(Err(KafkaError::PartitionEOF(partition))) => {
                     self.shared.waiting.lock().take();
                     if !self.flush_all() {
-                        return;
+                        return false;
                     }
                     self.at_partition_end(partition);
                 }
@@ -373,7 +408,7 @@ impl Reader {
                 }
             }
             if self.last_flush.elapsed() >= LINGER && !self.flush_all() {
-                return;
+                return false;
             }
             if self.last_lag.elapsed() >= LAG_EVERY {
                 self.refresh_lag();
@@ -382,10 +417,12 @@ impl Reader {
                 if self.flush_all() {
                     tracing::info!(source = %self.name, ends = ?self.ends, "bounded read finished");
                     self.feed.end();
+                    return true;
                 }
-                break;
+                return false;
             }
         }
+        false
     }
 
     /// Act on the partitions the last poll's rebalance assigned or revoked.
@@ -546,9 +583,57 @@ impl Reader {
         let _ = self.consumer.pause(&tpl);
     }
 
-    /// The end offsets of a bounded read, asked for until the brokers answer; false if
-    /// the source stopped first.
+    /// A bounded read takes every partition it ends in, each from where it starts
+    /// (the checkpoint's offset, else the configured start); a partition already at its
+    /// end is done at once. The ends go into the position, so checkpoints hold them.
+    fn assign_all(&mut self) -> bool {
+        let context = self.consumer.context();
+        let mut tpl = TopicPartitionList::new();
+        let mut ends = Position::default();
+        for ((topic, partition), &end) in &self.ends {
+            let first = context.first_offset(&self.consumer, topic, *partition);
+            if matches!(first, Offset::Offset(o) if o >= end) {
+                self.done.insert((topic.clone(), *partition));
+                continue;
+            }
+            ends.0.insert(
+                format!("{END_PREFIX}{}", partition_key(topic, *partition)),
+                end.to_string(),
+            );
+            if let Err(e) = tpl.add_partition_offset(topic, *partition, first) {
+                tracing::error!(source = %self.name, error = %e, "cannot assign a partition");
+                return false;
+            }
+        }
+        context.first.lock().assigned_before = true;
+        if let Err(e) = self.consumer.assign(&tpl) {
+            tracing::error!(source = %self.name, error = %e, "cannot assign the partitions");
+            *self.shared.waiting.lock() = Some(format!("cannot assign the partitions: {e}"));
+            return false;
+        }
+        context.changes.lock().extend(
+            tpl.elements()
+                .iter()
+                .map(|e| ((e.topic().to_string(), e.partition()), true)),
+        );
+        self.apply_rebalance();
+        // No rows, so no split is touched: the position alone moves.
+        let empty = RecordBatch::new_empty(self.layout.schema());
+        self.feed.send(empty, ends, 0)
+    }
+
+    /// The end offsets of a bounded read (a checkpoint's, else asked for until the
+    /// brokers answer); false if the source stopped first.
     fn find_ends(&mut self) -> bool {
+        if !self.resumed_ends.is_empty() {
+            let ends = std::mem::take(&mut self.resumed_ends);
+            *self.shared.end_offsets.lock() = ends
+                .iter()
+                .map(|((t, p), o)| (partition_key(t, *p), *o))
+                .collect();
+            self.ends = ends;
+            return true;
+        }
         let mut backoff = Duration::from_millis(100);
         loop {
             match self.ends_now() {
