@@ -4,7 +4,9 @@
 # then read by a plain librdkafka consumer that does nothing with them (the ceiling),
 # then by weir (a Kafka source and one updating aggregate), and the same records by
 # weir's `file` connector from a JSON-lines file. weir's times run from CREATE VIEW until
-# the view has counted every record.
+# the view has counted every record; its CPU time (user and system, all threads, from
+# /proc) over the same span gives the cost per record, which the broker's own share of
+# this machine's cores does not blur.
 # Usage: [BIN=/path/to/weir] scripts/bench-kafka.sh [messages]   (default 10,000,000)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,7 +34,13 @@ sql() {
 trap 'kill ${WEIR_PID:-} 2>/dev/null || true; stop_kafka; rm -rf "$WORK"' EXIT
 TOPIC="bench-$(date +%s)"
 "$TOOL" produce "$WEIR_TEST_KAFKA" "$TOPIC" "$MESSAGES" "$WORK/bids.jsonl"
-"$TOOL" consume "$WEIR_TEST_KAFKA" "$TOPIC" "$MESSAGES"
+/usr/bin/time -o "$WORK/consumer-cpu" -f '%U %S' "$TOOL" consume "$WEIR_TEST_KAFKA" "$TOPIC" "$MESSAGES"
+python3 -c "import sys; u, s = map(float, open(sys.argv[1]).read().split()); n = int(sys.argv[2]); print(f'plain librdkafka consumer: {u + s:.2f} CPU s = {(u + s) * 1e9 / n:.0f} CPU ns per record')" "$WORK/consumer-cpu" "$MESSAGES"
+
+# A process's CPU time so far (user + system, all its threads), in clock ticks.
+cpu_ticks() {
+  awk '{print $14 + $15}' "/proc/$1/stat"
+}
 
 # Time from CREATE VIEW until the view has counted `MESSAGES` records.
 run_weir() {
@@ -43,7 +51,8 @@ run_weir() {
   printf '[runtime.checkpoints]\ninterval = "10s"\n' > "$WORK/$name/weir.toml"
   start_weir "$WORK/$name"
   sql "$source"
-  local start end
+  local start end cpu_start cpu_end
+  cpu_start=$(cpu_ticks "$WEIR_PID")
   start=$(date +%s.%N)
   sql "CREATE MATERIALIZED VIEW per_user AS SELECT user_id, count(*) AS n FROM bids GROUP BY user_id"
   until [ "$(curl -sf "$WEIR_URL/api/v1/sql" -H 'content-type: application/json' \
@@ -51,7 +60,8 @@ run_weir() {
     sleep 0.05
   done
   end=$(date +%s.%N)
-  python3 -c "import sys; n, s = int(sys.argv[1]), float(sys.argv[3]) - float(sys.argv[2]); print(f'weir, {sys.argv[4]}: {n} records in {s:.2f} s = {n/s:.0f} records/s')" "$MESSAGES" "$start" "$end" "$name"
+  cpu_end=$(cpu_ticks "$WEIR_PID")
+  python3 -c "import sys; n, s = int(sys.argv[1]), float(sys.argv[3]) - float(sys.argv[2]); cpu = (int(sys.argv[6]) - int(sys.argv[5])) / int(sys.argv[7]); print(f'weir, {sys.argv[4]}: {n} records in {s:.2f} s = {n/s:.0f} records/s; {cpu:.2f} CPU s = {cpu * 1e9 / n:.0f} CPU ns per record')" "$MESSAGES" "$start" "$end" "$name" "$cpu_start" "$cpu_end" "$(getconf CLK_TCK)"
   kill "$WEIR_PID"; wait "$WEIR_PID" 2>/dev/null || true
 }
 COLUMNS="id BIGINT, user_id BIGINT, price BIGINT, ts BIGINT"

@@ -24,6 +24,7 @@ use crate::support::Weir;
 pub(crate) struct Written {
     pub key: Option<Value>,
     pub value: Option<Value>,
+    pub lineage: Option<String>,
     pub epoch: Option<u64>,
     pub seq: Option<u64>,
     /// Where it is in its partition.
@@ -78,9 +79,15 @@ pub(crate) async fn read_topic(
                 let h = m.headers()?.iter().find(|h| h.key == name)?;
                 std::str::from_utf8(h.value?).ok()?.parse().ok()
             };
+            let lineage = m
+                .headers()
+                .and_then(|h| h.iter().find(|h| h.key == "weir-lineage"))
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned());
             out.push(Written {
                 key: json(m.key())?,
                 value: json(m.payload())?,
+                lineage,
                 epoch: header("weir-epoch"),
                 seq: header("weir-seq"),
                 offset: m.offset(),
@@ -91,22 +98,22 @@ pub(crate) async fn read_topic(
     .await?
 }
 
-/// Drop the messages written again after a crash: the same (epoch, seq) must be the
-/// same message.
+/// Drop the messages written again after a crash: the same (lineage, epoch, seq) must
+/// be the same message.
 fn deduplicate(written: &[Written]) -> Result<Vec<Written>> {
-    let mut seen: HashMap<(u64, u64), &Written> = HashMap::new();
+    let mut seen: HashMap<(&str, u64, u64), &Written> = HashMap::new();
     let mut out = Vec::new();
     for w in written {
-        let (Some(epoch), Some(seq)) = (w.epoch, w.seq) else {
-            bail!("a message without weir-epoch and weir-seq headers: {w:?}");
+        let (Some(lineage), Some(epoch), Some(seq)) = (w.lineage.as_deref(), w.epoch, w.seq) else {
+            bail!("a message without weir-lineage, weir-epoch and weir-seq headers: {w:?}");
         };
-        match seen.get(&(epoch, seq)) {
+        match seen.get(&(lineage, epoch, seq)) {
             Some(first) => ensure!(
                 first.key == w.key && first.value == w.value,
                 "epoch {epoch} seq {seq} was written twice with different content: {first:?} and {w:?}"
             ),
             None => {
-                seen.insert((epoch, seq), w);
+                seen.insert((lineage, epoch, seq), w);
                 out.push(w.clone());
             }
         }
@@ -556,11 +563,10 @@ async fn a_sink_killed_right_after_its_creation_still_writes_the_views_rows() ->
     Ok(())
 }
 
-/// weir crashes after the brokers committed an exactly-once epoch and before weir noted
-/// it (a failpoint aborts the process there): the restarted sink finds the epoch in the
-/// brokers' record and does not write it again.
-#[tokio::test]
-async fn an_epoch_committed_just_before_a_crash_is_not_written_again() -> Result<()> {
+/// A sink's first epoch, with weir aborted at `failpoint`, then restarted and given
+/// more rows: what the topic holds (read uncommitted), checked to be every row once
+/// when duplicates (same headers, same content) are dropped.
+async fn crash_a_sink_at(failpoint: &str, delivery: &str) -> Result<Vec<Written>> {
     let topic = unique("sink-window");
     let sink = unique("window").replace('-', "_");
     create_topic(&topic, 1).await?;
@@ -568,7 +574,7 @@ async fn an_epoch_committed_just_before_a_crash_is_not_written_again() -> Result
     let weir = Weir::start_with_env(
         dir,
         &["--config", &config],
-        &[("WEIR_FAILPOINTS", "sink-delivered")],
+        &[("WEIR_FAILPOINTS", failpoint)],
     )
     .await?;
     weir.exec("CREATE SOURCE s (id BIGINT) WITH (connector = 'http')")
@@ -587,10 +593,9 @@ async fn an_epoch_committed_just_before_a_crash_is_not_written_again() -> Result
     let b = brokers();
     weir.exec(&format!(
         "CREATE SINK {sink} FROM v WITH (connector = 'kafka', brokers = '{b}', topic = '{topic}', \
-         delivery = 'exactly_once')"
+         delivery = '{delivery}')"
     ))
     .await?;
-    // The first epoch is committed, then the process aborts.
     weir.wait_for(
         "the failpoint to stop weir",
         Duration::from_secs(60),
@@ -607,6 +612,21 @@ async fn an_epoch_committed_just_before_a_crash_is_not_written_again() -> Result
     .await?;
     wait_delivered(&weir, &sink).await?;
     let written = read_topic(&b, &topic, 30).await?;
+    let mut ids: Vec<i64> = deduplicate(&written)?
+        .iter()
+        .filter_map(|w| w.value.as_ref().and_then(|v| v["id"].as_i64()))
+        .collect();
+    ids.sort_unstable();
+    ensure!(ids == (0..30).collect::<Vec<_>>(), "{written:?}");
+    Ok(written)
+}
+
+/// weir crashes after the brokers committed an exactly-once epoch and before weir noted
+/// it: the restarted sink finds the epoch in the brokers' record and does not write it
+/// again.
+#[tokio::test]
+async fn an_epoch_committed_just_before_a_crash_is_not_written_again() -> Result<()> {
+    let written = crash_a_sink_at("sink-delivered", "exactly_once").await?;
     let unique_rows = deduplicate(&written)?;
     ensure!(
         unique_rows.len() == written.len(),
@@ -614,13 +634,44 @@ async fn an_epoch_committed_just_before_a_crash_is_not_written_again() -> Result
         written.len(),
         unique_rows.len()
     );
-    let mut ids: Vec<i64> = written
-        .iter()
-        .filter_map(|w| w.value.as_ref().and_then(|v| v["id"].as_i64()))
-        .collect();
-    ids.sort_unstable();
-    ensure!(ids == (0..30).collect::<Vec<_>>(), "{written:?}");
     Ok(())
+}
+
+/// weir crashes with an epoch's transaction open, after the checkpoint that holds it is
+/// durable and before the commit (the gap Arroyo leaves): after the restart that epoch
+/// is written again, in a transaction that commits, with the same headers. (tansu
+/// leaves the aborted copy readable, so the first copy is there too.)
+#[tokio::test]
+async fn an_epoch_whose_commit_a_crash_cut_off_is_written_again_and_committed() -> Result<()> {
+    let written = crash_a_sink_at("sink-before-commit", "exactly_once").await?;
+    ensure!(
+        copies_of_first_epoch(&written)? == 2,
+        "the first epoch is not in the topic once aborted and once committed: {written:?}"
+    );
+    Ok(())
+}
+
+/// An at-least-once sink killed right after writing an epoch writes it again after the
+/// restart, message for message with the same headers (`crash_a_sink_at` drops the
+/// copies by those and checks they are the same).
+#[tokio::test]
+async fn an_at_least_once_epoch_written_again_after_a_crash_carries_the_same_headers() -> Result<()>
+{
+    let written = crash_a_sink_at("sink-delivered", "at_least_once").await?;
+    ensure!(
+        copies_of_first_epoch(&written)? == 2,
+        "the first epoch is not in the topic twice: {written:?}"
+    );
+    Ok(())
+}
+
+/// How many times the topic holds the first message of its first epoch.
+fn copies_of_first_epoch(written: &[Written]) -> Result<usize> {
+    let first = written.first().and_then(|w| w.epoch).context("an epoch")?;
+    Ok(written
+        .iter()
+        .filter(|w| w.epoch == Some(first) && w.seq == Some(0))
+        .count())
 }
 
 /// A message the producer can never send (over `message.max.bytes`) is a dead letter
@@ -677,15 +728,14 @@ async fn a_sink_dead_letters_a_message_too_large_and_fails_past_its_pending_limi
         .collect();
     ensure!(ids == [0, 1, 2, 3, 5, 6, 7, 8, 9], "{ids:?}");
     let letters = weir.get("/api/v1/dead-letters?source=s").await?;
-    let letter = letters["dead_letters"]
-        .as_array()
-        .and_then(|l| l.first())
-        .context("a dead letter")?
-        .clone();
+    let letters = letters["dead_letters"].as_array().context("dead letters")?;
+    ensure!(letters.len() == 1, "one dead letter: {letters:?}");
+    let letter = letters[0].clone();
     ensure!(
         letter["reason"]
             .as_str()
             .is_some_and(|r| r.contains("sink big") && r.contains("message.max.bytes"))
+            && letter["position"] == 4
             && letter["view"] == "v"
             && letter["raw"].as_str().is_some_and(|r| r.contains("xxxx")),
         "{letter}"
@@ -716,6 +766,15 @@ async fn a_sink_dead_letters_a_message_too_large_and_fails_past_its_pending_limi
         "{failed}"
     );
     ensure!(view_rows(&weir, "v").await?.len() == 20, "the view serves");
+    // Once a checkpoint after the failure is written, the failure outlives a crash.
+    let newest = |c: Value| c["checkpoints"][0]["epoch"].as_u64().unwrap_or(0);
+    let seen = newest(weir.get("/api/v1/checkpoints").await?);
+    weir.wait_for(
+        "a checkpoint after the failure",
+        Duration::from_secs(30),
+        || async { Ok((newest(weir.get("/api/v1/checkpoints").await?) > seen).then_some(())) },
+    )
+    .await?;
     let config_path = weir.data_dir.path().join("weir.toml");
     let weir = weir
         .restart(&["--config", &config_path.to_string_lossy()])

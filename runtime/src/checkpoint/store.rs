@@ -77,6 +77,10 @@ struct ViewEntry {
 struct OutboxEntry {
     sink: String,
     sql: String,
+    #[serde(default)]
+    lineage: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    failed: Option<String>,
     file: Option<String>,
     /// Per batch of `file`: its epoch and what kind of change it is; a batch of kind
     /// [`REPLACED`] holds the replaced rows of the change before it.
@@ -110,6 +114,8 @@ impl OutboxEntry {
         Ok(Self {
             sink: outbox.sink.clone(),
             sql: outbox.sql.clone(),
+            lineage: outbox.lineage.clone(),
+            failed: outbox.failed.clone(),
             file,
             batches: batches.map(|(e, code, _)| (e, code)).collect(),
         })
@@ -154,7 +160,9 @@ impl OutboxEntry {
         Ok(Outbox {
             sink: self.sink,
             sql: self.sql,
+            lineage: self.lineage,
             epochs,
+            failed: self.failed,
         })
     }
 }
@@ -627,6 +635,8 @@ mod tests {
                 outboxes: vec![Outbox {
                     sink: "k".into(),
                     sql: "CREATE SINK k ...".into(),
+                    lineage: "0123".into(),
+                    failed: Some("gave up".into()),
                     epochs: vec![
                         (4, vec![Change::new(batch.clone(), ChangeKind::Snapshot)]),
                         (
@@ -681,8 +691,18 @@ mod tests {
         assert_eq!(v.state[0].num_rows(), 2);
         // A sink's undelivered changes come back by epoch, with their kind and the
         // rows they replace.
-        let Outbox { sink, sql, epochs } = &v.outboxes[0];
+        let Outbox {
+            sink,
+            sql,
+            lineage,
+            epochs,
+            failed,
+        } = &v.outboxes[0];
         assert_eq!((sink.as_str(), sql.as_str()), ("k", "CREATE SINK k ..."));
+        assert_eq!(
+            (lineage.as_str(), failed.as_deref()),
+            ("0123", Some("gave up"))
+        );
         assert_eq!(
             epochs
                 .iter()

@@ -81,7 +81,11 @@ pub struct Outbox {
     /// The sink's statement: a sink dropped and created again under its name is
     /// another sink, which does not take these.
     pub sql: String,
+    /// The sink's lineage (see [`SinkFeed::lineage`]).
+    pub lineage: String,
     pub epochs: Vec<Epoch>,
+    /// Why the sink gave up, if it did: it stays failed after a restart.
+    pub failed: Option<String>,
 }
 
 /// Where a view leaves its changes for one sink.
@@ -89,6 +93,11 @@ pub struct Outbox {
 pub struct SinkFeed {
     pub sink: String,
     pub sql: String,
+    /// A random id fixed when the sink is created and kept by its checkpoints: epochs
+    /// restart from 1 in another data dir, so (lineage, epoch, seq) is what names a
+    /// message for good, and what a destination's record of delivered epochs is
+    /// checked against.
+    pub lineage: String,
     /// Without checkpoints every change is its own epoch, durable at once.
     checkpointed: bool,
     state: Mutex<FeedState>,
@@ -118,6 +127,7 @@ impl SinkFeed {
         Self {
             sink: sink.to_string(),
             sql: sql.trim().to_string(),
+            lineage: new_lineage(),
             checkpointed,
             state: Mutex::new(FeedState::default()),
             ready: Condvar::new(),
@@ -127,13 +137,25 @@ impl SinkFeed {
     /// A feed that continues from a checkpoint: `outbox` is what it held, `durable` the
     /// checkpoint's epoch.
     pub fn restored(outbox: Outbox, durable: u64) -> Self {
-        let Outbox { sink, sql, epochs } = outbox;
-        let feed = Self::new(&sink, &sql, true);
+        let Outbox {
+            sink,
+            sql,
+            lineage,
+            epochs,
+            failed,
+        } = outbox;
+        let mut feed = Self::new(&sink, &sql, true);
+        if !lineage.is_empty() {
+            feed.lineage = lineage;
+        }
         {
             let mut s = feed.state.lock();
             s.rows_pending = epochs.iter().map(|(_, c)| rows(c)).sum();
             s.sealed = epochs.into();
             s.durable = durable;
+        }
+        if let Some(reason) = failed {
+            feed.fail(reason);
         }
         feed
     }
@@ -208,7 +230,9 @@ impl SinkFeed {
         Outbox {
             sink: self.sink.clone(),
             sql: self.sql.clone(),
+            lineage: self.lineage.clone(),
             epochs: s.sealed.iter().cloned().collect(),
+            failed: s.failed.clone(),
         }
     }
 
@@ -244,7 +268,8 @@ impl SinkFeed {
     pub fn settled(&self) -> Option<u64> {
         let s = self.state.lock();
         let durable = s.durable;
-        (!s.sealed.iter().any(|(e, _)| *e <= durable)).then_some(durable)
+        // A failed feed let its changes go: they were not written.
+        (s.failed.is_none() && !s.sealed.iter().any(|(e, _)| *e <= durable)).then_some(durable)
     }
 
     /// The sink holds `epoch` and every one before it: forget them.
@@ -272,6 +297,23 @@ impl SinkFeed {
         self.state.lock().closed = true;
         self.ready.notify_all();
     }
+}
+
+/// 16 hex digits, from the clock, the process and a counter through std's randomly
+/// keyed hasher: distinct for every sink ever created, with no extra dependency.
+fn new_lineage() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.write_u32(std::process::id());
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    format!("{:016x}", h.finish())
 }
 
 fn rows(changes: &[Change]) -> usize {
@@ -364,13 +406,36 @@ mod tests {
             Outbox {
                 sink: "k".into(),
                 sql: "CREATE SINK k".into(),
+                lineage: "0123".into(),
                 epochs: vec![(6, vec![change(&[1])]), (7, vec![change(&[2])])],
+                failed: None,
             },
             7,
         );
         assert_eq!(feed.next_ready(6, NOW).expect("epoch 7").0, 7);
         assert_eq!(feed.next_ready(0, NOW).expect("epoch 6").0, 6);
         assert_eq!(feed.rows_pending(), 2);
+        assert_eq!(feed.lineage, "0123", "the lineage is the checkpoint's");
+        assert_ne!(
+            SinkFeed::new("k", "CREATE SINK k", true).lineage,
+            SinkFeed::new("k", "CREATE SINK k", true).lineage,
+            "a new sink has a lineage of its own"
+        );
+    }
+
+    #[test]
+    fn a_failure_is_held_by_the_checkpoint_and_comes_back_with_it() {
+        let feed = SinkFeed::new("k", "CREATE SINK k", true);
+        feed.push(change(&[1]));
+        feed.seal(1);
+        feed.durable(1);
+        feed.fail("gave up".into());
+        assert_eq!(feed.settled(), None, "dropped changes were not delivered");
+        let held = feed.seal(2);
+        assert!(held.epochs.is_empty());
+        let restored = SinkFeed::restored(held, 2);
+        assert_eq!(restored.failed().as_deref(), Some("gave up"));
+        assert_eq!(restored.lineage, feed.lineage);
     }
 
     #[test]
@@ -383,6 +448,7 @@ mod tests {
         assert!(feed.failed().is_none(), "3 rows are within the limit");
         feed.push(change(&[4]));
         let reason = feed.failed().expect("4 rows are over it");
+        assert_eq!(feed.seal(2).failed.as_deref(), Some(reason.as_str()));
         assert!(reason.contains("max_pending_rows"), "{reason}");
         assert_eq!(feed.rows_pending(), 0);
         assert!(

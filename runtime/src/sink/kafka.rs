@@ -8,16 +8,18 @@
 //! the duplicates exactly.
 //!
 //! An `exactly_once` transaction also commits its epoch as the offset of a consumer
-//! group named after the transactional id (`send_offsets_to_transaction`), so the
+//! group named after the transactional id and the sink's lineage
+//! (`send_offsets_to_transaction`), so the
 //! brokers record, atomically with the messages, which epoch is written: a crash after
 //! the commit and before weir notes it does not make weir write the epoch again. See
 //! docs/CONNECTORS.md.
 
+use std::collections::HashSet;
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
@@ -26,11 +28,11 @@ use rdkafka::producer::{
     BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig,
 };
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::{ClientContext, Message};
 use serde::Deserialize;
 
 use super::encode::{Encoder, Format, Messages};
-use super::feed::Change;
-use super::{Sink, SinkDef};
+use super::{EpochChanges, Sink, SinkDef};
 use crate::deadletter::{DeadLetterStore, NewDeadLetter};
 use crate::{Error, Result};
 
@@ -79,18 +81,50 @@ pub struct KafkaSink {
     /// created while its brokers are down.
     producer: Option<BaseProducer<Delivery>>,
     messages: Messages,
-    /// For messages over the producer's `message.max.bytes`.
+    /// For messages no retry can write.
     dead_letters: Arc<DeadLetterStore>,
+    /// Those messages, by (epoch, seq), until their epoch is delivered.
+    refused: HashSet<(u64, u64)>,
     view: String,
     source: String,
 }
 
-/// Where the brokers record the newest epoch an `exactly_once` sink committed.
+/// Where the brokers record the newest epoch an `exactly_once` sink committed: the
+/// offset of partition 0 of the topic in the consumer group `<transactional id>-<the
+/// sink's lineage>`. The lineage is in the group's name (not in the offset's metadata,
+/// which some brokers drop), so a sink created afresh never reads another's record.
 struct EpochRecord {
-    consumer: BaseConsumer,
-    /// The newest committed epoch, read once the producer is made (after
+    /// The group's client settings, without `group.id`.
+    config: ClientConfig,
+    transactional_id: String,
+    /// A client of the group, made at the first delivery (when the lineage is known).
+    consumer: Option<BaseConsumer>,
+    /// The newest committed epoch, read again whenever a producer is made (after
     /// `init_transactions` has ended whatever transaction a crash left).
     committed: Option<u64>,
+}
+
+impl EpochRecord {
+    /// The newest epoch the brokers hold for `lineage` (0: none).
+    fn committed(&mut self, topic: &str, lineage: &str) -> std::result::Result<u64, String> {
+        if let Some(committed) = self.committed {
+            return Ok(committed);
+        }
+        let consumer = match &mut self.consumer {
+            Some(c) => c,
+            None => {
+                let mut config = self.config.clone();
+                config.set("group.id", format!("{}-{lineage}", self.transactional_id));
+                let made = config
+                    .create()
+                    .map_err(|e| format!("cannot make the epochs' group client: {e}"))?;
+                self.consumer.insert(made)
+            }
+        };
+        let committed = committed_epoch(consumer, topic)?;
+        self.committed = Some(committed);
+        Ok(committed)
+    }
 }
 
 pub fn open(def: &SinkDef) -> Result<Box<dyn Sink>> {
@@ -162,17 +196,15 @@ pub fn open(def: &SinkDef) -> Result<Box<dyn Sink>> {
         let mut group = ClientConfig::new();
         group
             .set("bootstrap.servers", &brokers)
-            .set("group.id", &transactional_id)
             .set("enable.auto.commit", "false")
             .set("log_level", "3");
         for (k, v) in crate::options::properties(def.options) {
             group.set(k, v);
         }
-        let consumer = group
-            .create()
-            .map_err(|e| bad(format!("the kafka client refuses its settings: {e}")))?;
         Some(EpochRecord {
-            consumer,
+            config: group,
+            transactional_id,
+            consumer: None,
             committed: None,
         })
     } else {
@@ -187,28 +219,57 @@ pub fn open(def: &SinkDef) -> Result<Box<dyn Sink>> {
         producer: None,
         messages: Messages::default(),
         dead_letters: def.dead_letters.clone(),
+        refused: HashSet::new(),
         view: def.view.to_string(),
         source: def.source.to_string(),
     }))
 }
 
-/// Collects the first delivery error of an epoch.
+/// Collects an epoch's delivery errors: the first that a retry may cure, and the
+/// messages the brokers refuse for good (by their seq, the delivery's opaque).
 #[derive(Default, Clone)]
 struct Delivery {
     failed: Arc<Mutex<Option<String>>>,
+    refused: Arc<Mutex<Vec<Refused>>>,
+}
+
+/// A message no retry can write (too large for the topic, a record the brokers call
+/// invalid): a dead letter, skipped when its epoch is written again.
+struct Refused {
+    seq: u64,
+    key: Vec<u8>,
+    value: Vec<u8>,
+    why: String,
 }
 
 impl ClientContext for Delivery {}
 
 impl ProducerContext for Delivery {
-    type DeliveryOpaque = ();
+    type DeliveryOpaque = usize;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        if let Err((e, _)) = result {
-            let mut failed = self.failed.lock();
-            if failed.is_none() {
-                *failed = Some(e.to_string());
-            }
+    fn delivery(&self, result: &DeliveryResult<'_>, seq: usize) {
+        let Err((e, m)) = result else {
+            return;
+        };
+        if matches!(
+            e.rdkafka_error_code(),
+            Some(
+                RDKafkaErrorCode::MessageSizeTooLarge
+                    | RDKafkaErrorCode::MessageBatchTooLarge
+                    | RDKafkaErrorCode::InvalidRecord
+            )
+        ) {
+            self.refused.lock().push(Refused {
+                seq: seq as u64,
+                key: m.key().unwrap_or_default().to_vec(),
+                value: m.payload().unwrap_or_default().to_vec(),
+                why: e.to_string(),
+            });
+            return;
+        }
+        let mut failed = self.failed.lock();
+        if failed.is_none() {
+            *failed = Some(e.to_string());
         }
     }
 }
@@ -227,7 +288,7 @@ impl KafkaSink {
                 producer
                     .init_transactions(TRANSACTION_WAIT)
                     .map_err(|e| format!("cannot start transactions: {e}"))?;
-                epochs.committed = Some(committed_epoch(&epochs.consumer, &self.topic)?);
+                epochs.committed = None;
             }
             self.producer = Some(producer);
         }
@@ -235,10 +296,16 @@ impl KafkaSink {
     }
 
     /// Queue every message of the epoch.
-    fn send_all(&mut self, epoch: u64, changes: &[Change]) -> std::result::Result<u64, String> {
+    fn send_all(&mut self, to_write: &EpochChanges<'_>) -> std::result::Result<u64, String> {
+        let EpochChanges {
+            epoch,
+            lineage,
+            changes,
+        } = *to_write;
         let epoch_text = epoch.to_string();
         let mut seq: u64 = 0;
         let mut messages = std::mem::take(&mut self.messages);
+        let mut refused_now = Vec::new();
         let result = (|| {
             for change in changes {
                 self.encoder
@@ -247,7 +314,11 @@ impl KafkaSink {
                 let producer = self.producer.as_ref().expect("made before sending");
                 for (i, value) in messages.values.iter().enumerate() {
                     let seq_text = seq.to_string();
-                    let headers = OwnedHeaders::new_with_capacity(2)
+                    let headers = OwnedHeaders::new_with_capacity(3)
+                        .insert(Header {
+                            key: "weir-lineage",
+                            value: Some(lineage.as_bytes()),
+                        })
                         .insert(Header {
                             key: "weir-epoch",
                             value: Some(epoch_text.as_bytes()),
@@ -256,7 +327,14 @@ impl KafkaSink {
                             key: "weir-seq",
                             value: Some(seq_text.as_bytes()),
                         });
-                    let mut record = BaseRecord::<[u8], [u8], ()>::to(&self.topic).headers(headers);
+                    if self.refused.contains(&(epoch, seq)) {
+                        // Refused for good before: a dead letter already.
+                        seq += 1;
+                        continue;
+                    }
+                    let mut record =
+                        BaseRecord::<[u8], [u8], usize>::with_opaque_to(&self.topic, seq as usize)
+                            .headers(headers);
                     // No payload: a tombstone.
                     if let Some(value) = value {
                         record = record.payload(&messages.buf[value.clone()]);
@@ -272,7 +350,18 @@ impl KafkaSink {
                         // (the message keeps its seq, so the others keep theirs).
                         Err(KafkaError::MessageProduction(
                             RDKafkaErrorCode::MessageSizeTooLarge,
-                        )) => self.dead_letter(epoch, seq, &messages, i),
+                        )) => {
+                            let part = |r: Option<&Range<usize>>| {
+                                r.map_or(&[][..], |r| &messages.buf[r.clone()])
+                            };
+                            let refused = Refused {
+                                seq,
+                                key: part(messages.keys.get(i)).to_vec(),
+                                value: part(value.as_ref()).to_vec(),
+                                why: "over the producer's message.max.bytes".into(),
+                            };
+                            refused_now.push(refused);
+                        }
                         Err(e) => return Err(format!("cannot send to {}: {e}", self.topic)),
                     }
                     seq += 1;
@@ -282,6 +371,9 @@ impl KafkaSink {
             Ok(seq)
         })();
         self.messages = messages;
+        for refused in refused_now {
+            self.refuse(epoch, refused);
+        }
         result
     }
 }
@@ -289,10 +381,7 @@ impl KafkaSink {
 /// The partition whose committed offset in the sink's group is the newest epoch.
 fn epoch_partition(topic: &str, epoch: Option<u64>) -> KafkaResult<TopicPartitionList> {
     let mut tpl = TopicPartitionList::new();
-    let offset = match epoch {
-        Some(e) => Offset::Offset(e as i64),
-        None => Offset::Invalid,
-    };
+    let offset = epoch.map_or(Offset::Invalid, |e| Offset::Offset(e as i64));
     tpl.add_partition_offset(topic, 0, offset)?;
     Ok(tpl)
 }
@@ -314,32 +403,35 @@ fn committed_epoch(consumer: &BaseConsumer, topic: &str) -> std::result::Result<
 }
 
 impl KafkaSink {
-    /// Message `i` of `messages` (seq `seq` of `epoch`) is over the size limit.
-    fn dead_letter(&self, epoch: u64, seq: u64, messages: &Messages, i: usize) {
-        let value = messages.values[i]
-            .clone()
-            .map_or(&[][..], |r| &messages.buf[r]);
-        let key = messages
-            .keys
-            .get(i)
-            .map_or(&[][..], |r| &messages.buf[r.clone()]);
+    /// A message of `epoch` no retry can write: a dead letter (once), and skipped
+    /// when the epoch is written again.
+    fn refuse(&mut self, epoch: u64, refused: Refused) {
+        if !self.refused.insert((epoch, refused.seq)) {
+            return;
+        }
+        let Refused {
+            seq,
+            key,
+            value,
+            why,
+        } = refused;
         self.dead_letters.push_all([NewDeadLetter {
             source: self.source.clone(),
             view: Some(self.view.clone()),
             partition: Some(format!("sink {} epoch {epoch}", self.name)),
             position: Some(seq),
             reason: format!(
-                "sink {}: the message for topic {} is {} bytes (key and value), over the \
-                 producer's message.max.bytes; it is not written (raise \
-                 properties.message.max.bytes, and the topic's max.message.bytes)",
+                "sink {}: the message for topic {} ({} bytes of key and value) cannot be \
+                 written: {why}; raise properties.message.max.bytes and the topic's \
+                 max.message.bytes if it is too large",
                 self.name,
                 self.topic,
                 key.len() + value.len()
             )
             .into(),
-            raw: value.to_vec(),
+            raw: value,
         }]);
-        tracing::warn!(sink = %self.name, epoch, seq, "a message over the size limit is a dead letter");
+        tracing::warn!(sink = %self.name, epoch, seq, "a message the brokers cannot take is a dead letter");
     }
 }
 
@@ -355,7 +447,8 @@ fn commit(
 ) -> std::result::Result<(), String> {
     let group = epochs
         .consumer
-        .group_metadata()
+        .as_ref()
+        .and_then(|c| c.group_metadata())
         .ok_or("the epochs' consumer group has no metadata")?;
     let offsets = epoch_partition(topic, Some(epoch)).map_err(|e| e.to_string())?;
     producer
@@ -371,23 +464,17 @@ fn commit(
 }
 
 impl Sink for KafkaSink {
-    fn deliver(
-        &mut self,
-        epoch: u64,
-        durable: u64,
-        changes: &[Change],
-    ) -> std::result::Result<u64, String> {
+    fn deliver(&mut self, to_write: &EpochChanges<'_>) -> std::result::Result<u64, String> {
+        let (epoch, lineage) = (to_write.epoch, to_write.lineage);
         let transactional = self.epochs.is_some();
         self.producer()?;
-        // Committed before a crash kept weir from noting it: not written again. A
-        // record beyond the durable checkpoints is another data dir's (weir started
-        // afresh under the same transactional id) and is overwritten by this commit.
-        if let Some(committed) = self.epochs.as_ref().and_then(|e| e.committed)
-            && epoch <= committed
-            && committed <= durable
-        {
-            tracing::info!(sink = %self.name, epoch, committed, "the brokers hold this epoch already");
-            return Ok(0);
+        // Committed before a crash kept weir from noting it: not written again.
+        if let Some(epochs) = &mut self.epochs {
+            let committed = epochs.committed(&self.topic, lineage)?;
+            if epoch <= committed {
+                tracing::info!(sink = %self.name, epoch, committed, "the brokers hold this epoch already");
+                return Ok(0);
+            }
         }
         let producer = self.producer.as_ref().expect("made above");
         producer.context().failed.lock().take();
@@ -397,10 +484,14 @@ impl Sink for KafkaSink {
                 "cannot begin the transaction of epoch {epoch}: {e}"
             ));
         }
-        let sent = self.send_all(epoch, changes);
+        let sent = self.send_all(to_write);
         let producer = self.producer.as_ref().expect("made above");
-        let finished = match sent {
+        let mut finished = match sent {
             Ok(n) if let Some(epochs) = &self.epochs => {
+                // Every message at the brokers, inside the open transaction (the
+                // commit flushes too; this is where a test crashes before it).
+                let _ = producer.flush(FLUSH_WAIT);
+                crate::failpoint::crash_point("sink-before-commit");
                 commit(producer, epochs, &self.topic, epoch)
                     .map(|()| n)
                     .map_err(|e| format!("cannot commit the transaction of epoch {epoch}: {e}"))
@@ -414,10 +505,22 @@ impl Sink for KafkaSink {
                 }),
             Err(e) => Err(e),
         };
-        if finished.is_ok()
-            && let Some(epochs) = &mut self.epochs
-        {
-            epochs.committed = Some(epoch);
+        // Refused messages are dead letters. Without a transaction the epoch holds the
+        // rest; a transaction that held a refused message was aborted and the epoch is
+        // written again without it.
+        let refused = std::mem::take(&mut *producer.context().refused.lock());
+        if transactional && !refused.is_empty() && finished.is_ok() {
+            finished = Err(format!("epoch {epoch} held messages the brokers refused"));
+        }
+        for r in refused {
+            self.refuse(epoch, r);
+        }
+        let producer = self.producer.as_ref().expect("made above");
+        if finished.is_ok() {
+            self.refused.retain(|(e, _)| *e > epoch);
+            if let Some(epochs) = &mut self.epochs {
+                epochs.committed = Some(epoch);
+            }
         }
         if finished.is_err() {
             // The epoch is written again, whole, by a new producer: nothing of this

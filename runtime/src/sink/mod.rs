@@ -42,19 +42,21 @@ pub struct SinkDef<'a> {
     pub dead_letters: &'a Arc<DeadLetterStore>,
 }
 
+/// The changes of one durable checkpoint epoch, as a sink is to write them.
+pub struct EpochChanges<'a> {
+    pub epoch: u64,
+    /// The sink's lineage ([`SinkFeed::lineage`]): with the epoch and a message's
+    /// place in it, what names the message for good.
+    pub lineage: &'a str,
+    pub changes: &'a [Change],
+}
+
 /// A destination of a view's changes.
 pub trait Sink: Send {
-    /// Write the changes of durable checkpoint `epoch`, and return (with the number of
-    /// messages written) once the destination holds them as the sink's delivery
-    /// guarantee says. On an error the same epoch is offered again, with the same
-    /// changes. `durable` is the newest durable checkpoint's epoch: a record the
-    /// destination keeps of a newer epoch than that cannot be this weir's.
-    fn deliver(
-        &mut self,
-        epoch: u64,
-        durable: u64,
-        changes: &[Change],
-    ) -> std::result::Result<u64, String>;
+    /// Write the changes of a durable epoch, and return (with the number of messages
+    /// written) once the destination holds them as the sink's delivery guarantee
+    /// says. On an error the same epoch is offered again, with the same changes.
+    fn deliver(&mut self, epoch: &EpochChanges<'_>) -> std::result::Result<u64, String>;
 }
 
 /// A sink connector: its name in `WITH (connector = ...)` and how it is made.
@@ -112,6 +114,10 @@ pub struct SinkStatus {
 #[derive(Debug, Serialize, Deserialize)]
 struct Progress {
     sql: String,
+    /// The feed's lineage: progress of another lineage (a sink created afresh) does
+    /// not apply.
+    #[serde(default)]
+    lineage: String,
     delivered_epoch: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     failed: Option<String>,
@@ -160,7 +166,7 @@ impl SinkRuntime {
                 .ok()
                 .and_then(|b| serde_json::from_slice::<Progress>(&b).ok());
             match saved {
-                Some(p) if resume && p.sql == sql.trim() => {
+                Some(p) if resume && p.sql == sql.trim() && p.lineage == feed.lineage => {
                     delivered = p.delivered_epoch;
                     if let Some(reason) = p.failed {
                         feed.fail(reason.clone());
@@ -173,6 +179,8 @@ impl SinkRuntime {
         }
         // Epochs delivered before the restart are not written again.
         feed.delivered(delivered);
+        // A failure the checkpoint held.
+        failed = failed.or_else(|| feed.failed());
         Ok(Self {
             name: name.to_string(),
             view: view.to_string(),
@@ -219,7 +227,12 @@ impl SinkRuntime {
                 }
                 continue;
             };
-            match sink.deliver(epoch, self.feed.durable_epoch(), &changes) {
+            let to_write = EpochChanges {
+                epoch,
+                lineage: &self.feed.lineage,
+                changes: &changes,
+            };
+            match sink.deliver(&to_write) {
                 Ok(messages) => {
                     crate::failpoint::crash_point("sink-delivered");
                     self.messages.inc_by(messages);
@@ -263,6 +276,7 @@ impl SinkRuntime {
         }
         let bytes = serde_json::to_vec(&Progress {
             sql: self.sql.clone(),
+            lineage: self.feed.lineage.clone(),
             delivered_epoch: epoch,
             failed,
         })
@@ -281,7 +295,8 @@ impl SinkRuntime {
 
     pub fn status(&self) -> SinkStatus {
         let (delivered_epoch, error) = self.progress.lock().clone();
-        let failed = self.failed.lock().clone();
+        // The feed's failure shows at once; the thread records it when it is free.
+        let failed = self.failed.lock().clone().or_else(|| self.feed.failed());
         SinkStatus {
             name: self.name.clone(),
             view: self.view.clone(),

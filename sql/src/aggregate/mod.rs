@@ -150,8 +150,22 @@ impl GroupState {
     pub fn read(&mut self, plan: &GroupedPlan, indices: &mut Vec<usize>) -> Result<RecordBatch> {
         let (keys, states) = self.drain()?;
         *self = Self::rebuild(plan, &keys, &states, indices)?;
-        // `indices` is 0..n again: merge the same states into fresh accumulators to read.
+        // `indices` maps each group's old index to its new one: 0..n again, unless two
+        // keys' hashes collided while interning. Values come out by new index, so the
+        // keys are put in that order too.
         let n = self.len();
+        let keys = if is_identity(indices) {
+            keys
+        } else {
+            let mut old_of_new = vec![0u32; n];
+            for (old, &new) in indices.iter().enumerate() {
+                old_of_new[new] = old as u32;
+            }
+            let order = datafusion::arrow::array::UInt32Array::from(old_of_new);
+            keys.iter()
+                .map(|k| datafusion::arrow::compute::take(k, &order, None))
+                .collect::<std::result::Result<_, _>>()?
+        };
         let mut columns: Vec<ArrayRef> = keys;
         for (mut out, state) in plan.new_state()?.accumulators.into_iter().zip(&states) {
             out.merge_batch(state, indices, n)?;
@@ -254,6 +268,11 @@ impl GroupState {
     pub fn is_empty(&self) -> bool {
         self.groups.is_empty()
     }
+}
+
+/// Whether `indices` is 0, 1, 2, ...
+pub(crate) fn is_identity(indices: &[usize]) -> bool {
+    indices.iter().enumerate().all(|(i, &g)| i == g)
 }
 
 /// Columns of a checkpointed state as a batch: positional names, every column nullable,

@@ -59,6 +59,14 @@ impl Operator for UpdatingAggregate {
             .map(|(g, _)| g as u32)
             .collect();
         let current = self.state.read(&self.plan, &mut self.group_indices)?;
+        if !super::is_identity(&self.group_indices) {
+            // The groups were renumbered (see `GroupState::read`): follow them.
+            let mut renumbered = vec![false; touched.len()];
+            for (old, &new) in self.group_indices.iter().enumerate() {
+                renumbered[new] = touched[old];
+            }
+            touched = renumbered;
+        }
         let changed = filter_record_batch(&current, &BooleanArray::from(touched))?;
         let before = match &self.previous {
             Some(previous) => Some(take_record_batch(previous, &touched_known)?),
@@ -90,6 +98,10 @@ impl Operator for UpdatingAggregate {
 
     fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {
         let columns = self.state.snapshot(&self.plan, &mut self.group_indices)?;
+        if !super::is_identity(&self.group_indices) && self.previous.is_some() {
+            // Renumbered groups (a hash collision): `previous` follows the new order.
+            self.previous = Some(self.state.read(&self.plan, &mut self.group_indices)?);
+        }
         Ok(vec![super::state_batch(columns)?])
     }
 
@@ -111,5 +123,9 @@ impl Operator for UpdatingAggregate {
 
     fn state_size(&self) -> usize {
         self.state.size()
+            + self
+                .previous
+                .as_ref()
+                .map_or(0, RecordBatch::get_array_memory_size)
     }
 }

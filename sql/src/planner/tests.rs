@@ -215,6 +215,30 @@ async fn group_by_without_a_window_updates_its_rows() {
         .process(&batch(&[(1, 2, 5_000)]), None, &mut out)
         .expect("fourth");
     assert!(out.rows.is_empty() && out.replaced.is_none());
+    // Restored from a checkpoint, the operator still knows what each group showed.
+    let state = q.operator.snapshot().expect("snapshot");
+    let mut restored = plan(
+        "CREATE MATERIALIZED VIEW v AS SELECT auction, count(*) AS n, max(price) AS top FROM bids \
+         GROUP BY auction HAVING count(*) < 3",
+    )
+    .await
+    .expect("plans");
+    restored.operator.restore(&state).expect("restores");
+    let mut out = Collector::default();
+    restored
+        .operator
+        .process(&batch(&[(2, 9, 6_000)]), None, &mut out)
+        .expect("after the restore");
+    assert_batches_eq!(
+        [
+            "+---------+---+-----+",
+            "| auction | n | top |",
+            "+---------+---+-----+",
+            "| 2       | 1 | 5   |",
+            "+---------+---+-----+"
+        ],
+        &[out.replaced.expect("auction 2 was shown")]
+    );
     assert!(q.operator.state_size() > 0);
 }
 

@@ -140,8 +140,14 @@ impl Operator for JoinAggregate {
                 return Ok(());
             }
         };
-        for batch in finals.iter().filter(|b| b.num_rows() > 0) {
-            self.plan.then.process(batch, None, out)?;
+        // One call with every closed group: an updating `then` reports one change,
+        // with the rows it replaced, per call.
+        let Some(schema) = finals.first().map(RecordBatch::schema) else {
+            return Ok(());
+        };
+        let finals = concat_batches(&schema, finals.iter())?;
+        if finals.num_rows() > 0 {
+            self.plan.then.process(&finals, None, out)?;
         }
         Ok(())
     }
