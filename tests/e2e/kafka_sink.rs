@@ -783,3 +783,100 @@ async fn a_sink_dead_letters_a_message_too_large_and_fails_past_its_pending_limi
     ensure!(after["status"] == "failed", "still failed: {after}");
     Ok(())
 }
+
+/// A window emitted again under allowed lateness: a group a late row takes out of the
+/// view (HAVING) ends its key with a tombstone in an `upsert` topic and a `d` in a
+/// Debezium one, and a group it changes gets a `u` with its row before.
+#[tokio::test]
+async fn a_window_emitted_again_writes_updates_and_tombstones() -> Result<()> {
+    let upserts = unique("sink-window-upserts");
+    let cdc = unique("sink-window-cdc");
+    create_topic(&upserts, 1).await?;
+    create_topic(&cdc, 1).await?;
+    let weir = start_checkpointed().await?;
+    weir.exec(
+        "CREATE SOURCE s (user_id BIGINT, ts TIMESTAMP, WATERMARK FOR ts AS ts) \
+         WITH (connector = 'http')",
+    )
+    .await?;
+    weir.exec(
+        "CREATE MATERIALIZED VIEW w WITH (allowed_lateness = '30s') AS \
+         SELECT window_start, user_id, count(*) AS n FROM TUMBLE(s, ts, INTERVAL '10' SECOND) \
+         GROUP BY window_start, window_end, user_id HAVING count(*) < 3",
+    )
+    .await?;
+    let b = brokers();
+    for (sink, topic, format) in [
+        ("w_upserts", &upserts, "upsert"),
+        ("w_cdc", &cdc, "debezium_json"),
+    ] {
+        weir.exec(&format!(
+            "CREATE SINK {sink} FROM w WITH (connector = 'kafka', brokers = '{b}', \
+             topic = '{topic}', format = '{format}', key = 'window_start, user_id')"
+        ))
+        .await?;
+    }
+    let rows = |r: &[(i64, i64)]| {
+        r.iter()
+            .map(|(user, s)| format!("{{\"user_id\": {user}, \"ts\": {}}}\n", s * 1000))
+            .collect::<String>()
+    };
+    // Window [0 s, 10 s) closes at 11 s: user 1 with 2 rows, user 2 with 1.
+    ensure!(
+        weir.post_records("s", rows(&[(1, 1), (1, 2), (2, 3), (3, 11)]))
+            .await?
+            .0
+            == 200
+    );
+    weir.wait_for("the window", Duration::from_secs(30), || async {
+        Ok((view_rows(&weir, "w").await?.len() == 2).then_some(()))
+    })
+    .await?;
+    // Late rows: user 1's third row takes it out, user 2's second row changes it.
+    ensure!(weir.post_records("s", rows(&[(1, 4), (2, 5)])).await?.0 == 200);
+    weir.wait_for("the window again", Duration::from_secs(30), || async {
+        let v = view_rows(&weir, "w").await?;
+        Ok((v.len() == 1 && v[0]["n"] == 2).then_some(()))
+    })
+    .await?;
+    wait_delivered(&weir, "w_upserts").await?;
+    wait_delivered(&weir, "w_cdc").await?;
+
+    let user = |k: &Option<Value>| k.as_ref().and_then(|k| k["user_id"].as_i64());
+    let written = deduplicate(&read_topic(&b, &upserts, 4).await?)?;
+    let last: Vec<(Option<i64>, Option<i64>)> = written
+        .iter()
+        .map(|w| (user(&w.key), w.value.as_ref().and_then(|v| v["n"].as_i64())))
+        .collect();
+    ensure!(
+        last == [
+            (Some(1), Some(2)),
+            (Some(2), Some(1)),
+            (Some(2), Some(2)),
+            (Some(1), None)
+        ],
+        "upserts: {last:?}"
+    );
+    let written = deduplicate(&read_topic(&b, &cdc, 4).await?)?;
+    let ops: Vec<(Option<i64>, String, Value)> = written
+        .iter()
+        .map(|w| {
+            let v = w.value.clone().unwrap_or_default();
+            (
+                user(&w.key),
+                v["op"].as_str().unwrap_or("").to_string(),
+                v["before"]["n"].clone(),
+            )
+        })
+        .collect();
+    ensure!(
+        ops == [
+            (Some(1), "c".into(), Value::Null),
+            (Some(2), "c".into(), Value::Null),
+            (Some(2), "u".into(), 1.into()),
+            (Some(1), "d".into(), 2.into()),
+        ],
+        "debezium: {ops:?}"
+    );
+    Ok(())
+}
