@@ -320,3 +320,96 @@ impl SinkRuntime {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use datafusion::arrow::array::{Int64Array, RecordBatch};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+
+    use super::feed::ChangeKind;
+    use super::*;
+
+    /// Fails its first `failures` deliveries, noting when each attempt came.
+    struct Flaky {
+        failures: usize,
+        attempts: Arc<Mutex<Vec<(Instant, u64)>>>,
+    }
+
+    impl Sink for Flaky {
+        fn deliver(&mut self, e: &EpochChanges<'_>) -> std::result::Result<u64, String> {
+            self.attempts.lock().push((Instant::now(), e.epoch));
+            if self.failures > 0 {
+                self.failures -= 1;
+                return Err("the destination is down".into());
+            }
+            Ok(e.changes.iter().map(|c| c.rows.num_rows() as u64).sum())
+        }
+    }
+
+    fn counter() -> IntCounter {
+        IntCounter::new("c", "c").expect("counter")
+    }
+
+    #[test]
+    fn a_failing_delivery_is_retried_with_growing_waits_and_then_recorded() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let file = dir.path().join("sinks").join("k.json");
+        let feed = Arc::new(SinkFeed::new("k", "CREATE SINK k", false));
+        let runtime = Arc::new(
+            SinkRuntime::new(
+                "k",
+                "v",
+                "fake",
+                "CREATE SINK k",
+                feed.clone(),
+                Some(file.clone()),
+                false,
+                (counter(), counter()),
+            )
+            .expect("runtime"),
+        );
+        let attempts = Arc::new(Mutex::new(Vec::new()));
+        runtime
+            .spawn(Box::new(Flaky {
+                failures: 3,
+                attempts: attempts.clone(),
+            }))
+            .expect("spawns");
+        let schema = Arc::new(Schema::new(vec![Field::new("a", DataType::Int64, false)]));
+        let rows = RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![1, 2]))])
+            .expect("batch");
+        feed.push(Change::new(rows, ChangeKind::Append));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while runtime.status().delivered_epoch < 1 && Instant::now() < deadline {
+            if attempts.lock().len() == 2 {
+                let s = runtime.status();
+                assert_eq!((s.status, s.rows_pending), ("retrying", 2), "{s:?}");
+                assert!(s.error.is_some_and(|e| e.contains("down")));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        runtime.stop(false);
+        let attempts = attempts.lock().clone();
+        assert_eq!(attempts.len(), 4, "three failures, then the delivery");
+        assert!(
+            attempts.iter().all(|(_, epoch)| *epoch == 1),
+            "the same epoch each time"
+        );
+        // Waits of at least 0.2 s, 0.4 s and 0.8 s: doubling (a busy machine may add
+        // to each, so only the least is checked).
+        let waits: Vec<Duration> = attempts.windows(2).map(|w| w[1].0 - w[0].0).collect();
+        for (wait, least) in waits.iter().zip([200, 400, 800]) {
+            assert!(*wait >= Duration::from_millis(least), "waited {waits:?}");
+        }
+        let s = runtime.status();
+        assert_eq!(
+            (s.delivered_epoch, s.failed_deliveries, s.messages),
+            (1, 3, 2)
+        );
+        let saved: Progress =
+            serde_json::from_slice(&std::fs::read(&file).expect("progress")).expect("json");
+        assert_eq!(saved.delivered_epoch, 1);
+    }
+}
