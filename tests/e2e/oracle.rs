@@ -3,8 +3,10 @@
 //! after the file. The view runs incrementally over finite Nexmark sources (`bid`,
 //! `auction`, `person`), batch by batch under the pipeline's watermark rules
 //! (`weir_runtime::pipeline::drive`); its final rows must equal the oracle's over the
-//! same events, and a summary (row count, checksum, header, first rows) must equal the
-//! reviewed `.out` file. A failure shows the rows that differ, or a diff of the summary.
+//! same events, and a summary (row count, checksum, header, first rows, and a checksum
+//! per range of the sorted rows with the range's first row) must equal the reviewed
+//! `.out` file. A failure shows the rows that differ from the oracle, or a diff of the
+//! summary, whose changed range lines say where the rows changed.
 //! Regenerate the `.out` files with `WEIR_BLESS=1 cargo test -p weir-tests oracle`.
 
 use std::collections::BTreeMap;
@@ -167,6 +169,24 @@ fn table(batches: &[RecordBatch]) -> Result<(String, Vec<String>)> {
     Ok((header, rows))
 }
 
+/// The sorted rows in (at most) 16 ranges, a line each: the range, its checksum and
+/// its first row. When rows change, the lines of the ranges they fall in change, so a
+/// changed `.out` says where the rows differ, not only that they do.
+fn ranges(rows: &[String]) -> String {
+    let size = rows.len().div_ceil(16).max(1);
+    let mut out = String::from("ranges (first row, checksum):\n");
+    for (i, range) in rows.chunks(size).enumerate() {
+        let from = i * size;
+        out.push_str(&format!(
+            "{from}..{} {:016x} {}\n",
+            from + range.len(),
+            fnv1a(range),
+            range[0]
+        ));
+    }
+    out
+}
+
 fn fnv1a(lines: &[String]) -> u64 {
     lines
         .iter()
@@ -276,7 +296,7 @@ async fn golden_case(name: &str) -> Result<()> {
         );
     }
     let summary = format!(
-        "rows: {}\nchecksum: {:016x}\n{streamed_header}\n{}\n",
+        "rows: {}\nchecksum: {:016x}\n{streamed_header}\n{}\n{}",
         streamed.len(),
         fnv1a(&streamed),
         streamed
@@ -284,7 +304,8 @@ async fn golden_case(name: &str) -> Result<()> {
             .take(5)
             .cloned()
             .collect::<Vec<_>>()
-            .join("\n")
+            .join("\n"),
+        ranges(&streamed)
     );
     let golden = file.with_extension("out");
     if std::env::var("WEIR_BLESS").is_ok() {
