@@ -30,3 +30,14 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
+
+/// A source's or sink's name as a file name: other characters than a-z, 0-9 and _ are
+/// escaped.
+pub fn file_name(name: &str) -> String {
+    name.chars()
+        .map(|c| match c {
+            'a'..='z' | '0'..='9' | '_' => c.to_string(),
+            c => format!("%{:x}", c as u32),
+        })
+        .collect()
+}

@@ -10,8 +10,6 @@ use super::Engine;
 use crate::checkpoint::Position;
 use crate::checkpoint::store::{CheckpointInfo, Restored};
 use crate::source::SourceState;
-use crate::source::http;
-use crate::source::wal::Wal;
 use crate::view::ViewRuntime;
 use crate::{Error, Result};
 
@@ -73,12 +71,9 @@ impl Engine {
                 .filter_map(|s| s.checkpoint.latest())
                 .collect()
         });
-        // A checkpoint may name log offsets only once they are on disk: a power loss
-        // could otherwise leave the log shorter than the checkpoint says.
+        // What a checkpoint names must be durable first (an http source's log).
         for s in &sources {
-            if let Some(wal) = s.http.as_ref().and_then(|h| h.wal.as_ref())
-                && let Err(e) = wal.sync_to(wal.end())
-            {
+            if let Err(e) = s.input.before_checkpoint() {
                 let reason = format!(
                     "checkpoint {epoch} not written: the log of {} cannot be synced: {e}",
                     s.name
@@ -221,40 +216,15 @@ impl Engine {
         }
     }
 
-    /// The write-ahead log of HTTP source `name`. A source created outside a restart
-    /// starts a new log: one left by an earlier source of the name is removed.
-    pub(super) fn open_wal(&self, name: &str) -> Result<Wal> {
-        let dir = self.inner.config.data_dir.join("wal").join(file_name(name));
-        if !self.replaying() && dir.exists() {
-            std::fs::remove_dir_all(&dir)?;
-        }
-        Wal::open(&dir).map_err(|e| {
-            Error::Unavailable(format!(
-                "source {name}: cannot open its write-ahead log in {}: {e}",
-                dir.display()
-            ))
-        })
-    }
-
-    /// After the catalog is restored: queue again what HTTP sources logged after the
-    /// checkpoint, before any new request is served.
+    /// After the catalog is restored: queue again what sources accepted after the
+    /// checkpoint (http sources' logs), before any new request is served.
     pub(super) async fn replay_logs(&self) {
         let sources: Vec<_> = self.inner.sources.iter().map(|s| s.clone()).collect();
         for source in sources {
-            let Some(from) = source
-                .http
-                .as_ref()
-                .and_then(|h| h.replay_from.lock().take())
-            else {
-                continue;
-            };
             let s = source.clone();
-            let replayed = tokio::task::spawn_blocking(move || {
-                s.http.as_ref().map_or(Ok(0), |h| h.replay(&s, from))
-            })
-            .await;
-            match replayed {
-                Ok(Ok(records)) => {
+            match tokio::task::spawn_blocking(move || s.input.replay(&s)).await {
+                Ok(Ok(None)) => {}
+                Ok(Ok(Some((from, records)))) => {
                     tracing::info!(source = %source.name, from, records, "write-ahead log replayed")
                 }
                 Ok(Err(e)) => {
@@ -267,36 +237,19 @@ impl Engine {
         }
     }
 
-    /// Remove log segments that no kept checkpoint needs.
+    /// Let sources drop what no kept checkpoint needs (old log segments).
     fn prune_logs(&self, kept: &[CheckpointInfo]) {
         for source in self.inner.sources.iter() {
-            let Some(wal) = source.http.as_ref().and_then(|h| h.wal.as_ref()) else {
-                continue;
-            };
-            // A checkpoint without this log's position would replay it from the start.
-            let floor = kept
+            let positions: Vec<Option<&Position>> = kept
                 .iter()
                 .map(|c| {
                     c.sources
                         .iter()
                         .find(|s| s.name == source.name)
-                        .filter(|s| {
-                            s.position.0.get(http::WAL_ID).map(String::as_str) == Some(wal.id())
-                        })
-                        .and_then(|s| s.position.offset(http::WAL_POSITION))
-                        .unwrap_or(0)
+                        .map(|s| &s.position)
                 })
-                .min()
-                .unwrap_or(0);
-            match wal.prune_before(floor) {
-                Ok(0) => {}
-                Ok(n) => {
-                    tracing::info!(source = %source.name, segments = n, "write-ahead log segments removed")
-                }
-                Err(e) => {
-                    tracing::warn!(source = %source.name, error = %e, "cannot remove old write-ahead log segments")
-                }
-            }
+                .collect();
+            source.input.checkpoints_kept(&source.name, &positions);
         }
     }
 
@@ -387,14 +340,4 @@ fn seal_finished(source: &crate::source::SourceRuntime, epoch: u64) {
             tracing::error!(source = %source.name, error = %e, "cannot snapshot the views of a finished source")
         }
     }
-}
-
-/// A source's or sink's name as a file name: other characters than a-z, 0-9 and _ are escaped.
-pub(super) fn file_name(name: &str) -> String {
-    name.chars()
-        .map(|c| match c {
-            'a'..='z' | '0'..='9' | '_' => c.to_string(),
-            c => format!("%{:x}", c as u32),
-        })
-        .collect()
 }

@@ -56,7 +56,7 @@ impl Engine {
                 .config
                 .data_dir
                 .join("sinks")
-                .join(format!("{}.json", super::checkpoints::file_name(&name)))
+                .join(format!("{}.json", crate::durable::file_name(&name)))
         });
         let feed = view.attach_sink(&name, sql, restoring);
         feed.limit_pending(max_pending_rows);

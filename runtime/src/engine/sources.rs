@@ -2,17 +2,16 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicI64};
 
 use parking_lot::Mutex;
 
 use super::{Engine, SqlOutput, missing};
 use crate::batch::BatchPolicy;
-use crate::decode::JsonDecoder;
 use crate::options::{self, CommonOptions};
 use crate::pipeline::Pipeline;
 use crate::source::connector::{self, Feed, SourceDef};
-use crate::source::http::{self, HttpInput, IngestReport};
+use crate::source::http::IngestReport;
 use crate::source::{SourceRuntime, SourceState, SourceStatus};
 use crate::{Error, Result};
 use weir_sql::{CreateSource, Statement, parse_statement};
@@ -38,6 +37,7 @@ impl Engine {
             common: &common,
             config: &self.inner.config,
             restoring: self.replaying(),
+            checkpointed: self.inner.checkpoints.enabled(),
         })?;
         let batch = BatchPolicy::new(common.batch(self.inner.config.batch));
         let schema = input.schema();
@@ -65,41 +65,14 @@ impl Engine {
         let m = &self.inner.metrics;
         let stop = Arc::new(AtomicBool::new(false));
         let active = Arc::new(AtomicBool::new(false));
-        let buffer = self.inner.config.http.buffer_chunks.max(1);
-        let (tx, rx) = std::sync::mpsc::sync_channel(buffer);
-        let buffered = Arc::new(AtomicUsize::new(0));
+        // A bounded channel: a pipeline that is behind holds its connector back.
+        let (tx, rx) = std::sync::mpsc::sync_channel(self.inner.config.http.buffer_chunks.max(1));
         let mut resume = self.restored_position(&name, sql);
-        let wal = match common.connector.as_str() {
-            "http" if self.inner.checkpoints.enabled() => Some(self.open_wal(&name)?),
-            _ => None,
-        };
-        // An HTTP source replays its log after the catalog: from the checkpoint's
-        // position if the checkpoint was taken on this log, else from its start.
-        let replay_from = wal.as_ref().map(|wal| {
-            let from = match &resume {
-                Some((p, _)) if p.0.get(http::WAL_ID).map(String::as_str) == Some(wal.id()) => {
-                    p.offset(http::WAL_POSITION).unwrap_or(0)
-                }
-                // A checkpoint of an earlier source of this name: its state does not apply.
-                Some(_) => {
-                    self.forget_restored(&name);
-                    resume = None;
-                    0
-                }
-                None => 0,
-            };
-            tracing::info!(source = %name, from, end = wal.end(), "write-ahead log opened");
-            from
-        });
-        let http = (common.connector == "http").then(|| HttpInput {
-            tx: tx.clone(),
-            buffered: buffered.clone(),
-            capacity: buffer,
-            decoder: JsonDecoder::new(schema.clone()),
-            next_position: AtomicU64::new(0),
-            wal,
-            replay_from: Mutex::new(replay_from),
-        });
+        if resume.as_ref().is_some_and(|(p, _)| !input.accepts(p)) {
+            // A checkpoint of an earlier source of this name: its state does not apply.
+            self.forget_restored(&name);
+            resume = None;
+        }
         let source = Arc::new(SourceRuntime {
             name: name.clone(),
             connector: common.connector.clone(),
@@ -111,7 +84,6 @@ impl Engine {
             current_watermark: AtomicI64::new(i64::MIN),
             stop: stop.clone(),
             active: active.clone(),
-            http,
             input,
             records_in: m.records_in.with_label_values(&[&name]),
             batches: m.batches.with_label_values(&[&name]),
@@ -130,7 +102,7 @@ impl Engine {
             batch,
             self.inner.dead_letters.clone(),
             m.batch_latency.with_label_values(&[&name]),
-            source.http.as_ref().map(|_| buffered),
+            source.input.queued(),
         )
         .idle_after(self.inner.config.idle_timeout)
         .aligned_by(self.inner.alignment.clone());
@@ -179,11 +151,7 @@ impl Engine {
             )));
         }
         source.shut_down();
-        if let Some(wal) = source.http.as_ref().and_then(|h| h.wal.as_ref())
-            && let Err(e) = wal.destroy()
-        {
-            tracing::warn!(source = %name, error = %e, "cannot remove the write-ahead log of a dropped source");
-        }
+        source.input.dropped(name);
         self.inner.sources.remove(name);
         self.forget_source_metrics(&source);
         Ok(SqlOutput::Done {
@@ -214,22 +182,14 @@ impl Engine {
         idempotency_key: Option<&str>,
     ) -> Result<IngestReport> {
         let s = self.source(source)?;
-        let Some(input) = s.http.as_ref() else {
-            // A connector with a log of its own (Kafka) writes the records to it.
-            return s
-                .input
-                .write_records(body, idempotency_key, &self.inner.dead_letters)
-                .unwrap_or_else(|| {
-                    Err(Error::BadRequest(format!(
-                        "source {source} is fed by its {} connector, not over HTTP",
-                        s.connector
-                    )))
-                });
-        };
-        if *s.state.lock() != SourceState::Running {
-            return Err(Error::Conflict(format!("source {source} is not running")));
-        }
-        input.ingest(&s, body, idempotency_key, &self.inner.dead_letters)
+        s.input
+            .write_records(&s, body, idempotency_key, &self.inner.dead_letters)
+            .unwrap_or_else(|| {
+                Err(Error::BadRequest(format!(
+                    "source {source} is fed by its {} connector, not over HTTP",
+                    s.connector
+                )))
+            })
     }
 
     pub fn source(&self, name: &str) -> Result<Arc<SourceRuntime>> {

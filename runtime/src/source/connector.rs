@@ -15,7 +15,8 @@ use datafusion::arrow::datatypes::{Field, SchemaRef};
 use prometheus::{IntCounter, IntGaugeVec};
 use serde::Serialize;
 
-use super::{Chunk, file, http, kafka, nexmark};
+use super::http::IngestReport;
+use super::{Chunk, SourceRuntime, file, http, kafka, nexmark};
 use crate::checkpoint::Position;
 use crate::config::RuntimeConfig;
 use crate::deadletter::{DeadLetterStore, NewDeadLetter};
@@ -46,6 +47,9 @@ pub struct SourceDef<'a> {
     /// Created again from the catalog at start: accepted before, so not refused for
     /// what may be passing (a topic a broker does not list for a moment).
     pub restoring: bool,
+    /// The engine takes checkpoints (it has a data dir): what a connector keeps on
+    /// disk (an http source's log) lives there.
+    pub checkpointed: bool,
 }
 
 impl SourceDef<'_> {
@@ -134,20 +138,54 @@ pub trait Connector: Send + Sync {
     /// rows are pushed to it (http) has nothing to start.
     fn start(&self, feed: Feed, resume: Option<Position>) -> Result<()>;
 
+    /// Whether a checkpoint's position `resume` is this source's to resume from (an
+    /// http source's log must be the one the position names).
+    fn accepts(&self, _resume: &Position) -> bool {
+        true
+    }
+
+    /// Chunks queued for the pipeline and not taken yet, for a connector that counts
+    /// them to refuse work when full (http).
+    fn queued(&self) -> Option<Arc<std::sync::atomic::AtomicUsize>> {
+        None
+    }
+
+    /// A checkpoint is about to name this source's position: make what it names
+    /// durable first (an http source syncs its log).
+    fn before_checkpoint(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+
     /// A checkpoint that covers `position` is durable: what it names may be
     /// acknowledged upstream (a Kafka group's offsets committed).
     fn checkpoint_durable(&self, _position: &Position) {}
 
-    /// Records posted over HTTP that the connector writes to its log, to read them back
-    /// like any other (Kafka: produced to its topic); `None`: it takes none.
+    /// The checkpoints kept now hold these positions of the source (none where a
+    /// checkpoint does not know it): what no kept one needs may go.
+    fn checkpoints_kept(&self, _source: &str, _positions: &[Option<&Position>]) {}
+
+    /// After the catalog is restored: queue again what the source accepted after the
+    /// checkpoint (an http source's log), before new records are served. Where it
+    /// started and how many records, if it replayed anything.
+    fn replay(&self, _source: &SourceRuntime) -> Result<Option<(u64, usize)>> {
+        Ok(None)
+    }
+
+    /// Records posted to `POST /api/v1/sources/{name}/records`: an http source takes
+    /// them; a connector with a log of its own writes them to it to read them back like
+    /// any other (Kafka: produced to its topic); `None`: it takes none.
     fn write_records(
         &self,
+        _source: &SourceRuntime,
         _body: &[u8],
         _idempotency_key: Option<&str>,
-        _dead_letters: &crate::deadletter::DeadLetterStore,
-    ) -> Option<Result<crate::source::http::IngestReport>> {
+        _dead_letters: &DeadLetterStore,
+    ) -> Option<Result<IngestReport>> {
         None
     }
+
+    /// The source is dropped: remove what the connector keeps on disk.
+    fn dropped(&self, _source: &str) {}
 
     /// What the API shows beyond the common counters.
     fn status(&self) -> ConnectorStatus {

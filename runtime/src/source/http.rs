@@ -7,17 +7,18 @@
 //! before the request answers, and a request that carries an idempotency key already
 //! logged is answered again without being counted again.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::SyncSender;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use super::connector::{Connector, Feed, SourceDef};
 use super::wal::Wal;
-use super::{Chunk, SourceRuntime};
+use super::{Chunk, SourceRuntime, SourceState};
 use crate::checkpoint::Position;
 use crate::deadletter::{DeadLetterStore, NewDeadLetter};
 use crate::decode::JsonDecoder;
@@ -28,9 +29,16 @@ use crate::{Error, Result};
 #[serde(deny_unknown_fields)]
 struct HttpOptions {}
 
-/// A source whose records are posted to it; the engine's [`HttpInput`] takes them.
+/// A source whose records are posted to it.
 struct HttpSource {
     schema: SchemaRef,
+    /// Chunks queued for the pipeline and not taken yet, at most `capacity`.
+    buffered: Arc<AtomicUsize>,
+    capacity: usize,
+    /// With a data dir: every accepted body, before the request answers.
+    wal: Option<Arc<Wal>>,
+    /// The push side, once the source has started.
+    input: OnceLock<HttpInput>,
 }
 
 pub fn open(def: &SourceDef) -> Result<Box<dyn Connector>> {
@@ -38,9 +46,38 @@ pub fn open(def: &SourceDef) -> Result<Box<dyn Connector>> {
     def.no_properties()?;
     def.no_metadata_columns()?;
     let _: HttpOptions = crate::options::parse_own(def.name, def.options)?;
+    let schema = Arc::new(Schema::new(def.declared_columns()?.to_vec()));
+    let wal = match def.checkpointed {
+        true => Some(Arc::new(open_wal(def)?)),
+        false => None,
+    };
     Ok(Box::new(HttpSource {
-        schema: Arc::new(Schema::new(def.declared_columns()?.to_vec())),
+        schema,
+        buffered: Arc::new(AtomicUsize::new(0)),
+        capacity: def.config.http.buffer_chunks.max(1),
+        wal,
+        input: OnceLock::new(),
     }))
+}
+
+/// The source's write-ahead log. A source created outside a restart starts a new log:
+/// one left by an earlier source of the name is removed.
+fn open_wal(def: &SourceDef) -> Result<Wal> {
+    let dir = def
+        .config
+        .data_dir
+        .join("wal")
+        .join(crate::durable::file_name(def.name));
+    if !def.restoring && dir.exists() {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    Wal::open(&dir).map_err(|e| {
+        Error::Unavailable(format!(
+            "source {}: cannot open its write-ahead log in {}: {e}",
+            def.name,
+            dir.display()
+        ))
+    })
 }
 
 impl Connector for HttpSource {
@@ -48,9 +85,108 @@ impl Connector for HttpSource {
         self.schema.clone()
     }
 
-    /// Rows come with requests: nothing to start.
-    fn start(&self, _feed: Feed, _resume: Option<Position>) -> Result<()> {
-        Ok(())
+    /// A checkpoint taken on another log (an earlier source of this name) says nothing
+    /// of this one.
+    fn accepts(&self, resume: &Position) -> bool {
+        self.wal
+            .as_ref()
+            .is_none_or(|wal| resume.0.get(WAL_ID).map(String::as_str) == Some(wal.id()))
+    }
+
+    /// Rows come with requests: ready to take them, and to replay the log from
+    /// `resume` once the catalog is restored.
+    fn start(&self, feed: Feed, resume: Option<Position>) -> Result<()> {
+        let replay_from = self.wal.as_ref().map(|wal| {
+            let from = resume.and_then(|p| p.offset(WAL_POSITION)).unwrap_or(0);
+            tracing::info!(source = %feed.source, from, end = wal.end(), "write-ahead log opened");
+            from
+        });
+        let input = HttpInput {
+            tx: feed.tx,
+            buffered: self.buffered.clone(),
+            capacity: self.capacity,
+            decoder: JsonDecoder::new(self.schema.clone()),
+            next_position: AtomicU64::new(0),
+            wal: self.wal.clone(),
+            replay_from: Mutex::new(replay_from),
+        };
+        self.input
+            .set(input)
+            .map_err(|_| Error::Internal("the http source started twice".into()))
+    }
+
+    fn queued(&self) -> Option<Arc<AtomicUsize>> {
+        Some(self.buffered.clone())
+    }
+
+    fn write_records(
+        &self,
+        source: &SourceRuntime,
+        body: &[u8],
+        idempotency_key: Option<&str>,
+        dead_letters: &DeadLetterStore,
+    ) -> Option<Result<IngestReport>> {
+        let input = self.input.get()?;
+        if *source.state.lock() != SourceState::Running {
+            return Some(Err(Error::Conflict(format!(
+                "source {} is not running",
+                source.name
+            ))));
+        }
+        Some(input.ingest(source, body, idempotency_key, dead_letters))
+    }
+
+    fn replay(&self, source: &SourceRuntime) -> Result<Option<(u64, usize)>> {
+        let Some(input) = self.input.get() else {
+            return Ok(None);
+        };
+        let Some(from) = input.replay_from.lock().take() else {
+            return Ok(None);
+        };
+        input
+            .replay(source, from)
+            .map(|records| Some((from, records)))
+    }
+
+    /// A checkpoint may name log offsets only once they are on disk: a power loss
+    /// could otherwise leave the log shorter than the checkpoint says.
+    fn before_checkpoint(&self) -> std::io::Result<()> {
+        match &self.wal {
+            Some(wal) => wal.sync_to(wal.end()),
+            None => Ok(()),
+        }
+    }
+
+    /// Remove log segments that no kept checkpoint needs.
+    fn checkpoints_kept(&self, source: &str, positions: &[Option<&Position>]) {
+        let Some(wal) = &self.wal else {
+            return;
+        };
+        // A checkpoint without this log's position would replay it from the start.
+        let floor = positions
+            .iter()
+            .map(|p| {
+                p.filter(|p| self.accepts(p))
+                    .and_then(|p| p.offset(WAL_POSITION))
+                    .unwrap_or(0)
+            })
+            .min()
+            .unwrap_or(0);
+        match wal.prune_before(floor) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(source, segments = n, "write-ahead log segments removed"),
+            Err(e) => {
+                tracing::warn!(source, error = %e, "cannot remove old write-ahead log segments")
+            }
+        }
+    }
+
+    fn dropped(&self, source: &str) {
+        if let Some(wal) = &self.wal
+            && let Err(e) = wal.destroy()
+        {
+            tracing::warn!(source, error = %e, "cannot remove the write-ahead log of a dropped source");
+        }
     }
 }
 
@@ -63,9 +199,9 @@ pub struct HttpInput {
     pub(crate) decoder: JsonDecoder,
     pub(crate) next_position: AtomicU64,
     /// None for an in-memory engine.
-    pub(crate) wal: Option<Wal>,
+    pub(crate) wal: Option<Arc<Wal>>,
     /// Where the log is replayed from once the catalog is restored.
-    pub(crate) replay_from: parking_lot::Mutex<Option<u64>>,
+    pub(crate) replay_from: Mutex<Option<u64>>,
 }
 
 /// The answer to one ingest request.
@@ -263,25 +399,44 @@ mod tests {
     use std::sync::atomic::{AtomicBool, AtomicI64};
 
     use datafusion::arrow::datatypes::{DataType, Field, Schema};
-    use parking_lot::Mutex;
     use prometheus::{IntCounter, IntGauge};
 
     use super::*;
-    use crate::source::SourceState;
 
     fn source(capacity: usize) -> (SourceRuntime, std::sync::mpsc::Receiver<Chunk>) {
         let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
         let (tx, rx) = std::sync::mpsc::sync_channel(capacity);
         let counter = || IntCounter::new("c", "c").expect("counter");
-        let http = HttpInput {
-            tx,
+        let input = HttpSource {
+            schema: schema.clone(),
             buffered: Arc::new(AtomicUsize::new(0)),
             capacity,
-            decoder: JsonDecoder::new(schema.clone()),
-            next_position: AtomicU64::new(0),
             wal: None,
-            replay_from: Default::default(),
+            input: OnceLock::new(),
         };
+        let stop = Arc::new(AtomicBool::new(false));
+        let active = Arc::new(AtomicBool::new(true));
+        input
+            .start(
+                Feed {
+                    source: "s".into(),
+                    schema: schema.clone(),
+                    tx,
+                    stop: stop.clone(),
+                    active: active.clone(),
+                    records_in: counter(),
+                    dead_letter_count: counter(),
+                    dead_letters: Arc::new(DeadLetterStore::open(None, 10).expect("store")),
+                    chunk_rows: 100,
+                    lag: prometheus::IntGaugeVec::new(
+                        prometheus::Opts::new("l", "l"),
+                        &["source", "partition"],
+                    )
+                    .expect("gauge"),
+                },
+                None,
+            )
+            .expect("starts");
         let s = SourceRuntime {
             name: "s".into(),
             connector: "http".into(),
@@ -291,12 +446,9 @@ mod tests {
             views: Mutex::new(Vec::new()),
             state: Mutex::new(SourceState::Running),
             current_watermark: AtomicI64::new(i64::MIN),
-            stop: Arc::new(AtomicBool::new(false)),
-            active: Arc::new(AtomicBool::new(true)),
-            http: Some(http),
-            input: Box::new(HttpSource {
-                schema: Arc::new(Schema::empty()),
-            }),
+            stop,
+            active,
+            input: Box::new(input),
             records_in: counter(),
             batches: counter(),
             dead_letters: counter(),
@@ -311,10 +463,12 @@ mod tests {
     fn a_full_buffer_answers_backpressure_and_positions_continue() {
         let (s, rx) = source(1);
         let dlq = DeadLetterStore::open(None, 10).expect("store");
-        let http = s.http.as_ref().expect("http");
-        let r = http
-            .ingest(&s, b"{\"id\":1}\n{\"id\":\"bad\"}", None, &dlq)
-            .expect("accepted");
+        let ingest = |body: &[u8]| {
+            s.input
+                .write_records(&s, body, None, &dlq)
+                .expect("an http source takes records")
+        };
+        let r = ingest(b"{\"id\":1}\n{\"id\":\"bad\"}").expect("accepted");
         assert_eq!(
             r,
             IngestReport {
@@ -324,9 +478,7 @@ mod tests {
             }
         );
         assert_eq!(dlq.recent(None, None, 10)[0].position, Some(1));
-        let e = http
-            .ingest(&s, b"{\"id\":2}", None, &dlq)
-            .expect_err("buffer full");
+        let e = ingest(b"{\"id\":2}").expect_err("buffer full");
         assert!(
             matches!(
                 e,
@@ -339,10 +491,11 @@ mod tests {
         );
         // The pipeline takes the chunk: room again.
         assert!(matches!(rx.recv(), Ok(Chunk::Rows { .. })));
-        http.buffered.fetch_sub(1, Ordering::Relaxed);
-        let r = http
-            .ingest(&s, b"{\"id\":\"x\"}\n{\"id\":3}", None, &dlq)
-            .expect("accepted");
+        s.input
+            .queued()
+            .expect("counted")
+            .fetch_sub(1, Ordering::Relaxed);
+        let r = ingest(b"{\"id\":\"x\"}\n{\"id\":3}").expect("accepted");
         assert_eq!(
             r,
             IngestReport {

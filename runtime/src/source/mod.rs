@@ -70,7 +70,6 @@ pub struct SourceRuntime {
     pub(crate) stop: Arc<AtomicBool>,
     /// Set when the first view attaches: generators wait for it so no view misses rows.
     pub(crate) active: Arc<AtomicBool>,
-    pub(crate) http: Option<http::HttpInput>,
     /// Where the rows come from.
     pub(crate) input: Box<dyn connector::Connector>,
     pub(crate) records_in: IntCounter,

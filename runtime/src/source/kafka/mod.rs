@@ -256,6 +256,7 @@ impl Connector for KafkaSource {
 
     fn write_records(
         &self,
+        _source: &crate::source::SourceRuntime,
         body: &[u8],
         idempotency_key: Option<&str>,
         dead_letters: &crate::deadletter::DeadLetterStore,
