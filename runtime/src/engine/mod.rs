@@ -285,6 +285,12 @@ impl Engine {
         for s in self.inner.sinks.iter() {
             s.stop(false);
         }
+        // Connectors finish their last work (a final commit of offsets) before the
+        // process exits, within a bound.
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        for s in self.inner.sources.iter() {
+            s.input.wait_stopped(until);
+        }
     }
 
     /// Whether a source, view, stream or sink has this name (they share one namespace:

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::SyncSender;
+use std::sync::mpsc::{SyncSender, TrySendError};
 use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::RecordBatch;
@@ -187,6 +187,10 @@ pub trait Connector: Send + Sync {
     /// The source is dropped: remove what the connector keeps on disk.
     fn dropped(&self, _source: &str) {}
 
+    /// The source was told to stop: wait, until `until` at most, for the connector's
+    /// own last work (a Kafka reader's final commit).
+    fn wait_stopped(&self, _until: Instant) {}
+
     /// What the API shows beyond the common counters.
     fn status(&self) -> ConnectorStatus {
         ConnectorStatus::default()
@@ -265,6 +269,38 @@ impl Feed {
                 split,
             })
             .is_ok()
+    }
+
+    /// Send like [`Feed::send`], but while the pipeline is behind (its channel full)
+    /// call `wait` between tries instead of blocking, so a consumer goes on polling its
+    /// group. False once the pipeline is gone or the source stops.
+    pub fn send_polling(
+        &self,
+        batch: RecordBatch,
+        position: Position,
+        split: u32,
+        mut wait: impl FnMut(),
+    ) -> bool {
+        self.records_in.inc_by(batch.num_rows() as u64);
+        let mut chunk = Chunk::Rows {
+            batch,
+            received: Instant::now(),
+            position,
+            split,
+        };
+        loop {
+            match self.tx.try_send(chunk) {
+                Ok(()) => return true,
+                Err(TrySendError::Disconnected(_)) => return false,
+                Err(TrySendError::Full(again)) => {
+                    if self.stopped() {
+                        return false;
+                    }
+                    chunk = again;
+                    wait();
+                }
+            }
+        }
     }
 
     /// Split `split` is no longer read by this process.

@@ -85,8 +85,12 @@ impl FrontDoor {
             .set("acks", "all")
             .set("linger.ms", "5")
             .set("message.timeout.ms", DELIVERY_WAIT.as_millis().to_string());
+        // The source's settings (security, ...) apply, but not over what makes the
+        // front door's answer mean "every in-sync replica has it, once".
         for (k, v) in properties {
-            config.set(k, v);
+            if k != "acks" && k != "enable.idempotence" {
+                config.set(k, v);
+            }
         }
         Self {
             source: source.to_string(),

@@ -72,6 +72,8 @@ pub struct Shared {
     pub end_offsets: Mutex<BTreeMap<String, i64>>,
     /// The consumer, once it runs (commits go through it).
     pub consumer: Mutex<Option<Arc<BaseConsumer<Context>>>>,
+    /// The reader thread, so that a stopping engine can wait for its last commit.
+    pub reader: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// The offsets of the newest durable checkpoint, committed once more, and
     /// synchronously, when the reader stops: an asynchronous commit may not have
     /// reached the brokers when the consumer closes.
@@ -166,11 +168,7 @@ pub fn open(def: &SourceDef) -> Result<Box<dyn Connector>> {
         // per partition) the prefetch queue often passes the threshold and the partition
         // is not fetched for `fetch.queue.backoff.ms` (1 s), which cut reads to a third
         // (docs/PERFORMANCE.md). `queued.max.messages.kbytes` still bounds the memory.
-        .set("queued.min.messages", "1000000")
-        // The pipeline holds the reader back while it is behind (a bounded channel), so
-        // polls may be far apart: the group must not take that for a dead member (the
-        // session's heartbeats, from librdkafka's own thread, still catch a dead one).
-        .set("max.poll.interval.ms", "86400000");
+        .set("queued.min.messages", "1000000");
     let properties: Vec<(String, String)> = crate::options::properties(def.options)
         .into_iter()
         .collect();
@@ -273,11 +271,27 @@ impl Connector for KafkaSource {
 
     fn start(&self, feed: Feed, resume: Option<Position>) -> Result<()> {
         let reader = reader::Reader::new(self, resume, feed)?;
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name(format!("kafka-{}", self.name))
             .spawn(move || reader.run())
             .map_err(|e| Error::Internal(format!("cannot start the kafka reader: {e}")))?;
+        *self.shared.reader.lock() = Some(thread);
         Ok(())
+    }
+
+    /// The reader commits the last durable offsets as it stops: wait for that.
+    fn wait_stopped(&self, until: std::time::Instant) {
+        let Some(thread) = self.shared.reader.lock().take() else {
+            return;
+        };
+        while !thread.is_finished() && std::time::Instant::now() < until {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        if thread.is_finished() {
+            let _ = thread.join();
+        } else {
+            tracing::warn!(source = %self.name, "the kafka reader did not stop in time");
+        }
     }
 
     /// Commit the checkpoint's offsets of the partitions this process still owns: as

@@ -6,7 +6,7 @@
 //! first assignment, else the group's committed offset (partitions that move here from
 //! another process, or that were added to the topic: read from the start).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,7 +15,7 @@ use parking_lot::Mutex;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::Message;
+use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
@@ -279,6 +279,8 @@ pub struct Reader {
     /// Per (topic index, partition).
     buffers: HashMap<(usize, i32), Messages>,
     splits: HashMap<Partition, u32>,
+    /// Messages polled while a chunk waited for room in the pipeline, in order.
+    stash: VecDeque<OwnedMessage>,
     /// A bounded read's end offset per partition (exclusive), and those reached.
     ends: BTreeMap<Partition, i64>,
     /// The ends a checkpoint holds: a restarted bounded read ends where it was to.
@@ -323,6 +325,7 @@ impl Reader {
             topics: Vec::new(),
             buffers: HashMap::new(),
             splits: HashMap::new(),
+            stash: VecDeque::new(),
             ends: BTreeMap::new(),
             resumed_ends,
             done: HashSet::new(),
@@ -338,10 +341,25 @@ impl Reader {
             // follow (the one that holds the end first) commit their offsets.
             return;
         }
-        if let Some(offsets) = self.shared.durable_offsets.lock().take()
-            && let Err(e) = self.consumer.commit(&offsets, CommitMode::Sync)
-        {
-            tracing::warn!(source = %self.name, error = %e, "cannot commit the last checkpoint's offsets");
+        // Only partitions still owned: another member may have committed past a
+        // partition this process gave up.
+        if let Some(offsets) = self.shared.durable_offsets.lock().take() {
+            let owned = self.shared.partitions.lock();
+            let mut still_owned = TopicPartitionList::new();
+            for e in offsets.elements() {
+                if owned
+                    .get(&partition_key(e.topic(), e.partition()))
+                    .is_some_and(|p| p.assigned)
+                {
+                    let _ = still_owned.add_partition_offset(e.topic(), e.partition(), e.offset());
+                }
+            }
+            drop(owned);
+            if still_owned.count() > 0
+                && let Err(e) = self.consumer.commit(&still_owned, CommitMode::Sync)
+            {
+                tracing::warn!(source = %self.name, error = %e, "cannot commit the last checkpoint's offsets");
+            }
         }
         self.consumer.unsubscribe();
         // The last handle goes with this thread: the consumer closes and leaves the group.
@@ -370,31 +388,19 @@ impl Reader {
         // A local handle: a polled message borrows it while the reader changes.
         let consumer = self.consumer.clone();
         while !self.feed.stopped() {
+            // Messages polled while the pipeline was behind come first: they follow
+            // everything sent before them.
+            while let Some(m) = self.stash.pop_front() {
+                if !self.take(&m) {
+                    return false;
+                }
+            }
             let polled = consumer.poll(Duration::from_millis(10));
             self.apply_rebalance();
             match polled {
                 None => {}
-                Some(Ok(m)) => {
-                    {
-                        let mut waiting = self.shared.waiting.lock();
-                        if waiting.is_some() {
-                            *waiting = None;
-                        }
-                    }
-                    if self.end.is_some() && self.reached_end(m.topic(), m.partition(), m.offset())
-                    {
-                        continue;
-                    }
-                    let key = (self.topic_index(m.topic()), m.partition());
-                    let buffer = self.buffers.entry(key).or_default();
-                    buffer.push(&m, &self.layout);
-                    let full =
-                        buffer.len() >= self.feed.chunk_rows || buffer.bytes() >= CHUNK_BYTES;
-                    drop(m);
-                    if full && !self.flush(&key) {
-                        return false;
-                    }
-                }
+                Some(Ok(m)) if !self.take(&m) => return false,
+                Some(Ok(_)) => {}
                 Some(Err(KafkaError::PartitionEOF(partition))) => {
                     self.shared.waiting.lock().take();
                     if !self.flush_all() {
@@ -423,6 +429,25 @@ impl Reader {
             }
         }
         false
+    }
+
+    /// Buffer message `m`, and send its partition's chunk once full; false once the
+    /// pipeline is gone.
+    fn take<M: Message>(&mut self, m: &M) -> bool {
+        {
+            let mut waiting = self.shared.waiting.lock();
+            if waiting.is_some() {
+                *waiting = None;
+            }
+        }
+        if self.end.is_some() && self.reached_end(m.topic(), m.partition(), m.offset()) {
+            return true;
+        }
+        let key = (self.topic_index(m.topic()), m.partition());
+        let buffer = self.buffers.entry(key).or_default();
+        buffer.push(m, &self.layout);
+        let full = buffer.len() >= self.feed.chunk_rows || buffer.bytes() >= CHUNK_BYTES;
+        !full || self.flush(&key)
     }
 
     /// Act on the partitions the last poll's rebalance assigned or revoked.
@@ -530,7 +555,26 @@ impl Reader {
         }
         let mut position = Position::default();
         position.0.insert(key, next.to_string());
-        self.feed.send(built.batch, position, split)
+        // While the pipeline is behind, the partitions are paused and the consumer
+        // keeps polling (so the group does not take it for dead, and a rebalance does
+        // not wait for it); a message polled meanwhile waits in the stash.
+        let consumer = self.consumer.clone();
+        let stash = &mut self.stash;
+        let mut paused: Option<TopicPartitionList> = None;
+        let sent = self.feed.send_polling(built.batch, position, split, || {
+            if paused.is_none() {
+                let assigned = consumer.assignment().unwrap_or_default();
+                let _ = consumer.pause(&assigned);
+                paused = Some(assigned);
+            }
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(50)) {
+                stash.push_back(m.detach());
+            }
+        });
+        if let Some(assigned) = paused {
+            let _ = self.consumer.resume(&assigned);
+        }
+        sent
     }
 
     /// Whether a message at `offset` is past a bounded read's end (then it is not
@@ -592,7 +636,7 @@ impl Reader {
         let mut ends = Position::default();
         for ((topic, partition), &end) in &self.ends {
             let first = context.first_offset(&self.consumer, topic, *partition);
-            if matches!(first, Offset::Offset(o) if o >= end) {
+            if self.starts_at_or_past(topic, *partition, first, end) {
                 self.done.insert((topic.clone(), *partition));
                 continue;
             }
@@ -620,6 +664,35 @@ impl Reader {
         // No rows, so no split is touched: the position alone moves.
         let empty = RecordBatch::new_empty(self.layout.schema());
         self.feed.send(empty, ends, 0)
+    }
+
+    /// Whether a bounded read of a partition that starts at `first` has nothing to
+    /// read before `end`: no message would come to say so (an empty range, a start
+    /// already at the end). The log's start offset is not asked (some brokers answer
+    /// it wrongly): from the beginning, only an end of 0 is empty.
+    fn starts_at_or_past(&self, topic: &str, partition: i32, first: Offset, end: i64) -> bool {
+        let wait = Duration::from_secs(5);
+        let start = match first {
+            Offset::Offset(o) => Some(o),
+            Offset::End => self
+                .consumer
+                .fetch_watermarks(topic, partition, wait)
+                .ok()
+                .map(|(_, high)| high),
+            Offset::Stored => {
+                let mut asked = TopicPartitionList::new();
+                asked.add_partition(topic, partition);
+                self.consumer
+                    .committed_offsets(asked, wait)
+                    .ok()
+                    .and_then(|c| match c.find_partition(topic, partition)?.offset() {
+                        Offset::Offset(o) => Some(o),
+                        _ => None,
+                    })
+            }
+            _ => Some(0),
+        };
+        start.is_some_and(|s| s >= end)
     }
 
     /// The end offsets of a bounded read (a checkpoint's, else asked for until the
