@@ -32,6 +32,9 @@ use crate::{Error, Result};
 const CHUNK_BYTES: usize = 4 << 20;
 /// How long messages wait in a partition's buffer before they are sent anyway.
 const LINGER: Duration = Duration::from_millis(20);
+/// How long a chunk waits for room in the pipeline before the reader pauses its
+/// partitions and polls while it waits.
+const PAUSE_AFTER: Duration = Duration::from_secs(1);
 /// How often lag goes to the metrics (librdkafka's statistics come every second).
 const LAG_EVERY: Duration = Duration::from_secs(1);
 
@@ -555,13 +558,20 @@ impl Reader {
         }
         let mut position = Position::default();
         position.0.insert(key, next.to_string());
-        // While the pipeline is behind, the partitions are paused and the consumer
-        // keeps polling (so the group does not take it for dead, and a rebalance does
-        // not wait for it); a message polled meanwhile waits in the stash.
+        // While the pipeline is behind for long (a paused view), the partitions are
+        // paused and the consumer keeps polling, so the group does not take it for dead
+        // and a rebalance does not wait for it; a message polled meanwhile waits in the
+        // stash. Not at once: pausing drops librdkafka's prefetched messages, and a
+        // pipeline that is only busy takes the chunk within milliseconds.
         let consumer = self.consumer.clone();
         let stash = &mut self.stash;
         let mut paused: Option<TopicPartitionList> = None;
+        let waiting_since = Instant::now();
         let sent = self.feed.send_polling(built.batch, position, split, || {
+            if waiting_since.elapsed() < PAUSE_AFTER {
+                std::thread::sleep(Duration::from_millis(1));
+                return;
+            }
             if paused.is_none() {
                 let assigned = consumer.assignment().unwrap_or_default();
                 let _ = consumer.pause(&assigned);
