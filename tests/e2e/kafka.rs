@@ -1100,3 +1100,75 @@ async fn a_broker_restarted_mid_stream_loses_nothing_and_counts_nothing_twice() 
     ensure!(s["status"] == "running", "{s}");
     Ok(())
 }
+
+/// A process whose pipeline is stalled (its view's plugin failed, so the view holds
+/// batches, then makes the source wait) still answers its group: a second process that
+/// joins gets its share of the partitions at once and reads them. (A reader blocked on
+/// its pipeline would hold the rebalance up to `max.poll.interval.ms`.)
+#[tokio::test]
+async fn a_stalled_process_does_not_hold_up_its_group() -> Result<()> {
+    let topic = unique("stalled");
+    let group = unique("g");
+    create_topic(&topic, 2).await?;
+    let messages: Vec<_> = (0..2_000u64)
+        .map(|i| ((i % 2) as i32, None, bid(i, i % 7, 1_000 + i)))
+        .collect();
+    produce(&topic, &messages).await?;
+    let (dir, config) = config_dir("[runtime.plugins]\nmax-consecutive-failures = 3\n").await?;
+    let stalled = Weir::start_in(dir, &["--config", &config]).await?;
+    let broken = std::fs::read_to_string(format!(
+        "{}/../plugins/hostile/wat/immediate_trap.wat",
+        env!("CARGO_MANIFEST_DIR")
+    ))?;
+    let (code, body) = stalled
+        .upload_plugin("flaky", wat::parse_str(&broken)?)
+        .await?;
+    ensure!(code == 201, "{body}");
+    let b = brokers();
+    // A batch per message, so the held batches and the channel fill fast.
+    let source = format!(
+        "CREATE SOURCE bids (id BIGINT, user_id BIGINT, price BIGINT, ts TIMESTAMP) \
+         WITH (connector = 'kafka', brokers = '{b}', topic = '{topic}', group = '{group}', \
+         start = 'earliest', max_rows = 1, max_delay = '1ms')"
+    );
+    stalled.exec(&source).await?;
+    stalled
+        .exec("CREATE MATERIALIZED VIEW checked AS SELECT id, crash(id) AS m FROM bids")
+        .await?;
+    let records_in = || async {
+        Ok::<_, anyhow::Error>(stalled.get("/api/v1/sources/bids").await?["records_in"].as_u64())
+    };
+    // Stalled: the view paused, and the source no longer takes records.
+    stalled
+        .wait_for("the source to stall", Duration::from_secs(60), || async {
+            let before = records_in().await?;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let views = stalled.get("/api/v1/views").await?;
+            let paused = views["views"][0]["status"] == "paused";
+            Ok((paused && records_in().await? == before).then_some(()))
+        })
+        .await?;
+    let read = records_in().await?.context("records_in")?;
+    ensure!(
+        read < 2_000,
+        "the source read everything ({read}): nothing stalled"
+    );
+
+    let other = Weir::start(&[]).await?;
+    other.exec(&source).await?;
+    other
+        .exec("CREATE MATERIALIZED VIEW seen AS SELECT id FROM bids")
+        .await?;
+    other
+        .wait_for(
+            "the second process to read its share",
+            Duration::from_secs(60),
+            || async {
+                let s = other.get("/api/v1/sources/bids").await?;
+                let rows = view_rows(&other, "seen").await?.len();
+                Ok((s["partitions"].as_array().map(Vec::len) == Some(1) && rows > 0).then_some(()))
+            },
+        )
+        .await?;
+    Ok(())
+}

@@ -565,24 +565,31 @@ impl Reader {
         // pipeline that is only busy takes the chunk within milliseconds.
         let consumer = self.consumer.clone();
         let stash = &mut self.stash;
-        let mut paused: Option<TopicPartitionList> = None;
+        let mut paused = false;
         let waiting_since = Instant::now();
         let sent = self.feed.send_polling(built.batch, position, split, || {
             if waiting_since.elapsed() < PAUSE_AFTER {
                 std::thread::sleep(Duration::from_millis(1));
                 return;
             }
-            if paused.is_none() {
-                let assigned = consumer.assignment().unwrap_or_default();
+            // Whatever is assigned now: a rebalance meanwhile may have brought more.
+            if let Ok(assigned) = consumer.assignment() {
                 let _ = consumer.pause(&assigned);
-                paused = Some(assigned);
             }
+            paused = true;
             if let Some(Ok(m)) = consumer.poll(Duration::from_millis(50)) {
                 stash.push_back(m.detach());
             }
         });
-        if let Some(assigned) = paused {
-            let _ = self.consumer.resume(&assigned);
+        if paused && let Ok(assigned) = self.consumer.assignment() {
+            // A bounded read's finished partitions stay paused.
+            let mut resume = TopicPartitionList::new();
+            for e in assigned.elements() {
+                if !self.done.contains(&(e.topic().to_string(), e.partition())) {
+                    resume.add_partition(e.topic(), e.partition());
+                }
+            }
+            let _ = self.consumer.resume(&resume);
         }
         sent
     }
