@@ -775,12 +775,25 @@ async fn a_sink_dead_letters_a_message_too_large_and_fails_past_its_pending_limi
         || async { Ok((newest(weir.get("/api/v1/checkpoints").await?) > seen).then_some(())) },
     )
     .await?;
+    // A dropped sink stays dropped: DROP SINK is durable DDL.
+    weir.exec(&format!(
+        "CREATE SINK gone FROM v WITH (connector = 'kafka', brokers = '{b}', topic = '{topic}')"
+    ))
+    .await?;
+    weir.exec("DROP SINK gone").await?;
     let config_path = weir.data_dir.path().join("weir.toml");
     let weir = weir
         .restart(&["--config", &config_path.to_string_lossy()])
         .await?;
     let after = weir.get("/api/v1/sinks/stuck").await?;
     ensure!(after["status"] == "failed", "still failed: {after}");
+    let names: Vec<String> = weir.get("/api/v1/sinks").await?["sinks"]
+        .as_array()
+        .context("sinks")?
+        .iter()
+        .filter_map(|s| s["name"].as_str().map(str::to_string))
+        .collect();
+    ensure!(names == ["big", "stuck"], "after the restart: {names:?}");
     Ok(())
 }
 
