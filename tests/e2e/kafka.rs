@@ -1172,3 +1172,73 @@ async fn a_stalled_process_does_not_hold_up_its_group() -> Result<()> {
         .await?;
     Ok(())
 }
+
+/// By default a source's group is `weir-<source name>` and a partition starts at the
+/// group's committed offset: a source created over a group seeded at offset 6 reads
+/// each partition from there, and commits its own progress to the same group.
+#[tokio::test]
+async fn by_default_a_source_reads_from_its_groups_offsets_and_the_group_is_named_after_it()
+-> Result<()> {
+    let topic = unique("grouped");
+    create_topic(&topic, 2).await?;
+    let messages: Vec<_> = (0..20u64)
+        .map(|i| ((i % 2) as i32, None, bid(i, 0, 1_000 + i)))
+        .collect();
+    produce(&topic, &messages).await?;
+    let name = unique("src").replace('-', "_");
+    let group = format!("weir-{name}");
+    {
+        let seeder: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers())
+            .set("group.id", &group)
+            .set("enable.auto.commit", "false")
+            .create()?;
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..2 {
+            tpl.add_partition_offset(&topic, p, Offset::Offset(6))?;
+        }
+        seeder.commit(&tpl, rdkafka::consumer::CommitMode::Sync)?;
+    }
+    ensure!(
+        committed(&group, &topic, 2)? == BTreeMap::from([(0, 6), (1, 6)]),
+        "the group is seeded"
+    );
+    let weir = start_checkpointed().await?;
+    let b = brokers();
+    weir.exec(&format!(
+        "CREATE SOURCE {name} (id BIGINT, user_id BIGINT, price BIGINT, ts TIMESTAMP) \
+         WITH (connector = 'kafka', brokers = '{b}', topic = '{topic}')"
+    ))
+    .await?;
+    weir.exec(&format!(
+        "CREATE MATERIALIZED VIEW seen AS SELECT id FROM {name}"
+    ))
+    .await?;
+    // Offsets 6 to 9 of each partition: ids 12 to 19.
+    let ids = weir
+        .wait_for(
+            "the rows after the group's offsets",
+            Duration::from_secs(60),
+            || async {
+                let mut ids: Vec<i64> = view_rows(&weir, "seen")
+                    .await?
+                    .iter()
+                    .filter_map(|r| r["id"].as_i64())
+                    .collect();
+                ids.sort_unstable();
+                Ok((ids.len() >= 8).then_some(ids))
+            },
+        )
+        .await?;
+    ensure!(ids == (12..20).collect::<Vec<_>>(), "{ids:?}");
+    weir.wait_for(
+        "its progress in the group",
+        Duration::from_secs(30),
+        || async {
+            let c = committed(&group, &topic, 2)?;
+            Ok((c == BTreeMap::from([(0, 10), (1, 10)])).then_some(()))
+        },
+    )
+    .await?;
+    Ok(())
+}
