@@ -1242,3 +1242,69 @@ async fn by_default_a_source_reads_from_its_groups_offsets_and_the_group_is_name
     .await?;
     Ok(())
 }
+
+/// The message timestamp as the event time: `METADATA FROM 'timestamp'` under
+/// `WATERMARK FOR`, with values that carry no time of their own; windows close by the
+/// messages' times.
+#[tokio::test]
+async fn the_message_timestamp_is_the_event_time_and_the_watermark() -> Result<()> {
+    let topic = unique("stamped");
+    create_topic(&topic, 1).await?;
+    let weir = Weir::start(&[]).await?;
+    let b = brokers();
+    weir.exec(&format!(
+        "CREATE SOURCE stamped (id BIGINT, sent TIMESTAMP METADATA FROM 'timestamp', \
+         WATERMARK FOR sent AS sent) \
+         WITH (connector = 'kafka', brokers = '{b}', topic = '{topic}', start = 'earliest', \
+         group = '{}')",
+        unique("g")
+    ))
+    .await?;
+    weir.exec(
+        "CREATE MATERIALIZED VIEW per_second AS SELECT window_start, count(*) AS n \
+         FROM TUMBLE(stamped, sent, INTERVAL '1' SECOND) GROUP BY window_start, window_end",
+    )
+    .await?;
+    // Second 0 gets 3 messages, second 1 gets 2; one at second 5 closes both.
+    let producer = producer(&b)?;
+    let base: i64 = 1_700_000_000_000;
+    for (id, at) in [
+        (1, 100),
+        (2, 400),
+        (3, 900),
+        (4, 1_100),
+        (5, 1_500),
+        (6, 5_000),
+    ] {
+        let value = format!("{{\"id\": {id}}}");
+        producer
+            .send(
+                FutureRecord::<(), String>::to(&topic)
+                    .partition(0)
+                    .payload(&value)
+                    .timestamp(base + at),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| anyhow::anyhow!("produce: {e}"))?;
+    }
+    let rows = weir
+        .wait_for(
+            "the two closed windows",
+            Duration::from_secs(60),
+            || async {
+                let rows = view_rows(&weir, "per_second").await?;
+                Ok((rows.len() == 2).then_some(rows))
+            },
+        )
+        .await?;
+    let mut counts: Vec<i64> = rows.iter().filter_map(|r| r["n"].as_i64()).collect();
+    counts.sort_unstable();
+    ensure!(counts == [2, 3], "{rows:?}");
+    let status = weir.get("/api/v1/sources/stamped").await?;
+    ensure!(
+        status["watermark_ms"].as_i64() == Some(base + 5_000),
+        "the watermark is the newest message's time: {status}"
+    );
+    Ok(())
+}
