@@ -1308,3 +1308,94 @@ async fn the_message_timestamp_is_the_event_time_and_the_watermark() -> Result<(
     );
     Ok(())
 }
+
+/// A restart seeks to the checkpoint's offsets, not to the group's: with the group
+/// moved back to 0 while weir was down, the restarted source reads on from where the
+/// checkpoint says, and counts nothing twice.
+#[tokio::test]
+async fn a_restart_seeks_to_the_checkpoint_even_when_the_group_says_otherwise() -> Result<()> {
+    let topic = unique("seek");
+    let group = unique("g");
+    create_topic(&topic, 1).await?;
+    let first: Vec<_> = (0..10u64)
+        .map(|i| (0, None, bid(i, 0, 1_000 + i)))
+        .collect();
+    produce(&topic, &first).await?;
+    let weir = start_checkpointed().await?;
+    let b = brokers();
+    weir.exec(&format!(
+        "CREATE SOURCE bids (id BIGINT, user_id BIGINT, price BIGINT, ts TIMESTAMP) \
+         WITH (connector = 'kafka', brokers = '{b}', topic = '{topic}', group = '{group}', \
+         start = 'earliest')"
+    ))
+    .await?;
+    weir.exec("CREATE MATERIALIZED VIEW seen AS SELECT id FROM bids")
+        .await?;
+    weir.wait_for(
+        "the checkpoint's offsets in the group",
+        Duration::from_secs(60),
+        || async { Ok((committed(&group, &topic, 1)? == BTreeMap::from([(0, 10)])).then_some(())) },
+    )
+    .await?;
+    let config = weir.data_dir.path().join("weir.toml");
+    let dir = weir.kill().await?;
+    // Move the group back to 0 (accepted once the killed member has left the group).
+    commit_as_member(&group, &topic, 0).await?;
+    let more: Vec<_> = (10..15u64)
+        .map(|i| (0, None, bid(i, 0, 1_000 + i)))
+        .collect();
+    produce(&topic, &more).await?;
+    let weir = Weir::start_in(dir, &["--config", &config.to_string_lossy()]).await?;
+    let ids = weir
+        .wait_for("the new messages", Duration::from_secs(60), || async {
+            let ids: Vec<i64> = view_rows(&weir, "seen")
+                .await?
+                .iter()
+                .filter_map(|r| r["id"].as_i64())
+                .collect();
+            Ok(ids.contains(&14).then_some(()))
+        })
+        .await;
+    ids?;
+    // Anything read again from offset 0 would come with the new messages.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut ids: Vec<i64> = view_rows(&weir, "seen")
+        .await?
+        .iter()
+        .filter_map(|r| r["id"].as_i64())
+        .collect();
+    ids.sort_unstable();
+    ensure!(ids == (0..15).collect::<Vec<_>>(), "{ids:?}");
+    Ok(())
+}
+
+/// Commit `offset` for partition 0 of `topic` in `group` as a member of the group
+/// (brokers refuse commits from outside a group that has had members): join, wait for
+/// the partition, commit, leave.
+async fn commit_as_member(group: &str, topic: &str, offset: i64) -> Result<()> {
+    let (group, topic) = (group.to_string(), topic.to_string());
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers())
+            .set("group.id", &group)
+            .set("enable.auto.commit", "false")
+            .set("session.timeout.ms", "6000")
+            .create()?;
+        consumer.subscribe(&[&topic])?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while consumer.assignment()?.count() == 0 {
+            ensure!(
+                std::time::Instant::now() < deadline,
+                "no assignment in group {group}"
+            );
+            let _ = consumer.poll(Duration::from_millis(100));
+        }
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&topic, 0, Offset::Offset(offset))?;
+        consumer.commit(&tpl, rdkafka::consumer::CommitMode::Sync)?;
+        ensure!(committed(&group, &topic, 1)? == BTreeMap::from([(0, offset)]));
+        consumer.unsubscribe();
+        Ok(())
+    })
+    .await?
+}
