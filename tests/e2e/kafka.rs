@@ -290,6 +290,13 @@ async fn options_are_checked_when_the_source_is_created() -> Result<()> {
             ),
             "weir commits offsets itself",
         ),
+        // properties.* reach librdkafka, which checks them.
+        (
+            format!(
+                "CREATE SOURCE s (a BIGINT) WITH (connector = 'kafka', brokers = '{b}', topic = 't', properties.fetch.max.bytes = 'lots')"
+            ),
+            "fetch.max.bytes",
+        ),
         (
             "CREATE SOURCE s (a BIGINT) WITH (connector = 'http', properties.linger.ms = '5')"
                 .to_string(),
