@@ -31,6 +31,7 @@ pub fn arrow_type(sql: &ast::DataType) -> Result<DataType> {
         | S::Character(_) => DataType::Utf8,
         S::Timestamp(_, ast::TimezoneInfo::None | ast::TimezoneInfo::WithoutTimeZone) => TIMESTAMP,
         S::Date => DataType::Date32,
+        S::Bytea | S::Varbinary(_) | S::Binary(_) => DataType::Binary,
         S::Decimal(info) | S::Numeric(info) => match info {
             ast::ExactNumberInfo::PrecisionAndScale(p, s) => DataType::Decimal128(
                 u8::try_from(*p).map_err(|_| invalid!("DECIMAL precision {p} is too large"))?,
@@ -45,7 +46,7 @@ pub fn arrow_type(sql: &ast::DataType) -> Result<DataType> {
         other => {
             return Err(unsupported!(
                 "column type {other} is not supported in CREATE SOURCE; use BIGINT, INT, SMALLINT, \
-                 TINYINT, DOUBLE, REAL, BOOLEAN, VARCHAR, TIMESTAMP, DATE or DECIMAL(p, s)"
+                 TINYINT, DOUBLE, REAL, BOOLEAN, VARCHAR, BYTEA, TIMESTAMP, DATE or DECIMAL(p, s)"
             ));
         }
     })

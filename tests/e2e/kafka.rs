@@ -1406,3 +1406,45 @@ async fn commit_as_member(group: &str, topic: &str, offset: i64) -> Result<()> {
     })
     .await?
 }
+
+/// `format = 'raw'` into a BYTEA column, with a BYTEA key: bytes that are not UTF-8
+/// arrive as they were sent.
+#[tokio::test]
+async fn raw_bytes_and_keys_arrive_as_sent() -> Result<()> {
+    let topic = unique("raw");
+    create_topic(&topic, 1).await?;
+    let weir = Weir::start(&[]).await?;
+    let b = brokers();
+    weir.exec(&format!(
+        "CREATE SOURCE blobs (value BYTEA, k BYTEA METADATA FROM 'key') \
+         WITH (connector = 'kafka', brokers = '{b}', topic = '{topic}', format = 'raw', \
+         start = 'earliest', group = '{}')",
+        unique("g")
+    ))
+    .await?;
+    weir.exec("CREATE MATERIALIZED VIEW seen AS SELECT value, k FROM blobs")
+        .await?;
+    let producer = producer(&b)?;
+    let (value, key): (&[u8], &[u8]) = (&[0xff, 0x00, 0x41, 0xfe], &[0x80, 0x01]);
+    producer
+        .send(
+            FutureRecord::to(&topic)
+                .partition(0)
+                .payload(value)
+                .key(key),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| anyhow::anyhow!("produce: {e}"))?;
+    let rows = weir
+        .wait_for("the message", Duration::from_secs(60), || async {
+            let rows = view_rows(&weir, "seen").await?;
+            Ok((!rows.is_empty()).then_some(rows))
+        })
+        .await?;
+    ensure!(
+        rows[0]["value"] == json!("ff0041fe") && rows[0]["k"] == json!("8001"),
+        "{rows:?}"
+    );
+    Ok(())
+}
