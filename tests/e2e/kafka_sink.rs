@@ -893,3 +893,51 @@ async fn a_window_emitted_again_writes_updates_and_tombstones() -> Result<()> {
     );
     Ok(())
 }
+
+/// Two processes that run the same exactly-once sink (same name, same topic) do not
+/// fence each other: each has its own transactional id, and both write every epoch
+/// without a failed delivery.
+#[tokio::test]
+async fn two_processes_with_the_same_exactly_once_sink_do_not_fence_each_other() -> Result<()> {
+    let topic = unique("sink-twice");
+    create_topic(&topic, 1).await?;
+    let b = brokers();
+    let mut processes = Vec::new();
+    for _ in 0..2 {
+        let weir = start_checkpointed().await?;
+        weir.exec("CREATE SOURCE s (id BIGINT) WITH (connector = 'http')")
+            .await?;
+        weir.exec("CREATE MATERIALIZED VIEW v AS SELECT id FROM s")
+            .await?;
+        weir.exec(&format!(
+            "CREATE SINK k FROM v WITH (connector = 'kafka', brokers = '{b}', topic = '{topic}', \
+             delivery = 'exactly_once')"
+        ))
+        .await?;
+        processes.push(weir);
+    }
+    // Epochs from both, interleaved.
+    for round in 0..5i64 {
+        for (p, weir) in processes.iter().enumerate() {
+            let id = round * 2 + p as i64;
+            ensure!(
+                weir.post_records("s", format!("{{\"id\": {id}}}\n"))
+                    .await?
+                    .0
+                    == 200
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    for weir in &processes {
+        let status = wait_delivered(weir, "k").await?;
+        ensure!(status["failed_deliveries"] == 0, "{status}");
+    }
+    let mut ids: Vec<i64> = deduplicate(&read_topic(&b, &topic, 10).await?)?
+        .iter()
+        .filter_map(|w| w.value.as_ref().and_then(|v| v["id"].as_i64()))
+        .collect();
+    ids.sort_unstable();
+    ensure!(ids == (0..10).collect::<Vec<_>>(), "{ids:?}");
+    Ok(())
+}

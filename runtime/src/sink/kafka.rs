@@ -8,8 +8,7 @@
 //! the duplicates exactly.
 //!
 //! An `exactly_once` transaction also commits its epoch as the offset of a consumer
-//! group named after the transactional id and the sink's lineage
-//! (`send_offsets_to_transaction`), so the
+//! group named after the sink and its lineage (`send_offsets_to_transaction`), so the
 //! brokers record, atomically with the messages, which epoch is written: a crash after
 //! the commit and before weir notes it does not make weir write the epoch again. See
 //! docs/CONNECTORS.md.
@@ -90,13 +89,15 @@ pub struct KafkaSink {
 }
 
 /// Where the brokers record the newest epoch an `exactly_once` sink committed: the
-/// offset of partition 0 of the topic in the consumer group `<transactional id>-<the
-/// sink's lineage>`. The lineage is in the group's name (not in the offset's metadata,
-/// which some brokers drop), so a sink created afresh never reads another's record.
+/// offset of partition 0 of the topic in the consumer group `weir-sink-<sink>-<lineage>`.
+/// The lineage is in the group's name (not in the offset's metadata, which some
+/// brokers drop), so a sink created afresh never reads another's record.
 struct EpochRecord {
     /// The group's client settings, without `group.id`.
     config: ClientConfig,
-    transactional_id: String,
+    sink: String,
+    /// The `transactional_id` option, if set.
+    transactional_id: Option<String>,
     /// A client of the group, made at the first delivery (when the lineage is known).
     consumer: Option<BaseConsumer>,
     /// The newest committed epoch, read again whenever a producer is made (after
@@ -105,6 +106,19 @@ struct EpochRecord {
 }
 
 impl EpochRecord {
+    /// `weir-sink-<sink>-<lineage>`: the default transactional id, and always the
+    /// group's name. A new sink (a new lineage) never reads another's record, and
+    /// processes that run the same sink do not fence each other.
+    fn name(&self, lineage: &str) -> String {
+        format!("weir-sink-{}-{lineage}", self.sink)
+    }
+
+    fn transactional_id(&self, lineage: &str) -> String {
+        self.transactional_id
+            .clone()
+            .unwrap_or_else(|| self.name(lineage))
+    }
+
     /// The newest epoch the brokers hold for `lineage` (0: none).
     fn committed(&mut self, topic: &str, lineage: &str) -> std::result::Result<u64, String> {
         if let Some(committed) = self.committed {
@@ -114,7 +128,7 @@ impl EpochRecord {
             Some(c) => c,
             None => {
                 let mut config = self.config.clone();
-                config.set("group.id", format!("{}-{lineage}", self.transactional_id));
+                config.set("group.id", self.name(lineage));
                 let made = config
                     .create()
                     .map_err(|e| format!("cannot make the epochs' group client: {e}"))?;
@@ -171,13 +185,9 @@ pub fn open(def: &SinkDef) -> Result<Box<dyn Sink>> {
             MESSAGE_TIMEOUT.as_millis().to_string(),
         )
         .set("reconnect.backoff.max.ms", "5000");
-    let transactional_id = options
-        .transactional_id
-        .clone()
-        .unwrap_or_else(|| format!("weir-sink-{name}"));
-    if transactional {
-        config.set("transactional.id", &transactional_id);
-    } else if options.transactional_id.is_some() {
+    // The transactional id is set when the producer is made: by default it names the
+    // sink's lineage, known at the first delivery.
+    if !transactional && options.transactional_id.is_some() {
         return Err(bad(
             "transactional_id is for delivery = 'exactly_once'".into()
         ));
@@ -203,7 +213,8 @@ pub fn open(def: &SinkDef) -> Result<Box<dyn Sink>> {
         }
         Some(EpochRecord {
             config: group,
-            transactional_id,
+            sink: name.to_string(),
+            transactional_id: options.transactional_id.clone(),
             consumer: None,
             committed: None,
         })
@@ -275,10 +286,13 @@ impl ProducerContext for Delivery {
 }
 
 impl KafkaSink {
-    fn producer(&mut self) -> std::result::Result<&BaseProducer<Delivery>, String> {
+    fn producer(&mut self, lineage: &str) -> std::result::Result<&BaseProducer<Delivery>, String> {
         if self.producer.is_none() {
-            let producer: BaseProducer<Delivery> = self
-                .config
+            let mut config = self.config.clone();
+            if let Some(epochs) = &self.epochs {
+                config.set("transactional.id", epochs.transactional_id(lineage));
+            }
+            let producer: BaseProducer<Delivery> = config
                 .create_with_context(Delivery::default())
                 .map_err(|e| format!("cannot make the producer: {e}"))?;
             if let Some(epochs) = &mut self.epochs {
@@ -467,7 +481,7 @@ impl Sink for KafkaSink {
     fn deliver(&mut self, to_write: &EpochChanges<'_>) -> std::result::Result<u64, String> {
         let (epoch, lineage) = (to_write.epoch, to_write.lineage);
         let transactional = self.epochs.is_some();
-        self.producer()?;
+        self.producer(lineage)?;
         // Committed before a crash kept weir from noting it: not written again.
         if let Some(epochs) = &mut self.epochs {
             let committed = epochs.committed(&self.topic, lineage)?;
