@@ -1194,18 +1194,7 @@ async fn by_default_a_source_reads_from_its_groups_offsets_and_the_group_is_name
     produce(&topic, &messages).await?;
     let name = unique("src").replace('-', "_");
     let group = format!("weir-{name}");
-    {
-        let seeder: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", brokers())
-            .set("group.id", &group)
-            .set("enable.auto.commit", "false")
-            .create()?;
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..2 {
-            tpl.add_partition_offset(&topic, p, Offset::Offset(6))?;
-        }
-        seeder.commit(&tpl, rdkafka::consumer::CommitMode::Sync)?;
-    }
+    commit_as_member(&group, &topic, &[(0, 6), (1, 6)]).await?;
     ensure!(
         committed(&group, &topic, 2)? == BTreeMap::from([(0, 6), (1, 6)]),
         "the group is seeded"
@@ -1347,7 +1336,7 @@ async fn a_restart_seeks_to_the_checkpoint_even_when_the_group_says_otherwise() 
     let config = weir.data_dir.path().join("weir.toml");
     let dir = weir.kill().await?;
     // Move the group back to 0 (accepted once the killed member has left the group).
-    commit_as_member(&group, &topic, 0).await?;
+    commit_as_member(&group, &topic, &[(0, 0)]).await?;
     let more: Vec<_> = (10..15u64)
         .map(|i| (0, None, bid(i, 0, 1_000 + i)))
         .collect();
@@ -1376,11 +1365,11 @@ async fn a_restart_seeks_to_the_checkpoint_even_when_the_group_says_otherwise() 
     Ok(())
 }
 
-/// Commit `offset` for partition 0 of `topic` in `group` as a member of the group
+/// Commit these `(partition, offset)`s of `topic` in `group` as a member of the group
 /// (brokers refuse commits from outside a group that has had members): join, wait for
-/// the partition, commit, leave.
-async fn commit_as_member(group: &str, topic: &str, offset: i64) -> Result<()> {
-    let (group, topic) = (group.to_string(), topic.to_string());
+/// the partitions, commit, leave.
+async fn commit_as_member(group: &str, topic: &str, offsets: &[(i32, i64)]) -> Result<()> {
+    let (group, topic, offsets) = (group.to_string(), topic.to_string(), offsets.to_vec());
     tokio::task::spawn_blocking(move || -> Result<()> {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", brokers())
@@ -1398,9 +1387,12 @@ async fn commit_as_member(group: &str, topic: &str, offset: i64) -> Result<()> {
             let _ = consumer.poll(Duration::from_millis(100));
         }
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(&topic, 0, Offset::Offset(offset))?;
+        for &(partition, offset) in &offsets {
+            tpl.add_partition_offset(&topic, partition, Offset::Offset(offset))?;
+        }
         consumer.commit(&tpl, rdkafka::consumer::CommitMode::Sync)?;
-        ensure!(committed(&group, &topic, 1)? == BTreeMap::from([(0, offset)]));
+        let partitions = offsets.len() as i32;
+        ensure!(committed(&group, &topic, partitions)? == offsets.into_iter().collect());
         consumer.unsubscribe();
         Ok(())
     })

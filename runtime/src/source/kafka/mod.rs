@@ -5,6 +5,8 @@
 //! checkpoint's offsets; once a checkpoint is durable the same offsets are committed to
 //! the group, so the group's lag is the truth. See docs/CONNECTORS.md.
 
+mod bounded;
+mod context;
 mod envelope;
 mod front_door;
 pub mod options;
@@ -23,9 +25,9 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use super::connector::{Connector, ConnectorStatus, Feed, PartitionStatus, SourceDef};
 use crate::checkpoint::Position;
 use crate::{Error, Result};
+use context::Context;
 use envelope::Layout;
 use options::{End, KafkaOptions, Start};
-use reader::Context;
 
 /// How long CREATE SOURCE waits for the brokers to say whether the topic exists.
 const METADATA_WAIT: Duration = Duration::from_secs(3);

@@ -1,10 +1,8 @@
 //! The consumer thread of a Kafka source: polls librdkafka, gathers each partition's
 //! messages, and sends them as one chunk per partition (a split) with the next offset
-//! to read. Partitions are assigned by the consumer group; where each starts is decided
-//! here, in the rebalance callback: a checkpoint's offset, else where this process
-//! stopped reading it (a partition that comes back), else the configured start on the
-//! first assignment, else the group's committed offset (partitions that move here from
-//! another process, or that were added to the topic: read from the start).
+//! to read. Partitions are assigned by the consumer group, and where each starts is
+//! decided in the rebalance callback (`context.rs`); a bounded read assigns every
+//! partition itself and stops at its ends (`bounded.rs`).
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -12,16 +10,15 @@ use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::RecordBatch;
 use parking_lot::Mutex;
-use rdkafka::client::ClientContext;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Message, OwnedMessage};
-use rdkafka::statistics::Statistics;
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use rdkafka::types::RDKafkaRespErr;
+use rdkafka::topic_partition_list::TopicPartitionList;
 
+use super::bounded::{END_PREFIX, ends_of};
+use super::context::{Context, FirstOffsets};
 use super::envelope::{Built, Layout, Messages};
-use super::options::{End, Start};
+use super::options::End;
 use super::{KafkaSource, Shared};
 use crate::checkpoint::Position;
 use crate::deadletter::NewDeadLetter;
@@ -38,28 +35,21 @@ const PAUSE_AFTER: Duration = Duration::from_secs(1);
 /// How often lag goes to the metrics (librdkafka's statistics come every second).
 const LAG_EVERY: Duration = Duration::from_secs(1);
 
-type Partition = (String, i32);
+pub(super) type Partition = (String, i32);
 
 /// `topic/partition`: a partition's name in positions, status and metrics.
 pub fn partition_key(topic: &str, partition: i32) -> String {
     format!("{topic}/{partition}")
 }
 
-/// In a position, the end of a bounded read's partition is this prefix and the
-/// partition's key: checkpoints hold where the read ends, so a restart ends there too.
-const END_PREFIX: &str = "end:";
-
 /// The offsets a position names, per partition (the next to read).
 pub fn offsets_of(position: &Position) -> BTreeMap<Partition, i64> {
     partition_offsets(position, |k| (!k.starts_with(END_PREFIX)).then_some(k))
 }
 
-/// The end offsets of a bounded read a position names, per partition.
-fn ends_of(position: &Position) -> BTreeMap<Partition, i64> {
-    partition_offsets(position, |k| k.strip_prefix(END_PREFIX))
-}
-
-fn partition_offsets(
+/// The offsets of the partitions a position names under `key` (a key mapped to its
+/// partition's name, or left out).
+pub(super) fn partition_offsets(
     position: &Position,
     key: impl Fn(&str) -> Option<&str>,
 ) -> BTreeMap<Partition, i64> {
@@ -76,221 +66,29 @@ fn partition_offsets(
         .collect()
 }
 
-/// librdkafka's callbacks: errors, and where assigned partitions start.
-pub struct Context {
-    source: String,
-    brokers: String,
-    start: Start,
-    shared: Arc<Shared>,
-    first: Mutex<FirstOffsets>,
-    /// Assignments and revocations, for the reader to act on after the poll.
-    changes: Mutex<Vec<(Partition, bool)>>,
-}
-
-struct FirstOffsets {
-    /// From the checkpoint: used once per partition.
-    resume: BTreeMap<Partition, i64>,
-    /// Whether the group has assigned anything yet.
-    assigned_before: bool,
-}
-
-impl ClientContext for Context {
-    fn error(&self, error: KafkaError, reason: &str) {
-        let unreachable = matches!(
-            error.rdkafka_error_code(),
-            Some(
-                RDKafkaErrorCode::BrokerTransportFailure
-                    | RDKafkaErrorCode::AllBrokersDown
-                    | RDKafkaErrorCode::Resolve
-            )
-        );
-        if unreachable {
-            *self.shared.waiting.lock() = Some(format!(
-                "cannot reach the brokers {}: {reason}",
-                self.brokers
-            ));
-        }
-        // A partition's end is an event of the fetch, not an error.
-        if !matches!(error, KafkaError::PartitionEOF(_))
-            && error.rdkafka_error_code() != Some(RDKafkaErrorCode::PartitionEOF)
-        {
-            tracing::warn!(source = %self.source, error = %error, %reason, "kafka client error");
-        }
-    }
-
-    /// librdkafka's statistics (every `statistics.interval.ms`): each partition's end
-    /// offset as the last fetch saw it, for lag, without asking the brokers again.
-    fn stats(&self, statistics: Statistics) {
-        if statistics.brokers.values().any(|b| b.state == "UP") {
-            self.shared.waiting.lock().take();
-        }
-        let mut partitions = self.shared.partitions.lock();
-        for (topic, t) in &statistics.topics {
-            for (id, p) in &t.partitions {
-                if *id >= 0
-                    && p.hi_offset >= 0
-                    && let Some(state) = partitions.get_mut(&partition_key(topic, *id))
-                {
-                    state.high_watermark = Some(p.hi_offset);
-                }
-            }
-        }
-    }
-}
-
-impl ConsumerContext for Context {
-    fn rebalance(
-        &self,
-        consumer: &BaseConsumer<Self>,
-        err: RDKafkaRespErr,
-        tpl: &mut TopicPartitionList,
-    ) {
-        let partitions: Vec<Partition> = tpl
-            .elements()
-            .iter()
-            .map(|e| (e.topic().to_string(), e.partition()))
-            .collect();
-        let cooperative = matches!(
-            consumer.rebalance_protocol(),
-            RebalanceProtocol::Cooperative
-        );
-        let assigned = match err {
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                for (topic, partition) in &partitions {
-                    let offset = self.first_offset(consumer, topic, *partition);
-                    let _ = tpl.set_partition_offset(topic, *partition, offset);
-                }
-                self.first.lock().assigned_before = true;
-                let r = if cooperative {
-                    consumer.incremental_assign(tpl)
-                } else {
-                    consumer.assign(tpl)
-                };
-                if let Err(e) = r {
-                    tracing::error!(source = %self.source, error = %e, "cannot take the assigned partitions");
-                }
-                true
-            }
-            _ => {
-                self.remember_positions(consumer, &partitions);
-                if err != RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS {
-                    tracing::warn!(source = %self.source, ?err, "rebalance error; giving up the partitions");
-                }
-                let r = if cooperative {
-                    consumer.incremental_unassign(tpl)
-                } else {
-                    consumer.unassign()
-                };
-                if let Err(e) = r {
-                    tracing::error!(source = %self.source, error = %e, "cannot give up the revoked partitions");
-                }
-                false
-            }
-        };
-        tracing::info!(source = %self.source, ?partitions, assigned, "partitions rebalanced");
-        self.changes
-            .lock()
-            .extend(partitions.into_iter().map(|p| (p, assigned)));
-    }
-}
-
-impl Context {
-    /// Where this process is in partitions it gives up, so that one that comes back
-    /// reads on from there, even if none of its rows reached a chunk yet (a `start` of
-    /// latest, a time or offsets is not applied twice, nor replaced by the beginning).
-    fn remember_positions(&self, consumer: &BaseConsumer<Self>, given_up: &[Partition]) {
-        let Ok(positions) = consumer.position() else {
-            return;
-        };
-        let mut partitions = self.shared.partitions.lock();
-        for (topic, partition) in given_up {
-            if let Some(Offset::Offset(o)) = positions
-                .find_partition(topic, *partition)
-                .map(|e| e.offset())
-                && let Some(state) = partitions.get_mut(&partition_key(topic, *partition))
-                && state.position.is_none()
-            {
-                state.position = Some(o);
-            }
-        }
-    }
-
-    fn first_offset(&self, consumer: &BaseConsumer<Self>, topic: &str, partition: i32) -> Offset {
-        let mut first = self.first.lock();
-        if let Some(offset) = first.resume.remove(&(topic.to_string(), partition)) {
-            return Offset::Offset(offset);
-        }
-        // Back to a partition this process read before: its views hold the rows up to
-        // where it stopped, so it reads on from there.
-        if let Some(offset) = self
-            .shared
-            .partitions
-            .lock()
-            .get(&partition_key(topic, partition))
-            .and_then(|p| p.position)
-        {
-            return Offset::Offset(offset);
-        }
-        if first.assigned_before {
-            // Moved here from another member, or new: the group's offsets, else the start.
-            return Offset::Stored;
-        }
-        match &self.start {
-            Start::Earliest => Offset::Beginning,
-            Start::Latest => Offset::End,
-            Start::Group => Offset::Stored,
-            Start::Offsets(offsets) => offsets
-                .get(&partition)
-                .map_or(Offset::Beginning, |&o| Offset::Offset(o)),
-            Start::Timestamp(ms) => offset_at(consumer, topic, partition, *ms).unwrap_or_else(|e| {
-                tracing::warn!(source = %self.source, topic, partition, error = %e, "cannot look up the start time's offset; reading from the group's offset");
-                Offset::Stored
-            }),
-        }
-    }
-}
-
-/// The first offset of a partition at or after `ms` (the end if none is).
-fn offset_at<C: ConsumerContext>(
-    consumer: &BaseConsumer<C>,
-    topic: &str,
-    partition: i32,
-    ms: i64,
-) -> std::result::Result<Offset, KafkaError> {
-    let mut query = TopicPartitionList::new();
-    query.add_partition_offset(topic, partition, Offset::Offset(ms))?;
-    let found = consumer.offsets_for_times(query, Duration::from_secs(5))?;
-    Ok(
-        match found.find_partition(topic, partition).map(|e| e.offset()) {
-            Some(Offset::Offset(o)) => Offset::Offset(o),
-            _ => Offset::End,
-        },
-    )
-}
-
 /// The consumer thread's state.
 pub struct Reader {
-    name: String,
-    subscription: Vec<String>,
-    end: Option<End>,
-    layout: Layout,
-    consumer: Arc<BaseConsumer<Context>>,
-    shared: Arc<Shared>,
-    feed: Feed,
+    pub(super) name: String,
+    pub(super) subscription: Vec<String>,
+    pub(super) end: Option<End>,
+    pub(super) layout: Layout,
+    pub(super) consumer: Arc<BaseConsumer<Context>>,
+    pub(super) shared: Arc<Shared>,
+    pub(super) feed: Feed,
     /// Topics seen, so that a message finds its buffer without allocating a name.
-    topics: Vec<String>,
+    pub(super) topics: Vec<String>,
     /// Per (topic index, partition).
-    buffers: HashMap<(usize, i32), Messages>,
-    splits: HashMap<Partition, u32>,
+    pub(super) buffers: HashMap<(usize, i32), Messages>,
+    pub(super) splits: HashMap<Partition, u32>,
     /// Messages polled while a chunk waited for room in the pipeline, in order.
-    stash: VecDeque<OwnedMessage>,
+    pub(super) stash: VecDeque<OwnedMessage>,
     /// A bounded read's end offset per partition (exclusive), and those reached.
-    ends: BTreeMap<Partition, i64>,
+    pub(super) ends: BTreeMap<Partition, i64>,
     /// The ends a checkpoint holds: a restarted bounded read ends where it was to.
-    resumed_ends: BTreeMap<Partition, i64>,
-    done: HashSet<Partition>,
-    last_flush: Instant,
-    last_lag: Instant,
+    pub(super) resumed_ends: BTreeMap<Partition, i64>,
+    pub(super) done: HashSet<Partition>,
+    pub(super) last_flush: Instant,
+    pub(super) last_lag: Instant,
 }
 
 impl Reader {
@@ -454,7 +252,7 @@ impl Reader {
     }
 
     /// Act on the partitions the last poll's rebalance assigned or revoked.
-    fn apply_rebalance(&mut self) {
+    pub(super) fn apply_rebalance(&mut self) {
         let changes = std::mem::take(&mut *self.consumer.context().changes.lock());
         for (partition, assigned) in changes {
             let key = partition_key(&partition.0, partition.1);
@@ -592,187 +390,6 @@ impl Reader {
             let _ = self.consumer.resume(&resume);
         }
         sent
-    }
-
-    /// Whether a message at `offset` is past a bounded read's end (then it is not
-    /// read, and the partition is done).
-    fn reached_end(&mut self, topic: &str, partition: i32, offset: i64) -> bool {
-        let Some((key, &end)) = self
-            .ends
-            .iter()
-            .find(|((t, p), _)| t == topic && *p == partition)
-        else {
-            // Bounded reads read only the partitions they found at start.
-            return true;
-        };
-        let key = key.clone();
-        if offset + 1 >= end {
-            self.done.insert(key.clone());
-            self.pause(&key);
-        }
-        offset >= end
-    }
-
-    /// A partition number reached the end of its log for now (the event does not say
-    /// of which topic): a bounded read is done with each such partition whose own
-    /// position has reached its end.
-    fn at_partition_end(&mut self, partition: i32) {
-        let Ok(positions) = self.consumer.position() else {
-            return;
-        };
-        let reached: Vec<Partition> = self
-            .ends
-            .iter()
-            .filter(|((topic, p), end)| {
-                *p == partition
-                    && matches!(
-                        positions.find_partition(topic, *p).map(|e| e.offset()),
-                        Some(Offset::Offset(o)) if o >= **end
-                    )
-            })
-            .map(|(k, _)| k.clone())
-            .collect();
-        for p in reached {
-            self.pause(&p);
-            self.done.insert(p);
-        }
-    }
-
-    fn pause(&self, (topic, partition): &Partition) {
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition(topic, *partition);
-        let _ = self.consumer.pause(&tpl);
-    }
-
-    /// A bounded read takes every partition it ends in, each from where it starts
-    /// (the checkpoint's offset, else the configured start); a partition already at its
-    /// end is done at once. The ends go into the position, so checkpoints hold them.
-    fn assign_all(&mut self) -> bool {
-        let context = self.consumer.context();
-        let mut tpl = TopicPartitionList::new();
-        let mut ends = Position::default();
-        for ((topic, partition), &end) in &self.ends {
-            let first = context.first_offset(&self.consumer, topic, *partition);
-            if self.starts_at_or_past(topic, *partition, first, end) {
-                self.done.insert((topic.clone(), *partition));
-                continue;
-            }
-            ends.0.insert(
-                format!("{END_PREFIX}{}", partition_key(topic, *partition)),
-                end.to_string(),
-            );
-            if let Err(e) = tpl.add_partition_offset(topic, *partition, first) {
-                tracing::error!(source = %self.name, error = %e, "cannot assign a partition");
-                return false;
-            }
-        }
-        context.first.lock().assigned_before = true;
-        if let Err(e) = self.consumer.assign(&tpl) {
-            tracing::error!(source = %self.name, error = %e, "cannot assign the partitions");
-            *self.shared.waiting.lock() = Some(format!("cannot assign the partitions: {e}"));
-            return false;
-        }
-        context.changes.lock().extend(
-            tpl.elements()
-                .iter()
-                .map(|e| ((e.topic().to_string(), e.partition()), true)),
-        );
-        self.apply_rebalance();
-        // No rows, so no split is touched: the position alone moves.
-        let empty = RecordBatch::new_empty(self.layout.schema());
-        self.feed.send(empty, ends, 0)
-    }
-
-    /// Whether a bounded read of a partition that starts at `first` has nothing to
-    /// read before `end`: no message would come to say so (an empty range, a start
-    /// already at the end). The log's start offset is not asked (some brokers answer
-    /// it wrongly): from the beginning, only an end of 0 is empty.
-    fn starts_at_or_past(&self, topic: &str, partition: i32, first: Offset, end: i64) -> bool {
-        let wait = Duration::from_secs(5);
-        let start = match first {
-            Offset::Offset(o) => Some(o),
-            Offset::End => self
-                .consumer
-                .fetch_watermarks(topic, partition, wait)
-                .ok()
-                .map(|(_, high)| high),
-            Offset::Stored => {
-                let mut asked = TopicPartitionList::new();
-                asked.add_partition(topic, partition);
-                self.consumer
-                    .committed_offsets(asked, wait)
-                    .ok()
-                    .and_then(|c| match c.find_partition(topic, partition)?.offset() {
-                        Offset::Offset(o) => Some(o),
-                        _ => None,
-                    })
-            }
-            _ => Some(0),
-        };
-        start.is_some_and(|s| s >= end)
-    }
-
-    /// The end offsets of a bounded read (a checkpoint's, else asked for until the
-    /// brokers answer); false if the source stopped first.
-    fn find_ends(&mut self) -> bool {
-        if !self.resumed_ends.is_empty() {
-            let ends = std::mem::take(&mut self.resumed_ends);
-            *self.shared.end_offsets.lock() = ends
-                .iter()
-                .map(|((t, p), o)| (partition_key(t, *p), *o))
-                .collect();
-            self.ends = ends;
-            return true;
-        }
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            match self.ends_now() {
-                Ok(ends) => {
-                    *self.shared.end_offsets.lock() = ends
-                        .iter()
-                        .map(|((t, p), o)| (partition_key(t, *p), *o))
-                        .collect();
-                    self.ends = ends;
-                    return true;
-                }
-                Err(e) => {
-                    *self.shared.waiting.lock() =
-                        Some(format!("cannot find where the bounded read ends: {e}"));
-                    if self.feed.stopped() {
-                        return false;
-                    }
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
-    }
-
-    fn ends_now(&self) -> std::result::Result<BTreeMap<Partition, i64>, KafkaError> {
-        let mut ends = BTreeMap::new();
-        let wait = Duration::from_secs(5);
-        for topic in &self.subscription {
-            let metadata = self.consumer.fetch_metadata(Some(topic), wait)?;
-            for t in metadata.topics().iter().filter(|t| t.name() == topic) {
-                for p in t.partitions() {
-                    let partition = (topic.clone(), p.id());
-                    let end = match &self.end {
-                        Some(End::Latest) | None => {
-                            self.consumer.fetch_watermarks(topic, p.id(), wait)?.1
-                        }
-                        Some(End::Offsets(offsets)) => offsets.get(&p.id()).copied().unwrap_or(0),
-                        Some(End::Timestamp(ms)) => {
-                            match offset_at(&self.consumer, topic, p.id(), *ms)? {
-                                Offset::Offset(o) => o,
-                                _ => self.consumer.fetch_watermarks(topic, p.id(), wait)?.1,
-                            }
-                        }
-                    };
-                    ends.insert(partition, end);
-                }
-            }
-        }
-        Ok(ends)
     }
 
     /// Lag (the log's end less the position) of the assigned partitions into the
