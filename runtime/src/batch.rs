@@ -58,4 +58,14 @@ mod tests {
         );
         assert_eq!(p.remaining(Duration::from_millis(70)), Duration::ZERO);
     }
+
+    #[test]
+    fn by_default_a_batch_closes_once_nothing_more_is_queued() {
+        // The pipeline takes every chunk already queued, then asks: with the defaults a
+        // batch with rows closes at once rather than waiting for more.
+        let p = BatchPolicy::new(BatchConfig::default());
+        assert!(p.should_flush(1, Duration::ZERO));
+        assert!(!p.should_flush(0, Duration::ZERO));
+        assert_eq!(p.remaining(Duration::ZERO), Duration::ZERO);
+    }
 }

@@ -20,6 +20,8 @@ pub struct Metrics {
     pub late_rows: IntCounterVec,
     /// Rows emitted per view.
     pub rows_emitted: IntCounterVec,
+    /// Time from a batch's first record received to a view's change published.
+    pub end_to_end_latency: HistogramVec,
     /// Current watermark per source (ms since the epoch).
     pub watermark: IntGaugeVec,
     /// Records a source's partition has not read yet (the log's end less its position).
@@ -94,6 +96,21 @@ impl Metrics {
         registry
             .register(Box::new(batch_latency.clone()))
             .expect("metric registered once");
+        let end_to_end_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "weir_end_to_end_latency_seconds",
+                "Time from a micro-batch's first record received until a view published \
+                 the change it made (a window closed by the batch's watermark included).",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
+            &["view"],
+        )
+        .expect("valid metric definition");
+        registry
+            .register(Box::new(end_to_end_latency.clone()))
+            .expect("metric registered once");
         let watermark = IntGaugeVec::new(
             Opts::new("weir_watermark_ms", "Current watermark of a source."),
             &["source"],
@@ -155,11 +172,28 @@ impl Metrics {
             dead_letters,
             late_rows,
             rows_emitted,
+            end_to_end_latency,
             watermark,
             source_lag,
             sink_messages,
             sink_failures,
         }
+    }
+
+    /// The series of view `name`.
+    pub fn view(&self, name: &str) -> ViewMetrics {
+        ViewMetrics {
+            late_rows: self.late_rows.with_label_values(&[name]),
+            rows_emitted: self.rows_emitted.with_label_values(&[name]),
+            end_to_end_latency: self.end_to_end_latency.with_label_values(&[name]),
+        }
+    }
+
+    /// Drop view `name`'s series: a view of the same name later starts from zero.
+    pub fn forget_view(&self, name: &str) {
+        let _ = self.late_rows.remove_label_values(&[name]);
+        let _ = self.rows_emitted.remove_label_values(&[name]);
+        let _ = self.end_to_end_latency.remove_label_values(&[name]);
     }
 
     /// The Prometheus text exposition of every metric.
@@ -170,6 +204,13 @@ impl Metrics {
         }
         String::from_utf8(out).unwrap_or_default()
     }
+}
+
+/// One view's series (see [`Metrics`]).
+pub struct ViewMetrics {
+    pub late_rows: IntCounter,
+    pub rows_emitted: IntCounter,
+    pub end_to_end_latency: Histogram,
 }
 
 impl Default for Metrics {

@@ -8,21 +8,21 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::logical_expr::{Expr, TableType};
 use datafusion::physical_plan::ExecutionPlan;
 use parking_lot::{Mutex, RwLock};
-use prometheus::IntCounter;
+use prometheus::{Histogram, IntCounter};
 use serde::Serialize;
 use tokio::sync::broadcast;
 
 use crate::checkpoint::ViewSnapshot;
+use crate::metrics::ViewMetrics;
 use crate::plugin::PluginEntry;
 use crate::sink::feed::{Change, ChangeKind, Outbox, SinkFeed};
-use weir_sql::Operator;
+use weir_sql::{KeyedChange, KeyedRows, Operator};
 
 /// Epochs of changes kept for committed readers while checkpoints fail.
 const MAX_SEALED_EPOCHS: usize = 64;
@@ -43,8 +43,16 @@ pub struct ViewRuntime {
     pub operators: Vec<(String, String)>,
     pub schema: SchemaRef,
     pub(crate) operator: Mutex<Box<dyn Operator>>,
+    /// Held from running the operator until its output is in the view (see
+    /// [`ViewRuntime::in_order`]).
+    order: Mutex<()>,
     /// Emitted batches, oldest first; a key marks a window's rows that an upsert replaces.
     rows: RwLock<VecDeque<(Option<i64>, RecordBatch)>>,
+    /// An updating view kept by group holds its rows here instead (changed under the
+    /// write lock of `rows`, so that sinks see each change once).
+    by_group: Mutex<Option<KeyedRows>>,
+    /// Every row of `by_group` as last read, until the next change.
+    by_group_read: Mutex<Option<RecordBatch>>,
     row_count: AtomicUsize,
     /// The rows kept, newest first; `None` keeps every row.
     max_rows: Option<usize>,
@@ -53,6 +61,8 @@ pub struct ViewRuntime {
     updates: broadcast::Sender<RecordBatch>,
     pub(crate) late_rows: IntCounter,
     pub(crate) rows_emitted: IntCounter,
+    /// See `Metrics::end_to_end_latency`.
+    pub(crate) end_to_end_latency: Histogram,
     pub(crate) last_error: Mutex<Option<String>>,
     /// Published after each operator call, so status pages never wait for the operator.
     open_windows: AtomicUsize,
@@ -144,8 +154,7 @@ impl ViewRuntime {
         schema: SchemaRef,
         operator: Box<dyn Operator>,
         max_rows: Option<usize>,
-        late_rows: IntCounter,
-        rows_emitted: IntCounter,
+        metrics: ViewMetrics,
     ) -> Self {
         static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Self {
@@ -157,13 +166,17 @@ impl ViewRuntime {
             operators,
             schema,
             operator: Mutex::new(operator),
+            order: Mutex::new(()),
             rows: RwLock::new(VecDeque::new()),
+            by_group: Mutex::new(None),
+            by_group_read: Mutex::new(None),
             row_count: AtomicUsize::new(0),
             max_rows,
             rows_released: AtomicU64::new(0),
             updates: broadcast::channel(256).0,
-            late_rows,
-            rows_emitted,
+            late_rows: metrics.late_rows,
+            rows_emitted: metrics.rows_emitted,
+            end_to_end_latency: metrics.end_to_end_latency,
             last_error: Mutex::new(None),
             open_windows: AtomicUsize::new(0),
             state_bytes: AtomicUsize::new(0),
@@ -261,6 +274,14 @@ impl ViewRuntime {
         std::mem::take(&mut *self.held.lock())
     }
 
+    /// Hold while running the operator and putting its output into the view: a join's
+    /// sources run it from several threads, and changes by group must reach the view
+    /// (and its sinks) in the order the operator made them. Checkpoints hold it too, so
+    /// that the operator's state and the rows they save agree.
+    pub(crate) fn in_order(&self) -> parking_lot::MutexGuard<'_, ()> {
+        self.order.lock()
+    }
+
     /// Call the operator; a panic in it is contained and reported as an error of this
     /// batch, so one bad view cannot take its source's pipeline down.
     pub(crate) fn run_operator(
@@ -336,8 +357,8 @@ impl ViewRuntime {
             Some((epoch, outbox)) if restored => SinkFeed::restored(outbox, epoch),
             _ => {
                 let feed = SinkFeed::new(sink, sql, self.checkpointed);
-                for (_, b) in rows.iter() {
-                    feed.push(Change::new(b.clone(), ChangeKind::Snapshot));
+                for b in self.current_rows(&rows) {
+                    feed.push(Change::new(b, ChangeKind::Snapshot));
                 }
                 feed
             }
@@ -403,6 +424,7 @@ impl ViewRuntime {
                 tracing::warn!(view = %self.name, dropped, "checkpoints keep failing: changes of older epochs will not reach committed readers");
             }
         }
+        let _order = self.in_order();
         let outboxes = self.sinks.lock().iter().map(|f| f.seal(epoch)).collect();
         let mut state = Vec::new();
         self.run_operator(|op| {
@@ -415,7 +437,11 @@ impl ViewRuntime {
             sql: self.sql.clone(),
             schema: self.schema.clone(),
             state,
-            rows: self.rows.read().iter().cloned().collect(),
+            rows: self
+                .current_rows(&self.rows.read())
+                .into_iter()
+                .map(|b| (None, b))
+                .collect(),
             outboxes,
         })
     }
@@ -443,11 +469,38 @@ impl ViewRuntime {
                     "the checkpointed rows do not fit the view's columns: {e}"
                 ))
             })?;
-        self.run_operator(|op| op.restore(state))?;
-        let count = rows.iter().map(|(_, b)| b.num_rows()).sum();
+        let mut by_group = None;
+        self.run_operator(|op| {
+            op.restore(state)?;
+            match op.keyed_rows() {
+                Ok(rows) => by_group = rows,
+                // The view starts empty then: so does the operator.
+                Err(e) => {
+                    op.restore(&[])?;
+                    return Err(e);
+                }
+            }
+            Ok(())
+        })?;
         *self.committed_rows.write() = rows.iter().map(|(_, b)| b.clone()).collect();
         let mut held = self.rows.write();
-        *held = rows.into();
+        // A view kept by group takes its rows from the restored state (the checkpoint's
+        // rows do not say which group each row is).
+        let count = match by_group {
+            Some(change) => {
+                let mut kept = KeyedRows::new(change.rows.schema());
+                kept.apply(&change)?;
+                let count = kept.len();
+                *self.by_group.lock() = Some(kept);
+                *self.by_group_read.lock() = None;
+                held.clear();
+                count
+            }
+            None => {
+                *held = rows.into();
+                held.iter().map(|(_, b)| b.num_rows()).sum()
+            }
+        };
         self.row_count.store(count, Ordering::Relaxed);
         // The bound may have been lowered since the checkpoint.
         self.release_oldest(&mut held);
@@ -456,7 +509,67 @@ impl ViewRuntime {
 
     /// The current rows, oldest first.
     pub fn snapshot(&self) -> Vec<RecordBatch> {
-        self.rows.read().iter().map(|(_, b)| b.clone()).collect()
+        self.current_rows(&self.rows.read())
+    }
+
+    /// The rows held: by group (all in one batch, read again only after a change), or
+    /// as emitted.
+    fn current_rows(&self, rows: &VecDeque<(Option<i64>, RecordBatch)>) -> Vec<RecordBatch> {
+        let by_group = self.by_group.lock();
+        let Some(kept) = by_group.as_ref() else {
+            return rows.iter().map(|(_, b)| b.clone()).collect();
+        };
+        let mut read = self.by_group_read.lock();
+        if read.is_none() {
+            match kept.all() {
+                Ok((_, all)) => *read = Some(all),
+                // Chunks of one schema: cannot fail.
+                Err(e) => tracing::error!(view = %self.name, "cannot read the rows: {e}"),
+            }
+        }
+        read.iter().cloned().collect()
+    }
+
+    /// Changes to an updating view kept by group, in order: each goes to subscribers,
+    /// and to sinks with the rows its groups showed before.
+    pub(crate) fn apply_by_group(&self, changes: Vec<KeyedChange>) {
+        let mut published = Vec::with_capacity(changes.len());
+        {
+            let _rows = self.rows.write();
+            let mut by_group = self.by_group.lock();
+            let Some(schema) = changes.first().map(|c| c.rows.schema()) else {
+                return;
+            };
+            // In the operator's own schema (what an appending view holds too).
+            let kept = by_group.get_or_insert_with(|| KeyedRows::new(schema));
+            *self.by_group_read.lock() = None;
+            for change in changes {
+                let before = match kept.apply(&change) {
+                    Ok(before) => before,
+                    // Ids and rows come from one operator call: cannot fail.
+                    Err(e) => {
+                        tracing::error!(view = %self.name, "cannot apply a change: {e}");
+                        continue;
+                    }
+                };
+                self.row_count.store(kept.len(), Ordering::Relaxed);
+                if change.rows.num_rows() > 0 || before.num_rows() > 0 {
+                    self.to_sinks(Change {
+                        rows: change.rows.clone(),
+                        kind: ChangeKind::Update,
+                        replaced: (before.num_rows() > 0).then_some(before),
+                    });
+                }
+                if change.rows.num_rows() > 0 {
+                    published.push(change.rows);
+                }
+            }
+        }
+        for b in published {
+            self.rows_emitted.inc_by(b.num_rows() as u64);
+            // No subscribers is fine.
+            self.notify(b);
+        }
     }
 
     /// New rows as they are emitted.
@@ -560,39 +673,6 @@ impl ViewRuntime {
         self.rows_emitted.inc_by(batch.num_rows() as u64);
         // No subscribers is fine.
         self.notify(batch);
-    }
-
-    /// An updating view's rows are now exactly `all`; `changes` go to subscribers, and
-    /// to sinks with `replaced`, the rows the changed groups showed before.
-    pub(crate) fn replace(
-        &self,
-        all: RecordBatch,
-        changes: Vec<RecordBatch>,
-        replaced: Option<RecordBatch>,
-    ) {
-        {
-            let mut rows = self.rows.write();
-            self.row_count.store(all.num_rows(), Ordering::Relaxed);
-            let schema = all.schema();
-            rows.clear();
-            rows.push_back((None, all));
-            if !changes.is_empty() || replaced.is_some() {
-                match concat_batches(&schema, &changes) {
-                    Ok(rows) => self.to_sinks(Change {
-                        rows,
-                        kind: ChangeKind::Update,
-                        replaced,
-                    }),
-                    // Same schema throughout: cannot fail.
-                    Err(e) => tracing::error!(view = %self.name, "cannot join changes: {e}"),
-                }
-            }
-        }
-        for b in changes {
-            self.rows_emitted.inc_by(b.num_rows() as u64);
-            // No subscribers is fine.
-            self.notify(b);
-        }
     }
 
     pub fn status(&self) -> ViewStatus {

@@ -32,6 +32,7 @@ pub mod window;
 #[cfg(test)]
 mod testing;
 
+pub use aggregate::{KeyedChange, KeyedRows};
 pub use error::{Error, Result};
 pub use operator::{Collector, Operator};
 pub use parser::{

@@ -9,26 +9,24 @@ use std::sync::Arc;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 
+use crate::aggregate::KeyedChange;
 use crate::{Error, Result};
 
 /// Where an operator puts what it produces: result rows, and input rows it refused as late.
 #[derive(Debug, Default)]
 pub struct Collector {
-    /// Result rows, in the operator's output schema: appended to the view, or for an
-    /// updating view the changed rows.
+    /// Result rows, in the operator's output schema: appended to the view.
     pub rows: Vec<RecordBatch>,
     /// Input rows (in the source schema) that arrived after their window closed.
     pub late: Vec<RecordBatch>,
     /// Rows the operator could not finish (for the dead-letter store), with the reason.
     pub failed: Vec<(RecordBatch, String)>,
-    /// For updating views: the view's complete rows now (`rows` then holds the changes).
-    pub replace: Option<RecordBatch>,
-    /// For updating views: the rows the view showed before for the groups this batch
-    /// changed (the groups in `rows`, and groups that left the view, say by HAVING).
-    pub replaced: Option<RecordBatch>,
     /// Rows that replace what the view holds under the same key: a window emitted under
     /// allowed lateness, and emitted again when late rows change it.
     pub upserts: Vec<(i64, RecordBatch)>,
+    /// For updating views kept by group: the groups each change touched and their
+    /// rows now, in order (see [`KeyedChange`]).
+    pub keyed: Vec<KeyedChange>,
 }
 
 impl Collector {
@@ -44,14 +42,9 @@ impl Collector {
         self.upserts.push((key, batch));
     }
 
-    /// The view's rows are now exactly `batch` (updating aggregates).
-    pub fn replace(&mut self, batch: RecordBatch) {
-        self.replace = Some(batch);
-    }
-
-    /// The rows that the changed groups showed before this batch (updating aggregates).
-    pub fn replaced(&mut self, batch: RecordBatch) {
-        self.replaced = Some(batch);
+    /// The groups a batch touched show these rows now (updating aggregates kept by group).
+    pub fn keyed(&mut self, change: KeyedChange) {
+        self.keyed.push(change);
     }
 
     /// Hand back rows that could not be finished, so they are not lost.
@@ -114,6 +107,12 @@ pub trait Operator: Send {
             ));
         }
         Ok(())
+    }
+
+    /// For an operator whose view is kept by group (see [`Collector::keyed`]): every
+    /// group's row now, as one change. A restored view takes its rows from here.
+    fn keyed_rows(&mut self) -> Result<Option<KeyedChange>> {
+        Ok(None)
     }
 
     /// Bytes of state held, for status pages.

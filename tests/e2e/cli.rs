@@ -67,3 +67,73 @@ async fn a_data_dir_from_another_version_is_refused_untouched() {
     );
     assert_eq!(std::fs::read_to_string(&catalog).expect("read"), text);
 }
+
+/// `weir ARGS`, which must succeed and print one JSON object.
+async fn run_json(args: &[&std::ffi::OsStr]) -> serde_json::Value {
+    let out = tokio::time::timeout(
+        Duration::from_secs(120),
+        Command::new(weir_binary()).args(args).output(),
+    )
+    .await
+    .expect("weir ends")
+    .expect("weir runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stderr.contains(": "), "a progress line: {stderr}");
+    serde_json::from_str(stdout.trim()).expect("one JSON object")
+}
+
+/// `weir bench` measures a query end to end and the input alone, in one run.
+#[tokio::test]
+async fn bench_reports_the_rate_of_a_query_and_of_its_input_alone() {
+    let args = [
+        "bench", "nexmark", "--query", "q2", "--events", "50000", "--json",
+    ];
+    let figures = run_json(&args.map(std::ffi::OsStr::new)).await;
+    assert_eq!(figures["query"], "q2");
+    // Nexmark's bids are 46 of every 50 events.
+    assert_eq!(figures["events"], 46_000, "{figures}");
+    for key in [
+        "events_per_second",
+        "events_per_core_second",
+        "peak_memory_mib",
+        "ceiling_events_per_second",
+    ] {
+        assert!(
+            figures[key].as_f64().is_some_and(|v| v > 0.0),
+            "{key}: {figures}"
+        );
+    }
+
+    // A file of bids: the decoder alone is the ceiling.
+    let dir = tempfile::tempdir().expect("dir");
+    let input = dir.path().join("bids.jsonl");
+    let lines: String = (0..1000)
+        .map(|i| {
+            format!(
+                "{{\"auction\":{i},\"bidder\":1,\"price\":{},\"channel\":\"c\",\"url\":\"u\",\"date_time\":{},\"extra\":\"\"}}\n",
+                i * 10,
+                i * 5
+            )
+        })
+        .collect();
+    std::fs::write(&input, lines).expect("write");
+    let sql = "SELECT auction, price FROM bid WHERE auction % 2 = 0";
+    let args = [
+        "bench".as_ref(),
+        "file".as_ref(),
+        "--input".as_ref(),
+        input.as_os_str(),
+        "--sql".as_ref(),
+        sql.as_ref(),
+        "--json".as_ref(),
+    ];
+    let figures = run_json(&args).await;
+    assert_eq!(figures["events"], 1000, "{figures}");
+    assert!(
+        figures["ceiling_events_per_second"]
+            .as_f64()
+            .is_some_and(|v| v > 0.0)
+    );
+}

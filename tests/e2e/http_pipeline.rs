@@ -410,6 +410,16 @@ async fn http_source_to_tumbling_window_view() -> Result<()> {
         metrics.contains("weir_batch_latency_seconds_bucket"),
         "{metrics}"
     );
+    // Each change the view published is timed from its batch's first record received.
+    let published: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("weir_end_to_end_latency_seconds_count{view=\"per_user\"} "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        published >= 1,
+        "no end-to-end latency for per_user in\n{metrics}"
+    );
     let source = weir.get("/api/v1/sources/events").await?;
     assert_eq!(source["watermark_ms"], T0 + 198_000);
 

@@ -23,7 +23,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use weir_runtime::pipeline::drive::{InputWatermark, WatermarkedInputs};
 use weir_runtime::source::nexmark::{Generator, GeneratorConfig, Table};
 use weir_sql::planner::{SourceCatalog, SourceInfo};
-use weir_sql::{Collector, ContinuousQuery, Statement, WatermarkSpec, parse_statement};
+use weir_sql::{Collector, ContinuousQuery, KeyedRows, Statement, WatermarkSpec, parse_statement};
 
 /// 400,000 events (368,000 bids, 24,000 auctions, 8,000 persons; 40 s of event time),
 /// seed 7: each table its own source, as `CREATE SOURCE ... table = '...'` makes them.
@@ -105,15 +105,18 @@ async fn stream(view: &str, tables: &BTreeMap<&str, Vec<RecordBatch>>) -> Result
     }
     let mut marks = WatermarkedInputs::new(marks);
     let op = query.operator.as_mut();
-    let (mut rows, mut current) = (Vec::new(), None);
+    let mut rows = Vec::new();
+    let mut by_group: Option<KeyedRows> = None;
     let mut collect = |out: Collector| -> Result<()> {
         if !out.late.is_empty() || !out.failed.is_empty() {
             bail!("late or failed rows in an in-order stream");
         }
-        match out.replace {
-            Some(all) => current = Some(all),
-            None => rows.extend(out.rows),
+        for change in &out.keyed {
+            by_group
+                .get_or_insert_with(|| KeyedRows::new(change.rows.schema()))
+                .apply(change)?;
         }
+        rows.extend(out.rows);
         Ok(())
     };
     let mut next = vec![0usize; inputs.len()];
@@ -137,7 +140,10 @@ async fn stream(view: &str, tables: &BTreeMap<&str, Vec<RecordBatch>>) -> Result
         }
         collect(out)?;
     }
-    Ok(current.map_or(rows, |all| vec![all]))
+    if let Some(view) = by_group {
+        return Ok(vec![view.all()?.1]);
+    }
+    Ok(rows)
 }
 
 async fn oracle(sql: &str, tables: &BTreeMap<&str, Vec<RecordBatch>>) -> Result<Vec<RecordBatch>> {

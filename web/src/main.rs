@@ -36,6 +36,42 @@ enum Command {
         #[command(subcommand)]
         command: PluginCommand,
     },
+    /// Measure throughput, CPU per event, memory and latency in this process.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// A Nexmark query over the built-in generator (ceiling: the generator alone).
+    Nexmark {
+        /// q0, q1, q2, q3, q4, q5, q7, q8, session or all.
+        #[arg(long, default_value = "all")]
+        query: String,
+        /// Nexmark events per source.
+        #[arg(long, default_value_t = 10_000_000)]
+        events: u64,
+        /// One JSON object per query instead of a line of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A view over a newline-delimited JSON file of Nexmark rows (ceiling: the JSON
+    /// decoder alone over the file).
+    File {
+        /// The file.
+        #[arg(long)]
+        input: PathBuf,
+        /// A query name (q0, q1, q2, q5, q7, session) or a SELECT over the table.
+        #[arg(long, default_value = "q0")]
+        sql: String,
+        /// The Nexmark table the file holds: bid, person or auction.
+        #[arg(long, default_value = "bid")]
+        table: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -68,6 +104,23 @@ fn main() -> ExitCode {
             data_dir,
             demo,
         } => run_serve(config, listen, data_dir, demo),
+        Command::Bench {
+            command:
+                BenchCommand::Nexmark {
+                    query,
+                    events,
+                    json,
+                },
+        } => weir_web::bench::nexmark(&query, events, json),
+        Command::Bench {
+            command:
+                BenchCommand::File {
+                    input,
+                    sql,
+                    table,
+                    json,
+                },
+        } => weir_web::bench::file(&input, &table, &sql, json),
         Command::Plugin {
             command: PluginCommand::New { name, dir, sdk },
         } => weir_web::scaffold::new_plugin(&name, &dir, sdk).map(|root| {

@@ -1,9 +1,14 @@
 //! JSON records (one array, or newline-delimited) into an Arrow batch with arrow-json.
 //!
-//! arrow-json fails a whole batch on one bad record and is unusable after a syntax
-//! error, so records are first split and syntax-checked one by one (cheap, no
-//! allocation), then decoded together; only when that fails is the set bisected with
-//! fresh decoders to find the records that do not fit the schema.
+//! One parse per record: the records are decoded together by one arrow-json decoder,
+//! which is checked after each record to have taken exactly one complete object from it
+//! (so no record can run into the next). arrow-json fails a whole batch on one bad
+//! record and is unusable after a syntax error, so only when that fails are the records
+//! bisected with fresh decoders to find those that do not decode; serde then says
+//! whether a refused record's syntax is at fault, for its reason.
+//!
+//! Whether a record is accepted depends on that record alone. arrow-json's syntax check
+//! is lenient about commas between an object's members (`{"a": 1 "b": 2}` decodes).
 
 use std::sync::Arc;
 
@@ -66,19 +71,28 @@ impl JsonDecoder {
 
     /// Decode records that arrive one by one (a message each), one JSON object each.
     pub fn decode_records<'a>(&self, records: impl IntoIterator<Item = &'a [u8]>) -> Decoded {
+        let records: Vec<(usize, &[u8])> = records.into_iter().enumerate().collect();
+        let total = records.len();
+        if let Ok(batch) = self.decode_all(&records) {
+            return Decoded {
+                batch,
+                rejected: Vec::new(),
+                records: total,
+            };
+        }
+        // Something does not decode: find what, record by record.
         let mut rejected = Vec::new();
-        let mut candidates = Vec::new();
-        let mut total = 0;
-        for (index, record) in records.into_iter().enumerate() {
-            total += 1;
-            match check_object(record) {
-                Ok(()) => candidates.push((index, record)),
-                Err(reason) => rejected.push(Rejected {
-                    index,
-                    raw: record.to_vec(),
-                    reason,
-                }),
-            }
+        let (candidates, refused): (Vec<_>, Vec<_>) = records
+            .into_iter()
+            .partition(|(_, record)| record.first() == Some(&b'{'));
+        for (index, record) in refused {
+            rejected.push(Rejected {
+                index,
+                raw: record.to_vec(),
+                reason: check_syntax(record)
+                    .err()
+                    .unwrap_or_else(|| "expected a JSON object".to_string()),
+            });
         }
         let mut batches = Vec::new();
         self.bisect(&candidates, &mut batches, &mut rejected);
@@ -134,7 +148,8 @@ impl JsonDecoder {
                 bad.push(Rejected {
                     index,
                     raw: raw.to_vec(),
-                    reason: reason(&e),
+                    // A syntax error says so; else the record does not fit the schema.
+                    reason: check_syntax(raw).err().unwrap_or_else(|| reason(&e)),
                 });
             }
             Err(_) => {
@@ -145,13 +160,25 @@ impl JsonDecoder {
         }
     }
 
+    /// Decode `records` with one decoder, which must take exactly one complete object
+    /// from each (so a record cut short cannot run into the next, nor hold two).
     fn decode_all(&self, records: &[(usize, &[u8])]) -> Result<RecordBatch, ArrowError> {
+        if records.is_empty() {
+            return Ok(RecordBatch::new_empty(self.schema.clone()));
+        }
         let mut decoder = ReaderBuilder::new(Arc::clone(&self.schema))
             .with_batch_size(records.len())
             .build_decoder()?;
-        for (_, record) in records {
-            decoder.decode(record)?;
-            decoder.decode(b"\n")?;
+        for (i, (_, record)) in records.iter().enumerate() {
+            let whole = record.first() == Some(&b'{')
+                && decoder.decode(record)? == record.len()
+                && !decoder.has_partial_record()
+                && decoder.len() == i + 1;
+            if !whole {
+                return Err(ArrowError::JsonError(
+                    "not exactly one complete JSON object".into(),
+                ));
+            }
         }
         let batch = decoder
             .flush()?
@@ -189,11 +216,9 @@ fn split_records(body: &[u8]) -> Result<Vec<&[u8]>, String> {
         .collect())
 }
 
-fn check_object(record: &[u8]) -> Result<(), String> {
+/// Only for a record that did not decode: whether its syntax is at fault, and where.
+fn check_syntax(record: &[u8]) -> Result<(), String> {
     serde_json::from_slice::<IgnoredAny>(record).map_err(|e| format!("invalid JSON: {e}"))?;
-    if record.first() != Some(&b'{') {
-        return Err("expected a JSON object".to_string());
-    }
     Ok(())
 }
 
@@ -271,6 +296,26 @@ mod tests {
             d.rejected[3].reason
         );
         assert_eq!(d.rejected[2].raw, b"[1,2]");
+    }
+
+    #[test]
+    fn a_record_that_would_run_into_the_next_is_not_decoded_with_it() {
+        // Cut short, and completed by the next record: together they would be one object.
+        let d = decoder().decode_records([
+            &b"{\"id\":1,\"ts\":1"[..],
+            b"}",
+            b"{\"id\":2,\"ts\":2}{\"id\":3,\"ts\":3}",
+            b"{\"id\":4,\"ts\":4}",
+        ]);
+        assert_eq!(d.records, 4);
+        assert_eq!(d.batch.column(0).as_primitive::<Int64Type>().values(), &[4]);
+        let idx: Vec<usize> = d.rejected.iter().map(|r| r.index).collect();
+        assert_eq!(idx, vec![0, 1, 2], "{:?}", d.rejected);
+        assert!(
+            d.rejected
+                .iter()
+                .all(|r| r.reason.starts_with("invalid JSON"))
+        );
     }
 
     #[test]

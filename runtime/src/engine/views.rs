@@ -105,8 +105,7 @@ impl Engine {
                 query.output_schema.clone(),
                 operator,
                 max_rows,
-                m.late_rows.with_label_values(&[&name]),
-                m.rows_emitted.with_label_values(&[&name]),
+                m.view(&name),
             )
             .with_plugins(plugins)
             .with_stream(stream.map(|s| s.name.clone()))
@@ -196,10 +195,7 @@ impl Engine {
         self.inner
             .adhoc
             .deregister_table(TableReference::bare(name))?;
-        // A view of the same name later starts its counters from zero.
-        let m = &self.inner.metrics;
-        let _ = m.late_rows.remove_label_values(&[name]);
-        let _ = m.rows_emitted.remove_label_values(&[name]);
+        self.inner.metrics.forget_view(name);
         Ok(SqlOutput::Done {
             message: format!("view {name} dropped"),
         })

@@ -7,6 +7,8 @@
 use datafusion::arrow::array::{Array, RecordBatch, TimestampMillisecondArray};
 use datafusion::arrow::json::LineDelimitedWriter;
 
+use std::time::Instant;
+
 use super::Pipeline;
 use crate::deadletter::{NewDeadLetter, Reason};
 use crate::view::ViewRuntime;
@@ -53,7 +55,7 @@ impl Pipeline {
                 watermark_ms: watermark,
             });
         }
-        publish(view, out);
+        publish(view, out, self.received);
     }
 
     pub(super) fn dead_letter_failed(&self, view: &ViewRuntime, failed: &[(RecordBatch, String)]) {
@@ -95,14 +97,25 @@ impl Pipeline {
     }
 }
 
-/// Put an operator's result rows into the view: upserts by key, then the complete rows
-/// of an updating view, or rows to append.
-pub(super) fn publish(view: &ViewRuntime, out: Collector) {
+/// Put an operator's result rows into the view: upserts by key, changes by group, rows
+/// to append. `received` is when the first record of the batch that made them arrived,
+/// for the end-to-end latency.
+pub(super) fn publish(view: &ViewRuntime, out: Collector, received: Option<Instant>) {
+    let changed = !out.rows.is_empty()
+        || !out.upserts.is_empty()
+        || out
+            .keyed
+            .iter()
+            .any(|c| c.rows.num_rows() > 0 || !c.touched.is_empty());
     for (key, rows) in out.upserts {
         view.upsert(key, rows);
     }
-    match out.replace {
-        Some(all) => view.replace(all, out.rows, out.replaced),
-        None => view.publish(out.rows),
+    if !out.keyed.is_empty() {
+        view.apply_by_group(out.keyed);
+    }
+    view.publish(out.rows);
+    if let Some(received) = received.filter(|_| changed) {
+        view.end_to_end_latency
+            .observe(received.elapsed().as_secs_f64());
     }
 }

@@ -57,6 +57,8 @@ pub struct Pipeline {
     /// The last checkpoint this source's join group could not be snapshotted for: not
     /// tried again (the source would wait at every batch).
     missed_epoch: u64,
+    /// While a batch is processed: when its first record was received.
+    received: Option<Instant>,
 }
 
 impl Pipeline {
@@ -86,6 +88,7 @@ impl Pipeline {
             idle_timeout_ms: 10_000,
             alignment: Arc::default(),
             missed_epoch: 0,
+            received: None,
         }
     }
 
@@ -241,6 +244,7 @@ impl Pipeline {
             }
         };
         pending.clear();
+        self.received = opened;
         let max_rows = self.policy.max_rows();
         let mut offset = 0;
         while offset < batch.num_rows() {
@@ -261,6 +265,7 @@ impl Pipeline {
         if let Some(t) = opened {
             self.latency.observe(t.elapsed().as_secs_f64());
         }
+        self.received = None;
     }
 
     /// Run every view over one batch, then move the watermark on (the order of
@@ -345,6 +350,7 @@ impl Pipeline {
     /// The watermark reached `watermark`: the view emits the windows it closes.
     fn close_windows(&self, view: &ViewRuntime, watermark: i64) {
         let mut out = Collector::default();
+        let _order = view.in_order();
         let result = view.run_operator(|op| op.on_watermark(watermark, &mut out));
         if let Err(e) = &result {
             tracing::error!(view = %view.name, error = %e, "closing windows failed");
@@ -352,7 +358,7 @@ impl Pipeline {
         }
         self.dead_letter_failed(view, &out.failed);
         // An aggregate over a join's closed groups updates the view's rows.
-        deliver::publish(view, out);
+        deliver::publish(view, out, self.received);
     }
 
     /// The source ended: paused views are waited for, then a final watermark closes

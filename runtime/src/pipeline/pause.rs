@@ -38,6 +38,7 @@ impl Pipeline {
         }
         let input = view.input_index(&self.source.name);
         let mut out = Collector::default();
+        let _order = view.in_order();
         let result = view.run_operator(|op| op.process_input(input, batch, before, &mut out));
         self.deliver(view, out, result, batch);
     }
@@ -60,6 +61,7 @@ impl Pipeline {
                 return false;
             }
             let mut out = Collector::default();
+            let _order = view.in_order();
             let result = view.run_operator(|op| op.process(&batch, before, &mut out));
             self.deliver(view, out, result, &batch);
         }

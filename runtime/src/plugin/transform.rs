@@ -92,6 +92,10 @@ impl Operator for TransformThen {
         self.then.restore(state)
     }
 
+    fn keyed_rows(&mut self) -> weir_sql::Result<Option<weir_sql::KeyedChange>> {
+        self.then.keyed_rows()
+    }
+
     fn state_size(&self) -> usize {
         self.then.state_size()
     }

@@ -9,6 +9,7 @@
 //! and emits a window once the watermark passes its end; [`updating::UpdatingAggregate`]
 //! (GROUP BY without a window) keeps one state and re-emits the groups each batch changes.
 
+pub mod keyed;
 pub mod updating;
 pub mod windowed;
 
@@ -26,6 +27,7 @@ use datafusion::physical_plan::aggregates::order::GroupOrdering;
 use crate::planner::steps::Steps;
 use crate::{Error, Result};
 
+pub use keyed::{KeyedChange, KeyedRows};
 pub use updating::UpdatingAggregate;
 pub use windowed::{WindowedAggregate, WindowedAggregatePlan};
 
@@ -101,12 +103,58 @@ impl GroupedPlan {
     pub fn new_state(&self) -> Result<GroupState> {
         Ok(GroupState {
             groups: new_group_values(self.group_schema.clone(), &GroupOrdering::None)?,
-            accumulators: self
-                .aggregates
-                .iter()
-                .map(AggregateCall::accumulator)
-                .collect::<Result<_>>()?,
+            accumulators: self.accumulators()?,
         })
+    }
+
+    /// Columns in the form of [`GroupState::snapshot`], checked against this query and
+    /// split into the group keys and each aggregate's state columns.
+    pub(crate) fn split_state<'a>(
+        &self,
+        columns: &'a [ArrayRef],
+    ) -> Result<(&'a [ArrayRef], Vec<Vec<ArrayRef>>)> {
+        let key_count = self.group_schema.fields().len();
+        let (types, widths) = self.state_types()?;
+        let found: Vec<&DataType> = columns.iter().map(|c| c.data_type()).collect();
+        if found.len() != types.len() || found.iter().zip(&types).any(|(a, b)| *a != b) {
+            return Err(Error::Execution(format!(
+                "checkpointed aggregate state has the columns {found:?}; this query needs {types:?}"
+            )));
+        }
+        let (keys, mut rest) = columns.split_at(key_count);
+        let mut states = Vec::with_capacity(widths.len());
+        for width in widths {
+            let (state, tail) = rest.split_at(width);
+            states.push(state.to_vec());
+            rest = tail;
+        }
+        Ok((keys, states))
+    }
+
+    /// The types of the state columns (group keys, then each aggregate's state), and
+    /// how many columns each aggregate's state takes.
+    pub(crate) fn state_types(&self) -> Result<(Vec<DataType>, Vec<usize>)> {
+        let mut widths = Vec::with_capacity(self.aggregates.len());
+        let mut types: Vec<DataType> = self
+            .group_schema
+            .fields()
+            .iter()
+            .map(|f| f.data_type().clone())
+            .collect();
+        for call in &self.aggregates {
+            let fields = call.function.state_fields()?;
+            widths.push(fields.len());
+            types.extend(fields.iter().map(|f| f.data_type().clone()));
+        }
+        Ok((types, widths))
+    }
+
+    /// Fresh accumulators, one per aggregate call.
+    pub(crate) fn accumulators(&self) -> Result<Vec<Box<dyn GroupsAccumulator>>> {
+        self.aggregates
+            .iter()
+            .map(AggregateCall::accumulator)
+            .collect()
     }
 
     /// Run the post-aggregate steps, handing back the aggregated rows on failure so the
@@ -199,32 +247,7 @@ impl GroupState {
         columns: &[ArrayRef],
         indices: &mut Vec<usize>,
     ) -> Result<Self> {
-        let key_count = plan.group_schema.fields().len();
-        let mut widths = Vec::with_capacity(plan.aggregates.len());
-        let mut types: Vec<DataType> = plan
-            .group_schema
-            .fields()
-            .iter()
-            .map(|f| f.data_type().clone())
-            .collect();
-        for call in &plan.aggregates {
-            let fields = call.function.state_fields()?;
-            widths.push(fields.len());
-            types.extend(fields.iter().map(|f| f.data_type().clone()));
-        }
-        let found: Vec<&DataType> = columns.iter().map(|c| c.data_type()).collect();
-        if found.len() != types.len() || found.iter().zip(&types).any(|(a, b)| *a != b) {
-            return Err(Error::Execution(format!(
-                "checkpointed aggregate state has the columns {found:?}; this query needs {types:?}"
-            )));
-        }
-        let (keys, mut rest) = columns.split_at(key_count);
-        let mut states = Vec::with_capacity(widths.len());
-        for width in widths {
-            let (state, tail) = rest.split_at(width);
-            states.push(state.to_vec());
-            rest = tail;
-        }
+        let (keys, states) = plan.split_state(columns)?;
         Self::rebuild(plan, keys, &states, indices)
     }
 

@@ -1,38 +1,75 @@
-//! GROUP BY without a window: an updating aggregate. One [`GroupState`] holds every
-//! group; after each batch the view's rows are replaced by the current value of every
-//! group, and the groups the batch touched are emitted as changes (the SSE stream),
-//! with the rows those groups showed before (what sinks need for a group's previous
-//! values and for a group that left the view through HAVING).
+//! GROUP BY without a window: an updating aggregate. Each batch changes the groups it
+//! touches; the view shows every group's current row, kept by group ([`KeyedChange`]).
 //!
-//! Reading the current values costs O(groups) per batch (see [`GroupState::read`]).
-//! Memory is bounded by the number of groups.
+//! Each group's intermediate state (DataFusion's partial-aggregate form, what a partial
+//! aggregation hands to a final one) is kept in a [`KeyedRows`]. A batch is aggregated
+//! on its own, merged with the stored states of the groups it touched, and only those
+//! groups' rows go out: a batch costs its rows and the groups it touched, however many
+//! groups are held. For aggregates that keep every value of a group (count DISTINCT,
+//! array_agg, median) a touched group costs in proportion to its state; EXPLAIN says so.
+//! (ORDER BY and LIMIT over all groups, which would need every group per batch, are
+//! refused by the planner.)
 
-use datafusion::arrow::array::{BooleanArray, RecordBatch, UInt32Array};
-use datafusion::arrow::compute::{filter_record_batch, take_record_batch};
+use datafusion::arrow::array::{ArrayRef, RecordBatch};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::logical_expr::EmitTo;
+use datafusion::physical_plan::aggregates::group_values::{GroupValues, new_group_values};
+use datafusion::physical_plan::aggregates::order::GroupOrdering;
+use std::sync::Arc;
 
-use super::{GroupState, GroupedPlan};
-use crate::Result;
+use super::{GroupedPlan, KeyedChange, KeyedRows};
 use crate::operator::{Collector, Operator};
+use crate::{Error, Result};
 
 /// The running operator of an updating (unwindowed) aggregate view.
 pub struct UpdatingAggregate {
     plan: GroupedPlan,
-    state: GroupState,
-    group_indices: Vec<usize>,
-    /// Every group's aggregated values after the previous batch, by group index (group
-    /// indices are stable: [`GroupState::read`] rebuilds the groups in order).
-    previous: Option<RecordBatch>,
+    /// Group key -> group id, for every group seen.
+    groups: Box<dyn GroupValues>,
+    /// By group id: the group's keys, then each aggregate's intermediate state.
+    states: KeyedRows,
+    /// Whether some aggregate keeps every value of a group (a list or binary state).
+    state_grows: bool,
+    /// Scratch: each input row's group in its batch.
+    row_groups: Vec<usize>,
+    /// Scratch: each of a batch's groups' id.
+    ids: Vec<usize>,
 }
 
 impl UpdatingAggregate {
     pub fn new(plan: GroupedPlan) -> Result<Self> {
-        let state = plan.new_state()?;
+        let mut state_grows = false;
+        for call in &plan.aggregates {
+            state_grows |= call.function.state_fields()?.iter().any(|f| {
+                matches!(
+                    f.data_type(),
+                    DataType::List(_)
+                        | DataType::LargeList(_)
+                        | DataType::FixedSizeList(..)
+                        | DataType::Binary
+                        | DataType::LargeBinary
+                        | DataType::Map(..)
+                )
+            });
+        }
         Ok(Self {
+            groups: new_group_values(plan.group_schema.clone(), &GroupOrdering::None)?,
+            states: KeyedRows::new(state_schema(&plan)?),
+            state_grows,
+            row_groups: Vec::new(),
+            ids: Vec::new(),
             plan,
-            state,
-            group_indices: Vec::new(),
-            previous: None,
         })
+    }
+
+    /// What a batch costs, for EXPLAIN.
+    pub fn path(&self) -> &'static str {
+        if self.state_grows {
+            "updating by group: a batch costs its rows and the state of the groups it \
+             touches (an aggregate keeps every value of a group)"
+        } else {
+            "updating by group: a batch costs its rows and the groups it touches"
+        }
     }
 }
 
@@ -46,86 +83,132 @@ impl Operator for UpdatingAggregate {
         let Some(prepared) = self.plan.prepare(batch.clone())? else {
             return Ok(());
         };
-        self.state.fold(&prepared, &mut self.group_indices)?;
-        let mut touched = vec![false; self.state.len()];
-        for &g in &self.group_indices {
-            touched[g] = true;
+        let plan = &self.plan;
+        // The batch's own groups, 0..k: O(rows).
+        let mut local = new_group_values(plan.group_schema.clone(), &GroupOrdering::None)?;
+        local.intern(&prepared.keys, &mut self.row_groups)?;
+        let k = local.len();
+        let keys = local.emit(EmitTo::All)?;
+        // Their ids among all groups, and the states of those seen before: O(k).
+        self.groups.intern(&keys, &mut self.ids)?;
+        let ids = group_ids(&self.ids)?;
+        let (seen, earlier) = self.states.get(&ids)?;
+        let (_, earlier) = plan.split_state(earlier.columns())?;
+        // The earlier state, then the batch's rows, in each group.
+        let mut states = keys.clone();
+        for ((acc, earlier), (values, filter)) in plan
+            .accumulators()?
+            .iter_mut()
+            .zip(&earlier)
+            .zip(&prepared.arguments)
+        {
+            if !seen.is_empty() {
+                acc.merge_batch(earlier, &seen, k)?;
+            }
+            acc.update_batch(values, &self.row_groups, filter.as_ref(), k)?;
+            states.extend(acc.state(EmitTo::All)?);
         }
-        let known = self.previous.as_ref().map_or(0, RecordBatch::num_rows);
-        let touched_known: UInt32Array = touched[..known]
-            .iter()
-            .enumerate()
-            .filter(|(_, t)| **t)
-            .map(|(g, _)| g as u32)
-            .collect();
-        let current = self.state.read(&self.plan, &mut self.group_indices)?;
-        if !super::is_identity(&self.group_indices) {
-            // The groups were renumbered (see `GroupState::read`): follow them.
-            let mut renumbered = vec![false; touched.len()];
-            for (old, &new) in self.group_indices.iter().enumerate() {
-                renumbered[new] = touched[old];
-            }
-            touched = renumbered;
-        }
-        let changed = filter_record_batch(&current, &BooleanArray::from(touched))?;
-        let before = match &self.previous {
-            Some(previous) => Some(take_record_batch(previous, &touched_known)?),
-            None => None,
-        };
-        let finished = (
-            self.plan.finish(current.clone()).1,
-            self.plan.finish(changed),
-            before.map(|b| self.plan.finish(b).1).transpose(),
-        );
-        match finished {
-            (Ok(all), (_, Ok(changes)), Ok(replaced)) => {
-                out.replace(all);
-                out.emit(changes);
-                if let Some(replaced) = replaced.filter(|r| r.num_rows() > 0) {
-                    out.replaced(replaced);
-                }
-                self.previous = Some(current);
-            }
-            (_, (changed, Err(e)), _) | (Err(e), (changed, _), _) | (_, (changed, _), Err(e)) => {
-                out.failed(
-                    changed,
-                    format!("updated groups could not be finished: {e}"),
-                );
-            }
+        let aggregated = values(plan, &states, k)?;
+        self.states.set(
+            &ids,
+            RecordBatch::try_new(self.states.schema().clone(), states)?,
+        )?;
+        // A failure here leaves the groups' rows as they were until they change again;
+        // their new values are dead-lettered.
+        match plan.post.apply_keyed(aggregated.clone(), ids.clone()) {
+            Ok((rows, kept)) => out.keyed(KeyedChange {
+                touched: ids,
+                ids: kept,
+                rows,
+            }),
+            Err(e) => out.failed(
+                aggregated,
+                format!("updated groups could not be finished: {e}"),
+            ),
         }
         Ok(())
     }
 
     fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {
-        let columns = self.state.snapshot(&self.plan, &mut self.group_indices)?;
-        if !super::is_identity(&self.group_indices) && self.previous.is_some() {
-            // Renumbered groups (a hash collision): `previous` follows the new order.
-            self.previous = Some(self.state.read(&self.plan, &mut self.group_indices)?);
-        }
-        Ok(vec![super::state_batch(columns)?])
+        let (_, states) = self.states.all()?;
+        Ok(vec![super::state_batch(states.columns().to_vec())?])
     }
 
     fn restore(&mut self, state: &[RecordBatch]) -> Result<()> {
-        self.state = match state {
-            [] => self.plan.new_state()?,
-            [batch] => GroupState::restore(&self.plan, batch.columns(), &mut self.group_indices)?,
+        let columns = match state {
+            [] => None,
+            [batch] => Some(batch.columns()),
             _ => {
-                return Err(crate::Error::Execution(format!(
+                return Err(Error::Execution(format!(
                     "an updating aggregate's checkpoint is one batch, not {}",
                     state.len()
                 )));
             }
         };
-        // What the restored view shows, so the next batch knows the groups' rows before.
-        self.previous = Some(self.state.read(&self.plan, &mut self.group_indices)?);
-        Ok(())
+        self.groups = new_group_values(self.plan.group_schema.clone(), &GroupOrdering::None)?;
+        self.states = KeyedRows::new(state_schema(&self.plan)?);
+        let Some(columns) = columns else {
+            return Ok(());
+        };
+        let (keys, _) = self.plan.split_state(columns)?;
+        self.groups.intern(keys, &mut self.ids)?;
+        let ids = group_ids(&self.ids)?;
+        let batch = RecordBatch::try_new(self.states.schema().clone(), columns.to_vec())?;
+        self.states.set(&ids, batch)
+    }
+
+    /// Every group's row now, as one change (a restored view's rows).
+    fn keyed_rows(&mut self) -> Result<Option<KeyedChange>> {
+        let (ids, states) = self.states.all()?;
+        let aggregated = values(&self.plan, states.columns(), ids.len())?;
+        let (rows, kept) = self.plan.post.apply_keyed(aggregated, ids.clone())?;
+        Ok(Some(KeyedChange {
+            touched: ids,
+            ids: kept,
+            rows,
+        }))
     }
 
     fn state_size(&self) -> usize {
-        self.state.size()
-            + self
-                .previous
-                .as_ref()
-                .map_or(0, RecordBatch::get_array_memory_size)
+        self.groups.size() + self.states.size()
     }
+}
+
+/// Group indices as the ids of [`KeyedRows`].
+fn group_ids(indices: &[usize]) -> Result<Vec<u32>> {
+    indices
+        .iter()
+        .map(|&g| u32::try_from(g))
+        .collect::<std::result::Result<Vec<u32>, _>>()
+        .map_err(|_| Error::Execution("more than 4 billion groups".into()))
+}
+
+/// The aggregate's rows (keys, then final values) of `n` groups in the form of
+/// [`state_schema`] (reading a value drains an accumulator, so a fresh one merges the
+/// state first).
+fn values(plan: &GroupedPlan, states: &[ArrayRef], n: usize) -> Result<RecordBatch> {
+    let (keys, states) = plan.split_state(states)?;
+    let all: Vec<usize> = (0..n).collect();
+    let mut columns = keys.to_vec();
+    for (mut acc, state) in plan.accumulators()?.into_iter().zip(&states) {
+        acc.merge_batch(state, &all, n)?;
+        columns.push(acc.evaluate(EmitTo::All)?);
+    }
+    Ok(RecordBatch::try_new(
+        plan.aggregate_schema.clone(),
+        columns,
+    )?)
+}
+
+/// The group keys, then each aggregate's state columns, named by position (as in a
+/// checkpoint).
+fn state_schema(plan: &GroupedPlan) -> Result<SchemaRef> {
+    let (types, _) = plan.state_types()?;
+    Ok(Arc::new(Schema::new(
+        types
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| Field::new(format!("c{i}"), t, true))
+            .collect::<Vec<_>>(),
+    )))
 }

@@ -178,8 +178,17 @@ async fn run_two(sql: &str, shift_ms: i64, cut: Option<usize>) -> Vec<String> {
     }
     assert!(out.late.is_empty(), "nothing is late in order");
     q.operator.on_watermark(i64::MAX, &mut out).expect("finish");
-    // An updating view's rows are its last complete rows.
-    let result = out.replace.map_or(out.rows, |all| vec![all]);
+    // An updating view's rows are its groups' last rows.
+    let result = match out.keyed.first() {
+        Some(first) => {
+            let mut view = crate::aggregate::KeyedRows::new(first.rows.schema());
+            for change in &out.keyed {
+                view.apply(change).expect("apply");
+            }
+            vec![view.all().expect("rows").1]
+        }
+        None => out.rows,
+    };
     sorted_rows(&result)
 }
 

@@ -279,13 +279,19 @@ fn plan_unwindowed(
         });
     };
     let grouped = lower_aggregate(&chain, at, false, &props)?;
+    let operator = UpdatingAggregate::new(grouped)?;
+    let mut operators = explain(&chain, &source, info, None);
+    // EXPLAIN says which path the updating aggregate takes.
+    if let Some((_, detail)) = operators.iter_mut().find(|(op, _)| op == "aggregate") {
+        detail.push_str(&format!("; {}", operator.path()));
+    }
     Ok(ContinuousQuery {
         other_sources: Vec::new(),
-        operators: explain(&chain, &source, info, None),
+        operators,
         source,
         output_schema,
-        description: format!("source -> {} (updating)", describe(&chain)),
-        operator: Box::new(UpdatingAggregate::new(grouped)?),
+        description: format!("source -> {} ({})", describe(&chain), operator.path()),
+        operator: Box::new(operator),
     })
 }
 

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, AsArray};
+use datafusion::arrow::array::{Array, AsArray, BooleanArray};
 use datafusion::arrow::compute::{filter_record_batch, lexsort_to_indices, take_record_batch};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::{RecordBatch, RecordBatchOptions};
@@ -34,32 +34,44 @@ pub struct Steps(pub Vec<Step>);
 
 impl Steps {
     /// Run every step over `batch`.
-    pub fn apply(&self, mut batch: RecordBatch) -> Result<RecordBatch> {
+    pub fn apply(&self, batch: RecordBatch) -> Result<RecordBatch> {
+        self.run(batch, None)
+    }
+
+    /// Run row-wise steps (no sort or limit, which the planner refuses over an updating
+    /// aggregate) over `batch`, whose row `i` is the row of `ids[i]`: the rows that come
+    /// out, with their ids.
+    pub fn apply_keyed(
+        &self,
+        batch: RecordBatch,
+        mut ids: Vec<u32>,
+    ) -> Result<(RecordBatch, Vec<u32>)> {
+        let batch = self.run(batch, Some(&mut ids))?;
+        Ok((batch, ids))
+    }
+
+    /// Run every step; `ids`, one per row, follow the rows a filter keeps.
+    fn run(&self, mut batch: RecordBatch, mut ids: Option<&mut Vec<u32>>) -> Result<RecordBatch> {
         for step in &self.0 {
             batch = match step {
                 Step::Select(cols) => batch.project(cols)?,
                 Step::Filter(predicate) => {
-                    let mask = predicate.evaluate(&batch)?.into_array(batch.num_rows())?;
-                    let mask = mask.as_boolean_opt().ok_or_else(|| {
-                        Error::Execution(format!(
-                            "filter {predicate} returned {}, not BOOLEAN",
-                            mask.data_type()
-                        ))
-                    })?;
+                    let mask = mask(predicate, &batch)?;
                     if mask.true_count() == batch.num_rows() {
                         batch
                     } else {
-                        filter_record_batch(&batch, mask)?
+                        if let Some(ids) = ids.as_deref_mut() {
+                            let mut kept = mask.iter().map(|m| m == Some(true));
+                            ids.retain(|_| kept.next().unwrap_or(false));
+                        }
+                        filter_record_batch(&batch, &mask)?
                     }
                 }
-                Step::Project(exprs, schema) => {
-                    let rows = batch.num_rows();
-                    let columns = exprs
-                        .iter()
-                        .map(|e| e.evaluate(&batch).and_then(|v| v.into_array(rows)))
-                        .collect::<datafusion::error::Result<Vec<_>>>()?;
-                    let options = RecordBatchOptions::new().with_row_count(Some(rows));
-                    RecordBatch::try_new_with_options(schema.clone(), columns, &options)?
+                Step::Project(exprs, schema) => project(exprs, schema, &batch)?,
+                Step::Sort(..) | Step::Limit(..) if ids.is_some() => {
+                    return Err(Error::Execution(
+                        "a sort or limit does not keep rows apart by key".into(),
+                    ));
                 }
                 Step::Sort(order, fetch) => {
                     let columns = order
@@ -80,4 +92,34 @@ impl Steps {
         }
         Ok(batch)
     }
+}
+
+/// Where `predicate` holds over `batch`.
+fn mask(predicate: &Arc<dyn PhysicalExpr>, batch: &RecordBatch) -> Result<BooleanArray> {
+    let mask = predicate.evaluate(batch)?.into_array(batch.num_rows())?;
+    mask.as_boolean_opt().cloned().ok_or_else(|| {
+        Error::Execution(format!(
+            "filter {predicate} returned {}, not BOOLEAN",
+            mask.data_type()
+        ))
+    })
+}
+
+/// New columns computed from `batch`.
+fn project(
+    exprs: &[Arc<dyn PhysicalExpr>],
+    schema: &SchemaRef,
+    batch: &RecordBatch,
+) -> Result<RecordBatch> {
+    let rows = batch.num_rows();
+    let columns = exprs
+        .iter()
+        .map(|e| e.evaluate(batch).and_then(|v| v.into_array(rows)))
+        .collect::<datafusion::error::Result<Vec<_>>>()?;
+    let options = RecordBatchOptions::new().with_row_count(Some(rows));
+    Ok(RecordBatch::try_new_with_options(
+        schema.clone(),
+        columns,
+        &options,
+    )?)
 }

@@ -2,6 +2,7 @@ use datafusion::arrow::array::{Int64Array, RecordBatch, TimestampMillisecondArra
 use datafusion::arrow::datatypes::DataType;
 use datafusion::assert_batches_eq;
 
+use crate::aggregate::KeyedRows;
 use crate::operator::Collector;
 use crate::parser::parse_statement;
 use crate::testing::{batch, bids_for_checkpoints, plan, run};
@@ -136,12 +137,16 @@ async fn hopping_windows_count_each_row_in_every_window_it_falls_in() {
 
 #[tokio::test]
 async fn group_by_without_a_window_updates_its_rows() {
-    let mut q = plan(
-        "CREATE MATERIALIZED VIEW v AS SELECT auction, count(*) AS n, max(price) AS top FROM bids \
-         GROUP BY auction HAVING count(*) < 3",
-    )
-    .await
-    .expect("plans");
+    const SQL: &str = "CREATE MATERIALIZED VIEW v AS SELECT auction, count(*) AS n, max(price) AS top \
+         FROM bids GROUP BY auction HAVING count(*) < 3";
+    let mut q = plan(SQL).await.expect("plans");
+    assert!(
+        q.description.contains("updating by group"),
+        "{}",
+        q.description
+    );
+    // The view's rows, kept by group as the runtime keeps them.
+    let mut view = KeyedRows::new(q.output_schema.clone());
     let mut out = Collector::default();
     q.operator
         .process(&batch(&[(1, 10, 1_000), (2, 5, 2_000)]), None, &mut out)
@@ -149,7 +154,17 @@ async fn group_by_without_a_window_updates_its_rows() {
     q.operator
         .process(&batch(&[(1, 30, 3_000)]), None, &mut out)
         .expect("second");
-    // The view now holds every group's current value; the changes name only auction 1.
+    assert!(out.rows.is_empty(), "changes by group only");
+    let [first, second] = &out.keyed[..] else {
+        panic!("one change per batch: {:?}", out.keyed);
+    };
+    assert_eq!(
+        view.apply(first).expect("apply").num_rows(),
+        0,
+        "nothing shown before"
+    );
+    let before = view.apply(second).expect("apply");
+    // The view holds every group's current value; the change names only auction 1.
     assert_batches_eq!(
         [
             "+---------+---+-----+",
@@ -159,7 +174,7 @@ async fn group_by_without_a_window_updates_its_rows() {
             "| 2       | 1 | 5   |",
             "+---------+---+-----+"
         ],
-        &[out.replace.clone().expect("replaced")]
+        &[view.all().expect("rows").1]
     );
     assert_batches_eq!(
         [
@@ -169,7 +184,7 @@ async fn group_by_without_a_window_updates_its_rows() {
             "| 1       | 2 | 30  |",
             "+---------+---+-----+"
         ],
-        &out.rows[1..]
+        std::slice::from_ref(&second.rows)
     );
     // With the rows auction 1 showed before the second batch.
     assert_batches_eq!(
@@ -180,14 +195,17 @@ async fn group_by_without_a_window_updates_its_rows() {
             "| 1       | 1 | 10  |",
             "+---------+---+-----+"
         ],
-        &[out.replaced.clone().expect("auction 1 was shown")]
+        &[before]
     );
     // A third bid on auction 1 fails HAVING: it leaves the view. No change row names
-    // it, and the replaced rows say what it showed last.
+    // it, and the rows it replaced say what it showed last.
     let mut out = Collector::default();
     q.operator
         .process(&batch(&[(1, 1, 4_000)]), None, &mut out)
         .expect("third");
+    assert_eq!(out.keyed.len(), 1);
+    assert_eq!(out.keyed[0].rows.num_rows(), 0);
+    let before = view.apply(&out.keyed[0]).expect("apply");
     assert_batches_eq!(
         [
             "+---------+---+-----+",
@@ -196,9 +214,8 @@ async fn group_by_without_a_window_updates_its_rows() {
             "| 2       | 1 | 5   |",
             "+---------+---+-----+"
         ],
-        &[out.replace.expect("replaced")]
+        &[view.all().expect("rows").1]
     );
-    assert!(out.rows.is_empty());
     assert_batches_eq!(
         [
             "+---------+---+-----+",
@@ -207,23 +224,29 @@ async fn group_by_without_a_window_updates_its_rows() {
             "| 1       | 2 | 30  |",
             "+---------+---+-----+"
         ],
-        &[out.replaced.expect("auction 1 left")]
+        &[before]
     );
     // A group that was never shown and still is not changes nothing.
     let mut out = Collector::default();
     q.operator
         .process(&batch(&[(1, 2, 5_000)]), None, &mut out)
         .expect("fourth");
-    assert!(out.rows.is_empty() && out.replaced.is_none());
-    // Restored from a checkpoint, the operator still knows what each group showed.
+    let before = view.apply(&out.keyed[0]).expect("apply");
+    assert!(out.keyed[0].rows.num_rows() == 0 && before.num_rows() == 0);
+    // Restored from a checkpoint, the operator gives the view its rows again, and the
+    // view still knows what each group showed.
     let state = q.operator.snapshot().expect("snapshot");
-    let mut restored = plan(
-        "CREATE MATERIALIZED VIEW v AS SELECT auction, count(*) AS n, max(price) AS top FROM bids \
-         GROUP BY auction HAVING count(*) < 3",
-    )
-    .await
-    .expect("plans");
+    let mut restored = plan(SQL).await.expect("plans");
     restored.operator.restore(&state).expect("restores");
+    let mut view = KeyedRows::new(q.output_schema.clone());
+    view.apply(
+        &restored
+            .operator
+            .keyed_rows()
+            .expect("rows")
+            .expect("by group"),
+    )
+    .expect("apply");
     let mut out = Collector::default();
     restored
         .operator
@@ -237,9 +260,65 @@ async fn group_by_without_a_window_updates_its_rows() {
             "| 2       | 1 | 5   |",
             "+---------+---+-----+"
         ],
-        &[out.replaced.expect("auction 2 was shown")]
+        &[view.apply(&out.keyed[0]).expect("auction 2 was shown")]
+    );
+    assert_batches_eq!(
+        [
+            "+---------+---+-----+",
+            "| auction | n | top |",
+            "+---------+---+-----+",
+            "| 2       | 2 | 9   |",
+            "+---------+---+-----+"
+        ],
+        &[view.all().expect("rows").1]
     );
     assert!(q.operator.state_size() > 0);
+}
+
+#[tokio::test]
+async fn a_group_that_keeps_every_value_is_updated_by_group_too() {
+    let mut q = plan(
+        "CREATE MATERIALIZED VIEW v AS SELECT auction, count(DISTINCT price) AS prices, \
+         sum(price) AS total FROM bids GROUP BY auction",
+    )
+    .await
+    .expect("plans");
+    // EXPLAIN says a touched group costs its state.
+    let aggregate = q
+        .operators
+        .iter()
+        .find(|(op, _)| op == "aggregate")
+        .expect("aggregate");
+    assert!(
+        aggregate.1.contains("the state of the groups it touches"),
+        "{aggregate:?}"
+    );
+    let mut view = KeyedRows::new(q.output_schema.clone());
+    for rows in [
+        &[(1, 10, 1_000), (1, 10, 1_000), (2, 5, 2_000)][..],
+        &[(1, 20, 3_000), (1, 10, 3_000)],
+        &[(2, 5, 4_000), (3, 7, 4_000)],
+    ] {
+        let mut out = Collector::default();
+        q.operator
+            .process(&batch(rows), None, &mut out)
+            .expect("process");
+        for change in &out.keyed {
+            view.apply(change).expect("apply");
+        }
+    }
+    assert_batches_eq!(
+        [
+            "+---------+--------+-------+",
+            "| auction | prices | total |",
+            "+---------+--------+-------+",
+            "| 1       | 2      | 50    |",
+            "| 2       | 1      | 10    |",
+            "| 3       | 1      | 7     |",
+            "+---------+--------+-------+",
+        ],
+        &[view.all().expect("rows").1]
+    );
 }
 
 #[tokio::test]
@@ -511,6 +590,10 @@ async fn run_with_checkpoint(
             };
             q = plan(sql).await.expect("plans again");
             q.operator.restore(&read).expect("restore");
+            // A view kept by group takes its rows from the restored operator.
+            if let Some(all) = q.operator.keyed_rows().expect("rows") {
+                out.keyed = vec![all];
+            }
         }
         q.operator
             .process(b, wm.current(), &mut out)
@@ -528,7 +611,13 @@ async fn run_with_checkpoint(
         q.operator.on_watermark(w, &mut out).expect("finish");
     }
     let mut rows = out.rows;
-    rows.extend(out.replace);
+    if let Some(first) = out.keyed.first() {
+        let mut view = KeyedRows::new(first.rows.schema());
+        for change in &out.keyed {
+            view.apply(change).expect("apply");
+        }
+        rows.push(view.all().expect("rows").1);
+    }
     rows
 }
 

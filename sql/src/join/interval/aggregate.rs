@@ -11,7 +11,7 @@ use datafusion::physical_expr::execution_props::ExecutionProps;
 
 use super::rewrite::replace_with_scan;
 use super::{IntervalJoin, split_at};
-use crate::aggregate::UpdatingAggregate;
+use crate::aggregate::{KeyedChange, UpdatingAggregate};
 use crate::batch::{BatchQuery, WindowRows};
 use crate::operator::{Collector, Operator, tagged};
 use crate::parser::CreateView;
@@ -209,6 +209,10 @@ impl Operator for JoinAggregate {
         Ok(())
     }
 
+    fn keyed_rows(&mut self) -> Result<Option<KeyedChange>> {
+        self.plan.then.keyed_rows()
+    }
+
     fn state_size(&self) -> usize {
         self.join.state_size()
             + self
@@ -256,10 +260,9 @@ pub(crate) fn plan_after_join_aggregate(
                 .position(|p| matches!(p, LogicalPlan::Aggregate(_)))
                 .unwrap_or(0);
             let grouped = lower_aggregate(&chain, at, false, &props)?;
-            Ok((
-                Box::new(UpdatingAggregate::new(grouped)?),
-                format!("updating: {}", describe(&chain)),
-            ))
+            let then = UpdatingAggregate::new(grouped)?;
+            let description = format!("{}: {}", then.path(), describe(&chain));
+            Ok((Box::new(then), description))
         }
         _ => Err(unsupported!(
             "view {}: more than two levels of aggregation over a join are not supported",

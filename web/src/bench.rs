@@ -1,0 +1,398 @@
+//! `weir bench`: throughput figures anyone can reproduce with the binary alone. A run
+//! starts an engine in this process (no HTTP, no checkpoints), creates the sources and
+//! one view, and times it from the view's creation until every source has finished,
+//! with a progress line on stderr. It reports events/s, events/s per core actually used
+//! (process CPU time), peak memory, the view's end-to-end latency percentiles (from its
+//! histogram: the upper bound of the bucket), and in the same run the ceiling: the
+//! Nexmark generator alone, or the JSON decoder alone over the file.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde::Serialize;
+use weir_runtime::RuntimeConfig;
+use weir_runtime::decode::JsonDecoder;
+use weir_runtime::engine::Engine;
+use weir_runtime::source::SourceState;
+use weir_runtime::source::nexmark::{Generator, GeneratorConfig, Table};
+
+/// The Nexmark queries `weir bench nexmark` knows: name, the Nexmark tables it reads,
+/// and its golden test file (the view is the file's first statement).
+const QUERIES: &[(&str, &[&str], &str)] = &[
+    (
+        "q0",
+        &["bid"],
+        include_str!("../../tests/golden/nexmark/q0_passthrough.sql"),
+    ),
+    (
+        "q1",
+        &["bid"],
+        include_str!("../../tests/golden/nexmark/q1_currency.sql"),
+    ),
+    (
+        "q2",
+        &["bid"],
+        include_str!("../../tests/golden/nexmark/q2_selection.sql"),
+    ),
+    (
+        "q3",
+        &["person", "auction"],
+        include_str!("../../tests/golden/nexmark/q3_local_item_suggestion.sql"),
+    ),
+    (
+        "q4",
+        &["auction", "bid"],
+        include_str!("../../tests/golden/nexmark/q4_average_price_per_category.sql"),
+    ),
+    (
+        "q5",
+        &["bid"],
+        include_str!("../../tests/golden/nexmark/q5_hot_items.sql"),
+    ),
+    (
+        "q7",
+        &["bid"],
+        include_str!("../../tests/golden/nexmark/q7_highest_bid.sql"),
+    ),
+    (
+        "q8",
+        &["person", "auction"],
+        include_str!("../../tests/golden/nexmark/q8_new_sellers.sql"),
+    ),
+    (
+        "session",
+        &["bid"],
+        include_str!("../../tests/golden/nexmark/session_bidder_activity.sql"),
+    ),
+];
+
+/// What one run measured.
+#[derive(Debug, Serialize)]
+pub struct Figures {
+    pub query: String,
+    pub events: u64,
+    pub seconds: f64,
+    pub events_per_second: f64,
+    /// Process CPU time over wall time.
+    pub cores_used: f64,
+    pub events_per_core_second: f64,
+    pub peak_memory_mib: f64,
+    /// Upper bounds of the histogram buckets that hold the 50th and 99th percentile.
+    pub latency_p50_ms: Option<f64>,
+    pub latency_p99_ms: Option<f64>,
+    /// The input alone: the generator, or the decoder over the file.
+    pub ceiling_events_per_second: f64,
+}
+
+/// `weir bench nexmark`.
+pub fn nexmark(query: &str, events: u64, json: bool) -> anyhow::Result<()> {
+    let chosen: Vec<_> = QUERIES
+        .iter()
+        .filter(|(name, _, _)| query == "all" || *name == query)
+        .collect();
+    if chosen.is_empty() {
+        let names: Vec<&str> = QUERIES.iter().map(|q| q.0).collect();
+        bail!(
+            "no query {query}: choose one of {} or all",
+            names.join(", ")
+        );
+    }
+    for (name, tables, file) in chosen {
+        let sources: Vec<String> = tables
+            .iter()
+            .map(|t| {
+                format!(
+                    "CREATE SOURCE {t} WITH (connector = 'nexmark', table = '{t}', events = {events}, \
+                     seed = 1, event_rate = 100000)"
+                )
+            })
+            .collect();
+        let ceiling = generator_ceiling(tables, events)?;
+        let figures = run(
+            name,
+            &sources,
+            view_of(file)?,
+            RuntimeConfig::default(),
+            ceiling,
+        )?;
+        print(&figures, json)?;
+    }
+    Ok(())
+}
+
+/// `weir bench file`: a view over a newline-delimited JSON file of Nexmark `table` rows.
+pub fn file(input: &Path, table: &str, query: &str, json: bool) -> anyhow::Result<()> {
+    let table_kind: Table = serde_json::from_value(serde_json::Value::String(table.into()))
+        .with_context(|| format!("no Nexmark table {table}: bid, person or auction"))?;
+    let input = std::fs::canonicalize(input).with_context(|| format!("{}", input.display()))?;
+    let (dir, name) = (
+        input.parent().map(PathBuf::from).unwrap_or_default(),
+        input
+            .file_name()
+            .and_then(|n| n.to_str())
+            .context("a file name")?,
+    );
+    let view = match QUERIES.iter().find(|q| q.0 == query) {
+        Some((_, _, file)) => view_of(file)?.to_string(),
+        None if query.trim_start().to_uppercase().starts_with("SELECT") => {
+            format!("CREATE MATERIALIZED VIEW bench AS {query}")
+        }
+        None => bail!("--sql takes a SELECT over `{table}`, or a query name (q0, q1, ...)"),
+    };
+    let columns = table_kind
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| format!("{} {}", f.name(), sql_type(f.data_type())))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let source = format!(
+        "CREATE SOURCE {table} ({columns}, WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND) \
+         WITH (connector = 'file', path = '{name}')"
+    );
+    let ceiling = decoder_ceiling(&input, table_kind)?;
+    let config = RuntimeConfig {
+        files_dir: Some(dir),
+        ..RuntimeConfig::default()
+    };
+    let figures = run(query, &[source], &view, config, ceiling)?;
+    print(&figures, json)
+}
+
+/// The first statement of a golden file (the view; the oracle follows).
+fn view_of(file: &str) -> anyhow::Result<&str> {
+    let text = file.split("-- oracle").next().unwrap_or(file);
+    let start = text
+        .find("CREATE MATERIALIZED VIEW")
+        .context("no view in the query file")?;
+    Ok(text[start..].trim().trim_end_matches(';'))
+}
+
+fn sql_type(t: &arrow::datatypes::DataType) -> &'static str {
+    use arrow::datatypes::DataType::*;
+    match t {
+        Int64 | Int32 => "BIGINT",
+        Float64 => "DOUBLE",
+        Timestamp(..) => "TIMESTAMP",
+        Boolean => "BOOLEAN",
+        _ => "VARCHAR",
+    }
+}
+
+fn run(
+    query: &str,
+    sources: &[String],
+    view: &str,
+    config: RuntimeConfig,
+    ceiling: f64,
+) -> anyhow::Result<Figures> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let engine = Engine::in_memory(config);
+        let mut names = Vec::new();
+        for sql in sources {
+            engine.execute(sql).await.with_context(|| sql.clone())?;
+            names.push(
+                sql.split_whitespace()
+                    .nth(2)
+                    .unwrap_or_default()
+                    .to_string(),
+            );
+        }
+        let view_name = view
+            .split_whitespace()
+            .nth(3)
+            .unwrap_or_default()
+            .to_string();
+        reset_peak_memory();
+        let (cpu, wall) = (cpu_seconds(), Instant::now());
+        engine
+            .execute(view)
+            .await
+            .with_context(|| view.to_string())?;
+        let events = loop {
+            let statuses: Vec<_> = names
+                .iter()
+                .map(|n| engine.source(n).map(|s| s.status()))
+                .collect::<Result<_, _>>()?;
+            let events = statuses.iter().map(|s| s.records_in).sum::<u64>();
+            let seconds = wall.elapsed().as_secs_f64();
+            eprint!(
+                "\r{query}: {events} events in {seconds:.1} s ({:.0} events/s)   ",
+                events as f64 / seconds.max(1e-9)
+            );
+            if statuses.iter().all(|s| s.status == SourceState::Finished) {
+                break events;
+            }
+            if let Some(s) = statuses.iter().find(|s| s.status == SourceState::Stopped) {
+                bail!("source {} stopped", s.name);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        eprintln!();
+        let seconds = wall.elapsed().as_secs_f64();
+        let cpu = cpu_seconds() - cpu;
+        let (p50, p99) = latency_percentiles(&engine.metrics().render(), &view_name);
+        engine.shut_down();
+        Ok(Figures {
+            query: query.to_string(),
+            events,
+            seconds,
+            events_per_second: events as f64 / seconds,
+            cores_used: cpu / seconds,
+            events_per_core_second: events as f64 / cpu.max(1e-9),
+            peak_memory_mib: peak_memory_kib() as f64 / 1024.0,
+            latency_p50_ms: p50,
+            latency_p99_ms: p99,
+            ceiling_events_per_second: ceiling,
+        })
+    })
+}
+
+/// Events/s of the generator alone, over the same events of the same tables.
+fn generator_ceiling(tables: &[&str], events: u64) -> anyhow::Result<f64> {
+    let start = Instant::now();
+    let mut rows = 0u64;
+    for t in tables {
+        let table: Table = serde_json::from_value(serde_json::Value::String(t.to_string()))?;
+        let mut g = Generator::new(GeneratorConfig {
+            table,
+            seed: 1,
+            events: Some(events),
+            event_rate: 100_000,
+            start_time_ms: 0,
+        });
+        while let Some(b) = g.next_batch(8192) {
+            rows += b.num_rows() as u64;
+        }
+    }
+    Ok(rows as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Records/s of the JSON decoder alone over the file, in 8,192-line batches.
+fn decoder_ceiling(input: &Path, table: Table) -> anyhow::Result<f64> {
+    let data = std::fs::read(input)?;
+    let decoder = JsonDecoder::new(table.schema());
+    let start = Instant::now();
+    let mut rows = 0;
+    let mut lines = data
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .peekable();
+    while lines.peek().is_some() {
+        let chunk: Vec<&[u8]> = lines.by_ref().take(8192).collect();
+        rows += decoder.decode_records(chunk).batch.num_rows();
+    }
+    Ok(rows as f64 / start.elapsed().as_secs_f64())
+}
+
+fn print(f: &Figures, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(f)?);
+        return Ok(());
+    }
+    let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("<= {v} ms"));
+    println!(
+        "{}: {} events in {:.2} s = {:.0} events/s; {:.2} cores used = {:.0} events/s per core; \
+         peak memory {:.0} MiB; latency p50 {}, p99 {}; ceiling (input alone) {:.0} events/s",
+        f.query,
+        f.events,
+        f.seconds,
+        f.events_per_second,
+        f.cores_used,
+        f.events_per_core_second,
+        f.peak_memory_mib,
+        ms(f.latency_p50_ms),
+        ms(f.latency_p99_ms),
+        f.ceiling_events_per_second
+    );
+    Ok(())
+}
+
+/// The bucket bounds (ms) holding the 50th and 99th percentile of the view's
+/// `weir_end_to_end_latency_seconds`, from the Prometheus text.
+fn latency_percentiles(metrics: &str, view: &str) -> (Option<f64>, Option<f64>) {
+    let prefix = format!("weir_end_to_end_latency_seconds_bucket{{view=\"{view}\",le=\"");
+    let buckets: Vec<(f64, u64)> = metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .filter_map(|rest| {
+            let (le, count) = rest.split_once("\"} ")?;
+            Some((le.parse().ok()?, count.trim().parse().ok()?))
+        })
+        .collect();
+    let total = buckets.last().map_or(0, |b| b.1);
+    let at = |q: f64| {
+        let rank = (total as f64 * q).ceil() as u64;
+        buckets
+            .iter()
+            .find(|(_, c)| *c >= rank.max(1))
+            .map(|(le, _)| le * 1000.0)
+            .filter(|ms| ms.is_finite())
+    };
+    if total == 0 {
+        return (None, None);
+    }
+    (at(0.5), at(0.99))
+}
+
+/// CPU time of this process so far (every thread, user and system).
+fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // After the command name in parentheses: fields 14 and 15 are utime and stime.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i).and_then(|v| v.parse::<f64>().ok()))
+        .sum();
+    // In USER_HZ, which Linux fixes at 100 for what it shows user space.
+    ticks / 100.0
+}
+
+/// Start the peak resident memory afresh (Linux: 5 to clear_refs), so that one run's
+/// peak is not an earlier run's or the ceiling's.
+fn reset_peak_memory() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// The process's peak resident memory in KiB.
+fn peak_memory_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_query_file_holds_a_view() {
+        for (name, _, file) in QUERIES {
+            let view = view_of(file).expect("a view");
+            assert!(view.starts_with("CREATE MATERIALIZED VIEW"), "{name}");
+            assert!(!view.contains("-- oracle"), "{name}");
+        }
+    }
+
+    #[test]
+    fn percentiles_are_read_from_the_histogram_buckets() {
+        let text = "weir_end_to_end_latency_seconds_bucket{view=\"q\",le=\"0.001\"} 10\n\
+                    weir_end_to_end_latency_seconds_bucket{view=\"q\",le=\"0.005\"} 98\n\
+                    weir_end_to_end_latency_seconds_bucket{view=\"q\",le=\"0.01\"} 100\n\
+                    weir_end_to_end_latency_seconds_bucket{view=\"q\",le=\"+Inf\"} 100\n";
+        assert_eq!(latency_percentiles(text, "q"), (Some(5.0), Some(10.0)));
+        assert_eq!(latency_percentiles(text, "other"), (None, None));
+    }
+}
