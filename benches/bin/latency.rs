@@ -92,6 +92,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let last_sent = now_ms();
     // A last event a second later closes the last window.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let sent = now_ms();
@@ -103,7 +104,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tokio::time::sleep(Duration::from_millis(500)).await;
     filter.abort();
     tumble.abort();
-    report(id as f64 / elapsed);
+    report(id as f64 / elapsed, last_sent);
     Ok(())
 }
 
@@ -130,9 +131,11 @@ async fn follow(client: reqwest::Client, url: String) {
     }
 }
 
-/// Latencies in ms: the filter view's rows, and the tumbling view's windows.
-static SAMPLES: std::sync::Mutex<(Vec<i64>, Vec<i64>)> =
-    std::sync::Mutex::new((Vec::new(), Vec::new()));
+/// The filter view's latencies (ms), and the tumbling view's windows as (end, received)
+/// in ms since the epoch.
+static SAMPLES: std::sync::Mutex<Samples> = std::sync::Mutex::new((Vec::new(), Vec::new()));
+
+type Samples = (Vec<i64>, Vec<(i64, i64)>);
 
 /// One `rows` event of `view`, received at `at`.
 fn record(view: &str, at: i64, event: &Value) {
@@ -153,19 +156,27 @@ fn record(view: &str, at: i64, event: &Value) {
         } else if let Some(last) = cell(column("last_sent")) {
             // The window's end: the earliest an event could have closed it.
             let end = (last.div_euclid(1000) + 1) * 1000;
-            samples.1.push(at - end);
+            samples.1.push((end, at));
         }
     }
 }
 
-fn report(rate: f64) {
+/// Percentiles of each view's latencies; windows that ended after the steady sending
+/// (closed by the last event, sent a second later) are left out.
+fn report(rate: f64, last_sent: i64) {
     let samples = SAMPLES.lock().unwrap_or_else(|e| e.into_inner());
     println!("sent {rate:.0} events/s");
+    let windows: Vec<i64> = samples
+        .1
+        .iter()
+        .filter(|(end, _)| *end <= last_sent)
+        .map(|(end, at)| at - end)
+        .collect();
     for (name, values) in [
         ("filter view (per row, from send)", &samples.0),
         (
             "tumbling 1 s window (per window, from the window's end)",
-            &samples.1,
+            &windows,
         ),
     ] {
         let mut v = values.clone();
