@@ -35,10 +35,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let rate: u64 = args.get(2).map_or(Ok(100_000), |s| s.parse())?;
     let seconds: u64 = args.get(3).map_or(Ok(20), |s| s.parse())?;
     let client = reqwest::Client::new();
+    // MAX_DELAY=0ms: the source's batches close as soon as nothing more is queued.
+    let max_delay = std::env::var("MAX_DELAY")
+        .map(|d| format!(", max_delay = '{d}'"))
+        .unwrap_or_default();
     for sql in [
-        "CREATE SOURCE lat (id BIGINT NOT NULL, sent BIGINT NOT NULL, ts TIMESTAMP NOT NULL, \
-         WATERMARK FOR ts AS ts - INTERVAL '0' SECOND) WITH (connector = 'http')"
-            .to_string(),
+        format!(
+            "CREATE SOURCE lat (id BIGINT NOT NULL, sent BIGINT NOT NULL, ts TIMESTAMP NOT NULL, \
+             WATERMARK FOR ts AS ts - INTERVAL '0' SECOND) WITH (connector = 'http'{max_delay})"
+        ),
         format!("CREATE MATERIALIZED VIEW {FILTER} AS SELECT id, sent FROM lat WHERE id % 100 = 0"),
         format!(
             "CREATE MATERIALIZED VIEW {TUMBLE} AS SELECT window_start, count(*) AS n, \

@@ -437,11 +437,7 @@ impl ViewRuntime {
             sql: self.sql.clone(),
             schema: self.schema.clone(),
             state,
-            rows: self
-                .current_rows(&self.rows.read())
-                .into_iter()
-                .map(|b| (None, b))
-                .collect(),
+            rows: self.saved_rows(&self.rows.read()),
             outboxes,
         })
     }
@@ -528,6 +524,21 @@ impl ViewRuntime {
             }
         }
         read.iter().cloned().collect()
+    }
+
+    /// The rows for a checkpoint: as emitted, each batch with its key (a window that an
+    /// upsert replaces), or a view kept by group's rows in one batch.
+    fn saved_rows(
+        &self,
+        rows: &VecDeque<(Option<i64>, RecordBatch)>,
+    ) -> Vec<(Option<i64>, RecordBatch)> {
+        if self.by_group.lock().is_none() {
+            return rows.iter().cloned().collect();
+        }
+        self.current_rows(rows)
+            .into_iter()
+            .map(|b| (None, b))
+            .collect()
     }
 
     /// Changes to an updating view kept by group, in order: each goes to subscribers,

@@ -108,14 +108,9 @@ pub fn nexmark(query: &str, events: u64, json: bool) -> anyhow::Result<()> {
                 )
             })
             .collect();
-        let ceiling = generator_ceiling(tables, events)?;
-        let figures = run(
-            name,
-            &sources,
-            view_of(file)?,
-            RuntimeConfig::default(),
-            ceiling,
-        )?;
+        let mut figures = run(name, &sources, view_of(file)?, RuntimeConfig::default())?;
+        // After the run, in a process as warm as the run was.
+        figures.ceiling_events_per_second = generator_ceiling(tables, events)?;
         print(&figures, json)?;
     }
     Ok(())
@@ -151,12 +146,12 @@ pub fn file(input: &Path, table: &str, query: &str, json: bool) -> anyhow::Resul
         "CREATE SOURCE {table} ({columns}, WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND) \
          WITH (connector = 'file', path = '{name}')"
     );
-    let ceiling = decoder_ceiling(&input, table_kind)?;
     let config = RuntimeConfig {
         files_dir: Some(dir),
         ..RuntimeConfig::default()
     };
-    let figures = run(query, &[source], &view, config, ceiling)?;
+    let mut figures = run(query, &[source], &view, config)?;
+    figures.ceiling_events_per_second = decoder_ceiling(&input, table_kind)?;
     print(&figures, json)
 }
 
@@ -185,7 +180,6 @@ fn run(
     sources: &[String],
     view: &str,
     config: RuntimeConfig,
-    ceiling: f64,
 ) -> anyhow::Result<Figures> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -247,7 +241,7 @@ fn run(
             peak_memory_mib: peak_memory_kib() as f64 / 1024.0,
             latency_p50_ms: p50,
             latency_p99_ms: p99,
-            ceiling_events_per_second: ceiling,
+            ceiling_events_per_second: 0.0,
         })
     })
 }

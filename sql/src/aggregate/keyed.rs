@@ -316,6 +316,53 @@ mod tests {
     }
 
     #[test]
+    fn random_changes_match_a_map() {
+        let mut kept = KeyedRows::new(schema());
+        let mut model = std::collections::BTreeMap::new();
+        let mut x = 7u64;
+        let mut next = |n: u64| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (x >> 33) % n
+        };
+        for round in 0..3_000i64 {
+            let size = [1, 3, 50, 700][next(4) as usize];
+            let universe = [20, 2_000, 50_000][(round / 1_000) as usize];
+            let mut ids: Vec<u32> = (0..size).map(|_| next(universe) as u32).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            if next(5) == 0 {
+                kept.remove(&ids).expect("remove");
+                ids.iter().for_each(|id| {
+                    model.remove(id);
+                });
+            } else {
+                let v: Vec<i64> = ids.iter().map(|&id| round * 100_000 + id as i64).collect();
+                kept.set(&ids, rows(&v)).expect("set");
+                ids.iter().zip(&v).for_each(|(id, v)| {
+                    model.insert(*id, *v);
+                });
+            }
+            assert_eq!(kept.len(), model.len(), "round {round}");
+            if round % 100 == 0 {
+                let (ids, all) = kept.all().expect("all");
+                let got: Vec<(u32, i64)> = ids.into_iter().zip(values(&all)).collect();
+                let want: Vec<(u32, i64)> = model.iter().map(|(k, v)| (*k, *v)).collect();
+                assert_eq!(got, want, "round {round}");
+            }
+            let probe: Vec<u32> = (0..10).map(|_| next(universe) as u32).collect();
+            let (positions, got) = kept.get(&probe).expect("get");
+            let want: Vec<i64> = probe
+                .iter()
+                .filter_map(|id| model.get(id).copied())
+                .collect();
+            assert_eq!(values(&got), want, "round {round}");
+            assert_eq!(positions.len(), want.len());
+        }
+    }
+
+    #[test]
     fn one_row_changes_keep_few_chunks() {
         // 100,000 groups, then changes of one group each: the chunks stay few, so a
         // read does not pass over one chunk per change.

@@ -28,7 +28,8 @@ pub struct UpdatingAggregate {
     groups: Box<dyn GroupValues>,
     /// By group id: the group's keys, then each aggregate's intermediate state.
     states: KeyedRows,
-    /// Whether some aggregate keeps every value of a group (a list or binary state).
+    /// Whether some aggregate's state holds values of variable size (lists, strings,
+    /// bytes): a touched group then costs in proportion to its state.
     state_grows: bool,
     /// Scratch: each input row's group in its batch.
     row_groups: Vec<usize>,
@@ -48,6 +49,10 @@ impl UpdatingAggregate {
                         | DataType::FixedSizeList(..)
                         | DataType::Binary
                         | DataType::LargeBinary
+                        | DataType::BinaryView
+                        | DataType::Utf8
+                        | DataType::LargeUtf8
+                        | DataType::Utf8View
                         | DataType::Map(..)
                 )
             });
@@ -66,7 +71,7 @@ impl UpdatingAggregate {
     pub fn path(&self) -> &'static str {
         if self.state_grows {
             "updating by group: a batch costs its rows and the state of the groups it \
-             touches (an aggregate keeps every value of a group)"
+             touches (an aggregate keeps values of variable size)"
         } else {
             "updating by group: a batch costs its rows and the groups it touches"
         }
