@@ -82,35 +82,31 @@ impl Metrics {
             "Deliveries of a sink that failed and are retried.",
             "sink",
         );
-        let batch_latency = HistogramVec::new(
-            HistogramOpts::new(
-                "weir_batch_latency_seconds",
-                "Time from a micro-batch's first row until its processing finished.",
+        // Latencies from half a millisecond to seconds.
+        let latency = |name: &str, help: &str, label: &str| {
+            let h = HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                ]),
+                &[label],
             )
-            .buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-            ]),
-            &["source"],
-        )
-        .expect("valid metric definition");
-        registry
-            .register(Box::new(batch_latency.clone()))
-            .expect("metric registered once");
-        let end_to_end_latency = HistogramVec::new(
-            HistogramOpts::new(
-                "weir_end_to_end_latency_seconds",
-                "Time from a micro-batch's first record received until a view published \
-                 the change it made (a window closed by the batch's watermark included).",
-            )
-            .buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-            ]),
-            &["view"],
-        )
-        .expect("valid metric definition");
-        registry
-            .register(Box::new(end_to_end_latency.clone()))
-            .expect("metric registered once");
+            .expect("valid metric definition");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("metric registered once");
+            h
+        };
+        let batch_latency = latency(
+            "weir_batch_latency_seconds",
+            "Time from a micro-batch's first row until its processing finished.",
+            "source",
+        );
+        let end_to_end_latency = latency(
+            "weir_end_to_end_latency_seconds",
+            "Time from a micro-batch's first record received until a view published \
+             the change it made (a window closed by the batch's watermark included).",
+            "view",
+        );
         let watermark = IntGaugeVec::new(
             Opts::new("weir_watermark_ms", "Current watermark of a source."),
             &["source"],

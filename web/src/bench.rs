@@ -118,8 +118,7 @@ pub fn nexmark(query: &str, events: u64, json: bool) -> anyhow::Result<()> {
 
 /// `weir bench file`: a view over a newline-delimited JSON file of Nexmark `table` rows.
 pub fn file(input: &Path, table: &str, query: &str, json: bool) -> anyhow::Result<()> {
-    let table_kind: Table = serde_json::from_value(serde_json::Value::String(table.into()))
-        .with_context(|| format!("no Nexmark table {table}: bid, person or auction"))?;
+    let table_kind = nexmark_table(table)?;
     let input = std::fs::canonicalize(input).with_context(|| format!("{}", input.display()))?;
     let (dir, name) = (
         input.parent().map(PathBuf::from).unwrap_or_default(),
@@ -153,6 +152,12 @@ pub fn file(input: &Path, table: &str, query: &str, json: bool) -> anyhow::Resul
     let mut figures = run(query, &[source], &view, config)?;
     figures.ceiling_events_per_second = decoder_ceiling(&input, table_kind)?;
     print(&figures, json)
+}
+
+/// A Nexmark table by the name SQL uses for it.
+fn nexmark_table(name: &str) -> anyhow::Result<Table> {
+    serde_json::from_value(serde_json::Value::String(name.into()))
+        .with_context(|| format!("no Nexmark table {name}: bid, person or auction"))
 }
 
 /// The first statement of a golden file (the view; the oracle follows).
@@ -251,7 +256,7 @@ fn generator_ceiling(tables: &[&str], events: u64) -> anyhow::Result<f64> {
     let start = Instant::now();
     let mut rows = 0u64;
     for t in tables {
-        let table: Table = serde_json::from_value(serde_json::Value::String(t.to_string()))?;
+        let table = nexmark_table(t)?;
         let mut g = Generator::new(GeneratorConfig {
             table,
             seed: 1,
