@@ -4,8 +4,8 @@
 # follows two views' server-sent event streams (benches/bin/latency.rs says what is
 # measured). Prints p50, p99 and max for a filter view and for a 1-second tumbling window,
 # then weir's own weir_end_to_end_latency_seconds histogram.
-# MAX_DELAY=100ms creates the source with that max_delay (default: the source default, 0).
-# Usage: [BIN=/path/to/weir] [MAX_DELAY=100ms] scripts/bench-latency.sh [events_per_second] [seconds]
+# MAX_DELAY=0ms creates the source with max_delay = '0ms' (default: the source default).
+# Usage: [BIN=/path/to/weir] [MAX_DELAY=0ms] scripts/bench-latency.sh [events_per_second] [seconds]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/weir-target}"

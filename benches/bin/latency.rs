@@ -35,7 +35,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let rate: u64 = args.get(2).map_or(Ok(100_000), |s| s.parse())?;
     let seconds: u64 = args.get(3).map_or(Ok(20), |s| s.parse())?;
     let client = reqwest::Client::new();
-    // MAX_DELAY=100ms: the source waits that long for more rows before a batch closes.
+    // MAX_DELAY=0ms: the source's batches close as soon as nothing more is queued.
     let max_delay = std::env::var("MAX_DELAY")
         .map(|d| format!(", max_delay = '{d}'"))
         .unwrap_or_default();

@@ -60,10 +60,13 @@ mod tests {
     }
 
     #[test]
-    fn by_default_a_batch_closes_once_nothing_more_is_queued() {
-        // The pipeline takes every chunk already queued, then asks: with the defaults a
+    fn without_a_delay_a_batch_closes_once_nothing_more_is_queued() {
+        // The pipeline takes every chunk already queued, then asks: with max_delay 0 a
         // batch with rows closes at once rather than waiting for more.
-        let p = BatchPolicy::new(BatchConfig::default());
+        let p = BatchPolicy::new(BatchConfig {
+            max_delay: Duration::ZERO,
+            ..BatchConfig::default()
+        });
         assert!(p.should_flush(1, Duration::ZERO));
         assert!(!p.should_flush(0, Duration::ZERO));
         assert_eq!(p.remaining(Duration::ZERO), Duration::ZERO);
