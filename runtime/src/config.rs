@@ -32,6 +32,16 @@ pub struct RuntimeConfig {
     /// joins it feeds (its watermark is left out of their minimum). Default 10s.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// Cores the work of sources and views is spread over: file sources decode this
+    /// many blocks at once, and keyed operators (aggregates) run in this many parallel
+    /// instances unless a view says otherwise (`WITH (parallelism = n)`). Default: the
+    /// number of cores.
+    pub parallelism: usize,
+}
+
+/// The number of cores this process may use (1 when it cannot be told).
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
 }
 
 impl RuntimeConfig {
@@ -55,6 +65,7 @@ impl Default for RuntimeConfig {
             checkpoints: CheckpointConfig::default(),
             files_dir: None,
             idle_timeout: Duration::from_secs(10),
+            parallelism: cores(),
         }
     }
 }

@@ -115,6 +115,14 @@ pub trait Operator: Send {
         Ok(None)
     }
 
+    /// Run the keyed work in `n` parallel instances, rows routed by a hash of their key;
+    /// returns the parallelism in effect (1 for an operator that runs serially). State
+    /// already held is routed anew, but group ids change: a view kept by group takes
+    /// its rows again ([`Operator::keyed_rows`]).
+    fn set_parallelism(&mut self, _n: usize) -> Result<usize> {
+        Ok(1)
+    }
+
     /// Bytes of state held, for status pages.
     fn state_size(&self) -> usize {
         0

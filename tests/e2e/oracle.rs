@@ -63,12 +63,30 @@ fn times(batch: &RecordBatch) -> Result<&TimestampMillisecondArray> {
         .context("date_time")
 }
 
+/// How a view is run: its keyed operators in `parallelism` instances, and, if
+/// `restored_in` is set, checkpointed halfway through its input batches and restored
+/// into a new operator in that many instances, which runs the rest.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    parallelism: usize,
+    restored_in: Option<usize>,
+}
+
+const SERIAL: Run = Run {
+    parallelism: 1,
+    restored_in: None,
+};
+
 /// Run the view incrementally, as the runtime drives it, with the pipeline's watermark
 /// rules ([`WatermarkedInputs`]); its rows at the end. Each input it reads is a source
 /// with its own watermark; batches arrive in event-time order across inputs (the
 /// pipeline's watermark alignment, made deterministic), and an input ends after its
 /// last batch.
-async fn stream(view: &str, tables: &BTreeMap<&str, Vec<RecordBatch>>) -> Result<Vec<RecordBatch>> {
+async fn stream(
+    view: &str,
+    tables: &BTreeMap<&str, Vec<RecordBatch>>,
+    run: Run,
+) -> Result<Vec<RecordBatch>> {
     let Statement::CreateView(view) = parse_statement(view)? else {
         bail!("not a CREATE MATERIALIZED VIEW")
     };
@@ -89,6 +107,7 @@ async fn stream(view: &str, tables: &BTreeMap<&str, Vec<RecordBatch>>) -> Result
         })
         .collect();
     let mut query = ContinuousQuery::plan(&view, &catalog).await?;
+    query.operator.set_parallelism(run.parallelism)?;
     let names: Vec<&String> = std::iter::once(&query.source)
         .chain(&query.other_sources)
         .collect();
@@ -104,10 +123,10 @@ async fn stream(view: &str, tables: &BTreeMap<&str, Vec<RecordBatch>>) -> Result
         ));
     }
     let mut marks = WatermarkedInputs::new(marks);
-    let op = query.operator.as_mut();
+    let mut op = query.operator;
     let mut rows = Vec::new();
     let mut by_group: Option<KeyedRows> = None;
-    let mut collect = |out: Collector| -> Result<()> {
+    let mut collect = |out: Collector, by_group: &mut Option<KeyedRows>| -> Result<()> {
         if !out.late.is_empty() || !out.failed.is_empty() {
             bail!("late or failed rows in an in-order stream");
         }
@@ -123,22 +142,37 @@ async fn stream(view: &str, tables: &BTreeMap<&str, Vec<RecordBatch>>) -> Result
     for (i, batches) in inputs.iter().enumerate() {
         if batches.is_empty() {
             let mut out = Collector::default();
-            marks.finish(op, i, &mut out)?;
-            collect(out)?;
+            marks.finish(op.as_mut(), i, &mut out)?;
+            collect(out, &mut by_group)?;
         }
     }
+    let mut driven = 0;
+    let halfway = inputs.iter().map(|i| i.len()).sum::<usize>() / 2;
     // The input whose next batch starts earliest, each time.
     while let Some(input) = (0..inputs.len())
         .filter(|&i| next[i] < inputs[i].len())
         .min_by_key(|&i| times(&inputs[i][next[i]]).ok().and_then(min))
     {
         let mut out = Collector::default();
-        marks.drive(op, input, &inputs[input][next[input]], &mut out)?;
+        marks.drive(op.as_mut(), input, &inputs[input][next[input]], &mut out)?;
         next[input] += 1;
         if next[input] == inputs[input].len() {
-            marks.finish(op, input, &mut out)?;
+            marks.finish(op.as_mut(), input, &mut out)?;
         }
-        collect(out)?;
+        collect(out, &mut by_group)?;
+        driven += 1;
+        if let Some(restored_in) = run.restored_in.filter(|_| driven == halfway) {
+            // A checkpoint, restored into a new operator at another parallelism.
+            let state = op.snapshot()?;
+            op = ContinuousQuery::plan(&view, &catalog).await?.operator;
+            op.set_parallelism(restored_in)?;
+            op.restore(&state)?;
+            if let Some(change) = op.keyed_rows()? {
+                let mut restored = KeyedRows::new(change.rows.schema());
+                restored.apply(&change)?;
+                by_group = Some(restored);
+            }
+        }
     }
     if let Some(view) = by_group {
         return Ok(vec![view.all()?.1]);
@@ -283,10 +317,29 @@ async fn golden_case(name: &str) -> Result<()> {
         .with_context(|| format!("{}: a `-- oracle` line", file.display()))?;
     let batches = shared_tables();
     let (streamed_header, streamed) = table(
-        &stream(view.trim(), batches)
+        &stream(view.trim(), batches, SERIAL)
             .await
             .with_context(|| file.display().to_string())?,
     )?;
+    // Keyed operators in 3 parallel instances, checkpointed halfway and restored in 2:
+    // the same rows as the serial, uninterrupted run.
+    let parallel = Run {
+        parallelism: 3,
+        restored_in: Some(2),
+    };
+    let (_, in_parallel) = table(
+        &stream(view.trim(), batches, parallel)
+            .await
+            .with_context(|| format!("{} in parallel", file.display()))?,
+    )?;
+    if in_parallel != streamed {
+        bail!(
+            "{name}: run in parallel and restored at another parallelism, the view ({} rows) differs from the serial run ({} rows)\n{streamed_header}\n{}",
+            in_parallel.len(),
+            streamed.len(),
+            row_difference(&in_parallel, &streamed)
+        );
+    }
     let (oracle_header, expected) = table(&oracle(oracle_sql.trim(), batches).await?)?;
     ensure!(!streamed.is_empty(), "{name}: the view produced no rows");
     ensure!(

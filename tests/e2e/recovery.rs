@@ -823,3 +823,143 @@ async fn a_file_source_resumes_at_its_byte_offset() -> Result<()> {
     assert_eq!(n, 20_010, "every line counted once");
     Ok(())
 }
+
+/// What EXPLAIN VIEW says of a view, as text.
+async fn explain(weir: &Weir, view: &str) -> Result<String> {
+    Ok(weir.exec(&format!("EXPLAIN VIEW {view}")).await?["rows"].to_string())
+}
+
+/// A view's rows from the API, each row as text, sorted.
+async fn sorted_rows(weir: &Weir, view: &str) -> Result<Vec<String>> {
+    let status = weir.get(&format!("/api/v1/views/{view}")).await?;
+    let mut rows: Vec<String> = status["rows"]
+        .as_array()
+        .ok_or_else(|| anyhow::anyhow!("no rows: {status}"))?
+        .iter()
+        .map(|r| r.to_string())
+        .collect();
+    rows.sort();
+    Ok(rows)
+}
+
+/// Keyed operators run in parallel instances (`runtime.parallelism` by default, or a
+/// view's own `parallelism`), giving the rows a serial view gives; a checkpoint taken
+/// at one parallelism restores at another with every record counted once.
+#[tokio::test]
+async fn a_checkpoint_taken_in_parallel_restores_at_another_parallelism() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let files = dir.path().join("files");
+    std::fs::create_dir(&files)?;
+    let config = dir.path().join("weir.toml");
+    let parallelism = |n: usize| std::fs::write(&config, format!("[runtime]\nparallelism = {n}\n"));
+    let config_arg = config.to_string_lossy().to_string();
+    let line = |i: i64| {
+        format!(
+            "{{\"id\":{i},\"user_id\":{},\"amount\":{i},\"ts\":{}}}\n",
+            i % 1013,
+            1_700_000_000_000 + i * 10
+        )
+    };
+    let (first, total) = (30_000, 40_000);
+    std::fs::write(
+        files.join("events.jsonl"),
+        (0..first).map(line).collect::<String>(),
+    )?;
+    parallelism(3)?;
+    let weir = Weir::start_in(dir, &["--config", &config_arg]).await?;
+    weir.exec(
+        "CREATE SOURCE events (id BIGINT, user_id BIGINT, amount BIGINT, ts TIMESTAMP, \
+         WATERMARK FOR ts AS ts - INTERVAL '1' SECOND) WITH (connector = 'file', path = 'events.jsonl')",
+    )
+    .await?;
+    let per_user =
+        "SELECT user_id, count(*) AS n, sum(amount) AS total FROM events GROUP BY user_id";
+    let windows = "SELECT window_start, user_id % 5 AS k, count(*) AS n, max(amount) AS top \
+                   FROM TUMBLE(events, ts, INTERVAL '1' SECOND) GROUP BY window_start, user_id % 5";
+    weir.exec(&format!("CREATE MATERIALIZED VIEW per_user AS {per_user}"))
+        .await?;
+    weir.exec(&format!(
+        "CREATE MATERIALIZED VIEW per_user_serial WITH (parallelism = 1) AS {per_user}"
+    ))
+    .await?;
+    weir.exec(&format!("CREATE MATERIALIZED VIEW windows AS {windows}"))
+        .await?;
+    weir.exec(&format!(
+        "CREATE MATERIALIZED VIEW windows_serial WITH (parallelism = 1) AS {windows}"
+    ))
+    .await?;
+    for view in ["per_user", "windows"] {
+        let text = explain(&weir, view).await?;
+        assert!(text.contains("in 3 parallel instances"), "{view}: {text}");
+    }
+    let text = explain(&weir, "per_user_serial").await?;
+    assert!(!text.contains("parallel instances"), "{text}");
+    let (code, body) = weir
+        .sql(&format!(
+            "CREATE MATERIALIZED VIEW bad WITH (parallelism = 0) AS {per_user}"
+        ))
+        .await?;
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("parallelism must be"),
+        "{body}"
+    );
+    weir.wait_finished("events").await?;
+    assert_eq!(
+        sorted_rows(&weir, "per_user").await?,
+        sorted_rows(&weir, "per_user_serial").await?
+    );
+    let windowed = sorted_rows(&weir, "windows").await?;
+    assert_eq!(windowed, sorted_rows(&weir, "windows_serial").await?);
+    assert_eq!(
+        windowed.len(),
+        300 * 5,
+        "30 s of one-second windows, 5 keys each"
+    );
+    let status = weir
+        .client
+        .post(format!("{}/api/v1/checkpoints", weir.url))
+        .send()
+        .await?
+        .status();
+    assert!(status.is_success(), "{status}");
+
+    // More records, and a restart at parallelism 1: the 3 instances' groups are routed
+    // into one.
+    let more: String = (first..total).map(line).collect();
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(weir.data_dir.path().join("files/events.jsonl"))?;
+    std::io::Write::write_all(&mut file, more.as_bytes())?;
+    parallelism(1)?;
+    let weir = weir.restart(&["--config", &config_arg]).await?;
+    weir.wait_finished("events").await?;
+    let status = weir.get("/api/v1/sources/events").await?;
+    assert_eq!(
+        status["records_in"],
+        total - first,
+        "the groups before come from the checkpoint: {status}"
+    );
+    assert!(
+        !explain(&weir, "per_user")
+            .await?
+            .contains("parallel instances")
+    );
+    let mut expected = std::collections::BTreeMap::<i64, (i64, i64)>::new();
+    for i in 0..total {
+        let e = expected.entry(i % 1013).or_default();
+        e.0 += 1;
+        e.1 += i;
+    }
+    let mut expected: Vec<String> = expected
+        .into_iter()
+        .map(|(user, (n, sum))| serde_json::json!([user, n, sum]).to_string())
+        .collect();
+    expected.sort();
+    assert_eq!(sorted_rows(&weir, "per_user").await?, expected);
+    assert_eq!(sorted_rows(&weir, "per_user_serial").await?, expected);
+    Ok(())
+}

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use rayon::prelude::*;
 use serde::Serialize;
 use weir_runtime::RuntimeConfig;
 use weir_runtime::decode::JsonDecoder;
@@ -71,6 +72,8 @@ const QUERIES: &[(&str, &[&str], &str)] = &[
 #[derive(Debug, Serialize)]
 pub struct Figures {
     pub query: String,
+    /// Cores the work was spread over (`runtime.parallelism`).
+    pub parallelism: usize,
     pub events: u64,
     pub seconds: f64,
     pub events_per_second: f64,
@@ -86,7 +89,13 @@ pub struct Figures {
 }
 
 /// `weir bench nexmark`.
-pub fn nexmark(query: &str, events: u64, json: bool) -> anyhow::Result<()> {
+pub fn nexmark(
+    query: &str,
+    events: u64,
+    parallelism: Option<usize>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let config = with_parallelism(RuntimeConfig::default(), parallelism);
     let chosen: Vec<_> = QUERIES
         .iter()
         .filter(|(name, _, _)| query == "all" || *name == query)
@@ -108,7 +117,7 @@ pub fn nexmark(query: &str, events: u64, json: bool) -> anyhow::Result<()> {
                 )
             })
             .collect();
-        let mut figures = run(name, &sources, view_of(file)?, RuntimeConfig::default())?;
+        let mut figures = run(name, &sources, view_of(file)?, config.clone())?;
         // After the run, in a process as warm as the run was.
         figures.ceiling_events_per_second = generator_ceiling(tables, events)?;
         print(&figures, json)?;
@@ -117,7 +126,13 @@ pub fn nexmark(query: &str, events: u64, json: bool) -> anyhow::Result<()> {
 }
 
 /// `weir bench file`: a view over a newline-delimited JSON file of Nexmark `table` rows.
-pub fn file(input: &Path, table: &str, query: &str, json: bool) -> anyhow::Result<()> {
+pub fn file(
+    input: &Path,
+    table: &str,
+    query: &str,
+    parallelism: Option<usize>,
+    json: bool,
+) -> anyhow::Result<()> {
     let table_kind = nexmark_table(table)?;
     let input = std::fs::canonicalize(input).with_context(|| format!("{}", input.display()))?;
     let (dir, name) = (
@@ -145,13 +160,25 @@ pub fn file(input: &Path, table: &str, query: &str, json: bool) -> anyhow::Resul
         "CREATE SOURCE {table} ({columns}, WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND) \
          WITH (connector = 'file', path = '{name}')"
     );
-    let config = RuntimeConfig {
-        files_dir: Some(dir),
-        ..RuntimeConfig::default()
-    };
+    let config = with_parallelism(
+        RuntimeConfig {
+            files_dir: Some(dir),
+            ..RuntimeConfig::default()
+        },
+        parallelism,
+    );
     let mut figures = run(query, &[source], &view, config)?;
     figures.ceiling_events_per_second = decoder_ceiling(&input, table_kind)?;
     print(&figures, json)
+}
+
+/// `config` spread over `parallelism` cores (default: every core). The worker pool is
+/// sized once per process, by the first engine.
+fn with_parallelism(config: RuntimeConfig, parallelism: Option<usize>) -> RuntimeConfig {
+    RuntimeConfig {
+        parallelism: parallelism.unwrap_or(config.parallelism).max(1),
+        ..config
+    }
 }
 
 /// A Nexmark table by the name SQL uses for it.
@@ -238,6 +265,7 @@ fn run(
         engine.shut_down();
         Ok(Figures {
             query: query.to_string(),
+            parallelism: rayon::current_num_threads(),
             events,
             seconds,
             events_per_second: events as f64 / seconds,
@@ -276,15 +304,20 @@ fn decoder_ceiling(input: &Path, table: Table) -> anyhow::Result<f64> {
     let data = std::fs::read(input)?;
     let decoder = JsonDecoder::new(table.schema());
     let start = Instant::now();
-    let mut rows = 0;
-    let mut lines = data
+    let lines: Vec<&[u8]> = data
         .split(|&b| b == b'\n')
         .filter(|l| !l.is_empty())
-        .peekable();
-    while lines.peek().is_some() {
-        let chunk: Vec<&[u8]> = lines.by_ref().take(8192).collect();
-        rows += decoder.decode_records(chunk).batch.num_rows();
-    }
+        .collect();
+    // On the worker threads, as the file source decodes.
+    let rows: usize = lines
+        .par_chunks(8192)
+        .map(|chunk| {
+            decoder
+                .decode_records(chunk.iter().copied())
+                .batch
+                .num_rows()
+        })
+        .sum();
     Ok(rows as f64 / start.elapsed().as_secs_f64())
 }
 
@@ -295,9 +328,10 @@ fn print(f: &Figures, json: bool) -> anyhow::Result<()> {
     }
     let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("<= {v} ms"));
     println!(
-        "{}: {} events in {:.2} s = {:.0} events/s; {:.2} cores used = {:.0} events/s per core; \
+        "{} (parallelism {}): {} events in {:.2} s = {:.0} events/s; {:.2} cores used = {:.0} events/s per core; \
          peak memory {:.0} MiB; latency p50 {}, p99 {}; ceiling (input alone) {:.0} events/s",
         f.query,
+        f.parallelism,
         f.events,
         f.seconds,
         f.events_per_second,

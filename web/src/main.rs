@@ -53,6 +53,9 @@ enum BenchCommand {
         /// Nexmark events per source.
         #[arg(long, default_value_t = 10_000_000)]
         events: u64,
+        /// Cores to spread the work over (default: every core).
+        #[arg(long)]
+        parallelism: Option<usize>,
         /// One JSON object per query instead of a line of text.
         #[arg(long)]
         json: bool,
@@ -69,6 +72,9 @@ enum BenchCommand {
         /// The Nexmark table the file holds: bid, person or auction.
         #[arg(long, default_value = "bid")]
         table: String,
+        /// Cores to spread the work over (default: every core).
+        #[arg(long)]
+        parallelism: Option<usize>,
         #[arg(long)]
         json: bool,
     },
@@ -109,18 +115,20 @@ fn main() -> ExitCode {
                 BenchCommand::Nexmark {
                     query,
                     events,
+                    parallelism,
                     json,
                 },
-        } => weir_web::bench::nexmark(&query, events, json),
+        } => weir_web::bench::nexmark(&query, events, parallelism, json),
         Command::Bench {
             command:
                 BenchCommand::File {
                     input,
                     sql,
                     table,
+                    parallelism,
                     json,
                 },
-        } => weir_web::bench::file(&input, &table, &sql, json),
+        } => weir_web::bench::file(&input, &table, &sql, parallelism, json),
         Command::Plugin {
             command: PluginCommand::New { name, dir, sdk },
         } => weir_web::scaffold::new_plugin(&name, &dir, sdk).map(|root| {

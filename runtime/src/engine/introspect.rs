@@ -15,9 +15,11 @@ impl Engine {
     pub(super) async fn explain_create_view(&self, v: &CreateView) -> Result<SqlOutput> {
         let mut v = v.clone();
         super::views::take_max_rows(&mut v, self.inner.config.view_max_rows)?;
-        let query =
+        let parallelism = super::views::take_parallelism(&mut v, self.inner.config.parallelism)?;
+        let mut query =
             ContinuousQuery::plan_with_functions(&v, &self.catalog(), &self.plugin_functions())
                 .await?;
+        super::views::parallelize(&mut query, parallelism)?;
         let n = query.operators.len() + 1;
         explain_rows(
             query

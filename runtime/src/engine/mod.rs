@@ -123,6 +123,7 @@ impl Engine {
         catalog_file: CatalogFile,
         checkpoints: CheckpointStore,
     ) -> Self {
+        spread_over_cores(config.parallelism);
         let engine = Self {
             inner: Arc::new(Inner {
                 config,
@@ -309,5 +310,18 @@ pub(super) fn missing(if_exists: bool, message: String) -> Result<SqlOutput> {
         Ok(SqlOutput::Done { message })
     } else {
         Err(Error::NotFound(message))
+    }
+}
+
+/// Size the pool of worker threads that parallel work (decoding blocks, keyed operator
+/// instances) runs on. The pool is process-wide and sized once: a later engine in the
+/// same process (tests) shares the first one's.
+fn spread_over_cores(parallelism: usize) {
+    let built = rayon::ThreadPoolBuilder::new()
+        .num_threads(parallelism.max(1))
+        .thread_name(|i| format!("weir-worker-{i}"))
+        .build_global();
+    if built.is_ok() {
+        tracing::info!(parallelism, "worker threads started");
     }
 }

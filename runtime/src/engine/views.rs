@@ -16,6 +16,7 @@ impl Engine {
     pub(super) async fn create_view(&self, mut v: CreateView, sql: &str) -> Result<SqlOutput> {
         let name = v.name.clone();
         let max_rows = take_max_rows(&mut v, self.inner.config.view_max_rows)?;
+        let parallelism = take_parallelism(&mut v, self.inner.config.parallelism)?;
         if self.name_taken(&name) {
             if v.if_not_exists && self.inner.views.contains_key(&name) {
                 return Ok(SqlOutput::Done {
@@ -34,9 +35,10 @@ impl Engine {
             }
         }
         let table_names: Vec<String> = tables.keys().cloned().collect();
-        let query =
+        let mut query =
             ContinuousQuery::plan_with(&v, &self.catalog(), &self.plugin_functions(), &tables)
                 .await?;
+        parallelize(&mut query, parallelism)?;
         let mut plugins = self.plugins_called_by(&v.query);
         let mut operators = query.operators.clone();
         // A view over a stream runs on the stream's source, behind the stream's transform.
@@ -224,6 +226,40 @@ pub(super) fn take_max_rows(v: &mut CreateView, default: usize) -> Result<Option
         Some(text) => parse_row_limit(&text)
             .map_err(|e| Error::BadRequest(format!("view {}: max_rows {e}", v.name))),
     }
+}
+
+/// Take the view's `parallelism` option out of its options: how many parallel instances
+/// its keyed operators run in (`default` when not given).
+pub(super) fn take_parallelism(v: &mut CreateView, default: usize) -> Result<usize> {
+    let Some(text) = v.options.remove("parallelism") else {
+        return Ok(default.max(1));
+    };
+    match text.trim().parse::<usize>() {
+        Ok(n @ 1..=MAX_PARALLELISM) => Ok(n),
+        _ => Err(Error::BadRequest(format!(
+            "view {}: parallelism must be a number of instances from 1 to {MAX_PARALLELISM}, not '{text}'",
+            v.name
+        ))),
+    }
+}
+
+/// More instances than any machine has cores for is a mistake, not a setting.
+const MAX_PARALLELISM: usize = 1024;
+
+/// Run the query's keyed operators in `n` parallel instances; EXPLAIN's aggregate line
+/// says how many run (an aggregate without a key to route by runs serially).
+pub(super) fn parallelize(query: &mut ContinuousQuery, n: usize) -> Result<()> {
+    let used = query.operator.set_parallelism(n)?;
+    if n > 1
+        && let Some((_, detail)) = query.operators.iter_mut().find(|(op, _)| op == "aggregate")
+    {
+        detail.push_str(&if used > 1 {
+            format!("; in {used} parallel instances, rows routed by a hash of the group key")
+        } else {
+            "; serially (no group key beside the window to route rows by)".to_string()
+        });
+    }
+    Ok(())
 }
 
 /// A limit on rows: a positive number (`_` allowed between digits), or `'unbounded'`

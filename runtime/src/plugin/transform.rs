@@ -96,6 +96,10 @@ impl Operator for TransformThen {
         self.then.keyed_rows()
     }
 
+    fn set_parallelism(&mut self, n: usize) -> weir_sql::Result<usize> {
+        self.then.set_parallelism(n)
+    }
+
     fn state_size(&self) -> usize {
         self.then.state_size()
     }

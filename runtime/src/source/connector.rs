@@ -241,6 +241,32 @@ pub struct Feed {
 }
 
 impl Feed {
+    /// A feed into a channel of `capacity` chunks that nothing else reads, with its own
+    /// in-memory dead-letter store, active at once (connectors' unit tests).
+    #[cfg(test)]
+    pub fn for_test(
+        schema: SchemaRef,
+        capacity: usize,
+    ) -> (Self, std::sync::mpsc::Receiver<Chunk>, Arc<DeadLetterStore>) {
+        let (tx, rx) = std::sync::mpsc::sync_channel(capacity);
+        let counter = || IntCounter::new("c", "c").expect("counter");
+        let dead_letters = Arc::new(DeadLetterStore::open(None, 10).expect("store"));
+        let feed = Feed {
+            source: "f".into(),
+            schema,
+            tx,
+            stop: Arc::new(AtomicBool::new(false)),
+            active: Arc::new(AtomicBool::new(true)),
+            records_in: counter(),
+            dead_letter_count: counter(),
+            dead_letters: dead_letters.clone(),
+            chunk_rows: 4096,
+            lag: IntGaugeVec::new(prometheus::Opts::new("l", "l"), &["source", "partition"])
+                .expect("gauge"),
+        };
+        (feed, rx, dead_letters)
+    }
+
     pub fn stopped(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
     }

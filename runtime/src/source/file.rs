@@ -2,6 +2,10 @@
 //! source: the final watermark closes every window). Its position is the byte offset
 //! after the last line read, so a restart from a checkpoint reads on from there.
 //!
+//! The file is read in blocks of whole lines; up to `runtime.parallelism` blocks are
+//! decoded at once on the worker threads and sent in file order, so rows keep their
+//! order and each chunk's position is exact.
+//!
 //! Paths are relative to `runtime.files-dir` (default `<data-dir>/files`) and may not
 //! leave it: SQL users must not be able to read any file the server can.
 
@@ -16,8 +20,9 @@ use serde::Deserialize;
 use super::connector::{Connector, Feed, SourceDef};
 use crate::checkpoint::Position;
 use crate::deadletter::NewDeadLetter;
-use crate::decode::JsonDecoder;
+use crate::decode::{Decoded, JsonDecoder};
 use crate::{Error, Result};
+use rayon::prelude::*;
 
 /// Options of `WITH (connector = 'file', ...)` beyond the common ones.
 #[derive(Debug, Deserialize)]
@@ -31,6 +36,7 @@ struct FileOptions {
 pub struct FileSource {
     path: PathBuf,
     schema: SchemaRef,
+    parallelism: usize,
 }
 
 pub fn open(def: &SourceDef) -> Result<Box<dyn Connector>> {
@@ -49,6 +55,7 @@ pub fn open(def: &SourceDef) -> Result<Box<dyn Connector>> {
     Ok(Box::new(FileSource {
         path: resolve(&files_dir, &path)?,
         schema: Arc::new(Schema::new(def.declared_columns()?.to_vec())),
+        parallelism: def.config.parallelism.max(1),
     }))
 }
 
@@ -62,6 +69,8 @@ impl Connector for FileSource {
             path: self.path.clone(),
             start: resume.and_then(|p| p.offset(POSITION)).unwrap_or(0),
             decoder: JsonDecoder::new(self.schema.clone()),
+            parallelism: self.parallelism,
+            block_bytes: READ_BYTES,
             feed,
         };
         std::thread::Builder::new()
@@ -110,7 +119,18 @@ struct FileReader {
     path: PathBuf,
     start: u64,
     decoder: JsonDecoder,
+    /// Blocks decoded at once.
+    parallelism: usize,
+    /// Bytes read per block (the block ends at its last complete line).
+    block_bytes: usize,
     feed: Feed,
+}
+
+/// Whole lines of the file and the byte range they came from.
+struct Block {
+    lines: Vec<u8>,
+    from: u64,
+    end: u64,
 }
 
 impl FileReader {
@@ -122,39 +142,63 @@ impl FileReader {
         file.seek(SeekFrom::Start(self.start))?;
         let mut offset = self.start;
         let mut carry: Vec<u8> = Vec::new();
-        let mut block = vec![0u8; READ_BYTES];
-        loop {
+        let mut block = vec![0u8; self.block_bytes];
+        let mut at_end = false;
+        while !at_end {
             if self.feed.stopped() {
                 return Ok(());
             }
-            let n = file.read(&mut block)?;
-            let at_end = n == 0;
-            carry.extend_from_slice(&block[..n]);
-            // Whole lines only; at the end, a last line without a newline too.
-            let take = if at_end {
-                carry.len()
-            } else {
-                match carry.iter().rposition(|&b| b == b'\n') {
-                    Some(i) => i + 1,
-                    None => continue,
+            // Up to `parallelism` blocks of whole lines (at the end, a last line
+            // without a newline too).
+            let mut blocks = Vec::with_capacity(self.parallelism);
+            while blocks.len() < self.parallelism && !at_end {
+                let n = file.read(&mut block)?;
+                at_end = n == 0;
+                carry.extend_from_slice(&block[..n]);
+                let take = if at_end {
+                    carry.len()
+                } else {
+                    match carry.iter().rposition(|&b| b == b'\n') {
+                        Some(i) => i + 1,
+                        None => continue,
+                    }
+                };
+                let lines: Vec<u8> = carry.drain(..take).collect();
+                let end = offset + lines.len() as u64;
+                // A blank block is not sent: its bytes are re-read after a restart.
+                if lines.iter().any(|b| !b.is_ascii_whitespace()) {
+                    blocks.push(Block {
+                        lines,
+                        from: offset,
+                        end,
+                    });
                 }
-            };
-            let lines: Vec<u8> = carry.drain(..take).collect();
-            let end = offset + lines.len() as u64;
-            if lines.iter().any(|b| !b.is_ascii_whitespace()) && !self.send(&lines, offset, end) {
-                return Ok(());
+                offset = end;
             }
-            offset = end;
-            if at_end {
-                self.feed.end();
-                return Ok(());
+            // Decoded side by side, sent in file order.
+            let decoded: Vec<Decoded> = if blocks.len() > 1 {
+                blocks
+                    .par_iter()
+                    .map(|b| self.decoder.decode(&b.lines))
+                    .collect()
+            } else {
+                blocks
+                    .iter()
+                    .map(|b| self.decoder.decode(&b.lines))
+                    .collect()
+            };
+            for (b, decoded) in blocks.iter().zip(decoded) {
+                if !self.send(decoded, b.from, b.end) {
+                    return Ok(());
+                }
             }
         }
+        self.feed.end();
+        Ok(())
     }
 
-    /// Decode and send the lines at `from..end`; false once the pipeline is gone.
-    fn send(&self, lines: &[u8], from: u64, end: u64) -> bool {
-        let decoded = self.decoder.decode(lines);
+    /// Send the decoded lines at `from..end`; false once the pipeline is gone.
+    fn send(&self, decoded: Decoded, from: u64, end: u64) -> bool {
         self.feed.dead_letter(decoded.rejected.into_iter().map(|r| {
             NewDeadLetter {
                 source: self.feed.source.clone(),
@@ -177,39 +221,28 @@ impl FileReader {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::AtomicBool;
-    use std::sync::mpsc::sync_channel;
-
     use datafusion::arrow::array::{AsArray, RecordBatch};
     use datafusion::arrow::datatypes::{DataType, Field, Int64Type};
-    use prometheus::{IntCounter, IntGaugeVec, Opts};
 
     use super::*;
-    use crate::deadletter::DeadLetterStore;
     use crate::source::Chunk;
 
     fn read(dir: &Path, start: u64) -> (Vec<i64>, Vec<u64>, usize) {
+        read_in_blocks(dir, start, READ_BYTES)
+    }
+
+    /// The ids read, each chunk's end offset (`u64::MAX` for the end) and the dead
+    /// letters, reading `block_bytes` at a time, 3 blocks decoded at once.
+    fn read_in_blocks(dir: &Path, start: u64, block_bytes: usize) -> (Vec<i64>, Vec<u64>, usize) {
         let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
-        let (tx, rx) = sync_channel(16);
-        let counter = || IntCounter::new("c", "c").expect("counter");
-        let dead_letters = Arc::new(DeadLetterStore::open(None, 10).expect("store"));
+        let (feed, rx, dead_letters) = Feed::for_test(schema.clone(), 4096);
         FileReader {
             path: resolve(dir, "records.jsonl").expect("inside"),
             start,
-            decoder: JsonDecoder::new(schema.clone()),
-            feed: Feed {
-                source: "f".into(),
-                schema,
-                tx,
-                stop: Arc::new(AtomicBool::new(false)),
-                active: Arc::new(AtomicBool::new(true)),
-                records_in: counter(),
-                dead_letter_count: counter(),
-                dead_letters: dead_letters.clone(),
-                chunk_rows: 4096,
-                lag: IntGaugeVec::new(Opts::new("l", "l"), &["source", "partition"])
-                    .expect("gauge"),
-            },
+            decoder: JsonDecoder::new(schema),
+            parallelism: 3,
+            block_bytes,
+            feed,
         }
         .run()
         .expect("reads");
@@ -252,6 +285,46 @@ mod tests {
         let (ids, _, bad) = read(dir.path(), "{\"id\":1}\n{\"id\":\"bad\"}\n".len() as u64);
         assert_eq!(ids, vec![3, 4]);
         assert_eq!(bad, 0);
+    }
+
+    #[test]
+    fn blocks_decoded_side_by_side_keep_the_file_order_and_exact_offsets() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut text = String::new();
+        let mut line_ends = Vec::new();
+        for id in 0..500 {
+            if id % 97 == 13 {
+                text.push_str("{\"id\":\"bad\"}\n");
+            }
+            text.push_str(&format!("{{\"id\":{id}}}\n"));
+            line_ends.push(text.len() as u64);
+        }
+        std::fs::write(dir.path().join("records.jsonl"), &text).expect("write");
+        // Blocks of about 3 lines, decoded 3 at a time.
+        let (ids, ends, bad) = read_in_blocks(dir.path(), 0, 40);
+        assert_eq!(
+            ids,
+            (0..500).collect::<Vec<i64>>(),
+            "every row once, in order"
+        );
+        assert_eq!(bad, 6);
+        assert!(ends.len() > 100, "many blocks: {}", ends.len());
+        assert_eq!(ends.last(), Some(&u64::MAX));
+        let offsets = &ends[..ends.len() - 1];
+        assert!(
+            offsets.windows(2).all(|w| w[0] < w[1]),
+            "positions only grow"
+        );
+        assert!(
+            offsets.iter().all(|o| line_ends.contains(o)),
+            "every position is the end of a line"
+        );
+        assert_eq!(offsets.last(), Some(&(text.len() as u64)));
+        // Resumed from a block's end: exactly the rows after it.
+        let resume = offsets[offsets.len() / 2];
+        let (rest, _, _) = read_in_blocks(dir.path(), resume, 40);
+        let before = line_ends.iter().filter(|&&e| e <= resume).count() as i64;
+        assert_eq!(rest, (before..500).collect::<Vec<i64>>());
     }
 
     #[test]

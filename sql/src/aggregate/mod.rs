@@ -10,6 +10,7 @@
 //! (GROUP BY without a window) keeps one state and re-emits the groups each batch changes.
 
 pub mod keyed;
+pub mod shards;
 pub mod updating;
 pub mod windowed;
 
@@ -26,6 +27,7 @@ use datafusion::physical_plan::aggregates::order::GroupOrdering;
 
 use crate::planner::steps::Steps;
 use crate::{Error, Result};
+use shards::{Router, each_shard, take_rows};
 
 pub use keyed::{KeyedChange, KeyedRows};
 pub use updating::UpdatingAggregate;
@@ -69,12 +71,17 @@ pub struct GroupedPlan {
     pub aggregate_schema: SchemaRef,
     /// From the aggregate's output to the view's rows.
     pub post: Steps,
+    /// Keyed parallel instances: the state is split into this many shards by a hash of
+    /// the group key, worked on by as many cores (see [`shards`]). 1 runs serially.
+    pub shards: usize,
 }
 
 /// Keys and aggregate arguments of some input rows, evaluated and ready to fold in.
+#[derive(Clone)]
 pub struct Prepared {
     keys: Vec<ArrayRef>,
     arguments: Vec<(Vec<ArrayRef>, Option<BooleanArray>)>,
+    rows: usize,
 }
 
 impl GroupedPlan {
@@ -96,14 +103,20 @@ impl GroupedPlan {
             };
             arguments.push((values, filter));
         }
-        Ok(Some(Prepared { keys, arguments }))
+        Ok(Some(Prepared {
+            keys,
+            arguments,
+            rows,
+        }))
     }
 
-    /// An empty state for this aggregation.
+    /// An empty state for this aggregation, in [`GroupedPlan::shards`] shards.
     pub fn new_state(&self) -> Result<GroupState> {
         Ok(GroupState {
-            groups: new_group_values(self.group_schema.clone(), &GroupOrdering::None)?,
-            accumulators: self.accumulators()?,
+            shards: (0..self.shards.max(1))
+                .map(|_| Shard::new(self))
+                .collect::<Result<_>>()?,
+            router: Router::new(self.shards),
         })
     }
 
@@ -165,25 +178,139 @@ impl GroupedPlan {
     }
 }
 
-/// The groups and accumulators of one aggregation (one window, or the whole stream).
+/// The groups and accumulators of one aggregation (one window, or the whole stream),
+/// split into shards by group key (one shard unless the plan asks for more).
 pub struct GroupState {
-    groups: Box<dyn GroupValues>,
-    accumulators: Vec<Box<dyn GroupsAccumulator>>,
+    shards: Vec<Shard>,
+    router: Router,
 }
 
 impl GroupState {
-    /// Fold prepared rows in; `indices` receives each row's group index.
-    pub fn fold(&mut self, prepared: &Prepared, indices: &mut Vec<usize>) -> Result<()> {
-        self.groups.intern(&prepared.keys, indices)?;
-        let total_groups = self.groups.len();
-        for (acc, (values, filter)) in self.accumulators.iter_mut().zip(&prepared.arguments) {
-            acc.update_batch(values, indices, filter.as_ref(), total_groups)?;
+    /// Fold prepared rows in, each shard its own rows on its own core.
+    pub fn fold(&mut self, prepared: &Prepared) -> Result<()> {
+        if let [shard] = &mut self.shards[..] {
+            return shard.fold(prepared);
         }
+        let parts = prepared.route(&mut self.router)?;
+        each_shard(&mut self.shards, parts, |shard, part| match part {
+            Some(part) => shard.fold(&part),
+            None => Ok(()),
+        })?;
         Ok(())
     }
 
     /// Emit every group (keys, then final values) and reset the state.
     pub fn emit(&mut self, schema: &SchemaRef) -> Result<RecordBatch> {
+        let parts = vec![(); self.shards.len()];
+        let batches = each_shard(&mut self.shards, parts, |shard, ()| shard.emit(schema))?;
+        concat(schema, batches)
+    }
+
+    /// Every group's keys and current values, leaving the state as it was.
+    pub fn read(&mut self, plan: &GroupedPlan) -> Result<RecordBatch> {
+        let parts = vec![(); self.shards.len()];
+        let batches = each_shard(&mut self.shards, parts, |shard, ()| shard.read(plan))?;
+        concat(&plan.aggregate_schema, batches)
+    }
+
+    /// The state in DataFusion's intermediate form, for a checkpoint: the group keys,
+    /// then each aggregate's state columns (what a partial aggregation hands to a final
+    /// one), every shard's groups together. The state stays as it was.
+    pub fn snapshot(&mut self, plan: &GroupedPlan) -> Result<Vec<ArrayRef>> {
+        let parts = vec![(); self.shards.len()];
+        let shards = each_shard(&mut self.shards, parts, |shard, ()| shard.snapshot(plan))?;
+        concat_columns(shards)
+    }
+
+    /// A state from the columns of [`GroupState::snapshot`], taken at any parallelism:
+    /// the groups are routed to this plan's shards by key.
+    pub fn restore(plan: &GroupedPlan, columns: &[ArrayRef]) -> Result<Self> {
+        let mut state = plan.new_state()?;
+        if let [shard] = &mut state.shards[..] {
+            *shard = Shard::restore(plan, columns)?;
+            return Ok(state);
+        }
+        let (keys, _) = plan.split_state(columns)?;
+        let rows = columns.first().map_or(0, |c| c.len());
+        let parts = state.router.route(keys, rows)?;
+        each_shard(&mut state.shards, parts, |shard, part| {
+            *shard = Shard::restore(plan, &take_rows(columns, &part)?)?;
+            Ok(())
+        })?;
+        Ok(state)
+    }
+
+    /// Bytes held by the groups and accumulators.
+    pub fn size(&self) -> usize {
+        self.shards.iter().map(Shard::size).sum()
+    }
+
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.groups.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The shards' batches as one.
+fn concat(schema: &SchemaRef, batches: Vec<RecordBatch>) -> Result<RecordBatch> {
+    match <[RecordBatch; 1]>::try_from(batches) {
+        Ok([one]) => Ok(one),
+        Err(batches) => Ok(datafusion::arrow::compute::concat_batches(
+            schema, &batches,
+        )?),
+    }
+}
+
+/// The shards' columns as one set of columns.
+pub(crate) fn concat_columns(shards: Vec<Vec<ArrayRef>>) -> Result<Vec<ArrayRef>> {
+    let mut shards = shards.into_iter();
+    let Some(first) = shards.next() else {
+        return Ok(Vec::new());
+    };
+    let rest: Vec<Vec<ArrayRef>> = shards.collect();
+    if rest.is_empty() {
+        return Ok(first);
+    }
+    (0..first.len())
+        .map(|c| {
+            let arrays: Vec<&dyn Array> = std::iter::once(first[c].as_ref())
+                .chain(rest.iter().map(|s| s[c].as_ref()))
+                .collect();
+            Ok(datafusion::arrow::compute::concat(&arrays)?)
+        })
+        .collect()
+}
+
+/// One shard's groups and accumulators.
+struct Shard {
+    groups: Box<dyn GroupValues>,
+    accumulators: Vec<Box<dyn GroupsAccumulator>>,
+    /// Scratch: each folded row's group index.
+    indices: Vec<usize>,
+}
+
+impl Shard {
+    fn new(plan: &GroupedPlan) -> Result<Self> {
+        Ok(Self {
+            groups: new_group_values(plan.group_schema.clone(), &GroupOrdering::None)?,
+            accumulators: plan.accumulators()?,
+            indices: Vec::new(),
+        })
+    }
+
+    fn fold(&mut self, prepared: &Prepared) -> Result<()> {
+        self.groups.intern(&prepared.keys, &mut self.indices)?;
+        let total_groups = self.groups.len();
+        for (acc, (values, filter)) in self.accumulators.iter_mut().zip(&prepared.arguments) {
+            acc.update_batch(values, &self.indices, filter.as_ref(), total_groups)?;
+        }
+        Ok(())
+    }
+
+    fn emit(&mut self, schema: &SchemaRef) -> Result<RecordBatch> {
         let mut columns = self.groups.emit(EmitTo::All)?;
         for acc in &mut self.accumulators {
             columns.push(acc.evaluate(EmitTo::All)?);
@@ -191,17 +318,17 @@ impl GroupState {
         Ok(RecordBatch::try_new(schema.clone(), columns)?)
     }
 
-    /// Every group's keys and current values, leaving the state as it was.
-    ///
-    /// DataFusion 55's accumulators have no non-destructive read, so this drains the state
-    /// and rebuilds it from its intermediate form (`state` -> `merge_batch`): O(groups).
-    pub fn read(&mut self, plan: &GroupedPlan, indices: &mut Vec<usize>) -> Result<RecordBatch> {
+    /// DataFusion 55's accumulators have no non-destructive read, so this drains the
+    /// shard and rebuilds it from its intermediate form (`state` -> `merge_batch`):
+    /// O(groups).
+    fn read(&mut self, plan: &GroupedPlan) -> Result<RecordBatch> {
         let (keys, states) = self.drain()?;
-        *self = Self::rebuild(plan, &keys, &states, indices)?;
+        *self = Self::rebuild(plan, &keys, &states)?;
         // `indices` maps each group's old index to its new one: 0..n again, unless two
         // keys' hashes collided while interning. Values come out by new index, so the
         // keys are put in that order too.
-        let n = self.len();
+        let indices = &self.indices;
+        let n = self.groups.len();
         let keys = if is_identity(indices) {
             keys
         } else {
@@ -215,7 +342,7 @@ impl GroupState {
                 .collect::<std::result::Result<_, _>>()?
         };
         let mut columns: Vec<ArrayRef> = keys;
-        for (mut out, state) in plan.new_state()?.accumulators.into_iter().zip(&states) {
+        for (mut out, state) in plan.accumulators()?.into_iter().zip(&states) {
             out.merge_batch(state, indices, n)?;
             columns.push(out.evaluate(EmitTo::All)?);
         }
@@ -225,30 +352,18 @@ impl GroupState {
         )?)
     }
 
-    /// The state in DataFusion's intermediate form, for a checkpoint: the group keys,
-    /// then each aggregate's state columns (what a partial aggregation hands to a final
-    /// one). The state stays as it was.
-    pub fn snapshot(
-        &mut self,
-        plan: &GroupedPlan,
-        indices: &mut Vec<usize>,
-    ) -> Result<Vec<ArrayRef>> {
+    fn snapshot(&mut self, plan: &GroupedPlan) -> Result<Vec<ArrayRef>> {
         let (keys, states) = self.drain()?;
-        *self = Self::rebuild(plan, &keys, &states, indices)?;
+        *self = Self::rebuild(plan, &keys, &states)?;
         Ok(keys
             .into_iter()
             .chain(states.into_iter().flatten())
             .collect())
     }
 
-    /// A state from the columns of [`GroupState::snapshot`].
-    pub fn restore(
-        plan: &GroupedPlan,
-        columns: &[ArrayRef],
-        indices: &mut Vec<usize>,
-    ) -> Result<Self> {
+    fn restore(plan: &GroupedPlan, columns: &[ArrayRef]) -> Result<Self> {
         let (keys, states) = plan.split_state(columns)?;
-        Self::rebuild(plan, keys, &states, indices)
+        Self::rebuild(plan, keys, &states)
     }
 
     /// Take the keys and each accumulator's intermediate state out, leaving it empty.
@@ -262,34 +377,21 @@ impl GroupState {
         Ok((keys, states))
     }
 
-    /// A state holding exactly `keys` (unique) with the given intermediate states.
-    fn rebuild(
-        plan: &GroupedPlan,
-        keys: &[ArrayRef],
-        states: &[Vec<ArrayRef>],
-        indices: &mut Vec<usize>,
-    ) -> Result<Self> {
-        let mut state = plan.new_state()?;
+    /// A shard holding exactly `keys` (unique) with the given intermediate states;
+    /// `indices` maps each key to its group.
+    fn rebuild(plan: &GroupedPlan, keys: &[ArrayRef], states: &[Vec<ArrayRef>]) -> Result<Self> {
+        let mut shard = Self::new(plan)?;
         // Unique keys into empty group values get the indices 0..n, in order.
-        state.groups.intern(keys, indices)?;
-        let n = state.len();
-        for (acc, columns) in state.accumulators.iter_mut().zip(states) {
-            acc.merge_batch(columns, indices, n)?;
+        shard.groups.intern(keys, &mut shard.indices)?;
+        let n = shard.groups.len();
+        for (acc, columns) in shard.accumulators.iter_mut().zip(states) {
+            acc.merge_batch(columns, &shard.indices, n)?;
         }
-        Ok(state)
+        Ok(shard)
     }
 
-    /// Bytes held by the groups and accumulators.
-    pub fn size(&self) -> usize {
+    fn size(&self) -> usize {
         self.groups.size() + self.accumulators.iter().map(|a| a.size()).sum::<usize>()
-    }
-
-    pub fn len(&self) -> usize {
-        self.groups.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.groups.is_empty()
     }
 }
 

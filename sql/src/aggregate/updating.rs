@@ -17,24 +17,39 @@ use datafusion::physical_plan::aggregates::group_values::{GroupValues, new_group
 use datafusion::physical_plan::aggregates::order::GroupOrdering;
 use std::sync::Arc;
 
-use super::{GroupedPlan, KeyedChange, KeyedRows};
+use super::shards::{Router, each_shard, take_rows};
+use super::{GroupedPlan, KeyedChange, KeyedRows, Prepared};
 use crate::operator::{Collector, Operator};
 use crate::{Error, Result};
 
 /// The running operator of an updating (unwindowed) aggregate view.
 pub struct UpdatingAggregate {
     plan: GroupedPlan,
-    /// Group key -> group id, for every group seen.
-    groups: Box<dyn GroupValues>,
-    /// By group id: the group's keys, then each aggregate's intermediate state.
-    states: KeyedRows,
+    /// The groups, split by a hash of their key ([`GroupedPlan::shards`]). Group `g` of
+    /// shard `s` of `n` has the id `g * n + s` in the view.
+    shards: Vec<Shard>,
+    router: Router,
     /// Whether some aggregate's state holds values of variable size (lists, strings,
     /// bytes): a touched group then costs in proportion to its state.
     state_grows: bool,
+}
+
+/// One shard's groups and their states.
+struct Shard {
+    /// Group key -> group index, for every group seen.
+    groups: Box<dyn GroupValues>,
+    /// By group index: the group's keys, then each aggregate's intermediate state.
+    states: KeyedRows,
     /// Scratch: each input row's group in its batch.
     row_groups: Vec<usize>,
-    /// Scratch: each of a batch's groups' id.
+    /// Scratch: each of a batch's groups' index.
     ids: Vec<usize>,
+}
+
+/// What one shard made of a batch: the groups it touched (view ids) and their rows.
+struct Touched {
+    ids: Vec<u32>,
+    aggregated: RecordBatch,
 }
 
 impl UpdatingAggregate {
@@ -58,11 +73,9 @@ impl UpdatingAggregate {
             });
         }
         Ok(Self {
-            groups: new_group_values(plan.group_schema.clone(), &GroupOrdering::None)?,
-            states: KeyedRows::new(state_schema(&plan)?),
+            shards: new_shards(&plan)?,
+            router: Router::new(plan.shards),
             state_grows,
-            row_groups: Vec::new(),
-            ids: Vec::new(),
             plan,
         })
     }
@@ -88,19 +101,156 @@ impl Operator for UpdatingAggregate {
         let Some(prepared) = self.plan.prepare(batch.clone())? else {
             return Ok(());
         };
+        let n = self.shards.len();
+        let parts = if n == 1 {
+            vec![Some(prepared)]
+        } else {
+            prepared.route(&mut self.router)?
+        };
         let plan = &self.plan;
-        // The batch's own groups, 0..k: O(rows).
+        let touched = each_shard(&mut self.shards, parts, |shard, part| match part {
+            Some(part) => shard.fold(plan, &part).map(Some),
+            None => Ok(None),
+        })?;
+        for (s, touched) in touched.into_iter().enumerate() {
+            let Some(Touched { ids, aggregated }) = touched else {
+                continue;
+            };
+            let ids = view_ids(&ids, s, n)?;
+            // A failure here leaves the groups' rows as they were until they change
+            // again; their new values are dead-lettered.
+            match plan.post.apply_keyed(aggregated.clone(), ids.clone()) {
+                Ok((rows, kept)) => out.keyed(KeyedChange {
+                    touched: ids,
+                    ids: kept,
+                    rows,
+                }),
+                Err(e) => out.failed(
+                    aggregated,
+                    format!("updated groups could not be finished: {e}"),
+                ),
+            }
+        }
+        Ok(())
+    }
+
+    /// Every shard's groups together, as one batch (the same at any parallelism).
+    fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {
+        let mut columns: Vec<Vec<ArrayRef>> = Vec::with_capacity(self.shards.len());
+        for shard in &self.shards {
+            columns.push(shard.states.all()?.1.columns().to_vec());
+        }
+        Ok(vec![super::state_batch(super::concat_columns(columns)?)?])
+    }
+
+    fn restore(&mut self, state: &[RecordBatch]) -> Result<()> {
+        let columns = match state {
+            [] => None,
+            [batch] => Some(batch.columns()),
+            _ => {
+                return Err(Error::Execution(format!(
+                    "an updating aggregate's checkpoint is one batch, not {}",
+                    state.len()
+                )));
+            }
+        };
+        self.shards = new_shards(&self.plan)?;
+        let Some(columns) = columns else {
+            return Ok(());
+        };
+        let (keys, _) = self.plan.split_state(columns)?;
+        let rows = columns.first().map_or(0, |c| c.len());
+        let parts = self.router.route(keys, rows)?;
+        let plan = &self.plan;
+        each_shard(&mut self.shards, parts, |shard, part| {
+            let columns = if part.len() == rows {
+                columns.to_vec()
+            } else {
+                take_rows(columns, &part)?
+            };
+            shard.restore(plan, &columns)
+        })?;
+        Ok(())
+    }
+
+    /// Every group's row now, as one change (a restored view's rows).
+    fn keyed_rows(&mut self) -> Result<Option<KeyedChange>> {
+        let n = self.shards.len();
+        let (mut touched, mut kept, mut batches) = (Vec::new(), Vec::new(), Vec::new());
+        for (s, shard) in self.shards.iter().enumerate() {
+            let (ids, states) = shard.states.all()?;
+            let aggregated = values(&self.plan, states.columns(), ids.len())?;
+            let ids = view_ids(&ids, s, n)?;
+            let (rows, ids_kept) = self.plan.post.apply_keyed(aggregated, ids.clone())?;
+            touched.extend(ids);
+            kept.extend(ids_kept);
+            batches.push(rows);
+        }
+        let Some(first) = batches.first() else {
+            return Ok(None);
+        };
+        let rows = datafusion::arrow::compute::concat_batches(&first.schema(), &batches)?;
+        Ok(Some(KeyedChange {
+            touched,
+            ids: kept,
+            rows,
+        }))
+    }
+
+    fn set_parallelism(&mut self, n: usize) -> Result<usize> {
+        // One global group has no key to route by.
+        let n = if self.plan.group_by.is_empty() {
+            1
+        } else {
+            n.max(1)
+        };
+        if n != self.shards.len() {
+            let state = self.snapshot()?;
+            self.plan.shards = n;
+            self.router = Router::new(n);
+            self.restore(&state)?;
+        }
+        Ok(n)
+    }
+
+    fn state_size(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.groups.size() + s.states.size())
+            .sum()
+    }
+}
+
+fn new_shards(plan: &GroupedPlan) -> Result<Vec<Shard>> {
+    (0..plan.shards.max(1))
+        .map(|_| {
+            Ok(Shard {
+                groups: new_group_values(plan.group_schema.clone(), &GroupOrdering::None)?,
+                states: KeyedRows::new(state_schema(plan)?),
+                row_groups: Vec::new(),
+                ids: Vec::new(),
+            })
+        })
+        .collect()
+}
+
+impl Shard {
+    /// Fold a batch's rows of this shard in: the batch is aggregated on its own (O(its
+    /// rows)), then merged with the earlier states of the groups it touched (O(those
+    /// groups)). Their aggregated rows, by shard-local id.
+    fn fold(&mut self, plan: &GroupedPlan, prepared: &Prepared) -> Result<Touched> {
+        // The batch's own groups, 0..k.
         let mut local = new_group_values(plan.group_schema.clone(), &GroupOrdering::None)?;
         local.intern(&prepared.keys, &mut self.row_groups)?;
         let k = local.len();
         let keys = local.emit(EmitTo::All)?;
-        // Their ids among all groups, and the states of those seen before: O(k).
+        // Their ids among all groups, and the states of those seen before.
         self.groups.intern(&keys, &mut self.ids)?;
         let ids = group_ids(&self.ids)?;
         let (seen, earlier) = self.states.get(&ids)?;
         let (_, earlier) = plan.split_state(earlier.columns())?;
         // The earlier state, then the batch's rows, in each group.
-        let mut states = keys.clone();
+        let mut states = keys;
         for ((acc, earlier), (values, filter)) in plan
             .accumulators()?
             .iter_mut()
@@ -118,65 +268,29 @@ impl Operator for UpdatingAggregate {
             &ids,
             RecordBatch::try_new(self.states.schema().clone(), states)?,
         )?;
-        // A failure here leaves the groups' rows as they were until they change again;
-        // their new values are dead-lettered.
-        match plan.post.apply_keyed(aggregated.clone(), ids.clone()) {
-            Ok((rows, kept)) => out.keyed(KeyedChange {
-                touched: ids,
-                ids: kept,
-                rows,
-            }),
-            Err(e) => out.failed(
-                aggregated,
-                format!("updated groups could not be finished: {e}"),
-            ),
-        }
-        Ok(())
+        Ok(Touched { ids, aggregated })
     }
 
-    fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {
-        let (_, states) = self.states.all()?;
-        Ok(vec![super::state_batch(states.columns().to_vec())?])
-    }
-
-    fn restore(&mut self, state: &[RecordBatch]) -> Result<()> {
-        let columns = match state {
-            [] => None,
-            [batch] => Some(batch.columns()),
-            _ => {
-                return Err(Error::Execution(format!(
-                    "an updating aggregate's checkpoint is one batch, not {}",
-                    state.len()
-                )));
-            }
-        };
-        self.groups = new_group_values(self.plan.group_schema.clone(), &GroupOrdering::None)?;
-        self.states = KeyedRows::new(state_schema(&self.plan)?);
-        let Some(columns) = columns else {
-            return Ok(());
-        };
-        let (keys, _) = self.plan.split_state(columns)?;
+    /// Hold exactly the groups of `columns` (in the form of [`state_schema`]).
+    fn restore(&mut self, plan: &GroupedPlan, columns: &[ArrayRef]) -> Result<()> {
+        let (keys, _) = plan.split_state(columns)?;
         self.groups.intern(keys, &mut self.ids)?;
         let ids = group_ids(&self.ids)?;
         let batch = RecordBatch::try_new(self.states.schema().clone(), columns.to_vec())?;
         self.states.set(&ids, batch)
     }
+}
 
-    /// Every group's row now, as one change (a restored view's rows).
-    fn keyed_rows(&mut self) -> Result<Option<KeyedChange>> {
-        let (ids, states) = self.states.all()?;
-        let aggregated = values(&self.plan, states.columns(), ids.len())?;
-        let (rows, kept) = self.plan.post.apply_keyed(aggregated, ids.clone())?;
-        Ok(Some(KeyedChange {
-            touched: ids,
-            ids: kept,
-            rows,
-        }))
-    }
-
-    fn state_size(&self) -> usize {
-        self.groups.size() + self.states.size()
-    }
+/// The view's ids of shard `s` of `n`'s groups `ids`.
+fn view_ids(ids: &[u32], s: usize, n: usize) -> Result<Vec<u32>> {
+    ids.iter()
+        .map(|&g| {
+            (g as usize)
+                .checked_mul(n)
+                .and_then(|id| u32::try_from(id + s).ok())
+                .ok_or_else(|| Error::Execution("more than 4 billion groups".into()))
+        })
+        .collect()
 }
 
 /// Group indices as the ids of [`KeyedRows`].

@@ -15,6 +15,7 @@ use datafusion::arrow::compute::take_record_batch;
 use datafusion::arrow::datatypes::Int64Type;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::physical_expr::expressions::Column;
 
 use super::{GroupState, GroupedPlan, state_batch};
 use crate::operator::{Collector, Operator};
@@ -42,8 +43,6 @@ struct Window {
 pub struct WindowedAggregate {
     plan: WindowedAggregatePlan,
     windows: BTreeMap<i64, Window>,
-    /// Reused buffer of group indices for the rows of one slice.
-    group_indices: Vec<usize>,
 }
 
 impl WindowedAggregate {
@@ -51,7 +50,6 @@ impl WindowedAggregate {
         Self {
             plan,
             windows: BTreeMap::new(),
-            group_indices: Vec::new(),
         }
     }
 
@@ -77,7 +75,7 @@ impl WindowedAggregate {
         let aggregated = if last {
             window.state.emit(&grouped.aggregate_schema)?
         } else {
-            window.state.read(grouped, &mut self.group_indices)?
+            window.state.read(grouped)?
         };
         window.emitted = true;
         match grouped.finish(aggregated) {
@@ -127,7 +125,7 @@ impl Operator for WindowedAggregate {
                     emitted: false,
                 }),
             };
-            window.state.fold(&p, &mut self.group_indices)?;
+            window.state.fold(&p)?;
             if window.emitted {
                 changed_emitted.push(start);
             }
@@ -171,9 +169,7 @@ impl Operator for WindowedAggregate {
     fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {
         let mut batches = Vec::with_capacity(self.windows.len());
         for (&start, window) in &mut self.windows {
-            let groups = window
-                .state
-                .snapshot(&self.plan.grouped, &mut self.group_indices)?;
+            let groups = window.state.snapshot(&self.plan.grouped)?;
             let rows = window.state.len();
             let mut columns: Vec<ArrayRef> = vec![
                 Arc::new(Int64Array::from_value(start, rows)),
@@ -204,17 +200,29 @@ impl Operator for WindowedAggregate {
                 ));
             };
             let window = Window {
-                state: GroupState::restore(
-                    &self.plan.grouped,
-                    &batch.columns()[2..],
-                    &mut self.group_indices,
-                )?,
+                state: GroupState::restore(&self.plan.grouped, &batch.columns()[2..])?,
                 emitted: emitted.value(0),
             };
             windows.insert(start.value(0), window);
         }
         self.windows = windows;
         Ok(())
+    }
+
+    fn set_parallelism(&mut self, n: usize) -> Result<usize> {
+        // Only keys beside the window's own spread a window's groups over shards.
+        let window_columns = self.plan.windowed_schema.fields().len().saturating_sub(2);
+        let keyed = self.plan.grouped.group_by.iter().any(|e| {
+            e.downcast_ref::<Column>()
+                .is_none_or(|c| c.index() < window_columns)
+        });
+        let n = if keyed { n.max(1) } else { 1 };
+        if n != self.plan.grouped.shards {
+            let state = self.snapshot()?;
+            self.plan.grouped.shards = n;
+            self.restore(&state)?;
+        }
+        Ok(n)
     }
 
     fn state_size(&self) -> usize {

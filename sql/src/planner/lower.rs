@@ -85,6 +85,7 @@ pub(crate) fn lower_aggregate(
         aggregates,
         aggregate_schema,
         post: lower_chain(&chain[..at], props)?,
+        shards: 1,
     })
 }
 

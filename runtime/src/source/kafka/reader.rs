@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::RecordBatch;
 use parking_lot::Mutex;
+use rayon::prelude::*;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Message, OwnedMessage};
@@ -293,36 +294,54 @@ impl Reader {
         *self.splits.entry(partition.clone()).or_insert(next)
     }
 
-    /// Send every buffered partition's messages; false once the pipeline is gone.
+    /// Send every buffered partition's messages; false once the pipeline is gone. The
+    /// partitions are decoded side by side on the worker threads, then sent one by one.
     fn flush_all(&mut self) -> bool {
         self.last_flush = Instant::now();
-        let keys: Vec<(usize, i32)> = self
+        let layout = &self.layout;
+        let mut built: Vec<((usize, i32), i64, Result<Built>)> = self
             .buffers
-            .iter()
-            .filter(|(_, b)| !b.is_empty())
-            .map(|(k, _)| *k)
+            .par_iter_mut()
+            .filter(|(_, buffer)| !buffer.is_empty())
+            .filter_map(|(key, buffer)| {
+                let next = buffer.next_offset()?;
+                Some((*key, next, buffer.build(layout)))
+            })
             .collect();
-        keys.iter().all(|k| self.flush(k))
+        built.sort_unstable_by_key(|(key, _, _)| *key);
+        built
+            .into_iter()
+            .all(|(key, next, built)| self.send_built(&key, next, built))
     }
 
-    /// Send one partition's messages as a chunk; malformed ones are dead-lettered with
-    /// their topic, partition and offset.
+    /// Send one partition's messages as a chunk.
     fn flush(&mut self, buffer_key: &(usize, i32)) -> bool {
-        let partition = (self.topics[buffer_key.0].clone(), buffer_key.1);
-        let split = self.split_of(&partition);
         let Some(buffer) = self.buffers.get_mut(buffer_key) else {
             return true;
         };
         let Some(next) = buffer.next_offset() else {
             return true;
         };
+        let built = buffer.build(&self.layout);
+        self.send_built(buffer_key, next, built)
+    }
+
+    /// Send a partition's decoded messages (`next` is the offset after them) as a
+    /// chunk; malformed ones are dead-lettered with their topic, partition and offset.
+    fn send_built(&mut self, buffer_key: &(usize, i32), next: i64, built: Result<Built>) -> bool {
+        let partition = (self.topics[buffer_key.0].clone(), buffer_key.1);
+        let split = self.split_of(&partition);
         let key = partition_key(&partition.0, partition.1);
-        let built = match buffer.build(&self.layout) {
+        let built = match built {
             Ok(built) => built,
             Err(e) => {
                 // Never stuck on them: the messages go to the dead-letter store whole.
                 tracing::error!(source = %self.name, error = %e, "cannot build a batch of messages");
-                let letters = buffer.take_raw(&e.to_string());
+                let letters = self
+                    .buffers
+                    .get_mut(buffer_key)
+                    .map(|b| b.take_raw(&e.to_string()))
+                    .unwrap_or_default();
                 self.feed
                     .dead_letter(
                         letters

@@ -1,13 +1,17 @@
 //! The `nexmark` connector: a generator thread producing one Nexmark table, throttled
 //! to `rate` events per second (0 = as fast as possible), ending after `events` events
 //! (0 = never) with a final watermark that closes every window. Generation starts when
-//! the first view attaches, so a finite run is seen whole by that view.
+//! the first view attaches, so a finite run is seen whole by that view. Unthrottled, it
+//! generates `runtime.parallelism` chunks at once on the worker threads (events are
+//! generated from their number alone) and sends them in order.
 
 pub mod generator;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
+use rayon::prelude::*;
 use serde::Deserialize;
 
 use super::connector::{Connector, Feed, SourceDef};
@@ -19,6 +23,7 @@ use weir_sql::WatermarkSpec;
 /// A generated Nexmark table.
 pub struct NexmarkSource {
     options: NexmarkOptions,
+    parallelism: usize,
 }
 
 pub fn open(def: &SourceDef) -> Result<Box<dyn Connector>> {
@@ -32,7 +37,10 @@ pub fn open(def: &SourceDef) -> Result<Box<dyn Connector>> {
     }
     let options: NexmarkOptions = crate::options::parse_own(def.name, def.options)?;
     options.generator_config()?;
-    Ok(Box::new(NexmarkSource { options }))
+    Ok(Box::new(NexmarkSource {
+        options,
+        parallelism: def.config.parallelism.max(1),
+    }))
 }
 
 impl Connector for NexmarkSource {
@@ -49,7 +57,7 @@ impl Connector for NexmarkSource {
 
     fn start(&self, feed: Feed, resume: Option<Position>) -> Result<()> {
         let start_event = resume.and_then(|p| p.offset(POSITION)).unwrap_or(0);
-        spawn(&self.options, start_event, feed)
+        spawn(&self.options, start_event, self.parallelism, feed)
     }
 }
 
@@ -110,9 +118,10 @@ impl NexmarkOptions {
 pub const POSITION: &str = "event";
 
 /// Run the generator on its own thread, from event `start_event`, until it ends or
-/// the source stops.
-fn spawn(options: &NexmarkOptions, start_event: u64, feed: Feed) -> Result<()> {
-    let mut generator = Generator::new(options.generator_config()?);
+/// the source stops; unthrottled, `parallelism` chunks at a time.
+fn spawn(options: &NexmarkOptions, start_event: u64, parallelism: usize, feed: Feed) -> Result<()> {
+    let config = options.generator_config()?;
+    let mut generator = Generator::new(config);
     generator.seek(start_event);
     let rate = options.rate;
     let chunk_events = feed.chunk_rows.min(4096);
@@ -129,6 +138,10 @@ fn spawn(options: &NexmarkOptions, start_event: u64, feed: Feed) -> Result<()> {
             } else {
                 chunk_events as u64
             };
+            if rate == 0 && parallelism > 1 {
+                generate_in_parallel(config, start_event, chunk, parallelism, &feed);
+                return;
+            }
             while !feed.stopped() {
                 if rate > 0 {
                     let sent = generator.next_event() - start_event;
@@ -154,4 +167,82 @@ fn spawn(options: &NexmarkOptions, start_event: u64, feed: Feed) -> Result<()> {
         })
         .map_err(|e| Error::Internal(format!("cannot start the nexmark generator: {e}")))?;
     Ok(())
+}
+
+/// Generate as fast as possible, `parallelism` chunks of `chunk` events at once (one
+/// generator each, on the worker threads), sent in event order.
+fn generate_in_parallel(
+    config: GeneratorConfig,
+    start_event: u64,
+    chunk: u64,
+    parallelism: usize,
+    feed: &Feed,
+) {
+    let mut generators: Vec<Generator> = (0..parallelism).map(|_| Generator::new(config)).collect();
+    let mut next = start_event;
+    while !feed.stopped() {
+        let chunks: Vec<Option<(RecordBatch, u64)>> = generators
+            .par_iter_mut()
+            .enumerate()
+            .map(|(k, g)| {
+                g.seek(next + k as u64 * chunk);
+                g.next_batch(chunk).map(|b| (b, g.next_event()))
+            })
+            .collect();
+        next += chunk * parallelism as u64;
+        for generated in chunks {
+            let Some((batch, after)) = generated else {
+                feed.end();
+                return;
+            };
+            if batch.num_rows() > 0 && !feed.send(batch, Position::at(POSITION, after), 0) {
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use datafusion::arrow::compute::concat_batches;
+
+    use super::*;
+    use crate::source::Chunk;
+
+    #[test]
+    fn chunks_generated_side_by_side_are_the_serial_rows_in_order() {
+        let config = GeneratorConfig {
+            table: Table::Bid,
+            seed: 3,
+            events: Some(50_000),
+            event_rate: 10_000,
+            start_time_ms: DEFAULT_START_MS,
+        };
+        let schema = config.table.schema();
+        let serial = {
+            let mut g = Generator::new(config);
+            g.seek(1_000);
+            let batches: Vec<RecordBatch> = std::iter::from_fn(|| g.next_batch(4096)).collect();
+            concat_batches(&schema, &batches).expect("concat")
+        };
+        let (feed, rx, _) = Feed::for_test(schema.clone(), 1024);
+        generate_in_parallel(config, 1_000, 1_000, 3, &feed);
+        let (mut batches, mut positions, mut ended) = (Vec::new(), Vec::new(), false);
+        for chunk in rx.try_iter() {
+            match chunk {
+                Chunk::Rows {
+                    batch, position, ..
+                } => {
+                    batches.push(batch);
+                    positions.push(position.offset(POSITION).expect("event"));
+                }
+                Chunk::End => ended = true,
+                Chunk::SplitGone(_) => unreachable!("one split"),
+            }
+        }
+        assert!(ended);
+        assert_eq!(concat_batches(&schema, &batches).expect("concat"), serial);
+        // Each chunk's position is the event after it: 2,000, 3,000, ... 50,000.
+        assert_eq!(positions, (2..=50).map(|k| k * 1_000).collect::<Vec<u64>>());
+    }
 }

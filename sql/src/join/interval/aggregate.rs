@@ -213,6 +213,10 @@ impl Operator for JoinAggregate {
         self.plan.then.keyed_rows()
     }
 
+    fn set_parallelism(&mut self, n: usize) -> Result<usize> {
+        self.plan.then.set_parallelism(n)
+    }
+
     fn state_size(&self) -> usize {
         self.join.state_size()
             + self
