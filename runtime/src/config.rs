@@ -71,18 +71,16 @@ impl Default for RuntimeConfig {
 }
 
 /// When a micro-batch closes: at `max_rows` rows or `max_delay` after its first row.
-/// With a `max_delay` of zero a batch closes as soon as its source has nothing more
-/// queued: no wait when nothing else is coming, and under load the queue fills while a
-/// batch is processed, so batches grow by themselves. (Not the default yet: with it two
-/// end-to-end tests, an idle join input and a Kafka upsert sink across kills, failed in
-/// CI; see the issue notes.)
+/// With a `max_delay` of zero (the default) a batch closes as soon as its source has
+/// nothing more queued: no wait when nothing else is coming, and under load the queue
+/// fills while a batch is processed, so batches grow by themselves.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct BatchConfig {
     /// Close a batch at this many rows. Default 8192.
     pub max_rows: usize,
-    /// Close a batch this long after its first row arrived. Default 100ms; 0 closes it
-    /// as soon as nothing more is queued.
+    /// Close a batch this long after its first row arrived. Default 0: as soon as
+    /// nothing more is queued.
     #[serde(with = "humantime_serde")]
     pub max_delay: Duration,
 }
@@ -91,7 +89,7 @@ impl Default for BatchConfig {
     fn default() -> Self {
         Self {
             max_rows: 8192,
-            max_delay: Duration::from_millis(100),
+            max_delay: Duration::ZERO,
         }
     }
 }

@@ -318,10 +318,15 @@ pub(super) fn missing(if_exists: bool, message: String) -> Result<SqlOutput> {
 /// same process (tests) shares the first one's.
 fn spread_over_cores(parallelism: usize) {
     let built = rayon::ThreadPoolBuilder::new()
-        .num_threads(parallelism.max(1))
+        .num_threads(parallelism.clamp(1, views::MAX_PARALLELISM))
         .thread_name(|i| format!("weir-worker-{i}"))
         .build_global();
-    if built.is_ok() {
-        tracing::info!(parallelism, "worker threads started");
+    match built {
+        Ok(()) => tracing::info!(parallelism, "worker threads started"),
+        // Another engine in this process sized it first (tests): keep that one.
+        Err(_) => tracing::debug!(
+            threads = rayon::current_num_threads(),
+            "worker threads already started"
+        ),
     }
 }

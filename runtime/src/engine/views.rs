@@ -232,7 +232,7 @@ pub(super) fn take_max_rows(v: &mut CreateView, default: usize) -> Result<Option
 /// its keyed operators run in (`default` when not given).
 pub(super) fn take_parallelism(v: &mut CreateView, default: usize) -> Result<usize> {
     let Some(text) = v.options.remove("parallelism") else {
-        return Ok(default.max(1));
+        return Ok(default.clamp(1, MAX_PARALLELISM));
     };
     match text.trim().parse::<usize>() {
         Ok(n @ 1..=MAX_PARALLELISM) => Ok(n),
@@ -244,7 +244,7 @@ pub(super) fn take_parallelism(v: &mut CreateView, default: usize) -> Result<usi
 }
 
 /// More instances than any machine has cores for is a mistake, not a setting.
-const MAX_PARALLELISM: usize = 1024;
+pub(super) const MAX_PARALLELISM: usize = 1024;
 
 /// Run the query's keyed operators in `n` parallel instances; EXPLAIN's aggregate line
 /// says how many run (an aggregate without a key to route by runs serially).
@@ -256,7 +256,7 @@ pub(super) fn parallelize(query: &mut ContinuousQuery, n: usize) -> Result<()> {
         detail.push_str(&if used > 1 {
             format!("; in {used} parallel instances, rows routed by a hash of the group key")
         } else {
-            "; serially (no group key beside the window to route rows by)".to_string()
+            "; serially (no group key to route rows by, beside the window's)".to_string()
         });
     }
     Ok(())

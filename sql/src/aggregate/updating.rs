@@ -46,9 +46,11 @@ struct Shard {
     ids: Vec<usize>,
 }
 
-/// What one shard made of a batch: the groups it touched (view ids) and their rows.
+/// What one shard made of a batch, not stored yet: the groups it touched (by shard
+/// index), their new states and their rows.
 struct Touched {
     ids: Vec<u32>,
+    states: RecordBatch,
     aggregated: RecordBatch,
 }
 
@@ -112,11 +114,32 @@ impl Operator for UpdatingAggregate {
             Some(part) => shard.fold(plan, &part).map(Some),
             None => Ok(None),
         })?;
-        for (s, touched) in touched.into_iter().enumerate() {
-            let Some(Touched { ids, aggregated }) = touched else {
+        // Every shard folded its rows and every id fits: only now is anything stored, so
+        // a failing batch leaves every group as it was.
+        let view_ids = touched
+            .iter()
+            .enumerate()
+            .map(|(s, t)| {
+                t.as_ref()
+                    .map_or(Ok(Vec::new()), |t| view_ids(&t.ids, s, n))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let touched = each_shard(&mut self.shards, touched, |shard, touched| {
+            let Some(Touched {
+                ids,
+                states,
+                aggregated,
+            }) = touched
+            else {
+                return Ok(None);
+            };
+            shard.states.set(&ids, states)?;
+            Ok(Some(aggregated))
+        })?;
+        for (aggregated, ids) in touched.into_iter().zip(view_ids) {
+            let Some(aggregated) = aggregated else {
                 continue;
             };
-            let ids = view_ids(&ids, s, n)?;
             // A failure here leaves the groups' rows as they were until they change
             // again; their new values are dead-lettered.
             match plan.post.apply_keyed(aggregated.clone(), ids.clone()) {
@@ -235,9 +258,10 @@ fn new_shards(plan: &GroupedPlan) -> Result<Vec<Shard>> {
 }
 
 impl Shard {
-    /// Fold a batch's rows of this shard in: the batch is aggregated on its own (O(its
+    /// Fold a batch's rows of this shard: the batch is aggregated on its own (O(its
     /// rows)), then merged with the earlier states of the groups it touched (O(those
-    /// groups)). Their aggregated rows, by shard-local id.
+    /// groups)). Their new states and aggregated rows, by shard index, for the caller
+    /// to store once every shard has succeeded.
     fn fold(&mut self, plan: &GroupedPlan, prepared: &Prepared) -> Result<Touched> {
         // The batch's own groups, 0..k.
         let mut local = new_group_values(plan.group_schema.clone(), &GroupOrdering::None)?;
@@ -264,11 +288,11 @@ impl Shard {
             states.extend(acc.state(EmitTo::All)?);
         }
         let aggregated = values(plan, &states, k)?;
-        self.states.set(
-            &ids,
-            RecordBatch::try_new(self.states.schema().clone(), states)?,
-        )?;
-        Ok(Touched { ids, aggregated })
+        Ok(Touched {
+            ids,
+            states: RecordBatch::try_new(self.states.schema().clone(), states)?,
+            aggregated,
+        })
     }
 
     /// Hold exactly the groups of `columns` (in the form of [`state_schema`]).
