@@ -135,13 +135,38 @@ fn benches(c: &mut Criterion) {
         .split(|&b| b == b'\n')
         .filter(|l| !l.is_empty())
         .collect();
-    // In bytes: the target is MB/s per core. Beside weir's decoder, serde_json
+    // In bytes: the target is MB/s per core. Beside weir's decoder (simd-json's
+    // fast path), serde_json
     // into a `Value` per record (the floor any decoder must beat) and serde's syntax
     // check alone (what the decoder no longer runs on records that decode).
     let mut g = c.benchmark_group("decode");
     g.throughput(Throughput::Bytes(body.len() as u64));
     g.bench_function("json_bids_8k", |b| {
         b.iter(|| black_box(decoder.decode(&body)))
+    });
+    // arrow-json alone (weir's decoder before the simd-json fast path, and its fallback),
+    // and simd-json's raw parse alone: the fast path's ceiling.
+    let arrow_only = JsonDecoder::arrow_only(Table::Bid.schema());
+    assert_eq!(
+        decoder.decode(&body).batch,
+        arrow_only.decode(&body).batch,
+        "both paths decode the same rows"
+    );
+    g.bench_function("arrow_json_bids_8k", |b| {
+        b.iter(|| black_box(arrow_only.decode(&body)))
+    });
+    g.bench_function("simd_json_tape_8k", |b| {
+        let mut buffers = simd_json::Buffers::default();
+        let mut scratch = Vec::new();
+        b.iter(|| {
+            for r in &records {
+                scratch.clear();
+                scratch.extend_from_slice(r);
+                let tape =
+                    simd_json::to_tape_with_buffers(&mut scratch, &mut buffers).expect("json");
+                black_box(tape.0.len());
+            }
+        })
     });
     g.bench_function("serde_value_per_record_8k", |b| {
         b.iter(|| {

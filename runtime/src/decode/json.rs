@@ -1,6 +1,8 @@
-//! JSON records (one array, or newline-delimited) into an Arrow batch with arrow-json.
+//! JSON records (one array, or newline-delimited) into an Arrow batch.
 //!
-//! One parse per record: the records are decoded together by one arrow-json decoder,
+//! Most batches take the fast path of [`super::simd`] (simd-json into Arrow builders),
+//! which gives back any batch it cannot decode exactly as arrow-json would. Then, one
+//! parse per record: the records are decoded together by one arrow-json decoder,
 //! which is checked after each record to have taken exactly one complete object from it
 //! (so no record can run into the next). arrow-json fails a whole batch on one bad
 //! record and is unusable after a syntax error, so only when that fails are the records
@@ -20,10 +22,14 @@ use datafusion::arrow::json::ReaderBuilder;
 use serde::de::IgnoredAny;
 use serde_json::value::RawValue;
 
+use super::simd::SimdPlan;
+
 /// Decodes JSON records against one schema. Unknown fields are ignored.
 #[derive(Debug, Clone)]
 pub struct JsonDecoder {
     schema: SchemaRef,
+    /// The fast path, for schemas of plain columns.
+    simd: Option<SimdPlan>,
 }
 
 /// A record that did not decode, with its index in the request and the reason.
@@ -47,7 +53,15 @@ pub struct Decoded {
 
 impl JsonDecoder {
     pub fn new(schema: SchemaRef) -> Self {
-        Self { schema }
+        Self {
+            simd: SimdPlan::new(&schema),
+            schema,
+        }
+    }
+
+    /// A decoder that never takes the fast path (to compare the two).
+    pub fn arrow_only(schema: SchemaRef) -> Self {
+        Self { simd: None, schema }
     }
 
     /// Decode a body holding a JSON array of objects or newline-delimited JSON objects.
@@ -73,6 +87,13 @@ impl JsonDecoder {
     pub fn decode_records<'a>(&self, records: impl IntoIterator<Item = &'a [u8]>) -> Decoded {
         let records: Vec<(usize, &[u8])> = records.into_iter().enumerate().collect();
         let total = records.len();
+        if let Some(batch) = self.simd.as_ref().and_then(|plan| plan.decode(&records)) {
+            return Decoded {
+                batch,
+                rejected: Vec::new(),
+                records: total,
+            };
+        }
         if let Ok(batch) = self.decode_all(&records) {
             return Decoded {
                 batch,
@@ -353,5 +374,93 @@ mod tests {
                 .all(|r| r.reason.contains("could not be put into one batch")),
             "{rejected:?}"
         );
+    }
+
+    /// The fast path decides nothing: on every kind of record, valid or not, the
+    /// decoder gives what arrow-json alone gives (rows and dead letters).
+    #[test]
+    fn the_fast_path_decodes_exactly_what_arrow_json_decodes() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("name", DataType::Utf8, true),
+            Field::new("score", DataType::Float64, true),
+            Field::new("ok", DataType::Boolean, true),
+            Field::new("ts", DataType::Timestamp(TimeUnit::Millisecond, None), true),
+        ]));
+        let fast = JsonDecoder::new(schema.clone());
+        let arrow = JsonDecoder::arrow_only(schema);
+        assert!(fast.simd.is_some() && arrow.simd.is_none());
+        let good = [
+            r#"{"id":1,"name":"a","score":1.5,"ok":true,"ts":1000}"#,
+            r#"{"id":-2,"name":"caf\u00e9 \"q\" \n","score":0.1,"ok":false,"ts":"2015-07-15T00:00:00.123"}"#,
+            r#"{"ts":"1969-12-31T23:59:59.9995Z","id":3,"extra":{"a":[1,{"b":2}]},"name":null}"#,
+            r#"{"id":9223372036854775807,"score":1e300,"ok":null}"#,
+            r#"{"id":4,"score":3,"name":"\ud83d\ude00","ts":-5}"#,
+            "{\"id\":5,\"name\":\"日本\"}  ",
+            r#"{"id":6,"score":2.2250738585072014e-308}"#,
+            r#"{"id":7,"score":0.30000000000000004}"#,
+            r#"{"id":-0,"score":-1}"#,
+            r#"{"id":8,"score":-0.0}"#,
+        ];
+        let odd = [
+            r#"{"id":"8"}"#,
+            r#"{"id":1.5}"#,
+            r#"{"id":18446744073709551615}"#,
+            r#"{"name":"no id"}"#,
+            r#"{"id":null}"#,
+            r#"{"id":9,"id":10}"#,
+            r#"{"id":11,"name":12}"#,
+            r#"{"id":12,"ok":"true"}"#,
+            r#"{"id":13,"ts":"not a time"}"#,
+            r#"{"id":14,"ts":1.5}"#,
+            r#"{"id":14,"ts":"2262-04-12T00:00:00Z"}"#,
+            r#"{"id":14,"score":-0}"#,
+            r#"{"id":14,"score":123456789012345678901234567890}"#,
+            r#"{"id":15 "name":"no comma"}"#,
+            r#"{"id":16} {"id":17}"#,
+            r#"{"id":18}x"#,
+            r#"[{"id":19}]"#,
+            r#"{"id":20"#,
+        ];
+        let decode = |d: &JsonDecoder, records: &[&str]| {
+            let out = d.decode_records(records.iter().map(|r| r.as_bytes()));
+            (out.batch, out.rejected, out.records)
+        };
+        // The valid records together take the fast path.
+        for record in good {
+            assert_eq!(
+                decode(&fast, &[record]),
+                decode(&arrow, &[record]),
+                "{record}"
+            );
+        }
+        let all_good: Vec<&str> = good.to_vec();
+        assert_eq!(decode(&fast, &all_good), decode(&arrow, &all_good));
+        for record in &all_good {
+            assert!(
+                fast.simd
+                    .as_ref()
+                    .and_then(|p| p.decode(&[(0, record.as_bytes())]))
+                    .is_some(),
+                "a valid record takes the fast path: {record}"
+            );
+        }
+        // Each odd record alone and among valid ones: the same rows and dead letters.
+        for record in odd {
+            let mixed = [good[0], record, good[1]];
+            assert_eq!(
+                decode(&fast, &[record]),
+                decode(&arrow, &[record]),
+                "{record}"
+            );
+            assert_eq!(decode(&fast, &mixed), decode(&arrow, &mixed), "{record}");
+        }
+        // Not UTF-8.
+        let bad: &[u8] = b"{\"id\":21,\"name\":\"\xff\"}";
+        let of = |d: &JsonDecoder| {
+            let out = d.decode_records([bad]);
+            (out.batch, out.rejected)
+        };
+        assert_eq!(of(&fast), of(&arrow));
     }
 }
