@@ -390,19 +390,24 @@ mod tests {
         let fast = JsonDecoder::new(schema.clone());
         let arrow = JsonDecoder::arrow_only(schema);
         assert!(fast.simd.is_some() && arrow.simd.is_none());
+        // Valid records the fast path takes.
         let good = [
             r#"{"id":1,"name":"a","score":1.5,"ok":true,"ts":1000}"#,
-            r#"{"id":-2,"name":"caf\u00e9 \"q\" \n","score":0.1,"ok":false,"ts":"2015-07-15T00:00:00.123"}"#,
+            r#"{"id":-2,"name":"café \"q\" \n","score":0.1,"ok":false,"ts":"2015-07-15T00:00:00.123"}"#,
             r#"{"ts":"1969-12-31T23:59:59.9995Z","id":3,"extra":{"a":[1,{"b":2}]},"name":null}"#,
-            r#"{"id":9223372036854775807,"score":1e300,"ok":null}"#,
-            r#"{"id":4,"score":3,"name":"\ud83d\ude00","ts":-5}"#,
-            "{\"id\":5,\"name\":\"日本\"}  ",
-            r#"{"id":6,"score":2.2250738585072014e-308}"#,
-            r#"{"id":7,"score":0.30000000000000004}"#,
+            r#"{"id":922337203685477580,"score":1e300,"ok":null}"#,
+            r#"{"id":4,"score":3,"name":"\"q\" \\ \n \t","ts":-5}"#,
+            "{\"id\":5,\"name\":\"日本 😀\"}  ",
             r#"{"id":-0,"score":-1}"#,
             r#"{"id":8,"score":-0.0}"#,
         ];
+        // Valid records arrow-json decides (see `simd::plain`), and invalid ones.
         let odd = [
+            r#"{"id":-2,"name":"caf\u00e9","ts":"2015-07-15T00:00:00.123"}"#,
+            r#"{"id":4,"name":"\ud83d\ude00"}"#,
+            r#"{"id":9223372036854775807,"score":1e300,"ok":null}"#,
+            r#"{"id":6,"score":2.2250738585072014e-308}"#,
+            r#"{"id":7,"score":0.30000000000000004}"#,
             r#"{"id":"8"}"#,
             r#"{"id":1.5}"#,
             r#"{"id":18446744073709551615}"#,
@@ -415,6 +420,15 @@ mod tests {
             r#"{"id":14,"ts":1.5}"#,
             r#"{"id":14,"ts":"2262-04-12T00:00:00Z"}"#,
             r#"{"id":14,"score":-0}"#,
+            r#"{"id":15,"name":"\ud83d"}"#,
+            r#"{"id":15,"name":"\ud800\ue000"}"#,
+            r#"{"id":15,"\ud800":1}"#,
+            r#"{"id":15,"name":"\\u0041"}"#,
+            r#"{"id":1000000000000000000L}"#,
+            r#"{"id":15,"ts":1234567890123456789n}"#,
+            r#"{"id":15,"score":1.0000000000000000000001x}"#,
+            "{\"id\":15\u{0}}",
+            "{\"id\":15,\"ok\":true\u{0}}",
             r#"{"id":14,"score":123456789012345678901234567890}"#,
             r#"{"id":15 "name":"no comma"}"#,
             r#"{"id":16} {"id":17}"#,
@@ -454,6 +468,31 @@ mod tests {
                 "{record}"
             );
             assert_eq!(decode(&fast, &mixed), decode(&arrow, &mixed), "{record}");
+        }
+        // Nulls and missing values in NOT NULL columns of every kind.
+        let strict = Arc::new(Schema::new(vec![
+            Field::new("n", DataType::Float64, false),
+            Field::new("b", DataType::Boolean, false),
+            Field::new("s", DataType::Utf8, false),
+            Field::new("t", DataType::Timestamp(TimeUnit::Millisecond, None), false),
+        ]));
+        let (fast_strict, arrow_strict) = (
+            JsonDecoder::new(strict.clone()),
+            JsonDecoder::arrow_only(strict),
+        );
+        for record in [
+            r#"{"n":1.5,"b":true,"s":"x","t":1}"#,
+            r#"{"n":null,"b":true,"s":"x","t":1}"#,
+            r#"{"b":true,"s":"x","t":1}"#,
+            r#"{"n":1.5,"b":null,"s":"x","t":1}"#,
+            r#"{"n":1.5,"b":true,"s":null,"t":1}"#,
+            r#"{"n":1.5,"b":true,"s":"x"}"#,
+        ] {
+            assert_eq!(
+                decode(&fast_strict, &[record]),
+                decode(&arrow_strict, &[record]),
+                "{record}"
+            );
         }
         // Not UTF-8.
         let bad: &[u8] = b"{\"id\":21,\"name\":\"\xff\"}";
