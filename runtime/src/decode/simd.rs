@@ -25,6 +25,8 @@ pub struct SimdPlan {
     schema: SchemaRef,
     kinds: Vec<Kind>,
     nullable: Vec<bool>,
+    /// Whether a column is a float (see [`long_number`]).
+    has_floats: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -53,6 +55,7 @@ impl SimdPlan {
             .collect::<Option<Vec<_>>>()?;
         Some(Self {
             schema: schema.clone(),
+            has_floats: kinds.iter().any(|k| matches!(k, Kind::Float)),
             kinds,
             nullable: schema.fields().iter().map(|f| f.is_nullable()).collect(),
         })
@@ -69,7 +72,10 @@ impl SimdPlan {
         let mut scratch = Vec::new();
         let mut seen = vec![false; columns.len()];
         for (_, record) in records {
-            if record.first() != Some(&b'{') || !plain(record) {
+            if record.first() != Some(&b'{')
+                || !plain(record)
+                || (self.has_floats && long_number(record))
+            {
                 return None;
             }
             scratch.clear();
@@ -147,16 +153,24 @@ impl Column {
         use StaticNode::{Bool, F64, I64, Null, U64};
         match (self, node) {
             (c, Node::Static(Null)) if nullable => c.null(),
-            (Column::Int(b), Node::Static(I64(v))) => b.append_value(*v),
-            (Column::Int(b), Node::Static(U64(v))) => b.append_value(i64::try_from(*v).ok()?),
+            (Column::Int(b), Node::Static(I64(v))) => b.append_value(short(*v)?),
+            (Column::Int(b), Node::Static(U64(v))) => {
+                b.append_value(short(i64::try_from(*v).ok()?)?)
+            }
             (Column::Float(b), Node::Static(F64(v))) => b.append_value(*v),
             // An integer zero may have been written `-0`, which arrow-json reads as -0.0.
-            (Column::Float(b), Node::Static(I64(v))) if *v != 0 => b.append_value(*v as f64),
-            (Column::Float(b), Node::Static(U64(v))) if *v != 0 => b.append_value(*v as f64),
+            (Column::Float(b), Node::Static(I64(v))) if *v != 0 => {
+                b.append_value(short(*v)? as f64)
+            }
+            (Column::Float(b), Node::Static(U64(v))) if *v != 0 => {
+                b.append_value(short(i64::try_from(*v).ok()?)? as f64)
+            }
             (Column::Bool(b), Node::Static(Bool(v))) => b.append_value(*v),
             (Column::Text(b), Node::String(s)) => b.append_value(s),
-            (Column::Millis(b), Node::Static(I64(v))) => b.append_value(*v),
-            (Column::Millis(b), Node::Static(U64(v))) => b.append_value(i64::try_from(*v).ok()?),
+            (Column::Millis(b), Node::Static(I64(v))) => b.append_value(short(*v)?),
+            (Column::Millis(b), Node::Static(U64(v))) => {
+                b.append_value(short(i64::try_from(*v).ok()?)?)
+            }
             (Column::Millis(b), Node::String(s)) => {
                 b.append_value(string_to_timestamp_nanos(s).ok()?.div_euclid(1_000_000))
             }
@@ -178,28 +192,28 @@ impl Column {
 
 /// Whether a record is free of what simd-json 0.17 reads differently from arrow-json,
 /// which refuses these: `\u` escapes (a lone surrogate becomes a NUL, simd-json issue
-/// 481), numbers of more than 18 characters (junk right after one is not noticed) and
-/// NUL bytes. Records that are not plain go to arrow-json.
+/// 481) and NUL bytes. Numbers are checked by [`long_number`] and in [`Column::append`].
+/// Records that are not plain go to arrow-json.
 fn plain(record: &[u8]) -> bool {
-    let mut number = 0;
-    let mut escaped = false;
+    memchr::memchr(0, record).is_none() && memchr::memmem::find(record, b"\\u").is_none()
+}
+
+/// Whether a record may hold a number with more than 18 significant digits: simd-json
+/// takes those by a slower road that does not notice junk right after them. (Integers
+/// that long are refused by value; this is for floats.)
+fn long_number(record: &[u8]) -> bool {
+    let (mut run, mut longest) = (0u32, 0u32);
     for &b in record {
-        match b {
-            b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-' => {
-                number += 1;
-                if number > 18 {
-                    return false;
-                }
-            }
-            0 => return false,
-            _ => number = 0,
-        }
-        if escaped && b == b'u' {
-            return false;
-        }
-        escaped = b == b'\\' && !escaped;
+        run = (run + 1) * u32::from(b.is_ascii_digit() || b == b'.');
+        longest = longest.max(run);
     }
-    true
+    longest > 18
+}
+
+/// An integer of at most 18 digits: simd-json reads longer ones by a road that does
+/// not notice junk right after them, so those go to arrow-json.
+fn short(v: i64) -> Option<i64> {
+    (v.unsigned_abs() < 1_000_000_000_000_000_000).then_some(v)
 }
 
 /// Tape nodes a value takes, itself included.
