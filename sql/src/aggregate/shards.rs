@@ -60,8 +60,12 @@ fn shard_of(hash: u64, n: usize) -> usize {
     (((hash >> 32) * n as u64) >> 32) as usize
 }
 
-/// The rows `rows` of each column.
+/// The rows `rows` (ascending, as [`Router::route`] gives them) of each column: the
+/// columns themselves when that is all of them.
 pub fn take_rows(columns: &[ArrayRef], rows: &UInt32Array) -> Result<Vec<ArrayRef>> {
+    if columns.first().is_some_and(|c| c.len() == rows.len()) {
+        return Ok(columns.to_vec());
+    }
     Ok(columns
         .iter()
         .map(|c| take(c, rows, None))
@@ -78,9 +82,6 @@ impl Prepared {
             .map(|part| {
                 if part.is_empty() {
                     return Ok(None);
-                }
-                if part.len() == rows {
-                    return Ok(Some(self.clone()));
                 }
                 let arguments = self
                     .arguments
@@ -104,6 +105,9 @@ impl Prepared {
 }
 
 fn take_boolean(filter: &BooleanArray, rows: &UInt32Array) -> Result<BooleanArray> {
+    if filter.len() == rows.len() {
+        return Ok(filter.clone());
+    }
     let taken = datafusion::arrow::compute::take(filter, rows, None)?;
     Ok(datafusion::arrow::array::AsArray::as_boolean(&taken).clone())
 }

@@ -186,12 +186,7 @@ impl Operator for UpdatingAggregate {
         let parts = self.router.route(keys, rows)?;
         let plan = &self.plan;
         each_shard(&mut self.shards, parts, |shard, part| {
-            let columns = if part.len() == rows {
-                columns.to_vec()
-            } else {
-                take_rows(columns, &part)?
-            };
-            shard.restore(plan, &columns)
+            shard.restore(plan, &take_rows(columns, &part)?)
         })?;
         Ok(())
     }
