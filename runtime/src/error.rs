@@ -52,6 +52,17 @@ pub enum Error {
     Internal(String),
 }
 
+impl Error {
+    /// Where in the statement the error is, when the parser or planner knows.
+    pub fn sql_span(&self) -> Option<weir_sql::SqlSpan> {
+        match self {
+            Error::Sql(e) => e.span(),
+            Error::Query(e) => weir_sql::error::plan_span(e),
+            _ => None,
+        }
+    }
+}
+
 /// Who must act on an error, and so how an API answers it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorClass {

@@ -26,5 +26,5 @@ pub mod source;
 pub mod view;
 
 pub use config::RuntimeConfig;
-pub use engine::{Engine, SqlOutput};
+pub use engine::{Engine, LivePreview, Preview, SqlOutput};
 pub use error::{Error, ErrorClass, Result};

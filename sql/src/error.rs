@@ -55,6 +55,65 @@ impl From<datafusion::sql::sqlparser::parser::ParserError> for Error {
     }
 }
 
+/// Where in a statement an error is: 1-based lines and columns, the end exclusive when
+/// known (the console underlines it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct SqlSpan {
+    pub line: u64,
+    pub column: u64,
+    pub end_line: u64,
+    pub end_column: u64,
+}
+
+impl Error {
+    /// Where the statement is wrong, when the parser or DataFusion's planner knows.
+    pub fn span(&self) -> Option<SqlSpan> {
+        match self {
+            Error::InvalidSql(message) => parser_location(message),
+            Error::Plan(e) => plan_span(e),
+            _ => None,
+        }
+    }
+}
+
+/// The span DataFusion's planner attached to an error (it does with
+/// `sql_parser.collect_spans`), or the location a parser error names.
+pub fn plan_span(e: &DataFusionError) -> Option<SqlSpan> {
+    if let Some(span) = e.diagnostic().and_then(|d| d.span)
+        && span.start.line > 0
+    {
+        return Some(SqlSpan {
+            line: span.start.line,
+            column: span.start.column,
+            end_line: span.end.line,
+            end_column: span.end.column,
+        });
+    }
+    match e.find_root() {
+        DataFusionError::SQL(p, _) => parser_location(&p.to_string()),
+        _ => None,
+    }
+}
+
+/// sqlparser ends its messages with "at Line: 3, Column: 14"; the span is the one
+/// character there.
+fn parser_location(message: &str) -> Option<SqlSpan> {
+    let at = message.rfind("Line: ")?;
+    let rest = &message[at + "Line: ".len()..];
+    let (line, rest) = rest.split_once(", Column: ")?;
+    let digits = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
+    let line: u64 = line.trim().parse().ok()?;
+    let column: u64 = rest[..digits].parse().ok()?;
+    (line > 0 && column > 0).then_some(SqlSpan {
+        line,
+        column,
+        end_line: line,
+        end_column: column + 1,
+    })
+}
+
 /// Shorthand for an [`Error::Unsupported`] with a formatted message.
 #[macro_export]
 macro_rules! unsupported {

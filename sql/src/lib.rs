@@ -33,7 +33,7 @@ pub mod window;
 mod testing;
 
 pub use aggregate::{KeyedChange, KeyedRows};
-pub use error::{Error, Result};
+pub use error::{Error, Result, SqlSpan};
 pub use operator::{Collector, Operator};
 pub use parser::{
     CreateSink, CreateSource, CreateStream, CreateView, Statement, WatermarkSpec, parse_statement,

@@ -2,7 +2,7 @@
 //! over HTTP. Build the binary first (`cargo build -p weir-web`); `scripts/test.sh` does.
 
 mod cli;
-mod dashboard;
+mod console;
 mod http_pipeline;
 mod kafka;
 mod kafka_front_door;

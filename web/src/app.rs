@@ -17,6 +17,10 @@ pub struct AppState {
     pub engine: Engine,
     /// Set to true on shutdown: live streams end so the server can stop.
     pub shutdown: Arc<watch::Sender<bool>>,
+    /// Where the console and API are served, e.g. `/weir` behind a proxy ("" at the root).
+    pub base_path: Arc<str>,
+    /// When the server started (the console shows its uptime).
+    pub started: std::time::Instant,
 }
 
 impl AppState {
@@ -24,16 +28,38 @@ impl AppState {
         Self {
             engine,
             shutdown: Arc::new(watch::channel(false).0),
+            base_path: "".into(),
+            started: std::time::Instant::now(),
         }
+    }
+
+    /// Serve under `base_path` ("/weir"; "" or "/" for the root).
+    pub fn with_base_path(mut self, base_path: &str) -> Self {
+        self.base_path = base_path.trim_end_matches('/').into();
+        self
     }
 }
 
-/// Every route of weir.
+/// Every route of weir, under the state's base path.
 pub fn app(state: AppState) -> Router {
+    let base = state.base_path.clone();
+    if base.is_empty() {
+        return routes(state);
+    }
+    // `/weir` and `/weir/` both answer with the page; its `<base href>` fixes relative URLs.
+    let index = get(api::console::index).with_state(state.clone());
     Router::new()
-        .route("/", get(api::dashboard::index))
-        .route("/assets/{file}", get(api::dashboard::asset))
+        .nest(&base, routes(state))
+        .route(&format!("{base}/"), index)
+}
+
+fn routes(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(api::console::index))
+        .route("/assets/{*file}", get(api::console::asset))
+        .route("/api/v1/preview", get(api::preview::preview))
         .route("/healthz", get(api::ops::healthz))
+        .route("/api/v1/health", get(api::ops::health))
         .route("/metrics", get(api::ops::metrics))
         .route("/api/v1/sql", post(api::sql::execute))
         .route("/api/v1/sources", get(api::sources::list))
@@ -413,23 +439,164 @@ mod tests {
         assert_eq!(r.headers()[header::RETRY_AFTER], "1");
     }
 
+    async fn get_text(app: &Router, uri: &str) -> (StatusCode, String) {
+        let response = app
+            .clone()
+            .oneshot(Request::get(uri).body(Body::empty()).expect("request"))
+            .await
+            .expect("response");
+        let status = response.status();
+        let bytes = body_bytes(response).await;
+        (status, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
     #[tokio::test]
-    async fn health_metrics_and_dashboard() {
+    async fn health_metrics_and_console() {
         let app = test_app(1024);
         for (uri, needle) in [
             ("/healthz", "ok"),
             ("/metrics", ""),
-            ("/", "<title>weir</title>"),
-            ("/assets/app.js", "EventSource"),
+            ("/api/v1/health", "\"uptime_s\""),
+            ("/", "<base href=\"/\">"),
+            ("/assets/console.js", "followEvents"),
+            ("/assets/vendor/vendor.js", "WeirVendor"),
+            ("/assets/vendor/uplot.css", ".uplot"),
         ] {
-            let response = app
-                .clone()
-                .oneshot(Request::get(uri).body(Body::empty()).expect("request"))
-                .await
-                .expect("response");
-            assert_eq!(response.status(), StatusCode::OK, "{uri}");
-            let bytes = body_bytes(response).await;
-            assert!(String::from_utf8_lossy(&bytes).contains(needle), "{uri}");
+            let (status, text) = get_text(&app, uri).await;
+            assert_eq!(status, StatusCode::OK, "{uri}");
+            assert!(
+                text.contains(needle),
+                "{uri}: {}",
+                &text[..text.len().min(200)]
+            );
         }
+        let (status, _) = get_text(&app, "/assets/nope.js").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test]
+    async fn everything_moves_under_a_base_path() {
+        let engine = Engine::in_memory(RuntimeConfig::default());
+        let app = app(AppState::new(engine).with_base_path("/weir/"));
+        for uri in ["/weir", "/weir/"] {
+            let (status, text) = get_text(&app, uri).await;
+            assert_eq!(status, StatusCode::OK, "{uri}");
+            assert!(text.contains("<base href=\"/weir/\">"), "{uri}");
+        }
+        for uri in [
+            "/weir/assets/console.js",
+            "/weir/api/v1/views",
+            "/weir/healthz",
+        ] {
+            assert_eq!(get_text(&app, uri).await.0, StatusCode::OK, "{uri}");
+        }
+        for uri in ["/", "/api/v1/views", "/assets/console.js"] {
+            assert_eq!(get_text(&app, uri).await.0, StatusCode::NOT_FOUND, "{uri}");
+        }
+    }
+
+    #[tokio::test]
+    async fn sql_errors_say_where_they_are() {
+        let app = test_app(1024);
+        let ddl =
+            r#"{"sql": "CREATE SOURCE t (id BIGINT, name VARCHAR) WITH (connector = 'http')"}"#;
+        assert_eq!(
+            call(&app, "POST", "/api/v1/sql", ddl).await.0,
+            StatusCode::OK
+        );
+        let view = r#"{"sql": "CREATE MATERIALIZED VIEW v AS SELECT id FROM t"}"#;
+        assert_eq!(
+            call(&app, "POST", "/api/v1/sql", view).await.0,
+            StatusCode::OK
+        );
+        // (statement, line, column, end column) of the underlined part.
+        for (sql, line, column, end) in [
+            ("SELECT nope FROM v", 1, 8, 12),
+            ("SELECT id\nFROM nowhere", 2, 6, 13),
+            ("SELEC id FROM v", 1, 1, 2),
+            (
+                "CREATE MATERIALIZED VIEW w AS SELECT id, nope FROM t",
+                1,
+                42,
+                46,
+            ),
+        ] {
+            let body = serde_json::json!({ "sql": sql }).to_string();
+            let (status, body) = call(&app, "POST", "/api/v1/sql", &body).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{sql}: {body}");
+            let p = &body["position"];
+            assert_eq!(
+                (
+                    p["line"].as_u64(),
+                    p["column"].as_u64(),
+                    p["end_column"].as_u64()
+                ),
+                (Some(line), Some(column), Some(end)),
+                "{sql}: {body}"
+            );
+        }
+        // Where nobody knows, no position is invented.
+        let body = serde_json::json!({ "sql": "SELECT id FROM v WHERE" }).to_string();
+        let (_, body) = call(&app, "POST", "/api/v1/sql", &body).await;
+        assert!(body.get("position").is_none(), "{body}");
+    }
+
+    #[tokio::test]
+    async fn view_rows_sort_and_page() {
+        let app = test_app(1 << 20);
+        let ddl =
+            r#"{"sql": "CREATE SOURCE t (id BIGINT, name VARCHAR) WITH (connector = 'http')"}"#;
+        assert_eq!(
+            call(&app, "POST", "/api/v1/sql", ddl).await.0,
+            StatusCode::OK
+        );
+        let view = r#"{"sql": "CREATE MATERIALIZED VIEW v AS SELECT id, name FROM t"}"#;
+        assert_eq!(
+            call(&app, "POST", "/api/v1/sql", view).await.0,
+            StatusCode::OK
+        );
+        let records: String = [5, 3, 9, 1, 7]
+            .iter()
+            .map(|i| format!("{{\"id\": {i}, \"name\": \"n{i}\"}}\n"))
+            .collect();
+        let (status, body) = call(&app, "POST", "/api/v1/sources/t/records", &records).await;
+        assert!(status.is_success(), "{body}");
+        let mut ids = Vec::new();
+        for _ in 0..200 {
+            let (_, body) = call(
+                &app,
+                "GET",
+                "/api/v1/views/v?sort=id&desc=true&offset=1&limit=2",
+                "",
+            )
+            .await;
+            ids = body["rows"]
+                .as_array()
+                .map(|rows| rows.iter().map(|r| r[0].as_i64().unwrap_or(-1)).collect())
+                .unwrap_or_default();
+            if !ids.is_empty() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert_eq!(ids, vec![7, 5], "the second and third largest");
+        let request = Request::get("/api/v1/views/v?offset=4")
+            .body(Body::empty())
+            .expect("request");
+        let response = app.clone().oneshot(request).await.expect("response");
+        assert_eq!(response.headers()["weir-total-rows"], "5");
+        let (status, body) = call(&app, "GET", "/api/v1/views/v?sort=nope", "").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(
+            body["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("id, name")),
+            "{body}"
+        );
+        let (status, text) = get_text(&app, "/api/v1/views/v?format=csv&sort=id").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(text.starts_with("id,name\n1,n1\n3,n3"), "{text}");
+        let (status, _) = get_text(&app, "/api/v1/views/v?format=xml").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
     }
 }

@@ -233,8 +233,8 @@ fn run(
             .nth(3)
             .unwrap_or_default()
             .to_string();
-        reset_peak_memory();
-        let (cpu, wall) = (cpu_seconds(), Instant::now());
+        crate::process::reset_peak_memory();
+        let (cpu, wall) = (crate::process::cpu_seconds(), Instant::now());
         engine
             .execute(view)
             .await
@@ -260,7 +260,7 @@ fn run(
         };
         eprintln!();
         let seconds = wall.elapsed().as_secs_f64();
-        let cpu = cpu_seconds() - cpu;
+        let cpu = crate::process::cpu_seconds() - cpu;
         let (p50, p99) = latency_percentiles(&engine.metrics().render(), &view_name);
         engine.shut_down();
         Ok(Figures {
@@ -271,7 +271,7 @@ fn run(
             events_per_second: events as f64 / seconds,
             cores_used: cpu / seconds,
             events_per_core_second: events as f64 / cpu.max(1e-9),
-            peak_memory_mib: peak_memory_kib() as f64 / 1024.0,
+            peak_memory_mib: crate::process::memory_kib("VmHWM:") as f64 / 1024.0,
             latency_p50_ms: p50,
             latency_p99_ms: p99,
             ceiling_events_per_second: 0.0,
@@ -378,40 +378,6 @@ fn latency_percentiles(metrics: &str, view: &str) -> (Option<f64>, Option<f64>) 
         return (None, None);
     }
     (at(0.5), at(0.99))
-}
-
-/// CPU time of this process so far (every thread, user and system).
-fn cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return 0.0;
-    };
-    // After the command name in parentheses: fields 14 and 15 are utime and stime.
-    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = [11, 12]
-        .iter()
-        .filter_map(|&i| fields.get(i).and_then(|v| v.parse::<f64>().ok()))
-        .sum();
-    // In USER_HZ, which Linux fixes at 100 for what it shows user space.
-    ticks / 100.0
-}
-
-/// Start the peak resident memory afresh (Linux: 5 to clear_refs), so that one run's
-/// peak is not an earlier run's or the ceiling's.
-fn reset_peak_memory() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
-}
-
-/// The process's peak resident memory in KiB.
-fn peak_memory_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

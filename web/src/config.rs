@@ -11,6 +11,9 @@ use weir_runtime::RuntimeConfig;
 pub struct ServerConfig {
     /// Address to listen on. Default `127.0.0.1:8080`.
     pub listen: String,
+    /// Serve the console and API under this path, e.g. `/weir` behind a proxy that
+    /// forwards `/weir/...` unchanged. Default: the root.
+    pub base_path: String,
     /// Start the Nexmark demo pipeline. Default false.
     pub demo: bool,
     /// Runtime settings (data dir, batching, HTTP ingest limits).
@@ -21,6 +24,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:8080".into(),
+            base_path: String::new(),
             demo: false,
             runtime: RuntimeConfig::default(),
         }

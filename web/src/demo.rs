@@ -1,4 +1,4 @@
-//! `weir serve --demo`: a Nexmark bid stream and two views, so the dashboard shows live
+//! `weir serve --demo`: a Nexmark bid stream and two views, so the console shows live
 //! results seconds after start.
 
 use weir_runtime::Engine;

@@ -12,6 +12,8 @@ pub struct ApiError {
     pub error: String,
     pub detail: String,
     pub retry_after: Option<u64>,
+    /// Where in the statement the error is (`{line, column, end_line, end_column}`).
+    pub position: Option<serde_json::Value>,
 }
 
 impl ApiError {
@@ -21,6 +23,7 @@ impl ApiError {
             error: error.into(),
             detail: detail.into(),
             retry_after: None,
+            position: None,
         }
     }
 
@@ -34,6 +37,9 @@ impl From<Error> for ApiError {
     /// retry hint), 500 us.
     fn from(e: Error) -> Self {
         let detail = e.to_string();
+        let position = e
+            .sql_span()
+            .and_then(|span| serde_json::to_value(span).ok());
         let (status, error, retry_after) = match e.class() {
             ErrorClass::InvalidSql => (StatusCode::BAD_REQUEST, "invalid SQL", None),
             ErrorClass::UnsupportedSql => (StatusCode::BAD_REQUEST, "unsupported SQL", None),
@@ -57,6 +63,7 @@ impl From<Error> for ApiError {
         };
         Self {
             retry_after,
+            position,
             ..Self::new(status, error, detail)
         }
     }
@@ -64,7 +71,10 @@ impl From<Error> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({ "error": self.error, "detail": self.detail });
+        let mut body = serde_json::json!({ "error": self.error, "detail": self.detail });
+        if let Some(position) = self.position {
+            body["position"] = position;
+        }
         let mut response = (self.status, axum::Json(body)).into_response();
         if let Some(secs) = self.retry_after {
             response

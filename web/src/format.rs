@@ -23,6 +23,18 @@ pub enum Format {
 }
 
 impl Format {
+    /// `?format=json|csv|arrow`.
+    pub fn from_name(name: &str) -> ApiResult<Self> {
+        match name {
+            "json" => Ok(Format::Json),
+            "csv" => Ok(Format::Csv),
+            "arrow" => Ok(Format::Arrow),
+            other => Err(ApiError::bad_request(format!(
+                "unknown format {other}: use json, csv or arrow"
+            ))),
+        }
+    }
+
     pub fn from_headers(headers: &HeaderMap) -> Self {
         let accept = headers
             .get(header::ACCEPT)

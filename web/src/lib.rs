@@ -1,5 +1,5 @@
 //! weir-web: the `weir` binary's library half: the HTTP API (axum), the embedded
-//! dashboard, the server configuration and the demo pipeline. `main.rs` is the CLI.
+//! console, the server configuration and the demo pipeline. `main.rs` is the CLI.
 
 pub mod api;
 pub mod app;
@@ -8,6 +8,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod format;
+pub mod process;
 pub mod scaffold;
 pub mod serve;
 

@@ -16,7 +16,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the server: HTTP API, dashboard and pipelines.
+    /// Run the server: HTTP API, console and pipelines.
     Serve {
         /// TOML configuration file; every setting has a default.
         #[arg(long)]
@@ -30,6 +30,9 @@ enum Command {
         /// Start a live Nexmark demo source with two views.
         #[arg(long)]
         demo: bool,
+        /// Serve the console and API under this path (e.g. /weir, behind a proxy).
+        #[arg(long)]
+        base_path: Option<String>,
     },
     /// Wasm plugins.
     Plugin {
@@ -109,7 +112,8 @@ fn main() -> ExitCode {
             listen,
             data_dir,
             demo,
-        } => run_serve(config, listen, data_dir, demo),
+            base_path,
+        } => run_serve(config, listen, data_dir, demo, base_path),
         Command::Bench {
             command:
                 BenchCommand::Nexmark {
@@ -152,6 +156,7 @@ fn run_serve(
     listen: Option<String>,
     data_dir: Option<PathBuf>,
     demo: bool,
+    base_path: Option<String>,
 ) -> anyhow::Result<()> {
     let mut cfg = match config {
         Some(path) => ServerConfig::load(&path)?,
@@ -164,6 +169,12 @@ fn run_serve(
         cfg.runtime.data_dir = d;
     }
     cfg.demo |= demo;
+    if let Some(b) = base_path {
+        cfg.base_path = b;
+    }
+    if !(cfg.base_path.is_empty() || cfg.base_path.starts_with('/')) {
+        anyhow::bail!("base path {} must start with /", cfg.base_path);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

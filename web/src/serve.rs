@@ -28,9 +28,12 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     }
     tracing::info!(%addr, data_dir = %data_dir.display(), "weir listening");
     // A line on stdout that scripts and tests can wait for.
-    println!("weir listening on http://{addr}");
+    println!(
+        "weir listening on http://{addr}{}",
+        state_base(&config.base_path)
+    );
     let _ = std::io::stdout().flush();
-    let state = AppState::new(engine.clone());
+    let state = AppState::new(engine.clone()).with_base_path(&config.base_path);
     let shutdown = state.shutdown.clone();
     axum::serve(listener, app(state))
         .with_graceful_shutdown(async move {
@@ -50,6 +53,11 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
         .await
         .context("serving HTTP")?;
     Ok(())
+}
+
+/// The base path as it ends a URL ("" at the root).
+fn state_base(base_path: &str) -> &str {
+    base_path.trim_end_matches('/')
 }
 
 /// Create the data dir if needed and prove it is writable.

@@ -255,7 +255,11 @@ fn snapshot(
         ));
     }
     let mut snapshots = Vec::with_capacity(views.len());
-    for view in views.iter().filter(|v| v.source == source.name) {
+    // Previews are never kept.
+    for view in views
+        .iter()
+        .filter(|v| v.source == source.name && !v.preview)
+    {
         snapshots.push(view.checkpoint(epoch)?);
     }
     Ok(SourceSnapshot {

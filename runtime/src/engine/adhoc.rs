@@ -19,6 +19,7 @@ use crate::{Error, Result};
 pub(super) fn adhoc_context() -> SessionContext {
     let mut config = SessionConfig::new().with_information_schema(false);
     config.options_mut().sql_parser.parse_float_as_decimal = true;
+    config.options_mut().sql_parser.collect_spans = true;
     let state = SessionStateBuilder::new()
         .with_config(config)
         .with_default_features()

@@ -30,6 +30,25 @@ pub struct CheckpointsStatus {
     pub last_error: Option<String>,
     /// On disk, newest first.
     pub checkpoints: Vec<CheckpointInfo>,
+    /// The last checkpoints this process took or tried, oldest first (at most
+    /// [`HISTORY`]): for charts of size and duration.
+    pub history: Vec<CheckpointAttempt>,
+}
+
+/// How many checkpoint attempts the history keeps.
+pub const HISTORY: usize = 360;
+
+/// One checkpoint this process took, or tried to.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckpointAttempt {
+    pub epoch: u64,
+    /// Milliseconds since the epoch, when it started.
+    pub started_ms: i64,
+    pub duration_ms: u64,
+    /// Bytes written; 0 when it failed.
+    pub bytes: u64,
+    /// Why it was not written.
+    pub error: Option<String>,
 }
 
 /// Restore state between Engine::new and the end of the catalog replay.
@@ -104,6 +123,20 @@ impl Engine {
             other => other,
         });
         let m = &inner.metrics;
+        let attempt = CheckpointAttempt {
+            epoch,
+            started_ms: now_ms() - started.elapsed().as_millis() as i64,
+            duration_ms: started.elapsed().as_millis() as u64,
+            bytes: written.as_ref().map_or(0, |info| info.bytes),
+            error: written.as_ref().err().map(|e| e.to_string()),
+        };
+        {
+            let mut history = inner.checkpoint_history.lock();
+            if history.len() == HISTORY {
+                history.pop_front();
+            }
+            history.push_back(attempt);
+        }
         match &written {
             Ok(info) => {
                 m.checkpoints.inc();
@@ -156,6 +189,7 @@ impl Engine {
             warnings: inner.checkpoints.warnings(),
             last_error: inner.checkpoint_error.lock().clone(),
             checkpoints: inner.checkpoints.list(),
+            history: inner.checkpoint_history.lock().iter().cloned().collect(),
         }
     }
 
@@ -313,11 +347,20 @@ impl Engine {
     }
 }
 
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 /// A finished source has no pipeline left to answer: a sink created on one of its views
 /// since has the view's rows sealed here, so that a checkpoint holds them.
 fn seal_finished(source: &crate::source::SourceRuntime, epoch: u64) {
     // A join's views are snapshotted with its other inputs, not here.
-    let views = source.views.lock().clone();
+    let views: Vec<_> = (source.views.lock().iter())
+        .filter(|v| !v.preview)
+        .cloned()
+        .collect();
     if *source.state.lock() != SourceState::Finished
         || views.iter().any(|v| v.is_join())
         || !views.iter().any(|v| v.sink_changes_open())

@@ -3,18 +3,20 @@
 //!
 //! This module runs a statement and makes DDL durable; each kind of object has its own
 //! file: `sources` (and HTTP ingest), `streams`, `views`, `sinks`, `plugins`, `adhoc` (SELECT
-//! over views), `introspect` (SHOW, EXPLAIN), `checkpoints` (taking and restoring them).
+//! over views), `preview` (a query's first rows before it is a view), `introspect` (SHOW, EXPLAIN), `checkpoints` (taking and restoring them).
 
 mod adhoc;
 mod checkpoints;
 mod introspect;
 mod plugins;
+mod preview;
 mod sinks;
 mod sources;
 mod streams;
 mod views;
 
 pub use checkpoints::CheckpointsStatus;
+pub use preview::{LivePreview, Preview};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64};
@@ -77,6 +79,8 @@ struct Inner {
     /// Where the inputs of joins meet to be snapshotted together.
     alignment: Arc<crate::checkpoint::align::JoinAlignment>,
     checkpoint_error: Mutex<Option<String>>,
+    /// The latest checkpoints taken by this process, written or failed, oldest first.
+    checkpoint_history: Mutex<std::collections::VecDeque<checkpoints::CheckpointAttempt>>,
     checkpoints_started: AtomicBool,
     shut_down: AtomicBool,
 }
@@ -144,6 +148,7 @@ impl Engine {
                 checkpoint_lock: Mutex::new(()),
                 alignment: Arc::default(),
                 checkpoint_error: Mutex::new(None),
+                checkpoint_history: Mutex::new(Default::default()),
                 checkpoints_started: AtomicBool::new(false),
                 shut_down: AtomicBool::new(false),
             }),

@@ -142,7 +142,10 @@ impl Engine {
         let Some(source) = self.inner.sources.get(name).map(|s| s.clone()) else {
             return missing(if_exists, format!("no source named {name}"));
         };
-        let mut users: Vec<String> = source.views.lock().iter().map(|v| v.name.clone()).collect();
+        let mut users: Vec<String> = (source.views.lock().iter())
+            .filter(|v| !v.preview)
+            .map(|v| v.name.clone())
+            .collect();
         users.extend(self.streams_where(|s| s.source == name));
         if !users.is_empty() {
             return Err(Error::Conflict(format!(

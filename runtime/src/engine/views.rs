@@ -7,6 +7,7 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::TableReference;
 
 use super::{Engine, SqlOutput, missing};
+use crate::source::SourceRuntime;
 use crate::view::{ViewRuntime, ViewStatus, ViewTable};
 use crate::{Error, Result};
 use weir_sql::planner::{SourceCatalog, SourceInfo};
@@ -27,6 +28,39 @@ impl Engine {
                 "the name {name} is taken; DROP it first or choose another"
             )));
         }
+        let (view, fed_by) = self
+            .plan_view(&v, sql, max_rows, parallelism, false)
+            .await?;
+        self.inner.adhoc.register_table(
+            TableReference::bare(name.as_str()),
+            Arc::new(ViewTable(view.clone())),
+        )?;
+        self.restore_view(&view);
+        for s in &fed_by {
+            s.views.lock().push(view.clone());
+            if !self.replaying() {
+                s.active.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        let description = view.description.clone();
+        self.inner.views.insert(name.clone(), view);
+        tracing::info!(view = %name, plan = %description, "view created");
+        Ok(SqlOutput::Done {
+            message: format!("view {name} created"),
+        })
+    }
+
+    /// Plan a view and make its runtime, not yet fed by anything: the sources it reads
+    /// come back beside it.
+    pub(super) async fn plan_view(
+        &self,
+        v: &CreateView,
+        sql: &str,
+        max_rows: Option<usize>,
+        parallelism: usize,
+        preview: bool,
+    ) -> Result<(Arc<ViewRuntime>, Vec<Arc<SourceRuntime>>)> {
+        let name = &v.name;
         // Views it reads are tables a source may be joined with (stream-table joins).
         let mut tables = weir_sql::planner::LookupTables::new();
         for name in weir_sql::planner::view_relations(&v.query) {
@@ -36,7 +70,7 @@ impl Engine {
         }
         let table_names: Vec<String> = tables.keys().cloned().collect();
         let mut query =
-            ContinuousQuery::plan_with(&v, &self.catalog(), &self.plugin_functions(), &tables)
+            ContinuousQuery::plan_with(v, &self.catalog(), &self.plugin_functions(), &tables)
                 .await?;
         parallelize(&mut query, parallelism)?;
         let mut plugins = self.plugins_called_by(&v.query);
@@ -107,35 +141,21 @@ impl Engine {
                 query.output_schema.clone(),
                 operator,
                 max_rows,
-                m.view(&name),
+                m.view(name),
             )
             .with_plugins(plugins)
             .with_stream(stream.map(|s| s.name.clone()))
             .with_checkpoints(self.inner.checkpoints.enabled())
             .with_inputs(&inputs)
-            .with_tables(table_names),
+            .with_tables(table_names)
+            .with_preview(preview),
         );
-        self.inner.adhoc.register_table(
-            TableReference::bare(name.as_str()),
-            Arc::new(ViewTable(view.clone())),
-        )?;
-        self.restore_view(&view);
         let fed_by = if inputs.is_empty() {
             vec![source]
         } else {
             inputs
         };
-        for s in &fed_by {
-            s.views.lock().push(view.clone());
-            if !self.replaying() {
-                s.active.store(true, std::sync::atomic::Ordering::Relaxed);
-            }
-        }
-        self.inner.views.insert(name.clone(), view);
-        tracing::info!(view = %name, source = %query.source, plan = %query.description, "view created");
-        Ok(SqlOutput::Done {
-            message: format!("view {name} created"),
-        })
+        Ok((view, fed_by))
     }
 
     /// What a view may read: every source's schema and watermark.

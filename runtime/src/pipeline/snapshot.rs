@@ -20,7 +20,11 @@ impl Pipeline {
     /// a join is snapshotted with the join's other inputs.
     pub(super) fn snapshot(&mut self, epoch: u64, finished: bool) {
         let slot = &self.source.checkpoint;
-        let views = self.source.views.lock().clone();
+        // Previews are not kept.
+        let views: Vec<_> = (self.source.views.lock().iter())
+            .filter(|v| !v.preview)
+            .cloned()
+            .collect();
         // A paused view has not processed the batches it holds: snapshot later.
         if views.iter().any(|v| v.held_batches() > 0) {
             return;

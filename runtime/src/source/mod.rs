@@ -95,6 +95,8 @@ pub struct SourceStatus {
     /// Milliseconds since the epoch; absent before the first batch or without a WATERMARK.
     pub watermark_ms: Option<i64>,
     pub views: Vec<String>,
+    /// Previews of queries over this source running now (the console's).
+    pub previews: usize,
     pub columns: Vec<ColumnInfo>,
     #[serde(flatten)]
     pub connector_status: connector::ConnectorStatus,
@@ -104,6 +106,9 @@ impl SourceRuntime {
     pub fn status(&self) -> SourceStatus {
         let wm = self.current_watermark.load(Ordering::Relaxed);
         let connector_status = self.input.status();
+        let (previews, views): (Vec<_>, Vec<_>) =
+            self.views.lock().iter().cloned().partition(|v| v.preview);
+        let previews = previews.len();
         let status = match self.state.lock().clone() {
             SourceState::Running if connector_status.waiting.is_some() => SourceState::Connecting,
             state => state,
@@ -117,7 +122,8 @@ impl SourceRuntime {
             batches: self.batches.get(),
             dead_letters: self.dead_letters.get(),
             watermark_ms: (wm != i64::MIN).then_some(wm),
-            views: self.views.lock().iter().map(|v| v.name.clone()).collect(),
+            views: views.iter().map(|v| v.name.clone()).collect(),
+            previews,
             columns: ColumnInfo::of(&self.schema),
             connector_status,
         }

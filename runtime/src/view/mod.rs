@@ -96,6 +96,8 @@ pub struct ViewRuntime {
     pub(crate) combined_watermark: std::sync::atomic::AtomicI64,
     /// Views whose rows this view joins its source with (kept while it exists).
     pub(crate) tables: Vec<String>,
+    /// A preview of a query in the console: never in a checkpoint or the catalog.
+    pub(crate) preview: bool,
     /// The feeds of the sinks that write this view's changes.
     sinks: Mutex<Vec<Arc<SinkFeed>>>,
     /// From the checkpoint restored: each sink's undelivered epochs, and the epoch of
@@ -196,9 +198,16 @@ impl ViewRuntime {
             input_names: Vec::new(),
             combined_watermark: std::sync::atomic::AtomicI64::new(i64::MIN),
             tables: Vec::new(),
+            preview: false,
             sinks: Mutex::new(Vec::new()),
             restored_outboxes: Mutex::default(),
         }
+    }
+
+    /// A preview: left out of checkpoints.
+    pub(crate) fn with_preview(mut self, preview: bool) -> Self {
+        self.preview = preview;
+        self
     }
 
     /// A stream-table join reads these views' rows.

@@ -433,6 +433,8 @@ pub(crate) fn planning_context(functions: &[ScalarUDF]) -> SessionContext {
         .with_target_partitions(1)
         .set_bool("datafusion.optimizer.enable_dynamic_filter_pushdown", false);
     config.options_mut().sql_parser.parse_float_as_decimal = true;
+    // Errors carry where in the statement they are (the console underlines it).
+    config.options_mut().sql_parser.collect_spans = true;
     let rules = Optimizer::new()
         .rules
         .into_iter()

@@ -2,10 +2,11 @@
 
 pub mod body;
 pub mod checkpoints;
-pub mod dashboard;
+pub mod console;
 pub mod dead_letters;
 pub mod ops;
 pub mod plugins;
+pub mod preview;
 pub mod sinks;
 pub mod sources;
 pub mod sql;

@@ -14,7 +14,11 @@ use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::app::AppState;
-use crate::error::ApiResult;
+use arrow::array::RecordBatch;
+use arrow::compute::{SortOptions, concat_batches, sort_to_indices, take};
+use arrow::datatypes::SchemaRef;
+
+use crate::error::{ApiError, ApiResult};
 use crate::format::{Format, rows_json, rows_response};
 
 pub async fn list(State(state): State<AppState>) -> Json<Value> {
@@ -23,8 +27,16 @@ pub async fn list(State(state): State<AppState>) -> Json<Value> {
 
 #[derive(Debug, Deserialize)]
 pub struct RowsQuery {
-    /// Return only the newest `limit` rows.
+    /// Alone: only the newest `limit` rows. With `offset` or `sort`: a page of that size.
     pub limit: Option<usize>,
+    /// Skip this many rows (of the sorted rows when `sort` is given).
+    pub offset: Option<usize>,
+    /// Sort by this column (nulls last), ascending unless `desc=true`.
+    pub sort: Option<String>,
+    #[serde(default)]
+    pub desc: bool,
+    /// `json`, `csv` or `arrow`, over the Accept header (for download links).
+    pub format: Option<String>,
     #[serde(default)]
     pub consistency: Consistency,
 }
@@ -60,10 +72,20 @@ pub async fn rows(
         Consistency::Live => view.snapshot(),
         Consistency::Committed => view.committed_snapshot(),
     };
-    if let Some(limit) = q.limit {
+    let total: usize = batches.iter().map(|b| b.num_rows()).sum();
+    if q.offset.is_some() || q.sort.is_some() {
+        batches = page(&view.schema, batches, &q)?;
+    } else if let Some(limit) = q.limit {
         batches = newest(batches, limit);
     }
-    let mut response = rows_response(Format::from_headers(&headers), &view.schema, &batches)?;
+    let format = match q.format.as_deref() {
+        None => Format::from_headers(&headers),
+        Some(name) => Format::from_name(name)?,
+    };
+    let mut response = rows_response(format, &view.schema, &batches)?;
+    response
+        .headers_mut()
+        .insert("weir-total-rows", HeaderValue::from(total));
     // Rows the view no longer holds: say so, whatever the format.
     if let Some(cut) = view.rows_cut() {
         let h = response.headers_mut();
@@ -76,6 +98,60 @@ pub async fn rows(
         }
     }
     Ok(response)
+}
+
+/// One page of the rows: sorted by a column if asked, then `offset` and `limit`.
+fn page(
+    schema: &SchemaRef,
+    batches: Vec<RecordBatch>,
+    q: &RowsQuery,
+) -> ApiResult<Vec<RecordBatch>> {
+    let all = concat_batches(schema, &batches).map_err(render_error)?;
+    let offset = q.offset.unwrap_or(0).min(all.num_rows());
+    let limit = q.limit.unwrap_or(usize::MAX).min(all.num_rows() - offset);
+    let Some(column) = &q.sort else {
+        return Ok(vec![all.slice(offset, limit)]);
+    };
+    let Some(index) = schema.index_of(column).ok() else {
+        return Err(ApiError::bad_request(format!(
+            "no column named {column} to sort by; the view has {}",
+            schema
+                .fields()
+                .iter()
+                .map(|f| f.name().as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    };
+    let options = SortOptions {
+        descending: q.desc,
+        nulls_first: false,
+    };
+    // Only the first offset + limit positions are sorted fully.
+    let order = sort_to_indices(
+        all.column(index),
+        Some(options),
+        Some(offset.saturating_add(limit)),
+    )
+    .map_err(render_error)?;
+    let wanted = order.slice(offset, limit);
+    let columns = all
+        .columns()
+        .iter()
+        .map(|c| take(c, &wanted, None))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(render_error)?;
+    Ok(vec![
+        RecordBatch::try_new(schema.clone(), columns).map_err(render_error)?,
+    ])
+}
+
+fn render_error(e: arrow::error::ArrowError) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+        "cannot page the rows",
+        e.to_string(),
+    )
 }
 
 /// Keep the newest `limit` rows of `batches`.

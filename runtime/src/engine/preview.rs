@@ -1,0 +1,113 @@
+//! Previews: a query's first rows while the user is still writing it. A query over
+//! sources or streams runs as a view that nothing else sees (not listed, not in the
+//! catalog, not in checkpoints) and is gone when its reader is; a query over views
+//! only runs once.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::sql::sqlparser::ast;
+use tokio::sync::broadcast;
+
+use super::{Engine, SqlOutput, views::take_parallelism};
+use crate::source::SourceRuntime;
+use crate::view::ViewRuntime;
+use crate::{Error, Result};
+use weir_sql::{CreateView, Statement, parse_statement};
+
+/// Rows a live preview keeps (it shows the first rows, not a view's history).
+const PREVIEW_MAX_ROWS: usize = 10_000;
+
+/// What a preview gives.
+pub enum Preview {
+    /// A query over sources: its rows as they are emitted, until this is dropped.
+    Live(LivePreview),
+    /// A query over views: its rows now.
+    Rows {
+        schema: SchemaRef,
+        batches: Vec<RecordBatch>,
+    },
+}
+
+/// A running preview; dropping it stops it.
+pub struct LivePreview {
+    pub schema: SchemaRef,
+    pub changes: broadcast::Receiver<RecordBatch>,
+    view: Arc<ViewRuntime>,
+    fed_by: Vec<Arc<SourceRuntime>>,
+    engine: Engine,
+}
+
+impl Drop for LivePreview {
+    fn drop(&mut self) {
+        for s in &self.fed_by {
+            s.views.lock().retain(|v| v.id != self.view.id);
+        }
+        self.engine.inner.metrics.forget_view(&self.view.name);
+        tracing::debug!(preview = %self.view.name, "preview ended");
+    }
+}
+
+static NEXT_PREVIEW: AtomicU64 = AtomicU64::new(1);
+
+impl Engine {
+    /// Preview a SELECT: live over sources and streams, once over views.
+    pub async fn preview(&self, sql: &str) -> Result<Preview> {
+        let query = match parse_statement(sql)? {
+            Statement::Query(stmt) => match *stmt {
+                ast::Statement::Query(q) => q,
+                other => return Err(not_a_query(&other.to_string())),
+            },
+            _ => return Err(not_a_query(sql)),
+        };
+        let reads_unbounded = weir_sql::planner::relations(&query).iter().any(|name| {
+            self.inner.sources.contains_key(name) || self.inner.streams.contains_key(name)
+        });
+        if !reads_unbounded {
+            return match self.query(ast::Statement::Query(query)).await? {
+                SqlOutput::Rows { schema, batches } => Ok(Preview::Rows { schema, batches }),
+                SqlOutput::Done { message } => Err(Error::Internal(format!(
+                    "a query answered without rows: {message}"
+                ))),
+            };
+        }
+        // A name no statement can take (it has a space), so it never clashes.
+        let mut v = CreateView {
+            name: format!("preview {}", NEXT_PREVIEW.fetch_add(1, Ordering::Relaxed)),
+            if_not_exists: false,
+            options: Default::default(),
+            query,
+        };
+        let parallelism = take_parallelism(&mut v, self.inner.config.parallelism)?;
+        let (view, fed_by) = self
+            .plan_view(&v, sql, Some(PREVIEW_MAX_ROWS), parallelism, true)
+            .await?;
+        if view.is_join() {
+            return Err(Error::BadRequest(
+                "a join of several sources cannot be previewed yet: create it as a view".into(),
+            ));
+        }
+        let changes = view.subscribe();
+        for s in &fed_by {
+            s.views.lock().push(view.clone());
+            s.active.store(true, Ordering::Relaxed);
+        }
+        tracing::debug!(preview = %view.name, "preview started");
+        Ok(Preview::Live(LivePreview {
+            schema: view.schema.clone(),
+            changes,
+            view,
+            fed_by,
+            engine: self.clone(),
+        }))
+    }
+}
+
+fn not_a_query(sql: &str) -> Error {
+    Error::BadRequest(format!(
+        "only a SELECT can be previewed (it creates nothing); run other statements instead: {}",
+        sql.trim()
+    ))
+}

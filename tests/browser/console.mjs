@@ -1,0 +1,207 @@
+// Drives the weir console in headless Chromium, as a user would, and saves a
+// screenshot of each page. Usage: node console.mjs URL FILES SHOTS
+//   URL   the console (under its base path), e.g. http://127.0.0.1:PORT/weir/
+//   FILES a directory with currency.wasm, not-wasm.txt and trap.wasm
+//   SHOTS where the screenshots go
+// Prints one JSON line and exits 0 when every check passes; names the failed check otherwise.
+import { chromium } from "playwright-core";
+
+const [url, files, shots] = process.argv.slice(2);
+const executablePath = process.env.CHROMIUM || "/usr/bin/chromium";
+const browser = await chromium.launch({
+  executablePath,
+  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+});
+const report = { ok: false, checks: [] };
+let step = "start";
+const check = (name) => { step = name; report.checks.push(name); };
+let page = null;
+const fail = async (msg) => {
+  console.error(`${step}: ${msg}`);
+  if (page) await page.screenshot({ path: `${shots}/failure.png`, fullPage: true }).catch(() => {});
+  await browser.close();
+  process.exit(1);
+};
+const api = async (path, init) => {
+  const r = await fetch(new URL(path, url), init);
+  return r.json();
+};
+const T = { timeout: 30000 };
+
+try {
+  page = await browser.newPage({ viewport: { width: 1366, height: 860 } });
+  page.on("dialog", (d) => d.accept());
+  const errors = [];
+  page.on("pageerror", (e) => errors.push(e.message));
+
+  check("the page loads under its base path and lists the catalog");
+  await page.goto(url);
+  await page.waitForSelector("#catalog details[data-kind=source][data-name=bids]", T);
+  await page.waitForSelector("#catalog details[data-kind=view][data-name=bids_per_channel]", T);
+  await page.waitForSelector("#checkpoint:has-text('last checkpoint #')", T);
+  await page.screenshot({ path: `${shots}/query.png` });
+
+  const editor = page.locator("#editor .cm-content");
+  const typeInto = async (text) => {
+    await editor.click();
+    await page.keyboard.press("Control+A");
+    await page.keyboard.press("Delete");
+    await page.keyboard.type(text);
+  };
+
+  check("autocompletion offers the catalog's sources and views");
+  await typeInto("SELECT * FROM bids_per_ch");
+  await page.keyboard.press("Control+Space");
+  await page.waitForSelector(".cm-tooltip-autocomplete li:has-text('bids_per_channel')", T);
+  // CodeMirror ignores keys in the first 75 ms of a completion list (interactionDelay).
+  await page.waitForTimeout(200);
+  await page.keyboard.press("Enter");
+  const completed = await editor.innerText();
+  if (!completed.includes("FROM bids_per_channel")) await fail(`completion not applied: ${completed}`);
+  await page.keyboard.type(".");
+  await page.keyboard.press("Control+Space");
+  await page.waitForSelector(".cm-tooltip-autocomplete li:has-text('top_price')", T);
+  await page.keyboard.press("Escape");
+
+  check("Ctrl+Enter runs a query and shows its rows");
+  await typeInto("SELECT channel, sum(bids) AS n FROM bids_per_channel GROUP BY channel ORDER BY channel");
+  await page.keyboard.press("Escape");
+  // The demo's first window closes some seconds after the start: run again until it has.
+  for (let tries = 0; ; tries++) {
+    await page.keyboard.press("Control+Enter");
+    await page.waitForSelector("#sql-status:has-text('rows in')", T);
+    if (await page.$("#sql-result td:text-is('Apple')")) break;
+    if (tries === 30) await fail("no rows for Apple after 30 runs");
+    await page.waitForTimeout(1000);
+    await editor.click();
+  }
+
+  check("bad SQL is underlined where the server says");
+  await typeInto("SELECT nope FROM bids_per_channel");
+  await page.keyboard.press("Control+Enter");
+  await page.waitForSelector("#sql-error:has-text('400')", T);
+  await page.waitForSelector(".cm-lintRange-error", T);
+  const underlined = await page.$$eval(".cm-lintRange-error", (els) => els.map((e) => e.textContent).join(""));
+  if (underlined !== "nope") await fail(`underlined "${underlined}", not "nope"`);
+  const message = await page.textContent("#sql-error");
+  if (!message.includes("nope")) await fail(`error does not name the column: ${message}`);
+  await page.screenshot({ path: `${shots}/query-error.png` });
+
+  check("a preview streams a query's first rows live, and stops");
+  await typeInto("SELECT auction, price, channel FROM bids WHERE price > 90000000");
+  await page.keyboard.press("Control+Shift+Enter");
+  await page.waitForFunction(() => document.querySelectorAll("#preview-table tbody tr").length >= 5, null, T);
+  const during = await api("api/v1/sources/bids");
+  if (during.previews !== 1) await fail(`previews while previewing: ${during.previews}`);
+  const viewsDuring = (await api("api/v1/views")).views.map((v) => v.name);
+  if (viewsDuring.length !== 2) await fail(`a preview became a view: ${viewsDuring}`);
+  await page.screenshot({ path: `${shots}/preview.png` });
+  await page.click("#stop-preview");
+  const stopped = Date.now();
+  for (;;) {
+    if ((await api("api/v1/sources/bids")).previews === 0) break;
+    if (Date.now() - stopped > 20000) await fail("the preview still runs after Stop");
+    await new Promise((r) => setTimeout(r, 200));
+  }
+
+  check("history keeps the statements run");
+  const kept = await page.$$eval("#history option", (os) => os.map((o) => o.textContent));
+  if (!kept.some((t) => t.startsWith("SELECT auction, price, channel FROM bids WHERE price > 90000000"))) await fail(`history: ${kept}`);
+
+  check("a view is created from the editor and its chart moves");
+  await typeInto("SELECT window_start, window_end, channel, count(*) AS n FROM TUMBLE(bids, date_time, INTERVAL '1' SECOND) GROUP BY window_start, window_end, channel");
+  await page.fill("#view-name", "per_second");
+  await page.click("#create-view");
+  await page.waitForURL(/#\/view\/per_second$/, T);
+  await page.waitForFunction(() => Number(document.querySelector("#view-chart")?.dataset.points) >= 1, null, T);
+  const firstEnd = await page.getAttribute("#view-chart", "data-last");
+  await page.waitForFunction((first) => document.querySelector("#view-chart").dataset.last !== first, firstEnd, T);
+  await page.waitForSelector("#view-chart canvas", T);
+
+  check("the rows sort by a column and page");
+  await page.selectOption("#page-size", "25");
+  await page.click("#view-table th button[data-column=n]");
+  await page.waitForSelector("#view-table th[aria-sort=ascending] button[data-column=n]", T);
+  const ns = await page.$$eval("#view-table tbody tr td:nth-child(4)", (tds) => tds.map((t) => Number(t.textContent)));
+  if (ns.some((n, i) => i > 0 && n < ns[i - 1])) await fail(`not sorted: ${ns}`);
+  const pageInfo = await page.textContent("#page-info");
+  if (!/rows 1–\d+ of \d+/.test(pageInfo)) await fail(`pager: ${pageInfo}`);
+
+  check("the rows download as CSV");
+  const csvHref = await page.getAttribute("a[data-format=csv]", "href");
+  const csv = await (await fetch(new URL(csvHref, url))).text();
+  if (!csv.startsWith("window_start,window_end,channel,n")) await fail(`csv: ${csv.slice(0, 80)}`);
+
+  check("pause holds the table still");
+  await page.click("#pause");
+  const held = await page.getAttribute("#view-chart", "data-last");
+  await page.waitForTimeout(2500);
+  if ((await page.getAttribute("#view-chart", "data-last")) !== held) await fail("the chart moved while paused");
+  await page.click("#pause");
+
+  check("the operator graph shows the view's operators");
+  await page.waitForSelector("#view-graph li.operator[data-operator=aggregate]", T);
+  await page.screenshot({ path: `${shots}/view.png`, fullPage: true });
+
+  check("plugins: a refused upload says why in place; an accepted one is listed with its signature");
+  await page.goto(`${url}#/plugins`);
+  await page.fill("#plugin-name", "broken");
+  await page.setInputFiles("#plugin-file", `${files}/not-wasm.txt`);
+  await page.click("#plugin-upload");
+  await page.waitForSelector("#plugin-error:has-text('not a WebAssembly module')", T);
+  await page.fill("#plugin-name", "currency");
+  await page.setInputFiles("#plugin-file", `${files}/currency.wasm`);
+  await page.click("#plugin-upload");
+  await page.waitForSelector("#plugin-result:has-text('to_eur(Int64) -> Float64')", T);
+  await page.waitForSelector("#plugins tr[data-plugin=currency]", T);
+
+  check("a plugin that traps is marked failed and its view paused");
+  await page.fill("#plugin-name", "flaky");
+  await page.setInputFiles("#plugin-file", `${files}/trap.wasm`);
+  await page.click("#plugin-upload");
+  await page.waitForSelector("#plugin-result:has-text('crash(Int64) -> Int64')", T);
+  await api("api/v1/sql", { method: "POST", headers: { "content-type": "application/json" },
+    body: JSON.stringify({ sql: "CREATE MATERIALIZED VIEW flaky_view AS SELECT crash(auction) AS c FROM bids" }) });
+  await page.waitForSelector("#plugins tr[data-plugin=flaky]:has-text('failed: 3 failures in a row')", T);
+  await page.screenshot({ path: `${shots}/plugins.png`, fullPage: true });
+
+  check("plugin functions complete in the editor");
+  await page.goto(`${url}#/query`);
+  await typeInto("SELECT to_e");
+  await page.keyboard.press("Control+Space");
+  await page.waitForSelector(".cm-tooltip-autocomplete li:has-text('to_eur')", T);
+  await page.keyboard.press("Escape");
+
+  check("sources: rate, watermark and dead letters");
+  await page.goto(`${url}#/sources`);
+  await page.waitForSelector("#source-list tr[data-source=bids] .spark canvas", T);
+  await page.screenshot({ path: `${shots}/sources.png`, fullPage: true });
+
+  check("health: take a checkpoint, see it in the history");
+  await page.goto(`${url}#/health`);
+  await page.waitForSelector("#health-facts:has-text('uptime')", T);
+  await page.click("#take-checkpoint");
+  await page.waitForSelector("#checkpoint-result:has-text('written')", T);
+  await page.waitForFunction(() => Number(document.querySelector("#checkpoint-chart")?.dataset.points) >= 1, null, T);
+  await page.waitForSelector("#warnings li:has-text('plugin flaky')", T);
+  await page.screenshot({ path: `${shots}/health.png`, fullPage: true });
+
+  check("the sidebar drops a view after a confirmation");
+  await page.click("#catalog details[data-name=per_second] summary");
+  await page.click("#catalog details[data-name=per_second] button:has-text('Drop')");
+  await page.waitForSelector("#catalog details[data-name=per_second]", { state: "detached", timeout: 30000 });
+
+  check("dark mode renders");
+  await page.emulateMedia({ colorScheme: "dark" });
+  await page.goto(`${url}#/query`);
+  await page.waitForSelector("#editor .cm-editor", T);
+  await page.screenshot({ path: `${shots}/query-dark.png` });
+
+  if (errors.length) await fail(`errors in the page: ${errors.join("; ")}`);
+  report.ok = true;
+  console.log(JSON.stringify(report));
+} catch (e) {
+  await fail(String(e));
+}
+await browser.close();

@@ -1,0 +1,128 @@
+// Small helpers the console's pages share: the API, elements, tables, server-sent
+// events over fetch (so an error answer can be read), and formatting.
+
+/** Build an element: h("button", {class: "x", onclick: f}, "text", child). */
+export function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
+    else if (k === "class") el.className = v;
+    else if (k === "text") el.textContent = v;
+    else el.setAttribute(k, v === true ? "" : v);
+  }
+  for (const c of children.flat()) {
+    if (c === null || c === undefined || c === false) continue;
+    el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return el;
+}
+
+/** An API error: the status and the server's message. */
+export class ApiError extends Error {
+  constructor(status, body) {
+    super(body && body.detail ? body.detail : `HTTP ${status}`);
+    this.status = status;
+    this.body = body || {};
+  }
+}
+
+/** Call the API (relative to the page's base); JSON in and out. */
+export async function api(path, { method = "GET", body, raw } = {}) {
+  const init = { method, headers: {} };
+  if (body !== undefined) {
+    init.body = raw ? body : JSON.stringify(body);
+    if (!raw) init.headers["content-type"] = "application/json";
+  }
+  const r = await fetch(path.replace(/^\//, ""), init);
+  const text = await r.text();
+  let json = null;
+  try { json = text ? JSON.parse(text) : null; } catch { json = { detail: text }; }
+  if (!r.ok) throw new ApiError(r.status, json);
+  return { json, headers: r.headers };
+}
+
+/**
+ * Follow server-sent events from `path` with fetch. Calls onEvent(name, data) per
+ * event; resolves when the stream ends; rejects with ApiError on an error answer.
+ * Abort it with the signal.
+ */
+export async function followEvents(path, onEvent, signal) {
+  const r = await fetch(path.replace(/^\//, ""), { signal, headers: { accept: "text/event-stream" } });
+  if (!r.ok) {
+    let body = null;
+    try { body = await r.json(); } catch { /* not JSON */ }
+    throw new ApiError(r.status, body);
+  }
+  const reader = r.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += decoder.decode(value, { stream: true });
+    let cut;
+    while ((cut = buffer.indexOf("\n\n")) >= 0) {
+      const block = buffer.slice(0, cut);
+      buffer = buffer.slice(cut + 2);
+      let name = "message";
+      const data = [];
+      for (const line of block.split("\n")) {
+        if (line.startsWith("event:")) name = line.slice(6).trim();
+        else if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
+      }
+      if (data.length) onEvent(name, data.join("\n"));
+    }
+  }
+}
+
+/** A table of `{columns, rows}`; `onSort(column)` makes headers buttons. */
+export function rowsTable(result, { sort, desc, onSort, caption } = {}) {
+  const head = h("tr", {}, result.columns.map((c) => {
+    if (!onSort) return h("th", { scope: "col" }, c);
+    const mark = sort === c ? (desc ? " ▼" : " ▲") : "";
+    const sorted = sort === c ? (desc ? "descending" : "ascending") : "none";
+    return h("th", { scope: "col", "aria-sort": sorted },
+      h("button", { class: "link", "data-column": c, onclick: () => onSort(c), title: `sort by ${c}` }, c + mark));
+  }));
+  return h("table", { class: "rows" },
+    caption ? h("caption", {}, caption) : null,
+    h("thead", {}, head),
+    h("tbody", {}, result.rows.map((r) => h("tr", {}, r.map((v) => h("td", {}, show(v)))))));
+}
+
+/** A cell's text. */
+export function show(v) {
+  if (v === null || v === undefined) return "NULL";
+  if (typeof v === "object") return JSON.stringify(v);
+  return String(v);
+}
+
+export function time(ms) {
+  return ms === null || ms === undefined ? "" : new Date(ms).toISOString().replace("T", " ").replace("Z", "");
+}
+
+export function bytes(n) {
+  if (n < 1024) return `${n} B`;
+  if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KiB`;
+  if (n < 1024 ** 3) return `${(n / 1024 / 1024).toFixed(1)} MiB`;
+  return `${(n / 1024 ** 3).toFixed(2)} GiB`;
+}
+
+export function duration(seconds) {
+  const s = Math.floor(seconds);
+  if (s < 60) return `${s} s`;
+  if (s < 3600) return `${Math.floor(s / 60)} min ${s % 60} s`;
+  return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
+}
+
+/** An error line in `el` (empty clears it). */
+export function showError(el, e) {
+  el.textContent = e ? (e.status ? `${e.status}: ${e.message}` : String(e.message || e)) : "";
+  el.hidden = !e;
+}
+
+/** Ask before a destructive action; true to go on. */
+export function confirmAction(text) {
+  return window.confirm(text);
+}
