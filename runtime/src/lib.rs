@@ -10,6 +10,7 @@ pub mod batch;
 pub mod catalog_file;
 pub mod checkpoint;
 pub mod config;
+pub mod connectors;
 pub mod deadletter;
 pub mod decode;
 pub mod durable;

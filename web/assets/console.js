@@ -304,7 +304,7 @@ async function route() {
   const pages = {
     query: () => queryPage(main),
     view: () => viewPage(main, decodeURIComponent(arg), catalog),
-    sources: () => sourcesPage(main, catalog),
+    sources: () => sourcesPage(main, catalog, refreshCatalog),
     plugins: () => pluginsPage(main, catalog, refreshCatalog),
     health: () => healthPage(main, catalog, refreshCatalog),
   };

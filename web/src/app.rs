@@ -58,6 +58,11 @@ fn routes(state: AppState) -> Router {
         .route("/", get(api::console::index))
         .route("/assets/{*file}", get(api::console::asset))
         .route("/api/v1/preview", get(api::preview::preview))
+        .route("/api/v1/connectors", get(api::connectors::list))
+        .route(
+            "/api/v1/connectors/{kind}/{name}/test",
+            post(api::connectors::test),
+        )
         .route("/healthz", get(api::ops::healthz))
         .route("/api/v1/health", get(api::ops::health))
         .route("/metrics", get(api::ops::metrics))

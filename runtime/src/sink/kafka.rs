@@ -32,6 +32,7 @@ use serde::Deserialize;
 
 use super::encode::{Encoder, Format, Messages};
 use super::{EpochChanges, Sink, SinkDef};
+use crate::connectors::{ConnectorInfo, Described, OptionDoc, field_names};
 use crate::deadletter::{DeadLetterStore, NewDeadLetter};
 use crate::{Error, Result};
 
@@ -550,3 +551,68 @@ impl Sink for KafkaSink {
         finished
     }
 }
+
+/// What the API says of this connector (crate::connectors).
+pub(crate) const DESCRIBED: Described = Described {
+    info: || ConnectorInfo {
+        name: "kafka",
+        kind: "sink",
+        doc: "Writes a view's rows, then each change once its checkpoint is durable, to a Kafka topic.",
+        declares_columns: false,
+        passes_through: Some("properties.<name>: passed to librdkafka"),
+        options: [crate::connectors::COMMON_SINK_OPTIONS, &OWN_OPTIONS[..]].concat(),
+    },
+    fields: field_names::<KafkaSinkOptions>,
+    test: crate::connectors::test_kafka,
+};
+
+const OWN_OPTIONS: [OptionDoc; 6] = [
+    OptionDoc {
+        name: "brokers",
+        kind: "text",
+        choices: &[],
+        required: true,
+        default: None,
+        doc: "host:port[,host:port...]",
+    },
+    OptionDoc {
+        name: "topic",
+        kind: "text",
+        choices: &[],
+        required: true,
+        default: None,
+        doc: "The topic to write.",
+    },
+    OptionDoc {
+        name: "format",
+        kind: "choice",
+        choices: &["json", "upsert", "debezium_json"],
+        required: false,
+        default: Some("json"),
+        doc: "json: a row per message; upsert: the key columns as the message key; debezium_json: before and after.",
+    },
+    OptionDoc {
+        name: "key",
+        kind: "text",
+        choices: &[],
+        required: false,
+        default: None,
+        doc: "'col[, col]': the message key, a JSON object of these columns; required for upsert.",
+    },
+    OptionDoc {
+        name: "delivery",
+        kind: "choice",
+        choices: &["at_least_once", "exactly_once"],
+        required: false,
+        default: Some("at_least_once"),
+        doc: "at_least_once: an idempotent producer; exactly_once: each checkpoint epoch in one Kafka transaction.",
+    },
+    OptionDoc {
+        name: "transactional_id",
+        kind: "text",
+        choices: &[],
+        required: false,
+        default: Some("weir-sink-<name>-<lineage>"),
+        doc: "For exactly_once: the producer's transactional id.",
+    },
+];

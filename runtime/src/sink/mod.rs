@@ -63,13 +63,21 @@ pub trait Sink: Send {
 pub struct SinkConnector {
     pub name: &'static str,
     pub open: fn(&SinkDef) -> Result<Box<dyn Sink>>,
+    /// What the API says of it (crate::connectors).
+    pub(crate) described: &'static crate::connectors::Described,
 }
 
 /// Every sink connector. A new one is a folder beside `kafka` and a line here.
 pub const SINKS: &[SinkConnector] = &[SinkConnector {
     name: "kafka",
     open: kafka::open,
+    described: &kafka::DESCRIBED,
 }];
+
+/// What the API says of every sink connector.
+pub(crate) fn described() -> impl Iterator<Item = &'static crate::connectors::Described> {
+    SINKS.iter().map(|s| s.described)
+}
 
 /// Make the sink `def` asks for.
 pub fn open(def: &SinkDef) -> Result<Box<dyn Sink>> {

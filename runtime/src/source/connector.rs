@@ -19,6 +19,7 @@ use super::http::IngestReport;
 use super::{Chunk, SourceRuntime, file, http, kafka, nexmark};
 use crate::checkpoint::Position;
 use crate::config::RuntimeConfig;
+use crate::connectors::Described;
 use crate::deadletter::{DeadLetterStore, NewDeadLetter};
 use crate::options::CommonOptions;
 use crate::{Error, Result};
@@ -28,13 +29,19 @@ use weir_sql::parser::METADATA_KEY;
 /// How a connector is made from a `CREATE SOURCE` statement.
 type Open = fn(&SourceDef) -> Result<Box<dyn Connector>>;
 
-/// Every connector, by the name `WITH (connector = ...)` gives.
-const CONNECTORS: &[(&str, Open)] = &[
-    ("http", http::open),
-    ("nexmark", nexmark::open),
-    ("file", file::open),
-    ("kafka", kafka::open),
+/// Every connector, by the name `WITH (connector = ...)` gives, with what the API
+/// says of it (crate::connectors).
+const CONNECTORS: &[(&str, Open, &Described)] = &[
+    ("http", http::open, &http::DESCRIBED),
+    ("nexmark", nexmark::open, &nexmark::DESCRIBED),
+    ("file", file::open, &file::DESCRIBED),
+    ("kafka", kafka::open, &kafka::DESCRIBED),
 ];
+
+/// What the API says of every source connector.
+pub(crate) fn described() -> impl Iterator<Item = &'static Described> {
+    CONNECTORS.iter().map(|(_, _, d)| *d)
+}
 
 /// What a `CREATE SOURCE` statement says, for its connector.
 pub struct SourceDef<'a> {
@@ -109,14 +116,14 @@ impl SourceDef<'_> {
 /// The connector of `def`, its options checked.
 pub fn open(def: &SourceDef) -> Result<Box<dyn Connector>> {
     let connector = def.common.connector.as_str();
-    match CONNECTORS.iter().find(|(name, _)| *name == connector) {
-        Some((_, open)) => open(def),
+    match CONNECTORS.iter().find(|(name, _, _)| *name == connector) {
+        Some((_, open, _)) => open(def),
         None => Err(Error::BadRequest(format!(
             "source {}: connector '{connector}' is not supported; use one of {}",
             def.name,
             CONNECTORS
                 .iter()
-                .map(|(n, _)| format!("'{n}'"))
+                .map(|(n, _, _)| format!("'{n}'"))
                 .collect::<Vec<_>>()
                 .join(", ")
         ))),

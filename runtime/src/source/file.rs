@@ -19,6 +19,7 @@ use serde::Deserialize;
 
 use super::connector::{Connector, Feed, SourceDef};
 use crate::checkpoint::Position;
+use crate::connectors::{ConnectorInfo, Described, OptionDoc, field_names};
 use crate::deadletter::NewDeadLetter;
 use crate::decode::{Decoded, JsonDecoder};
 use crate::{Error, Result};
@@ -218,6 +219,47 @@ impl FileReader {
             .send(decoded.batch, Position::at(POSITION, end), 0)
     }
 }
+
+/// The connection test: is the file there, inside the files dir, and readable?
+fn test_file(
+    options: &std::collections::BTreeMap<String, String>,
+    config: &crate::config::RuntimeConfig,
+) -> Result<String> {
+    let files_dir = config.files_dir();
+    let path = options.get("path").ok_or_else(|| {
+        Error::BadRequest(format!(
+            "name the file first (path, inside {})",
+            files_dir.display()
+        ))
+    })?;
+    let path = resolve(&files_dir, path)?;
+    let meta = std::fs::metadata(&path)
+        .map_err(|e| Error::BadRequest(format!("cannot read {}: {e}", path.display())))?;
+    Ok(format!("{} is there: {} bytes", path.display(), meta.len()))
+}
+
+/// What the API says of this connector (crate::connectors).
+pub(crate) const DESCRIBED: Described = Described {
+    info: || ConnectorInfo {
+        name: "file",
+        kind: "source",
+        doc: "Replays a file of newline-delimited JSON from the files dir once, then finishes.",
+        declares_columns: true,
+        passes_through: None,
+        options: [crate::connectors::COMMON_SOURCE_OPTIONS, &OWN_OPTIONS[..]].concat(),
+    },
+    fields: field_names::<FileOptions>,
+    test: test_file,
+};
+
+const OWN_OPTIONS: [OptionDoc; 1] = [OptionDoc {
+    name: "path",
+    kind: "text",
+    choices: &[],
+    required: true,
+    default: None,
+    doc: "The file, relative to the files dir (runtime.files-dir, default <data-dir>/files); it may not leave it.",
+}];
 
 #[cfg(test)]
 mod tests {

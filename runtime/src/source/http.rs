@@ -20,6 +20,7 @@ use super::connector::{Connector, Feed, SourceDef};
 use super::wal::Wal;
 use super::{Chunk, SourceRuntime, SourceState};
 use crate::checkpoint::Position;
+use crate::connectors::{ConnectorInfo, Described, OptionDoc, field_names};
 use crate::deadletter::{DeadLetterStore, NewDeadLetter};
 use crate::decode::JsonDecoder;
 use crate::{Error, Result};
@@ -393,6 +394,22 @@ fn backpressure(source: &str) -> Error {
         retry_after_secs: 1,
     }
 }
+
+/// What the API says of this connector (crate::connectors).
+pub(crate) const DESCRIBED: Described = Described {
+    info: || ConnectorInfo {
+        name: "http",
+        kind: "source",
+        doc: "Records pushed over HTTP: POST JSON to /api/v1/sources/NAME/records; each request is in the write-ahead log before it is answered.",
+        declares_columns: true,
+        passes_through: None,
+        options: [crate::connectors::COMMON_SOURCE_OPTIONS, &OWN_OPTIONS[..]].concat(),
+    },
+    fields: field_names::<HttpOptions>,
+    test: crate::connectors::nothing_to_test,
+};
+
+const OWN_OPTIONS: [OptionDoc; 0] = [];
 
 #[cfg(test)]
 mod tests {

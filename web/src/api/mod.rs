@@ -2,6 +2,7 @@
 
 pub mod body;
 pub mod checkpoints;
+pub mod connectors;
 pub mod console;
 pub mod dead_letters;
 pub mod ops;

@@ -24,6 +24,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use super::connector::{Connector, ConnectorStatus, Feed, PartitionStatus, SourceDef};
 use crate::checkpoint::Position;
+use crate::connectors::{ConnectorInfo, Described, OptionDoc, field_names};
 use crate::{Error, Result};
 use context::Context;
 use envelope::Layout;
@@ -349,3 +350,92 @@ impl Connector for KafkaSource {
         }
     }
 }
+
+/// What the API says of this connector (crate::connectors).
+pub(crate) const DESCRIBED: Described = Described {
+    info: || ConnectorInfo {
+        name: "kafka",
+        kind: "source",
+        doc: "A topic read through a consumer group: per-partition watermarks, offsets in checkpoints, committed once a checkpoint is durable.",
+        declares_columns: true,
+        passes_through: Some("properties.<name>: passed to librdkafka"),
+        options: [crate::connectors::COMMON_SOURCE_OPTIONS, &OWN_OPTIONS[..]].concat(),
+    },
+    fields: field_names::<options::KafkaOptions>,
+    test: crate::connectors::test_kafka,
+};
+
+const OWN_OPTIONS: [OptionDoc; 9] = [
+    OptionDoc {
+        name: "brokers",
+        kind: "text",
+        choices: &[],
+        required: true,
+        default: None,
+        doc: "host:port[,host:port...]",
+    },
+    OptionDoc {
+        name: "topic",
+        kind: "text",
+        choices: &[],
+        required: false,
+        default: None,
+        doc: "One topic, or a comma list. One of topic and topic_pattern.",
+    },
+    OptionDoc {
+        name: "topic_pattern",
+        kind: "text",
+        choices: &[],
+        required: false,
+        default: None,
+        doc: "A regular expression: every matching topic, found again as topics appear.",
+    },
+    OptionDoc {
+        name: "group",
+        kind: "text",
+        choices: &[],
+        required: false,
+        default: Some("weir-<source name>"),
+        doc: "The consumer group; processes that share it share the partitions.",
+    },
+    OptionDoc {
+        name: "start",
+        kind: "text",
+        choices: &[],
+        required: false,
+        default: Some("group"),
+        doc: "Where a partition is read from when no checkpoint says: earliest, latest, group, a time, or offsets '0:42,1:17'.",
+    },
+    OptionDoc {
+        name: "end",
+        kind: "text",
+        choices: &[],
+        required: false,
+        default: Some("unbounded"),
+        doc: "A bounded read that finishes there: latest, a time, or offsets '0:100,1:80'.",
+    },
+    OptionDoc {
+        name: "isolation",
+        kind: "choice",
+        choices: &["read_committed", "read_uncommitted"],
+        required: false,
+        default: Some("read_committed"),
+        doc: "Whether records of aborted transactions are skipped.",
+    },
+    OptionDoc {
+        name: "key",
+        kind: "text",
+        choices: &[],
+        required: false,
+        default: None,
+        doc: "For records posted over HTTP: the field whose value becomes the message key.",
+    },
+    OptionDoc {
+        name: "max_message_bytes",
+        kind: "number",
+        choices: &[],
+        required: false,
+        default: Some("1048576"),
+        doc: "A message with a larger value goes to the dead-letter store.",
+    },
+];

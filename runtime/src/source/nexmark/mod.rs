@@ -16,6 +16,7 @@ use serde::Deserialize;
 
 use super::connector::{Connector, Feed, SourceDef};
 use crate::checkpoint::Position;
+use crate::connectors::{ConnectorInfo, Described, OptionDoc, field_names};
 use crate::{Error, Result};
 pub use generator::{Generator, GeneratorConfig, Table};
 use weir_sql::WatermarkSpec;
@@ -201,6 +202,71 @@ fn generate_in_parallel(
         }
     }
 }
+
+/// What the API says of this connector (crate::connectors).
+pub(crate) const DESCRIBED: Described = Described {
+    info: || ConnectorInfo {
+        name: "nexmark",
+        kind: "source",
+        doc: "The built-in Nexmark generator: persons, auctions and bids, with their own columns.",
+        declares_columns: false,
+        passes_through: None,
+        options: [crate::connectors::COMMON_SOURCE_OPTIONS, &OWN_OPTIONS[..]].concat(),
+    },
+    fields: field_names::<NexmarkOptions>,
+    test: crate::connectors::nothing_to_test,
+};
+
+const OWN_OPTIONS: [OptionDoc; 6] = [
+    OptionDoc {
+        name: "table",
+        kind: "choice",
+        choices: &["person", "auction", "bid"],
+        required: true,
+        default: None,
+        doc: "Which Nexmark table the source holds.",
+    },
+    OptionDoc {
+        name: "rate",
+        kind: "number",
+        choices: &[],
+        required: false,
+        default: Some("0"),
+        doc: "Events per second of wall-clock time over the three tables; 0 runs as fast as possible.",
+    },
+    OptionDoc {
+        name: "events",
+        kind: "number",
+        choices: &[],
+        required: false,
+        default: Some("0"),
+        doc: "Total events over the three tables; 0 is unbounded.",
+    },
+    OptionDoc {
+        name: "seed",
+        kind: "number",
+        choices: &[],
+        required: false,
+        default: Some("0"),
+        doc: "Generator seed: the same seed gives the same rows.",
+    },
+    OptionDoc {
+        name: "event_rate",
+        kind: "number",
+        choices: &[],
+        required: false,
+        default: Some("rate, or 10000 when rate is 0"),
+        doc: "Events per second of event time.",
+    },
+    OptionDoc {
+        name: "start_time",
+        kind: "text",
+        choices: &[],
+        required: false,
+        default: Some("2015-07-15T00:00:00Z"),
+        doc: "Event time of the first event: milliseconds since the epoch, or 'now'.",
+    },
+];
 
 #[cfg(test)]
 mod tests {
