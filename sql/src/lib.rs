@@ -34,7 +34,7 @@ mod testing;
 
 pub use aggregate::{KeyedChange, KeyedRows};
 pub use error::{Error, Result, SqlSpan};
-pub use operator::{Collector, Operator};
+pub use operator::{Collector, Operator, Stage};
 pub use parser::{
     CreateSink, CreateSource, CreateStream, CreateView, Statement, WatermarkSpec, parse_statement,
 };

@@ -132,6 +132,25 @@ pub trait Operator: Send {
     fn open_windows(&self) -> usize {
         0
     }
+
+    /// The operator's parts in order, for the operator graph: its timed stateless steps
+    /// and, where it keeps state, `Stage::Core` (its time is the operator's less its
+    /// steps'). By default the operator is one core.
+    fn stages(&self) -> Vec<Stage> {
+        vec![Stage::Core]
+    }
+}
+
+/// A part of an operator, as [`Operator::stages`] lists them.
+#[derive(Debug, Clone)]
+pub enum Stage {
+    /// A stateless step (`filter`, `project`, `top-n`, `select`) and its clock.
+    Step(
+        &'static str,
+        std::sync::Arc<crate::planner::steps::StepClock>,
+    ),
+    /// The stateful part: aggregate, join, session, a per-window query.
+    Core,
 }
 
 /// The schema metadata key that numbers a further input's rows in a snapshot.

@@ -4,7 +4,7 @@
 use datafusion::arrow::record_batch::RecordBatch;
 
 use crate::Result;
-use crate::operator::{Collector, Operator};
+use crate::operator::{Collector, Operator, Stage};
 use crate::planner::steps::Steps;
 
 /// A view of projections and filters: each batch in, its surviving rows out.
@@ -27,5 +27,12 @@ impl Operator for Stateless {
     ) -> Result<()> {
         out.emit(self.steps.apply(batch.clone())?);
         Ok(())
+    }
+
+    fn stages(&self) -> Vec<Stage> {
+        self.steps
+            .clocks()
+            .map(|(l, c)| Stage::Step(l, c))
+            .collect()
     }
 }

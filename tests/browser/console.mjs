@@ -140,8 +140,17 @@ try {
   if ((await page.getAttribute("#view-chart", "data-last")) !== held) await fail("the chart moved while paused");
   await page.click("#pause");
 
-  check("the operator graph shows the view's operators");
+  check("the operator graph shows each operator's rates and time, the slowest marked");
   await page.waitForSelector("#view-graph li.operator[data-operator=aggregate]", T);
+  const graph = await page.$$eval("#view-graph li.operator", (lis) => lis.map((li) => li.dataset.operator));
+  if (graph.join() !== "source,window,aggregate,project") await fail(`operators: ${graph}`);
+  await page.waitForFunction(() => {
+    const rate = document.querySelector("#view-graph li[data-operator=source] dd[data-figure=in]");
+    return rate && rate.textContent !== "…" && Number.parseFloat(rate.textContent) > 0;
+  }, null, T);
+  await page.waitForSelector("#view-graph li.operator.slowest", T);
+  const batchTime = await page.textContent("#view-graph li[data-operator=aggregate] dd[data-figure=batch]");
+  if (!/ms$/.test(batchTime)) await fail(`aggregate time per batch: ${batchTime}`);
   await page.screenshot({ path: `${shots}/view.png`, fullPage: true });
 
   check("plugins: a refused upload says why in place; an accepted one is listed with its signature");

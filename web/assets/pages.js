@@ -63,6 +63,7 @@ export function viewPage(main, name, catalog) {
     h("section", { "aria-label": "Operators" }, h("h2", {}, "Operators"), graph),
   );
   let status = null;
+  let graphBefore = null;
   let chart = null;
   let chartKey = "";
   const base = `api/v1/views/${encodeURIComponent(name)}`;
@@ -134,12 +135,12 @@ export function viewPage(main, name, catalog) {
       fact("open windows", v.open_windows), fact("state", bytes(v.state_bytes)),
       v.warning ? fact("warning", h("span", { class: "error" }, v.warning)) : null,
       h("details", {}, h("summary", {}, "statement"), h("pre", {}, v.sql))].filter(Boolean));
-    drawGraph(graph, v);
+    graphBefore = drawGraph(graph, v, graphBefore);
   }
 
   async function tick() {
     try {
-      const v = catalog.views.find((x) => x.name === name) || (await api("api/v1/views")).json.views.find((x) => x.name === name);
+      const v = (await api("api/v1/views")).json.views.find((x) => x.name === name);
       if (!v) { showError(error, new Error(`no view named ${name}`)); return; }
       showStatus(v);
       if (state.paused || !state.dirty) return;
@@ -219,25 +220,40 @@ function chartOptions(data, series, y, width) {
   };
 }
 
-/** The view's operators, left to right, from its plan; metrics when the runtime has them. */
-function drawGraph(box, v) {
-  const ops = v.operators && v.operators.length
-    ? v.operators
-    : v.plan.split(" (")[0].split(" -> ").map((name) => ({ name }));
-  const slowest = ops.reduce((best, op, i) => (op.batch_seconds_avg > (ops[best].batch_seconds_avg || 0) ? i : best), 0);
-  box.replaceChildren(h("ol", { class: "operators" }, ops.map((op, i) => h("li", {
-    class: `operator${op.batch_seconds_avg && i === slowest ? " slowest" : ""}`, "data-operator": op.name,
+/**
+ * The view's operators left to right, as EXPLAIN lists them, with rows in and out per
+ * second and the time per batch over the last tick (`before`: the previous figures);
+ * the slowest operator is marked.
+ */
+function drawGraph(box, v, before) {
+  const now = performance.now() / 1000;
+  const dt = before ? Math.max(0.001, now - before.t) : null;
+  const ops = v.operators.map((op, i) => {
+    const old = before && before.ops[i] && before.ops[i].name === op.name ? before.ops[i] : null;
+    const rate = (key) => (old ? (op[key] - old[key]) / dt : null);
+    let perBatch = null;
+    if (op.seconds !== null && op.batches) {
+      const dBatches = old && old.batches !== null ? op.batches - old.batches : 0;
+      perBatch = dBatches > 0 ? (op.seconds - old.seconds) / dBatches : op.seconds / op.batches;
+    }
+    return { ...op, inRate: rate("rows_in"), outRate: rate("rows_out"), perBatch };
+  });
+  const timed = ops.filter((o) => o.perBatch !== null);
+  const slowest = timed.length > 1 ? timed.reduce((a, b) => (b.perBatch > a.perBatch ? b : a)) : null;
+  box.replaceChildren(h("ol", { class: "operators" }, ops.map((op) => h("li", {
+    class: `operator${op === slowest ? " slowest" : ""}`, "data-operator": op.name, title: op.detail,
   },
   h("strong", {}, op.name),
-  op.detail ? h("div", { class: "muted" }, op.detail) : null,
-  op.rows_in_per_s !== undefined ? h("dl", {},
-    h("dt", {}, "rows in/s"), h("dd", {}, fmt(op.rows_in_per_s)),
-    h("dt", {}, "rows out/s"), h("dd", {}, fmt(op.rows_out_per_s)),
-    h("dt", {}, "per batch"), h("dd", {}, `${(op.batch_seconds_avg * 1000).toFixed(2)} ms`),
+  op === slowest ? h("span", { class: "badge failed" }, " slowest") : null,
+  h("div", { class: "muted detail" }, op.detail.length > 60 ? op.detail.slice(0, 60) + "…" : op.detail),
+  h("dl", {},
+    h("dt", {}, "rows in/s"), h("dd", { "data-figure": "in" }, op.inRate === null ? "…" : fmt(op.inRate)),
+    h("dt", {}, "rows out/s"), h("dd", { "data-figure": "out" }, op.outRate === null ? "…" : fmt(op.outRate)),
+    h("dt", {}, "per batch"), h("dd", { "data-figure": "batch" }, op.perBatch === null ? "—" : `${(op.perBatch * 1000).toFixed(3)} ms`),
     op.state_bytes !== undefined ? [h("dt", {}, "state"), h("dd", {}, bytes(op.state_bytes))] : null,
     op.open_windows !== undefined ? [h("dt", {}, "open windows"), h("dd", {}, op.open_windows)] : null,
-    op.late_rows !== undefined ? [h("dt", {}, "late rows"), h("dd", {}, op.late_rows)] : null) : null,
-  op.batch_seconds_avg && i === slowest ? h("div", { class: "badge failed" }, "slowest") : null))));
+    op.late_rows !== undefined ? [h("dt", {}, "late rows"), h("dd", {}, op.late_rows)] : null)))));
+  return { t: now, ops: v.operators };
 }
 
 function fmt(n) {

@@ -604,4 +604,98 @@ mod tests {
         let (status, _) = get_text(&app, "/api/v1/views/v?format=xml").await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
     }
+
+    #[tokio::test]
+    async fn each_operator_counts_its_rows_and_time() {
+        let app = test_app(1 << 20);
+        let ddl = r#"{"sql": "CREATE SOURCE t (id BIGINT, ts TIMESTAMP, WATERMARK FOR ts AS ts) WITH (connector = 'http')"}"#;
+        assert_eq!(
+            call(&app, "POST", "/api/v1/sql", ddl).await.0,
+            StatusCode::OK
+        );
+        let view = r#"{"sql": "CREATE MATERIALIZED VIEW v WITH (parallelism = 1) AS SELECT window_start, count(*) AS n FROM TUMBLE(t, ts, INTERVAL '1' SECOND) WHERE id > 2 GROUP BY window_start, window_end"}"#;
+        assert_eq!(
+            call(&app, "POST", "/api/v1/sql", view).await.0,
+            StatusCode::OK
+        );
+        // Ten rows, seven pass the filter, all in the first second; the last row's time
+        // closes that window.
+        let records: String = (0..10)
+            .map(|i| format!("{{\"id\": {i}, \"ts\": {}}}\n", 1000 + i))
+            .chain(["{\"id\": 100, \"ts\": 5000}\n".to_string()])
+            .collect();
+        let (status, body) = call(&app, "POST", "/api/v1/sources/t/records", &records).await;
+        assert!(status.is_success(), "{body}");
+        let mut ops = serde_json::Value::Null;
+        for _ in 0..200 {
+            let (_, body) = call(&app, "GET", "/api/v1/views", "").await;
+            ops = body["views"][0]["operators"].clone();
+            let aggregate = ops
+                .as_array()
+                .and_then(|o| o.iter().find(|o| o["name"] == "aggregate"));
+            if aggregate.is_some_and(|a| a["rows_out"].as_u64() == Some(1)) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let op = |name: &str| {
+            ops.as_array()
+                .and_then(|o| o.iter().find(|o| o["name"] == name))
+                .cloned()
+                .unwrap_or_default()
+        };
+        let names: Vec<&str> = ops
+            .as_array()
+            .map(|o| o.iter().filter_map(|o| o["name"].as_str()).collect())
+            .unwrap_or_default();
+        assert_eq!(
+            names,
+            [
+                "source",
+                "filter",
+                "project",
+                "window",
+                "aggregate",
+                "project"
+            ],
+            "{ops}"
+        );
+        assert_eq!(op("source")["rows_out"], 11, "{ops}");
+        assert_eq!(
+            (
+                op("filter")["rows_in"].as_u64(),
+                op("filter")["rows_out"].as_u64()
+            ),
+            (Some(11), Some(8)),
+            "{ops}"
+        );
+        assert!(
+            op("filter")["seconds"].as_f64().is_some_and(|s| s > 0.0),
+            "{ops}"
+        );
+        assert_eq!(op("window")["rows_in"], 8, "{ops}");
+        assert!(op("window")["open_windows"].as_u64().is_some(), "{ops}");
+        let aggregate = op("aggregate");
+        assert_eq!(
+            (
+                aggregate["rows_in"].as_u64(),
+                aggregate["rows_out"].as_u64()
+            ),
+            (Some(8), Some(1)),
+            "{ops}"
+        );
+        assert!(
+            aggregate["seconds"].as_f64().is_some_and(|s| s > 0.0),
+            "{ops}"
+        );
+        assert!(aggregate["state_bytes"].as_u64().is_some(), "{ops}");
+        let (_, metrics) = get_text(&app, "/metrics").await;
+        assert!(
+            metrics.contains("weir_operator_rows_out_total{view=\"v\",operator=\"1:filter\"} 8"),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains("weir_operator_seconds_total{view=\"v\",operator=\"4:aggregate\"}")
+        );
+    }
 }

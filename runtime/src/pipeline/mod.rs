@@ -351,7 +351,7 @@ impl Pipeline {
     fn close_windows(&self, view: &ViewRuntime, watermark: i64) {
         let mut out = Collector::default();
         let _order = view.in_order();
-        let result = view.run_operator(|op| op.on_watermark(watermark, &mut out));
+        let result = view.run_timed(0, |op| op.on_watermark(watermark, &mut out));
         if let Err(e) = &result {
             tracing::error!(view = %view.name, error = %e, "closing windows failed");
             *view.last_error.lock() = Some(e.to_string());

@@ -39,7 +39,9 @@ impl Pipeline {
         let input = view.input_index(&self.source.name);
         let mut out = Collector::default();
         let _order = view.in_order();
-        let result = view.run_operator(|op| op.process_input(input, batch, before, &mut out));
+        let result = view.run_timed(batch.num_rows(), |op| {
+            op.process_input(input, batch, before, &mut out)
+        });
         self.deliver(view, out, result, batch);
     }
 
@@ -62,7 +64,8 @@ impl Pipeline {
             }
             let mut out = Collector::default();
             let _order = view.in_order();
-            let result = view.run_operator(|op| op.process(&batch, before, &mut out));
+            let result =
+                view.run_timed(batch.num_rows(), |op| op.process(&batch, before, &mut out));
             self.deliver(view, out, result, &batch);
         }
         if view.paused().is_some() {

@@ -107,4 +107,9 @@ impl Operator for TransformThen {
     fn open_windows(&self) -> usize {
         self.then.open_windows()
     }
+
+    /// The transform's time counts as the core's (the operator's less its steps').
+    fn stages(&self) -> Vec<weir_sql::operator::Stage> {
+        self.then.stages()
+    }
 }

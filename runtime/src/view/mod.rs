@@ -26,7 +26,10 @@ use crate::plugin::PluginEntry;
 use crate::sink::feed::{Change, ChangeKind, Outbox, SinkFeed};
 use weir_sql::{KeyedRows, Operator};
 
+mod graph;
 mod rows;
+
+pub use graph::OperatorStatus;
 
 /// Epochs of changes kept for committed readers while checkpoints fail.
 const MAX_SEALED_EPOCHS: usize = 64;
@@ -98,6 +101,9 @@ pub struct ViewRuntime {
     pub(crate) tables: Vec<String>,
     /// A preview of a query in the console: never in a checkpoint or the catalog.
     pub(crate) preview: bool,
+    /// The operator's parts, and its time as a whole, for the operator graph.
+    stages: Vec<weir_sql::Stage>,
+    clock: graph::OperatorClock,
     /// The feeds of the sinks that write this view's changes.
     sinks: Mutex<Vec<Arc<SinkFeed>>>,
     /// From the checkpoint restored: each sink's undelivered epochs, and the epoch of
@@ -126,6 +132,8 @@ pub struct ViewStatus {
     /// Something the user should know though nothing failed (rows released, say).
     pub warning: Option<String>,
     pub columns: Vec<ColumnInfo>,
+    /// The operators EXPLAIN lists, with their rows, batches and time.
+    pub operators: Vec<OperatorStatus>,
 }
 
 /// A column's name and type.
@@ -171,6 +179,8 @@ impl ViewRuntime {
             description,
             operators,
             schema,
+            stages: operator.stages(),
+            clock: Default::default(),
             operator: Mutex::new(operator),
             order: Mutex::new(()),
             rows: RwLock::new(VecDeque::new()),
@@ -531,6 +541,7 @@ impl ViewRuntime {
             rows_released: self.rows_released(),
             warning: self.rows_cut(),
             columns: ColumnInfo::of(&self.schema),
+            operators: self.operator_graph(state_bytes, open_windows),
         }
     }
 }

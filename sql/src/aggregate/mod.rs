@@ -85,6 +85,16 @@ pub struct Prepared {
 }
 
 impl GroupedPlan {
+    /// The steps before the aggregate, the aggregate, and the steps after it.
+    pub fn stages(&self) -> Vec<crate::operator::Stage> {
+        use crate::operator::Stage;
+        let step = |(l, c)| Stage::Step(l, c);
+        (self.pre.clocks().map(step))
+            .chain([Stage::Core])
+            .chain(self.post.clocks().map(step))
+            .collect()
+    }
+
     /// Evaluate what `input` contributes, without touching any state, so that a failing
     /// expression leaves every state as it was. `None` when no row survives `pre`.
     pub fn prepare(&self, input: RecordBatch) -> Result<Option<Prepared>> {

@@ -231,6 +231,10 @@ impl Operator for UpdatingAggregate {
         Ok(n)
     }
 
+    fn stages(&self) -> Vec<crate::operator::Stage> {
+        self.plan.stages()
+    }
+
     fn state_size(&self) -> usize {
         self.shards
             .iter()

@@ -232,4 +232,8 @@ impl Operator for WindowedAggregate {
     fn open_windows(&self) -> usize {
         self.windows.len()
     }
+
+    fn stages(&self) -> Vec<crate::operator::Stage> {
+        self.plan.grouped.stages()
+    }
 }

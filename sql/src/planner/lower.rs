@@ -204,7 +204,7 @@ pub(crate) fn lower_chain(chain: &[&LogicalPlan], props: &ExecutionProps) -> Res
             }
         }
     }
-    Ok(Steps(steps))
+    Ok(Steps::new(steps))
 }
 
 /// Aggregations anywhere in the plan.

@@ -4,6 +4,8 @@
 //! one emitted window, sort and limit (top-N per window).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use datafusion::arrow::array::{Array, AsArray, BooleanArray};
 use datafusion::arrow::compute::{filter_record_batch, lexsort_to_indices, take_record_batch};
@@ -28,11 +30,57 @@ pub enum Step {
     Limit(usize, Option<usize>),
 }
 
-/// A chain of steps applied in order.
+impl Step {
+    /// The operator EXPLAIN names this step by (`select` has no line of its own).
+    pub fn label(&self) -> &'static str {
+        match self {
+            Step::Select(_) => "select",
+            Step::Filter(_) => "filter",
+            Step::Project(..) => "project",
+            Step::Sort(..) | Step::Limit(..) => "top-n",
+        }
+    }
+}
+
+/// What one step has done so far: rows in and out, batches and time; the runtime
+/// reads it for the operator graph and `/metrics`.
+#[derive(Debug, Default)]
+pub struct StepClock {
+    pub rows_in: AtomicU64,
+    pub rows_out: AtomicU64,
+    pub batches: AtomicU64,
+    pub nanos: AtomicU64,
+}
+
+impl StepClock {
+    fn record(&self, rows_in: usize, rows_out: usize, started: Instant) {
+        let nanos = started.elapsed().as_nanos() as u64;
+        self.rows_in.fetch_add(rows_in as u64, Ordering::Relaxed);
+        self.rows_out.fetch_add(rows_out as u64, Ordering::Relaxed);
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        self.nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+}
+
+/// A chain of steps applied in order, each timed (two clock reads per step and batch).
+/// Clones share the clocks, so parallel instances add up.
 #[derive(Debug, Clone, Default)]
-pub struct Steps(pub Vec<Step>);
+pub struct Steps {
+    steps: Vec<Step>,
+    clocks: Vec<Arc<StepClock>>,
+}
 
 impl Steps {
+    pub fn new(steps: Vec<Step>) -> Self {
+        let clocks = steps.iter().map(|_| Arc::default()).collect();
+        Self { steps, clocks }
+    }
+
+    /// Each step's label and clock, in order.
+    pub fn clocks(&self) -> impl Iterator<Item = (&'static str, Arc<StepClock>)> + '_ {
+        (self.steps.iter().map(Step::label)).zip(self.clocks.iter().cloned())
+    }
+
     /// Run every step over `batch`.
     pub fn apply(&self, batch: RecordBatch) -> Result<RecordBatch> {
         self.run(batch, None)
@@ -52,7 +100,8 @@ impl Steps {
 
     /// Run every step; `ids`, one per row, follow the rows a filter keeps.
     fn run(&self, mut batch: RecordBatch, mut ids: Option<&mut Vec<u32>>) -> Result<RecordBatch> {
-        for step in &self.0 {
+        for (step, clock) in self.steps.iter().zip(&self.clocks) {
+            let (started, rows_in) = (Instant::now(), batch.num_rows());
             batch = match step {
                 Step::Select(cols) => batch.project(cols)?,
                 Step::Filter(predicate) => {
@@ -89,6 +138,7 @@ impl Steps {
                     batch.slice(start, len)
                 }
             };
+            clock.record(rows_in, batch.num_rows(), started);
         }
         Ok(batch)
     }

@@ -42,10 +42,54 @@ pub async fn health(State(state): State<AppState>) -> axum::Json<serde_json::Val
 }
 
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.engine.metrics().render(),
-    )
+    let mut text = state.engine.metrics().render();
+    text.push_str(&operator_metrics(&state.engine.views()));
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+}
+
+/// Each view's operators (the console's operator graph) in Prometheus text: the
+/// operator label is its place in EXPLAIN and its name, e.g. `2:filter`.
+fn operator_metrics(views: &[weir_runtime::view::ViewStatus]) -> String {
+    use std::fmt::Write;
+    type Figure = fn(&weir_runtime::view::OperatorStatus) -> Option<f64>;
+    let figures: [(&str, &str, Figure); 4] = [
+        (
+            "weir_operator_rows_in_total",
+            "Rows into an operator of a view.",
+            |o| Some(o.rows_in as f64),
+        ),
+        (
+            "weir_operator_rows_out_total",
+            "Rows out of an operator of a view.",
+            |o| Some(o.rows_out as f64),
+        ),
+        (
+            "weir_operator_batches_total",
+            "Batches an operator of a view ran over.",
+            |o| o.batches.map(|b| b as f64),
+        ),
+        (
+            "weir_operator_seconds_total",
+            "Time an operator of a view took (a stateful one: the view's operator less its stateless steps).",
+            |o| o.seconds,
+        ),
+    ];
+    let mut out = String::new();
+    for (name, help, figure) in figures {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for view in views {
+            for (i, op) in view.operators.iter().enumerate() {
+                if let Some(value) = figure(op) {
+                    let _ = writeln!(
+                        out,
+                        "{name}{{view=\"{}\",operator=\"{i}:{}\"}} {value}",
+                        view.name, op.name
+                    );
+                }
+            }
+        }
+    }
+    out
 }
 
 pub async fn not_found(uri: Uri) -> ApiError {
