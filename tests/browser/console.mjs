@@ -31,7 +31,13 @@ const T = { timeout: 30000 };
 
 try {
   page = await browser.newPage({ viewport: { width: 1366, height: 860 } });
-  page.on("dialog", (d) => d.accept());
+  // Confirmations: each message is kept; the next one is dismissed when asked.
+  const dialogs = [];
+  let dismissNext = false;
+  page.on("dialog", (d) => {
+    dialogs.push(d.message());
+    if (dismissNext) { dismissNext = false; d.dismiss(); } else d.accept();
+  });
   const errors = [];
   page.on("pageerror", (e) => errors.push(e.message));
 
@@ -109,6 +115,19 @@ try {
   const kept = await page.$$eval("#history option", (os) => os.map((o) => o.textContent));
   if (!kept.some((t) => t.startsWith("SELECT auction, price, channel FROM bids WHERE price > 90000000"))) await fail(`history: ${kept}`);
 
+  check("an example fills the editor");
+  await page.selectOption("#examples", { label: "Nexmark source (built-in generator)" });
+  if (!(await editor.innerText()).startsWith("CREATE SOURCE bids WITH (connector = 'nexmark'")) await fail(`example: ${await editor.innerText()}`);
+
+  check("the keyboard reaches Run from the editor (Tab) and Enter runs");
+  await typeInto("SELECT count(*) AS c FROM big_bids");
+  await page.keyboard.press("Escape");
+  await page.keyboard.press("Tab");
+  const focused = await page.evaluate(() => document.activeElement && document.activeElement.id);
+  if (focused !== "run") await fail(`Tab from the editor went to ${focused}`);
+  await page.keyboard.press("Enter");
+  await page.waitForSelector("#sql-result th:text-is('c')", T);
+
   check("a view is created from the editor and its chart moves");
   await typeInto("SELECT window_start, window_end, channel, count(*) AS n FROM TUMBLE(bids, date_time, INTERVAL '1' SECOND) GROUP BY window_start, window_end, channel");
   await page.fill("#view-name", "per_second");
@@ -140,6 +159,12 @@ try {
   if ((await page.getAttribute("#view-chart", "data-last")) !== held) await fail("the chart moved while paused");
   await page.click("#pause");
 
+  check("the consistency toggle reads committed rows, and downloads follow it");
+  await page.selectOption("#consistency", "committed");
+  await page.waitForFunction(() => document.querySelector("a[data-format=csv]").href.includes("consistency=committed"), null, T);
+  await page.waitForSelector("#page-info", T);
+  await page.selectOption("#consistency", "live");
+
   check("the operator graph shows each operator's rates and time, the slowest marked");
   await page.waitForSelector("#view-graph li.operator[data-operator=aggregate]", T);
   const graph = await page.$$eval("#view-graph li.operator", (lis) => lis.map((li) => li.dataset.operator));
@@ -152,6 +177,21 @@ try {
   const batchTime = await page.textContent("#view-graph li[data-operator=aggregate] dd[data-figure=batch]");
   if (!/ms$/.test(batchTime)) await fail(`aggregate time per batch: ${batchTime}`);
   await page.screenshot({ path: `${shots}/view.png`, fullPage: true });
+
+  check("an updating aggregate shows its current rows, one per group, and charts as bars");
+  await api("api/v1/sql", { method: "POST", headers: { "content-type": "application/json" },
+    body: JSON.stringify({ sql: "CREATE MATERIALIZED VIEW per_channel AS SELECT channel, count(*) AS n FROM bids WHERE channel IN ('Google', 'Apple', 'Baidu', 'Facebook') GROUP BY channel" }) });
+  await page.goto(`${url}#/view/per_channel`);
+  await page.waitForFunction(() => document.querySelectorAll("#view-table tbody tr").length === 4, null, T);
+  const firstCounts = await page.$$eval("#view-table tbody tr", (trs) => trs.map((tr) => tr.children[0].textContent));
+  // Later batches update the groups: still four rows, not a log of changes.
+  await page.waitForFunction(() => Number(document.querySelector("#view-chart")?.dataset.points) === 4, null, T);
+  const before = await page.$eval("#view-table tbody", (b) => b.textContent);
+  await page.waitForFunction((b) => document.querySelector("#view-table tbody").textContent !== b, before, T);
+  const channels = await page.$$eval("#view-table tbody tr", (trs) => trs.map((tr) => tr.children[0].textContent));
+  if (channels.length !== 4 || new Set(channels).size !== 4) await fail(`groups: ${channels} (first ${firstCounts})`);
+  if ((await page.getAttribute("#view-chart", "data-kind")) !== "bars") await fail("an updating aggregate by channel is not drawn as bars");
+  await page.screenshot({ path: `${shots}/view-updating.png`, fullPage: true });
 
   check("plugins: a refused upload says why in place; an accepted one is listed with its signature");
   await page.goto(`${url}#/plugins`);
@@ -173,6 +213,22 @@ try {
   await api("api/v1/sql", { method: "POST", headers: { "content-type": "application/json" },
     body: JSON.stringify({ sql: "CREATE MATERIALIZED VIEW flaky_view AS SELECT crash(auction) AS c FROM bids" }) });
   await page.waitForSelector("#plugins tr[data-plugin=flaky]:has-text('failed: 3 failures in a row')", T);
+  check("a plugin dropped on the page is uploaded (a new version)");
+  const wasm = (await import("node:fs")).readFileSync(`${files}/currency.wasm`).toString("base64");
+  await page.fill("#plugin-name", "currency");
+  const dropped = await page.evaluateHandle((b64) => {
+    const dt = new DataTransfer();
+    const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+    dt.items.add(new File([bytes], "currency.wasm", { type: "application/wasm" }));
+    return dt;
+  }, wasm);
+  await page.dispatchEvent("#plugin-drop", "drop", { dataTransfer: dropped });
+  await page.waitForSelector("#plugin-result:has-text('currency version 2 loaded')", T);
+
+  check("deleting a plugin names the views that use it");
+  await page.click("button[aria-label='Delete plugin flaky']");
+  await page.waitForSelector("#plugin-error:has-text('flaky_view')", T);
+  if (!dialogs.some((d) => d.includes("Used by flaky_view"))) await fail(`confirmations: ${dialogs}`);
   await page.screenshot({ path: `${shots}/plugins.png`, fullPage: true });
 
   check("plugin functions complete in the editor");
@@ -230,6 +286,25 @@ try {
   await page.waitForFunction(() => Number(document.querySelector("#checkpoint-chart")?.dataset.points) >= 1, null, T);
   await page.waitForSelector("#warnings li:has-text('plugin flaky')", T);
   await page.screenshot({ path: `${shots}/health.png`, fullPage: true });
+
+  check("dropping a source asks first, naming the views that read it");
+  await page.click("#catalog details[data-kind=source][data-name=bids] summary");
+  dismissNext = true;
+  await page.click("#catalog details[data-kind=source][data-name=bids] button:has-text('Drop')");
+  const asked = dialogs[dialogs.length - 1] || "";
+  if (!asked.startsWith("DROP SOURCE bids?") || !asked.includes("view bids_per_channel")) await fail(`confirmation: ${asked}`);
+  if (!(await page.$("#catalog details[data-kind=source][data-name=bids]"))) await fail("dismissed, yet bids is gone");
+
+  check("every control has a name a screen reader can say");
+  for (const p of ["query", "sources", "plugins", "health", "view/bids_per_channel"]) {
+    await page.goto(`${url}#/${p}`);
+    await page.waitForTimeout(1500);
+    const unnamed = await page.$$eval("button, select, input, textarea, a.button", (els) => els
+      .filter((e) => e.offsetParent !== null)
+      .filter((e) => !(e.getAttribute("aria-label") || (e.labels && e.labels.length) || e.textContent.trim() || e.title))
+      .map((e) => e.outerHTML.slice(0, 100)));
+    if (unnamed.length) await fail(`unnamed controls on ${p}: ${unnamed.join(" | ")}`);
+  }
 
   check("the sidebar drops a view after a confirmation");
   await page.click("#catalog details[data-name=per_second] summary");

@@ -121,6 +121,7 @@ export function viewPage(main, name, catalog) {
     } else {
       chart.setData(data.columns);
     }
+    chartBox.dataset.kind = series ? "series" : "bars";
     chartBox.dataset.points = String(data.columns[0].length);
     chartBox.dataset.last = String(data.columns[0][data.columns[0].length - 1] ?? "");
   }
