@@ -111,6 +111,21 @@ try {
     await new Promise((r) => setTimeout(r, 200));
   }
 
+  check("leaving the page stops a preview");
+  await editor.click();
+  await page.keyboard.press("Control+Shift+Enter");
+  await page.waitForFunction(() => document.querySelectorAll("#preview-table tbody tr").length >= 1, null, T);
+  if ((await api("api/v1/sources/bids")).previews !== 1) await fail("the second preview did not start");
+  await page.goto(`${url}#/health`);
+  const left = Date.now();
+  for (;;) {
+    if ((await api("api/v1/sources/bids")).previews === 0) break;
+    if (Date.now() - left > 20000) await fail("the preview still runs after leaving the page");
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  await page.goto(`${url}#/query`);
+  await page.waitForSelector("#editor .cm-content", T);
+
   check("history keeps the statements run");
   const kept = await page.$$eval("#history option", (os) => os.map((o) => o.textContent));
   if (!kept.some((t) => t.startsWith("SELECT auction, price, channel FROM bids WHERE price > 90000000"))) await fail(`history: ${kept}`);
