@@ -185,6 +185,17 @@ impl Metrics {
         }
     }
 
+    /// Series of a view that `/metrics` does not show (a console preview).
+    pub fn unlisted_view() -> ViewMetrics {
+        let counter = || prometheus::IntCounter::new("unlisted", "unlisted").expect("valid name");
+        let histogram = prometheus::HistogramOpts::new("unlisted", "unlisted");
+        ViewMetrics {
+            late_rows: counter(),
+            rows_emitted: counter(),
+            end_to_end_latency: prometheus::Histogram::with_opts(histogram).expect("valid name"),
+        }
+    }
+
     /// Drop view `name`'s series: a view of the same name later starts from zero.
     pub fn forget_view(&self, name: &str) {
         let _ = self.late_rows.remove_label_values(&[name]);

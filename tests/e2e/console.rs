@@ -153,6 +153,14 @@ async fn a_preview_streams_first_rows_creates_nothing_and_ends_with_its_reader()
     assert_eq!(seen[0].0, "columns");
     assert!(seen[0].1.contains("\"u\""), "{seen:?}");
     assert_eq!(previews_of(&weir, "clicks").await?, 1);
+    let metrics = weir
+        .client
+        .get(format!("{}/metrics", weir.url))
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert!(!metrics.contains("preview"), "a preview shows in /metrics");
     let ingest = |body: &'static str| {
         weir.client
             .post(format!("{}/api/v1/sources/clicks/records", weir.url))
@@ -215,6 +223,65 @@ async fn a_preview_streams_first_rows_creates_nothing_and_ends_with_its_reader()
     assert_eq!(bad.status(), 400);
     let body: serde_json::Value = bad.json().await?;
     assert_eq!(body["position"]["column"], 8, "{body}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_windowed_query_previews_and_a_source_not_reading_yet_is_left_alone() -> Result<()> {
+    let weir = Weir::start(&[]).await?;
+    weir.exec("CREATE SOURCE ev (id BIGINT, ts TIMESTAMP, WATERMARK FOR ts AS ts) WITH (connector = 'http')")
+        .await?;
+    let sql = "SELECT window_start, count(*) AS n FROM TUMBLE(ev, ts, INTERVAL '1' SECOND) GROUP BY window_start, window_end";
+    let query = serde_urlencoded::to_string([("sql", sql)])?;
+    let mut live = weir
+        .client
+        .get(format!("{}/api/v1/preview?{query}", weir.url))
+        .send()
+        .await?;
+    assert_eq!(live.status(), 200);
+    let mut seen = Vec::new();
+    events_until(&mut live, &mut seen, |s| !s.is_empty()).await?;
+    let records =
+        "{\"id\": 1, \"ts\": 1000}\n{\"id\": 2, \"ts\": 1500}\n{\"id\": 3, \"ts\": 3000}\n";
+    weir.client
+        .post(format!("{}/api/v1/sources/ev/records", weir.url))
+        .body(records)
+        .send()
+        .await?;
+    events_until(&mut live, &mut seen, |s| s.iter().any(|(e, _)| e == "rows")).await?;
+    let rows = &seen.iter().find(|(e, _)| e == "rows").expect("rows").1;
+    assert!(
+        rows.contains(",2]"),
+        "the first second's window holds two rows: {rows}"
+    );
+    drop(live);
+
+    // A generator with no view has not started: a preview must not start it.
+    weir.exec("CREATE SOURCE gen WITH (connector = 'nexmark', table = 'bid', events = 1000)")
+        .await?;
+    let query = serde_urlencoded::to_string([("sql", "SELECT auction FROM gen")])?;
+    let refused = weir
+        .client
+        .get(format!("{}/api/v1/preview?{query}", weir.url))
+        .send()
+        .await?;
+    assert_eq!(refused.status(), 400);
+    let body: serde_json::Value = refused.json().await?;
+    assert!(
+        body["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("not reading yet")),
+        "{body}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let status: serde_json::Value = weir
+        .client
+        .get(format!("{}/api/v1/sources/gen", weir.url))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(status["records_in"], 0, "{status}");
     Ok(())
 }
 

@@ -14,6 +14,8 @@ const opened = new Set(); // sidebar entries the user expanded, kept across refr
 let editor = null;
 let lastStatement = "";
 let current = null; // the page shown: { leave() }
+let shownCatalog = ""; // what the sidebar shows, to rebuild it only on a change
+let pendingStatement = null; // run when the query page opens (Explain from the sidebar)
 
 async function refreshCatalog() {
   try {
@@ -29,8 +31,15 @@ async function refreshCatalog() {
     catalog.streams = streamsOf(st.json);
     document.getElementById("reachable").textContent = "";
     showCheckpoint(c.json);
-    renderCatalog();
-    if (editor) editor.setCatalog(completionTables(), completionFunctions());
+    // Rebuilt only when something shown changed, so focus and open lists stay put.
+    const shown = JSON.stringify([catalog.sources.map((x) => [x.name, x.status, x.columns, x.views]),
+      catalog.views.map((x) => [x.name, x.status, x.columns]), catalog.sinks.map((x) => [x.name, x.status, x.view]),
+      catalog.plugins.map((x) => [x.name, x.status, x.functions]), catalog.streams]);
+    if (shown !== shownCatalog) {
+      shownCatalog = shown;
+      renderCatalog();
+      if (editor) editor.setCatalog(completionTables(), completionFunctions());
+    }
   } catch (e) {
     document.getElementById("reachable").textContent = `server unreachable: ${e.message}`;
   }
@@ -126,11 +135,15 @@ async function drop(kind, name, dependents) {
   }
 }
 
-async function explain(name) {
-  location.hash = "#/query";
-  await route();
-  editor.setText(`EXPLAIN MATERIALIZED VIEW ${name}`);
-  await run(editor.text());
+function explain(name) {
+  const sql = `EXPLAIN VIEW ${name}`;
+  if (queryUi) {
+    editor.setText(sql);
+    run(sql);
+  } else {
+    pendingStatement = sql;
+    location.hash = "#/query";
+  }
 }
 
 // ---- the query page ----
@@ -176,6 +189,11 @@ function queryPage(main) {
     past.value = "";
   });
   queryUi = { status, error, result, fillHistory };
+  if (pendingStatement) {
+    editor.setText(pendingStatement);
+    run(pendingStatement);
+    pendingStatement = null;
+  }
   return { leave() { lastStatement = editor.text(); stopPreview(); editor = null; queryUi = null; } };
 }
 
@@ -183,33 +201,35 @@ let queryUi = null;
 let previewing = null; // AbortController of the running preview
 
 function failed(e) {
+  if (!queryUi) return;
   showError(queryUi.error, e);
   if (e instanceof ApiError && editor) editor.showError(e.message, e.body.position);
 }
 
 async function run(sql) {
-  if (!queryUi || !sql.trim()) return;
+  const ui = queryUi; // the page may be left while the statement runs
+  if (!ui || !sql.trim()) return;
   stopPreview();
   remember(sql);
-  queryUi.fillHistory();
-  showError(queryUi.error, null);
+  ui.fillHistory();
+  showError(ui.error, null);
   editor.clearError();
-  queryUi.status.textContent = "running…";
-  queryUi.result.replaceChildren();
+  ui.status.textContent = "running…";
+  ui.result.replaceChildren();
   const started = performance.now();
   try {
     const { json } = await api("api/v1/sql", { method: "POST", body: { sql } });
     const ms = Math.round(performance.now() - started);
     if (json.columns) {
-      queryUi.status.textContent = `${json.rows.length} row${json.rows.length === 1 ? "" : "s"} in ${ms} ms`;
-      queryUi.result.replaceChildren(rowsTable(json));
+      ui.status.textContent = `${json.rows.length} row${json.rows.length === 1 ? "" : "s"} in ${ms} ms`;
+      ui.result.replaceChildren(rowsTable(json));
     } else {
-      queryUi.status.textContent = `${json.message} (${ms} ms)`;
+      ui.status.textContent = `${json.message} (${ms} ms)`;
       await refreshCatalog();
     }
   } catch (e) {
-    queryUi.status.textContent = "";
-    failed(e);
+    ui.status.textContent = "";
+    if (ui === queryUi) failed(e);
   }
 }
 
@@ -311,7 +331,8 @@ async function route() {
   current = (pages[page] || pages.query)();
 }
 
-window.addEventListener("hashchange", route);
+// "#main" (the skip link) is not a page: stay where we are.
+window.addEventListener("hashchange", () => { if (!location.hash || location.hash.startsWith("#/")) route(); });
 await refreshCatalog();
 setInterval(refreshCatalog, REFRESH_MS);
 route();

@@ -304,8 +304,8 @@ function connectorForm(kind, catalog, refreshCatalog) {
     const o = { connector: connector.value };
     for (const [n, input] of inputs) if (input.value.trim() !== "") o[n] = input.value.trim();
     for (const line of extra.value.split("\n")) {
-      const m = line.match(/^\s*([A-Za-z0-9_.]+)\s*=\s*'?(.*?)'?\s*$/);
-      if (m) o[m[1]] = m[2];
+      const m = line.match(/^\s*([A-Za-z0-9_.]+)\s*=\s*(?:'((?:[^']|'')*)'|(.*?))\s*$/);
+      if (m) o[m[1]] = m[2] !== undefined ? m[2].replace(/''/g, "'") : m[3];
     }
     return o;
   }
@@ -371,11 +371,15 @@ function connectorForm(kind, catalog, refreshCatalog) {
     connectors = json.connectors.filter((c) => c.kind === kind);
     connector.replaceChildren(...connectors.map((c) => h("option", { value: c.name }, c.name)));
     build();
-  });
+  }).catch((e) => { result.className = "error"; result.textContent = `cannot list the connectors: ${e.message}`; });
   connector.addEventListener("change", build);
   for (const x of [name, columns, extra, from]) x.addEventListener("input", update);
   from.addEventListener("change", update);
+  let shownViews = "";
   const fillViews = () => {
+    const names = catalog.views.map((v) => v.name).join();
+    if (names === shownViews) return;
+    shownViews = names;
     const keep = from.value;
     from.replaceChildren(...catalog.views.map((v) => h("option", { value: v.name, selected: v.name === keep }, v.name)));
   };
@@ -398,9 +402,11 @@ export function sourcesPage(main, catalog, refreshCatalog) {
   const list = h("div", { id: "source-list" });
   const letters = h("div", { id: "dead-letters" });
   const record = h("pre", { id: "dead-letter-record", class: "record", hidden: true, tabindex: "-1" });
+  const lettersError = h("div", { class: "error", hidden: true, role: "alert" });
   const bySource = h("select", { id: "dl-source" });
   const byView = h("select", { id: "dl-view" });
   let shown = 50;
+  let shownLetters = ""; // what the table shows, to rebuild it only on a change
   const sourceForm = connectorForm("source", catalog, refreshCatalog);
   const sinkForm = connectorForm("sink", catalog, refreshCatalog);
   main.replaceChildren(
@@ -409,12 +415,14 @@ export function sourcesPage(main, catalog, refreshCatalog) {
     h("details", { id: "new-sink" }, h("summary", {}, h("h2", { class: "inline" }, "Create a sink")), sinkForm.box),
     h("section", { "aria-label": "Dead letters" }, h("h2", {}, "Dead letters ", h("span", { id: "dl-total", class: "muted" })),
       h("div", { class: "toolbar" }, labelled("source", bySource), labelled("view", byView)),
-      letters,
+      lettersError, letters,
       h("button", { id: "dl-more", onclick: () => { shown += 50; refreshLetters(); } }, "Show older"),
       record));
   const sparks = new Map();
 
   function fillFilter(select, names) {
+    if (select.dataset.names === names.join()) return;
+    select.dataset.names = names.join();
     const keep = select.value;
     select.replaceChildren(h("option", { value: "" }, "all"), ...names.map((n) => h("option", { value: n, selected: n === keep }, n)));
   }
@@ -456,6 +464,9 @@ export function sourcesPage(main, catalog, refreshCatalog) {
     if (byView.value) q.set("view", byView.value);
     const { json } = await api(`api/v1/dead-letters?${q}`);
     document.getElementById("dl-total").textContent = `(${json.total} in all; newest first)`;
+    const key = `${q}|${json.total}|${json.dead_letters.map((d) => d.id).join()}`;
+    if (key === shownLetters) return;
+    shownLetters = key;
     letters.replaceChildren(h("table", { class: "rows" },
       h("thead", {}, h("tr", {}, ["id", "source", "view", "position", "reason", "record"].map((c) => h("th", { scope: "col" }, c)))),
       h("tbody", {}, json.dead_letters.slice().reverse().map((d) => h("tr", {},
@@ -469,7 +480,11 @@ export function sourcesPage(main, catalog, refreshCatalog) {
   }
   bySource.addEventListener("change", refreshLetters);
   byView.addEventListener("change", refreshLetters);
-  const stop = every(2000, () => { render(); sinkForm.fillViews(); refreshLetters().catch(() => {}); });
+  const stop = every(2000, () => {
+    render();
+    sinkForm.fillViews();
+    refreshLetters().then(() => showError(lettersError, null), (e) => showError(lettersError, e));
+  });
   return { leave() { stop(); for (const s of sparks.values()) s.destroy(); } };
 }
 
@@ -508,7 +523,11 @@ export function pluginsPage(main, catalog, refreshCatalog) {
   drop.addEventListener("dragleave", () => drop.classList.remove("over"));
   drop.addEventListener("drop", (e) => { e.preventDefault(); drop.classList.remove("over"); upload(e.dataTransfer.files[0]); });
 
+  let shownPlugins = "";
   function render() {
+    const key = JSON.stringify(catalog.plugins);
+    if (key === shownPlugins) return;
+    shownPlugins = key;
     list.replaceChildren(h("table", { class: "rows", id: "plugins" },
       h("thead", {}, h("tr", {}, ["name", "version", "sha-256", "exports", "status", "calls", "rows", "failures", "last failure", "used by", ""].map((c) => h("th", { scope: "col" }, c)))),
       h("tbody", {}, catalog.plugins.map((p) => h("tr", { "data-plugin": p.name },
@@ -561,9 +580,11 @@ export function healthPage(main, catalog, refreshCatalog) {
   let lastCpu = null;
 
   async function take() {
+    result.className = "muted";
     result.textContent = "taking a checkpoint…";
     try {
       const { json } = await api("api/v1/checkpoints", { method: "POST" });
+      result.className = "ok";
       result.textContent = `checkpoint #${json.epoch} written: ${bytes(json.bytes)} in ${json.duration_ms} ms`;
       await refreshCatalog();
       tick();

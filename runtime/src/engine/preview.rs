@@ -37,7 +37,6 @@ pub struct LivePreview {
     pub changes: broadcast::Receiver<RecordBatch>,
     view: Arc<ViewRuntime>,
     fed_by: Vec<Arc<SourceRuntime>>,
-    engine: Engine,
 }
 
 impl Drop for LivePreview {
@@ -45,7 +44,6 @@ impl Drop for LivePreview {
         for s in &self.fed_by {
             s.views.lock().retain(|v| v.id != self.view.id);
         }
-        self.engine.inner.metrics.forget_view(&self.view.name);
         tracing::debug!(preview = %self.view.name, "preview ended");
     }
 }
@@ -62,9 +60,12 @@ impl Engine {
             },
             _ => return Err(not_a_query(sql)),
         };
-        let reads_unbounded = weir_sql::planner::relations(&query).iter().any(|name| {
-            self.inner.sources.contains_key(name) || self.inner.streams.contains_key(name)
-        });
+        // The sources inside TUMBLE(...) and HOP(...) count, not the functions' names.
+        let reads_unbounded = weir_sql::planner::view_relations(&query)
+            .iter()
+            .any(|name| {
+                self.inner.sources.contains_key(name) || self.inner.streams.contains_key(name)
+            });
         if !reads_unbounded {
             return match self.query(ast::Statement::Query(query)).await? {
                 SqlOutput::Rows { schema, batches } => Ok(Preview::Rows { schema, batches }),
@@ -89,10 +90,20 @@ impl Engine {
                 "a join of several sources cannot be previewed yet: create it as a view".into(),
             ));
         }
+        // A preview never starts a source: reading a file or a topic for it would move
+        // the position its first view starts from.
+        if let Some(s) = (fed_by.iter())
+            .find(|s| s.input.waits_for_a_view() && !s.active.load(Ordering::Relaxed))
+        {
+            return Err(Error::BadRequest(format!(
+                "source {} is not reading yet: it starts with its first view, and a preview \
+                 does not start it; create a view over it first",
+                s.name
+            )));
+        }
         let changes = view.subscribe();
         for s in &fed_by {
             s.views.lock().push(view.clone());
-            s.active.store(true, Ordering::Relaxed);
         }
         tracing::debug!(preview = %view.name, "preview started");
         Ok(Preview::Live(LivePreview {
@@ -100,7 +111,6 @@ impl Engine {
             changes,
             view,
             fed_by,
-            engine: self.clone(),
         }))
     }
 }

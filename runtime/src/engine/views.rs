@@ -141,7 +141,11 @@ impl Engine {
                 query.output_schema.clone(),
                 operator,
                 max_rows,
-                m.view(name),
+                if preview {
+                    crate::metrics::Metrics::unlisted_view()
+                } else {
+                    m.view(name)
+                },
             )
             .with_plugins(plugins)
             .with_stream(stream.map(|s| s.name.clone()))

@@ -145,6 +145,12 @@ pub trait Connector: Send + Sync {
     /// rows are pushed to it (http) has nothing to start.
     fn start(&self, feed: Feed, resume: Option<Position>) -> Result<()>;
 
+    /// Whether the connector reads only once a view needs its rows (a generator, a
+    /// file, a topic), rather than taking what is pushed to it (http).
+    fn waits_for_a_view(&self) -> bool {
+        true
+    }
+
     /// Whether a checkpoint's position `resume` is this source's to resume from (an
     /// http source's log must be the one the position names).
     fn accepts(&self, _resume: &Position) -> bool {

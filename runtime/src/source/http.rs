@@ -82,6 +82,10 @@ fn open_wal(def: &SourceDef) -> Result<Wal> {
 }
 
 impl Connector for HttpSource {
+    fn waits_for_a_view(&self) -> bool {
+        false
+    }
+
     fn schema(&self) -> SchemaRef {
         self.schema.clone()
     }

@@ -41,6 +41,14 @@ pub async fn health(State(state): State<AppState>) -> axum::Json<serde_json::Val
     }))
 }
 
+/// A Prometheus label value: backslash, quote and newline escaped.
+fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let mut text = state.engine.metrics().render();
     text.push_str(&operator_metrics(&state.engine.views()));
@@ -83,7 +91,8 @@ fn operator_metrics(views: &[weir_runtime::view::ViewStatus]) -> String {
                     let _ = writeln!(
                         out,
                         "{name}{{view=\"{}\",operator=\"{i}:{}\"}} {value}",
-                        view.name, op.name
+                        label(&view.name),
+                        label(&op.name)
                     );
                 }
             }
@@ -98,4 +107,12 @@ pub async fn not_found(uri: Uri) -> ApiError {
         "not found",
         format!("no route {uri}; the API lives under /api/v1"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(super::label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
 }
