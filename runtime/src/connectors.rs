@@ -281,6 +281,37 @@ mod tests {
     }
 
     #[test]
+    fn the_common_options_are_the_ones_every_source_takes() {
+        let mut taken = field_names::<crate::options::CommonOptions>();
+        taken.retain(|n| *n != "connector");
+        taken.sort();
+        let mut documented: Vec<&str> = COMMON_SOURCE_OPTIONS.iter().map(|o| o.name).collect();
+        documented.sort();
+        assert_eq!(documented, taken);
+    }
+
+    #[test]
+    fn the_file_test_says_whether_the_file_is_there() {
+        let dir = tempfile::tempdir().expect("dir");
+        let config = RuntimeConfig {
+            data_dir: dir.path().to_path_buf(),
+            ..RuntimeConfig::default()
+        };
+        std::fs::create_dir_all(config.files_dir()).expect("files dir");
+        std::fs::write(config.files_dir().join("in.jsonl"), "{}\n").expect("file");
+        let options = |path: &str| BTreeMap::from([("path".to_string(), path.to_string())]);
+        let ok = test("source", "file", &options("in.jsonl"), &config).expect("there");
+        assert!(ok.contains("is there: 3 bytes"), "{ok}");
+        let missing = test("source", "file", &options("nope.jsonl"), &config).expect_err("missing");
+        assert!(missing.to_string().contains("cannot be read"), "{missing}");
+        let outside = test("source", "file", &options("../x"), &config).expect_err("outside");
+        assert!(!outside.to_string().is_empty());
+        let none = test("source", "file", &BTreeMap::new(), &config).expect_err("no path");
+        assert!(none.to_string().contains("name the file first"), "{none}");
+        assert!(test("sink", "nope", &BTreeMap::new(), &config).is_err());
+    }
+
+    #[test]
     fn field_names_come_from_serde_with_renames() {
         #[derive(Debug, Deserialize)]
         #[serde(rename_all = "snake_case")]

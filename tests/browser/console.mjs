@@ -341,6 +341,23 @@ try {
   await page.waitForSelector("#source-form-result:has-text('cannot reach the brokers at 127.0.0.1:1')", T);
   await page.screenshot({ path: `${shots}/source-form.png`, fullPage: true });
 
+  check("a sink is created from its form, then dropped from the sidebar");
+  await page.click("#new-sink summary");
+  await page.waitForSelector("#sink-form-brokers", T);
+  await page.fill("#sink-form-name", "channel_out");
+  await page.selectOption("#sink-form-from", "bids_per_channel");
+  await page.fill("#sink-form-brokers", "127.0.0.1:1");
+  await page.fill("#sink-form-topic", "per_channel");
+  await page.selectOption("#sink-form-format", "json");
+  const sinkSql = await page.textContent("#sink-form-sql");
+  if (sinkSql !== "CREATE SINK channel_out FROM bids_per_channel WITH (connector = 'kafka', brokers = '127.0.0.1:1', topic = 'per_channel', format = 'json')") await fail(`sink SQL: ${sinkSql}`);
+  await page.click("#sink-form-create");
+  await page.waitForSelector("#sink-form-result:has-text('sink channel_out created')", T);
+  await page.waitForSelector("#catalog details[data-kind=sink][data-name=channel_out]", T);
+  await page.click("#catalog details[data-kind=sink][data-name=channel_out] summary");
+  await page.click("#catalog details[data-kind=sink][data-name=channel_out] button:has-text('Drop')");
+  await page.waitForSelector("#catalog details[data-kind=sink][data-name=channel_out]", { state: "detached", timeout: 30000 });
+
   check("health: take a checkpoint, see it in the history");
   await page.goto(`${url}#/health`);
   await page.waitForSelector("#health-facts:has-text('uptime')", T);

@@ -102,6 +102,7 @@ function renderCatalog() {
     section("Plugins", catalog.plugins, (p) => item("plugin", p.name, p.status,
       p.functions.map((f) => ({ name: f.name, data_type: `(${f.args.join(", ")}) -> ${f.returns}` })), [
         action("Open", () => { location.hash = "#/plugins"; }),
+        action("Delete", () => deletePlugin(p)),
       ])),
   );
 }
@@ -130,6 +131,18 @@ async function drop(kind, name, dependents) {
     await api("api/v1/sql", { method: "POST", body: { sql: `DROP ${kind} ${name}` } });
     await refreshCatalog();
     if (location.hash === `#/view/${encodeURIComponent(name)}`) location.hash = "#/query";
+  } catch (e) {
+    window.alert(`${e.status}: ${e.message}`);
+  }
+}
+
+/** Delete a plugin after a confirmation that names the views that use it. */
+async function deletePlugin(p) {
+  const users = p.used_by.length ? `\n\nUsed by ${p.used_by.join(", ")}: drop ${p.used_by.length === 1 ? "that view" : "those views"} first.` : "";
+  if (!confirmAction(`Delete plugin ${p.name}?${users}`)) return;
+  try {
+    await api(`api/v1/plugins/${encodeURIComponent(p.name)}`, { method: "DELETE" });
+    await refreshCatalog();
   } catch (e) {
     window.alert(`${e.status}: ${e.message}`);
   }

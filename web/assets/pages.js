@@ -266,23 +266,6 @@ function fmt(n) {
 
 // ---- sources ----
 
-const RATE_POINTS = 150; // 5 minutes at one poll each 2 s
-const rates = new Map(); // source -> { t: [], v: [], last: [time, records] }
-
-function sampleRates(sources) {
-  const now = Date.now() / 1000;
-  for (const s of sources) {
-    const r = rates.get(s.name) || { t: [], v: [], last: null };
-    if (r.last && now > r.last[0]) {
-      r.t.push(now);
-      r.v.push(Math.max(0, (s.records_in - r.last[1]) / (now - r.last[0])));
-      if (r.t.length > RATE_POINTS) { r.t.shift(); r.v.shift(); }
-    }
-    r.last = [now, s.records_in];
-    rates.set(s.name, r);
-  }
-}
-
 /** A form made from a connector's own option list (GET /api/v1/connectors). */
 function connectorForm(kind, catalog, refreshCatalog) {
   const id = (x) => `${kind}-form-${x}`;
@@ -428,12 +411,12 @@ export function sourcesPage(main, catalog, refreshCatalog) {
   }
 
   function render() {
-    sampleRates(catalog.sources);
     const now = Date.now();
     list.replaceChildren(h("table", { class: "rows" },
       h("thead", {}, h("tr", {}, ["name", "connector", "status", "events/s (5 min)", "records", "watermark", "behind now", "dead letters", "lag"].map((c) => h("th", { scope: "col" }, c)))),
       h("tbody", {}, catalog.sources.map((s) => {
-        const r = rates.get(s.name);
+        // The server samples every source's rate: the last five minutes at once.
+        const r = { t: s.rate_history.map(([t]) => t / 1000), v: s.rate_history.map(([, v]) => v) };
         const spark = h("div", { class: "spark", "data-source": s.name });
         const lag = (s.partitions || []).map((p) => `${p.partition}: ${p.lag ?? "?"}`).join(", ");
         const row = h("tr", { "data-source": s.name },

@@ -21,6 +21,8 @@ pub struct AppState {
     pub base_path: Arc<str>,
     /// When the server started (the console shows its uptime).
     pub started: std::time::Instant,
+    /// Each source's recent events per second (sampled by `weir serve`).
+    pub rates: Arc<crate::rates::RateHistory>,
 }
 
 impl AppState {
@@ -30,6 +32,7 @@ impl AppState {
             shutdown: Arc::new(watch::channel(false).0),
             base_path: "".into(),
             started: std::time::Instant::now(),
+            rates: Arc::default(),
         }
     }
 
@@ -695,7 +698,37 @@ mod tests {
             "{metrics}"
         );
         assert!(
-            metrics.contains("weir_operator_seconds_total{view=\"v\",operator=\"4:aggregate\"}")
+            metrics.contains("weir_operator_seconds_total{view=\"v\",operator=\"4:aggregate\"}"),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains("weir_operator_state_bytes{view=\"v\",operator=\"4:aggregate\"}")
+                && metrics.contains("# TYPE weir_operator_state_bytes gauge")
+                && metrics.contains(
+                    "weir_operator_late_rows_total{view=\"v\",operator=\"4:aggregate\"} 0"
+                )
+        );
+    }
+
+    #[tokio::test]
+    async fn sources_carry_their_recent_rates() {
+        let state = AppState::new(Engine::in_memory(RuntimeConfig::default()));
+        let app = app(state.clone());
+        let ddl = r#"{"sql": "CREATE SOURCE t (id BIGINT) WITH (connector = 'http')"}"#;
+        assert_eq!(
+            call(&app, "POST", "/api/v1/sql", ddl).await.0,
+            StatusCode::OK
+        );
+        state.rates.sample(&state.engine, 10_000);
+        let records: String = (0..10).map(|i| format!("{{\"id\": {i}}}\n")).collect();
+        let (status, body) = call(&app, "POST", "/api/v1/sources/t/records", &records).await;
+        assert!(status.is_success(), "{body}");
+        state.rates.sample(&state.engine, 12_000);
+        let (_, body) = call(&app, "GET", "/api/v1/sources", "").await;
+        assert_eq!(
+            body["sources"][0]["rate_history"],
+            serde_json::json!([[12_000, 5.0]]),
+            "ten records in two seconds: {body}"
         );
     }
 }

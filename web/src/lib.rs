@@ -9,6 +9,7 @@ pub mod demo;
 pub mod error;
 pub mod format;
 pub mod process;
+pub mod rates;
 pub mod scaffold;
 pub mod serve;
 

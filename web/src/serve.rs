@@ -34,6 +34,7 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     );
     let _ = std::io::stdout().flush();
     let state = AppState::new(engine.clone()).with_base_path(&config.base_path);
+    state.rates.start(engine.clone());
     let shutdown = state.shutdown.clone();
     axum::serve(listener, app(state))
         .with_graceful_shutdown(async move {

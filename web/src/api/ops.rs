@@ -60,31 +60,55 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
 fn operator_metrics(views: &[weir_runtime::view::ViewStatus]) -> String {
     use std::fmt::Write;
     type Figure = fn(&weir_runtime::view::OperatorStatus) -> Option<f64>;
-    let figures: [(&str, &str, Figure); 4] = [
+    let counter = "counter";
+    let gauge = "gauge";
+    let figures: [(&str, &str, &str, Figure); 7] = [
         (
             "weir_operator_rows_in_total",
+            counter,
             "Rows into an operator of a view.",
             |o| Some(o.rows_in as f64),
         ),
         (
             "weir_operator_rows_out_total",
+            counter,
             "Rows out of an operator of a view.",
             |o| Some(o.rows_out as f64),
         ),
         (
             "weir_operator_batches_total",
+            counter,
             "Batches an operator of a view ran over.",
             |o| o.batches.map(|b| b as f64),
         ),
         (
             "weir_operator_seconds_total",
+            counter,
             "Time an operator of a view took (a stateful one: the view's operator less its stateless steps).",
             |o| o.seconds,
         ),
+        (
+            "weir_operator_state_bytes",
+            gauge,
+            "State an operator of a view holds.",
+            |o| o.state_bytes.map(|b| b as f64),
+        ),
+        (
+            "weir_operator_open_windows",
+            gauge,
+            "Windows an operator of a view holds open.",
+            |o| o.open_windows.map(|w| w as f64),
+        ),
+        (
+            "weir_operator_late_rows_total",
+            counter,
+            "Rows an operator of a view found late.",
+            |o| o.late_rows.map(|l| l as f64),
+        ),
     ];
     let mut out = String::new();
-    for (name, help, figure) in figures {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+    for (name, kind, help, figure) in figures {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         for view in views {
             for (i, op) in view.operators.iter().enumerate() {
                 if let Some(value) = figure(op) {

@@ -10,8 +10,18 @@ use crate::api::body::Limit;
 use crate::app::AppState;
 use crate::error::{ApiError, ApiResult};
 
+/// Every source's status, with `rate_history`: its events per second over the last
+/// five minutes, `[[ms since the epoch, events/s], ...]`, oldest first.
 pub async fn list(State(state): State<AppState>) -> Json<Value> {
-    Json(json!({ "sources": state.engine.sources() }))
+    let sources: Vec<Value> = (state.engine.sources().into_iter())
+        .map(|s| {
+            let history = state.rates.of(&s.name);
+            let mut v = json!(s);
+            v["rate_history"] = json!(history);
+            v
+        })
+        .collect();
+    Json(json!({ "sources": sources }))
 }
 
 pub async fn get_one(
