@@ -339,6 +339,22 @@ try {
   await page.fill("#source-form-brokers", "127.0.0.1:1");
   await page.click("#source-form-test");
   await page.waitForSelector("#source-form-result:has-text('cannot reach the brokers at 127.0.0.1:1')", T);
+
+  check("a Kafka source from the form: the test reaches the broker, the page shows lag per partition");
+  const [brokers, topic] = [process.env.WEIR_TEST_KAFKA, process.env.WEIR_TEST_TOPIC];
+  if (!brokers || !topic) await fail("WEIR_TEST_KAFKA and WEIR_TEST_TOPIC name the broker and a topic of two partitions");
+  await page.fill("#source-form-name", "orders");
+  await page.fill("#source-form-columns", "id BIGINT");
+  await page.fill("#source-form-brokers", brokers);
+  await page.fill("#source-form-topic", topic);
+  await page.fill("#source-form-start", "earliest");
+  await page.click("#source-form-test");
+  await page.waitForSelector(`#source-form-result:has-text('topic ${topic} has 2 partitions')`, T);
+  await page.click("#source-form-create");
+  await page.waitForSelector("#source-form-result:has-text('source orders created')", T);
+  await post("api/v1/sql", JSON.stringify({ sql: "CREATE MATERIALIZED VIEW order_ids AS SELECT id FROM orders" }));
+  await page.waitForSelector(`#source-list tr[data-source=orders] td.lag:has-text('${topic}/0: 0')`, { timeout: 60000 });
+  await page.waitForSelector(`#source-list tr[data-source=orders] td.lag:has-text('${topic}/1: 0')`, T);
   await page.screenshot({ path: `${shots}/source-form.png`, fullPage: true });
 
   check("a sink is created from its form, then dropped from the sidebar");

@@ -38,9 +38,19 @@ async fn the_console_works_in_a_browser() -> Result<()> {
     )?;
     let shots = screenshots_dir();
     std::fs::create_dir_all(&shots)?;
+    // A topic of two partitions with records in each, for the Kafka form and the lag
+    // per partition on the sources page.
+    let topic = crate::kafka::unique("console");
+    crate::kafka::create_topic(&topic, 2).await?;
+    let messages: Vec<(i32, Option<String>, String)> = (0..20)
+        .map(|i| (i % 2, None, format!("{{\"id\": {i}}}")))
+        .collect();
+    crate::kafka::produce(&topic, &messages).await?;
     let out = tokio::time::timeout(
         Duration::from_secs(240),
         Command::new("node")
+            .env("WEIR_TEST_KAFKA", crate::kafka::brokers())
+            .env("WEIR_TEST_TOPIC", &topic)
             .arg(dir.join("console.mjs"))
             .arg(format!("{}/", weir.url))
             .arg(files.path())
