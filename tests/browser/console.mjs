@@ -277,12 +277,24 @@ try {
   }, wasm);
   await page.dispatchEvent("#plugin-drop", "drop", { dataTransfer: dropped });
   await page.waitForSelector("#plugin-result:has-text('currency version 2 loaded')", T);
+  await page.waitForSelector("#plugins tr[data-plugin=currency] ul.versions li[data-version='2']", T);
+  const versions = await page.$$eval("#plugins tr[data-plugin=currency] ul.versions li", (lis) => lis.map((li) => li.textContent));
+  if (versions.length !== 2 || !versions.every((v) => /^v[12] [0-9a-f]{12} /.test(v))) await fail(`versions: ${versions}`);
 
   check("deleting a plugin names the views that use it");
   await page.click("button[aria-label='Delete plugin flaky']");
   await page.waitForSelector("#plugin-error:has-text('flaky_view')", T);
   if (!dialogs.some((d) => d.includes("Used by flaky_view"))) await fail(`confirmations: ${dialogs}`);
   await page.screenshot({ path: `${shots}/plugins.png`, fullPage: true });
+
+  check("a derived stream is listed with its columns");
+  const redact = (await import("node:fs")).readFileSync(`${files}/redact.wasm`);
+  await fetch(new URL("api/v1/plugins?name=redact", url), { method: "POST", body: redact });
+  await fetch(new URL("api/v1/sql", url), { method: "POST", headers: { "content-type": "application/json" },
+    body: JSON.stringify({ sql: "CREATE STREAM clean_bids AS TRANSFORM bids USING PLUGIN 'redact'" }) });
+  await page.waitForSelector("#catalog details[data-kind=stream][data-name=clean_bids]", T);
+  await page.click("#catalog details[data-kind=stream][data-name=clean_bids] summary");
+  await page.waitForSelector("#catalog details[data-kind=stream][data-name=clean_bids] .columns code:text-is('auction')", T);
 
   check("plugin functions complete in the editor");
   await page.goto(`${url}#/query`);

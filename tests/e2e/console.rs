@@ -31,6 +31,10 @@ async fn the_console_works_in_a_browser() -> Result<()> {
         files.path().join("currency.wasm"),
         plugin_wasm("weir_plugin_currency"),
     )?;
+    std::fs::write(
+        files.path().join("redact.wasm"),
+        plugin_wasm("weir_plugin_redact"),
+    )?;
     std::fs::write(files.path().join("not-wasm.txt"), "not WebAssembly\n")?;
     std::fs::write(
         files.path().join("trap.wasm"),

@@ -21,14 +21,14 @@ async function refreshCatalog() {
   try {
     const [s, v, k, p, c, st] = await Promise.all([
       api("api/v1/sources"), api("api/v1/views"), api("api/v1/sinks"), api("api/v1/plugins"),
-      api("api/v1/checkpoints"), api("api/v1/sql", { method: "POST", body: { sql: "SHOW STREAMS" } }),
+      api("api/v1/checkpoints"), api("api/v1/streams"),
     ]);
     catalog.sources = s.json.sources;
     catalog.views = v.json.views;
     catalog.sinks = k.json.sinks;
     catalog.plugins = p.json.plugins;
     catalog.checkpoints = c.json;
-    catalog.streams = streamsOf(st.json);
+    catalog.streams = st.json.streams;
     document.getElementById("reachable").textContent = "";
     showCheckpoint(c.json);
     // Rebuilt only when something shown changed, so focus and open lists stay put.
@@ -45,12 +45,6 @@ async function refreshCatalog() {
   }
 }
 
-/** SHOW STREAMS answers rows; the sidebar wants objects. */
-function streamsOf(result) {
-  const at = (name) => result.columns.indexOf(name);
-  return (result.rows || []).map((r) => ({ name: r[at("name")], source: r[at("source")], plugin: r[at("plugin")] }));
-}
-
 function showCheckpoint(c) {
   const el = document.getElementById("checkpoint");
   const last = c.checkpoints && c.checkpoints[0];
@@ -65,7 +59,7 @@ function showCheckpoint(c) {
 function completionTables() {
   const tables = {};
   for (const x of [...catalog.sources, ...catalog.views]) tables[x.name] = x.columns.map((c) => c.name);
-  for (const s of catalog.streams) tables[s.name] = [];
+  for (const s of catalog.streams) tables[s.name] = s.columns.map((c) => c.name);
   return tables;
 }
 
@@ -88,7 +82,7 @@ function renderCatalog() {
       action("Drop", () => drop("SOURCE", s.name, [...s.views.map((v) => `view ${v}`),
         ...catalog.streams.filter((x) => x.source === s.name).map((x) => `stream ${x.name}`)])),
     ])),
-    section("Streams", catalog.streams, (s) => item("stream", s.name, `from ${s.source}`, null, [
+    section("Streams", catalog.streams, (s) => item("stream", s.name, `from ${s.source}`, s.columns, [
       action("Drop", () => drop("STREAM", s.name, catalog.views.filter((v) => v.source === s.name).map((v) => `view ${v.name}`))),
     ])),
     section("Views", catalog.views, (v) => item("view", v.name, v.status, v.columns, [

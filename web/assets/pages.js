@@ -512,10 +512,11 @@ export function pluginsPage(main, catalog, refreshCatalog) {
     if (key === shownPlugins) return;
     shownPlugins = key;
     list.replaceChildren(h("table", { class: "rows", id: "plugins" },
-      h("thead", {}, h("tr", {}, ["name", "version", "sha-256", "exports", "status", "calls", "rows", "failures", "last failure", "used by", ""].map((c) => h("th", { scope: "col" }, c)))),
+      h("thead", {}, h("tr", {}, ["name", "version", "versions (sha-256)", "exports", "status", "calls", "rows", "failures", "last failure", "used by", ""].map((c) => h("th", { scope: "col" }, c)))),
       h("tbody", {}, catalog.plugins.map((p) => h("tr", { "data-plugin": p.name },
         h("td", {}, p.name), h("td", {}, `${p.version} (${p.plugin_version})`),
-        h("td", { title: p.sha256 }, h("code", {}, p.sha256.slice(0, 12))),
+        h("td", {}, h("ul", { class: "versions" }, p.versions.map((v) => h("li", { title: v.sha256, "data-version": v.version },
+          `v${v.version} `, h("code", {}, v.sha256.slice(0, 12)), ` ${bytes(v.size_bytes)}`)))),
         h("td", {}, exportsOf(p)),
         h("td", {}, h("span", { class: `badge ${p.status}` }, p.reason ? `${p.status}: ${p.reason}` : p.status)),
         h("td", {}, p.calls), h("td", {}, p.rows), h("td", {}, p.failures), h("td", {}, p.last_failure || ""),

@@ -71,6 +71,7 @@ fn routes(state: AppState) -> Router {
         .route("/metrics", get(api::ops::metrics))
         .route("/api/v1/sql", post(api::sql::execute))
         .route("/api/v1/sources", get(api::sources::list))
+        .route("/api/v1/streams", get(api::sources::streams))
         .route("/api/v1/sources/{name}", get(api::sources::get_one))
         .route(
             "/api/v1/sources/{name}/records",

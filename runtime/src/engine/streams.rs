@@ -26,7 +26,32 @@ pub struct StreamDef {
     pub shared: Arc<StreamTransform>,
 }
 
+/// What the API shows of a stream.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StreamStatus {
+    pub name: String,
+    pub source: String,
+    pub plugin: String,
+    pub transform: String,
+    pub columns: Vec<crate::view::ColumnInfo>,
+}
+
 impl Engine {
+    /// Every derived stream, by name.
+    pub fn streams(&self) -> Vec<StreamStatus> {
+        let mut out: Vec<StreamStatus> = (self.inner.streams.iter())
+            .map(|s| StreamStatus {
+                name: s.name.clone(),
+                source: s.source.clone(),
+                plugin: s.plugin.name.clone(),
+                transform: s.transform.clone(),
+                columns: crate::view::ColumnInfo::of(&s.schema),
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
     pub(super) fn create_stream(&self, c: CreateStream) -> Result<SqlOutput> {
         let name = c.name.clone();
         if self.name_taken(&name) {

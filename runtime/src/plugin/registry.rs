@@ -60,6 +60,8 @@ pub struct PluginEntry {
     failures: AtomicU64,
     rows: AtomicU64,
     last_failure: Mutex<Option<String>>,
+    /// Every version stored, newest first (read again at each upload).
+    versions: Mutex<Vec<VersionInfo>>,
     host: Arc<PluginHost>,
 }
 
@@ -81,6 +83,16 @@ pub struct PluginStatus {
     pub consecutive_failures: u32,
     pub last_failure: Option<String>,
     pub used_by: Vec<String>,
+    /// Every version uploaded (older ones stay on disk), newest first.
+    pub versions: Vec<VersionInfo>,
+}
+
+/// One uploaded version of a plugin, as kept on disk.
+#[derive(Debug, Clone, Serialize)]
+pub struct VersionInfo {
+    pub version: u32,
+    pub sha256: String,
+    pub size_bytes: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -146,6 +158,7 @@ impl PluginEntry {
             consecutive_failures: self.consecutive_failures.load(Ordering::Relaxed),
             last_failure: self.last_failure.lock().clone(),
             used_by,
+            versions: self.versions.lock().clone(),
         }
     }
 
@@ -374,8 +387,10 @@ impl Plugins {
             match loaded {
                 Ok(plugin) => {
                     tracing::info!(plugin = %name, version, "plugin loaded");
-                    self.entries
-                        .insert(name.clone(), Arc::new(self.entry(name, plugin)));
+                    let versions = self.versions_of(&name, &plugin);
+                    let entry = self.entry(name.clone(), plugin);
+                    *entry.versions.lock() = versions;
+                    self.entries.insert(name, Arc::new(entry));
                 }
                 Err(e) => tracing::warn!(plugin = %name, version, error = %e, "cannot load plugin"),
             }
@@ -404,8 +419,46 @@ impl Plugins {
             failures: AtomicU64::new(0),
             rows: AtomicU64::new(0),
             last_failure: Mutex::new(None),
+            versions: Mutex::new(Vec::new()),
             host: self.host.clone(),
         }
+    }
+
+    /// The versions of `name` in the store, newest first (hashed here: uploads and
+    /// starts are rare); without a store, the current one only.
+    fn versions_of(&self, name: &str, current: &LoadedPlugin) -> Vec<VersionInfo> {
+        let only_current = || {
+            vec![VersionInfo {
+                version: current.version,
+                sha256: current.sha256.clone(),
+                size_bytes: current.size_bytes,
+            }]
+        };
+        let Some(Ok(files)) = self.dir.as_ref().map(|d| std::fs::read_dir(d.join(name))) else {
+            return only_current();
+        };
+        let mut versions: Vec<VersionInfo> = files
+            .flatten()
+            .filter_map(|f| {
+                let version = f
+                    .file_name()
+                    .to_str()?
+                    .strip_suffix(".wasm")?
+                    .parse()
+                    .ok()?;
+                let wasm = std::fs::read(f.path()).ok()?;
+                Some(VersionInfo {
+                    version,
+                    sha256: crate::plugin::host::sha256_hex(&wasm),
+                    size_bytes: wasm.len(),
+                })
+            })
+            .collect();
+        versions.sort_by_key(|v| std::cmp::Reverse(v.version));
+        if versions.is_empty() {
+            return only_current();
+        }
+        versions
     }
 
     pub fn config(&self) -> &crate::config::PluginConfig {
@@ -459,6 +512,7 @@ impl Plugins {
                 entry
             }
         };
+        *entry.versions.lock() = self.versions_of(name, &entry.current());
         tracing::info!(plugin = %name, version, "plugin installed");
         Ok(entry)
     }

@@ -24,6 +24,11 @@ pub async fn list(State(state): State<AppState>) -> Json<Value> {
     Json(json!({ "sources": sources }))
 }
 
+/// `GET /api/v1/streams`: every derived stream, with its columns.
+pub async fn streams(State(state): State<AppState>) -> Json<Value> {
+    Json(json!({ "streams": state.engine.streams() }))
+}
+
 pub async fn get_one(
     State(state): State<AppState>,
     Path(name): Path<String>,

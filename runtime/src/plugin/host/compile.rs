@@ -27,7 +27,7 @@ impl PluginHost {
                 "not a WebAssembly module (it does not start with \\0asm); upload the .wasm file that cargo build --target wasm32-unknown-unknown produces".into(),
             );
         }
-        let sha256 = hex(&Sha256::digest(wasm));
+        let sha256 = sha256_hex(wasm);
         let module = self.load_or_compile(wasm, &sha256)?;
         let refused: Vec<String> = module
             .imports()
@@ -103,4 +103,9 @@ fn load_cached(engine: &Engine, path: &Path) -> Result<Module, String> {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A module's SHA-256 as lower-case hex, as the API shows it.
+pub fn sha256_hex(wasm: &[u8]) -> String {
+    hex(&Sha256::digest(wasm))
 }

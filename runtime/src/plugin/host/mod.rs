@@ -14,6 +14,7 @@ mod log;
 mod wasi;
 
 pub use call::{CallFailure, PluginInstance};
+pub use compile::sha256_hex;
 
 use std::path::PathBuf;
 use std::time::Duration;
