@@ -74,6 +74,19 @@ try {
   await page.waitForSelector(".cm-tooltip-autocomplete li:has-text('bids')", T);
   await page.keyboard.press("Escape");
 
+  check("keywords are highlighted apart from names");
+  await typeInto("SELECT channel FROM bids_per_channel");
+  await page.keyboard.press("Escape");
+  const colors = await page.evaluate(() => {
+    const line = document.querySelector("#editor .cm-line");
+    const color = (text) => {
+      const span = [...line.querySelectorAll("span")].find((s) => s.textContent === text);
+      return span ? getComputedStyle(span).color : getComputedStyle(line).color;
+    };
+    return { keyword: color("SELECT"), name: color("channel") };
+  });
+  if (colors.keyword === colors.name) await fail(`SELECT and channel look alike: ${JSON.stringify(colors)}`);
+
   check("Ctrl+Enter runs a query and shows its rows");
   await typeInto("SELECT channel, sum(bids) AS n FROM bids_per_channel GROUP BY channel ORDER BY channel");
   await page.keyboard.press("Escape");
@@ -164,6 +177,15 @@ try {
   await page.keyboard.press("Enter");
   await page.waitForSelector("#sql-result th:text-is('c')", T);
 
+  check("an error in a view being created is underlined in the SELECT the user wrote");
+  await typeInto("SELECT nope FROM bids");
+  await page.keyboard.press("Escape");
+  await page.fill("#view-name", "broken_view");
+  await page.click("#create-view");
+  await page.waitForSelector(".cm-lintRange-error", T);
+  const inSelect = await page.$$eval(".cm-lintRange-error", (els) => els.map((e) => e.textContent).join(""));
+  if (inSelect !== "nope") await fail(`underlined "${inSelect}" in the SELECT, not "nope"`);
+
   check("a view is created from the editor and its chart moves");
   await typeInto("SELECT window_start, window_end, channel, count(*) AS n FROM TUMBLE(bids, date_time, INTERVAL '1' SECOND) GROUP BY window_start, window_end, channel");
   await page.fill("#view-name", "per_second");
@@ -205,6 +227,7 @@ try {
   await page.waitForTimeout(2500);
   if ((await page.getAttribute("#view-chart", "data-last")) !== held) await fail("the chart moved while paused");
   await page.click("#pause");
+  await page.waitForFunction((h) => document.querySelector("#view-chart").dataset.last !== h, held, T);
 
   check("the consistency toggle reads committed rows, and downloads follow it");
   await page.selectOption("#consistency", "committed");
@@ -424,10 +447,18 @@ try {
   await page.click("#catalog details[data-name=per_second] button:has-text('Drop')");
   await page.waitForSelector("#catalog details[data-name=per_second]", { state: "detached", timeout: 30000 });
 
-  check("dark mode renders");
+  check("dark mode renders dark, editor included");
   await page.emulateMedia({ colorScheme: "dark" });
   await page.goto(`${url}#/query`);
   await page.waitForSelector("#editor .cm-editor", T);
+  const dark = await page.evaluate(() => {
+    const luminance = (el) => {
+      const [r, g, b] = getComputedStyle(el).backgroundColor.match(/\d+/g).map(Number);
+      return (0.2126 * r + 0.7152 * g + 0.0722 * b) / 255;
+    };
+    return { body: luminance(document.body), editor: luminance(document.querySelector("#editor .cm-editor")) };
+  });
+  if (!(dark.body < 0.3 && dark.editor < 0.3)) await fail(`not dark: ${JSON.stringify(dark)}`);
   await page.screenshot({ path: `${shots}/query-dark.png` });
 
   if (errors.length) await fail(`errors in the page: ${errors.join("; ")}`);
