@@ -170,6 +170,14 @@ async fn nexmark_views_survive_kill_9_exactly() -> Result<()> {
                     "{status}"
                 );
                 ensure!(status["restored_from"].as_u64() < Some(epoch), "{status}");
+                // The console's health page shows it where people look.
+                let health = weir.get("/api/v1/health").await?;
+                ensure!(
+                    health["warnings"]
+                        .to_string()
+                        .contains(&format!("checkpoint {epoch}")),
+                    "{health}"
+                );
                 fell_back = true;
             }
         } else {
