@@ -269,6 +269,20 @@ try {
   if ((await page.getAttribute("#view-chart", "data-kind")) !== "bars") await fail("an updating aggregate by channel is not drawn as bars");
   await page.screenshot({ path: `${shots}/view-updating.png`, fullPage: true });
 
+  check("a window updated by a late row shows once, with its new count (an upsert, not a log)");
+  const sql = (statement) => fetch(new URL("api/v1/sql", url), { method: "POST", headers: { "content-type": "application/json" },
+    body: JSON.stringify({ sql: statement }) });
+  const push = (source, lines) => fetch(new URL(`api/v1/sources/${source}/records`, url), { method: "POST", body: lines.join("\n") + "\n" });
+  await sql("CREATE SOURCE taps (ts TIMESTAMP, WATERMARK FOR ts AS ts) WITH (connector = 'http')");
+  await sql("CREATE MATERIALIZED VIEW taps_per_second WITH (allowed_lateness = '30s') AS SELECT window_start, count(*) AS n FROM TUMBLE(taps, ts, INTERVAL '1' SECOND) GROUP BY window_start, window_end");
+  await push("taps", ['{"ts": 1000}', '{"ts": 1500}', '{"ts": 5000}']);
+  await page.goto(`${url}#/view/taps_per_second`);
+  await page.waitForSelector("#view-table td:text-is('2')", T);
+  await push("taps", ['{"ts": 1200}']);
+  await page.waitForSelector("#view-table td:text-is('3')", T);
+  const windows = await page.$$eval("#view-table tbody tr", (trs) => trs.map((tr) => [...tr.children].map((td) => td.textContent).join(" ")));
+  if (windows.length !== 1 || !windows[0].endsWith(" 3")) await fail(`the late row's window: ${windows}`);
+
   check("plugins: a refused upload says why in place; an accepted one is listed with its signature");
   await page.goto(`${url}#/plugins`);
   await page.fill("#plugin-name", "broken");
