@@ -192,6 +192,7 @@ try {
   await page.click("#create-view");
   await page.waitForURL(/#\/view\/per_second$/, T);
   await page.waitForFunction(() => Number(document.querySelector("#view-chart")?.dataset.points) >= 1, null, T);
+  if ((await page.getAttribute("#view-chart", "data-kind")) !== "series" || (await page.inputValue("#chart-x")) !== "window_end") await fail("a windowed view is not a time series over window_end");
   const firstEnd = await page.getAttribute("#view-chart", "data-last");
   await page.waitForFunction((first) => document.querySelector("#view-chart").dataset.last !== first, firstEnd, T);
   await page.waitForSelector("#view-chart canvas", T);
@@ -267,6 +268,8 @@ try {
   const channels = await page.$$eval("#view-table tbody tr", (trs) => trs.map((tr) => tr.children[0].textContent));
   if (channels.length !== 4 || new Set(channels).size !== 4) await fail(`groups: ${channels} (first ${firstCounts})`);
   if ((await page.getAttribute("#view-chart", "data-kind")) !== "bars") await fail("an updating aggregate by channel is not drawn as bars");
+  const barLabels = (await page.getAttribute("#view-chart", "data-labels")).split(",").sort().join();
+  if (barLabels !== "Apple,Baidu,Facebook,Google") await fail(`bar labels: ${barLabels}`);
   await page.screenshot({ path: `${shots}/view-updating.png`, fullPage: true });
 
   check("a window updated by a late row shows once, with its new count (an upsert, not a log)");
@@ -339,6 +342,12 @@ try {
   await page.keyboard.press("Control+Space");
   await page.waitForSelector(".cm-tooltip-autocomplete li:has-text('to_eur')", T);
   await page.keyboard.press("Escape");
+
+  check("a preview that calls a plugin is refused (its failures could pause real views)");
+  await typeInto("SELECT to_eur(price) AS eur FROM bids");
+  await page.keyboard.press("Escape");
+  await page.keyboard.press("Control+Shift+Enter");
+  await page.waitForSelector("#sql-error:has-text('cannot be previewed yet')", T);
 
   check("sources: rate, watermark and dead letters");
   await page.goto(`${url}#/sources`);

@@ -268,6 +268,21 @@ async fn a_windowed_query_previews_and_a_source_not_reading_yet_is_left_alone() 
         rows.contains(",2]"),
         "the first second's window holds two rows: {rows}"
     );
+    // A late row in a preview is not kept anywhere: the dead-letter store stays empty.
+    weir.client
+        .post(format!("{}/api/v1/sources/ev/records", weir.url))
+        .body("{\"id\": 4, \"ts\": 100}\n")
+        .send()
+        .await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let letters: serde_json::Value = weir
+        .client
+        .get(format!("{}/api/v1/dead-letters", weir.url))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(letters["total"], 0, "{letters}");
     drop(live);
 
     // A generator with no view has not started: a preview must not start it.

@@ -33,8 +33,8 @@ async function refreshCatalog() {
     showCheckpoint(c.json);
     // Rebuilt only when something shown changed, so focus and open lists stay put.
     const shown = JSON.stringify([catalog.sources.map((x) => [x.name, x.status, x.columns, x.views]),
-      catalog.views.map((x) => [x.name, x.status, x.columns]), catalog.sinks.map((x) => [x.name, x.status, x.view]),
-      catalog.plugins.map((x) => [x.name, x.status, x.functions]), catalog.streams]);
+      catalog.views.map((x) => [x.name, x.status, x.columns, x.read_by]), catalog.sinks.map((x) => [x.name, x.status, x.view]),
+      catalog.plugins.map((x) => [x.name, x.status, x.functions, x.used_by]), catalog.streams]);
     if (shown !== shownCatalog) {
       shownCatalog = shown;
       renderCatalog();
@@ -88,7 +88,9 @@ function renderCatalog() {
     section("Views", catalog.views, (v) => item("view", v.name, v.status, v.columns, [
       action("Open", () => { location.hash = `#/view/${encodeURIComponent(v.name)}`; }),
       action("Explain", () => explain(v.name)),
-      action("Drop", () => drop("MATERIALIZED VIEW", v.name, catalog.sinks.filter((k) => k.view === v.name).map((k) => `sink ${k.name}`))),
+      action("Drop", () => drop("MATERIALIZED VIEW", v.name, [
+        ...catalog.sinks.filter((k) => k.view === v.name).map((k) => `sink ${k.name}`),
+        ...v.read_by.map((r) => `view ${r}`)])),
     ])),
     section("Sinks", catalog.sinks, (k) => item("sink", k.name, `${k.status} · from ${k.view}`, null, [
       action("Drop", () => drop("SINK", k.name, [])),

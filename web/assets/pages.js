@@ -28,6 +28,7 @@ function labelled(text, control) {
 export function viewPage(main, name, catalog) {
   const state = { offset: 0, limit: 50, sort: null, desc: false, consistency: "live", paused: false, dirty: true };
   const info = h("div", { class: "facts", id: "view-facts" });
+  const statement = h("details", { id: "view-statement" });
   const table = h("div", { id: "view-table", class: "result" });
   const pager = h("div", { class: "pager" });
   const error = h("div", { class: "error", hidden: true, role: "alert" });
@@ -53,6 +54,7 @@ export function viewPage(main, name, catalog) {
   main.replaceChildren(
     h("h1", {}, "View ", h("code", {}, name)),
     info,
+    statement,
     h("div", { class: "toolbar" }, pause, labelled("Consistency", consistency), labelled("Page", pageSize),
       h("span", { class: "sep" }), h("span", { class: "muted" }, "Download"), downloads),
     error,
@@ -63,6 +65,8 @@ export function viewPage(main, name, catalog) {
     h("section", { "aria-label": "Operators" }, h("h2", {}, "Operators"), graph),
   );
   let status = null;
+  const labels = { current: [] };
+  let shownRows = "";
   let graphBefore = null;
   let chart = null;
   let chartKey = "";
@@ -87,6 +91,10 @@ export function viewPage(main, name, catalog) {
     if (state.sort) { q.set("sort", state.sort); q.set("desc", state.desc); }
     const { json, headers } = await api(`${base}?${q}`);
     const total = Number(headers.get("weir-total-rows") || json.rows.length);
+    // Rebuilt only when something shown changed, so focus stays on a header or button.
+    const key = JSON.stringify([q.toString(), total, json.rows]);
+    if (key === shownRows) return;
+    shownRows = key;
     table.replaceChildren(rowsTable(json, {
       sort: state.sort, desc: state.desc,
       onSort: (c) => {
@@ -113,15 +121,17 @@ export function viewPage(main, name, catalog) {
     const col = (n) => json.columns.indexOf(n);
     const data = series ? timeSeries(json.rows, col(x), col(y), by ? col(by) : -1) : bars(json.rows, col(x), col(y));
     const key = [x, y, by, series, data.names.join()].join("|");
+    labels.current = data.labels || [];
     const width = Math.max(300, chartBox.clientWidth - 8);
     if (!chart || key !== chartKey) {
       if (chart) chart.destroy();
       chartKey = key;
-      chart = new uPlot(chartOptions(data, series, y, width), data.columns, chartBox);
+      chart = new uPlot(chartOptions(data, series, y, width, labels), data.columns, chartBox);
     } else {
       chart.setData(data.columns);
     }
     chartBox.dataset.kind = series ? "series" : "bars";
+    chartBox.dataset.labels = labels.current.join();
     chartBox.dataset.points = String(data.columns[0].length);
     chartBox.dataset.last = String(data.columns[0][data.columns[0].length - 1] ?? "");
   }
@@ -134,8 +144,8 @@ export function viewPage(main, name, catalog) {
       fact("status", h("span", { class: `badge ${v.status}` }, v.error ? `${v.status}: ${v.error}` : v.status)),
       fact("rows", v.rows), fact("emitted", v.rows_emitted), fact("late rows", v.late_rows),
       fact("open windows", v.open_windows), fact("state", bytes(v.state_bytes)),
-      v.warning ? fact("warning", h("span", { class: "error" }, v.warning)) : null,
-      h("details", {}, h("summary", {}, "statement"), h("pre", {}, v.sql))].filter(Boolean));
+      v.warning ? fact("warning", h("span", { class: "error" }, v.warning)) : null].filter(Boolean));
+    if (!statement.firstChild) statement.append(h("summary", {}, "statement"), h("pre", {}, v.sql));
     graphBefore = drawGraph(graph, v, graphBefore);
   }
 
@@ -202,7 +212,7 @@ function bars(rows, xi, yi) {
   return { names: ["bars"], labels: rows.map((r) => String(r[xi])), columns: [rows.map((_, i) => i), rows.map((r) => Number(r[yi]))] };
 }
 
-function chartOptions(data, series, y, width) {
+function chartOptions(data, series, y, width, labels) {
   const s = [{}];
   data.names.forEach((n, i) => s.push({
     label: series ? (n || y) : y, stroke: PALETTE[i % PALETTE.length],
@@ -216,7 +226,8 @@ function chartOptions(data, series, y, width) {
     scales: { x: { time: series } },
     axes: series
       ? [axis, { ...axis, label: y, size: 80 }]
-      : [{ ...axis, values: (_, ticks) => ticks.map((t) => data.labels[t] ?? "") }, { ...axis, label: y, size: 80 }],
+      // The categories of the latest data (the order of a top-N changes as it updates).
+      : [{ ...axis, values: (_, ticks) => ticks.map((t) => labels.current[t] ?? "") }, { ...axis, label: y, size: 80 }],
     legend: { show: true },
   };
 }
@@ -495,6 +506,8 @@ export function pluginsPage(main, catalog, refreshCatalog) {
     try {
       const { json } = await api(`api/v1/plugins?name=${encodeURIComponent(n)}`, { method: "POST", body: await f.arrayBuffer(), raw: true });
       result.textContent = `${json.name} version ${json.version} loaded: ${exportsOf(json)}`;
+      // The next file is another plugin unless named again.
+      name.value = "";
       await refreshCatalog();
       render();
     } catch (e) {

@@ -732,4 +732,35 @@ mod tests {
             "ten records in two seconds: {body}"
         );
     }
+
+    #[tokio::test]
+    async fn a_view_says_which_views_join_it() {
+        let app = test_app(1 << 20);
+        for sql in [
+            "CREATE SOURCE person (id BIGINT, name VARCHAR) WITH (connector = 'http')",
+            "CREATE SOURCE auction (id BIGINT, seller BIGINT) WITH (connector = 'http')",
+            "CREATE MATERIALIZED VIEW people AS SELECT id, max(name) AS name FROM person GROUP BY id",
+            "CREATE MATERIALIZED VIEW sold_by AS SELECT A.id, P.name FROM auction AS A JOIN people AS P ON A.seller = P.id",
+        ] {
+            let body = serde_json::json!({ "sql": sql }).to_string();
+            let (status, body) = call(&app, "POST", "/api/v1/sql", &body).await;
+            assert_eq!(status, StatusCode::OK, "{sql}: {body}");
+        }
+        let (_, body) = call(&app, "GET", "/api/v1/views", "").await;
+        let read_by = |name: &str| {
+            body["views"]
+                .as_array()
+                .and_then(|v| v.iter().find(|v| v["name"] == name))
+                .map(|v| v["read_by"].clone())
+        };
+        assert_eq!(
+            read_by("people"),
+            Some(serde_json::json!(["sold_by"])),
+            "{body}"
+        );
+        assert_eq!(read_by("sold_by"), Some(serde_json::json!([])), "{body}");
+        // Text sorts as well as numbers do.
+        let (status, body) = call(&app, "GET", "/api/v1/views/people?sort=name", "").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
 }

@@ -90,6 +90,15 @@ impl Engine {
                 "a join of several sources cannot be previewed yet: create it as a view".into(),
             ));
         }
+        // A plugin's failures count towards marking it failed, which would pause the
+        // views that use it: a preview must not touch them.
+        if !view.plugins.is_empty() {
+            return Err(Error::BadRequest(
+                "a query that calls a plugin (a function or a stream's transform) cannot be \
+                 previewed yet: create it as a view"
+                    .into(),
+            ));
+        }
         // A preview never starts a source: reading a file or a topic for it would move
         // the position its first view starts from.
         if let Some(s) = (fed_by.iter())

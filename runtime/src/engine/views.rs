@@ -236,7 +236,19 @@ impl Engine {
     }
 
     pub fn views(&self) -> Vec<ViewStatus> {
-        let mut out: Vec<_> = self.inner.views.iter().map(|v| v.status()).collect();
+        // Out of the map first: no lock on it is held twice.
+        let views: Vec<Arc<ViewRuntime>> = self.inner.views.iter().map(|v| v.clone()).collect();
+        let mut out: Vec<_> = (views.iter())
+            .map(|v| {
+                let mut status = v.status();
+                status.read_by = (views.iter())
+                    .filter(|r| r.tables.iter().any(|t| *t == v.name))
+                    .map(|r| r.name.clone())
+                    .collect();
+                status.read_by.sort();
+                status
+            })
+            .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
         out
     }

@@ -74,6 +74,10 @@ impl Pipeline {
         batch: &RecordBatch,
         reason: impl Fn(usize) -> Reason,
     ) {
+        // A preview's rows are nobody's to keep: it shows its first rows, nothing more.
+        if view.preview {
+            return;
+        }
         let mut writer = LineDelimitedWriter::new(Vec::new());
         let lines = match writer.write(batch).and_then(|_| writer.finish()) {
             Ok(()) => writer.into_inner(),

@@ -134,6 +134,8 @@ pub struct ViewStatus {
     pub columns: Vec<ColumnInfo>,
     /// The operators EXPLAIN lists, with their rows, batches and time.
     pub operators: Vec<OperatorStatus>,
+    /// Views that join this one's rows (it cannot be dropped before them).
+    pub read_by: Vec<String>,
 }
 
 /// A column's name and type.
@@ -542,6 +544,7 @@ impl ViewRuntime {
             warning: self.rows_cut(),
             columns: ColumnInfo::of(&self.schema),
             operators: self.operator_graph(state_bytes, open_windows),
+            read_by: Vec::new(),
         }
     }
 }

@@ -133,7 +133,12 @@ fn page(
         Some(options),
         Some(offset.saturating_add(limit)),
     )
-    .map_err(render_error)?;
+    .map_err(|e| {
+        ApiError::bad_request(format!(
+            "cannot sort by {column} ({}): {e}",
+            schema.field(index).data_type()
+        ))
+    })?;
     let wanted = order.slice(offset, limit);
     let columns = all
         .columns()

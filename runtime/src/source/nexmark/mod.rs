@@ -263,7 +263,7 @@ const OWN_OPTIONS: [OptionDoc; 6] = [
         kind: "text",
         choices: &[],
         required: false,
-        default: Some("2015-07-15T00:00:00Z"),
+        default: Some("1436918400000 (2015-07-15T00:00:00Z)"),
         doc: "Event time of the first event: milliseconds since the epoch, or 'now'.",
     },
 ];
