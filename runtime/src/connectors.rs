@@ -281,6 +281,27 @@ mod tests {
     }
 
     #[test]
+    fn the_docs_name_every_option_the_api_serves() {
+        let docs = ["SQL.md", "CONNECTORS.md"]
+            .map(|f| {
+                let path = format!("{}/../docs/{f}", env!("CARGO_MANIFEST_DIR"));
+                std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+            })
+            .concat();
+        for c in all() {
+            for o in &c.options {
+                assert!(
+                    docs.contains(&format!("`{}`", o.name)),
+                    "{} {}: option {} is not in docs/SQL.md or docs/CONNECTORS.md",
+                    c.kind,
+                    c.name,
+                    o.name
+                );
+            }
+        }
+    }
+
+    #[test]
     fn the_common_options_are_the_ones_every_source_takes() {
         let mut taken = field_names::<crate::options::CommonOptions>();
         taken.retain(|n| *n != "connector");

@@ -306,6 +306,9 @@ try {
   await api("api/v1/sql", { method: "POST", headers: { "content-type": "application/json" },
     body: JSON.stringify({ sql: "CREATE MATERIALIZED VIEW flaky_view AS SELECT crash(auction) AS c FROM bids" }) });
   await page.waitForSelector("#plugins tr[data-plugin=flaky]:has-text('failed: 3 failures in a row')", T);
+  const flakyCells = await page.$$eval("#plugins tr[data-plugin=flaky] td", (tds) => tds.map((t) => t.textContent));
+  // name, version, versions, exports, status, calls, rows, failures, last failure, used by
+  if (!(Number(flakyCells[5]) >= 3 && Number(flakyCells[7]) >= 3 && flakyCells[8].includes("trap") && flakyCells[9] === "flaky_view")) await fail(`flaky's counters: ${flakyCells}`);
   check("a plugin dropped on the page is uploaded (a new version)");
   const wasm = (await import("node:fs")).readFileSync(`${files}/currency.wasm`).toString("base64");
   await page.fill("#plugin-name", "currency");
@@ -335,6 +338,12 @@ try {
   await page.waitForSelector("#catalog details[data-kind=stream][data-name=clean_bids]", T);
   await page.click("#catalog details[data-kind=stream][data-name=clean_bids] summary");
   await page.waitForSelector("#catalog details[data-kind=stream][data-name=clean_bids] .columns code:text-is('auction')", T);
+  const auctionType = await page.textContent("#catalog details[data-kind=stream][data-name=clean_bids] .columns li:first-child .muted");
+  if (auctionType !== "Int64") await fail(`the auction column's type: ${auctionType}`);
+  await page.click("#catalog details[data-kind=view][data-name=big_bids] summary");
+  await page.click("#catalog details[data-kind=view][data-name=big_bids] button:has-text('Open')");
+  await page.waitForURL(/#\/view\/big_bids$/, T);
+  await page.waitForSelector("#view-table th button[data-column=price]", T);
 
   check("plugin functions complete in the editor");
   await page.goto(`${url}#/query`);
@@ -352,6 +361,9 @@ try {
   check("sources: rate, watermark and dead letters");
   await page.goto(`${url}#/sources`);
   await page.waitForSelector("#source-list tr[data-source=bids] .spark canvas", T);
+  const behind = await page.textContent("#source-list tr[data-source=bids] td:nth-child(7)");
+  const watermark = await page.textContent("#source-list tr[data-source=bids] td:nth-child(6)");
+  if (!/^\d+ s$/.test(behind) || !/^\d{4}-\d\d-\d\d /.test(watermark)) await fail(`watermark ${watermark}, behind ${behind}`);
 
   check("dead letters filter by source and view and show the whole record on click");
   // The failing plugin's batches went to the dead-letter store, named by their view;
@@ -369,6 +381,9 @@ try {
   await page.waitForSelector("#dead-letters tbody tr", T);
   const views = await page.$$eval("#dead-letters tbody tr td:nth-child(3)", (tds) => [...new Set(tds.map((t) => t.textContent))]);
   if (views.join() !== "flaky_view") await fail(`filtered by view: ${views}`);
+  const firstPage = await page.$$eval("#dead-letters tbody tr", (trs) => trs.length);
+  await page.click("#dl-more");
+  await page.waitForFunction((n) => document.querySelectorAll("#dead-letters tbody tr").length > n, firstPage, T);
   await page.click("#dead-letters tbody tr:first-child button[data-letter]");
   await page.waitForSelector("#dead-letter-record:has-text('reason: ')", T);
   const record = await page.textContent("#dead-letter-record");
@@ -458,6 +473,10 @@ try {
   for (const p of ["query", "sources", "plugins", "health", "view/bids_per_channel"]) {
     await page.goto(`${url}#/${p}`);
     await page.waitForTimeout(1500);
+    for (const d of await page.$$("main details:not([open]) > summary")) await d.click();
+    await page.waitForTimeout(300);
+    const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    if (overflow > 0) await fail(`${p} is ${overflow} px wider than a 1366 px window`);
     const unnamed = await page.$$eval("button, select, input, textarea, a.button", (els) => els
       .filter((e) => e.offsetParent !== null)
       .filter((e) => !(e.getAttribute("aria-label") || (e.labels && e.labels.length) || e.textContent.trim() || e.title))
