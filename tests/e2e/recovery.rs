@@ -681,6 +681,14 @@ async fn a_full_data_dir_refuses_writes_keeps_reads_and_the_last_checkpoint() ->
             .contains("intact"),
         "{failing}"
     );
+    // The console's health page lists it among its warnings.
+    let health = weir.get("/api/v1/health").await?;
+    assert!(
+        health["warnings"]
+            .to_string()
+            .contains("checkpoints are failing"),
+        "{health}"
+    );
     let metrics = weir.metrics().await?;
     assert!(
         metrics
