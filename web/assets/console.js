@@ -1,9 +1,12 @@
 // The weir console: a catalog sidebar, the query page (editor, run, preview, create a
-// view) and the pages in pages.js, chosen by the URL's hash (#/query, #/view/NAME,
-// #/sources, #/plugins, #/health).
-import { h, api, ApiError, followEvents, rowsTable, showError, confirmAction, time, bytes } from "./ui.js";
+// view), and the other pages, each in a module of its own, chosen by the URL's hash
+// (#/query, #/view/NAME, #/sources, #/plugins, #/health).
+import { h, api, ApiError, followEvents, rowsTable, showError, confirmAction, bytes } from "./ui.js";
 import { createEditor, history, remember, EXAMPLES } from "./editor.js";
-import { viewPage, sourcesPage, pluginsPage, healthPage } from "./pages.js";
+import { viewPage } from "./view.js";
+import { sourcesPage } from "./sources.js";
+import { pluginsPage } from "./plugins.js";
+import { healthPage } from "./health.js";
 
 const REFRESH_MS = 2000;
 const PREVIEW_ROWS = 1000;

@@ -126,3 +126,31 @@ export function showError(el, e) {
 export function confirmAction(text) {
   return window.confirm(text);
 }
+
+/** Colors of chart series, readable in light and dark. */
+export const PALETTE = ["#2f7ed8", "#e4572e", "#29a36a", "#a05fd6", "#e3a21a", "#17a2b8", "#d6336c", "#6c757d"];
+
+/** Run `tick` now and every `ms`; returns the stopper. */
+export function every(ms, tick) {
+  tick();
+  const id = setInterval(tick, ms);
+  return () => clearInterval(id);
+}
+
+/** A labelled control. */
+export function labelled(text, control) {
+  return h("label", { class: "control" }, h("span", {}, text), control);
+}
+
+/** A figure with its label. */
+export function fact(label, value) {
+  return h("div", { class: "fact" }, h("span", { class: "muted" }, label), " ", h("strong", {}, value));
+}
+
+/** A rate or count, short: 1.2 k, 3.40 M. */
+export function fmt(n) {
+  if (n === undefined || n === null) return "";
+  if (n >= 1e6) return `${(n / 1e6).toFixed(2)} M`;
+  if (n >= 1e3) return `${(n / 1e3).toFixed(1)} k`;
+  return n.toFixed(n < 10 ? 1 : 0);
+}

@@ -13,7 +13,10 @@ const INDEX: &str = include_str!("../../assets/index.html");
 const ASSETS: &[(&str, &str, &[u8])] = &[
     ("console.js", JS, include_bytes!("../../assets/console.js")),
     ("editor.js", JS, include_bytes!("../../assets/editor.js")),
-    ("pages.js", JS, include_bytes!("../../assets/pages.js")),
+    ("view.js", JS, include_bytes!("../../assets/view.js")),
+    ("sources.js", JS, include_bytes!("../../assets/sources.js")),
+    ("plugins.js", JS, include_bytes!("../../assets/plugins.js")),
+    ("health.js", JS, include_bytes!("../../assets/health.js")),
     ("ui.js", JS, include_bytes!("../../assets/ui.js")),
     ("style.css", CSS, include_bytes!("../../assets/style.css")),
     (
