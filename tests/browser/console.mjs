@@ -164,6 +164,14 @@ try {
   await page.goto(`${url}#/query`);
   await page.waitForSelector("#editor .cm-content", T);
 
+  check("there is an example for every connector the API serves");
+  const served = (await api("api/v1/connectors")).connectors;
+  const examples = await page.evaluate(async () => (await import("./assets/editor.js")).EXAMPLES.map(([, sql]) => sql));
+  for (const c of served) {
+    const verb = c.kind === "source" ? "CREATE SOURCE" : "CREATE SINK";
+    if (!examples.some((e) => e.startsWith(verb) && e.includes(`connector = '${c.name}'`))) await fail(`no example of the ${c.kind} ${c.name}`);
+  }
+
   check("an example fills the editor");
   await page.selectOption("#examples", { label: "Nexmark source (built-in generator)" });
   if (!(await editor.innerText()).startsWith("CREATE SOURCE bids WITH (connector = 'nexmark'")) await fail(`example: ${await editor.innerText()}`);
@@ -231,10 +239,18 @@ try {
   await page.waitForFunction((h) => document.querySelector("#view-chart").dataset.last !== h, held, T);
 
   check("the consistency toggle reads committed rows, and downloads follow it");
+  const committedRead = page.waitForRequest((r) => r.url().includes("/api/v1/views/per_second?") && r.url().includes("consistency=committed"), T);
   await page.selectOption("#consistency", "committed");
+  await committedRead;
   await page.waitForFunction(() => document.querySelector("a[data-format=csv]").href.includes("consistency=committed"), null, T);
   await page.waitForSelector("#page-info", T);
   await page.selectOption("#consistency", "live");
+
+  check("the user picks the chart's columns");
+  await page.selectOption("#chart-by", "");
+  await page.waitForFunction(() => [...document.querySelectorAll("#view-chart .u-legend .u-label")].map((l) => l.textContent).join() === "Time,n", null, T);
+  await page.selectOption("#chart-by", "channel");
+  await page.waitForFunction(() => [...document.querySelectorAll("#view-chart .u-legend .u-label")].length > 2, null, T);
 
   check("the operator graph shows each operator's rates and time, the slowest marked");
   await page.waitForSelector("#view-graph li.operator[data-operator=aggregate]", T);
@@ -251,6 +267,8 @@ try {
     return lis.filter((li) => li.classList.contains("slowest")).every((li) => ms(li) === top);
   });
   if (!slowestIsSlowest) await fail("the operator marked slowest is not the slowest");
+  const aggregateFigures = await page.$$eval("#view-graph li[data-operator=aggregate] dt", (dts) => dts.map((d) => d.textContent));
+  for (const f of ["state", "open windows", "late rows"]) if (!aggregateFigures.includes(f)) await fail(`the aggregate shows no ${f}: ${aggregateFigures}`);
   const batchTime = await page.textContent("#view-graph li[data-operator=aggregate] dd[data-figure=batch]");
   if (!/ms$/.test(batchTime)) await fail(`aggregate time per batch: ${batchTime}`);
   await page.screenshot({ path: `${shots}/view.png`, fullPage: true });
@@ -438,6 +456,8 @@ try {
   await page.fill("#sink-form-brokers", "127.0.0.1:1");
   await page.fill("#sink-form-topic", "per_channel");
   await page.selectOption("#sink-form-format", "json");
+  await page.click("#sink-form-test");
+  await page.waitForSelector("#sink-form-result:has-text('cannot reach the brokers at 127.0.0.1:1')", T);
   const sinkSql = await page.textContent("#sink-form-sql");
   if (sinkSql !== "CREATE SINK channel_out FROM bids_per_channel WITH (connector = 'kafka', brokers = '127.0.0.1:1', topic = 'per_channel', format = 'json')") await fail(`sink SQL: ${sinkSql}`);
   await page.click("#sink-form-create");
