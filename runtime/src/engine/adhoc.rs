@@ -31,7 +31,8 @@ pub(super) fn adhoc_context() -> SessionContext {
 impl Engine {
     pub(super) async fn query(&self, stmt: ast::Statement) -> Result<SqlOutput> {
         if let ast::Statement::Query(q) = &stmt {
-            for name in weir_sql::planner::relations(q) {
+            // The sources inside TUMBLE(...) and HOP(...) count too.
+            for name in weir_sql::planner::view_relations(q) {
                 if self.inner.sources.contains_key(&name) || self.inner.streams.contains_key(&name)
                 {
                     return Err(Error::BadRequest(format!(

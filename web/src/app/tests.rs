@@ -658,3 +658,22 @@ async fn a_view_says_which_views_join_it() {
     let (status, body) = call(&app, "GET", "/api/v1/views/people?sort=name", "").await;
     assert_eq!(status, StatusCode::OK, "{body}");
 }
+
+#[tokio::test]
+async fn an_ad_hoc_query_over_a_windowed_source_is_refused_by_weir() {
+    let app = test_app(1024);
+    let ddl = r#"{"sql": "CREATE SOURCE t (id BIGINT, ts TIMESTAMP, WATERMARK FOR ts AS ts) WITH (connector = 'http')"}"#;
+    assert_eq!(
+        call(&app, "POST", "/api/v1/sql", ddl).await.0,
+        StatusCode::OK
+    );
+    let q = r#"{"sql": "SELECT count(*) FROM TUMBLE(t, ts, INTERVAL '1' SECOND) GROUP BY window_start"}"#;
+    let (status, body) = call(&app, "POST", "/api/v1/sql", q).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("cannot be queried directly")),
+        "{body}"
+    );
+}
