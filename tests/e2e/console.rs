@@ -91,6 +91,75 @@ async fn the_console_works_in_a_browser() -> Result<()> {
     Ok(())
 }
 
+#[tokio::test]
+async fn the_console_asks_for_a_token_and_keeps_to_its_role() -> Result<()> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("browser");
+    if !(dir.join("node_modules/playwright-core").exists()
+        && Path::new("/usr/bin/chromium").exists())
+    {
+        assert!(
+            std::env::var("WEIR_SKIP_BROWSER").is_ok(),
+            "run scripts/test.sh"
+        );
+        return Ok(());
+    }
+    let data = tempfile::tempdir()?;
+    let token = |role: &str| {
+        let out = std::process::Command::new(crate::support::weir_binary())
+            .args(["token", "create", "--role", role, "--data-dir"])
+            .arg(data.path())
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8(out.stdout)?.trim().to_string())
+    };
+    let (admin, reader) = (token("admin")?, token("reader")?);
+    let weir = Weir::start_in(data, &[]).await?;
+    for sql in [
+        "CREATE SOURCE t (id BIGINT) WITH (connector = 'http')",
+        "CREATE MATERIALIZED VIEW v AS SELECT id FROM t",
+    ] {
+        let r = weir
+            .client
+            .post(format!("{}/api/v1/sql", weir.url))
+            .bearer_auth(&admin)
+            .header("content-type", "application/json")
+            .body(serde_json::json!({ "sql": sql }).to_string())
+            .send()
+            .await?;
+        assert_eq!(r.status(), 200, "{sql}");
+    }
+    let r = weir
+        .client
+        .post(format!("{}/api/v1/sources/t/records", weir.url))
+        .bearer_auth(&admin)
+        .body("{\"id\": 7}\n")
+        .send()
+        .await?;
+    assert_eq!(r.status(), 200);
+    let out = tokio::time::timeout(
+        Duration::from_secs(120),
+        Command::new("node")
+            .arg(dir.join("login.mjs"))
+            .arg(format!("{}/", weir.url))
+            .arg(&reader)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .context("the login check did not finish in 120 s")??;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("\"ok\":true"),
+        "login check failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
 fn screenshots_dir() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
         || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),

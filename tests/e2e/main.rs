@@ -13,3 +13,4 @@ mod plugins;
 mod recovery;
 mod sql_fuzz;
 mod support;
+mod tokens;

@@ -1,7 +1,7 @@
 // The weir console: a catalog sidebar, the query page (editor, run, preview, create a
 // view), and the other pages, each in a module of its own, chosen by the URL's hash
 // (#/query, #/view/NAME, #/sources, #/plugins, #/health).
-import { h, api, ApiError, followEvents, rowsTable, showError, confirmAction, bytes } from "./ui.js";
+import { h, api, ApiError, followEvents, rowsTable, showError, confirmAction, bytes, setToken } from "./ui.js";
 import { createEditor, history, remember, EXAMPLES } from "./editor.js";
 import { viewPage } from "./view.js";
 import { sourcesPage } from "./sources.js";
@@ -323,6 +323,29 @@ async function createView(name) {
     failed(e);
   }
 }
+
+// ---- a token, when the server asks for one ----
+
+/** Ask for an API token (the server answered 401); the catalog is read again with it. */
+function askForToken() {
+  if (document.getElementById("login")) return;
+  const input = h("input", { id: "login-token", type: "password", size: 40, autocomplete: "off" });
+  const form = h("form", { id: "login", class: "login", "aria-label": "API token" },
+    h("p", {}, "This server needs an API token (", h("code", {}, "weir token create --role reader|writer|admin"), ")."),
+    h("label", { for: input.id }, "token "), input, " ",
+    h("button", { class: "primary", type: "submit" }, "Use token"));
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    setToken(input.value.trim());
+    form.remove();
+    shownCatalog = "";
+    await refreshCatalog();
+    route();
+  });
+  document.querySelector("header.top").after(form);
+  input.focus();
+}
+window.addEventListener("weir:unauthorized", askForToken);
 
 // ---- routing ----
 

@@ -27,9 +27,36 @@ export class ApiError extends Error {
   }
 }
 
+const TOKEN_KEY = "weir.token";
+
+/** The API token the user gave (when the server asks for one). */
+export function token() {
+  return localStorage.getItem(TOKEN_KEY) || "";
+}
+
+/**
+ * Keep `value` as the token: sent as a bearer header by `api`, and as a cookie that
+ * lets event streams and downloads read (the server takes the cookie for GET only).
+ */
+export function setToken(value) {
+  localStorage.setItem(TOKEN_KEY, value);
+  const path = new URL(document.baseURI).pathname;
+  document.cookie = `weir_token=${encodeURIComponent(value)}; path=${path}; SameSite=Strict`;
+}
+
+function authorized(headers) {
+  if (token()) headers.authorization = `Bearer ${token()}`;
+  return headers;
+}
+
+/** A 401 from the server: the console asks for a token. */
+function unauthorized(status) {
+  if (status === 401) window.dispatchEvent(new CustomEvent("weir:unauthorized"));
+}
+
 /** Call the API (relative to the page's base); JSON in and out. */
 export async function api(path, { method = "GET", body, raw } = {}) {
-  const init = { method, headers: {} };
+  const init = { method, headers: authorized({}) };
   if (body !== undefined) {
     init.body = raw ? body : JSON.stringify(body);
     if (!raw) init.headers["content-type"] = "application/json";
@@ -38,7 +65,10 @@ export async function api(path, { method = "GET", body, raw } = {}) {
   const text = await r.text();
   let json = null;
   try { json = text ? JSON.parse(text) : null; } catch { json = { detail: text }; }
-  if (!r.ok) throw new ApiError(r.status, json);
+  if (!r.ok) {
+    unauthorized(r.status);
+    throw new ApiError(r.status, json);
+  }
   return { json, headers: r.headers };
 }
 
@@ -48,8 +78,9 @@ export async function api(path, { method = "GET", body, raw } = {}) {
  * Abort it with the signal.
  */
 export async function followEvents(path, onEvent, signal) {
-  const r = await fetch(path.replace(/^\//, ""), { signal, headers: { accept: "text/event-stream" } });
+  const r = await fetch(path.replace(/^\//, ""), { signal, headers: authorized({ accept: "text/event-stream" }) });
   if (!r.ok) {
+    unauthorized(r.status);
     let body = null;
     try { body = await r.json(); } catch { /* not JSON */ }
     throw new ApiError(r.status, body);

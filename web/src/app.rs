@@ -23,6 +23,8 @@ pub struct AppState {
     pub started: std::time::Instant,
     /// Each source's recent events per second (sampled by `weir serve`).
     pub rates: Arc<crate::rates::RateHistory>,
+    /// The API tokens; none: every request may do everything (loopback only).
+    pub tokens: Arc<crate::auth::Tokens>,
 }
 
 impl AppState {
@@ -33,7 +35,14 @@ impl AppState {
             base_path: "".into(),
             started: std::time::Instant::now(),
             rates: Arc::default(),
+            tokens: crate::auth::Tokens::of(None),
         }
+    }
+
+    /// Ask for these tokens.
+    pub fn with_tokens(mut self, tokens: Arc<crate::auth::Tokens>) -> Self {
+        self.tokens = tokens;
+        self
     }
 
     /// Serve under `base_path` ("/weir"; "" or "/" for the root).
@@ -46,14 +55,16 @@ impl AppState {
 /// Every route of weir, under the state's base path.
 pub fn app(state: AppState) -> Router {
     let base = state.base_path.clone();
+    let auth = axum::middleware::from_fn_with_state(state.clone(), crate::auth::check);
     if base.is_empty() {
-        return routes(state);
+        return routes(state).layer(auth);
     }
     // `/weir` and `/weir/` both answer with the page; its `<base href>` fixes relative URLs.
     let index = get(api::console::index).with_state(state.clone());
     Router::new()
         .nest(&base, routes(state))
         .route(&format!("{base}/"), index)
+        .layer(auth)
 }
 
 fn routes(state: AppState) -> Router {

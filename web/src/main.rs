@@ -34,6 +34,11 @@ enum Command {
         #[arg(long)]
         base_path: Option<String>,
     },
+    /// API tokens (once one exists, every API request needs one).
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     /// Wasm plugins.
     Plugin {
         #[command(subcommand)]
@@ -80,6 +85,22 @@ enum BenchCommand {
         parallelism: Option<usize>,
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Make a token and print it (only its hash is kept: it cannot be shown again).
+    Create {
+        /// admin (everything), writer (also ingest) or reader (views, SELECT, status).
+        #[arg(long)]
+        role: String,
+        /// The server's data dir (default ./weir-data, or the config file's).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// The server's configuration file, for its data dir.
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -133,6 +154,14 @@ fn main() -> ExitCode {
                     json,
                 },
         } => weir_web::bench::file(&input, &table, &sql, parallelism, json),
+        Command::Token {
+            command:
+                TokenCommand::Create {
+                    role,
+                    data_dir,
+                    config,
+                },
+        } => create_token(&role, data_dir, config),
         Command::Plugin {
             command: PluginCommand::New { name, dir, sdk },
         } => weir_web::scaffold::new_plugin(&name, &dir, sdk).map(|root| {
@@ -149,6 +178,28 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn create_token(
+    role: &str,
+    data_dir: Option<PathBuf>,
+    config: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let role = weir_web::auth::Role::parse(role)?;
+    let data_dir = match (data_dir, config) {
+        (Some(d), _) => d,
+        (None, Some(path)) => ServerConfig::load(&path)?.runtime.data_dir,
+        (None, None) => ServerConfig::default().runtime.data_dir,
+    };
+    let token = weir_web::auth::create(&data_dir, role)?;
+    println!("{token}");
+    eprintln!(
+        "a {} token for the server of {}; it is shown only now. Send it as \
+         Authorization: Bearer <token>; every API request now needs one",
+        format!("{role:?}").to_lowercase(),
+        data_dir.display()
+    );
+    Ok(())
 }
 
 fn run_serve(

@@ -14,6 +14,16 @@ use crate::config::ServerConfig;
 pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     let data_dir = &config.runtime.data_dir;
     check_data_dir(data_dir)?;
+    let tokens = crate::auth::Tokens::of(Some(data_dir));
+    if !tokens.required() && !loopback(&config.listen) {
+        anyhow::bail!(
+            "refusing to listen on {} without API tokens: anyone who reaches it could run \
+             anything. Make one with `weir token create --role admin --data-dir {}` (then \
+             send it as Authorization: Bearer <token>), or listen on 127.0.0.1",
+            config.listen,
+            data_dir.display()
+        );
+    }
     let listener = TcpListener::bind(&config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
@@ -33,7 +43,9 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
         state_base(&config.base_path)
     );
     let _ = std::io::stdout().flush();
-    let state = AppState::new(engine.clone()).with_base_path(&config.base_path);
+    let state = AppState::new(engine.clone())
+        .with_base_path(&config.base_path)
+        .with_tokens(tokens);
     state.rates.start(engine.clone());
     let shutdown = state.shutdown.clone();
     axum::serve(listener, app(state))
@@ -54,6 +66,16 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
         .await
         .context("serving HTTP")?;
     Ok(())
+}
+
+/// Whether `listen` (host:port) is a loopback address only.
+fn loopback(listen: &str) -> bool {
+    let host = listen.rsplit_once(':').map_or(listen, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// The base path as it ends a URL ("" at the root).

@@ -171,6 +171,25 @@ impl Engine {
         &self.inner.dead_letters
     }
 
+    /// Whether `sql` only reads (a query, SHOW or EXPLAIN): what a reader may run.
+    /// A statement that does not parse counts as reading: running it says why.
+    pub fn is_read_only(sql: &str) -> bool {
+        match parse_statement(sql) {
+            // Ad hoc SQL is checked to read only (no DDL, DML or SET) when it runs.
+            Ok(statement) => matches!(
+                statement,
+                Statement::Query(_)
+                    | Statement::ShowSources
+                    | Statement::ShowViews
+                    | Statement::ShowStreams
+                    | Statement::ShowSinks
+                    | Statement::ExplainView { .. }
+                    | Statement::ExplainCreateView(_)
+            ),
+            Err(_) => true,
+        }
+    }
+
     /// Run one SQL statement.
     pub async fn execute(&self, sql: &str) -> Result<SqlOutput> {
         match parse_statement(sql)? {

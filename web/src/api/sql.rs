@@ -7,6 +7,7 @@ use serde::Deserialize;
 use weir_runtime::SqlOutput;
 
 use crate::app::AppState;
+use crate::auth::{Granted, Role, forbidden};
 use crate::error::{ApiError, ApiResult};
 use crate::format::{Format, rows_response};
 
@@ -17,12 +18,22 @@ pub struct SqlRequest {
 
 pub async fn execute(
     State(state): State<AppState>,
+    granted: Option<axum::Extension<Granted>>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> ApiResult<Response> {
     let request: SqlRequest = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request(format!("expected a JSON body {{\"sql\": \"...\"}}: {e}"))
     })?;
+    // Readers and writers may query; DDL is an admin's.
+    let role = granted.map_or(Role::Admin, |g| g.0.0);
+    if role < Role::Admin && !weir_runtime::Engine::is_read_only(&request.sql) {
+        return Ok(forbidden(
+            role,
+            Role::Admin,
+            "change the catalog (CREATE, DROP)",
+        ));
+    }
     match state.engine.execute(&request.sql).await? {
         SqlOutput::Rows { schema, batches } => {
             rows_response(Format::from_headers(&headers), &schema, &batches)
