@@ -37,6 +37,41 @@ pub struct RuntimeConfig {
     /// instances unless a view says otherwise (`WITH (parallelism = n)`). Default: the
     /// number of cores.
     pub parallelism: usize,
+    /// Limits of ad hoc queries (`POST /api/v1/sql` SELECTs), so that none can take the
+    /// server down.
+    pub queries: QueryLimits,
+}
+
+/// Limits of ad hoc queries. Each runs on threads of its own, apart from ingest, the
+/// pipelines and the API.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct QueryLimits {
+    /// Memory one query may hold (DataFusion's memory pool); over it, a 400 that names
+    /// the limit. Default 1 GiB.
+    pub memory_bytes: usize,
+    /// A query running longer is cancelled (a 400 that names the limit). Default 30s.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Rows one answer carries; more are cut (the `weir-result-cut` header says so).
+    /// Default 100,000.
+    pub max_rows: usize,
+    /// Bytes of Arrow arrays one answer carries; more are cut. Default 64 MiB.
+    pub max_bytes: usize,
+    /// Queries running at once; beyond, 429 with `Retry-After`. Default 4.
+    pub max_concurrent: usize,
+}
+
+impl Default for QueryLimits {
+    fn default() -> Self {
+        Self {
+            memory_bytes: 1 << 30,
+            timeout: Duration::from_secs(30),
+            max_rows: 100_000,
+            max_bytes: 64 << 20,
+            max_concurrent: 4,
+        }
+    }
 }
 
 /// The number of cores this process may use (1 when it cannot be told).
@@ -66,6 +101,7 @@ impl Default for RuntimeConfig {
             files_dir: None,
             idle_timeout: Duration::from_secs(10),
             parallelism: cores(),
+            queries: QueryLimits::default(),
         }
     }
 }

@@ -207,5 +207,6 @@ pub(super) fn rows(columns: Vec<(&str, ArrayRef)>) -> Result<SqlOutput> {
     Ok(SqlOutput::Rows {
         schema,
         batches: vec![batch],
+        cut: None,
     })
 }

@@ -45,6 +45,8 @@ pub enum SqlOutput {
     Rows {
         schema: SchemaRef,
         batches: Vec<RecordBatch>,
+        /// Why the answer holds fewer rows than the query gave (a limit), if it does.
+        cut: Option<String>,
     },
     /// A statement that changed the catalog, and what it did.
     Done { message: String },
@@ -63,6 +65,8 @@ struct Inner {
     dead_letters: Arc<DeadLetterStore>,
     metrics: Metrics,
     adhoc: SessionContext,
+    /// Where ad hoc queries run, and how many at once.
+    queries: adhoc::QueryThreads,
     plugins: Plugins,
     streams: DashMap<String, Arc<streams::StreamDef>>,
     sinks: DashMap<String, Arc<crate::sink::SinkRuntime>>,
@@ -128,6 +132,7 @@ impl Engine {
         checkpoints: CheckpointStore,
     ) -> Self {
         spread_over_cores(config.parallelism);
+        let queries = adhoc::QueryThreads::new(&config.queries);
         let engine = Self {
             inner: Arc::new(Inner {
                 config,
@@ -136,6 +141,7 @@ impl Engine {
                 dead_letters,
                 metrics: Metrics::new(),
                 adhoc: adhoc::adhoc_context(),
+                queries,
                 plugins,
                 streams: DashMap::new(),
                 sinks: DashMap::new(),

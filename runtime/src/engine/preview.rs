@@ -68,7 +68,9 @@ impl Engine {
             });
         if !reads_unbounded {
             return match self.query(ast::Statement::Query(query)).await? {
-                SqlOutput::Rows { schema, batches } => Ok(Preview::Rows { schema, batches }),
+                SqlOutput::Rows {
+                    schema, batches, ..
+                } => Ok(Preview::Rows { schema, batches }),
                 SqlOutput::Done { message } => Err(Error::Internal(format!(
                     "a query answered without rows: {message}"
                 ))),

@@ -35,8 +35,17 @@ pub async fn execute(
         ));
     }
     match state.engine.execute(&request.sql).await? {
-        SqlOutput::Rows { schema, batches } => {
-            rows_response(Format::from_headers(&headers), &schema, &batches)
+        SqlOutput::Rows {
+            schema,
+            batches,
+            cut,
+        } => {
+            let mut response = rows_response(Format::from_headers(&headers), &schema, &batches)?;
+            // An answer cut at a limit says so, whatever the format.
+            if let Some(v) = cut.and_then(|c| axum::http::HeaderValue::from_str(&c).ok()) {
+                response.headers_mut().insert("weir-result-cut", v);
+            }
+            Ok(response)
         }
         SqlOutput::Done { message } => {
             Ok(axum::Json(serde_json::json!({ "message": message })).into_response())

@@ -677,3 +677,32 @@ async fn an_ad_hoc_query_over_a_windowed_source_is_refused_by_weir() {
         "{body}"
     );
 }
+
+#[tokio::test]
+async fn statements_that_reach_files_or_settings_are_refused() {
+    let app = test_app(1024);
+    let dir = tempfile::tempdir().expect("dir");
+    let outside = dir.path().join("out.csv");
+    std::fs::write(dir.path().join("in.csv"), "a\n1\n").expect("file");
+    for sql in [
+        format!(
+            "CREATE EXTERNAL TABLE leak STORED AS CSV LOCATION '{}'",
+            dir.path().join("in.csv").display()
+        ),
+        format!("COPY (SELECT 1 AS a) TO '{}'", outside.display()),
+        "SET datafusion.execution.batch_size = 1".to_string(),
+        "CREATE SCHEMA s".to_string(),
+        "CREATE TABLE t AS SELECT 1 AS a".to_string(),
+        "CREATE VIEW w AS SELECT 1 AS a".to_string(),
+        "DROP TABLE leak".to_string(),
+        "INSERT INTO leak VALUES (1)".to_string(),
+        format!("SELECT * FROM '{}'", dir.path().join("in.csv").display()),
+    ] {
+        let body = serde_json::json!({ "sql": sql }).to_string();
+        let (status, body) = call(&app, "POST", "/api/v1/sql", &body).await;
+        assert!(status.is_client_error(), "{sql}: {status} {body}");
+    }
+    assert!(!outside.exists(), "COPY wrote a file");
+    let (_, body) = call(&app, "GET", "/api/v1/views", "").await;
+    assert_eq!(body["views"], serde_json::json!([]), "{body}");
+}
