@@ -230,10 +230,11 @@ async function run(sql) {
   ui.result.replaceChildren();
   const started = performance.now();
   try {
-    const { json } = await api("api/v1/sql", { method: "POST", body: { sql } });
+    const { json, headers } = await api("api/v1/sql", { method: "POST", body: { sql } });
     const ms = Math.round(performance.now() - started);
     if (json.columns) {
-      ui.status.textContent = `${json.rows.length} row${json.rows.length === 1 ? "" : "s"} in ${ms} ms`;
+      const cut = headers.get("weir-result-cut");
+      ui.status.textContent = `${json.rows.length} row${json.rows.length === 1 ? "" : "s"} in ${ms} ms${cut ? ` — ${cut}` : ""}`;
       ui.result.replaceChildren(rowsTable(json));
     } else {
       ui.status.textContent = `${json.message} (${ms} ms)`;
