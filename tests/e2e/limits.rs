@@ -10,7 +10,7 @@ use reqwest::StatusCode;
 
 use crate::support::Weir;
 
-const LIMITS: &str = "[runtime.queries]\nmemory-bytes = 33554432\ntimeout = '2s'\nmax-rows = 10\nmax-concurrent = 1\n";
+const LIMITS: &str = "[runtime.queries]\nmemory-bytes = 33554432\ntimeout = '2s'\nmax-rows = 10\nmax-bytes = 4096\nmax-concurrent = 1\n";
 
 /// A query that would run for hours: a sum over ten billion rows.
 const ENDLESS: &str =
@@ -48,6 +48,20 @@ async fn an_answer_is_cut_at_its_row_limit_and_says_so() -> Result<()> {
     assert_eq!(body["rows"].as_array().map(Vec::len), Some(10), "{body}");
     let whole = query(&weir, "SELECT value FROM range(10)").await?;
     assert!(whole.headers().get("weir-result-cut").is_none());
+    // Ten rows of a kilobyte each pass 4,096 bytes: the answer stops before.
+    let wide = query(&weir, "SELECT repeat('x', 1000) AS s FROM range(10)").await?;
+    assert_eq!(wide.status(), StatusCode::OK);
+    let cut = wide.headers()["weir-result-cut"].to_str()?.to_string();
+    assert!(
+        cut.contains("4096 bytes") && cut.contains("max-bytes"),
+        "{cut}"
+    );
+    let body: serde_json::Value = wide.json().await?;
+    let rows = body["rows"].as_array().map_or(0, Vec::len);
+    assert!(
+        (1..10).contains(&rows),
+        "{rows} rows of 1,000 bytes within 4,096"
+    );
     Ok(())
 }
 

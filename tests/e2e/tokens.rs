@@ -161,10 +161,57 @@ async fn each_role_may_do_what_it_should_and_no_more() -> Result<()> {
         .send()
         .await?;
     assert_eq!(write.status(), StatusCode::UNAUTHORIZED);
+    // Streams need a token too; a reader may not delete plugins, test connections, or
+    // call plugin functions (a failing call counts towards pausing views).
+    let stream = client.get(url("/api/v1/views/v/stream")).send().await?;
+    assert_eq!(stream.status(), StatusCode::UNAUTHORIZED);
+    let upload = client
+        .post(url("/api/v1/plugins?name=currency"))
+        .bearer_auth(&admin)
+        .body(crate::support::plugin_wasm("weir_plugin_currency"))
+        .send()
+        .await?;
+    assert_eq!(upload.status(), StatusCode::CREATED);
+    let calls = sql(Some(&reader), "SELECT to_eur(CAST(100 AS BIGINT)) AS eur").await?;
+    assert_eq!(calls.status(), StatusCode::FORBIDDEN);
+    let by_admin = sql(Some(&admin), "SELECT to_eur(CAST(100 AS BIGINT)) AS eur").await?;
+    assert_eq!(by_admin.status(), StatusCode::OK);
+    for (method, path) in [
+        (reqwest::Method::DELETE, "/api/v1/plugins/currency"),
+        (reqwest::Method::POST, "/api/v1/connectors/source/file/test"),
+    ] {
+        let r = client
+            .request(method, url(path))
+            .bearer_auth(&reader)
+            .body(r#"{"options": {}}"#)
+            .send()
+            .await?;
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "{path}");
+    }
+    // A page of another site may not write, whatever it sends.
+    let forged = client
+        .post(url("/api/v1/sql"))
+        .bearer_auth(&admin)
+        .header("origin", "http://evil.example")
+        .header("content-type", "application/json")
+        .body(r#"{"sql": "DROP VIEW v"}"#)
+        .send()
+        .await?;
+    assert_eq!(forged.status(), StatusCode::FORBIDDEN);
     assert_eq!(
         sql(Some(&admin), "DROP VIEW v").await?.status(),
         StatusCode::OK
     );
+    // Deleting the tokens file leaves no valid token, not an open server.
+    std::fs::remove_file(weir.data_dir.path().join("tokens.json"))?;
+    let gone = client
+        .get(url("/api/v1/views"))
+        .bearer_auth(&admin)
+        .send()
+        .await?;
+    assert_eq!(gone.status(), StatusCode::UNAUTHORIZED);
+    let anyone = client.get(url("/api/v1/views")).send().await?;
+    assert_eq!(anyone.status(), StatusCode::UNAUTHORIZED);
     Ok(())
 }
 

@@ -113,6 +113,9 @@ fn hash(token: &str) -> String {
 pub struct Tokens {
     path: Option<PathBuf>,
     cached: Mutex<(Option<SystemTime>, Vec<StoredToken>)>,
+    /// Once tokens were required they stay required: a tokens file deleted (or emptied)
+    /// while the server runs leaves no valid token, not an open server.
+    once_required: std::sync::atomic::AtomicBool,
 }
 
 impl Tokens {
@@ -121,6 +124,7 @@ impl Tokens {
         Arc::new(Self {
             path: data_dir.map(tokens_file),
             cached: Mutex::new((None, Vec::new())),
+            once_required: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -142,7 +146,11 @@ impl Tokens {
 
     /// Whether any token exists (then every request needs one).
     pub fn required(&self) -> bool {
-        !self.current().is_empty()
+        use std::sync::atomic::Ordering::Relaxed;
+        if !self.current().is_empty() {
+            self.once_required.store(true, Relaxed);
+        }
+        self.once_required.load(Relaxed)
     }
 
     /// The role of `token`, if it is one.
@@ -199,6 +207,20 @@ fn open(path: &str, base: &str) -> bool {
     path.is_empty() || path == "/" || path == "/healthz" || path.starts_with("/assets/")
 }
 
+/// Whether the request comes from a page of another origin than the server's.
+fn cross_site(request: &Request) -> bool {
+    let headers = request.headers();
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) else {
+        return false;
+    };
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+    origin == "null" || origin_host != host
+}
+
 /// The role a request was let in with, for handlers that check further (SQL).
 #[derive(Debug, Clone, Copy)]
 pub struct Granted(pub Role);
@@ -210,6 +232,16 @@ pub async fn check(
     mut request: Request,
     next: Next,
 ) -> Response {
+    // A write from another site's page (a form or a script posting to this server) is
+    // refused whatever the token: browsers name the page's origin.
+    if !matches!(*request.method(), Method::GET | Method::HEAD) && cross_site(&request) {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "a request from another site's page may not change anything here",
+        )
+        .into_response();
+    }
     let tokens = &state.tokens;
     if !tokens.required() {
         request.extensions_mut().insert(Granted(Role::Admin));
@@ -287,5 +319,16 @@ mod tests {
         assert_eq!(needed(&Method::POST, "/api/v1/checkpoints"), Role::Admin);
         assert!(open("/weir/assets/console.js", "/weir") && open("/healthz", ""));
         assert!(!open("/api/v1/views", "") && !open("/metrics", ""));
+    }
+
+    #[test]
+    fn a_deleted_tokens_file_leaves_no_valid_token_not_an_open_server() {
+        let dir = tempfile::tempdir().expect("dir");
+        let admin = create(dir.path(), Role::Admin).expect("token");
+        let tokens = Tokens::of(Some(dir.path()));
+        assert!(tokens.required());
+        std::fs::remove_file(dir.path().join("tokens.json")).expect("removed");
+        assert!(tokens.required(), "tokens stay required");
+        assert_eq!(tokens.role_of(&admin), None);
     }
 }

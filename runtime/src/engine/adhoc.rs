@@ -13,6 +13,7 @@ use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::error::DataFusionError;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::context::SQLOptions;
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::ExecutionPlan;
@@ -67,8 +68,12 @@ impl Engine {
             });
         };
         // Each query has a memory pool of its own over the views' tables.
+        // No spilling to disk: over its memory a query stops, it does not fill /tmp.
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_limit(limits.memory_bytes, 1.0)
+            .with_disk_manager_builder(
+                DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
+            )
             .build_arc()?;
         let state = SessionStateBuilder::new_from_existing(self.inner.adhoc.state())
             .with_runtime_env(runtime)
@@ -79,14 +84,15 @@ impl Engine {
         };
         // On threads of its own, so that it cannot starve ingest, pipelines or the API;
         // dropping it at the time limit cancels it.
-        let mut task = self.inner.queries.spawn(work);
-        match tokio::time::timeout(limits.timeout, &mut task).await {
+        // A client that goes away drops this future: the guard cancels the query then.
+        let mut task = AbortOnDrop(self.inner.queries.spawn(work));
+        match tokio::time::timeout(limits.timeout, &mut task.0).await {
             Ok(Ok(result)) => result.map_err(|e| over_memory(e, limits.memory_bytes)),
             Ok(Err(e)) => Err(Error::Internal(format!("the query's task failed: {e}"))),
             Err(_) => {
-                task.abort();
+                task.0.abort();
                 // It stops at its next yield; its slot is free once it has.
-                let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+                let _ = tokio::time::timeout(Duration::from_secs(10), &mut task.0).await;
                 Err(Error::BadRequest(format!(
                     "the query ran past the time limit of ad hoc queries ({:?}, \
                      runtime.queries.timeout) and was cancelled",
@@ -94,6 +100,15 @@ impl Engine {
                 )))
             }
         }
+    }
+}
+
+/// Cancels a query's task when whoever waits for it goes away.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -132,19 +147,28 @@ async fn run(ctx: SessionContext, stmt: ast::Statement, limits: QueryLimits) -> 
                 limits.max_rows
             ));
         }
-        let batch = batch.slice(0, take);
-        bytes += batch.get_array_memory_size();
+        let mut batch = batch.slice(0, take);
+        let mut size = slice_bytes(&batch);
+        if bytes + size > limits.max_bytes {
+            // The rows of this batch that still fit, about (rows are of uneven width).
+            let fit = (limits.max_bytes - bytes) * batch.num_rows() / size.max(1);
+            batch = batch.slice(0, fit);
+            size = slice_bytes(&batch);
+            if fit > 0 && bytes + size <= limits.max_bytes {
+                rows += fit;
+                batches.push(batch);
+            }
+            cut = Some(format!(
+                "the answer holds its first {rows} rows: more would pass {} bytes \
+                 (runtime.queries.max-bytes)",
+                limits.max_bytes
+            ));
+            break;
+        }
+        bytes += size;
         rows += take;
         batches.push(batch);
         if cut.is_some() {
-            break;
-        }
-        if bytes > limits.max_bytes {
-            cut = Some(format!(
-                "the answer holds its first {rows} rows: more would pass {} MiB \
-                 (runtime.queries.max-bytes)",
-                limits.max_bytes >> 20
-            ));
             break;
         }
     }
@@ -153,6 +177,15 @@ async fn run(ctx: SessionContext, stmt: ast::Statement, limits: QueryLimits) -> 
         batches,
         cut,
     })
+}
+
+/// The bytes a batch's rows take (of a slice: its part of the buffers only).
+fn slice_bytes(batch: &datafusion::arrow::array::RecordBatch) -> usize {
+    batch
+        .columns()
+        .iter()
+        .map(|c| c.to_data().get_slice_memory_size().unwrap_or(0))
+        .sum()
 }
 
 /// A query over its memory pool is the user's to change: say which limit it met.
@@ -213,7 +246,7 @@ impl PhysicalOptimizerRule for YieldingJoins {
 /// Where ad hoc queries run: a few threads of their own, and a bound on how many run.
 pub(super) struct QueryThreads {
     threads: Option<tokio::runtime::Runtime>,
-    pub slots: Arc<tokio::sync::Semaphore>,
+    pub(super) slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl QueryThreads {

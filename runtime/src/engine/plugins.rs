@@ -35,6 +35,17 @@ impl Engine {
             .collect()
     }
 
+    /// Whether ad hoc `sql` calls a plugin function.
+    pub fn calls_plugins(&self, sql: &str) -> bool {
+        match weir_sql::parse_statement(sql) {
+            Ok(weir_sql::Statement::Query(stmt)) => match *stmt {
+                ast::Statement::Query(q) => !self.plugins_called_by(&q).is_empty(),
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+
     /// The plugins whose functions a view's query calls.
     pub(super) fn plugins_called_by(&self, query: &ast::Query) -> Vec<Arc<PluginEntry>> {
         let mut called = HashSet::new();

@@ -35,6 +35,10 @@ pub enum Preview {
 pub struct LivePreview {
     pub schema: SchemaRef,
     pub changes: broadcast::Receiver<RecordBatch>,
+    /// It counts among the ad hoc queries running (runtime.queries.max-concurrent), and
+    /// ends at their time limit.
+    pub time_limit: std::time::Duration,
+    _slot: tokio::sync::OwnedSemaphorePermit,
     view: Arc<ViewRuntime>,
     fed_by: Vec<Arc<SourceRuntime>>,
 }
@@ -66,6 +70,13 @@ impl Engine {
             .any(|name| {
                 self.inner.sources.contains_key(name) || self.inner.streams.contains_key(name)
             });
+        if !self.plugins_called_by(&query).is_empty() {
+            return Err(Error::BadRequest(
+                "a query that calls a plugin cannot be previewed yet (its failures count \
+                 towards pausing the views that use it): create it as a view"
+                    .into(),
+            ));
+        }
         if !reads_unbounded {
             return match self.query(ast::Statement::Query(query)).await? {
                 SqlOutput::Rows {
@@ -112,6 +123,17 @@ impl Engine {
                 s.name
             )));
         }
+        let limits = self.inner.config.queries;
+        let Ok(slot) = self.inner.queries.slots.clone().try_acquire_owned() else {
+            return Err(Error::Backpressure {
+                message: format!(
+                    "{n} ad hoc queries and previews are running, the most at once \
+                     (runtime.queries.max-concurrent = {n}): retry shortly",
+                    n = limits.max_concurrent
+                ),
+                retry_after_secs: 1,
+            });
+        };
         let changes = view.subscribe();
         for s in &fed_by {
             s.views.lock().push(view.clone());
@@ -120,6 +142,8 @@ impl Engine {
         Ok(Preview::Live(LivePreview {
             schema: view.schema.clone(),
             changes,
+            time_limit: limits.timeout,
+            _slot: slot,
             view,
             fed_by,
         }))

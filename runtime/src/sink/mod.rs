@@ -309,7 +309,7 @@ impl SinkRuntime {
             name: self.name.clone(),
             view: self.view.clone(),
             connector: self.connector.clone(),
-            sql: self.sql.clone(),
+            sql: crate::options::redact_secrets(&self.sql),
             status: if self.stop.load(Ordering::Relaxed) {
                 "stopped"
             } else if failed.is_some() {

@@ -116,7 +116,7 @@ impl SourceRuntime {
         SourceStatus {
             name: self.name.clone(),
             connector: self.connector.clone(),
-            sql: self.sql.clone(),
+            sql: crate::options::redact_secrets(&self.sql),
             status,
             records_in: self.records_in.get(),
             batches: self.batches.get(),

@@ -51,13 +51,14 @@ pub async fn preview(
         Ok(v) => Event::default().event("rows").data(v.to_string()),
         Err(e) => Event::default().event("error").data(e.to_string()),
     };
-    let end = |why: &str| Event::default().event("end").data(why);
+    let end = end_event;
     let body: futures::stream::BoxStream<'static, Event> = match preview {
         Preview::Rows { batches, .. } => {
             let kept = first_rows(batches, limit);
             futures::stream::iter([rows(&kept), end("done")]).boxed()
         }
         Preview::Live(live) => {
+            let deadline = tokio::time::Instant::now() + live.time_limit;
             // (preview, rows sent, finished): the preview lives as long as the stream.
             futures::stream::unfold((live, 0usize, false), move |(mut live, sent, done)| {
                 let rows = rows.clone();
@@ -65,7 +66,12 @@ pub async fn preview(
                     if done {
                         return None;
                     }
-                    match live.changes.recv().await {
+                    let Ok(received) = tokio::time::timeout_at(deadline, live.changes.recv()).await
+                    else {
+                        let end = futures::stream::iter([end_event("time limit")]);
+                        return Some((end.boxed(), (live, sent, true)));
+                    };
+                    match received {
                         Ok(batch) => {
                             let take = batch.num_rows().min(limit - sent);
                             let event = rows(&[batch.slice(0, take)]);
@@ -95,6 +101,11 @@ pub async fn preview(
             let _ = shutdown.wait_for(|stop| *stop).await;
         });
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+/// The event that ends a preview, with why.
+fn end_event(why: &str) -> Event {
+    Event::default().event("end").data(why)
 }
 
 /// The first `limit` rows of `batches`.

@@ -34,6 +34,14 @@ pub async fn execute(
             "change the catalog (CREATE, DROP)",
         ));
     }
+    // A failing call counts towards marking a plugin failed, which pauses its views.
+    if role < Role::Admin && state.engine.calls_plugins(&request.sql) {
+        return Ok(forbidden(
+            role,
+            Role::Admin,
+            "call plugin functions in ad hoc SQL",
+        ));
+    }
     match state.engine.execute(&request.sql).await? {
         SqlOutput::Rows {
             schema,
