@@ -424,7 +424,7 @@ async fn http_source_to_tumbling_window_view() -> Result<()> {
     assert_eq!(source["watermark_ms"], T0 + 198_000);
 
     // Oversized bodies are refused from their declared length, before they are read.
-    let response = raw_request(&weir.url, "POST /api/v1/sources/events/records HTTP/1.1\r\nHost: x\r\nContent-Length: 9437184\r\n\r\n").await?;
+    let response = raw_request(&weir.url, "POST /api/v1/sources/events/records HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 9437184\r\n\r\n").await?;
     assert!(response.starts_with("HTTP/1.1 413"), "{response}");
     assert!(response.contains("larger than 8388608 bytes"), "{response}");
     Ok(())

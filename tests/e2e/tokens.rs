@@ -231,5 +231,21 @@ async fn without_a_token_only_loopback_is_served() -> Result<()> {
             && stderr.contains("weir token create --role admin"),
         "{stderr}"
     );
+    // On loopback, a request naming another host (a page whose name was pointed at
+    // 127.0.0.1) is refused.
+    let weir = Weir::start(&[]).await?;
+    let rebound = weir
+        .client
+        .get(format!("{}/api/v1/views", weir.url))
+        .header("host", "evil.example")
+        .send()
+        .await?;
+    assert_eq!(rebound.status(), StatusCode::FORBIDDEN);
+    let local = weir
+        .client
+        .get(format!("{}/api/v1/views", weir.url))
+        .send()
+        .await?;
+    assert_eq!(local.status(), StatusCode::OK);
     Ok(())
 }

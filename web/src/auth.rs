@@ -207,6 +207,26 @@ fn open(path: &str, base: &str) -> bool {
     path.is_empty() || path == "/" || path == "/healthz" || path.starts_with("/assets/")
 }
 
+/// Whether the request names a loopback host (`localhost`, `127.0.0.1`, `[::1]`), or
+/// none (HTTP/1.0 and tests without a Host header).
+fn loopback_host(request: &Request) -> bool {
+    let Some(host) = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+    else {
+        return true;
+    };
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// Whether the request comes from a page of another origin than the server's.
 fn cross_site(request: &Request) -> bool {
     let headers = request.headers();
@@ -244,6 +264,17 @@ pub async fn check(
     }
     let tokens = &state.tokens;
     if !tokens.required() {
+        // Without tokens the server is loopback's alone: a page of another site whose
+        // name was pointed at 127.0.0.1 (DNS rebinding) sends its own Host.
+        if !loopback_host(&request) {
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "without API tokens this server answers requests to a loopback address or \
+                 localhost only; make a token with `weir token create` to serve others",
+            )
+            .into_response();
+        }
         request.extensions_mut().insert(Granted(Role::Admin));
         return next.run(request).await;
     }
@@ -319,6 +350,32 @@ mod tests {
         assert_eq!(needed(&Method::POST, "/api/v1/checkpoints"), Role::Admin);
         assert!(open("/weir/assets/console.js", "/weir") && open("/healthz", ""));
         assert!(!open("/api/v1/views", "") && !open("/metrics", ""));
+    }
+
+    #[test]
+    fn without_tokens_only_loopback_names_are_answered() {
+        let with_host = |host: &str| {
+            Request::builder()
+                .header(header::HOST, host)
+                .body(axum::body::Body::empty())
+                .expect("request")
+        };
+        for ok in [
+            "127.0.0.1:8080",
+            "localhost:8080",
+            "[::1]:8080",
+            "LOCALHOST",
+        ] {
+            assert!(loopback_host(&with_host(ok)), "{ok}");
+        }
+        for refused in [
+            "evil.example:8080",
+            "10.0.0.1:8080",
+            "[2001:db8::1]:80",
+            "evil.example",
+        ] {
+            assert!(!loopback_host(&with_host(refused)), "{refused}");
+        }
     }
 
     #[test]

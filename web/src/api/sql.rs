@@ -48,7 +48,18 @@ pub async fn execute(
             batches,
             cut,
         } => {
-            let mut response = rows_response(Format::from_headers(&headers), &schema, &batches)?;
+            // Encoding a large answer is CPU work: off the threads that serve the API.
+            let format = Format::from_headers(&headers);
+            let mut response =
+                tokio::task::spawn_blocking(move || rows_response(format, &schema, &batches))
+                    .await
+                    .map_err(|e| {
+                        ApiError::new(
+                            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                            "internal error",
+                            e.to_string(),
+                        )
+                    })??;
             // An answer cut at a limit says so, whatever the format.
             if let Some(v) = cut.and_then(|c| axum::http::HeaderValue::from_str(&c).ok()) {
                 response.headers_mut().insert("weir-result-cut", v);
