@@ -80,6 +80,16 @@ pub const COMMON_SOURCE_OPTIONS: &[OptionDoc] = &[
     },
 ];
 
+/// `brokers`, as the Kafka source and sink both take it.
+pub(crate) const KAFKA_BROKERS: OptionDoc = OptionDoc {
+    name: "brokers",
+    kind: "text",
+    choices: &[],
+    required: true,
+    default: None,
+    doc: "host:port[,host:port...]",
+};
+
 /// Options every sink takes (the runtime's, not the connector's).
 pub const COMMON_SINK_OPTIONS: &[OptionDoc] = &[OptionDoc {
     name: "max_pending_rows",

@@ -86,9 +86,7 @@ pub fn create(data_dir: &Path, role: Role) -> anyhow::Result<String> {
             .map_or(0, |d| d.as_millis() as i64),
     });
     // Whole or not at all: a crash leaves the old file.
-    let temporary = path.with_extension("json.tmp");
-    std::fs::write(&temporary, serde_json::to_vec_pretty(&stored)?)?;
-    std::fs::rename(&temporary, &path)?;
+    weir_runtime::durable::write_atomically(&path, &serde_json::to_vec_pretty(&stored)?)?;
     Ok(token)
 }
 

@@ -69,6 +69,17 @@ impl From<Error> for ApiError {
     }
 }
 
+impl From<tokio::task::JoinError> for ApiError {
+    /// Work moved off the API's threads panicked: a bug of ours.
+    fn from(e: tokio::task::JoinError) -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal error",
+            e.to_string(),
+        )
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut body = serde_json::json!({ "error": self.error, "detail": self.detail });

@@ -57,16 +57,7 @@ impl Engine {
             }
         }
         let limits = self.inner.config.queries;
-        let Ok(slot) = self.inner.queries.slots.clone().try_acquire_owned() else {
-            return Err(Error::Backpressure {
-                message: format!(
-                    "{n} ad hoc queries are running, the most at once \
-                     (runtime.queries.max-concurrent = {n}): retry shortly",
-                    n = limits.max_concurrent
-                ),
-                retry_after_secs: 1,
-            });
-        };
+        let slot = self.inner.queries.take_slot(limits.max_concurrent)?;
         // Each query has a memory pool of its own over the views' tables.
         // No spilling to disk: over its memory a query stops, it does not fill /tmp.
         let runtime = RuntimeEnvBuilder::new()
@@ -246,7 +237,7 @@ impl PhysicalOptimizerRule for YieldingJoins {
 /// Where ad hoc queries run: a few threads of their own, and a bound on how many run.
 pub(super) struct QueryThreads {
     threads: Option<tokio::runtime::Runtime>,
-    pub(super) slots: Arc<tokio::sync::Semaphore>,
+    slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl QueryThreads {
@@ -262,6 +253,20 @@ impl QueryThreads {
             threads,
             slots: Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent.max(1))),
         }
+    }
+
+    /// A place among the queries running at once (previews count), or 429.
+    pub(super) fn take_slot(&self, most: usize) -> Result<tokio::sync::OwnedSemaphorePermit> {
+        self.slots
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Error::Backpressure {
+                message: format!(
+                    "{most} ad hoc queries and previews are running, the most at once \
+                     (runtime.queries.max-concurrent = {most}): retry shortly"
+                ),
+                retry_after_secs: 1,
+            })
     }
 
     fn spawn<F>(&self, work: F) -> tokio::task::JoinHandle<F::Output>

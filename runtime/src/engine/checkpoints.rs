@@ -9,6 +9,7 @@ use serde::Serialize;
 use super::Engine;
 use crate::checkpoint::Position;
 use crate::checkpoint::store::{CheckpointInfo, Restored};
+use crate::pipeline::now_ms;
 use crate::source::SourceState;
 use crate::view::ViewRuntime;
 use crate::{Error, Result};
@@ -345,12 +346,6 @@ impl Engine {
     pub(super) fn replaying(&self) -> bool {
         self.inner.restoring.lock().replaying
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// A finished source has no pipeline left to answer: a sink created on one of its views

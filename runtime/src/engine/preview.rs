@@ -124,16 +124,7 @@ impl Engine {
             )));
         }
         let limits = self.inner.config.queries;
-        let Ok(slot) = self.inner.queries.slots.clone().try_acquire_owned() else {
-            return Err(Error::Backpressure {
-                message: format!(
-                    "{n} ad hoc queries and previews are running, the most at once \
-                     (runtime.queries.max-concurrent = {n}): retry shortly",
-                    n = limits.max_concurrent
-                ),
-                retry_after_secs: 1,
-            });
-        };
+        let slot = self.inner.queries.take_slot(limits.max_concurrent)?;
         let changes = view.subscribe();
         for s in &fed_by {
             s.views.lock().push(view.clone());

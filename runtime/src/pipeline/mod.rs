@@ -385,7 +385,8 @@ impl Pipeline {
     }
 }
 
-fn now_ms() -> i64 {
+/// Wall-clock time in milliseconds since the epoch.
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)

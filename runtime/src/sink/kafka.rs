@@ -567,14 +567,7 @@ pub(crate) const DESCRIBED: Described = Described {
 };
 
 const OWN_OPTIONS: [OptionDoc; 6] = [
-    OptionDoc {
-        name: "brokers",
-        kind: "text",
-        choices: &[],
-        required: true,
-        default: None,
-        doc: "host:port[,host:port...]",
-    },
+    crate::connectors::KAFKA_BROKERS,
     OptionDoc {
         name: "topic",
         kind: "text",

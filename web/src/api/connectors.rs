@@ -33,13 +33,6 @@ pub async fn test(
     let message = tokio::task::spawn_blocking(move || {
         connectors::test(&kind, &name, &request.options, &config)
     })
-    .await
-    .map_err(|e| {
-        ApiError::new(
-            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-            "internal error",
-            e.to_string(),
-        )
-    })??;
+    .await??;
     Ok(Json(json!({ "ok": true, "message": message })))
 }

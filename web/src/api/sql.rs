@@ -52,14 +52,7 @@ pub async fn execute(
             let format = Format::from_headers(&headers);
             let mut response =
                 tokio::task::spawn_blocking(move || rows_response(format, &schema, &batches))
-                    .await
-                    .map_err(|e| {
-                        ApiError::new(
-                            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                            "internal error",
-                            e.to_string(),
-                        )
-                    })??;
+                    .await??;
             // An answer cut at a limit says so, whatever the format.
             if let Some(v) = cut.and_then(|c| axum::http::HeaderValue::from_str(&c).ok()) {
                 response.headers_mut().insert("weir-result-cut", v);
