@@ -14,4 +14,5 @@ mod plugins;
 mod recovery;
 mod sql_fuzz;
 mod support;
+mod tls;
 mod tokens;

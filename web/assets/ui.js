@@ -41,7 +41,9 @@ export function token() {
 export function setToken(value) {
   localStorage.setItem(TOKEN_KEY, value);
   const path = new URL(document.baseURI).pathname;
-  document.cookie = `weir_token=${encodeURIComponent(value)}; path=${path}; SameSite=Strict`;
+  // Over HTTPS the cookie is never sent in the clear.
+  const secure = location.protocol === 'https:' ? '; Secure' : '';
+  document.cookie = `weir_token=${encodeURIComponent(value)}; path=${path}; SameSite=Strict${secure}`;
 }
 
 function authorized(headers) {

@@ -5,6 +5,8 @@ use std::path::Path;
 use serde::Deserialize;
 use weir_runtime::RuntimeConfig;
 
+use crate::tls::TlsFiles;
+
 /// The server's configuration file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
@@ -18,6 +20,16 @@ pub struct ServerConfig {
     pub demo: bool,
     /// Runtime settings (data dir, batching, HTTP ingest limits).
     pub runtime: RuntimeConfig,
+    /// How the API is served (`[server.tls]`).
+    pub server: ServerSection,
+}
+
+/// `[server]`: how the API is served.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct ServerSection {
+    /// Serve HTTPS with this certificate and key (PEM), reloaded when they change.
+    pub tls: Option<TlsFiles>,
 }
 
 impl Default for ServerConfig {
@@ -27,6 +39,7 @@ impl Default for ServerConfig {
             base_path: String::new(),
             demo: false,
             runtime: RuntimeConfig::default(),
+            server: ServerSection::default(),
         }
     }
 }
@@ -36,7 +49,12 @@ impl ServerConfig {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", path.display()))?;
-        toml::from_str(&text).map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))
+        let mut config: Self = toml::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))?;
+        // Files named in the config are found beside it, wherever weir is started from.
+        let dir = path.parent().unwrap_or(Path::new("."));
+        config.server.tls = config.server.tls.map(|t| t.relative_to(dir));
+        Ok(config)
     }
 }
 
@@ -62,5 +80,21 @@ mod tests {
             "unset values keep their defaults"
         );
         assert!(toml::from_str::<ServerConfig>("lisen = 'x'").is_err());
+    }
+
+    #[test]
+    fn tls_files_are_found_beside_the_config_file() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("weir.toml");
+        std::fs::write(
+            &path,
+            "[server.tls]\ncert = 'certs/cert.pem'\nkey = '/abs/key.pem'\n",
+        )?;
+        let tls = ServerConfig::load(&path)?.server.tls.expect("tls set");
+        assert_eq!(tls.cert, dir.path().join("certs/cert.pem"));
+        assert_eq!(tls.key, std::path::PathBuf::from("/abs/key.pem"));
+        assert!(toml::from_str::<ServerConfig>("[server.tls]\ncert = 'c'\n").is_err());
+        assert!(toml::from_str::<ServerConfig>("[server]\ntsl = 1\n").is_err());
+        Ok(())
     }
 }

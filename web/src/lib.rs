@@ -13,5 +13,6 @@ pub mod process;
 pub mod rates;
 pub mod scaffold;
 pub mod serve;
+pub mod tls;
 
 pub use app::{AppState, app};

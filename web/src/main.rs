@@ -33,6 +33,12 @@ enum Command {
         /// Serve the console and API under this path (e.g. /weir, behind a proxy).
         #[arg(long)]
         base_path: Option<String>,
+        /// Serve HTTPS with this PEM certificate chain (with --tls-key); reloaded when it changes.
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The PEM private key of --tls-cert.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
     /// API tokens (once one exists, every API request needs one).
     Token {
@@ -134,7 +140,14 @@ fn main() -> ExitCode {
             data_dir,
             demo,
             base_path,
-        } => run_serve(config, listen, data_dir, demo, base_path),
+            tls_cert,
+            tls_key,
+        } => {
+            let tls = tls_cert
+                .zip(tls_key)
+                .map(|(cert, key)| weir_web::tls::TlsFiles { cert, key });
+            run_serve(config, listen, data_dir, demo, base_path, tls)
+        }
         Command::Bench {
             command:
                 BenchCommand::Nexmark {
@@ -208,6 +221,7 @@ fn run_serve(
     data_dir: Option<PathBuf>,
     demo: bool,
     base_path: Option<String>,
+    tls: Option<weir_web::tls::TlsFiles>,
 ) -> anyhow::Result<()> {
     let mut cfg = match config {
         Some(path) => ServerConfig::load(&path)?,
@@ -220,6 +234,9 @@ fn run_serve(
         cfg.runtime.data_dir = d;
     }
     cfg.demo |= demo;
+    if tls.is_some() {
+        cfg.server.tls = tls;
+    }
     if let Some(b) = base_path {
         cfg.base_path = b;
     }

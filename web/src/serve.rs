@@ -4,6 +4,7 @@ use std::io::Write;
 use std::path::Path;
 
 use anyhow::Context;
+use axum_server::tls_rustls::RustlsConfig;
 use tokio::net::TcpListener;
 use weir_runtime::Engine;
 
@@ -24,6 +25,11 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
             data_dir.display()
         );
     }
+    // A certificate that does not load stops the start, before anything else is opened.
+    let tls = match &config.server.tls {
+        Some(files) => Some((files.clone(), files.load()?)),
+        None => None,
+    };
     let listener = TcpListener::bind(&config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
@@ -36,10 +42,11 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     if config.demo {
         crate::demo::start(&engine).await?;
     }
+    let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(%addr, data_dir = %data_dir.display(), "weir listening");
     // A line on stdout that scripts and tests can wait for.
     println!(
-        "weir listening on http://{addr}{}",
+        "weir listening on {scheme}://{addr}{}",
         state_base(&config.base_path)
     );
     let _ = std::io::stdout().flush();
@@ -48,24 +55,51 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
         .with_tokens(tokens);
     state.rates.start(engine.clone());
     let shutdown = state.shutdown.clone();
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(async move {
-            let _ = tokio::signal::ctrl_c().await;
-            tracing::info!("shutting down");
-            // End live streams, or graceful shutdown would wait for them forever.
-            let _ = shutdown.send(true);
-            // A last checkpoint, so a planned restart replays nothing.
-            let last = engine.clone();
-            match tokio::task::spawn_blocking(move || last.checkpoint_now()).await {
-                Ok(Ok(c)) => tracing::info!(epoch = c.epoch, "final checkpoint written"),
-                Ok(Err(e)) => tracing::warn!(error = %e, "no final checkpoint"),
-                Err(e) => tracing::warn!(error = %e, "no final checkpoint"),
-            }
-            engine.shut_down();
-        })
-        .await
-        .context("serving HTTP")?;
+    let stopped = stop_on_ctrl_c(engine, shutdown.clone());
+    match tls {
+        None => axum::serve(listener, app(state))
+            .with_graceful_shutdown(stopped)
+            .await
+            .context("serving HTTP")?,
+        Some((files, server_config)) => {
+            let rustls = RustlsConfig::from_config(server_config);
+            crate::tls::watch(files, rustls.clone(), shutdown.subscribe());
+            let handle = axum_server::Handle::new();
+            let on_stop = handle.clone();
+            tokio::spawn(async move {
+                stopped.await;
+                on_stop.graceful_shutdown(Some(DRAIN));
+            });
+            axum_server::from_tcp_rustls(listener.into_std()?, rustls)?
+                .handle(handle)
+                .serve(app(state).into_make_service())
+                .await
+                .context("serving HTTPS")?
+        }
+    }
     Ok(())
+}
+
+/// How long open connections get to finish once an HTTPS server is told to stop.
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Wait for Ctrl-C, then end live streams, take a last checkpoint and stop the engine.
+async fn stop_on_ctrl_c(
+    engine: Engine,
+    shutdown: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
+) {
+    let _ = tokio::signal::ctrl_c().await;
+    tracing::info!("shutting down");
+    // End live streams, or graceful shutdown would wait for them forever.
+    let _ = shutdown.send(true);
+    // A last checkpoint, so a planned restart replays nothing.
+    let last = engine.clone();
+    match tokio::task::spawn_blocking(move || last.checkpoint_now()).await {
+        Ok(Ok(c)) => tracing::info!(epoch = c.epoch, "final checkpoint written"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "no final checkpoint"),
+        Err(e) => tracing::warn!(error = %e, "no final checkpoint"),
+    }
+    engine.shut_down();
 }
 
 /// Whether `listen` (host:port) is a loopback address only.
