@@ -17,6 +17,8 @@ pub mod durable;
 pub mod engine;
 pub mod error;
 pub mod failpoint;
+#[cfg(test)]
+mod fuzz;
 mod kafka;
 pub mod metrics;
 pub mod options;

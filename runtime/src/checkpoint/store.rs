@@ -14,9 +14,13 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::buffer::Buffer;
 use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::arrow::ipc::reader::FileReader;
+use datafusion::arrow::error::ArrowError;
+use datafusion::arrow::ipc::convert::fb_to_schema;
+use datafusion::arrow::ipc::reader::{FileDecoder, read_footer_length};
 use datafusion::arrow::ipc::writer::FileWriter;
+use datafusion::arrow::ipc::{Block, root_as_footer};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -524,8 +528,60 @@ fn read_manifest(dir: &Path) -> Result<Manifest> {
         .map_err(|e| Error::Internal(format!("manifest.json does not parse: {e}")))
 }
 
+/// The batches of a state file. A file that matches its checksum was written by weir,
+/// but a damaged disk or a hand edit (with the checksum fixed) must make this checkpoint
+/// damaged, not the start fail: arrow-ipc's `FileReader` allocates whatever length a
+/// footer claims (a process abort when it is absurd), so the file is read from memory
+/// and every block checked to lie within it first; a panic of the decoder is an error.
+fn read_state_file(name: &str, bytes: Vec<u8>) -> Result<Vec<RecordBatch>> {
+    std::panic::catch_unwind(|| decode_ipc_file(Buffer::from_vec(bytes)))
+        .unwrap_or_else(|_| Err(ArrowError::IpcError("the reader panicked".into())))
+        .map_err(|e| Error::Internal(format!("{name} does not decode: {e}")))
+}
+
+/// Every record batch of an Arrow IPC file held in memory.
+fn decode_ipc_file(file: Buffer) -> std::result::Result<Vec<RecordBatch>, ArrowError> {
+    let bad = |what: &str| ArrowError::IpcError(format!("not an Arrow file: {what}"));
+    let trailer_start = file.len().checked_sub(10).ok_or_else(|| bad("too short"))?;
+    let trailer: [u8; 10] = file[trailer_start..]
+        .try_into()
+        .map_err(|_| bad("too short"))?;
+    let footer_start = trailer_start
+        .checked_sub(read_footer_length(trailer)?)
+        .ok_or_else(|| bad("the footer is longer than the file"))?;
+    let footer = root_as_footer(&file[footer_start..trailer_start])
+        .map_err(|e| bad(&format!("bad footer: {e}")))?;
+    let schema = footer.schema().ok_or_else(|| bad("no schema"))?;
+    let mut decoder = FileDecoder::new(Arc::new(fb_to_schema(schema)), footer.version());
+    let block = |b: &Block| {
+        let start = usize::try_from(b.offset()).ok();
+        let len = usize::try_from(b.metaDataLength())
+            .ok()
+            .zip(usize::try_from(b.bodyLength()).ok())
+            .and_then(|(m, body)| m.checked_add(body));
+        match start.zip(len) {
+            Some((start, len))
+                if start
+                    .checked_add(len)
+                    .is_some_and(|end| end <= footer_start) =>
+            {
+                Ok(file.slice_with_length(start, len))
+            }
+            _ => Err(bad("a block lies outside the file")),
+        }
+    };
+    for b in footer.dictionaries().iter().flatten() {
+        decoder.read_dictionary(b, &block(b)?)?;
+    }
+    let mut batches = Vec::new();
+    for b in footer.recordBatches().iter().flatten() {
+        batches.extend(decoder.read_record_batch(b, &block(b)?)?);
+    }
+    Ok(batches)
+}
+
 /// Read and verify one checkpoint: every file must have its recorded size and checksum.
-fn read_checkpoint(dir: &Path) -> Result<Restored> {
+pub(crate) fn read_checkpoint(dir: &Path) -> Result<Restored> {
     let manifest = read_manifest(dir)?;
     let mut verified: HashMap<String, Vec<RecordBatch>> = HashMap::new();
     for f in &manifest.files {
@@ -544,8 +600,7 @@ fn read_checkpoint(dir: &Path) -> Result<Restored> {
                 f.bytes
             )));
         }
-        let batches = FileReader::try_new(std::io::Cursor::new(bytes), None)?
-            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let batches = read_state_file(&f.name, bytes)?;
         verified.insert(f.name.clone(), batches);
     }
     let mut take = |name: &Option<String>| -> Result<Vec<RecordBatch>> {

@@ -325,12 +325,18 @@ fn segments(dir: &Path) -> std::io::Result<Vec<u64>> {
     Ok(starts)
 }
 
-/// The whole entries of a segment, the offset after the last of them, and whether what
-/// follows them (if anything) is a torn last entry: one that reaches the end of the
-/// file, as a write cut short by a crash does. Anything else is damage.
+/// Read a segment file and parse it ([`parse_segment`]).
 fn read_segment(path: &Path, start: u64) -> std::io::Result<(Vec<Entry>, u64, bool)> {
     let mut bytes = Vec::new();
     File::open(path)?.read_to_end(&mut bytes)?;
+    Ok(parse_segment(&bytes, start))
+}
+
+/// The whole entries of a segment that starts at offset `start`, the offset after the
+/// last of them, and whether what follows them (if anything) is a torn last entry: one
+/// that reaches the end of the file, as a write cut short by a crash does. Anything
+/// else is damage.
+pub(crate) fn parse_segment(bytes: &[u8], start: u64) -> (Vec<Entry>, u64, bool) {
     let mut entries = Vec::new();
     let mut at = 0usize;
     while let Some(header) = bytes.get(at..at + HEADER) {
@@ -365,7 +371,7 @@ fn read_segment(path: &Path, start: u64) -> std::io::Result<(Vec<Entry>, u64, bo
             at + HEADER + len >= bytes.len()
         }
     };
-    Ok((entries, start + at as u64, torn_tail))
+    (entries, start + at as u64, torn_tail)
 }
 
 #[cfg(test)]

@@ -147,9 +147,6 @@ impl PluginInstance {
             ))
         })?;
         // One copy out of guest memory into an aligned buffer; decoding is zero-copy.
-        let buffer = Buffer::from(bytes);
-        let decoder = &mut self.decoder;
-        // arrow-ipc can panic on some malformed flatbuffers; guest output is untrusted.
         // A scalar function returns one row per input row; a transform at most one row
         // per byte it may return.
         let max_rows = if kind == Kind::Function {
@@ -157,12 +154,23 @@ impl PluginInstance {
         } else {
             self.max_output_bytes
         };
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            decoder.decode(buffer, max_rows)
-        }))
-        .unwrap_or_else(|_| Err(ArrowError::IpcError("the decoder panicked".into())))
-        .map_err(|e| CallFailure::BadOutput(format!("the output is not an Arrow IPC stream: {e}")))
+        decode_output(&mut self.decoder, Buffer::from(bytes), max_rows)
     }
+}
+
+/// A plugin's output as a batch of at most `max_rows` rows, or why it is not one. The
+/// bytes are the guest's, so untrusted: arrow-ipc can panic on some malformed
+/// flatbuffers, and that panic is this call's failure, not the pipeline's.
+pub(crate) fn decode_output(
+    decoder: &mut Decoder,
+    buffer: Buffer,
+    max_rows: usize,
+) -> Result<RecordBatch, CallFailure> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        decoder.decode(buffer, max_rows)
+    }))
+    .unwrap_or_else(|_| Err(ArrowError::IpcError("the decoder panicked".into())))
+    .map_err(|e| CallFailure::BadOutput(format!("the output is not an Arrow IPC stream: {e}")))
 }
 
 fn unpack(packed: i64) -> (u32, u32, bool) {

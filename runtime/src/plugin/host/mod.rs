@@ -7,7 +7,7 @@
 //! cap), `log` (guest logging), `wasi` (the WASI stubs), `call` (one batch through an
 //! instance).
 
-mod call;
+pub(crate) mod call;
 mod compile;
 mod limits;
 mod log;

@@ -7,7 +7,7 @@
 
 mod bounded;
 mod context;
-mod envelope;
+pub(crate) mod envelope;
 mod front_door;
 pub mod options;
 mod reader;
