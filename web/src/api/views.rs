@@ -176,7 +176,10 @@ fn newest(batches: Vec<arrow::array::RecordBatch>, limit: usize) -> Vec<arrow::a
 }
 
 /// `GET /api/v1/views/{name}/stream`: an SSE event `rows` per emitted batch, with the
-/// same JSON shape as the rows endpoint; `lagged` if this client fell behind (refetch).
+/// same JSON shape as the rows endpoint. A client that falls behind by more than the
+/// view's change buffer gets `lagged` (the number of changes it missed) and the stream
+/// ends: it must refetch the rows and subscribe again (an `EventSource` reconnects by
+/// itself). So a slow reader holds nothing but its place in that bounded buffer.
 /// With `?consistency=committed` a change comes once a written checkpoint holds it,
 /// and its event id is that checkpoint's epoch.
 pub async fn stream(
@@ -191,9 +194,11 @@ pub async fn stream(
         Consistency::Committed => Changes::Committed(view.subscribe_committed()),
     };
     let mut shutdown = state.shutdown.subscribe();
-    let events = futures::stream::unfold(changes, move |mut changes| {
+    let events = futures::stream::unfold(Some(changes), move |changes| {
         let schema = schema.clone();
         async move {
+            // None: the client lagged and was told so; the stream ends.
+            let mut changes = changes?;
             let (epoch, received) = match &mut changes {
                 Changes::Live(rx) => (None, rx.recv().await),
                 Changes::Committed(rx) => match rx.recv().await {
@@ -206,14 +211,17 @@ pub async fn stream(
                     Ok(v) => Event::default().event("rows").data(v.to_string()),
                     Err(e) => Event::default().event("error").data(e.to_string()),
                 },
-                Err(RecvError::Lagged(n)) => Event::default().event("lagged").data(n.to_string()),
+                Err(RecvError::Lagged(n)) => {
+                    let lagged = Event::default().event("lagged").data(n.to_string());
+                    return Some((Ok(lagged), None));
+                }
                 Err(RecvError::Closed) => return None,
             };
             let event = match epoch {
                 Some(e) => event.id(e.to_string()),
                 None => event,
             };
-            Some((Ok(event), changes))
+            Some((Ok(event), Some(changes)))
         }
     });
     let events = events.take_until(async move {

@@ -706,3 +706,48 @@ async fn statements_that_reach_files_or_settings_are_refused() {
     let (_, body) = call(&app, "GET", "/api/v1/views", "").await;
     assert_eq!(body["views"], serde_json::json!([]), "{body}");
 }
+
+#[tokio::test]
+async fn a_stream_reader_that_falls_behind_gets_lagged_and_is_let_go() {
+    let app = test_app(1 << 20);
+    for sql in [
+        // One row per batch: each record is a change of the view.
+        "CREATE SOURCE s (id BIGINT) WITH (connector = 'http', max_rows = 1)",
+        "CREATE MATERIALIZED VIEW v AS SELECT id FROM s",
+    ] {
+        let body = serde_json::json!({ "sql": sql }).to_string();
+        let (status, body) = call(&app, "POST", "/api/v1/sql", &body).await;
+        assert_eq!(status, StatusCode::OK, "{sql}: {body}");
+    }
+    // Subscribe, and read nothing while the view changes 600 times.
+    let request = Request::builder()
+        .uri("/api/v1/views/v/stream")
+        .body(Body::empty())
+        .expect("request");
+    let stream = app.clone().oneshot(request).await.expect("response");
+    assert_eq!(stream.status(), StatusCode::OK);
+    let records: String = (1..=600).map(|i| format!("{{\"id\":{i}}}\n")).collect();
+    let (status, body) = call(&app, "POST", "/api/v1/sources/s/records", &records).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (_, views) = call(&app, "GET", "/api/v1/views", "").await;
+        if views["views"][0]["rows_emitted"] == 600 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{views}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // The reader is told it lagged, and its stream ends (the whole body is read).
+    let body = tokio::time::timeout(std::time::Duration::from_secs(10), body_bytes(stream))
+        .await
+        .expect("the stream of a reader that lagged ends");
+    let text = String::from_utf8_lossy(&body);
+    assert!(text.starts_with("event: lagged\ndata: "), "{text}");
+    let missed: u64 = text
+        .trim_start_matches("event: lagged\ndata: ")
+        .trim()
+        .parse()
+        .expect("how many changes were missed");
+    assert_eq!(missed, 600 - 256, "the buffer keeps the newest 256 changes");
+}
