@@ -57,4 +57,7 @@ echo "s3 (moto) at $WEIR_TEST_S3, pid $S3_PID"
 step "test"
 cargo test --workspace --quiet
 
+step "soak (one minute)"
+scripts/soak.sh 60 25
+
 step "done"

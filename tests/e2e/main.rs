@@ -12,6 +12,7 @@ mod nexmark;
 mod oracle;
 mod plugins;
 mod recovery;
+mod soak;
 mod sql_fuzz;
 mod support;
 mod tls;

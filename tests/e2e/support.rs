@@ -57,6 +57,11 @@ impl Weir {
         Self::start_in(data_dir, extra_args).await
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self._child.id()
+    }
+
     /// Kill this server (as a crash would) and keep its data dir.
     pub async fn kill(self) -> Result<tempfile::TempDir> {
         let Self {
