@@ -65,6 +65,26 @@ pub struct SqlSpan {
     pub end_column: u64,
 }
 
+impl SqlSpan {
+    /// This span kept inside `sql`: the parser places an unterminated string or comment
+    /// just past the end of the text, and a span there may at most touch that end.
+    pub fn within(self, sql: &str) -> SqlSpan {
+        let lines: Vec<&str> = sql.split('\n').collect();
+        let last = lines.len() as u64;
+        let width = |line: u64| lines[line as usize - 1].chars().count() as u64 + 1;
+        let line = self.line.clamp(1, last);
+        let column = self.column.clamp(1, width(line));
+        let end_line = self.end_line.clamp(line, last);
+        let first = if end_line == line { column } else { 1 };
+        SqlSpan {
+            line,
+            column,
+            end_line,
+            end_column: self.end_column.clamp(first, width(end_line)),
+        }
+    }
+}
+
 impl Error {
     /// Where the statement is wrong, when the parser or DataFusion's planner knows.
     pub fn span(&self) -> Option<SqlSpan> {

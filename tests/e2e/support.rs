@@ -57,6 +57,29 @@ impl Weir {
         Self::start_in(data_dir, extra_args).await
     }
 
+    /// Send `signal` (`TERM`, `INT`) and wait for the server to exit; its exit status
+    /// and its data dir.
+    pub async fn stop_with(
+        self,
+        signal: &str,
+    ) -> Result<(std::process::ExitStatus, tempfile::TempDir)> {
+        let Self {
+            mut _child,
+            data_dir,
+            ..
+        } = self;
+        let pid = _child.id().context("the server has exited already")?;
+        let sent = Command::new("kill")
+            .args(["-s", signal, &pid.to_string()])
+            .status()
+            .await?;
+        anyhow::ensure!(sent.success(), "kill -s {signal} {pid} failed");
+        let status = tokio::time::timeout(Duration::from_secs(60), _child.wait())
+            .await
+            .context("the server did not stop within 60 s")??;
+        Ok((status, data_dir))
+    }
+
     /// The server's process id.
     pub fn pid(&self) -> Option<u32> {
         self._child.id()

@@ -146,6 +146,12 @@ async fn https_serves_the_configured_certificate_and_picks_up_a_renewed_one() ->
     );
 
     // A broken renewal keeps the working certificate and the server.
+    let log_path = weir.data_dir.path().join("weir.log");
+    let refused = |log: &str| {
+        log.matches("still serving the certificate loaded before")
+            .count()
+    };
+    let refused_before = refused(&std::fs::read_to_string(&log_path)?);
     std::fs::write(conf.path().join("certs/cert.pem"), "not a certificate")?;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (status, served) = https_get(&addr, &second.ca, "/healthz").await?;
@@ -154,16 +160,32 @@ async fn https_serves_the_configured_certificate_and_picks_up_a_renewed_one() ->
         "healthz after a broken renewal: {status}"
     );
     assert_eq!(served, second.cert, "the last good certificate is kept");
-    let log = std::fs::read_to_string(weir.data_dir.path().join("weir.log"))?;
+    let log = std::fs::read_to_string(&log_path)?;
     assert!(
-        log.contains("still serving the certificate loaded before"),
+        refused(&log) > refused_before && log.contains("no PEM certificate"),
         "the failed reload is logged: {log}"
     );
+
+    // A renewal renamed over the old files (as certbot's and most tools' are) too.
+    let third = pki("third")?;
+    for (name, text) in [("key.pem", &third.key_pem), ("cert.pem", &third.cert_pem)] {
+        let staged = conf.path().join(format!("certs/.{name}.new"));
+        std::fs::write(&staged, text)?;
+        std::fs::rename(&staged, conf.path().join("certs").join(name))?;
+    }
+    wait_for_cert(&addr, &third.ca, &third.cert).await;
+
+    // SIGTERM (what service managers send): a last checkpoint, then a clean exit.
+    let (status, data_dir) = weir.stop_with("TERM").await?;
+    let log = std::fs::read_to_string(data_dir.path().join("weir.log"))?;
+    assert!(status.success(), "exit after SIGTERM: {status}\n{log}");
+    assert!(log.contains("final checkpoint written"), "{log}");
     Ok(())
 }
 
 #[tokio::test]
-async fn a_certificate_that_does_not_load_stops_the_start_with_a_clear_error() -> Result<()> {
+async fn the_command_line_flags_serve_https_and_files_that_do_not_load_stop_the_start() -> Result<()>
+{
     let conf = tempfile::tempdir()?;
     let good = pki("good")?;
     let other = pki("other")?;
@@ -205,5 +227,13 @@ async fn a_certificate_that_does_not_load_stops_the_start_with_a_clear_error() -
             "the error names the file and the problem ({expected}): {stderr}"
         );
     }
+    // The same flags with a good pair: HTTPS.
+    std::fs::write(&cert, &good.cert_pem)?;
+    std::fs::write(&key, &good.key_pem)?;
+    let weir = Weir::start(&["--tls-cert", &cert_arg, "--tls-key", &key_arg]).await?;
+    let addr = weir.url.strip_prefix("https://").context("https")?;
+    let (status, served) = https_get(addr, &good.ca, "/healthz").await?;
+    assert!(status.contains("200"), "{status}");
+    assert_eq!(served, good.cert);
     Ok(())
 }

@@ -153,6 +153,8 @@ export function viewPage(main, name, catalog) {
     events = new EventSource(`${base}/stream?consistency=${state.consistency}`);
     events.addEventListener("rows", () => { state.dirty = true; });
     events.addEventListener("lagged", () => { state.dirty = true; });
+    // The server ends a stream that lagged; the browser reconnects: refetch then too.
+    events.addEventListener("open", () => { state.dirty = true; });
   };
   follow();
   consistency.addEventListener("change", () => { state.consistency = consistency.value; state.dirty = true; follow(); tick(); });

@@ -32,6 +32,19 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// The error of statement `sql`, its position kept inside the text.
+    pub fn of_statement(e: Error, sql: &str) -> Self {
+        let position = e
+            .sql_span()
+            .and_then(|span| serde_json::to_value(span.within(sql)).ok());
+        Self {
+            position,
+            ..Self::from(e)
+        }
+    }
+}
+
 impl From<Error> for ApiError {
     /// The status says who must act: 4xx the client, 503 the server's operator (with a
     /// retry hint), 500 us.

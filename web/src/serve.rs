@@ -55,7 +55,7 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
         .with_tokens(tokens);
     state.rates.start(engine.clone());
     let shutdown = state.shutdown.clone();
-    let stopped = stop_on_ctrl_c(engine, shutdown.clone());
+    let stopped = stop_on_signal(engine, shutdown.clone());
     match tls {
         None => axum::serve(listener, app(state))
             .with_graceful_shutdown(stopped)
@@ -83,12 +83,24 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
 /// How long open connections get to finish once an HTTPS server is told to stop.
 const DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Wait for Ctrl-C, then end live streams, take a last checkpoint and stop the engine.
-async fn stop_on_ctrl_c(
+/// Wait for Ctrl-C or SIGTERM (what systemd, Docker and Kubernetes send), then end live
+/// streams, take a last checkpoint and stop the engine.
+async fn stop_on_signal(
     engine: Engine,
     shutdown: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
 ) {
-    let _ = tokio::signal::ctrl_c().await;
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
     tracing::info!("shutting down");
     // End live streams, or graceful shutdown would wait for them forever.
     let _ = shutdown.send(true);

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use axum_server::tls_rustls::RustlsConfig;
 use rustls::ServerConfig;
@@ -65,11 +65,14 @@ impl TlsFiles {
         Ok(Arc::new(config))
     }
 
-    /// When either file last changed (None while one is missing).
-    fn stamp(&self) -> Option<(SystemTime, SystemTime, u64, u64)> {
-        let c = std::fs::metadata(&self.cert).ok()?;
-        let k = std::fs::metadata(&self.key).ok()?;
-        Some((c.modified().ok()?, k.modified().ok()?, c.len(), k.len()))
+    /// Both files' bytes (None while one cannot be read): compared, not their times,
+    /// so a renewal is seen however it is written (in place, renamed over, or the
+    /// symlink swap of a Kubernetes secret volume).
+    fn contents(&self) -> Option<(Vec<u8>, Vec<u8>)> {
+        Some((
+            std::fs::read(&self.cert).ok()?,
+            std::fs::read(&self.key).ok()?,
+        ))
     }
 }
 
@@ -77,13 +80,13 @@ impl TlsFiles {
 /// `stop` fires.
 pub fn watch(files: TlsFiles, config: RustlsConfig, mut stop: tokio::sync::watch::Receiver<bool>) {
     tokio::spawn(async move {
-        let mut seen = files.stamp();
+        let mut seen = files.contents();
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(WATCH_EVERY) => {}
                 _ = stop.changed() => return,
             }
-            let now = files.stamp();
+            let now = files.contents();
             if now.is_none() || now == seen {
                 continue;
             }

@@ -3,7 +3,9 @@
 //! belong to the rows they sit beside, and the batch is valid Arrow.
 
 use datafusion::arrow::array::{Array, AsArray};
-use datafusion::arrow::datatypes::{DataType, Field, Int64Type, TimeUnit};
+use datafusion::arrow::datatypes::{
+    DataType, Field, Int32Type, Int64Type, TimeUnit, TimestampMillisecondType,
+};
 use proptest::prelude::*;
 use rdkafka::Timestamp;
 use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
@@ -138,6 +140,23 @@ proptest! {
             let m = &messages[((offset - first) / 2) as usize];
             let value = m.0.as_deref().unwrap_or_default();
             prop_assert!(value.len() <= max_bytes, "an oversized message became a row");
+            let part = batch.column_by_name("part").expect("part").as_primitive::<Int32Type>();
+            prop_assert_eq!(part.value(row), 4);
+            let sent = batch.column_by_name("sent").expect("sent").as_primitive::<TimestampMillisecondType>();
+            prop_assert_eq!(sent.is_null(row), m.2.is_none());
+            if let Some(t) = m.2 {
+                prop_assert_eq!(sent.value(row), t);
+            }
+            prop_assert_eq!(batch.column_by_name("t").expect("t").as_string::<i32>().value(row), "topic-\u{e9}");
+            let key = batch.column_by_name("k").expect("k");
+            prop_assert_eq!(key.is_null(row), m.1.is_none());
+            if let Some(k) = &m.1 {
+                if kind == 1 {
+                    prop_assert_eq!(key.as_binary::<i32>().value(row), k.as_slice());
+                } else {
+                    prop_assert_eq!(key.as_string::<i32>().value(row), String::from_utf8_lossy(k));
+                }
+            }
             let h = batch.column_by_name("h").expect("h").as_string::<i32>();
             prop_assert_eq!(h.is_null(row), m.3.is_none());
             if !h.is_null(row) {

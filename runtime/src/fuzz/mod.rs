@@ -22,10 +22,11 @@ use proptest::sample::Index;
 use proptest::test_runner::Config;
 
 /// The cases per target come from `PROPTEST_CASES` (default 256); failures are not
-/// written into the source tree.
+/// written into the source tree, and shrinking one stops after a minute.
 pub fn config() -> Config {
     Config {
         failure_persistence: None,
+        max_shrink_time: 60_000,
         ..Config::default()
     }
 }

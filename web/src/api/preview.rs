@@ -14,7 +14,7 @@ use tokio::sync::broadcast::error::RecvError;
 use weir_runtime::Preview;
 
 use crate::app::AppState;
-use crate::error::ApiResult;
+use crate::error::{ApiError, ApiResult};
 use crate::format::rows_json;
 
 #[derive(Debug, Deserialize)]
@@ -33,7 +33,11 @@ pub async fn preview(
     Query(q): Query<PreviewQuery>,
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT).max(1);
-    let preview = state.engine.preview(&q.sql).await?;
+    let preview = state
+        .engine
+        .preview(&q.sql)
+        .await
+        .map_err(|e| ApiError::of_statement(e, &q.sql))?;
     let schema = match &preview {
         Preview::Live(p) => p.schema.clone(),
         Preview::Rows { schema, .. } => schema.clone(),

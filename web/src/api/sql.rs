@@ -42,7 +42,8 @@ pub async fn execute(
             "call plugin functions in ad hoc SQL",
         ));
     }
-    match state.engine.execute(&request.sql).await? {
+    let done = state.engine.execute(&request.sql).await;
+    match done.map_err(|e| ApiError::of_statement(e, &request.sql))? {
         SqlOutput::Rows {
             schema,
             batches,
