@@ -14,18 +14,11 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::buffer::Buffer;
 use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::arrow::error::ArrowError;
-use datafusion::arrow::ipc::convert::fb_to_schema;
-use datafusion::arrow::ipc::reader::{FileDecoder, read_footer_length};
-use datafusion::arrow::ipc::writer::FileWriter;
-use datafusion::arrow::ipc::{Block, root_as_footer};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
-use super::{Position, SourceSnapshot};
+use super::{Position, SourceSnapshot, state_file};
 use crate::catalog_file::Entry;
 use crate::sink::feed::{Change, ChangeKind, Epoch, Outbox};
 use crate::{Error, Result};
@@ -447,26 +440,6 @@ fn info(m: &Manifest) -> CheckpointInfo {
     }
 }
 
-/// A file writer that counts and hashes what passes through it.
-struct HashingWriter {
-    file: std::io::BufWriter<std::fs::File>,
-    hasher: Sha256,
-    bytes: u64,
-}
-
-impl std::io::Write for HashingWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.file.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.bytes += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.file.flush()
-    }
-}
-
 fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let mut file = std::fs::File::create(path)?;
@@ -474,7 +447,7 @@ fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     file.sync_all()
 }
 
-/// Write batches as an Arrow IPC file and note its checksum; returns the file's name.
+/// Write batches as a state file and note its size and checksum; returns its name.
 fn write_ipc<'a>(
     dir: &Path,
     name: &str,
@@ -482,33 +455,13 @@ fn write_ipc<'a>(
     batches: impl Iterator<Item = &'a RecordBatch>,
     files: &mut Vec<FileEntry>,
 ) -> Result<String> {
-    // Streamed to the file, hashed on the way: no copy of the state in memory.
-    let sink = HashingWriter {
-        file: std::io::BufWriter::new(std::fs::File::create(dir.join(name))?),
-        hasher: Sha256::new(),
-        bytes: 0,
-    };
-    let mut writer = FileWriter::try_new(sink, schema)?;
-    for b in batches {
-        writer.write(b)?;
-    }
-    writer.finish()?;
-    let HashingWriter {
-        file,
-        hasher,
-        bytes,
-    } = writer.into_inner()?;
-    file.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    let (bytes, sha256) = state_file::write(&dir.join(name), schema, batches)?;
     files.push(FileEntry {
         name: name.to_string(),
         bytes,
-        sha256: hex(&hasher.finalize()),
+        sha256,
     });
     Ok(name.to_string())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn read_manifest(dir: &Path) -> Result<Manifest> {
@@ -528,58 +481,6 @@ fn read_manifest(dir: &Path) -> Result<Manifest> {
         .map_err(|e| Error::Internal(format!("manifest.json does not parse: {e}")))
 }
 
-/// The batches of a state file. A file that matches its checksum was written by weir,
-/// but a damaged disk or a hand edit (with the checksum fixed) must make this checkpoint
-/// damaged, not the start fail: arrow-ipc's `FileReader` allocates whatever length a
-/// footer claims (a process abort when it is absurd), so the file is read from memory
-/// and every block checked to lie within it first; a panic of the decoder is an error.
-fn read_state_file(name: &str, bytes: Vec<u8>) -> Result<Vec<RecordBatch>> {
-    std::panic::catch_unwind(|| decode_ipc_file(Buffer::from_vec(bytes)))
-        .unwrap_or_else(|_| Err(ArrowError::IpcError("the reader panicked".into())))
-        .map_err(|e| Error::Internal(format!("{name} does not decode: {e}")))
-}
-
-/// Every record batch of an Arrow IPC file held in memory.
-fn decode_ipc_file(file: Buffer) -> std::result::Result<Vec<RecordBatch>, ArrowError> {
-    let bad = |what: &str| ArrowError::IpcError(format!("not an Arrow file: {what}"));
-    let trailer_start = file.len().checked_sub(10).ok_or_else(|| bad("too short"))?;
-    let trailer: [u8; 10] = file[trailer_start..]
-        .try_into()
-        .map_err(|_| bad("too short"))?;
-    let footer_start = trailer_start
-        .checked_sub(read_footer_length(trailer)?)
-        .ok_or_else(|| bad("the footer is longer than the file"))?;
-    let footer = root_as_footer(&file[footer_start..trailer_start])
-        .map_err(|e| bad(&format!("bad footer: {e}")))?;
-    let schema = footer.schema().ok_or_else(|| bad("no schema"))?;
-    let mut decoder = FileDecoder::new(Arc::new(fb_to_schema(schema)), footer.version());
-    let block = |b: &Block| {
-        let start = usize::try_from(b.offset()).ok();
-        let len = usize::try_from(b.metaDataLength())
-            .ok()
-            .zip(usize::try_from(b.bodyLength()).ok())
-            .and_then(|(m, body)| m.checked_add(body));
-        match start.zip(len) {
-            Some((start, len))
-                if start
-                    .checked_add(len)
-                    .is_some_and(|end| end <= footer_start) =>
-            {
-                Ok(file.slice_with_length(start, len))
-            }
-            _ => Err(bad("a block lies outside the file")),
-        }
-    };
-    for b in footer.dictionaries().iter().flatten() {
-        decoder.read_dictionary(b, &block(b)?)?;
-    }
-    let mut batches = Vec::new();
-    for b in footer.recordBatches().iter().flatten() {
-        batches.extend(decoder.read_record_batch(b, &block(b)?)?);
-    }
-    Ok(batches)
-}
-
 /// Read and verify one checkpoint: every file must have its recorded size and checksum.
 pub(crate) fn read_checkpoint(dir: &Path) -> Result<Restored> {
     let manifest = read_manifest(dir)?;
@@ -592,7 +493,7 @@ pub(crate) fn read_checkpoint(dir: &Path) -> Result<Restored> {
             )));
         }
         let bytes = std::fs::read(dir.join(&f.name))?;
-        if bytes.len() as u64 != f.bytes || hex(&Sha256::digest(&bytes)) != f.sha256 {
+        if bytes.len() as u64 != f.bytes || state_file::sha256_hex(&bytes) != f.sha256 {
             return Err(Error::Internal(format!(
                 "{} does not match its checksum ({} bytes, {} expected)",
                 f.name,
@@ -600,7 +501,7 @@ pub(crate) fn read_checkpoint(dir: &Path) -> Result<Restored> {
                 f.bytes
             )));
         }
-        let batches = read_state_file(&f.name, bytes)?;
+        let batches = state_file::read(&f.name, bytes)?;
         verified.insert(f.name.clone(), batches);
     }
     let mut take = |name: &Option<String>| -> Result<Vec<RecordBatch>> {
