@@ -114,3 +114,6 @@ fn routes(state: AppState) -> Router {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod every_route;
