@@ -34,7 +34,7 @@ pub enum Preview {
 /// A running preview; dropping it stops it.
 pub struct LivePreview {
     pub schema: SchemaRef,
-    pub changes: broadcast::Receiver<RecordBatch>,
+    pub changes: broadcast::Receiver<Arc<crate::view::Published>>,
     /// It counts among the ad hoc queries running (runtime.queries.max-concurrent), and
     /// ends at their time limit.
     pub time_limit: std::time::Duration,

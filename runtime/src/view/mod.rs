@@ -26,7 +26,10 @@ use crate::plugin::PluginEntry;
 use crate::sink::feed::{Change, ChangeKind, Outbox, SinkFeed};
 use weir_sql::{KeyedRows, Operator};
 
+pub use published::Published;
+
 mod graph;
+mod published;
 mod rows;
 
 pub use graph::OperatorStatus;
@@ -65,7 +68,7 @@ pub struct ViewRuntime {
     max_rows: Option<usize>,
     /// Rows released to stay within `max_rows`.
     rows_released: AtomicU64,
-    updates: broadcast::Sender<RecordBatch>,
+    updates: broadcast::Sender<Arc<Published>>,
     pub(crate) late_rows: IntCounter,
     pub(crate) rows_emitted: IntCounter,
     /// See `Metrics::end_to_end_latency`.
@@ -82,11 +85,11 @@ pub struct ViewRuntime {
     /// Batches (with the watermark before each) kept while the view is paused.
     held: Mutex<Vec<(RecordBatch, Option<i64>)>>,
     /// Changes since the last snapshot, kept while a client follows committed changes.
-    uncommitted: Mutex<Vec<RecordBatch>>,
+    uncommitted: Mutex<Vec<Arc<Published>>>,
     /// Changes of snapshots that no written checkpoint holds yet, by epoch.
-    sealed: Mutex<Vec<(u64, Vec<RecordBatch>)>>,
+    sealed: Mutex<Vec<(u64, Vec<Arc<Published>>)>>,
     /// Changes once a written checkpoint holds them, with its epoch.
-    committed: broadcast::Sender<(u64, RecordBatch)>,
+    committed: broadcast::Sender<(u64, Arc<Published>)>,
     /// The rows as of the newest written checkpoint.
     committed_rows: RwLock<Vec<RecordBatch>>,
     /// Whether checkpoints run (else nothing is ever committed, nor kept for it).
@@ -392,7 +395,7 @@ impl ViewRuntime {
 
     /// Changes as they become durable: each with the epoch of the checkpoint that
     /// holds it, so no crash can take one back.
-    pub fn subscribe_committed(&self) -> broadcast::Receiver<(u64, RecordBatch)> {
+    pub fn subscribe_committed(&self) -> broadcast::Receiver<(u64, Arc<Published>)> {
         self.committed.subscribe()
     }
 

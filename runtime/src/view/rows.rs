@@ -3,12 +3,13 @@
 //! aggregate), and each change passed to subscribers, committed readers and sinks.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use datafusion::arrow::array::RecordBatch;
 use tokio::sync::broadcast;
 
-use super::ViewRuntime;
+use super::{Published, ViewRuntime};
 use crate::sink::feed::{Change, ChangeKind};
 use weir_sql::{KeyedChange, KeyedRows};
 
@@ -97,7 +98,7 @@ impl ViewRuntime {
     }
 
     /// New rows as they are emitted.
-    pub fn subscribe(&self) -> broadcast::Receiver<RecordBatch> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Published>> {
         self.updates.subscribe()
     }
 
@@ -204,10 +205,11 @@ impl ViewRuntime {
     pub(super) fn notify(&self, batch: RecordBatch) {
         // Kept even without committed subscribers: one may subscribe before the
         // checkpoint that holds this change. Shared arrays, not copies.
+        let change = Published::new(batch);
         if self.checkpointed {
-            self.uncommitted.lock().push(batch.clone());
+            self.uncommitted.lock().push(change.clone());
         }
         // No subscribers is fine.
-        let _ = self.updates.send(batch);
+        let _ = self.updates.send(change);
     }
 }

@@ -76,7 +76,8 @@ pub async fn preview(
                         return Some((end.boxed(), (live, sent, true)));
                     };
                     match received {
-                        Ok(batch) => {
+                        Ok(change) => {
+                            let batch = &change.rows;
                             let take = batch.num_rows().min(limit - sent);
                             let event = rows(&[batch.slice(0, take)]);
                             let sent = sent + take;

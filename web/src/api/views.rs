@@ -1,6 +1,7 @@
 //! Views: list, current rows, and live changes over server-sent events.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
@@ -12,6 +13,7 @@ use futures::{Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
+use weir_runtime::view::Published;
 
 use crate::app::AppState;
 use arrow::array::RecordBatch;
@@ -202,14 +204,19 @@ pub async fn stream(
             let (epoch, received) = match &mut changes {
                 Changes::Live(rx) => (None, rx.recv().await),
                 Changes::Committed(rx) => match rx.recv().await {
-                    Ok((epoch, batch)) => (Some(epoch), Ok(batch)),
+                    Ok((epoch, change)) => (Some(epoch), Ok(change)),
                     Err(e) => (None, Err(e)),
                 },
             };
             let event = match received {
-                Ok(batch) => match rows_json(&schema, &[batch]) {
-                    Ok(v) => Event::default().event("rows").data(v.to_string()),
-                    Err(e) => Event::default().event("error").data(e.to_string()),
+                // Encoded once for all of the view's readers.
+                Ok(change) => match change.text(|rows| {
+                    rows_json(&schema, std::slice::from_ref(rows))
+                        .map(|v| v.to_string())
+                        .map_err(|e| e.to_string())
+                }) {
+                    Ok(text) => Event::default().event("rows").data(text),
+                    Err(e) => Event::default().event("error").data(e),
                 },
                 Err(RecvError::Lagged(n)) => {
                     let lagged = Event::default().event("lagged").data(n.to_string());
@@ -232,6 +239,6 @@ pub async fn stream(
 
 /// What a stream follows.
 enum Changes {
-    Live(tokio::sync::broadcast::Receiver<arrow::array::RecordBatch>),
-    Committed(tokio::sync::broadcast::Receiver<(u64, arrow::array::RecordBatch)>),
+    Live(tokio::sync::broadcast::Receiver<Arc<Published>>),
+    Committed(tokio::sync::broadcast::Receiver<(u64, Arc<Published>)>),
 }
