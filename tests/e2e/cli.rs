@@ -139,13 +139,18 @@ async fn bench_reports_the_rate_of_a_query_and_of_its_input_alone() {
 }
 
 #[tokio::test]
-async fn ctrl_c_takes_a_last_checkpoint_and_exits_cleanly() -> anyhow::Result<()> {
-    let weir = crate::support::Weir::start(&[]).await?;
-    weir.exec("CREATE SOURCE s (id BIGINT) WITH (connector = 'http')")
-        .await?;
-    let (status, data_dir) = weir.stop_with("INT").await?;
-    let log = std::fs::read_to_string(data_dir.path().join("weir.log"))?;
-    assert!(status.success(), "exit after Ctrl-C: {status}\n{log}");
-    assert!(log.contains("final checkpoint written"), "{log}");
+async fn ctrl_c_and_sigterm_take_a_last_checkpoint_and_exit_cleanly() -> anyhow::Result<()> {
+    for signal in ["INT", "TERM"] {
+        let weir = crate::support::Weir::start(&[]).await?;
+        weir.exec("CREATE SOURCE s (id BIGINT) WITH (connector = 'http')")
+            .await?;
+        let (status, data_dir) = weir.stop_with(signal).await?;
+        let log = std::fs::read_to_string(data_dir.path().join("weir.log"))?;
+        assert!(status.success(), "exit after SIG{signal}: {status}\n{log}");
+        assert!(
+            log.contains("final checkpoint written"),
+            "SIG{signal}: {log}"
+        );
+    }
     Ok(())
 }

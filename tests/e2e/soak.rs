@@ -254,13 +254,13 @@ async fn subscriber(
 }
 
 /// DDL and plugin uploads while everything else runs: every answer given while the
-/// server is up must be a success.
-async fn ddl(server: Arc<Server>) -> Result<u64> {
+/// server is up must be a success. How many statements and uploads succeeded.
+async fn ddl(server: Arc<Server>) -> Result<[u64; 2]> {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()?;
     let wasm = plugin_wasm("weir_plugin_passthrough");
-    let mut done = 0;
+    let mut done = [0; 2];
     for n in 0u64.. {
         if server.stop.load(Ordering::Relaxed) {
             break;
@@ -288,18 +288,17 @@ async fn ddl(server: Arc<Server>) -> Result<u64> {
                 wasm.clone(),
             ),
         ];
-        for (target, body) in steps {
+        for (step, (target, body)) in steps.into_iter().enumerate() {
             let at = Instant::now();
             let sent = client.post(&target).body(body).send().await;
             match sent {
-                Ok(r) if r.status().is_success() => done += 1,
-                Ok(r) if server.restarting(at) || r.status() == 503 => {}
+                Ok(r) if r.status().is_success() => done[usize::from(step == 2)] += 1,
+                Ok(_) | Err(_) if server.restarting(at) => {}
                 Ok(r) => bail!(
                     "{target} answered {}: {}",
                     r.status(),
                     r.text().await.unwrap_or_default()
                 ),
-                Err(e) if server.restarting(at) || e.is_connect() => {}
                 Err(e) => bail!("{target}: {e}"),
             }
         }
@@ -513,33 +512,6 @@ async fn soak(settings: Settings) -> Result<()> {
         })
         .filter(|h| h.1 > 0)
         .collect();
-    loop {
-        let now = weir.get("/api/v1/views/halves").await?;
-        if halves(&now["rows"]) == expected_halves {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "view halves holds {} after 120 s, expected {expected_halves:?}",
-                now["rows"]
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    let per_writer = weir.get("/api/v1/views/per_writer").await?;
-    let mut counted: BTreeMap<i64, (i64, i64)> = BTreeMap::new();
-    for row in per_writer["rows"].as_array().context("rows")? {
-        let number = |i: usize| row[i].as_i64().unwrap_or(-1);
-        counted.insert(number(0), (number(1), number(2)));
-    }
-    anyhow::ensure!(
-        counted == acked.per_writer,
-        "per_writer differs from what was acknowledged:\n counted {counted:?}\n acked {:?}",
-        acked.per_writer
-    );
-    let (code, recent) = weir
-        .sql("SELECT count(*) AS n, count(DISTINCT id) AS d, sum(id) AS s FROM recent")
-        .await?;
     let kept: Vec<i64> = acked
         .per_writer
         .iter()
@@ -547,10 +519,36 @@ async fn soak(settings: Settings) -> Result<()> {
         .filter(|id| id % 97 == 0)
         .collect();
     let expected_recent = json!([[kept.len(), kept.len(), kept.iter().sum::<i64>()]]);
-    anyhow::ensure!(
-        code == 200 && recent["rows"] == expected_recent,
-        "recent holds {recent}, expected {expected_recent}"
-    );
+    // A batch reaches the views one after another: wait until all three hold it all.
+    loop {
+        let now_halves = weir.get("/api/v1/views/halves").await?;
+        let per_writer = weir.get("/api/v1/views/per_writer").await?;
+        let mut counted: BTreeMap<i64, (i64, i64)> = BTreeMap::new();
+        for row in per_writer["rows"].as_array().context("rows")? {
+            let number = |i: usize| row[i].as_i64().unwrap_or(-1);
+            counted.insert(number(0), (number(1), number(2)));
+        }
+        let (code, recent) = weir
+            .sql("SELECT count(*) AS n, count(DISTINCT id) AS d, sum(id) AS s FROM recent")
+            .await?;
+        let halves_right = halves(&now_halves["rows"]) == expected_halves;
+        let per_writer_right = counted == acked.per_writer;
+        let recent_right = code == 200 && recent["rows"] == expected_recent;
+        if halves_right && per_writer_right && recent_right {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "after 120 s the views differ from what was acknowledged:\n\
+                 halves {} (expected {expected_halves:?})\n\
+                 per_writer {counted:?}\n (expected {:?})\n\
+                 recent {recent} (expected {expected_recent})",
+                now_halves["rows"],
+                acked.per_writer
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 
     // Memory: flat under load in the last life, and no higher once the load is gone;
     // descriptors: back to what the last process had before readers and writers came.
@@ -578,7 +576,8 @@ async fn soak(settings: Settings) -> Result<()> {
         "subscribers": settings.subscribers,
         "records_acknowledged": total.0,
         "requests_retried": retries,
-        "ddl_and_uploads": ddl_done,
+        "ddl_statements": ddl_done[0],
+        "plugin_uploads": ddl_done[1],
         "ticks": ticks,
         "sse_events": reading.events.load(Ordering::Relaxed),
         "sse_connects": reading.connects.load(Ordering::Relaxed),
@@ -607,7 +606,10 @@ async fn soak(settings: Settings) -> Result<()> {
         reading.events.load(Ordering::Relaxed) > 0,
         "no reader received an event"
     );
-    anyhow::ensure!(ddl_done > 0, "no DDL or upload succeeded");
+    anyhow::ensure!(
+        ddl_done[0] > 0 && ddl_done[1] > 0,
+        "statements and uploads that succeeded: {ddl_done:?}"
+    );
     anyhow::ensure!(
         let_go == 5,
         "{let_go} of 5 stalled readers were let go with `lagged`"

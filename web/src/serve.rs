@@ -6,6 +6,7 @@ use std::path::Path;
 use anyhow::Context;
 use axum_server::tls_rustls::RustlsConfig;
 use tokio::net::TcpListener;
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use weir_runtime::Engine;
 
 use crate::app::{AppState, app};
@@ -13,6 +14,7 @@ use crate::config::ServerConfig;
 
 /// Run the server. Errors are one line a person can act on.
 pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
+    let signals = Signals::catch()?;
     let data_dir = &config.runtime.data_dir;
     check_data_dir(data_dir)?;
     let tokens = crate::auth::Tokens::of(Some(data_dir));
@@ -55,7 +57,7 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
         .with_tokens(tokens);
     state.rates.start(engine.clone());
     let shutdown = state.shutdown.clone();
-    let stopped = stop_on_signal(engine, shutdown.clone());
+    let stopped = stop_on_signal(signals, engine, shutdown.clone());
     match tls {
         None => axum::serve(listener, app(state))
             .with_graceful_shutdown(stopped)
@@ -83,24 +85,42 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
 /// How long open connections get to finish once an HTTPS server is told to stop.
 const DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Wait for Ctrl-C or SIGTERM (what systemd, Docker and Kubernetes send), then end live
-/// streams, take a last checkpoint and stop the engine.
+/// Ctrl-C and SIGTERM (what systemd, Docker and Kubernetes send), caught from the start:
+/// a signal that comes while weir is still starting stops it as gracefully as later.
+struct Signals {
+    interrupt: Signal,
+    terminate: Signal,
+}
+
+impl Signals {
+    fn catch() -> anyhow::Result<Self> {
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt()).context("catching Ctrl-C")?,
+            terminate: signal(SignalKind::terminate()).context("catching SIGTERM")?,
+        })
+    }
+
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+    }
+}
+
+/// Wait for Ctrl-C or SIGTERM, then end live streams, take a last checkpoint and stop
+/// the engine. A second signal stops the process at once.
 async fn stop_on_signal(
+    mut signals: Signals,
     engine: Engine,
     shutdown: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
 ) {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                term.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate => {}
-    }
+    signals.next().await;
+    tokio::spawn(async move {
+        signals.next().await;
+        tracing::warn!("a second signal: stopping now, without the last checkpoint");
+        std::process::exit(130);
+    });
     tracing::info!("shutting down");
     // End live streams, or graceful shutdown would wait for them forever.
     let _ = shutdown.send(true);

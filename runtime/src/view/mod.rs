@@ -428,7 +428,12 @@ impl ViewRuntime {
     /// The operator's state and the rows, for checkpoint `epoch`; the changes so far
     /// are sealed under it.
     pub(crate) fn checkpoint(&self, epoch: u64) -> weir_sql::Result<ViewSnapshot> {
-        let changes = std::mem::take(&mut *self.uncommitted.lock());
+        // Sealed without the text live readers made: committed readers encode once
+        // more, and changes held while checkpoints fail hold only their rows.
+        let changes: Vec<_> = std::mem::take(&mut *self.uncommitted.lock())
+            .into_iter()
+            .map(|c| Published::new(c.rows.clone()))
+            .collect();
         if !changes.is_empty() {
             let mut sealed = self.sealed.lock();
             sealed.push((epoch, changes));

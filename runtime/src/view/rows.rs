@@ -204,7 +204,8 @@ impl ViewRuntime {
     /// holds it.
     pub(super) fn notify(&self, batch: RecordBatch) {
         // Kept even without committed subscribers: one may subscribe before the
-        // checkpoint that holds this change. Shared arrays, not copies.
+        // checkpoint that holds this change. Shared arrays, not copies (and, until the
+        // next checkpoint seals it, the text live readers made of it).
         let change = Published::new(batch);
         if self.checkpointed {
             self.uncommitted.lock().push(change.clone());

@@ -59,6 +59,7 @@ async fn with_tokens_every_route_needs_one_and_keeps_to_its_role() {
     let dir = tempfile::tempdir().expect("dir");
     let reader = create(dir.path(), Role::Reader).expect("token");
     let writer = create(dir.path(), Role::Writer).expect("token");
+    let admin = create(dir.path(), Role::Admin).expect("token");
     let state = AppState::new(Engine::in_memory(RuntimeConfig::default()))
         .with_tokens(Tokens::of(Some(dir.path())));
     let app = app(state);
@@ -69,8 +70,17 @@ async fn with_tokens_every_route_needs_one_and_keeps_to_its_role() {
         let open = path == "/" || path == "/healthz" || path.starts_with("/assets/");
         for method in methods {
             let without = status(&app, &method, &path, None).await;
+            // An admin is never refused, anywhere.
+            let as_admin = status(&app, &method, &path, Some(&admin)).await;
+            assert!(
+                ![StatusCode::UNAUTHORIZED, StatusCode::FORBIDDEN].contains(&as_admin),
+                "{method} {path} as an admin: {as_admin}"
+            );
             if open {
-                assert_ne!(without, StatusCode::UNAUTHORIZED, "{method} {path}");
+                assert!(
+                    ![StatusCode::UNAUTHORIZED, StatusCode::FORBIDDEN].contains(&without),
+                    "{method} {path} is open: {without}"
+                );
                 continue;
             }
             assert_eq!(

@@ -445,6 +445,18 @@ async fn sql_errors_say_where_they_are() {
     let body = serde_json::json!({ "sql": "SELECT id FROM v WHERE" }).to_string();
     let (_, body) = call(&app, "POST", "/api/v1/sql", &body).await;
     assert!(body.get("position").is_none(), "{body}");
+    // The parser puts an unterminated string past the end: the answer keeps it inside.
+    for (sql, end) in [("SELECT $$open", 14), ("SELECT 1 /* open", 17)] {
+        let body = serde_json::json!({ "sql": sql }).to_string();
+        let (_, body) = call(&app, "POST", "/api/v1/sql", &body).await;
+        let p = &body["position"];
+        assert_eq!(
+            (p["line"].as_u64(), p["end_column"].as_u64()),
+            (Some(1), Some(end)),
+            "{sql}: {body}"
+        );
+        assert!(p["column"].as_u64() <= Some(end), "{sql}: {body}");
+    }
 }
 
 #[tokio::test]
