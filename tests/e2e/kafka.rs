@@ -1440,3 +1440,45 @@ async fn raw_bytes_and_keys_arrive_as_sent() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn ctrl_c_commits_the_last_checkpoints_offsets_to_the_group() -> Result<()> {
+    let topic = unique("shutdown");
+    let group = unique("g");
+    create_topic(&topic, 2).await?;
+    let bids: Vec<(i32, Option<String>, String)> = (0..100)
+        .map(|i| ((i % 2) as i32, None, bid(i, i % 5, 1_000 + i)))
+        .collect();
+    produce(&topic, &bids).await?;
+    // No checkpoint on a timer: only the last one, at shutdown, can commit.
+    let (dir, config) = config_dir("[runtime.checkpoints]\ninterval = '1h'\n").await?;
+    let weir = Weir::start_in(dir, &["--config", &config]).await?;
+    let b = brokers();
+    weir.exec(&format!(
+        "CREATE SOURCE bids (id BIGINT, user_id BIGINT, price BIGINT, ts TIMESTAMP) \
+         WITH (connector = 'kafka', brokers = '{b}', topic = '{topic}', group = '{group}', start = 'earliest')"
+    ))
+    .await?;
+    weir.exec(
+        "CREATE MATERIALIZED VIEW n AS SELECT user_id, count(*) AS n FROM bids GROUP BY user_id",
+    )
+    .await?;
+    weir.wait_for("100 bids", Duration::from_secs(60), || async {
+        Ok((column_sum(&weir, "n", "n").await? == Some(100)).then_some(()))
+    })
+    .await?;
+    let everything = BTreeMap::from([(0, 50), (1, 50)]);
+    ensure!(
+        committed(&group, &topic, 2)? != everything,
+        "the group had the offsets before any checkpoint"
+    );
+    let (status, data_dir) = weir.stop_with("INT").await?;
+    let log = std::fs::read_to_string(data_dir.path().join("weir.log"))?;
+    ensure!(status.success(), "exit after Ctrl-C: {status}\n{log}");
+    ensure!(
+        committed(&group, &topic, 2)? == everything,
+        "after Ctrl-C the group holds {:?}\n{log}",
+        committed(&group, &topic, 2)?
+    );
+    Ok(())
+}
