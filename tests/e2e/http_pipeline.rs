@@ -581,3 +581,53 @@ async fn orders_join_the_prices_table_as_it_is_when_they_arrive() -> Result<()> 
     weir.exec("DROP VIEW latest").await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn an_aggregate_without_group_by_is_one_row_kept_up_to_date_across_a_restart() -> Result<()> {
+    let weir = crate::kafka::start_checkpointed().await?;
+    weir.exec("CREATE SOURCE events (id BIGINT, amount BIGINT) WITH (connector = 'http')")
+        .await?;
+    weir.exec(
+        "CREATE MATERIALIZED VIEW total AS \
+         SELECT count(*) AS n, sum(amount) AS amount, max(id) AS last FROM events WHERE amount > 0",
+    )
+    .await?;
+    let explain = weir.exec("EXPLAIN VIEW total").await?.to_string();
+    anyhow::ensure!(
+        explain.contains("one group (no GROUP BY)")
+            && !explain.contains("parallel instances")
+            && !explain.contains("__weir"),
+        "{explain}"
+    );
+    let records = |from: i64, to: i64| -> String {
+        (from..to)
+            .map(|i| format!("{{\"id\": {i}, \"amount\": {}}}\n", i % 3))
+            .collect()
+    };
+    let expected = |to: i64| {
+        let kept: Vec<i64> = (0..to).filter(|i| i % 3 > 0).collect();
+        json!([[
+            kept.len(),
+            kept.iter().map(|i| i % 3).sum::<i64>(),
+            kept.last()
+        ]])
+    };
+    weir.post_batch("events", records(0, 50)).await?;
+    weir.wait_for("one row of 50", Duration::from_secs(30), || async {
+        let rows = weir.get("/api/v1/views/total").await?["rows"].clone();
+        Ok((rows == expected(50)).then_some(()))
+    })
+    .await?;
+    // Checkpointed (every 200 ms), killed, restarted: it counts on from there.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let config = weir.data_dir.path().join("weir.toml");
+    let config = config.to_string_lossy().to_string();
+    let weir = weir.restart(&["--config", &config]).await?;
+    weir.post_batch("events", records(50, 80)).await?;
+    weir.wait_for("one row of 80", Duration::from_secs(30), || async {
+        let rows = weir.get("/api/v1/views/total").await?["rows"].clone();
+        Ok((rows == expected(80)).then_some(()))
+    })
+    .await?;
+    Ok(())
+}

@@ -15,6 +15,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::logical_expr::EmitTo;
 use datafusion::physical_plan::aggregates::group_values::{GroupValues, new_group_values};
 use datafusion::physical_plan::aggregates::order::GroupOrdering;
+use datafusion::physical_plan::expressions::Literal;
 use std::sync::Arc;
 
 use super::shards::{Router, each_shard, take_rows};
@@ -216,8 +217,14 @@ impl Operator for UpdatingAggregate {
     }
 
     fn set_parallelism(&mut self, n: usize) -> Result<usize> {
-        // One global group has no key to route by.
-        let n = if self.plan.group_by.is_empty() {
+        // One global group (no key, or the constant key of an aggregate without GROUP
+        // BY) has nothing to route by.
+        let n = if self
+            .plan
+            .group_by
+            .iter()
+            .all(|e| e.downcast_ref::<Literal>().is_some())
+        {
             1
         } else {
             n.max(1)

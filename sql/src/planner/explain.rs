@@ -56,13 +56,14 @@ pub(crate) fn explain(
                 if let Some(w) = window {
                     ops.push(("window".into(), w.describe()));
                 }
+                let groups = if a.group_expr.is_empty() {
+                    "one group (no GROUP BY)".to_string()
+                } else {
+                    format!("group by {}", list(&a.group_expr))
+                };
                 ops.push((
                     "aggregate".into(),
-                    format!(
-                        "group by {}; compute {}",
-                        list(&a.group_expr),
-                        list(&a.aggr_expr)
-                    ),
+                    format!("{groups}; compute {}", list(&a.aggr_expr)),
                 ));
             }
             _ => {}

@@ -3,11 +3,12 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
 use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
 use datafusion::logical_expr::{Expr, FetchType, LogicalPlan, SkipType};
 use datafusion::physical_expr::aggregate::LoweredAggregateBuilder;
 use datafusion::physical_expr::execution_props::ExecutionProps;
+use datafusion::physical_expr::expressions::lit;
 use datafusion::physical_expr::{create_physical_expr, create_physical_sort_exprs};
 
 use super::steps::{Step, Steps};
@@ -33,12 +34,6 @@ pub(crate) fn lower_aggregate(
             "nested aggregation (a grouped subquery) is not supported yet"
         ));
     }
-    if agg.group_expr.is_empty() {
-        return Err(unsupported!(
-            "an aggregate without GROUP BY over a stream is not supported yet: group by a key, \
-             or read FROM TUMBLE(source, time_column, size) and GROUP BY window_start, window_end"
-        ));
-    }
     if windowed && !any_window_column(&agg.input, &agg.group_expr) {
         return Err(invalid!(
             "a windowed query must GROUP BY window_start or window_end (and any keys)"
@@ -46,6 +41,9 @@ pub(crate) fn lower_aggregate(
     }
     let input = agg.input.schema();
     let pctx = PhysicalPlanningContext::default();
+    if agg.group_expr.is_empty() {
+        return lower_global(agg, chain, at, props);
+    }
     let group_by = agg
         .group_expr
         .iter()
@@ -59,8 +57,26 @@ pub(crate) fn lower_aggregate(
     let n_keys = agg.group_expr.len();
     let aggregate_schema: SchemaRef = Arc::new(agg.schema.as_arrow().clone());
     let group_schema = Arc::new(Schema::new(aggregate_schema.fields()[..n_keys].to_vec()));
-    let aggregates = agg
-        .aggr_expr
+    let aggregates = lower_calls(agg, props)?;
+    Ok(GroupedPlan {
+        pre: lower_chain(&chain[at + 1..], props)?,
+        group_by,
+        group_schema,
+        aggregates,
+        aggregate_schema,
+        post: lower_chain(&chain[..at], props)?,
+        shards: 1,
+    })
+}
+
+/// The aggregate calls of `agg`, as the group tables run them.
+fn lower_calls(
+    agg: &datafusion::logical_expr::Aggregate,
+    props: &ExecutionProps,
+) -> Result<Vec<AggregateCall>> {
+    let input = agg.input.schema();
+    let pctx = PhysicalPlanningContext::default();
+    agg.aggr_expr
         .iter()
         .map(|e| {
             let lowered =
@@ -77,17 +93,37 @@ pub(crate) fn lower_aggregate(
                 filter: lowered.filter,
             })
         })
-        .collect::<Result<Vec<_>>>()?;
+        .collect()
+}
+
+/// An aggregate without GROUP BY (`SELECT count(*) FROM s`): one group, whose row the
+/// view keeps up to date. DataFusion's group tables need a key, so the group is keyed by
+/// a constant that the first step after the aggregate drops again.
+fn lower_global(
+    agg: &datafusion::logical_expr::Aggregate,
+    chain: &[&LogicalPlan],
+    at: usize,
+    props: &ExecutionProps,
+) -> Result<GroupedPlan> {
+    let key = Field::new(GLOBAL_KEY, DataType::Boolean, false);
+    let aggregates = lower_calls(agg, props)?;
+    let fields: Vec<FieldRef> = std::iter::once(Arc::new(key.clone()))
+        .chain(agg.schema.as_arrow().fields().iter().cloned())
+        .collect();
+    let n = agg.aggr_expr.len();
     Ok(GroupedPlan {
         pre: lower_chain(&chain[at + 1..], props)?,
-        group_by,
-        group_schema,
+        group_by: vec![lit(true)],
+        group_schema: Arc::new(Schema::new(vec![key])),
         aggregates,
-        aggregate_schema,
-        post: lower_chain(&chain[..at], props)?,
+        aggregate_schema: Arc::new(Schema::new(fields)),
+        post: lower_chain(&chain[..at], props)?.after(Step::Select((1..=n).collect())),
         shards: 1,
     })
 }
+
+/// The name of the constant key of an aggregate without GROUP BY.
+pub(crate) const GLOBAL_KEY: &str = "__weir_global";
 
 /// The plan as a single-input chain, root first.
 pub(crate) fn linearize(plan: &LogicalPlan) -> Result<Vec<&LogicalPlan>> {

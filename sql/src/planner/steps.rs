@@ -76,6 +76,13 @@ impl Steps {
         Self { steps, clocks }
     }
 
+    /// `first`, then these steps.
+    pub fn after(mut self, first: Step) -> Self {
+        self.steps.insert(0, first);
+        self.clocks.insert(0, Arc::default());
+        self
+    }
+
     /// Each step's label and clock, in order.
     pub fn clocks(&self) -> impl Iterator<Item = (&'static str, Arc<StepClock>)> + '_ {
         (self.steps.iter().map(Step::label)).zip(self.clocks.iter().cloned())

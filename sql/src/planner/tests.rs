@@ -453,8 +453,8 @@ async fn projection_and_filter_view_is_stateless() {
 async fn unsupported_constructs_are_named() {
     let cases = [
         (
-            "CREATE MATERIALIZED VIEW v AS SELECT count(*) FROM bids",
-            "without GROUP BY",
+            "CREATE MATERIALIZED VIEW v AS SELECT count(*) FROM TUMBLE(bids, date_time, INTERVAL '1' SECOND)",
+            "must GROUP BY window_start",
         ),
         (
             "CREATE MATERIALIZED VIEW v AS SELECT * FROM bids ORDER BY price",
@@ -716,5 +716,59 @@ async fn numeric_literals_with_a_decimal_point_are_exact_decimals() {
             "+---------+----------+--------+",
         ],
         &rows
+    );
+}
+
+#[tokio::test]
+async fn an_aggregate_without_group_by_keeps_one_row_up_to_date() {
+    const SQL: &str = "CREATE MATERIALIZED VIEW v AS SELECT count(*) AS n, sum(price) AS total, \
+         max(price) AS top FROM bids WHERE price > 1";
+    let mut q = plan(SQL).await.expect("plans");
+    assert!(q.description.contains("updating"), "{}", q.description);
+    let mut view = KeyedRows::new(q.output_schema.clone());
+    let mut out = Collector::default();
+    for rows in [
+        &[(1, 10, 1_000), (2, 5, 2_000)][..],
+        &[(1, 30, 3_000), (3, 1, 3_500)],
+    ] {
+        q.operator
+            .process(&batch(rows), None, &mut out)
+            .expect("process");
+    }
+    for change in &out.keyed {
+        view.apply(change).expect("apply");
+    }
+    assert_batches_eq!(
+        [
+            "+---+-------+-----+",
+            "| n | total | top |",
+            "+---+-------+-----+",
+            "| 3 | 45    | 30  |",
+            "+---+-------+-----+"
+        ],
+        &[view.all().expect("rows").1]
+    );
+    // Checkpointed and restored at another parallelism, it goes on from there.
+    let state = q.operator.snapshot().expect("snapshot");
+    let mut again = plan(SQL).await.expect("plans");
+    again.operator.set_parallelism(3).expect("parallelism");
+    again.operator.restore(&state).expect("restore");
+    let mut out = Collector::default();
+    again
+        .operator
+        .process(&batch(&[(4, 100, 4_000)]), None, &mut out)
+        .expect("process");
+    for change in &out.keyed {
+        view.apply(change).expect("apply");
+    }
+    assert_batches_eq!(
+        [
+            "+---+-------+-----+",
+            "| n | total | top |",
+            "+---+-------+-----+",
+            "| 4 | 145   | 100 |",
+            "+---+-------+-----+"
+        ],
+        &[view.all().expect("rows").1]
     );
 }
