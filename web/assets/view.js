@@ -152,6 +152,7 @@ export function viewPage(main, name, catalog) {
     if (events) events.close();
     events = new EventSource(`${base}/stream?consistency=${state.consistency}`);
     events.addEventListener("rows", () => { state.dirty = true; });
+    events.addEventListener("removed", () => { state.dirty = true; });
     events.addEventListener("lagged", () => { state.dirty = true; });
     // The server ends a stream that lagged; the browser reconnects: refetch then too.
     events.addEventListener("open", () => { state.dirty = true; });

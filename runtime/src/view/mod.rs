@@ -432,7 +432,13 @@ impl ViewRuntime {
         // more, and changes held while checkpoints fail hold only their rows.
         let changes: Vec<_> = std::mem::take(&mut *self.uncommitted.lock())
             .into_iter()
-            .map(|c| Published::new(c.rows.clone()))
+            .map(|c| {
+                if c.removed {
+                    Published::removal(c.rows.clone())
+                } else {
+                    Published::new(c.rows.clone())
+                }
+            })
             .collect();
         if !changes.is_empty() {
             let mut sealed = self.sealed.lock();

@@ -9,13 +9,25 @@ use datafusion::arrow::array::RecordBatch;
 #[derive(Debug)]
 pub struct Published {
     pub rows: RecordBatch,
+    /// The rows of groups that left an updating view (their last values), not new rows.
+    pub removed: bool,
     text: OnceLock<Result<String, String>>,
 }
 
 impl Published {
     pub fn new(rows: RecordBatch) -> Arc<Self> {
+        Self::with_kind(rows, false)
+    }
+
+    /// Groups that left the view, with the rows they showed.
+    pub fn removal(rows: RecordBatch) -> Arc<Self> {
+        Self::with_kind(rows, true)
+    }
+
+    fn with_kind(rows: RecordBatch, removed: bool) -> Arc<Self> {
         Arc::new(Self {
             rows,
+            removed,
             text: OnceLock::new(),
         })
     }

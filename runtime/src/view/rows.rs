@@ -69,6 +69,21 @@ impl ViewRuntime {
             let kept = by_group.get_or_insert_with(|| KeyedRows::new(schema));
             *self.by_group_read.lock() = None;
             for change in changes {
+                // Groups the batch touched that have no row now: they leave the view.
+                let stays: std::collections::HashSet<u32> = change.ids.iter().copied().collect();
+                let gone: Vec<u32> = change
+                    .touched
+                    .iter()
+                    .copied()
+                    .filter(|id| !stays.contains(id))
+                    .collect();
+                let left = match kept.get(&gone) {
+                    Ok((_, rows)) => rows,
+                    Err(e) => {
+                        tracing::error!(view = %self.name, "cannot read the groups that left: {e}");
+                        continue;
+                    }
+                };
                 let before = match kept.apply(&change) {
                     Ok(before) => before,
                     // Ids and rows come from one operator call: cannot fail.
@@ -85,15 +100,19 @@ impl ViewRuntime {
                         replaced: (before.num_rows() > 0).then_some(before),
                     });
                 }
+                if left.num_rows() > 0 {
+                    published.push(Published::removal(left));
+                }
                 if change.rows.num_rows() > 0 {
-                    published.push(change.rows);
+                    published.push(Published::new(change.rows));
                 }
             }
         }
-        for b in published {
-            self.rows_emitted.inc_by(b.num_rows() as u64);
-            // No subscribers is fine.
-            self.notify(b);
+        for change in published {
+            if !change.removed {
+                self.rows_emitted.inc_by(change.rows.num_rows() as u64);
+            }
+            self.send(change);
         }
     }
 
@@ -203,10 +222,15 @@ impl ViewRuntime {
     /// A change to subscribers now, and to committed subscribers once a checkpoint
     /// holds it.
     pub(super) fn notify(&self, batch: RecordBatch) {
+        self.send(Published::new(batch));
+    }
+
+    /// A change (new rows, or groups that left) to subscribers now, and to committed
+    /// subscribers once a checkpoint holds it.
+    fn send(&self, change: Arc<Published>) {
         // Kept even without committed subscribers: one may subscribe before the
         // checkpoint that holds this change. Shared arrays, not copies (and, until the
         // next checkpoint seals it, the text live readers made of it).
-        let change = Published::new(batch);
         if self.checkpointed {
             self.uncommitted.lock().push(change.clone());
         }

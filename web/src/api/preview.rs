@@ -76,6 +76,10 @@ pub async fn preview(
                         return Some((end.boxed(), (live, sent, true)));
                     };
                     match received {
+                        // A preview shows rows as they come; groups leaving are not rows.
+                        Ok(change) if change.removed => {
+                            Some((futures::stream::iter([]).boxed(), (live, sent, false)))
+                        }
                         Ok(change) => {
                             let batch = &change.rows;
                             let take = batch.num_rows().min(limit - sent);

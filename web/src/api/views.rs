@@ -215,7 +215,10 @@ pub async fn stream(
                         .map(|v| v.to_string())
                         .map_err(|e| e.to_string())
                 }) {
-                    Ok(text) => Event::default().event("rows").data(text),
+                    Ok(text) => {
+                        let kind = if change.removed { "removed" } else { "rows" };
+                        Event::default().event(kind).data(text)
+                    }
                     Err(e) => Event::default().event("error").data(e),
                 },
                 Err(RecvError::Lagged(n)) => {

@@ -763,3 +763,53 @@ async fn a_stream_reader_that_falls_behind_gets_lagged_and_is_let_go() {
         .expect("how many changes were missed");
     assert_eq!(missed, 600 - 256, "the buffer keeps the newest 256 changes");
 }
+
+#[tokio::test]
+async fn a_group_that_leaves_an_updating_view_is_streamed_as_removed() {
+    let app = test_app(1 << 20);
+    for sql in [
+        "CREATE SOURCE s (k BIGINT, v BIGINT) WITH (connector = 'http', max_rows = 1)",
+        "CREATE MATERIALIZED VIEW small AS SELECT k, count(*) AS n FROM s GROUP BY k HAVING count(*) < 2",
+    ] {
+        let body = serde_json::json!({ "sql": sql }).to_string();
+        let (status, body) = call(&app, "POST", "/api/v1/sql", &body).await;
+        assert_eq!(status, StatusCode::OK, "{sql}: {body}");
+    }
+    let request = Request::builder()
+        .uri("/api/v1/views/small/stream")
+        .body(Body::empty())
+        .expect("request");
+    let mut stream = app
+        .clone()
+        .oneshot(request)
+        .await
+        .expect("response")
+        .into_body();
+    // Group 1 comes (n = 1), group 2 comes, then group 1 reaches n = 2 and leaves.
+    let records = "{\"k\":1,\"v\":1}\n{\"k\":2,\"v\":1}\n{\"k\":1,\"v\":2}\n";
+    let (status, body) = call(&app, "POST", "/api/v1/sources/s/records", records).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let mut text = String::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !text.contains("event: removed") {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let frame = tokio::time::timeout(left, stream.frame())
+            .await
+            .unwrap_or_else(|_| panic!("no removal streamed: {text}"));
+        if let Some(Ok(frame)) = frame
+            && let Ok(data) = frame.into_data()
+        {
+            text.push_str(&String::from_utf8_lossy(&data));
+        }
+    }
+    let removed = text
+        .split("\n\n")
+        .find(|e| e.starts_with("event: removed"))
+        .and_then(|e| e.split_once("data: "))
+        .map(|(_, d)| serde_json::from_str::<serde_json::Value>(d).expect("JSON"))
+        .expect("a removed event");
+    assert_eq!(removed["rows"], serde_json::json!([[1, 1]]), "{text}");
+    // And the view no longer holds it.
+    let (_, rows) = call(&app, "GET", "/api/v1/views/small", "").await;
+    assert_eq!(rows["rows"], serde_json::json!([[2, 1]]), "{rows}");
+}
