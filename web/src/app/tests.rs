@@ -45,6 +45,26 @@ async fn call(
     )
 }
 
+/// Run each statement; each must succeed.
+async fn exec_all(app: &Router, statements: &[&str]) {
+    for sql in statements {
+        let body = serde_json::json!({ "sql": sql }).to_string();
+        let (status, body) = call(app, "POST", "/api/v1/sql", &body).await;
+        assert_eq!(status, StatusCode::OK, "{sql}: {body}");
+    }
+}
+
+/// Subscribe to a view's change stream (nothing is read until the caller reads).
+async fn subscribe(app: &Router, view: &str) -> axum::response::Response {
+    let request = Request::builder()
+        .uri(format!("/api/v1/views/{view}/stream"))
+        .body(Body::empty())
+        .expect("request");
+    let stream = app.clone().oneshot(request).await.expect("response");
+    assert_eq!(stream.status(), StatusCode::OK);
+    stream
+}
+
 #[tokio::test]
 async fn plugin_uploads_are_named_and_bounded() {
     let mut config = RuntimeConfig::default();
@@ -722,22 +742,17 @@ async fn statements_that_reach_files_or_settings_are_refused() {
 #[tokio::test]
 async fn a_stream_reader_that_falls_behind_gets_lagged_and_is_let_go() {
     let app = test_app(1 << 20);
-    for sql in [
-        // One row per batch: each record is a change of the view.
-        "CREATE SOURCE s (id BIGINT) WITH (connector = 'http', max_rows = 1)",
-        "CREATE MATERIALIZED VIEW v AS SELECT id FROM s",
-    ] {
-        let body = serde_json::json!({ "sql": sql }).to_string();
-        let (status, body) = call(&app, "POST", "/api/v1/sql", &body).await;
-        assert_eq!(status, StatusCode::OK, "{sql}: {body}");
-    }
+    exec_all(
+        &app,
+        &[
+            // One row per batch: each record is a change of the view.
+            "CREATE SOURCE s (id BIGINT) WITH (connector = 'http', max_rows = 1)",
+            "CREATE MATERIALIZED VIEW v AS SELECT id FROM s",
+        ],
+    )
+    .await;
     // Subscribe, and read nothing while the view changes 600 times.
-    let request = Request::builder()
-        .uri("/api/v1/views/v/stream")
-        .body(Body::empty())
-        .expect("request");
-    let stream = app.clone().oneshot(request).await.expect("response");
-    assert_eq!(stream.status(), StatusCode::OK);
+    let stream = subscribe(&app, "v").await;
     let records: String = (1..=600).map(|i| format!("{{\"id\":{i}}}\n")).collect();
     let (status, body) = call(&app, "POST", "/api/v1/sources/s/records", &records).await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -767,24 +782,15 @@ async fn a_stream_reader_that_falls_behind_gets_lagged_and_is_let_go() {
 #[tokio::test]
 async fn a_group_that_leaves_an_updating_view_is_streamed_as_removed() {
     let app = test_app(1 << 20);
-    for sql in [
-        "CREATE SOURCE s (k BIGINT, v BIGINT) WITH (connector = 'http', max_rows = 1)",
-        "CREATE MATERIALIZED VIEW small AS SELECT k, count(*) AS n FROM s GROUP BY k HAVING count(*) < 2",
-    ] {
-        let body = serde_json::json!({ "sql": sql }).to_string();
-        let (status, body) = call(&app, "POST", "/api/v1/sql", &body).await;
-        assert_eq!(status, StatusCode::OK, "{sql}: {body}");
-    }
-    let request = Request::builder()
-        .uri("/api/v1/views/small/stream")
-        .body(Body::empty())
-        .expect("request");
-    let mut stream = app
-        .clone()
-        .oneshot(request)
-        .await
-        .expect("response")
-        .into_body();
+    exec_all(
+        &app,
+        &[
+            "CREATE SOURCE s (k BIGINT, v BIGINT) WITH (connector = 'http', max_rows = 1)",
+            "CREATE MATERIALIZED VIEW small AS SELECT k, count(*) AS n FROM s GROUP BY k HAVING count(*) < 2",
+        ],
+    )
+    .await;
+    let mut stream = subscribe(&app, "small").await.into_body();
     // Group 1 comes (n = 1), group 2 comes, then group 1 reaches n = 2 and leaves.
     let records = "{\"k\":1,\"v\":1}\n{\"k\":2,\"v\":1}\n{\"k\":1,\"v\":2}\n";
     let (status, body) = call(&app, "POST", "/api/v1/sources/s/records", records).await;
