@@ -117,3 +117,6 @@ mod tests;
 
 #[cfg(test)]
 mod every_route;
+
+#[cfg(test)]
+mod stream_tests;
