@@ -69,14 +69,17 @@ impl ViewRuntime {
             let kept = by_group.get_or_insert_with(|| KeyedRows::new(schema));
             *self.by_group_read.lock() = None;
             for change in changes {
-                // Groups the batch touched that have no row now: they leave the view.
-                let stays: std::collections::HashSet<u32> = change.ids.iter().copied().collect();
-                let gone: Vec<u32> = change
-                    .touched
-                    .iter()
-                    .copied()
-                    .filter(|id| !stays.contains(id))
-                    .collect();
+                // Groups the batch touched that have no row now leave the view. `ids` is a
+                // subset of `touched`: equal lengths (no HAVING dropped one) leave nobody.
+                let gone: Vec<u32> = if change.ids.len() == change.touched.len() {
+                    Vec::new()
+                } else {
+                    let stays: std::collections::HashSet<u32> =
+                        change.ids.iter().copied().collect();
+                    (change.touched.iter().copied())
+                        .filter(|id| !stays.contains(id))
+                        .collect()
+                };
                 let left = match kept.get(&gone) {
                     Ok((_, rows)) => rows,
                     Err(e) => {

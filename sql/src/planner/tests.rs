@@ -8,6 +8,20 @@ use crate::parser::parse_statement;
 use crate::testing::{batch, bids_for_checkpoints, plan, run};
 use crate::watermark::Watermark;
 
+/// Run an updating aggregate over each batch of `rows` and keep its changes in `view`,
+/// as the runtime keeps a view's rows by group.
+fn fold(operator: &mut dyn crate::Operator, view: &mut KeyedRows, rows: &[&[(i64, i64, i64)]]) {
+    for rows in rows {
+        let mut out = Collector::default();
+        operator
+            .process(&batch(rows), None, &mut out)
+            .expect("process");
+        for change in &out.keyed {
+            view.apply(change).expect("apply");
+        }
+    }
+}
+
 #[tokio::test]
 async fn tumbling_aggregate_emits_each_window_once_when_the_watermark_passes() {
     let mut q = plan(
@@ -294,19 +308,15 @@ async fn a_group_that_keeps_every_value_is_updated_by_group_too() {
         "{aggregate:?}"
     );
     let mut view = KeyedRows::new(q.output_schema.clone());
-    for rows in [
-        &[(1, 10, 1_000), (1, 10, 1_000), (2, 5, 2_000)][..],
-        &[(1, 20, 3_000), (1, 10, 3_000)],
-        &[(2, 5, 4_000), (3, 7, 4_000)],
-    ] {
-        let mut out = Collector::default();
-        q.operator
-            .process(&batch(rows), None, &mut out)
-            .expect("process");
-        for change in &out.keyed {
-            view.apply(change).expect("apply");
-        }
-    }
+    fold(
+        q.operator.as_mut(),
+        &mut view,
+        &[
+            &[(1, 10, 1_000), (1, 10, 1_000), (2, 5, 2_000)],
+            &[(1, 20, 3_000), (1, 10, 3_000)],
+            &[(2, 5, 4_000), (3, 7, 4_000)],
+        ],
+    );
     assert_batches_eq!(
         [
             "+---------+--------+-------+",
@@ -726,18 +736,14 @@ async fn an_aggregate_without_group_by_keeps_one_row_up_to_date() {
     let mut q = plan(SQL).await.expect("plans");
     assert!(q.description.contains("updating"), "{}", q.description);
     let mut view = KeyedRows::new(q.output_schema.clone());
-    let mut out = Collector::default();
-    for rows in [
-        &[(1, 10, 1_000), (2, 5, 2_000)][..],
-        &[(1, 30, 3_000), (3, 1, 3_500)],
-    ] {
-        q.operator
-            .process(&batch(rows), None, &mut out)
-            .expect("process");
-    }
-    for change in &out.keyed {
-        view.apply(change).expect("apply");
-    }
+    fold(
+        q.operator.as_mut(),
+        &mut view,
+        &[
+            &[(1, 10, 1_000), (2, 5, 2_000)],
+            &[(1, 30, 3_000), (3, 1, 3_500)],
+        ],
+    );
     assert_batches_eq!(
         [
             "+---+-------+-----+",
@@ -753,14 +759,7 @@ async fn an_aggregate_without_group_by_keeps_one_row_up_to_date() {
     let mut again = plan(SQL).await.expect("plans");
     again.operator.set_parallelism(3).expect("parallelism");
     again.operator.restore(&state).expect("restore");
-    let mut out = Collector::default();
-    again
-        .operator
-        .process(&batch(&[(4, 100, 4_000)]), None, &mut out)
-        .expect("process");
-    for change in &out.keyed {
-        view.apply(change).expect("apply");
-    }
+    fold(again.operator.as_mut(), &mut view, &[&[(4, 100, 4_000)]]);
     assert_batches_eq!(
         [
             "+---+-------+-----+",
