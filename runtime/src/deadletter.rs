@@ -35,6 +35,10 @@ pub struct DeadLetter {
     /// partition for Kafka).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub position: Option<u64>,
+    /// Where in its shard the record was, for a Kinesis source: its sequence number
+    /// (`seq/sub` inside a KPL aggregated record).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sequence_number: Option<String>,
     /// On disk: `"reason": "..."`, or `"late": {"event_time_ms", "watermark_ms"}`.
     #[serde(flatten)]
     pub reason: Reason,
@@ -99,6 +103,9 @@ pub struct NewDeadLetter {
     pub view: Option<String>,
     pub partition: Option<String>,
     pub position: Option<u64>,
+    /// Where in its shard the record was, when that is not a number: a Kinesis
+    /// sequence number (`seq`, or `seq/sub` inside a KPL aggregated record).
+    pub sequence_number: Option<String>,
     pub reason: Reason,
     pub raw: Vec<u8>,
 }
@@ -151,6 +158,7 @@ impl DeadLetterStore {
                 view: l.view,
                 partition: l.partition,
                 position: l.position,
+                sequence_number: l.sequence_number,
                 reason: l.reason,
                 raw,
                 truncated,
@@ -213,6 +221,7 @@ mod tests {
             view: None,
             partition: None,
             position: Some(7),
+            sequence_number: None,
             reason: "bad".to_string().into(),
             raw,
         }
@@ -248,6 +257,7 @@ mod tests {
             view: Some("per_minute".into()),
             partition: None,
             position: None,
+            sequence_number: None,
             reason: Reason::Late {
                 event_time_ms: Some(1_000),
                 watermark_ms: 61_000,

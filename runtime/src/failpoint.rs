@@ -8,13 +8,27 @@ static ARMED: OnceLock<Vec<String>> = OnceLock::new();
 
 /// Abort the process here if the point `name` is armed.
 pub fn crash_point(name: &str) {
-    let armed = ARMED.get_or_init(|| {
-        std::env::var("WEIR_FAILPOINTS")
-            .map(|v| v.split(',').map(|n| n.trim().to_string()).collect())
-            .unwrap_or_default()
-    });
-    if armed.iter().any(|n| n == name) {
+    if armed(name) {
         eprintln!("weir: failpoint {name} reached: aborting");
         std::process::abort();
     }
+}
+
+/// Sleep `for_` here if the point `name` is armed: holds a state open long enough for a
+/// checkpoint to record it (a position inside a KPL aggregated record).
+pub fn delay_point(name: &str, for_: std::time::Duration) {
+    if armed(name) {
+        std::thread::sleep(for_);
+    }
+}
+
+fn armed(name: &str) -> bool {
+    ARMED
+        .get_or_init(|| {
+            std::env::var("WEIR_FAILPOINTS")
+                .map(|v| v.split(',').map(|n| n.trim().to_string()).collect())
+                .unwrap_or_default()
+        })
+        .iter()
+        .any(|n| n == name)
 }

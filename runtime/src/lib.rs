@@ -6,6 +6,7 @@
 //! checkpoints make all of it survive a crash. [`Engine`] ties it together and is what
 //! the web layer drives; [`Error::class`] tells it who must act on an error.
 
+mod aws;
 pub mod batch;
 pub mod catalog_file;
 pub mod checkpoint;

@@ -26,6 +26,8 @@ pub struct Metrics {
     pub watermark: IntGaugeVec,
     /// Records a source's partition has not read yet (the log's end less its position).
     pub source_lag: IntGaugeVec,
+    /// Per shard of a Kinesis source: how far behind the tip, and what it read.
+    pub shards: ShardMetrics,
     /// Time to take and write a checkpoint.
     pub checkpoint_duration: Histogram,
     /// Bytes of the last checkpoint written.
@@ -38,6 +40,74 @@ pub struct Metrics {
     pub sink_messages: IntCounterVec,
     /// Deliveries of a sink that failed (and are retried).
     pub sink_failures: IntCounterVec,
+}
+
+/// A Kinesis shard's signals: what an operator splits or merges shards by. Apart from
+/// `weir_source_lag` because the unit differs (milliseconds, not records).
+#[derive(Clone)]
+pub struct ShardMetrics {
+    /// `weir_source_lag_ms{source, shard}`: GetRecords' MillisBehindLatest.
+    pub lag_ms: IntGaugeVec,
+    /// `weir_source_shard_records_total{source, shard}`: records read (user records of
+    /// KPL aggregates counted one by one).
+    pub records: IntCounterVec,
+    /// `weir_source_shard_bytes_total{source, shard}`: bytes of the records read.
+    pub bytes: IntCounterVec,
+}
+
+impl ShardMetrics {
+    fn register(registry: &Registry) -> Self {
+        let labels = &["source", "shard"];
+        let lag_ms = IntGaugeVec::new(
+            Opts::new(
+                "weir_source_lag_ms",
+                "Milliseconds a Kinesis shard's reader is behind the shard's tip (MillisBehindLatest).",
+            ),
+            labels,
+        )
+        .expect("valid metric definition");
+        let records = IntCounterVec::new(
+            Opts::new(
+                "weir_source_shard_records_total",
+                "Records read from a Kinesis shard.",
+            ),
+            labels,
+        )
+        .expect("valid metric definition");
+        let bytes = IntCounterVec::new(
+            Opts::new(
+                "weir_source_shard_bytes_total",
+                "Bytes of the records read from a Kinesis shard.",
+            ),
+            labels,
+        )
+        .expect("valid metric definition");
+        for m in [
+            Box::new(lag_ms.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(records.clone()),
+            Box::new(bytes.clone()),
+        ] {
+            registry.register(m).expect("metric registered once");
+        }
+        Self {
+            lag_ms,
+            records,
+            bytes,
+        }
+    }
+
+    /// Unregistered metrics of the same shape (connectors' unit tests).
+    #[cfg(test)]
+    pub fn for_test() -> Self {
+        Self::register(&Registry::new())
+    }
+
+    /// Forget shard `shard` of `source`.
+    pub fn forget(&self, source: &str, shard: &str) {
+        let _ = self.lag_ms.remove_label_values(&[source, shard]);
+        let _ = self.records.remove_label_values(&[source, shard]);
+        let _ = self.bytes.remove_label_values(&[source, shard]);
+    }
 }
 
 impl Metrics {
@@ -126,6 +196,7 @@ impl Metrics {
         registry
             .register(Box::new(source_lag.clone()))
             .expect("metric registered once");
+        let shards = ShardMetrics::register(&registry);
         let checkpoint_duration = Histogram::with_opts(
             HistogramOpts::new(
                 "weir_checkpoint_duration_seconds",
@@ -171,6 +242,7 @@ impl Metrics {
             end_to_end_latency,
             watermark,
             source_lag,
+            shards,
             sink_messages,
             sink_failures,
         }

@@ -7,6 +7,7 @@ mod http_pipeline;
 mod kafka;
 mod kafka_front_door;
 mod kafka_sink;
+mod kinesis;
 mod limits;
 mod nexmark;
 mod oracle;

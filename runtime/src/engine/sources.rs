@@ -123,6 +123,7 @@ impl Engine {
                 dead_letters: self.inner.dead_letters.clone(),
                 chunk_rows: batch.max_rows(),
                 lag: m.source_lag.clone(),
+                shard_metrics: m.shards.clone(),
             },
             resume_position,
         );
@@ -173,6 +174,7 @@ impl Engine {
         let _ = m.watermark.remove_label_values(&[name]);
         for p in source.input.status().partitions {
             let _ = m.source_lag.remove_label_values(&[name, &p.partition]);
+            m.shards.forget(name, &p.partition);
         }
     }
 

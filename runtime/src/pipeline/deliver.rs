@@ -93,6 +93,7 @@ impl Pipeline {
                     view: Some(view.name.clone()),
                     partition: None,
                     position: None,
+                    sequence_number: None,
                     reason: reason(row),
                     raw: raw.to_vec(),
                 }),

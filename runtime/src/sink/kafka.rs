@@ -435,6 +435,7 @@ impl KafkaSink {
             view: Some(self.view.clone()),
             partition: Some(format!("sink {} epoch {epoch}", self.name)),
             position: Some(seq),
+            sequence_number: None,
             reason: format!(
                 "sink {}: the message for topic {} ({} bytes of key and value) cannot be \
                  written: {why}; raise properties.message.max.bytes and the topic's \

@@ -11,6 +11,7 @@
 pub mod encode;
 pub mod feed;
 pub mod kafka;
+pub mod kinesis;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -68,11 +69,18 @@ pub struct SinkConnector {
 }
 
 /// Every sink connector. A new one is a folder beside `kafka` and a line here.
-pub const SINKS: &[SinkConnector] = &[SinkConnector {
-    name: "kafka",
-    open: kafka::open,
-    described: &kafka::DESCRIBED,
-}];
+pub const SINKS: &[SinkConnector] = &[
+    SinkConnector {
+        name: "kafka",
+        open: kafka::open,
+        described: &kafka::DESCRIBED,
+    },
+    SinkConnector {
+        name: "kinesis",
+        open: kinesis::open,
+        described: &kinesis::DESCRIBED,
+    },
+];
 
 /// What the API says of every sink connector.
 pub(crate) fn described() -> impl Iterator<Item = &'static crate::connectors::Described> {

@@ -16,7 +16,7 @@ use prometheus::{IntCounter, IntGaugeVec};
 use serde::Serialize;
 
 use super::http::IngestReport;
-use super::{Chunk, SourceRuntime, file, http, kafka, nexmark};
+use super::{Chunk, SourceRuntime, file, http, kafka, kinesis, nexmark};
 use crate::checkpoint::Position;
 use crate::config::RuntimeConfig;
 use crate::connectors::Described;
@@ -36,6 +36,7 @@ const CONNECTORS: &[(&str, Open, &Described)] = &[
     ("nexmark", nexmark::open, &nexmark::DESCRIBED),
     ("file", file::open, &file::DESCRIBED),
     ("kafka", kafka::open, &kafka::DESCRIBED),
+    ("kinesis", kinesis::open, &kinesis::DESCRIBED),
 ];
 
 /// What the API says of every source connector.
@@ -127,6 +128,26 @@ pub fn open(def: &SourceDef) -> Result<Box<dyn Connector>> {
                 .collect::<Vec<_>>()
                 .join(", ")
         ))),
+    }
+}
+
+/// Wait, until `until` at most, for a connector's reader thread to end (its last commit
+/// made), and join it; warn, naming `source`, if it did not end in time.
+pub fn join_reader(
+    reader: &parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
+    source: &str,
+    until: Instant,
+) {
+    let Some(thread) = reader.lock().take() else {
+        return;
+    };
+    while !thread.is_finished() && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if thread.is_finished() {
+        let _ = thread.join();
+    } else {
+        tracing::warn!(source, "the reader did not stop in time");
     }
 }
 
@@ -222,10 +243,33 @@ pub struct ConnectorStatus {
     /// Where a bounded read ends (per partition), once known.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub end_offsets: BTreeMap<String, i64>,
+    /// A Kinesis source: its stream as read, and the shard count its write rate needs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream: Option<StreamStatus>,
 }
 
-/// One partition of a source.
-#[derive(Debug, Clone, Serialize)]
+/// A Kinesis source's stream. The shard count its write rate needs (a shard takes 1,000
+/// records or 1 MiB a second) comes from the rates its shards are read at while caught up.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StreamStatus {
+    /// Shards being read now.
+    pub open: usize,
+    /// Shards the observed rate needs; absent while a shard is catching up (its read
+    /// rate is not the write rate).
+    pub needed: Option<usize>,
+    pub records_per_second: f64,
+    pub bytes_per_second: f64,
+    /// GetRecords calls throttled (ProvisionedThroughputExceeded) and retried.
+    pub throttled: u64,
+    /// Shard iterators that expired and were fetched again from the last position.
+    pub expired_iterators: u64,
+    /// With `autoscale = true`: the last change of the shard count, and why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_change: Option<String>,
+}
+
+/// One partition (or shard) of a source.
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct PartitionStatus {
     pub partition: String,
     /// The next offset to read.
@@ -234,6 +278,18 @@ pub struct PartitionStatus {
     pub high_watermark: Option<i64>,
     /// Records not read yet.
     pub lag: Option<i64>,
+    /// A Kinesis shard: where it is (a sequence number, `seq/sub` inside a KPL
+    /// aggregated record, `trim_horizon`, `at:<ms>` or `finished`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sequence_number: Option<String>,
+    /// A Kinesis shard: milliseconds behind its tip.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub millis_behind_latest: Option<i64>,
+    /// A Kinesis shard: records and bytes read per second, over the last few seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub records_per_second: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_per_second: Option<f64>,
 }
 
 /// Where a connector sends what it reads, and what it counts.
@@ -251,6 +307,8 @@ pub struct Feed {
     pub chunk_rows: usize,
     /// `weir_source_lag{source, partition}`.
     pub lag: IntGaugeVec,
+    /// A Kinesis shard's lag and rates.
+    pub shard_metrics: crate::metrics::ShardMetrics,
 }
 
 impl Feed {
@@ -276,6 +334,7 @@ impl Feed {
             chunk_rows: 4096,
             lag: IntGaugeVec::new(prometheus::Opts::new("l", "l"), &["source", "partition"])
                 .expect("gauge"),
+            shard_metrics: crate::metrics::ShardMetrics::for_test(),
         };
         (feed, rx, dead_letters)
     }

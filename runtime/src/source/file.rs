@@ -206,6 +206,7 @@ impl FileReader {
                 view: None,
                 partition: None,
                 position: None,
+                sequence_number: None,
                 reason: format!(
                     "{} (in bytes {from}..{end} of {})",
                     r.reason,

@@ -324,6 +324,7 @@ impl HttpInput {
                 view: None,
                 partition: None,
                 position: Some(first + r.index as u64),
+                sequence_number: None,
                 reason: r.reason.into(),
                 raw: r.raw,
             }));
@@ -454,6 +455,7 @@ mod tests {
                         &["source", "partition"],
                     )
                     .expect("gauge"),
+                    shard_metrics: crate::metrics::ShardMetrics::for_test(),
                 },
                 None,
             )

@@ -6,9 +6,12 @@
 
 pub mod connector;
 pub mod file;
+pub mod front_door;
 pub mod http;
 pub mod kafka;
+pub mod kinesis;
 pub mod nexmark;
+pub mod value;
 pub mod wal;
 
 use std::sync::Arc;

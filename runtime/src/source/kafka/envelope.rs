@@ -10,11 +10,11 @@ use datafusion::arrow::array::{
     ArrayRef, BinaryArray, Int32Array, Int64Array, RecordBatch, StringArray,
     TimestampMillisecondArray,
 };
-use datafusion::arrow::buffer::OffsetBuffer;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use rdkafka::message::{Headers, Message};
 
-use crate::decode::{JsonDecoder, Rejected};
+use crate::decode::Rejected;
+use crate::source::value::ValueFormat;
 use crate::{Error, Result};
 use weir_sql::parser::METADATA_KEY;
 
@@ -53,15 +53,6 @@ impl Meta {
     }
 }
 
-/// How a message's value becomes columns.
-#[derive(Debug, Clone)]
-enum Value {
-    /// A JSON object per message, decoded against the value columns.
-    Json(JsonDecoder),
-    /// The whole value in one column (`VARCHAR` must be UTF-8).
-    Raw { utf8: bool },
-}
-
 /// The shape of a Kafka source's rows.
 #[derive(Debug, Clone)]
 pub struct Layout {
@@ -69,7 +60,7 @@ pub struct Layout {
     /// For each column of `schema`: the index among the value's columns, or the
     /// metadata it holds.
     columns: Vec<Column>,
-    value: Value,
+    value: ValueFormat,
     /// Whether any column needs the headers (rendered as JSON text).
     wants_headers: bool,
     /// A message whose value is larger is dead-lettered, not decoded.
@@ -126,35 +117,9 @@ impl Layout {
                 }
             }
         }
-        let value = match format.to_ascii_lowercase().as_str() {
-            "json" => Value::Json(JsonDecoder::new(Arc::new(Schema::new(value_fields)))),
-            "raw" => {
-                let [f] = value_fields.as_slice() else {
-                    return Err(Error::BadRequest(format!(
-                        "source {source}: format 'raw' reads the whole message into one column: \
-                         declare value VARCHAR (or BYTEA) and metadata columns only"
-                    )));
-                };
-                let utf8 = match f.data_type() {
-                    DataType::Utf8 => true,
-                    DataType::Binary => false,
-                    other => {
-                        return Err(Error::BadRequest(format!(
-                            "source {source}: format 'raw' needs the value column {} to be VARCHAR or BYTEA, not {other}",
-                            f.name()
-                        )));
-                    }
-                };
-                Value::Raw { utf8 }
-            }
-            other => {
-                return Err(Error::BadRequest(format!(
-                    "source {source}: format '{other}' is not supported by the kafka connector; use 'json' or 'raw'"
-                )));
-            }
-        };
+        let value = ValueFormat::new(source, "kafka", value_fields, format)?;
         // A message may lack a key, headers or (raw) a value: those columns take nulls.
-        let raw = matches!(value, Value::Raw { .. });
+        let raw = value.is_raw();
         let fields: Vec<Field> = columns
             .iter()
             .zip(&layout)
@@ -290,13 +255,9 @@ impl Messages {
     /// not decode are returned with their offsets.
     pub fn build(&mut self, layout: &Layout) -> Result<Built> {
         let n = self.len();
-        let (value_columns, rejected): (Vec<ArrayRef>, Vec<Rejected>) = match &layout.value {
-            Value::Json(decoder) => {
-                let decoded = decoder.decode_records((0..n).map(|i| self.value(i)));
-                (decoded.batch.columns().to_vec(), decoded.rejected)
-            }
-            Value::Raw { utf8 } => self.raw_value(*utf8),
-        };
+        let (value_columns, rejected) = layout
+            .value
+            .decode(n, |i| (!self.null_values[i]).then(|| self.value(i)));
         // The envelope of the messages that decoded.
         let mut keep = Vec::with_capacity(n);
         let mut next_bad = rejected.iter().map(|r| r.index).peekable();
@@ -324,39 +285,6 @@ impl Messages {
         rejected.sort_by_key(|(offset, _)| *offset);
         self.clear();
         Ok(Built { batch, rejected })
-    }
-
-    /// The value column of a `raw` source; non-UTF-8 values of a VARCHAR column are
-    /// refused.
-    fn raw_value(&self, utf8: bool) -> (Vec<ArrayRef>, Vec<Rejected>) {
-        let n = self.len();
-        let mut rejected = Vec::new();
-        let mut ends = Vec::with_capacity(n + 1);
-        ends.push(0i32);
-        let mut bytes = Vec::with_capacity(self.values.len());
-        let mut nulls = Vec::with_capacity(n);
-        for i in 0..n {
-            let v = self.value(i);
-            if utf8 && let Err(e) = std::str::from_utf8(v) {
-                rejected.push(Rejected {
-                    index: i,
-                    raw: v.to_vec(),
-                    reason: format!("the value is not UTF-8 text ({e}); declare the column BYTEA"),
-                });
-                continue;
-            }
-            bytes.extend_from_slice(v);
-            ends.push(bytes.len() as i32);
-            nulls.push(!self.null_values[i]);
-        }
-        let offsets = OffsetBuffer::new(ends.into());
-        let nulls = Some(nulls.into());
-        let array: ArrayRef = if utf8 {
-            Arc::new(StringArray::new(offsets, bytes.into(), nulls))
-        } else {
-            Arc::new(BinaryArray::new(offsets, bytes.into(), nulls))
-        };
-        (vec![array], rejected)
     }
 
     fn meta_column(&self, meta: Meta, field: &Field, keep: &[usize]) -> ArrayRef {

@@ -3,7 +3,6 @@
 //! its consumer like any other message. A request is answered only once the brokers
 //! have acknowledged every record (`acks=all`, an idempotent producer).
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -12,9 +11,9 @@ use parking_lot::Mutex;
 use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, ProducerContext};
-use serde_json::value::RawValue;
 
-use crate::deadletter::{DeadLetterStore, NewDeadLetter, Reason};
+use crate::deadletter::DeadLetterStore;
+use crate::source::front_door::{Idempotency, dead_letter_bad, key_of, split};
 use crate::source::http::IngestReport;
 use crate::{Error, Result};
 
@@ -22,8 +21,6 @@ use crate::{Error, Result};
 const DELIVERY_WAIT: Duration = Duration::from_secs(10);
 /// librdkafka's default `message.max.bytes`, less room for the headers of a message.
 const MAX_RECORD_BYTES: usize = 1_000_000 - 1_024;
-/// Idempotency keys remembered (the newest), with their answers.
-const KEYS_KEPT: usize = 10_000;
 
 /// Produces posted records to one topic.
 pub struct FrontDoor {
@@ -33,15 +30,7 @@ pub struct FrontDoor {
     key: Option<String>,
     config: ClientConfig,
     producer: Mutex<Option<Arc<BaseProducer<Acks>>>>,
-    answered: Mutex<Answered>,
-}
-
-/// The answers of the newest idempotency keys; `None` while the key's first request is
-/// being produced.
-#[derive(Default)]
-struct Answered {
-    by_key: HashMap<String, Option<IngestReport>>,
-    order: VecDeque<String>,
+    answered: Idempotency,
 }
 
 /// One request's records in flight.
@@ -98,7 +87,7 @@ impl FrontDoor {
             key,
             config,
             producer: Mutex::new(None),
-            answered: Mutex::default(),
+            answered: Idempotency::default(),
         }
     }
 
@@ -127,50 +116,9 @@ impl FrontDoor {
         idempotency_key: Option<&str>,
         dead_letters: &DeadLetterStore,
     ) -> Result<IngestReport> {
-        let Some(k) = idempotency_key else {
-            return self.produce_now(body, dead_letters);
-        };
-        {
-            // The key is reserved before producing: a retry that comes while the first
-            // request waits for the brokers must not produce the records again.
-            let mut answered = self.answered.lock();
-            match answered.by_key.get(k) {
-                Some(Some(first)) => {
-                    return Ok(IngestReport {
-                        duplicate: true,
-                        ..*first
-                    });
-                }
-                Some(None) => {
-                    return Err(Error::Conflict(format!(
-                        "source {}: a request with Idempotency-Key {k} is being produced now; \
-                         retry once it is answered",
-                        self.source
-                    )));
-                }
-                None => {
-                    answered.by_key.insert(k.to_string(), None);
-                }
-            }
-        }
-        let result = self.produce_now(body, dead_letters);
-        let mut answered = self.answered.lock();
-        match &result {
-            Ok(report) => {
-                answered.by_key.insert(k.to_string(), Some(*report));
-                answered.order.push_back(k.to_string());
-                while answered.order.len() > KEYS_KEPT {
-                    if let Some(old) = answered.order.pop_front() {
-                        answered.by_key.remove(&old);
-                    }
-                }
-            }
-            // Nothing to remember: a retry tries again.
-            Err(_) => {
-                answered.by_key.remove(k);
-            }
-        }
-        result
+        self.answered.run(&self.source, idempotency_key, || {
+            self.produce_now(body, dead_letters)
+        })
     }
 
     fn produce_now(&self, body: &[u8], dead_letters: &DeadLetterStore) -> Result<IngestReport> {
@@ -240,94 +188,10 @@ impl FrontDoor {
                 self.source, self.topic
             )));
         }
-        let dead_lettered =
-            dead_letters.push_all(bad.into_iter().map(|(raw, reason)| NewDeadLetter {
-                source: self.source.clone(),
-                view: None,
-                partition: None,
-                position: None,
-                reason: Reason::from(reason),
-                raw,
-            }));
         Ok(IngestReport {
             accepted,
-            dead_lettered,
+            dead_lettered: dead_letter_bad(&self.source, bad, dead_letters),
             duplicate: false,
         })
-    }
-}
-
-/// The records of a body: a JSON array's elements, or one per non-empty line. Each must
-/// be a JSON object; others come back as dead letters (raw bytes and the reason).
-fn split(body: &[u8]) -> (Vec<&RawValue>, Vec<(Vec<u8>, String)>) {
-    let mut records = Vec::new();
-    let mut bad = Vec::new();
-    let first = body.iter().find(|b| !b.is_ascii_whitespace());
-    if first == Some(&b'[') {
-        match serde_json::from_slice::<Vec<&RawValue>>(body) {
-            Ok(all) => {
-                for r in all {
-                    if r.get().starts_with('{') {
-                        records.push(r);
-                    } else {
-                        bad.push((
-                            r.get().as_bytes().to_vec(),
-                            "a record must be a JSON object".into(),
-                        ));
-                    }
-                }
-            }
-            Err(e) => bad.push((body.to_vec(), format!("the body is not a JSON array: {e}"))),
-        }
-        return (records, bad);
-    }
-    for line in body.split(|&b| b == b'\n') {
-        let line = line.trim_ascii();
-        if line.is_empty() {
-            continue;
-        }
-        match serde_json::from_slice::<&RawValue>(line) {
-            Ok(r) if r.get().starts_with('{') => records.push(r),
-            Ok(_) => bad.push((line.to_vec(), "a record must be a JSON object".into())),
-            Err(e) => bad.push((line.to_vec(), format!("not JSON: {e}"))),
-        }
-    }
-    (records, bad)
-}
-
-/// The value of `field` in a record, as the message key: a string as itself, anything
-/// else as its JSON text; none when the record does not have it.
-fn key_of(record: &RawValue, field: &str) -> Option<String> {
-    let object: HashMap<&str, &RawValue> = serde_json::from_str(record.get()).ok()?;
-    let value = object.get(field)?.get();
-    match serde_json::from_str::<String>(value) {
-        Ok(text) => Some(text),
-        Err(_) if value == "null" => None,
-        Err(_) => Some(value.to_string()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bodies_split_into_objects_and_dead_letters() {
-        let (records, bad) = split(b"{\"a\": 1}\n\n[1]\nnot json\n{\"a\": 2}\n");
-        assert_eq!(records.len(), 2);
-        assert_eq!(bad.len(), 2);
-        assert!(bad[0].1.contains("JSON object") && bad[1].1.contains("not JSON"));
-        let (records, bad) = split(b" [{\"a\": 1}, 7, {\"b\": \"x\"}]");
-        assert_eq!((records.len(), bad.len()), (2, 1));
-    }
-
-    #[test]
-    fn keys_come_from_a_field() {
-        let record: &RawValue =
-            serde_json::from_str(r#"{"user": "ann", "n": 7, "z": null}"#).expect("json");
-        assert_eq!(key_of(record, "user").as_deref(), Some("ann"));
-        assert_eq!(key_of(record, "n").as_deref(), Some("7"));
-        assert_eq!(key_of(record, "z"), None);
-        assert_eq!(key_of(record, "missing"), None);
     }
 }

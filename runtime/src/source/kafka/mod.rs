@@ -284,17 +284,7 @@ impl Connector for KafkaSource {
 
     /// The reader commits the last durable offsets as it stops: wait for that.
     fn wait_stopped(&self, until: std::time::Instant) {
-        let Some(thread) = self.shared.reader.lock().take() else {
-            return;
-        };
-        while !thread.is_finished() && std::time::Instant::now() < until {
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-        if thread.is_finished() {
-            let _ = thread.join();
-        } else {
-            tracing::warn!(source = %self.name, "the kafka reader did not stop in time");
-        }
+        super::connector::join_reader(&self.shared.reader, &self.name, until);
     }
 
     /// Commit the checkpoint's offsets of the partitions this process still owns: as
@@ -341,12 +331,14 @@ impl Connector for KafkaSource {
                     .high_watermark
                     .zip(p.position)
                     .map(|(h, pos)| (h - pos).max(0)),
+                ..PartitionStatus::default()
             })
             .collect();
         ConnectorStatus {
             waiting: self.shared.waiting.lock().clone(),
             partitions,
             end_offsets: self.shared.end_offsets.lock().clone(),
+            stream: None,
         }
     }
 }

@@ -351,6 +351,7 @@ impl Reader {
                                 view: None,
                                 partition: Some(key.clone()),
                                 position: u64::try_from(offset).ok(),
+                                sequence_number: None,
                                 reason: reason.into(),
                                 raw,
                             }),
@@ -367,6 +368,7 @@ impl Reader {
                 view: None,
                 partition: Some(key.clone()),
                 position: u64::try_from(offset).ok(),
+                sequence_number: None,
                 reason: r.reason.into(),
                 raw: r.raw,
             }));

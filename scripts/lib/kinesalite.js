@@ -1,0 +1,85 @@
+// Starts kinesalite (a Kinesis endpoint) on 127.0.0.1 only: its own command line binds
+// every interface. Usage: node kinesalite.js PORT [MODULES_DIR]
+//
+// For fault tests it also answers POST /__weir/faults with a JSON body
+// {"stream": "s", "fault": "throttle" | "expire", "count": N}: the next N GetRecords
+// calls on that stream's shards are throttled (ProvisionedThroughputExceededException,
+// as Kinesis answers) or carry an iterator made six minutes old, which kinesalite then
+// refuses as expired, as Kinesis does after five minutes. Faults are per stream, so
+// tests sharing this endpoint do not see each other's.
+const path = require('path');
+const crypto = require('crypto');
+const { Readable } = require('stream');
+
+const port = parseInt(process.argv[2], 10);
+const modules = process.argv[3] || path.join(__dirname, 'node_modules');
+const kinesalite = require(path.join(modules, 'kinesalite'));
+const db = require(path.join(modules, 'kinesalite', 'db'));
+
+const server = kinesalite({ createStreamMs: 50, deleteStreamMs: 50, updateStreamMs: 50, shardLimit: 1000 });
+const handle = server.listeners('request')[0];
+server.removeAllListeners('request');
+const faults = new Map(); // stream -> {fault, count}
+
+function decodeIterator(iterator) {
+  try {
+    const buffer = Buffer.from(iterator, 'base64');
+    const decipher = crypto.createDecipheriv('aes-256-cbc', db.ITERATOR_PWD_KEY, db.ITERATOR_PWD_IV);
+    return Buffer.concat([decipher.update(buffer.slice(8)), decipher.final()]).toString('utf8').split('/');
+  } catch (e) {
+    return null;
+  }
+}
+
+function encodeIterator(pieces) {
+  const cipher = crypto.createCipheriv('aes-256-cbc', db.ITERATOR_PWD_KEY, db.ITERATOR_PWD_IV);
+  return Buffer.concat([Buffer.from([0, 0, 0, 0, 0, 0, 0, 1]), cipher.update(pieces.join('/'), 'utf8'), cipher.final()]).toString('base64');
+}
+
+function replay(req, res, body) {
+  const copy = Readable.from(body.length ? [body] : []);
+  copy.headers = req.headers;
+  copy.method = req.method;
+  copy.url = req.url;
+  handle(copy, res);
+}
+
+server.on('request', (req, res) => {
+  const chunks = [];
+  req.on('data', (c) => chunks.push(c));
+  req.on('end', () => {
+    let body = Buffer.concat(chunks);
+    if (req.url === '/__weir/faults') {
+      const f = JSON.parse(body.toString('utf8'));
+      faults.set(f.stream, { fault: f.fault, count: f.count });
+      res.statusCode = 204;
+      return res.end();
+    }
+    const target = req.headers['x-amz-target'] || '';
+    if (faults.size && target.endsWith('.GetRecords')) {
+      const data = JSON.parse(body.toString('utf8'));
+      const pieces = decodeIterator(data.ShardIterator || '');
+      const f = pieces && faults.get(pieces[1]);
+      if (f && f.count > 0) {
+        f.count -= 1;
+        if (f.fault === 'throttle') {
+          res.statusCode = 400;
+          res.setHeader('Content-Type', 'application/x-amz-json-1.1');
+          res.setHeader('x-amzn-RequestId', crypto.randomUUID());
+          return res.end(JSON.stringify({
+            __type: 'ProvisionedThroughputExceededException',
+            message: 'Rate exceeded for shard ' + pieces[2] + ' in stream ' + pieces[1],
+          }));
+        }
+        pieces[0] = ('0000000000000' + (parseInt(pieces[0], 10) - 360000)).slice(-14);
+        data.ShardIterator = encodeIterator(pieces);
+        body = Buffer.from(JSON.stringify(data));
+      }
+    }
+    replay(req, res, body);
+  });
+});
+
+server.listen(port, '127.0.0.1', () => {
+  console.log('kinesalite listening at http://127.0.0.1:' + port);
+});
