@@ -259,6 +259,11 @@ pub struct StreamStatus {
     pub needed: Option<usize>,
     pub records_per_second: f64,
     pub bytes_per_second: f64,
+    /// With a lease table: this process's name in it, and the processes holding leases.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease_owner: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub processes: Option<usize>,
     /// GetRecords calls throttled (ProvisionedThroughputExceeded) and retried.
     pub throttled: u64,
     /// Shard iterators that expired and were fetched again from the last position.

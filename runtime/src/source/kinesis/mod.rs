@@ -7,6 +7,7 @@
 
 mod front_door;
 pub mod kpl;
+pub mod lease;
 mod options;
 pub mod position;
 pub mod put;
@@ -50,6 +51,7 @@ pub struct KinesisSource {
     shard_refresh: Duration,
     max_record_bytes: usize,
     records_per_call: i32,
+    lease_renewal: Duration,
     shared: Arc<Shared>,
     /// Records posted over HTTP are put on the stream.
     front_door: front_door::FrontDoor,
@@ -67,6 +69,13 @@ pub struct Shared {
     /// Shard iterators that expired and were fetched again.
     pub expired_iterators: AtomicU64,
     pub reader: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// With a lease table: this process's leases (the reader keeps them, a durable
+    /// checkpoint writes their checkpoints).
+    pub leases: Option<Arc<tokio::sync::Mutex<lease::Leases>>>,
+    /// Processes holding leases, this one included, when last kept.
+    pub processes: AtomicU64,
+    /// This process's name in the lease table.
+    pub lease_owner: Option<String>,
 }
 
 /// One shard being read, as the API shows it.
@@ -121,6 +130,28 @@ pub fn open(def: &SourceDef) -> Result<Box<dyn Connector>> {
         client: Client::new(&config),
         answered: Default::default(),
     };
+    let failover = options.lease_failover.unwrap_or(Duration::from_secs(10));
+    let mut shared = Shared::default();
+    if let Some(table) = &options.lease_table {
+        let dynamo = Endpoint {
+            region: options.region.clone(),
+            endpoint: options.lease_endpoint.clone(),
+        }
+        .config()
+        .map_err(|why| Error::BadRequest(format!("source {name}: {why}")))?;
+        let me = process_name();
+        shared.lease_owner = Some(me.clone());
+        shared.leases = Some(Arc::new(tokio::sync::Mutex::new(lease::Leases::new(
+            aws_sdk_dynamodb::Client::new(&dynamo),
+            table,
+            me,
+            failover,
+        ))));
+    } else if options.lease_endpoint.is_some() || options.lease_failover.is_some() {
+        return Err(Error::BadRequest(format!(
+            "source {name}: lease_endpoint and lease_failover are for a lease_table"
+        )));
+    }
     let source = KinesisSource {
         name: name.to_string(),
         stream,
@@ -135,7 +166,8 @@ pub fn open(def: &SourceDef) -> Result<Box<dyn Connector>> {
         shard_refresh: options.shard_refresh.unwrap_or(Duration::from_secs(10)),
         max_record_bytes: options.max_record_bytes.unwrap_or(1_048_576),
         records_per_call,
-        shared: Arc::default(),
+        lease_renewal: failover / 3,
+        shared: Arc::new(shared),
     };
     if !def.restoring {
         source.check_stream()?;
@@ -201,6 +233,7 @@ impl Connector for KinesisSource {
             shard_refresh: self.shard_refresh,
             max_record_bytes: self.max_record_bytes,
             records_per_call: self.records_per_call,
+            lease_renewal: self.lease_renewal,
         };
         let reader = reader::Reader::new(
             settings,
@@ -217,13 +250,28 @@ impl Connector for KinesisSource {
         Ok(())
     }
 
+    /// With a lease table: each held shard's position becomes its lease's checkpoint.
     fn checkpoint_durable(&self, position: &Position) {
-        let inside = position::shards_of(position)
+        let shards = position::shards_of(position);
+        if shards
             .values()
-            .any(|p| matches!(p, position::ShardPosition::After { sub: Some(_), .. }));
-        if inside {
+            .any(|p| matches!(p, position::ShardPosition::After { sub: Some(_), .. }))
+        {
             // Tests: crash with a durable checkpoint inside a KPL aggregated record.
             crate::failpoint::crash_point("kinesis-durable-inside-aggregate");
+        }
+        let Some(leases) = self.shared.leases.clone() else {
+            return;
+        };
+        let written = block_on(async move {
+            let mut leases = leases.lock().await;
+            for (shard, p) in &shards {
+                leases.checkpoint(shard, p).await?;
+            }
+            Ok::<_, String>(())
+        });
+        if let Err(why) = written {
+            tracing::warn!(source = %self.name, error = %why, "cannot write the leases' checkpoints");
         }
     }
 
@@ -249,12 +297,31 @@ impl Connector for KinesisSource {
             partitions,
             end_offsets: BTreeMap::new(),
             stream: Some(StreamStatus {
+                lease_owner: self.shared.lease_owner.clone(),
+                processes: self
+                    .shared
+                    .leases
+                    .as_ref()
+                    .map(|_| self.shared.processes.load(Ordering::Relaxed) as usize),
                 throttled: self.shared.throttled.load(Ordering::Relaxed),
                 expired_iterators: self.shared.expired_iterators.load(Ordering::Relaxed),
                 ..advice(shards.values())
             }),
         }
     }
+}
+
+/// This process's name in a lease table: host, process id and a random part (a restarted
+/// process is a new owner; its old leases expire and it takes them back).
+fn process_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "weir".into());
+    format!(
+        "{host}-{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    )
 }
 
 /// The shard count the rates of the shards being read call for.
@@ -355,7 +422,7 @@ pub(crate) const ENDPOINT: OptionDoc = OptionDoc {
     doc: "The Kinesis API's URL, for a VPC endpoint or a local one.",
 };
 
-const OWN_OPTIONS: [OptionDoc; 9] = [
+const OWN_OPTIONS: [OptionDoc; 12] = [
     OptionDoc {
         name: "stream",
         kind: "text",
@@ -397,6 +464,30 @@ const OWN_OPTIONS: [OptionDoc; 9] = [
         required: false,
         default: None,
         doc: "For records posted over HTTP: the field whose value is the partition key (default: a hash of the record).",
+    },
+    OptionDoc {
+        name: "lease_table",
+        kind: "text",
+        choices: &[],
+        required: false,
+        default: None,
+        doc: "A DynamoDB table (created if missing) through which processes reading the stream share its shards.",
+    },
+    OptionDoc {
+        name: "lease_endpoint",
+        kind: "text",
+        choices: &[],
+        required: false,
+        default: None,
+        doc: "The DynamoDB API's URL for the lease table, for a VPC endpoint or a local one.",
+    },
+    OptionDoc {
+        name: "lease_failover",
+        kind: "duration",
+        choices: &[],
+        required: false,
+        default: Some("10s"),
+        doc: "A lease not renewed for this long is taken by another process; leases are renewed every third of it.",
     },
     OptionDoc {
         name: "records_per_call",

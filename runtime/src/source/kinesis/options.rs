@@ -31,6 +31,13 @@ pub struct KinesisOptions {
     pub partition_key: Option<String>,
     /// Most records one GetRecords call returns (1 to 10,000, the default).
     pub records_per_call: Option<i32>,
+    /// A DynamoDB table through which processes reading the stream share its shards.
+    pub lease_table: Option<String>,
+    /// The DynamoDB API's URL for the lease table (default: the region's).
+    pub lease_endpoint: Option<String>,
+    /// A lease not renewed for this long may be taken by another process (default 10 s).
+    #[serde(default, with = "humantime_serde::option")]
+    pub lease_failover: Option<Duration>,
     /// Records with more data go to the dead-letter store (default 1 MiB, Kinesis's
     /// own limit).
     pub max_record_bytes: Option<usize>,

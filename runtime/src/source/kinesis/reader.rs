@@ -18,6 +18,7 @@ use bytes::Bytes;
 use datafusion::arrow::array::RecordBatch;
 
 use super::kpl::{self, Unpacked};
+use super::lease::{Leases, later};
 use super::options::Start;
 use super::position::{ShardInfo, ShardPosition, closed_at_start, readable, shards_of};
 use super::records::{Layout, Records, UserRecord};
@@ -47,6 +48,8 @@ pub struct Settings {
     pub max_record_bytes: usize,
     /// GetRecords' `Limit`.
     pub records_per_call: i32,
+    /// With a lease table: how often leases are renewed (a third of the failover time).
+    pub lease_renewal: Duration,
 }
 
 /// A shard being read.
@@ -83,6 +86,8 @@ pub struct Reader {
     splits: BTreeMap<String, u32>,
     /// When the source first started: where a `latest` start reads its shards from.
     started_ms: i64,
+    /// When the leases were last kept (with a lease table).
+    last_keep: Option<Instant>,
 }
 
 impl Reader {
@@ -113,6 +118,7 @@ impl Reader {
             finished,
             splits: BTreeMap::new(),
             started_ms: now_ms(),
+            last_keep: None,
         }
     }
 
@@ -138,9 +144,17 @@ impl Reader {
                         continue;
                     }
                 }
-                if !self.start_readable() {
+                if self.shared.leases.is_none() && !self.start_readable() {
                     return;
                 }
+            }
+            if let Some(leases) = self.shared.leases.clone()
+                && self
+                    .last_keep
+                    .is_none_or(|at| at.elapsed() >= self.settings.lease_renewal)
+                && !self.keep_leases(leases)
+            {
+                return;
             }
             let now = Instant::now();
             let due: Vec<String> = self
@@ -213,7 +227,11 @@ impl Reader {
         let first = self.last_list.is_none();
         self.listed = shards;
         self.last_list = Some(Instant::now());
-        if self.fresh && first && self.settings.start == Start::Latest {
+        if self.fresh
+            && first
+            && self.settings.start == Start::Latest
+            && self.shared.leases.is_none()
+        {
             // What was closed before the source first started holds nothing new: finished,
             // and so in its checkpoints, so that a restart does not read it either.
             let mut position = Position::default();
@@ -247,50 +265,120 @@ impl Reader {
                 // Not in the checkpoint: it came after it (a reshard), so all of it is
                 // new.
                 None if !self.fresh => ShardPosition::TrimHorizon,
-                None => match self.settings.start {
-                    Start::TrimHorizon => ShardPosition::TrimHorizon,
-                    Start::Latest => ShardPosition::AtTimestamp(self.started_ms),
-                    Start::Timestamp(ms) => ShardPosition::AtTimestamp(ms),
-                },
+                None => self.initial(&shard),
             };
-            let next = self.splits.len() as u32;
-            let split = *self.splits.entry(shard.id.clone()).or_insert(next);
-            let skip = match &position {
-                ShardPosition::After {
-                    sequence,
-                    sub: Some(sub),
-                } => Some((sequence.clone(), *sub)),
-                _ => None,
-            };
-            tracing::info!(source = %self.settings.name, shard = %shard.id, position = %position.encode(), "reading a shard");
-            // Announce the split with its position, so a checkpoint holds where it starts.
-            let mut announced = Position::default();
-            announced.0.insert(shard.id.clone(), position.encode());
-            if !self.feed.send(
-                RecordBatch::new_empty(self.settings.layout.schema()),
-                announced,
-                split,
-            ) {
+            if !self.start_shard(&shard.id, position) {
                 return false;
             }
-            self.shared
-                .shards
-                .lock()
-                .insert(shard.id.clone(), ShardState::default());
-            self.reading.insert(
-                shard.id.clone(),
-                Reading {
-                    split,
-                    iterator: None,
-                    position,
-                    skip,
-                    next_poll: Instant::now(),
-                    backoff: MIN_POLL,
-                    records: Records::default(),
-                    window: (0, 0),
-                    window_start: Instant::now(),
-                },
-            );
+        }
+        true
+    }
+
+    /// Where a shard nobody has read starts, by the `start` option.
+    fn initial(&self, shard: &ShardInfo) -> ShardPosition {
+        initial(self.settings.start, self.started_ms, shard)
+    }
+
+    /// Start reading `shard` from `position`; false once the pipeline is gone.
+    fn start_shard(&mut self, shard: &str, position: ShardPosition) -> bool {
+        let next = self.splits.len() as u32;
+        let split = *self.splits.entry(shard.to_string()).or_insert(next);
+        let skip = match &position {
+            ShardPosition::After {
+                sequence,
+                sub: Some(sub),
+            } => Some((sequence.clone(), *sub)),
+            _ => None,
+        };
+        tracing::info!(source = %self.settings.name, shard, position = %position.encode(), "reading a shard");
+        // Announce the split with its position, so a checkpoint holds where it starts.
+        let mut announced = Position::default();
+        announced.0.insert(shard.to_string(), position.encode());
+        if !self.feed.send(
+            RecordBatch::new_empty(self.settings.layout.schema()),
+            announced,
+            split,
+        ) {
+            return false;
+        }
+        self.shared
+            .shards
+            .lock()
+            .insert(shard.to_string(), ShardState::default());
+        self.reading.insert(
+            shard.to_string(),
+            Reading {
+                split,
+                iterator: None,
+                position,
+                skip,
+                next_poll: Instant::now(),
+                backoff: MIN_POLL,
+                records: Records::default(),
+                window: (0, 0),
+                window_start: Instant::now(),
+            },
+        );
+        true
+    }
+
+    /// With a lease table: renew this process's leases, take its share, stop reading
+    /// shards whose lease went to another process (here, between chunks), and start
+    /// the shards newly held from the later of the lease's checkpoint and what this
+    /// process read. False once the pipeline is gone.
+    fn keep_leases(&mut self, leases: Arc<tokio::sync::Mutex<Leases>>) -> bool {
+        self.last_keep = Some(Instant::now());
+        let listed = self.listed.clone();
+        let (start, started_ms) = (self.settings.start, self.started_ms);
+        let held = block_on(async move {
+            let mut leases = leases.lock().await;
+            leases.ensure_table().await?;
+            leases
+                .keep(&listed, |shard| initial(start, started_ms, shard))
+                .await
+        });
+        let held = match held {
+            Ok(held) => held,
+            Err(why) => {
+                tracing::warn!(source = %self.settings.name, error = %why, "cannot keep the shard leases");
+                *self.shared.waiting.lock() = Some(why);
+                return true;
+            }
+        };
+        self.shared.waiting.lock().take();
+        self.shared
+            .processes
+            .store(held.processes as u64, Ordering::Relaxed);
+        self.finished.extend(held.finished);
+        let lost: Vec<String> = self
+            .reading
+            .keys()
+            .filter(|s| !held.shards.contains_key(*s))
+            .cloned()
+            .collect();
+        for shard in lost {
+            let r = self.reading.remove(&shard).expect("a shard being read");
+            tracing::info!(source = %self.settings.name, shard, "stopped reading: its lease is another process's");
+            self.resume.insert(shard.clone(), r.position);
+            self.feed.split_gone(r.split);
+            self.feed.shard_metrics.forget(&self.settings.name, &shard);
+            self.shared.shards.lock().remove(&shard);
+        }
+        for (shard, checkpoint) in held.shards {
+            if self.reading.contains_key(&shard) || self.finished.contains(&shard) {
+                continue;
+            }
+            let position = match self.resume.get(&shard) {
+                Some(ours) => later(checkpoint, ours.clone()),
+                None => checkpoint,
+            };
+            if position == ShardPosition::Finished {
+                self.finished.insert(shard);
+                continue;
+            }
+            if !self.start_shard(&shard, position) {
+                return false;
+            }
         }
         true
     }
@@ -655,6 +743,17 @@ async fn shard_iterator(
                 describe(&e)
             ))),
         },
+    }
+}
+
+/// Where a shard nobody has read starts: by the `start` option; with `latest`, a shard
+/// already closed when the source first started is read (it holds nothing new).
+fn initial(start: Start, started_ms: i64, shard: &ShardInfo) -> ShardPosition {
+    match start {
+        Start::TrimHorizon => ShardPosition::TrimHorizon,
+        Start::Latest if shard.closed => ShardPosition::Finished,
+        Start::Latest => ShardPosition::AtTimestamp(started_ms),
+        Start::Timestamp(ms) => ShardPosition::AtTimestamp(ms),
     }
 }
 
