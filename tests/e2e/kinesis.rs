@@ -1020,3 +1020,86 @@ async fn a_stolen_lease_stops_the_reading_until_it_expires_and_is_taken_back() -
     ensure!(shards_read(&weir, "s").await? == [shard]);
     Ok(())
 }
+
+/// The stream's open shards (those without an ending sequence number).
+async fn open_shards(client: &Client, stream: &str) -> Result<usize> {
+    let out = client.list_shards().stream_name(stream).send().await?;
+    Ok(out
+        .shards()
+        .iter()
+        .filter(|s| {
+            s.sequence_number_range()
+                .is_none_or(|r| r.ending_sequence_number().is_none())
+        })
+        .count())
+}
+
+#[tokio::test]
+async fn autoscale_splits_under_load_within_max_shards_and_merges_when_quiet() -> Result<()> {
+    let kinesis = client();
+    let stream = unique("scale");
+    create_stream(&kinesis, &stream, 1).await?;
+    let weir = start_weir("").await?;
+    weir.exec(&source_sql(
+        "s",
+        "k VARCHAR, v BIGINT",
+        &stream,
+        ", autoscale = 'true', max_shards = '2', autoscale_cooldown = '2s', shard_refresh = '1s'",
+    ))
+    .await?;
+    weir.exec("CREATE MATERIALIZED VIEW c AS SELECT count(*) AS n FROM s")
+        .await?;
+    // Write well over 1,000 records a second (what one shard takes) until weir splits.
+    let mut written = 0i64;
+    let mut ignored = Totals::new();
+    let started = std::time::Instant::now();
+    let mut split_at = None;
+    while started.elapsed() < Duration::from_secs(60) {
+        put(&kinesis, &stream, &keyed(written, 500, &mut ignored)).await?;
+        written += 500;
+        if split_at.is_none() && open_shards(&kinesis, &stream).await? == 2 {
+            split_at = Some(std::time::Instant::now());
+        }
+        // Go on writing a while after the split: the rate still asks for more shards,
+        // but max_shards is 2.
+        if split_at.is_some_and(|t| t.elapsed() > Duration::from_secs(8)) {
+            break;
+        }
+    }
+    ensure!(split_at.is_some(), "no split after {written} records");
+    ensure!(
+        open_shards(&kinesis, &stream).await? == 2,
+        "never above max_shards"
+    );
+    let status = weir.get("/api/v1/sources/s").await?;
+    ensure!(
+        status["stream"]["last_change"]
+            .as_str()
+            .is_some_and(|c| c.contains("split")),
+        "{status}"
+    );
+    // Quiet: one shard is enough again.
+    weir.wait_for(
+        "a merge back to one open shard",
+        Duration::from_secs(60),
+        || async { Ok((open_shards(&kinesis, &stream).await? == 1).then_some(())) },
+    )
+    .await?;
+    let status = weir.get("/api/v1/sources/s").await?;
+    ensure!(
+        status["stream"]["last_change"]
+            .as_str()
+            .is_some_and(|c| c.contains("merged")),
+        "{status}"
+    );
+    // Nothing lost across both reshards.
+    weir.wait_for("every record", Duration::from_secs(60), || async {
+        let rows = view_rows(&weir, "c").await?;
+        Ok(rows
+            .first()
+            .is_some_and(|r| r["n"] == json!(written))
+            .then_some(()))
+    })
+    .await?;
+    Ok(())
+}

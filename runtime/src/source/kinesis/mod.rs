@@ -13,6 +13,7 @@ pub mod position;
 pub mod put;
 mod reader;
 mod records;
+mod scale;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -52,6 +53,8 @@ pub struct KinesisSource {
     max_record_bytes: usize,
     records_per_call: i32,
     lease_renewal: Duration,
+    /// With `autoscale`: the cool-down and the most shards.
+    autoscale: Option<(Duration, usize)>,
     shared: Arc<Shared>,
     /// Records posted over HTTP are put on the stream.
     front_door: front_door::FrontDoor,
@@ -76,6 +79,8 @@ pub struct Shared {
     pub processes: AtomicU64,
     /// This process's name in the lease table.
     pub lease_owner: Option<String>,
+    /// With `autoscale`: the last change of the shard count, or why it failed.
+    pub last_scale: Mutex<Option<String>>,
 }
 
 /// One shard being read, as the API shows it.
@@ -152,6 +157,25 @@ pub fn open(def: &SourceDef) -> Result<Box<dyn Connector>> {
             "source {name}: lease_endpoint and lease_failover are for a lease_table"
         )));
     }
+    let autoscale = match options.autoscale {
+        Some(true) if options.lease_table.is_some() => {
+            return Err(Error::BadRequest(format!(
+                "source {name}: autoscale with a lease_table is not supported yet (each process sees only its own shards' rates); run one process with autoscale"
+            )));
+        }
+        Some(true) => Some((
+            options
+                .autoscale_cooldown
+                .unwrap_or(Duration::from_secs(600)),
+            options.max_shards.unwrap_or(10).max(1),
+        )),
+        _ if options.max_shards.is_some() || options.autoscale_cooldown.is_some() => {
+            return Err(Error::BadRequest(format!(
+                "source {name}: max_shards and autoscale_cooldown are for autoscale = true"
+            )));
+        }
+        _ => None,
+    };
     let source = KinesisSource {
         name: name.to_string(),
         stream,
@@ -167,6 +191,7 @@ pub fn open(def: &SourceDef) -> Result<Box<dyn Connector>> {
         max_record_bytes: options.max_record_bytes.unwrap_or(1_048_576),
         records_per_call,
         lease_renewal: failover / 3,
+        autoscale,
         shared: Arc::new(shared),
     };
     if !def.restoring {
@@ -234,6 +259,7 @@ impl Connector for KinesisSource {
             max_record_bytes: self.max_record_bytes,
             records_per_call: self.records_per_call,
             lease_renewal: self.lease_renewal,
+            autoscale: self.autoscale,
         };
         let reader = reader::Reader::new(
             settings,
@@ -303,6 +329,7 @@ impl Connector for KinesisSource {
                     .leases
                     .as_ref()
                     .map(|_| self.shared.processes.load(Ordering::Relaxed) as usize),
+                last_change: self.shared.last_scale.lock().clone(),
                 throttled: self.shared.throttled.load(Ordering::Relaxed),
                 expired_iterators: self.shared.expired_iterators.load(Ordering::Relaxed),
                 ..advice(shards.values())
@@ -325,7 +352,7 @@ fn process_name() -> String {
 }
 
 /// The shard count the rates of the shards being read call for.
-fn advice<'a>(shards: impl Iterator<Item = &'a ShardState>) -> StreamStatus {
+pub(crate) fn advice<'a>(shards: impl Iterator<Item = &'a ShardState>) -> StreamStatus {
     let mut advice = StreamStatus::default();
     let mut caught_up = true;
     for s in shards {
@@ -422,7 +449,7 @@ pub(crate) const ENDPOINT: OptionDoc = OptionDoc {
     doc: "The Kinesis API's URL, for a VPC endpoint or a local one.",
 };
 
-const OWN_OPTIONS: [OptionDoc; 12] = [
+const OWN_OPTIONS: [OptionDoc; 15] = [
     OptionDoc {
         name: "stream",
         kind: "text",
@@ -488,6 +515,30 @@ const OWN_OPTIONS: [OptionDoc; 12] = [
         required: false,
         default: Some("10s"),
         doc: "A lease not renewed for this long is taken by another process; leases are renewed every third of it.",
+    },
+    OptionDoc {
+        name: "autoscale",
+        kind: "choice",
+        choices: &["true", "false"],
+        required: false,
+        default: Some("false"),
+        doc: "Change the stream's shard count to what its write rate needs (1,000 records or 1 MiB a second a shard).",
+    },
+    OptionDoc {
+        name: "max_shards",
+        kind: "number",
+        choices: &[],
+        required: false,
+        default: Some("10"),
+        doc: "With autoscale: the most shards it makes.",
+    },
+    OptionDoc {
+        name: "autoscale_cooldown",
+        kind: "duration",
+        choices: &[],
+        required: false,
+        default: Some("10m"),
+        doc: "With autoscale: the least time between two changes of the shard count.",
     },
     OptionDoc {
         name: "records_per_call",

@@ -38,6 +38,13 @@ pub struct KinesisOptions {
     /// A lease not renewed for this long may be taken by another process (default 10 s).
     #[serde(default, with = "humantime_serde::option")]
     pub lease_failover: Option<Duration>,
+    /// Change the stream's shard count to what its write rate needs.
+    pub autoscale: Option<bool>,
+    /// The most shards autoscaling makes (default 10).
+    pub max_shards: Option<usize>,
+    /// The least time between two changes of the shard count (default 10 min).
+    #[serde(default, with = "humantime_serde::option")]
+    pub autoscale_cooldown: Option<Duration>,
     /// Records with more data go to the dead-letter store (default 1 MiB, Kinesis's
     /// own limit).
     pub max_record_bytes: Option<usize>,

@@ -86,6 +86,8 @@ pub struct ShardInfo {
     pub parents: Vec<String>,
     /// Closed by a split or merge: it has an ending sequence number.
     pub closed: bool,
+    /// The hash keys it covers, inclusive.
+    pub hash_range: (u128, u128),
 }
 
 /// The shards to start reading now: those not started nor finished whose parents are
@@ -127,6 +129,7 @@ mod tests {
             id: id.into(),
             parents: parents.iter().map(|p| p.to_string()).collect(),
             closed,
+            hash_range: (0, u128::MAX),
         }
     }
 

@@ -22,6 +22,7 @@ use super::lease::{Leases, later};
 use super::options::Start;
 use super::position::{ShardInfo, ShardPosition, closed_at_start, readable, shards_of};
 use super::records::{Layout, Records, UserRecord};
+use super::scale::Scaler;
 use super::{ShardState, Shared};
 use crate::aws::{block_on, describe};
 use crate::checkpoint::Position;
@@ -50,6 +51,8 @@ pub struct Settings {
     pub records_per_call: i32,
     /// With a lease table: how often leases are renewed (a third of the failover time).
     pub lease_renewal: Duration,
+    /// With `autoscale`: the cool-down and the most shards.
+    pub autoscale: Option<(Duration, usize)>,
 }
 
 /// A shard being read.
@@ -88,6 +91,9 @@ pub struct Reader {
     started_ms: i64,
     /// When the leases were last kept (with a lease table).
     last_keep: Option<Instant>,
+    /// With `autoscale` (taken out while it works).
+    scaler: Option<Scaler>,
+    last_scale_check: Instant,
 }
 
 impl Reader {
@@ -106,7 +112,6 @@ impl Reader {
             .map(|(s, _)| s.clone())
             .collect();
         Self {
-            settings,
             client,
             shared,
             feed,
@@ -119,6 +124,11 @@ impl Reader {
             splits: BTreeMap::new(),
             started_ms: now_ms(),
             last_keep: None,
+            scaler: settings
+                .autoscale
+                .map(|(cooldown, max)| Scaler::new(cooldown, max)),
+            last_scale_check: Instant::now(),
+            settings,
         }
     }
 
@@ -155,6 +165,9 @@ impl Reader {
                 && !self.keep_leases(leases)
             {
                 return;
+            }
+            if self.last_scale_check.elapsed() >= Duration::from_secs(1) {
+                self.autoscale();
             }
             let now = Instant::now();
             let due: Vec<String> = self
@@ -215,6 +228,15 @@ impl Reader {
                         closed: s
                             .sequence_number_range()
                             .is_some_and(|r| r.ending_sequence_number().is_some()),
+                        hash_range: s
+                            .hash_key_range()
+                            .and_then(|r| {
+                                Some((
+                                    r.starting_hash_key().parse().ok()?,
+                                    r.ending_hash_key().parse().ok()?,
+                                ))
+                            })
+                            .unwrap_or((0, u128::MAX)),
                     });
                 }
                 match page.next_token() {
@@ -381,6 +403,41 @@ impl Reader {
             }
         }
         true
+    }
+
+    /// With `autoscale`: change the shard count when the write rate calls for another.
+    fn autoscale(&mut self) {
+        self.last_scale_check = Instant::now();
+        let Some(scaler) = self.scaler.take() else {
+            return;
+        };
+        let needed = super::advice(self.shared.shards.lock().values()).needed;
+        let open: Vec<ShardInfo> = self.listed.iter().filter(|s| !s.closed).cloned().collect();
+        let Some(target) = needed.and_then(|n| scaler.target(open.len(), n)) else {
+            self.scaler = Some(scaler);
+            return;
+        };
+        let (client, stream) = (self.client.clone(), self.settings.stream.clone());
+        let (scaler, done) = block_on(async move {
+            let mut scaler = scaler;
+            let open: Vec<&ShardInfo> = open.iter().collect();
+            let done = scaler.scale(&client, &stream, &open, target).await;
+            (scaler, done)
+        });
+        self.scaler = Some(scaler);
+        let said = match done {
+            Ok(what) => {
+                tracing::info!(source = %self.settings.name, change = %what, "shard count changed");
+                // The new shards are listed soon.
+                self.last_list = None;
+                what
+            }
+            Err(why) => {
+                tracing::warn!(source = %self.settings.name, error = %why, "cannot change the shard count");
+                format!("failed: {why}")
+            }
+        };
+        *self.shared.last_scale.lock() = Some(said);
     }
 
     /// One GetRecords for each shard of `due`, side by side, then their records sent in
