@@ -1,6 +1,6 @@
 //! Fuzz targets for every parser of bytes that come from outside weir: JSON records,
 //! SQL text, plugin output (Arrow IPC), checkpoint manifests and state files, the
-//! write-ahead log, and Kafka messages. Each is a proptest property over valid inputs
+//! write-ahead log, Kafka messages and KPL aggregated Kinesis records. Each is a proptest property over valid inputs
 //! mutated (bytes set, cut, removed, repeated, tokens of the format inserted) and over
 //! plain random bytes, and says what must hold for any input: no panic, nothing lost
 //! without a reason, and a valid input read back exactly.
@@ -13,6 +13,7 @@
 mod checkpoint;
 mod json;
 mod kafka;
+mod kpl;
 mod plugin_output;
 mod sql;
 mod wal;
