@@ -34,6 +34,14 @@ where
     rx.recv().expect("the AWS runtime dropped a call")
 }
 
+/// Run `f` on the AWS runtime without waiting for it (work whose outcome is logged).
+pub fn spawn<F>(f: F)
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    RUNTIME.spawn(f);
+}
+
 /// Where a connector's AWS service is.
 #[derive(Debug, Clone, Default)]
 pub struct Endpoint {

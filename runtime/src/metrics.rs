@@ -48,8 +48,8 @@ pub struct Metrics {
 pub struct ShardMetrics {
     /// `weir_source_lag_ms{source, shard}`: GetRecords' MillisBehindLatest.
     pub lag_ms: IntGaugeVec,
-    /// `weir_source_shard_records_total{source, shard}`: records read (user records of
-    /// KPL aggregates counted one by one).
+    /// `weir_source_shard_records_total{source, shard}`: Kinesis records read (a KPL
+    /// aggregate is one, as Kinesis's limits count).
     pub records: IntCounterVec,
     /// `weir_source_shard_bytes_total{source, shard}`: bytes of the records read.
     pub bytes: IntCounterVec,

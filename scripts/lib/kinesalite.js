@@ -2,12 +2,16 @@
 // every interface. Usage: node kinesalite.js PORT [MODULES_DIR]
 //
 // For fault tests it also answers POST /__weir/faults with a JSON body
-// {"stream": "s", "fault": "throttle" | "expire", "count": N}: the next N GetRecords
-// calls on that stream's shards are throttled (ProvisionedThroughputExceededException,
-// as Kinesis answers) or carry an iterator made six minutes old, which kinesalite then
-// refuses as expired, as Kinesis does after five minutes. Faults are per stream, so
-// tests sharing this endpoint do not see each other's.
+// {"stream": "s", "fault": F, "count": N}, for the next N calls on that stream:
+//   throttle      GetRecords is throttled (ProvisionedThroughputExceededException)
+//   expire        GetRecords carries an iterator made six minutes old, which kinesalite
+//                 then refuses as expired, as Kinesis does after five minutes
+//   throttle_put  PutRecords is throttled as a whole
+//   partial       PutRecords puts only the records at even places; the others come back
+//                 failed (ProvisionedThroughputExceededException), a partial failure
+// Faults are per stream, so tests sharing this endpoint do not see each other's.
 const path = require('path');
+const http = require('http');
 const crypto = require('crypto');
 const { Readable } = require('stream');
 
@@ -36,6 +40,41 @@ function encodeIterator(pieces) {
   return Buffer.concat([Buffer.from([0, 0, 0, 0, 0, 0, 0, 1]), cipher.update(pieces.join('/'), 'utf8'), cipher.final()]).toString('base64');
 }
 
+function throttled(res, message) {
+  res.statusCode = 400;
+  res.setHeader('Content-Type', 'application/x-amz-json-1.1');
+  res.setHeader('x-amzn-RequestId', crypto.randomUUID());
+  res.end(JSON.stringify({ __type: 'ProvisionedThroughputExceededException', message }));
+}
+
+// Put the records at even places (through this server, as any client would) and
+// answer as Kinesis does for a partial failure.
+function partial(req, res, data) {
+  const kept = data.Records.filter((_, i) => i % 2 === 0);
+  const body = Buffer.from(JSON.stringify({ ...data, Records: kept }));
+  const headers = { ...req.headers, 'content-length': body.length };
+  const inner = http.request({ host: '127.0.0.1', port, method: 'POST', path: '/', headers }, (answer) => {
+    const parts = [];
+    answer.on('data', (c) => parts.push(c));
+    answer.on('end', () => {
+      const put = JSON.parse(Buffer.concat(parts).toString('utf8'));
+      if (answer.statusCode !== 200) {
+        res.statusCode = answer.statusCode;
+        return res.end(JSON.stringify(put));
+      }
+      let next = 0;
+      const records = data.Records.map((_, i) => i % 2 === 0 ? put.Records[next++] : {
+        ErrorCode: 'ProvisionedThroughputExceededException',
+        ErrorMessage: 'Rate exceeded for shard in stream ' + data.StreamName,
+      });
+      res.setHeader('Content-Type', 'application/x-amz-json-1.1');
+      res.setHeader('x-amzn-RequestId', crypto.randomUUID());
+      res.end(JSON.stringify({ FailedRecordCount: records.length - kept.length, Records: records }));
+    });
+  });
+  inner.end(body);
+}
+
 function replay(req, res, body) {
   const copy = Readable.from(body.length ? [body] : []);
   copy.headers = req.headers;
@@ -56,20 +95,25 @@ server.on('request', (req, res) => {
       return res.end();
     }
     const target = req.headers['x-amz-target'] || '';
+    if (faults.size && target.endsWith('.PutRecords')) {
+      const data = JSON.parse(body.toString('utf8'));
+      const f = faults.get(data.StreamName);
+      if (f && f.count > 0 && (f.fault === 'throttle_put' || f.fault === 'partial')) {
+        f.count -= 1;
+        if (f.fault === 'throttle_put') {
+          return throttled(res, 'Rate exceeded for stream ' + data.StreamName);
+        }
+        return partial(req, res, data);
+      }
+    }
     if (faults.size && target.endsWith('.GetRecords')) {
       const data = JSON.parse(body.toString('utf8'));
       const pieces = decodeIterator(data.ShardIterator || '');
       const f = pieces && faults.get(pieces[1]);
-      if (f && f.count > 0) {
+      if (f && f.count > 0 && (f.fault === 'throttle' || f.fault === 'expire')) {
         f.count -= 1;
         if (f.fault === 'throttle') {
-          res.statusCode = 400;
-          res.setHeader('Content-Type', 'application/x-amz-json-1.1');
-          res.setHeader('x-amzn-RequestId', crypto.randomUUID());
-          return res.end(JSON.stringify({
-            __type: 'ProvisionedThroughputExceededException',
-            message: 'Rate exceeded for shard ' + pieces[2] + ' in stream ' + pieces[1],
-          }));
+          return throttled(res, 'Rate exceeded for shard ' + pieces[2] + ' in stream ' + pieces[1]);
         }
         pieces[0] = ('0000000000000' + (parseInt(pieces[0], 10) - 360000)).slice(-14);
         data.ShardIterator = encodeIterator(pieces);

@@ -129,7 +129,8 @@ pub(crate) async fn read_all(client: &Client, stream: &str) -> Result<Vec<Vec<u8
                 .get_records()
                 .shard_iterator(&iterator)
                 .send()
-                .await?;
+                .await
+                .map_err(|e| anyhow::anyhow!("GetRecords: {:?}", e.into_service_error()))?;
             let n = out.records().len();
             all.extend(out.records().iter().map(|r| r.data().as_ref().to_vec()));
             match out.next_shard_iterator() {
@@ -240,6 +241,8 @@ async fn plain_and_kpl_records_arrive_with_their_envelope_and_bad_ones_are_dead_
             ("z".into(), b"not json".to_vec()),
             ("z".into(), broken),
             record("b", json!({"id": 5})),
+            // Over the source's max_record_bytes (below): a dead letter, not a row.
+            record("b", json!({"id": 6, "pad": "x".repeat(300)})),
         ],
     )
     .await?;
@@ -251,7 +254,7 @@ async fn plain_and_kpl_records_arrive_with_their_envelope_and_bad_ones_are_dead_
          seq VARCHAR METADATA FROM 'sequence_number', sub BIGINT METADATA FROM 'sub_sequence_number', \
          shard VARCHAR METADATA FROM 'shard_id', at TIMESTAMP METADATA FROM 'arrival_time'",
         &stream,
-        "",
+        ", max_record_bytes = '300'",
     ))
     .await?;
     weir.exec("CREATE MATERIALIZED VIEW rows AS SELECT id, pk, seq, sub, shard, at FROM s")
@@ -292,18 +295,20 @@ async fn plain_and_kpl_records_arrive_with_their_envelope_and_bad_ones_are_dead_
     );
     ensure!(rows.iter().all(|r| r["at"].is_string()), "{rows:?}");
     let letters = weir
-        .wait_for("two dead letters", Duration::from_secs(30), || async {
+        .wait_for("three dead letters", Duration::from_secs(30), || async {
             let l = weir.get("/api/v1/dead-letters?source=s").await?["dead_letters"]
                 .as_array()
                 .cloned()
                 .unwrap_or_default();
-            Ok((l.len() >= 2).then_some(l))
+            Ok((l.len() >= 3).then_some(l))
         })
         .await?;
-    ensure!(letters.len() == 2, "{letters:?}");
+    ensure!(letters.len() == 3, "{letters:?}");
     let reasons: Vec<String> = letters.iter().map(|l| l.to_string()).collect();
     ensure!(
-        reasons.iter().any(|r| r.contains("not json")) && reasons.iter().any(|r| r.contains("MD5")),
+        reasons.iter().any(|r| r.contains("not json"))
+            && reasons.iter().any(|r| r.contains("MD5"))
+            && reasons.iter().any(|r| r.contains("max_record_bytes")),
         "{reasons:?}"
     );
     for l in &letters {
@@ -360,7 +365,7 @@ async fn a_split_and_a_merge_lose_nothing_double_nothing_and_keep_each_keys_orde
     ensure!(shards.shards().len() == 5, "{shards:?}");
 
     // Read after the fact: every shard holds records, parents and children alike.
-    let weir = start_weir("").await?;
+    let weir = start_weir("[runtime.checkpoints]\ninterval = '200ms'\n").await?;
     weir.exec(&source_sql(
         "s",
         "k VARCHAR, n BIGINT, shard VARCHAR METADATA FROM 'shard_id'",
@@ -415,6 +420,19 @@ async fn a_split_and_a_merge_lose_nothing_double_nothing_and_keep_each_keys_orde
         })
         .await?;
     ensure!(status["stream"]["open"] == json!(2), "{status}");
+    // After a crash, the finished parents are not read again: still every record once.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let weir = restart(weir).await?;
+    weir.wait_for("the open shards again", Duration::from_secs(30), || async {
+        Ok(
+            (shards_read(&weir, "s").await? == ["shardId-000000000002", "shardId-000000000004"])
+                .then_some(()),
+        )
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rows = view_rows(&weir, "rows").await?;
+    ensure!(rows.len() == 900, "{} rows after the restart", rows.len());
     Ok(())
 }
 
@@ -682,18 +700,20 @@ async fn a_sink_puts_every_change_with_its_lineage_epoch_and_seq() -> Result<()>
         endpoint()
     ))
     .await?;
-    put(&kinesis, &input, &numbered(4, 0..25)).await?;
+    // Partial failures: the first calls put half their records; the rest are put again.
+    fault(&output, "partial", 3).await?;
+    put(&kinesis, &input, &numbered(4, 0..300)).await?;
     let records = weir
         .wait_for(
-            "100 records on the output stream",
+            "1,200 records on the output stream",
             Duration::from_secs(60),
             || async {
                 let all = read_all(&kinesis, &output).await?;
-                Ok((all.len() >= 100).then_some(all))
+                Ok((all.len() >= 1_200).then_some(all))
             },
         )
         .await?;
-    ensure!(records.len() == 100, "{}", records.len());
+    ensure!(records.len() == 1_200, "{}", records.len());
     let mut seen = std::collections::BTreeSet::new();
     let mut ids = std::collections::BTreeSet::new();
     for r in &records {
@@ -709,10 +729,15 @@ async fn a_sink_puts_every_change_with_its_lineage_epoch_and_seq() -> Result<()>
             v["n"].as_i64(),
         ));
     }
-    ensure!(ids.len() == 100, "each record its own (epoch, seq)");
-    ensure!(seen.len() == 100, "every row once");
+    ensure!(ids.len() == 1_200, "each record its own (epoch, seq)");
+    ensure!(seen.len() == 1_200, "every row once");
+    let log = std::fs::read_to_string(weir.data_dir.path().join("weir.log"))?;
+    ensure!(
+        log.contains("records of a partial failure were put again"),
+        "{log}"
+    );
     let sinks = weir.get("/api/v1/sinks").await?;
-    ensure!(sinks.to_string().contains("\"messages\":100"), "{sinks}");
+    ensure!(sinks.to_string().contains("\"messages\":1200"), "{sinks}");
     Ok(())
 }
 
@@ -1047,7 +1072,7 @@ async fn autoscale_splits_under_load_within_max_shards_and_merges_when_quiet() -
         ", autoscale = 'true', max_shards = '2', autoscale_cooldown = '2s', shard_refresh = '1s'",
     ))
     .await?;
-    weir.exec("CREATE MATERIALIZED VIEW c AS SELECT count(*) AS n FROM s")
+    weir.exec("CREATE MATERIALIZED VIEW c AS SELECT count(*) AS n, sum(v) AS total FROM s")
         .await?;
     // Write well over 1,000 records a second (what one shard takes) until weir splits.
     let mut written = 0i64;
@@ -1101,5 +1126,262 @@ async fn autoscale_splits_under_load_within_max_shards_and_merges_when_quiet() -
             .then_some(()))
     })
     .await?;
+    Ok(())
+}
+
+/// The hash key that puts a record on shard `i` of `n` (as CreateStream splits the
+/// hash key space evenly).
+fn hash_key_of_shard(i: u128, n: u128) -> String {
+    (u128::MAX / n * i + 1).to_string()
+}
+
+/// Put records on chosen shards: `(shard index of n, data)`.
+async fn put_on_shards(
+    client: &Client,
+    stream: &str,
+    n: u128,
+    records: &[(u128, Vec<u8>)],
+) -> Result<()> {
+    for chunk in records.chunks(500) {
+        let entries = chunk
+            .iter()
+            .map(|(shard, d)| {
+                PutRecordsRequestEntry::builder()
+                    .partition_key("k")
+                    .explicit_hash_key(hash_key_of_shard(*shard, n))
+                    .data(Blob::new(d.clone()))
+                    .build()
+                    .map_err(anyhow::Error::from)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let out = client
+            .put_records()
+            .stream_name(stream)
+            .set_records(Some(entries))
+            .send()
+            .await?;
+        ensure!(out.failed_record_count().unwrap_or(0) == 0, "{out:?}");
+        ensure!(
+            out.records().iter().zip(chunk).all(
+                |(r, (shard, _))| r.shard_id() == Some(format!("shardId-{shard:012}").as_str())
+            ),
+            "records on the shards asked for: {out:?}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_shard_far_behind_holds_the_watermark_and_an_idle_one_does_not() -> Result<()> {
+    let kinesis = client();
+    let stream = unique("skew");
+    create_stream(&kinesis, &stream, 2).await?;
+    // Shard 0 runs 100 s ahead of shard 1: each shard's rows are in time order, but read
+    // together shard 1's would all be late by a single watermark.
+    let base = 1_700_000_000_000i64;
+    let row = |id: i64, ts: i64| json!({"id": id, "ts": ts}).to_string().into_bytes();
+    let mut records = Vec::new();
+    for i in 0..60 {
+        records.push((0, row(i, base + 100_000 + i * 500)));
+        records.push((1, row(1_000 + i, base + i * 500)));
+    }
+    put_on_shards(&kinesis, &stream, 2, &records).await?;
+    let weir = start_weir("[runtime]\nidle-timeout = '5s'\n").await?;
+    weir.exec(&source_sql(
+        "s",
+        "id BIGINT, ts TIMESTAMP, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND",
+        &stream,
+        "",
+    ))
+    .await?;
+    weir.exec(
+        "CREATE MATERIALIZED VIEW per_10s AS SELECT window_start, count(*) AS n \
+         FROM TUMBLE(s, ts, INTERVAL '10' SECOND) GROUP BY window_start",
+    )
+    .await?;
+    weir.wait_for(
+        "shard 1's first windows",
+        Duration::from_secs(60),
+        || async { Ok((view_rows(&weir, "per_10s").await?.len() >= 2).then_some(())) },
+    )
+    .await?;
+    // Shard 1 falls silent; shard 0 moves on and closes the last windows once shard 1
+    // counts as idle.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    put_on_shards(&kinesis, &stream, 2, &[(0, row(5_000, base + 200_000))]).await?;
+    let rows = weir
+        .wait_for(
+            "windows of both shards",
+            Duration::from_secs(60),
+            || async {
+                let rows = view_rows(&weir, "per_10s").await?;
+                let counted: i64 = rows.iter().filter_map(|r| r["n"].as_i64()).sum();
+                Ok((counted == 120).then_some(rows))
+            },
+        )
+        .await?;
+    ensure!(rows.len() == 6, "3 windows of each shard: {rows:?}");
+    let views = weir.get("/api/v1/views").await?;
+    let late = views["views"]
+        .as_array()
+        .and_then(|v| v.iter().find(|v| v["name"] == "per_10s"))
+        .map(|v| v["late_rows"].clone());
+    ensure!(late == Some(json!(0)), "no row was late: {views}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn start_latest_and_start_at_a_time_read_what_they_say() -> Result<()> {
+    let kinesis = client();
+    let stream = unique("start");
+    create_stream(&kinesis, &stream, 2).await?;
+    put(&kinesis, &stream, &numbered(4, 0..5)).await?;
+    // Arrival times have millisecond resolution: a clear gap on each side of `between`.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let between = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    put(&kinesis, &stream, &numbered(4, 5..10)).await?;
+    let weir = start_weir("").await?;
+    for (name, start) in [
+        ("oldest", "trim_horizon".to_string()),
+        ("at_time", between.to_string()),
+        ("newest", "latest".into()),
+    ] {
+        weir.exec(&source_sql(
+            name,
+            "k VARCHAR, n BIGINT",
+            &stream,
+            &format!(", start = '{start}'"),
+        ))
+        .await?;
+        weir.exec(&format!(
+            "CREATE MATERIALIZED VIEW {name}_c AS SELECT count(*) AS c, min(n) AS first FROM {name}"
+        ))
+        .await?;
+    }
+    // The latest source reads from when it started: wait until it reads, then write.
+    weir.wait_for(
+        "the latest source's shards",
+        Duration::from_secs(30),
+        || async { Ok((shards_read(&weir, "newest").await?.len() == 2).then_some(())) },
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    put(&kinesis, &stream, &numbered(4, 10..12)).await?;
+    let counts = [
+        ("oldest_c", 48, 0),
+        ("at_time_c", 28, 5),
+        ("newest_c", 8, 10),
+    ];
+    for (view, want, first) in counts {
+        weir.wait_for(
+            &format!("{view} = {want}"),
+            Duration::from_secs(60),
+            || async {
+                let rows = view_rows(&weir, view).await?;
+                Ok(rows
+                    .first()
+                    .is_some_and(|r| r["c"] == json!(want) && r["first"] == json!(first))
+                    .then_some(()))
+            },
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_children_of_a_shard_far_behind_take_its_place_in_the_watermark() -> Result<()> {
+    let kinesis = client();
+    let stream = unique("skewsplit");
+    create_stream(&kinesis, &stream, 2).await?;
+    let base = 1_700_000_000_000i64;
+    let row = |id: i64, ts: i64| json!({"id": id, "ts": ts}).to_string().into_bytes();
+    // Shard 0 is 100 s ahead of shard 1.
+    let mut records = Vec::new();
+    for i in 0..40 {
+        records.push((0, row(i, base + 100_000 + i * 500)));
+        records.push((1, row(1_000 + i, base + i * 500)));
+    }
+    put_on_shards(&kinesis, &stream, 2, &records).await?;
+    let weir = start_weir("[runtime]\nidle-timeout = '10s'\n").await?;
+    weir.exec(&source_sql(
+        "s",
+        "id BIGINT, ts TIMESTAMP, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND",
+        &stream,
+        ", shard_refresh = '1s'",
+    ))
+    .await?;
+    weir.exec("CREATE MATERIALIZED VIEW c AS SELECT count(*) AS n FROM s")
+        .await?;
+    weir.exec(
+        "CREATE MATERIALIZED VIEW per_10s AS SELECT window_start, count(*) AS n \
+         FROM TUMBLE(s, ts, INTERVAL '10' SECOND) GROUP BY window_start",
+    )
+    .await?;
+    weir.wait_for("both shards read", Duration::from_secs(60), || async {
+        let rows = view_rows(&weir, "c").await?;
+        Ok(rows
+            .first()
+            .is_some_and(|r| r["n"] == json!(80))
+            .then_some(()))
+    })
+    .await?;
+    // Shard 1 (behind) is split; its children go on from its time. Were its split let
+    // go before theirs were announced, the watermark would leap to shard 0's time and
+    // every row of the children would be late.
+    kinesis
+        .split_shard()
+        .stream_name(&stream)
+        .shard_to_split("shardId-000000000001")
+        .new_starting_hash_key((u128::MAX / 4 * 3).to_string())
+        .send()
+        .await?;
+    wait_active(&kinesis, &stream).await?;
+    let mut later = Vec::new();
+    for i in 0..20 {
+        // Hash keys in each child's half of shard 1's range.
+        let key = if i % 2 == 0 {
+            u128::MAX / 8 * 5
+        } else {
+            u128::MAX / 8 * 7
+        };
+        later.push((key, row(2_000 + i, base + 20_000 + i * 500)));
+    }
+    for chunk in later.chunks(10) {
+        let entries = chunk
+            .iter()
+            .map(|(key, d)| {
+                PutRecordsRequestEntry::builder()
+                    .partition_key("k")
+                    .explicit_hash_key(key.to_string())
+                    .data(Blob::new(d.clone()))
+                    .build()
+                    .map_err(anyhow::Error::from)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        kinesis
+            .put_records()
+            .stream_name(&stream)
+            .set_records(Some(entries))
+            .send()
+            .await?;
+    }
+    weir.wait_for("the children's rows", Duration::from_secs(60), || async {
+        let rows = view_rows(&weir, "c").await?;
+        Ok(rows
+            .first()
+            .is_some_and(|r| r["n"] == json!(100))
+            .then_some(()))
+    })
+    .await?;
+    let views = weir.get("/api/v1/views").await?;
+    let late = views["views"]
+        .as_array()
+        .and_then(|v| v.iter().find(|v| v["name"] == "per_10s"))
+        .map(|v| v["late_rows"].clone());
+    ensure!(late == Some(json!(0)), "no row was late: {views}");
     Ok(())
 }

@@ -19,7 +19,7 @@ use super::{EpochChanges, Sink, SinkDef};
 use crate::aws::{Endpoint, block_on};
 use crate::connectors::{ConnectorInfo, Described, OptionDoc, field_names};
 use crate::deadletter::{DeadLetterStore, NewDeadLetter};
-use crate::source::kinesis::put::{Entry, MAX_RECORD_BYTES, partition_key, put_all};
+use crate::source::kinesis::put::{Entry, MAX_RECORD_BYTES, digest, partition_key, put_all};
 use crate::{Error, Result};
 
 /// How long one epoch's records may take to be put before the epoch is retried.
@@ -136,7 +136,7 @@ impl KinesisSink {
                 }
                 let key = match (self.keyed, messages.keys.get(i)) {
                     (true, Some(k)) => partition_key(&messages.buf[k.clone()]),
-                    _ => partition_key(row),
+                    _ => digest(row),
                 };
                 let entry = Entry {
                     partition_key: key,

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use aws_sdk_kinesis::Client;
 use serde_json::value::RawValue;
 
-use super::put::{Entry, MAX_RECORD_BYTES, PutError, partition_key, put_all};
+use super::put::{Entry, MAX_RECORD_BYTES, PutError, digest, partition_key, put_all};
 use crate::aws::block_on;
 use crate::deadletter::DeadLetterStore;
 use crate::source::front_door::{Idempotency, dead_letter_bad, key_of, split};
@@ -63,7 +63,17 @@ impl FrontDoor {
         let (client, stream) = (self.client.clone(), self.stream.clone());
         let deadline = Instant::now() + PUT_WAIT;
         let accepted = entries.len();
-        let put = block_on(async move { put_all(&client, &stream, &entries, deadline).await });
+        // The SDK's own attempts may outlast the deadline: the answer comes by then.
+        let put = block_on(async move {
+            tokio::time::timeout(PUT_WAIT, put_all(&client, &stream, &entries, deadline))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(PutError::Unavailable(format!(
+                        "no answer within {} s",
+                        PUT_WAIT.as_secs()
+                    )))
+                })
+        });
         match put {
             Ok(_) => Ok(IngestReport {
                 accepted,
@@ -87,7 +97,7 @@ impl FrontDoor {
         let data = record.get().as_bytes();
         let key = self.key.as_deref().and_then(|field| key_of(record, field));
         Entry {
-            partition_key: partition_key(key.as_deref().map_or(data, str::as_bytes)),
+            partition_key: key.map_or_else(|| digest(data), |k| partition_key(k.as_bytes())),
             data: data.to_vec(),
         }
     }

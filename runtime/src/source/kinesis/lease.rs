@@ -26,8 +26,14 @@ use aws_sdk_dynamodb::types::{
     ScalarAttributeType, TableStatus,
 };
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::Shared;
+use super::options::Start;
 use super::position::{ShardInfo, ShardPosition};
-use crate::aws::describe;
+use super::reader::initial;
+use crate::aws::{block_on, describe};
 
 const SHARD: &str = "shard_id";
 const OWNER: &str = "lease_owner";
@@ -46,7 +52,7 @@ pub struct Lease {
 }
 
 /// What one round of lease keeping found.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Held {
     /// The leases this process holds now, with their checkpoints.
     pub shards: BTreeMap<String, ShardPosition>,
@@ -67,6 +73,9 @@ pub struct Leases {
     seen: HashMap<String, (String, i64, Instant)>,
     /// Ours: the counter our last write left.
     held: BTreeMap<String, i64>,
+    /// Ours: the checkpoint the table holds, so a write never moves it back (a position
+    /// from before the lease was lost and taken again) nor writes it again unchanged.
+    written: BTreeMap<String, ShardPosition>,
 }
 
 impl Leases {
@@ -78,6 +87,7 @@ impl Leases {
             failover,
             seen: HashMap::new(),
             held: BTreeMap::new(),
+            written: BTreeMap::new(),
         }
     }
 
@@ -263,11 +273,12 @@ impl Leases {
             self.take(lease).await?;
         }
         if self.held.len() < share {
-            // None free: one lease from the busiest process, if it holds more than its
-            // share (one a round, so the processes settle without flapping).
+            // None free: one lease from the busiest process, if it holds two more than
+            // this one (one a round, so the processes settle without flapping).
+            let mine = self.held.len();
             if let Some((_, shards)) = owners
                 .iter()
-                .filter(|(_, s)| s.len() > share)
+                .filter(|(_, s)| s.len() > mine + 1)
                 .max_by_key(|(_, s)| s.len())
                 && let Some(lease) = shards
                     .iter()
@@ -278,11 +289,12 @@ impl Leases {
                 self.take(lease).await?;
             }
         }
-        let shards = self
+        let shards: BTreeMap<String, ShardPosition> = self
             .held
             .keys()
             .filter_map(|s| Some((s.clone(), leases.get(s)?.checkpoint.clone())))
             .collect();
+        self.written = shards.clone();
         Ok(Held {
             shards,
             finished,
@@ -373,15 +385,20 @@ impl Leases {
         }
     }
 
-    /// Record `position` as `shard`'s checkpoint, if we hold its lease; false when the
-    /// lease is not ours (any more).
+    /// Record `position` as `shard`'s checkpoint, if we hold its lease and it is ahead of
+    /// the one recorded; false when the lease is not ours (any more).
     pub async fn checkpoint(
         &mut self,
         shard: &str,
         position: &ShardPosition,
     ) -> Result<bool, String> {
-        if !self.held.contains_key(shard) {
+        let Some(&counter) = self.held.get(shard) else {
             return Ok(false);
+        };
+        if let Some(known) = self.written.get(shard)
+            && later(position.clone(), known.clone()) == *known
+        {
+            return Ok(true);
         }
         let updated = self
             .client
@@ -389,23 +406,87 @@ impl Leases {
             .table_name(&self.table)
             .key(SHARD, AttributeValue::S(shard.to_string()))
             .update_expression("SET #p = :p")
-            .condition_expression("#o = :me")
+            .condition_expression("#o = :me AND #c = :counter")
             .expression_attribute_names("#p", CHECKPOINT)
             .expression_attribute_names("#o", OWNER)
+            .expression_attribute_names("#c", COUNTER)
             .expression_attribute_values(":p", AttributeValue::S(position.encode()))
             .expression_attribute_values(":me", AttributeValue::S(self.me.clone()))
+            .expression_attribute_values(":counter", AttributeValue::N(counter.to_string()))
             .send()
             .await;
         match updated {
-            Ok(_) => Ok(true),
+            Ok(_) => {
+                self.written.insert(shard.to_string(), position.clone());
+                Ok(true)
+            }
             Err(e)
                 if e.as_service_error()
                     .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
             {
+                // Taken by another process (renewals and checkpoints take turns on one
+                // lock, so the counter is the one our last write left).
                 self.held.remove(shard);
                 Ok(false)
             }
             Err(e) => Err(format!("cannot checkpoint lease {shard}: {}", describe(&e))),
+        }
+    }
+}
+
+/// Keeps a process's leases on a thread of its own, so that a reader blocked on a busy
+/// pipeline never lets them expire: every renewal interval it publishes what the
+/// process holds (`Shared::held`), for the reader to act on.
+pub struct Keeper {
+    pub leases: Arc<tokio::sync::Mutex<Leases>>,
+    pub shared: Arc<Shared>,
+    pub stop: Arc<AtomicBool>,
+    pub every: Duration,
+    pub start: Start,
+    pub started_ms: i64,
+    pub source: String,
+}
+
+impl Keeper {
+    pub fn run(self) {
+        let mut first = true;
+        let mut table_ready = false;
+        while !self.stop.load(Ordering::Relaxed) {
+            let listed = self.shared.listed.lock().clone();
+            if let Some(listed) = listed {
+                let leases = self.leases.clone();
+                let (start, started_ms) = (self.start, self.started_ms);
+                let ready = table_ready;
+                let kept = block_on(async move {
+                    let mut leases = leases.lock().await;
+                    if !ready {
+                        leases.ensure_table().await?;
+                    }
+                    leases
+                        .keep(&listed, |s| initial(start, started_ms, s, first))
+                        .await
+                });
+                match kept {
+                    Ok(held) => {
+                        table_ready = true;
+                        first = false;
+                        self.shared
+                            .processes
+                            .store(held.processes as u64, Ordering::Relaxed);
+                        *self.shared.held.lock() = Some(held);
+                        self.shared.held_version.fetch_add(1, Ordering::AcqRel);
+                        self.shared.lease_error.lock().take();
+                    }
+                    Err(why) => {
+                        tracing::warn!(source = %self.source, error = %why, "cannot keep the shard leases");
+                        *self.shared.lease_error.lock() = Some(why);
+                    }
+                }
+            }
+            let until = Instant::now() + self.every;
+            while !self.stop.load(Ordering::Relaxed) && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
     }
 }

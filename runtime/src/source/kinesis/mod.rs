@@ -77,6 +77,13 @@ pub struct Shared {
     pub leases: Option<Arc<tokio::sync::Mutex<lease::Leases>>>,
     /// Processes holding leases, this one included, when last kept.
     pub processes: AtomicU64,
+    /// The shards listed last, for the lease keeper.
+    pub listed: Mutex<Option<Vec<position::ShardInfo>>>,
+    /// What the lease keeper holds now, and a count of its rounds.
+    pub held: Mutex<Option<lease::Held>>,
+    pub held_version: AtomicU64,
+    /// Why the last round of lease keeping failed.
+    pub lease_error: Mutex<Option<String>>,
     /// This process's name in the lease table.
     pub lease_owner: Option<String>,
     /// With `autoscale`: the last change of the shard count, or why it failed.
@@ -138,6 +145,12 @@ pub fn open(def: &SourceDef) -> Result<Box<dyn Connector>> {
     let failover = options.lease_failover.unwrap_or(Duration::from_secs(10));
     let mut shared = Shared::default();
     if let Some(table) = &options.lease_table {
+        if !def.checkpointed {
+            return Err(Error::BadRequest(format!(
+                "source {name}: a lease_table needs checkpoints (a data dir): leases record \
+                 where each shard is read up to once a checkpoint that covers it is durable"
+            )));
+        }
         let dynamo = Endpoint {
             region: options.region.clone(),
             endpoint: options.lease_endpoint.clone(),
@@ -289,16 +302,17 @@ impl Connector for KinesisSource {
         let Some(leases) = self.shared.leases.clone() else {
             return;
         };
-        let written = block_on(async move {
+        // Not waited for: a slow or unreachable DynamoDB must not hold up the views'
+        // commit. Writes take turns on the lock and never move a checkpoint back.
+        let source = self.name.clone();
+        crate::aws::spawn(async move {
             let mut leases = leases.lock().await;
             for (shard, p) in &shards {
-                leases.checkpoint(shard, p).await?;
+                if let Err(why) = leases.checkpoint(shard, p).await {
+                    tracing::warn!(source, error = %why, "cannot write a lease's checkpoint");
+                }
             }
-            Ok::<_, String>(())
         });
-        if let Err(why) = written {
-            tracing::warn!(source = %self.name, error = %why, "cannot write the leases' checkpoints");
-        }
     }
 
     fn wait_stopped(&self, until: Instant) {
@@ -319,7 +333,12 @@ impl Connector for KinesisSource {
             })
             .collect();
         ConnectorStatus {
-            waiting: self.shared.waiting.lock().clone(),
+            waiting: self
+                .shared
+                .waiting
+                .lock()
+                .clone()
+                .or_else(|| self.shared.lease_error.lock().clone()),
             partitions,
             end_offsets: BTreeMap::new(),
             stream: Some(StreamStatus {

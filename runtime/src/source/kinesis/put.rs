@@ -33,17 +33,22 @@ impl Entry {
     }
 }
 
-/// A partition key from `key` (a value, or the record itself when it has none): as is
-/// when it fits Kinesis's 256 characters, else its MD5 in hex (the same for the same
-/// key, so a key's records stay on one shard).
+/// A partition key from a key value: as is when it fits Kinesis's 256 characters, else
+/// its MD5 in hex (the same for the same key, so a key's records stay on one shard).
 pub fn partition_key(key: &[u8]) -> String {
     match std::str::from_utf8(key) {
         Ok(text) if !text.is_empty() && text.chars().count() <= MAX_KEY_CHARS => text.to_string(),
-        _ => Md5::digest(key)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect(),
+        _ => digest(key),
     }
+}
+
+/// The partition key of a record without a key: the MD5 of its data in hex, so that
+/// records spread over the shards.
+pub fn digest(data: &[u8]) -> String {
+    Md5::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Why records were not all put.
@@ -175,5 +180,6 @@ mod tests {
         assert_eq!(hashed.len(), 32);
         assert_eq!(hashed, partition_key(&long), "the same key, the same shard");
         assert_eq!(partition_key(b"").len(), 32, "never empty");
+        assert_eq!(digest(b"auction-7").len(), 32);
     }
 }

@@ -18,7 +18,7 @@ use bytes::Bytes;
 use datafusion::arrow::array::RecordBatch;
 
 use super::kpl::{self, Unpacked};
-use super::lease::{Leases, later};
+use super::lease::{Keeper, later};
 use super::options::Start;
 use super::position::{ShardInfo, ShardPosition, closed_at_start, readable, shards_of};
 use super::records::{Layout, Records, UserRecord};
@@ -89,8 +89,10 @@ pub struct Reader {
     splits: BTreeMap<String, u32>,
     /// When the source first started: where a `latest` start reads its shards from.
     started_ms: i64,
-    /// When the leases were last kept (with a lease table).
-    last_keep: Option<Instant>,
+    /// The lease keeper's round last acted on.
+    held_version: u64,
+    /// Splits of finished shards whose children are not all announced yet.
+    parked: Vec<(u32, String)>,
     /// With `autoscale` (taken out while it works).
     scaler: Option<Scaler>,
     last_scale_check: Instant,
@@ -104,8 +106,9 @@ impl Reader {
         feed: Feed,
         resume: Option<Position>,
     ) -> Self {
-        let fresh = resume.is_none();
         let resume = resume.map(|p| shards_of(&p)).unwrap_or_default();
+        // A checkpoint taken before any shard was announced says nothing either.
+        let fresh = resume.is_empty();
         let finished = resume
             .iter()
             .filter(|(_, p)| **p == ShardPosition::Finished)
@@ -123,7 +126,8 @@ impl Reader {
             finished,
             splits: BTreeMap::new(),
             started_ms: now_ms(),
-            last_keep: None,
+            held_version: 0,
+            parked: Vec::new(),
             scaler: settings
                 .autoscale
                 .map(|(cooldown, max)| Scaler::new(cooldown, max)),
@@ -138,6 +142,24 @@ impl Reader {
             return;
         }
         self.started_ms = now_ms();
+        if let Some(leases) = self.shared.leases.clone() {
+            let keeper = Keeper {
+                leases,
+                shared: self.shared.clone(),
+                stop: self.feed.stop.clone(),
+                every: self.settings.lease_renewal,
+                start: self.settings.start,
+                started_ms: self.started_ms,
+                source: self.settings.name.clone(),
+            };
+            let spawned = std::thread::Builder::new()
+                .name(format!("kinesis-leases-{}", self.settings.name))
+                .spawn(move || keeper.run());
+            if let Err(e) = spawned {
+                tracing::error!(source = %self.settings.name, error = %e, "cannot start the lease keeper");
+                return;
+            }
+        }
         let mut list_backoff = MIN_POLL;
         while !self.feed.stopped() {
             let due_list = self
@@ -157,13 +179,9 @@ impl Reader {
                 if self.shared.leases.is_none() && !self.start_readable() {
                     return;
                 }
+                self.release_parked();
             }
-            if let Some(leases) = self.shared.leases.clone()
-                && self
-                    .last_keep
-                    .is_none_or(|at| at.elapsed() >= self.settings.lease_renewal)
-                && !self.keep_leases(leases)
-            {
+            if self.shared.leases.is_some() && !self.apply_leases() {
                 return;
             }
             if self.last_scale_check.elapsed() >= Duration::from_secs(1) {
@@ -247,6 +265,9 @@ impl Reader {
         })?;
         self.shared.waiting.lock().take();
         let first = self.last_list.is_none();
+        if self.shared.leases.is_some() {
+            *self.shared.listed.lock() = Some(shards.clone());
+        }
         self.listed = shards;
         self.last_list = Some(Instant::now());
         if self.fresh
@@ -298,7 +319,8 @@ impl Reader {
 
     /// Where a shard nobody has read starts, by the `start` option.
     fn initial(&self, shard: &ShardInfo) -> ShardPosition {
-        initial(self.settings.start, self.started_ms, shard)
+        // Closed shards of the first listing are finished already (list_shards).
+        initial(self.settings.start, self.started_ms, shard, false)
     }
 
     /// Start reading `shard` from `position`; false once the pipeline is gone.
@@ -313,14 +335,14 @@ impl Reader {
             _ => None,
         };
         tracing::info!(source = %self.settings.name, shard, position = %position.encode(), "reading a shard");
-        // Announce the split with its position, so a checkpoint holds where it starts.
-        let mut announced = Position::default();
-        announced.0.insert(shard.to_string(), position.encode());
-        if !self.feed.send(
-            RecordBatch::new_empty(self.settings.layout.schema()),
-            announced,
-            split,
-        ) {
+        // Announce the split (no rows, no position), so that it holds the watermark back
+        // from now; then its position, so that a checkpoint holds where it starts.
+        let empty = || RecordBatch::new_empty(self.settings.layout.schema());
+        let mut start = Position::default();
+        start.0.insert(shard.to_string(), position.encode());
+        if !self.feed.send(empty(), Position::default(), split)
+            || !self.feed.send(empty(), start, split)
+        {
             return false;
         }
         self.shared
@@ -344,34 +366,20 @@ impl Reader {
         true
     }
 
-    /// With a lease table: renew this process's leases, take its share, stop reading
-    /// shards whose lease went to another process (here, between chunks), and start
-    /// the shards newly held from the later of the lease's checkpoint and what this
-    /// process read. False once the pipeline is gone.
-    fn keep_leases(&mut self, leases: Arc<tokio::sync::Mutex<Leases>>) -> bool {
-        self.last_keep = Some(Instant::now());
-        let listed = self.listed.clone();
-        let (start, started_ms) = (self.settings.start, self.started_ms);
-        let held = block_on(async move {
-            let mut leases = leases.lock().await;
-            leases.ensure_table().await?;
-            leases
-                .keep(&listed, |shard| initial(start, started_ms, shard))
-                .await
-        });
-        let held = match held {
-            Ok(held) => held,
-            Err(why) => {
-                tracing::warn!(source = %self.settings.name, error = %why, "cannot keep the shard leases");
-                *self.shared.waiting.lock() = Some(why);
-                return true;
-            }
+    /// With a lease table: act on what the lease keeper holds now. Shards whose lease
+    /// went to another process stop being read (here, between GetRecords calls); shards
+    /// newly held start from the later of the lease's checkpoint and what this process
+    /// read of them. False once the pipeline is gone.
+    fn apply_leases(&mut self) -> bool {
+        let version = self.shared.held_version.load(Ordering::Acquire);
+        if version == self.held_version {
+            return true;
+        }
+        self.held_version = version;
+        let Some(held) = self.shared.held.lock().clone() else {
+            return true;
         };
-        self.shared.waiting.lock().take();
-        self.shared
-            .processes
-            .store(held.processes as u64, Ordering::Relaxed);
-        self.finished.extend(held.finished);
+        self.finished.extend(held.finished.iter().cloned());
         let lost: Vec<String> = self
             .reading
             .keys()
@@ -379,12 +387,7 @@ impl Reader {
             .cloned()
             .collect();
         for shard in lost {
-            let r = self.reading.remove(&shard).expect("a shard being read");
-            tracing::info!(source = %self.settings.name, shard, "stopped reading: its lease is another process's");
-            self.resume.insert(shard.clone(), r.position);
-            self.feed.split_gone(r.split);
-            self.feed.shard_metrics.forget(&self.settings.name, &shard);
-            self.shared.shards.lock().remove(&shard);
+            self.drop_shard(&shard);
         }
         for (shard, checkpoint) in held.shards {
             if self.reading.contains_key(&shard) || self.finished.contains(&shard) {
@@ -402,7 +405,31 @@ impl Reader {
                 return false;
             }
         }
+        self.release_parked();
         true
+    }
+
+    /// Whether this process may read `shard` now (always, without a lease table).
+    fn holds(&self, shard: &str) -> bool {
+        self.shared.leases.is_none()
+            || self
+                .shared
+                .held
+                .lock()
+                .as_ref()
+                .is_some_and(|h| h.shards.contains_key(shard))
+    }
+
+    /// Stop reading `shard` (its lease is another process's); remember where it was.
+    fn drop_shard(&mut self, shard: &str) {
+        let Some(r) = self.reading.remove(shard) else {
+            return;
+        };
+        tracing::info!(source = %self.settings.name, shard, "stopped reading: its lease is another process's");
+        self.resume.insert(shard.to_string(), r.position);
+        self.feed.split_gone(r.split);
+        self.feed.shard_metrics.forget(&self.settings.name, shard);
+        self.shared.shards.lock().remove(shard);
     }
 
     /// With `autoscale`: change the shard count when the write rate calls for another.
@@ -476,6 +503,11 @@ impl Reader {
             .collect();
         let results = block_on(futures::future::join_all(calls));
         for (shard, result) in due.into_iter().zip(results) {
+            // A lease lost while the call was out: its records are the new owner's.
+            if !self.holds(&shard) {
+                self.drop_shard(&shard);
+                continue;
+            }
             if !self.take(&shard, result) {
                 return false;
             }
@@ -523,7 +555,6 @@ impl Reader {
         let records = std::mem::take(&mut out.records);
         let n = records.len();
         let mut bytes = 0u64;
-        let mut user_records = 0u64;
         for record in records {
             let data = Bytes::from(record.data.into_inner());
             bytes += data.len() as u64;
@@ -547,7 +578,6 @@ impl Reader {
             }
             match kpl::unpack(&data) {
                 Unpacked::Plain => {
-                    user_records += 1;
                     r.records.push(
                         &UserRecord {
                             data: &data,
@@ -573,7 +603,6 @@ impl Reader {
                         if skip_to.is_some_and(|k| i as u64 <= k) {
                             continue;
                         }
-                        user_records += 1;
                         let sub = (i != last).then_some(i as u64);
                         r.records.push(
                             &UserRecord {
@@ -602,13 +631,14 @@ impl Reader {
         if !send(&self.feed, &name, &self.settings.layout, shard, r) {
             return false;
         }
-        r.window.0 += user_records;
+        // Kinesis's limits count its own records (a KPL aggregate is one).
+        r.window.0 += n as u64;
         r.window.1 += bytes;
         self.feed
             .shard_metrics
             .records
             .with_label_values(&[&name, shard])
-            .inc_by(user_records);
+            .inc_by(n as u64);
         self.feed
             .shard_metrics
             .bytes
@@ -639,8 +669,8 @@ impl Reader {
                 r.iterator = Some(next.to_string());
                 // A full page, or records still behind the tip: read on at once (within
                 // the per-shard limit); caught up: wait the poll interval.
-                let more = n as i32 >= self.settings.records_per_call
-                    || behind.is_some_and(|ms| ms > 0) && n > 0;
+                let more =
+                    n as i32 >= self.settings.records_per_call || behind.is_some_and(|ms| ms > 0);
                 r.next_poll = Instant::now()
                     + if more {
                         MIN_POLL
@@ -669,13 +699,32 @@ impl Reader {
         ) {
             return false;
         }
-        self.feed.split_gone(r.split);
+        // Its split holds the watermark back until its children hold it: their rows
+        // go on from its time, and would be late by a watermark the others moved on.
+        self.parked.push((r.split, shard.to_string()));
         self.feed.shard_metrics.forget(&self.settings.name, shard);
         self.shared.shards.lock().remove(shard);
         self.finished.insert(shard.to_string());
         // Its children may be listed already, or come with the next listing.
         self.last_list = None;
         true
+    }
+
+    /// Let go of finished shards' splits whose children are all announced.
+    fn release_parked(&mut self) {
+        let (listed, splits) = (&self.listed, &self.splits);
+        self.parked.retain(|(split, parent)| {
+            let mut children = listed
+                .iter()
+                .filter(|s| s.parents.contains(parent))
+                .peekable();
+            let announced =
+                children.peek().is_some() && children.all(|c| splits.contains_key(&c.id));
+            if announced {
+                self.feed.split_gone(*split);
+            }
+            !announced
+        });
     }
 }
 
@@ -804,11 +853,16 @@ async fn shard_iterator(
 }
 
 /// Where a shard nobody has read starts: by the `start` option; with `latest`, a shard
-/// already closed when the source first started is read (it holds nothing new).
-fn initial(start: Start, started_ms: i64, shard: &ShardInfo) -> ShardPosition {
+/// already closed at the first listing (`first`) is not read (it holds nothing new).
+pub(super) fn initial(
+    start: Start,
+    started_ms: i64,
+    shard: &ShardInfo,
+    first: bool,
+) -> ShardPosition {
     match start {
         Start::TrimHorizon => ShardPosition::TrimHorizon,
-        Start::Latest if shard.closed => ShardPosition::Finished,
+        Start::Latest if shard.closed && first => ShardPosition::Finished,
         Start::Latest => ShardPosition::AtTimestamp(started_ms),
         Start::Timestamp(ms) => ShardPosition::AtTimestamp(ms),
     }

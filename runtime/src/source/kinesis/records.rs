@@ -382,4 +382,36 @@ mod tests {
             assert!(e.contains(expected), "{e}");
         }
     }
+
+    #[test]
+    fn a_raw_source_takes_the_whole_data() {
+        let columns = [
+            Field::new("line", DataType::Utf8, true),
+            meta("shard", DataType::Utf8, "shard_id"),
+        ];
+        let layout = Layout::new("s", &columns, "raw").expect("layout");
+        let mut records = Records::default();
+        for (data, seq) in [
+            (&b"plain text"[..], "1"),
+            (b"\xff\xfe", "2"),
+            (b"{\"a\": 1}", "3"),
+        ] {
+            let r = UserRecord {
+                data,
+                partition_key: "k",
+                sequence_number: seq,
+                sub_sequence: None,
+                arrival_ms: 0,
+            };
+            records.push(&r, ShardPosition::after(seq, None));
+        }
+        let built = records.build(&layout, "shardId-0").expect("built");
+        let lines = built.batch.column(0).as_string::<i32>();
+        assert_eq!(
+            (lines.value(0), lines.value(1)),
+            ("plain text", "{\"a\": 1}")
+        );
+        assert_eq!(built.rejected.len(), 1, "not UTF-8 for a VARCHAR column");
+        assert_eq!(built.rejected[0].0, ShardPosition::after("2", None));
+    }
 }

@@ -40,10 +40,13 @@ impl Scaler {
         }
     }
 
-    /// The shard count to move to, if any: `needed` within 1 and `max_shards`, when it
-    /// differs from the `open` count and the cool-down has passed.
+    /// The shard count to move to, if any: `needed` within 1 and `max_shards`, and
+    /// within half and double the `open` count (UpdateShardCount's own bounds), when it
+    /// differs from the open count and the cool-down has passed.
     pub fn target(&self, open: usize, needed: usize) -> Option<usize> {
-        let target = needed.clamp(1, self.max_shards.max(1));
+        let target = needed
+            .clamp(open.div_ceil(2), open * 2)
+            .clamp(1, self.max_shards.max(1));
         let cooled = self
             .last_change
             .is_none_or(|at| at.elapsed() >= self.cooldown);
@@ -165,6 +168,8 @@ mod tests {
         let mut s = Scaler::new(Duration::from_secs(60), 4);
         assert_eq!(s.target(2, 9), Some(4), "never above max_shards");
         assert_eq!(s.target(2, 0), Some(1), "never below 1");
+        assert_eq!(s.target(1, 3), Some(2), "at most double");
+        assert_eq!(s.target(4, 1), Some(2), "at least half");
         assert_eq!(s.target(3, 3), None, "already there");
         s.last_change = Some(Instant::now());
         assert_eq!(s.target(2, 4), None, "within the cool-down");
