@@ -10,6 +10,8 @@
 //   partial       PutRecords puts only the records at even places; the others come back
 //                 failed (ProvisionedThroughputExceededException), a partial failure
 // Faults are per stream, so tests sharing this endpoint do not see each other's.
+// GET /__weir/calls?stream=s answers when each GetRecords call on the stream's shards
+// came: {"shardId-...": [ms since the epoch, ...]} (Kinesis allows 5 a second a shard).
 const path = require('path');
 const http = require('http');
 const crypto = require('crypto');
@@ -24,6 +26,7 @@ const server = kinesalite({ createStreamMs: 50, deleteStreamMs: 50, updateStream
 const handle = server.listeners('request')[0];
 server.removeAllListeners('request');
 const faults = new Map(); // stream -> {fault, count}
+const calls = new Map(); // stream -> {shard: [ms, ...]}
 
 function decodeIterator(iterator) {
   try {
@@ -88,6 +91,11 @@ server.on('request', (req, res) => {
   req.on('data', (c) => chunks.push(c));
   req.on('end', () => {
     let body = Buffer.concat(chunks);
+    if (req.url.startsWith('/__weir/calls')) {
+      const stream = new URL(req.url, 'http://x').searchParams.get('stream');
+      res.setHeader('Content-Type', 'application/json');
+      return res.end(JSON.stringify(calls.get(stream) || {}));
+    }
     if (req.url === '/__weir/faults') {
       const f = JSON.parse(body.toString('utf8'));
       faults.set(f.stream, { fault: f.fault, count: f.count });
@@ -106,9 +114,14 @@ server.on('request', (req, res) => {
         return partial(req, res, data);
       }
     }
-    if (faults.size && target.endsWith('.GetRecords')) {
+    if (target.endsWith('.GetRecords')) {
       const data = JSON.parse(body.toString('utf8'));
       const pieces = decodeIterator(data.ShardIterator || '');
+      if (pieces) {
+        const byShard = calls.get(pieces[1]) || {};
+        (byShard[pieces[2]] = byShard[pieces[2]] || []).push(Date.now());
+        calls.set(pieces[1], byShard);
+      }
       const f = pieces && faults.get(pieces[1]);
       if (f && f.count > 0 && (f.fault === 'throttle' || f.fault === 'expire')) {
         f.count -= 1;

@@ -142,6 +142,32 @@ pub(crate) async fn read_all(client: &Client, stream: &str) -> Result<Vec<Vec<u8
     Ok(all)
 }
 
+/// The most GetRecords calls any shard of `stream` had in one second (a sliding
+/// window), as the endpoint saw them.
+async fn most_calls_a_second(stream: &str) -> Result<usize> {
+    let calls: BTreeMap<String, Vec<i64>> = reqwest::Client::new()
+        .get(format!("{}/__weir/calls?stream={stream}", endpoint()))
+        .send()
+        .await?
+        .json()
+        .await?;
+    Ok(calls
+        .values()
+        .map(|times| {
+            (0..times.len())
+                .map(|i| {
+                    times[i..]
+                        .iter()
+                        .take_while(|t| **t < times[i] + 1_000)
+                        .count()
+                })
+                .max()
+                .unwrap_or(0)
+        })
+        .max()
+        .unwrap_or(0))
+}
+
 /// Ask the endpoint to throttle (`throttle`) or expire (`expire`) the next `count`
 /// GetRecords calls on `stream`.
 async fn fault(stream: &str, fault: &str, count: u32) -> Result<()> {
@@ -403,6 +429,12 @@ async fn a_split_and_a_merge_lose_nothing_double_nothing_and_keep_each_keys_orde
     ensure!(
         shards_seen.len() == 5,
         "all five shards read: {shards_seen:?}"
+    );
+    // Each parent took many calls in a row: never more than Kinesis's 5 a second.
+    let most = most_calls_a_second(&stream).await?;
+    ensure!(
+        (1..=5).contains(&most),
+        "{most} GetRecords calls in one second on a shard"
     );
     // The parents were read to their end and are finished; the open shards remain.
     let status = weir
@@ -1016,7 +1048,23 @@ async fn a_stolen_lease_stops_the_reading_until_it_expires_and_is_taken_back() -
         },
     )
     .await?;
-    // Another process takes the lease (as a process that found it expired would).
+    // Another process takes the lease (as a process that found it expired would) while
+    // records are being written and read.
+    let writing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let writer = {
+        let (kinesis, stream, writing) = (kinesis.clone(), stream.clone(), writing.clone());
+        let mut expected = std::mem::take(&mut expected);
+        tokio::spawn(async move {
+            let mut v = 11;
+            while writing.load(std::sync::atomic::Ordering::Relaxed) {
+                put(&kinesis, &stream, &keyed(v, 5, &mut expected)).await?;
+                v += 5;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Ok::<_, anyhow::Error>((expected, v))
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(700)).await;
     let counter = leases(&table).await?[shard].1;
     use aws_sdk_dynamodb::types::AttributeValue;
     dynamodb()
@@ -1032,8 +1080,10 @@ async fn a_stolen_lease_stops_the_reading_until_it_expires_and_is_taken_back() -
         Ok(shards_read(&weir, "s").await?.is_empty().then_some(()))
     })
     .await?;
+    writing.store(false, std::sync::atomic::Ordering::Relaxed);
+    let (mut expected, next) = writer.await??;
     let before = totals(&weir).await?;
-    put(&kinesis, &stream, &keyed(11, 10, &mut expected)).await?;
+    put(&kinesis, &stream, &keyed(next, 10, &mut expected)).await?;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     ensure!(
         totals(&weir).await? == before,

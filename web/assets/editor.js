@@ -130,6 +130,8 @@ export const EXAMPLES = [
     "CREATE SOURCE old_clicks (\n  user_id BIGINT, page VARCHAR, ts TIMESTAMP,\n  WATERMARK FOR ts AS ts - INTERVAL '2' SECOND\n) WITH (connector = 'file', path = 'clicks.jsonl')"],
   ["Kafka source",
     "CREATE SOURCE orders (\n  id BIGINT, amount DOUBLE, ts TIMESTAMP,\n  WATERMARK FOR ts AS ts - INTERVAL '2' SECOND\n) WITH (connector = 'kafka', brokers = '127.0.0.1:9092', topic = 'orders', start = 'earliest')"],
+  ["Kinesis source (credentials from the AWS default chain)",
+    "CREATE SOURCE clicks (\n  user_id BIGINT, page VARCHAR,\n  at TIMESTAMP METADATA FROM 'arrival_time',\n  WATERMARK FOR at AS at - INTERVAL '5' SECOND\n) WITH (connector = 'kinesis', stream = 'clicks', region = 'eu-west-1')"],
   ["Preview: bids over 1,000 (Ctrl+Shift+Enter)",
     "SELECT auction, bidder, price, channel FROM bids WHERE price > 1000"],
   ["View: bids per channel every 10 seconds",
@@ -138,5 +140,7 @@ export const EXAMPLES = [
     "CREATE MATERIALIZED VIEW per_auction AS\nSELECT auction, count(*) AS bids, max(price) AS top FROM bids GROUP BY auction"],
   ["Kafka sink of a view",
     "CREATE SINK bids_out FROM bids_10s WITH (connector = 'kafka', brokers = '127.0.0.1:9092', topic = 'bids_10s')"],
+  ["Kinesis sink of a view",
+    "CREATE SINK bids_stream FROM bids_10s WITH (connector = 'kinesis', stream = 'bids-10s', region = 'eu-west-1', partition_key = 'channel')"],
   ["Query a view", "SELECT * FROM bids_10s ORDER BY window_start DESC LIMIT 20"],
 ];
