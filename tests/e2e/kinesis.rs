@@ -64,7 +64,7 @@ pub(crate) async fn create_stream(client: &Client, stream: &str, shards: i32) ->
     wait_active(client, stream).await
 }
 
-async fn wait_active(client: &Client, stream: &str) -> Result<()> {
+pub(crate) async fn wait_active(client: &Client, stream: &str) -> Result<()> {
     for _ in 0..200 {
         let d = client
             .describe_stream_summary()
@@ -170,7 +170,7 @@ async fn most_calls_a_second(stream: &str) -> Result<usize> {
 
 /// Ask the endpoint to throttle (`throttle`) or expire (`expire`) the next `count`
 /// GetRecords calls on `stream`.
-async fn fault(stream: &str, fault: &str, count: u32) -> Result<()> {
+pub(crate) async fn fault(stream: &str, fault: &str, count: u32) -> Result<()> {
     let status = reqwest::Client::new()
         .post(format!("{}/__weir/faults", endpoint()))
         .json(&json!({"stream": stream, "fault": fault, "count": count}))
@@ -186,13 +186,13 @@ pub(crate) async fn start_weir(config: &str) -> Result<Weir> {
     Weir::start_with_env(dir, &["--config", &path], &AWS_ENV).await
 }
 
-async fn restart(weir: Weir) -> Result<Weir> {
+pub(crate) async fn restart(weir: Weir) -> Result<Weir> {
     let dir = weir.kill().await?;
     let path = dir.path().join("weir.toml").to_string_lossy().to_string();
     Weir::start_with_env(dir, &["--config", &path], &AWS_ENV).await
 }
 
-fn source_sql(name: &str, columns: &str, stream: &str, extra: &str) -> String {
+pub(crate) fn source_sql(name: &str, columns: &str, stream: &str, extra: &str) -> String {
     format!(
         "CREATE SOURCE {name} ({columns}) WITH (connector = 'kinesis', stream = '{stream}', \
          endpoint = '{}', region = 'us-east-1', poll_interval = '200ms'{extra})",
@@ -201,9 +201,9 @@ fn source_sql(name: &str, columns: &str, stream: &str, extra: &str) -> String {
 }
 
 /// Per key: records and the sum of their `v`.
-type Totals = BTreeMap<String, (i64, i64)>;
+pub(crate) type Totals = BTreeMap<String, (i64, i64)>;
 
-fn want_totals(expected: &Totals) -> Vec<Value> {
+pub(crate) fn want_totals(expected: &Totals) -> Vec<Value> {
     expected
         .iter()
         .map(|(k, (n, total))| json!({"k": k, "n": n, "total": total}))
@@ -211,14 +211,14 @@ fn want_totals(expected: &Totals) -> Vec<Value> {
 }
 
 /// The rows of view `totals` (k, n, total), by key.
-async fn totals(weir: &Weir) -> Result<Vec<Value>> {
+pub(crate) async fn totals(weir: &Weir) -> Result<Vec<Value>> {
     let mut rows = view_rows(weir, "totals").await?;
     rows.sort_by_key(|r| r["k"].as_str().unwrap_or_default().to_string());
     Ok(rows)
 }
 
 /// Wait until view `totals` holds exactly `expected`: every record once.
-async fn wait_totals(weir: &Weir, expected: &Totals) -> Result<()> {
+pub(crate) async fn wait_totals(weir: &Weir, expected: &Totals) -> Result<()> {
     let want = want_totals(expected);
     weir.wait_for(
         "every record once in the totals",
@@ -238,7 +238,7 @@ fn aggregate(values: &[(String, Value)]) -> Vec<u8> {
     kpl::aggregate(texts.iter().map(|(k, v)| (*k, v.as_bytes())))
 }
 
-fn record(key: &str, value: Value) -> (String, Vec<u8>) {
+pub(crate) fn record(key: &str, value: Value) -> (String, Vec<u8>) {
     (key.to_string(), value.to_string().into_bytes())
 }
 
@@ -348,7 +348,7 @@ async fn plain_and_kpl_records_arrive_with_their_envelope_and_bad_ones_are_dead_
 }
 
 /// Records `0..n` for each of `keys` keys, numbered per key, interleaved.
-fn numbered(keys: usize, per_key: std::ops::Range<u64>) -> Vec<(String, Vec<u8>)> {
+pub(crate) fn numbered(keys: usize, per_key: std::ops::Range<u64>) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
     for n in per_key {
         for k in 0..keys {
@@ -716,64 +716,6 @@ async fn posted_records_are_put_on_the_stream_once_and_read_back() -> Result<()>
 }
 
 #[tokio::test]
-async fn a_sink_puts_every_change_with_its_lineage_epoch_and_seq() -> Result<()> {
-    let kinesis = client();
-    let (input, output) = (unique("in"), unique("out"));
-    create_stream(&kinesis, &input, 1).await?;
-    create_stream(&kinesis, &output, 2).await?;
-    let weir = start_weir("[runtime.checkpoints]\ninterval = '200ms'\n").await?;
-    weir.exec(&source_sql("s", "k VARCHAR, n BIGINT", &input, ""))
-        .await?;
-    weir.exec("CREATE MATERIALIZED VIEW rows AS SELECT k, n FROM s")
-        .await?;
-    weir.exec(&format!(
-        "CREATE SINK out FROM rows WITH (connector = 'kinesis', stream = '{output}', \
-         endpoint = '{}', region = 'us-east-1', partition_key = 'k')",
-        endpoint()
-    ))
-    .await?;
-    // Partial failures: the first calls put half their records; the rest are put again.
-    fault(&output, "partial", 3).await?;
-    put(&kinesis, &input, &numbered(4, 0..300)).await?;
-    let records = weir
-        .wait_for(
-            "1,200 records on the output stream",
-            Duration::from_secs(60),
-            || async {
-                let all = read_all(&kinesis, &output).await?;
-                Ok((all.len() >= 1_200).then_some(all))
-            },
-        )
-        .await?;
-    ensure!(records.len() == 1_200, "{}", records.len());
-    let mut seen = std::collections::BTreeSet::new();
-    let mut ids = std::collections::BTreeSet::new();
-    for r in &records {
-        let v: Value = serde_json::from_slice(r)?;
-        ensure!(
-            v["weir-epoch"].as_u64().is_some() && v["weir-seq"].as_u64().is_some(),
-            "{v}"
-        );
-        ensure!(v["weir-lineage"].is_string(), "{v}");
-        ids.insert((v["weir-epoch"].as_u64(), v["weir-seq"].as_u64()));
-        seen.insert((
-            v["k"].as_str().unwrap_or_default().to_string(),
-            v["n"].as_i64(),
-        ));
-    }
-    ensure!(ids.len() == 1_200, "each record its own (epoch, seq)");
-    ensure!(seen.len() == 1_200, "every row once");
-    let log = std::fs::read_to_string(weir.data_dir.path().join("weir.log"))?;
-    ensure!(
-        log.contains("records of a partial failure were put again"),
-        "{log}"
-    );
-    let sinks = weir.get("/api/v1/sinks").await?;
-    ensure!(sinks.to_string().contains("\"messages\":1200"), "{sinks}");
-    Ok(())
-}
-
-#[tokio::test]
 async fn a_crash_inside_a_kpl_aggregate_neither_loses_nor_repeats_its_user_records() -> Result<()> {
     let kinesis = client();
     let stream = unique("inside");
@@ -842,63 +784,8 @@ async fn a_crash_inside_a_kpl_aggregate_neither_loses_nor_repeats_its_user_recor
     Ok(())
 }
 
-/// The DynamoDB endpoint's URL; the test script starts it.
-fn dynamodb_endpoint() -> String {
-    std::env::var("WEIR_TEST_DYNAMODB").expect(
-        "WEIR_TEST_DYNAMODB is not set: run the tests with scripts/test.sh, which starts dynalite",
-    )
-}
-
-fn dynamodb() -> aws_sdk_dynamodb::Client {
-    let config = aws_sdk_dynamodb::Config::builder()
-        .behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest())
-        .region(aws_sdk_dynamodb::config::Region::new("us-east-1"))
-        .endpoint_url(dynamodb_endpoint())
-        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
-            "weir-test",
-            "weir-test",
-            None,
-            None,
-            "test",
-        ))
-        .build();
-    aws_sdk_dynamodb::Client::from_conf(config)
-}
-
-/// The lease table's items: shard id to (owner, counter, checkpoint).
-async fn leases(table: &str) -> Result<BTreeMap<String, (String, i64, String)>> {
-    use aws_sdk_dynamodb::types::AttributeValue;
-    let out = dynamodb()
-        .scan()
-        .table_name(table)
-        .consistent_read(true)
-        .send()
-        .await?;
-    let text = |item: &std::collections::HashMap<String, AttributeValue>, k: &str| {
-        item.get(k)
-            .and_then(|v| v.as_s().ok())
-            .cloned()
-            .unwrap_or_default()
-    };
-    Ok(out
-        .items()
-        .iter()
-        .map(|item| {
-            let counter = item
-                .get("lease_counter")
-                .and_then(|v| v.as_n().ok())
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(-1);
-            (
-                text(item, "shard_id"),
-                (text(item, "lease_owner"), counter, text(item, "checkpoint")),
-            )
-        })
-        .collect())
-}
-
 /// The shards a process reads now, by its status.
-async fn shards_read(weir: &Weir, source: &str) -> Result<Vec<String>> {
+pub(crate) async fn shards_read(weir: &Weir, source: &str) -> Result<Vec<String>> {
     let s = weir.get(&format!("/api/v1/sources/{source}")).await?;
     Ok(s["partitions"]
         .as_array()
@@ -910,20 +797,8 @@ async fn shards_read(weir: &Weir, source: &str) -> Result<Vec<String>> {
         .unwrap_or_default())
 }
 
-fn lease_source_sql(stream: &str, table: &str, failover: &str) -> String {
-    source_sql(
-        "s",
-        "k VARCHAR, v BIGINT",
-        stream,
-        &format!(
-            ", lease_table = '{table}', lease_endpoint = '{}', lease_failover = '{failover}'",
-            dynamodb_endpoint()
-        ),
-    )
-}
-
 /// `n` records with `v` from `first` on, over 20 keys; added to `expected`.
-fn keyed(first: i64, n: i64, expected: &mut Totals) -> Vec<(String, Vec<u8>)> {
+pub(crate) fn keyed(first: i64, n: i64, expected: &mut Totals) -> Vec<(String, Vec<u8>)> {
     (first..first + n)
         .map(|v| {
             let k = format!("k{}", v % 20);
@@ -932,168 +807,6 @@ fn keyed(first: i64, n: i64, expected: &mut Totals) -> Vec<(String, Vec<u8>)> {
             record(&k, json!({"k": k, "v": v}))
         })
         .collect()
-}
-
-/// Per key, the sum of several processes' totals.
-async fn union_of(processes: &[&Weir], also: &[Value]) -> Result<Vec<Value>> {
-    let mut sum = Totals::new();
-    let mut rows = also.to_vec();
-    for weir in processes {
-        rows.extend(totals(weir).await?);
-    }
-    for r in rows {
-        let e = sum
-            .entry(r["k"].as_str().context("k")?.to_string())
-            .or_default();
-        e.0 += r["n"].as_i64().context("n")?;
-        e.1 += r["total"].as_i64().context("total")?;
-    }
-    Ok(want_totals(&sum))
-}
-
-#[tokio::test]
-async fn two_processes_share_the_shards_and_one_takes_a_killed_ones_over_from_their_leases()
--> Result<()> {
-    let kinesis = client();
-    let (stream, table) = (unique("shared"), unique("leases"));
-    create_stream(&kinesis, &stream, 4).await?;
-    let config = "[runtime.checkpoints]\ninterval = '200ms'\n";
-    let (a, b) = (start_weir(config).await?, start_weir(config).await?);
-    for weir in [&a, &b] {
-        weir.exec(&lease_source_sql(&stream, &table, "3s")).await?;
-        weir.exec(
-            "CREATE MATERIALIZED VIEW totals AS SELECT k, count(*) AS n, sum(v) AS total FROM s GROUP BY k",
-        )
-        .await?;
-    }
-    a.wait_for("two shards each", Duration::from_secs(60), || async {
-        let (sa, sb) = (shards_read(&a, "s").await?, shards_read(&b, "s").await?);
-        Ok((sa.len() == 2 && sb.len() == 2).then_some(()))
-    })
-    .await?;
-    let status = a.get("/api/v1/sources/s").await?;
-    ensure!(status["stream"]["processes"] == json!(2), "{status}");
-    let mut expected = Totals::new();
-    put(&kinesis, &stream, &keyed(1, 200, &mut expected)).await?;
-    let want = want_totals(&expected);
-    a.wait_for(
-        "every record read by one of the two",
-        Duration::from_secs(60),
-        || async { Ok((union_of(&[&a, &b], &[]).await? == want).then_some(())) },
-    )
-    .await?;
-    // A's leases hold where it read (its checkpoints are durable): then it is killed.
-    let a_shards = shards_read(&a, "s").await?;
-    let a_status = a.get("/api/v1/sources/s").await?;
-    a.wait_for("A's lease checkpoints", Duration::from_secs(30), || async {
-        let table = leases(&table).await?;
-        let done = a_status["partitions"].as_array().is_some_and(|parts| {
-            parts.iter().all(|p| {
-                let shard = p["partition"].as_str().unwrap_or_default();
-                table.get(shard).map(|l| l.2.as_str()) == p["sequence_number"].as_str()
-            })
-        });
-        Ok(done.then_some(()))
-    })
-    .await?;
-    let a_rows = totals(&a).await?;
-    a.kill().await?;
-    put(&kinesis, &stream, &keyed(201, 200, &mut expected)).await?;
-    let want = want_totals(&expected);
-    b.wait_for(
-        "B to read all four shards",
-        Duration::from_secs(60),
-        || async { Ok((shards_read(&b, "s").await?.len() == 4).then_some(())) },
-    )
-    .await?;
-    let table_now = leases(&table).await?;
-    let b_owner = b.get("/api/v1/sources/s").await?["stream"]["lease_owner"].clone();
-    for shard in &a_shards {
-        ensure!(
-            table_now.get(shard).map(|l| json!(l.0)) == Some(b_owner.clone()),
-            "{shard} went to B: {table_now:?}"
-        );
-    }
-    b.wait_for(
-        "A's snapshot and B's view together equal every record once",
-        Duration::from_secs(60),
-        || async { Ok((union_of(&[&b], &a_rows).await? == want).then_some(())) },
-    )
-    .await
-    .with_context(|| format!("expected {want:?}"))?;
-    Ok(())
-}
-
-#[tokio::test]
-async fn a_stolen_lease_stops_the_reading_until_it_expires_and_is_taken_back() -> Result<()> {
-    let kinesis = client();
-    let (stream, table) = (unique("stolen"), unique("leases"));
-    create_stream(&kinesis, &stream, 1).await?;
-    let weir = start_weir("[runtime.checkpoints]\ninterval = '200ms'\n").await?;
-    weir.exec(&lease_source_sql(&stream, &table, "6s")).await?;
-    weir.exec(
-        "CREATE MATERIALIZED VIEW totals AS SELECT k, count(*) AS n, sum(v) AS total FROM s GROUP BY k",
-    )
-    .await?;
-    let mut expected = Totals::new();
-    put(&kinesis, &stream, &keyed(1, 10, &mut expected)).await?;
-    wait_totals(&weir, &expected).await?;
-    let shard = "shardId-000000000000";
-    weir.wait_for(
-        "the lease's checkpoint",
-        Duration::from_secs(30),
-        || async {
-            let l = leases(&table).await?;
-            Ok(l.get(shard).is_some_and(|l| l.2.len() > 20).then_some(()))
-        },
-    )
-    .await?;
-    // Another process takes the lease (as a process that found it expired would) while
-    // records are being written and read.
-    let writing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let writer = {
-        let (kinesis, stream, writing) = (kinesis.clone(), stream.clone(), writing.clone());
-        let mut expected = std::mem::take(&mut expected);
-        tokio::spawn(async move {
-            let mut v = 11;
-            while writing.load(std::sync::atomic::Ordering::Relaxed) {
-                put(&kinesis, &stream, &keyed(v, 5, &mut expected)).await?;
-                v += 5;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Ok::<_, anyhow::Error>((expected, v))
-        })
-    };
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    let counter = leases(&table).await?[shard].1;
-    use aws_sdk_dynamodb::types::AttributeValue;
-    dynamodb()
-        .update_item()
-        .table_name(&table)
-        .key("shard_id", AttributeValue::S(shard.into()))
-        .update_expression("SET lease_owner = :thief, lease_counter = :next")
-        .expression_attribute_values(":thief", AttributeValue::S("thief".into()))
-        .expression_attribute_values(":next", AttributeValue::N((counter + 1).to_string()))
-        .send()
-        .await?;
-    weir.wait_for("the reading to stop", Duration::from_secs(10), || async {
-        Ok(shards_read(&weir, "s").await?.is_empty().then_some(()))
-    })
-    .await?;
-    writing.store(false, std::sync::atomic::Ordering::Relaxed);
-    let (mut expected, next) = writer.await??;
-    let before = totals(&weir).await?;
-    put(&kinesis, &stream, &keyed(next, 10, &mut expected)).await?;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    ensure!(
-        totals(&weir).await? == before,
-        "nothing read while the lease is another's"
-    );
-    // The thief never renews: after the failover time the lease is taken back and the
-    // shard read on from its checkpoint, every record once.
-    wait_totals(&weir, &expected).await?;
-    ensure!(shards_read(&weir, "s").await? == [shard]);
-    Ok(())
 }
 
 /// The stream's open shards (those without an ending sequence number).
@@ -1433,64 +1146,5 @@ async fn the_children_of_a_shard_far_behind_take_its_place_in_the_watermark() ->
         .and_then(|v| v.iter().find(|v| v["name"] == "per_10s"))
         .map(|v| v["late_rows"].clone());
     ensure!(late == Some(json!(0)), "no row was late: {views}");
-    Ok(())
-}
-
-#[tokio::test]
-async fn a_sinks_records_through_three_kill_nines_are_exact_once_deduplicated_by_their_ids()
--> Result<()> {
-    let kinesis = client();
-    let (input, output) = (unique("in"), unique("out"));
-    create_stream(&kinesis, &input, 1).await?;
-    create_stream(&kinesis, &output, 1).await?;
-    let mut weir = start_weir("[runtime.checkpoints]\ninterval = '200ms'\n").await?;
-    weir.exec(&source_sql("s", "k VARCHAR, n BIGINT", &input, ""))
-        .await?;
-    weir.exec("CREATE MATERIALIZED VIEW rows AS SELECT k, n FROM s")
-        .await?;
-    weir.exec(&format!(
-        "CREATE SINK out FROM rows WITH (connector = 'kinesis', stream = '{output}', \
-         endpoint = '{}', region = 'us-east-1', partition_key = 'k')",
-        endpoint()
-    ))
-    .await?;
-    for round in 0..4u64 {
-        put(&kinesis, &input, &numbered(4, round * 25..(round + 1) * 25)).await?;
-        tokio::time::sleep(Duration::from_millis(350)).await;
-        if round < 3 {
-            weir = restart(weir).await?;
-        }
-    }
-    // Deduplicated by (lineage, epoch, seq), as a consumer would: every row once, and
-    // a record written twice is the same record both times.
-    let deduplicated = weir
-        .wait_for("400 distinct records", Duration::from_secs(90), || async {
-            let mut by_id: BTreeMap<(String, u64, u64), Value> = BTreeMap::new();
-            for r in read_all(&kinesis, &output).await? {
-                let v: Value = serde_json::from_slice(&r)?;
-                let id = (
-                    v["weir-lineage"].as_str().context("lineage")?.to_string(),
-                    v["weir-epoch"].as_u64().context("epoch")?,
-                    v["weir-seq"].as_u64().context("seq")?,
-                );
-                if let Some(first) = by_id.get(&id) {
-                    ensure!(*first == v, "one id, two records: {first} and {v}");
-                }
-                by_id.insert(id, v);
-            }
-            Ok((by_id.len() >= 400).then_some(by_id))
-        })
-        .await?;
-    ensure!(deduplicated.len() == 400, "{}", deduplicated.len());
-    let rows: std::collections::BTreeSet<(String, i64)> = deduplicated
-        .values()
-        .map(|v| {
-            (
-                v["k"].as_str().unwrap_or_default().to_string(),
-                v["n"].as_i64().unwrap_or(-1),
-            )
-        })
-        .collect();
-    ensure!(rows.len() == 400, "every row once: {}", rows.len());
     Ok(())
 }

@@ -8,6 +8,8 @@ mod kafka;
 mod kafka_front_door;
 mod kafka_sink;
 mod kinesis;
+mod kinesis_leases;
+mod kinesis_sink;
 mod limits;
 mod nexmark;
 mod oracle;
