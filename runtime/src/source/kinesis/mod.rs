@@ -84,6 +84,8 @@ pub struct Shared {
     pub held_version: AtomicU64,
     /// Why the last round of lease keeping failed.
     pub lease_error: Mutex<Option<String>>,
+    /// The reader has returned: the lease keeper stops too.
+    pub reader_done: std::sync::atomic::AtomicBool,
     /// This process's name in the lease table.
     pub lease_owner: Option<String>,
     /// With `autoscale`: the last change of the shard count, or why it failed.

@@ -78,6 +78,8 @@ pub struct Reader {
     resume: BTreeMap<String, ShardPosition>,
     /// Whether reading starts from the configured start (no checkpoint).
     fresh: bool,
+    /// Whether the stream was listed once already.
+    listed_once: bool,
     listed: Vec<ShardInfo>,
     last_list: Option<Instant>,
     reading: BTreeMap<String, Reading>,
@@ -116,6 +118,7 @@ impl Reader {
             feed,
             resume,
             fresh,
+            listed_once: false,
             listed: Vec::new(),
             last_list: None,
             reading: BTreeMap::new(),
@@ -133,7 +136,14 @@ impl Reader {
     }
 
     /// Read until the source stops or its pipeline is gone.
-    pub fn run(mut self) {
+    pub fn run(self) {
+        let shared = self.shared.clone();
+        self.read();
+        // The lease keeper stops with the reader (a pipeline gone is not a stop).
+        shared.reader_done.store(true, Ordering::Release);
+    }
+
+    fn read(mut self) {
         if !self.feed.wait_for_a_view() {
             return;
         }
@@ -260,7 +270,10 @@ impl Reader {
             }
         })?;
         self.shared.waiting.lock().take();
-        let first = self.last_list.is_none();
+        // `last_list` is reset whenever a listing is due at once (a finished shard, a
+        // change of the shard count): only the very first listing is the start's.
+        let first = !self.listed_once;
+        self.listed_once = true;
         if self.shared.leases.is_some() {
             *self.shared.listed.lock() = Some(shards.clone());
         }
