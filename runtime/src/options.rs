@@ -90,8 +90,9 @@ fn from_text<'a, T: DeserializeOwned>(
 }
 
 /// `sql` with the values of secret-looking options (`...password...`, `...secret...`,
-/// `...token...`, `sasl.jaas...`, `...credentials...`) replaced by `'***'`: statements
-/// are shown to every reader of the API, secrets only to the connector.
+/// `...token...`, `sasl.jaas...`, `...credentials...`) replaced by `'***'`, and so is the
+/// password of a URL (`postgres://user:***@host`): statements are shown to every reader
+/// of the API, secrets only to the connector.
 pub fn redact_secrets(sql: &str) -> String {
     static SECRET: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
         regex::Regex::new(
@@ -99,7 +100,11 @@ pub fn redact_secrets(sql: &str) -> String {
         )
         .expect("a valid pattern")
     });
-    SECRET.replace_all(sql, "$1'***'").into_owned()
+    static URL_PASSWORD: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r"([a-z][a-z0-9+.-]*://[^:/@'\s]*:)[^@'\s]+@").expect("a valid pattern")
+    });
+    let shown = SECRET.replace_all(sql, "$1'***'");
+    URL_PASSWORD.replace_all(&shown, "$1***@").into_owned()
 }
 
 #[cfg(test)]
@@ -136,6 +141,18 @@ mod tests {
         );
         assert!(
             shown.contains("topic = 'token_topic'") && shown.contains("'me'"),
+            "{shown}"
+        );
+        let sql = "CREATE SINK p FROM v WITH (url = 'postgres://weir:s3cr3t@db:5432/app', \
+                   other = 'redis://:pw@cache:6379/0', plain = 'postgres://weir@db/app')";
+        let shown = redact_secrets(sql);
+        assert!(
+            !shown.contains("s3cr3t") && !shown.contains(":pw@"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("postgres://weir:***@db:5432/app")
+                && shown.contains("postgres://weir@db/app"),
             "{shown}"
         );
     }

@@ -122,7 +122,7 @@ fn deduplicate(written: &[Written]) -> Result<Vec<Written>> {
 }
 
 /// Wait until the sink has delivered every change a durable checkpoint holds.
-async fn wait_delivered(weir: &Weir, sink: &str) -> Result<Value> {
+pub(crate) async fn wait_delivered(weir: &Weir, sink: &str) -> Result<Value> {
     let path = format!("/api/v1/sinks/{sink}");
     let waited = weir
         .wait_for(

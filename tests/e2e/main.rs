@@ -3,6 +3,7 @@
 
 mod cli;
 mod console;
+mod dynamodb_sink;
 mod http_pipeline;
 mod kafka;
 mod kafka_front_door;
@@ -14,7 +15,10 @@ mod limits;
 mod nexmark;
 mod oracle;
 mod plugins;
+mod postgres_sink;
 mod recovery;
+mod redis_sink;
+mod sink_runs;
 mod soak;
 mod sql_fuzz;
 mod support;

@@ -42,6 +42,7 @@ impl Engine {
             Some(text) => super::views::parse_row_limit(&text)
                 .map_err(|e| Error::BadRequest(format!("sink {name}: max_pending_rows {e}")))?,
         };
+        let restoring = self.replaying();
         let sink = crate::sink::open(&SinkDef {
             name: &name,
             view: &view.name,
@@ -49,8 +50,8 @@ impl Engine {
             schema: &view.schema,
             options: &options,
             dead_letters: &self.inner.dead_letters,
+            restoring,
         })?;
-        let restoring = self.replaying();
         let progress_file = self.inner.checkpoints.enabled().then(|| {
             self.inner
                 .config

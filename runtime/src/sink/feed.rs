@@ -5,7 +5,7 @@
 //! hands the sink the same epochs with the same changes again.
 
 use std::collections::VecDeque;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::RecordBatch;
 use parking_lot::{Condvar, Mutex};
@@ -110,6 +110,11 @@ struct FeedState {
     open: Vec<Change>,
     /// Changes sealed under their epoch and not delivered yet, oldest first.
     sealed: VecDeque<Epoch>,
+    /// When the first change of each sealed epoch came (for epochs a checkpoint gave
+    /// back: when it was restored), and of the open changes: what the sink's lag in
+    /// time is measured from.
+    sealed_since: VecDeque<(u64, Instant)>,
+    open_since: Option<Instant>,
     /// The newest epoch a written checkpoint holds.
     durable: u64,
     /// The last epoch numbered without checkpoints.
@@ -151,6 +156,8 @@ impl SinkFeed {
         {
             let mut s = feed.state.lock();
             s.rows_pending = epochs.iter().map(|(_, c)| rows(c)).sum();
+            let now = Instant::now();
+            s.sealed_since = epochs.iter().map(|(e, _)| (*e, now)).collect();
             s.sealed = epochs.into();
             s.durable = durable;
         }
@@ -170,6 +177,8 @@ impl SinkFeed {
         let mut s = self.state.lock();
         s.open.clear();
         s.sealed.clear();
+        s.sealed_since.clear();
+        s.open_since = None;
         s.rows_pending = 0;
         s.failed.get_or_insert(reason);
         self.ready.notify_all();
@@ -200,10 +209,12 @@ impl SinkFeed {
             return;
         }
         if self.checkpointed {
+            s.open_since.get_or_insert_with(Instant::now);
             s.open.push(change);
         } else {
             s.counter += 1;
             let epoch = s.counter;
+            s.sealed_since.push_back((epoch, Instant::now()));
             s.sealed.push_back((epoch, vec![change]));
             s.durable = epoch;
             self.ready.notify_all();
@@ -225,6 +236,8 @@ impl SinkFeed {
         let fresh = epoch > s.durable && s.sealed.back().is_none_or(|(last, _)| *last < epoch);
         if fresh && !s.open.is_empty() {
             let open = std::mem::take(&mut s.open);
+            let since = s.open_since.take().unwrap_or_else(Instant::now);
+            s.sealed_since.push_back((epoch, since));
             s.sealed.push_back((epoch, open));
         }
         Outbox {
@@ -280,6 +293,17 @@ impl SinkFeed {
                 s.rows_pending -= rows(&changes);
             }
         }
+        while s.sealed_since.front().is_some_and(|(e, _)| *e <= epoch) {
+            s.sealed_since.pop_front();
+        }
+    }
+
+    /// How long the oldest change the sink has not delivered has waited (zero when
+    /// none waits): the sink's lag in time.
+    pub fn lag(&self) -> Duration {
+        let s = self.state.lock();
+        let oldest = s.sealed_since.front().map(|(_, at)| *at).or(s.open_since);
+        oldest.map_or(Duration::ZERO, |at| at.elapsed())
     }
 
     /// Rows the sink has not delivered yet (sealed or not).

@@ -6,7 +6,7 @@
 //! a crash carries the same triples, so a consumer drops the duplicates exactly. See
 //! docs/CONNECTORS.md.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -55,13 +55,7 @@ pub struct KinesisSink {
 pub fn open(def: &SinkDef) -> Result<Box<dyn Sink>> {
     let name = def.name;
     let bad = |m: String| Error::BadRequest(format!("sink {name}: {m}"));
-    let own: BTreeMap<String, String> = def
-        .options
-        .iter()
-        .filter(|(k, _)| k.as_str() != "connector")
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    let options: KinesisSinkOptions = crate::options::parse_as(&format!("sink {name}"), &own)?;
+    let options: KinesisSinkOptions = super::own_options(def)?;
     let stream = options
         .stream
         .filter(|s| !s.trim().is_empty())

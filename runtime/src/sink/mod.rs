@@ -8,10 +8,13 @@
 //! whole and with the same messages, and the epoch last delivered is written to the
 //! data dir so a restart goes on after it.
 
+pub mod dynamodb;
 pub mod encode;
 pub mod feed;
 pub mod kafka;
 pub mod kinesis;
+pub mod postgres;
+pub mod redis;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -24,7 +27,10 @@ use parking_lot::Mutex;
 use prometheus::IntCounter;
 use serde::{Deserialize, Serialize};
 
-use crate::deadletter::DeadLetterStore;
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::json::LineDelimitedWriter;
+
+use crate::deadletter::{DeadLetterStore, NewDeadLetter};
 use crate::durable::write_atomically;
 use crate::{Error, Result};
 use feed::{Change, SinkFeed};
@@ -41,6 +47,9 @@ pub struct SinkDef<'a> {
     /// Where a change the destination can never take goes (a message over its size
     /// limit), so the sink goes on with the rest.
     pub dead_letters: &'a Arc<DeadLetterStore>,
+    /// Made again after a restart (not by a new CREATE SINK): the destination may be
+    /// down now, and the sink must start all the same.
+    pub restoring: bool,
 }
 
 /// The changes of one durable checkpoint epoch, as a sink is to write them.
@@ -58,6 +67,12 @@ pub trait Sink: Send {
     /// written) once the destination holds them as the sink's delivery guarantee
     /// says. On an error the same epoch is offered again, with the same changes.
     fn deliver(&mut self, epoch: &EpochChanges<'_>) -> std::result::Result<u64, String>;
+
+    /// Something the user should know of the sink's writes (a hot partition), asked
+    /// after each delivery.
+    fn warning(&self) -> Option<String> {
+        None
+    }
 }
 
 /// A sink connector: its name in `WITH (connector = ...)` and how it is made.
@@ -80,11 +95,38 @@ pub const SINKS: &[SinkConnector] = &[
         open: kinesis::open,
         described: &kinesis::DESCRIBED,
     },
+    SinkConnector {
+        name: "dynamodb",
+        open: dynamodb::open,
+        described: &dynamodb::DESCRIBED,
+    },
+    SinkConnector {
+        name: "postgres",
+        open: postgres::open,
+        described: &postgres::DESCRIBED,
+    },
+    SinkConnector {
+        name: "redis",
+        open: redis::open,
+        described: &redis::DESCRIBED,
+    },
 ];
 
 /// What the API says of every sink connector.
 pub(crate) fn described() -> impl Iterator<Item = &'static crate::connectors::Described> {
     SINKS.iter().map(|s| s.described)
+}
+
+/// A sink connector's own options (every one but `connector`), parsed into `T`, which
+/// should deny unknown fields.
+pub(crate) fn own_options<T: serde::de::DeserializeOwned>(def: &SinkDef) -> Result<T> {
+    let own: BTreeMap<String, String> = def
+        .options
+        .iter()
+        .filter(|(k, _)| k.as_str() != "connector")
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    crate::options::parse_as(&format!("sink {}", def.name), &own)
 }
 
 /// Make the sink `def` asks for.
@@ -104,6 +146,40 @@ pub fn open(def: &SinkDef) -> Result<Box<dyn Sink>> {
     (entry.open)(def)
 }
 
+/// Rows of a view a sink can never write (their key has a null, say), to the dead
+/// letters: one letter per row, its JSON as the raw bytes.
+pub(crate) fn dead_letter_rows(
+    def: (&DeadLetterStore, &str, &str, &str),
+    epoch: u64,
+    rows: &[RecordBatch],
+    reason: &str,
+) {
+    let (store, source, view, sink) = def;
+    let mut letters = Vec::new();
+    for batch in rows {
+        let mut writer = LineDelimitedWriter::new(Vec::new());
+        if let Err(e) = writer.write(batch).and_then(|()| writer.finish()) {
+            tracing::error!(sink, "cannot write refused rows as JSON: {e}");
+            continue;
+        }
+        for line in writer.into_inner().split(|b| *b == b'\n') {
+            if line.is_empty() {
+                continue;
+            }
+            letters.push(NewDeadLetter {
+                source: source.to_string(),
+                view: Some(view.to_string()),
+                partition: Some(format!("sink {sink} epoch {epoch}")),
+                position: None,
+                sequence_number: None,
+                reason: format!("sink {sink}: {reason}").into(),
+                raw: line.to_vec(),
+            });
+        }
+    }
+    store.push_all(letters);
+}
+
 /// What the API shows of a sink.
 #[derive(Debug, Clone, Serialize)]
 pub struct SinkStatus {
@@ -119,10 +195,20 @@ pub struct SinkStatus {
     pub delivered_epoch: u64,
     /// The newest epoch a durable checkpoint holds (what could be delivered).
     pub durable_epoch: u64,
-    /// Changed rows not delivered yet: the sink's lag.
+    /// Changed rows not delivered yet: the sink's lag in rows.
     pub rows_pending: usize,
+    /// How long the oldest of them has waited: the sink's lag in time (at least the
+    /// checkpoint interval's wait for durability).
+    pub lag_seconds: f64,
+    /// Messages (rows, for a table) written.
     pub messages: u64,
+    /// Epochs delivered by this process.
+    pub epochs_delivered: u64,
     pub failed_deliveries: u64,
+    /// The newest delivery error, kept after the sink recovers from it.
+    pub last_error: Option<String>,
+    /// What the sink's connector warns of (a DynamoDB hot partition).
+    pub warning: Option<String>,
 }
 
 /// The epoch a sink last delivered, as written in the data dir, and why it failed if
@@ -148,6 +234,10 @@ pub struct SinkRuntime {
     pub feed: Arc<SinkFeed>,
     stop: AtomicBool,
     progress: Mutex<(u64, Option<String>)>,
+    /// The newest delivery error, and epochs delivered by this process.
+    last_error: Mutex<Option<String>>,
+    warning: Mutex<Option<String>>,
+    epochs_delivered: std::sync::atomic::AtomicU64,
     /// Why the sink gave up, once that is recorded in the data dir.
     failed: Mutex<Option<String>>,
     /// Where the delivered epoch is kept (none without a data dir, or once dropped: a
@@ -205,6 +295,9 @@ impl SinkRuntime {
             feed,
             stop: AtomicBool::new(false),
             progress: Mutex::new((delivered, None)),
+            last_error: Mutex::new(None),
+            warning: Mutex::new(None),
+            epochs_delivered: std::sync::atomic::AtomicU64::new(0),
             failed: Mutex::new(failed),
             progress_file: Mutex::new(progress_file),
             messages,
@@ -258,12 +351,20 @@ impl SinkRuntime {
                         tracing::warn!(sink = %self.name, error = %e, "cannot record the delivered epoch");
                     }
                     self.feed.delivered(epoch);
+                    self.epochs_delivered.fetch_add(1, Ordering::Relaxed);
+                    let warning = sink.warning();
+                    let mut shown = self.warning.lock();
+                    if let Some(w) = warning.as_ref().filter(|_| shown.is_none()) {
+                        tracing::warn!(sink = %self.name, "{w}");
+                    }
+                    *shown = warning;
                     *self.progress.lock() = (epoch, None);
                     backoff = FIRST_BACKOFF;
                 }
                 Err(e) => {
                     self.failures.inc();
                     tracing::warn!(sink = %self.name, epoch, error = %e, retry_in = ?backoff, "delivery failed");
+                    *self.last_error.lock() = Some(e.clone());
                     self.progress.lock().1 = Some(e);
                     self.sleep(backoff);
                     backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -331,8 +432,12 @@ impl SinkRuntime {
             delivered_epoch,
             durable_epoch: self.feed.durable_epoch(),
             rows_pending: self.feed.rows_pending(),
+            lag_seconds: self.feed.lag().as_secs_f64(),
             messages: self.messages.get(),
+            epochs_delivered: self.epochs_delivered.load(Ordering::Relaxed),
             failed_deliveries: self.failures.get(),
+            last_error: self.last_error.lock().clone(),
+            warning: self.warning.lock().clone(),
         }
     }
 }
@@ -402,6 +507,7 @@ mod tests {
             if attempts.lock().len() == 2 {
                 let s = runtime.status();
                 assert_eq!((s.status, s.rows_pending), ("retrying", 2), "{s:?}");
+                assert!(s.lag_seconds > 0.0, "the change waits: {s:?}");
                 assert!(s.error.is_some_and(|e| e.contains("down")));
             }
             std::thread::sleep(Duration::from_millis(10));
@@ -423,6 +529,11 @@ mod tests {
         assert_eq!(
             (s.delivered_epoch, s.failed_deliveries, s.messages),
             (1, 3, 2)
+        );
+        assert_eq!((s.epochs_delivered, s.lag_seconds), (1, 0.0), "{s:?}");
+        assert!(
+            s.error.is_none() && s.last_error.is_some_and(|e| e.contains("down")),
+            "the error is gone, the last one kept"
         );
         let saved: Progress =
             serde_json::from_slice(&std::fs::read(&file).expect("progress")).expect("json");

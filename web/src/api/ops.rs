@@ -52,6 +52,7 @@ fn label(value: &str) -> String {
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let mut text = state.engine.metrics().render();
     text.push_str(&operator_metrics(&state.engine.views()));
+    text.push_str(&sink_metrics(&state.engine.sinks()));
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
 
@@ -120,6 +121,47 @@ fn operator_metrics(views: &[weir_runtime::view::ViewStatus]) -> String {
                     );
                 }
             }
+        }
+    }
+    out
+}
+
+/// Each sink's lag and progress in Prometheus text, read from its status.
+fn sink_metrics(sinks: &[weir_runtime::sink::SinkStatus]) -> String {
+    use std::fmt::Write;
+    type Figure = fn(&weir_runtime::sink::SinkStatus) -> f64;
+    let figures: [(&str, &str, Figure); 4] = [
+        (
+            "weir_sink_rows_pending",
+            "Changed rows of a sink's view not delivered yet: its lag in rows.",
+            |s| s.rows_pending as f64,
+        ),
+        (
+            "weir_sink_lag_seconds",
+            "How long the oldest change a sink has not delivered has waited.",
+            |s| s.lag_seconds,
+        ),
+        (
+            "weir_sink_delivered_epoch",
+            "The newest checkpoint epoch whose changes a sink's destination holds.",
+            |s| s.delivered_epoch as f64,
+        ),
+        (
+            "weir_sink_up",
+            "1 while a sink delivers (running), 0 while it retries, has failed or stopped.",
+            |s| f64::from(u8::from(s.status == "running")),
+        ),
+    ];
+    let mut out = String::new();
+    for (name, help, figure) in figures {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for sink in sinks {
+            let _ = writeln!(
+                out,
+                "{name}{{sink=\"{}\"}} {}",
+                label(&sink.name),
+                figure(sink)
+            );
         }
     }
     out
