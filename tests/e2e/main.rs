@@ -4,6 +4,7 @@
 mod cli;
 mod console;
 mod dynamodb_sink;
+mod files_sink;
 mod http_pipeline;
 mod kafka;
 mod kafka_front_door;

@@ -11,11 +11,11 @@ use anyhow::{Context, Result, bail, ensure};
 use serde_json::{Value, json};
 use tokio_postgres::{Client, NoTls};
 
-use crate::kafka::{config_dir, unique, view_rows};
+use crate::kafka::{unique, view_rows};
 use crate::kafka_sink::wait_delivered;
 use crate::sink_runs::{
-    count_while_the_store_is_down, counted_in_the_end, counting_into, every_id,
-    through_three_kill_nines,
+    count_while_the_store_is_down, counted_in_the_end, counting_into,
+    crashing_after_the_first_delivery, every_id, through_three_kill_nines,
 };
 use crate::support::Weir;
 
@@ -400,45 +400,10 @@ async fn a_server_restarted_mid_run_loses_nothing_and_the_sink_catches_up() -> R
 async fn an_epoch_committed_just_before_a_crash_is_not_written_again() -> Result<()> {
     let url = url();
     let appended = table("crashed");
-    let (dir, config) = config_dir("[runtime.checkpoints]\ninterval = '200ms'\nkeep = 3\n").await?;
-    let weir = Weir::start_with_env(
-        dir,
-        &["--config", &config],
-        &[("WEIR_FAILPOINTS", "sink-delivered")],
-    )
-    .await?;
-    weir.exec("CREATE SOURCE s (id BIGINT) WITH (connector = 'http')")
-        .await?;
-    weir.exec("CREATE MATERIALIZED VIEW v AS SELECT id FROM s")
-        .await?;
-    let body = |ids: std::ops::Range<i64>| {
-        ids.map(|i| format!("{{\"id\": {i}}}\n"))
-            .collect::<String>()
-    };
-    ensure!(weir.post_records("s", body(0..20)).await?.0 == 200);
-    weir.wait_for("the view's rows", Duration::from_secs(30), || async {
-        Ok((view_rows(&weir, "v").await?.len() == 20).then_some(()))
-    })
-    .await?;
-    weir.exec(&format!(
+    crashing_after_the_first_delivery(&format!(
         "CREATE SINK crashed FROM v WITH (connector = 'postgres', url = '{url}', table = '{appended}')"
     ))
     .await?;
-    weir.wait_for(
-        "the failpoint to stop weir",
-        Duration::from_secs(60),
-        || async { Ok(weir.get("/api/v1/sinks").await.is_err().then_some(())) },
-    )
-    .await?;
-    let dir = weir.kill().await?;
-    let weir = Weir::start_in(dir, &["--config", &config]).await?;
-    wait_delivered(&weir, "crashed").await?;
-    ensure!(weir.post_records("s", body(20..30)).await?.0 == 200);
-    weir.wait_for("the new rows", Duration::from_secs(30), || async {
-        Ok((view_rows(&weir, "v").await?.len() == 30).then_some(()))
-    })
-    .await?;
-    wait_delivered(&weir, "crashed").await?;
     let ids: Vec<i64> = connect(&url)
         .await?
         .query(&format!("SELECT id FROM {appended} ORDER BY id"), &[])

@@ -143,3 +143,47 @@ fn counted(from: i64, to: i64) -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+/// A view `v` (id) over an HTTP source with ids 0..20, then the sink `crashed` made by
+/// `sink_sql` with weir aborted right after its first delivery, before weir notes it (the
+/// `sink-delivered` failpoint); weir restarted, the epoch offered again, and ids 20..30
+/// delivered after it. The store should hold ids 0..30 once each.
+pub(crate) async fn crashing_after_the_first_delivery(sink_sql: &str) -> Result<()> {
+    let (dir, config) = config_dir("[runtime.checkpoints]\ninterval = '200ms'\nkeep = 3\n").await?;
+    let weir = Weir::start_with_env(
+        dir,
+        &["--config", &config],
+        &[("WEIR_FAILPOINTS", "sink-delivered")],
+    )
+    .await?;
+    weir.exec("CREATE SOURCE s (id BIGINT) WITH (connector = 'http')")
+        .await?;
+    weir.exec("CREATE MATERIALIZED VIEW v AS SELECT id FROM s")
+        .await?;
+    let body = |ids: std::ops::Range<i64>| {
+        ids.map(|i| format!("{{\"id\": {i}}}\n"))
+            .collect::<String>()
+    };
+    ensure!(weir.post_records("s", body(0..20)).await?.0 == 200);
+    weir.wait_for("the view's rows", Duration::from_secs(30), || async {
+        Ok((view_rows(&weir, "v").await?.len() == 20).then_some(()))
+    })
+    .await?;
+    weir.exec(sink_sql).await?;
+    weir.wait_for(
+        "the failpoint to stop weir",
+        Duration::from_secs(60),
+        || async { Ok(weir.get("/api/v1/sinks").await.is_err().then_some(())) },
+    )
+    .await?;
+    let dir = weir.kill().await?;
+    let weir = Weir::start_in(dir, &["--config", &config]).await?;
+    wait_delivered(&weir, "crashed").await?;
+    ensure!(weir.post_records("s", body(20..30)).await?.0 == 200);
+    weir.wait_for("the new rows", Duration::from_secs(30), || async {
+        Ok((view_rows(&weir, "v").await?.len() == 30).then_some(()))
+    })
+    .await?;
+    wait_delivered(&weir, "crashed").await?;
+    Ok(())
+}

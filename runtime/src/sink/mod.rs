@@ -11,6 +11,7 @@
 pub mod dynamodb;
 pub mod encode;
 pub mod feed;
+pub mod files;
 pub mod kafka;
 pub mod kinesis;
 pub mod postgres;
@@ -99,6 +100,11 @@ pub const SINKS: &[SinkConnector] = &[
         name: "dynamodb",
         open: dynamodb::open,
         described: &dynamodb::DESCRIBED,
+    },
+    SinkConnector {
+        name: "files",
+        open: files::open,
+        described: &files::DESCRIBED,
     },
     SinkConnector {
         name: "postgres",
