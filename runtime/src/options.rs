@@ -103,8 +103,13 @@ pub fn redact_secrets(sql: &str) -> String {
     static URL_PASSWORD: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
         regex::Regex::new(r"([a-z][a-z0-9+.-]*://[^:/@'\s]*:)[^@'\s]+@").expect("a valid pattern")
     });
+    // A libpq key-value string: `host=db password=secret`.
+    static KEY_VALUE_PASSWORD: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r"(?i)(\bpassword\s*=\s*)[^\s']+").expect("a valid pattern")
+    });
     let shown = SECRET.replace_all(sql, "$1'***'");
-    URL_PASSWORD.replace_all(&shown, "$1***@").into_owned()
+    let shown = URL_PASSWORD.replace_all(&shown, "$1***@");
+    KEY_VALUE_PASSWORD.replace_all(&shown, "$1***").into_owned()
 }
 
 #[cfg(test)]
@@ -144,7 +149,8 @@ mod tests {
             "{shown}"
         );
         let sql = "CREATE SINK p FROM v WITH (url = 'postgres://weir:s3cr3t@db:5432/app', \
-                   other = 'redis://:pw@cache:6379/0', plain = 'postgres://weir@db/app')";
+                   other = 'redis://:pw@cache:6379/0', plain = 'postgres://weir@db/app', \
+                   kv = 'host=db user=weir password=kv-secret dbname=app')";
         let shown = redact_secrets(sql);
         assert!(
             !shown.contains("s3cr3t") && !shown.contains(":pw@"),

@@ -34,8 +34,10 @@ use crate::{Error, Result};
 const BATCH_ITEMS: usize = 25;
 /// Calls in flight at once.
 const CALLS_IN_FLIGHT: usize = 8;
-/// How long one epoch may take before it is offered again, whole.
+/// How long one epoch may take before it is offered again, whole: this, and
+/// `PER_ITEM_WAIT` for each of its writes.
 const EPOCH_WAIT: Duration = Duration::from_secs(60);
+const PER_ITEM_WAIT: Duration = Duration::from_millis(20);
 /// Partition keys sampled, and how many make a verdict on a hot one.
 const SAMPLE: usize = 10_000;
 const SAMPLE_PER_EPOCH: usize = 1_000;
@@ -302,14 +304,19 @@ impl DynamoDbSink {
         })
     }
 
-    /// Row `r`'s key as one string (partition, NUL, sort); `None` when a part is null.
+    /// Row `r`'s key as one string (partition, NUL, sort); `None` when a part cannot be
+    /// a DynamoDB key: null, an empty string, or a float that is not a finite number.
     fn key_text(&self, rows: &Texts, r: usize) -> Option<String> {
         let mut key = String::new();
         for (n, &i) in self.key.iter().enumerate() {
             if n > 0 {
                 key.push('\u{0}');
             }
-            key.push_str(rows.value(i, r)?);
+            let part = rows.value(i, r).filter(|t| !t.is_empty())?;
+            if self.kinds[i] == Kind::Float && !part.parse::<f64>().is_ok_and(f64::is_finite) {
+                return None;
+            }
+            key.push_str(part);
         }
         Some(key)
     }
@@ -468,12 +475,13 @@ impl Sink for DynamoDbSink {
                 (&self.dead_letters, &self.source, &self.view, &self.name),
                 epoch,
                 &keyless,
-                "a key column is null, and a DynamoDB item's key cannot be",
+                "a key column is null, empty or not a finite number, which a DynamoDB key cannot be",
             );
         }
         let n = requests.len() as u64;
         let (client, table) = (self.client.clone(), self.table.clone());
-        let deadline = Instant::now() + EPOCH_WAIT;
+        // A large epoch on a table of little capacity takes long: the wait grows with it.
+        let deadline = Instant::now() + EPOCH_WAIT + PER_ITEM_WAIT * n as u32;
         let retried = block_on(async move { write_all(&client, &table, requests, deadline).await })
             .map_err(|e| format!("epoch {epoch}: {e}"))?;
         if retried > 0 {

@@ -91,9 +91,33 @@ fn store_for(
     }
     let dir = path.strip_prefix("file://").unwrap_or(path);
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot make directory {dir}: {e}"))?;
+    remove_unfinished(std::path::Path::new(dir));
     let store = LocalFileSystem::new_with_prefix(dir)
         .map_err(|e| format!("cannot use directory {dir}: {e}"))?;
     Ok((Arc::new(store), Path::default()))
+}
+
+/// Remove the files a crash left half-written under `dir`: object_store writes a local
+/// file as `<name>#<n>` and renames it once whole, so such a name is never a finished
+/// file.
+fn remove_unfinished(dir: &std::path::Path) {
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().to_string();
+            if path.is_dir() {
+                todo.push(path);
+            } else if name.contains(".parquet#")
+                && let Err(e) = std::fs::remove_file(&path)
+            {
+                tracing::warn!(file = %path.display(), "cannot remove an unfinished file: {e}");
+            }
+        }
+    }
 }
 
 pub fn open(def: &SinkDef) -> Result<Box<dyn Sink>> {
@@ -400,6 +424,18 @@ mod tests {
             path.as_ref(),
             "out/bids/dt=__HIVE_DEFAULT_PARTITION__/part-abc-000000000007-0001.parquet"
         );
+        // A file a crash left half-written goes when the sink opens the directory.
+        let dir = tempfile::tempdir().expect("tmp");
+        std::fs::create_dir_all(dir.path().join("dt=1")).expect("mkdir");
+        std::fs::write(dir.path().join("dt=1/part-a-1-0.parquet#3"), b"half").expect("write");
+        std::fs::write(dir.path().join("dt=1/part-a-1-0.parquet"), b"whole").expect("write");
+        remove_unfinished(dir.path());
+        let left: Vec<_> = std::fs::read_dir(dir.path().join("dt=1"))
+            .expect("dir")
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(left, ["part-a-1-0.parquet"]);
         // A value with a slash stays one directory.
         let path = file_path(&Path::default(), Some(("dt", Some("a/b"))), "abc", 7, 0);
         assert_eq!(path.parts().count(), 2, "{path}");

@@ -1,9 +1,11 @@
 //! The `redis` sink: each row of a view under a key made from its columns
 //! (`key = 'top:{auction}'`), as a JSON string or a hash, with an optional TTL. A key
 //! whose row left the view is deleted. Each durable epoch is one MULTI/EXEC
-//! transaction that also records the epoch in a progress hash (`weir:sink-progress`,
-//! field `<sink>/<lineage>`); an epoch the hash holds already is not written again, so
-//! the keys end as the view's rows, exactly once. See docs/CONNECTORS.md.
+//! transaction; once it has held whole, the epoch is recorded in a progress hash
+//! (`weir:sink-progress`, field `<sink>/<lineage>`), and an epoch the hash holds is not
+//! written again. Every write sets a key to its row, so an epoch written twice (a crash
+//! before the record) leaves the same keys: the keys end as the view's rows. See
+//! docs/CONNECTORS.md.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -259,7 +261,6 @@ impl RedisSink {
     fn commands(
         &self,
         to_write: &EpochChanges<'_>,
-        progress_field: &str,
     ) -> std::result::Result<(redis::Pipeline, u64, Vec<RecordBatch>), ArrowError> {
         let mut pipe = redis::pipe();
         pipe.atomic();
@@ -282,11 +283,6 @@ impl RedisSink {
             }
             written += self.store(&mut pipe, &change.rows, &keys)?;
         }
-        pipe.cmd("HSET")
-            .arg(PROGRESS_KEY)
-            .arg(progress_field)
-            .arg(to_write.epoch)
-            .ignore();
         Ok((pipe, written, keyless))
     }
 }
@@ -296,7 +292,7 @@ impl Sink for RedisSink {
         let epoch = to_write.epoch;
         let field = format!("{}/{}", self.name, to_write.lineage);
         let (pipe, written, keyless) = self
-            .commands(to_write, &field)
+            .commands(to_write)
             .map_err(|e| format!("cannot turn the view's rows into commands: {e}"))?;
         if epoch > self.refused_epoch && !keyless.is_empty() {
             self.refused_epoch = epoch;
@@ -318,7 +314,15 @@ impl Sink for RedisSink {
             if done.is_some_and(|d| d >= epoch) {
                 return Ok(0);
             }
+            // A command that fails inside EXEC (a key of another type) does not undo the
+            // others, and fails the query: the epoch is recorded only when all held, and
+            // written whole again otherwise (every write sets a key to its row).
             pipe.query::<()>(connection)?;
+            redis::cmd("HSET")
+                .arg(PROGRESS_KEY)
+                .arg(&field)
+                .arg(epoch)
+                .query::<()>(connection)?;
             Ok(written)
         })();
         outcome.map_err(|e| {

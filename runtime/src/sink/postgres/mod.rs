@@ -30,6 +30,8 @@ use write::{Action, Plan};
 
 /// How long connecting may take before the attempt counts as failed.
 const CONNECT_WAIT: Duration = Duration::from_secs(10);
+/// How long connecting and checking the table may take.
+const PREPARE_WAIT: Duration = Duration::from_secs(60);
 /// How long one epoch's transaction may take before it is abandoned and retried.
 const EPOCH_WAIT: Duration = Duration::from_secs(300);
 
@@ -259,12 +261,21 @@ impl PostgresSink {
         );
         let known = self.statements.clone();
         let (client, statements) = block_on(async move {
-            let client = connect(url).await?;
-            let statements = match known {
-                Some(s) => s,
-                None => Arc::new(check(&client, &target, &schema).await?),
+            let prepared = async {
+                let client = connect(url).await?;
+                let statements = match known {
+                    Some(s) => s,
+                    None => Arc::new(check(&client, &target, &schema).await?),
+                };
+                Ok::<_, Failure>((client, statements))
             };
-            Ok::<_, Failure>((client, statements))
+            // A server that accepts the connection and then stalls must not hold the
+            // sink's thread for good.
+            tokio::time::timeout(PREPARE_WAIT, prepared)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Failure::Store(format!("no answer within {PREPARE_WAIT:?}")))
+                })
         })?;
         self.client = Some(client);
         self.statements = Some(statements);
@@ -301,6 +312,10 @@ async fn write_epoch(
 ) -> std::result::Result<u64, tokio_postgres::Error> {
     let tx = client.transaction().await?;
     let epoch = epoch as i64;
+    tx.execute(&statements.make_progress, &[&sink, &lineage])
+        .await?;
+    // Locked until the commit: a transaction of the same epoch still committing (one
+    // abandoned after a timeout) is waited for, then seen.
     let done: Option<i64> = tx
         .query_opt(&statements.lock_progress, &[&sink, &lineage])
         .await?

@@ -92,7 +92,10 @@ pub(super) fn column_type(data_type: &DataType) -> Result<String, String> {
 /// Which PostgreSQL types take a value of a family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Family {
-    Number,
+    /// Whole numbers: they fit integer and fractional columns alike.
+    Integer,
+    /// Numbers with a fraction: `1.5` does not cast to an integer column.
+    Fraction,
     Text,
     Bool,
     Time,
@@ -100,7 +103,8 @@ enum Family {
 
 fn family_of_arrow(data_type: &DataType) -> Option<Family> {
     Some(match data_type {
-        t if t.is_numeric() => Family::Number,
+        t if t.is_integer() => Family::Integer,
+        t if t.is_numeric() => Family::Fraction,
         DataType::Boolean => Family::Bool,
         DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => Family::Text,
         DataType::Timestamp(..) | DataType::Date32 | DataType::Date64 => Family::Time,
@@ -109,11 +113,16 @@ fn family_of_arrow(data_type: &DataType) -> Option<Family> {
 }
 
 fn family_of_pg(type_name: &str) -> Option<Family> {
-    let base = type_name.split('(').next().unwrap_or(type_name).trim();
-    Some(match base {
-        "smallint" | "integer" | "bigint" | "numeric" | "real" | "double precision" => {
-            Family::Number
+    // `timestamp(3) without time zone`, `numeric(12,2)`: the type without its modifier.
+    let base = match (type_name.find('('), type_name.find(')')) {
+        (Some(open), Some(close)) if open < close => {
+            format!("{}{}", &type_name[..open], &type_name[close + 1..])
         }
+        _ => type_name.to_string(),
+    };
+    Some(match base.trim() {
+        "smallint" | "integer" | "bigint" => Family::Integer,
+        "numeric" | "real" | "double precision" => Family::Fraction,
         "text" | "character varying" | "character" => Family::Text,
         "boolean" => Family::Bool,
         "timestamp without time zone" | "timestamp with time zone" | "date" => Family::Time,
@@ -165,7 +174,11 @@ pub(super) fn fit(
             family_of_arrow(field.data_type()),
             family_of_pg(&column.type_name),
         ) {
-            (Some(view), Some(table)) => view == table || table == Family::Text,
+            (Some(view), Some(table)) => {
+                view == table
+                    || table == Family::Text
+                    || (view == Family::Integer && table == Family::Fraction)
+            }
             _ => false,
         };
         if !fits {
@@ -236,7 +249,8 @@ pub(super) async fn describe(
         .query(
             "SELECT array_agg(a.attname::text) FROM pg_index i JOIN pg_attribute a \
              ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
-             WHERE i.indrelid = $1 AND i.indisunique GROUP BY i.indexrelid",
+             WHERE i.indrelid = $1 AND i.indisunique AND i.indimmediate AND i.indpred IS NULL \
+             GROUP BY i.indexrelid",
             &[&oid],
         )
         .await?
@@ -289,6 +303,9 @@ pub(super) struct Statements {
     /// Parameters: the key columns of replaced rows, then of the new rows; deletes the
     /// keys of the first set not in the second.
     pub delete: String,
+    /// Makes the sink's progress row when it has none (epoch 0), so that the lock below
+    /// has a row to take even at a lineage's first epoch.
+    pub make_progress: String,
     pub lock_progress: String,
     pub record_progress: String,
 }
@@ -359,6 +376,11 @@ impl Statements {
             insert,
             upsert,
             delete,
+            make_progress: format!(
+                "INSERT INTO {} (sink, lineage, epoch) VALUES ($1, $2, 0) \
+                 ON CONFLICT (sink, lineage) DO NOTHING",
+                progress.quoted
+            ),
             lock_progress: format!(
                 "SELECT epoch FROM {} WHERE sink = $1 AND lineage = $2 FOR UPDATE",
                 progress.quoted
@@ -463,6 +485,10 @@ mod tests {
             err(&good, &["auction".into()], &[vec!["seller".into()]])
                 .contains("no primary key or unique index on (auction)")
         );
+        // A price with a fraction cannot go into an integer column.
+        let mut whole = good.clone();
+        whole[1] = column("price", "bigint");
+        assert!(err(&whole, &[], &[]).contains("Float64 in the view but bigint"));
     }
 
     #[test]
