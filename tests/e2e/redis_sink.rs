@@ -148,6 +148,11 @@ async fn hashes_with_a_ttl_and_options_that_cannot_work_are_refused_with_the_rea
          value = 'hash', ttl = '1h')"
     ))
     .await?;
+    weir.exec(&format!(
+        "CREATE SINK j FROM v WITH (connector = 'redis', url = '{url}', key = '{prefix}j:{{id}}', \
+         ttl = '90s')"
+    ))
+    .await?;
     weir.post_records(
         "s",
         "{\"id\": 1, \"name\": \"ann\"}\n{\"id\": 2, \"name\": null}\n\
@@ -156,7 +161,17 @@ async fn hashes_with_a_ttl_and_options_that_cannot_work_are_refused_with_the_rea
     )
     .await?;
     wait_delivered(&weir, "r").await?;
+    wait_delivered(&weir, "j").await?;
     let mut connection = connect(&url)?;
+    // JSON values with a TTL: SET ... EX.
+    let json_value: String = redis::cmd("GET")
+        .arg(format!("{prefix}j:1"))
+        .query(&mut connection)?;
+    ensure!(json_value == r#"{"id":1,"name":"ann"}"#, "{json_value}");
+    let json_ttl: i64 = redis::cmd("TTL")
+        .arg(format!("{prefix}j:1"))
+        .query(&mut connection)?;
+    ensure!((30..=90).contains(&json_ttl), "ttl {json_ttl}");
     let first: BTreeMap<String, String> = redis::cmd("HGETALL")
         .arg(format!("{prefix}1"))
         .query(&mut connection)?;
