@@ -618,7 +618,120 @@ const OPTIONS: [OptionDoc; 5] = [
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
     use super::*;
+
+    /// A DynamoDB endpoint that leaves every item unprocessed in its first `unprocessed`
+    /// answers (as a throttled table does), then takes them: counts the calls.
+    async fn throttling_endpoint(unprocessed: usize) -> (String, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = calls.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut socket, _)) = listener.accept().await else {
+                    return;
+                };
+                let calls = counted.clone();
+                tokio::spawn(async move {
+                    loop {
+                        // One request: headers, then content-length bytes of body.
+                        let mut request = Vec::new();
+                        let mut byte = [0u8; 1];
+                        while !request.ends_with(b"\r\n\r\n") {
+                            if socket.read(&mut byte).await.unwrap_or(0) == 0 {
+                                return;
+                            }
+                            request.push(byte[0]);
+                        }
+                        let head = String::from_utf8_lossy(&request).to_lowercase();
+                        let length: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse().ok())
+                            .unwrap_or(0);
+                        let mut body = vec![0u8; length];
+                        if socket.read_exact(&mut body).await.is_err() {
+                            return;
+                        }
+                        let n = calls.fetch_add(1, Ordering::SeqCst);
+                        let answer = if n < unprocessed {
+                            // The call's own items back, unprocessed.
+                            let sent: serde_json::Value =
+                                serde_json::from_slice(&body).unwrap_or_default();
+                            serde_json::json!({"UnprocessedItems": sent["RequestItems"]})
+                                .to_string()
+                        } else {
+                            r#"{"UnprocessedItems":{}}"#.to_string()
+                        };
+                        let response = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/x-amz-json-1.0\r\n\
+                             content-length: {}\r\n\r\n{answer}",
+                            answer.len()
+                        );
+                        if socket.write_all(response.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (url, calls)
+    }
+
+    fn put(k: i64) -> WriteRequest {
+        WriteRequest::builder()
+            .put_request(
+                PutRequest::builder()
+                    .item("k", AttributeValue::N(k.to_string()))
+                    .build()
+                    .expect("item"),
+            )
+            .build()
+    }
+
+    fn client_of(url: &str) -> Client {
+        let config = aws_sdk_dynamodb::Config::builder()
+            .behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest())
+            .region(aws_sdk_dynamodb::config::Region::new("us-east-1"))
+            .endpoint_url(url)
+            .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
+                "k", "s", None, None, "test",
+            ))
+            .build();
+        Client::from_conf(config)
+    }
+
+    #[test]
+    fn unprocessed_items_are_written_again_until_taken_or_out_of_time() {
+        block_on(async {
+            // 60 writes: three calls of 25, 25 and 10; the first three answers leave
+            // their items unprocessed, so each chunk's items go again.
+            let (url, calls) = throttling_endpoint(3).await;
+            let requests: Vec<WriteRequest> = (0..60).map(put).collect();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let again = write_all(&client_of(&url), "t", requests, deadline)
+                .await
+                .expect("written");
+            assert_eq!(again, 60, "every item was left once and written again");
+            assert_eq!(calls.load(Ordering::SeqCst), 6);
+
+            // A table that never takes them: the epoch fails once its time is out.
+            let (url, _) = throttling_endpoint(usize::MAX).await;
+            let deadline = Instant::now() + Duration::from_millis(300);
+            let failed = write_all(&client_of(&url), "t", vec![put(1)], deadline).await;
+            assert!(
+                failed.is_err_and(|e| e.contains("stayed unprocessed")),
+                "out of time"
+            );
+        });
+    }
 
     #[test]
     fn one_partition_key_taking_most_writes_is_a_warning() {
