@@ -142,5 +142,13 @@ export const EXAMPLES = [
     "CREATE SINK bids_out FROM bids_10s WITH (connector = 'kafka', brokers = '127.0.0.1:9092', topic = 'bids_10s')"],
   ["Kinesis sink of a view",
     "CREATE SINK bids_stream FROM bids_10s WITH (connector = 'kinesis', stream = 'bids-10s', region = 'eu-west-1', partition_key = 'channel')"],
+  ["PostgreSQL sink (exactly once: upserts by key)",
+    "CREATE SINK auctions_pg FROM per_auction WITH (connector = 'postgres', url = 'postgres://weir@127.0.0.1:5432/app', table = 'per_auction', key = 'auction')"],
+  ["Redis sink (a key per row)",
+    "CREATE SINK auctions_redis FROM per_auction WITH (connector = 'redis', url = 'redis://127.0.0.1:6379/0', key = 'auction:{auction}', value = 'hash')"],
+  ["DynamoDB sink (the table must exist)",
+    "CREATE SINK auctions_ddb FROM per_auction WITH (connector = 'dynamodb', table = 'per_auction', region = 'eu-west-1', partition_key = 'auction')"],
+  ["Parquet files sink (a directory or s3://bucket/prefix)",
+    "CREATE SINK bids_lake FROM bids_10s WITH (connector = 'files', path = '/var/lib/weir/lake/bids_10s', partition_by = 'channel')"],
   ["Query a view", "SELECT * FROM bids_10s ORDER BY window_start DESC LIMIT 20"],
 ];

@@ -1,12 +1,22 @@
-//! An epoch's changes as statements: appends (and, with a key, upserts) gathered into as
-//! few statements as the changes allow, each column one text array. A row whose key
-//! has a null is set apart: a primary key cannot hold it.
+//! An epoch's changes as statements, each column one text array. Without a key, every
+//! new row of the epoch in one insert. With a key, the epoch is folded first: each key's
+//! last change wins, so the table takes one upsert of the newest row of every key the
+//! epoch kept, and one delete of the keys whose last change removed them, however often
+//! the epoch changed a group. A row whose key has a null is set apart: a primary key
+//! cannot hold it.
 
-use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, StringArray};
+use std::collections::HashMap;
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, BooleanArray, RecordBatch, StringArray, UInt32Array,
+};
 use datafusion::arrow::compute::kernels::boolean::and;
-use datafusion::arrow::compute::{cast, concat_batches, filter_record_batch, is_not_null, not};
+use datafusion::arrow::compute::{
+    cast, concat_batches, filter_record_batch, is_not_null, not, take_record_batch,
+};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::error::ArrowError;
+use datafusion::arrow::row::{RowConverter, SortField};
 
 use crate::sink::feed::{Change, ChangeKind};
 
@@ -23,7 +33,7 @@ pub(super) enum Action {
 pub(super) struct Step {
     pub action: Action,
     pub columns: Vec<ArrayRef>,
-    /// Rows the step writes (for a delete: the keys it may remove).
+    /// Rows the step writes (for a delete: the keys it removes).
     pub rows: usize,
 }
 
@@ -34,79 +44,156 @@ pub(super) struct Plan {
     pub null_keys: Vec<RecordBatch>,
 }
 
-/// The steps that write `changes` in order. `key` (column indexes) empty: every new row
-/// is appended. With a key: new rows are upserted and the keys of replaced rows that
-/// have no new row are deleted.
+/// The steps that write `changes`. `key` (column indexes) empty: every new row is
+/// appended. With a key: the newest row of each key is upserted, and the keys whose
+/// last change removed them (a replaced row without a new row of its key) are deleted.
 pub(super) fn plan(changes: &[Change], key: &[usize]) -> Result<Plan, ArrowError> {
     let mut plan = Plan::default();
-    // Consecutive appends go in one statement.
-    let mut pending: Vec<&RecordBatch> = Vec::new();
-    let action = if key.is_empty() {
-        Action::Insert
-    } else {
-        Action::Upsert
+    let new: Vec<&RecordBatch> = changes
+        .iter()
+        .map(|c| &c.rows)
+        .filter(|r| r.num_rows() > 0)
+        .collect();
+    let Some(first) = new.first() else {
+        return plan.with_removals(changes, key);
     };
-    for change in changes {
-        let replaced = match (&change.replaced, change.kind) {
-            (Some(r), ChangeKind::Update) if !key.is_empty() && r.num_rows() > 0 => Some(r),
-            _ => None,
-        };
-        if let Some(replaced) = replaced {
-            plan.flush(&mut pending, action, key)?;
-            let mut columns = text_columns(replaced, key)?;
-            columns.extend(text_columns(&change.rows, key)?);
-            plan.steps.push(Step {
-                action: Action::Delete,
-                columns,
-                rows: replaced.num_rows(),
-            });
-        }
-        if change.rows.num_rows() > 0 {
-            pending.push(&change.rows);
-        }
+    let rows = concat_batches(&first.schema(), new.iter().copied())?;
+    if key.is_empty() {
+        plan.steps.push(Step {
+            action: Action::Insert,
+            columns: text_columns(&rows, &(0..rows.num_columns()).collect::<Vec<_>>())?,
+            rows: rows.num_rows(),
+        });
+        return Ok(plan);
     }
-    plan.flush(&mut pending, action, key)?;
+    plan.fold(changes, &rows, key)?;
     Ok(plan)
 }
 
+/// A key's last change in an epoch.
+#[derive(Debug, Clone, Copy)]
+enum Last {
+    /// Its newest row: a place in the epoch's new rows.
+    Row(usize),
+    /// It left: (the change, the place in that change's replaced rows).
+    Gone(usize, usize),
+}
+
 impl Plan {
-    fn flush(
+    /// An epoch without new rows: only removals.
+    fn with_removals(mut self, changes: &[Change], key: &[usize]) -> Result<Self, ArrowError> {
+        if !key.is_empty()
+            && let Some(schema) = changes
+                .iter()
+                .find_map(|c| c.replaced.as_ref().map(RecordBatch::schema))
+        {
+            let empty = RecordBatch::new_empty(schema);
+            self.fold(changes, &empty, key)?;
+        }
+        Ok(self)
+    }
+
+    /// Fold the epoch by key: `rows` are its new rows in order (those of `changes`,
+    /// concatenated).
+    fn fold(
         &mut self,
-        pending: &mut Vec<&RecordBatch>,
-        action: Action,
+        changes: &[Change],
+        rows: &RecordBatch,
         key: &[usize],
     ) -> Result<(), ArrowError> {
-        let Some(first) = pending.first() else {
-            return Ok(());
+        let fields: Vec<SortField> = key
+            .iter()
+            .map(|&i| SortField::new(rows.schema().field(i).data_type().clone()))
+            .collect();
+        let converter = RowConverter::new(fields)?;
+        let key_columns = |b: &RecordBatch| -> Vec<ArrayRef> {
+            key.iter().map(|&i| b.column(i).clone()).collect()
         };
-        let mut rows = concat_batches(&first.schema(), pending.iter().copied())?;
-        pending.clear();
-        if !key.is_empty() {
-            let mut keyed: Option<BooleanArray> = None;
-            for &k in key {
-                let present = is_not_null(rows.column(k))?;
-                keyed = Some(match keyed {
-                    Some(all) => and(&all, &present)?,
-                    None => present,
-                });
+        let new_keys = converter.convert_columns(&key_columns(rows))?;
+        let present = keyed_rows(rows, key)?;
+        let replaced: Vec<Option<(&RecordBatch, _)>> = changes
+            .iter()
+            .map(|c| match (&c.replaced, c.kind) {
+                (Some(r), ChangeKind::Update) if r.num_rows() > 0 => {
+                    Some(converter.convert_columns(&key_columns(r)).map(|k| (r, k)))
+                }
+                _ => None,
+            })
+            .map(Option::transpose)
+            .collect::<Result<_, _>>()?;
+        // Each key's last change: within a change, a replaced key without a new row is
+        // a removal; new rows come in order, the newest last.
+        let mut last: HashMap<datafusion::arrow::row::Row<'_>, Last> = HashMap::new();
+        let mut place = 0;
+        for (i, change) in changes.iter().enumerate() {
+            let n = change.rows.num_rows();
+            if let Some((_, keys)) = &replaced[i] {
+                let kept: std::collections::HashSet<_> =
+                    (place..place + n).map(|p| new_keys.row(p)).collect();
+                for (r, k) in keys.iter().enumerate() {
+                    if !kept.contains(&k) {
+                        last.insert(k, Last::Gone(i, r));
+                    }
+                }
             }
-            if let Some(keyed) = keyed.filter(|k| k.false_count() > 0) {
-                self.null_keys
-                    .push(filter_record_batch(&rows, &not(&keyed)?)?);
-                rows = filter_record_batch(&rows, &keyed)?;
+            for p in place..place + n {
+                if present.value(p) {
+                    last.insert(new_keys.row(p), Last::Row(p));
+                }
+            }
+            place += n;
+        }
+        let mut newest: Vec<u32> = Vec::new();
+        let mut gone: Vec<Vec<u32>> = vec![Vec::new(); changes.len()];
+        for state in last.values() {
+            match *state {
+                Last::Row(p) => newest.push(p as u32),
+                Last::Gone(i, r) => gone[i].push(r as u32),
             }
         }
-        if rows.num_rows() == 0 {
-            return Ok(());
+        let removed: Vec<RecordBatch> = gone
+            .iter()
+            .zip(&replaced)
+            .filter(|(rows, _)| !rows.is_empty())
+            .filter_map(|(rows, r)| r.as_ref().map(|(batch, _)| (rows, *batch)))
+            .map(|(rows, batch)| take_record_batch(batch, &UInt32Array::from(rows.clone())))
+            .collect::<Result<_, _>>()?;
+        if let Some(first) = removed.first() {
+            let removed = concat_batches(&first.schema(), &removed)?;
+            let mut columns = text_columns(&removed, key)?;
+            // The delete's second set (keys to keep) is empty: every key here is gone.
+            columns.extend(text_columns(&removed.slice(0, 0), key)?);
+            self.steps.push(Step {
+                action: Action::Delete,
+                columns,
+                rows: removed.num_rows(),
+            });
         }
-        let all: Vec<usize> = (0..rows.num_columns()).collect();
-        self.steps.push(Step {
-            action,
-            columns: text_columns(&rows, &all)?,
-            rows: rows.num_rows(),
-        });
+        if present.false_count() > 0 {
+            self.null_keys
+                .push(filter_record_batch(rows, &not(&present)?)?);
+        }
+        if !newest.is_empty() {
+            // In the order the rows came.
+            newest.sort_unstable();
+            let upserted = take_record_batch(rows, &UInt32Array::from(newest))?;
+            self.steps.push(Step {
+                action: Action::Upsert,
+                columns: text_columns(&upserted, &(0..upserted.num_columns()).collect::<Vec<_>>())?,
+                rows: upserted.num_rows(),
+            });
+        }
         Ok(())
     }
+}
+
+/// Which rows have every key column set.
+fn keyed_rows(rows: &RecordBatch, key: &[usize]) -> Result<BooleanArray, ArrowError> {
+    let mut keyed = BooleanArray::from(vec![true; rows.num_rows()]);
+    for &k in key {
+        keyed = and(&keyed, &is_not_null(rows.column(k))?)?;
+    }
+    Ok(keyed)
 }
 
 /// Columns `which` of `batch` as text, formatted by Arrow.
@@ -181,29 +268,41 @@ mod tests {
     }
 
     #[test]
-    fn an_update_deletes_the_keys_that_left_before_the_upserts_that_follow() {
+    fn an_epoch_is_folded_to_the_newest_row_of_each_key_and_the_keys_that_left() {
         let changes = [
             Change::new(rows(&[Some(1), Some(2)], &[1.0, 2.0]), ChangeKind::Snapshot),
+            // Key 1 leaves, key 2 changes.
             Change {
                 replaced: Some(rows(&[Some(1), Some(2)], &[1.0, 2.0])),
                 ..Change::new(rows(&[Some(2)], &[5.0]), ChangeKind::Update)
             },
-            Change::new(rows(&[Some(7)], &[7.0]), ChangeKind::Update),
+            // Key 7 comes, then leaves; key 2 changes again.
+            Change::new(rows(&[Some(7), Some(2)], &[7.0, 6.0]), ChangeKind::Update),
+            Change {
+                replaced: Some(rows(&[Some(7), Some(2)], &[7.0, 6.0])),
+                ..Change::new(rows(&[Some(2)], &[8.0]), ChangeKind::Update)
+            },
+            // Key 3 leaves and comes back.
+            Change {
+                replaced: Some(rows(&[Some(3)], &[3.0])),
+                ..Change::new(rows(&[], &[]), ChangeKind::Update)
+            },
+            Change::new(rows(&[Some(3)], &[4.0]), ChangeKind::Update),
         ];
         let plan = plan(&changes, &[0]).expect("plan");
         let actions: Vec<Action> = plan.steps.iter().map(|s| s.action).collect();
-        assert_eq!(actions, [Action::Upsert, Action::Delete, Action::Upsert]);
-        // The replaced keys, then the keys that stay.
+        assert_eq!(actions, [Action::Delete, Action::Upsert]);
+        let mut deleted = texts(&plan.steps[0])[0].clone();
+        deleted.sort();
+        assert_eq!(deleted, vec![Some("1".into()), Some("7".into())]);
+        assert!(texts(&plan.steps[0])[1].is_empty(), "no key to keep");
+        // One row per key, the newest: 2 at 8.0 and 3 at 4.0.
         assert_eq!(
             texts(&plan.steps[1]),
             vec![
-                vec![Some("1".into()), Some("2".into())],
-                vec![Some("2".into())],
+                vec![Some("2".into()), Some("3".into())],
+                vec![Some("8.0".into()), Some("4.0".into())],
             ]
-        );
-        assert_eq!(
-            plan.steps[2].rows, 2,
-            "the update's rows and the next change's"
         );
     }
 
