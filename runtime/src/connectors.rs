@@ -91,14 +91,24 @@ pub(crate) const KAFKA_BROKERS: OptionDoc = OptionDoc {
 };
 
 /// Options every sink takes (the runtime's, not the connector's).
-pub const COMMON_SINK_OPTIONS: &[OptionDoc] = &[OptionDoc {
-    name: "max_pending_rows",
-    kind: "text",
-    choices: &[],
-    required: false,
-    default: Some("10000000"),
-    doc: "Changes held while the destination is down, a number or 'unbounded'; past it the sink fails.",
-}];
+pub const COMMON_SINK_OPTIONS: &[OptionDoc] = &[
+    OptionDoc {
+        name: "max_pending_rows",
+        kind: "text",
+        choices: &[],
+        required: false,
+        default: Some("10000000"),
+        doc: "Changes held in memory while the destination is slow or down, a number or 'unbounded'; past it further epochs spill to disk (without a data dir, the sink fails).",
+    },
+    OptionDoc {
+        name: "max_spilled_bytes",
+        kind: "text",
+        choices: &[],
+        required: false,
+        default: Some("4294967296"),
+        doc: "Bytes of changes spilled to the data dir while the destination is slow or down, a number, 0 (never spill) or 'unbounded'; past it the sink fails.",
+    },
+];
 
 /// Every connector, sources then sinks.
 pub fn all() -> Vec<ConnectorInfo> {

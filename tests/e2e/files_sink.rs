@@ -2,6 +2,7 @@
 //! S3 (the moto server `scripts/test.sh` starts, `WEIR_TEST_S3`).
 
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use datafusion::arrow::array::{Array, Int64Array, RecordBatch};
@@ -11,7 +12,9 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use crate::kafka::unique;
 use crate::kafka_sink::wait_delivered;
-use crate::sink_runs::{crashing_after_the_first_delivery, every_id, through_three_kill_nines};
+use crate::sink_runs::{
+    checkpointed_ids, crashing_after_the_first_delivery, every_id, ids, through_three_kill_nines,
+};
 use crate::support::Weir;
 
 /// The rows of a Parquet file.
@@ -51,55 +54,11 @@ fn files_under(dir: &Path) -> Result<Vec<String>> {
     Ok(out)
 }
 
-#[tokio::test]
-async fn files_hold_every_row_once_in_its_partition_through_three_kill_nines() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let out = dir.path().join("seen");
-    let run = through_three_kill_nines(
-        &[],
-        &[(
-            "seen_files".to_string(),
-            format!(
-                "CREATE SINK seen_files FROM seen WITH (connector = 'files', path = '{}', \
-             partition_by = 'user_id', max_rows_per_file = '40')",
-                out.display()
-            ),
-        )],
-    )
-    .await?;
-    let files = files_under(&out)?;
-    let mut ids = Vec::new();
-    for file in &files {
-        ensure!(
-            file.ends_with(".parquet") && file.contains("/part-"),
-            "only finished Parquet files: {files:?}"
-        );
-        let batches = read_parquet(std::fs::read(out.join(file))?)?;
-        let users = ints(&batches, "user_id")?;
-        let directory = file.split('/').next().unwrap_or_default();
-        ensure!(
-            users.iter().all(|u| directory == format!("user_id={u}")),
-            "{file} holds users {users:?}"
-        );
-        ensure!(users.len() <= 40, "{file}: {} rows", users.len());
-        ids.extend(ints(&batches, "id")?);
-    }
-    ids.sort_unstable();
-    ensure!(
-        ids == every_id(run.sent),
-        "{} rows in {} files, not ids 0..{} once each",
-        ids.len(),
-        files.len(),
-        run.sent
-    );
-    Ok(())
-}
-
-#[tokio::test]
-async fn objects_in_s3_hold_the_views_rows_and_bad_options_are_refused() -> Result<()> {
+/// The test S3 endpoint (moto) with a new bucket: (endpoint, bucket, weir's environment).
+async fn s3_bucket(prefix: &str) -> Result<(String, String, [(&'static str, &'static str); 3])> {
     let s3 = std::env::var("WEIR_TEST_S3")
         .context("WEIR_TEST_S3 is not set: run the tests with scripts/test.sh")?;
-    let bucket = unique("lake");
+    let bucket = unique(prefix);
     let made = reqwest::Client::new()
         .put(format!("{s3}/{bucket}"))
         .send()
@@ -110,6 +69,221 @@ async fn objects_in_s3_hold_the_views_rows_and_bad_options_are_refused() -> Resu
         ("AWS_SECRET_ACCESS_KEY", "test"),
         ("AWS_REGION", "us-east-1"),
     ];
+    Ok((s3, bucket, env))
+}
+
+fn s3_store(s3: &str, bucket: &str) -> Result<impl ObjectStore> {
+    Ok(AmazonS3Builder::new()
+        .with_bucket_name(bucket)
+        .with_endpoint(s3)
+        .with_allow_http(true)
+        .with_region("us-east-1")
+        .with_access_key_id("test")
+        .with_secret_access_key("test")
+        .build()?)
+}
+
+/// Each file's path (relative to the sink's path) and rows, from a local directory.
+fn local_files(dir: &Path) -> Result<Vec<(String, Vec<RecordBatch>)>> {
+    let mut out = Vec::new();
+    for file in files_under(dir)? {
+        let batches = read_parquet(std::fs::read(dir.join(&file))?)?;
+        out.push((file, batches));
+    }
+    Ok(out)
+}
+
+/// The same from S3, under `prefix`.
+async fn s3_files(
+    store: &impl ObjectStore,
+    prefix: &str,
+) -> Result<Vec<(String, Vec<RecordBatch>)>> {
+    let prefix = object_store::path::Path::from(prefix);
+    let (mut objects, mut todo) = (Vec::new(), vec![prefix.clone()]);
+    while let Some(at) = todo.pop() {
+        let listed = store.list_with_delimiter(Some(&at)).await?;
+        objects.extend(listed.objects);
+        todo.extend(listed.common_prefixes);
+    }
+    let mut out = Vec::new();
+    for object in objects {
+        let bytes = store.get(&object.location).await?.bytes().await?;
+        let name = object
+            .location
+            .prefix_match(&prefix)
+            .context("under the prefix")?;
+        let name = name
+            .map(|p| p.as_ref().to_string())
+            .collect::<Vec<_>>()
+            .join("/");
+        out.push((name, read_parquet(bytes.to_vec())?));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+/// The files of a sink of `seen` partitioned by user_id with at most 40 rows a file hold
+/// ids 0..sent once each, each in its user's directory; how many files there are.
+fn every_row_once_in_its_partition(
+    files: &[(String, Vec<RecordBatch>)],
+    sent: u64,
+) -> Result<usize> {
+    let mut ids = Vec::new();
+    let names: Vec<&String> = files.iter().map(|(n, _)| n).collect();
+    for (file, batches) in files {
+        ensure!(
+            file.ends_with(".parquet") && file.contains("/part-"),
+            "only finished Parquet files: {names:?}"
+        );
+        let users = ints(batches, "user_id")?;
+        let directory = file.split('/').next().unwrap_or_default();
+        ensure!(
+            users.iter().all(|u| directory == format!("user_id={u}")),
+            "{file} holds users {users:?}"
+        );
+        ensure!(users.len() <= 40, "{file}: {} rows", users.len());
+        ids.extend(ints(batches, "id")?);
+    }
+    ids.sort_unstable();
+    ensure!(
+        ids == every_id(sent),
+        "{} rows in {} files, not ids 0..{sent} once each",
+        ids.len(),
+        files.len(),
+    );
+    Ok(files.len())
+}
+
+/// Three sinks of one view through three `kill -9`s: files for each epoch in a local
+/// directory, files rolled every 2 s in another, and files rolled every second in S3
+/// (a delivery of gathered epochs cut off by a kill gathers the same ones again).
+#[tokio::test]
+async fn files_hold_every_row_once_in_its_partition_through_three_kill_nines() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (each, rolled) = (dir.path().join("seen"), dir.path().join("rolled"));
+    let (s3, bucket, env) = s3_bucket("lake-kills").await?;
+    let sink = |name: &str, path: String, more: &str| {
+        (
+            name.to_string(),
+            format!(
+                "CREATE SINK {name} FROM seen WITH (connector = 'files', path = '{path}', \
+                 partition_by = 'user_id', max_rows_per_file = '40'{more})"
+            ),
+        )
+    };
+    let run = through_three_kill_nines(
+        &env,
+        &[
+            sink("seen_files", each.display().to_string(), ""),
+            sink(
+                "seen_rolled",
+                rolled.display().to_string(),
+                ", roll_interval = '2s'",
+            ),
+            sink(
+                "seen_s3",
+                format!("s3://{bucket}/seen"),
+                &format!(", endpoint = '{s3}', roll_interval = '1s'"),
+            ),
+        ],
+    )
+    .await?;
+    every_row_once_in_its_partition(&local_files(&each)?, run.sent)?;
+    every_row_once_in_its_partition(&local_files(&rolled)?, run.sent)?;
+    let in_s3 = s3_files(&s3_store(&s3, &bucket)?, "seen").await?;
+    every_row_once_in_its_partition(&in_s3, run.sent)?;
+    Ok(())
+}
+
+/// The first epoch in a file's name (`part-<lineage>-<epoch>-<n>.parquet`).
+fn first_epoch(file: &str) -> Result<u64> {
+    let name = file.rsplit('/').next().unwrap_or(file);
+    let parts: Vec<&str> = name.split('-').collect();
+    Ok(parts.get(2).context("an epoch in the name")?.parse()?)
+}
+
+/// Epochs gather into one set of files for `roll_interval`, or until they hold
+/// `max_rows_per_file` rows, while a sink without it writes each epoch's own.
+#[tokio::test]
+async fn files_roll_by_time_or_by_rows() -> Result<()> {
+    let (weir, _) = checkpointed_ids(&[]).await?;
+    let out = tempfile::tempdir()?;
+    for (name, more) in [
+        ("each", ""),
+        ("timed", ", roll_interval = '6s'"),
+        ("sized", ", roll_interval = '1h', max_rows_per_file = '20'"),
+    ] {
+        weir.exec(&format!(
+            "CREATE SINK {name} FROM v WITH (connector = 'files', path = '{}'{more})",
+            out.path().join(name).display()
+        ))
+        .await?;
+    }
+    // Five posts of 10 rows, each in a checkpoint of its own (mostly).
+    for from in (0..50).step_by(10) {
+        ensure!(weir.post_records("s", ids(from..from + 10)).await?.0 == 200);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    let sorted_ids = |files: &[(String, Vec<RecordBatch>)]| -> Result<Vec<i64>> {
+        let mut ids = Vec::new();
+        for (_, batches) in files {
+            ids.extend(ints(batches, "id")?);
+        }
+        ids.sort_unstable();
+        Ok(ids)
+    };
+    wait_delivered(&weir, "each").await?;
+    let each = local_files(&out.path().join("each"))?;
+    ensure!(sorted_ids(&each)? == (0..50).collect::<Vec<_>>());
+    ensure!(each.len() > 1, "an epoch each: {} files", each.len());
+
+    let timed = wait_delivered(&weir, "timed").await?;
+    let files = local_files(&out.path().join("timed"))?;
+    ensure!(sorted_ids(&files)? == (0..50).collect::<Vec<_>>());
+    ensure!(
+        files.len() == 1 && timed["epochs_delivered"] == 1,
+        "the epochs of 6 s in one file: {} files, {timed}",
+        files.len()
+    );
+
+    // By rows: each gathering holds 20 rows or more; what waits holds fewer.
+    let sized = weir
+        .wait_for(
+            "20 rows or more to be written",
+            Duration::from_secs(30),
+            || async {
+                let s = weir.get("/api/v1/sinks/sized").await?;
+                Ok((s["messages"].as_u64() >= Some(40)).then_some(s))
+            },
+        )
+        .await?;
+    let files = local_files(&out.path().join("sized"))?;
+    let mut by_epoch: std::collections::BTreeMap<u64, usize> = Default::default();
+    for (file, batches) in &files {
+        *by_epoch.entry(first_epoch(file)?).or_default() +=
+            batches.iter().map(RecordBatch::num_rows).sum::<usize>();
+    }
+    ensure!(
+        by_epoch.values().all(|rows| *rows >= 20),
+        "rows by gathering: {by_epoch:?}"
+    );
+    let written: usize = by_epoch.values().sum();
+    ensure!(
+        sized["rows_pending"].as_u64() == Some(50 - written as u64) && written > 30,
+        "{written} rows written; {sized}"
+    );
+    ensure!(
+        files
+            .iter()
+            .all(|(_, b)| b.iter().map(RecordBatch::num_rows).sum::<usize>() <= 20),
+        "at most 20 rows a file"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn objects_in_s3_hold_the_views_rows_and_bad_options_are_refused() -> Result<()> {
+    let (s3, bucket, env) = s3_bucket("lake").await?;
     let weir = Weir::start_with_env(tempfile::tempdir()?, &[], &env).await?;
     weir.exec("CREATE SOURCE s (id BIGINT, dt VARCHAR) WITH (connector = 'http')")
         .await?;
@@ -147,14 +321,7 @@ async fn objects_in_s3_hold_the_views_rows_and_bad_options_are_refused() -> Resu
     weir.post_records("s", rows.join("\n")).await?;
     wait_delivered(&weir, "f").await?;
 
-    let store = AmazonS3Builder::new()
-        .with_bucket_name(&bucket)
-        .with_endpoint(&s3)
-        .with_allow_http(true)
-        .with_region("us-east-1")
-        .with_access_key_id("test")
-        .with_secret_access_key("test")
-        .build()?;
+    let store = s3_store(&s3, &bucket)?;
     let prefix = object_store::path::Path::from("out");
     let listed = store.list_with_delimiter(Some(&prefix)).await?;
     let mut days: Vec<String> = listed

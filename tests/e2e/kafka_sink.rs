@@ -676,8 +676,8 @@ fn copies_of_first_epoch(written: &[Written]) -> Result<usize> {
 
 /// A message the producer can never send (over `message.max.bytes`) is a dead letter
 /// and the rest of its epoch is written; a sink whose destination never takes its
-/// changes fails once more than `max_pending_rows` wait, and stays failed after a
-/// restart, while its view serves.
+/// changes and that may not spill them to disk fails once more than `max_pending_rows`
+/// wait, and stays failed after a restart, while its view serves.
 #[tokio::test]
 async fn a_sink_dead_letters_a_message_too_large_and_fails_past_its_pending_limit() -> Result<()> {
     let topic = unique("sink-large");
@@ -704,9 +704,21 @@ async fn a_sink_dead_letters_a_message_too_large_and_fails_past_its_pending_limi
         code == 400 && body.to_string().contains("max_pending_rows"),
         "{code} {body}"
     );
+    let (code, body) = weir
+        .sql(&format!(
+            "CREATE SINK stuck FROM v WITH (connector = 'kafka', brokers = '{down}', \
+             topic = 't', max_spilled_bytes = '4 GiB')"
+        ))
+        .await?;
+    ensure!(
+        code == 400 && body.to_string().contains("max_spilled_bytes"),
+        "{code} {body}"
+    );
+    // Without spilling to disk (max_spilled_bytes = 0), past its rows in memory the
+    // sink fails.
     weir.exec(&format!(
         "CREATE SINK stuck FROM v WITH (connector = 'kafka', brokers = '{down}', topic = 't', \
-         max_pending_rows = 15)"
+         max_pending_rows = 15, max_spilled_bytes = 0)"
     ))
     .await?;
     let body = (0..10)

@@ -14,8 +14,8 @@ use tokio_postgres::{Client, NoTls};
 use crate::kafka::{unique, view_rows};
 use crate::kafka_sink::wait_delivered;
 use crate::sink_runs::{
-    count_while_the_store_is_down, counted_in_the_end, counting_into,
-    crashing_after_the_first_delivery, every_id, through_three_kill_nines,
+    checkpointed_ids, count_while_the_store_is_down, counted_in_the_end, counting_into,
+    crashing_after_the_first_delivery, every_id, ids, through_three_kill_nines,
 };
 use crate::support::Weir;
 
@@ -415,6 +415,86 @@ async fn an_epoch_committed_just_before_a_crash_is_not_written_again() -> Result
         ids == (0..30).collect::<Vec<_>>(),
         "every row once, not {} rows: {ids:?}",
         ids.len()
+    );
+    Ok(())
+}
+
+/// A sink whose server is down holds no more than its `max_pending_rows` in memory:
+/// further epochs spill to files in the data dir, which a `kill -9` keeps (the
+/// checkpoints name them), and once the server is back the sink writes every row once
+/// and removes the files. The view serves throughout.
+#[tokio::test]
+async fn a_sink_behind_its_memory_limit_spills_to_disk_through_a_kill_and_catches_up() -> Result<()>
+{
+    let pg = OwnPostgres::start()?;
+    let url = pg.url();
+    let (weir, config) = checkpointed_ids(&[]).await?;
+    weir.exec(&format!(
+        "CREATE SINK out FROM v WITH (connector = 'postgres', url = '{url}', table = 'ids', \
+         max_pending_rows = 50)"
+    ))
+    .await?;
+    ensure!(weir.post_records("s", ids(0..100)).await?.0 == 200);
+    wait_delivered(&weir, "out").await?;
+    pg.down()?;
+    // Several epochs' worth, each over the limit.
+    for from in (100..700).step_by(100) {
+        ensure!(weir.post_records("s", ids(from..from + 100)).await?.0 == 200);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let spill_dir = weir.data_dir.path().join("sinks").join("out.spill");
+    let spilled = weir
+        .wait_for("epochs to spill", Duration::from_secs(60), || async {
+            let s = weir.get("/api/v1/sinks/out").await?;
+            Ok((s["rows_pending"] == 600 && s["spilled_bytes"].as_u64() > Some(0)).then_some(s))
+        })
+        .await?;
+    ensure!(spilled["status"] == "retrying", "not failed: {spilled}");
+    let files = std::fs::read_dir(&spill_dir)?.count();
+    ensure!(
+        files > 1,
+        "{files} spilled files for several epochs: {spilled}"
+    );
+    ensure!(view_rows(&weir, "v").await?.len() == 700, "the view serves");
+    ensure!(
+        weir.metrics()
+            .await?
+            .lines()
+            .any(|l| l.starts_with("weir_sink_spilled_bytes{sink=\"out\"} ") && !l.ends_with(" 0")),
+        "the spilled bytes in /metrics"
+    );
+    // A checkpoint after the last spill, then a crash with the server still down.
+    let newest = |c: Value| c["checkpoints"][0]["epoch"].as_u64().unwrap_or(0);
+    let seen = newest(weir.get("/api/v1/checkpoints").await?);
+    weir.wait_for("a newer checkpoint", Duration::from_secs(30), || async {
+        Ok((newest(weir.get("/api/v1/checkpoints").await?) > seen).then_some(()))
+    })
+    .await?;
+    let dir = weir.kill().await?;
+    let weir = Weir::start_in(dir, &["--config", &config]).await?;
+    let restored = weir.get("/api/v1/sinks/out").await?;
+    ensure!(
+        restored["rows_pending"] == 600 && restored["spilled_bytes"].as_u64() > Some(0),
+        "the backlog is back from the checkpoint and its files: {restored}"
+    );
+    pg.up()?;
+    let status = wait_delivered(&weir, "out").await?;
+    ensure!(status["spilled_bytes"] == 0, "{status}");
+    ensure!(
+        std::fs::read_dir(&spill_dir)?.count() == 0,
+        "delivered epochs' files are removed"
+    );
+    let written: Vec<i64> = connect(&url)
+        .await?
+        .query("SELECT id FROM ids ORDER BY id", &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    ensure!(
+        written == (0..700).collect::<Vec<i64>>(),
+        "every id once: {} rows",
+        written.len()
     );
     Ok(())
 }

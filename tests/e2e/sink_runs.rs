@@ -144,27 +144,30 @@ fn counted(from: i64, to: i64) -> String {
         .join("\n")
 }
 
+/// weir checkpointing every 200 ms, with an HTTP source `s` (id) and a view `v` of its
+/// ids; and its config file, to start it again with.
+pub(crate) async fn checkpointed_ids(env: &[(&str, &str)]) -> Result<(Weir, String)> {
+    let (dir, config) = config_dir("[runtime.checkpoints]\ninterval = '200ms'\nkeep = 3\n").await?;
+    let weir = Weir::start_with_env(dir, &["--config", &config], env).await?;
+    weir.exec("CREATE SOURCE s (id BIGINT) WITH (connector = 'http')")
+        .await?;
+    weir.exec("CREATE MATERIALIZED VIEW v AS SELECT id FROM s")
+        .await?;
+    Ok((weir, config))
+}
+
+/// Records of `s` with ids `from..to`.
+pub(crate) fn ids(ids: std::ops::Range<i64>) -> String {
+    ids.map(|i| format!("{{\"id\": {i}}}\n")).collect()
+}
+
 /// A view `v` (id) over an HTTP source with ids 0..20, then the sink `crashed` made by
 /// `sink_sql` with weir aborted right after its first delivery, before weir notes it (the
 /// `sink-delivered` failpoint); weir restarted, the epoch offered again, and ids 20..30
 /// delivered after it. The store should hold ids 0..30 once each.
 pub(crate) async fn crashing_after_the_first_delivery(sink_sql: &str) -> Result<()> {
-    let (dir, config) = config_dir("[runtime.checkpoints]\ninterval = '200ms'\nkeep = 3\n").await?;
-    let weir = Weir::start_with_env(
-        dir,
-        &["--config", &config],
-        &[("WEIR_FAILPOINTS", "sink-delivered")],
-    )
-    .await?;
-    weir.exec("CREATE SOURCE s (id BIGINT) WITH (connector = 'http')")
-        .await?;
-    weir.exec("CREATE MATERIALIZED VIEW v AS SELECT id FROM s")
-        .await?;
-    let body = |ids: std::ops::Range<i64>| {
-        ids.map(|i| format!("{{\"id\": {i}}}\n"))
-            .collect::<String>()
-    };
-    ensure!(weir.post_records("s", body(0..20)).await?.0 == 200);
+    let (weir, config) = checkpointed_ids(&[("WEIR_FAILPOINTS", "sink-delivered")]).await?;
+    ensure!(weir.post_records("s", ids(0..20)).await?.0 == 200);
     weir.wait_for("the view's rows", Duration::from_secs(30), || async {
         Ok((view_rows(&weir, "v").await?.len() == 20).then_some(()))
     })
@@ -179,7 +182,7 @@ pub(crate) async fn crashing_after_the_first_delivery(sink_sql: &str) -> Result<
     let dir = weir.kill().await?;
     let weir = Weir::start_in(dir, &["--config", &config]).await?;
     wait_delivered(&weir, "crashed").await?;
-    ensure!(weir.post_records("s", body(20..30)).await?.0 == 200);
+    ensure!(weir.post_records("s", ids(20..30)).await?.0 == 200);
     weir.wait_for("the new rows", Duration::from_secs(30), || async {
         Ok((view_rows(&weir, "v").await?.len() == 30).then_some(()))
     })

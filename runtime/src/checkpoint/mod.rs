@@ -10,7 +10,7 @@
 //! files and a manifest with their checksums.
 
 pub mod align;
-mod state_file;
+pub(crate) mod state_file;
 pub mod store;
 
 use std::collections::BTreeMap;

@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use crate::{Error, Result};
 
 /// Write `batches` to `path`, synced; its size and SHA-256 (hex).
-pub(super) fn write<'a>(
+pub(crate) fn write<'a>(
     path: &Path,
     schema: &SchemaRef,
     batches: impl Iterator<Item = &'a RecordBatch>,
@@ -44,7 +44,7 @@ pub(super) fn write<'a>(
 }
 
 /// The SHA-256 of `bytes`, in hex as the manifest keeps it.
-pub(super) fn sha256_hex(bytes: &[u8]) -> String {
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))
 }
 
@@ -77,7 +77,7 @@ impl std::io::Write for HashingWriter {
 /// damaged, not the start fail: arrow-ipc's `FileReader` allocates whatever length a
 /// footer claims (a process abort when it is absurd), so the file is read from memory
 /// and every block checked to lie within it first; a panic of the decoder is an error.
-pub(super) fn read(name: &str, bytes: Vec<u8>) -> Result<Vec<RecordBatch>> {
+pub(crate) fn read(name: &str, bytes: Vec<u8>) -> Result<Vec<RecordBatch>> {
     std::panic::catch_unwind(|| decode_ipc_file(Buffer::from_vec(bytes)))
         .unwrap_or_else(|_| Err(ArrowError::IpcError("the reader panicked".into())))
         .map_err(|e| Error::Internal(format!("{name} does not decode: {e}")))

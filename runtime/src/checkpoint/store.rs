@@ -20,12 +20,14 @@ use serde::{Deserialize, Serialize};
 
 use super::{Position, SourceSnapshot, state_file};
 use crate::catalog_file::Entry;
-use crate::sink::feed::{Change, ChangeKind, Epoch, Outbox};
+use crate::sink::feed::{Change, Epoch, Outbox};
+use crate::sink::spill::Spilled;
 use crate::{Error, Result};
 
 /// The manifest format this weir writes. Format 2 added `more_state_files` (the state
-/// of a join's further inputs); format 1 checkpoints read as format 2 without them.
-pub const FORMAT: u32 = 2;
+/// of a join's further inputs), format 3 a sink's `spilled` epochs (which a weir that
+/// reads format 2 would lose); older checkpoints read as format 3 without them.
+pub const FORMAT: u32 = 3;
 /// The oldest format this weir reads.
 const OLDEST_FORMAT: u32 = 1;
 const MANIFEST: &str = "manifest.json";
@@ -79,29 +81,54 @@ struct OutboxEntry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     failed: Option<String>,
     file: Option<String>,
-    /// Per batch of `file`: its epoch and what kind of change it is; a batch of kind
-    /// [`REPLACED`] holds the replaced rows of the change before it.
+    /// Per batch of `file`: its epoch and code (`Change::code_batches`).
     batches: Vec<(u64, u8)>,
+    /// Epochs spilled to files of their own, outside the checkpoint.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    spilled: Vec<SpilledEntry>,
 }
 
-/// The kind code of a batch that is the `replaced` rows of the change before it.
-const REPLACED: u8 = u8::MAX;
+/// A spilled epoch as the manifest names it: its file relative to the data dir.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SpilledEntry {
+    epoch: u64,
+    file: String,
+    codes: Vec<u8>,
+    rows: usize,
+    bytes: u64,
+    sha256: String,
+}
 
 impl OutboxEntry {
-    /// Write a sink's undelivered changes as `name` (no file when there are none).
+    /// Write a sink's undelivered changes as `name` (no file when there are none);
+    /// spilled epochs are named by their files' places under `data_dir`.
     fn write(
-        dir: &Path,
+        (dir, data_dir): (&Path, &Path),
         name: &str,
         schema: &SchemaRef,
         outbox: &Outbox,
         files: &mut Vec<FileEntry>,
     ) -> Result<Self> {
         let batches = outbox.epochs.iter().flat_map(|(e, changes)| {
-            changes.iter().flat_map(move |c| {
-                std::iter::once((*e, c.kind.code(), &c.rows))
-                    .chain(c.replaced.iter().map(move |r| (*e, REPLACED, r)))
-            })
+            Change::code_batches(changes).map(move |(code, rows)| (*e, code, rows))
         });
+        let spilled = outbox
+            .spilled
+            .iter()
+            .map(|(epoch, f)| SpilledEntry {
+                epoch: *epoch,
+                file: f
+                    .file
+                    .strip_prefix(data_dir)
+                    .unwrap_or(&f.file)
+                    .to_string_lossy()
+                    .into_owned(),
+                codes: f.codes.clone(),
+                rows: f.rows,
+                bytes: f.bytes,
+                sha256: f.sha256.clone(),
+            })
+            .collect();
         let file = if outbox.epochs.is_empty() {
             None
         } else {
@@ -115,11 +142,12 @@ impl OutboxEntry {
             failed: outbox.failed.clone(),
             file,
             batches: batches.map(|(e, code, _)| (e, code)).collect(),
+            spilled,
         })
     }
 
     /// The sink's changes again, by epoch, from the batches of its file.
-    fn read(self, batches: Vec<RecordBatch>) -> Result<Outbox> {
+    fn read(self, batches: Vec<RecordBatch>, data_dir: &Path) -> Result<Outbox> {
         if batches.len() != self.batches.len() {
             return Err(Error::Internal(format!(
                 "sink {} has {} batches and {} epochs",
@@ -129,36 +157,37 @@ impl OutboxEntry {
             )));
         }
         let mut epochs: Vec<Epoch> = Vec::new();
-        for ((epoch, code), rows) in self.batches.into_iter().zip(batches) {
-            if code == REPLACED {
-                let last = epochs
-                    .last_mut()
-                    .and_then(|(e, c)| c.last_mut().filter(|_| *e == epoch));
-                match last {
-                    Some(change) => change.replaced = Some(rows),
-                    None => {
-                        return Err(Error::Internal(format!(
-                            "sink {}: replaced rows without their change",
-                            self.sink
-                        )));
-                    }
-                }
-                continue;
+        let mut coded = self.batches.into_iter().zip(batches).peekable();
+        while let Some(((epoch, _), _)) = coded.peek() {
+            let epoch = *epoch;
+            let mut one = Vec::new();
+            while let Some(((_, code), rows)) = coded.next_if(|((e, _), _)| *e == epoch) {
+                one.push((code, rows));
             }
-            let kind = ChangeKind::from_code(code).ok_or_else(|| {
-                Error::Internal(format!("sink {}: unknown change kind {code}", self.sink))
-            })?;
-            let change = Change::new(rows, kind);
-            match epochs.last_mut() {
-                Some((e, changes)) if *e == epoch => changes.push(change),
-                _ => epochs.push((epoch, vec![change])),
-            }
+            let changes = Change::from_coded(one)
+                .map_err(|e| Error::Internal(format!("sink {}: {e}", self.sink)))?;
+            epochs.push((epoch, changes));
         }
+        let spilled = self
+            .spilled
+            .into_iter()
+            .map(|f| {
+                let spilled = Spilled {
+                    file: data_dir.join(&f.file),
+                    codes: f.codes,
+                    rows: f.rows,
+                    bytes: f.bytes,
+                    sha256: f.sha256,
+                };
+                (f.epoch, spilled)
+            })
+            .collect();
         Ok(Outbox {
             sink: self.sink,
             sql: self.sql,
             lineage: self.lineage,
             epochs,
+            spilled,
             failed: self.failed,
         })
     }
@@ -358,7 +387,7 @@ impl CheckpointStore {
                 for (o, outbox) in view.outboxes.iter().enumerate() {
                     let name = format!("s{s}-v{v}-sink{o}.arrow");
                     outboxes.push(OutboxEntry::write(
-                        &tmp,
+                        (&tmp, dir.parent().unwrap_or(dir)),
                         &name,
                         &view.schema,
                         outbox,
@@ -484,6 +513,8 @@ fn read_manifest(dir: &Path) -> Result<Manifest> {
 /// Read and verify one checkpoint: every file must have its recorded size and checksum.
 pub(crate) fn read_checkpoint(dir: &Path) -> Result<Restored> {
     let manifest = read_manifest(dir)?;
+    // <data dir>/checkpoints/<epoch>
+    let data_dir = dir.parent().and_then(Path::parent).unwrap_or(dir);
     let mut verified: HashMap<String, Vec<RecordBatch>> = HashMap::new();
     for f in &manifest.files {
         if f.name.contains(['/', '\\']) || f.name.starts_with('.') {
@@ -532,7 +563,7 @@ pub(crate) fn read_checkpoint(dir: &Path) -> Result<Restored> {
             let mut outboxes = Vec::with_capacity(v.outboxes.len());
             for o in v.outboxes {
                 let batches = take(&o.file)?;
-                outboxes.push(o.read(batches)?);
+                outboxes.push(o.read(batches, data_dir)?);
             }
             views.insert(
                 v.name,
@@ -567,6 +598,7 @@ mod tests {
 
     use super::*;
     use crate::checkpoint::ViewSnapshot;
+    use crate::sink::feed::ChangeKind;
 
     fn snapshot(n: i64) -> Arc<SourceSnapshot> {
         let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));
@@ -592,6 +624,7 @@ mod tests {
                     sink: "k".into(),
                     sql: "CREATE SINK k ...".into(),
                     lineage: "0123".into(),
+                    spilled: Vec::new(),
                     failed: Some("gave up".into()),
                     epochs: vec![
                         (4, vec![Change::new(batch.clone(), ChangeKind::Snapshot)]),
@@ -653,6 +686,7 @@ mod tests {
             lineage,
             epochs,
             failed,
+            ..
         } = &v.outboxes[0];
         assert_eq!((sink.as_str(), sql.as_str()), ("k", "CREATE SINK k ..."));
         assert_eq!(
@@ -676,6 +710,51 @@ mod tests {
             ]
         );
         assert!(store.warnings().is_empty());
+    }
+
+    #[test]
+    fn a_spilled_epoch_is_named_by_its_place_in_the_data_dir() {
+        let first = tempfile::tempdir().expect("tmp");
+        let spilled = Spilled {
+            file: first.path().join("sinks").join("k.spill").join("e6.arrow"),
+            codes: vec![1, crate::sink::feed::REPLACED],
+            rows: 3,
+            bytes: 1234,
+            sha256: "ab".repeat(32),
+        };
+        let mut s = (*snapshot(1)).clone();
+        s.views[0].outboxes[0].spilled = vec![(6, spilled.clone())];
+        let store = CheckpointStore::open(Some(first.path()), 2);
+        store
+            .write(1, Instant::now(), &[Arc::new(s)], Vec::new(), Vec::new())
+            .expect("written");
+        let manifest = std::fs::read_to_string(
+            first
+                .path()
+                .join("checkpoints")
+                .join(format!("{:020}", 1))
+                .join(MANIFEST),
+        )
+        .expect("manifest");
+        assert!(
+            manifest.contains("\"sinks/k.spill/e6.arrow\""),
+            "{manifest}"
+        );
+        // A data dir moved elsewhere finds its spilled epochs where it now is.
+        let moved = tempfile::tempdir().expect("tmp");
+        std::fs::remove_dir(moved.path()).expect("rm");
+        std::fs::rename(first.path(), moved.path()).expect("move");
+        let r = CheckpointStore::open(Some(moved.path()), 2)
+            .restore()
+            .expect("reads")
+            .expect("one");
+        let outbox = &r.sources["bids"].views["v"].outboxes[0];
+        let expected = Spilled {
+            file: moved.path().join("sinks").join("k.spill").join("e6.arrow"),
+            ..spilled
+        };
+        assert_eq!(outbox.spilled, [(6, expected)]);
+        assert_eq!(outbox.epochs.len(), 2, "and the epochs held in memory");
     }
 
     #[test]
@@ -748,14 +827,14 @@ mod tests {
             .join(MANIFEST);
         let text = std::fs::read_to_string(&manifest).expect("read");
         // Format 1 (before the state of joins' further inputs) is still read.
-        let first = text.replacen("\"format\": 2", "\"format\": 1", 1);
+        let first = text.replacen("\"format\": 3", "\"format\": 1", 1);
         assert_ne!(first, text);
         std::fs::write(&manifest, &first).expect("write");
         assert_eq!(
             store.restore().expect("reads format 1").expect("one").epoch,
             1
         );
-        let other = text.replacen("\"format\": 2", "\"format\": 99", 1);
+        let other = text.replacen("\"format\": 3", "\"format\": 99", 1);
         std::fs::write(&manifest, &other).expect("write");
         let e = store.restore().expect_err("refused");
         assert!(e.to_string().contains("another version"), "{e}");

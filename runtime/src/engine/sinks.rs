@@ -4,13 +4,17 @@
 use std::sync::Arc;
 
 use super::{Engine, SqlOutput, missing};
+use crate::sink::spill::SpillLimit;
 use crate::sink::{SinkDef, SinkRuntime, SinkStatus};
 use crate::{Error, Result};
 use weir_sql::CreateSink;
 
-/// Changed rows a sink may hold undelivered (in memory and in every checkpoint) before
-/// it fails instead of growing without end.
+/// Changed rows a sink may hold undelivered in memory (and in every checkpoint) before
+/// it spills further epochs to disk (or, without a data dir, fails).
 const DEFAULT_MAX_PENDING_ROWS: usize = 10_000_000;
+/// Bytes of spilled epochs a sink may hold before it fails instead of growing without
+/// end.
+const DEFAULT_MAX_SPILLED_BYTES: u64 = 4 << 30;
 
 impl Engine {
     pub(super) fn create_sink(&self, c: CreateSink, sql: &str) -> Result<SqlOutput> {
@@ -42,6 +46,11 @@ impl Engine {
             Some(text) => super::views::parse_row_limit(&text)
                 .map_err(|e| Error::BadRequest(format!("sink {name}: max_pending_rows {e}")))?,
         };
+        let max_spilled_bytes = match options.remove("max_spilled_bytes") {
+            None => Some(DEFAULT_MAX_SPILLED_BYTES),
+            Some(text) => parse_byte_limit(&text)
+                .map_err(|e| Error::BadRequest(format!("sink {name}: max_spilled_bytes {e}")))?,
+        };
         let restoring = self.replaying();
         let sink = crate::sink::open(&SinkDef {
             name: &name,
@@ -52,15 +61,17 @@ impl Engine {
             dead_letters: &self.inner.dead_letters,
             restoring,
         })?;
-        let progress_file = self.inner.checkpoints.enabled().then(|| {
-            self.inner
-                .config
-                .data_dir
-                .join("sinks")
-                .join(format!("{}.json", crate::durable::file_name(&name)))
+        let sinks_dir = self.inner.config.data_dir.join("sinks");
+        let file_name = crate::durable::file_name(&name);
+        let checkpointed = self.inner.checkpoints.enabled();
+        let progress_file = checkpointed.then(|| sinks_dir.join(format!("{file_name}.json")));
+        // Spilled epochs must outlive a crash as checkpoints do: only with checkpoints.
+        let spill = (checkpointed && max_spilled_bytes != Some(0)).then(|| SpillLimit {
+            dir: sinks_dir.join(format!("{file_name}.spill")),
+            max_bytes: max_spilled_bytes,
         });
         let feed = view.attach_sink(&name, sql, restoring);
-        feed.limit_pending(max_pending_rows);
+        feed.limit_pending(max_pending_rows, spill);
         let m = &self.inner.metrics;
         let runtime = SinkRuntime::new(
             &name,
@@ -141,4 +152,16 @@ impl Engine {
         out.sort_by(|a, b| a.name.cmp(&b.name));
         out
     }
+}
+
+/// A number of bytes (`_` between digits allowed, 0 for none), or `'unbounded'`.
+fn parse_byte_limit(text: &str) -> std::result::Result<Option<u64>, String> {
+    if text.trim().eq_ignore_ascii_case("unbounded") {
+        return Ok(None);
+    }
+    text.trim()
+        .replace('_', "")
+        .parse::<u64>()
+        .map(Some)
+        .map_err(|_| format!("must be a number of bytes or 'unbounded', not '{text}'"))
 }

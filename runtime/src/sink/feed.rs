@@ -8,7 +8,9 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::RecordBatch;
-use parking_lot::{Condvar, Mutex};
+use parking_lot::{Condvar, Mutex, MutexGuard};
+
+use super::spill::{self, SpillLimit, Spilled};
 
 /// What a batch of changes does to the view's rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,10 +71,70 @@ impl Change {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Changes as the batches a file holds, each with a code: the change's kind, or
+    /// [`REPLACED`] for the replaced rows of the change before it.
+    pub(crate) fn code_batches(
+        changes: &[Change],
+    ) -> impl Iterator<Item = (u8, &RecordBatch)> + Clone {
+        changes.iter().flat_map(|c| {
+            std::iter::once((c.kind.code(), &c.rows))
+                .chain(c.replaced.iter().map(|r| (REPLACED, r)))
+        })
+    }
+
+    /// The changes of [`Change::code_batches`] again.
+    pub(crate) fn from_coded(
+        coded: impl IntoIterator<Item = (u8, RecordBatch)>,
+    ) -> Result<Vec<Change>, String> {
+        let mut changes: Vec<Change> = Vec::new();
+        for (code, rows) in coded {
+            if code == REPLACED {
+                match changes.last_mut() {
+                    Some(change) if change.replaced.is_none() => change.replaced = Some(rows),
+                    _ => return Err("replaced rows without their change".into()),
+                }
+                continue;
+            }
+            let kind =
+                ChangeKind::from_code(code).ok_or_else(|| format!("unknown change kind {code}"))?;
+            changes.push(Change::new(rows, kind));
+        }
+        Ok(changes)
+    }
 }
+
+/// The code of a batch that is the `replaced` rows of the change before it.
+pub(crate) const REPLACED: u8 = u8::MAX;
 
 /// The changes of one epoch.
 pub type Epoch = (u64, Vec<Change>);
+
+/// Where a sealed epoch's changes are.
+#[derive(Debug, Clone)]
+enum Held {
+    Memory(Vec<Change>),
+    Spilled(Spilled),
+}
+
+impl Held {
+    fn rows(&self) -> usize {
+        match self {
+            Held::Memory(changes) => rows(changes),
+            Held::Spilled(s) => s.rows,
+        }
+    }
+}
+
+/// An epoch sealed and not delivered yet.
+#[derive(Debug)]
+struct Sealed {
+    epoch: u64,
+    held: Held,
+    /// When its first change came (for epochs a checkpoint gave back: when it was
+    /// restored): what the sink's lag in time is measured from.
+    since: Instant,
+}
 
 /// What a checkpoint holds for one sink: the changes it has not delivered.
 #[derive(Debug, Clone)]
@@ -83,7 +145,10 @@ pub struct Outbox {
     pub sql: String,
     /// The sink's lineage (see [`SinkFeed::lineage`]).
     pub lineage: String,
+    /// Epochs held in memory, oldest first.
     pub epochs: Vec<Epoch>,
+    /// Epochs spilled to files, oldest first.
+    pub spilled: Vec<(u64, Spilled)>,
     /// Why the sink gave up, if it did: it stays failed after a restart.
     pub failed: Option<String>,
 }
@@ -108,20 +173,22 @@ pub struct SinkFeed {
 struct FeedState {
     /// Changes since the last checkpoint's snapshot.
     open: Vec<Change>,
-    /// Changes sealed under their epoch and not delivered yet, oldest first.
-    sealed: VecDeque<Epoch>,
-    /// When the first change of each sealed epoch came (for epochs a checkpoint gave
-    /// back: when it was restored), and of the open changes: what the sink's lag in
-    /// time is measured from.
-    sealed_since: VecDeque<(u64, Instant)>,
+    /// When the first open change came.
     open_since: Option<Instant>,
+    /// Changes sealed under their epoch and not delivered yet, oldest first.
+    sealed: VecDeque<Sealed>,
     /// The newest epoch a written checkpoint holds.
     durable: u64,
     /// The last epoch numbered without checkpoints.
     counter: u64,
+    /// Rows not delivered, and of them the ones held in memory.
     rows_pending: usize,
-    /// Past this many pending rows the feed fails rather than grow without end.
+    rows_in_memory: usize,
+    spilled_bytes: u64,
+    /// Past this many rows in memory, sealed epochs are spilled (with `spill`), or
+    /// the feed fails rather than grow without end.
     limit: Option<usize>,
+    spill: Option<SpillLimit>,
     /// Why the feed has failed; it holds and takes nothing more.
     failed: Option<String>,
     closed: bool,
@@ -147,6 +214,7 @@ impl SinkFeed {
             sql,
             lineage,
             epochs,
+            spilled,
             failed,
         } = outbox;
         let mut feed = Self::new(&sink, &sql, true);
@@ -155,10 +223,22 @@ impl SinkFeed {
         }
         {
             let mut s = feed.state.lock();
-            s.rows_pending = epochs.iter().map(|(_, c)| rows(c)).sum();
-            let now = Instant::now();
-            s.sealed_since = epochs.iter().map(|(e, _)| (*e, now)).collect();
-            s.sealed = epochs.into();
+            let since = Instant::now();
+            let mut sealed: Vec<Sealed> = epochs
+                .into_iter()
+                .map(|(epoch, c)| (epoch, Held::Memory(c)))
+                .chain(spilled.into_iter().map(|(e, f)| (e, Held::Spilled(f))))
+                .map(|(epoch, held)| Sealed { epoch, held, since })
+                .collect();
+            sealed.sort_by_key(|e| e.epoch);
+            for e in &sealed {
+                s.rows_pending += e.held.rows();
+                match &e.held {
+                    Held::Memory(c) => s.rows_in_memory += rows(c),
+                    Held::Spilled(f) => s.spilled_bytes += f.bytes,
+                }
+            }
+            s.sealed = sealed.into();
             s.durable = durable;
         }
         if let Some(reason) = failed {
@@ -167,21 +247,56 @@ impl SinkFeed {
         feed
     }
 
-    /// Fail once more than `limit` rows wait for the sink (`None`: never).
-    pub(crate) fn limit_pending(&self, limit: Option<usize>) {
-        self.state.lock().limit = limit;
+    /// Hold at most `limit` rows in memory (`None`: no limit): past it, spill sealed
+    /// epochs to `spill`'s directory, and fail once that holds more than its bytes;
+    /// without `spill`, fail at once. Files in the directory that no epoch held here
+    /// names are left from before a crash, and removed.
+    pub(crate) fn limit_pending(&self, limit: Option<usize>, spill: Option<SpillLimit>) {
+        let mut s = self.state.lock();
+        if let Some(spill) = &spill {
+            let keep: Vec<&std::path::Path> = s
+                .sealed
+                .iter()
+                .filter_map(|e| match &e.held {
+                    Held::Spilled(f) => Some(f.file.as_path()),
+                    Held::Memory(_) => None,
+                })
+                .collect();
+            spill::remove_others(&spill.dir, &keep);
+        }
+        s.limit = limit;
+        s.spill = spill;
     }
 
     /// Give up: drop every change held, take no more, and say why from now on.
     pub fn fail(&self, reason: String) {
         let mut s = self.state.lock();
+        self.fail_locked(&mut s, reason);
+    }
+
+    fn fail_locked(&self, s: &mut MutexGuard<'_, FeedState>, reason: String) {
         s.open.clear();
-        s.sealed.clear();
-        s.sealed_since.clear();
+        for e in s.sealed.drain(..) {
+            if let Held::Spilled(f) = &e.held {
+                spill::remove(f);
+            }
+        }
         s.open_since = None;
         s.rows_pending = 0;
+        s.rows_in_memory = 0;
+        s.spilled_bytes = 0;
         s.failed.get_or_insert(reason);
         self.ready.notify_all();
+    }
+
+    /// Remove the directory of spilled epochs (the sink is dropped).
+    pub(crate) fn forget_spilled(&self) {
+        if let Some(spill) = &self.state.lock().spill
+            && let Err(e) = std::fs::remove_dir_all(&spill.dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(dir = %spill.dir.display(), error = %e, "cannot remove spilled epochs");
+        }
     }
 
     /// Why the feed has failed, if it has.
@@ -199,13 +314,19 @@ impl SinkFeed {
             return;
         }
         s.rows_pending += change.len();
-        if let Some(limit) = s.limit.filter(|l| s.rows_pending > *l) {
-            drop(s);
-            self.fail(format!(
-                "more than {limit} changed rows waited for the sink (max_pending_rows): it \
-                 failed and let them go rather than hold more; fix the destination, then DROP \
-                 SINK and CREATE it again (a new sink starts with the view's rows)"
-            ));
+        s.rows_in_memory += change.len();
+        // With a place to spill, the next seal moves rows out of memory.
+        if s.spill.is_none()
+            && let Some(limit) = s.limit.filter(|l| s.rows_in_memory > *l)
+        {
+            self.fail_locked(
+                &mut s,
+                format!(
+                    "more than {limit} changed rows waited for the sink (max_pending_rows): it \
+                     failed and let them go rather than hold more; fix the destination, then \
+                     DROP SINK and CREATE it again (a new sink starts with the view's rows)"
+                ),
+            );
             return;
         }
         if self.checkpointed {
@@ -214,8 +335,11 @@ impl SinkFeed {
         } else {
             s.counter += 1;
             let epoch = s.counter;
-            s.sealed_since.push_back((epoch, Instant::now()));
-            s.sealed.push_back((epoch, vec![change]));
+            s.sealed.push_back(Sealed {
+                epoch,
+                held: Held::Memory(vec![change]),
+                since: Instant::now(),
+            });
             s.durable = epoch;
             self.ready.notify_all();
         }
@@ -233,20 +357,78 @@ impl SinkFeed {
         // An epoch once sealed or durable is never added to (it may be written already):
         // a snapshot under such an epoch (a finishing source's last one, the second
         // input of a join) leaves the changes open for the next checkpoint's epoch.
-        let fresh = epoch > s.durable && s.sealed.back().is_none_or(|(last, _)| *last < epoch);
+        let fresh = epoch > s.durable && s.sealed.back().is_none_or(|last| last.epoch < epoch);
         if fresh && !s.open.is_empty() {
             let open = std::mem::take(&mut s.open);
             let since = s.open_since.take().unwrap_or_else(Instant::now);
-            s.sealed_since.push_back((epoch, since));
-            s.sealed.push_back((epoch, open));
+            if let Some(held) = self.spill_if_over(&mut s, epoch, open) {
+                s.sealed.push_back(Sealed { epoch, held, since });
+            }
         }
-        Outbox {
+        let mut outbox = Outbox {
             sink: self.sink.clone(),
             sql: self.sql.clone(),
             lineage: self.lineage.clone(),
-            epochs: s.sealed.iter().cloned().collect(),
+            epochs: Vec::new(),
+            spilled: Vec::new(),
             failed: s.failed.clone(),
+        };
+        for e in &s.sealed {
+            match &e.held {
+                Held::Memory(c) => outbox.epochs.push((e.epoch, c.clone())),
+                Held::Spilled(f) => outbox.spilled.push((e.epoch, f.clone())),
+            }
         }
+        outbox
+    }
+
+    /// An epoch being sealed, spilled to a file when memory holds more than the limit;
+    /// `None` when it could not be and the feed failed.
+    fn spill_if_over(
+        &self,
+        s: &mut MutexGuard<'_, FeedState>,
+        epoch: u64,
+        changes: Vec<Change>,
+    ) -> Option<Held> {
+        let over = s.limit.filter(|l| s.rows_in_memory > *l);
+        let (Some(limit), Some(spill)) = (over, s.spill.clone()) else {
+            return Some(Held::Memory(changes));
+        };
+        let written = spill::write(&spill.dir, &self.lineage, epoch, &changes);
+        let reason = match written {
+            Ok(f)
+                if spill
+                    .max_bytes
+                    .is_none_or(|max| s.spilled_bytes + f.bytes <= max) =>
+            {
+                s.rows_in_memory -= f.rows;
+                s.spilled_bytes += f.bytes;
+                return Some(Held::Spilled(f));
+            }
+            Ok(f) => {
+                spill::remove(&f);
+                format!(
+                    "more than {limit} changed rows waited for the sink in memory \
+                     (max_pending_rows) and more than {} bytes on disk (max_spilled_bytes)",
+                    spill.max_bytes.unwrap_or_default()
+                )
+            }
+            Err(e) => format!(
+                "more than {limit} changed rows waited for the sink in memory \
+                 (max_pending_rows), and they could not be spilled to {}: {e}",
+                spill.dir.display()
+            ),
+        };
+        drop(changes);
+        self.fail_locked(
+            s,
+            format!(
+                "{reason}: it failed and let them go rather than hold more; fix the \
+                 destination, then DROP SINK and CREATE it again (a new sink starts with \
+                 the view's rows)"
+            ),
+        );
+        None
     }
 
     /// Commit: checkpoint `epoch` is on disk, so the epochs up to it may be delivered.
@@ -261,17 +443,72 @@ impl SinkFeed {
     /// The oldest durable epoch after `delivered`, waiting up to `wait` for one.
     pub fn next_ready(&self, delivered: u64, wait: Duration) -> Option<Epoch> {
         let mut s = self.state.lock();
-        loop {
+        let (epoch, held) = loop {
             let durable = s.durable;
-            if let Some(e) = s
+            let next = s
                 .sealed
                 .iter()
-                .find(|(e, _)| *e > delivered && *e <= durable)
-            {
-                return Some(e.clone());
+                .find(|e| e.epoch > delivered && e.epoch <= durable);
+            if let Some(e) = next {
+                break (e.epoch, e.held.clone());
             }
             if s.closed || s.failed.is_some() || self.ready.wait_for(&mut s, wait).timed_out() {
                 return None;
+            }
+        };
+        // A spilled epoch is read without the lock: the view goes on pushing meanwhile.
+        drop(s);
+        Some((epoch, self.read_held(epoch, held)?))
+    }
+
+    /// The durable epochs after `delivered`, oldest first: (epoch, rows, when its first
+    /// change came).
+    pub fn ready_after(&self, delivered: u64) -> Vec<(u64, usize, Instant)> {
+        let s = self.state.lock();
+        s.sealed
+            .iter()
+            .filter(|e| e.epoch > delivered && e.epoch <= s.durable)
+            .map(|e| (e.epoch, e.held.rows(), e.since))
+            .collect()
+    }
+
+    /// The changes of the epochs `first..=last`, in order; `None` until `last` is
+    /// durable.
+    pub fn changes_between(&self, first: u64, last: u64) -> Option<Vec<Change>> {
+        let held: Vec<(u64, Held)> = {
+            let s = self.state.lock();
+            if s.durable < last || s.failed.is_some() {
+                return None;
+            }
+            s.sealed
+                .iter()
+                .filter(|e| (first..=last).contains(&e.epoch))
+                .map(|e| (e.epoch, e.held.clone()))
+                .collect()
+        };
+        let mut changes = Vec::new();
+        for (epoch, held) in held {
+            changes.extend(self.read_held(epoch, held)?);
+        }
+        Some(changes)
+    }
+
+    /// An epoch's changes, read back from disk when spilled; a file that cannot be read
+    /// fails the feed.
+    fn read_held(&self, epoch: u64, held: Held) -> Option<Vec<Change>> {
+        let spilled = match held {
+            Held::Memory(changes) => return Some(changes),
+            Held::Spilled(f) => f,
+        };
+        match spill::read(&spilled) {
+            Ok(changes) => Some(changes),
+            Err(e) => {
+                self.fail(format!(
+                    "the spilled changes of epoch {epoch} cannot be read back ({e}): the sink \
+                     failed; DROP SINK and CREATE it again (a new sink starts with the view's \
+                     rows)"
+                ));
+                None
             }
         }
     }
@@ -282,19 +519,22 @@ impl SinkFeed {
         let s = self.state.lock();
         let durable = s.durable;
         // A failed feed let its changes go: they were not written.
-        (s.failed.is_none() && !s.sealed.iter().any(|(e, _)| *e <= durable)).then_some(durable)
+        (s.failed.is_none() && !s.sealed.iter().any(|e| e.epoch <= durable)).then_some(durable)
     }
 
     /// The sink holds `epoch` and every one before it: forget them.
     pub fn delivered(&self, epoch: u64) {
         let mut s = self.state.lock();
-        while s.sealed.front().is_some_and(|(e, _)| *e <= epoch) {
-            if let Some((_, changes)) = s.sealed.pop_front() {
-                s.rows_pending -= rows(&changes);
+        while s.sealed.front().is_some_and(|e| e.epoch <= epoch) {
+            let Some(e) = s.sealed.pop_front() else { break };
+            s.rows_pending -= e.held.rows();
+            match &e.held {
+                Held::Memory(changes) => s.rows_in_memory -= rows(changes),
+                Held::Spilled(f) => {
+                    s.spilled_bytes -= f.bytes;
+                    spill::remove(f);
+                }
             }
-        }
-        while s.sealed_since.front().is_some_and(|(e, _)| *e <= epoch) {
-            s.sealed_since.pop_front();
         }
     }
 
@@ -302,13 +542,18 @@ impl SinkFeed {
     /// none waits): the sink's lag in time.
     pub fn lag(&self) -> Duration {
         let s = self.state.lock();
-        let oldest = s.sealed_since.front().map(|(_, at)| *at).or(s.open_since);
+        let oldest = s.sealed.front().map(|e| e.since).or(s.open_since);
         oldest.map_or(Duration::ZERO, |at| at.elapsed())
     }
 
     /// Rows the sink has not delivered yet (sealed or not).
     pub fn rows_pending(&self) -> usize {
         self.state.lock().rows_pending
+    }
+
+    /// Bytes of pending changes spilled to disk.
+    pub fn spilled_bytes(&self) -> u64 {
+        self.state.lock().spilled_bytes
     }
 
     /// The newest epoch a written checkpoint holds.
@@ -432,6 +677,7 @@ mod tests {
                 sql: "CREATE SINK k".into(),
                 lineage: "0123".into(),
                 epochs: vec![(6, vec![change(&[1])]), (7, vec![change(&[2])])],
+                spilled: Vec::new(),
                 failed: None,
             },
             7,
@@ -465,7 +711,7 @@ mod tests {
     #[test]
     fn a_feed_over_its_limit_fails_and_lets_its_changes_go() {
         let feed = SinkFeed::new("k", "CREATE SINK k", true);
-        feed.limit_pending(Some(3));
+        feed.limit_pending(Some(3), None);
         feed.push(change(&[1, 2]));
         feed.seal(1);
         feed.push(change(&[3]));
@@ -483,6 +729,132 @@ mod tests {
         assert!(feed.next_ready(0, NOW).is_none());
         feed.push(change(&[5]));
         assert_eq!(feed.rows_pending(), 0, "and it takes nothing more");
+    }
+
+    fn spilling(dir: &std::path::Path, max_bytes: Option<u64>) -> SinkFeed {
+        let feed = SinkFeed::new("k", "CREATE SINK k", true);
+        let spill = SpillLimit {
+            dir: dir.to_path_buf(),
+            max_bytes,
+        };
+        feed.limit_pending(Some(3), Some(spill));
+        feed
+    }
+
+    fn files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+        let mut found: Vec<_> = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        found.sort();
+        found
+    }
+
+    fn values(changes: &[Change]) -> Vec<(ChangeKind, Vec<i64>, Option<Vec<i64>>)> {
+        let ints = |b: &RecordBatch| {
+            b.column(0)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .expect("ints")
+                .values()
+                .to_vec()
+        };
+        changes
+            .iter()
+            .map(|c| (c.kind, ints(&c.rows), c.replaced.as_ref().map(ints)))
+            .collect()
+    }
+
+    #[test]
+    fn past_its_limit_a_feed_spills_epochs_to_disk_and_hands_them_out_again() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let spill_dir = dir.path().join("k.spill");
+        let feed = spilling(&spill_dir, None);
+        feed.push(change(&[1, 2]));
+        feed.seal(1);
+        assert!(files(&spill_dir).is_empty(), "2 rows fit in memory");
+        let update = Change {
+            replaced: Some(change(&[2]).rows),
+            ..Change::new(change(&[5, 6]).rows, ChangeKind::Update)
+        };
+        feed.push(update);
+        feed.push(change(&[7]));
+        assert!(feed.failed().is_none(), "6 rows: over the limit, to spill");
+        let held = feed.seal(2);
+        assert_eq!(held.epochs.iter().map(|(e, _)| *e).collect::<Vec<_>>(), [1]);
+        assert_eq!(
+            held.spilled.iter().map(|(e, _)| *e).collect::<Vec<_>>(),
+            [2]
+        );
+        assert_eq!(files(&spill_dir), [held.spilled[0].1.file.clone()]);
+        assert_eq!(feed.rows_pending(), 6);
+        assert_eq!(feed.spilled_bytes(), held.spilled[0].1.bytes);
+        assert!(feed.spilled_bytes() > 0);
+        feed.durable(2);
+        assert_eq!(
+            values(&feed.next_ready(0, NOW).expect("epoch 1").1).len(),
+            1
+        );
+        let (epoch, changes) = feed.next_ready(1, NOW).expect("epoch 2, from disk");
+        assert_eq!(epoch, 2);
+        assert_eq!(
+            values(&changes),
+            [
+                (ChangeKind::Update, vec![5, 6], Some(vec![2])),
+                (ChangeKind::Append, vec![7], None)
+            ]
+        );
+
+        // A restart from the checkpoint that held epoch 2 reads it from its file, and
+        // removes files no epoch names.
+        let stray = spill_dir.join("stray.arrow");
+        std::fs::write(&stray, b"left by a crash").expect("write");
+        let restored = SinkFeed::restored(held, 2);
+        let spill = SpillLimit {
+            dir: spill_dir.clone(),
+            max_bytes: None,
+        };
+        restored.limit_pending(Some(3), Some(spill));
+        assert!(!stray.exists(), "an epoch no checkpoint took is removed");
+        assert_eq!(
+            (restored.rows_pending(), restored.spilled_bytes() > 0),
+            (6, true)
+        );
+        restored.delivered(1);
+        let (_, again) = restored.next_ready(1, NOW).expect("epoch 2");
+        assert_eq!(values(&again), values(&changes));
+        restored.delivered(2);
+        assert!(
+            files(&spill_dir).is_empty(),
+            "a delivered epoch's file is removed"
+        );
+        assert_eq!((restored.rows_pending(), restored.spilled_bytes()), (0, 0));
+    }
+
+    #[test]
+    fn a_feed_fails_once_its_spilled_epochs_pass_their_bytes_and_keeps_no_file() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let feed = spilling(dir.path(), Some(100));
+        feed.push(change(&[1, 2, 3, 4]));
+        let reason = match feed.seal(1).failed {
+            Some(reason) => reason,
+            None => panic!("an Arrow file of 4 rows is over 100 bytes"),
+        };
+        assert!(reason.contains("max_spilled_bytes"), "{reason}");
+        assert!(files(dir.path()).is_empty());
+        assert_eq!((feed.rows_pending(), feed.spilled_bytes()), (0, 0));
+        // A damaged spill file fails the feed when it is read, with the reason.
+        let feed = spilling(dir.path(), None);
+        feed.push(change(&[1, 2, 3, 4]));
+        let held = feed.seal(1);
+        std::fs::write(&held.spilled[0].1.file, b"damaged").expect("write");
+        feed.durable(1);
+        assert!(feed.next_ready(0, NOW).is_none());
+        let reason = feed.failed().expect("failed");
+        assert!(reason.contains("cannot be read back"), "{reason}");
+        assert!(files(dir.path()).is_empty());
     }
 
     #[test]

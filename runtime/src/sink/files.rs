@@ -1,13 +1,15 @@
 //! The `files` sink: a view's rows as Parquet files on a local path or in an
 //! S3-compatible store (the role HDFS plays for Spark jobs), through `object_store` and
-//! `parquet`. Each durable epoch becomes its own files, split by the `partition_by`
-//! column into Hive-style directories (`dt=2024-05-01/`) and by `max_rows_per_file`,
-//! named by the sink's lineage, the epoch and their place
+//! `parquet`. Each durable epoch becomes its own files (or, with `roll_interval`, the
+//! epochs of that long, up to `max_rows_per_file` rows, gathered: `Sink::gather`), split
+//! by the `partition_by` column into Hive-style directories (`dt=2024-05-01/`) and by
+//! `max_rows_per_file`, named by the sink's lineage, the (first) epoch and their place
 //! (`part-<lineage>-<epoch>-<n>.parquet`). A file is written whole and made visible at
 //! once (a local file under a temporary name, then renamed; an S3 object when its upload
 //! completes), and only once the checkpoint that covers it is durable; an epoch written
-//! again after a crash writes the same names with the same rows, so a reader never sees
-//! a partial or a duplicated file. See docs/CONNECTORS.md.
+//! again after a crash (gathered with the same epochs as before, which the runtime
+//! notes before it writes) writes the same names with the same rows, so a reader never
+//! sees a partial or a duplicated file. See docs/CONNECTORS.md.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -45,6 +47,8 @@ struct FilesSinkOptions {
     region: Option<String>,
     partition_by: Option<String>,
     max_rows_per_file: Option<String>,
+    #[serde(default, with = "humantime_serde::option")]
+    roll_interval: Option<std::time::Duration>,
 }
 
 /// A files sink.
@@ -57,6 +61,8 @@ pub struct FilesSink {
     schema: SchemaRef,
     partition: Option<usize>,
     max_rows: usize,
+    /// Epochs gather this long into one set of files (none: each epoch its own).
+    roll_interval: Option<std::time::Duration>,
 }
 
 /// Where `path` names: a local directory (made when missing), or `s3://bucket/prefix`.
@@ -171,6 +177,7 @@ pub fn open(def: &SinkDef) -> Result<Box<dyn Sink>> {
         schema: def.schema.clone(),
         partition,
         max_rows,
+        roll_interval: options.roll_interval.filter(|d| !d.is_zero()),
     }))
 }
 
@@ -265,7 +272,13 @@ impl FilesSink {
                 let partition = column.map(|c| (c, value.as_deref()));
                 let n = offset / self.max_rows;
                 files.push((
-                    file_path(&self.prefix, partition, to_write.lineage, to_write.epoch, n),
+                    file_path(
+                        &self.prefix,
+                        partition,
+                        to_write.lineage,
+                        to_write.first_epoch,
+                        n,
+                    ),
                     bytes,
                     len,
                 ));
@@ -277,6 +290,15 @@ impl FilesSink {
 }
 
 impl Sink for FilesSink {
+    /// With `roll_interval`, a file takes the epochs of that long, or `max_rows_per_file`
+    /// rows, whichever comes first; it is named by the first of them.
+    fn gather(&self) -> Option<super::Gather> {
+        self.roll_interval.map(|max_wait| super::Gather {
+            max_wait,
+            max_rows: self.max_rows,
+        })
+    }
+
     fn deliver(&mut self, to_write: &EpochChanges<'_>) -> std::result::Result<u64, String> {
         let epoch = to_write.epoch;
         let files = self
@@ -339,7 +361,7 @@ pub(crate) const DESCRIBED: Described = Described {
     test: test_files,
 };
 
-const OPTIONS: [OptionDoc; 5] = [
+const OPTIONS: [OptionDoc; 6] = [
     OptionDoc {
         name: "path",
         kind: "text",
@@ -379,6 +401,14 @@ const OPTIONS: [OptionDoc; 5] = [
         required: false,
         default: Some("1000000"),
         doc: "Rows a file holds at most; an epoch with more is split over several files.",
+    },
+    OptionDoc {
+        name: "roll_interval",
+        kind: "text",
+        choices: &[],
+        required: false,
+        default: None,
+        doc: "Gather the epochs of this long ('5m') into one set of files, closed sooner once they hold max_rows_per_file rows; default: each checkpoint's epoch its own files.",
     },
 ];
 

@@ -316,6 +316,7 @@ impl KafkaSink {
             epoch,
             lineage,
             changes,
+            ..
         } = *to_write;
         let epoch_text = epoch.to_string();
         let mut seq: u64 = 0;

@@ -16,6 +16,7 @@ pub mod kafka;
 pub mod kinesis;
 pub mod postgres;
 pub mod redis;
+pub mod spill;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -53,9 +54,11 @@ pub struct SinkDef<'a> {
     pub restoring: bool,
 }
 
-/// The changes of one durable checkpoint epoch, as a sink is to write them.
+/// The changes of one durable checkpoint epoch, as a sink is to write them (of several,
+/// `first_epoch..=epoch`, for a sink that gathers epochs: [`Sink::gather`]).
 pub struct EpochChanges<'a> {
     pub epoch: u64,
+    pub first_epoch: u64,
     /// The sink's lineage ([`SinkFeed::lineage`]): with the epoch and a message's
     /// place in it, what names the message for good.
     pub lineage: &'a str,
@@ -74,6 +77,22 @@ pub trait Sink: Send {
     fn warning(&self) -> Option<String> {
         None
     }
+
+    /// Whether durable epochs gather into one delivery (`None`: each is delivered on
+    /// its own). A gathered delivery is noted before it is written, so after a crash the
+    /// same epochs are delivered together again.
+    fn gather(&self) -> Option<Gather> {
+        None
+    }
+}
+
+/// How long and how far durable epochs gather before they are delivered together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gather {
+    /// Deliver once the oldest waiting change has waited this long,
+    pub max_wait: Duration,
+    /// or once this many rows wait.
+    pub max_rows: usize,
 }
 
 /// A sink connector: its name in `WITH (connector = ...)` and how it is made.
@@ -203,6 +222,8 @@ pub struct SinkStatus {
     pub durable_epoch: u64,
     /// Changed rows not delivered yet: the sink's lag in rows.
     pub rows_pending: usize,
+    /// Bytes of them spilled to disk (past `max_pending_rows` in memory).
+    pub spilled_bytes: u64,
     /// How long the oldest of them has waited: the sink's lag in time (at least the
     /// checkpoint interval's wait for durability).
     pub lag_seconds: f64,
@@ -229,6 +250,9 @@ struct Progress {
     delivered_epoch: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     failed: Option<String>,
+    /// Epochs gathered into a delivery that has not ended yet (first, last).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    delivering: Option<(u64, u64)>,
 }
 
 /// A running sink.
@@ -240,6 +264,8 @@ pub struct SinkRuntime {
     pub feed: Arc<SinkFeed>,
     stop: AtomicBool,
     progress: Mutex<(u64, Option<String>)>,
+    /// The epochs of a gathered delivery begun and not ended (first, last).
+    delivering: Mutex<Option<(u64, u64)>>,
     /// The newest delivery error, and epochs delivered by this process.
     last_error: Mutex<Option<String>>,
     warning: Mutex<Option<String>>,
@@ -273,6 +299,7 @@ impl SinkRuntime {
     ) -> Result<Self> {
         let mut delivered = 0;
         let mut failed = None;
+        let mut delivering = None;
         if let Some(file) = &progress_file {
             let saved = std::fs::read(file)
                 .ok()
@@ -280,6 +307,7 @@ impl SinkRuntime {
             match saved {
                 Some(p) if resume && p.sql == sql.trim() && p.lineage == feed.lineage => {
                     delivered = p.delivered_epoch;
+                    delivering = p.delivering.filter(|(first, _)| *first > delivered);
                     if let Some(reason) = p.failed {
                         feed.fail(reason.clone());
                         failed = Some(reason);
@@ -301,6 +329,7 @@ impl SinkRuntime {
             feed,
             stop: AtomicBool::new(false),
             progress: Mutex::new((delivered, None)),
+            delivering: Mutex::new(delivering),
             last_error: Mutex::new(None),
             warning: Mutex::new(None),
             epochs_delivered: std::sync::atomic::AtomicU64::new(0),
@@ -332,9 +361,14 @@ impl SinkRuntime {
                 *self.failed.lock() = Some(reason);
                 return;
             }
-            let Some((epoch, changes)) =
-                self.feed.next_ready(delivered, Duration::from_millis(200))
-            else {
+            let next = match sink.gather() {
+                None => self
+                    .feed
+                    .next_ready(delivered, Duration::from_millis(200))
+                    .map(|(epoch, changes)| (epoch, epoch, changes)),
+                Some(gather) => self.gathered(delivered, gather),
+            };
+            let Some((first_epoch, epoch, changes)) = next else {
                 // Nothing to write: the sink is as far as the checkpoints.
                 if let Some(durable) = self.feed.settled() {
                     let mut progress = self.progress.lock();
@@ -344,6 +378,7 @@ impl SinkRuntime {
             };
             let to_write = EpochChanges {
                 epoch,
+                first_epoch,
                 lineage: &self.feed.lineage,
                 changes: &changes,
             };
@@ -351,6 +386,7 @@ impl SinkRuntime {
                 Ok(messages) => {
                     crate::failpoint::crash_point("sink-delivered");
                     self.messages.inc_by(messages);
+                    *self.delivering.lock() = None;
                     if let Err(e) = self.save(epoch, None) {
                         // Delivered all the same: a restart writes this epoch again, with
                         // the same weir-epoch and weir-seq headers.
@@ -379,6 +415,48 @@ impl SinkRuntime {
         }
     }
 
+    /// The next gathered delivery after `delivered`: (first epoch, last epoch, their
+    /// changes). The one a crash cut off, if any; else the durable epochs that wait,
+    /// once the oldest has waited `max_wait` or they hold `max_rows` (noted in the data
+    /// dir before they are handed out).
+    fn gathered(&self, delivered: u64, gather: Gather) -> Option<(u64, u64, Vec<Change>)> {
+        let planned = *self.delivering.lock();
+        let (first, last) = match planned {
+            Some(planned) => planned,
+            None => {
+                let ready = self.feed.ready_after(delivered);
+                let Some(&(first, _, since)) = ready.first() else {
+                    self.sleep(Duration::from_millis(200));
+                    return None;
+                };
+                let (mut last, mut rows) = (first, 0);
+                for &(epoch, n, _) in &ready {
+                    (last, rows) = (epoch, rows + n);
+                    if rows >= gather.max_rows {
+                        break;
+                    }
+                }
+                if rows < gather.max_rows && since.elapsed() < gather.max_wait {
+                    self.sleep(Duration::from_millis(200));
+                    return None;
+                }
+                if let Err(e) = self.save_delivering(delivered, (first, last)) {
+                    tracing::warn!(sink = %self.name, error = %e, "cannot note the epochs to deliver");
+                    self.sleep(Duration::from_millis(200));
+                    return None;
+                }
+                *self.delivering.lock() = Some((first, last));
+                (first, last)
+            }
+        };
+        let Some(changes) = self.feed.changes_between(first, last) else {
+            // Not durable yet (after a restart, before the restored checkpoint is).
+            self.sleep(Duration::from_millis(200));
+            return None;
+        };
+        Some((first, last, changes))
+    }
+
     /// Sleep, but wake at once when stopped.
     fn sleep(&self, total: Duration) {
         let step = Duration::from_millis(50);
@@ -390,6 +468,26 @@ impl SinkRuntime {
     }
 
     fn save(&self, epoch: u64, failed: Option<String>) -> std::io::Result<()> {
+        self.write_progress(Progress {
+            sql: self.sql.clone(),
+            lineage: self.feed.lineage.clone(),
+            delivered_epoch: epoch,
+            failed,
+            delivering: None,
+        })
+    }
+
+    fn save_delivering(&self, delivered: u64, epochs: (u64, u64)) -> std::io::Result<()> {
+        self.write_progress(Progress {
+            sql: self.sql.clone(),
+            lineage: self.feed.lineage.clone(),
+            delivered_epoch: delivered,
+            failed: None,
+            delivering: Some(epochs),
+        })
+    }
+
+    fn write_progress(&self, progress: Progress) -> std::io::Result<()> {
         let file = self.progress_file.lock();
         let Some(file) = file.as_ref() else {
             return Ok(());
@@ -397,13 +495,7 @@ impl SinkRuntime {
         if let Some(dir) = file.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let bytes = serde_json::to_vec(&Progress {
-            sql: self.sql.clone(),
-            lineage: self.feed.lineage.clone(),
-            delivered_epoch: epoch,
-            failed,
-        })
-        .map_err(std::io::Error::other)?;
+        let bytes = serde_json::to_vec(&progress).map_err(std::io::Error::other)?;
         write_atomically(file, &bytes)
     }
 
@@ -411,8 +503,11 @@ impl SinkRuntime {
     pub(crate) fn stop(&self, forget: bool) {
         self.stop.store(true, Ordering::Relaxed);
         self.feed.close();
-        if forget && let Some(file) = self.progress_file.lock().take() {
-            let _ = std::fs::remove_file(file);
+        if forget {
+            if let Some(file) = self.progress_file.lock().take() {
+                let _ = std::fs::remove_file(file);
+            }
+            self.feed.forget_spilled();
         }
     }
 
@@ -438,6 +533,7 @@ impl SinkRuntime {
             delivered_epoch,
             durable_epoch: self.feed.durable_epoch(),
             rows_pending: self.feed.rows_pending(),
+            spilled_bytes: self.feed.spilled_bytes(),
             lag_seconds: self.feed.lag().as_secs_f64(),
             messages: self.messages.get(),
             epochs_delivered: self.epochs_delivered.load(Ordering::Relaxed),
@@ -544,5 +640,148 @@ mod tests {
         let saved: Progress =
             serde_json::from_slice(&std::fs::read(&file).expect("progress")).expect("json");
         assert_eq!(saved.delivered_epoch, 1);
+    }
+
+    /// Each delivery: (first epoch, last epoch, rows).
+    type Deliveries = Arc<Mutex<Vec<(u64, u64, usize)>>>;
+
+    struct Gathering {
+        gather: Gather,
+        deliveries: Deliveries,
+    }
+
+    impl Sink for Gathering {
+        fn deliver(&mut self, e: &EpochChanges<'_>) -> std::result::Result<u64, String> {
+            let rows = e.changes.iter().map(|c| c.rows.num_rows()).sum::<usize>();
+            self.deliveries.lock().push((e.first_epoch, e.epoch, rows));
+            Ok(rows as u64)
+        }
+
+        fn gather(&self) -> Option<Gather> {
+            Some(self.gather)
+        }
+    }
+
+    fn ints(values: &[i64]) -> Change {
+        let schema = Arc::new(Schema::new(vec![Field::new("a", DataType::Int64, false)]));
+        let rows = RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(values.to_vec()))])
+            .expect("batch");
+        Change::new(rows, ChangeKind::Append)
+    }
+
+    fn wait_until(what: &str, done: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(Instant::now() < deadline, "waited 10 s for {what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn gathering(
+        feed: &Arc<SinkFeed>,
+        file: &std::path::Path,
+        resume: bool,
+        gather: Gather,
+    ) -> (Arc<SinkRuntime>, Deliveries) {
+        let runtime = Arc::new(
+            SinkRuntime::new(
+                "k",
+                "v",
+                "fake",
+                "CREATE SINK k",
+                feed.clone(),
+                Some(file.to_path_buf()),
+                resume,
+                (counter(), counter()),
+            )
+            .expect("runtime"),
+        );
+        let deliveries = Arc::new(Mutex::new(Vec::new()));
+        runtime
+            .spawn(Box::new(Gathering {
+                gather,
+                deliveries: deliveries.clone(),
+            }))
+            .expect("spawns");
+        (runtime, deliveries)
+    }
+
+    #[test]
+    fn epochs_gather_until_their_rows_are_enough_and_are_delivered_together() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let file = dir.path().join("k.json");
+        let feed = Arc::new(SinkFeed::new("k", "CREATE SINK k", true));
+        let gather = Gather {
+            max_wait: Duration::from_secs(3600),
+            max_rows: 4,
+        };
+        let (runtime, deliveries) = gathering(&feed, &file, false, gather);
+        feed.push(ints(&[1]));
+        feed.seal(1);
+        feed.push(ints(&[2]));
+        feed.seal(2);
+        feed.durable(2);
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(
+            deliveries.lock().is_empty(),
+            "2 rows of 4, waited less than an hour"
+        );
+        feed.push(ints(&[3, 4, 5]));
+        feed.seal(3);
+        feed.durable(3);
+        wait_until("the delivery", || !deliveries.lock().is_empty());
+        assert_eq!(*deliveries.lock(), [(1, 3, 5)]);
+        wait_until("the progress", || runtime.status().delivered_epoch == 3);
+        runtime.stop(false);
+        let saved: Progress =
+            serde_json::from_slice(&std::fs::read(&file).expect("progress")).expect("json");
+        assert_eq!((saved.delivered_epoch, saved.delivering), (3, None));
+
+        // Waited long enough, what waits goes, however few its rows.
+        let feed = Arc::new(SinkFeed::new("k", "CREATE SINK k", true));
+        let gather = Gather {
+            max_wait: Duration::from_millis(300),
+            max_rows: 1000,
+        };
+        let (runtime, deliveries) = gathering(&feed, &file, false, gather);
+        feed.push(ints(&[1]));
+        feed.seal(1);
+        feed.durable(1);
+        wait_until("the delivery", || !deliveries.lock().is_empty());
+        assert_eq!(*deliveries.lock(), [(1, 1, 1)]);
+        runtime.stop(false);
+    }
+
+    #[test]
+    fn a_gathered_delivery_a_crash_cut_off_gathers_the_same_epochs_again() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let file = dir.path().join("k.json");
+        let outbox = feed::Outbox {
+            sink: "k".into(),
+            sql: "CREATE SINK k".into(),
+            lineage: "0123".into(),
+            epochs: (4..=6).map(|e| (e, vec![ints(&[e as i64])])).collect(),
+            spilled: Vec::new(),
+            failed: None,
+        };
+        let feed = Arc::new(SinkFeed::restored(outbox, 6));
+        // Before the crash: epoch 3 delivered, and 4 and 5 were being written together.
+        let progress = Progress {
+            sql: "CREATE SINK k".into(),
+            lineage: "0123".into(),
+            delivered_epoch: 3,
+            failed: None,
+            delivering: Some((4, 5)),
+        };
+        std::fs::write(&file, serde_json::to_vec(&progress).expect("json")).expect("write");
+        // One row is enough now: unplanned, each epoch would go alone.
+        let gather = Gather {
+            max_wait: Duration::from_secs(3600),
+            max_rows: 1,
+        };
+        let (runtime, deliveries) = gathering(&feed, &file, true, gather);
+        wait_until("two deliveries", || deliveries.lock().len() == 2);
+        assert_eq!(*deliveries.lock(), [(4, 5, 2), (6, 6, 1)]);
+        runtime.stop(false);
     }
 }

@@ -130,11 +130,16 @@ fn operator_metrics(views: &[weir_runtime::view::ViewStatus]) -> String {
 fn sink_metrics(sinks: &[weir_runtime::sink::SinkStatus]) -> String {
     use std::fmt::Write;
     type Figure = fn(&weir_runtime::sink::SinkStatus) -> f64;
-    let figures: [(&str, &str, Figure); 4] = [
+    let figures: [(&str, &str, Figure); 5] = [
         (
             "weir_sink_rows_pending",
             "Changed rows of a sink's view not delivered yet: its lag in rows.",
             |s| s.rows_pending as f64,
+        ),
+        (
+            "weir_sink_spilled_bytes",
+            "Bytes of a sink's undelivered changes spilled to disk.",
+            |s| s.spilled_bytes as f64,
         ),
         (
             "weir_sink_lag_seconds",
