@@ -272,6 +272,74 @@ async fn a_table_that_does_not_fit_is_refused_and_a_hot_partition_is_a_warning()
     Ok(())
 }
 
+/// Rows DynamoDB can never take (an item over 400 KB, a partition key over 2048 bytes)
+/// are dead letters with the reason, and the rest of the epoch is written.
+#[tokio::test]
+async fn items_dynamodb_cannot_take_are_dead_letters_and_the_rest_is_written() -> Result<()> {
+    let endpoint = shared_endpoint();
+    let dynamo = client(&endpoint);
+    let (by_id, by_name) = (unique("notes"), unique("names"));
+    create_table(&dynamo, &by_id, ("id", ScalarAttributeType::N), None).await?;
+    create_table(&dynamo, &by_name, ("name", ScalarAttributeType::S), None).await?;
+    let weir = start_weir("").await?;
+    weir.exec("CREATE SOURCE s (id BIGINT, name VARCHAR, note VARCHAR) WITH (connector = 'http')")
+        .await?;
+    weir.exec("CREATE MATERIALIZED VIEW v AS SELECT id, name, note FROM s")
+        .await?;
+    for (sink, options) in [
+        ("by_id", format!("table = '{by_id}', partition_key = 'id'")),
+        (
+            "by_name",
+            format!("table = '{by_name}', partition_key = 'name'"),
+        ),
+    ] {
+        weir.exec(&sink_sql(sink, "v", &endpoint, &options)).await?;
+    }
+    let rows: Vec<String> = (0..10)
+        .map(|i| {
+            let note = if i == 3 {
+                "x".repeat(450_000)
+            } else {
+                "n".into()
+            };
+            let name = if i == 6 {
+                "y".repeat(3000)
+            } else {
+                format!("name-{i}")
+            };
+            json!({"id": i, "name": name, "note": note}).to_string()
+        })
+        .collect();
+    ensure!(weir.post_records("s", rows.join("\n")).await?.0 == 200);
+    wait_delivered(&weir, "by_id").await?;
+    wait_delivered(&weir, "by_name").await?;
+    let ids: Vec<i64> = items(&dynamo, &by_id, "id").await?.into_keys().collect();
+    ensure!(ids == [0, 1, 2, 4, 5, 6, 7, 8, 9], "items {ids:?}");
+    let names = dynamo.scan().table_name(&by_name).send().await?;
+    ensure!(names.count() == 8, "{} items by name", names.count());
+    let letters = weir.get("/api/v1/dead-letters?source=s").await?;
+    let reasons: Vec<String> = letters["dead_letters"]
+        .as_array()
+        .context("dead letters")?
+        .iter()
+        .map(|l| l["reason"].as_str().unwrap_or_default().to_string())
+        .collect();
+    ensure!(reasons.len() == 3, "{reasons:?}");
+    for (sink, reason) in [
+        ("by_id", "larger than DynamoDB's 400 KB"),
+        ("by_name", "larger than DynamoDB's 400 KB"),
+        ("by_name", "longer than a DynamoDB key may be"),
+    ] {
+        ensure!(
+            reasons
+                .iter()
+                .any(|r| r.contains(&format!("sink {sink}:")) && r.contains(reason)),
+            "{sink}: {reason} in {reasons:?}"
+        );
+    }
+    Ok(())
+}
+
 /// A dynalite of the test's own that keeps its tables on disk, so it can be stopped
 /// and started again.
 struct OwnDynamo {

@@ -41,6 +41,10 @@ const PER_ITEM_WAIT: Duration = Duration::from_millis(20);
 /// Partition keys sampled, and how many make a verdict on a hot one.
 const SAMPLE: usize = 10_000;
 const SAMPLE_PER_EPOCH: usize = 1_000;
+/// DynamoDB's largest item, and its longest partition and sort key values.
+const MAX_ITEM_BYTES: usize = 400 * 1024;
+const MAX_PARTITION_KEY_BYTES: usize = 2048;
+const MAX_SORT_KEY_BYTES: usize = 1024;
 const SAMPLE_ENOUGH: usize = 200;
 /// A partition key value taking more than this share of writes is hot.
 const HOT_SHARE: f64 = 0.5;
@@ -253,6 +257,7 @@ impl DynamoDbSink {
         let mut order: Vec<String> = Vec::new();
         let mut last: HashMap<String, WriteRequest> = HashMap::new();
         let mut keyless = Vec::new();
+        let mut oversized = Vec::new();
         let mut set = |key: String, request: WriteRequest, order: &mut Vec<String>| {
             if last.insert(key.clone(), request).is_none() {
                 order.push(key);
@@ -280,11 +285,18 @@ impl DynamoDbSink {
                     }
                 }
             }
+            let mut too_large = Vec::with_capacity(keys.len());
             for (r, key) in keys.into_iter().enumerate() {
-                if let Some(key) = key {
+                let over = key.is_some() && self.item_bytes(&rows, r) > MAX_ITEM_BYTES;
+                too_large.push(Some(over));
+                if let Some(key) = key.filter(|_| !over) {
                     let request = self.put(&rows, r);
                     set(key, request, &mut order);
                 }
+            }
+            if too_large.contains(&Some(true)) {
+                let mask = BooleanArray::from(too_large);
+                oversized.push(filter_record_batch(&change.rows, &mask)?);
             }
         }
         let mut partitions = Vec::new();
@@ -301,18 +313,43 @@ impl DynamoDbSink {
             requests,
             partitions,
             keyless,
+            oversized,
         })
     }
 
+    /// Row `r`'s size as DynamoDB counts it: each attribute's name and value (a number
+    /// takes about a byte for two digits, and one more).
+    fn item_bytes(&self, rows: &Texts, r: usize) -> usize {
+        (0..self.kinds.len())
+            .filter_map(|i| {
+                let text = rows.value(i, r)?;
+                let value = match self.kinds[i] {
+                    Kind::Number | Kind::Float => text.len().div_ceil(2) + 1,
+                    Kind::Bool => 1,
+                    Kind::Text => text.len(),
+                };
+                Some(self.schema.field(i).name().len() + value)
+            })
+            .sum()
+    }
+
     /// Row `r`'s key as one string (partition, NUL, sort); `None` when a part cannot be
-    /// a DynamoDB key: null, an empty string, or a float that is not a finite number.
+    /// a DynamoDB key: null, an empty string, longer than a key may be, or a float that
+    /// is not a finite number.
     fn key_text(&self, rows: &Texts, r: usize) -> Option<String> {
         let mut key = String::new();
         for (n, &i) in self.key.iter().enumerate() {
             if n > 0 {
                 key.push('\u{0}');
             }
-            let part = rows.value(i, r).filter(|t| !t.is_empty())?;
+            let longest = if n == 0 {
+                MAX_PARTITION_KEY_BYTES
+            } else {
+                MAX_SORT_KEY_BYTES
+            };
+            let part = rows
+                .value(i, r)
+                .filter(|t| !t.is_empty() && t.len() <= longest)?;
             if self.kinds[i] == Kind::Float && !part.parse::<f64>().is_ok_and(f64::is_finite) {
                 return None;
             }
@@ -373,6 +410,8 @@ struct Actions {
     partitions: Vec<String>,
     /// Rows without a key (a key column is null).
     keyless: Vec<RecordBatch>,
+    /// Rows over DynamoDB's item size.
+    oversized: Vec<RecordBatch>,
 }
 
 /// A batch's columns as text, formatted by Arrow.
@@ -466,17 +505,31 @@ impl Sink for DynamoDbSink {
             requests,
             partitions,
             keyless,
+            oversized,
         } = self
             .actions(to_write)
             .map_err(|e| format!("cannot turn the view's rows into items: {e}"))?;
-        if epoch > self.refused_epoch && !keyless.is_empty() {
+        // Once per epoch, however often it is retried.
+        if epoch > self.refused_epoch {
             self.refused_epoch = epoch;
-            super::dead_letter_rows(
-                (&self.dead_letters, &self.source, &self.view, &self.name),
-                epoch,
-                &keyless,
-                "a key column is null, empty or not a finite number, which a DynamoDB key cannot be",
-            );
+            let letters = (&*self.dead_letters, &*self.source, &*self.view, &*self.name);
+            if !keyless.is_empty() {
+                super::dead_letter_rows(
+                    letters,
+                    epoch,
+                    &keyless,
+                    "a key column is null, empty, longer than a DynamoDB key may be (2048 bytes \
+                     for a partition key, 1024 for a sort key) or not a finite number",
+                );
+            }
+            if !oversized.is_empty() {
+                super::dead_letter_rows(
+                    letters,
+                    epoch,
+                    &oversized,
+                    "the item is larger than DynamoDB's 400 KB",
+                );
+            }
         }
         let n = requests.len() as u64;
         let (client, table) = (self.client.clone(), self.table.clone());
