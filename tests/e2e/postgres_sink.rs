@@ -498,3 +498,81 @@ async fn a_sink_behind_its_memory_limit_spills_to_disk_through_a_kill_and_catche
     );
     Ok(())
 }
+
+/// Rows a table of the user's refuses (a CHECK, a column too short) are dead letters with
+/// the server's reason, once each, and the epoch's other rows are written, appended or
+/// upserted.
+#[tokio::test]
+async fn rows_the_table_refuses_are_dead_letters_and_the_rest_is_written() -> Result<()> {
+    let url = url();
+    let client = connect(&url).await?;
+    let (appended, keyed) = (table("refusing"), table("refusing_keyed"));
+    for (name, key) in [(&appended, ""), (&keyed, " PRIMARY KEY")] {
+        client
+            .batch_execute(&format!(
+                "CREATE TABLE {name} (id bigint{key} CHECK (id <> 3), note varchar(5))"
+            ))
+            .await?;
+    }
+    let (weir, _) = checkpointed_ids_and_notes().await?;
+    let (appended_sink, keyed_sink) = (table("appends"), table("upserts"));
+    weir.exec(&format!(
+        "CREATE SINK {appended_sink} FROM v WITH (connector = 'postgres', url = '{url}', \
+         table = '{appended}')"
+    ))
+    .await?;
+    weir.exec(&format!(
+        "CREATE SINK {keyed_sink} FROM v WITH (connector = 'postgres', url = '{url}', \
+         table = '{keyed}', key = 'id')"
+    ))
+    .await?;
+    let records: String = (0..10)
+        .map(|i| {
+            let note = if i == 6 { "far too long" } else { "ok" };
+            format!("{{\"id\": {i}, \"note\": \"{note}\"}}\n")
+        })
+        .collect();
+    ensure!(weir.post_records("s", records).await?.0 == 200);
+    for sink in [&appended_sink, &keyed_sink] {
+        wait_delivered(&weir, sink).await?;
+    }
+    for name in [&appended, &keyed] {
+        let ids: Vec<i64> = client
+            .query(&format!("SELECT id FROM {name} ORDER BY id"), &[])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        ensure!(ids == [0, 1, 2, 4, 5, 7, 8, 9], "{name} holds {ids:?}");
+    }
+    let letters = weir.get("/api/v1/dead-letters?source=s").await?;
+    let letters = letters["dead_letters"].as_array().context("dead letters")?;
+    ensure!(letters.len() == 4, "two rows for each sink: {letters:?}");
+    for sink in [&appended_sink, &keyed_sink] {
+        for (id, why) in [(3, "check constraint"), (6, "value too long")] {
+            ensure!(
+                letters.iter().any(|l| {
+                    let reason = l["reason"].as_str().unwrap_or_default();
+                    let raw = l["raw"].as_str().unwrap_or_default();
+                    reason.contains(&format!("sink {sink}:"))
+                        && reason.contains(why)
+                        && raw.contains(&format!("\"id\":\"{id}\""))
+                }),
+                "{sink}: row {id} ({why}) in {letters:?}"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// [`checkpointed_ids`] with a `note` column.
+async fn checkpointed_ids_and_notes() -> Result<(Weir, String)> {
+    let (dir, config) =
+        crate::kafka::config_dir("[runtime.checkpoints]\ninterval = '200ms'\n").await?;
+    let weir = Weir::start_in(dir, &["--config", &config]).await?;
+    weir.exec("CREATE SOURCE s (id BIGINT, note VARCHAR) WITH (connector = 'http')")
+        .await?;
+    weir.exec("CREATE MATERIALIZED VIEW v AS SELECT id, note FROM s")
+        .await?;
+    Ok((weir, config))
+}

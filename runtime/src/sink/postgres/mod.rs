@@ -13,11 +13,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::array::{ArrayRef, RecordBatch};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use serde::Deserialize;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::{Client, Config, NoTls, Transaction};
 
 use super::{EpochChanges, Sink, SinkDef};
 use crate::aws::block_on;
@@ -282,34 +282,51 @@ impl PostgresSink {
         Ok(())
     }
 
-    /// Rows whose key has a null: dead letters, once per epoch.
-    fn refuse(&mut self, epoch: u64, rows: &[RecordBatch]) {
-        if epoch <= self.refused_epoch || rows.is_empty() {
+    /// Rows whose key has a null, and rows the table refused: dead letters, once per
+    /// epoch.
+    fn refuse(&mut self, epoch: u64, null_keys: &[RecordBatch], refused: &Refused) {
+        if epoch <= self.refused_epoch || (null_keys.is_empty() && refused.is_empty()) {
             return;
         }
         self.refused_epoch = epoch;
-        let reason = format!(
-            "a key column ({}) is null; table {} keeps rows by key and a key cannot be null",
-            self.target.key.join(", "),
-            self.target.table.quoted
-        );
-        super::dead_letter_rows(
-            (&self.dead_letters, &self.source, &self.view, &self.name),
-            epoch,
-            rows,
-            &reason,
-        );
+        let letters = (&*self.dead_letters, &*self.source, &*self.view, &*self.name);
+        if !null_keys.is_empty() {
+            let reason = format!(
+                "a key column ({}) is null; table {} keeps rows by key and a key cannot be null",
+                self.target.key.join(", "),
+                self.target.table.quoted
+            );
+            super::dead_letter_rows(letters, epoch, null_keys, &reason);
+        }
+        // The columns as the statement had them: text.
+        let schema = Arc::new(Schema::new(
+            self.schema
+                .fields()
+                .iter()
+                .map(|f| Field::new(f.name(), DataType::Utf8, true))
+                .collect::<Vec<_>>(),
+        ));
+        for (columns, why) in refused {
+            let reason = format!("table {} refused the row: {why}", self.target.table.quoted);
+            match RecordBatch::try_new(schema.clone(), columns.clone()) {
+                Ok(row) => super::dead_letter_rows(letters, epoch, &[row], &reason),
+                Err(e) => tracing::error!(sink = %self.name, "cannot keep a refused row: {e}"),
+            }
+        }
     }
 }
 
+/// Rows the table refused: their columns as text, and the server's reason.
+type Refused = Vec<(Vec<ArrayRef>, String)>;
+
 /// Write one epoch in one transaction, unless the progress table has it already.
-/// Returns the rows written (0 when the epoch was there).
+/// Returns the rows written (0 when the epoch was there) and those the table refused.
 async fn write_epoch(
     client: &mut Client,
     statements: &Statements,
     (sink, lineage, epoch): (&str, &str, u64),
     plan: &Plan,
-) -> std::result::Result<u64, tokio_postgres::Error> {
+) -> std::result::Result<(u64, Refused), tokio_postgres::Error> {
     let tx = client.transaction().await?;
     let epoch = epoch as i64;
     tx.execute(&statements.make_progress, &[&sink, &lineage])
@@ -322,27 +339,81 @@ async fn write_epoch(
         .map(|r| r.get(0));
     if done.is_some_and(|d| d >= epoch) {
         tx.rollback().await?;
-        return Ok(0);
+        return Ok((0, Vec::new()));
     }
     let mut written = 0;
+    let mut refused = Vec::new();
     for step in &plan.steps {
-        let texts: Vec<Vec<Option<&str>>> = step.columns.iter().map(write::strings).collect();
-        let params: Vec<&(dyn ToSql + Sync)> =
-            texts.iter().map(|t| t as &(dyn ToSql + Sync)).collect();
         let sql = match step.action {
             Action::Insert => &statements.insert,
             Action::Upsert => &statements.upsert,
-            Action::Delete => &statements.delete,
+            Action::Delete => {
+                execute(&tx, &statements.delete, &step.columns).await?;
+                continue;
+            }
         };
-        tx.execute(sql.as_str(), &params).await?;
-        if step.action != Action::Delete {
-            written += step.rows as u64;
-        }
+        written += write_rows(&tx, sql, &step.columns, &mut refused).await?;
     }
     tx.execute(&statements.record_progress, &[&sink, &lineage, &epoch])
         .await?;
     tx.commit().await?;
+    Ok((written, refused))
+}
+
+/// Run `sql` with one text array per column.
+async fn execute(
+    tx: &Transaction<'_>,
+    sql: &str,
+    columns: &[ArrayRef],
+) -> std::result::Result<u64, tokio_postgres::Error> {
+    let texts: Vec<Vec<Option<&str>>> = columns.iter().map(write::strings).collect();
+    let params: Vec<&(dyn ToSql + Sync)> = texts.iter().map(|t| t as &(dyn ToSql + Sync)).collect();
+    tx.execute(sql, &params).await
+}
+
+/// Insert or upsert the rows of `columns` in one statement; when the table refuses one
+/// of them (a CHECK, a NOT NULL, a value too long: a data or integrity error), the rows
+/// are tried again in halves, under savepoints, until each refused row stands alone:
+/// those go to `refused` and the rest are written, a few statements per refused row.
+async fn write_rows(
+    tx: &Transaction<'_>,
+    sql: &str,
+    columns: &[ArrayRef],
+    refused: &mut Refused,
+) -> std::result::Result<u64, tokio_postgres::Error> {
+    let rows = columns.first().map_or(0, |c| c.len());
+    let mut written = 0;
+    // Ranges of rows to try, the next one last.
+    let mut todo = vec![(0, rows)];
+    while let Some((offset, len)) = todo.pop() {
+        let part: Vec<ArrayRef> = columns.iter().map(|c| c.slice(offset, len)).collect();
+        tx.batch_execute("SAVEPOINT weir_rows").await?;
+        match execute(tx, sql, &part).await {
+            Ok(_) => {
+                tx.batch_execute("RELEASE SAVEPOINT weir_rows").await?;
+                written += len as u64;
+            }
+            Err(e) if refuses_rows(&e) => {
+                tx.batch_execute("ROLLBACK TO SAVEPOINT weir_rows").await?;
+                if len == 1 {
+                    refused.push((part, describe_error(&e)));
+                } else {
+                    let half = len / 2;
+                    todo.push((offset + half, len - half));
+                    todo.push((offset, half));
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
     Ok(written)
+}
+
+/// An error of the rows, not of the server: SQLSTATE class 22 (data exception) or 23
+/// (integrity constraint violation).
+fn refuses_rows(e: &tokio_postgres::Error) -> bool {
+    e.code()
+        .is_some_and(|c| c.code().starts_with("22") || c.code().starts_with("23"))
 }
 
 impl Sink for PostgresSink {
@@ -366,9 +437,9 @@ impl Sink for PostgresSink {
             (client, written)
         });
         match written {
-            Ok(Ok(written)) => {
+            Ok(Ok((written, refused))) => {
                 self.client = Some(client);
-                self.refuse(epoch, &null_keys);
+                self.refuse(epoch, &null_keys, &refused);
                 Ok(written)
             }
             // The connection may be broken or mid-transaction: a new one next time.

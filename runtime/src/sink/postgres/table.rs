@@ -112,15 +112,20 @@ fn family_of_arrow(data_type: &DataType) -> Option<Family> {
     })
 }
 
-fn family_of_pg(type_name: &str) -> Option<Family> {
-    // `timestamp(3) without time zone`, `numeric(12,2)`: the type without its modifier.
-    let base = match (type_name.find('('), type_name.find(')')) {
+/// `timestamp(3) without time zone`, `numeric(12,2)`: the type without its modifier.
+fn without_modifier(type_name: &str) -> String {
+    match (type_name.find('('), type_name.find(')')) {
         (Some(open), Some(close)) if open < close => {
             format!("{}{}", &type_name[..open], &type_name[close + 1..])
+                .trim()
+                .to_string()
         }
         _ => type_name.to_string(),
-    };
-    Some(match base.trim() {
+    }
+}
+
+fn family_of_pg(type_name: &str) -> Option<Family> {
+    Some(match without_modifier(type_name).as_str() {
         "smallint" | "integer" | "bigint" => Family::Integer,
         "numeric" | "real" | "double precision" => Family::Fraction,
         "text" | "character varying" | "character" => Family::Text,
@@ -140,7 +145,10 @@ pub(super) struct TableColumn {
     pub has_default: bool,
 }
 
-/// What the sink writes with: each view column's type in the table, in view order.
+/// What the sink writes with: each view column's type in the table without its
+/// modifier, in view order. The values are cast to it, then stored by the column's own
+/// rules: an explicit cast to `varchar(5)` would cut a longer value short in silence,
+/// where storing it is refused (a dead letter).
 #[derive(Debug, Clone)]
 pub(super) struct Fitted {
     pub column_types: Vec<String>,
@@ -189,7 +197,7 @@ pub(super) fn fit(
                 column.type_name
             ));
         }
-        column_types.push(column.type_name.clone());
+        column_types.push(without_modifier(&column.type_name));
     }
     if let Some(required) = columns.iter().find(|c| {
         c.not_null && !c.has_default && schema.fields().iter().all(|f| *f.name() != c.name)
@@ -450,7 +458,7 @@ mod tests {
             &[vec!["auction".into()]],
         )
         .expect("fits");
-        assert_eq!(fitted.column_types[1], "numeric(12,2)");
+        assert_eq!(fitted.column_types[1..3], ["numeric", "character varying"]);
         // A number fits a text column.
         let mut as_text = columns.clone();
         as_text[1] = column("price", "text");

@@ -33,8 +33,6 @@ pub(super) enum Action {
 pub(super) struct Step {
     pub action: Action,
     pub columns: Vec<ArrayRef>,
-    /// Rows the step writes (for a delete: the keys it removes).
-    pub rows: usize,
 }
 
 /// An epoch's steps, and the rows set apart (their key has a null).
@@ -61,8 +59,7 @@ pub(super) fn plan(changes: &[Change], key: &[usize]) -> Result<Plan, ArrowError
     if key.is_empty() {
         plan.steps.push(Step {
             action: Action::Insert,
-            columns: text_columns(&rows, &(0..rows.num_columns()).collect::<Vec<_>>())?,
-            rows: rows.num_rows(),
+            columns: all_text_columns(&rows)?,
         });
         return Ok(plan);
     }
@@ -166,7 +163,6 @@ impl Plan {
             self.steps.push(Step {
                 action: Action::Delete,
                 columns,
-                rows: removed.num_rows(),
             });
         }
         if present.false_count() > 0 {
@@ -179,8 +175,7 @@ impl Plan {
             let upserted = take_record_batch(rows, &UInt32Array::from(newest))?;
             self.steps.push(Step {
                 action: Action::Upsert,
-                columns: text_columns(&upserted, &(0..upserted.num_columns()).collect::<Vec<_>>())?,
-                rows: upserted.num_rows(),
+                columns: all_text_columns(&upserted)?,
             });
         }
         Ok(())
@@ -194,6 +189,11 @@ fn keyed_rows(rows: &RecordBatch, key: &[usize]) -> Result<BooleanArray, ArrowEr
         keyed = and(&keyed, &is_not_null(rows.column(k))?)?;
     }
     Ok(keyed)
+}
+
+/// Every column of `batch` as text.
+fn all_text_columns(batch: &RecordBatch) -> Result<Vec<ArrayRef>, ArrowError> {
+    text_columns(batch, &(0..batch.num_columns()).collect::<Vec<_>>())
 }
 
 /// Columns `which` of `batch` as text, formatted by Arrow.
@@ -313,7 +313,7 @@ mod tests {
             ChangeKind::Append,
         )];
         let plan = plan(&changes, &[0]).expect("plan");
-        assert_eq!(plan.steps[0].rows, 2);
+        assert_eq!(plan.steps[0].columns[0].len(), 2);
         assert_eq!(plan.null_keys.len(), 1);
         assert_eq!(plan.null_keys[0].num_rows(), 1);
     }
