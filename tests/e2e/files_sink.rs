@@ -281,9 +281,28 @@ async fn files_roll_by_time_or_by_rows() -> Result<()> {
     Ok(())
 }
 
+/// Objects in S3 written with credentials from an AWS profile.
 #[tokio::test]
 async fn objects_in_s3_hold_the_views_rows_and_bad_options_are_refused() -> Result<()> {
-    let (s3, bucket, env) = s3_bucket("lake").await?;
+    let (s3, bucket, _) = s3_bucket("lake").await?;
+    // Credentials and region from a profile in AWS's own files, as `aws configure`
+    // writes them: none in weir's environment.
+    let aws = tempfile::tempdir()?;
+    let (credentials, config) = (aws.path().join("credentials"), aws.path().join("config"));
+    std::fs::write(
+        &credentials,
+        "[lake]\naws_access_key_id = test\naws_secret_access_key = test\n",
+    )?;
+    std::fs::write(&config, "[profile lake]\nregion = us-east-1\n")?;
+    let (credentials, config) = (
+        credentials.display().to_string(),
+        config.display().to_string(),
+    );
+    let env = [
+        ("AWS_SHARED_CREDENTIALS_FILE", credentials.as_str()),
+        ("AWS_CONFIG_FILE", config.as_str()),
+        ("AWS_PROFILE", "lake"),
+    ];
     let weir = Weir::start_with_env(tempfile::tempdir()?, &[], &env).await?;
     weir.exec("CREATE SOURCE s (id BIGINT, dt VARCHAR) WITH (connector = 'http')")
         .await?;

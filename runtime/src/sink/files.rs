@@ -19,7 +19,8 @@ use datafusion::arrow::compute::kernels::cmp::eq;
 use datafusion::arrow::compute::{cast, concat_batches, filter_record_batch, is_null};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::error::ArrowError;
-use object_store::aws::AmazonS3Builder;
+use object_store::CredentialProvider;
+use object_store::aws::{AmazonS3Builder, AwsCredential};
 use object_store::local::LocalFileSystem;
 use object_store::path::{Path, PathPart};
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
@@ -76,9 +77,22 @@ fn store_for(
         if bucket.is_empty() {
             return Err(format!("path {path} names no bucket (s3://bucket/prefix)"));
         }
+        // Credentials and region as every AWS connector finds them: the SDK's default
+        // chain (environment, ~/.aws profiles, SSO, web identity, instance role).
+        let sdk = crate::aws::Endpoint {
+            region: region.map(str::to_string),
+            endpoint: endpoint.map(str::to_string),
+        }
+        .config()?;
         let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
-        if let Some(region) = region {
-            builder = builder.with_region(region);
+        if let Some(region) = sdk.region() {
+            builder = builder.with_region(region.as_ref());
+        }
+        if let Some(provider) = sdk.credentials_provider() {
+            builder = builder.with_credentials(Arc::new(SdkCredentials {
+                provider,
+                cached: parking_lot::Mutex::new(None),
+            }));
         }
         if let Some(endpoint) = endpoint {
             builder = builder
@@ -101,6 +115,41 @@ fn store_for(
     let store = LocalFileSystem::new_with_prefix(dir)
         .map_err(|e| format!("cannot use directory {dir}: {e}"))?;
     Ok((Arc::new(store), Path::default()))
+}
+
+/// S3 credentials from the AWS SDK's chain, kept until five minutes before they expire.
+#[derive(Debug)]
+struct SdkCredentials {
+    provider: aws_credential_types::provider::SharedCredentialsProvider,
+    cached: parking_lot::Mutex<Option<(Arc<AwsCredential>, Option<std::time::SystemTime>)>>,
+}
+
+#[async_trait::async_trait]
+impl CredentialProvider for SdkCredentials {
+    type Credential = AwsCredential;
+
+    async fn get_credential(&self) -> object_store::Result<Arc<AwsCredential>> {
+        use aws_credential_types::provider::ProvideCredentials;
+        let margin = std::time::Duration::from_secs(300);
+        if let Some((credential, expiry)) = self.cached.lock().clone()
+            && expiry.is_none_or(|at| std::time::SystemTime::now() + margin < at)
+        {
+            return Ok(credential);
+        }
+        let found = self.provider.provide_credentials().await.map_err(|e| {
+            object_store::Error::Generic {
+                store: "S3",
+                source: format!("no AWS credentials: {}", crate::aws::describe(&e)).into(),
+            }
+        })?;
+        let credential = Arc::new(AwsCredential {
+            key_id: found.access_key_id().to_string(),
+            secret_key: found.secret_access_key().to_string(),
+            token: found.session_token().map(str::to_string),
+        });
+        *self.cached.lock() = Some((credential.clone(), found.expiry()));
+        Ok(credential)
+    }
 }
 
 /// Remove the files a crash left half-written under `dir`: object_store writes a local
@@ -368,7 +417,7 @@ const OPTIONS: [OptionDoc; 6] = [
         choices: &[],
         required: true,
         default: None,
-        doc: "A local directory (made when missing) or s3://bucket/prefix; S3 credentials from the environment or the instance's role.",
+        doc: "A local directory (made when missing) or s3://bucket/prefix; S3 credentials from the AWS chain (environment, ~/.aws profile, SSO, instance role).",
     },
     OptionDoc {
         name: "endpoint",
@@ -384,7 +433,7 @@ const OPTIONS: [OptionDoc; 6] = [
         choices: &[],
         required: false,
         default: None,
-        doc: "The bucket's region; default: AWS_REGION.",
+        doc: "The bucket's region; default: the AWS chain's (AWS_REGION, the profile).",
     },
     OptionDoc {
         name: "partition_by",
