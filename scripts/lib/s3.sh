@@ -6,6 +6,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/net.sh"
 
 install_moto() {
   MOTO="$WEIR_TOOLS/venv/bin/moto_server"
+  export WEIR_MOTO="$MOTO"
   if [ ! -x "$MOTO" ]; then
     [ -d "$WEIR_TOOLS/venv" ] || python3 -m venv "$WEIR_TOOLS/venv"
     "$WEIR_TOOLS/venv/bin/pip" install --quiet --disable-pip-version-check "moto[server,s3]==5.2.5"

@@ -387,3 +387,105 @@ async fn an_epoch_written_again_after_a_crash_replaces_its_own_files() -> Result
     );
     Ok(())
 }
+
+/// A moto server of the test's own, which it stops and starts again. moto keeps its
+/// objects in memory: a restart starts it empty.
+struct OwnS3 {
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl OwnS3 {
+    async fn start() -> Result<Self> {
+        let mut me = Self {
+            port: crate::kafka::free_port()?,
+            child: None,
+        };
+        me.up().await?;
+        Ok(me)
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Start it, with an empty bucket `lake`.
+    async fn up(&mut self) -> Result<()> {
+        let moto =
+            std::env::var("WEIR_MOTO").context("WEIR_MOTO is not set: run scripts/test.sh")?;
+        let child = std::process::Command::new(moto)
+            .args(["-H", "127.0.0.1", "-p", &self.port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        self.child = Some(child);
+        let http = reqwest::Client::new();
+        for _ in 0..100 {
+            if let Ok(made) = http.put(format!("{}/lake", self.endpoint())).send().await
+                && made.status().is_success()
+            {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        anyhow::bail!("moto did not start on port {}", self.port)
+    }
+
+    fn down(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for OwnS3 {
+    fn drop(&mut self) {
+        let _ = self.down();
+    }
+}
+
+/// With the S3 endpoint down the sink retries while its epochs wait; once the endpoint
+/// is back they are written, each row once. (moto starts again empty, so what is
+/// checked is what waited through the outage.)
+#[tokio::test]
+async fn an_s3_endpoint_down_mid_run_loses_nothing_that_waited() -> Result<()> {
+    let mut s3 = OwnS3::start().await?;
+    let env = [
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("AWS_REGION", "us-east-1"),
+    ];
+    let (weir, _) = checkpointed_ids(&env).await?;
+    weir.exec(&format!(
+        "CREATE SINK out FROM v WITH (connector = 'files', path = 's3://lake/ids', \
+         endpoint = '{}')",
+        s3.endpoint()
+    ))
+    .await?;
+    ensure!(weir.post_records("s", ids(0..20)).await?.0 == 200);
+    wait_delivered(&weir, "out").await?;
+    s3.down()?;
+    ensure!(weir.post_records("s", ids(20..50)).await?.0 == 200);
+    let retrying = weir
+        .wait_for("the sink to retry", Duration::from_secs(60), || async {
+            let s = weir.get("/api/v1/sinks/out").await?;
+            Ok((s["status"] == "retrying").then_some(s))
+        })
+        .await?;
+    ensure!(retrying["rows_pending"] == 30, "{retrying}");
+    s3.up().await?;
+    wait_delivered(&weir, "out").await?;
+    let files = s3_files(&s3_store(&s3.endpoint(), "lake")?, "ids").await?;
+    let mut written = Vec::new();
+    for (_, batches) in &files {
+        written.extend(ints(batches, "id")?);
+    }
+    written.sort_unstable();
+    ensure!(
+        written == (20..50).collect::<Vec<_>>(),
+        "the rows that waited, once each: {written:?}"
+    );
+    Ok(())
+}
