@@ -489,3 +489,50 @@ async fn an_s3_endpoint_down_mid_run_loses_nothing_that_waited() -> Result<()> {
     );
     Ok(())
 }
+
+/// A sink whose directory cannot be made when weir restarts still comes back, its
+/// backlog kept: it retries, and once the directory can be made, writes what waited.
+#[tokio::test]
+async fn a_sink_whose_store_is_unusable_at_a_restart_keeps_its_backlog() -> Result<()> {
+    let (weir, config) = checkpointed_ids(&[]).await?;
+    let dir = tempfile::tempdir()?;
+    let out = dir.path().join("out");
+    weir.exec(&format!(
+        "CREATE SINK out FROM v WITH (connector = 'files', path = '{}')",
+        out.display()
+    ))
+    .await?;
+    ensure!(weir.post_records("s", ids(0..10)).await?.0 == 200);
+    wait_delivered(&weir, "out").await?;
+    // The directory goes, a file takes its name, and 10 more rows wait for the sink.
+    std::fs::remove_dir_all(&out)?;
+    std::fs::write(&out, b"in the way")?;
+    ensure!(weir.post_records("s", ids(10..20)).await?.0 == 200);
+    weir.wait_for("the sink to retry", Duration::from_secs(60), || async {
+        let s = weir.get("/api/v1/sinks/out").await?;
+        Ok((s["status"] == "retrying" && s["rows_pending"] == 10).then_some(()))
+    })
+    .await?;
+    let newest = |c: serde_json::Value| c["checkpoints"][0]["epoch"].as_u64().unwrap_or(0);
+    let seen = newest(weir.get("/api/v1/checkpoints").await?);
+    weir.wait_for("a newer checkpoint", Duration::from_secs(30), || async {
+        Ok((newest(weir.get("/api/v1/checkpoints").await?) > seen).then_some(()))
+    })
+    .await?;
+    let data = weir.kill().await?;
+    let weir = Weir::start_in(data, &["--config", &config]).await?;
+    let status = weir.get("/api/v1/sinks/out").await?;
+    ensure!(
+        status["rows_pending"] == 10,
+        "restored with its backlog: {status}"
+    );
+    std::fs::remove_file(&out)?;
+    wait_delivered(&weir, "out").await?;
+    let mut written = Vec::new();
+    for (_, batches) in local_files(&out)? {
+        written.extend(ints(&batches, "id")?);
+    }
+    written.sort_unstable();
+    ensure!(written == (10..20).collect::<Vec<_>>(), "{written:?}");
+    Ok(())
+}

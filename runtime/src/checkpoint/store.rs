@@ -172,16 +172,27 @@ impl OutboxEntry {
             .spilled
             .into_iter()
             .map(|f| {
+                // Only a place under the data dir: the file is removed once delivered.
+                let place = Path::new(&f.file);
+                if place
+                    .components()
+                    .any(|c| !matches!(c, std::path::Component::Normal(_)))
+                {
+                    return Err(Error::Internal(format!(
+                        "sink {} names a spilled file outside the data dir: {}",
+                        self.sink, f.file
+                    )));
+                }
                 let spilled = Spilled {
-                    file: data_dir.join(&f.file),
+                    file: data_dir.join(place),
                     codes: f.codes,
                     rows: f.rows,
                     bytes: f.bytes,
                     sha256: f.sha256,
                 };
-                (f.epoch, spilled)
+                Ok((f.epoch, spilled))
             })
-            .collect();
+            .collect::<Result<_>>()?;
         Ok(Outbox {
             sink: self.sink,
             sql: self.sql,
@@ -755,6 +766,21 @@ mod tests {
         };
         assert_eq!(outbox.spilled, [(6, expected)]);
         assert_eq!(outbox.epochs.len(), 2, "and the epochs held in memory");
+        // A manifest naming a file outside the data dir is damaged.
+        let manifest = moved
+            .path()
+            .join("checkpoints")
+            .join(format!("{:020}", 1))
+            .join(MANIFEST);
+        let text = std::fs::read_to_string(&manifest).expect("manifest");
+        std::fs::write(
+            &manifest,
+            text.replace("sinks/k.spill/e6.arrow", "../e6.arrow"),
+        )
+        .expect("write");
+        let store = CheckpointStore::open(Some(moved.path()), 2);
+        assert!(store.restore().expect("reads").is_none());
+        assert!(store.warnings()[0].contains("outside the data dir"));
     }
 
     #[test]

@@ -110,10 +110,12 @@ impl Engine {
         let Some((_, sink)) = self.inner.sinks.remove(name) else {
             return missing(if_exists, format!("no sink named {name}"));
         };
-        sink.stop(true);
+        // Detached first: no checkpoint seals (and spills) its changes after its spill
+        // directory is removed.
         if let Some(view) = self.inner.views.get(&sink.view) {
             view.detach_sink(name);
         }
+        sink.stop(true);
         self.forget_sink_metrics(name);
         Ok(SqlOutput::Done {
             message: format!("sink {name} dropped"),

@@ -87,7 +87,9 @@ fn kind_of(data_type: &DataType) -> Option<Kind> {
 pub struct DynamoDbSink {
     name: String,
     table: String,
-    client: Client,
+    /// Made when the sink is, or at its first delivery after a restart that could not.
+    client: Option<Client>,
+    endpoint: Endpoint,
     schema: SchemaRef,
     kinds: Vec<Kind>,
     /// The key columns: partition, then sort.
@@ -138,16 +140,25 @@ pub fn open(def: &SinkDef) -> Result<Box<dyn Sink>> {
     if let Some(sort) = options.sort_key.as_deref() {
         key.push(column("sort_key", sort.trim())?);
     }
-    let config = Endpoint {
+    let endpoint = Endpoint {
         region: options.region,
         endpoint: options.endpoint,
-    }
-    .config()
-    .map_err(bad)?;
+    };
+    // A sink restored after a restart starts all the same (its backlog kept) and makes
+    // its client at its first delivery.
+    let client = match endpoint.config() {
+        Ok(config) => Some(Client::new(&config)),
+        Err(e) if def.restoring => {
+            tracing::warn!(sink = name, "{e}; tried again at the first delivery");
+            None
+        }
+        Err(e) => return Err(bad(e)),
+    };
     let mut sink = DynamoDbSink {
         name: name.to_string(),
         table,
-        client: Client::new(&config),
+        client,
+        endpoint,
         schema: def.schema.clone(),
         kinds,
         key,
@@ -182,7 +193,14 @@ impl DynamoDbSink {
         if self.checked {
             return Ok(());
         }
-        let (client, table) = (self.client.clone(), self.table.clone());
+        let client = match &self.client {
+            Some(client) => client.clone(),
+            None => {
+                let config = self.endpoint.config().map_err(Check::Misfit)?;
+                self.client.insert(Client::new(&config)).clone()
+            }
+        };
+        let table = self.table.clone();
         let described =
             block_on(async move { client.describe_table().table_name(table).send().await });
         let described = match described {
@@ -532,7 +550,8 @@ impl Sink for DynamoDbSink {
             }
         }
         let n = requests.len() as u64;
-        let (client, table) = (self.client.clone(), self.table.clone());
+        let client = self.client.clone().ok_or("no client")?;
+        let table = self.table.clone();
         // A large epoch on a table of little capacity takes long: the wait grows with it.
         let deadline = Instant::now() + EPOCH_WAIT + PER_ITEM_WAIT * n as u32;
         let retried = block_on(async move { write_all(&client, &table, requests, deadline).await })

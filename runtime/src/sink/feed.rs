@@ -522,8 +522,10 @@ impl SinkFeed {
         (s.failed.is_none() && !s.sealed.iter().any(|e| e.epoch <= durable)).then_some(durable)
     }
 
-    /// The sink holds `epoch` and every one before it: forget them.
-    pub fn delivered(&self, epoch: u64) {
+    /// The sink holds `epoch` and every one before it: forget them, and remove their
+    /// spilled files when `remove_files` (not while a restart may still offer them
+    /// again: the delivery could not be recorded).
+    pub fn delivered(&self, epoch: u64, remove_files: bool) {
         let mut s = self.state.lock();
         while s.sealed.front().is_some_and(|e| e.epoch <= epoch) {
             let Some(e) = s.sealed.pop_front() else { break };
@@ -532,7 +534,9 @@ impl SinkFeed {
                 Held::Memory(changes) => s.rows_in_memory -= rows(changes),
                 Held::Spilled(f) => {
                     s.spilled_bytes -= f.bytes;
-                    spill::remove(f);
+                    if remove_files {
+                        spill::remove(f);
+                    }
                 }
             }
         }
@@ -627,7 +631,7 @@ mod tests {
         assert!(feed.next_ready(3, NOW).is_none(), "epoch 4 is not durable");
         // Until delivered, every checkpoint holds both epochs.
         assert_eq!(feed.seal(5).epochs.len(), 2);
-        feed.delivered(3);
+        feed.delivered(3, true);
         assert_eq!(feed.rows_pending(), 1);
         assert_eq!(
             feed.seal(6)
@@ -640,7 +644,7 @@ mod tests {
         feed.durable(5);
         assert_eq!(feed.settled(), None, "epoch 4 waits");
         assert_eq!(feed.next_ready(3, NOW).expect("epoch 4").0, 4);
-        feed.delivered(4);
+        feed.delivered(4, true);
         assert_eq!(feed.settled(), Some(5));
     }
 
@@ -822,15 +826,19 @@ mod tests {
             (restored.rows_pending(), restored.spilled_bytes() > 0),
             (6, true)
         );
-        restored.delivered(1);
+        restored.delivered(1, true);
         let (_, again) = restored.next_ready(1, NOW).expect("epoch 2");
         assert_eq!(values(&again), values(&changes));
-        restored.delivered(2);
+        // Delivered, but not recorded: a restart offers it again, so its file stays.
+        restored.delivered(2, false);
+        assert_eq!(files(&spill_dir).len(), 1);
+        assert_eq!((restored.rows_pending(), restored.spilled_bytes()), (0, 0));
+        let recorded = SinkFeed::restored(feed.seal(3), 3);
+        recorded.delivered(2, true);
         assert!(
             files(&spill_dir).is_empty(),
             "a delivered epoch's file is removed"
         );
-        assert_eq!((restored.rows_pending(), restored.spilled_bytes()), (0, 0));
     }
 
     #[test]

@@ -54,11 +54,13 @@ struct FilesSinkOptions {
 
 /// A files sink.
 pub struct FilesSink {
-    store: Arc<dyn ObjectStore>,
-    /// Where the files go inside the store.
-    prefix: Path,
-    /// Shown in errors: the `path` option.
+    /// The store, and where the files go inside it; made at the first delivery when it
+    /// could not be at a restart (the sink must start all the same, its backlog kept).
+    store: Option<(Arc<dyn ObjectStore>, Path)>,
+    /// The `path` option (shown in errors), and `endpoint` and `region`.
     shown: String,
+    endpoint: Option<String>,
+    region: Option<String>,
     schema: SchemaRef,
     partition: Option<usize>,
     max_rows: usize,
@@ -213,16 +215,23 @@ pub fn open(def: &SinkDef) -> Result<Box<dyn Sink>> {
             "the view's columns cannot be written as Parquet: {e}"
         ))
     })?;
-    let (store, prefix) = store_for(
+    let store = match store_for(
         &path,
         options.endpoint.as_deref(),
         options.region.as_deref(),
-    )
-    .map_err(bad)?;
+    ) {
+        Ok(store) => Some(store),
+        Err(e) if def.restoring => {
+            tracing::warn!(sink = name, "{e}; tried again at the first delivery");
+            None
+        }
+        Err(e) => return Err(bad(e)),
+    };
     Ok(Box::new(FilesSink {
         store,
-        prefix,
         shown: path,
+        endpoint: options.endpoint,
+        region: options.region,
         schema: def.schema.clone(),
         partition,
         max_rows,
@@ -292,6 +301,7 @@ impl FilesSink {
     /// The epoch's files: (name, Parquet bytes, rows).
     fn files(
         &self,
+        prefix: &Path,
         to_write: &EpochChanges<'_>,
     ) -> std::result::Result<Vec<(Path, Vec<u8>, usize)>, String> {
         let rows: Vec<RecordBatch> = to_write
@@ -321,13 +331,7 @@ impl FilesSink {
                 let partition = column.map(|c| (c, value.as_deref()));
                 let n = offset / self.max_rows;
                 files.push((
-                    file_path(
-                        &self.prefix,
-                        partition,
-                        to_write.lineage,
-                        to_write.first_epoch,
-                        n,
-                    ),
+                    file_path(prefix, partition, to_write.lineage, to_write.first_epoch, n),
                     bytes,
                     len,
                 ));
@@ -350,11 +354,21 @@ impl Sink for FilesSink {
 
     fn deliver(&mut self, to_write: &EpochChanges<'_>) -> std::result::Result<u64, String> {
         let epoch = to_write.epoch;
+        let (store, prefix) = match &self.store {
+            Some(store) => store.clone(),
+            None => {
+                let made = store_for(
+                    &self.shown,
+                    self.endpoint.as_deref(),
+                    self.region.as_deref(),
+                )?;
+                self.store.insert(made).clone()
+            }
+        };
         let files = self
-            .files(to_write)
+            .files(&prefix, to_write)
             .map_err(|e| format!("epoch {epoch}: cannot write Parquet: {e}"))?;
         let rows: usize = files.iter().map(|(_, _, n)| n).sum();
-        let store = self.store.clone();
         // Each put is atomic: the object (or the renamed local file) appears whole.
         block_on(async move {
             for (path, bytes, _) in files {

@@ -318,7 +318,7 @@ impl SinkRuntime {
             }
         }
         // Epochs delivered before the restart are not written again.
-        feed.delivered(delivered);
+        feed.delivered(delivered, true);
         // A failure the checkpoint held.
         failed = failed.or_else(|| feed.failed());
         Ok(Self {
@@ -387,12 +387,14 @@ impl SinkRuntime {
                     crate::failpoint::crash_point("sink-delivered");
                     self.messages.inc_by(messages);
                     *self.delivering.lock() = None;
-                    if let Err(e) = self.save(epoch, None) {
+                    let saved = self.save(epoch, None);
+                    if let Err(e) = &saved {
                         // Delivered all the same: a restart writes this epoch again, with
-                        // the same weir-epoch and weir-seq headers.
+                        // the same weir-epoch and weir-seq headers (so its spilled file,
+                        // if any, stays for it).
                         tracing::warn!(sink = %self.name, error = %e, "cannot record the delivered epoch");
                     }
-                    self.feed.delivered(epoch);
+                    self.feed.delivered(epoch, saved.is_ok());
                     self.epochs_delivered.fetch_add(1, Ordering::Relaxed);
                     let warning = sink.warning();
                     let mut shown = self.warning.lock();
