@@ -484,6 +484,12 @@ async fn a_sink_behind_its_memory_limit_spills_to_disk_through_a_kill_and_catche
         std::fs::read_dir(&spill_dir)?.count() == 0,
         "delivered epochs' files are removed"
     );
+    ensure!(
+        weir.metrics().await?.lines().any(|l| l
+            .starts_with("weir_sink_delivered_epoch{sink=\"out\"} ")
+            && !l.ends_with(" 0")),
+        "the delivered epoch in /metrics"
+    );
     let written: Vec<i64> = connect(&url)
         .await?
         .query("SELECT id FROM ids ORDER BY id", &[])
@@ -495,6 +501,11 @@ async fn a_sink_behind_its_memory_limit_spills_to_disk_through_a_kill_and_catche
         written == (0..700).collect::<Vec<i64>>(),
         "every id once: {} rows",
         written.len()
+    );
+    weir.exec("DROP SINK out").await?;
+    ensure!(
+        !spill_dir.exists(),
+        "a dropped sink's spill directory is removed"
     );
     Ok(())
 }
