@@ -25,4 +25,9 @@ trap 'stop_postgres; stop_redis; stop_aws_endpoints; rm -rf "$WORK"' EXIT
 start_postgres "$WORK"
 start_redis "$WORK"
 start_dynamodb "$WORK"
-python3 scripts/bench_sinks.py "$ROWS" "$@"
+# pyarrow, for the files baseline, in the tools venv (installed once).
+source scripts/lib/s3.sh
+install_moto > /dev/null
+"$WEIR_TOOLS/venv/bin/python" -c 'import pyarrow' 2>/dev/null \
+  || "$WEIR_TOOLS/venv/bin/pip" install --quiet --disable-pip-version-check "pyarrow==21.0.0"
+"$WEIR_TOOLS/venv/bin/python" scripts/bench_sinks.py "$ROWS" "$@"

@@ -11,8 +11,10 @@ For each store, two figures:
 - q5-like: an updating view (count and max price per auction, 10,000 auctions) and its
   sink made together over the same file; timed from CREATE VIEW until the file is read
   and the sink has delivered every change; reported as input rows/s and rows written/s.
-And the store's own bulk load of the same N rows, where the store has one: PostgreSQL
-COPY from a CSV file, `redis-cli --pipe` of N SETs.
+And the store's own bulk load of the same N rows: PostgreSQL COPY from a CSV file,
+`redis-cli --pipe` of N SETs, pyarrow writing the rows as one Snappy Parquet file (when
+pyarrow is importable: bench-sinks.sh installs it in the tools venv), and a plain
+DynamoDB client's BatchWriteItem calls (25 items each, 8 at once, as the sink makes them).
 """
 
 import json
@@ -176,27 +178,68 @@ def files():
     with tempfile.TemporaryDirectory() as out:
         append("files", f"connector = 'files', path = '{out}/append'", N)
         q5_like("files", f"connector = 'files', path = '{out}/q5'", N)
+        try:
+            import pyarrow
+            import pyarrow.parquet
+        except ImportError:
+            print("files      (pyarrow is not installed: no baseline)", flush=True)
+            return
+        start = time.time()
+        table = pyarrow.table({
+            "id": list(range(N)),
+            "auction": [i % AUCTIONS for i in range(N)],
+            "price": [i * 7 % 10_000 for i in range(N)],
+            "ts": [1_700_000_000_000 + i for i in range(N)],
+        })
+        pyarrow.parquet.write_table(table, f"{out}/pyarrow.parquet", compression="snappy")
+        seconds = time.time() - start
+        print(f"{'files':10} {'pyarrow':8} {N:>9,} rows in {seconds:7.2f} s = {N / seconds:>10,.0f} rows/s  (the store's own bulk load)", flush=True)
 
 
-def dynamodb_table(endpoint, table, key):
-    body = {
-        "TableName": table,
-        "KeySchema": [{"AttributeName": key, "KeyType": "HASH"}],
-        "AttributeDefinitions": [{"AttributeName": key, "AttributeType": "N"}],
-        "BillingMode": "PAY_PER_REQUEST",
-    }
+def dynamodb_call(endpoint, target, body):
+    """One call of DynamoDB's JSON protocol (dynalite does not check signatures)."""
     request = urllib.request.Request(
         endpoint,
         data=json.dumps(body).encode(),
         headers={
             "content-type": "application/x-amz-json-1.0",
-            "x-amz-target": "DynamoDB_20120810.CreateTable",
+            "x-amz-target": f"DynamoDB_20120810.{target}",
             "x-amz-date": "20260101T000000Z",
             "authorization": "AWS4-HMAC-SHA256 Credential=bench/20260101/us-east-1/dynamodb/aws4_request, SignedHeaders=host, Signature=0",
         },
     )
-    urllib.request.urlopen(request).read()
+    return json.load(urllib.request.urlopen(request))
+
+
+def dynamodb_table(endpoint, table, key):
+    dynamodb_call(endpoint, "CreateTable", {
+        "TableName": table,
+        "KeySchema": [{"AttributeName": key, "KeyType": "HASH"}],
+        "AttributeDefinitions": [{"AttributeName": key, "AttributeType": "N"}],
+        "BillingMode": "PAY_PER_REQUEST",
+    })
     time.sleep(0.5)
+
+
+def dynamodb_batch_writes(endpoint, table, n):
+    """A plain client writing the same rows: BatchWriteItem of 25 items, 8 calls at once,
+    unprocessed items sent again."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def write(first):
+        items = [{"PutRequest": {"Item": {
+            "id": {"N": str(i)}, "auction": {"N": str(i % AUCTIONS)},
+            "price": {"N": str(i * 7 % 10_000)}, "ts": {"N": str(1_700_000_000_000 + i)},
+        }}} for i in range(first, min(first + 25, n))]
+        while items:
+            answer = dynamodb_call(endpoint, "BatchWriteItem", {"RequestItems": {table: items}})
+            items = answer.get("UnprocessedItems", {}).get(table, [])
+
+    start = time.time()
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(write, range(0, n, 25)))
+    seconds = time.time() - start
+    print(f"{'dynamodb':10} {'client':8} {n:>9,} rows in {seconds:7.2f} s = {n / seconds:>10,.0f} rows/s  (a plain client's BatchWriteItem)", flush=True)
 
 
 def dynamodb():
@@ -207,6 +250,8 @@ def dynamodb():
     dynamodb_table(endpoint, f"q5{stamp}", "auction")
     append("dynamodb", f"connector = 'dynamodb', endpoint = '{endpoint}', table = 'append{stamp}', partition_key = 'id'", N_DYNAMO, env)
     q5_like("dynamodb", f"connector = 'dynamodb', endpoint = '{endpoint}', table = 'q5{stamp}', partition_key = 'auction'", N_DYNAMO, env)
+    dynamodb_table(endpoint, f"client{stamp}", "id")
+    dynamodb_batch_writes(endpoint, f"client{stamp}", N_DYNAMO)
 
 
 if __name__ == "__main__":
