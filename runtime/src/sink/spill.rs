@@ -81,9 +81,11 @@ pub(crate) fn read(spilled: &Spilled) -> crate::Result<Vec<Change>> {
 /// Remove the files in `dir` that `keep` does not name (epochs spilled before a crash
 /// that no checkpoint took, or delivered ones whose removal a crash cut off).
 pub(crate) fn remove_others(dir: &Path, keep: &[&Path]) {
+    // By name: `keep` came from a checkpoint, which may spell the data dir otherwise.
+    let kept: Vec<_> = keep.iter().filter_map(|p| p.file_name()).collect();
     for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let path = entry.path();
-        if !keep.contains(&path.as_path())
+        if !kept.contains(&entry.file_name().as_os_str())
             && let Err(e) = std::fs::remove_file(&path)
         {
             tracing::warn!(file = %path.display(), error = %e, "cannot remove a spilled epoch");
