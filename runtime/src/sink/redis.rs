@@ -7,7 +7,7 @@
 //! before the record) leaves the same keys: the keys end as the view's rows. See
 //! docs/CONNECTORS.md.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -257,16 +257,18 @@ impl RedisSink {
     }
 
     /// The epoch's commands, the rows they store, and the rows that have no key (a
-    /// column of it is null).
+    /// column of it is null). The epoch is folded by key first: each key's last change
+    /// wins, so a key is stored once with its newest row, or deleted once when its last
+    /// change removed it, however often the epoch changed it.
     fn commands(
         &self,
         to_write: &EpochChanges<'_>,
     ) -> std::result::Result<(redis::Pipeline, u64, Vec<RecordBatch>), ArrowError> {
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        let mut written = 0;
         let mut keyless = Vec::new();
-        for change in to_write.changes {
+        let mut keys_of: Vec<Vec<Option<String>>> = Vec::with_capacity(to_write.changes.len());
+        // Each key's last change: (the change, its row; none when it left).
+        let mut last: HashMap<String, (usize, Option<usize>)> = HashMap::new();
+        for (c, change) in to_write.changes.iter().enumerate() {
             let keys = self.keys(&change.rows)?;
             if keys.iter().any(Option::is_none) {
                 let none: BooleanArray = keys.iter().map(|k| Some(k.is_none())).collect();
@@ -277,11 +279,38 @@ impl RedisSink {
                 let kept: HashSet<&str> = keys.iter().flatten().map(String::as_str).collect();
                 for key in self.keys(replaced)?.into_iter().flatten() {
                     if !kept.contains(key.as_str()) {
-                        pipe.cmd("DEL").arg(key).ignore();
+                        last.insert(key, (c, None));
                     }
                 }
             }
-            written += self.store(&mut pipe, &change.rows, &keys)?;
+            for (r, key) in keys.iter().enumerate() {
+                if let Some(key) = key {
+                    last.insert(key.clone(), (c, Some(r)));
+                }
+            }
+            keys_of.push(keys);
+        }
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for (key, (_, row)) in &last {
+            if row.is_none() {
+                pipe.cmd("DEL").arg(key).ignore();
+            }
+        }
+        let mut written = 0;
+        for (c, (change, mut keys)) in to_write.changes.iter().zip(keys_of).enumerate() {
+            // Only the rows that are their key's last change.
+            for (r, key) in keys.iter_mut().enumerate() {
+                if key
+                    .as_ref()
+                    .is_some_and(|k| last.get(k) != Some(&(c, Some(r))))
+                {
+                    *key = None;
+                }
+            }
+            if keys.iter().any(Option::is_some) {
+                written += self.store(&mut pipe, &change.rows, &keys)?;
+            }
         }
         Ok((pipe, written, keyless))
     }
@@ -412,6 +441,7 @@ mod tests {
     use datafusion::arrow::datatypes::{Field, Schema};
 
     use super::*;
+    use crate::sink::feed::Change;
 
     fn schema() -> SchemaRef {
         Arc::new(Schema::new(vec![
@@ -461,6 +491,72 @@ mod tests {
         assert_eq!(
             sink.keys(&rows).expect("keys"),
             vec![Some("a:1/7".to_string()), None, Some("a:3/9".to_string()),]
+        );
+    }
+
+    #[test]
+    fn an_epoch_is_folded_to_one_write_of_each_key_it_changed() {
+        let sink = RedisSink {
+            name: "r".into(),
+            view: "v".into(),
+            source: "s".into(),
+            dead_letters: Arc::new(DeadLetterStore::open(None, 10).expect("store")),
+            refused_epoch: 0,
+            client: redis::Client::open("redis://127.0.0.1:1/").expect("client"),
+            connection: None,
+            template: parse_template("a:{auction}", &schema()).expect("template"),
+            value: ValueKind::Json,
+            ttl: None,
+        };
+        let rows = |auctions: &[i64], n: &[i64]| {
+            RecordBatch::try_new(
+                schema(),
+                vec![
+                    Arc::new(Int64Array::from(auctions.to_vec())),
+                    Arc::new(Int64Array::from(n.to_vec())),
+                ],
+            )
+            .expect("batch")
+        };
+        let changes = [
+            Change::new(rows(&[1, 2], &[1, 1]), ChangeKind::Snapshot),
+            // Auction 1 leaves, 2 changes.
+            Change {
+                replaced: Some(rows(&[1, 2], &[1, 1])),
+                ..Change::new(rows(&[2], &[2]), ChangeKind::Update)
+            },
+            // 2 changes again, 3 comes.
+            Change::new(rows(&[2, 3], &[3, 1]), ChangeKind::Update),
+        ];
+        let epoch = EpochChanges {
+            epoch: 1,
+            first_epoch: 1,
+            lineage: "l",
+            changes: &changes,
+        };
+        let (pipe, written, keyless) = sink.commands(&epoch).expect("commands");
+        assert!(keyless.is_empty());
+        assert_eq!(written, 2, "auctions 2 and 3, once each");
+        let mut commands: Vec<String> = pipe
+            .cmd_iter()
+            .map(|c| {
+                c.args_iter()
+                    .map(|a| match a {
+                        redis::Arg::Simple(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+                        redis::Arg::Cursor => "?".into(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .collect();
+        commands.sort();
+        assert_eq!(
+            commands,
+            [
+                "DEL a:1",
+                r#"SET a:2 {"auction":2,"n":3}"#,
+                r#"SET a:3 {"auction":3,"n":1}"#,
+            ]
         );
     }
 }
