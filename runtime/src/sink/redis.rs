@@ -199,7 +199,7 @@ impl RedisSink {
         &self,
         pipe: &mut redis::Pipeline,
         rows: &RecordBatch,
-        keys: &[Option<String>],
+        keys: &[Option<&str>],
     ) -> std::result::Result<u64, ArrowError> {
         let mut written = 0;
         match self.value {
@@ -257,57 +257,71 @@ impl RedisSink {
     }
 
     /// The epoch's commands, the rows they store, and the rows that have no key (a
-    /// column of it is null). The epoch is folded by key first: each key's last change
-    /// wins, so a key is stored once with its newest row, or deleted once when its last
-    /// change removed it, however often the epoch changed it.
+    /// column of it is null). An epoch with updates is folded by key first: each key's
+    /// last change wins, so a key is stored once with its newest row, or deleted once
+    /// when its last change removed it, however often the epoch changed it. Appends are
+    /// written in order (a later row of a key replaces an earlier one all the same).
     fn commands(
         &self,
         to_write: &EpochChanges<'_>,
     ) -> std::result::Result<(redis::Pipeline, u64, Vec<RecordBatch>), ArrowError> {
+        let changes = to_write.changes;
         let mut keyless = Vec::new();
-        let mut keys_of: Vec<Vec<Option<String>>> = Vec::with_capacity(to_write.changes.len());
-        // Each key's last change: (the change, its row; none when it left).
-        let mut last: HashMap<String, (usize, Option<usize>)> = HashMap::new();
-        for (c, change) in to_write.changes.iter().enumerate() {
-            let keys = self.keys(&change.rows)?;
+        let keys_of: Vec<Vec<Option<String>>> = changes
+            .iter()
+            .map(|c| self.keys(&c.rows))
+            .collect::<std::result::Result<_, _>>()?;
+        for (change, keys) in changes.iter().zip(&keys_of) {
             if keys.iter().any(Option::is_none) {
                 let none: BooleanArray = keys.iter().map(|k| Some(k.is_none())).collect();
                 keyless.push(filter_record_batch(&change.rows, &none)?);
             }
+        }
+        // Keys whose rows left the view: replaced, and no new row of the change has them.
+        let mut gone_of: Vec<Vec<String>> = Vec::with_capacity(changes.len());
+        for (change, keys) in changes.iter().zip(&keys_of) {
+            let mut gone = Vec::new();
             if let (Some(replaced), ChangeKind::Update) = (&change.replaced, change.kind) {
-                // Keys whose rows left the view: replaced, and no new row has them.
                 let kept: HashSet<&str> = keys.iter().flatten().map(String::as_str).collect();
-                for key in self.keys(replaced)?.into_iter().flatten() {
-                    if !kept.contains(key.as_str()) {
-                        last.insert(key, (c, None));
-                    }
-                }
+                gone = self.keys(replaced)?.into_iter().flatten().collect();
+                gone.retain(|k| !kept.contains(k.as_str()));
             }
-            for (r, key) in keys.iter().enumerate() {
-                if let Some(key) = key {
-                    last.insert(key.clone(), (c, Some(r)));
-                }
-            }
-            keys_of.push(keys);
+            gone_of.push(gone);
         }
         let mut pipe = redis::pipe();
         pipe.atomic();
-        for (key, (_, row)) in &last {
-            if row.is_none() {
-                pipe.cmd("DEL").arg(key).ignore();
-            }
-        }
         let mut written = 0;
-        for (c, (change, mut keys)) in to_write.changes.iter().zip(keys_of).enumerate() {
-            // Only the rows that are their key's last change.
-            for (r, key) in keys.iter_mut().enumerate() {
-                if key
-                    .as_ref()
-                    .is_some_and(|k| last.get(k) != Some(&(c, Some(r))))
-                {
-                    *key = None;
+        if !changes.iter().any(|c| c.kind == ChangeKind::Update) {
+            for (change, keys) in changes.iter().zip(&keys_of) {
+                let keys: Vec<Option<&str>> = keys.iter().map(Option::as_deref).collect();
+                written += self.store(&mut pipe, &change.rows, &keys)?;
+            }
+            return Ok((pipe, written, keyless));
+        }
+        // Each key's last change: (the change, its row; none when it left).
+        let mut last: HashMap<&str, (usize, Option<usize>)> = HashMap::new();
+        for (c, (keys, gone)) in keys_of.iter().zip(&gone_of).enumerate() {
+            for key in gone {
+                last.insert(key, (c, None));
+            }
+            for (r, key) in keys.iter().enumerate() {
+                if let Some(key) = key {
+                    last.insert(key, (c, Some(r)));
                 }
             }
+        }
+        for (key, (_, row)) in &last {
+            if row.is_none() {
+                pipe.cmd("DEL").arg(*key).ignore();
+            }
+        }
+        for (c, (change, keys)) in changes.iter().zip(&keys_of).enumerate() {
+            // Only the rows that are their key's last change.
+            let keys: Vec<Option<&str>> = keys
+                .iter()
+                .enumerate()
+                .map(|(r, k)| k.as_deref().filter(|k| last.get(k) == Some(&(c, Some(r)))))
+                .collect();
             if keys.iter().any(Option::is_some) {
                 written += self.store(&mut pipe, &change.rows, &keys)?;
             }
