@@ -541,6 +541,12 @@ mod tests {
             },
             // 2 changes again, 3 comes.
             Change::new(rows(&[2, 3], &[3, 1]), ChangeKind::Update),
+            // 3 leaves and comes back.
+            Change {
+                replaced: Some(rows(&[3], &[1])),
+                ..Change::new(rows(&[], &[]), ChangeKind::Update)
+            },
+            Change::new(rows(&[3], &[2]), ChangeKind::Update),
         ];
         let epoch = EpochChanges {
             epoch: 1,
@@ -569,7 +575,7 @@ mod tests {
             [
                 "DEL a:1",
                 r#"SET a:2 {"auction":2,"n":3}"#,
-                r#"SET a:3 {"auction":3,"n":1}"#,
+                r#"SET a:3 {"auction":3,"n":2}"#,
             ]
         );
     }
