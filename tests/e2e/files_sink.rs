@@ -513,12 +513,7 @@ async fn a_sink_whose_store_is_unusable_at_a_restart_keeps_its_backlog() -> Resu
         Ok((s["status"] == "retrying" && s["rows_pending"] == 10).then_some(()))
     })
     .await?;
-    let newest = |c: serde_json::Value| c["checkpoints"][0]["epoch"].as_u64().unwrap_or(0);
-    let seen = newest(weir.get("/api/v1/checkpoints").await?);
-    weir.wait_for("a newer checkpoint", Duration::from_secs(30), || async {
-        Ok((newest(weir.get("/api/v1/checkpoints").await?) > seen).then_some(()))
-    })
-    .await?;
+    crate::sink_runs::a_newer_checkpoint(&weir).await?;
     let data = weir.kill().await?;
     let weir = Weir::start_in(data, &["--config", &config]).await?;
     let status = weir.get("/api/v1/sinks/out").await?;

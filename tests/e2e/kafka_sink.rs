@@ -779,14 +779,7 @@ async fn a_sink_dead_letters_a_message_too_large_and_fails_past_its_pending_limi
     );
     ensure!(view_rows(&weir, "v").await?.len() == 20, "the view serves");
     // Once a checkpoint after the failure is written, the failure outlives a crash.
-    let newest = |c: Value| c["checkpoints"][0]["epoch"].as_u64().unwrap_or(0);
-    let seen = newest(weir.get("/api/v1/checkpoints").await?);
-    weir.wait_for(
-        "a checkpoint after the failure",
-        Duration::from_secs(30),
-        || async { Ok((newest(weir.get("/api/v1/checkpoints").await?) > seen).then_some(())) },
-    )
-    .await?;
+    crate::sink_runs::a_newer_checkpoint(&weir).await?;
     // A dropped sink stays dropped: DROP SINK is durable DDL.
     weir.exec(&format!(
         "CREATE SINK gone FROM v WITH (connector = 'kafka', brokers = '{b}', topic = '{topic}')"

@@ -464,12 +464,7 @@ async fn a_sink_behind_its_memory_limit_spills_to_disk_through_a_kill_and_catche
         "the spilled bytes in /metrics"
     );
     // A checkpoint after the last spill, then a crash with the server still down.
-    let newest = |c: Value| c["checkpoints"][0]["epoch"].as_u64().unwrap_or(0);
-    let seen = newest(weir.get("/api/v1/checkpoints").await?);
-    weir.wait_for("a newer checkpoint", Duration::from_secs(30), || async {
-        Ok((newest(weir.get("/api/v1/checkpoints").await?) > seen).then_some(()))
-    })
-    .await?;
+    crate::sink_runs::a_newer_checkpoint(&weir).await?;
     let dir = weir.kill().await?;
     let weir = Weir::start_in(dir, &["--config", &config]).await?;
     let restored = weir.get("/api/v1/sinks/out").await?;

@@ -211,3 +211,13 @@ pub(crate) async fn crashing_after_the_first_delivery(sink_sql: &str) -> Result<
     wait_delivered(&weir, "crashed").await?;
     Ok(())
 }
+
+/// Wait until a checkpoint newer than the newest one now is written.
+pub(crate) async fn a_newer_checkpoint(weir: &Weir) -> Result<()> {
+    let newest = |c: Value| c["checkpoints"][0]["epoch"].as_u64().unwrap_or(0);
+    let seen = newest(weir.get("/api/v1/checkpoints").await?);
+    weir.wait_for("a newer checkpoint", Duration::from_secs(30), || async {
+        Ok((newest(weir.get("/api/v1/checkpoints").await?) > seen).then_some(()))
+    })
+    .await
+}

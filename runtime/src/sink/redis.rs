@@ -464,6 +464,22 @@ mod tests {
         ]))
     }
 
+    /// A sink of JSON values keyed by `template`, never connected.
+    fn sink_with_keys(template: &str) -> RedisSink {
+        RedisSink {
+            name: "r".into(),
+            view: "v".into(),
+            source: "s".into(),
+            dead_letters: Arc::new(DeadLetterStore::open(None, 10).expect("store")),
+            refused_epoch: 0,
+            client: redis::Client::open("redis://127.0.0.1:1/").expect("client"),
+            connection: None,
+            template: parse_template(template, &schema()).expect("template"),
+            value: ValueKind::Json,
+            ttl: None,
+        }
+    }
+
     #[test]
     fn a_key_template_names_columns_of_the_view() {
         assert_eq!(
@@ -482,18 +498,7 @@ mod tests {
 
     #[test]
     fn each_row_gets_its_key_and_a_null_in_it_gets_none() {
-        let sink = RedisSink {
-            name: "r".into(),
-            view: "v".into(),
-            source: "s".into(),
-            dead_letters: Arc::new(DeadLetterStore::open(None, 10).expect("store")),
-            refused_epoch: 0,
-            client: redis::Client::open("redis://127.0.0.1:1/").expect("client"),
-            connection: None,
-            template: parse_template("a:{auction}/{n}", &schema()).expect("template"),
-            value: ValueKind::Json,
-            ttl: None,
-        };
+        let sink = sink_with_keys("a:{auction}/{n}");
         let rows = RecordBatch::try_new(
             schema(),
             vec![
@@ -510,18 +515,7 @@ mod tests {
 
     #[test]
     fn an_epoch_is_folded_to_one_write_of_each_key_it_changed() {
-        let sink = RedisSink {
-            name: "r".into(),
-            view: "v".into(),
-            source: "s".into(),
-            dead_letters: Arc::new(DeadLetterStore::open(None, 10).expect("store")),
-            refused_epoch: 0,
-            client: redis::Client::open("redis://127.0.0.1:1/").expect("client"),
-            connection: None,
-            template: parse_template("a:{auction}", &schema()).expect("template"),
-            value: ValueKind::Json,
-            ttl: None,
-        };
+        let sink = sink_with_keys("a:{auction}");
         let rows = |auctions: &[i64], n: &[i64]| {
             RecordBatch::try_new(
                 schema(),
