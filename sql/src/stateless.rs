@@ -1,21 +1,48 @@
 //! The operator of a view that only projects and filters: each batch in, its surviving
-//! rows out, with no state.
+//! rows out, with no state. With no state to route, parallel instances are slices of
+//! the batch: each runs the steps on a core of rayon's pool (the workers that decode),
+//! and the outputs are emitted in the input's order.
 
 use datafusion::arrow::record_batch::RecordBatch;
+use rayon::prelude::*;
 
 use crate::Result;
 use crate::operator::{Collector, Operator, Stage};
 use crate::planner::steps::Steps;
 
+/// Rows below which a slice is not worth a core: the handoff costs more than the work.
+const MIN_SLICE_ROWS: usize = 1024;
+
 /// A view of projections and filters: each batch in, its surviving rows out.
 pub struct Stateless {
     steps: Steps,
+    /// Slices a batch is cut into and run side by side (1: the caller's thread alone).
+    instances: usize,
 }
 
 impl Stateless {
     pub fn new(steps: Steps) -> Self {
-        Self { steps }
+        Self {
+            steps,
+            instances: 1,
+        }
     }
+}
+
+/// `rows` rows cut into at most `instances` slices of at least [`MIN_SLICE_ROWS`]
+/// rows: (offset, length) of each, in order.
+fn slices(rows: usize, instances: usize) -> Vec<(usize, usize)> {
+    let n = instances.min(rows / MIN_SLICE_ROWS).max(1);
+    let (size, extra) = (rows / n, rows % n);
+    let mut offset = 0;
+    (0..n)
+        .map(|i| {
+            let len = size + usize::from(i < extra);
+            let slice = (offset, len);
+            offset += len;
+            slice
+        })
+        .collect()
 }
 
 impl Operator for Stateless {
@@ -25,8 +52,26 @@ impl Operator for Stateless {
         _watermark: Option<i64>,
         out: &mut Collector,
     ) -> Result<()> {
-        out.emit(self.steps.apply(batch.clone())?);
+        let parts = slices(batch.num_rows(), self.instances);
+        if parts.len() == 1 {
+            out.emit(self.steps.apply(batch.clone())?);
+            return Ok(());
+        }
+        let steps = &self.steps;
+        let done: Vec<Result<RecordBatch>> = parts
+            .into_par_iter()
+            .map(|(offset, len)| steps.apply(batch.slice(offset, len)))
+            .collect();
+        // All or nothing: a failing slice fails the batch, as it would serially.
+        for rows in done.into_iter().collect::<Result<Vec<_>>>()? {
+            out.emit(rows);
+        }
         Ok(())
+    }
+
+    fn set_parallelism(&mut self, n: usize) -> Result<usize> {
+        self.instances = n.max(1);
+        Ok(self.instances)
     }
 
     fn stages(&self) -> Vec<Stage> {
@@ -34,5 +79,36 @@ impl Operator for Stateless {
             .clocks()
             .map(|(l, c)| Stage::Step(l, c))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_is_cut_into_ordered_slices_that_cover_it_once() {
+        for (rows, instances) in [
+            (0, 4),
+            (100, 4),
+            (2047, 2),
+            (2048, 2),
+            (3680, 3),
+            (1 << 20, 7),
+        ] {
+            let parts = slices(rows, instances);
+            assert!(parts.len() <= instances.max(1));
+            let mut next = 0;
+            for &(offset, len) in &parts {
+                assert_eq!(offset, next, "{rows} rows in {instances}: {parts:?}");
+                assert!(parts.len() == 1 || len >= MIN_SLICE_ROWS, "{parts:?}");
+                next += len;
+            }
+            assert_eq!(next, rows, "{rows} rows in {instances}: {parts:?}");
+        }
+        assert_eq!(slices(2047, 2).len(), 1);
+        assert_eq!(slices(2048, 2).len(), 2);
+        assert_eq!(slices(3680, 3).len(), 3);
+        assert_eq!(slices(1 << 20, 7).len(), 7);
     }
 }

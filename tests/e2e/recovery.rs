@@ -904,10 +904,22 @@ async fn a_checkpoint_taken_in_parallel_restores_at_another_parallelism() -> Res
         "CREATE MATERIALIZED VIEW windows_serial WITH (parallelism = 1) AS {windows}"
     ))
     .await?;
+    // A stateless view runs a batch in slices side by side, and keeps their order.
+    let kept = "SELECT id, amount * 2 AS doubled FROM events WHERE amount % 7 <> 0";
+    weir.exec(&format!("CREATE MATERIALIZED VIEW kept AS {kept}"))
+        .await?;
+    weir.exec(&format!(
+        "CREATE MATERIALIZED VIEW kept_serial WITH (parallelism = 1) AS {kept}"
+    ))
+    .await?;
     for view in ["per_user", "windows"] {
         let text = explain(&weir, view).await?;
         assert!(text.contains("in 3 parallel instances"), "{view}: {text}");
     }
+    let text = explain(&weir, "kept").await?;
+    assert!(text.contains("in up to 3 slices side by side"), "{text}");
+    let text = explain(&weir, "kept_serial").await?;
+    assert!(!text.contains("slices"), "{text}");
     let text = explain(&weir, "per_user_serial").await?;
     assert!(!text.contains("parallel instances"), "{text}");
     let (code, body) = weir
@@ -927,6 +939,14 @@ async fn a_checkpoint_taken_in_parallel_restores_at_another_parallelism() -> Res
     assert_eq!(
         sorted_rows(&weir, "per_user").await?,
         sorted_rows(&weir, "per_user_serial").await?
+    );
+    let in_order = weir.get("/api/v1/views/kept").await?["rows"].clone();
+    let kept_rows = in_order.as_array().map_or(0, Vec::len);
+    assert_eq!(kept_rows, (0..first).filter(|i| i % 7 != 0).count());
+    assert_eq!(
+        in_order,
+        weir.get("/api/v1/views/kept_serial").await?["rows"],
+        "the rows in the order they came"
     );
     let windowed = sorted_rows(&weir, "windows").await?;
     assert_eq!(windowed, sorted_rows(&weir, "windows_serial").await?);

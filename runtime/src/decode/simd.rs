@@ -17,7 +17,7 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::compute::kernels::cast_utils::string_to_timestamp_nanos;
 use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
-use simd_json::{Node, StaticNode};
+use simd_json::{Node, StaticNode, Tape};
 
 /// How each column of a schema the fast path can decode takes its values.
 #[derive(Debug, Clone)]
@@ -70,6 +70,9 @@ impl SimdPlan {
             .collect();
         let mut buffers = simd_json::Buffers::default();
         let mut scratch = Vec::new();
+        // One tape for every record: emptied (`reset`) before the record it borrows
+        // from is overwritten, so no record allocates one of its own.
+        let mut spare: Tape<'static> = Tape(Vec::new());
         let mut seen = vec![false; columns.len()];
         for (_, record) in records {
             if record.first() != Some(&b'{')
@@ -80,7 +83,8 @@ impl SimdPlan {
             }
             scratch.clear();
             scratch.extend_from_slice(record);
-            let tape = simd_json::to_tape_with_buffers(&mut scratch, &mut buffers).ok()?;
+            let mut tape = std::mem::replace(&mut spare, Tape(Vec::new()));
+            simd_json::fill_tape(&mut scratch, &mut buffers, &mut tape).ok()?;
             let nodes = &tape.0;
             let Some(&Node::Object { len, count }) = nodes.first() else {
                 return None;
@@ -112,6 +116,7 @@ impl SimdPlan {
                     column.null();
                 }
             }
+            spare = tape.reset();
         }
         let columns: Vec<ArrayRef> = columns.iter_mut().map(Column::finish).collect();
         RecordBatch::try_new(self.schema.clone(), columns).ok()

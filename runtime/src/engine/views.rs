@@ -282,18 +282,29 @@ pub(super) fn take_parallelism(v: &mut CreateView, default: usize) -> Result<usi
 /// More instances than any machine has cores for is a mistake, not a setting.
 pub(super) const MAX_PARALLELISM: usize = 1024;
 
-/// Run the query's keyed operators in `n` parallel instances; EXPLAIN's aggregate line
-/// says how many run (an aggregate without a key to route by runs serially).
+/// Run the query's keyed operators in `n` parallel instances, or a stateless query's
+/// batches in up to `n` slices side by side; EXPLAIN says how many run (an aggregate
+/// without a key to route by runs serially).
 pub(super) fn parallelize(query: &mut ContinuousQuery, n: usize) -> Result<()> {
     let used = query.operator.set_parallelism(n)?;
-    if n > 1
-        && let Some((_, detail)) = query.operators.iter_mut().find(|(op, _)| op == "aggregate")
-    {
+    if n <= 1 {
+        return Ok(());
+    }
+    if let Some((_, detail)) = query.operators.iter_mut().find(|(op, _)| op == "aggregate") {
         detail.push_str(&if used > 1 {
             format!("; in {used} parallel instances, rows routed by a hash of the group key")
         } else {
             "; serially (no group key to route rows by, beside the window's)".to_string()
         });
+    } else if used > 1
+        && let Some((_, detail)) = query
+            .operators
+            .iter_mut()
+            .find(|(op, _)| op == "filter" || op == "project")
+    {
+        detail.push_str(&format!(
+            "; a batch runs in up to {used} slices side by side"
+        ));
     }
     Ok(())
 }

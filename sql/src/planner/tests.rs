@@ -771,3 +771,30 @@ async fn an_aggregate_without_group_by_keeps_one_row_up_to_date() {
         &[view.all().expect("rows").1]
     );
 }
+
+#[tokio::test]
+async fn a_stateless_view_in_slices_emits_the_serial_rows_in_their_order() {
+    let sql = "CREATE MATERIALIZED VIEW v AS SELECT auction, price * 2 AS doubled \
+               FROM bids WHERE price % 3 <> 0";
+    let rows: Vec<(i64, i64, i64)> = (0..10_000).map(|i| (i, i * 7 % 1_000, i)).collect();
+    let input = batch(&rows);
+    let mut serial = plan(sql).await.expect("plans");
+    let mut sliced = plan(sql).await.expect("plans");
+    assert_eq!(sliced.operator.set_parallelism(3).expect("parallel"), 3);
+    let (mut a, mut b) = (Collector::default(), Collector::default());
+    serial
+        .operator
+        .process(&input, None, &mut a)
+        .expect("serial");
+    sliced
+        .operator
+        .process(&input, None, &mut b)
+        .expect("sliced");
+    assert_eq!(a.rows.len(), 1);
+    assert_eq!(b.rows.len(), 3, "one output batch per slice");
+    let concat = |rows: &[RecordBatch]| {
+        datafusion::arrow::compute::concat_batches(&rows[0].schema(), rows).expect("concat")
+    };
+    assert_eq!(concat(&a.rows), concat(&b.rows));
+    assert!(concat(&a.rows).num_rows() > 6_000);
+}
