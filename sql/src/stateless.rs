@@ -1,8 +1,9 @@
 //! The operator of a view that only projects and filters: each batch in, its surviving
-//! rows out, with no state. With no state to route, parallel instances are slices of
-//! the batch: each runs the steps on a core of rayon's pool (the workers that decode),
-//! and the outputs are emitted in the input's order.
+//! rows out, with no state. With no state to route, a view's parallel instances are
+//! slices of the batch: each runs the steps on a core of rayon's pool (the workers that
+//! decode), and the slices' rows go out together, in the input's order, as one batch.
 
+use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::record_batch::RecordBatch;
 use rayon::prelude::*;
 
@@ -16,15 +17,28 @@ const MIN_SLICE_ROWS: usize = 1024;
 /// A view of projections and filters: each batch in, its surviving rows out.
 pub struct Stateless {
     steps: Steps,
+    /// Whether [`Operator::set_parallelism`] may cut batches into slices.
+    sliceable: bool,
     /// Slices a batch is cut into and run side by side (1: the caller's thread alone).
     instances: usize,
 }
 
 impl Stateless {
+    /// Steps within another operator (after a join's aggregate): always serial.
     pub fn new(steps: Steps) -> Self {
         Self {
             steps,
+            sliceable: false,
             instances: 1,
+        }
+    }
+
+    /// A view's own steps: in slices when parallel, if the steps allow it
+    /// ([`Steps::sliceable`]).
+    pub fn view(steps: Steps) -> Self {
+        Self {
+            sliceable: steps.sliceable(),
+            ..Self::new(steps)
         }
     }
 }
@@ -60,17 +74,17 @@ impl Operator for Stateless {
         let steps = &self.steps;
         let done: Vec<Result<RecordBatch>> = parts
             .into_par_iter()
-            .map(|(offset, len)| steps.apply(batch.slice(offset, len)))
+            .map(|(offset, len)| steps.apply_slice(batch.slice(offset, len), offset == 0))
             .collect();
         // All or nothing: a failing slice fails the batch, as it would serially.
-        for rows in done.into_iter().collect::<Result<Vec<_>>>()? {
-            out.emit(rows);
-        }
+        let done = done.into_iter().collect::<Result<Vec<_>>>()?;
+        // One change per input batch, as serially: subscribers and sinks see no more.
+        out.emit(concat_batches(&done[0].schema(), &done)?);
         Ok(())
     }
 
     fn set_parallelism(&mut self, n: usize) -> Result<usize> {
-        self.instances = n.max(1);
+        self.instances = if self.sliceable { n.max(1) } else { 1 };
         Ok(self.instances)
     }
 

@@ -275,7 +275,7 @@ fn plan_unwindowed(
             source,
             output_schema,
             description: format!("source -> {}", describe(&chain)),
-            operator: Box::new(Stateless::new(steps)),
+            operator: Box::new(Stateless::view(steps)),
         });
     };
     let grouped = lower_aggregate(&chain, at, false, &props)?;

@@ -11,7 +11,9 @@ use datafusion::arrow::array::{Array, AsArray, BooleanArray};
 use datafusion::arrow::compute::{filter_record_batch, lexsort_to_indices, take_record_batch};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::{RecordBatch, RecordBatchOptions};
-use datafusion::physical_expr::{PhysicalExpr, PhysicalSortExpr};
+use datafusion::common::tree_node::TreeNode;
+use datafusion::logical_expr::Volatility;
+use datafusion::physical_expr::{PhysicalExpr, PhysicalSortExpr, ScalarFunctionExpr};
 
 use crate::{Error, Result};
 
@@ -53,11 +55,12 @@ pub struct StepClock {
 }
 
 impl StepClock {
-    fn record(&self, rows_in: usize, rows_out: usize, started: Instant) {
+    fn record(&self, rows_in: usize, rows_out: usize, started: Instant, count_batch: bool) {
         let nanos = started.elapsed().as_nanos() as u64;
         self.rows_in.fetch_add(rows_in as u64, Ordering::Relaxed);
         self.rows_out.fetch_add(rows_out as u64, Ordering::Relaxed);
-        self.batches.fetch_add(1, Ordering::Relaxed);
+        self.batches
+            .fetch_add(u64::from(count_batch), Ordering::Relaxed);
         self.nanos.fetch_add(nanos, Ordering::Relaxed);
     }
 }
@@ -90,7 +93,33 @@ impl Steps {
 
     /// Run every step over `batch`.
     pub fn apply(&self, batch: RecordBatch) -> Result<RecordBatch> {
-        self.run(batch, None)
+        self.run(batch, None, true)
+    }
+
+    /// Run every step over one slice of a batch; the batch is counted once, with its
+    /// `first` slice (rows and time add up over the slices).
+    pub fn apply_slice(&self, slice: RecordBatch, first: bool) -> Result<RecordBatch> {
+        self.run(slice, None, first)
+    }
+
+    /// Whether a batch may be cut into slices run apart: every step works row by row
+    /// (no sort or limit), at least one computes something, and none calls a volatile
+    /// function (a plugin's function is one: one call per batch, as its failures count).
+    pub fn sliceable(&self) -> bool {
+        let volatile = |e: &Arc<dyn PhysicalExpr>| {
+            e.exists(|e| {
+                Ok(e.downcast_ref::<ScalarFunctionExpr>()
+                    .is_some_and(|f| f.fun().signature().volatility == Volatility::Volatile))
+            })
+            .unwrap_or(true)
+        };
+        self.steps.iter().any(|s| !matches!(s, Step::Select(_)))
+            && self.steps.iter().all(|s| match s {
+                Step::Select(_) => true,
+                Step::Filter(p) => !volatile(p),
+                Step::Project(exprs, _) => !exprs.iter().any(volatile),
+                Step::Sort(..) | Step::Limit(..) => false,
+            })
     }
 
     /// Run row-wise steps (no sort or limit, which the planner refuses over an updating
@@ -101,12 +130,18 @@ impl Steps {
         batch: RecordBatch,
         mut ids: Vec<u32>,
     ) -> Result<(RecordBatch, Vec<u32>)> {
-        let batch = self.run(batch, Some(&mut ids))?;
+        let batch = self.run(batch, Some(&mut ids), true)?;
         Ok((batch, ids))
     }
 
-    /// Run every step; `ids`, one per row, follow the rows a filter keeps.
-    fn run(&self, mut batch: RecordBatch, mut ids: Option<&mut Vec<u32>>) -> Result<RecordBatch> {
+    /// Run every step; `ids`, one per row, follow the rows a filter keeps; the clocks
+    /// count a batch only when `count_batch`.
+    fn run(
+        &self,
+        mut batch: RecordBatch,
+        mut ids: Option<&mut Vec<u32>>,
+        count_batch: bool,
+    ) -> Result<RecordBatch> {
         for (step, clock) in self.steps.iter().zip(&self.clocks) {
             let (started, rows_in) = (Instant::now(), batch.num_rows());
             batch = match step {
@@ -145,7 +180,7 @@ impl Steps {
                     batch.slice(start, len)
                 }
             };
-            clock.record(rows_in, batch.num_rows(), started);
+            clock.record(rows_in, batch.num_rows(), started, count_batch);
         }
         Ok(batch)
     }
