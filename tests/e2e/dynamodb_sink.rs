@@ -3,7 +3,7 @@
 //! that keeps its tables on disk. Each test writes tables of its own.
 
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
@@ -345,7 +345,7 @@ async fn items_dynamodb_cannot_take_are_dead_letters_and_the_rest_is_written() -
 struct OwnDynamo {
     dir: tempfile::TempDir,
     port: u16,
-    child: Option<Child>,
+    child: crate::support::ServiceProcess,
 }
 
 impl OwnDynamo {
@@ -353,7 +353,7 @@ impl OwnDynamo {
         let mut me = Self {
             dir: tempfile::tempdir()?,
             port: free_port()?,
-            child: None,
+            child: Default::default(),
         };
         me.up().await?;
         Ok(me)
@@ -374,7 +374,7 @@ impl OwnDynamo {
             .arg(self.dir.path())
             .stdout(Stdio::null())
             .spawn()?;
-        self.child = Some(child);
+        self.child.running(child);
         let probe = client(&self.endpoint());
         for _ in 0..100 {
             if probe.list_tables().send().await.is_ok() {
@@ -386,17 +386,7 @@ impl OwnDynamo {
     }
 
     fn down(&mut self) -> Result<()> {
-        if let Some(mut child) = self.child.take() {
-            child.kill()?;
-            child.wait()?;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for OwnDynamo {
-    fn drop(&mut self) {
-        let _ = self.down();
+        self.child.down()
     }
 }
 

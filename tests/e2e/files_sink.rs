@@ -392,14 +392,14 @@ async fn an_epoch_written_again_after_a_crash_replaces_its_own_files() -> Result
 /// objects in memory: a restart starts it empty.
 struct OwnS3 {
     port: u16,
-    child: Option<std::process::Child>,
+    child: crate::support::ServiceProcess,
 }
 
 impl OwnS3 {
     async fn start() -> Result<Self> {
         let mut me = Self {
             port: crate::kafka::free_port()?,
-            child: None,
+            child: Default::default(),
         };
         me.up().await?;
         Ok(me)
@@ -418,7 +418,7 @@ impl OwnS3 {
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()?;
-        self.child = Some(child);
+        self.child.running(child);
         let http = reqwest::Client::new();
         for _ in 0..100 {
             if let Ok(made) = http.put(format!("{}/lake", self.endpoint())).send().await
@@ -432,17 +432,7 @@ impl OwnS3 {
     }
 
     fn down(&mut self) -> Result<()> {
-        if let Some(mut child) = self.child.take() {
-            child.kill()?;
-            child.wait()?;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for OwnS3 {
-    fn drop(&mut self) {
-        let _ = self.down();
+        self.child.down()
     }
 }
 

@@ -312,3 +312,28 @@ pub fn wat_module(path: &str) -> Vec<u8> {
     let path = format!("{}/../plugins/{path}", env!("CARGO_MANIFEST_DIR"));
     wat::parse_file(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
+
+/// A test's own service process (a store stopped and started again mid-test): stopped
+/// by `down`, or when dropped.
+#[derive(Default)]
+pub struct ServiceProcess(Option<std::process::Child>);
+
+impl ServiceProcess {
+    pub fn running(&mut self, child: std::process::Child) {
+        self.0 = Some(child);
+    }
+
+    pub fn down(&mut self) -> Result<()> {
+        if let Some(mut child) = self.0.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        let _ = self.down();
+    }
+}
