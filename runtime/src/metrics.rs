@@ -1,5 +1,9 @@
 //! Every metric weir exports, defined in one place, rendered in Prometheus text format.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -40,7 +44,13 @@ pub struct Metrics {
     pub sink_messages: IntCounterVec,
     /// Deliveries of a sink that failed (and are retried).
     pub sink_failures: IntCounterVec,
+    /// Each change's end-to-end latency per view, kept only once asked for
+    /// ([`Metrics::keep_latency_samples`]): `weir bench` reads exact percentiles from them.
+    latency_samples: Mutex<Option<HashMap<String, LatencySamples>>>,
 }
+
+/// The end-to-end latencies (seconds) of a view's changes, one per change published.
+pub type LatencySamples = Arc<Mutex<Vec<f64>>>;
 
 /// A Kinesis shard's signals: what an operator splits or merges shards by. Apart from
 /// `weir_source_lag` because the unit differs (milliseconds, not records).
@@ -243,6 +253,7 @@ impl Metrics {
             watermark,
             source_lag,
             shards,
+            latency_samples: Mutex::new(None),
             sink_messages,
             sink_failures,
         }
@@ -254,7 +265,26 @@ impl Metrics {
             late_rows: self.late_rows.with_label_values(&[name]),
             rows_emitted: self.rows_emitted.with_label_values(&[name]),
             end_to_end_latency: self.end_to_end_latency.with_label_values(&[name]),
+            latency_samples: self.latency_samples.lock().as_mut().map(|views| {
+                let samples = views.entry(name.to_string()).or_default();
+                samples.lock().clear();
+                samples.clone()
+            }),
         }
+    }
+
+    /// From now on, views created keep every change's end-to-end latency as well as
+    /// counting it in the histogram (for exact percentiles; memory grows with changes,
+    /// so only `weir bench` asks).
+    pub fn keep_latency_samples(&self) {
+        self.latency_samples.lock().get_or_insert_with(HashMap::new);
+    }
+
+    /// The end-to-end latencies (seconds) of view `name`'s changes, as published, if
+    /// they were kept.
+    pub fn latency_samples(&self, name: &str) -> Option<Vec<f64>> {
+        let views = self.latency_samples.lock();
+        Some(views.as_ref()?.get(name)?.lock().clone())
     }
 
     /// Series of a view that `/metrics` does not show (a console preview).
@@ -265,6 +295,7 @@ impl Metrics {
             late_rows: counter(),
             rows_emitted: counter(),
             end_to_end_latency: prometheus::Histogram::with_opts(histogram).expect("valid name"),
+            latency_samples: None,
         }
     }
 
@@ -273,6 +304,9 @@ impl Metrics {
         let _ = self.late_rows.remove_label_values(&[name]);
         let _ = self.rows_emitted.remove_label_values(&[name]);
         let _ = self.end_to_end_latency.remove_label_values(&[name]);
+        if let Some(views) = self.latency_samples.lock().as_mut() {
+            views.remove(name);
+        }
     }
 
     /// The Prometheus text exposition of every metric.
@@ -290,6 +324,7 @@ pub struct ViewMetrics {
     pub late_rows: IntCounter,
     pub rows_emitted: IntCounter,
     pub end_to_end_latency: Histogram,
+    pub latency_samples: Option<LatencySamples>,
 }
 
 impl Default for Metrics {

@@ -80,8 +80,23 @@ async fn run_json(args: &[&std::ffi::OsStr]) -> serde_json::Value {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}\n{stderr}");
-    assert!(stderr.contains(": "), "a progress line: {stderr}");
-    serde_json::from_str(stdout.trim()).expect("one JSON object")
+    let figures: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    // Progress towards the events a run reads, ending at all of them.
+    let all = figures["events"].as_u64().expect("events");
+    assert!(
+        stderr.contains(&format!(": {all}/{all} events (100%)")),
+        "a last progress line: {stderr}"
+    );
+    // Every change's latency, so exact percentiles.
+    assert!(figures["changes"].as_u64().is_some_and(|n| n > 0), "{figures}");
+    let ms = |key: &str| figures[key].as_f64().unwrap_or_else(|| panic!("{key}: {figures}"));
+    assert!(
+        0.0 <= ms("latency_p50_ms")
+            && ms("latency_p50_ms") <= ms("latency_p99_ms")
+            && ms("latency_p99_ms") <= ms("latency_max_ms"),
+        "{figures}"
+    );
+    figures
 }
 
 /// `weir bench` measures a query end to end and the input alone, in one run.

@@ -1,10 +1,10 @@
 //! `weir bench`: throughput figures anyone can reproduce with the binary alone. A run
 //! starts an engine in this process (no HTTP, no checkpoints), creates the sources and
 //! one view, and times it from the view's creation until every source has finished,
-//! with a progress line on stderr. It reports events/s, events/s per core actually used
-//! (process CPU time), peak memory, the view's end-to-end latency percentiles (from its
-//! histogram: the upper bound of the bucket), and in the same run the ceiling: the
-//! Nexmark generator alone, or the JSON decoder alone over the file.
+//! with a progress bar on stderr. It reports events/s, events/s per core actually used
+//! (process CPU time), peak memory, the view's end-to-end latency percentiles (exact:
+//! every change's latency is kept), and in the same run the ceiling: the Nexmark
+//! generator alone, or the JSON decoder alone over the file.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -81,9 +81,12 @@ pub struct Figures {
     pub cores_used: f64,
     pub events_per_core_second: f64,
     pub peak_memory_mib: f64,
-    /// Upper bounds of the histogram buckets that hold the 50th and 99th percentile.
+    /// End-to-end latency of the view's changes (first record of a batch received to
+    /// the change published), over every change: nearest-rank percentiles and the most.
+    pub changes: usize,
     pub latency_p50_ms: Option<f64>,
     pub latency_p99_ms: Option<f64>,
+    pub latency_max_ms: Option<f64>,
     /// The input alone: the generator, or the decoder over the file.
     pub ceiling_events_per_second: f64,
 }
@@ -117,7 +120,11 @@ pub fn nexmark(
                 )
             })
             .collect();
-        let mut figures = run(name, &sources, view_of(file)?, config.clone())?;
+        let rows = tables
+            .iter()
+            .map(|t| Ok(nexmark_table(t)?.rows_in(events)))
+            .sum::<anyhow::Result<u64>>()?;
+        let mut figures = run(name, &sources, view_of(file)?, config.clone(), rows)?;
         // After the run, in a process as warm as the run was.
         figures.ceiling_events_per_second = generator_ceiling(tables, events)?;
         print(&figures, json)?;
@@ -167,7 +174,10 @@ pub fn file(
         },
         parallelism,
     );
-    let mut figures = run(query, &[source], &view, config)?;
+    // The bar's length: the file's lines (read now, so the run starts on a warm page
+    // cache as the ceiling does).
+    let lines = memchr::memchr_iter(b'\n', &std::fs::read(&input)?).count() as u64;
+    let mut figures = run(query, &[source], &view, config, lines)?;
     figures.ceiling_events_per_second = decoder_ceiling(&input, table_kind)?;
     print(&figures, json)
 }
@@ -212,12 +222,14 @@ fn run(
     sources: &[String],
     view: &str,
     config: RuntimeConfig,
+    expected_events: u64,
 ) -> anyhow::Result<Figures> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
         let engine = Engine::in_memory(config);
+        engine.metrics().keep_latency_samples();
         let mut names = Vec::new();
         for sql in sources {
             engine.execute(sql).await.with_context(|| sql.clone())?;
@@ -239,17 +251,14 @@ fn run(
             .execute(view)
             .await
             .with_context(|| view.to_string())?;
+        let mut progress = Progress::new(query, expected_events);
         let events = loop {
             let statuses: Vec<_> = names
                 .iter()
                 .map(|n| engine.source(n).map(|s| s.status()))
                 .collect::<Result<_, _>>()?;
             let events = statuses.iter().map(|s| s.records_in).sum::<u64>();
-            let seconds = wall.elapsed().as_secs_f64();
-            eprint!(
-                "\r{query}: {events} events in {seconds:.1} s ({:.0} events/s)   ",
-                events as f64 / seconds.max(1e-9)
-            );
+            progress.set(events);
             if statuses.iter().all(|s| s.status == SourceState::Finished) {
                 break events;
             }
@@ -258,10 +267,15 @@ fn run(
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
-        eprintln!();
+        progress.finish();
         let seconds = wall.elapsed().as_secs_f64();
         let cpu = crate::process::cpu_seconds() - cpu;
-        let (p50, p99) = latency_percentiles(&engine.metrics().render(), &view_name);
+        let latencies = engine
+            .metrics()
+            .latency_samples(&view_name)
+            .unwrap_or_default();
+        let latencies_len = latencies.len();
+        let [p50, p99, max] = percentiles(latencies, [0.5, 0.99, 1.0]);
         engine.shut_down();
         Ok(Figures {
             query: query.to_string(),
@@ -272,8 +286,10 @@ fn run(
             cores_used: cpu / seconds,
             events_per_core_second: events as f64 / cpu.max(1e-9),
             peak_memory_mib: crate::process::memory_kib("VmHWM:") as f64 / 1024.0,
+            changes: latencies_len,
             latency_p50_ms: p50,
             latency_p99_ms: p99,
+            latency_max_ms: max,
             ceiling_events_per_second: 0.0,
         })
     })
@@ -334,10 +350,10 @@ fn print(f: &Figures, json: bool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(f)?);
         return Ok(());
     }
-    let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("<= {v} ms"));
+    let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1} ms"));
     println!(
         "{} (parallelism {}): {} events in {:.2} s = {:.0} events/s; {:.2} cores used = {:.0} events/s per core; \
-         peak memory {:.0} MiB; latency p50 {}, p99 {}; ceiling (input alone) {:.0} events/s",
+         peak memory {:.0} MiB; latency over {} changes p50 {}, p99 {}, max {}; ceiling (input alone) {:.0} events/s",
         f.query,
         f.parallelism,
         f.events,
@@ -346,38 +362,91 @@ fn print(f: &Figures, json: bool) -> anyhow::Result<()> {
         f.cores_used,
         f.events_per_core_second,
         f.peak_memory_mib,
+        f.changes,
         ms(f.latency_p50_ms),
         ms(f.latency_p99_ms),
+        ms(f.latency_max_ms),
         f.ceiling_events_per_second
     );
     Ok(())
 }
 
-/// The bucket bounds (ms) holding the 50th and 99th percentile of the view's
-/// `weir_end_to_end_latency_seconds`, from the Prometheus text.
-fn latency_percentiles(metrics: &str, view: &str) -> (Option<f64>, Option<f64>) {
-    let prefix = format!("weir_end_to_end_latency_seconds_bucket{{view=\"{view}\",le=\"");
-    let buckets: Vec<(f64, u64)> = metrics
-        .lines()
-        .filter_map(|l| l.strip_prefix(&prefix))
-        .filter_map(|rest| {
-            let (le, count) = rest.split_once("\"} ")?;
-            Some((le.parse().ok()?, count.trim().parse().ok()?))
-        })
-        .collect();
-    let total = buckets.last().map_or(0, |b| b.1);
-    let at = |q: f64| {
-        let rank = (total as f64 * q).ceil() as u64;
-        buckets
-            .iter()
-            .find(|(_, c)| *c >= rank.max(1))
-            .map(|(le, _)| le * 1000.0)
-            .filter(|ms| ms.is_finite())
-    };
-    if total == 0 {
-        return (None, None);
+/// Progress towards `total` events on stderr: a bar with the rate and the time left on
+/// a terminal, otherwise (a log) a line a second.
+struct Progress {
+    bar: indicatif::ProgressBar,
+    /// When the last line was written, where lines are written.
+    last_line: Option<Instant>,
+    query: String,
+    started: Instant,
+}
+
+impl Progress {
+    fn new(query: &str, total: u64) -> Self {
+        use std::io::IsTerminal;
+        let terminal = std::io::stderr().is_terminal();
+        let bar = if terminal {
+            indicatif::ProgressBar::new(total)
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
+        bar.set_length(total);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{prefix} [{bar:40}] {human_pos}/{human_len} events, {msg}, {elapsed} ({eta} left)",
+            )
+            .expect("a valid template")
+            .progress_chars("=> "),
+        );
+        bar.set_prefix(query.to_string());
+        Self {
+            bar,
+            last_line: (!terminal).then(Instant::now),
+            query: query.to_string(),
+            started: Instant::now(),
+        }
     }
-    (at(0.5), at(0.99))
+
+    fn set(&mut self, events: u64) {
+        self.bar.set_position(events);
+        let rate = events as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
+        self.bar.set_message(format!("{:.2} M events/s", rate / 1e6));
+        if self
+            .last_line
+            .is_some_and(|at| at.elapsed() >= Duration::from_secs(1))
+        {
+            self.line();
+        }
+    }
+
+    fn line(&mut self) {
+        let (events, total) = (self.bar.position(), self.bar.length().unwrap_or(0));
+        let seconds = self.started.elapsed().as_secs_f64();
+        eprintln!(
+            "{}: {events}/{total} events ({:.0}%) in {seconds:.1} s, {:.0} events/s",
+            self.query,
+            events as f64 * 100.0 / total.max(1) as f64,
+            events as f64 / seconds.max(1e-9)
+        );
+        self.last_line = Some(Instant::now());
+    }
+
+    fn finish(mut self) {
+        self.bar.finish();
+        if self.last_line.is_some() {
+            self.line();
+        }
+    }
+}
+
+/// The nearest-rank percentiles `qs` (0 to 1) of `seconds`, in milliseconds; `None`
+/// when there is no sample.
+fn percentiles<const N: usize>(mut seconds: Vec<f64>, qs: [f64; N]) -> [Option<f64>; N] {
+    seconds.sort_by(f64::total_cmp);
+    qs.map(|q| {
+        let rank = ((seconds.len() as f64 * q).ceil() as usize).max(1);
+        seconds.get(rank - 1).map(|s| s * 1000.0)
+    })
 }
 
 #[cfg(test)]
@@ -394,12 +463,13 @@ mod tests {
     }
 
     #[test]
-    fn percentiles_are_read_from_the_histogram_buckets() {
-        let text = "weir_end_to_end_latency_seconds_bucket{view=\"q\",le=\"0.001\"} 10\n\
-                    weir_end_to_end_latency_seconds_bucket{view=\"q\",le=\"0.005\"} 98\n\
-                    weir_end_to_end_latency_seconds_bucket{view=\"q\",le=\"0.01\"} 100\n\
-                    weir_end_to_end_latency_seconds_bucket{view=\"q\",le=\"+Inf\"} 100\n";
-        assert_eq!(latency_percentiles(text, "q"), (Some(5.0), Some(10.0)));
-        assert_eq!(latency_percentiles(text, "other"), (None, None));
+    fn percentiles_are_the_nearest_rank_of_every_sample() {
+        // 1 ms to 200 ms, shuffled.
+        let samples: Vec<f64> = (1..=200).rev().map(|ms| ms as f64 / 1000.0).collect();
+        let [p50, p99, max] = percentiles(samples, [0.5, 0.99, 1.0]);
+        let ms = |v: Option<f64>| v.map(|v| v.round());
+        assert_eq!((ms(p50), ms(p99), ms(max)), (Some(100.0), Some(198.0), Some(200.0)));
+        assert_eq!(percentiles(vec![0.007], [0.5, 0.99]), [Some(7.0), Some(7.0)]);
+        assert_eq!(percentiles(Vec::new(), [0.5]), [None]);
     }
 }

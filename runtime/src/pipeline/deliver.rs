@@ -120,7 +120,10 @@ pub(super) fn publish(view: &ViewRuntime, out: Collector, received: Option<Insta
     }
     view.publish(out.rows);
     if let Some(received) = received.filter(|_| changed) {
-        view.end_to_end_latency
-            .observe(received.elapsed().as_secs_f64());
+        let seconds = received.elapsed().as_secs_f64();
+        view.end_to_end_latency.observe(seconds);
+        if let Some(samples) = &view.latency_samples {
+            samples.lock().push(seconds);
+        }
     }
 }

@@ -73,6 +73,8 @@ pub struct ViewRuntime {
     pub(crate) rows_emitted: IntCounter,
     /// See `Metrics::end_to_end_latency`.
     pub(crate) end_to_end_latency: Histogram,
+    /// Each change's latency as well, when asked for (see `Metrics::keep_latency_samples`).
+    pub(crate) latency_samples: Option<crate::metrics::LatencySamples>,
     pub(crate) last_error: Mutex<Option<String>>,
     /// Published after each operator call, so status pages never wait for the operator.
     open_windows: AtomicUsize,
@@ -198,6 +200,7 @@ impl ViewRuntime {
             late_rows: metrics.late_rows,
             rows_emitted: metrics.rows_emitted,
             end_to_end_latency: metrics.end_to_end_latency,
+            latency_samples: metrics.latency_samples,
             last_error: Mutex::new(None),
             open_windows: AtomicUsize::new(0),
             state_bytes: AtomicUsize::new(0),

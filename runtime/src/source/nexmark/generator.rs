@@ -121,6 +121,16 @@ impl Table {
         }))
     }
 
+    /// Rows of this table among the first `events` events.
+    pub fn rows_in(self, events: u64) -> u64 {
+        let per_round = (0..TOTAL_PROPORTION)
+            .filter(|&e| Table::of_event(e) == self)
+            .count() as u64;
+        let rest = events - events % TOTAL_PROPORTION..events;
+        events / TOTAL_PROPORTION * per_round
+            + rest.filter(|&e| Table::of_event(e) == self).count() as u64
+    }
+
     fn of_event(event: u64) -> Table {
         let offset = event % TOTAL_PROPORTION;
         if offset < PERSON_PROPORTION {
@@ -584,6 +594,22 @@ mod tests {
             (rows(Table::Person), rows(Table::Auction), rows(Table::Bid)),
             (100, 300, 4_600)
         );
+    }
+
+    #[test]
+    fn rows_in_counts_what_the_generator_makes() {
+        for events in [0, 1, 3, 4, 49, 5_023] {
+            for table in [Table::Person, Table::Auction, Table::Bid] {
+                let mut g = Generator::new(GeneratorConfig {
+                    events: Some(events),
+                    ..config(table, 1)
+                });
+                let made: usize = std::iter::from_fn(|| g.next_batch(777))
+                    .map(|b| b.num_rows())
+                    .sum();
+                assert_eq!(table.rows_in(events), made as u64, "{table:?} in {events}");
+            }
+        }
     }
 
     #[test]
