@@ -877,10 +877,9 @@ async fn a_checkpoint_taken_in_parallel_restores_at_another_parallelism() -> Res
         )
     };
     let (first, total) = (30_000, 40_000);
-    std::fs::write(
-        files.join("events.jsonl"),
-        (0..first).map(line).collect::<String>(),
-    )?;
+    // Empty until every view exists: a source starts reading when its first view is
+    // created, so a view created after it would miss rows that its twin reads.
+    std::fs::write(files.join("events.jsonl"), "")?;
     parallelism(3)?;
     let weir = Weir::start_in(dir, &["--config", &config_arg]).await?;
     weir.exec(
@@ -904,6 +903,23 @@ async fn a_checkpoint_taken_in_parallel_restores_at_another_parallelism() -> Res
         "CREATE MATERIALIZED VIEW windows_serial WITH (parallelism = 1) AS {windows}"
     ))
     .await?;
+    // Sessions kept per key in keyed instances: each user's rows are 10.13 s apart, so
+    // a gap of 12 s chains them into one session per user and 8 s gives one per row.
+    let sessions = |gap: u32| {
+        format!(
+            "SELECT window_start, window_end, user_id, count(*) AS n, sum(amount) AS total \
+             FROM SESSION(events, ts, INTERVAL '{gap}' SECOND) GROUP BY window_start, window_end, user_id"
+        )
+    };
+    for (name, gap) in [("long_sessions", 12), ("short_sessions", 8)] {
+        weir.exec(&format!("CREATE MATERIALIZED VIEW {name} AS {}", sessions(gap)))
+            .await?;
+        weir.exec(&format!(
+            "CREATE MATERIALIZED VIEW {name}_serial WITH (parallelism = 1) AS {}",
+            sessions(gap)
+        ))
+        .await?;
+    }
     // A stateless view runs a batch in slices side by side, and keeps their order.
     let kept = "SELECT id, amount * 2 AS doubled FROM events WHERE amount % 7 <> 0";
     weir.exec(&format!("CREATE MATERIALIZED VIEW kept AS {kept}"))
@@ -916,6 +932,10 @@ async fn a_checkpoint_taken_in_parallel_restores_at_another_parallelism() -> Res
         let text = explain(&weir, view).await?;
         assert!(text.contains("in 3 parallel instances"), "{view}: {text}");
     }
+    let text = explain(&weir, "long_sessions").await?;
+    assert!(text.contains("sessions kept in 3 parallel instances"), "{text}");
+    let text = explain(&weir, "long_sessions_serial").await?;
+    assert!(!text.contains("parallel instances"), "{text}");
     let text = explain(&weir, "kept").await?;
     assert!(text.contains("in up to 3 slices side by side"), "{text}");
     let text = explain(&weir, "kept_serial").await?;
@@ -935,6 +955,16 @@ async fn a_checkpoint_taken_in_parallel_restores_at_another_parallelism() -> Res
             .contains("parallelism must be"),
         "{body}"
     );
+    // The first records, read after a restart without a checkpoint (which would hold
+    // the empty file's final watermark): a restart creates every view again before its
+    // sources start.
+    let dir = weir.kill().await?;
+    let _ = std::fs::remove_dir_all(dir.path().join("checkpoints"));
+    std::fs::write(
+        dir.path().join("files/events.jsonl"),
+        (0..first).map(line).collect::<String>(),
+    )?;
+    let weir = Weir::start_in(dir, &["--config", &config_arg]).await?;
     weir.wait_finished("events").await?;
     assert_eq!(
         sorted_rows(&weir, "per_user").await?,
@@ -948,6 +978,11 @@ async fn a_checkpoint_taken_in_parallel_restores_at_another_parallelism() -> Res
         weir.get("/api/v1/views/kept_serial").await?["rows"],
         "the rows in the order they came"
     );
+    for (name, rows) in [("long_sessions", 1013), ("short_sessions", first as usize)] {
+        let parallel = sorted_rows(&weir, name).await?;
+        assert_eq!(parallel.len(), rows, "{name}");
+        assert_eq!(parallel, sorted_rows(&weir, &format!("{name}_serial")).await?, "{name}");
+    }
     let windowed = sorted_rows(&weir, "windows").await?;
     assert_eq!(windowed, sorted_rows(&weir, "windows_serial").await?);
     assert_eq!(

@@ -296,6 +296,16 @@ pub(super) fn parallelize(query: &mut ContinuousQuery, n: usize) -> Result<()> {
         } else {
             "; serially (no group key to route rows by, beside the window's)".to_string()
         });
+    } else if let Some((_, detail)) = query
+        .operators
+        .iter_mut()
+        .find(|(op, detail)| op == "window" && detail.starts_with("SESSION"))
+    {
+        detail.push_str(&if used > 1 {
+            format!("; sessions kept in {used} parallel instances, rows routed by a hash of the key")
+        } else {
+            "; serially (no session key to route rows by)".to_string()
+        });
     } else if used > 1
         && let Some((_, detail)) = query
             .operators
