@@ -88,8 +88,15 @@ async fn run_json(args: &[&std::ffi::OsStr]) -> serde_json::Value {
         "a last progress line: {stderr}"
     );
     // Every change's latency, so exact percentiles.
-    assert!(figures["changes"].as_u64().is_some_and(|n| n > 0), "{figures}");
-    let ms = |key: &str| figures[key].as_f64().unwrap_or_else(|| panic!("{key}: {figures}"));
+    assert!(
+        figures["changes"].as_u64().is_some_and(|n| n > 0),
+        "{figures}"
+    );
+    let ms = |key: &str| {
+        figures[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{key}: {figures}"))
+    };
     assert!(
         0.0 <= ms("latency_p50_ms")
             && ms("latency_p50_ms") <= ms("latency_p99_ms")

@@ -912,8 +912,11 @@ async fn a_checkpoint_taken_in_parallel_restores_at_another_parallelism() -> Res
         )
     };
     for (name, gap) in [("long_sessions", 12), ("short_sessions", 8)] {
-        weir.exec(&format!("CREATE MATERIALIZED VIEW {name} AS {}", sessions(gap)))
-            .await?;
+        weir.exec(&format!(
+            "CREATE MATERIALIZED VIEW {name} AS {}",
+            sessions(gap)
+        ))
+        .await?;
         weir.exec(&format!(
             "CREATE MATERIALIZED VIEW {name}_serial WITH (parallelism = 1) AS {}",
             sessions(gap)
@@ -933,7 +936,10 @@ async fn a_checkpoint_taken_in_parallel_restores_at_another_parallelism() -> Res
         assert!(text.contains("in 3 parallel instances"), "{view}: {text}");
     }
     let text = explain(&weir, "long_sessions").await?;
-    assert!(text.contains("sessions kept in 3 parallel instances"), "{text}");
+    assert!(
+        text.contains("sessions kept in 3 parallel instances"),
+        "{text}"
+    );
     let text = explain(&weir, "long_sessions_serial").await?;
     assert!(!text.contains("parallel instances"), "{text}");
     let text = explain(&weir, "kept").await?;
@@ -981,7 +987,11 @@ async fn a_checkpoint_taken_in_parallel_restores_at_another_parallelism() -> Res
     for (name, rows) in [("long_sessions", 1013), ("short_sessions", first as usize)] {
         let parallel = sorted_rows(&weir, name).await?;
         assert_eq!(parallel.len(), rows, "{name}");
-        assert_eq!(parallel, sorted_rows(&weir, &format!("{name}_serial")).await?, "{name}");
+        assert_eq!(
+            parallel,
+            sorted_rows(&weir, &format!("{name}_serial")).await?,
+            "{name}"
+        );
     }
     let windowed = sorted_rows(&weir, "windows").await?;
     assert_eq!(windowed, sorted_rows(&weir, "windows_serial").await?);

@@ -410,7 +410,8 @@ impl Progress {
     fn set(&mut self, events: u64) {
         self.bar.set_position(events);
         let rate = events as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
-        self.bar.set_message(format!("{:.2} M events/s", rate / 1e6));
+        self.bar
+            .set_message(format!("{:.2} M events/s", rate / 1e6));
         if self
             .last_line
             .is_some_and(|at| at.elapsed() >= Duration::from_secs(1))
@@ -468,8 +469,14 @@ mod tests {
         let samples: Vec<f64> = (1..=200).rev().map(|ms| ms as f64 / 1000.0).collect();
         let [p50, p99, max] = percentiles(samples, [0.5, 0.99, 1.0]);
         let ms = |v: Option<f64>| v.map(|v| v.round());
-        assert_eq!((ms(p50), ms(p99), ms(max)), (Some(100.0), Some(198.0), Some(200.0)));
-        assert_eq!(percentiles(vec![0.007], [0.5, 0.99]), [Some(7.0), Some(7.0)]);
+        assert_eq!(
+            (ms(p50), ms(p99), ms(max)),
+            (Some(100.0), Some(198.0), Some(200.0))
+        );
+        assert_eq!(
+            percentiles(vec![0.007], [0.5, 0.99]),
+            [Some(7.0), Some(7.0)]
+        );
         assert_eq!(percentiles(Vec::new(), [0.5]), [None]);
     }
 }

@@ -302,7 +302,9 @@ pub(super) fn parallelize(query: &mut ContinuousQuery, n: usize) -> Result<()> {
         .find(|(op, detail)| op == "window" && detail.starts_with("SESSION"))
     {
         detail.push_str(&if used > 1 {
-            format!("; sessions kept in {used} parallel instances, rows routed by a hash of the key")
+            format!(
+                "; sessions kept in {used} parallel instances, rows routed by a hash of the key"
+            )
         } else {
             "; serially (no session key to route rows by)".to_string()
         });

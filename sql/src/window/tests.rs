@@ -322,7 +322,10 @@ async fn sessions_in_parallel_instances_emit_the_serial_rows_in_order() {
         for (i, b) in input.iter().enumerate() {
             let watermark = newest.map(|t| t - 2_000);
             op.process(b, watermark, &mut out).expect("process");
-            let times = b.column(2).as_any().downcast_ref::<TimestampMillisecondArray>();
+            let times = b
+                .column(2)
+                .as_any()
+                .downcast_ref::<TimestampMillisecondArray>();
             newest = newest.max(times.and_then(|a| a.iter().flatten().max()));
             if let Some(t) = newest {
                 op.on_watermark(t - 2_000, &mut out).expect("watermark");
@@ -347,7 +350,11 @@ async fn sessions_in_parallel_instances_emit_the_serial_rows_in_order() {
     assert!(serial_late > 0, "some rows come late");
     assert!(text(&serial).lines().count() > 100, "{}", text(&serial));
     assert_eq!(parallel_late, serial_late);
-    assert_eq!(text(&parallel), text(&serial), "the same rows in the same order");
+    assert_eq!(
+        text(&parallel),
+        text(&serial),
+        "the same rows in the same order"
+    );
     // Without a key beside the window, one stream of sessions: serial.
     let mut global = plan(
         "CREATE MATERIALIZED VIEW g AS SELECT window_start, count(*) AS n FROM \

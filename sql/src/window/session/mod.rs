@@ -225,6 +225,10 @@ impl Operator for SessionQuery {
     }
 
     fn open_windows(&self) -> usize {
-        self.shards.iter().map(Sessions::open_sessions).sum::<usize>() + self.ended.len()
+        self.shards
+            .iter()
+            .map(Sessions::open_sessions)
+            .sum::<usize>()
+            + self.ended.len()
     }
 }

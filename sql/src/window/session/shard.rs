@@ -327,8 +327,7 @@ impl Sessions {
         let rows = if batches.is_empty() {
             let n = plan.windowed_schema.fields().len() - 2;
             RecordBatch::new_empty(Arc::new(
-                plan.windowed_schema
-                    .project(&(0..n).collect::<Vec<_>>())?,
+                plan.windowed_schema.project(&(0..n).collect::<Vec<_>>())?,
             ))
         } else {
             interleave_record_batch(&batches, &indices)?
