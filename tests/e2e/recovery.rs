@@ -1044,3 +1044,94 @@ async fn a_checkpoint_taken_in_parallel_restores_at_another_parallelism() -> Res
     assert_eq!(sorted_rows(&weir, "per_user_serial").await?, expected);
     Ok(())
 }
+
+/// Open sessions in a checkpoint taken in 3 instances restore into 2, through the
+/// binary, and end as they would have: the view equals its serial twin's and counts
+/// every click once.
+#[tokio::test]
+async fn open_sessions_restore_at_another_parallelism() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("weir.toml");
+    let parallelism = |n: usize| std::fs::write(&config, format!("[runtime]\nparallelism = {n}\n"));
+    let config_arg = config.to_string_lossy().to_string();
+    parallelism(3)?;
+    let weir = Weir::start_in(dir, &["--config", &config_arg]).await?;
+    weir.exec(
+        "CREATE SOURCE clicks (user_id BIGINT, ts TIMESTAMP, \
+         WATERMARK FOR ts AS ts - INTERVAL '1' SECOND) WITH (connector = 'http')",
+    )
+    .await?;
+    let sessions = "SELECT window_start, window_end, user_id, count(*) AS n \
+                    FROM SESSION(clicks, ts, INTERVAL '2' SECOND) GROUP BY window_start, window_end, user_id";
+    weir.exec(&format!("CREATE MATERIALIZED VIEW sessions AS {sessions}"))
+        .await?;
+    weir.exec(&format!(
+        "CREATE MATERIALIZED VIEW sessions_serial WITH (parallelism = 1) AS {sessions}"
+    ))
+    .await?;
+    let text = explain(&weir, "sessions").await?;
+    assert!(
+        text.contains("sessions kept in 3 parallel instances"),
+        "{text}"
+    );
+    // 50 users, each clicking every 1.85 s (closer than the gap): one session per user
+    // per phase, open until the next phase's clicks move the watermark past it.
+    const BASE: i64 = 1_700_000_000_000;
+    let clicks = |phase: i64| -> String {
+        (0..2_000i64)
+            .map(|i| {
+                format!(
+                    "{{\"user_id\":{},\"ts\":{}}}\n",
+                    i % 50,
+                    BASE + phase * 200_000 + i * 37
+                )
+            })
+            .collect()
+    };
+    for chunk in clicks(0).lines().collect::<Vec<_>>().chunks(500) {
+        weir.post_batch("clicks", chunk.join("\n")).await?;
+    }
+    assert!(
+        sorted_rows(&weir, "sessions").await?.is_empty(),
+        "every session is still open"
+    );
+    let status = weir
+        .client
+        .post(format!("{}/api/v1/checkpoints", weir.url))
+        .send()
+        .await?
+        .status();
+    assert!(status.is_success(), "{status}");
+
+    parallelism(2)?;
+    let weir = weir.restart(&["--config", &config_arg]).await?;
+    let text = explain(&weir, "sessions").await?;
+    assert!(
+        text.contains("sessions kept in 2 parallel instances"),
+        "{text}"
+    );
+    for chunk in clicks(1).lines().collect::<Vec<_>>().chunks(500) {
+        weir.post_batch("clicks", chunk.join("\n")).await?;
+    }
+    // A last click an hour later ends every session before it.
+    weir.post_batch(
+        "clicks",
+        format!("{{\"user_id\":999,\"ts\":{}}}", BASE + 3_600_000),
+    )
+    .await?;
+    let rows = weir
+        .wait_for("both phases' sessions", Duration::from_secs(30), || async {
+            let rows = sorted_rows(&weir, "sessions").await?;
+            Ok((rows.len() == 100).then_some(rows))
+        })
+        .await?;
+    assert_eq!(rows, sorted_rows(&weir, "sessions_serial").await?);
+    let counted: i64 = rows
+        .iter()
+        .map(|r| {
+            serde_json::from_str::<serde_json::Value>(r).map_or(0, |v| v[3].as_i64().unwrap_or(0))
+        })
+        .sum();
+    assert_eq!(counted, 4_000, "every click in one session: {rows:?}");
+    Ok(())
+}

@@ -98,6 +98,9 @@ pub fn nexmark(
     parallelism: Option<usize>,
     json: bool,
 ) -> anyhow::Result<()> {
+    if events == 0 {
+        bail!("--events must be at least 1: a benchmark runs a finite stream");
+    }
     let config = with_parallelism(RuntimeConfig::default(), parallelism);
     let chosen: Vec<_> = QUERIES
         .iter()
@@ -174,12 +177,26 @@ pub fn file(
         },
         parallelism,
     );
-    // The bar's length: the file's lines (read now, so the run starts on a warm page
-    // cache as the ceiling does).
-    let lines = memchr::memchr_iter(b'\n', &std::fs::read(&input)?).count() as u64;
-    let mut figures = run(query, &[source], &view, config, lines)?;
+    let mut figures = run(query, &[source], &view, config, lines_of(&input)?)?;
     figures.ceiling_events_per_second = decoder_ceiling(&input, table_kind)?;
     print(&figures, json)
+}
+
+/// The lines of a file (a last one without a newline too), for the progress bar; read
+/// now, so the run starts on a warm page cache as the ceiling does.
+fn lines_of(path: &Path) -> anyhow::Result<u64> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut block = vec![0u8; 1 << 20];
+    let (mut lines, mut last) = (0u64, b'\n');
+    loop {
+        let n = file.read(&mut block)?;
+        if n == 0 {
+            return Ok(lines + u64::from(last != b'\n'));
+        }
+        lines += memchr::memchr_iter(b'\n', &block[..n]).count() as u64;
+        last = block[n - 1];
+    }
 }
 
 /// `config` spread over `parallelism` cores (default: every core). The worker pool is
@@ -258,7 +275,8 @@ fn run(
                 .map(|n| engine.source(n).map(|s| s.status()))
                 .collect::<Result<_, _>>()?;
             let events = statuses.iter().map(|s| s.records_in).sum::<u64>();
-            progress.set(events);
+            // Dead letters are input read too.
+            progress.set(events + statuses.iter().map(|s| s.dead_letters).sum::<u64>());
             if statuses.iter().all(|s| s.status == SourceState::Finished) {
                 break events;
             }
@@ -461,6 +479,17 @@ mod tests {
             assert!(view.starts_with("CREATE MATERIALIZED VIEW"), "{name}");
             assert!(!view.contains("-- oracle"), "{name}");
         }
+    }
+
+    #[test]
+    fn a_file_has_its_lines_counted_a_last_one_without_newline_too() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("f");
+        for (text, lines) in [("", 0), ("a\n", 1), ("a\nb", 2), ("a\n\nb\n", 3)] {
+            std::fs::write(&path, text)?;
+            assert_eq!(lines_of(&path)?, lines, "{text:?}");
+        }
+        Ok(())
     }
 
     #[test]

@@ -16,14 +16,14 @@ mod shard;
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, UInt32Array};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int64Array, UInt32Array};
 use datafusion::arrow::compute::{concat_batches, take_record_batch};
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 
 use crate::aggregate::shards::{Router, each_shard};
 use crate::batch::{BatchQuery, WindowRows};
-use crate::operator::{Collector, Operator};
+use crate::operator::{Collector, Operator, tagged};
 use crate::{Error, Result};
 use shard::{Ended, Sessions, key_arrays};
 
@@ -32,6 +32,12 @@ use shard::{Ended, Sessions, key_arrays};
 /// and one DataFusion run per watermark step would cost more than the sessions.
 const EVALUATE_EVERY_MS: i64 = 1_000;
 const EVALUATE_AT_ROWS: usize = 65_536;
+
+/// The schema metadata that marks a snapshot's batches other than open sessions (whose
+/// batches carry none, as in checkpoints written before ended sessions were marked).
+const PART_KEY: &str = "weir.session";
+const ENDED: &str = "ended";
+const EVALUATED_AT: &str = "evaluated-at";
 
 /// What a [`SessionQuery`] runs.
 pub struct SessionPlan {
@@ -122,12 +128,15 @@ impl Operator for SessionQuery {
     fn on_watermark(&mut self, watermark: i64, out: &mut Collector) -> Result<()> {
         let plan = &self.plan;
         let shards = self.shards.len();
-        let mut closed: Vec<Ended> = each_shard(&mut self.shards, vec![(); shards], |s, ()| {
-            s.close(plan, watermark)
-        })?
-        .into_iter()
-        .flatten()
-        .collect();
+        let ending = self.shards.iter().any(|s| s.may_end_by(watermark));
+        let closed = if ending {
+            each_shard(&mut self.shards, vec![(); shards], |s, ()| {
+                s.close(plan, watermark)
+            })?
+        } else {
+            Vec::new()
+        };
+        let mut closed: Vec<Ended> = closed.into_iter().flatten().collect();
         // In a fixed order (not the hash map's, nor the shards'), so a replay, at any
         // parallelism, emits the same rows in the same order.
         closed.sort_unstable_by(|a, b| (a.start, &a.key).cmp(&(b.start, &b.key)));
@@ -156,26 +165,46 @@ impl Operator for SessionQuery {
         Ok(())
     }
 
-    /// One batch per open session: its rows with their window columns.
+    /// One batch per open session (its rows with their window columns), one per ended
+    /// session not evaluated yet (marked so), and the watermark of the last evaluation.
     fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {
         let mut out = Vec::new();
         for shard in &self.shards {
             out.extend(shard.snapshot(&self.plan)?);
         }
-        // Ended sessions not evaluated yet: restored as sessions, they end again at once.
-        out.extend(self.ended.iter().cloned());
+        let ended = tagged(&self.plan.windowed_schema, PART_KEY, ENDED);
+        for batch in &self.ended {
+            out.push(batch.clone().with_schema(ended.clone())?);
+        }
+        if let Some(at) = self.evaluated_at {
+            let schema = Arc::new(Schema::new(vec![Field::new("at", DataType::Int64, false)]));
+            out.push(RecordBatch::try_new(
+                tagged(&schema, PART_KEY, EVALUATED_AT),
+                vec![Arc::new(Int64Array::from(vec![at]))],
+            )?);
+        }
         Ok(out)
     }
 
-    /// Each session of a snapshot, into the shard of its key (at this parallelism).
+    /// Each open session of a snapshot into the shard of its key (at this parallelism),
+    /// each ended one back among the ended: it stays ended, whatever rows come next.
     fn restore(&mut self, state: &[RecordBatch]) -> Result<()> {
         self.shards = (0..self.router.shards())
             .map(|_| Sessions::new(&self.plan))
             .collect::<Result<_>>()?;
         self.ended.clear();
         self.ended_rows = 0;
+        self.evaluated_at = None;
         let width = self.plan.windowed_schema.fields().len();
         for batch in state.iter().filter(|b| b.num_rows() > 0) {
+            let part = batch.schema().metadata().get(PART_KEY).cloned();
+            if part.as_deref() == Some(EVALUATED_AT) {
+                self.evaluated_at = batch
+                    .column(0)
+                    .as_primitive_opt::<Int64Type>()
+                    .map(|a| a.value(0));
+                continue;
+            }
             if batch.num_columns() != width {
                 return Err(Error::Execution(
                     "the checkpointed sessions have other columns than this query".into(),
@@ -183,6 +212,11 @@ impl Operator for SessionQuery {
             }
             let batch =
                 RecordBatch::try_new(self.plan.windowed_schema.clone(), batch.columns().to_vec())?;
+            if part.as_deref() == Some(ENDED) {
+                self.ended_rows += batch.num_rows();
+                self.ended.push(batch);
+                continue;
+            }
             let shard = if self.shards.len() == 1 {
                 0
             } else {

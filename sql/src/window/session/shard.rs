@@ -46,6 +46,9 @@ pub(super) struct Sessions {
     arena: Vec<Option<RecordBatch>>,
     refs: Vec<usize>,
     arena_free: Vec<usize>,
+    /// No open session ends before this (`i64::MAX` when none is open): a watermark
+    /// below it ends nothing, and `close` need not look at every session.
+    earliest_end: i64,
 }
 
 impl Sessions {
@@ -63,7 +66,13 @@ impl Sessions {
             arena: Vec::new(),
             refs: Vec::new(),
             arena_free: Vec::new(),
+            earliest_end: i64::MAX,
         })
+    }
+
+    /// Whether a watermark of `watermark` may end one of these sessions.
+    pub fn may_end_by(&self, watermark: i64) -> bool {
+        self.earliest_end <= watermark
     }
 
     fn add(&mut self, session: Session) -> usize {
@@ -152,6 +161,8 @@ impl Sessions {
             let id = match (first, more) {
                 // The common cases allocate nothing: a new session, or one extended.
                 (None, _) => {
+                    // A session's end only grows as rows extend it or sessions merge.
+                    self.earliest_end = self.earliest_end.min(t.saturating_add(gap));
                     let id = self.add(Session {
                         start: t,
                         last: t,
@@ -223,21 +234,28 @@ impl Sessions {
 
     /// Take out the sessions that end at or before `watermark`.
     pub fn close(&mut self, plan: &SessionPlan, watermark: i64) -> Result<Vec<Ended>> {
+        if !self.may_end_by(watermark) {
+            return Ok(Vec::new());
+        }
         let gap = plan.gap;
         let mut closed = Vec::new();
+        let mut earliest_end = i64::MAX;
         self.open.retain(|key, ids| {
             ids.retain(|&id| {
-                let start = self.sessions[id]
-                    .as_ref()
-                    .filter(|s| s.last.saturating_add(gap) <= watermark)
-                    .map(|s| s.start);
-                if let Some(start) = start {
-                    closed.push((start, key.clone(), id));
+                let Some(s) = self.sessions[id].as_ref() else {
+                    return false;
+                };
+                let end = s.last.saturating_add(gap);
+                if end <= watermark {
+                    closed.push((s.start, key.clone(), id));
+                    return false;
                 }
-                start.is_none()
+                earliest_end = earliest_end.min(end);
+                true
             });
             !ids.is_empty()
         });
+        self.earliest_end = earliest_end;
         let mut ended = Vec::with_capacity(closed.len());
         for (start, key, id) in closed {
             if let Some(s) = self.sessions[id].take() {
@@ -272,6 +290,7 @@ impl Sessions {
                 .ok_or_else(|| Error::Execution("a checkpointed session lacks its bounds".into()))
         };
         let (start, end) = (bound(width - 2)?, bound(width - 1)?);
+        self.earliest_end = self.earliest_end.min(end);
         let key = self
             .keys
             .convert_columns(&key_arrays(plan, &batch))?
