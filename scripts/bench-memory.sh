@@ -30,8 +30,10 @@ for q in "${QUERIES[@]}"; do
     [ -n "$rss" ] && samples="$samples $rss"
     sleep 1
   done
-  wait "$pid"
+  status=0
+  wait "$pid" || status=$?
   echo "$q: resident MiB each second:$samples"
+  [ "$status" -eq 0 ] || echo "$q: weir bench failed (exit $status); rerun it alone to see why"
   cat "$out"
   rm -f "$out"
 done

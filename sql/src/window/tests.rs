@@ -403,6 +403,11 @@ async fn a_restored_ended_session_stays_ended() {
         // session: it starts a session of its own.
         op.process(&batch(&[(2, 1, 2_500)]), Some(7_200), &mut out)
             .expect("process");
+        // Still within 1 s of the last evaluation (kept across the restore): auction 2's
+        // ended session still waits.
+        op.on_watermark(7_400, &mut out).expect("watermark");
+        let emitted: usize = out.rows.iter().map(|b| b.num_rows()).sum();
+        assert_eq!(emitted, 1, "only auction 1's session is evaluated");
         op.on_watermark(i64::MAX, &mut out).expect("end");
         assert!(out.late.is_empty());
         datafusion::arrow::util::pretty::pretty_format_batches(&out.rows)
