@@ -14,13 +14,9 @@ cd "$(dirname "$0")/.."
 
 BIDS=${1:-2000000}
 THREADS=${2:-2}
-BIN=${BIN:-${CARGO_TARGET_DIR:-$HOME/.cache/weir-release}/release/weir}
 CACHE="$HOME/.cache/weir-bench"
 mkdir -p "$CACHE"
-if [ ! -x "$BIN" ]; then
-  echo "no weir binary at $BIN: cargo build --release -p weir-web, or set BIN" >&2
-  exit 1
-fi
+source scripts/lib/release-bin.sh
 if [ ! -x "$CACHE/duckdb-venv/bin/python" ]; then
   python3 -m venv "$CACHE/duckdb-venv"
   "$CACHE/duckdb-venv/bin/pip" install -q duckdb

@@ -20,13 +20,9 @@ cd "$(dirname "$0")/.."
 
 BIDS=${1:-2000000}
 P=${2:-2}
-BIN=${BIN:-${CARGO_TARGET_DIR:-$HOME/.cache/weir-release}/release/weir}
 CACHE="$HOME/.cache/weir-bench"
 FILE="$CACHE/bids-$BIDS.jsonl"
-if [ ! -x "$BIN" ]; then
-  echo "no weir binary at $BIN: cargo build --release -p weir-web, or set BIN" >&2
-  exit 1
-fi
+source scripts/lib/release-bin.sh
 if [ ! -s "$FILE" ]; then
   echo "no $FILE: run scripts/bench-duckdb.sh $BIDS first (it writes the file)" >&2
   exit 1

@@ -14,11 +14,7 @@ EVENTS=${1:-50000000}
 shift || true
 QUERIES=("$@")
 [ ${#QUERIES[@]} -gt 0 ] || QUERIES=(q0 q1 q2 q3 q4 q5 q7 q8 session)
-BIN=${BIN:-${CARGO_TARGET_DIR:-$HOME/.cache/weir-release}/release/weir}
-if [ ! -x "$BIN" ]; then
-  echo "no weir binary at $BIN: cargo build --release -p weir-web, or set BIN" >&2
-  exit 1
-fi
+source scripts/lib/release-bin.sh
 
 for q in "${QUERIES[@]}"; do
   out=$(mktemp)

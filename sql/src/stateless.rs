@@ -72,12 +72,11 @@ impl Operator for Stateless {
             return Ok(());
         }
         let steps = &self.steps;
-        let done: Vec<Result<RecordBatch>> = parts
+        // All or nothing: a failing slice fails the batch, as it would serially.
+        let done = parts
             .into_par_iter()
             .map(|(offset, len)| steps.apply_slice(batch.slice(offset, len), offset == 0))
-            .collect();
-        // All or nothing: a failing slice fails the batch, as it would serially.
-        let done = done.into_iter().collect::<Result<Vec<_>>>()?;
+            .collect::<Result<Vec<RecordBatch>>>()?;
         // One change per input batch, as serially: subscribers and sinks see no more.
         out.emit(concat_batches(&done[0].schema(), &done)?);
         Ok(())

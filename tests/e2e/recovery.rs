@@ -503,13 +503,7 @@ async fn committed_readers_see_only_checkpointed_rows() -> Result<()> {
         ids(weir.get("/api/v1/views/ids?consistency=committed").await?).is_empty(),
         "no checkpoint holds the rows yet"
     );
-    let taken: Value = weir
-        .client
-        .post(format!("{}/api/v1/checkpoints", weir.url))
-        .send()
-        .await?
-        .json()
-        .await?;
+    let taken = weir.checkpoint_now().await?;
     let epoch = taken["epoch"].as_u64().expect("an epoch");
     assert_eq!(
         ids(weir.get("/api/v1/views/ids?consistency=committed").await?),
@@ -802,13 +796,7 @@ async fn a_file_source_resumes_at_its_byte_offset() -> Result<()> {
     )
     .await?;
     weir.wait_finished("events").await?;
-    let taken: Value = weir
-        .client
-        .post(format!("{}/api/v1/checkpoints", weir.url))
-        .send()
-        .await?
-        .json()
-        .await?;
+    let taken = weir.checkpoint_now().await?;
     assert_eq!(
         taken["sources"][0]["position"]["offset"],
         first.len().to_string(),
@@ -1000,13 +988,7 @@ async fn a_checkpoint_taken_in_parallel_restores_at_another_parallelism() -> Res
         300 * 5,
         "30 s of one-second windows, 5 keys each"
     );
-    let status = weir
-        .client
-        .post(format!("{}/api/v1/checkpoints", weir.url))
-        .send()
-        .await?
-        .status();
-    assert!(status.is_success(), "{status}");
+    weir.checkpoint_now().await?;
 
     // More records, and a restart at parallelism 1: the 3 instances' groups are routed
     // into one.
@@ -1095,13 +1077,7 @@ async fn open_sessions_restore_at_another_parallelism() -> Result<()> {
         sorted_rows(&weir, "sessions").await?.is_empty(),
         "every session is still open"
     );
-    let status = weir
-        .client
-        .post(format!("{}/api/v1/checkpoints", weir.url))
-        .send()
-        .await?
-        .status();
-    assert!(status.is_success(), "{status}");
+    weir.checkpoint_now().await?;
 
     parallelism(2)?;
     let weir = weir.restart(&["--config", &config_arg]).await?;

@@ -169,6 +169,21 @@ impl Weir {
             .await?)
     }
 
+    /// Take a checkpoint now (`POST /api/v1/checkpoints`); its answer.
+    pub async fn checkpoint_now(&self) -> Result<Value> {
+        let r = self
+            .client
+            .post(format!("{}/api/v1/checkpoints", self.url))
+            .send()
+            .await?;
+        let status = r.status();
+        let body: Value = r.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            bail!("a checkpoint answered {status}: {body}");
+        }
+        Ok(body)
+    }
+
     pub async fn get(&self, path: &str) -> Result<Value> {
         let r = self
             .client

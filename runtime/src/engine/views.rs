@@ -290,33 +290,40 @@ pub(super) fn parallelize(query: &mut ContinuousQuery, n: usize) -> Result<()> {
     if n <= 1 {
         return Ok(());
     }
-    if let Some((_, detail)) = query.operators.iter_mut().find(|(op, _)| op == "aggregate") {
-        detail.push_str(&if used > 1 {
+    // The note goes on the first operator line that runs in parallel, if any does.
+    let mut note = |runs: &dyn Fn(&str, &str) -> bool, text: String| match query
+        .operators
+        .iter_mut()
+        .find(|(op, d)| runs(op, d))
+    {
+        Some((_, detail)) => {
+            detail.push_str(&text);
+            true
+        }
+        None => false,
+    };
+    let noted = note(
+        &|op, _| op == "aggregate",
+        if used > 1 {
             format!("; in {used} parallel instances, rows routed by a hash of the group key")
         } else {
             "; serially (no group key to route rows by, beside the window's)".to_string()
-        });
-    } else if let Some((_, detail)) = query
-        .operators
-        .iter_mut()
-        .find(|(op, detail)| op == "window" && detail.starts_with("SESSION"))
-    {
-        detail.push_str(&if used > 1 {
+        },
+    ) || note(
+        &|op, detail| op == "window" && detail.starts_with("SESSION"),
+        if used > 1 {
             format!(
                 "; sessions kept in {used} parallel instances, rows routed by a hash of the key"
             )
         } else {
             "; serially (no session key to route rows by)".to_string()
-        });
-    } else if used > 1
-        && let Some((_, detail)) = query
-            .operators
-            .iter_mut()
-            .find(|(op, _)| op == "filter" || op == "project")
-    {
-        detail.push_str(&format!(
-            "; a batch runs in up to {used} slices side by side"
-        ));
+        },
+    );
+    if !noted && used > 1 {
+        note(
+            &|op, _| op == "filter" || op == "project",
+            format!("; a batch runs in up to {used} slices side by side"),
+        );
     }
     Ok(())
 }
