@@ -1,0 +1,140 @@
+//! A column of fixed-width values (integers, floats, timestamps, decimals) kept in place
+//! by id: a write overwrites each id's slot and a read gathers the ids' slots, one
+//! memory access per value, however many ids are held.
+//!
+//! (Keeping an id's columns together as one row, so that a touched id costs one cache
+//! line, measured slower: 1.4 against 2.3 M rows/s over 10 million groups in the
+//! `updating` benchmark.)
+
+use datafusion::arrow::array::{Array, ArrayData, ArrayRef, make_array};
+use datafusion::arrow::buffer::{BooleanBuffer, Buffer, MutableBuffer, NullBuffer};
+use datafusion::arrow::datatypes::{ArrowNativeType, DataType, i256};
+use datafusion::arrow::util::bit_util;
+
+use crate::{Error, Result};
+
+pub(super) struct FixedColumn {
+    data_type: DataType,
+    /// Bytes per value.
+    width: usize,
+    /// Slot `id` holds the id's value; a slot never written holds zero.
+    values: MutableBuffer,
+    /// Each slot's validity (a bit per slot), kept only once a null has been written:
+    /// until then every slot is valid.
+    valid: Option<MutableBuffer>,
+}
+
+impl FixedColumn {
+    /// The column for values of `data_type`, or `None` if their width varies.
+    pub(super) fn new(data_type: &DataType) -> Option<Self> {
+        let width = data_type.primitive_width()?;
+        Some(Self {
+            data_type: data_type.clone(),
+            width,
+            values: MutableBuffer::new(0),
+            valid: None,
+        })
+    }
+
+    fn slots(&self) -> usize {
+        self.values.len() / self.width
+    }
+
+    /// Make room for ids below `slots`.
+    pub(super) fn grow(&mut self, slots: usize) {
+        if slots <= self.slots() {
+            return;
+        }
+        self.values.resize(slots * self.width, 0);
+        if let Some(valid) = &mut self.valid {
+            grow_bits(valid, slots);
+        }
+    }
+
+    /// Row `i` of `array` becomes the value of `ids[i]` (ids below [`Self::grow`]'s).
+    pub(super) fn write(&mut self, ids: &[u32], array: &dyn Array) -> Result<()> {
+        if array.data_type() != &self.data_type || array.len() != ids.len() {
+            return Err(Error::Execution(format!(
+                "{} values of {} for {} ids of {}",
+                array.len(),
+                array.data_type(),
+                ids.len(),
+                self.data_type
+            )));
+        }
+        let data = array.to_data();
+        match self.width {
+            1 => scatter::<i8>(&mut self.values, data.buffer(0), ids),
+            2 => scatter::<i16>(&mut self.values, data.buffer(0), ids),
+            4 => scatter::<i32>(&mut self.values, data.buffer(0), ids),
+            8 => scatter::<i64>(&mut self.values, data.buffer(0), ids),
+            16 => scatter::<i128>(&mut self.values, data.buffer(0), ids),
+            32 => scatter::<i256>(&mut self.values, data.buffer(0), ids),
+            w => return Err(Error::Execution(format!("no values {w} bytes wide"))),
+        }
+        if array.null_count() > 0 && self.valid.is_none() {
+            let mut valid = MutableBuffer::new(0);
+            grow_bits(&mut valid, self.slots());
+            self.valid = Some(valid);
+        }
+        if let Some(valid) = &mut self.valid {
+            let valid = valid.as_slice_mut();
+            for (i, &id) in ids.iter().enumerate() {
+                if array.is_valid(i) {
+                    bit_util::set_bit(valid, id as usize);
+                } else {
+                    bit_util::unset_bit(valid, id as usize);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The values of `ids`, in their order (ids written before).
+    pub(super) fn read(&self, ids: &[u32]) -> Result<ArrayRef> {
+        let values = match self.width {
+            1 => gather::<i8>(&self.values, ids),
+            2 => gather::<i16>(&self.values, ids),
+            4 => gather::<i32>(&self.values, ids),
+            8 => gather::<i64>(&self.values, ids),
+            16 => gather::<i128>(&self.values, ids),
+            32 => gather::<i256>(&self.values, ids),
+            w => return Err(Error::Execution(format!("no values {w} bytes wide"))),
+        };
+        let nulls = self.valid.as_ref().map(|valid| {
+            let valid = valid.as_slice();
+            NullBuffer::new(BooleanBuffer::collect_bool(ids.len(), |i| {
+                bit_util::get_bit(valid, ids[i] as usize)
+            }))
+        });
+        let data = ArrayData::builder(self.data_type.clone())
+            .len(ids.len())
+            .add_buffer(values)
+            .nulls(nulls.filter(|n| n.null_count() > 0))
+            .build()?;
+        Ok(make_array(data))
+    }
+
+    /// Bytes held.
+    pub(super) fn size(&self) -> usize {
+        self.values.capacity() + self.valid.as_ref().map_or(0, |v| v.capacity())
+    }
+}
+
+/// Extend a validity bitmap to `slots` bits, the new ones set (whole bytes are added
+/// set, so bits past the slots in use are set too).
+fn grow_bits(bits: &mut MutableBuffer, slots: usize) {
+    bits.resize(bit_util::ceil(slots, 8), 0xFF);
+}
+
+fn scatter<T: ArrowNativeType>(slots: &mut MutableBuffer, values: &[T], ids: &[u32]) {
+    let slots = slots.typed_data_mut::<T>();
+    for (&id, &value) in ids.iter().zip(values) {
+        slots[id as usize] = value;
+    }
+}
+
+fn gather<T: ArrowNativeType>(slots: &MutableBuffer, ids: &[u32]) -> Buffer {
+    let slots = slots.typed_data::<T>();
+    Buffer::from_vec(ids.iter().map(|&id| slots[id as usize]).collect::<Vec<T>>())
+}
