@@ -63,13 +63,17 @@ impl FixedColumn {
             )));
         }
         let data = array.to_data();
+        // As bytes: an input buffer is aligned for its own type (an interval's to 4 or 8
+        // bytes), not necessarily for the integer of the same width.
+        let values = &data.buffers()[0].as_slice()[data.offset() * self.width..];
+        let slots = self.values.as_slice_mut();
         match self.width {
-            1 => scatter::<i8>(&mut self.values, data.buffer(0), ids),
-            2 => scatter::<i16>(&mut self.values, data.buffer(0), ids),
-            4 => scatter::<i32>(&mut self.values, data.buffer(0), ids),
-            8 => scatter::<i64>(&mut self.values, data.buffer(0), ids),
-            16 => scatter::<i128>(&mut self.values, data.buffer(0), ids),
-            32 => scatter::<i256>(&mut self.values, data.buffer(0), ids),
+            1 => scatter::<1>(slots, values, ids),
+            2 => scatter::<2>(slots, values, ids),
+            4 => scatter::<4>(slots, values, ids),
+            8 => scatter::<8>(slots, values, ids),
+            16 => scatter::<16>(slots, values, ids),
+            32 => scatter::<32>(slots, values, ids),
             w => return Err(Error::Execution(format!("no values {w} bytes wide"))),
         }
         if array.null_count() > 0 && self.valid.is_none() {
@@ -127,10 +131,11 @@ fn grow_bits(bits: &mut MutableBuffer, slots: usize) {
     bits.resize(bit_util::ceil(slots, 8), 0xFF);
 }
 
-fn scatter<T: ArrowNativeType>(slots: &mut MutableBuffer, values: &[T], ids: &[u32]) {
-    let slots = slots.typed_data_mut::<T>();
-    for (&id, &value) in ids.iter().zip(values) {
-        slots[id as usize] = value;
+/// Value `i` of `values` (`W` bytes each) into slot `ids[i]`.
+fn scatter<const W: usize>(slots: &mut [u8], values: &[u8], ids: &[u32]) {
+    for (&id, value) in ids.iter().zip(values.chunks_exact(W)) {
+        let at = id as usize * W;
+        slots[at..at + W].copy_from_slice(value);
     }
 }
 

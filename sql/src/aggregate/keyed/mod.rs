@@ -1,8 +1,8 @@
 //! Rows kept by a dense id (a group's index), changed in place at a cost in proportion
 //! to the rows changed, not to the rows kept.
 //!
-//! Columns of fixed width (integers, floats, timestamps, decimals: every key and state
-//! of count, sum, min, max and avg over numbers) are kept in place, a slot per id
+//! Columns of fixed width (integers, floats, timestamps, decimals: numeric keys and the
+//! states of count, sum, min, max and avg over numbers) are kept in place, a slot per id
 //! ([`FixedColumn`]); the other columns (strings, lists) in chunks of rows ([`Chunks`]).
 //!
 //! An updating aggregate keeps its groups' intermediate states here, and an updating
@@ -122,12 +122,20 @@ impl KeyedRows {
         }
         // Checked before anything is written, so a bad batch changes nothing.
         for (column, field) in rows.columns().iter().zip(self.schema.fields()) {
-            if column.data_type() != field.data_type() {
+            if column.data_type() != field.data_type()
+                || (!field.is_nullable() && column.null_count() > 0)
+            {
                 return Err(crate::Error::Execution(format!(
-                    "column {} is {}, not {}",
+                    "column {} is {} with {} nulls, not {}{}",
                     field.name(),
                     column.data_type(),
-                    field.data_type()
+                    column.null_count(),
+                    field.data_type(),
+                    if field.is_nullable() {
+                        ""
+                    } else {
+                        " without nulls"
+                    }
                 )));
             }
         }
@@ -136,8 +144,9 @@ impl KeyedRows {
         };
         let slots = top as usize + 1;
         if slots > self.present.len() {
-            // Doubling, so that ids growing one batch at a time copy each slot O(1) times.
-            let slots = slots.max(self.present.len() * 2);
+            // Doubling, so that ids growing one batch at a time copy each slot O(1) times
+            // (ids are u32: no more slots than that).
+            let slots = slots.max(self.present.len() * 2).min(1 << 32);
             self.present.resize(slots, false);
             self.fixed.iter_mut().for_each(|c| c.grow(slots));
         }
@@ -189,8 +198,9 @@ impl KeyedRows {
 
     /// Every row, by id, with the ids.
     pub fn all(&self) -> Result<(Vec<u32>, RecordBatch)> {
-        let ids: Vec<u32> = (0..self.present.len() as u32)
-            .filter(|&id| self.present[id as usize])
+        let ids: Vec<u32> = (0..self.present.len())
+            .filter(|&id| self.present[id])
+            .map(|id| id as u32)
             .collect();
         let rows = self.read(&ids)?;
         Ok((ids, rows))
@@ -292,8 +302,35 @@ mod tests {
         assert_eq!(values(&all), vec![22, 12, 25]);
         // A value written null and then not null again reads back not null.
         kept.set(&[2], rows(&[14])).expect("set");
+        // The first null: ids written before it still read back valid.
+        assert_eq!(
+            values(&kept.get(&[1, 2, 5]).expect("get").1),
+            vec![22, i64::MIN, 25]
+        );
         kept.set(&[2], rows(&[15])).expect("set");
         assert_eq!(values(&kept.get(&[2]).expect("get").1), vec![15]);
+        // A batch that does not fit the schema changes nothing.
+        let strict = Arc::new(Schema::new(vec![
+            Field::new("v", DataType::Int64, false),
+            Field::new("s", DataType::Utf8, false),
+        ]));
+        let mut strict_rows = KeyedRows::new(strict.clone());
+        let valid = RecordBatch::try_new(
+            strict.clone(),
+            vec![
+                Arc::new(Int64Array::from(vec![1])),
+                Arc::new(StringArray::from(vec!["#1"])),
+            ],
+        )
+        .expect("batch");
+        strict_rows.set(&[0], valid).expect("set");
+        let with_null =
+            RecordBatch::try_new(schema(), rows(&[7]).columns().to_vec()).expect("batch");
+        assert!(
+            strict_rows.set(&[0], with_null).is_err(),
+            "a null where none may be"
+        );
+        assert_eq!(values(&strict_rows.all().expect("all").1), vec![1]);
     }
 
     #[test]
@@ -354,6 +391,9 @@ mod tests {
         let (positions, got) = kept.get(&[40, 3, 17]).expect("get");
         assert_eq!(positions, vec![0, 1, 2]);
         assert_eq!(got, batch);
+        // A slice starts at an offset into its buffers (values and validity bits).
+        kept.set(&[8, 9], batch.slice(1, 2)).expect("set");
+        assert_eq!(kept.get(&[8, 9]).expect("get").1, batch.slice(1, 2));
         let (_, reversed) = kept.get(&[17, 3, 40]).expect("get");
         let back = UInt32Array::from(vec![2, 1, 0]);
         for (c, column) in reversed.columns().iter().enumerate() {
