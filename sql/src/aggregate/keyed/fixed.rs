@@ -7,8 +7,8 @@
 //! `updating` benchmark.)
 
 use datafusion::arrow::array::{Array, ArrayData, ArrayRef, make_array};
-use datafusion::arrow::buffer::{BooleanBuffer, Buffer, MutableBuffer, NullBuffer};
-use datafusion::arrow::datatypes::{ArrowNativeType, DataType, i256};
+use datafusion::arrow::buffer::{BooleanBuffer, MutableBuffer, NullBuffer};
+use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::util::bit_util;
 
 use crate::{Error, Result};
@@ -51,20 +51,13 @@ impl FixedColumn {
         }
     }
 
-    /// Row `i` of `array` becomes the value of `ids[i]` (ids below [`Self::grow`]'s).
+    /// Row `i` of `array` becomes the value of `ids[i]` (ids below [`Self::grow`]'s; the
+    /// array of this column's type and of `ids`' length, as `KeyedRows::set` checks).
     pub(super) fn write(&mut self, ids: &[u32], array: &dyn Array) -> Result<()> {
-        if array.data_type() != &self.data_type || array.len() != ids.len() {
-            return Err(Error::Execution(format!(
-                "{} values of {} for {} ids of {}",
-                array.len(),
-                array.data_type(),
-                ids.len(),
-                self.data_type
-            )));
-        }
         let data = array.to_data();
         // As bytes: an input buffer is aligned for its own type (an interval's to 4 or 8
-        // bytes), not necessarily for the integer of the same width.
+        // bytes), not necessarily for the integer of the same width; fixed-size copies
+        // compile to plain moves all the same.
         let values = &data.buffers()[0].as_slice()[data.offset() * self.width..];
         let slots = self.values.as_slice_mut();
         match self.width {
@@ -96,15 +89,17 @@ impl FixedColumn {
 
     /// The values of `ids`, in their order (ids written before).
     pub(super) fn read(&self, ids: &[u32]) -> Result<ArrayRef> {
-        let values = match self.width {
-            1 => gather::<i8>(&self.values, ids),
-            2 => gather::<i16>(&self.values, ids),
-            4 => gather::<i32>(&self.values, ids),
-            8 => gather::<i64>(&self.values, ids),
-            16 => gather::<i128>(&self.values, ids),
-            32 => gather::<i256>(&self.values, ids),
+        let mut values = MutableBuffer::from_len_zeroed(ids.len() * self.width);
+        let (slots, out) = (self.values.as_slice(), values.as_slice_mut());
+        match self.width {
+            1 => gather::<1>(slots, ids, out),
+            2 => gather::<2>(slots, ids, out),
+            4 => gather::<4>(slots, ids, out),
+            8 => gather::<8>(slots, ids, out),
+            16 => gather::<16>(slots, ids, out),
+            32 => gather::<32>(slots, ids, out),
             w => return Err(Error::Execution(format!("no values {w} bytes wide"))),
-        };
+        }
         let nulls = self.valid.as_ref().map(|valid| {
             let valid = valid.as_slice();
             NullBuffer::new(BooleanBuffer::collect_bool(ids.len(), |i| {
@@ -113,7 +108,7 @@ impl FixedColumn {
         });
         let data = ArrayData::builder(self.data_type.clone())
             .len(ids.len())
-            .add_buffer(values)
+            .add_buffer(values.into())
             .nulls(nulls.filter(|n| n.null_count() > 0))
             .build()?;
         Ok(make_array(data))
@@ -139,7 +134,10 @@ fn scatter<const W: usize>(slots: &mut [u8], values: &[u8], ids: &[u32]) {
     }
 }
 
-fn gather<T: ArrowNativeType>(slots: &MutableBuffer, ids: &[u32]) -> Buffer {
-    let slots = slots.typed_data::<T>();
-    Buffer::from_vec(ids.iter().map(|&id| slots[id as usize]).collect::<Vec<T>>())
+/// Slots `ids` into `out`, in order (`W` bytes each).
+fn gather<const W: usize>(slots: &[u8], ids: &[u32], out: &mut [u8]) {
+    for (&id, value) in ids.iter().zip(out.chunks_exact_mut(W)) {
+        let at = id as usize * W;
+        value.copy_from_slice(&slots[at..at + W]);
+    }
 }
