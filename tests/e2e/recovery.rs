@@ -1095,13 +1095,15 @@ async fn open_sessions_restore_at_another_parallelism() -> Result<()> {
         format!("{{\"user_id\":999,\"ts\":{}}}", BASE + 3_600_000),
     )
     .await?;
-    let rows = weir
+    // Both views: each publishes its rows on its own, so one may lag the other briefly.
+    let (rows, serial) = weir
         .wait_for("both phases' sessions", Duration::from_secs(30), || async {
             let rows = sorted_rows(&weir, "sessions").await?;
-            Ok((rows.len() == 100).then_some(rows))
+            let serial = sorted_rows(&weir, "sessions_serial").await?;
+            Ok((rows.len() == 100 && serial.len() == 100).then_some((rows, serial)))
         })
         .await?;
-    assert_eq!(rows, sorted_rows(&weir, "sessions_serial").await?);
+    assert_eq!(rows, serial);
     let counted: i64 = rows
         .iter()
         .map(|r| {
