@@ -449,11 +449,23 @@ async fn raw_request(url: &str, head: &str) -> Result<String> {
 /// input that has sent nothing for the idle timeout no longer holds them back.
 #[tokio::test]
 async fn an_idle_input_stops_holding_a_join_back() -> Result<()> {
+    idle_input_left_out_of_a_join(&[]).await
+}
+
+/// The same when each batch takes longer than the idle timeout (as on a loaded
+/// machine): by the time the clicks are processed both inputs count as idle, and the
+/// clicks' rows must still close their windows (this stalled for good once).
+#[tokio::test]
+async fn a_join_whose_inputs_are_all_idle_still_closes_its_windows() -> Result<()> {
+    idle_input_left_out_of_a_join(&[("WEIR_FAILPOINTS", "pipeline-slow-batch")]).await
+}
+
+async fn idle_input_left_out_of_a_join(env: &[(&str, &str)]) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let config = dir.path().join("weir.toml");
     std::fs::write(&config, "[runtime]\nidle-timeout = '1s'\n")?;
     let config = config.to_string_lossy().to_string();
-    let weir = Weir::start_in(dir, &["--config", &config]).await?;
+    let weir = Weir::start_with_env(dir, &["--config", &config], env).await?;
     for table in ["clicks", "orders"] {
         weir.exec(&format!(
             "CREATE SOURCE {table} (id BIGINT, ts TIMESTAMP, WATERMARK FOR ts AS ts) WITH (connector = 'http')"

@@ -51,13 +51,13 @@ impl Pipeline {
         let now = now_ms();
         let inputs = view.inputs.iter().map(|input| {
             let Some(source) = input.upgrade() else {
-                return JoinInput::Skipped;
+                return JoinInput::Idle(None);
             };
             let w = source.current_watermark.load(Ordering::Acquire);
             let idle = now - source.last_chunk_ms.load(Ordering::Relaxed) > self.idle_timeout_ms
                 && *source.state.lock() == SourceState::Running;
             match w {
-                _ if idle => JoinInput::Skipped,
+                _ if idle => JoinInput::Idle((w != i64::MIN).then_some(w)),
                 i64::MIN => JoinInput::Pending,
                 w => JoinInput::At(w),
             }

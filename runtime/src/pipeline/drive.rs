@@ -126,7 +126,7 @@ impl SplitWatermarks {
     pub fn update(&mut self, now_ms: i64, idle_ms: i64) -> Option<i64> {
         let joined = join_watermark(self.splits.values().map(|s| {
             if now_ms.saturating_sub(s.last_ms) > idle_ms {
-                JoinInput::Skipped
+                JoinInput::Idle(s.watermark.current())
             } else {
                 s.watermark
                     .current()
@@ -161,27 +161,31 @@ impl SplitWatermarks {
 /// What one input of a join counts for in the join's watermark.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JoinInput {
-    /// Not counted: idle for longer than the idle timeout, or gone.
-    Skipped,
+    /// Idle for longer than the idle timeout (at this watermark, if it has one), or
+    /// gone: it holds no other input back.
+    Idle(Option<i64>),
     /// Counted, but without a watermark yet.
     Pending,
     /// Counted, at this watermark (`i64::MAX` once finished).
     At(i64),
 }
 
-/// The watermark of a query over several inputs: the minimum of the counted inputs'.
-/// None while a counted input has no watermark yet (its first rows may be anywhere in
-/// time), and none when no input counts.
+/// The watermark of a query over several inputs: the minimum of the active inputs'.
+/// None while an active input has no watermark yet (its first rows may be anywhere in
+/// time). When every input is idle, the largest of their watermarks (Flink's rule):
+/// idle inputs no longer hold each other back, so the rows already in close their
+/// windows rather than wait for more (a slow batch can outlast the idle timeout, and
+/// then its own input counts as idle too).
 pub fn join_watermark(inputs: impl IntoIterator<Item = JoinInput>) -> Option<i64> {
-    let mut min: Option<i64> = None;
+    let (mut active, mut idle): (Option<i64>, Option<i64>) = (None, None);
     for input in inputs {
         match input {
-            JoinInput::Skipped => {}
+            JoinInput::Idle(w) => idle = idle.max(w),
             JoinInput::Pending => return None,
-            JoinInput::At(w) => min = Some(min.map_or(w, |m| m.min(w))),
+            JoinInput::At(w) => active = Some(active.map_or(w, |m| m.min(w))),
         }
     }
-    min
+    active.or(idle)
 }
 
 /// The inputs of one query driven from one thread, batch by batch (input 0 is the
@@ -376,11 +380,36 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_processed_after_the_idle_timeout_still_moves_the_watermark() -> TestResult {
+        // Rows heard at 0 ms, processed only at 2 s (a slow batch on a loaded machine):
+        // the one split counts as idle by then, and its own rows must still close
+        // windows, as one InputWatermark would.
+        let mut w = SplitWatermarks::new(InputWatermark::new(0, Some(0)));
+        w.touch(0, 0);
+        w.observe(0, &times(&[5_000])?, 2_000);
+        assert_eq!(w.update(2_000, 1_000), Some(5_000));
+        // Two splits, both idle: the furthest one's rows close windows.
+        let mut both = SplitWatermarks::new(InputWatermark::new(0, Some(0)));
+        both.touch(0, 0);
+        both.touch(1, 0);
+        both.observe(0, &times(&[5_000])?, 0);
+        both.observe(1, &times(&[9_000])?, 0);
+        assert_eq!(both.update(0, 1_000), Some(5_000));
+        assert_eq!(both.update(2_000, 1_000), Some(9_000));
+        Ok(())
+    }
+
+    #[test]
     fn a_join_waits_for_every_counted_input() {
         use JoinInput::*;
-        assert_eq!(join_watermark([At(5), At(3), Skipped]), Some(3));
+        assert_eq!(join_watermark([At(5), At(3), Idle(Some(9))]), Some(3));
+        assert_eq!(join_watermark([At(5), At(3), Idle(Some(1))]), Some(3));
+        assert_eq!(join_watermark([At(5), Pending, Idle(Some(9))]), None);
         assert_eq!(join_watermark([At(5), Pending]), None);
-        assert_eq!(join_watermark([Skipped, Skipped]), None);
+        // Every input idle: the rows already in close their windows.
+        assert_eq!(join_watermark([Idle(Some(24)), Idle(None)]), Some(24));
+        assert_eq!(join_watermark([Idle(Some(24)), Idle(Some(7))]), Some(24));
+        assert_eq!(join_watermark([Idle(None), Idle(None)]), None);
         assert_eq!(join_watermark([At(i64::MAX), At(7)]), Some(7));
     }
 
