@@ -22,7 +22,7 @@ use datafusion::arrow::json::ReaderBuilder;
 use serde::de::IgnoredAny;
 use serde_json::value::RawValue;
 
-use super::simd::SimdPlan;
+use super::simd::{Checked, SimdPlan};
 
 /// Decodes JSON records against one schema. Unknown fields are ignored.
 #[derive(Debug, Clone)]
@@ -80,14 +80,26 @@ impl JsonDecoder {
                 };
             }
         };
-        self.decode_records(records)
+        let checked = self
+            .simd
+            .as_ref()
+            .map_or(Checked::No, |plan| plan.check_body(body));
+        self.decode_checked(records, checked)
     }
 
     /// Decode records that arrive one by one (a message each), one JSON object each.
     pub fn decode_records<'a>(&self, records: impl IntoIterator<Item = &'a [u8]>) -> Decoded {
+        self.decode_checked(records, Checked::No)
+    }
+
+    fn decode_checked<'a>(
+        &self,
+        records: impl IntoIterator<Item = &'a [u8]>,
+        checked: Checked,
+    ) -> Decoded {
         let records: Vec<(usize, &[u8])> = records.into_iter().enumerate().collect();
         let total = records.len();
-        if let Some(batch) = self.simd.as_ref().and_then(|plan| plan.decode(&records)) {
+        if let Some(batch) = (self.simd.as_ref()).and_then(|plan| plan.decode(&records, checked)) {
             return Decoded {
                 batch,
                 rejected: Vec::new(),
@@ -230,11 +242,18 @@ fn split_records(body: &[u8]) -> Result<Vec<&[u8]>, String> {
             .map_err(|e| format!("the body is not a valid JSON array: {e}"))?;
         return Ok(items.into_iter().map(|r| r.get().as_bytes()).collect());
     }
-    Ok(body
-        .split(|&b| b == b'\n')
-        .map(<[u8]>::trim_ascii)
-        .filter(|l| !l.is_empty())
-        .collect())
+    // memchr finds the line ends many bytes at a time (a byte-by-byte split was 15%
+    // of decoding a block of bids).
+    let mut records = Vec::with_capacity(memchr::memchr_iter(b'\n', body).count() + 1);
+    let mut start = 0;
+    for end in memchr::memchr_iter(b'\n', body).chain(std::iter::once(body.len())) {
+        let line = body[start..end].trim_ascii();
+        if !line.is_empty() {
+            records.push(line);
+        }
+        start = end + 1;
+    }
+    Ok(records)
 }
 
 /// Only for a record that did not decode: whether its syntax is at fault, and where.
@@ -454,11 +473,22 @@ mod tests {
             assert!(
                 fast.simd
                     .as_ref()
-                    .and_then(|p| p.decode(&[(0, record.as_bytes())]))
+                    .and_then(|p| p.decode(&[(0, record.as_bytes())], Checked::No))
                     .is_some(),
                 "a valid record takes the fast path: {record}"
             );
         }
+        // A body of valid records is checked once, as a whole, and takes the fast path.
+        let body = all_good.join("\n");
+        let plan = fast.simd.as_ref().expect("a fast path");
+        assert_eq!(plan.check_body(body.as_bytes()), Checked::WholeBody);
+        let records: Vec<(usize, &[u8])> =
+            all_good.iter().map(|r| r.as_bytes()).enumerate().collect();
+        assert!(
+            (fast.simd.as_ref())
+                .and_then(|p| p.decode(&records, Checked::WholeBody))
+                .is_some()
+        );
         // Each odd record alone and among valid ones: the same rows and dead letters.
         for record in odd {
             let mixed = [good[0], record, good[1]];
@@ -468,6 +498,15 @@ mod tests {
                 "{record}"
             );
             assert_eq!(decode(&fast, &mixed), decode(&arrow, &mixed), "{record}");
+            // As lines of one body, checked as a whole rather than record by record.
+            let body = mixed.join("\n");
+            let (fast_body, arrow_body) =
+                (fast.decode(body.as_bytes()), arrow.decode(body.as_bytes()));
+            assert_eq!(
+                (fast_body.batch, fast_body.rejected, fast_body.records),
+                (arrow_body.batch, arrow_body.rejected, arrow_body.records),
+                "{record}"
+            );
         }
         // Nulls and missing values in NOT NULL columns of every kind.
         let strict = Arc::new(Schema::new(vec![

@@ -10,6 +10,7 @@
 //! accepted or refused exactly as before; only the common case is faster.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use datafusion::arrow::array::{
     ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, RecordBatch, StringBuilder,
@@ -20,13 +21,41 @@ use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use simd_json::{Node, StaticNode, Tape};
 
 /// How each column of a schema the fast path can decode takes its values.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct SimdPlan {
     schema: SchemaRef,
     kinds: Vec<Kind>,
     nullable: Vec<bool>,
     /// Whether a column is a float (see [`long_number`]).
     has_floats: bool,
+    /// Each text column's bytes per row in the last batch, to size the next one's
+    /// buffer (growing it by doubling cost copies and page faults).
+    text_bytes_per_row: Vec<AtomicUsize>,
+}
+
+impl Clone for SimdPlan {
+    fn clone(&self) -> Self {
+        Self {
+            schema: self.schema.clone(),
+            kinds: self.kinds.clone(),
+            nullable: self.nullable.clone(),
+            has_floats: self.has_floats,
+            text_bytes_per_row: text_hints(&self.kinds),
+        }
+    }
+}
+
+/// What [`SimdPlan::decode`]'s caller already knows of its records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checked {
+    /// Nothing: each record is checked on its own.
+    No,
+    /// The body holding every record is [`plain`] and has no long number.
+    WholeBody,
+}
+
+fn text_hints(kinds: &[Kind]) -> Vec<AtomicUsize> {
+    kinds.iter().map(|_| AtomicUsize::new(16)).collect()
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -56,17 +85,29 @@ impl SimdPlan {
         Some(Self {
             schema: schema.clone(),
             has_floats: kinds.iter().any(|k| matches!(k, Kind::Float)),
+            text_bytes_per_row: text_hints(&kinds),
             kinds,
             nullable: schema.fields().iter().map(|f| f.is_nullable()).collect(),
         })
     }
 
+    /// Whether a body's records can skip the per-record checks: one pass over the whole
+    /// body costs less than a pass per short record.
+    pub fn check_body(&self, body: &[u8]) -> Checked {
+        if plain(body) && !(self.has_floats && long_number(body)) {
+            Checked::WholeBody
+        } else {
+            Checked::No
+        }
+    }
+
     /// Every record as a row, or `None` if any record needs arrow-json's judgement.
-    pub fn decode(&self, records: &[(usize, &[u8])]) -> Option<RecordBatch> {
+    pub fn decode(&self, records: &[(usize, &[u8])], checked: Checked) -> Option<RecordBatch> {
         let mut columns: Vec<Column> = self
             .kinds
             .iter()
-            .map(|k| Column::new(*k, records.len()))
+            .zip(&self.text_bytes_per_row)
+            .map(|(k, hint)| Column::new(*k, records.len(), hint.load(Ordering::Relaxed)))
             .collect();
         let mut buffers = simd_json::Buffers::default();
         let mut scratch = Vec::new();
@@ -76,8 +117,8 @@ impl SimdPlan {
         let mut seen = vec![false; columns.len()];
         for (_, record) in records {
             if record.first() != Some(&b'{')
-                || !plain(record)
-                || (self.has_floats && long_number(record))
+                || (checked == Checked::No
+                    && (!plain(record) || (self.has_floats && long_number(record))))
             {
                 return None;
             }
@@ -94,12 +135,16 @@ impl SimdPlan {
             }
             seen.fill(false);
             let mut at = 1;
+            // Records mostly list their keys in one order: try the column after the
+            // last one matched before searching.
+            let mut next = 0;
             for _ in 0..len {
                 let Node::String(key) = nodes.get(at)? else {
                     return None;
                 };
                 let value = nodes.get(at + 1)?;
-                if let Some(c) = self.schema.fields().iter().position(|f| f.name() == key) {
+                if let Some(c) = self.column_of(key, next) {
+                    next = c + 1;
                     if seen[c] {
                         return None;
                     }
@@ -118,8 +163,23 @@ impl SimdPlan {
             }
             spare = tape.reset();
         }
+        for (column, hint) in columns.iter().zip(&self.text_bytes_per_row) {
+            if let Column::Text(b) = column {
+                let per_row = b.values_slice().len() / records.len().max(1);
+                hint.store(per_row + per_row / 8 + 1, Ordering::Relaxed);
+            }
+        }
         let columns: Vec<ArrayRef> = columns.iter_mut().map(Column::finish).collect();
         RecordBatch::try_new(self.schema.clone(), columns).ok()
+    }
+
+    /// The column named `key`, looked for at `guess` first.
+    fn column_of(&self, key: &str, guess: usize) -> Option<usize> {
+        let fields = self.schema.fields();
+        if fields.get(guess).is_some_and(|f| f.name() == key) {
+            return Some(guess);
+        }
+        fields.iter().position(|f| f.name() == key)
     }
 }
 
@@ -133,12 +193,15 @@ enum Column {
 }
 
 impl Column {
-    fn new(kind: Kind, rows: usize) -> Self {
+    fn new(kind: Kind, rows: usize, text_bytes_per_row: usize) -> Self {
         match kind {
             Kind::Int => Column::Int(Int64Builder::with_capacity(rows)),
             Kind::Float => Column::Float(Float64Builder::with_capacity(rows)),
             Kind::Bool => Column::Bool(BooleanBuilder::with_capacity(rows)),
-            Kind::Text => Column::Text(StringBuilder::with_capacity(rows, rows * 16)),
+            Kind::Text => Column::Text(StringBuilder::with_capacity(
+                rows,
+                rows * text_bytes_per_row,
+            )),
             Kind::Millis => Column::Millis(TimestampMillisecondBuilder::with_capacity(rows)),
         }
     }
