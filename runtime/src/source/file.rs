@@ -2,9 +2,9 @@
 //! source: the final watermark closes every window). Its position is the byte offset
 //! after the last line read, so a restart from a checkpoint reads on from there.
 //!
-//! The file is read in blocks of whole lines; up to `runtime.parallelism` blocks are
-//! decoded at once on the worker threads and sent in file order, so rows keep their
-//! order and each chunk's position is exact.
+//! The file is read ahead, on a thread of its own, in blocks of whole lines; up to
+//! `runtime.parallelism` blocks are decoded at once on the worker threads and sent in
+//! file order, so rows keep their order and each chunk's position is exact.
 //!
 //! Paths are relative to `runtime.files-dir` (default `<data-dir>/files`) and may not
 //! leave it: SQL users must not be able to read any file the server can.
@@ -141,54 +141,43 @@ impl FileReader {
         }
         let mut file = File::open(&self.path)?;
         file.seek(SeekFrom::Start(self.start))?;
-        let mut offset = self.start;
-        let mut carry: Vec<u8> = Vec::new();
-        let mut block = vec![0u8; self.block_bytes];
+        // Blocks are read ahead on a thread of their own while the workers decode the
+        // ones before (read in turn with decoding, the read left both workers idle).
+        // It ends at the end of the file, or when this side stops and drops `blocks`.
+        let (tx, blocks) = std::sync::mpsc::sync_channel(self.parallelism);
+        let (start, block_bytes) = (self.start, self.block_bytes);
+        std::thread::Builder::new()
+            .name(format!("file-read-{}", self.feed.source))
+            .spawn(move || read_blocks(file, start, block_bytes, tx))?;
         let mut at_end = false;
         while !at_end {
             if self.feed.stopped() {
                 return Ok(());
             }
-            // Up to `parallelism` blocks of whole lines (at the end, a last line
-            // without a newline too).
-            let mut blocks = Vec::with_capacity(self.parallelism);
-            while blocks.len() < self.parallelism && !at_end {
-                let n = file.read(&mut block)?;
-                at_end = n == 0;
-                carry.extend_from_slice(&block[..n]);
-                let take = if at_end {
-                    carry.len()
-                } else {
-                    match carry.iter().rposition(|&b| b == b'\n') {
-                        Some(i) => i + 1,
-                        None => continue,
+            // Up to `parallelism` blocks of whole lines.
+            let mut round = Vec::with_capacity(self.parallelism);
+            while round.len() < self.parallelism {
+                match blocks.recv() {
+                    Ok(block) => round.push(block?),
+                    Err(_) => {
+                        at_end = true;
+                        break;
                     }
-                };
-                let lines: Vec<u8> = carry.drain(..take).collect();
-                let end = offset + lines.len() as u64;
-                // A blank block is not sent: its bytes are re-read after a restart.
-                if lines.iter().any(|b| !b.is_ascii_whitespace()) {
-                    blocks.push(Block {
-                        lines,
-                        from: offset,
-                        end,
-                    });
                 }
-                offset = end;
             }
             // Decoded side by side, sent in file order.
-            let decoded: Vec<Decoded> = if blocks.len() > 1 {
-                blocks
+            let decoded: Vec<Decoded> = if round.len() > 1 {
+                round
                     .par_iter()
                     .map(|b| self.decoder.decode(&b.lines))
                     .collect()
             } else {
-                blocks
+                round
                     .iter()
                     .map(|b| self.decoder.decode(&b.lines))
                     .collect()
             };
-            for (b, decoded) in blocks.iter().zip(decoded) {
+            for (b, decoded) in round.iter().zip(decoded) {
                 if !self.send(decoded, b.from, b.end) {
                     return Ok(());
                 }
@@ -218,6 +207,57 @@ impl FileReader {
         }));
         self.feed
             .send(decoded.batch, Position::at(POSITION, end), 0)
+    }
+}
+
+/// Read `file` from byte `offset` on in blocks of whole lines, about `block_bytes`
+/// each (at the end, a last line without a newline too), until its end or until the
+/// other side of `tx` is gone. A blank block is not sent: its bytes are re-read after a
+/// restart.
+fn read_blocks(
+    mut file: File,
+    mut offset: u64,
+    block_bytes: usize,
+    tx: std::sync::mpsc::SyncSender<std::io::Result<Block>>,
+) {
+    let mut carry: Vec<u8> = Vec::new();
+    loop {
+        carry.reserve(block_bytes);
+        let n = match (&mut file).take(block_bytes as u64).read_to_end(&mut carry) {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = tx.send(Err(e));
+                return;
+            }
+        };
+        let at_end = n == 0;
+        let take = if at_end {
+            carry.len()
+        } else {
+            match memchr::memrchr(b'\n', &carry) {
+                Some(i) => i + 1,
+                None => continue,
+            }
+        };
+        // The lines keep the buffer; only the partial line after them is copied.
+        let rest = carry.split_off(take);
+        let lines = std::mem::replace(&mut carry, rest);
+        let end = offset + lines.len() as u64;
+        if lines.iter().any(|b| !b.is_ascii_whitespace())
+            && tx
+                .send(Ok(Block {
+                    lines,
+                    from: offset,
+                    end,
+                }))
+                .is_err()
+        {
+            return;
+        }
+        offset = end;
+        if at_end {
+            return;
+        }
     }
 }
 
