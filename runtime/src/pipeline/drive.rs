@@ -172,17 +172,19 @@ pub enum JoinInput {
 
 /// The watermark of a query over several inputs: the minimum of the active inputs'.
 /// None while an active input has no watermark yet (its first rows may be anywhere in
-/// time). When every input is idle, the largest of their watermarks (Flink's rule):
-/// idle inputs no longer hold each other back, so the rows already in close their
-/// windows rather than wait for more (a slow batch can outlast the idle timeout, and
-/// then its own input counts as idle too).
+/// time). When every input is idle, the minimum of those that have a watermark: the
+/// rows already in still close their windows (a batch slower than the idle timeout
+/// makes its own input count as idle by the time it is processed), and no input that
+/// is merely behind (a busy pipeline looks idle too) finds its next rows late.
 pub fn join_watermark(inputs: impl IntoIterator<Item = JoinInput>) -> Option<i64> {
+    let min = |a: Option<i64>, w: i64| Some(a.map_or(w, |m| m.min(w)));
     let (mut active, mut idle): (Option<i64>, Option<i64>) = (None, None);
     for input in inputs {
         match input {
-            JoinInput::Idle(w) => idle = idle.max(w),
+            JoinInput::Idle(Some(w)) => idle = min(idle, w),
+            JoinInput::Idle(None) => {}
             JoinInput::Pending => return None,
-            JoinInput::At(w) => active = Some(active.map_or(w, |m| m.min(w))),
+            JoinInput::At(w) => active = min(active, w),
         }
     }
     active.or(idle)
@@ -388,14 +390,19 @@ mod tests {
         w.touch(0, 0);
         w.observe(0, &times(&[5_000])?, 2_000);
         assert_eq!(w.update(2_000, 1_000), Some(5_000));
-        // Two splits, both idle: the furthest one's rows close windows.
+        // Two splits, both idle: the one behind still holds the source back (a split
+        // looks idle while the pipeline is busy; its next rows must not be late).
         let mut both = SplitWatermarks::new(InputWatermark::new(0, Some(0)));
         both.touch(0, 0);
         both.touch(1, 0);
-        both.observe(0, &times(&[5_000])?, 0);
-        both.observe(1, &times(&[9_000])?, 0);
-        assert_eq!(both.update(0, 1_000), Some(5_000));
-        assert_eq!(both.update(2_000, 1_000), Some(9_000));
+        both.observe(0, &times(&[9_000])?, 0);
+        assert_eq!(both.update(0, 1_000), None, "split 1 has no watermark yet");
+        assert_eq!(both.update(2_000, 1_000), Some(9_000), "both idle");
+        both.touch(1, 2_000);
+        both.observe(1, &times(&[5_000])?, 2_000);
+        both.observe(0, &times(&[12_000])?, 2_000);
+        assert_eq!(both.update(4_000, 1_000), None, "split 1 is at 5 s");
+        assert_eq!(both.current(), Some(9_000));
         Ok(())
     }
 
@@ -406,9 +413,10 @@ mod tests {
         assert_eq!(join_watermark([At(5), At(3), Idle(Some(1))]), Some(3));
         assert_eq!(join_watermark([At(5), Pending, Idle(Some(9))]), None);
         assert_eq!(join_watermark([At(5), Pending]), None);
-        // Every input idle: the rows already in close their windows.
+        // Every input idle: the rows already in close their windows, as far as the
+        // input furthest behind allows.
         assert_eq!(join_watermark([Idle(Some(24)), Idle(None)]), Some(24));
-        assert_eq!(join_watermark([Idle(Some(24)), Idle(Some(7))]), Some(24));
+        assert_eq!(join_watermark([Idle(Some(24)), Idle(Some(7))]), Some(7));
         assert_eq!(join_watermark([Idle(None), Idle(None)]), None);
         assert_eq!(join_watermark([At(i64::MAX), At(7)]), Some(7));
     }
