@@ -395,6 +395,28 @@ mod tests {
         );
     }
 
+    /// Text buffers are sized from the last batch's bytes per row, but never beyond the
+    /// records' own bytes: one huge value must not make the next batch ask for gigabytes.
+    #[test]
+    fn text_buffers_never_outgrow_their_records() {
+        use datafusion::arrow::array::AsArray;
+        let schema = Arc::new(Schema::new(vec![Field::new("name", DataType::Utf8, true)]));
+        let decoder = JsonDecoder::new(schema);
+        let huge = format!("{{\"name\":\"{}\"}}", "x".repeat(1 << 20));
+        assert_eq!(decoder.decode(huge.as_bytes()).batch.num_rows(), 1);
+        let body: String = (0..10_000)
+            .map(|i| format!("{{\"name\":\"{i}\"}}\n"))
+            .collect();
+        let batch = decoder.decode(body.as_bytes()).batch;
+        assert_eq!(batch.num_rows(), 10_000);
+        let capacity = batch.column(0).as_string::<i32>().values().capacity();
+        assert!(
+            capacity <= body.len(),
+            "{capacity} bytes for {} of records",
+            body.len()
+        );
+    }
+
     /// The fast path decides nothing: on every kind of record, valid or not, the
     /// decoder gives what arrow-json alone gives (rows and dead letters).
     #[test]

@@ -82,6 +82,12 @@ impl SimdPlan {
                 _ => None,
             })
             .collect::<Option<Vec<_>>>()?;
+        // Keys are looked up by name: with two columns of one name, arrow-json decides.
+        let mut names: Vec<&String> = schema.fields().iter().map(|f| f.name()).collect();
+        names.sort_unstable();
+        if names.windows(2).any(|w| w[0] == w[1]) {
+            return None;
+        }
         Some(Self {
             schema: schema.clone(),
             has_floats: kinds.iter().any(|k| matches!(k, Kind::Float)),
@@ -103,11 +109,17 @@ impl SimdPlan {
 
     /// Every record as a row, or `None` if any record needs arrow-json's judgement.
     pub fn decode(&self, records: &[(usize, &[u8])], checked: Checked) -> Option<RecordBatch> {
+        // A column's text is never longer than the records it came from.
+        let record_bytes: usize = records.iter().map(|(_, r)| r.len()).sum();
         let mut columns: Vec<Column> = self
             .kinds
             .iter()
             .zip(&self.text_bytes_per_row)
-            .map(|(k, hint)| Column::new(*k, records.len(), hint.load(Ordering::Relaxed)))
+            .map(|(k, hint)| {
+                let text_bytes =
+                    (records.len().saturating_mul(hint.load(Ordering::Relaxed))).min(record_bytes);
+                Column::new(*k, records.len(), text_bytes)
+            })
             .collect();
         let mut buffers = simd_json::Buffers::default();
         let mut scratch = Vec::new();
@@ -193,15 +205,12 @@ enum Column {
 }
 
 impl Column {
-    fn new(kind: Kind, rows: usize, text_bytes_per_row: usize) -> Self {
+    fn new(kind: Kind, rows: usize, text_bytes: usize) -> Self {
         match kind {
             Kind::Int => Column::Int(Int64Builder::with_capacity(rows)),
             Kind::Float => Column::Float(Float64Builder::with_capacity(rows)),
             Kind::Bool => Column::Bool(BooleanBuilder::with_capacity(rows)),
-            Kind::Text => Column::Text(StringBuilder::with_capacity(
-                rows,
-                rows * text_bytes_per_row,
-            )),
+            Kind::Text => Column::Text(StringBuilder::with_capacity(rows, text_bytes)),
             Kind::Millis => Column::Millis(TimestampMillisecondBuilder::with_capacity(rows)),
         }
     }
