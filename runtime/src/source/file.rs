@@ -2,9 +2,10 @@
 //! source: the final watermark closes every window). Its position is the byte offset
 //! after the last line read, so a restart from a checkpoint reads on from there.
 //!
-//! The file is read ahead, on a thread of its own, in blocks of whole lines; up to
-//! `runtime.parallelism` blocks are decoded at once on the worker threads and sent in
-//! file order, so rows keep their order and each chunk's position is exact.
+//! The file is read ahead, on a thread of its own, in blocks of whole lines; each block
+//! is decoded on a worker thread as soon as one is free (up to `runtime.parallelism`
+//! and one more at once) and sent in file order, so rows keep their order and each
+//! chunk's position is exact.
 //!
 //! Paths are relative to `runtime.files-dir` (default `<data-dir>/files`) and may not
 //! leave it: SQL users must not be able to read any file the server can.
@@ -12,7 +13,7 @@
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, mpsc};
 
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use serde::Deserialize;
@@ -23,7 +24,6 @@ use crate::connectors::{ConnectorInfo, Described, OptionDoc, field_names};
 use crate::deadletter::NewDeadLetter;
 use crate::decode::{Decoded, JsonDecoder};
 use crate::{Error, Result};
-use rayon::prelude::*;
 
 /// Options of `WITH (connector = 'file', ...)` beyond the common ones.
 #[derive(Debug, Deserialize)]
@@ -69,7 +69,7 @@ impl Connector for FileSource {
         let reader = FileReader {
             path: self.path.clone(),
             start: resume.and_then(|p| p.offset(POSITION)).unwrap_or(0),
-            decoder: JsonDecoder::new(self.schema.clone()),
+            decoder: Arc::new(JsonDecoder::new(self.schema.clone())),
             parallelism: self.parallelism,
             block_bytes: READ_BYTES,
             feed,
@@ -119,7 +119,7 @@ pub fn resolve(dir: &Path, path: &str) -> Result<PathBuf> {
 struct FileReader {
     path: PathBuf,
     start: u64,
-    decoder: JsonDecoder,
+    decoder: Arc<JsonDecoder>,
     /// Blocks decoded at once.
     parallelism: usize,
     /// Bytes read per block (the block ends at its last complete line).
@@ -149,38 +149,52 @@ impl FileReader {
         std::thread::Builder::new()
             .name(format!("file-read-{}", self.feed.source))
             .spawn(move || read_blocks(file, start, block_bytes, tx))?;
+        // Blocks decode on the workers as soon as a worker is free, a few ahead of the
+        // one being sent, and are sent in file order: no round waits for its slowest
+        // block, and no worker waits while a block is sent.
+        let mut decoding: std::collections::VecDeque<(u64, u64, mpsc::Receiver<Decoded>)> =
+            Default::default();
         let mut at_end = false;
-        while !at_end {
+        loop {
             if self.feed.stopped() {
                 return Ok(());
             }
-            // Up to `parallelism` blocks of whole lines.
-            let mut round = Vec::with_capacity(self.parallelism);
-            while round.len() < self.parallelism {
+            while !at_end && decoding.len() <= self.parallelism {
                 match blocks.recv() {
-                    Ok(block) => round.push(block?),
+                    Ok(Ok(Some(block))) => {
+                        let (done, decoded) = mpsc::sync_channel(1);
+                        let decoder = Arc::clone(&self.decoder);
+                        rayon::spawn(move || {
+                            // Caught (a panic in a spawned job aborts the process): it
+                            // drops `done`, and the source stops with an error below.
+                            let decode = || decoder.decode(&block.lines);
+                            if let Ok(decoded) =
+                                std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode))
+                            {
+                                let _ = done.send(decoded);
+                            }
+                        });
+                        decoding.push_back((block.from, block.end, decoded));
+                    }
+                    Ok(Ok(None)) => at_end = true,
+                    Ok(Err(e)) => return Err(e),
+                    // Gone without saying the file ended (it panicked): the windows
+                    // must not close as if the whole file had been read.
                     Err(_) => {
-                        at_end = true;
-                        break;
+                        return Err(std::io::Error::other(
+                            "the file's reader stopped before its end",
+                        ));
                     }
                 }
             }
-            // Decoded side by side, sent in file order.
-            let decoded: Vec<Decoded> = if round.len() > 1 {
-                round
-                    .par_iter()
-                    .map(|b| self.decoder.decode(&b.lines))
-                    .collect()
-            } else {
-                round
-                    .iter()
-                    .map(|b| self.decoder.decode(&b.lines))
-                    .collect()
+            let Some((from, end, decoded)) = decoding.pop_front() else {
+                break;
             };
-            for (b, decoded) in round.iter().zip(decoded) {
-                if !self.send(decoded, b.from, b.end) {
-                    return Ok(());
-                }
+            let decoded = decoded.recv().map_err(|_| {
+                std::io::Error::other(format!("decoding bytes {from}..{end} failed"))
+            })?;
+            if !self.send(decoded, from, end) {
+                return Ok(());
             }
         }
         self.feed.end();
@@ -212,13 +226,13 @@ impl FileReader {
 
 /// Read `file` from byte `offset` on in blocks of whole lines, about `block_bytes`
 /// each (at the end, a last line without a newline too), until its end or until the
-/// other side of `tx` is gone. A blank block is not sent: its bytes are re-read after a
-/// restart.
+/// other side of `tx` is gone; `None` says the end was reached. A blank block is not
+/// sent: its bytes are re-read after a restart.
 fn read_blocks(
     mut file: File,
     mut offset: u64,
     block_bytes: usize,
-    tx: std::sync::mpsc::SyncSender<std::io::Result<Block>>,
+    tx: mpsc::SyncSender<std::io::Result<Option<Block>>>,
 ) {
     let mut carry: Vec<u8> = Vec::new();
     loop {
@@ -245,17 +259,18 @@ fn read_blocks(
         let end = offset + lines.len() as u64;
         if lines.iter().any(|b| !b.is_ascii_whitespace())
             && tx
-                .send(Ok(Block {
+                .send(Ok(Some(Block {
                     lines,
                     from: offset,
                     end,
-                }))
+                })))
                 .is_err()
         {
             return;
         }
         offset = end;
         if at_end {
+            let _ = tx.send(Ok(None));
             return;
         }
     }
@@ -322,7 +337,7 @@ mod tests {
         FileReader {
             path: resolve(dir, "records.jsonl").expect("inside"),
             start,
-            decoder: JsonDecoder::new(schema),
+            decoder: Arc::new(JsonDecoder::new(schema)),
             parallelism: 3,
             block_bytes,
             feed,
@@ -374,13 +389,30 @@ mod tests {
     fn blocks_decoded_side_by_side_keep_the_file_order_and_exact_offsets() {
         let dir = tempfile::tempdir().expect("tmp");
         let mut text = String::new();
-        let mut line_ends = Vec::new();
+        let (mut line_ends, mut id_ends) = (Vec::new(), Vec::new());
         for id in 0..500 {
             if id % 97 == 13 {
                 text.push_str("{\"id\":\"bad\"}\n");
+                line_ends.push(text.len() as u64);
             }
-            text.push_str(&format!("{{\"id\":{id}}}\n"));
+            if id % 61 == 5 {
+                // Blank lines, more than a block of them: a blank block is not sent.
+                for _ in 0..30 {
+                    text.push_str("  \n");
+                    line_ends.push(text.len() as u64);
+                }
+            }
+            if id % 50 == 7 {
+                // A line longer than a block.
+                text.push_str(&format!(
+                    "{{\"id\":{id},\"pad\":\"{}\"}}\n",
+                    "x".repeat(100)
+                ));
+            } else {
+                text.push_str(&format!("{{\"id\":{id}}}\n"));
+            }
             line_ends.push(text.len() as u64);
+            id_ends.push(text.len() as u64);
         }
         std::fs::write(dir.path().join("records.jsonl"), &text).expect("write");
         // Blocks of about 3 lines, decoded 3 at a time.
@@ -406,7 +438,7 @@ mod tests {
         // Resumed from a block's end: exactly the rows after it.
         let resume = offsets[offsets.len() / 2];
         let (rest, _, _) = read_in_blocks(dir.path(), resume, 40);
-        let before = line_ends.iter().filter(|&&e| e <= resume).count() as i64;
+        let before = id_ends.iter().filter(|&&e| e <= resume).count() as i64;
         assert_eq!(rest, (before..500).collect::<Vec<i64>>());
     }
 
