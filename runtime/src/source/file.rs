@@ -3,8 +3,8 @@
 //! after the last line read, so a restart from a checkpoint reads on from there.
 //!
 //! The file is read ahead, on a thread of its own, in blocks of whole lines; each block
-//! is decoded on a worker thread as soon as one is free (up to `runtime.parallelism`
-//! and one more at once) and sent in file order, so rows keep their order and each
+//! is decoded on a worker thread as soon as one is free (`runtime.parallelism` and one
+//! more are queued at once) and sent in file order, so rows keep their order and each
 //! chunk's position is exact.
 //!
 //! Paths are relative to `runtime.files-dir` (default `<data-dir>/files`) and may not
