@@ -169,9 +169,24 @@ impl From<datafusion::arrow::error::ArrowError> for Error {
     }
 }
 
+/// What a caught panic said (its message, when it gave one as text).
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    (panic.downcast_ref::<String>().cloned())
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_caught_panic_says_what_it_said() {
+        let formatted = std::panic::catch_unwind(|| panic!("bad block {}", 7)).unwrap_err();
+        assert_eq!(panic_message(formatted.as_ref()), "bad block 7");
+        let plain = std::panic::catch_unwind(|| panic!("plain")).unwrap_err();
+        assert_eq!(panic_message(plain.as_ref()), "plain");
+    }
 
     #[test]
     fn each_error_names_who_must_act() {

@@ -127,6 +127,14 @@ struct FileReader {
     feed: Feed,
 }
 
+/// A block being decoded on a worker: its byte range, and where its rows (or why it
+/// failed) will come.
+struct Decoding {
+    from: u64,
+    end: u64,
+    decoded: mpsc::Receiver<std::result::Result<Decoded, String>>,
+}
+
 /// Whole lines of the file and the byte range they came from.
 struct Block {
     lines: Vec<u8>,
@@ -152,8 +160,7 @@ impl FileReader {
         // Blocks decode on the workers as soon as a worker is free, a few ahead of the
         // one being sent, and are sent in file order: no round waits for its slowest
         // block, and no worker waits while a block is sent.
-        let mut decoding: std::collections::VecDeque<(u64, u64, mpsc::Receiver<Decoded>)> =
-            Default::default();
+        let mut decoding: std::collections::VecDeque<Decoding> = Default::default();
         let mut at_end = false;
         loop {
             if self.feed.stopped() {
@@ -165,16 +172,19 @@ impl FileReader {
                         let (done, decoded) = mpsc::sync_channel(1);
                         let decoder = Arc::clone(&self.decoder);
                         rayon::spawn(move || {
-                            // Caught (a panic in a spawned job aborts the process): it
-                            // drops `done`, and the source stops with an error below.
+                            // Caught (a panic in a spawned job aborts the process): the
+                            // source stops with an error below, saying why.
                             let decode = || decoder.decode(&block.lines);
-                            if let Ok(decoded) =
+                            let decoded =
                                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode))
-                            {
-                                let _ = done.send(decoded);
-                            }
+                                    .map_err(|panic| crate::error::panic_message(panic.as_ref()));
+                            let _ = done.send(decoded);
                         });
-                        decoding.push_back((block.from, block.end, decoded));
+                        decoding.push_back(Decoding {
+                            from: block.from,
+                            end: block.end,
+                            decoded,
+                        });
                     }
                     Ok(Ok(None)) => at_end = true,
                     Ok(Err(e)) => return Err(e),
@@ -187,12 +197,15 @@ impl FileReader {
                     }
                 }
             }
-            let Some((from, end, decoded)) = decoding.pop_front() else {
+            let Some(Decoding { from, end, decoded }) = decoding.pop_front() else {
                 break;
             };
-            let decoded = decoded.recv().map_err(|_| {
-                std::io::Error::other(format!("decoding bytes {from}..{end} failed"))
-            })?;
+            let decoded = decoded
+                .recv()
+                .unwrap_or_else(|_| Err("no result".into()))
+                .map_err(|why| {
+                    std::io::Error::other(format!("decoding bytes {from}..{end} failed: {why}"))
+                })?;
             if !self.send(decoded, from, end) {
                 return Ok(());
             }

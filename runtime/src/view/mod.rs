@@ -322,13 +322,9 @@ impl ViewRuntime {
         let mut op = self.operator.lock();
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| call(op.as_mut())))
             .unwrap_or_else(|panic| {
-                let what = panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_default();
                 Err(weir_sql::Error::Execution(format!(
-                    "internal error (panic) in the operator: {what}"
+                    "internal error (panic) in the operator: {}",
+                    crate::error::panic_message(panic.as_ref())
                 )))
             });
         self.open_windows
