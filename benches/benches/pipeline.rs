@@ -144,6 +144,23 @@ fn benches(c: &mut Criterion) {
     g.bench_function("json_bids_8k", |b| {
         b.iter(|| black_box(decoder.decode(&body)))
     });
+    // The same bids as messages (Kafka, Kinesis): each checked on its own, or, kept end
+    // to end in one buffer as the Kafka and Kinesis readers keep them, checked at once.
+    g.bench_function("json_bids_8k_messages", |b| {
+        b.iter(|| black_box(decoder.decode_records(records.iter().copied())))
+    });
+    let end_to_end: Vec<u8> = records.concat();
+    let mut at = 0;
+    let in_buffer: Vec<&[u8]> = records
+        .iter()
+        .map(|r| {
+            at += r.len();
+            &end_to_end[at - r.len()..at]
+        })
+        .collect();
+    g.bench_function("json_bids_8k_messages_in_one_buffer", |b| {
+        b.iter(|| black_box(decoder.decode_records_in(in_buffer.iter().copied(), &end_to_end)))
+    });
     // arrow-json alone (weir's decoder before the simd-json fast path, and its fallback),
     // and simd-json's raw parse alone: the fast path's ceiling.
     let arrow_only = JsonDecoder::arrow_only(Table::Bid.schema());

@@ -92,6 +92,17 @@ impl JsonDecoder {
         self.decode_checked(records, Checked::No)
     }
 
+    /// Decode records that are all slices of `buffer` (messages kept end to end): the
+    /// buffer is checked once rather than each record.
+    pub fn decode_records_in<'a>(
+        &self,
+        records: impl IntoIterator<Item = &'a [u8]>,
+        buffer: &[u8],
+    ) -> Decoded {
+        let checked = (self.simd.as_ref()).map_or(Checked::No, |plan| plan.check_body(buffer));
+        self.decode_checked(records, checked)
+    }
+
     fn decode_checked<'a>(
         &self,
         records: impl IntoIterator<Item = &'a [u8]>,
@@ -520,6 +531,19 @@ mod tests {
                 "{record}"
             );
             assert_eq!(decode(&fast, &mixed), decode(&arrow, &mixed), "{record}");
+            // As messages kept end to end in one buffer, checked as a whole.
+            let buffer = mixed.concat();
+            let (mut at, mut slices) = (0, Vec::new());
+            for r in mixed {
+                slices.push(&buffer.as_bytes()[at..at + r.len()]);
+                at += r.len();
+            }
+            let in_buffer = fast.decode_records_in(slices, buffer.as_bytes());
+            assert_eq!(
+                (in_buffer.batch, in_buffer.rejected, in_buffer.records),
+                decode(&arrow, &mixed),
+                "{record}"
+            );
             // As lines of one body, checked as a whole rather than record by record.
             let body = mixed.join("\n");
             let (fast_body, arrow_body) =

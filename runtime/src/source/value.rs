@@ -55,15 +55,18 @@ impl ValueFormat {
     }
 
     /// The value columns of `n` records (`value(i)`: record i's value, `None` for a
-    /// record without one), and the records refused with their index.
+    /// record without one, each a slice of `buffer`), and the records refused with their
+    /// index.
     pub fn decode<'a>(
         &self,
         n: usize,
         value: impl Fn(usize) -> Option<&'a [u8]>,
+        buffer: &[u8],
     ) -> (Vec<ArrayRef>, Vec<Rejected>) {
         match self {
             ValueFormat::Json(decoder) => {
-                let decoded = decoder.decode_records((0..n).map(|i| value(i).unwrap_or_default()));
+                let values = (0..n).map(|i| value(i).unwrap_or_default());
+                let decoded = decoder.decode_records_in(values, buffer);
                 (decoded.batch.columns().to_vec(), decoded.rejected)
             }
             ValueFormat::Raw { utf8 } => raw(n, value, *utf8),

@@ -255,9 +255,11 @@ impl Messages {
     /// not decode are returned with their offsets.
     pub fn build(&mut self, layout: &Layout) -> Result<Built> {
         let n = self.len();
-        let (value_columns, rejected) = layout
-            .value
-            .decode(n, |i| (!self.null_values[i]).then(|| self.value(i)));
+        let (value_columns, rejected) = layout.value.decode(
+            n,
+            |i| (!self.null_values[i]).then(|| self.value(i)),
+            &self.values,
+        );
         // The envelope of the messages that decoded.
         let mut keep = Vec::with_capacity(n);
         let mut next_bad = rejected.iter().map(|r| r.index).peekable();

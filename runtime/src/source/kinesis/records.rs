@@ -224,7 +224,8 @@ impl Records {
     /// column; records whose data does not decode are returned with their positions.
     pub fn build(&mut self, layout: &Layout, shard: &str) -> Result<Built> {
         let n = self.len();
-        let (value_columns, rejected) = layout.value.decode(n, |i| Some(self.values.get(i)));
+        let (value_columns, rejected) =
+            (layout.value).decode(n, |i| Some(self.values.get(i)), &self.values.bytes);
         let mut keep = Vec::with_capacity(n);
         let mut next_bad = rejected.iter().map(|r| r.index).peekable();
         for i in 0..n {
