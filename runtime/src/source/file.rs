@@ -152,7 +152,7 @@ impl FileReader {
         // Blocks are read ahead on a thread of their own while the workers decode the
         // ones before (read in turn with decoding, the read left both workers idle).
         // It ends at the end of the file, or when this side stops and drops `blocks`.
-        let (tx, blocks) = std::sync::mpsc::sync_channel(self.parallelism);
+        let (tx, blocks) = mpsc::sync_channel(self.parallelism);
         let (start, block_bytes) = (self.start, self.block_bytes);
         std::thread::Builder::new()
             .name(format!("file-read-{}", self.feed.source))
