@@ -58,6 +58,16 @@ pub(crate) fn run(
     batches: &[RecordBatch],
     finish: bool,
 ) -> (Vec<RecordBatch>, usize) {
+    let out = run_collecting(q, batches, finish);
+    (out.rows, out.late.iter().map(|b| b.num_rows()).sum())
+}
+
+/// [`run`], keeping everything the operator gave out.
+pub(crate) fn run_collecting(
+    q: &mut ContinuousQuery,
+    batches: &[RecordBatch],
+    finish: bool,
+) -> Collector {
     let mut wm = Watermark::new(0);
     let mut out = Collector::default();
     for b in batches {
@@ -76,7 +86,7 @@ pub(crate) fn run(
     if finish && let Some(w) = wm.finish() {
         q.operator.on_watermark(w, &mut out).expect("finish");
     }
-    (out.rows, out.late.iter().map(|b| b.num_rows()).sum())
+    out
 }
 
 /// Bids over 20 s with repeated auctions and prices, in event-time order.

@@ -124,6 +124,7 @@ pub(crate) async fn plan_lookup_join(
         ),
     ));
     Ok(ContinuousQuery {
+        columns_read: None,
         other_sources: Vec::new(),
         operators,
         source,

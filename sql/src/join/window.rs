@@ -148,6 +148,7 @@ pub(crate) async fn plan_window_join(
     );
     let output_schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
     Ok(ContinuousQuery {
+        columns_read: None,
         other_sources: others.iter().map(|((n, ..), _)| n.clone()).collect(),
         operators,
         source,

@@ -77,6 +77,9 @@ pub struct ContinuousQuery {
     pub source: String,
     /// Further sources of a join of several sources (inputs 1, 2, ... of the operator).
     pub other_sources: Vec<String>,
+    /// The columns of `source` (by index) the operator reads, when known: its source
+    /// need not decode the others. `None`: every column.
+    pub columns_read: Option<Vec<usize>>,
     pub output_schema: SchemaRef,
     /// A short description of the operator chain, for status pages.
     pub description: String,
@@ -194,6 +197,45 @@ async fn plan_one_source(
         table,
         scan_schema,
     };
+    // The window's time column is read by the windowing, not by the plan.
+    let columns_read = columns_read(
+        &planned.plan,
+        &source,
+        info,
+        window.as_ref().map(|(_, time_column)| *time_column),
+    );
+    let mut query =
+        plan_one_source_operator(planned, source, info, functions, call, window).await?;
+    query.columns_read = Some(columns_read);
+    Ok(query)
+}
+
+/// The columns of `source` a plan over it (and its window columns) reads, by index.
+fn columns_read(
+    plan: &LogicalPlan,
+    source: &str,
+    info: &SourceInfo,
+    time_column: Option<usize>,
+) -> Vec<usize> {
+    let width = info.schema.fields().len();
+    let mut read = narrow::used_columns_of(plan, source, width + 2);
+    read.retain(|&i| i < width);
+    if let Some(t) = time_column.filter(|t| !read.contains(t)) {
+        read.push(t);
+        read.sort_unstable();
+    }
+    read
+}
+
+/// The operator of a view over one source, from its plan.
+async fn plan_one_source_operator(
+    planned: Planned,
+    source: String,
+    info: &SourceInfo,
+    functions: &[ScalarUDF],
+    call: Option<WindowCall>,
+    window: Option<(Windowing, usize)>,
+) -> Result<ContinuousQuery> {
     let (Some(call), Some((windowing, time_column))) = (call, window) else {
         return plan_unwindowed(source, info, &planned.plan);
     };
@@ -270,6 +312,7 @@ fn plan_unwindowed(
     let Some(at) = aggregate_at else {
         let steps = lower_chain(&chain, &props)?;
         return Ok(ContinuousQuery {
+            columns_read: None,
             other_sources: Vec::new(),
             operators: explain(&chain, &source, info, None),
             source,
@@ -286,6 +329,7 @@ fn plan_unwindowed(
         detail.push_str(&format!("; {}", operator.path()));
     }
     Ok(ContinuousQuery {
+        columns_read: None,
         other_sources: Vec::new(),
         operators,
         source,
@@ -329,6 +373,7 @@ fn plan_windowed_aggregate(
         )
     };
     Ok(ContinuousQuery {
+        columns_read: None,
         other_sources: Vec::new(),
         operators,
         source,
@@ -401,6 +446,7 @@ async fn plan_per_window(
     );
     let output_schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
     Ok(ContinuousQuery {
+        columns_read: None,
         other_sources: Vec::new(),
         operators,
         source,

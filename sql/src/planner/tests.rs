@@ -5,7 +5,7 @@ use datafusion::assert_batches_eq;
 use crate::aggregate::KeyedRows;
 use crate::operator::Collector;
 use crate::parser::parse_statement;
-use crate::testing::{batch, bids_for_checkpoints, plan, run};
+use crate::testing::{batch, bids_for_checkpoints, plan, run, run_collecting};
 use crate::watermark::Watermark;
 
 /// Run an updating aggregate over each batch of `rows` and keep its changes in `view`,
@@ -810,4 +810,84 @@ async fn a_stateless_view_in_slices_emits_the_serial_rows_in_their_order() {
         let mut q = plan(sql).await.expect("plans");
         assert_eq!(q.operator.set_parallelism(3).expect("parallel"), 1, "{sql}");
     }
+}
+
+/// `columns_read` is what a source may decode alone: a view's rows are the same when
+/// every other column holds anything at all (the time column is always decoded, for
+/// the watermark).
+#[tokio::test]
+async fn a_view_reads_only_the_columns_it_says_it_reads() {
+    let input = bids_for_checkpoints();
+    for (sql, read) in [
+        ("SELECT auction FROM bids WHERE auction % 3 = 0", vec![0]),
+        ("SELECT * FROM bids WHERE price > 50", vec![0, 1, 2]),
+        (
+            "SELECT auction, count(*) AS n FROM bids GROUP BY auction",
+            vec![0],
+        ),
+        ("SELECT count(*) AS n FROM bids", vec![]),
+        (
+            "SELECT window_start, count(*) AS n FROM TUMBLE(bids, date_time, INTERVAL '3' SECOND) \
+             GROUP BY window_start",
+            vec![2],
+        ),
+        (
+            "SELECT window_start, auction, sum(price) AS total \
+             FROM HOP(bids, date_time, INTERVAL '1' SECOND, INTERVAL '4' SECOND) \
+             GROUP BY window_start, auction",
+            vec![0, 1, 2],
+        ),
+        (
+            "SELECT window_start, window_end, count(*) AS n \
+             FROM SESSION(bids, date_time, INTERVAL '1' SECOND) GROUP BY window_start, window_end",
+            vec![2],
+        ),
+        (
+            "SELECT b.window_start, b.auction FROM TUMBLE(bids, date_time, INTERVAL '3' SECOND) AS b \
+             JOIN (SELECT window_start, max(auction) AS top \
+             FROM TUMBLE(bids, date_time, INTERVAL '3' SECOND) GROUP BY window_start) AS m \
+             ON b.window_start = m.window_start AND b.auction = m.top",
+            vec![0, 2],
+        ),
+    ] {
+        let sql = format!("CREATE MATERIALIZED VIEW v AS {sql}");
+        let mut q = plan(&sql).await.expect("plans");
+        assert_eq!(q.columns_read.as_deref(), Some(&read[..]), "{sql}");
+        let expected = everything_out(run_collecting(&mut q, &input, true));
+        // Every column it does not read (but the time column) made nonsense.
+        let scrambled: Vec<RecordBatch> = input
+            .iter()
+            .map(|b| {
+                let columns = (0..b.num_columns())
+                    .map(|c| match c {
+                        2 => b.column(2).clone(),
+                        c if read.contains(&c) => b.column(c).clone(),
+                        _ => std::sync::Arc::new(Int64Array::from_iter_values(
+                            (0..b.num_rows() as i64).map(|i| 1_000_003 * i + 17),
+                        )) as _,
+                    })
+                    .collect();
+                RecordBatch::try_new(b.schema(), columns).expect("batch")
+            })
+            .collect();
+        let mut q = plan(&sql).await.expect("plans");
+        let rows = everything_out(run_collecting(&mut q, &scrambled, true));
+        assert!(
+            expected.lines().count() > 8,
+            "{sql}: too few rows: {expected}"
+        );
+        assert_eq!(rows, expected, "{sql}");
+    }
+}
+
+/// An operator's rows, upserts and changes by group, as text.
+fn everything_out(out: Collector) -> String {
+    let text = |b: &[RecordBatch]| {
+        datafusion::arrow::util::pretty::pretty_format_batches(b)
+            .expect("format")
+            .to_string()
+    };
+    let upserts: Vec<RecordBatch> = out.upserts.into_iter().map(|(_, b)| b).collect();
+    let keyed: Vec<RecordBatch> = out.keyed.into_iter().map(|c| c.rows).collect();
+    format!("{}\n{}\n{}", text(&out.rows), text(&upserts), text(&keyed))
 }

@@ -256,6 +256,7 @@ pub(crate) async fn plan_interval_join(
         return Err(Error::Execution("an interval join has two inputs".into()));
     };
     Ok(ContinuousQuery {
+        columns_read: None,
         other_sources: vec![second.clone()],
         operators,
         source: first.clone(),

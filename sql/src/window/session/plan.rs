@@ -93,6 +93,7 @@ pub(crate) async fn plan_session(
     );
     let output_schema: SchemaRef = Arc::new(narrowed.plan.schema().as_arrow().clone());
     Ok(ContinuousQuery {
+        columns_read: None,
         other_sources: Vec::new(),
         operators,
         source,

@@ -143,8 +143,10 @@ impl Sessions {
                 late.push(i as u32);
                 continue;
             }
-            let key = rows.row(i);
-            let key: &[u8] = key.as_ref();
+            // Without keys (one session for the whole stream) there are no rows to
+            // read: every row has the empty key.
+            let row = (!plan.key_columns.is_empty()).then(|| rows.row(i));
+            let key: &[u8] = row.as_ref().map_or(&[], |r| r.as_ref());
             // A key's first row allocates its entry; later rows only look it up.
             if !self.open.contains_key(key) {
                 self.open.insert(key.to_vec(), Vec::new());
@@ -291,12 +293,11 @@ impl Sessions {
         };
         let (start, end) = (bound(width - 2)?, bound(width - 1)?);
         self.earliest_end = self.earliest_end.min(end);
-        let key = self
-            .keys
-            .convert_columns(&key_arrays(plan, &batch))?
-            .row(0)
-            .as_ref()
-            .to_vec();
+        let keys = self.keys.convert_columns(&key_arrays(plan, &batch))?;
+        let key = match plan.key_columns.is_empty() {
+            true => Vec::new(),
+            false => keys.row(0).as_ref().to_vec(),
+        };
         let source_part = batch.project(&(0..width - 2).collect::<Vec<_>>())?;
         let n = source_part.num_rows();
         let b = self.store(source_part);
