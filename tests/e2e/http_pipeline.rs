@@ -647,3 +647,90 @@ async fn an_aggregate_without_group_by_is_one_row_kept_up_to_date_across_a_resta
     .await?;
     Ok(())
 }
+
+/// A source decodes only the columns its views read. A view created while rows decoded
+/// without its columns are still queued never sees those rows (with placeholders in
+/// place of its columns' values): it sees the rows decoded after it was created.
+#[tokio::test]
+async fn a_view_never_sees_rows_decoded_without_its_columns() -> Result<()> {
+    // Each batch takes 1.5 s, so rows posted meanwhile wait in the queue.
+    let weir = Weir::start_with_env(
+        tempfile::tempdir()?,
+        &[],
+        &[("WEIR_FAILPOINTS", "pipeline-slow-batch")],
+    )
+    .await?;
+    weir.exec(
+        "CREATE SOURCE people (id BIGINT, name VARCHAR, age BIGINT) \
+         WITH (connector = 'http', max_delay = '10ms')",
+    )
+    .await?;
+    weir.exec("CREATE MATERIALIZED VIEW ids AS SELECT id FROM people")
+        .await?;
+    let people = |ids: std::ops::Range<i64>| -> String {
+        ids.map(|i| format!("{{\"id\":{i},\"name\":\"n{i}\",\"age\":{}}}\n", 20 + i))
+            .collect()
+    };
+    assert_eq!(weir.post_records("people", people(0..10)).await?.0, 200);
+    weir.wait_for("the first batch", Duration::from_secs(10), || async {
+        let batches = weir.get("/api/v1/sources/people").await?["batches"].clone();
+        Ok((batches == 1).then_some(()))
+    })
+    .await?;
+    // Decoded with `id` alone, and queued behind the slow first batch.
+    assert_eq!(weir.post_records("people", people(10..20)).await?.0, 200);
+    weir.exec("CREATE MATERIALIZED VIEW names AS SELECT id, name, age FROM people")
+        .await?;
+    assert_eq!(weir.post_records("people", people(20..30)).await?.0, 200);
+    weir.wait_for("every id", Duration::from_secs(30), || async {
+        let rows = weir.get("/api/v1/views/ids").await?["rows"].clone();
+        Ok((rows.as_array().map_or(0, Vec::len) == 30).then_some(()))
+    })
+    .await?;
+    let mut rows = weir.get("/api/v1/views/names").await?["rows"].clone();
+    let rows = rows.as_array_mut().expect("rows");
+    rows.sort_by_key(|r| r[0].as_i64());
+    let expected: Vec<Value> = (20..30)
+        .map(|i| json!([i, format!("n{i}"), 20 + i]))
+        .collect();
+    assert_eq!(*rows, expected, "only the rows decoded with its columns");
+    Ok(())
+}
+
+/// A late row is dead-lettered with the columns that were decoded: a source whose
+/// views read only its time column does not show placeholders for the others.
+#[tokio::test]
+async fn a_late_row_is_dead_lettered_without_columns_never_decoded() -> Result<()> {
+    let weir = Weir::start(&[]).await?;
+    weir.exec(
+        "CREATE SOURCE events (id BIGINT, note VARCHAR, ts TIMESTAMP, WATERMARK FOR ts AS ts) \
+         WITH (connector = 'http', max_delay = '10ms')",
+    )
+    .await?;
+    weir.exec(
+        "CREATE MATERIALIZED VIEW per_second AS SELECT window_start, count(*) AS n \
+         FROM TUMBLE(events, ts, INTERVAL '1' SECOND) GROUP BY window_start",
+    )
+    .await?;
+    let event =
+        |id: i64, at: i64| format!("{{\"id\":{id},\"note\":\"n{id}\",\"ts\":{}}}\n", T0 + at);
+    let on_time: String = (0..5).map(|i| event(i, i * 1000)).collect();
+    assert_eq!(weir.post_records("events", on_time).await?.0, 200);
+    weir.wait_for("the first windows", Duration::from_secs(20), || async {
+        let rows = weir.get("/api/v1/views/per_second").await?["rows"].clone();
+        Ok((rows.as_array().map_or(0, Vec::len) == 4).then_some(()))
+    })
+    .await?;
+    assert_eq!(weir.post_records("events", event(99, 500)).await?.0, 200);
+    let letter = weir
+        .wait_for("the late row", Duration::from_secs(20), || async {
+            let dl = weir.get("/api/v1/dead-letters?source=events").await?;
+            Ok(dl["dead_letters"].get(0).cloned())
+        })
+        .await?;
+    assert_eq!(letter["view"], "per_second", "{letter}");
+    let raw: Value = serde_json::from_str(letter["raw"].as_str().unwrap_or(""))?;
+    assert_eq!(raw.as_object().map(|o| o.len()), Some(1), "{raw}");
+    assert!(raw["ts"].is_string(), "only its time: {raw}");
+    Ok(())
+}

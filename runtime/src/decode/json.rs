@@ -22,6 +22,7 @@ use datafusion::arrow::json::ReaderBuilder;
 use serde::de::IgnoredAny;
 use serde_json::value::RawValue;
 
+use super::Columns;
 use super::simd::{Checked, SimdPlan};
 
 /// Decodes JSON records against one schema. Unknown fields are ignored.
@@ -49,6 +50,9 @@ pub struct Decoded {
     pub rejected: Vec<Rejected>,
     /// Records found in the body (accepted plus rejected).
     pub records: usize,
+    /// The columns of `batch` that hold the records' values; the others hold
+    /// placeholders (see [`super::columns`]).
+    pub columns: Columns,
 }
 
 impl JsonDecoder {
@@ -66,6 +70,12 @@ impl JsonDecoder {
 
     /// Decode a body holding a JSON array of objects or newline-delimited JSON objects.
     pub fn decode(&self, body: &[u8]) -> Decoded {
+        self.decode_columns(body, Columns::ALL)
+    }
+
+    /// [`JsonDecoder::decode`], building only the columns in `wanted` (at least): every
+    /// column is checked all the same, so the same records are accepted.
+    pub fn decode_columns(&self, body: &[u8], wanted: Columns) -> Decoded {
         let records = match split_records(body) {
             Ok(records) => records,
             Err(reason) => {
@@ -77,16 +87,18 @@ impl JsonDecoder {
                         reason,
                     }],
                     records: 1,
+                    columns: Columns::ALL,
                 };
             }
         };
-        // Every record is a slice of the body.
-        self.decode_records_in(records, body)
+        // Every record is a slice of the body: checked once, as a whole.
+        let checked = (self.simd.as_ref()).map_or(Checked::No, |plan| plan.check_body(body));
+        self.decode_checked(records, checked, wanted)
     }
 
     /// Decode records that arrive one by one (a message each), one JSON object each.
     pub fn decode_records<'a>(&self, records: impl IntoIterator<Item = &'a [u8]>) -> Decoded {
-        self.decode_checked(records, Checked::No)
+        self.decode_checked(records, Checked::No, Columns::ALL)
     }
 
     /// Decode records that are all slices of `buffer` (messages kept end to end): the
@@ -97,28 +109,33 @@ impl JsonDecoder {
         buffer: &[u8],
     ) -> Decoded {
         let checked = (self.simd.as_ref()).map_or(Checked::No, |plan| plan.check_body(buffer));
-        self.decode_checked(records, checked)
+        self.decode_checked(records, checked, Columns::ALL)
     }
 
     fn decode_checked<'a>(
         &self,
         records: impl IntoIterator<Item = &'a [u8]>,
         checked: Checked,
+        wanted: Columns,
     ) -> Decoded {
         let records: Vec<(usize, &[u8])> = records.into_iter().enumerate().collect();
         let total = records.len();
-        if let Some(batch) = (self.simd.as_ref()).and_then(|plan| plan.decode(&records, checked)) {
+        let fast = (self.simd.as_ref()).and_then(|plan| plan.decode(&records, checked, wanted));
+        if let Some(batch) = fast {
             return Decoded {
                 batch,
                 rejected: Vec::new(),
                 records: total,
+                columns: wanted,
             };
         }
+        // arrow-json builds every column.
         if let Ok(batch) = self.decode_all(&records) {
             return Decoded {
                 batch,
                 rejected: Vec::new(),
                 records: total,
+                columns: Columns::ALL,
             };
         }
         // Something does not decode: find what, record by record.
@@ -143,6 +160,7 @@ impl JsonDecoder {
             batch,
             rejected,
             records: total,
+            columns: Columns::ALL,
         }
     }
 
@@ -503,7 +521,7 @@ mod tests {
             assert!(
                 fast.simd
                     .as_ref()
-                    .and_then(|p| p.decode(&[(0, record.as_bytes())], Checked::No))
+                    .and_then(|p| p.decode(&[(0, record.as_bytes())], Checked::No, Columns::ALL))
                     .is_some(),
                 "a valid record takes the fast path: {record}"
             );
@@ -516,7 +534,7 @@ mod tests {
             all_good.iter().map(|r| r.as_bytes()).enumerate().collect();
         assert!(
             (fast.simd.as_ref())
-                .and_then(|p| p.decode(&records, Checked::WholeBody))
+                .and_then(|p| p.decode(&records, Checked::WholeBody, Columns::ALL))
                 .is_some()
         );
         // Each odd record alone and among valid ones: the same rows and dead letters.
@@ -550,7 +568,15 @@ mod tests {
                 (arrow_body.batch, arrow_body.rejected, arrow_body.records),
                 "{record}"
             );
+            // Building two columns only, the same records are accepted and refused.
+            same_but_unread(&fast, &arrow, body.as_bytes(), &[0, 4]);
         }
+        let body = all_good.join("\n");
+        assert_eq!(
+            same_but_unread(&fast, &arrow, body.as_bytes(), &[1, 4]),
+            Columns::of([1, 4]),
+            "valid records take the fast path"
+        );
         // Nulls and missing values in NOT NULL columns of every kind.
         let strict = Arc::new(Schema::new(vec![
             Field::new("n", DataType::Float64, false),
@@ -575,6 +601,7 @@ mod tests {
                 decode(&arrow_strict, &[record]),
                 "{record}"
             );
+            same_but_unread(&fast_strict, &arrow_strict, record.as_bytes(), &[3]);
         }
         // Not UTF-8.
         let bad: &[u8] = b"{\"id\":21,\"name\":\"\xff\"}";
@@ -583,5 +610,35 @@ mod tests {
             (out.batch, out.rejected)
         };
         assert_eq!(of(&fast), of(&arrow));
+    }
+
+    /// Decode `body` building only the columns `wanted`: the same records are accepted
+    /// and refused as by arrow-json, the wanted columns hold the same values, and the
+    /// others (if the fast path took the body) are placeholders. The columns built.
+    fn same_but_unread(
+        fast: &JsonDecoder,
+        arrow: &JsonDecoder,
+        body: &[u8],
+        wanted: &[usize],
+    ) -> Columns {
+        let (narrow, whole) = (
+            fast.decode_columns(body, Columns::of(wanted.iter().copied())),
+            arrow.decode(body),
+        );
+        let text = String::from_utf8_lossy(body);
+        assert_eq!(narrow.rejected, whole.rejected, "{text}");
+        assert_eq!(narrow.records, whole.records, "{text}");
+        assert_eq!(narrow.batch.schema(), whole.batch.schema(), "{text}");
+        assert_eq!(narrow.batch.num_rows(), whole.batch.num_rows(), "{text}");
+        assert!(narrow.columns.covers(Columns::of(wanted.iter().copied())));
+        for c in 0..whole.batch.num_columns() {
+            if narrow.columns.contains(c) {
+                assert_eq!(narrow.batch.column(c), whole.batch.column(c), "{text}");
+            } else if whole.batch.num_rows() > 0 {
+                assert_ne!(narrow.batch.column(c), whole.batch.column(c), "{text}");
+                assert_eq!(narrow.batch.column(c).null_count(), 0, "a placeholder");
+            }
+        }
+        narrow.columns
     }
 }

@@ -1,6 +1,8 @@
 //! Decoding raw records into Arrow record batches of a source's schema.
 
+pub mod columns;
 pub mod json;
 pub mod simd;
 
+pub use columns::{Columns, ColumnsRead};
 pub use json::{Decoded, JsonDecoder, Rejected};

@@ -13,12 +13,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use datafusion::arrow::array::{
-    ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, RecordBatch, StringBuilder,
+    ArrayRef, BooleanArray, BooleanBuilder, Float64Array, Float64Builder, Int64Array, Int64Builder,
+    RecordBatch, StringArray, StringBuilder, TimestampMillisecondArray,
     TimestampMillisecondBuilder,
 };
+use datafusion::arrow::buffer::{BooleanBuffer, Buffer, OffsetBuffer};
 use datafusion::arrow::compute::kernels::cast_utils::string_to_timestamp_nanos;
 use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use simd_json::{Node, StaticNode, Tape};
+
+use super::Columns;
 
 /// How each column of a schema the fast path can decode takes its values.
 #[derive(Debug)]
@@ -108,14 +112,22 @@ impl SimdPlan {
     }
 
     /// Every record as a row, or `None` if any record needs arrow-json's judgement.
-    pub fn decode(&self, records: &[(usize, &[u8])], checked: Checked) -> Option<RecordBatch> {
+    /// Only the columns in `wanted` are built; the others are checked alike but hold
+    /// placeholders (zeros, empty strings).
+    pub fn decode(
+        &self,
+        records: &[(usize, &[u8])],
+        checked: Checked,
+        wanted: Columns,
+    ) -> Option<RecordBatch> {
         // A column's text is never longer than the records it came from.
         let record_bytes: usize = records.iter().map(|(_, r)| r.len()).sum();
-        let mut columns: Vec<Column> = self
-            .kinds
-            .iter()
-            .zip(&self.text_bytes_per_row)
-            .map(|(k, hint)| {
+        let mut columns: Vec<Column> = (self.kinds.iter().zip(&self.text_bytes_per_row))
+            .enumerate()
+            .map(|(c, (k, hint))| {
+                if !wanted.contains(c) {
+                    return Column::Unread(*k);
+                }
                 let text_bytes =
                     (records.len().saturating_mul(hint.load(Ordering::Relaxed))).min(record_bytes);
                 Column::new(*k, records.len(), text_bytes)
@@ -161,7 +173,7 @@ impl SimdPlan {
                         return None;
                     }
                     seen[c] = true;
-                    columns[c].append(value, self.nullable[c])?;
+                    columns[c].append(value_of(self.kinds[c], value, self.nullable[c])?);
                 }
                 at += 1 + nodes_of(value);
             }
@@ -181,7 +193,8 @@ impl SimdPlan {
                 hint.store(per_row + per_row / 8 + 1, Ordering::Relaxed);
             }
         }
-        let columns: Vec<ArrayRef> = columns.iter_mut().map(Column::finish).collect();
+        let rows = records.len();
+        let columns: Vec<ArrayRef> = columns.iter_mut().map(|c| c.finish(rows)).collect();
         RecordBatch::try_new(self.schema.clone(), columns).ok()
     }
 
@@ -195,13 +208,48 @@ impl SimdPlan {
     }
 }
 
-/// A column being built.
+/// A column being built, or one only checked (see [`SimdPlan::decode`]).
 enum Column {
     Int(Int64Builder),
     Float(Float64Builder),
     Bool(BooleanBuilder),
     Text(StringBuilder),
     Millis(TimestampMillisecondBuilder),
+    Unread(Kind),
+}
+
+/// A value as its column takes it.
+enum Value<'a> {
+    Null,
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    Text(&'a str),
+}
+
+/// The value `node` gives a column of `kind`; `None` if it is not one arrow-json would
+/// read the same way (or at all).
+fn value_of<'a>(kind: Kind, node: &'a Node<'_>, nullable: bool) -> Option<Value<'a>> {
+    use StaticNode::{Bool, F64, I64, Null, U64};
+    Some(match (kind, node) {
+        (_, Node::Static(Null)) if nullable => Value::Null,
+        (Kind::Int | Kind::Millis, Node::Static(I64(v))) => Value::Int(short(*v)?),
+        (Kind::Int | Kind::Millis, Node::Static(U64(v))) => {
+            Value::Int(short(i64::try_from(*v).ok()?)?)
+        }
+        (Kind::Float, Node::Static(F64(v))) => Value::Float(*v),
+        // An integer zero may have been written `-0`, which arrow-json reads as -0.0.
+        (Kind::Float, Node::Static(I64(v))) if *v != 0 => Value::Float(short(*v)? as f64),
+        (Kind::Float, Node::Static(U64(v))) if *v != 0 => {
+            Value::Float(short(i64::try_from(*v).ok()?)? as f64)
+        }
+        (Kind::Bool, Node::Static(Bool(v))) => Value::Bool(*v),
+        (Kind::Text, Node::String(s)) => Value::Text(s),
+        (Kind::Millis, Node::String(s)) => {
+            Value::Int(string_to_timestamp_nanos(s).ok()?.div_euclid(1_000_000))
+        }
+        _ => return None,
+    })
 }
 
 impl Column {
@@ -216,54 +264,54 @@ impl Column {
     }
 
     fn null(&mut self) {
-        match self {
-            Column::Int(b) => b.append_null(),
-            Column::Float(b) => b.append_null(),
-            Column::Bool(b) => b.append_null(),
-            Column::Text(b) => b.append_null(),
-            Column::Millis(b) => b.append_null(),
-        }
+        let _null_fits_every_kind = self.append(Value::Null);
     }
 
-    /// Append `node`; `None` if it is not a value this column takes as arrow-json would.
-    fn append(&mut self, node: &Node<'_>, nullable: bool) -> Option<()> {
-        use StaticNode::{Bool, F64, I64, Null, U64};
-        match (self, node) {
-            (c, Node::Static(Null)) if nullable => c.null(),
-            (Column::Int(b), Node::Static(I64(v))) => b.append_value(short(*v)?),
-            (Column::Int(b), Node::Static(U64(v))) => {
-                b.append_value(short(i64::try_from(*v).ok()?)?)
-            }
-            (Column::Float(b), Node::Static(F64(v))) => b.append_value(*v),
-            // An integer zero may have been written `-0`, which arrow-json reads as -0.0.
-            (Column::Float(b), Node::Static(I64(v))) if *v != 0 => {
-                b.append_value(short(*v)? as f64)
-            }
-            (Column::Float(b), Node::Static(U64(v))) if *v != 0 => {
-                b.append_value(short(i64::try_from(*v).ok()?)? as f64)
-            }
-            (Column::Bool(b), Node::Static(Bool(v))) => b.append_value(*v),
-            (Column::Text(b), Node::String(s)) => b.append_value(s),
-            (Column::Millis(b), Node::Static(I64(v))) => b.append_value(short(*v)?),
-            (Column::Millis(b), Node::Static(U64(v))) => {
-                b.append_value(short(i64::try_from(*v).ok()?)?)
-            }
-            (Column::Millis(b), Node::String(s)) => {
-                b.append_value(string_to_timestamp_nanos(s).ok()?.div_euclid(1_000_000))
-            }
+    /// Append a value of this column's kind (from [`value_of`]).
+    fn append(&mut self, value: Value<'_>) -> Option<()> {
+        match (self, value) {
+            (Column::Unread(_), _) => {}
+            (Column::Int(b), Value::Null) => b.append_null(),
+            (Column::Float(b), Value::Null) => b.append_null(),
+            (Column::Bool(b), Value::Null) => b.append_null(),
+            (Column::Text(b), Value::Null) => b.append_null(),
+            (Column::Millis(b), Value::Null) => b.append_null(),
+            (Column::Int(b), Value::Int(v)) => b.append_value(v),
+            (Column::Millis(b), Value::Int(v)) => b.append_value(v),
+            (Column::Float(b), Value::Float(v)) => b.append_value(v),
+            (Column::Bool(b), Value::Bool(v)) => b.append_value(v),
+            (Column::Text(b), Value::Text(v)) => b.append_value(v),
+            // Not made by `value_of` for this kind: arrow-json decides.
             _ => return None,
         }
         Some(())
     }
 
-    fn finish(&mut self) -> ArrayRef {
+    /// The column's array of `rows` rows.
+    fn finish(&mut self, rows: usize) -> ArrayRef {
         match self {
             Column::Int(b) => Arc::new(b.finish()),
             Column::Float(b) => Arc::new(b.finish()),
             Column::Bool(b) => Arc::new(b.finish()),
             Column::Text(b) => Arc::new(b.finish()),
             Column::Millis(b) => Arc::new(b.finish()),
+            Column::Unread(kind) => placeholder(*kind, rows),
         }
+    }
+}
+
+/// A column nobody reads: zeros (or empty strings), valid in any column, nullable or not.
+fn placeholder(kind: Kind, rows: usize) -> ArrayRef {
+    match kind {
+        Kind::Int => Arc::new(Int64Array::from_value(0, rows)),
+        Kind::Float => Arc::new(Float64Array::from_value(0.0, rows)),
+        Kind::Bool => Arc::new(BooleanArray::new(BooleanBuffer::new_unset(rows), None)),
+        Kind::Text => Arc::new(StringArray::new(
+            OffsetBuffer::new_zeroed(rows),
+            Buffer::from(Vec::<u8>::new()),
+            None,
+        )),
+        Kind::Millis => Arc::new(TimestampMillisecondArray::from_value(0, rows)),
     }
 }
 

@@ -46,7 +46,7 @@ pub struct LivePreview {
 impl Drop for LivePreview {
     fn drop(&mut self) {
         for s in &self.fed_by {
-            s.views.lock().retain(|v| v.id != self.view.id);
+            s.detach(|v| v.id == self.view.id);
         }
         tracing::debug!(preview = %self.view.name, "preview ended");
     }
@@ -127,7 +127,7 @@ impl Engine {
         let slot = self.inner.queries.take_slot(limits.max_concurrent)?;
         let changes = view.subscribe();
         for s in &fed_by {
-            s.views.lock().push(view.clone());
+            s.attach(view.clone());
         }
         tracing::debug!(preview = %view.name, "preview started");
         Ok(Preview::Live(LivePreview {

@@ -73,6 +73,7 @@ impl Engine {
             self.forget_restored(&name);
             resume = None;
         }
+        let columns_read = Arc::new(crate::decode::ColumnsRead::default());
         let source = Arc::new(SourceRuntime {
             name: name.clone(),
             connector: common.connector.clone(),
@@ -80,6 +81,7 @@ impl Engine {
             schema,
             watermark,
             views: Mutex::new(Vec::new()),
+            columns_read: columns_read.clone(),
             state: Mutex::new(SourceState::Running),
             current_watermark: AtomicI64::new(i64::MIN),
             stop: stop.clone(),
@@ -121,6 +123,7 @@ impl Engine {
                 records_in: source.records_in.clone(),
                 dead_letter_count: source.dead_letters.clone(),
                 dead_letters: self.inner.dead_letters.clone(),
+                columns_read,
                 chunk_rows: batch.max_rows(),
                 lag: m.source_lag.clone(),
                 shard_metrics: m.shards.clone(),

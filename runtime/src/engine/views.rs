@@ -37,7 +37,7 @@ impl Engine {
         )?;
         self.restore_view(&view);
         for s in &fed_by {
-            s.views.lock().push(view.clone());
+            s.attach(view.clone());
             if !self.replaying() {
                 s.active.store(true, std::sync::atomic::Ordering::Relaxed);
             }
@@ -74,6 +74,7 @@ impl Engine {
                 .await?;
         parallelize(&mut query, parallelism)?;
         let mut plugins = self.plugins_called_by(&v.query);
+        let query_columns_read = query.columns_read.take();
         let mut operators = query.operators.clone();
         // A view over a stream runs on the stream's source, behind the stream's transform.
         let stream = self.inner.streams.get(&query.source).map(|s| s.clone());
@@ -130,6 +131,11 @@ impl Engine {
                 inputs.push(self.source(other)?);
             }
         }
+        // A stream's transform, and a join's operator, take whole rows.
+        let columns_read = match (&query_columns_read, &stream, inputs.is_empty()) {
+            (Some(read), None, true) => crate::decode::Columns::of(read.iter().copied()),
+            _ => crate::decode::Columns::ALL,
+        };
         let m = &self.inner.metrics;
         let view = Arc::new(
             ViewRuntime::new(
@@ -152,7 +158,8 @@ impl Engine {
             .with_checkpoints(self.inner.checkpoints.enabled())
             .with_inputs(&inputs)
             .with_tables(table_names)
-            .with_preview(preview),
+            .with_preview(preview)
+            .with_columns_read(columns_read),
         );
         let fed_by = if inputs.is_empty() {
             vec![source]
@@ -215,7 +222,7 @@ impl Engine {
         };
         for s in fed_by {
             if let Some(source) = self.inner.sources.get(&s) {
-                source.views.lock().retain(|v| v.name != name);
+                source.detach(|v| v.name == name);
             }
         }
         self.inner

@@ -11,27 +11,29 @@ use std::time::Instant;
 
 use super::Pipeline;
 use crate::deadletter::{NewDeadLetter, Reason};
+use crate::decode::Columns;
 use crate::view::ViewRuntime;
 use weir_sql::Collector;
 
 impl Pipeline {
-    /// Deliver what the view made of `batch`; if it failed, the whole batch is
-    /// dead-lettered with the error.
+    /// Deliver what the view made of `batch` (of which the columns `decoded` were
+    /// decoded); if it failed, the whole batch is dead-lettered with the error.
     pub(super) fn deliver(
         &self,
         view: &ViewRuntime,
         out: Collector,
         result: weir_sql::Result<()>,
         batch: &RecordBatch,
+        decoded: Columns,
     ) {
         if let Err(e) = result {
             let reason = format!("view {} could not process this batch: {e}", view.name);
             tracing::warn!(view = %view.name, error = %e, "batch dead-lettered");
             *view.last_error.lock() = Some(reason.clone());
             let reason = Reason::from(reason);
-            self.dead_letter_rows(view, batch, |_| reason.clone());
+            self.dead_letter_rows(view, batch, decoded, |_| reason.clone());
         }
-        self.dead_letter_failed(view, &out.failed);
+        self.dead_letter_failed(view, &out.failed, decoded);
         let watermark = self.watermark.current().unwrap_or(i64::MIN);
         for late in &out.late {
             view.late_rows.inc_by(late.num_rows() as u64);
@@ -47,7 +49,7 @@ impl Pipeline {
                         .downcast_ref::<TimestampMillisecondArray>()
                         .cloned()
                 });
-            self.dead_letter_rows(view, late, |row| Reason::Late {
+            self.dead_letter_rows(view, late, decoded, |row| Reason::Late {
                 event_time_ms: times
                     .as_ref()
                     .filter(|t| t.is_valid(row))
@@ -58,28 +60,36 @@ impl Pipeline {
         publish(view, out, self.received);
     }
 
-    pub(super) fn dead_letter_failed(&self, view: &ViewRuntime, failed: &[(RecordBatch, String)]) {
+    pub(super) fn dead_letter_failed(
+        &self,
+        view: &ViewRuntime,
+        failed: &[(RecordBatch, String)],
+        decoded: Columns,
+    ) {
         for (rows, reason) in failed {
             tracing::warn!(view = %view.name, %reason, "rows dead-lettered");
             *view.last_error.lock() = Some(reason.clone());
             let reason = Reason::from(format!("view {}: {reason}", view.name));
-            self.dead_letter_rows(view, rows, |_| reason.clone());
+            self.dead_letter_rows(view, rows, decoded, |_| reason.clone());
         }
     }
 
-    /// Dead-letter each row of `batch` as a JSON object.
+    /// Dead-letter each row of `batch` as a JSON object, but for the source's columns
+    /// that were not `decoded`.
     fn dead_letter_rows(
         &self,
         view: &ViewRuntime,
         batch: &RecordBatch,
+        decoded: Columns,
         reason: impl Fn(usize) -> Reason,
     ) {
         // A preview's rows are nobody's to keep: it shows its first rows, nothing more.
         if view.preview {
             return;
         }
+        let batch = self.without_placeholders(batch, decoded);
         let mut writer = LineDelimitedWriter::new(Vec::new());
-        let lines = match writer.write(batch).and_then(|_| writer.finish()) {
+        let lines = match writer.write(&batch).and_then(|_| writer.finish()) {
             Ok(()) => writer.into_inner(),
             Err(e) => format!("(rows could not be rendered: {e})").into_bytes(),
         };
@@ -99,6 +109,21 @@ impl Pipeline {
                 }),
         );
         self.source.dead_letters.inc_by(n as u64);
+    }
+
+    /// `batch` (source rows, or a part of them) without the source's columns that
+    /// were not `decoded`: they hold placeholders (see [`crate::decode::columns`]).
+    fn without_placeholders(&self, batch: &RecordBatch, decoded: Columns) -> RecordBatch {
+        if decoded == Columns::ALL {
+            return batch.clone();
+        }
+        let source = &self.source.schema;
+        let schema = batch.schema();
+        let kept: Vec<usize> = (schema.fields().iter().enumerate())
+            .filter(|(_, f)| (source.index_of(f.name())).map_or(true, |c| decoded.contains(c)))
+            .map(|(i, _)| i)
+            .collect();
+        batch.project(&kept).unwrap_or_else(|_| batch.clone())
     }
 }
 

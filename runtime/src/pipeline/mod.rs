@@ -28,6 +28,7 @@ use crate::batch::BatchPolicy;
 use crate::checkpoint::Position;
 use crate::checkpoint::align::JoinAlignment;
 use crate::deadletter::DeadLetterStore;
+use crate::decode::Columns;
 use crate::source::{Chunk, SourceRuntime, SourceState};
 use crate::view::ViewRuntime;
 use drive::{InputWatermark, SplitWatermarks};
@@ -37,6 +38,14 @@ use weir_sql::Collector;
 const MAX_HELD_BATCHES: usize = 256;
 
 /// Everything a pipeline thread needs besides its source.
+/// Rows taken from the channel for the next micro-batch.
+struct Pending {
+    split: u32,
+    batch: RecordBatch,
+    /// The columns decoded (see [`Chunk::Rows`]).
+    columns: Columns,
+}
+
 pub struct Pipeline {
     pub source: Arc<SourceRuntime>,
     pub policy: BatchPolicy,
@@ -124,7 +133,7 @@ impl Pipeline {
     }
 
     fn run(mut self, rx: Receiver<Chunk>) {
-        let mut pending: Vec<(u32, RecordBatch)> = Vec::new();
+        let mut pending: Vec<Pending> = Vec::new();
         let mut rows = 0usize;
         let mut opened: Option<Instant> = None;
         loop {
@@ -147,12 +156,19 @@ impl Pipeline {
             // a backlog makes batches larger, not a batch per late chunk.
             while let Ok(Chunk::Rows {
                 batch,
+                columns,
                 received,
                 position,
                 split,
             }) = next
             {
                 took = true;
+                // Rows decoded with other columns are a micro-batch apart: a view created
+                // in between is fed the later ones (see `process`).
+                if batch.num_rows() > 0 && pending.last().is_some_and(|p| p.columns != columns) {
+                    self.flush(&mut pending, opened.take());
+                    rows = 0;
+                }
                 self.position.advance(&position);
                 self.source.last_chunk_ms.store(now_ms(), Ordering::Relaxed);
                 // Even a chunk without rows moves the position: save it.
@@ -169,7 +185,11 @@ impl Pipeline {
                 if batch.num_rows() > 0 {
                     opened.get_or_insert(received);
                     rows += batch.num_rows();
-                    pending.push((split, batch));
+                    pending.push(Pending {
+                        split,
+                        batch,
+                        columns,
+                    });
                 }
                 next = if rows >= self.policy.max_rows() {
                     Err(RecvTimeoutError::Timeout)
@@ -217,21 +237,22 @@ impl Pipeline {
     }
 
     /// Process the pending rows as micro-batches of at most `max_rows`.
-    fn flush(&mut self, pending: &mut Vec<(u32, RecordBatch)>, opened: Option<Instant>) {
+    fn flush(&mut self, pending: &mut Vec<Pending>, opened: Option<Instant>) {
         if pending.is_empty() {
             return;
         }
         // Which rows of the batch came from which split: (split, first row, rows).
         let mut splits = Vec::with_capacity(pending.len());
         let mut first = 0;
-        for (split, b) in pending.iter() {
-            splits.push((*split, first, b.num_rows()));
-            first += b.num_rows();
+        for p in pending.iter() {
+            splits.push((p.split, first, p.batch.num_rows()));
+            first += p.batch.num_rows();
         }
+        let columns = (pending.iter()).fold(Columns::ALL, |c, p| c.intersection(p.columns));
         let batch = if pending.len() == 1 {
-            pending.remove(0).1
+            pending.remove(0).batch
         } else {
-            match concat_batches(&self.source.schema, pending.iter().map(|(_, b)| b)) {
+            match concat_batches(&self.source.schema, pending.iter().map(|p| &p.batch)) {
                 Ok(b) => b,
                 Err(e) => {
                     // Never dropped: each chunk goes through on its own.
@@ -259,7 +280,7 @@ impl Pipeline {
                     (split, start - offset, (from + n).min(end) - start)
                 })
                 .collect();
-            self.process(&batch.slice(offset, len), &parts);
+            self.process(&batch.slice(offset, len), columns, &parts);
             offset = end;
         }
         if let Some(t) = opened {
@@ -269,22 +290,23 @@ impl Pipeline {
     }
 
     /// Run every view over one batch, then move the watermark on (the order of
-    /// [`drive::WatermarkedInputs::drive`]). `splits` says which rows came from which
-    /// split: (split, first row, rows).
-    fn process(&mut self, batch: &RecordBatch, splits: &[(u32, usize, usize)]) {
+    /// [`drive::WatermarkedInputs::drive`]). `columns` were decoded: views that read
+    /// others were created after these rows were decoded and do not see them. `splits`
+    /// says which rows came from which split: (split, first row, rows).
+    fn process(&mut self, batch: &RecordBatch, columns: Columns, splits: &[(u32, usize, usize)]) {
         let views = self.source.views.lock().clone();
         let before = self.watermark.current();
         for view in views.iter().filter(|v| v.is_join()) {
             self.align(view);
         }
-        for view in &views {
+        for view in views.iter().filter(|v| columns.covers(v.columns_read)) {
             // A join's input is late by the join's watermark, not its own source's.
             let before = if view.is_join() {
                 Some(view.combined_watermark.load(Ordering::Acquire)).filter(|&w| w != i64::MIN)
             } else {
                 before
             };
-            self.run_view(view, batch, before);
+            self.run_view(view, batch, columns, before);
         }
         self.source.batches.inc();
         self.unsaved_batches += 1;
@@ -358,7 +380,8 @@ impl Pipeline {
             tracing::error!(view = %view.name, error = %e, "closing windows failed");
             *view.last_error.lock() = Some(e.to_string());
         }
-        self.dead_letter_failed(view, &out.failed);
+        // Rows a view keeps hold only the columns it reads.
+        self.dead_letter_failed(view, &out.failed, view.columns_read);
         // An aggregate over a join's closed groups updates the view's rows.
         deliver::publish(view, out, self.received);
     }

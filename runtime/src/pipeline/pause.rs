@@ -11,6 +11,7 @@ use std::time::Duration;
 use datafusion::arrow::array::RecordBatch;
 
 use super::{MAX_HELD_BATCHES, Pipeline};
+use crate::decode::Columns;
 use crate::view::ViewRuntime;
 use weir_sql::Collector;
 
@@ -22,6 +23,7 @@ impl Pipeline {
         &self,
         view: &Arc<ViewRuntime>,
         batch: &RecordBatch,
+        decoded: Columns,
         before: Option<i64>,
     ) {
         if view.paused().is_some() {
@@ -42,7 +44,7 @@ impl Pipeline {
         let result = view.run_timed(batch.num_rows(), |op| {
             op.process_input(input, batch, before, &mut out)
         });
-        self.deliver(view, out, result, batch);
+        self.deliver(view, out, result, batch, decoded);
     }
 
     /// Replay what a paused view held, then bring it up to the current watermark.
@@ -66,7 +68,8 @@ impl Pipeline {
             let _order = view.in_order();
             let result =
                 view.run_timed(batch.num_rows(), |op| op.process(&batch, before, &mut out));
-            self.deliver(view, out, result, &batch);
+            // Decoded with what the view reads at least.
+            self.deliver(view, out, result, &batch, view.columns_read);
         }
         if view.paused().is_some() {
             return false;

@@ -21,6 +21,7 @@ use crate::checkpoint::Position;
 use crate::config::RuntimeConfig;
 use crate::connectors::Described;
 use crate::deadletter::{DeadLetterStore, NewDeadLetter};
+use crate::decode::{Columns, ColumnsRead};
 use crate::options::CommonOptions;
 use crate::{Error, Result};
 use weir_sql::WatermarkSpec;
@@ -308,6 +309,8 @@ pub struct Feed {
     pub records_in: IntCounter,
     pub dead_letter_count: IntCounter,
     pub dead_letters: Arc<DeadLetterStore>,
+    /// The columns the source's views read now: all a decoder need build.
+    pub columns_read: Arc<ColumnsRead>,
     /// Rows per chunk a generator should aim for.
     pub chunk_rows: usize,
     /// `weir_source_lag{source, partition}`.
@@ -336,6 +339,7 @@ impl Feed {
             records_in: counter(),
             dead_letter_count: counter(),
             dead_letters: dead_letters.clone(),
+            columns_read: Default::default(),
             chunk_rows: 4096,
             lag: IntGaugeVec::new(prometheus::Opts::new("l", "l"), &["source", "partition"])
                 .expect("gauge"),
@@ -363,10 +367,22 @@ impl Feed {
     /// Send rows of split `split` (a partition, or 0) and the position after them;
     /// false once the pipeline is gone.
     pub fn send(&self, batch: RecordBatch, position: Position, split: u32) -> bool {
+        self.send_decoded(batch, Columns::ALL, position, split)
+    }
+
+    /// [`Feed::send`] rows of which only `columns` were decoded.
+    pub fn send_decoded(
+        &self,
+        batch: RecordBatch,
+        columns: Columns,
+        position: Position,
+        split: u32,
+    ) -> bool {
         self.records_in.inc_by(batch.num_rows() as u64);
         self.tx
             .send(Chunk::Rows {
                 batch,
+                columns,
                 received: Instant::now(),
                 position,
                 split,
@@ -387,6 +403,7 @@ impl Feed {
         self.records_in.inc_by(batch.num_rows() as u64);
         let mut chunk = Chunk::Rows {
             batch,
+            columns: Columns::ALL,
             received: Instant::now(),
             position,
             split,

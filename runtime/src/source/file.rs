@@ -171,10 +171,12 @@ impl FileReader {
                     Ok(Ok(Some(block))) => {
                         let (done, decoded) = mpsc::sync_channel(1);
                         let decoder = Arc::clone(&self.decoder);
+                        // What the views read when the block is decoded.
+                        let wanted = self.feed.columns_read.get();
                         rayon::spawn(move || {
                             // Caught (a panic in a spawned job aborts the process): the
                             // source stops with an error below, saying why.
-                            let decode = || decoder.decode(&block.lines);
+                            let decode = || decoder.decode_columns(&block.lines, wanted);
                             let decoded =
                                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode))
                                     .map_err(|panic| crate::error::panic_message(panic.as_ref()));
@@ -232,8 +234,8 @@ impl FileReader {
                 raw: r.raw,
             }
         }));
-        self.feed
-            .send(decoded.batch, Position::at(POSITION, end), 0)
+        let position = Position::at(POSITION, end);
+        (self.feed).send_decoded(decoded.batch, decoded.columns, position, 0)
     }
 }
 

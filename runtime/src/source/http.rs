@@ -254,7 +254,7 @@ impl HttpInput {
         }
         let release = || self.buffered.fetch_sub(1, Ordering::AcqRel);
         let received = Instant::now();
-        let decoded = self.decoder.decode(body);
+        let decoded = (self.decoder).decode_columns(body, source.columns_read.get());
         let accepted = decoded.batch.num_rows();
         let rejected = decoded.rejected.len();
         let first = self
@@ -268,6 +268,7 @@ impl HttpInput {
             // The reservation guarantees room: the channel holds at most `capacity` chunks.
             let chunk = Chunk::Rows {
                 batch: decoded.batch.clone(),
+                columns: decoded.columns,
                 received,
                 position,
                 split: 0,
@@ -344,7 +345,7 @@ impl HttpInput {
         let mut stopped = false;
         // One log segment in memory at a time.
         wal.for_each_from(from, |entry| {
-            let decoded = self.decoder.decode(&entry.body);
+            let decoded = (self.decoder).decode_columns(&entry.body, source.columns_read.get());
             let rows = decoded.batch.num_rows();
             if rows == 0 {
                 return true;
@@ -352,6 +353,7 @@ impl HttpInput {
             self.buffered.fetch_add(1, Ordering::AcqRel);
             let chunk = Chunk::Rows {
                 batch: decoded.batch,
+                columns: decoded.columns,
                 received: Instant::now(),
                 position: wal_position(wal, entry.end),
                 split: 0,
@@ -449,6 +451,7 @@ mod tests {
                     records_in: counter(),
                     dead_letter_count: counter(),
                     dead_letters: Arc::new(DeadLetterStore::open(None, 10).expect("store")),
+                    columns_read: Default::default(),
                     chunk_rows: 100,
                     lag: prometheus::IntGaugeVec::new(
                         prometheus::Opts::new("l", "l"),
@@ -467,6 +470,7 @@ mod tests {
             schema,
             watermark: None,
             views: Mutex::new(Vec::new()),
+            columns_read: Default::default(),
             state: Mutex::new(SourceState::Running),
             current_watermark: AtomicI64::new(i64::MIN),
             stop,

@@ -25,6 +25,7 @@ use prometheus::{IntCounter, IntGauge};
 use serde::Serialize;
 
 use crate::checkpoint::{CheckpointSlot, Position};
+use crate::decode::{Columns, ColumnsRead};
 use crate::view::{ColumnInfo, ViewRuntime};
 use weir_sql::WatermarkSpec;
 
@@ -36,6 +37,10 @@ pub enum Chunk {
     /// split has its own watermark.
     Rows {
         batch: RecordBatch,
+        /// The columns of `batch` decoded; the others hold placeholders, and a view
+        /// that reads one of them does not see these rows (it was created after they
+        /// were decoded).
+        columns: Columns,
         received: Instant,
         position: Position,
         split: u32,
@@ -66,7 +71,10 @@ pub struct SourceRuntime {
     pub sql: String,
     pub schema: SchemaRef,
     pub watermark: Option<WatermarkSpec>,
+    /// Changed through [`SourceRuntime::attach`] and [`SourceRuntime::detach`].
     pub(crate) views: Mutex<Vec<Arc<ViewRuntime>>>,
+    /// The columns its views read now: its decoders build only those.
+    pub(crate) columns_read: Arc<ColumnsRead>,
     pub(crate) state: Mutex<SourceState>,
     /// Current watermark in ms; `i64::MIN` before the first batch.
     pub(crate) current_watermark: AtomicI64,
@@ -130,6 +138,32 @@ impl SourceRuntime {
             columns: ColumnInfo::of(&self.schema),
             connector_status,
         }
+    }
+
+    /// Feed `view` (a view or a preview) from now on, decoding the columns it reads
+    /// too: rows decoded before without them never reach it.
+    pub(crate) fn attach(&self, view: Arc<ViewRuntime>) {
+        let mut views = self.views.lock();
+        views.push(view);
+        self.columns_read.set(self.columns_read_by(&views));
+    }
+
+    /// Stop feeding the views `remove` picks.
+    pub(crate) fn detach(&self, remove: impl Fn(&ViewRuntime) -> bool) {
+        let mut views = self.views.lock();
+        views.retain(|v| !remove(v));
+        self.columns_read.set(self.columns_read_by(&views));
+    }
+
+    /// What `views` read of this source, and its time column (for the watermark).
+    /// Every column while it has no view: nothing decoded then is read, and the next
+    /// view sees the rows already queued.
+    fn columns_read_by(&self, views: &[Arc<ViewRuntime>]) -> Columns {
+        if views.is_empty() {
+            return Columns::ALL;
+        }
+        let time = (self.watermark.as_ref()).and_then(|w| self.schema.index_of(&w.column).ok());
+        (views.iter()).fold(Columns::of(time), |read, v| read.union(v.columns_read))
     }
 
     /// Ask the source's threads to stop.

@@ -84,6 +84,8 @@ pub struct ViewRuntime {
     pub plugins: Vec<Arc<PluginEntry>>,
     /// The derived stream the view reads, if it reads one (its source is the stream's).
     pub stream: Option<String>,
+    /// The columns of its source it reads: it is fed only rows decoded with them.
+    pub(crate) columns_read: crate::decode::Columns,
     /// Batches (with the watermark before each) kept while the view is paused.
     held: Mutex<Vec<(RecordBatch, Option<i64>)>>,
     /// Changes since the last snapshot, kept while a client follows committed changes.
@@ -206,6 +208,7 @@ impl ViewRuntime {
             state_bytes: AtomicUsize::new(0),
             plugins: Vec::new(),
             stream: None,
+            columns_read: crate::decode::Columns::ALL,
             held: Mutex::new(Vec::new()),
             uncommitted: Mutex::new(Vec::new()),
             sealed: Mutex::new(Vec::new()),
@@ -220,6 +223,12 @@ impl ViewRuntime {
             sinks: Mutex::new(Vec::new()),
             restored_outboxes: Mutex::default(),
         }
+    }
+
+    /// It reads only these columns of its source.
+    pub(crate) fn with_columns_read(mut self, columns: crate::decode::Columns) -> Self {
+        self.columns_read = columns;
+        self
     }
 
     /// A preview: left out of checkpoints.
