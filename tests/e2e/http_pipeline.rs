@@ -681,6 +681,11 @@ async fn a_view_never_sees_rows_decoded_without_its_columns() -> Result<()> {
     assert_eq!(weir.post_records("people", people(10..20)).await?.0, 200);
     weir.exec("CREATE MATERIALIZED VIEW names AS SELECT id, name, age FROM people")
         .await?;
+    let batches = weir.get("/api/v1/sources/people").await?["batches"].clone();
+    assert_eq!(
+        batches, 1,
+        "the second rows are still queued: what this test is about"
+    );
     assert_eq!(weir.post_records("people", people(20..30)).await?.0, 200);
     weir.wait_for("every id", Duration::from_secs(30), || async {
         let rows = weir.get("/api/v1/views/ids").await?["rows"].clone();

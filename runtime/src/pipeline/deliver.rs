@@ -111,17 +111,22 @@ impl Pipeline {
         self.source.dead_letters.inc_by(n as u64);
     }
 
-    /// `batch` (source rows, or a part of them) without the source's columns that
-    /// were not `decoded`: they hold placeholders (see [`crate::decode::columns`]).
+    /// `batch` without the source's columns that were not `decoded`: they hold
+    /// placeholders (see [`crate::decode::columns`]). Only rows of the source (its
+    /// columns first, as a view's input and late rows are) have such columns.
     fn without_placeholders(&self, batch: &RecordBatch, decoded: Columns) -> RecordBatch {
-        if decoded == Columns::ALL {
+        let (source, schema) = (self.source.schema.fields(), batch.schema());
+        let of_the_source = schema.fields().len() >= source.len()
+            && schema
+                .fields()
+                .iter()
+                .zip(source.iter())
+                .all(|(a, b)| a == b);
+        if decoded == Columns::ALL || !of_the_source {
             return batch.clone();
         }
-        let source = &self.source.schema;
-        let schema = batch.schema();
-        let kept: Vec<usize> = (schema.fields().iter().enumerate())
-            .filter(|(_, f)| (source.index_of(f.name())).map_or(true, |c| decoded.contains(c)))
-            .map(|(i, _)| i)
+        let kept: Vec<usize> = (0..schema.fields().len())
+            .filter(|&c| c >= source.len() || decoded.contains(c))
             .collect();
         batch.project(&kept).unwrap_or_else(|_| batch.clone())
     }

@@ -156,10 +156,10 @@ impl SourceRuntime {
     }
 
     /// What `views` read of this source, and its time column (for the watermark).
-    /// Every column while it has no view: nothing decoded then is read, and the next
-    /// view sees the rows already queued.
+    /// Every column while it has no view but previews: the first view sees the rows
+    /// already queued, as it would without previews.
     fn columns_read_by(&self, views: &[Arc<ViewRuntime>]) -> Columns {
-        if views.is_empty() {
+        if views.iter().all(|v| v.preview) {
             return Columns::ALL;
         }
         let time = (self.watermark.as_ref()).and_then(|w| self.schema.index_of(&w.column).ok());

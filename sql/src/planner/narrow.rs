@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::SessionContext;
 use datafusion::sql::sqlparser::ast;
@@ -107,11 +108,11 @@ pub(crate) async fn narrow(
     })
 }
 
-/// Indices of the columns of table `name` that any scan of it in the plan reads.
+/// Indices of the columns of table `name` that any scan of it in the plan reads,
+/// subqueries inside its expressions included.
 pub(crate) fn used_columns_of(plan: &LogicalPlan, name: &str, width: usize) -> Vec<usize> {
     let mut used = vec![false; width];
-    let mut stack = vec![plan];
-    while let Some(node) = stack.pop() {
+    let _always_continues = plan.apply_with_subqueries(|node| {
         if let LogicalPlan::TableScan(scan) = node
             && scan.table_name.table() == name
         {
@@ -123,7 +124,7 @@ pub(crate) fn used_columns_of(plan: &LogicalPlan, name: &str, width: usize) -> V
                 None => used.iter_mut().for_each(|u| *u = true),
             }
         }
-        stack.extend(node.inputs());
-    }
+        Ok(TreeNodeRecursion::Continue)
+    });
     (0..width).filter(|&i| used[i]).collect()
 }

@@ -849,6 +849,24 @@ async fn a_view_reads_only_the_columns_it_says_it_reads() {
              ON b.window_start = m.window_start AND b.auction = m.top",
             vec![0, 2],
         ),
+        (
+            "SELECT auction, count(*) AS n FROM bids GROUP BY auction HAVING max(price) > 50",
+            vec![0, 1],
+        ),
+        (
+            "SELECT window_start, window_end, auction, count(*) AS n \
+             FROM SESSION(bids, date_time, INTERVAL '1' SECOND) GROUP BY window_start, window_end, auction",
+            vec![0, 2],
+        ),
+        // A column read only by a subquery inside an expression.
+        (
+            "SELECT b.window_start, b.auction FROM TUMBLE(bids, date_time, INTERVAL '3' SECOND) AS b \
+             JOIN (SELECT window_start, max(auction) AS top \
+             FROM TUMBLE(bids, date_time, INTERVAL '3' SECOND) GROUP BY window_start) AS m \
+             ON b.window_start = m.window_start AND b.auction = m.top \
+             WHERE b.auction > (SELECT min(price) FROM bids)",
+            vec![0, 1, 2],
+        ),
     ] {
         let sql = format!("CREATE MATERIALIZED VIEW v AS {sql}");
         let mut q = plan(&sql).await.expect("plans");
