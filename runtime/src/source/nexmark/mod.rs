@@ -9,7 +9,6 @@ pub mod generator;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use rayon::prelude::*;
 use serde::Deserialize;
@@ -152,10 +151,10 @@ fn spawn(options: &NexmarkOptions, start_event: u64, parallelism: usize, feed: F
                         continue;
                     }
                 }
-                match generator.next_batch(chunk) {
-                    Some(batch) => {
+                match generator.next_batch_of(chunk, feed.columns_read.get()) {
+                    Some((batch, made)) => {
                         let position = Position::at(POSITION, generator.next_event());
-                        if batch.num_rows() > 0 && !feed.send(batch, position, 0) {
+                        if batch.num_rows() > 0 && !feed.send_decoded(batch, made, position, 0) {
                             return;
                         }
                     }
@@ -182,21 +181,24 @@ fn generate_in_parallel(
     let mut generators: Vec<Generator> = (0..parallelism).map(|_| Generator::new(config)).collect();
     let mut next = start_event;
     while !feed.stopped() {
-        let chunks: Vec<Option<(RecordBatch, u64)>> = generators
+        let wanted = feed.columns_read.get();
+        let chunks: Vec<_> = generators
             .par_iter_mut()
             .enumerate()
             .map(|(k, g)| {
                 g.seek(next + k as u64 * chunk);
-                g.next_batch(chunk).map(|b| (b, g.next_event()))
+                g.next_batch_of(chunk, wanted)
+                    .map(|(b, made)| (b, made, g.next_event()))
             })
             .collect();
         next += chunk * parallelism as u64;
         for generated in chunks {
-            let Some((batch, after)) = generated else {
+            let Some((batch, made, after)) = generated else {
                 feed.end();
                 return;
             };
-            if batch.num_rows() > 0 && !feed.send(batch, Position::at(POSITION, after), 0) {
+            let position = Position::at(POSITION, after);
+            if batch.num_rows() > 0 && !feed.send_decoded(batch, made, position, 0) {
                 return;
             }
         }
@@ -270,6 +272,7 @@ const OWN_OPTIONS: [OptionDoc; 6] = [
 
 #[cfg(test)]
 mod tests {
+    use datafusion::arrow::array::RecordBatch;
     use datafusion::arrow::compute::concat_batches;
 
     use super::*;
