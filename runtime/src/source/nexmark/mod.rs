@@ -2,20 +2,23 @@
 //! to `rate` events per second (0 = as fast as possible), ending after `events` events
 //! (0 = never) with a final watermark that closes every window. Generation starts when
 //! the first view attaches, so a finite run is seen whole by that view. Unthrottled, it
-//! generates `runtime.parallelism` chunks at once on the worker threads (events are
-//! generated from their number alone) and sends them in order.
+//! generates chunks on the worker threads, each as soon as a worker is free and up to
+//! `runtime.parallelism` and one more at once (events are generated from their number
+//! alone), and sends them in order.
 
 pub mod generator;
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
-use rayon::prelude::*;
 use serde::Deserialize;
 
 use super::connector::{Connector, Feed, SourceDef};
 use crate::checkpoint::Position;
 use crate::connectors::{ConnectorInfo, Described, OptionDoc, field_names};
+use crate::decode::Columns;
 use crate::{Error, Result};
 pub use generator::{Generator, GeneratorConfig, Table};
 use weir_sql::WatermarkSpec;
@@ -169,8 +172,15 @@ fn spawn(options: &NexmarkOptions, start_event: u64, parallelism: usize, feed: F
     Ok(())
 }
 
-/// Generate as fast as possible, `parallelism` chunks of `chunk` events at once (one
-/// generator each, on the worker threads), sent in event order.
+/// A chunk being generated on a worker: its rows, the columns made and the number of
+/// the event after them, or `None` past the last event (or why it failed).
+type Generating =
+    std::sync::mpsc::Receiver<std::result::Result<Option<(RecordBatch, Columns, u64)>, String>>;
+
+/// Generate as fast as possible, chunks of `chunk` events on the workers (each as soon
+/// as one is free, up to `parallelism` and one more ahead of the one being sent),
+/// sent in event order: no round waits for its slowest chunk, and no worker waits
+/// while a chunk is sent.
 fn generate_in_parallel(
     config: GeneratorConfig,
     start_event: u64,
@@ -178,29 +188,48 @@ fn generate_in_parallel(
     parallelism: usize,
     feed: &Feed,
 ) {
-    let mut generators: Vec<Generator> = (0..parallelism).map(|_| Generator::new(config)).collect();
+    let mut generating: VecDeque<Generating> = VecDeque::new();
     let mut next = start_event;
+    let last = config.events.unwrap_or(u64::MAX);
     while !feed.stopped() {
-        let wanted = feed.columns_read.get();
-        let chunks: Vec<_> = generators
-            .par_iter_mut()
-            .enumerate()
-            .map(|(k, g)| {
-                g.seek(next + k as u64 * chunk);
-                g.next_batch_of(chunk, wanted)
-                    .map(|(b, made)| (b, made, g.next_event()))
-            })
-            .collect();
-        next += chunk * parallelism as u64;
-        for generated in chunks {
-            let Some((batch, made, after)) = generated else {
+        while next < last && generating.len() <= parallelism {
+            let (done, generated) = std::sync::mpsc::sync_channel(1);
+            let (from, wanted) = (next, feed.columns_read.get());
+            rayon::spawn(move || {
+                // Caught (a panic in a spawned job aborts the process): the source
+                // stops below, saying why.
+                let generate = || {
+                    let mut g = Generator::new(config);
+                    g.seek(from);
+                    (g.next_batch_of(chunk, wanted)).map(|(b, made)| (b, made, g.next_event()))
+                };
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(generate))
+                    .map_err(|panic| crate::error::panic_message(panic.as_ref()));
+                let _ = done.send(result);
+            });
+            generating.push_back(generated);
+            next = next.saturating_add(chunk);
+        }
+        let Some(generated) = generating.pop_front() else {
+            feed.end();
+            return;
+        };
+        match generated.recv() {
+            Ok(Ok(Some((batch, made, after)))) => {
+                let position = Position::at(POSITION, after);
+                if batch.num_rows() > 0 && !feed.send_decoded(batch, made, position, 0) {
+                    return;
+                }
+            }
+            Ok(Ok(None)) => {
                 feed.end();
                 return;
-            };
-            let position = Position::at(POSITION, after);
-            if batch.num_rows() > 0 && !feed.send_decoded(batch, made, position, 0) {
+            }
+            Ok(Err(why)) => {
+                tracing::error!(source = %feed.source, error = %why, "the nexmark generator stopped");
                 return;
             }
+            Err(_) => return,
         }
     }
 }
@@ -272,7 +301,6 @@ const OWN_OPTIONS: [OptionDoc; 6] = [
 
 #[cfg(test)]
 mod tests {
-    use datafusion::arrow::array::RecordBatch;
     use datafusion::arrow::compute::concat_batches;
 
     use super::*;
