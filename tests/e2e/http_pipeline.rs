@@ -653,11 +653,11 @@ async fn an_aggregate_without_group_by_is_one_row_kept_up_to_date_across_a_resta
 /// place of its columns' values): it sees the rows decoded after it was created.
 #[tokio::test]
 async fn a_view_never_sees_rows_decoded_without_its_columns() -> Result<()> {
-    // Each batch takes 1.5 s, so rows posted meanwhile wait in the queue.
+    // Each batch takes 5 s, so rows posted meanwhile wait in the queue.
     let weir = Weir::start_with_env(
         tempfile::tempdir()?,
         &[],
-        &[("WEIR_FAILPOINTS", "pipeline-slow-batch")],
+        &[("WEIR_FAILPOINTS", "pipeline-slower-batch")],
     )
     .await?;
     weir.exec(
@@ -687,7 +687,7 @@ async fn a_view_never_sees_rows_decoded_without_its_columns() -> Result<()> {
         "the second rows are still queued: what this test is about"
     );
     assert_eq!(weir.post_records("people", people(20..30)).await?.0, 200);
-    weir.wait_for("every id", Duration::from_secs(30), || async {
+    weir.wait_for("every id", Duration::from_secs(60), || async {
         let rows = weir.get("/api/v1/views/ids").await?["rows"].clone();
         Ok((rows.as_array().map_or(0, Vec::len) == 30).then_some(()))
     })

@@ -312,6 +312,7 @@ impl Pipeline {
         self.unsaved_batches += 1;
         // A batch slower than the idle timeout, for the test of that.
         crate::failpoint::delay_point("pipeline-slow-batch", Duration::from_millis(1_500));
+        crate::failpoint::delay_point("pipeline-slower-batch", Duration::from_secs(5));
         // Only now that every view has the batch: a join's other inputs may close its
         // windows as soon as this watermark is published.
         let now = now_ms();

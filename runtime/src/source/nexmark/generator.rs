@@ -205,7 +205,7 @@ impl Generator {
         events: u64,
         wanted: decode::Columns,
     ) -> Option<(RecordBatch, decode::Columns)> {
-        let extra = self.config.table.schema().fields().len() - 1;
+        let extra = self.columns.width() - 1;
         self.make_extra = wanted.contains(extra);
         let made = match self.make_extra {
             true => decode::Columns::ALL,
@@ -413,6 +413,15 @@ enum Columns {
 }
 
 impl Columns {
+    /// The table's number of columns.
+    fn width(&self) -> usize {
+        match self {
+            Columns::Person { .. } => 8,
+            Columns::Auction { .. } => 10,
+            Columns::Bid { .. } => 7,
+        }
+    }
+
     fn new(table: Table) -> Self {
         let i = Int64Builder::new;
         let s = StringBuilder::new;

@@ -121,7 +121,7 @@ impl NexmarkOptions {
 pub const POSITION: &str = "event";
 
 /// Run the generator on its own thread, from event `start_event`, until it ends or
-/// the source stops; unthrottled, `parallelism` chunks at a time.
+/// the source stops; unthrottled, on the workers (see [`generate_in_parallel`]).
 fn spawn(options: &NexmarkOptions, start_event: u64, parallelism: usize, feed: Feed) -> Result<()> {
     let config = options.generator_config()?;
     let mut generator = Generator::new(config);
@@ -311,7 +311,7 @@ mod tests {
         let config = GeneratorConfig {
             table: Table::Bid,
             seed: 3,
-            events: Some(50_000),
+            events: Some(50_500),
             event_rate: 10_000,
             start_time_ms: DEFAULT_START_MS,
         };
@@ -323,23 +323,43 @@ mod tests {
             concat_batches(&schema, &batches).expect("concat")
         };
         let (feed, rx, _) = Feed::for_test(schema.clone(), 1024);
+        // No view reads `extra`: it is left out, and the chunks say so.
+        feed.columns_read.set(Columns::of([0, 5]));
         generate_in_parallel(config, 1_000, 1_000, 3, &feed);
-        let (mut batches, mut positions, mut ended) = (Vec::new(), Vec::new(), false);
-        for chunk in rx.try_iter() {
+        let (mut batches, mut positions) = (Vec::new(), Vec::new());
+        let chunks: Vec<Chunk> = rx.try_iter().collect();
+        assert!(
+            matches!(chunks.last(), Some(Chunk::End)),
+            "the end comes last"
+        );
+        for chunk in chunks {
             match chunk {
                 Chunk::Rows {
-                    batch, position, ..
+                    batch,
+                    position,
+                    columns,
+                    ..
                 } => {
+                    assert_eq!(columns, Columns::of(0..6));
                     batches.push(batch);
                     positions.push(position.offset(POSITION).expect("event"));
                 }
-                Chunk::End => ended = true,
+                Chunk::End => {}
                 Chunk::SplitGone(_) => unreachable!("one split"),
             }
         }
-        assert!(ended);
-        assert_eq!(concat_batches(&schema, &batches).expect("concat"), serial);
-        // Each chunk's position is the event after it: 2,000, 3,000, ... 50,000.
-        assert_eq!(positions, (2..=50).map(|k| k * 1_000).collect::<Vec<u64>>());
+        let all = concat_batches(&schema, &batches).expect("concat");
+        assert_eq!(all.columns()[..6], serial.columns()[..6]);
+        // Each chunk's position is the event after it: 2,000, 3,000, ... 50,000, 50,500.
+        let mut expected: Vec<u64> = (2..=50).map(|k| k * 1_000).collect();
+        expected.push(50_500);
+        assert_eq!(positions, expected);
+        // Resumed at the end: nothing more, and the end.
+        let (feed, rx, _) = Feed::for_test(schema, 16);
+        generate_in_parallel(config, 50_500, 1_000, 3, &feed);
+        assert!(matches!(
+            rx.try_iter().collect::<Vec<_>>()[..],
+            [Chunk::End]
+        ));
     }
 }
