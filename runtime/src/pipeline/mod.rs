@@ -37,7 +37,6 @@ use weir_sql::Collector;
 /// Batches a paused view holds before its source waits for it.
 const MAX_HELD_BATCHES: usize = 256;
 
-/// Everything a pipeline thread needs besides its source.
 /// Rows taken from the channel for the next micro-batch.
 struct Pending {
     split: u32,
@@ -46,6 +45,7 @@ struct Pending {
     columns: Columns,
 }
 
+/// Everything a pipeline thread needs besides its source.
 pub struct Pipeline {
     pub source: Arc<SourceRuntime>,
     pub policy: BatchPolicy,
