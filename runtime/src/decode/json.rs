@@ -95,8 +95,7 @@ impl JsonDecoder {
             }
         };
         // Every record is a slice of the body: checked once, as a whole.
-        let checked = (self.simd.as_ref()).map_or(Checked::No, |plan| plan.check_body(body));
-        self.decode_checked(records, checked, wanted)
+        self.decode_checked(records, self.check(body), wanted)
     }
 
     /// Decode records that arrive one by one (a message each), one JSON object each.
@@ -111,8 +110,12 @@ impl JsonDecoder {
         records: impl IntoIterator<Item = &'a [u8]>,
         buffer: &[u8],
     ) -> Decoded {
-        let checked = (self.simd.as_ref()).map_or(Checked::No, |plan| plan.check_body(buffer));
-        self.decode_checked(records, checked, Columns::ALL)
+        self.decode_checked(records, self.check(buffer), Columns::ALL)
+    }
+
+    /// What one pass over `buffer`, which holds every record, tells the fast path.
+    fn check(&self, buffer: &[u8]) -> Checked {
+        (self.simd.as_ref()).map_or(Checked::No, |plan| plan.check_body(buffer))
     }
 
     fn decode_checked<'a>(

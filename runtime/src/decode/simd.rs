@@ -330,7 +330,7 @@ fn placeholder(kind: Kind, rows: usize) -> ArrayRef {
 
 /// Whether a record is free of what simd-json 0.17 reads differently from arrow-json,
 /// which refuses these: `\u` escapes (a lone surrogate becomes a NUL, simd-json issue
-/// 481) and NUL bytes. Numbers are checked by [`long_number`] and in [`Column::append`].
+/// 481) and NUL bytes. Numbers are checked by [`long_number`] and in [`value_of`].
 /// Records that are not plain go to arrow-json.
 fn plain(record: &[u8]) -> bool {
     // One pass for both (backslashes are rare): any NUL, or a backslash before a `u`.

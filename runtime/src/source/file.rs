@@ -19,6 +19,7 @@ use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use serde::Deserialize;
 
 use super::connector::{Connector, Feed, SourceDef};
+use super::in_order::InOrder;
 use crate::checkpoint::Position;
 use crate::connectors::{ConnectorInfo, Described, OptionDoc, field_names};
 use crate::deadletter::NewDeadLetter;
@@ -127,14 +128,6 @@ struct FileReader {
     feed: Feed,
 }
 
-/// A block being decoded on a worker: its byte range, and where its rows (or why it
-/// failed) will come.
-struct Decoding {
-    from: u64,
-    end: u64,
-    decoded: mpsc::Receiver<std::result::Result<Decoded, String>>,
-}
-
 /// Whole lines of the file and the byte range they came from.
 struct Block {
     lines: Vec<u8>,
@@ -160,32 +153,20 @@ impl FileReader {
         // Blocks decode on the workers as soon as a worker is free, a few ahead of the
         // one being sent, and are sent in file order: no round waits for its slowest
         // block, and no worker waits while a block is sent.
-        let mut decoding: std::collections::VecDeque<Decoding> = Default::default();
+        let mut decoding = InOrder::new(self.parallelism + 1);
         let mut at_end = false;
         loop {
             if self.feed.stopped() {
                 return Ok(());
             }
-            while !at_end && decoding.len() <= self.parallelism {
+            while !at_end && decoding.has_room() {
                 match blocks.recv() {
                     Ok(Ok(Some(block))) => {
-                        let (done, decoded) = mpsc::sync_channel(1);
                         let decoder = Arc::clone(&self.decoder);
                         // What the views read when the block is decoded.
                         let wanted = self.feed.columns_read.get();
-                        rayon::spawn(move || {
-                            // Caught (a panic in a spawned job aborts the process): the
-                            // source stops with an error below, saying why.
-                            let decode = || decoder.decode_columns(&block.lines, wanted);
-                            let decoded =
-                                std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode))
-                                    .map_err(|panic| crate::error::panic_message(panic.as_ref()));
-                            let _ = done.send(decoded);
-                        });
-                        decoding.push_back(Decoding {
-                            from: block.from,
-                            end: block.end,
-                            decoded,
+                        decoding.spawn((block.from, block.end), move || {
+                            decoder.decode_columns(&block.lines, wanted)
                         });
                     }
                     Ok(Ok(None)) => at_end = true,
@@ -199,15 +180,13 @@ impl FileReader {
                     }
                 }
             }
-            let Some(Decoding { from, end, decoded }) = decoding.pop_front() else {
+            let Some(((from, end), decoded)) = decoding.next() else {
                 break;
             };
-            let decoded = decoded
-                .recv()
-                .unwrap_or_else(|_| Err("no result".into()))
-                .map_err(|why| {
-                    std::io::Error::other(format!("decoding bytes {from}..{end} failed: {why}"))
-                })?;
+            // A block whose decoding panicked stops the source, saying why.
+            let decoded = decoded.map_err(|why| {
+                std::io::Error::other(format!("decoding bytes {from}..{end} failed: {why}"))
+            })?;
             if !self.send(decoded, from, end) {
                 return Ok(());
             }

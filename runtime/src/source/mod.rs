@@ -8,6 +8,7 @@ pub mod connector;
 pub mod file;
 pub mod front_door;
 pub mod http;
+pub mod in_order;
 pub mod kafka;
 pub mod kinesis;
 pub mod nexmark;

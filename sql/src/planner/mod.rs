@@ -197,34 +197,16 @@ async fn plan_one_source(
         table,
         scan_schema,
     };
-    // The window's time column is read by the windowing, not by the plan.
-    let columns_read = columns_read(
+    let columns_read = narrow::source_columns_read(
         &planned.plan,
         &source,
-        info,
+        info.schema.fields().len(),
         window.as_ref().map(|(_, time_column)| *time_column),
     );
     let mut query =
         plan_one_source_operator(planned, source, info, functions, call, window).await?;
     query.columns_read = Some(columns_read);
     Ok(query)
-}
-
-/// The columns of `source` a plan over it (and its window columns) reads, by index.
-fn columns_read(
-    plan: &LogicalPlan,
-    source: &str,
-    info: &SourceInfo,
-    time_column: Option<usize>,
-) -> Vec<usize> {
-    let width = info.schema.fields().len();
-    let mut read = narrow::used_columns_of(plan, source, width + 2);
-    read.retain(|&i| i < width);
-    if let Some(t) = time_column.filter(|t| !read.contains(t)) {
-        read.push(t);
-        read.sort_unstable();
-    }
-    read
 }
 
 /// The operator of a view over one source, from its plan.

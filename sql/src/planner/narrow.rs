@@ -53,12 +53,7 @@ pub(crate) async fn narrow(
         scan_schema,
     } = planned;
     let n_source = info.schema.fields().len();
-    let mut kept = used_columns_of(&plan, source, n_source + 2);
-    kept.retain(|&i| i < n_source);
-    if !kept.contains(&time_column) {
-        kept.push(time_column);
-        kept.sort_unstable();
-    }
+    let kept = source_columns_read(&plan, source, n_source, Some(time_column));
     if kept.len() == n_source {
         return Ok(Narrowed {
             plan,
@@ -106,6 +101,24 @@ pub(crate) async fn narrow(
         time_column: kept.iter().position(|&i| i == time_column).unwrap_or(0),
         source_columns: Some(kept),
     })
+}
+
+/// The columns of `source` (of `width` columns) a plan over it and its two window
+/// columns reads, by index, with the window's `time_column`: the windowing reads it,
+/// not the plan.
+pub(crate) fn source_columns_read(
+    plan: &LogicalPlan,
+    source: &str,
+    width: usize,
+    time_column: Option<usize>,
+) -> Vec<usize> {
+    let mut read = used_columns_of(plan, source, width + 2);
+    read.retain(|&i| i < width);
+    if let Some(t) = time_column.filter(|t| !read.contains(t)) {
+        read.push(t);
+        read.sort_unstable();
+    }
+    read
 }
 
 /// Indices of the columns of table `name` that any scan of it in the plan reads,

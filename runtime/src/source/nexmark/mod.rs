@@ -8,17 +8,15 @@
 
 pub mod generator;
 
-use std::collections::VecDeque;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use serde::Deserialize;
 
 use super::connector::{Connector, Feed, SourceDef};
+use super::in_order::InOrder;
 use crate::checkpoint::Position;
 use crate::connectors::{ConnectorInfo, Described, OptionDoc, field_names};
-use crate::decode::Columns;
 use crate::{Error, Result};
 pub use generator::{Generator, GeneratorConfig, Table};
 use weir_sql::WatermarkSpec;
@@ -172,15 +170,9 @@ fn spawn(options: &NexmarkOptions, start_event: u64, parallelism: usize, feed: F
     Ok(())
 }
 
-/// A chunk being generated on a worker: its rows, the columns made and the number of
-/// the event after them, or `None` past the last event (or why it failed).
-type Generating =
-    std::sync::mpsc::Receiver<std::result::Result<Option<(RecordBatch, Columns, u64)>, String>>;
-
 /// Generate as fast as possible, chunks of `chunk` events on the workers (each as soon
-/// as one is free, up to `parallelism` and one more ahead of the one being sent),
-/// sent in event order: no round waits for its slowest chunk, and no worker waits
-/// while a chunk is sent.
+/// as one is free, up to `parallelism` and one more ahead of the one being sent), sent
+/// in event order.
 fn generate_in_parallel(
     config: GeneratorConfig,
     start_event: u64,
@@ -188,48 +180,38 @@ fn generate_in_parallel(
     parallelism: usize,
     feed: &Feed,
 ) {
-    let mut generating: VecDeque<Generating> = VecDeque::new();
+    let mut generating = InOrder::new(parallelism + 1);
     let mut next = start_event;
     let last = config.events.unwrap_or(u64::MAX);
     while !feed.stopped() {
-        while next < last && generating.len() <= parallelism {
-            let (done, generated) = std::sync::mpsc::sync_channel(1);
+        while next < last && generating.has_room() {
             let (from, wanted) = (next, feed.columns_read.get());
-            rayon::spawn(move || {
-                // Caught (a panic in a spawned job aborts the process): the source
-                // stops below, saying why.
-                let generate = || {
-                    let mut g = Generator::new(config);
-                    g.seek(from);
-                    (g.next_batch_of(chunk, wanted)).map(|(b, made)| (b, made, g.next_event()))
-                };
-                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(generate))
-                    .map_err(|panic| crate::error::panic_message(panic.as_ref()));
-                let _ = done.send(result);
+            generating.spawn((), move || {
+                let mut g = Generator::new(config);
+                g.seek(from);
+                (g.next_batch_of(chunk, wanted)).map(|(b, made)| (b, made, g.next_event()))
             });
-            generating.push_back(generated);
             next = next.saturating_add(chunk);
         }
-        let Some(generated) = generating.pop_front() else {
+        let Some(((), generated)) = generating.next() else {
             feed.end();
             return;
         };
-        match generated.recv() {
-            Ok(Ok(Some((batch, made, after)))) => {
+        match generated {
+            Ok(Some((batch, made, after))) => {
                 let position = Position::at(POSITION, after);
                 if batch.num_rows() > 0 && !feed.send_decoded(batch, made, position, 0) {
                     return;
                 }
             }
-            Ok(Ok(None)) => {
+            Ok(None) => {
                 feed.end();
                 return;
             }
-            Ok(Err(why)) => {
+            Err(why) => {
                 tracing::error!(source = %feed.source, error = %why, "the nexmark generator stopped");
                 return;
             }
-            Err(_) => return,
         }
     }
 }
@@ -301,9 +283,11 @@ const OWN_OPTIONS: [OptionDoc; 6] = [
 
 #[cfg(test)]
 mod tests {
+    use datafusion::arrow::array::RecordBatch;
     use datafusion::arrow::compute::concat_batches;
 
     use super::*;
+    use crate::decode::Columns;
     use crate::source::Chunk;
 
     #[test]
