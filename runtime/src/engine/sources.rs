@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64};
 
+use crate::source::heard::{ChunkSender, Heard};
+
 use parking_lot::Mutex;
 
 use super::{Engine, SqlOutput, missing};
@@ -74,6 +76,7 @@ impl Engine {
             resume = None;
         }
         let columns_read = Arc::new(crate::decode::ColumnsRead::default());
+        let heard = Arc::new(Heard::default());
         let source = Arc::new(SourceRuntime {
             name: name.clone(),
             connector: common.connector.clone(),
@@ -93,11 +96,7 @@ impl Engine {
             watermark_gauge: m.watermark.with_label_values(&[&name]),
             checkpoint: Default::default(),
             // Idle counts from creation: a source that never sends goes idle too.
-            last_chunk_ms: AtomicI64::new(
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as i64),
-            ),
+            heard: heard.clone(),
         });
         let mut pipeline = Pipeline::new(
             source.clone(),
@@ -117,7 +116,7 @@ impl Engine {
             Feed {
                 source: name.clone(),
                 schema: source.schema.clone(),
-                tx,
+                tx: ChunkSender::new(tx, heard),
                 stop,
                 active,
                 records_in: source.records_in.clone(),

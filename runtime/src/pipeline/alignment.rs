@@ -54,7 +54,7 @@ impl Pipeline {
                 return JoinInput::Idle(None);
             };
             let w = source.current_watermark.load(Ordering::Acquire);
-            let idle = now - source.last_chunk_ms.load(Ordering::Relaxed) > self.idle_timeout_ms
+            let idle = now - source.heard.source_ms() > self.idle_timeout_ms
                 && *source.state.lock() == SourceState::Running;
             match w {
                 _ if idle => JoinInput::Idle((w != i64::MIN).then_some(w)),

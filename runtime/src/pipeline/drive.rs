@@ -96,10 +96,11 @@ impl SplitWatermarks {
         self.current
     }
 
-    /// Split `split` is heard from at wall-clock `now_ms` (rows arrived, or it was
+    /// Split `split` was heard from at wall-clock `ms` (rows sent, or it was
     /// announced): it holds the source back until it has a watermark or goes idle.
-    pub fn touch(&mut self, split: u32, now_ms: i64) {
-        self.split(split, now_ms).last_ms = now_ms;
+    pub fn heard_from(&mut self, split: u32, ms: i64) {
+        let s = self.split(split, ms);
+        s.last_ms = s.last_ms.max(ms);
     }
 
     /// Split `split` is no longer read here: it no longer counts.
@@ -341,22 +342,22 @@ mod tests {
         let mut w = SplitWatermarks::new(InputWatermark::new(1_000, Some(0)));
         let idle = 10_000;
         // Both partitions announced: the fast one alone moves nothing.
-        w.touch(0, 0);
-        w.touch(1, 0);
-        w.touch(0, 100);
+        w.heard_from(0, 0);
+        w.heard_from(1, 0);
+        w.heard_from(0, 100);
         w.observe(0, &times(&[50_000])?, 100);
         assert_eq!(w.update(100, idle), None);
         // The slow partition holds the source back, not the fast one's rows.
-        w.touch(1, 200);
+        w.heard_from(1, 200);
         w.observe(1, &times(&[5_000])?, 200);
         assert_eq!(w.update(200, idle), Some(4_000));
-        w.touch(0, 300);
+        w.heard_from(0, 300);
         w.observe(0, &times(&[60_000])?, 300);
         assert_eq!(w.update(300, idle), None, "partition 1 is still at 4 s");
         // Partition 1 falls silent: after the idle timeout it no longer counts.
         assert_eq!(w.update(200 + idle + 1, idle), Some(59_000));
         // It comes back behind: the source does not go back.
-        w.touch(1, 20_000);
+        w.heard_from(1, 20_000);
         w.observe(1, &times(&[6_000])?, 20_000);
         assert_eq!(w.update(20_000, idle), None);
         assert_eq!(w.current(), Some(59_000));
@@ -366,15 +367,15 @@ mod tests {
         );
         // A partition handed to another process no longer counts at all.
         let mut handed = SplitWatermarks::new(InputWatermark::new(0, Some(0)));
-        handed.touch(0, 0);
-        handed.touch(1, 0);
+        handed.heard_from(0, 0);
+        handed.heard_from(1, 0);
         handed.observe(0, &times(&[9_000])?, 0);
         assert_eq!(handed.update(0, idle), None, "split 1 has no watermark yet");
         handed.forget(1);
         assert_eq!(handed.update(0, idle), Some(9_000));
         // A single split is an InputWatermark.
         let mut one = SplitWatermarks::new(InputWatermark::new(1_000, Some(0)));
-        one.touch(0, 0);
+        one.heard_from(0, 0);
         one.observe(0, &times(&[5_000, 9_000])?, 0);
         assert_eq!(one.update(0, idle), Some(8_000));
         assert_eq!(one.finish(), Some(i64::MAX));
@@ -387,22 +388,46 @@ mod tests {
         // the one split counts as idle by then, and its own rows must still close
         // windows, as one InputWatermark would.
         let mut w = SplitWatermarks::new(InputWatermark::new(0, Some(0)));
-        w.touch(0, 0);
+        w.heard_from(0, 0);
         w.observe(0, &times(&[5_000])?, 2_000);
         assert_eq!(w.update(2_000, 1_000), Some(5_000));
         // Two splits, both idle: the one behind still holds the source back (a split
         // looks idle while the pipeline is busy; its next rows must not be late).
         let mut both = SplitWatermarks::new(InputWatermark::new(0, Some(0)));
-        both.touch(0, 0);
-        both.touch(1, 0);
+        both.heard_from(0, 0);
+        both.heard_from(1, 0);
         both.observe(0, &times(&[9_000])?, 0);
         assert_eq!(both.update(0, 1_000), None, "split 1 has no watermark yet");
         assert_eq!(both.update(2_000, 1_000), Some(9_000), "both idle");
-        both.touch(1, 2_000);
+        both.heard_from(1, 2_000);
         both.observe(1, &times(&[5_000])?, 2_000);
         both.observe(0, &times(&[12_000])?, 2_000);
         assert_eq!(both.update(4_000, 1_000), None, "split 1 is at 5 s");
         assert_eq!(both.current(), Some(9_000));
+        Ok(())
+    }
+
+    #[test]
+    fn a_split_whose_rows_wait_behind_a_busy_pipeline_is_not_idle() -> TestResult {
+        let idle = 1_000;
+        let mut w = SplitWatermarks::new(InputWatermark::new(0, Some(0)));
+        w.heard_from(0, 0);
+        w.heard_from(1, 0);
+        w.observe(0, &times(&[5_000])?, 0);
+        w.observe(1, &times(&[5_000])?, 0);
+        assert_eq!(w.update(0, idle), Some(5_000));
+        // Split 1 sends its next rows at 1.5 s; they wait in the channel while split
+        // 0's rows, sent at 1.9 s, take the pipeline until 2 s. Heard from as sent, split
+        // 1 still holds the source back; counted by when its last rows were taken (0),
+        // it would be idle, and the rows waiting would be late at 60 s.
+        w.heard_from(1, 1_500);
+        w.heard_from(0, 1_900);
+        w.observe(0, &times(&[60_000])?, 2_000);
+        assert_eq!(w.update(2_000, idle), None, "split 1 still counts");
+        // Hearing of an older chunk later does not move a split back in time.
+        w.heard_from(1, 100);
+        assert_eq!(w.update(2_400, idle), None, "split 1 heard from at 1.5 s");
+        assert_eq!(w.update(2_600, idle), Some(60_000), "split 1 idle at last");
         Ok(())
     }
 

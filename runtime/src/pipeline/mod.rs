@@ -170,17 +170,10 @@ impl Pipeline {
                     rows = 0;
                 }
                 self.position.advance(&position);
-                self.source.last_chunk_ms.store(now_ms(), Ordering::Relaxed);
                 // Even a chunk without rows moves the position: save it.
                 self.unsaved_batches += 1;
                 if let Some(b) = &self.buffered {
                     b.fetch_sub(1, Ordering::Relaxed);
-                }
-                // Heard from when its rows arrive (not when processed, which may be
-                // later), or when announced (no rows, no position); a chunk of dead
-                // letters alone does not keep a split active.
-                if batch.num_rows() > 0 || position.0.is_empty() {
-                    self.watermark.touch(split, now_ms());
                 }
                 if batch.num_rows() > 0 {
                     opened.get_or_insert(received);
@@ -334,6 +327,12 @@ impl Pipeline {
     }
 
     fn update_watermark_with(&mut self, views: &[Arc<ViewRuntime>]) {
+        // Splits count as heard from when their chunks were sent, even those still
+        // waiting in the channel (see source/heard.rs).
+        let watermark = &mut self.watermark;
+        self.source
+            .heard
+            .each_split(|split, ms| watermark.heard_from(split, ms));
         if let Some(w) = self.watermark.update(now_ms(), self.idle_timeout_ms) {
             self.advance(views, w);
         }

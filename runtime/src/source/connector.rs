@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{SyncSender, TrySendError};
+use std::sync::mpsc::TrySendError;
 use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::RecordBatch;
@@ -15,6 +15,7 @@ use datafusion::arrow::datatypes::{Field, SchemaRef};
 use prometheus::{IntCounter, IntGaugeVec};
 use serde::Serialize;
 
+use super::heard::ChunkSender;
 use super::http::IngestReport;
 use super::{Chunk, SourceRuntime, file, http, kafka, kinesis, nexmark};
 use crate::checkpoint::Position;
@@ -302,7 +303,7 @@ pub struct PartitionStatus {
 pub struct Feed {
     pub source: String,
     pub schema: SchemaRef,
-    pub tx: SyncSender<Chunk>,
+    pub tx: ChunkSender,
     pub stop: Arc<AtomicBool>,
     /// Set when the first view attaches.
     pub active: Arc<AtomicBool>,
@@ -333,7 +334,7 @@ impl Feed {
         let feed = Feed {
             source: "f".into(),
             schema,
-            tx,
+            tx: ChunkSender::new(tx, Default::default()),
             stop: Arc::new(AtomicBool::new(false)),
             active: Arc::new(AtomicBool::new(true)),
             records_in: counter(),

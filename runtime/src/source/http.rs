@@ -8,7 +8,6 @@
 //! logged is answered again without being counted again.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
@@ -17,6 +16,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use super::connector::{Connector, Feed, SourceDef};
+use super::heard::ChunkSender;
 use super::wal::Wal;
 use super::{Chunk, SourceRuntime, SourceState};
 use crate::checkpoint::Position;
@@ -197,7 +197,7 @@ impl Connector for HttpSource {
 
 /// The push side of an HTTP source.
 pub struct HttpInput {
-    pub(crate) tx: SyncSender<Chunk>,
+    pub(crate) tx: ChunkSender,
     /// Chunks sent but not yet taken by the pipeline.
     pub(crate) buffered: Arc<AtomicUsize>,
     pub(crate) capacity: usize,
@@ -426,6 +426,7 @@ mod tests {
     use prometheus::{IntCounter, IntGauge};
 
     use super::*;
+    use crate::source::heard::Heard;
 
     fn source(capacity: usize) -> (SourceRuntime, std::sync::mpsc::Receiver<Chunk>) {
         let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
@@ -440,12 +441,13 @@ mod tests {
         };
         let stop = Arc::new(AtomicBool::new(false));
         let active = Arc::new(AtomicBool::new(true));
+        let heard = Arc::new(Heard::default());
         input
             .start(
                 Feed {
                     source: "s".into(),
                     schema: schema.clone(),
-                    tx,
+                    tx: ChunkSender::new(tx, heard.clone()),
                     stop: stop.clone(),
                     active: active.clone(),
                     records_in: counter(),
@@ -481,7 +483,7 @@ mod tests {
             dead_letters: counter(),
             watermark_gauge: IntGauge::new("g", "g").expect("gauge"),
             checkpoint: Default::default(),
-            last_chunk_ms: AtomicI64::new(0),
+            heard,
         };
         (s, rx)
     }

@@ -7,6 +7,7 @@
 pub mod connector;
 pub mod file;
 pub mod front_door;
+pub mod heard;
 pub mod http;
 pub mod in_order;
 pub mod kafka;
@@ -90,8 +91,9 @@ pub struct SourceRuntime {
     pub(crate) watermark_gauge: IntGauge,
     /// Where the pipeline leaves its snapshots for checkpoints.
     pub(crate) checkpoint: CheckpointSlot,
-    /// Wall-clock ms of the last chunk (joins skip idle inputs' watermarks).
-    pub(crate) last_chunk_ms: AtomicI64,
+    /// When the source and its splits last sent a chunk (idle inputs and splits stop
+    /// holding watermarks back).
+    pub(crate) heard: Arc<heard::Heard>,
 }
 
 /// What the API shows of a source.
