@@ -828,6 +828,48 @@ async fn a_file_source_resumes_at_its_byte_offset() -> Result<()> {
     Ok(())
 }
 
+/// A file source that cannot read its file (removed between CREATE SOURCE and the
+/// first view, when the reader opens it) shows as failed and says why; the server
+/// goes on.
+#[tokio::test]
+async fn a_file_source_that_cannot_read_its_file_fails_saying_why() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let files = dir.path().join("files");
+    std::fs::create_dir(&files)?;
+    std::fs::write(files.join("gone.jsonl"), "{\"id\":1}\n")?;
+    std::fs::write(files.join("here.jsonl"), "{\"id\":2}\n")?;
+    let weir = Weir::start_in(dir, &[]).await?;
+    weir.exec("CREATE SOURCE gone (id BIGINT) WITH (connector = 'file', path = 'gone.jsonl')")
+        .await?;
+    std::fs::remove_file(weir.data_dir.path().join("files/gone.jsonl"))?;
+    weir.exec("CREATE MATERIALIZED VIEW gone_ids AS SELECT id FROM gone")
+        .await?;
+    let status = weir
+        .wait_for("the source to fail", Duration::from_secs(30), || async {
+            let s = weir.get("/api/v1/sources/gone").await?;
+            Ok((s["status"] == "failed").then_some(s))
+        })
+        .await?;
+    let error = status["error"].as_str().unwrap_or("");
+    assert!(
+        error.contains("the file source stopped") && error.contains("No such file"),
+        "{status}"
+    );
+    weir.exec("CREATE SOURCE here (id BIGINT) WITH (connector = 'file', path = 'here.jsonl')")
+        .await?;
+    weir.exec("CREATE MATERIALIZED VIEW here_ids AS SELECT id FROM here")
+        .await?;
+    weir.wait_finished("here").await?;
+    let rows = weir.get("/api/v1/views/here_ids").await?["rows"].clone();
+    assert_eq!(rows, serde_json::json!([[2]]));
+    assert_eq!(
+        weir.get("/api/v1/sources/here").await?.get("error"),
+        None,
+        "a source that did not fail says no error"
+    );
+    Ok(())
+}
+
 /// What EXPLAIN VIEW says of a view, as text.
 async fn explain(weir: &Weir, view: &str) -> Result<String> {
     Ok(weir.exec(&format!("EXPLAIN VIEW {view}")).await?["rows"].to_string())

@@ -77,6 +77,7 @@ impl Engine {
         }
         let columns_read = Arc::new(crate::decode::ColumnsRead::default());
         let heard = Arc::new(Heard::default());
+        let failure: Arc<Mutex<Option<String>>> = Default::default();
         let source = Arc::new(SourceRuntime {
             name: name.clone(),
             connector: common.connector.clone(),
@@ -97,6 +98,7 @@ impl Engine {
             checkpoint: Default::default(),
             // Idle counts from creation: a source that never sends goes idle too.
             heard: heard.clone(),
+            failure: failure.clone(),
         });
         let mut pipeline = Pipeline::new(
             source.clone(),
@@ -119,6 +121,7 @@ impl Engine {
                 tx: ChunkSender::new(tx, heard),
                 stop,
                 active,
+                failure,
                 records_in: source.records_in.clone(),
                 dead_letter_count: source.dead_letters.clone(),
                 dead_letters: self.inner.dead_letters.clone(),

@@ -202,6 +202,7 @@ impl Pipeline {
                 }
                 Err(RecvTimeoutError::Disconnected) => {
                     self.flush(&mut pending, opened.take());
+                    self.connector_gone();
                     return;
                 }
                 Ok(Chunk::SplitGone(split)) => {
@@ -407,6 +408,21 @@ impl Pipeline {
         self.snapshot(self.source.checkpoint.requested(), true);
         *self.source.state.lock() = SourceState::Finished;
         tracing::info!(source = %self.source.name, "source finished");
+    }
+
+    /// The connector dropped its end of the channel without ending the source: unless
+    /// the source was told to stop, it failed (an error it does not retry, or a panic).
+    fn connector_gone(&self) {
+        if self.source.stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut failure = self.source.failure.lock();
+        if failure.is_none() {
+            let why = "the connector stopped without saying why (see the log)";
+            tracing::error!(source = %self.source.name, error = why, "the source stopped");
+            *failure = Some(why.to_string());
+        }
+        *self.source.state.lock() = SourceState::Failed;
     }
 }
 

@@ -307,6 +307,8 @@ pub struct Feed {
     pub stop: Arc<AtomicBool>,
     /// Set when the first view attaches.
     pub active: Arc<AtomicBool>,
+    /// Why the connector stopped, if it stopped on an error (see [`Feed::fail`]).
+    pub failure: Arc<parking_lot::Mutex<Option<String>>>,
     pub records_in: IntCounter,
     pub dead_letter_count: IntCounter,
     pub dead_letters: Arc<DeadLetterStore>,
@@ -337,6 +339,7 @@ impl Feed {
             tx: ChunkSender::new(tx, Default::default()),
             stop: Arc::new(AtomicBool::new(false)),
             active: Arc::new(AtomicBool::new(true)),
+            failure: Default::default(),
             records_in: counter(),
             dead_letter_count: counter(),
             dead_letters: dead_letters.clone(),
@@ -427,6 +430,13 @@ impl Feed {
     /// Split `split` is no longer read by this process.
     pub fn split_gone(&self, split: u32) {
         let _ = self.tx.send(Chunk::SplitGone(split));
+    }
+
+    /// The connector stops on an error it does not retry: the source shows as failed,
+    /// saying `why`, once its pipeline has processed what was sent before.
+    pub fn fail(&self, why: impl std::fmt::Display) {
+        tracing::error!(source = %self.source, error = %why, "the source stopped");
+        *self.failure.lock() = Some(why.to_string());
     }
 
     /// The source has no more rows.

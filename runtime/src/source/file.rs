@@ -79,7 +79,7 @@ impl Connector for FileSource {
             .name(format!("file-{}", reader.feed.source))
             .spawn(move || {
                 if let Err(e) = reader.run() {
-                    tracing::error!(source = %reader.feed.source, error = %e, "the file source stopped");
+                    reader.feed.fail(format!("the file source stopped: {e}"));
                 }
             })
             .map_err(|e| Error::Internal(format!("cannot start the file reader: {e}")))?;

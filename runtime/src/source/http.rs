@@ -450,6 +450,7 @@ mod tests {
                     tx: ChunkSender::new(tx, heard.clone()),
                     stop: stop.clone(),
                     active: active.clone(),
+                    failure: Default::default(),
                     records_in: counter(),
                     dead_letter_count: counter(),
                     dead_letters: Arc::new(DeadLetterStore::open(None, 10).expect("store")),
@@ -484,6 +485,7 @@ mod tests {
             watermark_gauge: IntGauge::new("g", "g").expect("gauge"),
             checkpoint: Default::default(),
             heard,
+            failure: Default::default(),
         };
         (s, rx)
     }

@@ -64,6 +64,9 @@ pub enum SourceState {
     /// A finite source delivered all its rows and closed all windows.
     Finished,
     Stopped,
+    /// Its connector stopped on an error it does not retry (the status's `error` says
+    /// which). The rows it read before stay in its views; recreate the source to read on.
+    Failed,
 }
 
 /// A running source.
@@ -91,6 +94,8 @@ pub struct SourceRuntime {
     pub(crate) watermark_gauge: IntGauge,
     /// Where the pipeline leaves its snapshots for checkpoints.
     pub(crate) checkpoint: CheckpointSlot,
+    /// Why its connector stopped, once it has (see [`SourceState::Failed`]).
+    pub(crate) failure: Arc<Mutex<Option<String>>>,
     /// When the source and its splits last sent a chunk (idle inputs and splits stop
     /// holding watermarks back).
     pub(crate) heard: Arc<heard::Heard>,
@@ -108,6 +113,9 @@ pub struct SourceStatus {
     pub dead_letters: u64,
     /// Milliseconds since the epoch; absent before the first batch or without a WATERMARK.
     pub watermark_ms: Option<i64>,
+    /// Why the connector stopped (status `failed`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
     pub views: Vec<String>,
     /// Previews of queries over this source running now (the console's).
     pub previews: usize,
@@ -127,6 +135,9 @@ impl SourceRuntime {
             SourceState::Running if connector_status.waiting.is_some() => SourceState::Connecting,
             state => state,
         };
+        let error = (status == SourceState::Failed)
+            .then(|| self.failure.lock().clone())
+            .flatten();
         SourceStatus {
             name: self.name.clone(),
             connector: self.connector.clone(),
@@ -136,6 +147,7 @@ impl SourceRuntime {
             batches: self.batches.get(),
             dead_letters: self.dead_letters.get(),
             watermark_ms: (wm != i64::MIN).then_some(wm),
+            error,
             views: views.iter().map(|v| v.name.clone()).collect(),
             previews,
             columns: ColumnInfo::of(&self.schema),

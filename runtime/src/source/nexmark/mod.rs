@@ -209,7 +209,7 @@ fn generate_in_parallel(
                 return;
             }
             Err(why) => {
-                tracing::error!(source = %feed.source, error = %why, "the nexmark generator stopped");
+                feed.fail(format!("the nexmark generator stopped: {why}"));
                 return;
             }
         }
