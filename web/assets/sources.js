@@ -159,7 +159,7 @@ export function sourcesPage(main, catalog, refreshCatalog) {
         const lag = (s.partitions || []).map((p) => `${p.partition}: ${p.lag ?? "?"}`).join(", ");
         const row = h("tr", { "data-source": s.name },
           h("td", {}, s.name), h("td", {}, s.connector),
-          h("td", {}, h("span", { class: `badge ${s.status}` }, s.waiting ? `${s.status}: ${s.waiting}` : s.status)),
+          h("td", {}, h("span", { class: `badge ${s.status}` }, (s.waiting || s.error) ? `${s.status}: ${s.waiting || s.error}` : s.status)),
           h("td", {}, h("span", { class: "rate" }, r && r.v.length ? fmt(r.v[r.v.length - 1]) : "…"), spark),
           h("td", {}, s.records_in), h("td", {}, time(s.watermark_ms)),
           h("td", {}, s.watermark_ms ? duration(Math.max(0, (now - s.watermark_ms) / 1000)) : ""),

@@ -283,6 +283,13 @@ fn run(
             if let Some(s) = statuses.iter().find(|s| s.status == SourceState::Stopped) {
                 bail!("source {} stopped", s.name);
             }
+            if let Some(s) = statuses.iter().find(|s| s.status == SourceState::Failed) {
+                bail!(
+                    "source {} failed: {}",
+                    s.name,
+                    s.error.as_deref().unwrap_or("see the log")
+                );
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
         progress.finish();

@@ -114,11 +114,16 @@ impl Engine {
             pipeline = pipeline.resume_at(position, watermark);
         }
         pipeline.spawn(rx)?;
+        // Held until the connector has started: one that fails to start drops its feed,
+        // and the pipeline must find the source stopped (not failed) when the channel
+        // closes.
+        let tx = ChunkSender::new(tx, heard);
+        let held = tx.clone();
         let started = source.input.start(
             Feed {
                 source: name.clone(),
                 schema: source.schema.clone(),
-                tx: ChunkSender::new(tx, heard),
+                tx,
                 stop,
                 active,
                 failure,
@@ -134,9 +139,11 @@ impl Engine {
         );
         if let Err(e) = started {
             source.shut_down();
+            drop(held);
             self.forget_source_metrics(&source);
             return Err(e);
         }
+        drop(held);
         self.inner.sources.insert(name.clone(), source);
         tracing::info!(source = %name, connector = %common.connector, "source created");
         Ok(SqlOutput::Done {

@@ -54,8 +54,12 @@ impl Pipeline {
                 return JoinInput::Idle(None);
             };
             let w = source.current_watermark.load(Ordering::Acquire);
-            let idle = now - source.heard.source_ms() > self.idle_timeout_ms
-                && *source.state.lock() == SourceState::Running;
+            // A failed input sends nothing more: it holds no other input back.
+            let idle = match *source.state.lock() {
+                SourceState::Running => now - source.heard.source_ms() > self.idle_timeout_ms,
+                SourceState::Failed => true,
+                _ => false,
+            };
             match w {
                 _ if idle => JoinInput::Idle((w != i64::MIN).then_some(w)),
                 i64::MIN => JoinInput::Pending,

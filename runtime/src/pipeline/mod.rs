@@ -170,6 +170,12 @@ impl Pipeline {
                     rows = 0;
                 }
                 self.position.advance(&position);
+                // Heard from when taken, too: a chunk that waited in the channel longer
+                // than the idle timeout does not make its split idle as it is processed
+                // (the later of this and when it was sent counts, see `update_watermark`).
+                if batch.num_rows() > 0 || position.0.is_empty() {
+                    self.watermark.heard_from(split, now_ms());
+                }
                 // Even a chunk without rows moves the position: save it.
                 self.unsaved_batches += 1;
                 if let Some(b) = &self.buffered {
@@ -329,7 +335,7 @@ impl Pipeline {
 
     fn update_watermark_with(&mut self, views: &[Arc<ViewRuntime>]) {
         // Splits count as heard from when their chunks were sent, even those still
-        // waiting in the channel (see source/heard.rs).
+        // waiting in the channel (see source/heard.rs), or taken, whichever is later.
         let watermark = &mut self.watermark;
         self.source
             .heard

@@ -65,7 +65,7 @@ pub enum SourceState {
     Finished,
     Stopped,
     /// Its connector stopped on an error it does not retry (the status's `error` says
-    /// which). The rows it read before stay in its views; recreate the source to read on.
+    /// which). Its views keep the rows it read; a join it feeds no longer waits for it.
     Failed,
 }
 

@@ -93,14 +93,14 @@ impl Reader {
                 end.to_string(),
             );
             if let Err(e) = tpl.add_partition_offset(topic, *partition, first) {
-                tracing::error!(source = %self.name, error = %e, "cannot assign a partition");
+                self.feed
+                    .fail(format!("cannot assign partition {topic}/{partition}: {e}"));
                 return false;
             }
         }
         context.first.lock().assigned_before = true;
         if let Err(e) = self.consumer.assign(&tpl) {
-            tracing::error!(source = %self.name, error = %e, "cannot assign the partitions");
-            *self.shared.waiting.lock() = Some(format!("cannot assign the partitions: {e}"));
+            self.feed.fail(format!("cannot assign the partitions: {e}"));
             return false;
         }
         context.changes.lock().extend(

@@ -182,8 +182,8 @@ impl Reader {
         } else {
             let topics: Vec<&str> = self.subscription.iter().map(String::as_str).collect();
             if let Err(e) = self.consumer.subscribe(&topics) {
-                tracing::error!(source = %self.name, error = %e, "cannot subscribe");
-                *self.shared.waiting.lock() = Some(format!("cannot subscribe to {topics:?}: {e}"));
+                self.feed
+                    .fail(format!("cannot subscribe to {topics:?}: {e}"));
                 return false;
             }
         }

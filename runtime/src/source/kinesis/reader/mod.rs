@@ -162,7 +162,8 @@ impl Reader {
                 .name(format!("kinesis-leases-{}", self.settings.name))
                 .spawn(move || keeper.run());
             if let Err(e) = spawned {
-                tracing::error!(source = %self.settings.name, error = %e, "cannot start the lease keeper");
+                self.feed
+                    .fail(format!("cannot start the lease keeper: {e}"));
                 return;
             }
         }
