@@ -1,6 +1,7 @@
 //! Crash points for tests of recovery: with `WEIR_FAILPOINTS=name[,name]` the process
-//! aborts when it reaches one of the named points, as a power cut would there. Without
-//! the variable a point costs one load of a flag.
+//! aborts (or sleeps, or panics) when it reaches one of the named points, as a power cut
+//! (or a slow machine, or a bug) would there. Without the variable a point costs one load
+//! of a flag.
 
 use std::sync::OnceLock;
 
@@ -19,6 +20,14 @@ pub fn crash_point(name: &str) {
 pub fn delay_point(name: &str, for_: std::time::Duration) {
     if armed(name) {
         std::thread::sleep(for_);
+    }
+}
+
+/// Panic here if the point `name` is armed: a bug in a connector's worker, for the test
+/// that its source fails saying why.
+pub fn panic_point(name: &str) {
+    if armed(name) {
+        panic!("failpoint {name} reached");
     }
 }
 

@@ -443,3 +443,34 @@ fn oracle_context(
     }
     Ok(ctx)
 }
+
+/// A chunk of the generator that panics (a bug) fails its source, saying why, instead of
+/// leaving it running without rows; the server goes on.
+#[tokio::test]
+async fn a_panic_in_the_generator_fails_its_source_saying_why() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let weir =
+        Weir::start_with_env(dir, &[], &[("WEIR_FAILPOINTS", "nexmark-chunk-panic")]).await?;
+    weir.exec(
+        "CREATE SOURCE bids WITH (connector = 'nexmark', table = 'bid', events = 100000, seed = 1)",
+    )
+    .await?;
+    weir.exec("CREATE MATERIALIZED VIEW n AS SELECT count(*) AS n FROM bids")
+        .await?;
+    let status = weir
+        .wait_for("the generator to fail", Duration::from_secs(30), || async {
+            let s = weir.get("/api/v1/sources/bids").await?;
+            Ok((s["status"] == "failed").then_some(s))
+        })
+        .await?;
+    let error = status["error"].as_str().unwrap_or("");
+    assert!(
+        error.contains("the nexmark generator stopped") && error.contains("nexmark-chunk-panic"),
+        "{status}"
+    );
+    assert!(
+        weir.get("/api/v1/health").await?.is_object(),
+        "the server goes on"
+    );
+    Ok(())
+}
