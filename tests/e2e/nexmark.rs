@@ -444,8 +444,9 @@ fn oracle_context(
     Ok(ctx)
 }
 
-/// A chunk of the generator that panics (a bug) fails its source, saying why, instead of
-/// leaving it running without rows; the server goes on.
+/// A chunk of the generator that panics (a bug; here every chunk after the first) fails
+/// its source, saying why, instead of leaving it running without rows; its view keeps
+/// the rows read before, and the server goes on.
 #[tokio::test]
 async fn a_panic_in_the_generator_fails_its_source_saying_why() -> Result<()> {
     let dir = tempfile::tempdir()?;
@@ -467,6 +468,14 @@ async fn a_panic_in_the_generator_fails_its_source_saying_why() -> Result<()> {
     assert!(
         error.contains("the nexmark generator stopped") && error.contains("nexmark-chunk-panic"),
         "{status}"
+    );
+    let read = status["records_in"].as_u64().unwrap_or(0);
+    assert!(read > 0 && read < 100_000, "the first chunk only: {status}");
+    let rows = weir.get("/api/v1/views/n").await?["rows"].clone();
+    assert_eq!(
+        rows,
+        serde_json::json!([[read]]),
+        "the view keeps what was read"
     );
     assert!(
         weir.get("/api/v1/health").await?.is_object(),
