@@ -450,8 +450,16 @@ fn oracle_context(
 #[tokio::test]
 async fn a_panic_in_the_generator_fails_its_source_saying_why() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let weir =
-        Weir::start_with_env(dir, &[], &[("WEIR_FAILPOINTS", "nexmark-chunk-panic")]).await?;
+    // Chunks are made on the workers only with more than one of them.
+    let config = dir.path().join("weir.toml");
+    std::fs::write(&config, "[runtime]\nparallelism = 2\n")?;
+    let config = config.to_string_lossy().to_string();
+    let weir = Weir::start_with_env(
+        dir,
+        &["--config", &config],
+        &[("WEIR_FAILPOINTS", "nexmark-chunk-panic")],
+    )
+    .await?;
     weir.exec(
         "CREATE SOURCE bids WITH (connector = 'nexmark', table = 'bid', events = 100000, seed = 1)",
     )

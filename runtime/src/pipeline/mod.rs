@@ -176,6 +176,7 @@ impl Pipeline {
                 if batch.num_rows() > 0 || position.0.is_empty() {
                     self.watermark.heard_from(split, now_ms());
                 }
+                self.source.heard.taken_now();
                 // Even a chunk without rows moves the position: save it.
                 self.unsaved_batches += 1;
                 if let Some(b) = &self.buffered {

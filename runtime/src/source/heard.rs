@@ -14,7 +14,8 @@ use parking_lot::Mutex;
 use super::Chunk;
 use crate::pipeline::now_ms;
 
-/// Wall-clock ms of the last chunk sent, for the source and for each split.
+/// Wall-clock ms of the last chunk sent, for the source (or taken, whichever is later)
+/// and for each split (the pipeline keeps its own take times, see `SplitWatermarks`).
 #[derive(Debug)]
 pub struct Heard {
     source_ms: AtomicI64,
@@ -44,7 +45,7 @@ impl Heard {
                 ..
             } => {
                 let now = now_ms();
-                self.source_ms.store(now, Ordering::Relaxed);
+                self.source_ms.fetch_max(now, Ordering::Relaxed);
                 if batch.num_rows() > 0 || position.0.is_empty() {
                     self.splits.lock().insert(*split, now);
                 }
@@ -56,7 +57,14 @@ impl Heard {
         }
     }
 
-    /// Wall-clock ms of the source's last chunk.
+    /// The pipeline took a chunk now: the source counts as heard from until the idle
+    /// timeout from now, too (a chunk that waited longer than that does not make it idle
+    /// as it is processed).
+    pub fn taken_now(&self) {
+        self.source_ms.fetch_max(now_ms(), Ordering::Relaxed);
+    }
+
+    /// Wall-clock ms of the source's last chunk, sent or taken.
     pub fn source_ms(&self) -> i64 {
         self.source_ms.load(Ordering::Relaxed)
     }
@@ -155,5 +163,10 @@ mod tests {
         rx.recv().expect("the announcement");
         sender.send(Chunk::SplitGone(1)).expect("sent");
         assert_eq!(splits(&heard), vec![2]);
+        // Taken by the pipeline later than sent: the source counts from the take.
+        heard.source_ms.store(0, Ordering::Relaxed);
+        let before = now_ms();
+        heard.taken_now();
+        assert!(heard.source_ms() >= before, "heard from as taken");
     }
 }
