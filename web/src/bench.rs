@@ -348,24 +348,32 @@ fn generator_ceiling(tables: &[&str], events: u64) -> anyhow::Result<f64> {
     Ok(rows as f64 / start.elapsed().as_secs_f64())
 }
 
-/// Records/s of the JSON decoder alone over the file, in 8,192-line batches.
+/// Records/s of the JSON decoder alone over the file: blocks of whole lines of about
+/// 1 MiB, decoded on the worker threads with every column, as the file source decodes
+/// them (a view that reads fewer columns may go a few per cent faster).
 fn decoder_ceiling(input: &Path, table: Table) -> anyhow::Result<f64> {
+    const BLOCK: usize = 1 << 20;
     let data = std::fs::read(input)?;
     let decoder = JsonDecoder::new(table.schema());
     let start = Instant::now();
-    let lines: Vec<&[u8]> = data
-        .split(|&b| b == b'\n')
-        .filter(|l| !l.is_empty())
-        .collect();
-    // On the worker threads, as the file source decodes.
-    let rows: usize = lines
-        .par_chunks(8192)
-        .map(|chunk| {
-            decoder
-                .decode_records(chunk.iter().copied())
-                .batch
-                .num_rows()
-        })
+    let mut blocks = Vec::new();
+    let mut rest = &data[..];
+    while !rest.is_empty() {
+        let cut = if rest.len() <= BLOCK {
+            rest.len()
+        } else {
+            // The block ends after its last whole line (a longer line is a block alone).
+            memchr::memrchr(b'\n', &rest[..BLOCK]).map_or_else(
+                || memchr::memchr(b'\n', &rest[BLOCK..]).map_or(rest.len(), |i| BLOCK + i + 1),
+                |i| i + 1,
+            )
+        };
+        let (block, after) = rest.split_at(cut);
+        blocks.push(block);
+        rest = after;
+    }
+    let rows: usize = (blocks.par_iter())
+        .map(|block| decoder.decode(block).batch.num_rows())
         .sum();
     Ok(rows as f64 / start.elapsed().as_secs_f64())
 }
