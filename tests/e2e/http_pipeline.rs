@@ -464,14 +464,11 @@ async fn a_join_whose_inputs_are_all_idle_still_closes_its_windows() -> Result<(
 /// however long the idle timeout.
 #[tokio::test]
 async fn a_failed_input_stops_holding_a_join_back() -> Result<()> {
-    let dir = tempfile::tempdir()?;
+    let (dir, config) = crate::kafka::config_dir("[runtime]\nidle-timeout = '1h'\n").await?;
     let files = dir.path().join("files");
     std::fs::create_dir(&files)?;
     std::fs::write(files.join("orders.jsonl"), "")?;
-    let config = dir.path().join("weir.toml");
-    std::fs::write(&config, "[runtime]\nidle-timeout = '1h'\n")?;
-    let config = config.to_string_lossy().to_string();
-    let weir = Weir::start_with_env(dir, &["--config", &config], &[]).await?;
+    let weir = Weir::start_in(dir, &["--config", &config]).await?;
     weir.exec(
         "CREATE SOURCE clicks (id BIGINT, ts TIMESTAMP, WATERMARK FOR ts AS ts) WITH (connector = 'http')",
     )
@@ -483,44 +480,14 @@ async fn a_failed_input_stops_holding_a_join_back() -> Result<()> {
     .await?;
     // Gone when the reader opens it, at the first view.
     std::fs::remove_file(weir.data_dir.path().join("files/orders.jsonl"))?;
-    weir.exec(
-        "CREATE MATERIALIZED VIEW joined AS SELECT c.window_start, c.n, o.m \
-         FROM (SELECT window_start, count(*) AS n FROM TUMBLE(clicks, ts, INTERVAL '10' SECOND) GROUP BY window_start) AS c \
-         LEFT JOIN (SELECT window_start, count(*) AS m FROM TUMBLE(orders, ts, INTERVAL '10' SECOND) GROUP BY window_start) AS o \
-         ON c.window_start = o.window_start",
-    )
-    .await?;
-    weir.wait_for("orders to fail", Duration::from_secs(20), || async {
-        let s = weir.get("/api/v1/sources/orders").await?;
-        Ok((s["status"] == "failed").then_some(()))
-    })
-    .await?;
-    let clicks: String = (0..25)
-        .map(|s| format!("{{\"id\":{s},\"ts\":{}}}\n", T0 + s * 1000))
-        .collect();
-    let (status, _) = weir.post_records("clicks", clicks).await?;
-    assert_eq!(status, 200);
-    let rows = weir
-        .wait_for(
-            "the failed input to be left out",
-            Duration::from_secs(20),
-            || async {
-                let rows = weir.get("/api/v1/views/joined").await?["rows"].clone();
-                Ok((rows.as_array().map_or(0, Vec::len) == 2).then_some(rows))
-            },
-        )
+    weir.exec(CLICKS_LEFT_JOIN_ORDERS).await?;
+    weir.wait_source("orders", "failed", Duration::from_secs(20))
         .await?;
-    assert_eq!(rows[0][1], 10, "{rows}");
-    assert_eq!(rows[1][1], 10, "{rows}");
-    assert!(rows[0][2].is_null(), "no orders: {rows}");
-    Ok(())
+    clicks_close_their_windows_alone(&weir, "the failed input to be left out").await
 }
 
 async fn idle_input_left_out_of_a_join(env: &[(&str, &str)]) -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let config = dir.path().join("weir.toml");
-    std::fs::write(&config, "[runtime]\nidle-timeout = '1s'\n")?;
-    let config = config.to_string_lossy().to_string();
+    let (dir, config) = crate::kafka::config_dir("[runtime]\nidle-timeout = '1s'\n").await?;
     let weir = Weir::start_with_env(dir, &["--config", &config], env).await?;
     for table in ["clicks", "orders"] {
         weir.exec(&format!(
@@ -528,31 +495,32 @@ async fn idle_input_left_out_of_a_join(env: &[(&str, &str)]) -> Result<()> {
         ))
         .await?;
     }
-    weir.exec(
-        "CREATE MATERIALIZED VIEW joined AS SELECT c.window_start, c.n, o.m \
-         FROM (SELECT window_start, count(*) AS n FROM TUMBLE(clicks, ts, INTERVAL '10' SECOND) GROUP BY window_start) AS c \
-         LEFT JOIN (SELECT window_start, count(*) AS m FROM TUMBLE(orders, ts, INTERVAL '10' SECOND) GROUP BY window_start) AS o \
-         ON c.window_start = o.window_start",
-    )
-    .await?;
-    // Orders never come; clicks cover 0..25 s, so two windows are complete.
+    weir.exec(CLICKS_LEFT_JOIN_ORDERS).await?;
+    clicks_close_their_windows_alone(&weir, "the idle input to be left out").await
+}
+
+/// Clicks per 10 s window, with the orders of the same window when there are any.
+const CLICKS_LEFT_JOIN_ORDERS: &str = "CREATE MATERIALIZED VIEW joined AS SELECT c.window_start, c.n, o.m \
+     FROM (SELECT window_start, count(*) AS n FROM TUMBLE(clicks, ts, INTERVAL '10' SECOND) GROUP BY window_start) AS c \
+     LEFT JOIN (SELECT window_start, count(*) AS m FROM TUMBLE(orders, ts, INTERVAL '10' SECOND) GROUP BY window_start) AS o \
+     ON c.window_start = o.window_start";
+
+/// Orders never come; clicks cover 0..25 s, so two windows are complete and must close
+/// without waiting for orders (`what` names why, for the timeout's message).
+async fn clicks_close_their_windows_alone(weir: &Weir, what: &str) -> Result<()> {
     let clicks: String = (0..25)
         .map(|s| format!("{{\"id\":{s},\"ts\":{}}}\n", T0 + s * 1000))
         .collect();
     let (status, _) = weir.post_records("clicks", clicks).await?;
     assert_eq!(status, 200);
     let rows = weir
-        .wait_for(
-            "the idle input to be left out",
-            Duration::from_secs(20),
-            || async {
-                let rows = weir.get("/api/v1/views/joined").await?["rows"].clone();
-                Ok((rows.as_array().map_or(0, Vec::len) == 2).then_some(rows))
-            },
-        )
+        .wait_for(what, Duration::from_secs(20), || async {
+            let rows = weir.get("/api/v1/views/joined").await?["rows"].clone();
+            Ok((rows.as_array().map_or(0, Vec::len) == 2).then_some(rows))
+        })
         .await?;
-    assert_eq!(rows[0][1], 10);
-    assert_eq!(rows[1][1], 10);
+    assert_eq!(rows[0][1], 10, "{rows}");
+    assert_eq!(rows[1][1], 10, "{rows}");
     assert!(rows[0][2].is_null(), "no orders: {rows}");
     Ok(())
 }

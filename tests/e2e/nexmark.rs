@@ -449,11 +449,8 @@ fn oracle_context(
 /// the rows read before, and the server goes on.
 #[tokio::test]
 async fn a_panic_in_the_generator_fails_its_source_saying_why() -> Result<()> {
-    let dir = tempfile::tempdir()?;
     // Chunks are made on the workers only with more than one of them.
-    let config = dir.path().join("weir.toml");
-    std::fs::write(&config, "[runtime]\nparallelism = 2\n")?;
-    let config = config.to_string_lossy().to_string();
+    let (dir, config) = crate::kafka::config_dir("[runtime]\nparallelism = 2\n").await?;
     let weir = Weir::start_with_env(
         dir,
         &["--config", &config],
@@ -467,10 +464,7 @@ async fn a_panic_in_the_generator_fails_its_source_saying_why() -> Result<()> {
     weir.exec("CREATE MATERIALIZED VIEW n AS SELECT count(*) AS n FROM bids")
         .await?;
     let status = weir
-        .wait_for("the generator to fail", Duration::from_secs(30), || async {
-            let s = weir.get("/api/v1/sources/bids").await?;
-            Ok((s["status"] == "failed").then_some(s))
-        })
+        .wait_source("bids", "failed", Duration::from_secs(30))
         .await?;
     let error = status["error"].as_str().unwrap_or("");
     assert!(

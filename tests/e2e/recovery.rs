@@ -845,10 +845,7 @@ async fn a_file_source_that_cannot_read_its_file_fails_saying_why() -> Result<()
     weir.exec("CREATE MATERIALIZED VIEW gone_ids AS SELECT id FROM gone")
         .await?;
     let status = weir
-        .wait_for("the source to fail", Duration::from_secs(30), || async {
-            let s = weir.get("/api/v1/sources/gone").await?;
-            Ok((s["status"] == "failed").then_some(s))
-        })
+        .wait_source("gone", "failed", Duration::from_secs(30))
         .await?;
     let error = status["error"].as_str().unwrap_or("");
     assert!(

@@ -255,12 +255,24 @@ impl Weir {
 
     /// Wait until source `source` has finished (a finite source after its last row).
     pub async fn wait_finished(&self, source: &str) -> Result<()> {
+        self.wait_source(source, "finished", Duration::from_secs(240))
+            .await
+            .map(|_| ())
+    }
+
+    /// Wait until `source`'s status is `status`; its status then.
+    pub async fn wait_source(
+        &self,
+        source: &str,
+        status: &str,
+        timeout: Duration,
+    ) -> Result<serde_json::Value> {
         self.wait_for(
-            &format!("source {source} to finish"),
-            Duration::from_secs(240),
+            &format!("source {source} to be {status}"),
+            timeout,
             || async {
                 let s = self.get(&format!("/api/v1/sources/{source}")).await?;
-                Ok((s["status"] == "finished").then_some(()))
+                Ok((s["status"] == status).then_some(s))
             },
         )
         .await
