@@ -8,7 +8,8 @@
 //! - [`planner`]: from a view's query to a [`ContinuousQuery`] and its [`Operator`]
 //!   (the contract in [`operator`]).
 //! - [`stateless`]: projections and filters, evaluated as DataFusion physical
-//!   expressions.
+//!   expressions, in slices side by side; [`settle`]: outside calls made by slices
+//!   counted once per batch.
 //! - [`aggregate`]: windowed and updating aggregation on DataFusion's own
 //!   `GroupValues` and `GroupsAccumulator`s.
 //! - [`window`]: window assignment, and the operators that hold a window's or a
@@ -25,6 +26,7 @@ pub mod operator;
 pub mod parser;
 pub mod planner;
 pub mod schema;
+pub mod settle;
 pub mod stateless;
 pub mod watermark;
 pub mod window;

@@ -2,6 +2,8 @@
 //! rows out, with no state. With no state to route, a view's parallel instances are
 //! slices of the batch: each runs the steps on a core of rayon's pool (the workers that
 //! decode), and the slices' rows go out together, in the input's order, as one batch.
+//! Outside calls the slices make (a plugin's function) settle once for the batch
+//! ([`crate::settle`]).
 
 use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::record_batch::RecordBatch;
@@ -10,6 +12,7 @@ use rayon::prelude::*;
 use crate::Result;
 use crate::operator::{Collector, Operator, Stage};
 use crate::planner::steps::Steps;
+use crate::settle::{self, Ledger};
 
 /// Rows below which a slice is not worth a core: the handoff costs more than the work.
 const MIN_SLICE_ROWS: usize = 1024;
@@ -72,11 +75,16 @@ impl Operator for Stateless {
             return Ok(());
         }
         let steps = &self.steps;
-        // All or nothing: a failing slice fails the batch, as it would serially.
-        let done = parts
+        let (done, ledgers): (Vec<Result<RecordBatch>>, Vec<Ledger>) = parts
             .into_par_iter()
-            .map(|(offset, len)| steps.apply_slice(batch.slice(offset, len), offset == 0))
-            .collect::<Result<Vec<RecordBatch>>>()?;
+            .map(|(offset, len)| {
+                settle::in_slice(|| steps.apply_slice(batch.slice(offset, len), offset == 0))
+            })
+            .unzip();
+        Ledger::settle_all(ledgers);
+        // All or nothing: a failing slice fails the batch, as it would serially, with the
+        // first failure in row order.
+        let done = done.into_iter().collect::<Result<Vec<RecordBatch>>>()?;
         // One change per input batch, as serially: subscribers and sinks see no more.
         out.emit(concat_batches(&done[0].schema(), &done)?);
         Ok(())

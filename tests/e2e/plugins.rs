@@ -417,6 +417,81 @@ async fn a_plugin_written_without_the_sdk_follows_the_abi() -> Result<()> {
     Ok(())
 }
 
+/// A view that calls a plugin's function runs its batches in slices side by side (a
+/// guest call per slice), with the serial result, and a batch whose slices fail counts
+/// as one failure towards marking the plugin failed, however many slices failed and
+/// whichever ended first.
+#[tokio::test]
+async fn a_plugin_function_runs_in_slices_and_fails_once_per_batch() -> Result<()> {
+    let weir = start_with_limits().await?;
+    // tax.wat that traps on a negative price.
+    let tax = std::fs::read_to_string(format!(
+        "{}/../plugins/no-sdk/tax.wat",
+        env!("CARGO_MANIFEST_DIR")
+    ))?;
+    let load = "(local.set $v (i64.load (local.get $values)))";
+    let strict = tax.replace(
+        load,
+        &format!(
+            "{load}\n        (if (i64.lt_s (local.get $v) (i64.const 0)) (then (unreachable)))"
+        ),
+    );
+    ensure!(strict != tax, "the check must go in");
+    let (code, body) = weir.upload_plugin("tax", wat::parse_str(&strict)?).await?;
+    ensure!(code == 201, "{body}");
+    weir.exec("CREATE SOURCE prices (price BIGINT) WITH (connector = 'http')")
+        .await?;
+    weir.exec(
+        "CREATE MATERIALIZED VIEW taxed WITH (parallelism = 2) AS \
+         SELECT price, with_tax(price) AS by_plugin, price + price / 5 AS by_sql FROM prices",
+    )
+    .await?;
+    let explain = weir.exec("EXPLAIN VIEW taxed").await?;
+    ensure!(
+        explain.to_string().contains("in up to 2 slices"),
+        "{explain}"
+    );
+
+    // 4,096 rows in one batch: two slices of 2,048, a guest call each.
+    const ROWS: i64 = 4_096;
+    let prices = |negative: &[i64]| {
+        let records: Vec<Value> = (0..ROWS)
+            .map(|i| json!({ "price": if negative.contains(&i) { -i } else { i * 7 } }))
+            .collect();
+        Value::Array(records).to_string()
+    };
+    weir.post_batch("prices", prices(&[])).await?;
+    let rows = weir.get("/api/v1/views/taxed").await?["rows"].clone();
+    assert_eq!(rows.as_array().map(Vec::len), Some(ROWS as usize));
+    for row in rows.as_array().into_iter().flatten() {
+        assert_eq!(row[1], row[2], "{row}");
+    }
+    let plugin = weir.get("/api/v1/plugins/tax").await?;
+    assert_eq!(plugin["calls"], 2, "a call per slice: {plugin}");
+    assert_eq!(plugin["rows"], ROWS, "{plugin}");
+
+    // Each failing batch counts once: a trap in the second slice only (the first
+    // succeeds), in both, in the first only. The third marks the plugin failed.
+    for (n, negative) in [&[3_000][..], &[1, 3_000], &[1]].into_iter().enumerate() {
+        weir.post_batch("prices", prices(negative)).await?;
+        let plugin = weir.get("/api/v1/plugins/tax").await?;
+        let n = n as u64 + 1;
+        assert_eq!(plugin["failures"], n, "batch {n}: {plugin}");
+        assert_eq!(plugin["consecutive_failures"], n, "batch {n}: {plugin}");
+        let status = if n < 3 { "active" } else { "failed" };
+        assert_eq!(plugin["status"], status, "batch {n}: {plugin}");
+    }
+    let letters = weir.get("/api/v1/dead-letters?view=taxed&limit=1").await?;
+    assert_eq!(
+        letters["total"],
+        3 * ROWS,
+        "every row of the failed batches"
+    );
+    let reason = letters["dead_letters"][0]["reason"].as_str().unwrap_or("");
+    assert!(reason.contains("plugin tax v1"), "{reason}");
+    Ok(())
+}
+
 /// `weir plugin new` makes a crate that builds for wasm32 as is and works in the server.
 #[tokio::test]
 async fn a_scaffolded_plugin_builds_and_runs() -> Result<()> {

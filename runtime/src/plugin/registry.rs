@@ -165,7 +165,7 @@ impl PluginEntry {
     /// Call scalar function `name` on `args`; the result must be one array of
     /// `returns` with one value per row.
     pub fn call_function(
-        &self,
+        self: &Arc<Self>,
         name: &str,
         args: RecordBatch,
         returns: &DataType,
@@ -201,7 +201,7 @@ impl PluginEntry {
 
     /// Run transform `name` on `batch`; the output must have the declared schema.
     pub fn call_transform(
-        &self,
+        self: &Arc<Self>,
         name: &str,
         batch: &RecordBatch,
     ) -> Result<RecordBatch, PluginCallError> {
@@ -221,7 +221,7 @@ impl PluginEntry {
     }
 
     fn call<T>(
-        &self,
+        self: &Arc<Self>,
         kind: Kind,
         name: &str,
         input: &RecordBatch,
@@ -252,44 +252,58 @@ impl PluginEntry {
         }
         .ok_or_else(|| fail(format!("this version no longer exports {name}")))?;
         self.calls.fetch_add(1, Ordering::Relaxed);
-        let instance = plugin.pool.lock().pop();
-        let mut instance = match instance {
-            Some(i) => i,
+        let pooled = plugin.pool.lock().pop();
+        let instance = match pooled {
+            Some(instance) => Ok(instance),
             None => {
                 let tag = format!("{}@v{}", self.name, plugin.version);
-                match self.host.instantiate(&plugin.pre, &tag) {
-                    Ok(i) => i,
-                    Err(e) => return Err(fail(self.record_failure(e))),
-                }
+                self.host.instantiate(&plugin.pre, &tag)
             }
         };
-        let result = instance
-            .invoke(kind, index, input)
-            .map_err(|e: CallFailure| e.to_string())
-            .and_then(|out| check(&plugin, out));
-        match result {
-            Ok(out) => {
-                // Only an instance that finished cleanly goes back to the pool.
-                plugin.pool.lock().push(instance);
-                self.consecutive_failures.store(0, Ordering::Relaxed);
-                self.rows
-                    .fetch_add(input.num_rows() as u64, Ordering::Relaxed);
-                Ok(out)
+        let (result, instance) = match instance {
+            Ok(mut instance) => {
+                let result = instance
+                    .invoke(kind, index, input)
+                    .map_err(|e: CallFailure| e.to_string())
+                    .and_then(|out| check(&plugin, out));
+                (result, Some(instance))
             }
-            Err(reason) => Err(fail(self.record_failure_of(plugin.version, reason))),
+            Err(e) => (Err(e), None),
+        };
+        if let (Ok(_), Some(instance)) = (&result, instance) {
+            // Only an instance that finished cleanly goes back to the pool.
+            plugin.pool.lock().push(instance);
+            self.rows
+                .fetch_add(input.num_rows() as u64, Ordering::Relaxed);
         }
+        let failure = result.as_ref().err().cloned();
+        let version = plugin.version;
+        // A call made by a slice of a batch counts with the batch's other slices: one
+        // failure (or success) per batch, as when the batch runs whole.
+        let entry = self.clone();
+        let key = (Arc::as_ptr(self) as usize, u64::from(version));
+        if !weir_sql::settle::defer(key, failure.clone(), move |outcome| {
+            entry.settle(version, outcome)
+        }) {
+            self.settle(version, failure);
+        }
+        result.map_err(fail)
     }
 
-    /// Count a failure of `version`; a call still running on a version that was just
-    /// replaced does not count against the new one.
-    fn record_failure_of(&self, version: u32, reason: String) -> String {
+    /// Count the outcome of a batch's calls to `version`: a failure towards the failures
+    /// in a row that mark the plugin failed, a success clears them. A call still running
+    /// on a version that was just replaced does not count for or against the new one.
+    fn settle(&self, version: u32, failure: Option<String>) {
         if self.current().version != version {
-            return reason;
+            return;
         }
-        self.record_failure(reason)
+        match failure {
+            None => self.consecutive_failures.store(0, Ordering::Relaxed),
+            Some(reason) => self.record_failure(reason),
+        }
     }
 
-    fn record_failure(&self, reason: String) -> String {
+    fn record_failure(&self, reason: String) {
         self.failures.fetch_add(1, Ordering::Relaxed);
         *self.last_failure.lock() = Some(reason.clone());
         let n = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
@@ -301,7 +315,6 @@ impl PluginEntry {
                 *failed = Some(format!("{n} failures in a row, the last: {reason}"));
             }
         }
-        reason
     }
 }
 

@@ -11,9 +11,7 @@ use datafusion::arrow::array::{Array, AsArray, BooleanArray};
 use datafusion::arrow::compute::{filter_record_batch, lexsort_to_indices, take_record_batch};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::{RecordBatch, RecordBatchOptions};
-use datafusion::common::tree_node::TreeNode;
-use datafusion::logical_expr::Volatility;
-use datafusion::physical_expr::{PhysicalExpr, PhysicalSortExpr, ScalarFunctionExpr};
+use datafusion::physical_expr::{PhysicalExpr, PhysicalSortExpr};
 
 use crate::{Error, Result};
 
@@ -103,23 +101,16 @@ impl Steps {
     }
 
     /// Whether a batch may be cut into slices run apart: every step works row by row
-    /// (no sort or limit), at least one computes something, and none calls a volatile
-    /// function (a plugin's function is one: one call per batch, as its failures count).
+    /// (no sort or limit) and at least one computes something. Volatile functions may be
+    /// sliced: DataFusion's (`random()`, `uuid()`) draw per row, and a plugin's function
+    /// is called once per slice and settles its failures once per batch
+    /// ([`crate::settle`]).
     pub fn sliceable(&self) -> bool {
-        let volatile = |e: &Arc<dyn PhysicalExpr>| {
-            e.exists(|e| {
-                Ok(e.downcast_ref::<ScalarFunctionExpr>()
-                    .is_some_and(|f| f.fun().signature().volatility == Volatility::Volatile))
-            })
-            .unwrap_or(true)
-        };
         self.steps.iter().any(|s| !matches!(s, Step::Select(_)))
-            && self.steps.iter().all(|s| match s {
-                Step::Select(_) => true,
-                Step::Filter(p) => !volatile(p),
-                Step::Project(exprs, _) => !exprs.iter().any(volatile),
-                Step::Sort(..) | Step::Limit(..) => false,
-            })
+            && self
+                .steps
+                .iter()
+                .all(|s| !matches!(s, Step::Sort(..) | Step::Limit(..)))
     }
 
     /// Run row-wise steps (no sort or limit, which the planner refuses over an updating

@@ -1,11 +1,14 @@
 use datafusion::arrow::array::{Int64Array, RecordBatch, TimestampMillisecondArray};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::assert_batches_eq;
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
+use std::sync::{Arc, Mutex};
 
 use crate::aggregate::KeyedRows;
 use crate::operator::Collector;
+use crate::parser::Statement;
 use crate::parser::parse_statement;
-use crate::testing::{batch, bids_for_checkpoints, plan, run, run_collecting};
+use crate::testing::{batch, bids_for_checkpoints, catalog, plan, run, run_collecting};
 use crate::watermark::Watermark;
 
 /// Run an updating aggregate over each batch of `rows` and keep its changes in `view`,
@@ -803,15 +806,130 @@ async fn a_stateless_view_in_slices_emits_the_serial_rows_in_their_order() {
             assert_eq!(batches, 1, "{label}");
         }
     }
-    // Serial: a view with nothing to compute, and one that calls a volatile function
-    // (as a plugin's function is: one call per batch).
-    for sql in [
-        "CREATE MATERIALIZED VIEW v AS SELECT * FROM bids",
+    // Serial: a view with nothing to compute. Volatile functions draw per row, so they
+    // may run in slices.
+    let mut q = plan("CREATE MATERIALIZED VIEW v AS SELECT * FROM bids")
+        .await
+        .expect("plans");
+    assert_eq!(q.operator.set_parallelism(3).expect("parallel"), 1);
+    let mut q = plan(
         "CREATE MATERIALIZED VIEW v AS SELECT auction, random() AS r FROM bids WHERE price > 1",
-    ] {
-        let mut q = plan(sql).await.expect("plans");
-        assert_eq!(q.operator.set_parallelism(3).expect("parallel"), 1, "{sql}");
+    )
+    .await
+    .expect("plans");
+    assert_eq!(q.operator.set_parallelism(3).expect("parallel"), 3);
+}
+
+/// A function that fails on a negative value, as a plugin's may, and settles its
+/// outcomes through [`crate::settle`] as the runtime's plugin functions do.
+#[derive(Debug)]
+struct Positive {
+    signature: datafusion::logical_expr::Signature,
+    calls: Arc<AtomicUsize>,
+    settled: Arc<Mutex<Vec<Option<String>>>>,
+}
+
+impl PartialEq for Positive {
+    fn eq(&self, _: &Self) -> bool {
+        true
     }
+}
+impl Eq for Positive {}
+impl std::hash::Hash for Positive {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        "positive".hash(state);
+    }
+}
+
+impl datafusion::logical_expr::ScalarUDFImpl for Positive {
+    fn name(&self) -> &str {
+        "positive"
+    }
+    fn signature(&self) -> &datafusion::logical_expr::Signature {
+        &self.signature
+    }
+    fn return_type(&self, _: &[DataType]) -> datafusion::common::Result<DataType> {
+        Ok(DataType::Int64)
+    }
+    fn invoke_with_args(
+        &self,
+        args: datafusion::logical_expr::ScalarFunctionArgs,
+    ) -> datafusion::common::Result<datafusion::logical_expr::ColumnarValue> {
+        self.calls.fetch_add(1, AtomicOrdering::Relaxed);
+        let values = args.args[0].to_array(args.number_rows)?;
+        let negative = values
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .and_then(|v| v.iter().flatten().find(|v| *v < 0));
+        let failure = negative.map(|v| format!("{v} is negative"));
+        let settled = self.settled.clone();
+        if !crate::settle::defer((1, 1), failure.clone(), move |outcome| {
+            settled.lock().expect("lock").push(outcome)
+        }) {
+            self.settled.lock().expect("lock").push(failure.clone());
+        }
+        match failure {
+            Some(reason) => Err(datafusion::common::DataFusionError::Execution(reason)),
+            None => Ok(datafusion::logical_expr::ColumnarValue::Array(values)),
+        }
+    }
+}
+
+/// A view calling such a function in slices makes a call per slice, and settles once
+/// per batch: failed with the failure of the first failing slice, or succeeded.
+#[tokio::test]
+async fn a_function_called_in_slices_settles_once_per_batch() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let settled = Arc::new(Mutex::new(Vec::new()));
+    let udf = datafusion::logical_expr::ScalarUDF::new_from_impl(Positive {
+        signature: datafusion::logical_expr::Signature::exact(
+            vec![DataType::Int64],
+            datafusion::logical_expr::Volatility::Volatile,
+        ),
+        calls: calls.clone(),
+        settled: settled.clone(),
+    });
+    let Statement::CreateView(view) = parse_statement(
+        "CREATE MATERIALIZED VIEW v AS SELECT auction, positive(price) AS p FROM bids",
+    )
+    .expect("parses") else {
+        panic!("a view")
+    };
+    let mut q = crate::ContinuousQuery::plan_with_functions(&view, &catalog(), &[udf])
+        .await
+        .expect("plans");
+    assert_eq!(q.operator.set_parallelism(2).expect("parallel"), 2);
+    let rows = |bad: &[usize]| {
+        let rows: Vec<(i64, i64, i64)> = (0..4_096)
+            .map(|i| (i as i64, if bad.contains(&i) { -(i as i64) } else { 1 }, 0))
+            .collect();
+        batch(&rows)
+    };
+    let mut process = |bad: &[usize]| {
+        let mut out = Collector::default();
+        q.operator
+            .process(&rows(bad), None, &mut out)
+            .map(|()| out.rows.iter().map(RecordBatch::num_rows).sum::<usize>())
+            .map_err(|e| e.to_string())
+    };
+    assert_eq!(process(&[]), Ok(4_096));
+    let failed = process(&[3_000]).expect_err("a slice fails the batch");
+    assert!(failed.contains("-3000 is negative"), "{failed}");
+    let failed = process(&[1_000, 3_000]).expect_err("both slices fail");
+    assert!(
+        failed.contains("-1000 is negative"),
+        "the first in row order: {failed}"
+    );
+    assert_eq!(calls.load(AtomicOrdering::Relaxed), 6, "a call per slice");
+    assert_eq!(
+        *settled.lock().expect("lock"),
+        [
+            None,
+            Some("-3000 is negative".to_string()),
+            Some("-1000 is negative".to_string())
+        ],
+        "one outcome per batch"
+    );
 }
 
 /// `columns_read` is what a source may decode alone: a view's rows are the same when
