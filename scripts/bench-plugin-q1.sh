@@ -3,6 +3,7 @@
 # the conversion in native SQL (0.908 * price) and once through the currency plugin
 # (to_eur(price)). Prints events per second for each and their ratio.
 # Usage: scripts/bench-plugin-q1.sh [events]   (default 10,000,000)
+# VIEW_WITH="WITH (parallelism = 1)" gives the views that option (serial batches).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/weir-target}"
@@ -27,7 +28,7 @@ run() { # $1 = the price expression; prints events per second
   curl -sf --data-binary @"$WASM" "$url/api/v1/plugins?name=currency" > /dev/null
   sql "CREATE SOURCE bid WITH (connector = 'nexmark', table = 'bid', events = $EVENTS, seed = 1, event_rate = 100000)"
   start=$(date +%s.%N)
-  sql "CREATE MATERIALIZED VIEW q1 AS SELECT auction, bidder, $1 AS price, date_time, extra FROM bid"
+  sql "CREATE MATERIALIZED VIEW q1 ${VIEW_WITH:-} AS SELECT auction, bidder, $1 AS price, date_time, extra FROM bid"
   until curl -sf "$url/api/v1/sources/bid" | grep -q '"status":"finished"'; do sleep 0.05; done
   end=$(date +%s.%N)
   kill "$pid"; wait "$pid" 2>/dev/null || true; rm -rf "$data"
