@@ -8,8 +8,8 @@
 //!
 //! All or nothing: when a source does not arrive in time (a paused view holds it back),
 //! the others leave without a snapshot, and the group's previous snapshots, consistent
-//! with each other, stay in place. A finished source stays arrived with its final
-//! position.
+//! with each other, stay in place. A finished or failed source stays arrived with its
+//! final position.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
@@ -193,10 +193,15 @@ impl JoinAlignment {
     }
 }
 
-/// A source that finished before it could arrive (its pipeline is gone) is there with
-/// the final position of its last snapshot.
+/// A source that finished or failed before it could arrive (its pipeline is gone) is
+/// there with the final position of its last snapshot.
 fn arrive_finished(entries: &mut HashMap<usize, Entry>, source: &Arc<SourceRuntime>) {
-    if entries.contains_key(&key(source)) || *source.state.lock() != SourceState::Finished {
+    if entries.contains_key(&key(source))
+        || !matches!(
+            *source.state.lock(),
+            SourceState::Finished | SourceState::Failed
+        )
+    {
         return;
     }
     if let Some(last) = source.checkpoint.latest() {

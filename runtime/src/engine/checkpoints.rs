@@ -348,16 +348,18 @@ impl Engine {
     }
 }
 
-/// A finished source has no pipeline left to answer: a sink created on one of its views
-/// since has the view's rows sealed here, so that a checkpoint holds them.
+/// A finished (or failed) source has no pipeline left to answer: a sink created on one
+/// of its views since has the view's rows sealed here, so that a checkpoint holds them.
 fn seal_finished(source: &crate::source::SourceRuntime, epoch: u64) {
     // A join's views are snapshotted with its other inputs, not here.
     let views: Vec<_> = (source.views.lock().iter())
         .filter(|v| !v.preview)
         .cloned()
         .collect();
-    if *source.state.lock() != SourceState::Finished
-        || views.iter().any(|v| v.is_join())
+    if !matches!(
+        *source.state.lock(),
+        SourceState::Finished | SourceState::Failed
+    ) || views.iter().any(|v| v.is_join())
         || !views.iter().any(|v| v.sink_changes_open())
     {
         return;

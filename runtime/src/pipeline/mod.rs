@@ -397,15 +397,7 @@ impl Pipeline {
     /// The source ended: paused views are waited for, then a final watermark closes
     /// every window.
     fn finish(&mut self) {
-        let views = self.source.views.lock().clone();
-        for view in &views {
-            while view.held_batches() > 0 || view.paused().is_some() {
-                self.wait_until_resumed(view);
-                if self.resume(view) || self.source.stop.load(Ordering::Relaxed) {
-                    break;
-                }
-            }
-        }
+        let views = self.drain_paused_views();
         if let Some(w) = self.watermark.finish() {
             self.advance(&views, w);
         }
@@ -419,17 +411,41 @@ impl Pipeline {
 
     /// The connector dropped its end of the channel without ending the source: unless
     /// the source was told to stop, it failed (an error it does not retry, or a panic).
-    fn connector_gone(&self) {
+    /// What it read stays: paused views are waited for, and a final snapshot at its last
+    /// position serves every checkpoint from now on, as a finished source's does (so a
+    /// join it feeds goes on checkpointing with its other inputs), but no final
+    /// watermark closes its windows: a restart resumes the source where it stopped.
+    fn connector_gone(&mut self) {
         if self.source.stop.load(Ordering::Relaxed) {
             return;
         }
-        let mut failure = self.source.failure.lock();
-        if failure.is_none() {
-            let why = "the connector stopped without saying why (see the log)";
-            tracing::error!(source = %self.source.name, error = why, "the source stopped");
-            *failure = Some(why.to_string());
+        {
+            let mut failure = self.source.failure.lock();
+            if failure.is_none() {
+                let why = "the connector stopped without saying why (see the log)";
+                tracing::error!(source = %self.source.name, error = why, "the source stopped");
+                *failure = Some(why.to_string());
+            }
         }
+        self.drain_paused_views();
+        self.unsaved_batches += 1;
+        self.snapshot(self.source.checkpoint.requested(), true);
         *self.source.state.lock() = SourceState::Failed;
+    }
+
+    /// Wait for each paused view to resume and process the batches it holds (or for the
+    /// source to be stopped): the source's views, for the rest of its end.
+    fn drain_paused_views(&mut self) -> Vec<Arc<ViewRuntime>> {
+        let views = self.source.views.lock().clone();
+        for view in &views {
+            while view.held_batches() > 0 || view.paused().is_some() {
+                self.wait_until_resumed(view);
+                if self.resume(view) || self.source.stop.load(Ordering::Relaxed) {
+                    break;
+                }
+            }
+        }
+        views
     }
 }
 
