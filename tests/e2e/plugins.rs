@@ -492,6 +492,57 @@ async fn a_plugin_function_runs_in_slices_and_fails_once_per_batch() -> Result<(
     Ok(())
 }
 
+/// A batch held while a plugin is failed, and dead-lettered when its replay fails too,
+/// keeps every column its source decoded (here for another view), as a batch that fails
+/// at once does.
+#[tokio::test]
+async fn a_held_batch_that_fails_on_replay_keeps_every_decoded_column() -> Result<()> {
+    let weir = start_with_limits().await?;
+    let (broken, _) = flaky_modules()?;
+    let (code, body) = weir.upload_plugin("flaky", broken.clone()).await?;
+    ensure!(code == 201, "{body}");
+    weir.exec("CREATE SOURCE pairs (n BIGINT, label TEXT) WITH (connector = 'http')")
+        .await?;
+    weir.exec("CREATE MATERIALIZED VIEW labels AS SELECT label FROM pairs")
+        .await?;
+    weir.exec("CREATE MATERIALIZED VIEW checked AS SELECT n, crash(n) AS m FROM pairs")
+        .await?;
+    let raws = |letters: Vec<Value>| -> Vec<Value> {
+        letters
+            .iter()
+            .map(|l| serde_json::from_str(l["raw"].as_str().unwrap_or("null")).unwrap_or_default())
+            .collect()
+    };
+    for n in 1..=3 {
+        weir.post_batch(
+            "pairs",
+            json!([{ "n": n, "label": format!("at once {n}") }]).to_string(),
+        )
+        .await?;
+    }
+    let plugin = weir.get("/api/v1/plugins/flaky").await?;
+    assert_eq!(plugin["status"], "failed", "{plugin}");
+    let at_once = raws(dead_letters_for(&weir, "checked").await?);
+    assert_eq!(at_once[0], json!({ "n": 1, "label": "at once 1" }));
+    // Held, then replayed into the same bug.
+    weir.post_batch("pairs", json!([{ "n": 10, "label": "held" }]).to_string())
+        .await?;
+    assert_eq!(dead_letters_for(&weir, "checked").await?.len(), 3);
+    weir.upload_plugin("flaky", broken).await?;
+    let replayed = weir
+        .wait_for(
+            "the replayed batch's dead letter",
+            Duration::from_secs(10),
+            || async {
+                let letters = dead_letters_for(&weir, "checked").await?;
+                Ok((letters.len() == 4).then_some(letters))
+            },
+        )
+        .await?;
+    assert_eq!(raws(replayed)[3], json!({ "n": 10, "label": "held" }));
+    Ok(())
+}
+
 /// `weir plugin new` makes a crate that builds for wasm32 as is and works in the server.
 #[tokio::test]
 async fn a_scaffolded_plugin_builds_and_runs() -> Result<()> {

@@ -12,7 +12,7 @@ use datafusion::arrow::array::RecordBatch;
 
 use super::{MAX_HELD_BATCHES, Pipeline};
 use crate::decode::Columns;
-use crate::view::ViewRuntime;
+use crate::view::{Held, ViewRuntime};
 use weir_sql::Collector;
 
 impl Pipeline {
@@ -26,8 +26,13 @@ impl Pipeline {
         decoded: Columns,
         before: Option<i64>,
     ) {
+        let held = || Held {
+            batch: batch.clone(),
+            watermark_before: before,
+            decoded,
+        };
         if view.paused().is_some() {
-            if view.hold(batch.clone(), before) >= MAX_HELD_BATCHES {
+            if view.hold(held()) >= MAX_HELD_BATCHES {
                 self.wait_until_resumed(view);
                 self.resume(view);
             }
@@ -35,7 +40,7 @@ impl Pipeline {
         }
         if !self.resume(view) {
             // The plugin failed again while replaying: keep this batch too.
-            view.hold(batch.clone(), before);
+            view.hold(held());
             return;
         }
         let input = view.input_index(&self.source.name);
@@ -59,17 +64,22 @@ impl Pipeline {
         }
         tracing::info!(view = %view.name, batches = held.len(), "view resumed; replaying the batches it held");
         let mut held = held.into_iter();
-        while let Some((batch, before)) = held.next() {
+        while let Some(next) = held.next() {
             if view.paused().is_some() {
-                view.hold_front(std::iter::once((batch, before)).chain(held).collect());
+                view.hold_front(std::iter::once(next).chain(held).collect());
                 return false;
             }
+            let Held {
+                batch,
+                watermark_before,
+                decoded,
+            } = next;
             let mut out = Collector::default();
             let _order = view.in_order();
-            let result =
-                view.run_timed(batch.num_rows(), |op| op.process(&batch, before, &mut out));
-            // Decoded with what the view reads at least.
-            self.deliver(view, out, result, &batch, view.columns_read);
+            let result = view.run_timed(batch.num_rows(), |op| {
+                op.process(&batch, watermark_before, &mut out)
+            });
+            self.deliver(view, out, result, &batch, decoded);
         }
         if view.paused().is_some() {
             return false;

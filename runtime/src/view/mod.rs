@@ -40,6 +40,15 @@ const MAX_SEALED_EPOCHS: usize = 64;
 /// interval's changes at once.
 const COMMITTED_CHANNEL: usize = 16_384;
 
+/// A batch a paused view keeps to run later, as it came: with the watermark before it
+/// and the source's columns decoded in it (for any view), which its dead letters show
+/// if it fails when run.
+pub(crate) struct Held {
+    pub batch: RecordBatch,
+    pub watermark_before: Option<i64>,
+    pub decoded: crate::decode::Columns,
+}
+
 /// A running view.
 pub struct ViewRuntime {
     /// Unique in this process: a dropped and re-created view of the same name is
@@ -86,8 +95,8 @@ pub struct ViewRuntime {
     pub stream: Option<String>,
     /// The columns of its source it reads: it is fed only rows decoded with them.
     pub(crate) columns_read: crate::decode::Columns,
-    /// Batches (with the watermark before each) kept while the view is paused.
-    held: Mutex<Vec<(RecordBatch, Option<i64>)>>,
+    /// Batches kept while the view is paused.
+    held: Mutex<Vec<Held>>,
     /// Changes since the last snapshot, kept while a client follows committed changes.
     uncommitted: Mutex<Vec<Arc<Published>>>,
     /// Changes of snapshots that no written checkpoint holds yet, by epoch.
@@ -292,14 +301,14 @@ impl ViewRuntime {
     }
 
     /// Keep a batch for later; returns how many are held.
-    pub(crate) fn hold(&self, batch: RecordBatch, watermark_before: Option<i64>) -> usize {
+    pub(crate) fn hold(&self, batch: Held) -> usize {
         let mut held = self.held.lock();
-        held.push((batch, watermark_before));
+        held.push(batch);
         held.len()
     }
 
     /// Put batches back in front of those held (a replay that stopped part way).
-    pub(crate) fn hold_front(&self, batches: Vec<(RecordBatch, Option<i64>)>) {
+    pub(crate) fn hold_front(&self, batches: Vec<Held>) {
         let mut held = self.held.lock();
         let later = std::mem::take(&mut *held);
         *held = batches;
@@ -310,7 +319,7 @@ impl ViewRuntime {
         self.held.lock().len()
     }
 
-    pub(crate) fn take_held(&self) -> Vec<(RecordBatch, Option<i64>)> {
+    pub(crate) fn take_held(&self) -> Vec<Held> {
         std::mem::take(&mut *self.held.lock())
     }
 
