@@ -1,18 +1,20 @@
-//! Outside calls made while a batch runs in slices settle once for the batch. A plugin's
+//! Outside calls made while a batch is processed settle once for the batch. A plugin's
 //! function counts its failures in a row per batch (three failing batches mark it
-//! failed): run in slices, one batch makes a call per slice, and those calls end in any
-//! order. A callee that keeps such counts [`defer`]s each outcome while its thread runs a
-//! slice; [`Stateless`](crate::stateless::Stateless) collects the slices' deferred
-//! outcomes and settles each callee once: failed with the first failure in slice order,
-//! or succeeded.
+//! failed), but one batch may call it several times: once per slice when a view runs the
+//! batch in slices ([`Stateless`](crate::stateless::Stateless)), once per expression
+//! that calls it, and the calls end in any order. A callee that keeps such counts
+//! [`defer`]s each outcome while a ledger is open on its thread; the runtime opens one
+//! around each batch an operator processes ([`per_batch`]), each slice opens its own
+//! ([`in_slice`]) whose outcomes go back into the batch's, and when the batch is done
+//! each callee settles once: failed with the first failure in order, or succeeded.
 
 use std::cell::RefCell;
 
 /// Who is called and in which version: the outcomes of one key settle together.
 pub type CalleeKey = (usize, u64);
 
-/// The outcome of a batch's calls to one callee: `Some(reason)` if any call failed.
-pub type Settle = Box<dyn FnOnce(Option<String>) + Send>;
+/// How a callee takes the outcome of a batch's calls: `Some(reason)` if any failed.
+type Settle = Box<dyn FnOnce(Option<String>) + Send>;
 
 struct Deferred {
     key: CalleeKey,
@@ -20,18 +22,17 @@ struct Deferred {
     settle: Settle,
 }
 
-/// The outcomes deferred by one slice, or by several merged in slice order.
+/// The outcomes deferred while a ledger was open, in order.
 #[derive(Default)]
-pub(crate) struct Ledger(Vec<Deferred>);
+pub struct Ledger(Vec<Deferred>);
 
 thread_local! {
-    /// The ledger of the slice this thread runs, if it runs one.
+    /// The ledger open on this thread, if any.
     static OPEN: RefCell<Option<Ledger>> = const { RefCell::new(None) };
 }
 
-/// Defer `failure` (`None`: the call succeeded) of a call to `key` if this thread runs a
-/// slice of a batch, to be settled with the batch's other calls: true. False when the
-/// thread runs a whole batch: the caller settles now.
+/// Defer `failure` (`None`: the call succeeded) of a call to `key` while a ledger is
+/// open on this thread: true. False when none is: the caller settles now.
 pub fn defer(
     key: CalleeKey,
     failure: Option<String>,
@@ -50,19 +51,53 @@ pub fn defer(
     })
 }
 
-/// Run `slice` with a ledger of its own open on this thread: its result and what it
-/// deferred. An enclosing ledger (none is expected) is put back after.
-pub(crate) fn in_slice<T>(slice: impl FnOnce() -> T) -> (T, Ledger) {
-    let outer = OPEN.with(|open| open.borrow_mut().replace(Ledger::default()));
-    let result = slice();
-    let ledger = OPEN.with(|open| std::mem::replace(&mut *open.borrow_mut(), outer));
-    (result, ledger.unwrap_or_default())
+/// Run `work` (one slice of a batch) with a ledger of its own open on this thread: its
+/// result and what it deferred, to go with the batch's other slices
+/// ([`Ledger::settle_all`]). The ledger open before is put back after, even if `work`
+/// panics (then what it deferred settles at once).
+pub fn in_slice<T>(work: impl FnOnce() -> T) -> (T, Ledger) {
+    let opened = Opened(OPEN.with(|open| open.borrow_mut().replace(Ledger::default())));
+    let result = work();
+    (result, opened.close())
+}
+
+/// Run `work` (a whole batch) with a ledger open; its outcomes settle once it is done,
+/// or go into the ledger open before, if one is.
+pub fn per_batch<T>(work: impl FnOnce() -> T) -> T {
+    let (result, ledger) = in_slice(work);
+    Ledger::settle_all([ledger]);
+    result
+}
+
+/// The ledger open before a slice's: put back when the slice closes, or, if its work
+/// panics, when it is dropped (settling what the slice deferred).
+struct Opened(Option<Ledger>);
+
+impl Opened {
+    /// Put the ledger open before back: the slice's ledger.
+    fn close(mut self) -> Ledger {
+        let before = self.0.take();
+        let slice = OPEN.with(|o| std::mem::replace(&mut *o.borrow_mut(), before));
+        // Closed: nothing left for `drop` to put back.
+        std::mem::forget(self);
+        slice.unwrap_or_default()
+    }
+}
+
+impl Drop for Opened {
+    fn drop(&mut self) {
+        let before = self.0.take();
+        if let Some(slice) = OPEN.with(|o| std::mem::replace(&mut *o.borrow_mut(), before)) {
+            Ledger::settle_all([slice]);
+        }
+    }
 }
 
 impl Ledger {
-    /// Settle every callee once: with the first failure its calls had, in the order the
-    /// ledgers come (the slices' order), or as succeeded.
-    pub(crate) fn settle_all(ledgers: impl IntoIterator<Item = Ledger>) {
+    /// Settle every callee of these ledgers (given in order) once: with the first
+    /// failure its calls had, or as succeeded. With a ledger open on this thread (the
+    /// slices of a batch the runtime runs in one), they join it instead.
+    pub fn settle_all(ledgers: impl IntoIterator<Item = Ledger>) {
         let mut callees: Vec<Deferred> = Vec::new();
         for deferred in ledgers.into_iter().flat_map(|l| l.0) {
             match callees.iter_mut().find(|c| c.key == deferred.key) {
@@ -74,6 +109,13 @@ impl Ledger {
                 None => callees.push(deferred),
             }
         }
+        let callees = OPEN.with(|open| match open.borrow_mut().as_mut() {
+            Some(outer) => {
+                outer.0.extend(callees);
+                Vec::new()
+            }
+            None => callees,
+        });
         for callee in callees {
             (callee.settle)(callee.failure);
         }
@@ -86,41 +128,73 @@ mod tests {
 
     use super::*;
 
+    type Settled = Arc<Mutex<Vec<(CalleeKey, Option<String>)>>>;
+
+    /// A call deferred if a ledger is open (true); else the caller would settle it.
+    fn call(settled: &Settled, key: CalleeKey, failure: Option<&str>) -> bool {
+        let settled = settled.clone();
+        defer(key, failure.map(str::to_string), move |outcome| {
+            settled.lock().expect("lock").push((key, outcome))
+        })
+    }
+
     #[test]
-    fn each_callee_settles_once_with_its_first_failure_in_slice_order() {
-        let settled = Arc::new(Mutex::new(Vec::new()));
-        let call = |key: CalleeKey, failure: Option<&str>| {
-            let settled = settled.clone();
-            defer(key, failure.map(str::to_string), move |outcome| {
-                settled.lock().expect("lock").push((key, outcome))
-            })
-        };
+    fn each_callee_settles_once_per_batch_with_its_first_failure_in_order() {
+        let settled = Settled::default();
         assert!(
-            !call((1, 1), Some("no slice open")),
-            "a whole batch settles now"
+            !call(&settled, (1, 1), Some("no ledger open")),
+            "settles now"
         );
-        let ((), first) = in_slice(|| {
-            assert!(call((1, 1), None));
-            assert!(call((2, 1), None));
+        per_batch(|| {
+            // A call of the batch itself, then its slices.
+            assert!(call(&settled, (2, 1), None));
+            let ((), first) = in_slice(|| {
+                assert!(call(&settled, (1, 1), None));
+                assert!(call(&settled, (2, 1), None));
+            });
+            let ((), second) = in_slice(|| {
+                assert!(call(&settled, (1, 1), Some("trap in slice 2")));
+                assert!(call(&settled, (1, 1), Some("a later trap")));
+            });
+            let ((), third) = in_slice(|| assert!(call(&settled, (1, 1), Some("trap in slice 3"))));
+            Ledger::settle_all([first, second, third]);
+            assert!(
+                call(&settled, (1, 1), None),
+                "the batch's ledger is still open"
+            );
+            assert!(
+                settled.lock().expect("lock").is_empty(),
+                "nothing settles early"
+            );
         });
-        let ((), second) = in_slice(|| {
-            assert!(call((1, 1), Some("trap in slice 2")));
-            assert!(call((1, 1), Some("a later trap")));
-            assert!(call((2, 1), None));
-        });
-        let ((), third) = in_slice(|| assert!(call((1, 1), Some("trap in slice 3"))));
-        assert!(!call((1, 1), None), "the ledger is closed after the slice");
-        assert!(
-            settled.lock().expect("lock").is_empty(),
-            "nothing settles early"
-        );
-        Ledger::settle_all([first, second, third]);
+        assert!(!call(&settled, (3, 1), None), "closed after the batch");
         assert_eq!(
             *settled.lock().expect("lock"),
             [
-                ((1, 1), Some("trap in slice 2".to_string())),
-                ((2, 1), None)
+                ((2, 1), None),
+                ((1, 1), Some("trap in slice 2".to_string()))
             ]
+        );
+    }
+
+    #[test]
+    fn a_panicking_slice_puts_the_ledger_before_it_back() {
+        let settled = Settled::default();
+        per_batch(|| {
+            let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                in_slice(|| {
+                    call(&settled, (1, 1), Some("trap before the panic"));
+                    panic!("in the slice")
+                })
+            }));
+            assert!(panicked.is_err());
+            assert!(call(&settled, (1, 1), None), "the batch's ledger is back");
+        });
+        assert!(!call(&settled, (1, 1), None), "and closed after the batch");
+        assert_eq!(
+            *settled.lock().expect("lock"),
+            [((1, 1), Some("trap before the panic".to_string()))],
+            "the panicked slice's failure settled with the batch's call, once"
         );
     }
 }

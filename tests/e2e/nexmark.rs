@@ -483,5 +483,21 @@ async fn a_panic_in_the_generator_fails_its_source_saying_why() -> Result<()> {
         weir.get("/api/v1/health").await?.is_object(),
         "the server goes on"
     );
+    // Checkpoints hold the position it stopped at (its final snapshot's, which the
+    // pipeline leaves just after the status turns), for a restart to resume from.
+    let at = weir
+        .wait_for(
+            "a checkpoint at the failed source's last position",
+            Duration::from_secs(10),
+            || async {
+                let taken = weir.checkpoint_now().await?;
+                let event = taken["sources"][0]["position"]["event"]
+                    .as_str()
+                    .unwrap_or("0");
+                Ok((event != "0").then(|| event.to_string()))
+            },
+        )
+        .await?;
+    assert!(at.parse::<u64>()? >= read, "{at} events for {read} bids");
     Ok(())
 }

@@ -12,13 +12,14 @@
 //! final position.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use super::{Position, SourceSnapshot};
-use crate::source::{SourceRuntime, SourceState};
+use crate::source::SourceRuntime;
 
 /// Where a source stopped for a checkpoint.
 #[derive(Debug, Clone)]
@@ -140,11 +141,7 @@ impl JoinAlignment {
             }
             let now = Instant::now();
             let given_up = state.abandoned.get(&me).is_some_and(|&a| a >= epoch);
-            if finished
-                || given_up
-                || now >= deadline
-                || source.stop.load(std::sync::atomic::Ordering::Relaxed)
-            {
+            if finished || given_up || now >= deadline || source.stop.load(Ordering::Relaxed) {
                 if !finished {
                     state.entries.remove(&me);
                     // The rest of the group need not wait for this checkpoint any more.
@@ -193,15 +190,10 @@ impl JoinAlignment {
     }
 }
 
-/// A source that finished or failed before it could arrive (its pipeline is gone) is
-/// there with the final position of its last snapshot.
+/// A source that finished or failed before it could arrive (its pipeline is gone, its
+/// final snapshot left) is there with the final position of that snapshot.
 fn arrive_finished(entries: &mut HashMap<usize, Entry>, source: &Arc<SourceRuntime>) {
-    if entries.contains_key(&key(source))
-        || !matches!(
-            *source.state.lock(),
-            SourceState::Finished | SourceState::Failed
-        )
-    {
+    if entries.contains_key(&key(source)) || !source.ended.load(Ordering::Relaxed) {
         return;
     }
     if let Some(last) = source.checkpoint.latest() {

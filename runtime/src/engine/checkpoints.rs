@@ -356,10 +356,8 @@ fn seal_finished(source: &crate::source::SourceRuntime, epoch: u64) {
         .filter(|v| !v.preview)
         .cloned()
         .collect();
-    if !matches!(
-        *source.state.lock(),
-        SourceState::Finished | SourceState::Failed
-    ) || views.iter().any(|v| v.is_join())
+    if !source.ended.load(Ordering::Relaxed)
+        || views.iter().any(|v| v.is_join())
         || !views.iter().any(|v| v.sink_changes_open())
     {
         return;

@@ -87,6 +87,7 @@ impl Engine {
             views: Mutex::new(Vec::new()),
             columns_read: columns_read.clone(),
             state: Mutex::new(SourceState::Running),
+            ended: Default::default(),
             current_watermark: AtomicI64::new(i64::MIN),
             stop: stop.clone(),
             active: active.clone(),

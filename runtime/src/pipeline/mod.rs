@@ -145,7 +145,7 @@ impl Pipeline {
                 && let Some(epoch) = self.source.checkpoint.wanted()
                 && epoch > self.missed_epoch
             {
-                self.snapshot(epoch, false);
+                let _answered = self.snapshot(epoch, false);
             }
             let wait = opened.map_or(Duration::from_millis(100), |t| {
                 self.policy.remaining(t.elapsed())
@@ -404,17 +404,19 @@ impl Pipeline {
         // The final state (the last watermark closed windows), for every checkpoint from
         // now on.
         self.unsaved_batches += 1;
-        self.snapshot(self.source.checkpoint.requested(), true);
+        let ended = self.snapshot(self.source.checkpoint.requested(), true);
+        self.source.ended.store(ended, Ordering::Relaxed);
         *self.source.state.lock() = SourceState::Finished;
         tracing::info!(source = %self.source.name, "source finished");
     }
 
     /// The connector dropped its end of the channel without ending the source: unless
-    /// the source was told to stop, it failed (an error it does not retry, or a panic).
-    /// What it read stays: paused views are waited for, and a final snapshot at its last
-    /// position serves every checkpoint from now on, as a finished source's does (so a
-    /// join it feeds goes on checkpointing with its other inputs), but no final
-    /// watermark closes its windows: a restart resumes the source where it stopped.
+    /// the source was told to stop, it failed (an error it does not retry, or a panic),
+    /// which shows at once (and no join or checkpoint waits for it). What it read stays:
+    /// paused views are waited for, and then a final snapshot at its last position
+    /// serves every checkpoint from now on, as a finished source's does (so a join it
+    /// feeds goes on checkpointing with its other inputs), but no final watermark closes
+    /// its windows: a restart resumes the source where it stopped.
     fn connector_gone(&mut self) {
         if self.source.stop.load(Ordering::Relaxed) {
             return;
@@ -427,18 +429,24 @@ impl Pipeline {
                 *failure = Some(why.to_string());
             }
         }
+        *self.source.state.lock() = SourceState::Failed;
         self.drain_paused_views();
         self.unsaved_batches += 1;
-        self.snapshot(self.source.checkpoint.requested(), true);
-        *self.source.state.lock() = SourceState::Failed;
+        let ended = self.snapshot(self.source.checkpoint.requested(), true);
+        self.source.ended.store(ended, Ordering::Relaxed);
     }
 
     /// Wait for each paused view to resume and process the batches it holds (or for the
-    /// source to be stopped): the source's views, for the rest of its end.
+    /// source to be stopped, or the view dropped): the source's views, for the rest of
+    /// its end.
     fn drain_paused_views(&mut self) -> Vec<Arc<ViewRuntime>> {
         let views = self.source.views.lock().clone();
         for view in &views {
             while view.held_batches() > 0 || view.paused().is_some() {
+                let dropped = !(self.source.views.lock().iter()).any(|v| Arc::ptr_eq(v, view));
+                if dropped {
+                    break;
+                }
                 self.wait_until_resumed(view);
                 if self.resume(view) || self.source.stop.load(Ordering::Relaxed) {
                     break;

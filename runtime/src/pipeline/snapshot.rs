@@ -17,8 +17,10 @@ const JOIN_ARRIVAL_WAIT: Duration = Duration::from_secs(2);
 impl Pipeline {
     /// Leave a snapshot of the source's position and views for checkpoint `epoch`.
     /// Nothing changed since the last one: that one answers again. A source that feeds
-    /// a join is snapshotted with the join's other inputs.
-    pub(super) fn snapshot(&mut self, epoch: u64, finished: bool) {
+    /// a join is snapshotted with the join's other inputs; a `finished` one stays
+    /// arrived for them. Whether a snapshot at this boundary is in place (or, for a
+    /// finished join input, its arrival).
+    pub(super) fn snapshot(&mut self, epoch: u64, finished: bool) -> bool {
         let slot = &self.source.checkpoint;
         // Previews are not kept.
         let views: Vec<_> = (self.source.views.lock().iter())
@@ -27,7 +29,7 @@ impl Pipeline {
             .collect();
         // A paused view has not processed the batches it holds: snapshot later.
         if views.iter().any(|v| v.held_batches() > 0) {
-            return;
+            return false;
         }
         if views.iter().any(|v| v.is_join()) {
             let arrival = Arrival {
@@ -40,11 +42,12 @@ impl Pipeline {
                 .arrive(&self.source, arrival, finished, JOIN_ARRIVAL_WAIT)
             {
                 self.unsaved_batches = 0;
+                return true;
             } else if !finished {
                 tracing::warn!(source = %self.source.name, epoch, "the other inputs of a join did not reach checkpoint {epoch} in time; it keeps their previous snapshots");
                 self.missed_epoch = epoch;
             }
-            return;
+            return finished;
         }
         let same_views = slot.latest().is_some_and(|s| {
             s.views.len() == views.len()
@@ -54,7 +57,7 @@ impl Pipeline {
         let sinks_open = views.iter().any(|v| v.sink_changes_open());
         if self.unsaved_batches == 0 && same_views && !sinks_open {
             slot.put_unchanged(epoch);
-            return;
+            return true;
         }
         let mut snapshots = Vec::with_capacity(views.len());
         for view in &views {
@@ -62,7 +65,7 @@ impl Pipeline {
                 Ok(s) => snapshots.push(s),
                 Err(e) => {
                     tracing::error!(view = %view.name, error = %e, "cannot snapshot the view; the checkpoint keeps its previous state");
-                    return;
+                    return false;
                 }
             }
         }
@@ -78,5 +81,6 @@ impl Pipeline {
             },
         );
         self.unsaved_batches = 0;
+        true
     }
 }

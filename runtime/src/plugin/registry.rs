@@ -278,8 +278,8 @@ impl PluginEntry {
         }
         let failure = result.as_ref().err().cloned();
         let version = plugin.version;
-        // A call made by a slice of a batch counts with the batch's other slices: one
-        // failure (or success) per batch, as when the batch runs whole.
+        // The calls made while a view processes a batch (one per slice, one per
+        // expression that calls the function) count once for the batch.
         let entry = self.clone();
         let key = (Arc::as_ptr(self) as usize, u64::from(version));
         if !weir_sql::settle::defer(key, failure.clone(), move |outcome| {

@@ -475,6 +475,7 @@ mod tests {
             views: Mutex::new(Vec::new()),
             columns_read: Default::default(),
             state: Mutex::new(SourceState::Running),
+            ended: Default::default(),
             current_watermark: AtomicI64::new(i64::MIN),
             stop,
             active,

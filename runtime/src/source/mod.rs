@@ -96,6 +96,9 @@ pub struct SourceRuntime {
     pub(crate) checkpoint: CheckpointSlot,
     /// Why its connector stopped, once it has (see [`SourceState::Failed`]).
     pub(crate) failure: Arc<Mutex<Option<String>>>,
+    /// Its pipeline is gone (the source finished or failed) and left a final snapshot
+    /// that serves every checkpoint from now on.
+    pub(crate) ended: AtomicBool,
     /// When the source and its splits last sent a chunk (idle inputs and splits stop
     /// holding watermarks back).
     pub(crate) heard: Arc<heard::Heard>,

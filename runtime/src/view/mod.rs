@@ -338,13 +338,16 @@ impl ViewRuntime {
         call: impl FnOnce(&mut dyn Operator) -> weir_sql::Result<()>,
     ) -> weir_sql::Result<()> {
         let mut op = self.operator.lock();
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| call(op.as_mut())))
-            .unwrap_or_else(|panic| {
-                Err(weir_sql::Error::Execution(format!(
-                    "internal error (panic) in the operator: {}",
-                    crate::error::panic_message(panic.as_ref())
-                )))
-            });
+        // Plugin calls made for the batch count once for it (weir_sql::settle).
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            weir_sql::settle::per_batch(|| call(op.as_mut()))
+        }))
+        .unwrap_or_else(|panic| {
+            Err(weir_sql::Error::Execution(format!(
+                "internal error (panic) in the operator: {}",
+                crate::error::panic_message(panic.as_ref())
+            )))
+        });
         self.open_windows
             .store(op.open_windows(), Ordering::Relaxed);
         // state_size walks every held buffer: it is measured when read, not per batch.

@@ -104,7 +104,8 @@ impl Steps {
     /// (no sort or limit) and at least one computes something. Volatile functions may be
     /// sliced: DataFusion's (`random()`, `uuid()`) draw per row, and a plugin's function
     /// is called once per slice and settles its failures once per batch
-    /// ([`crate::settle`]).
+    /// ([`crate::settle`]). A volatile function whose result depends on which rows share
+    /// its call would need to be refused here.
     pub fn sliceable(&self) -> bool {
         self.steps.iter().any(|s| !matches!(s, Step::Select(_)))
             && self

@@ -578,8 +578,9 @@ fn next_auction(rng: &mut Pcg64Mcg, event: u64) -> u64 {
 
 /// Prices spread over six orders of magnitude, in cents: Nexmark's `10^(6u) * 100`,
 /// as `e^(6u ln 10)`: 3% of a worker generating bids under `perf`, where `powf` was 12%.
-/// It may differ from `powf` in the last bit, so a price may, rarely, round to the next
-/// cent; the golden cases' 400,000 events come out the same.
+/// It differs from `powf` by a few units in the last place (the rounding of `6 ln 10`
+/// is scaled up by `exp`), so a price may, rarely, round to the next cent; the golden
+/// cases' 400,000 events come out the same.
 fn price(rng: &mut Pcg64Mcg) -> i64 {
     const SIX_LN_10: f64 = 6.0 * std::f64::consts::LN_10;
     ((rng.random::<f64>() * SIX_LN_10).exp() * 100.0).round() as i64
