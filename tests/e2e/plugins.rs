@@ -424,20 +424,7 @@ async fn a_plugin_written_without_the_sdk_follows_the_abi() -> Result<()> {
 #[tokio::test]
 async fn a_plugin_function_runs_in_slices_and_fails_once_per_batch() -> Result<()> {
     let weir = start_with_limits().await?;
-    // tax.wat that traps on a negative price.
-    let tax = std::fs::read_to_string(format!(
-        "{}/../plugins/no-sdk/tax.wat",
-        env!("CARGO_MANIFEST_DIR")
-    ))?;
-    let load = "(local.set $v (i64.load (local.get $values)))";
-    let strict = tax.replace(
-        load,
-        &format!(
-            "{load}\n        (if (i64.lt_s (local.get $v) (i64.const 0)) (then (unreachable)))"
-        ),
-    );
-    ensure!(strict != tax, "the check must go in");
-    let (code, body) = weir.upload_plugin("tax", wat::parse_str(&strict)?).await?;
+    let (code, body) = weir.upload_plugin("tax", strict_tax()?).await?;
     ensure!(code == 201, "{body}");
     weir.exec("CREATE SOURCE prices (price BIGINT) WITH (connector = 'http')")
         .await?;
@@ -489,6 +476,50 @@ async fn a_plugin_function_runs_in_slices_and_fails_once_per_batch() -> Result<(
     );
     let reason = letters["dead_letters"][0]["reason"].as_str().unwrap_or("");
     assert!(reason.contains("plugin tax v1"), "{reason}");
+    Ok(())
+}
+
+/// plugins/no-sdk/tax.wat, made to trap on a negative price.
+fn strict_tax() -> Result<Vec<u8>> {
+    let tax = std::fs::read_to_string(format!(
+        "{}/../plugins/no-sdk/tax.wat",
+        env!("CARGO_MANIFEST_DIR")
+    ))?;
+    let load = "(local.set $v (i64.load (local.get $values)))";
+    let strict = tax.replace(
+        load,
+        &format!(
+            "{load}\n        (if (i64.lt_s (local.get $v) (i64.const 0)) (then (unreachable)))"
+        ),
+    );
+    ensure!(strict != tax, "the check must go in");
+    Ok(wat::parse_str(&strict)?)
+}
+
+/// A batch whose one call of a function succeeds and another fails is one failing
+/// batch: three such in a row mark the plugin failed (the success does not clear the
+/// count, as it did when each call counted alone).
+#[tokio::test]
+async fn a_batch_with_one_failing_call_of_two_counts_as_failing() -> Result<()> {
+    let weir = start_with_limits().await?;
+    let (code, body) = weir.upload_plugin("tax", strict_tax()?).await?;
+    ensure!(code == 201, "{body}");
+    weir.exec("CREATE SOURCE prices (price BIGINT) WITH (connector = 'http')")
+        .await?;
+    weir.exec(
+        "CREATE MATERIALIZED VIEW both_ways AS \
+         SELECT with_tax(price) AS up, with_tax(0 - price) AS down FROM prices",
+    )
+    .await?;
+    for n in 1..=3u64 {
+        weir.post_batch("prices", json!([{ "price": 100 }]).to_string())
+            .await?;
+        let plugin = weir.get("/api/v1/plugins/tax").await?;
+        assert_eq!(plugin["consecutive_failures"], n, "batch {n}: {plugin}");
+    }
+    let plugin = weir.get("/api/v1/plugins/tax").await?;
+    assert_eq!(plugin["status"], "failed", "{plugin}");
+    assert_eq!(plugin["failures"], 3, "{plugin}");
     Ok(())
 }
 
