@@ -22,9 +22,18 @@ struct Deferred {
     settle: Settle,
 }
 
-/// The outcomes deferred while a ledger was open, in order.
+/// The outcomes deferred while a ledger was open, in order. One dropped unsettled (its
+/// slice panicked) settles what it holds.
 #[derive(Default)]
 pub struct Ledger(Vec<Deferred>);
+
+impl Drop for Ledger {
+    fn drop(&mut self) {
+        if !self.0.is_empty() {
+            Ledger(std::mem::take(&mut self.0)).settle();
+        }
+    }
+}
 
 thread_local! {
     /// The ledger open on this thread, if any.
@@ -61,11 +70,15 @@ pub fn in_slice<T>(work: impl FnOnce() -> T) -> (T, Ledger) {
     (result, opened.close())
 }
 
-/// Run `work` (a whole batch) with a ledger open; its outcomes settle once it is done,
-/// or go into the ledger open before, if one is.
+/// Run `work` (a whole batch) with a ledger open; its outcomes settle once it is done.
+/// A batch is a boundary: no ledger is open around it.
 pub fn per_batch<T>(work: impl FnOnce() -> T) -> T {
+    debug_assert!(
+        OPEN.with(|open| open.borrow().is_none()),
+        "a batch within another"
+    );
     let (result, ledger) = in_slice(work);
-    Ledger::settle_all([ledger]);
+    ledger.settle();
     result
 }
 
@@ -94,12 +107,31 @@ impl Drop for Opened {
 }
 
 impl Ledger {
-    /// Settle every callee of these ledgers (given in order) once: with the first
-    /// failure its calls had, or as succeeded. With a ledger open on this thread (the
-    /// slices of a batch the runtime runs in one), they join it instead.
+    /// The slices' ledgers (given in order) join the ledger open on this thread (the
+    /// batch's, which the runtime opens); with none open, they settle now.
     pub fn settle_all(ledgers: impl IntoIterator<Item = Ledger>) {
+        let mut all = Ledger::default();
+        for mut ledger in ledgers {
+            all.0.append(&mut ledger.0);
+        }
+        let all = OPEN.with(|open| match open.borrow_mut().as_mut() {
+            Some(outer) => {
+                outer.0.append(&mut all.0);
+                None
+            }
+            None => Some(all),
+        });
+        if let Some(all) = all {
+            all.settle();
+        }
+    }
+
+    /// Settle every callee once: with the first failure its calls had, in order, or as
+    /// succeeded. (A settling closure only counts; one that panicked while a slice
+    /// unwinds would abort.)
+    fn settle(mut self) {
         let mut callees: Vec<Deferred> = Vec::new();
-        for deferred in ledgers.into_iter().flat_map(|l| l.0) {
+        for deferred in std::mem::take(&mut self.0) {
             match callees.iter_mut().find(|c| c.key == deferred.key) {
                 Some(callee) => {
                     if callee.failure.is_none() {
@@ -109,13 +141,6 @@ impl Ledger {
                 None => callees.push(deferred),
             }
         }
-        let callees = OPEN.with(|open| match open.borrow_mut().as_mut() {
-            Some(outer) => {
-                outer.0.extend(callees);
-                Vec::new()
-            }
-            None => callees,
-        });
         for callee in callees {
             (callee.settle)(callee.failure);
         }
@@ -181,6 +206,10 @@ mod tests {
     fn a_panicking_slice_puts_the_ledger_before_it_back() {
         let settled = Settled::default();
         per_batch(|| {
+            assert!(
+                call(&settled, (2, 1), None),
+                "a call of the batch before the slice"
+            );
             let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 in_slice(|| {
                     call(&settled, (1, 1), Some("trap before the panic"));
@@ -188,13 +217,20 @@ mod tests {
                 })
             }));
             assert!(panicked.is_err());
+            assert!(
+                settled.lock().expect("lock").is_empty(),
+                "nothing settles before the batch ends"
+            );
             assert!(call(&settled, (1, 1), None), "the batch's ledger is back");
         });
         assert!(!call(&settled, (1, 1), None), "and closed after the batch");
         assert_eq!(
             *settled.lock().expect("lock"),
-            [((1, 1), Some("trap before the panic".to_string()))],
-            "the panicked slice's failure settled with the batch's call, once"
+            [
+                ((2, 1), None),
+                ((1, 1), Some("trap before the panic".to_string()))
+            ],
+            "the batch's ledger came back: its call and the panicked slice's failure settled with it, once each"
         );
     }
 }

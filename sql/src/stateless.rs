@@ -78,7 +78,17 @@ impl Operator for Stateless {
         let (done, ledgers): (Vec<Result<RecordBatch>>, Vec<Ledger>) = parts
             .into_par_iter()
             .map(|(offset, len)| {
-                settle::in_slice(|| steps.apply_slice(batch.slice(offset, len), offset == 0))
+                // A panic stays in its slice, so every slice's ledger comes back.
+                settle::in_slice(|| {
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        steps.apply_slice(batch.slice(offset, len), offset == 0)
+                    }))
+                    .unwrap_or_else(|_| {
+                        Err(crate::Error::Execution(
+                            "a slice of the batch panicked".into(),
+                        ))
+                    })
+                })
             })
             .unzip();
         Ledger::settle_all(ledgers);

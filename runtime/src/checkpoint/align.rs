@@ -193,7 +193,7 @@ impl JoinAlignment {
 /// A source that finished or failed before it could arrive (its pipeline is gone, its
 /// final snapshot left) is there with the final position of that snapshot.
 fn arrive_finished(entries: &mut HashMap<usize, Entry>, source: &Arc<SourceRuntime>) {
-    if entries.contains_key(&key(source)) || !source.ended.load(Ordering::Relaxed) {
+    if entries.contains_key(&key(source)) || !source.ended.load(Ordering::Acquire) {
         return;
     }
     if let Some(last) = source.checkpoint.latest() {

@@ -356,7 +356,7 @@ fn seal_finished(source: &crate::source::SourceRuntime, epoch: u64) {
         .filter(|v| !v.preview)
         .cloned()
         .collect();
-    if !source.ended.load(Ordering::Relaxed)
+    if !source.ended.load(Ordering::Acquire)
         || views.iter().any(|v| v.is_join())
         || !views.iter().any(|v| v.sink_changes_open())
     {

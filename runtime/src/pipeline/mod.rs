@@ -397,15 +397,14 @@ impl Pipeline {
     /// The source ended: paused views are waited for, then a final watermark closes
     /// every window.
     fn finish(&mut self) {
-        let views = self.drain_paused_views();
+        let views = self.drain_paused_views(true);
         if let Some(w) = self.watermark.finish() {
             self.advance(&views, w);
         }
         // The final state (the last watermark closed windows), for every checkpoint from
         // now on.
         self.unsaved_batches += 1;
-        let ended = self.snapshot(self.source.checkpoint.requested(), true);
-        self.source.ended.store(ended, Ordering::Relaxed);
+        self.leave_final_snapshot();
         *self.source.state.lock() = SourceState::Finished;
         tracing::info!(source = %self.source.name, "source finished");
     }
@@ -430,19 +429,30 @@ impl Pipeline {
             }
         }
         *self.source.state.lock() = SourceState::Failed;
-        self.drain_paused_views();
+        self.drain_paused_views(false);
         self.unsaved_batches += 1;
+        self.leave_final_snapshot();
+    }
+
+    /// The snapshot for every checkpoint from now on, once the source has ended: then
+    /// joins and checkpoints count it as arrived (`ended`).
+    fn leave_final_snapshot(&mut self) {
         let ended = self.snapshot(self.source.checkpoint.requested(), true);
-        self.source.ended.store(ended, Ordering::Relaxed);
+        if !ended {
+            tracing::error!(source = %self.source.name, "no final snapshot of the ended source; checkpoints keep its last one, and a join it feeds takes none");
+        }
+        // Release: whoever sees `ended` sees the snapshot put before it.
+        self.source.ended.store(ended, Ordering::Release);
     }
 
     /// Wait for each paused view to resume and process the batches it holds (or for the
     /// source to be stopped, or the view dropped): the source's views, for the rest of
-    /// its end.
-    fn drain_paused_views(&mut self) -> Vec<Arc<ViewRuntime>> {
+    /// its end. `even_empty`: also wait for a paused view that holds nothing (a final
+    /// watermark is to close its windows).
+    fn drain_paused_views(&mut self, even_empty: bool) -> Vec<Arc<ViewRuntime>> {
         let views = self.source.views.lock().clone();
         for view in &views {
-            while view.held_batches() > 0 || view.paused().is_some() {
+            while view.held_batches() > 0 || (even_empty && view.paused().is_some()) {
                 let dropped = !(self.source.views.lock().iter()).any(|v| Arc::ptr_eq(v, view));
                 if dropped {
                     break;

@@ -862,6 +862,9 @@ impl datafusion::logical_expr::ScalarUDFImpl for Positive {
             .downcast_ref::<Int64Array>()
             .and_then(|v| v.iter().flatten().find(|v| *v < 0));
         let failure = negative.map(|v| format!("{v} is negative"));
+        if negative == Some(-4_000) {
+            panic!("a bug in the function");
+        }
         let settled = self.settled.clone();
         if !crate::settle::defer((1, 1), failure.clone(), move |outcome| {
             settled.lock().expect("lock").push(outcome)
@@ -930,6 +933,15 @@ async fn a_function_called_in_slices_settles_once_per_batch() {
         ],
         "one outcome per batch"
     );
+    // A slice that panics fails the batch like one that errs; the other slices' calls
+    // still settle (here the first slice's failure).
+    let failed = process(&[1_000, 4_000]).expect_err("a panicking slice fails the batch");
+    assert!(failed.contains("-1000 is negative"), "{failed}");
+    assert_eq!(
+        settled.lock().expect("lock").last(),
+        Some(&Some("-1000 is negative".to_string()))
+    );
+    assert_eq!(settled.lock().expect("lock").len(), 4);
 }
 
 /// `columns_read` is what a source may decode alone: a view's rows are the same when
