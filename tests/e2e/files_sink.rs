@@ -521,3 +521,44 @@ async fn a_sink_whose_store_is_unusable_at_a_restart_keeps_its_backlog() -> Resu
     ensure!(written == (10..20).collect::<Vec<_>>(), "{written:?}");
     Ok(())
 }
+
+/// A sink made on a view of a source that has failed still gets the view's rows: the
+/// source's final snapshot is sealed with them at the next checkpoint, as a finished
+/// source's is (no pipeline is left to answer).
+#[tokio::test]
+async fn a_sink_on_a_view_of_a_failed_source_writes_its_rows() -> Result<()> {
+    let (dir, config) = crate::kafka::config_dir(
+        "[runtime]\nparallelism = 2\n[runtime.checkpoints]\ninterval = '200ms'\n",
+    )
+    .await?;
+    let weir = Weir::start_with_env(
+        dir,
+        &["--config", &config],
+        &[("WEIR_FAILPOINTS", "nexmark-chunk-panic")],
+    )
+    .await?;
+    weir.exec(
+        "CREATE SOURCE bids WITH (connector = 'nexmark', table = 'bid', events = 100000, seed = 1)",
+    )
+    .await?;
+    weir.exec("CREATE MATERIALIZED VIEW v AS SELECT auction AS id FROM bids")
+        .await?;
+    let status = weir
+        .wait_source("bids", "failed", Duration::from_secs(30))
+        .await?;
+    let read = status["records_in"].as_u64().unwrap_or(0);
+    ensure!(read > 0 && read < 92_000, "the first chunk only: {status}");
+    let out = tempfile::tempdir()?;
+    weir.exec(&format!(
+        "CREATE SINK out FROM v WITH (connector = 'files', path = '{}')",
+        out.path().display()
+    ))
+    .await?;
+    wait_delivered(&weir, "out").await?;
+    let mut written = 0;
+    for (_, batches) in local_files(out.path())? {
+        written += ints(&batches, "id")?.len() as u64;
+    }
+    ensure!(written == read, "{written} rows written of {read} read");
+    Ok(())
+}
