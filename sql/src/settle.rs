@@ -63,7 +63,7 @@ pub fn defer(
 /// Run `work` (one slice of a batch) with a ledger of its own open on this thread: its
 /// result and what it deferred, to go with the batch's other slices
 /// ([`Ledger::settle_all`]). The ledger open before is put back after, even if `work`
-/// panics (then what it deferred settles at once).
+/// panics (then what it deferred joins that ledger, or settles if there is none).
 pub fn in_slice<T>(work: impl FnOnce() -> T) -> (T, Ledger) {
     let opened = Opened(OPEN.with(|open| open.borrow_mut().replace(Ledger::default())));
     let result = work();
@@ -83,7 +83,7 @@ pub fn per_batch<T>(work: impl FnOnce() -> T) -> T {
 }
 
 /// The ledger open before a slice's: put back when the slice closes, or, if its work
-/// panics, when it is dropped (settling what the slice deferred).
+/// panics, when it is dropped (what the slice deferred then joins it, or settles).
 struct Opened(Option<Ledger>);
 
 impl Opened {
