@@ -779,3 +779,59 @@ async fn a_replay_that_fails_again_keeps_the_rest_held() -> Result<()> {
     assert_eq!(dead_letters_for(&weir, "checked").await?.len(), 6);
     Ok(())
 }
+
+/// A source that fails while a view over it is paused (its plugin failed) shows
+/// `failed` at once; what the view held is still processed once a fixed version is
+/// uploaded, and only then does the source leave its final snapshot.
+#[tokio::test]
+async fn a_source_that_fails_while_its_view_is_paused_shows_it_and_loses_nothing() -> Result<()> {
+    let (dir, config) = crate::kafka::config_dir(
+        "[runtime]\nparallelism = 2\n[runtime.plugins]\nmax-consecutive-failures = 1\n",
+    )
+    .await?;
+    let weir = Weir::start_with_env(
+        dir,
+        &["--config", &config],
+        &[("WEIR_FAILPOINTS", "nexmark-chunk-panic")],
+    )
+    .await?;
+    let (broken, fixed) = flaky_modules()?;
+    let (code, body) = weir.upload_plugin("flaky", broken).await?;
+    ensure!(code == 201, "{body}");
+    // Chunks of 500 events, a batch each: the first fails and marks the plugin failed,
+    // the view holds the next two, and the fourth chunk panics.
+    weir.exec(
+        "CREATE SOURCE bids WITH (connector = 'nexmark', table = 'bid', events = 100000, \
+         seed = 1, max_rows = 500)",
+    )
+    .await?;
+    weir.exec("CREATE MATERIALIZED VIEW checked AS SELECT auction, crash(auction) AS m FROM bids")
+        .await?;
+    let status = weir
+        .wait_source("bids", "failed", Duration::from_secs(30))
+        .await?;
+    let read = status["records_in"].as_u64().unwrap_or(0);
+    let view = weir.get("/api/v1/views").await?["views"][0].clone();
+    assert_eq!(
+        view["status"], "paused",
+        "still holding its batches: {view}"
+    );
+    // The first batch's rows (up to 500) are dead letters; the rest is held.
+    let dead = dead_letters_for(&weir, "checked").await?.len() as u64;
+    assert!(dead > 0 && dead <= 500 && dead < read, "{dead} of {read}");
+    let (code, body) = weir.upload_plugin("flaky", fixed).await?;
+    ensure!(code == 201, "{body}");
+    let rows = weir
+        .wait_for("the held rows", Duration::from_secs(20), || async {
+            let rows = weir.get("/api/v1/views/checked").await?["rows"].clone();
+            let n = rows.as_array().map_or(0, Vec::len) as u64;
+            Ok((n + dead == read).then_some(n))
+        })
+        .await?;
+    assert_eq!(
+        rows + dead,
+        read,
+        "every row read: in the view or a dead letter"
+    );
+    Ok(())
+}

@@ -187,8 +187,8 @@ fn generate_in_parallel(
         while next < last && generating.has_room() {
             let (from, wanted) = (next, feed.columns_read.get());
             generating.spawn((), move || {
-                // Every chunk after the first, so that some rows go through before.
-                if from > start_event {
+                // Every chunk from the fourth on, so that some batches go through before.
+                if from >= start_event.saturating_add(chunk.saturating_mul(3)) {
                     crate::failpoint::panic_point("nexmark-chunk-panic");
                 }
                 let mut g = Generator::new(config);
