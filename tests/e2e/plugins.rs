@@ -835,3 +835,39 @@ async fn a_source_that_fails_while_its_view_is_paused_shows_it_and_loses_nothing
     );
     Ok(())
 }
+
+/// A finite source whose view is paused waits at its end for the view to resume (its
+/// windows are to close); dropping the view instead lets the source finish.
+#[tokio::test]
+async fn a_source_waiting_for_a_paused_view_finishes_once_the_view_is_dropped() -> Result<()> {
+    let (dir, config) =
+        crate::kafka::config_dir("[runtime.plugins]\nmax-consecutive-failures = 1\n").await?;
+    let weir = Weir::start_in(dir, &["--config", &config]).await?;
+    let (broken, _) = flaky_modules()?;
+    let (code, body) = weir.upload_plugin("flaky", broken).await?;
+    ensure!(code == 201, "{body}");
+    weir.exec(
+        "CREATE SOURCE bids WITH (connector = 'nexmark', table = 'bid', events = 2000, \
+         seed = 1, max_rows = 500)",
+    )
+    .await?;
+    weir.exec("CREATE MATERIALIZED VIEW checked AS SELECT auction, crash(auction) AS m FROM bids")
+        .await?;
+    weir.wait_for("the view to pause", Duration::from_secs(20), || async {
+        let view = weir.get("/api/v1/views").await?["views"][0].clone();
+        Ok((view["status"] == "paused").then_some(()))
+    })
+    .await?;
+    // All read, and waiting for the paused view.
+    let source = weir
+        .wait_for("every bid read", Duration::from_secs(20), || async {
+            let s = weir.get("/api/v1/sources/bids").await?;
+            Ok((s["records_in"] == 1_840).then_some(s))
+        })
+        .await?;
+    assert_eq!(source["status"], "running", "{source}");
+    weir.exec("DROP VIEW checked").await?;
+    weir.wait_source("bids", "finished", Duration::from_secs(20))
+        .await?;
+    Ok(())
+}
