@@ -27,6 +27,30 @@ fn connect(url: &str) -> Result<redis::Connection> {
     Ok(redis::Client::open(url)?.get_connection_with_timeout(Duration::from_secs(5))?)
 }
 
+/// Run `read` on a fresh connection, and again (up to five times) if a signal cut it
+/// off: a socket with a read timeout is not restarted after a signal handler runs (here
+/// SIGCHLD, as other tests' servers exit), and the reply may have been cut in two.
+fn reading<T>(url: &str, read: impl Fn(&mut redis::Connection) -> Result<T>) -> Result<T> {
+    let interrupted = |e: &anyhow::Error| {
+        e.chain().any(|c| {
+            c.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::Interrupted)
+        }) || e.to_string().contains("(os error 4)")
+    };
+    let mut tries = 1;
+    loop {
+        match connect(url).and_then(|mut c| read(&mut c)) {
+            Err(e) if tries < 5 && interrupted(&e) => tries += 1,
+            done => return done,
+        }
+    }
+}
+
+/// One command's reply (see [`reading`]).
+fn query<T: redis::FromRedisValue>(url: &str, command: &redis::Cmd) -> Result<T> {
+    reading(url, |c| Ok(command.query(c)?))
+}
+
 /// Every key under `prefix` with its JSON value, by the number after the prefix.
 fn json_values(connection: &mut redis::Connection, prefix: &str) -> Result<BTreeMap<i64, Value>> {
     let keys: Vec<String> = redis::cmd("KEYS")
@@ -82,14 +106,13 @@ async fn keys_hold_the_views_rows_exactly_once_through_three_kill_nines() -> Res
         ),
     ])
     .await?;
-    let mut connection = connect(&url)?;
-    let held = json_values(&mut connection, &prefix)?;
+    let held = reading(&url, |c| json_values(c, &prefix))?;
     ensure!(
         held == run.totals,
         "the keys hold {held:?}, the view {:?}",
         run.totals
     );
-    let seen = json_values(&mut connection, &seen_prefix)?;
+    let seen = reading(&url, |c| json_values(c, &seen_prefix))?;
     ensure!(
         seen.keys().copied().collect::<Vec<_>>() == every_id(run.sent),
         "{} keys, not one per id 0..{}",
@@ -98,7 +121,7 @@ async fn keys_hold_the_views_rows_exactly_once_through_three_kill_nines() -> Res
     );
     let status = &run.statuses[&totals_sink];
     ensure!(
-        recorded_epoch(&mut connection, &totals_sink)? == status["delivered_epoch"].as_u64(),
+        reading(&url, |c| recorded_epoch(c, &totals_sink))? == status["delivered_epoch"].as_u64(),
         "the progress hash and the status disagree: {status}"
     );
     Ok(())
@@ -162,34 +185,25 @@ async fn hashes_with_a_ttl_and_options_that_cannot_work_are_refused_with_the_rea
     .await?;
     wait_delivered(&weir, "r").await?;
     wait_delivered(&weir, "j").await?;
-    let mut connection = connect(&url)?;
     // JSON values with a TTL: SET ... EX.
-    let json_value: String = redis::cmd("GET")
-        .arg(format!("{prefix}j:1"))
-        .query(&mut connection)?;
+    let json_value: String = query(&url, redis::cmd("GET").arg(format!("{prefix}j:1")))?;
     ensure!(json_value == r#"{"id":1,"name":"ann"}"#, "{json_value}");
-    let json_ttl: i64 = redis::cmd("TTL")
-        .arg(format!("{prefix}j:1"))
-        .query(&mut connection)?;
+    let json_ttl: i64 = query(&url, redis::cmd("TTL").arg(format!("{prefix}j:1")))?;
     ensure!((30..=90).contains(&json_ttl), "ttl {json_ttl}");
-    let first: BTreeMap<String, String> = redis::cmd("HGETALL")
-        .arg(format!("{prefix}1"))
-        .query(&mut connection)?;
+    let first: BTreeMap<String, String> =
+        query(&url, redis::cmd("HGETALL").arg(format!("{prefix}1")))?;
     let want: BTreeMap<String, String> = [("id", "1"), ("name", "ann")]
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     ensure!(first == want, "{first:?}");
-    let second: BTreeMap<String, String> = redis::cmd("HGETALL")
-        .arg(format!("{prefix}2"))
-        .query(&mut connection)?;
+    let second: BTreeMap<String, String> =
+        query(&url, redis::cmd("HGETALL").arg(format!("{prefix}2")))?;
     ensure!(
         second.get("id").map(String::as_str) == Some("2") && !second.contains_key("name"),
         "a null column is no field: {second:?}"
     );
-    let ttl: i64 = redis::cmd("TTL")
-        .arg(format!("{prefix}1"))
-        .query(&mut connection)?;
+    let ttl: i64 = query(&url, redis::cmd("TTL").arg(format!("{prefix}1")))?;
     ensure!((3_000..=3_600).contains(&ttl), "ttl {ttl}");
     // The row whose key column is null has no key: a dead letter, with the reason.
     let letters = weir.get("/api/v1/dead-letters").await?.to_string();
@@ -285,7 +299,7 @@ async fn a_server_restarted_mid_run_loses_nothing_and_the_sink_catches_up() -> R
     count_while_the_store_is_down(&weir).await?;
     server.up()?;
     wait_delivered(&weir, "out").await?;
-    let held = json_values(&mut connect(&url)?, "count:")?;
+    let held = reading(&url, |c| json_values(c, "count:"))?;
     let want: BTreeMap<i64, Value> = counted_in_the_end()
         .into_iter()
         .map(|(k, n)| (k, json!({"k": k, "n": n})))
