@@ -527,20 +527,9 @@ async fn a_sink_whose_store_is_unusable_at_a_restart_keeps_its_backlog() -> Resu
 /// source's is (no pipeline is left to answer).
 #[tokio::test]
 async fn a_sink_on_a_view_of_a_failed_source_writes_its_rows() -> Result<()> {
-    let (dir, config) = crate::kafka::config_dir(
-        "[runtime]\nparallelism = 2\n[runtime.checkpoints]\ninterval = '200ms'\n",
-    )
-    .await?;
-    let weir = Weir::start_with_env(
-        dir,
-        &["--config", &config],
-        &[("WEIR_FAILPOINTS", "nexmark-chunk-panic")],
-    )
-    .await?;
-    weir.exec(
-        "CREATE SOURCE bids WITH (connector = 'nexmark', table = 'bid', events = 100000, seed = 1)",
-    )
-    .await?;
+    let (weir, _) =
+        crate::nexmark::failing_generator("[runtime.checkpoints]\ninterval = '200ms'\n", "")
+            .await?;
     weir.exec("CREATE MATERIALIZED VIEW v AS SELECT auction AS id FROM bids")
         .await?;
     let status = weir

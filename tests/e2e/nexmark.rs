@@ -444,23 +444,33 @@ fn oracle_context(
     Ok(ctx)
 }
 
-/// A chunk of the generator that panics (a bug; here every chunk from the fourth) fails
-/// its source, saying why, instead of leaving it running without rows; its view keeps
-/// the rows read before, and the server goes on.
-#[tokio::test]
-async fn a_panic_in_the_generator_fails_its_source_saying_why() -> Result<()> {
-    // Chunks are made on the workers only with more than one of them.
-    let (dir, config) = crate::kafka::config_dir("[runtime]\nparallelism = 2\n").await?;
+/// weir with two workers (chunks are made on the workers only with more than one) and
+/// the failpoint that panics every generator chunk from the fourth, `more` added to its
+/// config, and a source `bids` of 100,000 events (`options` added to its WITH): weir
+/// and its config file.
+pub(crate) async fn failing_generator(more: &str, options: &str) -> Result<(Weir, String)> {
+    let (dir, config) =
+        crate::kafka::config_dir(&format!("[runtime]\nparallelism = 2\n{more}")).await?;
     let weir = Weir::start_with_env(
         dir,
         &["--config", &config],
         &[("WEIR_FAILPOINTS", "nexmark-chunk-panic")],
     )
     .await?;
-    weir.exec(
-        "CREATE SOURCE bids WITH (connector = 'nexmark', table = 'bid', events = 100000, seed = 1)",
-    )
+    weir.exec(&format!(
+        "CREATE SOURCE bids WITH (connector = 'nexmark', table = 'bid', events = 100000, \
+         seed = 1{options})"
+    ))
     .await?;
+    Ok((weir, config))
+}
+
+/// A chunk of the generator that panics (a bug; here every chunk from the fourth) fails
+/// its source, saying why, instead of leaving it running without rows; its view keeps
+/// the rows read before, and the server goes on.
+#[tokio::test]
+async fn a_panic_in_the_generator_fails_its_source_saying_why() -> Result<()> {
+    let (weir, config) = failing_generator("", "").await?;
     weir.exec("CREATE MATERIALIZED VIEW n AS SELECT count(*) AS n FROM bids")
         .await?;
     let status = weir

@@ -780,33 +780,30 @@ async fn a_replay_that_fails_again_keeps_the_rest_held() -> Result<()> {
     Ok(())
 }
 
+/// A plugin failing one batch is failed.
+const ONE_FAILURE_FAILS: &str = "[runtime.plugins]\nmax-consecutive-failures = 1\n";
+
+/// View `checked` over source `bids`, calling the broken version of plugin flaky: the
+/// fixed version, for later.
+async fn checked_by_a_broken_plugin(weir: &Weir) -> Result<Vec<u8>> {
+    let (broken, fixed) = flaky_modules()?;
+    let (code, body) = weir.upload_plugin("flaky", broken).await?;
+    ensure!(code == 201, "{body}");
+    weir.exec("CREATE MATERIALIZED VIEW checked AS SELECT auction, crash(auction) AS m FROM bids")
+        .await?;
+    Ok(fixed)
+}
+
 /// A source that fails while a view over it is paused (its plugin failed) shows
 /// `failed` at once; what the view held is still processed once a fixed version is
 /// uploaded, and only then does the source leave its final snapshot.
 #[tokio::test]
 async fn a_source_that_fails_while_its_view_is_paused_shows_it_and_loses_nothing() -> Result<()> {
-    let (dir, config) = crate::kafka::config_dir(
-        "[runtime]\nparallelism = 2\n[runtime.plugins]\nmax-consecutive-failures = 1\n",
-    )
-    .await?;
-    let weir = Weir::start_with_env(
-        dir,
-        &["--config", &config],
-        &[("WEIR_FAILPOINTS", "nexmark-chunk-panic")],
-    )
-    .await?;
-    let (broken, fixed) = flaky_modules()?;
-    let (code, body) = weir.upload_plugin("flaky", broken).await?;
-    ensure!(code == 201, "{body}");
     // Chunks of 500 events, a batch each: the first fails and marks the plugin failed,
     // the view holds the next two, and the fourth chunk panics.
-    weir.exec(
-        "CREATE SOURCE bids WITH (connector = 'nexmark', table = 'bid', events = 100000, \
-         seed = 1, max_rows = 500)",
-    )
-    .await?;
-    weir.exec("CREATE MATERIALIZED VIEW checked AS SELECT auction, crash(auction) AS m FROM bids")
-        .await?;
+    let (weir, _) =
+        crate::nexmark::failing_generator(ONE_FAILURE_FAILS, ", max_rows = 500").await?;
+    let fixed = checked_by_a_broken_plugin(&weir).await?;
     let status = weir
         .wait_source("bids", "failed", Duration::from_secs(30))
         .await?;
@@ -840,19 +837,14 @@ async fn a_source_that_fails_while_its_view_is_paused_shows_it_and_loses_nothing
 /// windows are to close); dropping the view instead lets the source finish.
 #[tokio::test]
 async fn a_source_waiting_for_a_paused_view_finishes_once_the_view_is_dropped() -> Result<()> {
-    let (dir, config) =
-        crate::kafka::config_dir("[runtime.plugins]\nmax-consecutive-failures = 1\n").await?;
+    let (dir, config) = crate::kafka::config_dir(ONE_FAILURE_FAILS).await?;
     let weir = Weir::start_in(dir, &["--config", &config]).await?;
-    let (broken, _) = flaky_modules()?;
-    let (code, body) = weir.upload_plugin("flaky", broken).await?;
-    ensure!(code == 201, "{body}");
     weir.exec(
         "CREATE SOURCE bids WITH (connector = 'nexmark', table = 'bid', events = 2000, \
          seed = 1, max_rows = 500)",
     )
     .await?;
-    weir.exec("CREATE MATERIALIZED VIEW checked AS SELECT auction, crash(auction) AS m FROM bids")
-        .await?;
+    checked_by_a_broken_plugin(&weir).await?;
     weir.wait_for("the view to pause", Duration::from_secs(20), || async {
         let view = weir.get("/api/v1/views").await?["views"][0].clone();
         Ok((view["status"] == "paused").then_some(()))
