@@ -21,7 +21,8 @@ use datafusion::arrow::compute::take_record_batch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::{Session, TableProvider};
-use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::datasource::{provider_as_source, source_as_provider};
 use datafusion::execution::{SendableRecordBatchStream, SessionState, TaskContext};
 use datafusion::logical_expr::{Expr, LogicalPlan, TableType};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
@@ -206,6 +207,45 @@ impl BatchQuery {
             plan_each_run: true,
             ..Self::new(plan, session)
         }
+    }
+
+    /// The same query reading new tables in place of `tables` (returned in the same
+    /// order), so that copies can run side by side, each over rows of its own.
+    pub fn with_own_tables(
+        &self,
+        tables: &[&Arc<WindowRows>],
+    ) -> Result<(BatchQuery, Vec<Arc<WindowRows>>)> {
+        let own: Vec<Arc<WindowRows>> = tables
+            .iter()
+            .map(|t| Arc::new(WindowRows::new(t.schema.clone())))
+            .collect();
+        let plan = self
+            .plan
+            .clone()
+            .transform_up(|node| {
+                let LogicalPlan::TableScan(mut scan) = node else {
+                    return Ok(Transformed::no(node));
+                };
+                let provider = source_as_provider(&scan.source)?;
+                let at = provider
+                    .downcast_ref::<WindowRows>()
+                    .and_then(|held| tables.iter().position(|t| std::ptr::eq(t.as_ref(), held)));
+                match at {
+                    Some(at) => {
+                        scan.source = provider_as_source(own[at].clone());
+                        Ok(Transformed::yes(LogicalPlan::TableScan(scan)))
+                    }
+                    None => Ok(Transformed::no(LogicalPlan::TableScan(scan))),
+                }
+            })?
+            .data;
+        let query = BatchQuery {
+            plan,
+            session: self.session.clone(),
+            physical: OnceLock::new(),
+            plan_each_run: self.plan_each_run,
+        };
+        Ok((query, own))
     }
 
     /// Run the query over `rows`, the rows its scans of `table` read (its other tables

@@ -148,8 +148,9 @@ async fn q8_and_q3_join_two_sources_like_the_batch_oracle() -> Result<()> {
         ))
         .await?;
     }
+    // Both joins in 3 keyed instances, whatever the machine's cores.
     weir.exec(
-        "CREATE MATERIALIZED VIEW q8 AS \
+        "CREATE MATERIALIZED VIEW q8 WITH (parallelism = 3) AS \
          SELECT p.id, p.name, CAST(p.window_start AS BIGINT) AS ws \
          FROM (SELECT id, name, window_start, window_end FROM TUMBLE(person, date_time, INTERVAL '10' SECOND) \
                GROUP BY id, name, window_start, window_end) AS p \
@@ -160,7 +161,7 @@ async fn q8_and_q3_join_two_sources_like_the_batch_oracle() -> Result<()> {
     .await?;
     // Nexmark q3 over the same events: an interval join (rows wait for a state_ttl).
     weir.exec(
-        "CREATE MATERIALIZED VIEW q3 WITH (state_ttl = '10 seconds') AS \
+        "CREATE MATERIALIZED VIEW q3 WITH (state_ttl = '10 seconds', parallelism = 3) AS \
          SELECT P.name, P.city, P.state, A.id FROM q3_auction AS A JOIN q3_person AS P ON A.seller = P.id \
          WHERE A.category = 10 AND (P.state = 'OR' OR P.state = 'ID' OR P.state = 'CA')",
     )
@@ -217,6 +218,12 @@ async fn q8_and_q3_join_two_sources_like_the_batch_oracle() -> Result<()> {
         explain.to_string().contains("minimum watermark"),
         "{explain}"
     );
+    assert!(
+        explain
+            .to_string()
+            .contains("keyed by the join's equality key, in 3 parallel instances"),
+        "{explain}"
+    );
     // Each source with its own state: auctions are three times the persons.
     let sources: Vec<String> = explain
         .as_array()
@@ -236,6 +243,10 @@ async fn q8_and_q3_join_two_sources_like_the_batch_oracle() -> Result<()> {
     assert_eq!(got, expected);
     let explain = weir.exec("EXPLAIN VIEW q3").await?["rows"].to_string();
     assert!(explain.contains("interval join"), "{explain}");
+    assert!(
+        explain.contains("keyed by the join's equality key, in 3 parallel instances"),
+        "{explain}"
+    );
     Ok(())
 }
 

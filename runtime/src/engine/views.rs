@@ -297,6 +297,11 @@ pub(super) fn parallelize(query: &mut ContinuousQuery, n: usize) -> Result<()> {
     if n <= 1 {
         return Ok(());
     }
+    // A join that can be split by its key says so on its line: how many instances.
+    let keyed = weir_sql::join::keyed::KEYED;
+    if let Some((_, line)) = query.operators.iter_mut().find(|(_, d)| d.contains(keyed)) {
+        *line = line.replacen(keyed, &format!("{keyed}, in {n} parallel instances"), 1);
+    }
     // The note goes on the first operator line that runs in parallel, if any does.
     let mut note = |runs: &dyn Fn(&str, &str) -> bool, text: String| match query
         .operators

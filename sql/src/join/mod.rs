@@ -5,10 +5,12 @@
 //!   [`crate::window::per_window::PerWindowQuery`]);
 //! - [`interval`]: two sources matched within event-time bounds, each keeping the rows
 //!   that may still find a partner;
+//! - [`keyed`]: a join's rows routed to keyed instances by its equality key;
 //! - [`lookup`]: a source joined with views, each batch against the views' rows as they
 //!   are then.
 
 pub mod interval;
+pub mod keyed;
 pub mod lookup;
 pub mod window;
 

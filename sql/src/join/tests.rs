@@ -119,6 +119,17 @@ fn asks_for(bids: &[RecordBatch], shift_ms: i64) -> Vec<RecordBatch> {
 /// its own watermark and the view's the minimum; with `cut`, checkpoint after that many
 /// batches (through Arrow IPC) and go on in a fresh operator. The rows, sorted.
 async fn run_two(sql: &str, shift_ms: i64, cut: Option<usize>) -> Vec<String> {
+    run_two_in(sql, shift_ms, cut, (1, 1)).await
+}
+
+/// `run_two` with the join in `instances.0` keyed instances, restored (at `cut`) in
+/// `instances.1`; either must be the parallelism the operator says it runs at.
+async fn run_two_in(
+    sql: &str,
+    shift_ms: i64,
+    cut: Option<usize>,
+    instances: (usize, usize),
+) -> Vec<String> {
     let Statement::CreateView(view) = parse_statement(sql).expect("parses") else {
         panic!("not a view")
     };
@@ -137,6 +148,10 @@ async fn run_two(sql: &str, shift_ms: i64, cut: Option<usize>) -> Vec<String> {
     let bids = slices(bids_for_checkpoints());
     let asks = slices(asks_for(&bids_for_checkpoints(), shift_ms));
     let mut q = ContinuousQuery::plan(&view, &sources).await.expect("plans");
+    assert_eq!(
+        q.operator.set_parallelism(instances.0).expect("parallel"),
+        instances.0
+    );
     let order: Vec<String> = std::iter::once(q.source.clone())
         .chain(q.other_sources.clone())
         .collect();
@@ -155,7 +170,15 @@ async fn run_two(sql: &str, shift_ms: i64, cut: Option<usize>) -> Vec<String> {
             q = ContinuousQuery::plan(&view, &sources)
                 .await
                 .expect("plans again");
+            assert_eq!(
+                q.operator.set_parallelism(instances.1).expect("parallel"),
+                instances.1
+            );
             q.operator.restore(&state).expect("restore");
+            // A view kept by group takes its rows again (group ids change).
+            if let Some(rows) = q.operator.keyed_rows().expect("rows") {
+                out.keyed = vec![rows];
+            }
         }
         for (input, name) in order.iter().enumerate() {
             let b = if name == "bids" { &bids[i] } else { &asks[i] };
@@ -242,6 +265,79 @@ async fn a_join_of_two_sources_restored_from_a_snapshot_continues_exactly() {
             "restored after batch {cut}"
         );
     }
+    // In keyed instances (by auction), restored at another parallelism.
+    assert_eq!(run_two_in(sql, 700, Some(15), (3, 2)).await, whole);
+    assert_eq!(run_two_in(sql, 700, Some(15), (1, 3)).await, whole);
+}
+
+/// A per-window join splits into instances only by a key every part of the query keeps
+/// together; otherwise it runs in one, and EXPLAIN says which.
+#[tokio::test]
+async fn a_window_join_runs_in_keyed_instances_only_by_a_key_it_keeps_together() {
+    let window = |s: &str| format!("TUMBLE({s}, date_time, INTERVAL '3' SECOND)");
+    let (bids, asks) = (window("bids"), window("asks"));
+    for (select, keyed) in [
+        // Distinct per side, grouped by the key: kept together.
+        (
+            format!(
+                "SELECT b.auction, b.window_start FROM (SELECT auction, window_start FROM {bids} GROUP BY auction, window_start) AS b \
+                 JOIN (SELECT auction, window_start FROM {asks} GROUP BY auction, window_start) AS a \
+                 ON b.auction = a.auction AND b.window_start = a.window_start"
+            ),
+            true,
+        ),
+        // Matched on the window only.
+        (
+            format!(
+                "SELECT b.auction, a.price FROM {bids} AS b JOIN {asks} AS a ON b.window_start = a.window_start \
+                 WHERE b.auction = 1 AND a.auction = 2"
+            ),
+            false,
+        ),
+        // An aggregate over the join: its groups span keys.
+        (
+            format!(
+                "SELECT b.window_start, count(*) AS n FROM {bids} AS b JOIN {asks} AS a \
+                 ON b.auction = a.auction AND b.window_start = a.window_start GROUP BY b.window_start"
+            ),
+            false,
+        ),
+        // A side that aggregates over every key before the join.
+        (
+            format!(
+                "SELECT b.top, a.auction FROM (SELECT max(price) AS top, window_start FROM {bids} GROUP BY window_start) AS b \
+                 JOIN {asks} AS a ON b.top = a.price AND b.window_start = a.window_start"
+            ),
+            false,
+        ),
+    ] {
+        let sql = format!("CREATE MATERIALIZED VIEW v AS {select}");
+        let Statement::CreateView(view) = parse_statement(&sql).expect("parses") else {
+            panic!("not a view")
+        };
+        let mut q = ContinuousQuery::plan(&view, &two_sources())
+            .await
+            .expect("plans");
+        let says = q
+            .operators
+            .iter()
+            .any(|(_, d)| d.contains(crate::join::keyed::KEYED));
+        assert_eq!(says, keyed, "{select}: {:?}", q.operators);
+        let expected = if keyed { 3 } else { 1 };
+        assert_eq!(
+            q.operator.set_parallelism(3).expect("parallel"),
+            expected,
+            "{select}"
+        );
+        // Whatever the instances, the rows are the serial run's.
+        let serial = run_two(&sql, 700, None).await;
+        assert!(!serial.is_empty(), "{select}");
+        assert_eq!(
+            run_two_in(&sql, 700, Some(15), (expected, expected.min(2))).await,
+            serial,
+            "{select}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -280,8 +376,35 @@ async fn interval_joins_match_the_batch_join_within_their_bounds() {
                     "{view}, shift {shift}, restored at {cut}"
                 );
             }
+            // In keyed instances, restored at another parallelism.
+            assert_eq!(
+                run_two_in(view, shift, Some(13), (3, 2)).await,
+                expected,
+                "{view}, shift {shift}, in 3 instances restored in 2"
+            );
         }
     }
+}
+
+/// A join without an equality key has nothing to route rows by: one instance.
+#[tokio::test]
+async fn an_interval_join_without_an_equality_key_runs_in_one_instance() {
+    let sql = "CREATE MATERIALIZED VIEW v AS SELECT b.auction, a.price AS ask FROM bids AS b \
+         JOIN asks AS a ON a.date_time BETWEEN b.date_time AND b.date_time + INTERVAL '1' SECOND \
+         WHERE b.auction < 3";
+    let oracle = "SELECT b.auction, a.price AS ask FROM bids AS b JOIN asks AS a \
+         ON a.date_time BETWEEN b.date_time AND b.date_time + INTERVAL '1' SECOND WHERE b.auction < 3";
+    assert_eq!(
+        run_two_in(sql, 700, Some(13), (1, 1)).await,
+        oracle_two(oracle, 700).await
+    );
+    let Statement::CreateView(view) = parse_statement(sql).expect("parses") else {
+        panic!("not a view")
+    };
+    let mut q = ContinuousQuery::plan(&view, &two_sources())
+        .await
+        .expect("plans");
+    assert_eq!(q.operator.set_parallelism(3).expect("parallel"), 1);
 }
 
 #[tokio::test]
@@ -332,6 +455,11 @@ async fn aggregates_over_interval_joins_close_each_group_once_its_rows_are_freed
                     "{view}, shift {shift}, restored at {cut}"
                 );
             }
+            assert_eq!(
+                run_two_in(&view, shift, Some(13), (3, 2)).await,
+                expected,
+                "{view}, shift {shift}, in 3 instances restored in 2"
+            );
         }
     }
 }

@@ -39,6 +39,39 @@ pub struct PerWindowPlan {
     pub others: Vec<OtherInput>,
 }
 
+impl PerWindowPlan {
+    /// The same plan reading tables of its own, so that copies (a join's keyed
+    /// instances) can run side by side.
+    pub fn copy(&self) -> Result<PerWindowPlan> {
+        let tables: Vec<&Arc<WindowRows>> = std::iter::once(&self.table)
+            .chain(self.others.iter().map(|o| &o.table))
+            .collect();
+        let (query, tables) = self.query.with_own_tables(&tables)?;
+        let mut tables = tables.into_iter();
+        let table = tables.next().expect("the query's own table");
+        let others = self
+            .others
+            .iter()
+            .zip(tables)
+            .map(|(o, table)| OtherInput {
+                time_column: o.time_column,
+                source_columns: o.source_columns.clone(),
+                windowed_schema: o.windowed_schema.clone(),
+                table,
+            })
+            .collect();
+        Ok(PerWindowPlan {
+            windowing: self.windowing,
+            time_column: self.time_column,
+            source_columns: self.source_columns.clone(),
+            windowed_schema: self.windowed_schema.clone(),
+            query,
+            table,
+            others,
+        })
+    }
+}
+
 /// Another source a per-window join reads.
 pub struct OtherInput {
     /// Index of the event-time column among the kept source columns.

@@ -213,8 +213,11 @@ impl Operator for JoinAggregate {
         self.plan.then.keyed_rows()
     }
 
+    /// The join in `n` keyed instances and `then` too; the aggregate over the join's
+    /// closed groups runs once per watermark over all of them.
     fn set_parallelism(&mut self, n: usize) -> Result<usize> {
-        self.plan.then.set_parallelism(n)
+        let join = self.join.set_parallelism(n)?;
+        Ok(self.plan.then.set_parallelism(n)?.max(join))
     }
 
     fn state_size(&self) -> usize {

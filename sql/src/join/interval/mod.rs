@@ -30,7 +30,9 @@ use datafusion::arrow::compute::{filter_record_batch, max, min};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 
+use crate::aggregate::shards::each_shard;
 use crate::batch::{BatchQuery, WindowRows};
+use crate::join::keyed::{JoinKeys, KeyExprs};
 use crate::operator::{Collector, Operator, tag_input, tagged_input};
 use crate::window::event_times;
 use crate::{Error, Result};
@@ -59,38 +61,116 @@ pub struct IntervalJoinPlan {
     pub query: BatchQuery,
     pub inputs: [JoinInput; 2],
     pub bounds: (i64, i64),
+    /// Each input's side of the join's equality key, over its kept rows (`None`: the
+    /// join has none, and runs in one instance).
+    pub keys: Option<[KeyExprs; 2]>,
 }
 
-/// The running operator: the rows of each input that may still find a partner.
+/// The running operator: the rows of each input that may still find a partner, in
+/// keyed instances (one unless [`Operator::set_parallelism`] says more).
 pub struct IntervalJoin {
     plan: IntervalJoinPlan,
-    kept: [Vec<RecordBatch>; 2],
-    /// The earliest and latest time of each kept batch, so a watermark touches only
-    /// the batches it frees rows of.
-    ranges: [Vec<(i64, i64)>; 2],
+    instances: Vec<Instance>,
+    /// Routes kept rows to the instances.
+    keys: Option<JoinKeys>,
     /// The latest watermark rows were freed at (see `process_input`).
     freed_at: Option<i64>,
 }
 
-impl IntervalJoin {
-    pub fn new(plan: IntervalJoinPlan) -> Self {
-        Self {
-            plan,
+/// One keyed instance of the join: its copy of the query, the tables it reads each
+/// input's kept rows through, and the kept rows.
+struct Instance {
+    query: BatchQuery,
+    tables: [Arc<WindowRows>; 2],
+    kept: [Vec<RecordBatch>; 2],
+    /// The earliest and latest time of each kept batch, so a watermark touches only
+    /// the batches it frees rows of.
+    ranges: [Vec<(i64, i64)>; 2],
+}
+
+impl Instance {
+    fn new(plan: &IntervalJoinPlan) -> Result<Self> {
+        let (query, tables) = plan
+            .query
+            .with_own_tables(&[&plan.inputs[0].kept, &plan.inputs[1].kept])?;
+        let [t0, t1]: [Arc<WindowRows>; 2] = tables
+            .try_into()
+            .map_err(|_| Error::Execution("an interval join reads two tables".into()))?;
+        Ok(Self {
+            query,
+            tables: [t0, t1],
             kept: [Vec::new(), Vec::new()],
             ranges: [Vec::new(), Vec::new()],
-            freed_at: None,
-        }
+        })
     }
 
-    /// Keep rows of `input`, with their earliest and latest time (rows without a time
-    /// match nothing: dropped).
-    fn keep(&mut self, input: usize, rows: RecordBatch) -> Result<()> {
-        let times = event_times(rows.column(self.plan.inputs[input].kept_time))?;
+    /// Keep rows of `input` (its event time in column `time`), with their earliest and
+    /// latest time (rows without a time match nothing: dropped).
+    fn keep(&mut self, input: usize, time: usize, rows: RecordBatch) -> Result<()> {
+        let times = event_times(rows.column(time))?;
         if let (Some(lo), Some(hi)) = (min(times), max(times)) {
             self.kept[input].push(rows);
             self.ranges[input].push((lo, hi));
         }
         Ok(())
+    }
+
+    /// `rows` of `input` joined with the other input's kept rows.
+    fn join(&self, input: usize, rows: &[RecordBatch]) -> Result<Vec<RecordBatch>> {
+        if rows.is_empty() || self.kept[1 - input].iter().all(|b| b.num_rows() == 0) {
+            return Ok(Vec::new());
+        }
+        let other = &self.tables[1 - input];
+        other.set(self.kept[1 - input].clone());
+        let result = self.query.run(&self.tables[input], rows.to_vec());
+        other.set(Vec::new());
+        result
+    }
+
+    /// Free the rows of `input` (time in column `time`) before `from`.
+    fn free(&mut self, input: usize, time: usize, from: i64) -> Result<()> {
+        let batches = std::mem::take(&mut self.kept[input]);
+        let ranges = std::mem::take(&mut self.ranges[input]);
+        for (batch, (lo, hi)) in batches.into_iter().zip(ranges) {
+            if lo >= from {
+                self.kept[input].push(batch);
+                self.ranges[input].push((lo, hi));
+            } else if hi >= from {
+                self.keep(input, time, split_at(&batch, time, from)?.0)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl IntervalJoin {
+    pub fn new(plan: IntervalJoinPlan) -> Result<Self> {
+        Ok(Self {
+            instances: vec![Instance::new(&plan)?],
+            keys: plan.keys.clone().map(|k| JoinKeys::new(k.into())),
+            plan,
+            freed_at: None,
+        })
+    }
+
+    /// Keep rows of `input`, each in the instance its key routes it to.
+    fn keep(&mut self, input: usize, rows: Vec<RecordBatch>) -> Result<()> {
+        let time = self.plan.inputs[input].kept_time;
+        let parts = self.route(input, rows)?;
+        for (instance, part) in self.instances.iter_mut().zip(parts) {
+            for b in part {
+                instance.keep(input, time, b)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Each instance's rows of `rows` (kept rows of `input`).
+    fn route(&mut self, input: usize, rows: Vec<RecordBatch>) -> Result<Vec<Vec<RecordBatch>>> {
+        match &mut self.keys {
+            Some(keys) if self.instances.len() > 1 => keys.route(input, rows),
+            _ => Ok(vec![rows]),
+        }
     }
 
     /// The earliest event time a row of `input` must have to be kept at `watermark`:
@@ -103,6 +183,17 @@ impl IntervalJoin {
             // t1 matches t0 in [t1 + lo, t1 + hi]: needed while t1 + hi >= watermark.
             _ => watermark.saturating_sub(hi),
         }
+    }
+
+    /// The instances' kept rows, per input.
+    fn kept(&self) -> [Vec<RecordBatch>; 2] {
+        let of = |input: usize| {
+            self.instances
+                .iter()
+                .flat_map(|i| i.kept[input].iter().cloned())
+                .collect()
+        };
+        [of(0), of(1)]
     }
 }
 
@@ -165,43 +256,40 @@ impl Operator for IntervalJoin {
             .into_iter()
             .map(|b| RecordBatch::try_new(this.kept_schema.clone(), b.columns().to_vec()))
             .collect::<std::result::Result<_, _>>()?;
-        let other = &self.plan.inputs[1 - input];
-        if self.kept[1 - input].iter().any(|b| b.num_rows() > 0) {
-            other.kept.set(self.kept[1 - input].clone());
-            let result = self.plan.query.run(&this.kept, rows.clone());
-            other.kept.set(Vec::new());
-            result?.into_iter().for_each(|b| out.emit(b));
-        }
-        for b in rows {
-            self.keep(input, b)?;
+        // Every instance joins first; only then are the rows kept, so a failing batch
+        // leaves the state as it was.
+        let time = this.kept_time;
+        let parts = self.route(input, rows)?;
+        let joined = each_shard(&mut self.instances, parts.clone(), |instance, part| {
+            instance.join(input, &part)
+        })?;
+        joined.into_iter().flatten().for_each(|b| out.emit(b));
+        for (instance, part) in self.instances.iter_mut().zip(parts) {
+            for b in part {
+                instance.keep(input, time, b)?;
+            }
         }
         Ok(())
     }
 
     fn on_watermark(&mut self, watermark: i64, _out: &mut Collector) -> Result<()> {
         self.freed_at = self.freed_at.max(Some(watermark));
-        for input in 0..2 {
-            let from = self.keep_from(input, watermark);
-            let time = self.plan.inputs[input].kept_time;
-            let batches = std::mem::take(&mut self.kept[input]);
-            let ranges = std::mem::take(&mut self.ranges[input]);
-            for (batch, (lo, hi)) in batches.into_iter().zip(ranges) {
-                if lo >= from {
-                    self.kept[input].push(batch);
-                    self.ranges[input].push((lo, hi));
-                } else if hi >= from {
-                    self.keep(input, split_at(&batch, time, from)?.0)?;
-                }
-            }
-        }
+        let from = [self.keep_from(0, watermark), self.keep_from(1, watermark)];
+        let time = [self.plan.inputs[0].kept_time, self.plan.inputs[1].kept_time];
+        let parts = vec![(); self.instances.len()];
+        each_shard(&mut self.instances, parts, |instance, ()| {
+            (0..2).try_for_each(|input| instance.free(input, time[input], from[input]))
+        })?;
         Ok(())
     }
 
     /// The kept rows of both inputs; input 1's carry their number in their schema.
+    /// In the serial form whatever the instances: a checkpoint restores at any
+    /// parallelism.
     fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {
-        let mut state = self.kept[0].clone();
+        let [mut state, kept_1] = self.kept();
         let tagged = tag_input(&self.plan.inputs[1].kept_schema, 1);
-        for b in &self.kept[1] {
+        for b in &kept_1 {
             state.push(b.clone().with_schema(tagged.clone())?);
         }
         Ok(state)
@@ -229,20 +317,39 @@ impl Operator for IntervalJoin {
                 batch.columns().to_vec(),
             )?);
         }
-        self.kept = [Vec::new(), Vec::new()];
-        self.ranges = [Vec::new(), Vec::new()];
+        self.instances = (0..self.instances.len())
+            .map(|_| Instance::new(&self.plan))
+            .collect::<Result<_>>()?;
         for (input, batches) in kept.into_iter().enumerate() {
-            for b in batches {
-                self.keep(input, b)?;
-            }
+            self.keep(input, batches)?;
         }
         Ok(())
     }
 
+    /// `n` instances, the kept rows routed anew by key; one for a join without an
+    /// equality key.
+    fn set_parallelism(&mut self, n: usize) -> Result<usize> {
+        if self.keys.is_none() {
+            return Ok(1);
+        }
+        let n = n.max(1);
+        let kept = self.kept();
+        if let Some(keys) = &mut self.keys {
+            keys.set_instances(n);
+        }
+        self.instances = (0..n)
+            .map(|_| Instance::new(&self.plan))
+            .collect::<Result<_>>()?;
+        for (input, batches) in kept.into_iter().enumerate() {
+            self.keep(input, batches)?;
+        }
+        Ok(n)
+    }
+
     fn state_size(&self) -> usize {
-        self.kept
+        self.instances
             .iter()
-            .flatten()
+            .flat_map(|i| i.kept.iter().flatten())
             .map(RecordBatch::get_array_memory_size)
             .sum()
     }

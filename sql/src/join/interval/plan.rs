@@ -12,6 +12,7 @@ use super::bounds::{bounds_in, column_at_join, passes_time_through, with_ttl};
 use super::rewrite::{aggregate_over_join, check_shape, read_kept_rows, replace_with_scan};
 use super::{IntervalJoin, IntervalJoinPlan, JoinInput};
 use crate::batch::{BatchQuery, WindowRows};
+use crate::join::keyed::{KEYED, equality_keys};
 use crate::join::{find_join, scanned_table};
 use crate::parser::CreateView;
 use crate::planner::explain::explain;
@@ -222,6 +223,16 @@ pub(crate) async fn plan_interval_join(
     let join_part = plan.clone();
     // Each side keeps only what the join reads of it: its filtered, projected rows.
     let (plan, [left_side, right_side]) = read_kept_rows(plan)?;
+    // The equality key over each side's kept rows, which are the side's output.
+    let keys = find_join(&plan)
+        .and_then(equality_keys)
+        .map(|[l, r]| if left == 0 { [l, r] } else { [r, l] });
+    if let Some((_, line)) = operators.iter_mut().find(|(op, _)| op == "join") {
+        match keys {
+            Some(_) => line.push_str(&format!("; {KEYED}")),
+            None => line.push_str("; in one instance (no equality key to route rows by)"),
+        }
+    }
     let sides = if left == 0 {
         [left_side, right_side]
     } else {
@@ -270,7 +281,8 @@ pub(crate) async fn plan_interval_join(
                 query: BatchQuery::new(plan, session.clone()),
                 inputs: [i0, i1],
                 bounds: (lo, hi),
-            });
+                keys,
+            })?;
             match (over, close, then) {
                 (Some(a), Some((side, close_column)), Some((then, _))) => {
                     let (aggregate, joined, joined_schema) =
