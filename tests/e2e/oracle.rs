@@ -108,6 +108,15 @@ async fn stream(
         .collect();
     let mut query = ContinuousQuery::plan(&view, &catalog).await?;
     query.operator.set_parallelism(run.parallelism)?;
+    // Every golden join has an equality key: it must run keyed, not serially.
+    if run.parallelism > 1 && !query.other_sources.is_empty() {
+        let keyed = weir_sql::join::keyed::KEYED;
+        ensure!(
+            query.operators.iter().any(|(_, d)| d.contains(keyed)),
+            "a join of golden sources runs in one instance: {:?}",
+            query.operators
+        );
+    }
     let names: Vec<&String> = std::iter::once(&query.source)
         .chain(&query.other_sources)
         .collect();

@@ -958,6 +958,33 @@ async fn a_checkpoint_taken_in_parallel_restores_at_another_parallelism() -> Res
         "CREATE MATERIALIZED VIEW kept_serial WITH (parallelism = 1) AS {kept}"
     ))
     .await?;
+    // Joins of two sources (the same file read twice) in keyed instances: each user's
+    // rows are 10.13 s apart, so a row meets itself and, within 11 s, the user's next.
+    weir.exec(
+        "CREATE SOURCE others (id BIGINT, user_id BIGINT, amount BIGINT, ts TIMESTAMP, \
+         WATERMARK FOR ts AS ts - INTERVAL '1' SECOND) WITH (connector = 'file', path = 'events.jsonl')",
+    )
+    .await?;
+    let pairs = "SELECT a.id, b.id AS other FROM events AS a JOIN others AS b \
+                 ON a.user_id = b.user_id AND b.ts BETWEEN a.ts AND a.ts + INTERVAL '11' SECOND";
+    let same_window = "SELECT a.id, a.window_start FROM TUMBLE(events, ts, INTERVAL '1' SECOND) AS a \
+                       JOIN TUMBLE(others, ts, INTERVAL '1' SECOND) AS b \
+                       ON a.window_start = b.window_start AND a.user_id = b.user_id";
+    for (name, sql) in [("pairs", pairs), ("same_window", same_window)] {
+        weir.exec(&format!("CREATE MATERIALIZED VIEW {name} AS {sql}"))
+            .await?;
+        weir.exec(&format!(
+            "CREATE MATERIALIZED VIEW {name}_serial WITH (parallelism = 1) AS {sql}"
+        ))
+        .await?;
+        let text = explain(&weir, name).await?;
+        assert!(
+            text.contains("keyed by the join's equality key, in 3 parallel instances"),
+            "{name}: {text}"
+        );
+        let text = explain(&weir, &format!("{name}_serial")).await?;
+        assert!(!text.contains("parallel instances"), "{name}: {text}");
+    }
     for view in ["per_user", "windows"] {
         let text = explain(&weir, view).await?;
         assert!(text.contains("in 3 parallel instances"), "{view}: {text}");
@@ -1020,6 +1047,17 @@ async fn a_checkpoint_taken_in_parallel_restores_at_another_parallelism() -> Res
             "{name}"
         );
     }
+    weir.wait_finished("others").await?;
+    let joined = |n: usize| [("pairs", 2 * n - 1013), ("same_window", n)];
+    for (name, rows) in joined(first as usize) {
+        let parallel = sorted_rows(&weir, name).await?;
+        assert_eq!(parallel.len(), rows, "{name}");
+        assert_eq!(
+            parallel,
+            sorted_rows(&weir, &format!("{name}_serial")).await?,
+            "{name}"
+        );
+    }
     let windowed = sorted_rows(&weir, "windows").await?;
     assert_eq!(windowed, sorted_rows(&weir, "windows_serial").await?);
     assert_eq!(
@@ -1063,6 +1101,18 @@ async fn a_checkpoint_taken_in_parallel_restores_at_another_parallelism() -> Res
     expected.sort();
     assert_eq!(sorted_rows(&weir, "per_user").await?, expected);
     assert_eq!(sorted_rows(&weir, "per_user_serial").await?, expected);
+    // The joins, checkpointed in 3 instances, go on in 1 as their serial twins do,
+    // their rows from before the restart kept.
+    weir.wait_finished("others").await?;
+    for (name, rows) in joined(first as usize) {
+        let restored = sorted_rows(&weir, name).await?;
+        assert!(restored.len() >= rows, "{name}: {}", restored.len());
+        assert_eq!(
+            restored,
+            sorted_rows(&weir, &format!("{name}_serial")).await?,
+            "{name}"
+        );
+    }
     Ok(())
 }
 

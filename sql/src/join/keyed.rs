@@ -4,10 +4,11 @@
 //! is put side by side. Checkpoints hold every instance's rows in the serial form,
 //! routed again on restore, so a checkpoint restores at any parallelism.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use datafusion::arrow::array::ArrayRef;
-use datafusion::arrow::compute::take_record_batch;
+use datafusion::arrow::compute::{concat_batches, take_record_batch};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
 use datafusion::logical_expr::{ExprSchemable, Join};
@@ -16,7 +17,7 @@ use datafusion::physical_expr::{PhysicalExpr, create_physical_expr};
 
 use crate::aggregate::shards::{Router, each_shard};
 use crate::operator::{Collector, Operator, tagged_input};
-use crate::window::per_window::{PerWindowPlan, PerWindowQuery};
+use crate::window::per_window::{PerWindowPlan, PerWindowQuery, closed_failure};
 use crate::{Error, Result};
 
 /// The expressions of one side of a join's equality key.
@@ -120,6 +121,36 @@ impl KeyedWindowJoin {
         })
     }
 
+    /// New instances (as many as `held` routes to) holding `state`, a snapshot's rows,
+    /// each routed by key: all or nothing.
+    fn restored(&mut self, state: &[RecordBatch]) -> Result<Vec<PerWindowQuery>> {
+        let n = self.held.instances();
+        let mut parts: Vec<Vec<RecordBatch>> = vec![Vec::new(); n];
+        for batch in state.iter().filter(|b| b.num_rows() > 0) {
+            let input = tagged_input(batch)?;
+            if input > self.plan.others.len() {
+                return Err(Error::Execution(format!(
+                    "the checkpoint holds rows of input {input}; this query has {} inputs",
+                    self.plan.others.len() + 1
+                )));
+            }
+            for (part, rows) in parts
+                .iter_mut()
+                .zip(self.held.route(input, vec![batch.clone()])?)
+            {
+                part.extend(rows);
+            }
+        }
+        parts
+            .into_iter()
+            .map(|part| {
+                let mut instance = PerWindowQuery::new(self.plan.copy()?);
+                instance.restore(&part)?;
+                Ok(instance)
+            })
+            .collect()
+    }
+
     /// `f` on every instance with its part, side by side; what they collect, in
     /// instance order.
     fn each<P: Send>(
@@ -164,6 +195,9 @@ impl Operator for KeyedWindowJoin {
         if self.instances.len() == 1 {
             return self.instances[0].process_input(input, batch, watermark, out);
         }
+        if input > self.plan.others.len() {
+            return Err(Error::Execution(format!("the query has no input {input}")));
+        }
         let parts = self.arriving.route(input, vec![batch.clone()])?;
         self.each(parts, out, |instance, part, out| {
             part.iter()
@@ -171,11 +205,35 @@ impl Operator for KeyedWindowJoin {
         })
     }
 
+    /// Each closed window whole, as run serially: its rows from every instance, in the
+    /// order of the windows' starts; a window that fails in any instance fails whole,
+    /// every instance's rows of it dead-lettered and none of its rows emitted.
     fn on_watermark(&mut self, watermark: i64, out: &mut Collector) -> Result<()> {
         let parts = vec![(); self.instances.len()];
-        self.each(parts, out, |instance, (), out| {
-            instance.on_watermark(watermark, out)
-        })
+        let closed = each_shard(&mut self.instances, parts, |instance, ()| {
+            Ok(instance.close(watermark))
+        })?;
+        // Per window: its input-0 rows, its answers, its first failure.
+        type Window = (Vec<RecordBatch>, Vec<RecordBatch>, Option<Error>);
+        let mut windows: BTreeMap<i64, Window> = BTreeMap::new();
+        for window in closed.into_iter().flatten() {
+            let (rows, results, failure) = windows.entry(window.start).or_default();
+            rows.extend(window.rows);
+            match window.result {
+                Ok(r) => results.extend(r),
+                Err(e) => *failure = failure.take().or(Some(e)),
+            }
+        }
+        for (start, (rows, results, failure)) in windows {
+            match failure {
+                None => results.into_iter().for_each(|b| out.emit(b)),
+                Some(e) => out.failed(
+                    concat_batches(&self.plan.windowed_schema, &rows)?,
+                    closed_failure(start, &e),
+                ),
+            }
+        }
+        Ok(())
     }
 
     /// The instances' held rows together, in the serial form: a checkpoint restores at
@@ -189,39 +247,26 @@ impl Operator for KeyedWindowJoin {
     }
 
     fn restore(&mut self, state: &[RecordBatch]) -> Result<()> {
-        let n = self.held.instances();
-        let mut parts: Vec<Vec<RecordBatch>> = vec![Vec::new(); n];
-        for batch in state.iter().filter(|b| b.num_rows() > 0) {
-            let input = tagged_input(batch)?;
-            if input > self.plan.others.len() {
-                return Err(Error::Execution(format!(
-                    "the checkpoint holds rows of input {input}; this query has {} inputs",
-                    self.plan.others.len() + 1
-                )));
-            }
-            for (part, rows) in parts
-                .iter_mut()
-                .zip(self.held.route(input, vec![batch.clone()])?)
-            {
-                part.extend(rows);
-            }
-        }
-        self.instances = (0..n)
-            .map(|_| Ok(PerWindowQuery::new(self.plan.copy()?)))
-            .collect::<Result<_>>()?;
-        for (instance, part) in self.instances.iter_mut().zip(parts) {
-            instance.restore(&part)?;
-        }
+        self.instances = self.restored(state)?;
         Ok(())
     }
 
     fn set_parallelism(&mut self, n: usize) -> Result<usize> {
         let n = n.max(1);
         let state = self.snapshot()?;
-        self.arriving.set_instances(n);
+        let before = self.held.instances();
         self.held.set_instances(n);
-        self.restore(&state)?;
-        Ok(n)
+        match self.restored(&state) {
+            Ok(instances) => {
+                self.instances = instances;
+                self.arriving.set_instances(n);
+                Ok(n)
+            }
+            Err(e) => {
+                self.held.set_instances(before);
+                Err(e)
+            }
+        }
     }
 
     fn state_size(&self) -> usize {
@@ -229,11 +274,12 @@ impl Operator for KeyedWindowJoin {
     }
 
     fn open_windows(&self) -> usize {
-        self.instances
+        let starts: BTreeSet<i64> = self
+            .instances
             .iter()
-            .map(Operator::open_windows)
-            .max()
-            .unwrap_or(0)
+            .flat_map(PerWindowQuery::window_starts)
+            .collect();
+        starts.len()
     }
 }
 

@@ -130,6 +130,18 @@ async fn run_two_in(
     cut: Option<usize>,
     instances: (usize, usize),
 ) -> Vec<String> {
+    let (rows, failed) = run_two_failing(sql, shift_ms, cut, instances).await;
+    assert!(failed.is_empty(), "{failed:?}");
+    rows
+}
+
+/// `run_two_in`, and the rows the operator dead-lettered (sorted) with their reasons.
+async fn run_two_failing(
+    sql: &str,
+    shift_ms: i64,
+    cut: Option<usize>,
+    instances: (usize, usize),
+) -> (Vec<String>, Vec<(Vec<String>, String)>) {
     let Statement::CreateView(view) = parse_statement(sql).expect("parses") else {
         panic!("not a view")
     };
@@ -148,10 +160,13 @@ async fn run_two_in(
     let bids = slices(bids_for_checkpoints());
     let asks = slices(asks_for(&bids_for_checkpoints(), shift_ms));
     let mut q = ContinuousQuery::plan(&view, &sources).await.expect("plans");
-    assert_eq!(
-        q.operator.set_parallelism(instances.0).expect("parallel"),
-        instances.0
-    );
+    q.operator.set_parallelism(instances.0).expect("parallel");
+    // The join itself is keyed, not only what follows it.
+    let keyed = q
+        .operators
+        .iter()
+        .any(|(_, d)| d.contains(crate::join::keyed::KEYED));
+    assert!(keyed || instances == (1, 1), "{:?}", q.operators);
     let order: Vec<String> = std::iter::once(q.source.clone())
         .chain(q.other_sources.clone())
         .collect();
@@ -170,10 +185,7 @@ async fn run_two_in(
             q = ContinuousQuery::plan(&view, &sources)
                 .await
                 .expect("plans again");
-            assert_eq!(
-                q.operator.set_parallelism(instances.1).expect("parallel"),
-                instances.1
-            );
+            q.operator.set_parallelism(instances.1).expect("parallel");
             q.operator.restore(&state).expect("restore");
             // A view kept by group takes its rows again (group ids change).
             if let Some(rows) = q.operator.keyed_rows().expect("rows") {
@@ -212,7 +224,13 @@ async fn run_two_in(
         }
         None => out.rows,
     };
-    sorted_rows(&result)
+    let mut failed: Vec<(Vec<String>, String)> = out
+        .failed
+        .iter()
+        .map(|(rows, why)| (sorted_rows(std::slice::from_ref(rows)), why.clone()))
+        .collect();
+    failed.sort();
+    (sorted_rows(&result), failed)
 }
 
 /// The row lines of `batches` as a pretty-printed table, without the header, sorted.
@@ -268,6 +286,25 @@ async fn a_join_of_two_sources_restored_from_a_snapshot_continues_exactly() {
     // In keyed instances (by auction), restored at another parallelism.
     assert_eq!(run_two_in(sql, 700, Some(15), (3, 2)).await, whole);
     assert_eq!(run_two_in(sql, 700, Some(15), (1, 3)).await, whole);
+}
+
+/// A window whose query fails for one key fails whole in keyed instances, as it does
+/// run serially: no row of it is emitted, and all of input 0's rows of it are
+/// dead-lettered together, with the reason.
+#[tokio::test]
+async fn a_window_that_fails_in_one_instance_fails_whole() {
+    let sql = "CREATE MATERIALIZED VIEW v AS SELECT b.auction, b.window_start, \
+         CASE WHEN CAST(b.window_start AS BIGINT) < 5000 THEN 100 / (b.auction - 3) ELSE 1 END AS q \
+         FROM TUMBLE(bids, date_time, INTERVAL '3' SECOND) AS b JOIN TUMBLE(asks, date_time, INTERVAL '3' SECOND) AS a \
+         ON b.window_start = a.window_start AND b.auction = a.auction";
+    let (serial, serial_failed) = run_two_failing(sql, 700, None, (1, 1)).await;
+    // Auction 3 divides by zero in the first two windows only.
+    let reasons: Vec<&String> = serial_failed.iter().map(|(_, why)| why).collect();
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    assert!(!serial.is_empty(), "the other windows give rows");
+    let (keyed, keyed_failed) = run_two_failing(sql, 700, None, (3, 3)).await;
+    assert_eq!(keyed, serial);
+    assert_eq!(keyed_failed, serial_failed);
 }
 
 /// A per-window join splits into instances only by a key every part of the query keeps

@@ -110,7 +110,60 @@ impl PerWindowQuery {
     }
 }
 
+/// A window the watermark closed: its start, input 0's rows, and the query's answer.
+pub struct Closed {
+    pub start: i64,
+    pub rows: Vec<RecordBatch>,
+    pub result: Result<Vec<RecordBatch>>,
+}
+
+/// Why a window's rows went to the dead-letter store.
+pub fn closed_failure(start: i64, e: &Error) -> String {
+    format!("the window starting at {start} ms could not be evaluated: {e}")
+}
+
 impl PerWindowQuery {
+    /// Close the windows `watermark` completes, in order of their start: each one's
+    /// rows and answer.
+    pub fn close(&mut self, watermark: i64) -> Vec<Closed> {
+        self.closed_at = self.closed_at.max(Some(watermark));
+        let windowing = self.plan.windowing;
+        let mut closed: Vec<i64> = self
+            .windows
+            .keys()
+            .chain(self.other_windows.iter().flat_map(|w| w.keys()))
+            .copied()
+            .filter(|&s| windowing.is_closed(s, Some(watermark)))
+            .collect();
+        closed.sort_unstable();
+        closed.dedup();
+        closed
+            .into_iter()
+            .map(|start| {
+                let rows = self.windows.remove(&start).unwrap_or_default();
+                for (input, windows) in self.plan.others.iter().zip(&mut self.other_windows) {
+                    input.table.set(windows.remove(&start).unwrap_or_default());
+                }
+                let result = self.evaluate(rows.clone());
+                for input in &self.plan.others {
+                    input.table.set(Vec::new());
+                }
+                Closed {
+                    start,
+                    rows,
+                    result,
+                }
+            })
+            .collect()
+    }
+
+    /// The starts of the windows open in this operator.
+    pub fn window_starts(&self) -> impl Iterator<Item = i64> + '_ {
+        std::iter::once(&self.windows)
+            .chain(&self.other_windows)
+            .flat_map(|w| w.keys().copied())
+    }
+
     /// Rows of a further input, split by window like input 0's.
     fn process_other(
         &mut self,
@@ -214,36 +267,14 @@ impl Operator for PerWindowQuery {
     }
 
     fn on_watermark(&mut self, watermark: i64, out: &mut Collector) -> Result<()> {
-        self.closed_at = self.closed_at.max(Some(watermark));
-        let windowing = self.plan.windowing;
-        let mut closed: Vec<i64> = self
-            .windows
-            .keys()
-            .chain(self.other_windows.iter().flat_map(|w| w.keys()))
-            .copied()
-            .filter(|&s| windowing.is_closed(s, Some(watermark)))
-            .collect();
-        closed.sort_unstable();
-        closed.dedup();
-        for start in closed {
-            let rows = self.windows.remove(&start).unwrap_or_default();
-            for (input, windows) in self.plan.others.iter().zip(&mut self.other_windows) {
-                input.table.set(windows.remove(&start).unwrap_or_default());
-            }
-            let result = self.evaluate(rows.clone());
-            for input in &self.plan.others {
-                input.table.set(Vec::new());
-            }
-            match result {
+        for closed in self.close(watermark) {
+            match closed.result {
                 Ok(result) => result.into_iter().for_each(|b| out.emit(b)),
                 // Keep the window's rows rather than lose them.
-                Err(e) => {
-                    let rows = concat_batches(&self.plan.windowed_schema, &rows)?;
-                    out.failed(
-                        rows,
-                        format!("the window starting at {start} ms could not be evaluated: {e}"),
-                    );
-                }
+                Err(e) => out.failed(
+                    concat_batches(&self.plan.windowed_schema, &closed.rows)?,
+                    closed_failure(closed.start, &e),
+                ),
             }
         }
         Ok(())

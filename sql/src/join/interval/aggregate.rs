@@ -213,11 +213,12 @@ impl Operator for JoinAggregate {
         self.plan.then.keyed_rows()
     }
 
-    /// The join in `n` keyed instances and `then` too; the aggregate over the join's
+    /// The join in `n` keyed instances (its EXPLAIN line says whether it has a key to
+    /// route by) and `then` too, whose answer this is; the aggregate over the join's
     /// closed groups runs once per watermark over all of them.
     fn set_parallelism(&mut self, n: usize) -> Result<usize> {
-        let join = self.join.set_parallelism(n)?;
-        Ok(self.plan.then.set_parallelism(n)?.max(join))
+        self.join.set_parallelism(n)?;
+        self.plan.then.set_parallelism(n)
     }
 
     fn state_size(&self) -> usize {

@@ -153,16 +153,26 @@ impl IntervalJoin {
         })
     }
 
-    /// Keep rows of `input`, each in the instance its key routes it to.
-    fn keep(&mut self, input: usize, rows: Vec<RecordBatch>) -> Result<()> {
-        let time = self.plan.inputs[input].kept_time;
-        let parts = self.route(input, rows)?;
-        for (instance, part) in self.instances.iter_mut().zip(parts) {
-            for b in part {
-                instance.keep(input, time, b)?;
+    /// New instances (as many as the keys route to) holding `kept`, each input's kept
+    /// rows, routed by key: all or nothing.
+    fn instances_with(&mut self, kept: [Vec<RecordBatch>; 2]) -> Result<Vec<Instance>> {
+        let n = self.keys.as_ref().map_or(1, JoinKeys::instances);
+        let mut instances = (0..n)
+            .map(|_| Instance::new(&self.plan))
+            .collect::<Result<Vec<_>>>()?;
+        for (input, batches) in kept.into_iter().enumerate() {
+            let time = self.plan.inputs[input].kept_time;
+            let parts = match &mut self.keys {
+                Some(keys) if n > 1 => keys.route(input, batches)?,
+                _ => vec![batches],
+            };
+            for (instance, part) in instances.iter_mut().zip(parts) {
+                for b in part {
+                    instance.keep(input, time, b)?;
+                }
             }
         }
-        Ok(())
+        Ok(instances)
     }
 
     /// Each instance's rows of `rows` (kept rows of `input`).
@@ -317,33 +327,34 @@ impl Operator for IntervalJoin {
                 batch.columns().to_vec(),
             )?);
         }
-        self.instances = (0..self.instances.len())
-            .map(|_| Instance::new(&self.plan))
-            .collect::<Result<_>>()?;
-        for (input, batches) in kept.into_iter().enumerate() {
-            self.keep(input, batches)?;
-        }
+        self.instances = self.instances_with(kept)?;
         Ok(())
     }
 
     /// `n` instances, the kept rows routed anew by key; one for a join without an
     /// equality key.
     fn set_parallelism(&mut self, n: usize) -> Result<usize> {
-        if self.keys.is_none() {
+        let Some(before) = self.keys.as_ref().map(JoinKeys::instances) else {
             return Ok(1);
-        }
+        };
         let n = n.max(1);
         let kept = self.kept();
-        if let Some(keys) = &mut self.keys {
-            keys.set_instances(n);
+        let set = |join: &mut Self, n: usize| {
+            if let Some(keys) = &mut join.keys {
+                keys.set_instances(n);
+            }
+        };
+        set(self, n);
+        match self.instances_with(kept) {
+            Ok(instances) => {
+                self.instances = instances;
+                Ok(n)
+            }
+            Err(e) => {
+                set(self, before);
+                Err(e)
+            }
         }
-        self.instances = (0..n)
-            .map(|_| Instance::new(&self.plan))
-            .collect::<Result<_>>()?;
-        for (input, batches) in kept.into_iter().enumerate() {
-            self.keep(input, batches)?;
-        }
-        Ok(n)
     }
 
     fn state_size(&self) -> usize {
