@@ -123,7 +123,8 @@ async fn run_two(sql: &str, shift_ms: i64, cut: Option<usize>) -> Vec<String> {
 }
 
 /// `run_two` with the join in `instances.0` keyed instances, restored (at `cut`) in
-/// `instances.1`; either must be the parallelism the operator says it runs at.
+/// `instances.1`; a join (not an aggregate over one, which answers for its aggregate)
+/// must say it runs at that parallelism.
 async fn run_two_in(
     sql: &str,
     shift_ms: i64,
@@ -160,7 +161,13 @@ async fn run_two_failing(
     let bids = slices(bids_for_checkpoints());
     let asks = slices(asks_for(&bids_for_checkpoints(), shift_ms));
     let mut q = ContinuousQuery::plan(&view, &sources).await.expect("plans");
-    q.operator.set_parallelism(instances.0).expect("parallel");
+    let used = q.operator.set_parallelism(instances.0).expect("parallel");
+    let over_join = q.operators.iter().any(|(op, _)| op == "aggregate");
+    assert!(
+        over_join || used == instances.0,
+        "{used}: {:?}",
+        q.operators
+    );
     // The join itself is keyed, not only what follows it.
     let keyed = q
         .operators
@@ -185,7 +192,8 @@ async fn run_two_failing(
             q = ContinuousQuery::plan(&view, &sources)
                 .await
                 .expect("plans again");
-            q.operator.set_parallelism(instances.1).expect("parallel");
+            let used = q.operator.set_parallelism(instances.1).expect("parallel");
+            assert!(over_join || used == instances.1, "{used}");
             q.operator.restore(&state).expect("restore");
             // A view kept by group takes its rows again (group ids change).
             if let Some(rows) = q.operator.keyed_rows().expect("rows") {
@@ -442,6 +450,13 @@ async fn an_interval_join_without_an_equality_key_runs_in_one_instance() {
         .await
         .expect("plans");
     assert_eq!(q.operator.set_parallelism(3).expect("parallel"), 1);
+    assert!(
+        q.operators
+            .iter()
+            .any(|(op, d)| op == "join" && d.contains("in one instance (no equality key")),
+        "{:?}",
+        q.operators
+    );
 }
 
 #[tokio::test]

@@ -157,11 +157,9 @@ impl PerWindowQuery {
             .collect()
     }
 
-    /// The starts of the windows open in this operator.
+    /// The starts of input 0's open windows (what [`Operator::open_windows`] counts).
     pub fn window_starts(&self) -> impl Iterator<Item = i64> + '_ {
-        std::iter::once(&self.windows)
-            .chain(&self.other_windows)
-            .flat_map(|w| w.keys().copied())
+        self.windows.keys().copied()
     }
 
     /// Rows of a further input, split by window like input 0's.
