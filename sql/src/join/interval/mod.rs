@@ -162,11 +162,7 @@ impl IntervalJoin {
             .collect::<Result<Vec<_>>>()?;
         for (input, batches) in kept.into_iter().enumerate() {
             let time = self.plan.inputs[input].kept_time;
-            let parts = match &mut self.keys {
-                Some(keys) if n > 1 => keys.route(input, batches)?,
-                _ => vec![batches],
-            };
-            for (instance, part) in instances.iter_mut().zip(parts) {
+            for (instance, part) in instances.iter_mut().zip(self.route(input, batches)?) {
                 for b in part {
                     instance.keep(input, time, b)?;
                 }
@@ -175,11 +171,12 @@ impl IntervalJoin {
         Ok(instances)
     }
 
-    /// Each instance's rows of `rows` (kept rows of `input`).
+    /// Each instance's rows of `rows` (kept rows of `input`), as many parts as the keys
+    /// route to (one without keys).
     fn route(&mut self, input: usize, rows: Vec<RecordBatch>) -> Result<Vec<Vec<RecordBatch>>> {
         match &mut self.keys {
-            Some(keys) if self.instances.len() > 1 => keys.route(input, rows),
-            _ => Ok(vec![rows]),
+            Some(keys) => keys.route(input, rows),
+            None => Ok(vec![rows]),
         }
     }
 
