@@ -1,6 +1,7 @@
 //! Decoding raw records into Arrow record batches of a source's schema.
 
 pub mod columns;
+mod flat;
 pub mod json;
 pub mod simd;
 
