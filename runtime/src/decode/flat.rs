@@ -34,27 +34,45 @@ pub enum Token<'a> {
 /// of their own (see `simd::long_number`), and they do not fit an `i64` as integers.
 const LONGEST_NUMBER: usize = 18;
 
-/// Scan `record`, one JSON object, calling `field` with each key's column in `names`
-/// (`None` for a key of no column) and its value, in order. `None` if the record is not
-/// of the flat shape, not valid, or `field` said `None`. With `plain_names` (no name
-/// holds a quote, a backslash or a control byte), a key is first compared as it stands
-/// with the name after the last one found: records mostly list their keys in one order.
-pub fn scan<'a>(
-    record: &'a [u8],
+/// Whether `record` is fit for [`scan_object`]: no control byte (JSON allows none in a
+/// string, and whitespace other than a space is rare between values), and UTF-8 (so
+/// every string cut from it at quotes is). One pass over the whole record, many bytes
+/// at a time, spares the strings a check per byte.
+pub fn checked(record: &[u8]) -> bool {
+    printable_ascii(record) || !has_control_byte(record) && std::str::from_utf8(record).is_ok()
+}
+
+/// Whether every line of `body` is [`checked`], a search for the line ends saved.
+pub fn checked_lines(body: &[u8]) -> bool {
+    printable_lines(body)
+        || !has_control_byte_but_line_ends(body) && std::str::from_utf8(body).is_ok()
+}
+
+/// Whether `body` is lines of printable ASCII.
+fn printable_lines(body: &[u8]) -> bool {
+    !(body.iter()).fold(false, |other, &b| {
+        other | (b.wrapping_sub(0x20) >= 0x60 && b != b'\n')
+    })
+}
+
+fn has_control_byte_but_line_ends(body: &[u8]) -> bool {
+    (body.iter()).fold(false, |seen, &b| seen | (b < 0x20 && b != b'\n'))
+}
+
+/// Scan the JSON object `bytes` start with, which are [`checked`] (but for line ends,
+/// which no string may hold), calling `field` with each key's column in `names`
+/// (`None` for a key of no column) and its value, in order: where the object ends, or
+/// `None` if it is not of the flat shape, not valid, or `field` said `None`. With
+/// `plain_names` (no name holds a quote, a backslash or a control byte), a key is first
+/// compared as it stands with the name after the last one found: records mostly list
+/// their keys in one order.
+pub fn scan_object<'a>(
+    bytes: &'a [u8],
     names: &[Box<[u8]>],
     plain_names: bool,
     mut field: impl FnMut(Option<usize>, Token<'a>) -> Option<()>,
-) -> Option<()> {
-    // One pass over the whole record, many bytes at a time, spares the strings a check
-    // per byte: JSON allows no control byte in a string (and whitespace other than a
-    // space is rare between values), and a string cut from valid UTF-8 at quotes is
-    // valid UTF-8.
-    if !printable_ascii(record)
-        && (has_control_byte(record) || std::str::from_utf8(record).is_err())
-    {
-        return None;
-    }
-    let mut s = Scanner { s: record, at: 0 };
+) -> Option<usize> {
+    let mut s = Scanner { s: bytes, at: 0 };
     s.expect(b'{')?;
     s.blanks();
     let mut next = 0;
@@ -102,8 +120,7 @@ pub fn scan<'a>(
             }
         }
     }
-    s.blanks();
-    (s.at == record.len()).then_some(())
+    Some(s.at)
 }
 
 /// Whether every byte of `record` is from 0x20 to 0x7f: a loop the compiler makes
@@ -117,7 +134,8 @@ fn has_control_byte(record: &[u8]) -> bool {
     record.iter().fold(false, |seen, &b| seen | (b < 0x20))
 }
 
-/// A record known to hold no control byte and to be UTF-8, and where in it the scan is.
+/// Bytes known to be UTF-8 and to hold no control byte but line ends, and where in them
+/// the scan is.
 struct Scanner<'a> {
     s: &'a [u8],
     at: usize,
@@ -166,9 +184,11 @@ impl<'a> Scanner<'a> {
         let mut at = start;
         let mut escaped = false;
         loop {
-            at += quote_or_backslash(&self.s[at..])?;
-            if self.s[at] == b'"' {
-                break;
+            at += quote_backslash_or_line_end(&self.s[at..])?;
+            match self.s[at] {
+                b'"' => break,
+                b'\n' => return None,
+                _ => {}
             }
             match self.s.get(at + 1)? {
                 b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => {
@@ -198,14 +218,18 @@ impl<'a> Scanner<'a> {
         let mut value: i64 = 0;
         match s.get(at)? {
             b'0' => at += 1,
-            b'1'..=b'9' => {
-                while let Some(&d @ b'0'..=b'9') = s.get(at) {
-                    // Cannot overflow: more than 18 characters are given back below
-                    // before the value is used, and wrapping keeps this loop cheap.
-                    value = value.wrapping_mul(10).wrapping_add(i64::from(d - b'0'));
-                    at += 1;
+            b'1'..=b'9' => loop {
+                let (digits, eight) = leading_digits(&s[at..]);
+                // Cannot overflow where it counts: more than 18 characters are given
+                // back below before the value is used, and wrapping keeps this cheap.
+                value = value
+                    .wrapping_mul(POWERS_OF_TEN[digits])
+                    .wrapping_add(eight);
+                at += digits;
+                if digits < 8 {
+                    break;
                 }
-            }
+            },
             _ => return None,
         }
         let fraction = s.get(at) == Some(&b'.');
@@ -230,9 +254,55 @@ impl<'a> Scanner<'a> {
     }
 }
 
-/// Where the first `"` or `\\` of `s` is: eight bytes at a time, a string's bytes are
-/// most of a record's.
-fn quote_or_backslash(s: &[u8]) -> Option<usize> {
+const POWERS_OF_TEN: [i64; 9] = [
+    1,
+    10,
+    100,
+    1_000,
+    10_000,
+    100_000,
+    1_000_000,
+    10_000_000,
+    100_000_000,
+];
+
+/// How many of the first 8 bytes of `bytes` are digits before any other byte, and the
+/// value of those digits, found one word at a time without a branch per digit (a
+/// digit at a time, the end of each number was a mispredicted branch, and numbers were
+/// the scan's hottest loop).
+fn leading_digits(bytes: &[u8]) -> (usize, i64) {
+    const ZEROS: u64 = 0x3030_3030_3030_3030;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let mut padded = [0u8; 8];
+    let word = match bytes.get(..8) {
+        Some(word) => word,
+        None => {
+            padded[..bytes.len()].copy_from_slice(bytes);
+            &padded
+        }
+    };
+    // The first byte is the lowest. A digit becomes 0 to 9 in `x`; any other byte is
+    // from 10 up, so adding 0x76 or its own value sets its high bit. A carry out of a
+    // byte comes only from a byte that is no digit, and only into bytes above it.
+    let x = u64::from_le_bytes(word.try_into().unwrap_or([0; 8])) ^ ZEROS;
+    let others = (x.wrapping_add(0x7676_7676_7676_7676) | x) & HIGHS;
+    let digits = (others.trailing_zeros() / 8) as usize;
+    if digits == 0 {
+        return (0, 0);
+    }
+    // Move the digits to the top, the zero bytes below them are leading zeros; then
+    // pairs of neighbours make two-digit numbers, pairs of those four-digit ones, and
+    // the last step the eight-digit one (the products carry past the top on purpose).
+    let w = x << (8 * (8 - digits));
+    let w = w.wrapping_mul(10 << 8 | 1) >> 8;
+    let w = (w & 0x00FF_00FF_00FF_00FF).wrapping_mul(100 << 16 | 1) >> 16;
+    let w = (w & 0x0000_FFFF_0000_FFFF).wrapping_mul(10_000 << 32 | 1) >> 32;
+    (digits, w as i64)
+}
+
+/// Where the first `"`, `\\` or line end of `s` is: eight bytes at a time, a string's
+/// bytes are most of a record's.
+fn quote_backslash_or_line_end(s: &[u8]) -> Option<usize> {
     const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
     const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
     // A byte of `w` equal to `b` becomes a zero byte of `w ^ b`, and a zero byte sets its
@@ -241,19 +311,55 @@ fn quote_or_backslash(s: &[u8]) -> Option<usize> {
     let mut at = 0;
     while let Some(word) = s.get(at..at + 8) {
         let w = u64::from_le_bytes(word.try_into().ok()?);
-        let found =
-            zero_bytes(w ^ (ONES * u64::from(b'"'))) | zero_bytes(w ^ (ONES * u64::from(b'\\')));
+        let found = zero_bytes(w ^ (ONES * u64::from(b'"')))
+            | zero_bytes(w ^ (ONES * u64::from(b'\\')))
+            | zero_bytes(w ^ (ONES * u64::from(b'\n')));
         if found != 0 {
             return Some(at + (found.trailing_zeros() / 8) as usize);
         }
         at += 8;
     }
-    (s[at..].iter().position(|&b| b == b'"' || b == b'\\')).map(|i| at + i)
+    (s[at..]
+        .iter()
+        .position(|&b| matches!(b, b'"' | b'\\' | b'\n')))
+    .map(|i| at + i)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A whole record, as the per-record path scans it.
+    fn scan<'a>(
+        record: &'a [u8],
+        names: &[Box<[u8]>],
+        plain_names: bool,
+        field: impl FnMut(Option<usize>, Token<'a>) -> Option<()>,
+    ) -> Option<()> {
+        let whole =
+            checked(record) && scan_object(record, names, plain_names, field)? == record.len();
+        whole.then_some(())
+    }
+
+    /// `checked_lines` is `checked` for every line, whichever way it goes.
+    #[test]
+    fn checked_lines_is_checked_for_every_line() {
+        let mut bodies: Vec<Vec<u8>> = (0..=255u8).map(|b| vec![b'{', b, b'}']).collect();
+        bodies.extend(
+            [&b"\"\xc3\xa9\""[..], b"\xc3", b"\xe6\x97\xa5", b"\xff", b""].map(<[u8]>::to_vec),
+        );
+        for a in &bodies {
+            assert_eq!(
+                printable_ascii(a),
+                a.iter().all(|b| (0x20..0x80).contains(b))
+            );
+            for b in &bodies {
+                let body = [&a[..], b"\n", b].concat();
+                let each = body.split(|&b| b == b'\n').all(checked);
+                assert_eq!(checked_lines(&body), each, "{body:?}");
+            }
+        }
+    }
 
     /// The names of the columns the tests' records have, in another order than theirs.
     const NAMES: [&str; 10] = [
@@ -288,7 +394,7 @@ mod tests {
 
     #[test]
     fn a_flat_record_gives_each_key_and_value_in_order() {
-        let record = r#"{"auction":1007,"price":-25.5,"channel":"Apple","url":"a\/b\n","ok" : true , "no":false,"none":null,"zero":-0,"é":"日本"}  "#;
+        let record = r#"{"auction":1007,"price":-25.5,"channel":"Apple","url":"a\/b\n","ok" : true , "no":false,"none":null,"zero":-0,"é":"日本"}"#;
         assert_eq!(
             fields(record),
             Some(vec![
@@ -313,20 +419,64 @@ mod tests {
         );
     }
 
-    /// `quote_or_backslash` finds what a byte-by-byte search finds, wherever it is.
+    /// `quote_backslash_or_line_end` finds what a byte-by-byte search finds, wherever.
     #[test]
-    fn quote_or_backslash_is_the_first_of_either() {
+    fn quote_backslash_or_line_end_is_the_first_of_them() {
         for n in 0..24 {
             for at in 0..=n {
-                for (first, second) in [(b'"', b'\\'), (b'\\', b'"'), (b'"', b'x'), (0xa2, 0xdc)] {
+                for (first, second) in [
+                    (b'"', b'\\'),
+                    (b'\\', b'"'),
+                    (b'"', b'x'),
+                    (b'\n', b'"'),
+                    (b'x', b'\n'),
+                    (0xa2, 0xdc),
+                ] {
                     let mut s = vec![b'a'; n];
                     if at < n {
                         s[at] = first;
                         s[n - 1] = if at < n - 1 { second } else { first };
                     }
-                    let naive = s.iter().position(|&b| b == b'"' || b == b'\\');
-                    assert_eq!(quote_or_backslash(&s), naive, "{s:?}");
+                    let naive = s.iter().position(|&b| matches!(b, b'"' | b'\\' | b'\n'));
+                    assert_eq!(quote_backslash_or_line_end(&s), naive, "{s:?}");
                 }
+            }
+        }
+    }
+
+    /// `leading_digits` reads what a digit-by-digit loop reads, whatever follows them.
+    #[test]
+    fn leading_digits_are_read_a_word_at_a_time() {
+        let naive = |b: &[u8]| {
+            let n = b.iter().take(8).take_while(|d| d.is_ascii_digit()).count();
+            let v = (b[..n].iter()).fold(0i64, |v, d| v * 10 + i64::from(d - b'0'));
+            (n, v)
+        };
+        let mut n: u64 = 12_345_678;
+        for _ in 0..20_000 {
+            n = n
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            let text = format!("{}", n >> (n % 60));
+            let mut bytes = text.into_bytes();
+            // Then something else, or the end.
+            match n % 5 {
+                0 => {}
+                1 => bytes.push(b'}'),
+                2 => bytes.push(b'.'),
+                3 => bytes.push((n >> 40) as u8),
+                _ => bytes.extend_from_slice(b",\"x\":1234"),
+            }
+            for cut in [bytes.len(), bytes.len().min(3), bytes.len().min(9)] {
+                let b = &bytes[..cut];
+                assert_eq!(leading_digits(b), naive(b), "{b:?}");
+            }
+        }
+        for other in (0..=255u8).filter(|b| !b.is_ascii_digit()) {
+            for at in 0..9 {
+                let mut b = *b"123456789";
+                b[at] = other;
+                assert_eq!(leading_digits(&b), naive(&b), "{b:?}");
             }
         }
     }
@@ -343,6 +493,7 @@ mod tests {
             // Whitespace other than a space (valid, but rare: the tape path takes it).
             "{\"n\":1,\n\"ok\":2}",
             "{\"n\":\"nul\0\"}",
+            "{\"n\":\"line\nend\"}",
             r#"{"n":1e3}"#,
             r#"{"n":1.5E3}"#,
             r#"{"n":1234567890123456789}"#,

@@ -79,6 +79,15 @@ impl JsonDecoder {
     /// [`JsonDecoder::decode`], building only the columns in `wanted` (at least): every
     /// column is checked all the same, so the same records are accepted.
     pub fn decode_columns(&self, body: &[u8], wanted: Columns) -> Decoded {
+        // The common case in one pass: lines of flat records, found as they are scanned.
+        if let Some(batch) = (self.simd.as_ref()).and_then(|plan| plan.decode_lines(body, wanted)) {
+            return Decoded {
+                records: batch.num_rows(),
+                batch,
+                rejected: Vec::new(),
+                columns: wanted,
+            };
+        }
         let records = match split_records(body) {
             Ok(records) => records,
             Err(reason) => {

@@ -38,6 +38,9 @@ pub struct SimdPlan {
     plain_names: bool,
     /// Whether a column is a float (see [`long_number`]).
     has_floats: bool,
+    /// Bodies still to decode record by record before [`SimdPlan::decode_lines`] tries
+    /// again (see there).
+    lines_backoff: AtomicUsize,
     /// Each text column's bytes per row in the last batch, to size the next one's
     /// buffer (growing it by doubling cost copies and page faults).
     text_bytes_per_row: Vec<AtomicUsize>,
@@ -53,6 +56,7 @@ impl Clone for SimdPlan {
             nullable: self.nullable.clone(),
             has_floats: self.has_floats,
             text_bytes_per_row: text_hints(&self.kinds),
+            lines_backoff: AtomicUsize::new(0),
         }
     }
 }
@@ -65,6 +69,9 @@ pub enum Checked {
     /// The body holding every record is [`plain`] and has no long number.
     WholeBody,
 }
+
+/// See [`SimdPlan::decode_lines`].
+const LINES_BACKOFF: usize = 64;
 
 fn text_hints(kinds: &[Kind]) -> Vec<AtomicUsize> {
     kinds.iter().map(|_| AtomicUsize::new(16)).collect()
@@ -112,6 +119,7 @@ impl SimdPlan {
             }),
             has_floats: kinds.iter().any(|k| matches!(k, Kind::Float)),
             text_bytes_per_row: text_hints(&kinds),
+            lines_backoff: AtomicUsize::new(0),
             kinds,
             nullable: schema.fields().iter().map(|f| f.is_nullable()).collect(),
         })
@@ -136,19 +144,8 @@ impl SimdPlan {
         checked: Checked,
         wanted: Columns,
     ) -> Option<RecordBatch> {
-        // A column's text is never longer than the records it came from.
         let record_bytes: usize = records.iter().map(|(_, r)| r.len()).sum();
-        let mut columns: Vec<Column> = (self.kinds.iter().zip(&self.text_bytes_per_row))
-            .enumerate()
-            .map(|(c, (k, hint))| {
-                if !wanted.contains(c) {
-                    return Column::Unread(*k);
-                }
-                let text_bytes =
-                    (records.len().saturating_mul(hint.load(Ordering::Relaxed))).min(record_bytes);
-                Column::new(*k, records.len(), text_bytes)
-            })
-            .collect();
+        let mut columns = self.columns(records.len(), record_bytes, wanted);
         let mut buffers = simd_json::Buffers::default();
         let mut scratch = Vec::new();
         // One tape for every record: emptied (`reset`) before the record it borrows
@@ -213,13 +210,82 @@ impl SimdPlan {
             }
             spare = tape.reset();
         }
+        self.finish(columns, records.len())
+    }
+
+    /// Every line of `body` as a row, if every non-blank line is one record of the flat
+    /// shape ([`flat::scan_object`]) with only spaces after it: lines found as they are
+    /// scanned, where splitting the body first cost a search per line. `None` otherwise
+    /// (the caller then splits the body and decodes it record by record); after a body
+    /// that was not, the next [`LINES_BACKOFF`] bodies go that way at once, so a source
+    /// whose records are often of another shape does not scan each body twice.
+    pub fn decode_lines(&self, body: &[u8], wanted: Columns) -> Option<RecordBatch> {
+        let backoff = self.lines_backoff.load(Ordering::Relaxed);
+        if backoff > 0 {
+            self.lines_backoff.store(backoff - 1, Ordering::Relaxed);
+            return None;
+        }
+        let batch = self.scan_lines(body, wanted);
+        if batch.is_none() {
+            self.lines_backoff.store(LINES_BACKOFF, Ordering::Relaxed);
+        }
+        batch
+    }
+
+    fn scan_lines(&self, body: &[u8], wanted: Columns) -> Option<RecordBatch> {
+        if !flat::checked_lines(body) {
+            return None;
+        }
+        let lines = memchr::memchr_iter(b'\n', body).count() + 1;
+        let mut columns = self.columns(lines, body.len(), wanted);
+        let mut values: Vec<Option<Value<'_>>> = vec![None; columns.len()];
+        let (mut at, mut rows) = (0, 0);
+        loop {
+            while matches!(body.get(at), Some(b' ' | b'\n')) {
+                at += 1;
+            }
+            if at == body.len() {
+                break;
+            }
+            at += self.scan_object(&body[at..], &mut values)?;
+            while body.get(at) == Some(&b' ') {
+                at += 1;
+            }
+            match body.get(at) {
+                None => {}
+                Some(b'\n') => at += 1,
+                Some(_) => return None,
+            }
+            for (column, value) in columns.iter_mut().zip(&mut values) {
+                column.append(value.take().unwrap_or(Value::Null))?;
+            }
+            rows += 1;
+        }
+        self.finish(columns, rows)
+    }
+
+    /// The columns to build for `rows` records of `bytes` bytes in all.
+    fn columns(&self, rows: usize, bytes: usize, wanted: Columns) -> Vec<Column> {
+        (self.kinds.iter().zip(&self.text_bytes_per_row))
+            .enumerate()
+            .map(|(c, (k, hint))| {
+                if !wanted.contains(c) {
+                    return Column::Unread(*k);
+                }
+                // A column's text is never longer than the records it came from.
+                let text_bytes = (rows.saturating_mul(hint.load(Ordering::Relaxed))).min(bytes);
+                Column::new(*k, rows, text_bytes)
+            })
+            .collect()
+    }
+
+    fn finish(&self, mut columns: Vec<Column>, rows: usize) -> Option<RecordBatch> {
         for (column, hint) in columns.iter().zip(&self.text_bytes_per_row) {
             if let Column::Text(b) = column {
-                let per_row = b.values.len() / records.len().max(1);
+                let per_row = b.values.len() / rows.max(1);
                 hint.store(per_row + per_row / 8 + 1, Ordering::Relaxed);
             }
         }
-        let rows = records.len();
         let columns: Vec<ArrayRef> = (columns.iter_mut())
             .map(|c| c.finish(rows))
             .collect::<Option<_>>()?;
@@ -229,8 +295,14 @@ impl SimdPlan {
     /// Whether the flat scanner ([`flat::scan`]) took `record`: then `values` holds each
     /// column's value, `None` where a nullable column's key is missing.
     fn scan_flat<'r>(&self, record: &'r [u8], values: &mut [Option<Value<'r>>]) -> bool {
+        flat::checked(record) && self.scan_object(record, values) == Some(record.len())
+    }
+
+    /// [`SimdPlan::scan_flat`] of the object `bytes` start with, in bytes already
+    /// [`flat::checked`]: where it ends.
+    fn scan_object<'r>(&self, bytes: &'r [u8], values: &mut [Option<Value<'r>>]) -> Option<usize> {
         values.fill(None);
-        let scanned = flat::scan(record, &self.names, self.plain_names, |column, token| {
+        let end = flat::scan_object(bytes, &self.names, self.plain_names, |column, token| {
             let Some(c) = column else {
                 return Some(());
             };
@@ -239,9 +311,10 @@ impl SimdPlan {
             }
             values[c] = Some(value_of_token(self.kinds[c], token, self.nullable[c])?);
             Some(())
-        });
-        scanned.is_some()
-            && (values.iter().zip(&self.nullable)).all(|(v, &null)| v.is_some() || null)
+        })?;
+        (values.iter().zip(&self.nullable))
+            .all(|(v, &null)| v.is_some() || null)
+            .then_some(end)
     }
 }
 
@@ -563,6 +636,69 @@ mod tests {
             .decode(&records, Checked::No, Columns::ALL)
             .expect("decodes");
         assert_eq!(batch.num_rows(), records.len());
+    }
+
+    /// Lines of flat records decode in one pass to what record by record gives; a body
+    /// with any other line is given back, and the next bodies go record by record at
+    /// once for a while.
+    #[test]
+    fn lines_of_flat_records_decode_in_one_pass() {
+        use datafusion::arrow::datatypes::{Field, Schema};
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("auction", DataType::Int64, false),
+            Field::new("channel", DataType::Utf8, true),
+            Field::new("price", DataType::Float64, true),
+        ]));
+        let plan = SimdPlan::new(&schema).expect("a plan");
+        let lines = [
+            r#"{"auction":1,"channel":"Apple","price":2.5}"#,
+            r#"  {"price":3,"auction":2}   "#,
+            "",
+            r#"{"auction":123456789012,"channel":"日本","x":"y\"z"}"#,
+        ];
+        let body = lines.join("\n");
+        let records: Vec<(usize, &[u8])> = (lines.iter())
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| l.trim().as_bytes())
+            .enumerate()
+            .collect();
+        let by_record = plan.decode(&records, Checked::No, Columns::ALL);
+        assert_eq!(plan.decode_lines(body.as_bytes(), Columns::ALL), by_record);
+        assert_eq!(by_record.map(|b| b.num_rows()), Some(3));
+        let wanted = Columns::of([0]);
+        let narrow = plan
+            .decode_lines(body.as_bytes(), wanted)
+            .expect("flat lines");
+        assert_eq!(
+            narrow.column(0),
+            plan.decode(&records, Checked::No, wanted)
+                .expect("rows")
+                .column(0)
+        );
+        // A line of another shape, or two records on one line, or a tab: given back.
+        for odd in [
+            r#"{"auction":1,"channel":{"a":1}}"#,
+            r#"{"auction":1} {"auction":2}"#,
+            "{\"auction\":1,\t\"price\":1.5}",
+            r#"[{"auction":1}]"#,
+            r#"{"auction":1,"channel":"a"#,
+        ] {
+            let plan = SimdPlan::new(&schema).expect("a plan");
+            let body = format!("{}\n{odd}\n{}", lines[0], lines[1]);
+            assert_eq!(
+                plan.decode_lines(body.as_bytes(), Columns::ALL),
+                None,
+                "{odd}"
+            );
+            // Then the next bodies go record by record, even good ones, for a while.
+            for _ in 0..LINES_BACKOFF {
+                assert_eq!(plan.decode_lines(lines[0].as_bytes(), Columns::ALL), None);
+            }
+            assert!(
+                plan.decode_lines(lines[0].as_bytes(), Columns::ALL)
+                    .is_some()
+            );
+        }
     }
 
     /// `same_key` says what slice equality says, for keys of every length up to 20.
