@@ -1,15 +1,20 @@
 //! A scanner of our own for the common shape of a record: one flat JSON object whose
-//! values are strings, short numbers, `true`, `false` or `null`. One pass over the whole
-//! record, many bytes at a time, finds it printable ASCII (else it is checked for
-//! control bytes and UTF-8); then a walk through it checks the syntax and hands over
-//! each field's column and value without building anything. simd-json instead finds
-//! every structural byte first and writes a tape of every value: for Nexmark bids, this
-//! decodes 1.2 to 1.5 times as fast (docs/PERFORMANCE.md, "A scanner for flat records").
+//! values are strings, short numbers, `true`, `false` or `null`, with spaces only
+//! between them. One pass over the whole record (or a whole body of lines), many bytes
+//! at a time, finds it printable ASCII (else it is checked for control bytes and
+//! UTF-8: [`checked`], [`checked_lines`]); then a walk through it checks the syntax and
+//! hands over each field's column and value without building anything
+//! ([`scan_object`]). simd-json instead finds every structural byte first and writes a
+//! tape of every value: for Nexmark bids this decodes 1.4 to 1.8 times as fast
+//! (docs/PERFORMANCE.md, "A scanner for flat records").
 //!
-//! It takes only what it is sure of: a nested value, a `\u` escape, a control byte in a
-//! string, a number of more than 18 characters or with an exponent, or any syntax error
-//! makes it give the record back ([`scan`] returns `None`), and simd-json's path decides
-//! as before. So it never accepts a record the other paths refuse.
+//! It takes only what it is sure of: a nested value, a `\u` escape, a control byte or
+//! line end in a string, a number of more than 18 characters or with an exponent, or
+//! any syntax error makes it give the record back (`None`); so does its caller for a
+//! value its column would read otherwise than arrow-json (any escaped string it reads,
+//! a fraction for an integer, a zero for a float: see `simd::value_of_token`). Then
+//! simd-json's path decides as before. So it never accepts a record the other paths
+//! refuse.
 
 use super::simd::{column_of, same_key};
 
@@ -24,7 +29,7 @@ pub enum Token<'a> {
         text: &'a [u8],
         integer: Option<i64>,
     },
-    /// A string without escapes, as it stands between its quotes (UTF-8: see [`scan`]).
+    /// A string without escapes, as it stands between its quotes (UTF-8: see [`checked`]).
     Text(&'a [u8]),
     /// A string with escapes (`\n`, `\"`, ...), left escaped: valid, but not unescaped.
     Escaped,

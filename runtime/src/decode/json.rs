@@ -1,7 +1,9 @@
 //! JSON records (one array, or newline-delimited) into an Arrow batch.
 //!
-//! Most batches take the fast path of [`super::simd`] (simd-json into Arrow builders),
-//! which gives back any batch it cannot decode exactly as arrow-json would. Then, one
+//! Most batches take the fast path of [`super::simd`] (a flat scanner of our own, or
+//! simd-json, into Arrow builders; newline-delimited bodies of flat records in one pass,
+//! without splitting them first), which gives back any batch it cannot decode exactly as
+//! arrow-json would. Then, one
 //! parse per record: the records are decoded together by one arrow-json decoder,
 //! which is checked after each record to have taken exactly one complete object from it
 //! (so no record can run into the next). arrow-json fails a whole batch on one bad
@@ -553,6 +555,9 @@ mod tests {
         );
         // Each odd record alone and among valid ones: the same rows and dead letters.
         for record in odd {
+            // A decoder of its own: a body that fails the one-pass lines path sends the
+            // next ones record by record (`SimdPlan::decode_lines`).
+            let fast = JsonDecoder::new(arrow.schema.clone());
             let mixed = [good[0], record, good[1]];
             assert_eq!(
                 decode(&fast, &[record]),
@@ -584,6 +589,50 @@ mod tests {
             );
             // Building two columns only, the same records are accepted and refused.
             same_but_unread(&fast, &arrow, body.as_bytes(), &[0, 4], false);
+        }
+        // Bodies of flat records take the one-pass lines path, and give what arrow-json
+        // gives: numbers at the 18-character limit, `-0`, text (escaped where no column
+        // reads it), blank lines and spaces around records, a last line end or none.
+        let flat_lines = [
+            r#"{"id":1,"name":"a","score":1.5,"ok":true,"ts":1000}"#,
+            r#"{"id":-0,"score":123456789012345678,"ok":null}"#,
+            r#"{"id":2,"score":0.1000000000000001,"name":"日本","extra":"x\"y\n"}"#,
+            r#"  {"ts":"2015-07-15T00:00:00.123","id":-99999999999999999}  "#,
+            r#"{ "id" : 5 }"#,
+        ];
+        let lines = flat_lines.join("\n");
+        for body in [
+            lines.clone(),
+            format!("{lines}\n"),
+            format!("\n\n{}\n \n", flat_lines[1..].join("\n\n")),
+        ] {
+            let schema = arrow.schema.clone();
+            let plan = SimdPlan::new(&schema).expect("a fast path");
+            let taken = plan.decode_lines(body.as_bytes(), Columns::ALL);
+            assert!(taken.is_some(), "{body}");
+            let (fresh, whole) = (JsonDecoder::new(schema), arrow.decode(body.as_bytes()));
+            let lines_path = fresh.decode(body.as_bytes());
+            assert_eq!(taken.as_ref(), Some(&whole.batch), "{body}");
+            assert_eq!(
+                (lines_path.batch, lines_path.rejected, lines_path.records),
+                (whole.batch, whole.rejected, whole.records),
+                "{body}"
+            );
+        }
+        // Line ends of `\r\n`, and bodies of blanks: record by record, the same rows.
+        for body in [
+            "{\"id\":1}\r\n{\"id\":2}\r\n",
+            "",
+            " \n  \n",
+            "{\"id\":3}\n\t{\"id\":4}",
+        ] {
+            let fresh = JsonDecoder::new(arrow.schema.clone());
+            let (a, b) = (fresh.decode(body.as_bytes()), arrow.decode(body.as_bytes()));
+            assert_eq!(
+                (a.batch, a.rejected, a.records),
+                (b.batch, b.rejected, b.records),
+                "{body:?}"
+            );
         }
         // Valid records take the fast path: the other columns are placeholders.
         let body = all_good.join("\n");

@@ -34,7 +34,7 @@ pub struct SimdPlan {
     kinds: Vec<Kind>,
     nullable: Vec<bool>,
     /// Whether no name holds a quote, a backslash or a control byte, so that a key can be
-    /// matched with a name as it stands in the record (see [`flat::scan`]).
+    /// matched with a name as it stands in the record (see [`flat::scan_object`]).
     plain_names: bool,
     /// Whether a column is a float (see [`long_number`]).
     has_floats: bool,
@@ -292,7 +292,7 @@ impl SimdPlan {
         RecordBatch::try_new(self.schema.clone(), columns).ok()
     }
 
-    /// Whether the flat scanner ([`flat::scan`]) took `record`: then `values` holds each
+    /// Whether the flat scanner ([`flat::scan_object`]) took `record`: then `values` holds each
     /// column's value, `None` where a nullable column's key is missing.
     fn scan_flat<'r>(&self, record: &'r [u8], values: &mut [Option<Value<'r>>]) -> bool {
         flat::checked(record) && self.scan_object(record, values) == Some(record.len())
@@ -446,7 +446,7 @@ impl Column {
         let _null_fits_every_kind = self.append(Value::Null);
     }
 
-    /// Append a value of this column's kind (from [`value_of`]).
+    /// Append a value of this column's kind (from [`value_of`] or [`value_of_token`]).
     fn append(&mut self, value: Value<'_>) -> Option<()> {
         match (self, value) {
             (Column::Unread(_), _) => {}
@@ -460,7 +460,7 @@ impl Column {
             (Column::Float(b), Value::Float(v)) => b.append_value(v),
             (Column::Bool(b), Value::Bool(v)) => b.append_value(v),
             (Column::Text(b), Value::Text(v)) => b.append_value(v)?,
-            // Not made by `value_of` for this kind: arrow-json decides.
+            // Not made by `value_of` or `value_of_token` for this kind: arrow-json decides.
             _ => return None,
         }
         Some(())
@@ -699,6 +699,39 @@ mod tests {
                     .is_some()
             );
         }
+    }
+
+    /// With a name that holds a quote, keys are not compared as they stand: each is
+    /// read, and a key with an escape goes to the tape path.
+    #[test]
+    fn names_that_are_not_plain_are_matched_by_the_key_read() {
+        use datafusion::arrow::datatypes::{Field, Schema};
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("a\"b", DataType::Int64, true),
+            Field::new("c", DataType::Int64, true),
+        ]));
+        let plan = SimdPlan::new(&schema).expect("a plan");
+        assert!(!plan.plain_names);
+        let mut values = vec![None; 2];
+        assert!(plan.scan_flat(br#"{"c":1,"a":2}"#, &mut values));
+        assert!(matches!(values[..], [None, Some(Value::Int(1))]));
+        assert!(!plan.scan_flat(br#"{"a\"b":1,"c":2}"#, &mut values));
+        let records: Vec<(usize, &[u8])> = vec![(0, br#"{"a\"b":7,"c":2}"#), (1, br#"{"c":3}"#)];
+        let batch = plan
+            .decode(&records, Checked::No, Columns::ALL)
+            .expect("decodes");
+        let first = batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .expect("ints");
+        assert_eq!(
+            (
+                first.value(0),
+                datafusion::arrow::array::Array::is_null(first, 1)
+            ),
+            (7, true)
+        );
     }
 
     /// `same_key` says what slice equality says, for keys of every length up to 20.
