@@ -1,5 +1,6 @@
 //! Decoding raw records into Arrow record batches of a source's schema.
 
+mod builders;
 pub mod columns;
 mod flat;
 pub mod json;
