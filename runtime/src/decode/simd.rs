@@ -145,9 +145,7 @@ impl SimdPlan {
             }
             // The common shape first; simd-json for what the flat scanner gives back.
             if self.scan_flat(record, &mut flat_values) {
-                for (column, value) in columns.iter_mut().zip(&mut flat_values) {
-                    column.append(value.take().unwrap_or(Value::Null))?;
-                }
+                append_row(&mut columns, &mut flat_values)?;
                 continue;
             }
             if checked == Checked::No
@@ -242,9 +240,7 @@ impl SimdPlan {
                 Some(b'\n') => at += 1,
                 Some(_) => return None,
             }
-            for (column, value) in columns.iter_mut().zip(&mut values) {
-                column.append(value.take().unwrap_or(Value::Null))?;
-            }
+            append_row(&mut columns, &mut values)?;
             rows += 1;
         }
         self.finish(columns, rows)
@@ -302,6 +298,14 @@ impl SimdPlan {
             .all(|(v, &null)| v.is_some() || null)
             .then_some(end)
     }
+}
+
+/// Append the scanned `values` as a row (a missing one as a null), and empty them.
+fn append_row(columns: &mut [Column], values: &mut [Option<Value<'_>>]) -> Option<()> {
+    for (column, value) in columns.iter_mut().zip(values) {
+        column.append(value.take().unwrap_or(Value::Null))?;
+    }
+    Some(())
 }
 
 /// The column of `names` named `key`, looked for at `guess` first.
