@@ -236,6 +236,14 @@ fn benches(c: &mut Criterion) {
     g.bench_function("json_bids_8k_q2_columns", |b| {
         b.iter(|| black_box(decoder.decode_columns(&millis_body, q2_columns)))
     });
+    let copies: Vec<Vec<u8>> = (0..128).map(|_| millis_body.clone()).collect();
+    let mut next = 0;
+    g.bench_function("json_bids_8k_cold", |b| {
+        b.iter(|| {
+            next = (next + 1) % copies.len();
+            black_box(decoder.decode(&copies[next]))
+        })
+    });
     g.finish();
 }
 

@@ -58,6 +58,7 @@ impl Column {
     }
 
     /// Append a value of this column's kind (from `simd::value_of` or `simd::value_of_token`).
+    #[inline]
     pub fn append(&mut self, value: Value<'_>) -> Option<()> {
         match (self, value) {
             (Column::Unread(_), _) => {}

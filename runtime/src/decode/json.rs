@@ -619,6 +619,18 @@ mod tests {
                 "{body}"
             );
         }
+        // One plan for a run of bodies, each sized by the last one's bytes per row: many
+        // short lines after one long line outgrow their columns' first size.
+        let shared = SimdPlan::new(&arrow.schema).expect("a fast path");
+        let long = format!(r#"{{"id":1,"name":"{}"}}"#, "x".repeat(4000));
+        let short = [r#"{"id":2,"ok":true}"#; 500].join("\n");
+        for body in [&long, &short, &lines, &long, &short] {
+            assert_eq!(
+                shared.decode_lines(body.as_bytes(), Columns::ALL).as_ref(),
+                Some(&arrow.decode(body.as_bytes()).batch),
+                "{body}"
+            );
+        }
         // Line ends of `\r\n`, and bodies of blanks: record by record, the same rows.
         for body in [
             "{\"id\":1}\r\n{\"id\":2}\r\n",
