@@ -39,7 +39,8 @@ pub struct SimdPlan {
     /// Each text column's bytes per row in the last batch, to size the next one's
     /// buffer (growing it by doubling cost copies and page faults).
     text_bytes_per_row: Vec<AtomicUsize>,
-    /// Bytes per record of the last body of lines (0: none yet), to size the next.
+    /// Bytes per record of the last body of lines that had any (0: none yet), to size
+    /// the next.
     bytes_per_row: AtomicUsize,
 }
 
@@ -70,6 +71,10 @@ pub enum Checked {
 
 /// See [`SimdPlan::decode_lines`].
 const LINES_BACKOFF: usize = 64;
+
+/// The most rows a body's columns are first sized for by an estimate (see
+/// `SimdPlan::rows_in`); more grow them.
+const ROWS_SIZED: usize = 1 << 16;
 
 fn text_hints(kinds: &[Kind]) -> Vec<AtomicUsize> {
     kinds.iter().map(|_| AtomicUsize::new(16)).collect()
@@ -245,18 +250,21 @@ impl SimdPlan {
             }
             rows += 1;
         }
-        (self.bytes_per_row).store(body.len() / rows.max(1), Ordering::Relaxed);
+        if let Some(per_row) = body.len().checked_div(rows) {
+            (self.bytes_per_row).store(per_row, Ordering::Relaxed);
+        }
         self.finish(columns, rows)
     }
 
     /// About how many rows `body` holds: by the bytes per row of the last body (a
-    /// column's buffer grows if it is more), where counting its lines cost a pass.
+    /// column's buffer grows if it is more), where counting its lines cost a pass. At
+    /// most [`ROWS_SIZED`]: a body of tiny records must not size a large one's columns.
     fn rows_in(&self, body: &[u8]) -> usize {
         match self.bytes_per_row.load(Ordering::Relaxed) {
             0 => memchr::memchr_iter(b'\n', body).count() + 1,
             per_row => {
                 let rows = body.len() / per_row;
-                rows + rows / 16 + 1
+                (rows + rows / 16 + 1).min(ROWS_SIZED)
             }
         }
     }
@@ -615,6 +623,80 @@ mod tests {
 
     /// With a name that holds a quote, keys are not compared as they stand: each is
     /// read, and a key with an escape goes to the tape path.
+    #[test]
+    fn lines_refuse_a_repeated_key_in_a_column_not_built() {
+        use datafusion::arrow::datatypes::{Field, Schema};
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("a", DataType::Int64, false),
+            Field::new("b", DataType::Int64, true),
+        ]));
+        let plan = SimdPlan::new(&schema).expect("a plan");
+        let only_a = Columns::of([0]);
+        let good = plan.decode_lines(b"{\"a\":1,\"b\":2}\n{\"a\":3}", only_a);
+        assert_eq!(good.map(|b| b.num_rows()), Some(2));
+        let plan = SimdPlan::new(&schema).expect("a plan");
+        assert_eq!(
+            plan.decode_lines(b"{\"a\":1,\"b\":2,\"b\":3}", only_a),
+            None
+        );
+    }
+
+    #[test]
+    fn lines_take_up_to_64_columns() {
+        use datafusion::arrow::datatypes::{Field, Schema};
+        let record = |n: usize| {
+            let fields: Vec<String> = (0..n).map(|c| format!("\"c{c}\":{c}")).collect();
+            format!("{{{}}}", fields.join(","))
+        };
+        for (n, taken) in [(63, true), (64, true), (65, false)] {
+            let schema = Arc::new(Schema::new(
+                (0..n)
+                    .map(|c| Field::new(format!("c{c}"), DataType::Int64, false))
+                    .collect::<Vec<_>>(),
+            ));
+            let plan = SimdPlan::new(&schema).expect("a plan");
+            let body = [record(n), record(n)].join("\n");
+            let batch = plan.decode_lines(body.as_bytes(), Columns::ALL);
+            assert_eq!(batch.is_some(), taken, "{n} columns");
+            if let Some(batch) = batch {
+                let last = batch.column(n - 1).as_any().downcast_ref::<Int64Array>();
+                assert_eq!(last.expect("ints").values().to_vec(), vec![n as i64 - 1; 2]);
+            }
+            // Record by record, every width decodes.
+            let records = [(0, record(n).into_bytes())];
+            let records: Vec<(usize, &[u8])> = records.iter().map(|(i, r)| (*i, &r[..])).collect();
+            assert!(plan.decode(&records, Checked::No, Columns::ALL).is_some());
+        }
+    }
+
+    #[test]
+    fn a_body_of_tiny_records_does_not_size_the_next_ones_columns() {
+        use datafusion::arrow::datatypes::{Field, Schema};
+        let schema = Arc::new(Schema::new(vec![Field::new("a", DataType::Int64, true)]));
+        let plan = SimdPlan::new(&schema).expect("a plan");
+        // Blank: no rows, no size kept. Then 2 bytes per record.
+        assert_eq!(
+            plan.decode_lines(b"\n\n", Columns::ALL)
+                .map(|b| b.num_rows()),
+            Some(0)
+        );
+        assert_eq!(
+            plan.decode_lines(b"{}", Columns::ALL).map(|b| b.num_rows()),
+            Some(1)
+        );
+        // 8 MiB of one record: sized for at most `ROWS_SIZED` rows, not 4 million.
+        let big = format!("{{\"a\":1,\"pad\":\"{}\"}}", "x".repeat(8 << 20));
+        let batch = plan
+            .decode_lines(big.as_bytes(), Columns::ALL)
+            .expect("a row");
+        assert_eq!(batch.num_rows(), 1);
+        assert!(
+            batch.get_array_memory_size() <= ROWS_SIZED * 16 + 4096,
+            "{} bytes",
+            batch.get_array_memory_size()
+        );
+    }
+
     #[test]
     fn names_that_are_not_plain_are_matched_by_the_key_read() {
         use datafusion::arrow::datatypes::{Field, Schema};
