@@ -158,9 +158,9 @@ impl Operator for UpdatingAggregate {
         Ok(())
     }
 
-    /// Every shard's groups together, as one batch (the same at any parallelism).
-    /// A batch per instance that holds groups: joined into one, they were copied a
-    /// second time (a fifth of a final checkpoint of 9 million groups).
+    /// Every shard's groups, a batch per instance that holds any (restored at any
+    /// parallelism): joined into one, they were copied a second time (a fifth of a
+    /// final checkpoint of 9 million groups).
     fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {
         let mut batches = Vec::with_capacity(self.shards.len());
         for shard in &self.shards {
@@ -179,6 +179,13 @@ impl Operator for UpdatingAggregate {
             [] => None,
             [batch] => Some(batch.columns()),
             batches => {
+                let width = batches[0].num_columns();
+                if batches.iter().any(|b| b.num_columns() != width) {
+                    return Err(Error::Execution(
+                        "an updating aggregate's checkpoint holds batches of different widths"
+                            .into(),
+                    ));
+                }
                 let columns = batches.iter().map(|b| b.columns().to_vec()).collect();
                 joined = super::concat_columns(columns)?;
                 Some(&joined[..])
