@@ -621,8 +621,6 @@ mod tests {
         }
     }
 
-    /// With a name that holds a quote, keys are not compared as they stand: each is
-    /// read, and a key with an escape goes to the tape path.
     #[test]
     fn lines_refuse_a_repeated_key_in_a_column_not_built() {
         use datafusion::arrow::datatypes::{Field, Schema};
@@ -697,6 +695,8 @@ mod tests {
         );
     }
 
+    /// With a name that holds a quote, keys are not compared as they stand: each is
+    /// read, and a key with an escape goes to the tape path.
     #[test]
     fn names_that_are_not_plain_are_matched_by_the_key_read() {
         use datafusion::arrow::datatypes::{Field, Schema};
