@@ -7,7 +7,7 @@
 use datafusion::arrow::array::{ArrayRef, BooleanArray, UInt32Array};
 use datafusion::arrow::compute::take;
 use datafusion::common::hash_utils::{RandomState, create_hashes};
-use rayon::prelude::*;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use super::Prepared;
 use crate::Result;
@@ -114,6 +114,11 @@ fn take_boolean(filter: &BooleanArray, rows: &UInt32Array) -> Result<BooleanArra
 
 /// `f` on each shard with its part, on as many cores as there are shards (in the
 /// calling thread when there is one shard). Results in shard order.
+///
+/// The calling thread (a view's pipeline, which would only wait) runs the first shard
+/// itself, and then every shard no worker has started yet: the workers may be busy
+/// decoding the source's next blocks, and a shard queued behind them held the whole
+/// pipeline up.
 pub fn each_shard<S, P, R>(
     shards: &mut [S],
     parts: Vec<P>,
@@ -127,11 +132,40 @@ where
     if shards.len() == 1 {
         return shards.iter_mut().zip(parts).map(|(s, p)| f(s, p)).collect();
     }
-    shards
-        .par_iter_mut()
+    // Each shard's work, taken by whoever comes to it first.
+    let work: Vec<Mutex<Option<(&mut S, P)>>> = shards
+        .iter_mut()
         .zip(parts)
-        .map(|(s, p)| f(s, p))
+        .map(|job| Mutex::new(Some(job)))
+        .collect();
+    let done: Vec<Mutex<Option<Result<R>>>> = work.iter().map(|_| Mutex::new(None)).collect();
+    let run = |i: usize| {
+        // Taken, then the lock released before the work: `f` runs unlocked.
+        let taken = lock(&work[i]).take();
+        if let Some((shard, part)) = taken {
+            *lock(&done[i]) = Some(f(shard, part));
+        }
+    };
+    rayon::in_place_scope(|scope| {
+        for i in 1..work.len() {
+            let run = &run;
+            scope.spawn(move |_| run(i));
+        }
+        (0..work.len()).for_each(run);
+    });
+    done.into_iter()
+        .map(|result| {
+            result
+                .into_inner()
+                .unwrap_or_else(PoisonError::into_inner)
+                .unwrap_or_else(|| Err(crate::Error::Execution("a shard did not run".into())))
+        })
         .collect()
+}
+
+/// A lock whose holder cannot panic while holding it (it only moves a value).
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]
@@ -141,6 +175,39 @@ mod tests {
     use datafusion::arrow::array::{Array, Int64Array, StringArray};
 
     use super::*;
+
+    /// Whoever runs a shard (a worker, or the calling thread taking the ones not
+    /// started), each gets its own part once and the results come in shard order.
+    #[test]
+    fn each_shard_runs_every_shard_once_with_its_part_and_keeps_their_order() -> Result<()> {
+        for round in 0..50 {
+            let mut shards: Vec<Vec<usize>> = vec![Vec::new(); 7];
+            let parts: Vec<usize> = (0..7).map(|i| i * 10 + round).collect();
+            let got = each_shard(&mut shards, parts, |shard, part| {
+                shard.push(part);
+                Ok(part * 2)
+            })?;
+            assert_eq!(
+                got,
+                (0..7).map(|i| (i * 10 + round) * 2).collect::<Vec<_>>()
+            );
+            for (i, shard) in shards.iter().enumerate() {
+                assert_eq!(shard, &vec![i * 10 + round], "shard {i} ran once");
+            }
+        }
+        // A shard's failure is the call's, whichever shard fails.
+        let mut shards = vec![0; 4];
+        let failed = each_shard(&mut shards, vec![0, 1, 2, 3], |shard, part| {
+            *shard += 1;
+            if part == 2 {
+                return Err(crate::Error::Execution("shard 2 fails".into()));
+            }
+            Ok(part)
+        });
+        assert!(failed.is_err_and(|e| e.to_string().contains("shard 2 fails")));
+        assert_eq!(shards, vec![1; 4], "the other shards still ran");
+        Ok(())
+    }
 
     #[test]
     fn a_key_always_goes_to_the_same_shard_and_every_row_somewhere() -> Result<()> {

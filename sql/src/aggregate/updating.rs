@@ -162,14 +162,15 @@ impl Operator for UpdatingAggregate {
     /// parallelism): joined into one, they were copied a second time (a fifth of a
     /// final checkpoint of 9 million groups).
     fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {
-        let mut batches = Vec::with_capacity(self.shards.len());
-        for shard in &self.shards {
+        let parts = vec![(); self.shards.len()];
+        let states = each_shard(&mut self.shards, parts, |shard, ()| {
             let states = shard.states.all()?.1;
-            if states.num_rows() > 0 {
-                batches.push(super::state_batch(states.columns().to_vec())?);
+            if states.num_rows() == 0 {
+                return Ok(None);
             }
-        }
-        Ok(batches)
+            super::state_batch(states.columns().to_vec()).map(Some)
+        })?;
+        Ok(states.into_iter().flatten().collect())
     }
 
     /// Any number of batches (one per instance, or one from before), routed again.

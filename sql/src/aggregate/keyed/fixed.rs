@@ -17,11 +17,14 @@ pub(super) struct FixedColumn {
     data_type: DataType,
     /// Bytes per value.
     width: usize,
-    /// Slot `id` holds the id's value; a slot never written holds zero.
-    values: MutableBuffer,
+    /// Slot `id` holds the id's value; a slot never written holds zero. A plain `Vec`,
+    /// not Arrow's 64-byte aligned buffer: growing that copies every slot into a new
+    /// allocation, where the allocator moves a `Vec`'s pages without copying them (12%
+    /// of a run over 9 million groups went to the copies and their page faults).
+    values: Vec<u8>,
     /// Each slot's validity (a bit per slot), kept only once a null has been written:
     /// until then every slot is valid.
-    valid: Option<MutableBuffer>,
+    valid: Option<Vec<u8>>,
 }
 
 impl FixedColumn {
@@ -31,7 +34,7 @@ impl FixedColumn {
         Some(Self {
             data_type: data_type.clone(),
             width,
-            values: MutableBuffer::new(0),
+            values: Vec::new(),
             valid: None,
         })
     }
@@ -59,7 +62,7 @@ impl FixedColumn {
         // bytes), not necessarily for the integer of the same width; fixed-size copies
         // compile to plain moves all the same.
         let values = &data.buffers()[0].as_slice()[data.offset() * self.width..];
-        let slots = self.values.as_slice_mut();
+        let slots = self.values.as_mut_slice();
         match self.width {
             1 => scatter::<1>(slots, values, ids),
             2 => scatter::<2>(slots, values, ids),
@@ -70,12 +73,12 @@ impl FixedColumn {
             w => return Err(Error::Execution(format!("no values {w} bytes wide"))),
         }
         if array.null_count() > 0 && self.valid.is_none() {
-            let mut valid = MutableBuffer::new(0);
+            let mut valid = Vec::new();
             grow_bits(&mut valid, self.slots());
             self.valid = Some(valid);
         }
         if let Some(valid) = &mut self.valid {
-            let valid = valid.as_slice_mut();
+            let valid = valid.as_mut_slice();
             for (i, &id) in ids.iter().enumerate() {
                 if array.is_valid(i) {
                     bit_util::set_bit(valid, id as usize);
@@ -122,7 +125,7 @@ impl FixedColumn {
 
 /// Extend a validity bitmap to `slots` bits, the new ones set (whole bytes are added
 /// set, so bits past the slots in use are set too).
-fn grow_bits(bits: &mut MutableBuffer, slots: usize) {
+fn grow_bits(bits: &mut Vec<u8>, slots: usize) {
     bits.resize(bit_util::ceil(slots, 8), 0xFF);
 }
 

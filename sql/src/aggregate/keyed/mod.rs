@@ -144,9 +144,9 @@ impl KeyedRows {
         };
         let slots = top as usize + 1;
         if slots > self.present.len() {
-            // Doubling, so that ids growing one batch at a time copy each slot O(1) times
-            // (ids are u32: no more slots than that).
-            let slots = slots.max(self.present.len() * 2).min(1 << 32);
+            // Exactly the slots needed: the `Vec`s' capacities double on their own (so
+            // ids growing one batch at a time copy each slot O(1) times), and the slots
+            // past the top id are not written, so their pages are never touched.
             self.present.resize(slots, false);
             self.fixed.iter_mut().for_each(|c| c.grow(slots));
         }
