@@ -178,7 +178,8 @@ impl Metrics {
         };
         let batch_latency = latency(
             "weir_batch_latency_seconds",
-            "Time from a micro-batch's first row until its processing finished.",
+            "Time from a micro-batch's first row until its processing finished (per chunk \
+             when its queued chunks go through one by one).",
             "source",
         );
         let end_to_end_latency = latency(

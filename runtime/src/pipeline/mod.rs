@@ -153,7 +153,8 @@ impl Pipeline {
             let mut next = rx.recv_timeout(wait);
             let mut took = false;
             // Behind (chunks already waiting): take them into this micro-batch too, so
-            // a backlog makes batches larger, not a batch per late chunk.
+            // a backlog makes batches larger, not a batch per small late chunk (chunks
+            // of a quarter of a batch or more still go through one by one, see `flush`).
             while let Ok(Chunk::Rows {
                 batch,
                 columns,
@@ -244,7 +245,9 @@ impl Pipeline {
         }
         // Chunks of a quarter of a batch or more go through one by one: joined, they
         // were copied once more on this thread (3% of all the work of q0 over the
-        // generator at 2 cores, taken from the workers making the chunks).
+        // generator at 2 cores, taken from the workers making the chunks). Each is then
+        // a batch of its own: late rows are judged, and the batch latency observed,
+        // per chunk.
         let max_rows = self.policy.max_rows();
         if pending.len() > 1 && pending.iter().all(|p| p.batch.num_rows() >= max_rows / 4) {
             for chunk in std::mem::take(pending) {

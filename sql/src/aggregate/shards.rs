@@ -117,8 +117,9 @@ fn take_boolean(filter: &BooleanArray, rows: &UInt32Array) -> Result<BooleanArra
 ///
 /// The calling thread (a view's pipeline, which would only wait) runs the first shard
 /// itself, and then every shard no worker has started yet: the workers may be busy
-/// decoding the source's next blocks, and a shard queued behind them held the whole
-/// pipeline up.
+/// decoding the source's next blocks. It still waits until a worker has taken each
+/// spawned job off the queue (the jobs borrow the shards), but no longer for a shard's
+/// work done behind that decoding.
 pub fn each_shard<S, P, R>(
     shards: &mut [S],
     parts: Vec<P>,
