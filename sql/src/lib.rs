@@ -23,6 +23,7 @@ pub mod batch;
 pub mod error;
 pub mod join;
 pub mod operator;
+pub mod parallel;
 pub mod parser;
 pub mod planner;
 pub mod schema;

@@ -7,7 +7,6 @@
 
 use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::record_batch::RecordBatch;
-use rayon::prelude::*;
 
 use crate::Result;
 use crate::operator::{Collector, Operator, Stage};
@@ -75,9 +74,8 @@ impl Operator for Stateless {
             return Ok(());
         }
         let steps = &self.steps;
-        let (done, ledgers): (Vec<Result<RecordBatch>>, Vec<Ledger>) = parts
-            .into_par_iter()
-            .map(|(offset, len)| {
+        let (done, ledgers): (Vec<Result<RecordBatch>>, Vec<Ledger>) =
+            crate::parallel::run_parts(parts, |(offset, len)| {
                 // A panic stays in its slice, so every slice's ledger comes back.
                 settle::in_slice(|| {
                     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -90,6 +88,7 @@ impl Operator for Stateless {
                     })
                 })
             })
+            .into_iter()
             .unzip();
         Ledger::settle_all(ledgers);
         // All or nothing: a failing slice fails the batch, as it would serially, with the

@@ -7,7 +7,6 @@
 use datafusion::arrow::array::{ArrayRef, BooleanArray, UInt32Array};
 use datafusion::arrow::compute::take;
 use datafusion::common::hash_utils::{RandomState, create_hashes};
-use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use super::Prepared;
 use crate::Result;
@@ -113,13 +112,8 @@ fn take_boolean(filter: &BooleanArray, rows: &UInt32Array) -> Result<BooleanArra
 }
 
 /// `f` on each shard with its part, on as many cores as there are shards (in the
-/// calling thread when there is one shard). Results in shard order.
-///
-/// The calling thread (a view's pipeline, which would only wait) runs the first shard
-/// itself, and then every shard no worker has started yet: the workers may be busy
-/// decoding the source's next blocks. It still waits until a worker has taken each
-/// spawned job off the queue (the jobs borrow the shards), but no longer for a shard's
-/// work done behind that decoding.
+/// calling thread when there is one shard; see [`crate::parallel`]). Results in shard
+/// order; every shard runs, and the first failure in shard order is returned.
 pub fn each_shard<S, P, R>(
     shards: &mut [S],
     parts: Vec<P>,
@@ -130,43 +124,10 @@ where
     P: Send,
     R: Send,
 {
-    if shards.len() == 1 {
-        return shards.iter_mut().zip(parts).map(|(s, p)| f(s, p)).collect();
-    }
-    // Each shard's work, taken by whoever comes to it first.
-    let work: Vec<Mutex<Option<(&mut S, P)>>> = shards
-        .iter_mut()
-        .zip(parts)
-        .map(|job| Mutex::new(Some(job)))
-        .collect();
-    let done: Vec<Mutex<Option<Result<R>>>> = work.iter().map(|_| Mutex::new(None)).collect();
-    let run = |i: usize| {
-        // Taken, then the lock released before the work: `f` runs unlocked.
-        let taken = lock(&work[i]).take();
-        if let Some((shard, part)) = taken {
-            *lock(&done[i]) = Some(f(shard, part));
-        }
-    };
-    rayon::in_place_scope(|scope| {
-        for i in 1..work.len() {
-            let run = &run;
-            scope.spawn(move |_| run(i));
-        }
-        (0..work.len()).for_each(run);
-    });
-    done.into_iter()
-        .map(|result| {
-            result
-                .into_inner()
-                .unwrap_or_else(PoisonError::into_inner)
-                .unwrap_or_else(|| Err(crate::Error::Execution("a shard did not run".into())))
-        })
+    let jobs: Vec<(&mut S, P)> = shards.iter_mut().zip(parts).collect();
+    crate::parallel::run_parts(jobs, |(shard, part)| f(shard, part))
+        .into_iter()
         .collect()
-}
-
-/// A lock whose holder cannot panic while holding it (it only moves a value).
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]

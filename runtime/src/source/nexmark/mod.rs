@@ -140,6 +140,9 @@ fn spawn(options: &NexmarkOptions, start_event: u64, parallelism: usize, feed: F
                 chunk_events as u64
             };
             if rate == 0 && parallelism > 1 {
+                // A batch's worth of events per job: each job costs a wake-up and a
+                // hand-off, and the pipeline no longer joins such chunks.
+                let chunk = feed.chunk_rows.max(1) as u64;
                 generate_in_parallel(config, start_event, chunk, parallelism, &feed);
                 return;
             }
