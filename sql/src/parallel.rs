@@ -4,10 +4,13 @@
 //! The caller, a view's pipeline thread, would only wait: it runs the first part
 //! itself, then every part no worker has started yet. The workers may be busy decoding
 //! or generating the source's next chunks, and a part queued behind them held the whole
-//! pipeline up. The caller still waits until a worker has taken each spawned job off
-//! the queue (the jobs borrow the caller's data), but no longer for the work itself.
+//! pipeline up. With [`run_parts`] (parts that borrow the caller's data, such as an
+//! operator's shards) the caller still waits until a worker has taken each spawned job
+//! off the queue; with [`run_owned`] (parts and work that own what they use) it waits
+//! only for the parts a worker is running.
 
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 /// `f` on each part, side by side; the results in the parts' order.
 pub fn run_parts<P, R>(parts: Vec<P>, f: impl Fn(P) -> R + Sync) -> Vec<R>
@@ -36,10 +39,96 @@ where
         }
         (0..work.len()).for_each(run);
     });
-    // Every part ran once the scope is over (a panic in one is raised there).
+    // Every part ran once the scope is over (a panic in one is raised there): the
+    // caller walked them all, so none is left `None`.
     done.into_iter()
-        .filter_map(|result| result.into_inner().unwrap_or_else(PoisonError::into_inner))
+        .map(|result| {
+            result
+                .into_inner()
+                .unwrap_or_else(PoisonError::into_inner)
+                .expect("every part ran before the scope ended")
+        })
         .collect()
+}
+
+/// `f` on each part, side by side; the results in the parts' order. The calling
+/// thread runs the first part, then every part no worker has started, and waits only
+/// for the parts a worker is running: a job a worker takes off the queue later finds
+/// its part done and returns. A panic in a part is raised here.
+pub fn run_owned<P, R, F>(parts: Vec<P>, f: Arc<F>) -> Vec<R>
+where
+    P: Send + 'static,
+    R: Send + 'static,
+    F: Fn(P) -> R + Send + Sync + 'static,
+{
+    if parts.len() <= 1 {
+        return parts.into_iter().map(|p| f(p)).collect();
+    }
+    let slots: Vec<Arc<Slot<P, R>>> = parts.into_iter().map(Slot::new).collect();
+    for slot in &slots[1..] {
+        let (slot, f) = (Arc::clone(slot), Arc::clone(&f));
+        rayon::spawn(move || slot.run(&*f));
+    }
+    slots.iter().map(|slot| slot.run_or_wait(&*f)).collect()
+}
+
+/// One part of [`run_owned`], and what became of it.
+struct Slot<P, R> {
+    state: Mutex<State<P, R>>,
+    done: Condvar,
+}
+
+enum State<P, R> {
+    Waiting(P),
+    Running,
+    Done(std::thread::Result<R>),
+    Taken,
+}
+
+impl<P, R> Slot<P, R> {
+    fn new(part: P) -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::new(State::Waiting(part)),
+            done: Condvar::new(),
+        })
+    }
+
+    /// Run the part unless someone else has: the first to come takes it.
+    fn run(&self, f: &impl Fn(P) -> R) {
+        let taken = {
+            let mut state = lock(&self.state);
+            match std::mem::replace(&mut *state, State::Running) {
+                State::Waiting(part) => Some(part),
+                other => {
+                    *state = other;
+                    None
+                }
+            }
+        };
+        if let Some(part) = taken {
+            let result = catch_unwind(AssertUnwindSafe(|| f(part)));
+            *lock(&self.state) = State::Done(result);
+            self.done.notify_all();
+        }
+    }
+
+    /// Run the part if nobody has started it, else wait for it; its result.
+    fn run_or_wait(&self, f: &impl Fn(P) -> R) -> R {
+        self.run(f);
+        let mut state = lock(&self.state);
+        loop {
+            match std::mem::replace(&mut *state, State::Taken) {
+                State::Done(result) => return result.unwrap_or_else(|panic| resume_unwind(panic)),
+                other => {
+                    *state = other;
+                    state = self
+                        .done
+                        .wait(state)
+                        .unwrap_or_else(PoisonError::into_inner);
+                }
+            }
+        }
+    }
 }
 
 /// A lock whose holder cannot panic while holding it (it only moves a value).
@@ -68,6 +157,42 @@ mod tests {
             assert_eq!(runs, parts, "each part ran once");
         }
         assert_eq!(run_parts(vec![3], |p| p + 1), vec![4]);
+        for round in 0..50 {
+            let parts: Vec<usize> = (0..7).map(|i| i * 10 + round).collect();
+            let runs = Arc::new(Mutex::new(Vec::new()));
+            let seen = Arc::clone(&runs);
+            let got = run_owned(
+                parts.clone(),
+                Arc::new(move |p: usize| {
+                    lock(&seen).push(p);
+                    p * 2
+                }),
+            );
+            assert_eq!(got, parts.iter().map(|p| p * 2).collect::<Vec<_>>());
+            let mut runs = lock(&runs).clone();
+            runs.sort_unstable();
+            assert_eq!(runs, parts, "each owned part ran once");
+        }
         assert!(run_parts(Vec::<u8>::new(), |p| p).is_empty());
+    }
+
+    /// A part that panics, whoever runs it, raises the panic in the caller once every
+    /// part it waits for is done; nothing hangs.
+    #[test]
+    fn a_panic_in_an_owned_part_reaches_the_caller() {
+        for round in 0..20 {
+            let caught = std::panic::catch_unwind(|| {
+                run_owned(
+                    (0..4).collect::<Vec<usize>>(),
+                    Arc::new(move |p: usize| {
+                        if p == round % 4 {
+                            panic!("part {p} fails");
+                        }
+                        p
+                    }),
+                )
+            });
+            assert!(caught.is_err(), "round {round}");
+        }
     }
 }

@@ -1,12 +1,15 @@
 //! The operator of a view that only projects and filters: each batch in, its surviving
 //! rows out, with no state. With no state to route, a view's parallel instances are
-//! slices of the batch: each runs the steps on a core of rayon's pool (the workers that
-//! decode), and the slices' rows go out together, in the input's order, as one batch.
+//! slices of the batch, run side by side on rayon's pool (the workers that decode) and
+//! the pipeline thread ([`crate::parallel::run_owned`]), and the slices' rows go out
+//! together, in the input's order, as one batch.
 //! Outside calls the slices make (a plugin's function) settle once for the batch
 //! ([`crate::settle`]).
 
 use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::record_batch::RecordBatch;
+
+use std::sync::Arc;
 
 use crate::Result;
 use crate::operator::{Collector, Operator, Stage};
@@ -18,7 +21,7 @@ const MIN_SLICE_ROWS: usize = 1024;
 
 /// A view of projections and filters: each batch in, its surviving rows out.
 pub struct Stateless {
-    steps: Steps,
+    steps: Arc<Steps>,
     /// Whether [`Operator::set_parallelism`] may cut batches into slices.
     sliceable: bool,
     /// Slices a batch is cut into and run side by side (1: the caller's thread alone).
@@ -29,7 +32,7 @@ impl Stateless {
     /// Steps within another operator (after a join's aggregate): always serial.
     pub fn new(steps: Steps) -> Self {
         Self {
-            steps,
+            steps: Arc::new(steps),
             sliceable: false,
             instances: 1,
         }
@@ -73,23 +76,26 @@ impl Operator for Stateless {
             out.emit(self.steps.apply(batch.clone())?);
             return Ok(());
         }
-        let steps = &self.steps;
-        let (done, ledgers): (Vec<Result<RecordBatch>>, Vec<Ledger>) =
-            crate::parallel::run_parts(parts, |(offset, len)| {
-                // A panic stays in its slice, so every slice's ledger comes back.
-                settle::in_slice(|| {
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        steps.apply_slice(batch.slice(offset, len), offset == 0)
-                    }))
-                    .unwrap_or_else(|_| {
-                        Err(crate::Error::Execution(
-                            "a slice of the batch panicked".into(),
-                        ))
-                    })
+        // Work that owns what it uses: the pipeline thread then never waits for a
+        // worker, busy decoding, to pick up a slice it has already run.
+        let (steps, whole) = (Arc::clone(&self.steps), batch.clone());
+        let slice = move |(offset, len): (usize, usize)| {
+            // A panic stays in its slice, so every slice's ledger comes back.
+            settle::in_slice(|| {
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    steps.apply_slice(whole.slice(offset, len), offset == 0)
+                }))
+                .unwrap_or_else(|_| {
+                    Err(crate::Error::Execution(
+                        "a slice of the batch panicked".into(),
+                    ))
                 })
             })
-            .into_iter()
-            .unzip();
+        };
+        let (done, ledgers): (Vec<Result<RecordBatch>>, Vec<Ledger>) =
+            crate::parallel::run_owned(parts, Arc::new(slice))
+                .into_iter()
+                .unzip();
         Ledger::settle_all(ledgers);
         // All or nothing: a failing slice fails the batch, as it would serially, with the
         // first failure in row order.

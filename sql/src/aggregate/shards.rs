@@ -1,5 +1,6 @@
 //! Keyed parallelism for aggregates: a state split into shards by a hash of the group
-//! key, each shard worked on by its own core (rayon's pool). A group lives in exactly
+//! key, the shards worked on side by side (rayon's pool and the calling thread, see
+//! [`crate::parallel`]). A group lives in exactly
 //! one shard, so shards never merge; what they emit is put side by side. Checkpoints
 //! hold the shards' rows together in the serial form and a restore routes them again by
 //! key, so a checkpoint taken at one parallelism restores at any other.
