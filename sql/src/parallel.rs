@@ -54,7 +54,8 @@ where
 /// `f` on each part, side by side; the results in the parts' order. The calling
 /// thread runs the first part, then every part no worker has started, and waits only
 /// for the parts a worker is running: a job a worker takes off the queue later finds
-/// its part done and returns. A panic in a part is raised here.
+/// its part done and returns. A panic in a part is raised here, once every part has
+/// run (none is left for a worker to run after the call).
 pub fn run_owned<P, R, F>(parts: Vec<P>, f: Arc<F>) -> Vec<R>
 where
     P: Send + 'static,
@@ -69,7 +70,12 @@ where
         let (slot, f) = (Arc::clone(slot), Arc::clone(&f));
         rayon::spawn(move || slot.run(&*f));
     }
-    slots.iter().map(|slot| slot.run_or_wait(&*f)).collect()
+    let results: Vec<std::thread::Result<R>> =
+        slots.iter().map(|slot| slot.run_or_wait(&*f)).collect();
+    results
+        .into_iter()
+        .map(|result| result.unwrap_or_else(|panic| resume_unwind(panic)))
+        .collect()
 }
 
 /// One part of [`run_owned`], and what became of it.
@@ -112,13 +118,13 @@ impl<P, R> Slot<P, R> {
         }
     }
 
-    /// Run the part if nobody has started it, else wait for it; its result.
-    fn run_or_wait(&self, f: &impl Fn(P) -> R) -> R {
+    /// Run the part if nobody has started it, else wait for it; its outcome.
+    fn run_or_wait(&self, f: &impl Fn(P) -> R) -> std::thread::Result<R> {
         self.run(f);
         let mut state = lock(&self.state);
         loop {
             match std::mem::replace(&mut *state, State::Taken) {
-                State::Done(result) => return result.unwrap_or_else(|panic| resume_unwind(panic)),
+                State::Done(result) => return result,
                 other => {
                     *state = other;
                     state = self
@@ -177,14 +183,18 @@ mod tests {
     }
 
     /// A part that panics, whoever runs it, raises the panic in the caller once every
-    /// part it waits for is done; nothing hangs.
+    /// part has run (none is left to run after the call); nothing hangs.
     #[test]
-    fn a_panic_in_an_owned_part_reaches_the_caller() {
+    fn a_panic_in_an_owned_part_reaches_the_caller_after_every_part_ran() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
         for round in 0..20 {
+            let ran = Arc::new(AtomicUsize::new(0));
+            let counted = Arc::clone(&ran);
             let caught = std::panic::catch_unwind(|| {
                 run_owned(
                     (0..4).collect::<Vec<usize>>(),
                     Arc::new(move |p: usize| {
+                        counted.fetch_add(1, Ordering::SeqCst);
                         if p == round % 4 {
                             panic!("part {p} fails");
                         }
@@ -193,6 +203,11 @@ mod tests {
                 )
             });
             assert!(caught.is_err(), "round {round}");
+            assert_eq!(
+                ran.load(Ordering::SeqCst),
+                4,
+                "round {round}: every part ran"
+            );
         }
     }
 }

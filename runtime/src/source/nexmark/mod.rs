@@ -141,8 +141,9 @@ fn spawn(options: &NexmarkOptions, start_event: u64, parallelism: usize, feed: F
             };
             if rate == 0 && parallelism > 1 {
                 // A batch's worth of events per job (each job costs a wake-up and a
-                // hand-off; the pipeline does not join the bids of such chunks), but
-                // not a huge `max_rows`' worth: `parallelism` + 1 are held at once.
+                // hand-off; at the default `max_rows` the pipeline does not join the
+                // bids of such chunks), but not a huge `max_rows`' worth:
+                // `parallelism` + 1 are held at once.
                 let chunk = feed.chunk_rows.clamp(1, 1 << 16) as u64;
                 generate_in_parallel(config, start_event, chunk, parallelism, &feed);
                 return;
