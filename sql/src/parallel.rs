@@ -12,7 +12,8 @@
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
-/// `f` on each part, side by side; the results in the parts' order.
+/// `f` on each part, side by side; the results in the parts' order. A panic in a part
+/// is raised here, once every part has run.
 pub fn run_parts<P, R>(parts: Vec<P>, f: impl Fn(P) -> R + Sync) -> Vec<R>
 where
     P: Send,
@@ -21,34 +22,16 @@ where
     if parts.len() <= 1 {
         return parts.into_iter().map(f).collect();
     }
-    // Each part, taken by whoever comes to it first.
-    let work: Vec<Mutex<Option<P>>> = parts.into_iter().map(|p| Mutex::new(Some(p))).collect();
-    let done: Vec<Mutex<Option<R>>> = work.iter().map(|_| Mutex::new(None)).collect();
-    let run = |i: usize| {
-        // Taken, then the lock released before the work: `f` runs unlocked.
-        let taken = lock(&work[i]).take();
-        if let Some(part) = taken {
-            let result = f(part);
-            *lock(&done[i]) = Some(result);
-        }
-    };
+    let slots: Vec<Slot<P, R>> = parts.into_iter().map(Slot::new).collect();
     rayon::in_place_scope(|scope| {
-        for i in 1..work.len() {
-            let run = &run;
-            scope.spawn(move |_| run(i));
+        for slot in &slots[1..] {
+            let f = &f;
+            scope.spawn(move |_| slot.run(f));
         }
-        (0..work.len()).for_each(run);
+        slots.iter().for_each(|slot| slot.run(&f));
     });
-    // Every part ran once the scope is over (a panic in one is raised there): the
-    // caller walked them all, so none is left `None`.
-    done.into_iter()
-        .map(|result| {
-            result
-                .into_inner()
-                .unwrap_or_else(PoisonError::into_inner)
-                .expect("every part ran before the scope ended")
-        })
-        .collect()
+    // The scope is over: every part is done, none is waited for.
+    raise_any_panic(slots.iter().map(|slot| slot.run_or_wait(&f)).collect())
 }
 
 /// `f` on each part, side by side; the results in the parts' order. The calling
@@ -65,20 +48,26 @@ where
     if parts.len() <= 1 {
         return parts.into_iter().map(|p| f(p)).collect();
     }
-    let slots: Vec<Arc<Slot<P, R>>> = parts.into_iter().map(Slot::new).collect();
+    let slots: Vec<Arc<Slot<P, R>>> = parts
+        .into_iter()
+        .map(|part| Arc::new(Slot::new(part)))
+        .collect();
     for slot in &slots[1..] {
         let (slot, f) = (Arc::clone(slot), Arc::clone(&f));
         rayon::spawn(move || slot.run(&*f));
     }
-    let results: Vec<std::thread::Result<R>> =
-        slots.iter().map(|slot| slot.run_or_wait(&*f)).collect();
-    results
+    raise_any_panic(slots.iter().map(|slot| slot.run_or_wait(&*f)).collect())
+}
+
+/// The parts' results, or the first part's panic raised again.
+fn raise_any_panic<R>(outcomes: Vec<std::thread::Result<R>>) -> Vec<R> {
+    outcomes
         .into_iter()
-        .map(|result| result.unwrap_or_else(|panic| resume_unwind(panic)))
+        .map(|outcome| outcome.unwrap_or_else(|panic| resume_unwind(panic)))
         .collect()
 }
 
-/// One part of [`run_owned`], and what became of it.
+/// One part, and what became of it: the first thread to come runs it.
 struct Slot<P, R> {
     state: Mutex<State<P, R>>,
     done: Condvar,
@@ -92,11 +81,11 @@ enum State<P, R> {
 }
 
 impl<P, R> Slot<P, R> {
-    fn new(part: P) -> Arc<Self> {
-        Arc::new(Self {
+    fn new(part: P) -> Self {
+        Self {
             state: Mutex::new(State::Waiting(part)),
             done: Condvar::new(),
-        })
+        }
     }
 
     /// Run the part unless someone else has: the first to come takes it.
