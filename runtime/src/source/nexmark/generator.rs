@@ -170,7 +170,7 @@ pub struct Generator {
 impl Generator {
     pub fn new(config: GeneratorConfig) -> Self {
         Self {
-            columns: Columns::new(config.table),
+            columns: Columns::with_capacity(config.table, 0, false),
             config,
             next_event: 0,
             scratch: String::new(),
@@ -220,8 +220,13 @@ impl Generator {
             Some(total) => total.min(self.next_event + events),
             None => self.next_event + events,
         };
+        // Builders sized for the chunk: grown from empty, they copy and fault in new
+        // pages at every doubling (`finish` leaves them empty).
+        let table = self.config.table;
+        let rows = table.rows_in(end - self.next_event + TOTAL_PROPORTION);
+        self.columns = Columns::with_capacity(table, rows as usize, self.make_extra);
         for event in self.next_event..end {
-            if Table::of_event(event) == self.config.table {
+            if Table::of_event(event) == table {
                 self.generate(event);
             }
         }
@@ -422,41 +427,44 @@ impl Columns {
         }
     }
 
-    fn new(table: Table) -> Self {
-        let i = Int64Builder::new;
-        let s = StringBuilder::new;
-        let t = TimestampMillisecondBuilder::new;
+    /// Builders for `rows` rows, their strings sized at about the generator's average
+    /// lengths (`extra` only when it is made).
+    fn with_capacity(table: Table, rows: usize, make_extra: bool) -> Self {
+        let i = || Int64Builder::with_capacity(rows);
+        let s = |bytes_per_row: usize| StringBuilder::with_capacity(rows, rows * bytes_per_row);
+        let t = || TimestampMillisecondBuilder::with_capacity(rows);
+        let extra = |average: usize| s(if make_extra { average } else { 0 });
         match table {
             Table::Person => Columns::Person {
                 id: i(),
-                name: s(),
-                email: s(),
-                card: s(),
-                city: s(),
-                state: s(),
+                name: s(16),
+                email: s(16),
+                card: s(19),
+                city: s(12),
+                state: s(2),
                 date_time: t(),
-                extra: s(),
+                extra: extra(AVG_PERSON_BYTES),
             },
             Table::Auction => Columns::Auction {
                 id: i(),
-                item_name: s(),
-                description: s(),
+                item_name: s(12),
+                description: s(52),
                 initial_bid: i(),
                 reserve: i(),
                 date_time: t(),
                 expires: t(),
                 seller: i(),
                 category: i(),
-                extra: s(),
+                extra: extra(AVG_AUCTION_BYTES),
             },
             Table::Bid => Columns::Bid {
                 auction: i(),
                 bidder: i(),
                 price: i(),
-                channel: s(),
-                url: s(),
+                channel: s(8),
+                url: s(48),
                 date_time: t(),
-                extra: s(),
+                extra: extra(AVG_BID_BYTES / 2),
             },
         }
     }
