@@ -17,6 +17,7 @@
 //! `explain` describes the planned operators; `narrow` keeps only the columns that
 //! views holding rows read.
 
+mod build_side;
 pub(crate) mod explain;
 pub(crate) mod lower;
 pub(crate) mod narrow;
@@ -456,7 +457,8 @@ pub(crate) fn planning_context(functions: &[ScalarUDF]) -> SessionContext {
     // One partition: per-window queries run on the pipeline's thread, without repartitioning.
     // A physical plan is made once and run again and again (crate::batch): no filters
     // that one run derives and leaves in the plan for the next (the key turns off every
-    // kind of dynamic filter).
+    // kind of dynamic filter). A hash join of rows with an aggregate builds on the
+    // aggregate (`build_side`).
     let mut config = SessionConfig::new()
         .with_target_partitions(1)
         .set_bool("datafusion.optimizer.enable_dynamic_filter_pushdown", false);
@@ -472,6 +474,7 @@ pub(crate) fn planning_context(functions: &[ScalarUDF]) -> SessionContext {
         .with_config(config)
         .with_default_features()
         .with_optimizer_rules(rules)
+        .with_physical_optimizer_rules(build_side::physical_rules())
         .build();
     let ctx = SessionContext::new_with_state(state);
     for f in functions {

@@ -1,0 +1,221 @@
+//! Which side of a hash join of a batch query builds the table.
+//!
+//! A batch query's scans read rows held for one run (a window's, a session's), so they
+//! state no statistics, and DataFusion builds a hash join's table on the left side as
+//! written. Nexmark q7 (the bids whose price is their window's highest) joins the
+//! window's bids with their maximum: as written, every run hashed all of a window's
+//! bids to probe them with one row. An aggregate has at most as many rows as its input,
+//! and most often far fewer (one per window there), so a join of rows with an
+//! aggregate builds on the aggregate.
+
+use std::sync::Arc;
+
+use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
+use datafusion::config::ConfigOptions;
+use datafusion::physical_optimizer::PhysicalOptimizerRule;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::aggregates::AggregateExec;
+use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+use datafusion::physical_plan::filter::FilterExec;
+use datafusion::physical_plan::joins::{HashJoinExec, PartitionMode};
+use datafusion::physical_plan::projection::ProjectionExec;
+use datafusion::physical_plan::repartition::RepartitionExec;
+
+/// Swaps a hash join whose right side is an aggregate and left side is not, so that
+/// the aggregate is the build side (DataFusion's `swap_inputs` keeps the join's
+/// meaning: a semi join keeping the rows becomes one keeping the probe side's). Runs right after DataFusion's `JoinSelection`.
+#[derive(Debug, Default)]
+pub(crate) struct BuildOnTheAggregate;
+
+impl PhysicalOptimizerRule for BuildOnTheAggregate {
+    fn optimize(
+        &self,
+        plan: Arc<dyn ExecutionPlan>,
+        _config: &ConfigOptions,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        plan.transform_up(|node| {
+            let Some(join) = node.downcast_ref::<HashJoinExec>() else {
+                return Ok(Transformed::no(node));
+            };
+            // As DataFusion's own rule swaps (a null-aware anti join keeps its sides).
+            let swap = join.join_type().supports_swap()
+                && !join.null_aware
+                && *join.partition_mode() == PartitionMode::CollectLeft
+                && from_an_aggregate(join.right())
+                && !from_an_aggregate(join.left());
+            match swap {
+                true => Ok(Transformed::yes(
+                    join.swap_inputs(PartitionMode::CollectLeft)?,
+                )),
+                false => Ok(Transformed::no(node)),
+            }
+        })
+        .data()
+    }
+
+    fn name(&self) -> &str {
+        "build_on_the_aggregate"
+    }
+
+    fn schema_check(&self) -> bool {
+        true
+    }
+}
+
+/// Whether `plan`'s rows are an aggregate's, through operators that keep or drop rows
+/// but never add any.
+fn from_an_aggregate(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    if plan.downcast_ref::<AggregateExec>().is_some() {
+        return true;
+    }
+    let passes_rows = plan.downcast_ref::<ProjectionExec>().is_some()
+        || plan.downcast_ref::<FilterExec>().is_some()
+        || plan.downcast_ref::<CoalescePartitionsExec>().is_some()
+        || plan.downcast_ref::<RepartitionExec>().is_some();
+    match plan.children()[..] {
+        [child] if passes_rows => from_an_aggregate(child),
+        _ => false,
+    }
+}
+
+/// DataFusion's physical rules, with [`BuildOnTheAggregate`] right after the rule that
+/// picks join sides and modes (before any rule that relies on the sides).
+pub(crate) fn physical_rules() -> Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> {
+    let mut rules = datafusion::physical_optimizer::optimizer::PhysicalOptimizer::new().rules;
+    let after = rules
+        .iter()
+        .position(|r| r.name() == "join_selection")
+        .map_or(rules.len(), |at| at + 1);
+    rules.insert(after, Arc::new(BuildOnTheAggregate));
+    rules
+}
+
+#[cfg(test)]
+mod tests {
+    use datafusion::arrow::array::{Int64Array, RecordBatch};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::assert_batches_sorted_eq;
+    use datafusion::physical_plan::collect;
+
+    use super::*;
+    use crate::batch::WindowRows;
+    use crate::parser::{Statement, parse_statement};
+    use crate::planner::{logical_plan, planning_context, register};
+
+    /// The physical plan of `sql` over a table `bid(w, price)` holding `prices` in
+    /// window 1, and its result.
+    fn plan_and_run(sql: &str, prices: &[i64]) -> (Arc<dyn ExecutionPlan>, Vec<RecordBatch>) {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("w", DataType::Int64, false),
+            Field::new("price", DataType::Int64, false),
+        ]));
+        let bid = Arc::new(WindowRows::new(schema.clone()));
+        let ctx = planning_context(&[]);
+        register(&ctx, "bid", bid.clone()).expect("registers");
+        bid.set(vec![
+            RecordBatch::try_new(
+                schema,
+                vec![
+                    Arc::new(Int64Array::from(vec![1; prices.len()])),
+                    Arc::new(Int64Array::from(prices.to_vec())),
+                ],
+            )
+            .expect("batch"),
+        ]);
+        let state = ctx.state();
+        let Ok(Statement::CreateView(view)) =
+            parse_statement(&format!("CREATE MATERIALIZED VIEW v AS {sql}"))
+        else {
+            panic!("parses")
+        };
+        futures::executor::block_on(async {
+            let plan = logical_plan(&state, view.query).await.expect("plans");
+            let physical = state
+                .create_physical_plan(&state.optimize(&plan).expect("optimizes"))
+                .await
+                .expect("physical plan");
+            let result = collect(physical.clone(), state.task_ctx())
+                .await
+                .expect("runs");
+            (physical, result)
+        })
+    }
+
+    /// The hash joins of `plan`: whether each builds on an aggregate.
+    fn builds_on_an_aggregate(plan: &Arc<dyn ExecutionPlan>) -> Vec<bool> {
+        let mut found = Vec::new();
+        plan.apply(|node| {
+            if let Some(join) = node.downcast_ref::<HashJoinExec>() {
+                found.push(from_an_aggregate(join.left()));
+            }
+            Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+        })
+        .expect("walks");
+        found
+    }
+
+    /// q7's shape: rows joined with their maximum, written rows first, build on the
+    /// maximum; the rows that come out are the same.
+    #[test]
+    fn a_join_of_rows_with_their_aggregate_builds_on_the_aggregate() {
+        let (plan, result) = plan_and_run(
+            "SELECT b.w, b.price FROM bid AS b \
+             JOIN (SELECT w, max(price) AS top FROM bid GROUP BY w) AS m \
+             ON b.w = m.w AND b.price = m.top",
+            &[5, 9, 2, 9, 7],
+        );
+        assert_eq!(builds_on_an_aggregate(&plan), vec![true]);
+        assert_batches_sorted_eq!(
+            [
+                "+---+-------+",
+                "| w | price |",
+                "+---+-------+",
+                "| 1 | 9     |",
+                "| 1 | 9     |",
+                "+---+-------+",
+            ],
+            &result
+        );
+        // An inner join (the aggregate's columns read too, not a semi join) alike.
+        let (plan, result) = plan_and_run(
+            "SELECT b.price, m.top FROM bid AS b \
+             JOIN (SELECT w, max(price) AS top FROM bid GROUP BY w) AS m ON b.price = m.top",
+            &[5, 9, 2],
+        );
+        assert_eq!(builds_on_an_aggregate(&plan), vec![true]);
+        assert_batches_sorted_eq!(
+            [
+                "+-------+-----+",
+                "| price | top |",
+                "+-------+-----+",
+                "| 9     | 9   |",
+                "+-------+-----+",
+            ],
+            &result
+        );
+        // Written aggregate first, it already is the build side: left as it is.
+        let (plan, _) = plan_and_run(
+            "SELECT b.w, b.price FROM (SELECT w, max(price) AS top FROM bid GROUP BY w) AS m \
+             JOIN bid AS b ON b.w = m.w AND b.price = m.top",
+            &[5, 9],
+        );
+        assert_eq!(builds_on_an_aggregate(&plan), vec![true]);
+    }
+
+    /// Joins of rows with rows, or of aggregates with aggregates, keep their sides.
+    #[test]
+    fn other_joins_keep_the_side_written_first() {
+        let (plan, result) = plan_and_run(
+            "SELECT a.price FROM bid AS a JOIN bid AS b ON a.price = b.price",
+            &[1, 2, 2],
+        );
+        assert_eq!(builds_on_an_aggregate(&plan), vec![false]);
+        assert_eq!(result.iter().map(|b| b.num_rows()).sum::<usize>(), 5);
+        let (plan, _) = plan_and_run(
+            "SELECT a.n FROM (SELECT price, count(*) AS n FROM bid GROUP BY price) AS a \
+             JOIN (SELECT w, max(price) AS top FROM bid GROUP BY w) AS m ON a.price = m.top",
+            &[1, 2, 2],
+        );
+        assert_eq!(builds_on_an_aggregate(&plan), vec![true]);
+    }
+}
