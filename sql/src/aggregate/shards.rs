@@ -5,6 +5,8 @@
 //! hold the shards' rows together in the serial form and a restore routes them again by
 //! key, so a checkpoint taken at one parallelism restores at any other.
 
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
 use datafusion::arrow::array::{ArrayRef, BooleanArray, UInt32Array};
 use datafusion::arrow::compute::take;
 use datafusion::common::hash_utils::{RandomState, create_hashes};
@@ -131,6 +133,33 @@ where
         .collect()
 }
 
+/// [`each_shard`] for shards the work holds a share of: the calling thread runs every
+/// shard no worker has started and waits only for those a worker is running, not for
+/// a worker busy decoding to take a job it has nothing left to do in
+/// ([`crate::parallel::run_owned`]).
+pub fn each_owned_shard<S, P, R>(
+    shards: &[Arc<Mutex<S>>],
+    parts: Vec<P>,
+    f: impl Fn(&mut S, P) -> Result<R> + Send + Sync + 'static,
+) -> Result<Vec<R>>
+where
+    S: Send + 'static,
+    P: Send + 'static,
+    R: Send + 'static,
+{
+    let jobs: Vec<(Arc<Mutex<S>>, P)> = shards.iter().cloned().zip(parts).collect();
+    let run = move |(shard, part): (Arc<Mutex<S>>, P)| f(&mut lock(&shard), part);
+    crate::parallel::run_owned(jobs, Arc::new(run))
+        .into_iter()
+        .collect()
+}
+
+/// A shard, held by one thread at a time (a panic in a shard's work is raised by the
+/// caller, as with borrowed shards).
+pub fn lock<S>(shard: &Mutex<S>) -> MutexGuard<'_, S> {
+    shard.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -169,6 +198,39 @@ mod tests {
         });
         assert!(failed.is_err_and(|e| e.to_string().contains("shard 2 fails")));
         assert_eq!(shards, vec![1; 4], "the other shards still ran");
+        Ok(())
+    }
+
+    /// The same for shards the work holds a share of.
+    #[test]
+    fn each_owned_shard_runs_every_shard_once_with_its_part_and_keeps_their_order() -> Result<()> {
+        for round in 0..50 {
+            let shards: Vec<Arc<Mutex<Vec<usize>>>> =
+                (0..7).map(|_| Arc::new(Mutex::new(Vec::new()))).collect();
+            let parts: Vec<usize> = (0..7).map(|i| i * 10 + round).collect();
+            let got = each_owned_shard(&shards, parts, |shard, part| {
+                shard.push(part);
+                Ok(part * 2)
+            })?;
+            assert_eq!(
+                got,
+                (0..7).map(|i| (i * 10 + round) * 2).collect::<Vec<_>>()
+            );
+            for (i, shard) in shards.iter().enumerate() {
+                assert_eq!(*lock(shard), vec![i * 10 + round], "shard {i} ran once");
+            }
+        }
+        let shards: Vec<Arc<Mutex<usize>>> = (0..4).map(|_| Arc::new(Mutex::new(0))).collect();
+        let failed = each_owned_shard(&shards, vec![0, 1, 2, 3], |shard, part| {
+            *shard += 1;
+            if part == 2 {
+                return Err(crate::Error::Execution("shard 2 fails".into()));
+            }
+            Ok(part)
+        });
+        assert!(failed.is_err_and(|e| e.to_string().contains("shard 2 fails")));
+        let ran: Vec<usize> = shards.iter().map(|s| *lock(s)).collect();
+        assert_eq!(ran, vec![1; 4], "the other shards still ran");
         Ok(())
     }
 

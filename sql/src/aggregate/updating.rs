@@ -16,19 +16,20 @@ use datafusion::logical_expr::EmitTo;
 use datafusion::physical_plan::aggregates::group_values::{GroupValues, new_group_values};
 use datafusion::physical_plan::aggregates::order::GroupOrdering;
 use datafusion::physical_plan::expressions::Literal;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use super::shards::{Router, each_shard, take_rows};
+use super::shards::{Router, each_owned_shard, lock, take_rows};
 use super::{GroupedPlan, KeyedChange, KeyedRows, Prepared};
 use crate::operator::{Collector, Operator};
 use crate::{Error, Result};
 
 /// The running operator of an updating (unwindowed) aggregate view.
 pub struct UpdatingAggregate {
-    plan: GroupedPlan,
+    plan: Arc<GroupedPlan>,
     /// The groups, split by a hash of their key ([`GroupedPlan::shards`]). Group `g` of
-    /// shard `s` of `n` has the id `g * n + s` in the view.
-    shards: Vec<Shard>,
+    /// shard `s` of `n` has the id `g * n + s` in the view. Each is shared with the
+    /// work on it ([`each_owned_shard`]).
+    shards: Vec<Arc<Mutex<Shard>>>,
     router: Router,
     /// Whether some aggregate's state holds values of variable size (lists, strings,
     /// bytes): a touched group then costs in proportion to its state.
@@ -79,7 +80,7 @@ impl UpdatingAggregate {
             shards: new_shards(&plan)?,
             router: Router::new(plan.shards),
             state_grows,
-            plan,
+            plan: Arc::new(plan),
         })
     }
 
@@ -110,9 +111,9 @@ impl Operator for UpdatingAggregate {
         } else {
             prepared.route(&mut self.router)?
         };
-        let plan = &self.plan;
-        let touched = each_shard(&mut self.shards, parts, |shard, part| match part {
-            Some(part) => shard.fold(plan, &part).map(Some),
+        let plan = Arc::clone(&self.plan);
+        let touched = each_owned_shard(&self.shards, parts, move |shard, part| match part {
+            Some(part) => shard.fold(&plan, &part).map(Some),
             None => Ok(None),
         })?;
         // Every shard folded its rows and every id fits: only now is anything stored, so
@@ -125,7 +126,7 @@ impl Operator for UpdatingAggregate {
                     .map_or(Ok(Vec::new()), |t| view_ids(&t.ids, s, n))
             })
             .collect::<Result<Vec<_>>>()?;
-        let touched = each_shard(&mut self.shards, touched, |shard, touched| {
+        let touched = each_owned_shard(&self.shards, touched, |shard, touched| {
             let Some(Touched {
                 ids,
                 states,
@@ -137,6 +138,7 @@ impl Operator for UpdatingAggregate {
             shard.states.set(&ids, states)?;
             Ok(Some(aggregated))
         })?;
+        let plan = &self.plan;
         for (aggregated, ids) in touched.into_iter().zip(view_ids) {
             let Some(aggregated) = aggregated else {
                 continue;
@@ -163,7 +165,7 @@ impl Operator for UpdatingAggregate {
     /// final checkpoint of 9 million groups).
     fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {
         let parts = vec![(); self.shards.len()];
-        let states = each_shard(&mut self.shards, parts, |shard, ()| {
+        let states = each_owned_shard(&self.shards, parts, |shard, ()| {
             let states = shard.states.all()?.1;
             if states.num_rows() == 0 {
                 return Ok(None);
@@ -199,9 +201,9 @@ impl Operator for UpdatingAggregate {
         let (keys, _) = self.plan.split_state(columns)?;
         let rows = columns.first().map_or(0, |c| c.len());
         let parts = self.router.route(keys, rows)?;
-        let plan = &self.plan;
-        each_shard(&mut self.shards, parts, |shard, part| {
-            shard.restore(plan, &take_rows(columns, &part)?)
+        let (plan, columns) = (Arc::clone(&self.plan), columns.to_vec());
+        each_owned_shard(&self.shards, parts, move |shard, part| {
+            shard.restore(&plan, &take_rows(&columns, &part)?)
         })?;
         Ok(())
     }
@@ -211,7 +213,7 @@ impl Operator for UpdatingAggregate {
         let n = self.shards.len();
         let (mut touched, mut kept, mut batches) = (Vec::new(), Vec::new(), Vec::new());
         for (s, shard) in self.shards.iter().enumerate() {
-            let (ids, states) = shard.states.all()?;
+            let (ids, states) = lock(shard).states.all()?;
             let aggregated = values(&self.plan, states.columns(), ids.len())?;
             let ids = view_ids(&ids, s, n)?;
             let (rows, ids_kept) = self.plan.post.apply_keyed(aggregated, ids.clone())?;
@@ -245,7 +247,7 @@ impl Operator for UpdatingAggregate {
         };
         if n != self.shards.len() {
             let state = self.snapshot()?;
-            self.plan.shards = n;
+            Arc::make_mut(&mut self.plan).shards = n;
             self.router = Router::new(n);
             self.restore(&state)?;
         }
@@ -259,20 +261,23 @@ impl Operator for UpdatingAggregate {
     fn state_size(&self) -> usize {
         self.shards
             .iter()
-            .map(|s| s.groups.size() + s.states.size())
+            .map(|s| {
+                let s = lock(s);
+                s.groups.size() + s.states.size()
+            })
             .sum()
     }
 }
 
-fn new_shards(plan: &GroupedPlan) -> Result<Vec<Shard>> {
+fn new_shards(plan: &GroupedPlan) -> Result<Vec<Arc<Mutex<Shard>>>> {
     (0..plan.shards.max(1))
         .map(|_| {
-            Ok(Shard {
+            Ok(Arc::new(Mutex::new(Shard {
                 groups: new_group_values(plan.group_schema.clone(), &GroupOrdering::None)?,
                 states: KeyedRows::new(state_schema(plan)?),
                 row_groups: Vec::new(),
                 ids: Vec::new(),
-            })
+            })))
         })
         .collect()
 }
