@@ -25,8 +25,8 @@ use datafusion::physical_plan::statistics::{StatisticsArgs, StatisticsContext};
 /// Swaps a hash join whose right side is an aggregate and left side is not, so that
 /// the aggregate is the build side (DataFusion's `swap_inputs` keeps the join's
 /// meaning: a semi join keeping the rows becomes one keeping the probe side's). Runs
-/// right after DataFusion's `JoinSelection`, and only where that rule had nothing to
-/// go by: a left side whose rows DataFusion can estimate keeps its choice.
+/// right after DataFusion's `JoinSelection`, and only where DataFusion cannot count the
+/// left side's rows: a side of known size (a VALUES list) keeps its place.
 #[derive(Debug, Default)]
 pub(crate) struct BuildOnTheAggregate;
 
@@ -50,7 +50,7 @@ impl PhysicalOptimizerRule for BuildOnTheAggregate {
                 && *join.partition_mode() == PartitionMode::CollectLeft
                 && from_an_aggregate(join.right())
                 && !from_an_aggregate(join.left())
-                && !counted(join.left())?;
+                && !counted(join.left());
             if swap {
                 Ok(Transformed::yes(
                     join.swap_inputs(PartitionMode::CollectLeft)?,
@@ -88,10 +88,12 @@ fn from_an_aggregate(plan: &Arc<dyn ExecutionPlan>) -> bool {
     }
 }
 
-/// Whether DataFusion can estimate `plan`'s rows (as its `JoinSelection` reads them).
-fn counted(plan: &Arc<dyn ExecutionPlan>) -> datafusion::error::Result<bool> {
-    let stats = StatisticsContext::new().compute(plan.as_ref(), &StatisticsArgs::new())?;
-    Ok(stats.num_rows.get_value().is_some())
+/// Whether DataFusion can estimate `plan`'s rows (read as its `JoinSelection` reads
+/// them; statistics that fail to compute count as unknown, as there).
+fn counted(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    StatisticsContext::new()
+        .compute(plan.as_ref(), &StatisticsArgs::new())
+        .is_ok_and(|stats| stats.num_rows.get_value().is_some())
 }
 
 /// DataFusion's physical rules, with [`BuildOnTheAggregate`] right after the rule that
@@ -227,7 +229,7 @@ mod tests {
     #[test]
     fn other_joins_keep_the_side_written_first() {
         let (plan, result) = plan_and_run(
-            "SELECT a.price FROM bid AS a JOIN bid AS b ON a.price = b.price",
+            "SELECT a.price FROM bid AS a JOIN (SELECT price AS p FROM bid) AS b ON a.price = b.p",
             &[1, 2, 2],
         );
         assert_eq!(build_sides(&plan), vec![vec!["price"]]);
@@ -242,10 +244,6 @@ mod tests {
             "SELECT t.price FROM (VALUES (1, 2)) AS t(w, price) \
              JOIN (SELECT w, max(price) AS top FROM bid GROUP BY w) AS m ON t.price = m.top",
             &[1, 2, 2],
-        );
-        eprintln!(
-            "{}",
-            datafusion::physical_plan::displayable(plan.as_ref()).indent(true)
         );
         assert!(!build_sides(&plan)[0].contains(&"top".to_string()));
         assert_eq!(result.iter().map(|b| b.num_rows()).sum::<usize>(), 1);

@@ -429,7 +429,8 @@ impl Columns {
     }
 
     /// Builders for `rows` rows, their strings sized at about the generator's average
-    /// lengths, rounded up (`extra` only when it is made): a name is two of the lists'
+    /// lengths, rounded up (`extra`, only when it is made, by an eighth: its length
+    /// varies by half either way around its mean): a name is two of the lists'
     /// words, an email 1-7 and 1-5 letters with `@` and `.com`, a card 19 characters,
     /// an item 1-20 letters and a description 1-100, a URL 46 characters for the hot
     /// channels (99%), and `extra` pads a record to its average size less what
@@ -438,7 +439,7 @@ impl Columns {
         let i = || Int64Builder::with_capacity(rows);
         let s = |bytes_per_row: usize| StringBuilder::with_capacity(rows, rows * bytes_per_row);
         let t = || TimestampMillisecondBuilder::with_capacity(rows);
-        let extra = |average: usize| s(if make_extra { average } else { 0 });
+        let extra = |average: usize| s(if make_extra { average + average / 8 } else { 0 });
         match table {
             Table::Person => Columns::Person {
                 id: i(),
