@@ -126,8 +126,10 @@ impl<P, R> Slot<P, R> {
     }
 }
 
-/// A lock whose holder cannot panic while holding it (it only moves a value).
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+/// A lock that a panic of an earlier holder does not close: here a holder only moves a
+/// value; an updating aggregate's shard is held while its work runs, and a panic there
+/// is raised again by the caller of [`run_owned`].
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 

@@ -5,7 +5,7 @@
 //! hold the shards' rows together in the serial form and a restore routes them again by
 //! key, so a checkpoint taken at one parallelism restores at any other.
 
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::array::{ArrayRef, BooleanArray, UInt32Array};
 use datafusion::arrow::compute::take;
@@ -13,6 +13,7 @@ use datafusion::common::hash_utils::{RandomState, create_hashes};
 
 use super::Prepared;
 use crate::Result;
+use crate::parallel::lock;
 
 /// The hash that routes keys to shards. Its seed differs from the one DataFusion's
 /// group tables use, so the keys of one shard still spread over its table's buckets.
@@ -152,12 +153,6 @@ where
     crate::parallel::run_owned(jobs, Arc::new(run))
         .into_iter()
         .collect()
-}
-
-/// A shard, held by one thread at a time (a panic in a shard's work is raised by the
-/// caller, as with borrowed shards).
-pub fn lock<S>(shard: &Mutex<S>) -> MutexGuard<'_, S> {
-    shard.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]

@@ -18,9 +18,10 @@ use datafusion::physical_plan::aggregates::order::GroupOrdering;
 use datafusion::physical_plan::expressions::Literal;
 use std::sync::{Arc, Mutex};
 
-use super::shards::{Router, each_owned_shard, lock, take_rows};
+use super::shards::{Router, each_owned_shard, take_rows};
 use super::{GroupedPlan, KeyedChange, KeyedRows, Prepared};
 use crate::operator::{Collector, Operator};
+use crate::parallel::lock;
 use crate::{Error, Result};
 
 /// The running operator of an updating (unwindowed) aggregate view.
