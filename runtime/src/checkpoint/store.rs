@@ -330,10 +330,12 @@ impl CheckpointStore {
         Ok(restored)
     }
 
-    /// Recent checkpoints, newest first.
+    /// The kept checkpoints, newest first. Between a new checkpoint's rename and the
+    /// prune that follows, one more than `keep` is on disk; it is on its way out.
     pub fn list(&self) -> Vec<CheckpointInfo> {
         self.epochs()
             .into_iter()
+            .take(self.keep)
             .filter_map(|(_, path)| read_manifest(&path).ok())
             .map(|m| info(&m))
             .collect()
@@ -720,6 +722,18 @@ mod tests {
                 (5, ChangeKind::Update, 2, None)
             ]
         );
+        // A checkpoint just renamed into place, before its prune: the list still shows
+        // the newest two, not the one about to go.
+        let wider = CheckpointStore::open(Some(dir.path()), 3);
+        write(&wider, 5);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("checkpoints"))
+                .expect("dir")
+                .count(),
+            3
+        );
+        let listed: Vec<u64> = store.list().iter().map(|c| c.epoch).collect();
+        assert_eq!(listed, vec![5, 4], "the list shows the kept ones only");
         assert!(store.warnings().is_empty());
     }
 
