@@ -97,6 +97,7 @@ impl Engine {
             dead_letters: m.dead_letters.with_label_values(&[&name]),
             watermark_gauge: m.watermark.with_label_values(&[&name]),
             checkpoint: Default::default(),
+            checkpointed: self.inner.checkpoints.enabled(),
             // Idle counts from creation: a source that never sends goes idle too.
             heard: heard.clone(),
             failure: failure.clone(),
@@ -234,5 +235,62 @@ impl Engine {
                 _ => None,
             })
             .unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::RuntimeConfig;
+
+    /// Run a bounded generator into an updating aggregate until the source finishes;
+    /// the view's row count and the source.
+    async fn run_to_the_end(engine: &Engine) -> (usize, Arc<SourceRuntime>) {
+        for sql in [
+            "CREATE SOURCE bids WITH (connector = 'nexmark', table = 'bid', events = 20000)",
+            "CREATE MATERIALIZED VIEW per_auction AS SELECT auction, count(*) AS n FROM bids GROUP BY auction",
+        ] {
+            engine.execute(sql).await.expect("setup");
+        }
+        let source = engine.source("bids").expect("created");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while source.status().status != SourceState::Finished {
+            assert!(Instant::now() < deadline, "the source did not finish");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let Ok(SqlOutput::Rows { batches, .. }) = engine.execute("SELECT * FROM per_auction").await
+        else {
+            panic!("the view answers");
+        };
+        (batches.iter().map(|b| b.num_rows()).sum(), source)
+    }
+
+    /// Without checkpoints nothing reads a snapshot, so an ended source copies none of
+    /// its views' groups; with them, it leaves one for every checkpoint to come.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_ended_source_leaves_a_final_snapshot_only_for_checkpoints() {
+        let (rows, source) = run_to_the_end(&Engine::in_memory(RuntimeConfig::default())).await;
+        assert!(rows > 0);
+        assert!(source.ended.load(std::sync::atomic::Ordering::Acquire));
+        assert!(
+            source.checkpoint.latest().is_none(),
+            "no snapshot without checkpoints"
+        );
+
+        let dir = tempfile::tempdir().expect("tmp");
+        let config = RuntimeConfig {
+            data_dir: dir.path().to_path_buf(),
+            ..RuntimeConfig::default()
+        };
+        let engine = Engine::new(config).expect("starts");
+        let (same_rows, source) = run_to_the_end(&engine).await;
+        assert_eq!(same_rows, rows);
+        assert!(source.ended.load(std::sync::atomic::Ordering::Acquire));
+        let snapshot = source.checkpoint.latest().expect("a final snapshot");
+        assert_eq!(snapshot.position.offset("event"), Some(20000));
+        assert_eq!(snapshot.views.len(), 1);
+        engine.shut_down();
     }
 }

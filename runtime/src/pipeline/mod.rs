@@ -447,9 +447,11 @@ impl Pipeline {
     }
 
     /// The snapshot for every checkpoint from now on, once the source has ended: then
-    /// joins and checkpoints count it as arrived (`ended`).
+    /// joins and checkpoints count it as arrived (`ended`). Without checkpoints no one
+    /// reads it, and copying every group of a large view would only delay `Finished`.
     fn leave_final_snapshot(&mut self) {
-        let ended = self.snapshot(self.source.checkpoint.requested(), true);
+        let ended =
+            !self.source.checkpointed || self.snapshot(self.source.checkpoint.requested(), true);
         if !ended {
             tracing::error!(source = %self.source.name, "no final snapshot of the ended source; checkpoints keep its last one, and a join it feeds takes none");
         }

@@ -485,6 +485,7 @@ mod tests {
             dead_letters: counter(),
             watermark_gauge: IntGauge::new("g", "g").expect("gauge"),
             checkpoint: Default::default(),
+            checkpointed: false,
             heard,
             failure: Default::default(),
         };

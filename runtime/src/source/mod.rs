@@ -94,6 +94,8 @@ pub struct SourceRuntime {
     pub(crate) watermark_gauge: IntGauge,
     /// Where the pipeline leaves its snapshots for checkpoints.
     pub(crate) checkpoint: CheckpointSlot,
+    /// Whether the engine takes checkpoints: without them no snapshot is ever read.
+    pub(crate) checkpointed: bool,
     /// Why its connector stopped, once it has (see [`SourceState::Failed`]).
     pub(crate) failure: Arc<Mutex<Option<String>>>,
     /// Its pipeline is gone (the source finished or failed) and left a final snapshot
