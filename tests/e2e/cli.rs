@@ -176,3 +176,35 @@ async fn ctrl_c_and_sigterm_take_a_last_checkpoint_and_exit_cleanly() -> anyhow:
     }
     Ok(())
 }
+
+/// The server runs with weir's malloc thresholds (it restarts itself with them, keeping
+/// its pid), unless the user set `GLIBC_TUNABLES`: theirs stay as they are.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[tokio::test]
+async fn the_server_runs_with_its_malloc_tunables_unless_the_user_set_them() -> anyhow::Result<()> {
+    use crate::support::Weir;
+    let tunables_of = |weir: &Weir| -> anyhow::Result<Option<String>> {
+        let pid = weir.pid().ok_or_else(|| anyhow::anyhow!("no pid"))?;
+        let environ = std::fs::read(format!("/proc/{pid}/environ"))?;
+        Ok(environ
+            .split(|b| *b == 0)
+            .filter_map(|v| std::str::from_utf8(v).ok())
+            .find_map(|v| v.strip_prefix("GLIBC_TUNABLES="))
+            .map(str::to_string))
+    };
+    let weir = Weir::start(&[]).await?;
+    // glibc cuts the variable at its colons as it reads it: the first one shows.
+    let set = tunables_of(&weir)?.unwrap_or_default();
+    assert!(
+        set.starts_with("glibc.malloc.mmap_threshold="),
+        "GLIBC_TUNABLES={set}"
+    );
+    weir.exec("CREATE SOURCE b WITH (connector = 'nexmark', table = 'bid', events = 1000)")
+        .await?;
+    drop(weir);
+
+    let own = "glibc.malloc.arena_max=2";
+    let weir = Weir::start_with_env(tempfile::tempdir()?, &[], &[("GLIBC_TUNABLES", own)]).await?;
+    assert_eq!(tunables_of(&weir)?.as_deref(), Some(own));
+    Ok(())
+}

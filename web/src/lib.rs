@@ -9,6 +9,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod format;
+pub mod malloc;
 pub mod process;
 pub mod rates;
 pub mod scaffold;

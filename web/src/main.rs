@@ -126,6 +126,8 @@ enum PluginCommand {
 }
 
 fn main() -> ExitCode {
+    // First, while this is the only thread: glibc reads its tunables only at start.
+    weir_web::malloc::run_with_tunables();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
