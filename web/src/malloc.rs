@@ -3,18 +3,19 @@
 //! and the next chunk of rows faults the same pages in again: at 2 cores, q2 over the
 //! generator took 130,000 to 160,000 page faults in its 1.5 s, where one core took
 //! 40,000 (a worker's arena frees whole chunks at once, handed back by the pipeline
-//! thread). Fixed at the ceiling glibc's adaptive rule would reach (mmap above 32 MiB,
-//! trim above 64 MiB), the faults fell to 10,000 and q2 rose 10%. glibc reads its
-//! tunables only when a process starts, so weir runs itself again with them, in the
-//! same process (same pid), before anything else; a `GLIBC_TUNABLES` the user set
-//! (even empty) is left as it is. Elsewhere (musl, macOS) this does nothing.
+//! thread). With the thresholds fixed, the faults fell to 10,000 and q2 rose 10%.
+//! glibc reads its tunables only when a process starts, so weir runs itself again with
+//! them, in the same process (same pid), before anything else; a `GLIBC_TUNABLES` the
+//! user set (even empty) is left as it is. Elsewhere (musl, macOS) this does nothing.
 
 use std::ffi::OsStr;
 
-/// glibc's adaptive rule at its ceiling (`DEFAULT_MMAP_THRESHOLD_MAX`, 32 MiB on 64-bit,
-/// and twice that to trim), fixed from the start.
+/// Blocks up to 4 MiB (a chunk's columns) come from the arena, larger ones (the tables
+/// of an aggregate over millions of keys) are mapped on their own, so that growing them
+/// moves their pages instead of copying them (at 32 MiB, 9 million keys ran 10% slower
+/// with 300 MiB more at the peak); an arena keeps up to 32 MiB free at its top.
 pub const TUNABLES: &str =
-    "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=67108864";
+    "glibc.malloc.mmap_threshold=4194304:glibc.malloc.trim_threshold=33554432";
 
 /// The `GLIBC_TUNABLES` to run with, given the one this process has: none when the user
 /// set their own (or when the C library is not glibc).
