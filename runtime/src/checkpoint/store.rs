@@ -333,9 +333,16 @@ impl CheckpointStore {
     /// The kept checkpoints, newest first. Between a new checkpoint's rename and the
     /// prune that follows, one more than `keep` is on disk; it is on its way out.
     pub fn list(&self) -> Vec<CheckpointInfo> {
+        let mut kept = self.on_disk();
+        kept.truncate(self.keep);
+        kept
+    }
+
+    /// Every checkpoint on disk whose manifest reads, newest first: one a prune could
+    /// not remove too, since a restore may still fall back to it.
+    pub fn on_disk(&self) -> Vec<CheckpointInfo> {
         self.epochs()
             .into_iter()
-            .take(self.keep)
             .filter_map(|(_, path)| read_manifest(&path).ok())
             .map(|m| info(&m))
             .collect()
@@ -734,6 +741,8 @@ mod tests {
         );
         let listed: Vec<u64> = store.list().iter().map(|c| c.epoch).collect();
         assert_eq!(listed, vec![5, 4], "the list shows the kept ones only");
+        let on_disk: Vec<u64> = store.on_disk().iter().map(|c| c.epoch).collect();
+        assert_eq!(on_disk, vec![5, 4, 3]);
         assert!(store.warnings().is_empty());
     }
 

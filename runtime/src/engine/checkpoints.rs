@@ -146,7 +146,8 @@ impl Engine {
                     .observe(started.elapsed().as_secs_f64());
                 *inner.checkpoint_error.lock() = None;
                 tracing::debug!(epoch, bytes = info.bytes, "checkpoint written");
-                self.prune_logs(&inner.checkpoints.list());
+                // Logs for every checkpoint a restore could use, not only the kept ones.
+                self.prune_logs(&inner.checkpoints.on_disk());
                 // Durable now: connectors may acknowledge these positions upstream.
                 for (source, snapshot) in sources.iter().filter_map(|s| {
                     let snapshot = snapshots.iter().find(|n| n.name == s.name)?;

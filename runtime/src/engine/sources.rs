@@ -240,6 +240,7 @@ impl Engine {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::Ordering;
     use std::time::{Duration, Instant};
 
     use super::*;
@@ -271,13 +272,15 @@ mod tests {
     /// its views' groups; with them, it leaves one for every checkpoint to come.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_ended_source_leaves_a_final_snapshot_only_for_checkpoints() {
-        let (rows, source) = run_to_the_end(&Engine::in_memory(RuntimeConfig::default())).await;
+        let in_memory = Engine::in_memory(RuntimeConfig::default());
+        let (rows, source) = run_to_the_end(&in_memory).await;
         assert!(rows > 0);
-        assert!(source.ended.load(std::sync::atomic::Ordering::Acquire));
+        assert!(source.ended.load(Ordering::Acquire));
         assert!(
             source.checkpoint.latest().is_none(),
             "no snapshot without checkpoints"
         );
+        in_memory.shut_down();
 
         let dir = tempfile::tempdir().expect("tmp");
         let config = RuntimeConfig {
@@ -287,7 +290,7 @@ mod tests {
         let engine = Engine::new(config).expect("starts");
         let (same_rows, source) = run_to_the_end(&engine).await;
         assert_eq!(same_rows, rows);
-        assert!(source.ended.load(std::sync::atomic::Ordering::Acquire));
+        assert!(source.ended.load(Ordering::Acquire));
         let snapshot = source.checkpoint.latest().expect("a final snapshot");
         assert_eq!(snapshot.position.offset("event"), Some(20000));
         assert_eq!(snapshot.views.len(), 1);

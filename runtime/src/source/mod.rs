@@ -98,8 +98,8 @@ pub struct SourceRuntime {
     pub(crate) checkpointed: bool,
     /// Why its connector stopped, once it has (see [`SourceState::Failed`]).
     pub(crate) failure: Arc<Mutex<Option<String>>>,
-    /// Its pipeline is gone (the source finished or failed) and left a final snapshot
-    /// that serves every checkpoint from now on.
+    /// Its pipeline is gone (the source finished or failed) and, when checkpoints run,
+    /// left a final snapshot that serves every checkpoint from now on.
     pub(crate) ended: AtomicBool,
     /// When the source and its splits last sent a chunk (idle inputs and splits stop
     /// holding watermarks back).
