@@ -56,6 +56,9 @@ where
         let (slot, f) = (Arc::clone(slot), Arc::clone(&f));
         rayon::spawn(move || slot.run(&*f));
     }
+    // Every part no worker has started, before waiting for any: waiting for part i
+    // while a worker runs it would leave a later, unstarted part idle meanwhile.
+    slots.iter().for_each(|slot| slot.run(&*f));
     raise_any_panic(slots.iter().map(|slot| slot.run_or_wait(&*f)).collect())
 }
 
@@ -200,5 +203,57 @@ mod tests {
                 "round {round}: every part ran"
             );
         }
+    }
+
+    /// The caller runs every part no worker has started before it waits for one a
+    /// worker runs: here the only free worker runs part 1, which finishes only once
+    /// part 2 has run, and part 2 is left for the caller.
+    #[test]
+    fn the_caller_runs_later_parts_while_a_worker_runs_an_earlier_one() {
+        use std::sync::mpsc;
+        use std::time::Duration;
+        let wait = Duration::from_secs(10);
+        // Every worker but one held until the end.
+        let (release, held) = mpsc::channel::<()>();
+        let held = Arc::new(Mutex::new(held));
+        let (started, busy) = mpsc::channel();
+        for _ in 1..rayon::current_num_threads() {
+            let (held, started) = (Arc::clone(&held), started.clone());
+            rayon::spawn(move || {
+                let _ = started.send(());
+                let _ = lock(&held).recv_timeout(Duration::from_secs(30));
+            });
+        }
+        for _ in 1..rayon::current_num_threads() {
+            busy.recv_timeout(wait).expect("a worker held");
+        }
+        let (part_1_started, part_1_on_a_worker) = mpsc::channel();
+        let (part_2_ran, part_2_done) = mpsc::channel();
+        let signals = Mutex::new((part_1_started, part_2_ran));
+        let waits = Mutex::new((part_1_on_a_worker, part_2_done));
+        let got = run_owned(
+            vec![0, 1, 2],
+            Arc::new(move |p: usize| match p {
+                // The caller's own part lets the free worker take part 1 first (were
+                // the worker busy elsewhere, the caller would run parts 1 and 2 itself).
+                0 => {
+                    let _ = lock(&waits).0.recv_timeout(wait);
+                    true
+                }
+                // On a worker, part 1 waits for part 2 (on the caller, it cannot).
+                1 if rayon::current_thread_index().is_some() => {
+                    let _ = lock(&signals).0.send(());
+                    lock(&waits).1.recv_timeout(wait).is_ok()
+                }
+                2 => lock(&signals).1.send(()).is_ok(),
+                _ => true,
+            }),
+        );
+        drop(release);
+        assert_eq!(
+            got,
+            vec![true, true, true],
+            "part 2 ran while part 1 waited"
+        );
     }
 }
