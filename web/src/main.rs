@@ -127,7 +127,10 @@ enum PluginCommand {
 
 fn main() -> ExitCode {
     // First, while this is the only thread: glibc reads its tunables only at start.
-    weir_web::malloc::run_with_tunables();
+    if let Err(e) = weir_web::malloc::run_with_tunables() {
+        eprintln!("weir: {e}");
+        return ExitCode::FAILURE;
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),

@@ -29,28 +29,33 @@ fn wanted(current: Option<&OsStr>, restarted: bool) -> Option<&'static str> {
 
 /// Run this program again in this process with [`TUNABLES`], unless it has them (or
 /// the user's own). Call it first in `main`, before any thread starts. Returns when
-/// there is nothing to do; exits when the restart fails, since a failed `exec` may
-/// leave the process's signal dispositions reset (SIGPIPE would kill it).
-pub fn run_with_tunables() {
+/// there is nothing to do; an error when the restart failed, after which the process
+/// should exit: a failed `exec` may leave its signal dispositions reset (SIGPIPE would
+/// kill it).
+pub fn run_with_tunables() -> std::io::Result<()> {
     let restarted = std::env::var_os(RESTARTED).is_some();
-    let Some(tunables) = wanted(std::env::var_os("GLIBC_TUNABLES").as_deref(), restarted) else {
-        return;
-    };
-    run_again(tunables);
+    match wanted(std::env::var_os("GLIBC_TUNABLES").as_deref(), restarted) {
+        Some(tunables) => run_again(tunables),
+        None => Ok(()),
+    }
 }
 
 #[cfg(target_os = "linux")]
-fn run_again(tunables: &str) {
+fn run_again(tunables: &str) -> std::io::Result<()> {
     use std::os::unix::process::CommandExt;
-    // The running file itself, even if a newer one has taken its path since. Started
-    // through the loader (`ld-linux... ./weir`), this would be the loader: no restart.
+    // The running file itself, even if a newer one has taken its path since. Without
+    // /proc, or started through the dynamic loader (`ld-linux-x86-64.so.2 ./weir`,
+    // `ld64.so.2 ./weir`), there is nothing to run again: glibc's defaults stay.
     let exe = std::path::Path::new("/proc/self/exe");
-    let loader = std::fs::read_link(exe).is_ok_and(|p| {
-        p.file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with("ld-"))
+    let Ok(file) = std::fs::read_link(exe) else {
+        return Ok(());
+    };
+    let loader = file.file_name().is_some_and(|n| {
+        let n = n.to_string_lossy();
+        n.starts_with("ld") && n.contains(".so")
     });
     if loader {
-        return;
+        return Ok(());
     }
     let mut args = std::env::args_os();
     let mut command = std::process::Command::new(exe);
@@ -62,15 +67,19 @@ fn run_again(tunables: &str) {
         .env("GLIBC_TUNABLES", tunables)
         .env(RESTARTED, "1")
         .exec();
-    eprintln!(
-        "weir: cannot restart itself with GLIBC_TUNABLES={tunables}: {error}. \
-         Set GLIBC_TUNABLES (even empty) to start without the restart."
-    );
-    std::process::exit(1);
+    Err(std::io::Error::new(
+        error.kind(),
+        format!(
+            "cannot restart with GLIBC_TUNABLES={tunables}: {error}; set GLIBC_TUNABLES \
+             (even empty) to start without the restart"
+        ),
+    ))
 }
 
 #[cfg(not(target_os = "linux"))]
-fn run_again(_: &str) {}
+fn run_again(_: &str) -> std::io::Result<()> {
+    Ok(())
+}
 
 #[cfg(test)]
 mod tests {

@@ -330,12 +330,17 @@ impl CheckpointStore {
         Ok(restored)
     }
 
-    /// The kept checkpoints, newest first. Between a new checkpoint's rename and the
-    /// prune that follows, one more than `keep` is on disk; it is on its way out.
+    /// The kept checkpoints whose manifests read, newest first: the newest `keep`
+    /// directories, as `prune` keeps them. Between a new
+    /// checkpoint's rename and the prune that follows, one more is on disk; it is on
+    /// its way out.
     pub fn list(&self) -> Vec<CheckpointInfo> {
-        let mut kept = self.on_disk();
-        kept.truncate(self.keep);
-        kept
+        self.epochs()
+            .into_iter()
+            .take(self.keep)
+            .filter_map(|(_, path)| read_manifest(&path).ok())
+            .map(|m| info(&m))
+            .collect()
     }
 
     /// Every checkpoint on disk whose manifest reads, newest first: one a prune could
