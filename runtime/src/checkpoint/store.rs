@@ -331,9 +331,8 @@ impl CheckpointStore {
     }
 
     /// The kept checkpoints whose manifests read, newest first: the newest `keep`
-    /// directories, as `prune` keeps them. Between a new
-    /// checkpoint's rename and the prune that follows, one more is on disk; it is on
-    /// its way out.
+    /// directories, as `prune` keeps them. Between a new checkpoint's rename and the
+    /// prune that follows, one more is on disk; it is on its way out.
     pub fn list(&self) -> Vec<CheckpointInfo> {
         self.epochs()
             .into_iter()
