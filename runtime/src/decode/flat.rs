@@ -47,21 +47,26 @@ pub fn checked(record: &[u8]) -> bool {
     printable_ascii(record) || !has_control_byte(record) && std::str::from_utf8(record).is_ok()
 }
 
-/// Whether every line of `body` is [`checked`], a search for the line ends saved.
+/// Whether every line of `body` is [`checked`], a search for the line ends saved. A
+/// line may end in `\r\n` (files written on Windows): a `\r` before a `\n` is taken
+/// as part of the line end, any other `\r` as the control byte it is.
 pub fn checked_lines(body: &[u8]) -> bool {
-    printable_lines(body)
-        || !has_control_byte_but_line_ends(body) && std::str::from_utf8(body).is_ok()
+    (printable_lines(body)
+        || !has_control_byte_but_line_ends(body) && std::str::from_utf8(body).is_ok())
+        && memchr::memchr_iter(b'\r', body).all(|at| body.get(at + 1) == Some(&b'\n'))
 }
 
-/// Whether `body` is lines of printable ASCII.
+/// Whether `body` is lines of printable ASCII (`\r` let through, see [`checked_lines`]).
 fn printable_lines(body: &[u8]) -> bool {
     !(body.iter()).fold(false, |other, &b| {
-        other | (b.wrapping_sub(0x20) >= 0x60 && b != b'\n')
+        other | (b.wrapping_sub(0x20) >= 0x60 && b != b'\n' && b != b'\r')
     })
 }
 
 fn has_control_byte_but_line_ends(body: &[u8]) -> bool {
-    (body.iter()).fold(false, |seen, &b| seen | (b < 0x20 && b != b'\n'))
+    (body.iter()).fold(false, |seen, &b| {
+        seen | (b < 0x20 && b != b'\n' && b != b'\r')
+    })
 }
 
 /// Scan the JSON object `bytes` start with, which are [`checked`] (but for line ends,
@@ -346,7 +351,8 @@ mod tests {
         whole.then_some(())
     }
 
-    /// `checked_lines` is `checked` for every line, whichever way it goes.
+    /// `checked_lines` is `checked` for every line, whichever way it goes, lines ending
+    /// in `\n` or `\r\n`.
     #[test]
     fn checked_lines_is_checked_for_every_line() {
         let mut bodies: Vec<Vec<u8>> = (0..=255u8).map(|b| vec![b'{', b, b'}']).collect();
@@ -359,9 +365,12 @@ mod tests {
                 a.iter().all(|b| (0x20..0x80).contains(b))
             );
             for b in &bodies {
-                let body = [&a[..], b"\n", b].concat();
-                let each = body.split(|&b| b == b'\n').all(checked);
-                assert_eq!(checked_lines(&body), each, "{body:?}");
+                for line_end in [&b"\n"[..], b"\r\n"] {
+                    let body = [&a[..], line_end, b].concat();
+                    let each = (body.split(|&b| b == b'\n'))
+                        .all(|line| checked(line.strip_suffix(b"\r").unwrap_or(line)));
+                    assert_eq!(checked_lines(&body), each, "{body:?}");
+                }
             }
         }
     }

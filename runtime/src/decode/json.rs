@@ -592,7 +592,8 @@ mod tests {
         }
         // Bodies of flat records take the one-pass lines path, and give what arrow-json
         // gives: numbers at the 18-character limit, `-0`, text (escaped where no column
-        // reads it), blank lines and spaces around records, a last line end or none.
+        // reads it), blank lines and spaces around records, a last line end or none,
+        // line ends of `\r\n`.
         let flat_lines = [
             r#"{"id":1,"name":"a","score":1.5,"ok":true,"ts":1000}"#,
             r#"{"id":-0,"score":123456789012345678,"ok":null}"#,
@@ -605,6 +606,8 @@ mod tests {
             lines.clone(),
             format!("{lines}\n"),
             format!("\n\n{}\n \n", flat_lines[1..].join("\n\n")),
+            flat_lines.join("\r\n"),
+            format!("\r\n{}\r\n \r\n", flat_lines.join(" \r\n\r\n")),
         ] {
             let schema = arrow.schema.clone();
             let plan = SimdPlan::new(&schema).expect("a fast path");
@@ -631,9 +634,12 @@ mod tests {
                 "{body}"
             );
         }
-        // Line ends of `\r\n`, and bodies of blanks: record by record, the same rows.
+        // A `\r` that ends no line (between records, or in a string), and bodies of
+        // blanks: record by record, the same rows and refusals.
         for body in [
-            "{\"id\":1}\r\n{\"id\":2}\r\n",
+            "{\"id\":1}\r{\"id\":2}\r\n",
+            "{\"id\":1,\"name\":\"a\r\nb\"}\r\n{\"id\":2}",
+            "{\"id\":1,\"name\":\"a\rb\"}\n{\"id\":2}",
             "",
             " \n  \n",
             "{\"id\":3}\n\t{\"id\":4}",

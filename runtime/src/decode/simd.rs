@@ -233,7 +233,8 @@ impl SimdPlan {
         let mut columns = self.columns(self.rows_in(body), body.len(), wanted);
         let (mut at, mut rows) = (0, 0);
         loop {
-            while matches!(body.get(at), Some(b' ' | b'\n')) {
+            // Every `\r` is a line end's, before a `\n` ([`flat::checked_lines`]).
+            while matches!(body.get(at), Some(b' ' | b'\n' | b'\r')) {
                 at += 1;
             }
             if at == body.len() {
@@ -246,6 +247,7 @@ impl SimdPlan {
             match body.get(at) {
                 None => {}
                 Some(b'\n') => at += 1,
+                Some(b'\r') => at += 2,
                 Some(_) => return None,
             }
             rows += 1;
