@@ -13,10 +13,10 @@ use anyhow::{Context, bail};
 use rayon::prelude::*;
 use serde::Serialize;
 use weir_runtime::RuntimeConfig;
-use weir_runtime::decode::JsonDecoder;
+use weir_runtime::decode::{Columns, JsonDecoder};
 use weir_runtime::engine::Engine;
 use weir_runtime::source::SourceState;
-use weir_runtime::source::nexmark::{Generator, GeneratorConfig, Table};
+use weir_runtime::source::nexmark::{Generator, GeneratorConfig, Table, chunk_events};
 
 /// The Nexmark queries `weir bench nexmark` knows: name, the Nexmark tables it reads,
 /// and its golden test file (the view is the file's first statement).
@@ -114,25 +114,32 @@ pub fn nexmark(
         );
     }
     for (name, tables, file) in chosen {
-        let sources: Vec<String> = tables
-            .iter()
-            .map(|t| {
-                format!(
-                    "CREATE SOURCE {t} WITH (connector = 'nexmark', table = '{t}', events = {events}, \
-                     seed = 1, event_rate = 100000)"
-                )
-            })
-            .collect();
         let rows = tables
             .iter()
             .map(|t| Ok(nexmark_table(t)?.rows_in(events)))
             .sum::<anyhow::Result<u64>>()?;
-        let mut figures = run(name, &sources, view_of(file)?, config.clone(), rows)?;
+        let sources = generators(tables, events);
+        let (mut figures, columns_read) =
+            run(name, &sources, view_of(file)?, config.clone(), rows)?;
         // After the run, in a process as warm as the run was.
-        figures.ceiling_events_per_second = generator_ceiling(tables, events)?;
+        let chunk = chunk_events(config.batch.max_rows, figures.parallelism, 0);
+        let tables: Vec<_> = tables.iter().copied().zip(columns_read).collect();
+        figures.ceiling_events_per_second = generator_ceiling(&tables, events, chunk)?;
         print(&figures, json)?;
     }
     Ok(())
+}
+
+/// The sources of a run: an unthrottled generator of each table, `events` events long.
+fn generators(tables: &[&str], events: u64) -> Vec<String> {
+    (tables.iter())
+        .map(|t| {
+            format!(
+                "CREATE SOURCE {t} WITH (connector = 'nexmark', table = '{t}', events = {events}, \
+                 seed = 1, event_rate = 100000)"
+            )
+        })
+        .collect()
 }
 
 /// `weir bench file`: a view over a newline-delimited JSON file of Nexmark `table` rows.
@@ -177,7 +184,7 @@ pub fn file(
         },
         parallelism,
     );
-    let mut figures = run(query, &[source], &view, config, lines_of(&input)?)?;
+    let (mut figures, _) = run(query, &[source], &view, config, lines_of(&input)?)?;
     figures.ceiling_events_per_second = decoder_ceiling(&input, table_kind)?;
     print(&figures, json)
 }
@@ -240,7 +247,7 @@ fn run(
     view: &str,
     config: RuntimeConfig,
     expected_events: u64,
-) -> anyhow::Result<Figures> {
+) -> anyhow::Result<(Figures, Vec<Columns>)> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -301,8 +308,11 @@ fn run(
             .unwrap_or_default();
         let latencies_len = latencies.len();
         let [p50, p99, max] = percentiles(latencies, [0.5, 0.99, 1.0]);
+        let columns_read = (names.iter())
+            .map(|n| engine.source(n).map(|s| s.columns_read()))
+            .collect::<Result<_, _>>()?;
         engine.shut_down();
-        Ok(Figures {
+        let figures = Figures {
             query: query.to_string(),
             parallelism: rayon::current_num_threads(),
             events,
@@ -316,15 +326,18 @@ fn run(
             latency_p99_ms: p99,
             latency_max_ms: max,
             ceiling_events_per_second: 0.0,
-        })
+        };
+        Ok((figures, columns_read))
     })
 }
 
-/// Events/s of the generator alone, over the same events of the same tables.
-fn generator_ceiling(tables: &[&str], events: u64) -> anyhow::Result<f64> {
+/// Events/s of the generator alone, over the same events of the same tables, each with
+/// the columns the run read from it, in chunks of `chunk` events side by side on the
+/// worker threads, as the source makes them unthrottled.
+fn generator_ceiling(tables: &[(&str, Columns)], events: u64, chunk: u64) -> anyhow::Result<f64> {
     let start = Instant::now();
     let mut rows = 0u64;
-    for t in tables {
+    for &(t, wanted) in tables {
         let config = GeneratorConfig {
             table: nexmark_table(t)?,
             seed: 1,
@@ -332,15 +345,13 @@ fn generator_ceiling(tables: &[&str], events: u64) -> anyhow::Result<f64> {
             event_rate: 100_000,
             start_time_ms: 0,
         };
-        // Chunks side by side on the worker threads, as the source makes them.
-        const CHUNK: u64 = 4096;
-        rows += (0..events.div_ceil(CHUNK))
+        rows += (0..events.div_ceil(chunk))
             .into_par_iter()
             .map_init(
                 || Generator::new(config),
                 |g, k| {
-                    g.seek(k * CHUNK);
-                    g.next_batch(CHUNK).map_or(0, |b| b.num_rows() as u64)
+                    g.seek(k * chunk);
+                    (g.next_batch_of(chunk, wanted)).map_or(0, |(b, _)| b.num_rows() as u64)
                 },
             )
             .sum::<u64>();
@@ -494,6 +505,29 @@ mod tests {
             assert!(view.starts_with("CREATE MATERIALIZED VIEW"), "{name}");
             assert!(!view.contains("-- oracle"), "{name}");
         }
+    }
+
+    /// The ceiling makes what the run's source made: q2 reads no `extra` column (the
+    /// padding, about half of the generator's work), so the ceiling makes none either.
+    #[test]
+    fn a_run_says_which_columns_its_sources_made_for_the_ceiling() -> anyhow::Result<()> {
+        let bid = nexmark_table("bid")?.schema();
+        let column = |name: &str| bid.index_of(name);
+        for (query, extra_read) in [("q2", false), ("q0", true)] {
+            let (_, _, file) = QUERIES.iter().find(|q| q.0 == query).expect("a query");
+            let (figures, read) = run(
+                query,
+                &generators(&["bid"], 20_000),
+                view_of(file)?,
+                RuntimeConfig::default(),
+                nexmark_table("bid")?.rows_in(20_000),
+            )?;
+            assert!(figures.events > 0, "{query}");
+            assert_eq!(read.len(), 1, "{query}: one source");
+            assert_eq!(read[0].contains(column("extra")?), extra_read, "{query}");
+            assert!(read[0].contains(column("auction")?), "{query}");
+        }
+        Ok(())
     }
 
     #[test]

@@ -130,6 +130,11 @@ pub struct SourceStatus {
 }
 
 impl SourceRuntime {
+    /// The columns its views read now, which its connector builds.
+    pub fn columns_read(&self) -> crate::decode::Columns {
+        self.columns_read.get()
+    }
+
     pub fn status(&self) -> SourceStatus {
         let wm = self.current_watermark.load(Ordering::Relaxed);
         let connector_status = self.input.status();

@@ -125,7 +125,7 @@ fn spawn(options: &NexmarkOptions, start_event: u64, parallelism: usize, feed: F
     let mut generator = Generator::new(config);
     generator.seek(start_event);
     let rate = options.rate;
-    let chunk_events = feed.chunk_rows.min(4096);
+    let chunk = chunk_events(feed.chunk_rows, parallelism, rate);
     std::thread::Builder::new()
         .name(format!("nexmark-{}", feed.source))
         .spawn(move || {
@@ -133,19 +133,7 @@ fn spawn(options: &NexmarkOptions, start_event: u64, parallelism: usize, feed: F
                 return;
             }
             let started = Instant::now();
-            // Throttled runs send small chunks often, so batches close on time.
-            let chunk = if rate > 0 {
-                (rate / 100).clamp(1, chunk_events as u64)
-            } else {
-                chunk_events as u64
-            };
             if rate == 0 && parallelism > 1 {
-                // Two batches' worth of events per job: each job costs wake-ups and
-                // hand-offs between the cores (7% of the samples of q2 at 2 cores were
-                // the kernel's, waking threads), and the pipeline cuts a chunk into
-                // batches of `max_rows` without copying. But not a huge `max_rows`'
-                // worth: `parallelism` + 1 are held at once.
-                let chunk = feed.chunk_rows.saturating_mul(2).clamp(1, 1 << 16) as u64;
                 generate_in_parallel(config, start_event, chunk, parallelism, &feed);
                 return;
             }
@@ -174,6 +162,24 @@ fn spawn(options: &NexmarkOptions, start_event: u64, parallelism: usize, feed: F
         })
         .map_err(|e| Error::Internal(format!("cannot start the nexmark generator: {e}")))?;
     Ok(())
+}
+
+/// The events of a chunk the generator makes at a time: `chunk_rows` is a batch's
+/// `max_rows`, `rate` the events per second (0: as fast as it can).
+pub fn chunk_events(chunk_rows: usize, parallelism: usize, rate: u64) -> u64 {
+    if rate > 0 {
+        // Throttled runs send small chunks often, so batches close on time.
+        (rate / 100).clamp(1, chunk_rows.clamp(1, 4096) as u64)
+    } else if parallelism > 1 {
+        // Two batches' worth of events per job on the workers: each job costs wake-ups
+        // and hand-offs between the cores (7% of the samples of q2 at 2 cores were the
+        // kernel's, waking threads), and the pipeline cuts a chunk into batches of
+        // `max_rows` without copying. But not a huge `max_rows`' worth: `parallelism` +
+        // 1 are held at once.
+        chunk_rows.saturating_mul(2).clamp(1, 1 << 16) as u64
+    } else {
+        chunk_rows.clamp(1, 4096) as u64
+    }
 }
 
 /// Generate as fast as possible, chunks of `chunk` events on the workers (each as soon
