@@ -33,9 +33,11 @@ pub struct RuntimeConfig {
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
     /// Cores the work of sources and views is spread over: file sources decode this
-    /// many blocks at once, and keyed operators (aggregates) run in this many parallel
-    /// instances unless a view says otherwise (`WITH (parallelism = n)`). Default: the
-    /// number of cores.
+    /// many blocks at once (a generator makes as many chunks, Kafka decodes partitions
+    /// side by side), keyed operators (updating and windowed aggregates, joins by their
+    /// equality key, sessions) run in this many parallel instances, and stateless views
+    /// in as many slices, unless a view says otherwise (`WITH (parallelism = n)`).
+    /// Default: the number of cores.
     pub parallelism: usize,
     /// Limits of ad hoc queries (`POST /api/v1/sql` SELECTs), so that none can take the
     /// server down.

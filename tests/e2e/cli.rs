@@ -110,10 +110,19 @@ async fn run_json(args: &[&std::ffi::OsStr]) -> serde_json::Value {
 #[tokio::test]
 async fn bench_reports_the_rate_of_a_query_and_of_its_input_alone() {
     let args = [
-        "bench", "nexmark", "--query", "q2", "--events", "50000", "--json",
+        "bench",
+        "nexmark",
+        "--query",
+        "q2",
+        "--events",
+        "50000",
+        "--parallelism",
+        "2",
+        "--json",
     ];
     let figures = run_json(&args.map(std::ffi::OsStr::new)).await;
     assert_eq!(figures["query"], "q2");
+    assert_eq!(figures["parallelism"], 2, "{figures}");
     // Nexmark's bids are 46 of every 50 events.
     assert_eq!(figures["events"], 46_000, "{figures}");
     for key in [

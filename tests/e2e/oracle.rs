@@ -330,24 +330,27 @@ async fn golden_case(name: &str) -> Result<()> {
             .await
             .with_context(|| file.display().to_string())?,
     )?;
-    // Keyed operators in 3 parallel instances, checkpointed halfway and restored in 2:
-    // the same rows as the serial, uninterrupted run.
-    let parallel = Run {
-        parallelism: 3,
-        restored_in: Some(2),
-    };
-    let (_, in_parallel) = table(
-        &stream(view.trim(), batches, parallel)
-            .await
-            .with_context(|| format!("{} in parallel", file.display()))?,
-    )?;
-    if in_parallel != streamed {
-        bail!(
-            "{name}: run in parallel and restored at another parallelism, the view ({} rows) differs from the serial run ({} rows)\n{streamed_header}\n{}",
-            in_parallel.len(),
-            streamed.len(),
-            row_difference(&in_parallel, &streamed)
-        );
+    // Keyed operators in 3 parallel instances, checkpointed halfway and restored in 2,
+    // and a serial run checkpointed halfway and restored in 3: the same rows as the
+    // serial, uninterrupted run.
+    for (parallelism, restored_in) in [(3, 2), (1, 3)] {
+        let run = Run {
+            parallelism,
+            restored_in: Some(restored_in),
+        };
+        let (_, in_parallel) = table(
+            &stream(view.trim(), batches, run)
+                .await
+                .with_context(|| format!("{} in parallel", file.display()))?,
+        )?;
+        if in_parallel != streamed {
+            bail!(
+                "{name}: run in {parallelism} and restored in {restored_in}, the view ({} rows) differs from the serial run ({} rows)\n{streamed_header}\n{}",
+                in_parallel.len(),
+                streamed.len(),
+                row_difference(&in_parallel, &streamed)
+            );
+        }
     }
     let (oracle_header, expected) = table(&oracle(oracle_sql.trim(), batches).await?)?;
     ensure!(!streamed.is_empty(), "{name}: the view produced no rows");

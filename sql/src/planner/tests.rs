@@ -158,10 +158,31 @@ async fn group_by_without_a_window_updates_its_rows() {
          FROM bids GROUP BY auction HAVING count(*) < 3";
     let mut q = plan(SQL).await.expect("plans");
     assert!(
-        q.description.contains("updating by group"),
+        q.description
+            .contains("a batch costs its rows and the groups it touches"),
         "{}",
         q.description
     );
+    // Aggregates that keep every value of a group say that a touched group costs its
+    // state; those that keep a number per group do not.
+    for (aggregate, grows) in [
+        ("count(DISTINCT price)", true),
+        ("median(price)", true),
+        ("array_agg(price)", true),
+        ("sum(price) + min(price)", false),
+        ("avg(price)", false),
+    ] {
+        let sql = format!(
+            "CREATE MATERIALIZED VIEW v AS SELECT auction, {aggregate} AS a FROM bids GROUP BY auction"
+        );
+        let description = plan(&sql).await.expect("plans").description;
+        assert!(description.contains("updating by group"), "{description}");
+        assert_eq!(
+            description.contains("the state of the groups it touches"),
+            grows,
+            "{aggregate}: {description}"
+        );
+    }
     // The view's rows, kept by group as the runtime keeps them.
     let mut view = KeyedRows::new(q.output_schema.clone());
     let mut out = Collector::default();
