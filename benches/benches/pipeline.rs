@@ -146,6 +146,18 @@ fn benches(c: &mut Criterion) {
     g.bench_function("json_bids_8k", |b| {
         b.iter(|| black_box(decoder.decode(&body)))
     });
+    // The same bids as one JSON array (an HTTP body of the other form), and with `\r\n`
+    // line ends (a file written on Windows).
+    let array = [&b"["[..], &records.join(&b","[..]), b"]"].concat();
+    assert_eq!(decoder.decode(&array).batch, decoder.decode(&body).batch);
+    g.bench_function("json_bids_8k_array", |b| {
+        b.iter(|| black_box(decoder.decode(&array)))
+    });
+    let crlf = records.join(&b"\r\n"[..]);
+    assert_eq!(decoder.decode(&crlf).batch, decoder.decode(&body).batch);
+    g.bench_function("json_bids_8k_crlf", |b| {
+        b.iter(|| black_box(decoder.decode(&crlf)))
+    });
     // The same bids as messages (Kafka, Kinesis): each checked on its own, or, kept end
     // to end in one buffer as the Kafka and Kinesis readers keep them, checked at once.
     g.bench_function("json_bids_8k_messages", |b| {

@@ -338,11 +338,13 @@ async fn golden_case(name: &str) -> Result<()> {
             parallelism,
             restored_in: Some(restored_in),
         };
-        let (_, in_parallel) = table(
-            &stream(view.trim(), batches, run)
-                .await
-                .with_context(|| format!("{} in parallel", file.display()))?,
-        )?;
+        let (_, in_parallel) =
+            table(&stream(view.trim(), batches, run).await.with_context(|| {
+                format!(
+                    "{} run in {parallelism}, restored in {restored_in}",
+                    file.display()
+                )
+            })?)?;
         if in_parallel != streamed {
             bail!(
                 "{name}: run in {parallelism} and restored in {restored_in}, the view ({} rows) differs from the serial run ({} rows)\n{streamed_header}\n{}",

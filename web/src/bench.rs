@@ -10,16 +10,19 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use rayon::prelude::*;
 use serde::Serialize;
 use weir_runtime::RuntimeConfig;
-use weir_runtime::decode::{Columns, JsonDecoder};
+use weir_runtime::decode::Columns;
 use weir_runtime::engine::Engine;
 use weir_runtime::source::SourceState;
-use weir_runtime::source::nexmark::{Generator, GeneratorConfig, Table, chunk_events};
+use weir_runtime::source::nexmark::{Table, chunk_events};
 
 /// The Nexmark queries `weir bench nexmark` knows: name, the Nexmark tables it reads,
 /// and its golden test file (the view is the file's first statement).
+mod ceiling;
+
+use ceiling::{decoder_ceiling, generator_ceiling};
+
 const QUERIES: &[(&str, &[&str], &str)] = &[
     (
         "q0",
@@ -329,64 +332,6 @@ fn run(
         };
         Ok((figures, columns_read))
     })
-}
-
-/// Events/s of the generator alone, over the same events of the same tables, each with
-/// the columns the run read from it, in chunks of `chunk` events side by side on the
-/// worker threads, as the source makes them unthrottled.
-fn generator_ceiling(tables: &[(&str, Columns)], events: u64, chunk: u64) -> anyhow::Result<f64> {
-    let start = Instant::now();
-    let mut rows = 0u64;
-    for &(t, wanted) in tables {
-        let config = GeneratorConfig {
-            table: nexmark_table(t)?,
-            seed: 1,
-            events: Some(events),
-            event_rate: 100_000,
-            start_time_ms: 0,
-        };
-        rows += (0..events.div_ceil(chunk))
-            .into_par_iter()
-            .map_init(
-                || Generator::new(config),
-                |g, k| {
-                    g.seek(k * chunk);
-                    (g.next_batch_of(chunk, wanted)).map_or(0, |(b, _)| b.num_rows() as u64)
-                },
-            )
-            .sum::<u64>();
-    }
-    Ok(rows as f64 / start.elapsed().as_secs_f64())
-}
-
-/// Records/s of the JSON decoder alone over the file: blocks of whole lines of about
-/// 1 MiB, decoded on the worker threads with every column, as the file source decodes
-/// them (a view that reads fewer columns may go a few per cent faster).
-fn decoder_ceiling(input: &Path, table: Table) -> anyhow::Result<f64> {
-    const BLOCK: usize = 1 << 20;
-    let data = std::fs::read(input)?;
-    let decoder = JsonDecoder::new(table.schema());
-    let start = Instant::now();
-    let mut blocks = Vec::new();
-    let mut rest = &data[..];
-    while !rest.is_empty() {
-        let cut = if rest.len() <= BLOCK {
-            rest.len()
-        } else {
-            // The block ends after its last whole line (a longer line is a block alone).
-            memchr::memrchr(b'\n', &rest[..BLOCK]).map_or_else(
-                || memchr::memchr(b'\n', &rest[BLOCK..]).map_or(rest.len(), |i| BLOCK + i + 1),
-                |i| i + 1,
-            )
-        };
-        let (block, after) = rest.split_at(cut);
-        blocks.push(block);
-        rest = after;
-    }
-    let rows: usize = (blocks.par_iter())
-        .map(|block| decoder.decode(block).batch.num_rows())
-        .sum();
-    Ok(rows as f64 / start.elapsed().as_secs_f64())
 }
 
 fn print(f: &Figures, json: bool) -> anyhow::Result<()> {

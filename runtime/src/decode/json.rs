@@ -608,6 +608,10 @@ mod tests {
             format!("\n\n{}\n \n", flat_lines[1..].join("\n\n")),
             flat_lines.join("\r\n"),
             format!("\r\n{}\r\n \r\n", flat_lines.join(" \r\n\r\n")),
+            // One JSON array of the records, on one line or many, or none.
+            format!("[{}]", flat_lines.join(",")),
+            format!(" [\r\n{} ]\n\n", flat_lines.join(" ,\n  ")),
+            "[ ]".to_string(),
         ] {
             let schema = arrow.schema.clone();
             let plan = SimdPlan::new(&schema).expect("a fast path");
@@ -640,6 +644,17 @@ mod tests {
             "{\"id\":1}\r{\"id\":2}\r\n",
             "{\"id\":1,\"name\":\"a\r\nb\"}\r\n{\"id\":2}",
             "{\"id\":1,\"name\":\"a\rb\"}\n{\"id\":2}",
+            "{\"id\":1}\r\r\n{\"id\":2}",
+            "{\"id\":1}\r",
+            "{\"id\":1,\r\n\"name\":\"a\"}",
+            // Arrays that are not one array of flat records.
+            "[{\"id\":1},]",
+            "[{\"id\":1}] {\"id\":2}",
+            "[{\"id\":1}",
+            "[{\"id\":1}\t]",
+            "[[1],{\"id\":2}]",
+            "[{\"id\":1},{\"id\":\"x\"}]",
+            "[{\"id\":1,\"name\":{\"n\":1}}]",
             "",
             " \n  \n",
             "{\"id\":3}\n\t{\"id\":4}",

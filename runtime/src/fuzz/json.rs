@@ -22,6 +22,8 @@ const TOKENS: &[&str] = &[
     "\"",
     "\\",
     "\n",
+    "\r",
+    "\r\n",
     "null",
     "true",
     "false",
@@ -78,7 +80,11 @@ fn record() -> impl Strategy<Value = Value> {
 /// NDJSON or one JSON array.
 fn body(records: &[Value], array: bool) -> Vec<u8> {
     if array {
-        serde_json::to_vec(records).expect("serialises")
+        // Pretty too: elements on lines of their own, the array's `[` and `]` on theirs.
+        match records.len() % 2 {
+            0 => serde_json::to_vec(records).expect("serialises"),
+            _ => serde_json::to_vec_pretty(records).expect("serialises"),
+        }
     } else {
         records
             .iter()

@@ -163,8 +163,8 @@ async fn group_by_without_a_window_updates_its_rows() {
         "{}",
         q.description
     );
-    // Aggregates that keep every value of a group say that a touched group costs its
-    // state; those that keep a number per group do not.
+    // Aggregates whose state holds values of variable size (lists of every value of a
+    // group here) say that a touched group costs its state; those of numbers do not.
     for (aggregate, grows) in [
         ("count(DISTINCT price)", true),
         ("median(price)", true),

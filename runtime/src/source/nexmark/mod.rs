@@ -306,6 +306,33 @@ mod tests {
     use crate::decode::Columns;
     use crate::source::Chunk;
 
+    /// Throttled: a hundredth of a second's events, at most 4,096 and at least one.
+    /// Unthrottled: two batches' worth on the workers (at most 65,536), one batch's (at
+    /// most 4,096) alone.
+    #[test]
+    fn a_chunk_is_sized_by_the_rate_the_cores_and_the_batch() {
+        for (chunk_rows, parallelism, rate, events) in [
+            (8192, 2, 0, 16_384),
+            (8192, 4, 0, 16_384),
+            (100_000, 2, 0, 65_536),
+            (0, 2, 0, 1),
+            (8192, 1, 0, 4096),
+            (100, 1, 0, 100),
+            (0, 1, 0, 1),
+            (8192, 2, 100_000, 1000),
+            (8192, 1, 1_000_000, 4096),
+            (500, 2, 1_000_000, 500),
+            (8192, 2, 50, 1),
+            (0, 1, 50, 1),
+        ] {
+            assert_eq!(
+                chunk_events(chunk_rows, parallelism, rate),
+                events,
+                "{chunk_rows} rows a batch, {parallelism} cores, {rate} events/s"
+            );
+        }
+    }
+
     #[test]
     fn chunks_generated_side_by_side_are_the_serial_rows_in_order() {
         let config = GeneratorConfig {
