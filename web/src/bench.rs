@@ -17,12 +17,12 @@ use weir_runtime::engine::Engine;
 use weir_runtime::source::SourceState;
 use weir_runtime::source::nexmark::{Table, chunk_events};
 
-/// The Nexmark queries `weir bench nexmark` knows: name, the Nexmark tables it reads,
-/// and its golden test file (the view is the file's first statement).
 mod ceiling;
 
 use ceiling::{decoder_ceiling, generator_ceiling};
 
+/// The Nexmark queries `weir bench nexmark` knows: name, the Nexmark tables it reads,
+/// and its golden test file (the view is the file's first statement).
 const QUERIES: &[(&str, &[&str], &str)] = &[
     (
         "q0",

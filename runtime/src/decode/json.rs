@@ -1,8 +1,8 @@
 //! JSON records (one array, or newline-delimited) into an Arrow batch.
 //!
 //! Most batches take the fast path of [`super::simd`] (a flat scanner of our own, or
-//! simd-json, into Arrow builders; newline-delimited bodies of flat records in one pass,
-//! without splitting them first), which gives back any batch it cannot decode exactly as
+//! simd-json, into Arrow builders; newline-delimited bodies and arrays of flat records
+//! in one pass, without splitting them first), which gives back any batch it cannot decode exactly as
 //! arrow-json would. Then, one
 //! parse per record: the records are decoded together by one arrow-json decoder,
 //! which is checked after each record to have taken exactly one complete object from it
@@ -631,7 +631,8 @@ mod tests {
         let shared = SimdPlan::new(&arrow.schema).expect("a fast path");
         let long = format!(r#"{{"id":1,"name":"{}"}}"#, "x".repeat(4000));
         let short = [r#"{"id":2,"ok":true}"#; 500].join("\n");
-        for body in [&long, &short, &lines, &long, &short] {
+        let array = format!("[{}]", [r#"{"id":3,"ok":false}"#; 700].join(","));
+        for body in [&long, &short, &lines, &long, &array, &short, &array] {
             assert_eq!(
                 shared.decode_lines(body.as_bytes(), Columns::ALL).as_ref(),
                 Some(&arrow.decode(body.as_bytes()).batch),
@@ -655,10 +656,26 @@ mod tests {
             "[[1],{\"id\":2}]",
             "[{\"id\":1},{\"id\":\"x\"}]",
             "[{\"id\":1,\"name\":{\"n\":1}}]",
+            "[",
+            "[,]",
+            "[,{\"id\":1}]",
+            "[{\"id\":1}{\"id\":2}]",
+            "[{\"id\":1}]]",
+            "[{\"id\":1}]\n[{\"id\":2}]",
+            "[{\n\"id\":1}]",
             "",
             " \n  \n",
             "{\"id\":3}\n\t{\"id\":4}",
         ] {
+            // No array here is one of flat records on lines the scanner reads.
+            if body.trim_start().starts_with('[') {
+                let plan = SimdPlan::new(&arrow.schema).expect("a fast path");
+                assert_eq!(
+                    plan.decode_lines(body.as_bytes(), Columns::ALL),
+                    None,
+                    "{body:?}"
+                );
+            }
             let fresh = JsonDecoder::new(arrow.schema.clone());
             let (a, b) = (fresh.decode(body.as_bytes()), arrow.decode(body.as_bytes()));
             assert_eq!(

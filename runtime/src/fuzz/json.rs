@@ -117,8 +117,39 @@ fn check(body: &[u8]) -> Decoded {
     fast
 }
 
+/// A record the flat scanner reads: numbers of up to 18 characters, plain names.
+fn flat_record() -> impl Strategy<Value = Value> {
+    (
+        -100_000i64..100_000,
+        prop::option::of((-1_000_000i64..1_000_000).prop_map(|cents| cents as f64 / 100.0)),
+        prop::option::of("[a-z ]{0,12}"),
+        prop::option::of(any::<bool>()),
+        prop::option::of(0i64..4_000_000_000_000),
+    )
+        .prop_map(|(id, price, name, ok, ts)| {
+            json!({"id": id, "price": price, "name": name, "ok": ok, "ts": ts})
+        })
+}
+
 proptest! {
     #![proptest_config(config())]
+
+    /// An array of flat records, on one line or an element a line, with blanks of every
+    /// kind the scanner skips: one pass, the rows arrow-json reads.
+    #[test]
+    fn fuzz_json_arrays_of_flat_records_take_the_one_pass(
+        records in prop::collection::vec(flat_record(), 0..20),
+        blank in prop::sample::select(vec!["", " ", "\n", "\r\n", " \r\n  "]),
+    ) {
+        let elements: Vec<String> = records.iter().map(Value::to_string).collect();
+        let body = format!("{blank}[{blank}{}{blank}]{blank}", elements.join(&format!("{blank},{blank}")));
+        let plan = crate::decode::simd::SimdPlan::new(&schema()).expect("a fast path");
+        let one_pass = plan.decode_lines(body.as_bytes(), crate::decode::Columns::ALL);
+        prop_assert!(one_pass.is_some(), "{}", body);
+        let decoded = check(body.as_bytes());
+        prop_assert_eq!(one_pass.as_ref(), Some(&decoded.batch));
+        prop_assert_eq!(decoded.batch.num_rows(), records.len());
+    }
 
     #[test]
     fn fuzz_json_valid_records_read_back_exactly(

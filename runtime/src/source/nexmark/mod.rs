@@ -306,9 +306,9 @@ mod tests {
     use crate::decode::Columns;
     use crate::source::Chunk;
 
-    /// Throttled: a hundredth of a second's events, at most 4,096 and at least one.
-    /// Unthrottled: two batches' worth on the workers (at most 65,536), one batch's (at
-    /// most 4,096) alone.
+    /// Throttled: a hundredth of a second's events, at most a batch's worth and 4,096,
+    /// and at least one. Unthrottled: two batches' worth on the workers (at most
+    /// 65,536), one batch's (at most 4,096) alone.
     #[test]
     fn a_chunk_is_sized_by_the_rate_the_cores_and_the_batch() {
         for (chunk_rows, parallelism, rate, events) in [
