@@ -33,6 +33,7 @@ use datafusion::physical_plan::{
     PlanProperties, ReplaceChildrenOptions,
 };
 
+use crate::window::bounds::evaluating;
 use crate::{Error, Result};
 
 /// The rows a table of a batch query holds while the query runs.
@@ -251,24 +252,37 @@ impl BatchQuery {
     /// Run the query over `rows`, the rows its scans of `table` read (its other tables
     /// read what they hold).
     pub fn run(&self, table: &WindowRows, rows: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
+        self.run_in_window(table, rows, None)
+    }
+
+    /// [`BatchQuery::run`] over the rows of one window, `(start, end)`: what the plan's
+    /// [`crate::window::bounds`] read.
+    pub fn run_in_window(
+        &self,
+        table: &WindowRows,
+        rows: Vec<RecordBatch>,
+        window: Option<(i64, i64)>,
+    ) -> Result<Vec<RecordBatch>> {
         table.set(rows);
         let result = outside_async_runtime(|| {
-            futures::executor::block_on(async {
-                let physical = match self.physical.get() {
-                    _ if self.plan_each_run => {
-                        self.session.create_physical_plan(&self.plan).await?
-                    }
-                    Some(p) => p.clone(),
-                    None => {
-                        let p = self.session.create_physical_plan(&self.plan).await?;
-                        self.physical.get_or_init(|| p).clone()
-                    }
-                };
-                datafusion::physical_plan::collect(
-                    reset_plan_states(physical)?,
-                    self.session.task_ctx(),
-                )
-                .await
+            evaluating(window, || {
+                futures::executor::block_on(async {
+                    let physical = match self.physical.get() {
+                        _ if self.plan_each_run => {
+                            self.session.create_physical_plan(&self.plan).await?
+                        }
+                        Some(p) => p.clone(),
+                        None => {
+                            let p = self.session.create_physical_plan(&self.plan).await?;
+                            self.physical.get_or_init(|| p).clone()
+                        }
+                    };
+                    datafusion::physical_plan::collect(
+                        reset_plan_states(physical)?,
+                        self.session.task_ctx(),
+                    )
+                    .await
+                })
             })
         });
         table.set(Vec::new());

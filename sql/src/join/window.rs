@@ -22,6 +22,7 @@ use crate::planner::{
     source_info,
 };
 use crate::window::Windowing;
+use crate::window::bounds::window_bounds_as_constants;
 use crate::window::local::check_window_local;
 use crate::window::per_window::{OtherInput, PerWindowPlan, PerWindowQuery};
 use crate::{Result, unsupported};
@@ -153,6 +154,10 @@ pub(crate) async fn plan_window_join(
         ),
         _ => None,
     };
+    let windowed: Vec<&str> = std::iter::once(source.as_str())
+        .chain(others.iter().map(|((name, ..), _)| name.as_str()))
+        .collect();
+    let plan = window_bounds_as_constants(plan, &windowed)?;
     let mut operators = explain(&[], &source, info, None);
     for ((name, info, ..), _) in &others {
         operators.extend(explain(&[], name, info, None));

@@ -48,6 +48,7 @@ use crate::parser::{CreateView, WatermarkSpec};
 use crate::schema::{duration_in_unit, duration_text};
 use crate::stateless::Stateless;
 use crate::window::Windowing;
+use crate::window::bounds::window_bounds_as_constants;
 use crate::window::local::check_window_local;
 use crate::window::per_window::{PerWindowPlan, PerWindowQuery};
 use crate::window::session::plan::plan_session;
@@ -420,6 +421,7 @@ async fn plan_per_window(
         time_column,
         source_columns,
     } = narrow(planned, &source, info, time_column, functions).await?;
+    let plan = window_bounds_as_constants(plan, &[source.as_str()])?;
     let window_detail = call.describe();
     let operators = with_held_rows(
         explain(&[], &source, info, None),

@@ -10,17 +10,18 @@
 //! DataFusion in batch mode over exactly those rows. Memory is bounded by the rows of the
 //! open windows.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, AsArray};
-use datafusion::arrow::compute::{concat_batches, take_record_batch};
+use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::datatypes::{SchemaRef, TimestampMillisecondType};
 use datafusion::arrow::record_batch::RecordBatch;
 
 use crate::batch::{BatchQuery, WindowRows};
 use crate::operator::{Collector, Operator, tag_input, tagged_input};
-use crate::window::{Windowing, event_times, split_by_window, with_window_columns};
+use crate::window::Windowing;
+use crate::window::panes::Panes;
 use crate::{Error, Result};
 
 /// What a [`PerWindowQuery`] runs.
@@ -82,31 +83,87 @@ pub struct OtherInput {
     pub table: Arc<WindowRows>,
 }
 
-/// The running operator: each open window's rows, until the watermark closes it.
+/// The running operator: the open windows' rows, held by pane, until the watermark
+/// closes each window.
 pub struct PerWindowQuery {
     plan: PerWindowPlan,
-    /// The latest watermark windows were closed at. A join's inputs run on threads of
-    /// their own: a batch's watermark, read before it got here, may be older than one
-    /// another input has closed windows at meanwhile.
+    /// The latest watermark windows were closed at: a window is evaluated once, when
+    /// the watermark first reaches its end. A join's inputs run on threads of their
+    /// own: a batch's watermark, read before it got here, may be older than one another
+    /// input has closed windows at meanwhile.
     closed_at: Option<i64>,
-    windows: BTreeMap<i64, Vec<RecordBatch>>,
+    panes: Panes,
     /// The open windows' rows of each further input.
-    other_windows: Vec<BTreeMap<i64, Vec<RecordBatch>>>,
+    other_panes: Vec<Panes>,
 }
 
 impl PerWindowQuery {
     pub fn new(plan: PerWindowPlan) -> Self {
         Self {
             closed_at: None,
-            other_windows: plan.others.iter().map(|_| BTreeMap::new()).collect(),
+            other_panes: plan.others.iter().map(|_| Panes::default()).collect(),
             plan,
-            windows: BTreeMap::new(),
+            panes: Panes::default(),
         }
     }
 
-    /// The query's answer over `rows` (one window's).
-    fn evaluate(&self, rows: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
-        self.plan.query.run(&self.plan.table, rows)
+    /// The query's answer over `rows`, the rows of the window starting at `start`.
+    fn evaluate(&self, start: i64, rows: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
+        let window = (start, self.plan.windowing.end(start));
+        self.plan
+            .query
+            .run_in_window(&self.plan.table, rows, Some(window))
+    }
+
+    /// Input 0's rows of the window starting at `start`, with its window columns.
+    fn window_rows(&self, start: i64) -> Result<Vec<RecordBatch>> {
+        self.panes.window_rows(
+            self.plan.windowing,
+            self.plan.time_column,
+            &self.plan.windowed_schema,
+            start,
+        )
+    }
+
+    /// The window starting at `start` evaluated: its input-0 rows and the answer.
+    fn evaluate_window(&self, start: i64) -> Closed {
+        let rows = match self.window_rows(start) {
+            Ok(rows) => rows,
+            Err(e) => {
+                return Closed {
+                    start,
+                    rows: Vec::new(),
+                    result: Err(e),
+                };
+            }
+        };
+        let windowing = self.plan.windowing;
+        let mut result = Ok(());
+        for (input, panes) in self.plan.others.iter().zip(&self.other_panes) {
+            match panes.window_rows(windowing, input.time_column, &input.windowed_schema, start) {
+                Ok(rows) => input.table.set(rows),
+                Err(e) => result = Err(e),
+            }
+        }
+        let result = result.and_then(|()| self.evaluate(start, rows.clone()));
+        for input in &self.plan.others {
+            input.table.set(Vec::new());
+        }
+        Closed {
+            start,
+            rows,
+            result,
+        }
+    }
+
+    /// Starts of the windows that hold rows of any input and are still open.
+    fn open_starts(&self) -> BTreeSet<i64> {
+        let windowing = self.plan.windowing;
+        let mut starts = self.panes.open_starts(windowing, self.closed_at);
+        for panes in &self.other_panes {
+            starts.extend(panes.open_starts(windowing, self.closed_at));
+        }
+        starts
     }
 }
 
@@ -126,43 +183,33 @@ impl PerWindowQuery {
     /// Close the windows `watermark` completes, in order of their start: each one's
     /// rows and answer.
     pub fn close(&mut self, watermark: i64) -> Vec<Closed> {
-        self.closed_at = self.closed_at.max(Some(watermark));
         let windowing = self.plan.windowing;
-        let mut closed: Vec<i64> = self
-            .windows
-            .keys()
-            .chain(self.other_windows.iter().flat_map(|w| w.keys()))
-            .copied()
+        let closing: Vec<i64> = self
+            .open_starts()
+            .into_iter()
             .filter(|&s| windowing.is_closed(s, Some(watermark)))
             .collect();
-        closed.sort_unstable();
-        closed.dedup();
-        closed
+        let closed = closing
             .into_iter()
-            .map(|start| {
-                let rows = self.windows.remove(&start).unwrap_or_default();
-                for (input, windows) in self.plan.others.iter().zip(&mut self.other_windows) {
-                    input.table.set(windows.remove(&start).unwrap_or_default());
-                }
-                let result = self.evaluate(rows.clone());
-                for input in &self.plan.others {
-                    input.table.set(Vec::new());
-                }
-                Closed {
-                    start,
-                    rows,
-                    result,
-                }
-            })
-            .collect()
+            .map(|start| self.evaluate_window(start))
+            .collect();
+        let closed_at = self.closed_at.max(Some(watermark)).unwrap_or(watermark);
+        self.closed_at = Some(closed_at);
+        self.panes.drop_closed(windowing, closed_at);
+        for panes in &mut self.other_panes {
+            panes.drop_closed(windowing, closed_at);
+        }
+        closed
     }
 
     /// The starts of input 0's open windows (what [`Operator::open_windows`] counts).
-    pub fn window_starts(&self) -> impl Iterator<Item = i64> + '_ {
-        self.windows.keys().copied()
+    pub fn window_starts(&self) -> impl Iterator<Item = i64> + use<> {
+        self.panes
+            .open_starts(self.plan.windowing, self.closed_at)
+            .into_iter()
     }
 
-    /// Rows of a further input, split by window like input 0's.
+    /// Rows of a further input, held by pane like input 0's.
     fn process_other(
         &mut self,
         other: usize,
@@ -179,9 +226,7 @@ impl PerWindowQuery {
             Some(columns) => batch.project(columns)?,
             None => batch.clone(),
         };
-        hold_by_window(
-            &mut self.other_windows[other],
-            &input.windowed_schema,
+        self.other_panes[other].hold(
             self.plan.windowing,
             input.time_column,
             (&kept, batch),
@@ -189,42 +234,6 @@ impl PerWindowQuery {
             out,
         )
     }
-}
-
-/// Add the rows of `batch` (kept columns, and the batch as received) to the open windows
-/// they fall in, with their window columns; rows whose windows have all closed go back as
-/// late, with every column.
-fn hold_by_window(
-    windows: &mut BTreeMap<i64, Vec<RecordBatch>>,
-    windowed_schema: &SchemaRef,
-    windowing: Windowing,
-    time_column: usize,
-    (batch, whole): (&RecordBatch, &RecordBatch),
-    watermark: Option<i64>,
-    out: &mut Collector,
-) -> Result<()> {
-    let times = event_times(batch.column(time_column))?;
-    let split = split_by_window(times, windowing, watermark);
-    // Every slice first: an error leaves the windows as they were (the runtime
-    // dead-letters the whole batch).
-    let mut slices = Vec::with_capacity(split.windows.len());
-    for (start, rows) in split.windows {
-        let slice = match rows {
-            None => batch.clone(),
-            Some(rows) => take_record_batch(batch, &rows)?,
-        };
-        slices.push((
-            start,
-            with_window_columns(windowed_schema, windowing, start, &slice)?,
-        ));
-    }
-    for (start, slice) in slices {
-        windows.entry(start).or_default().push(slice);
-    }
-    if let Some(late) = &split.late {
-        out.late(take_record_batch(whole, late)?);
-    }
-    Ok(())
 }
 
 impl Operator for PerWindowQuery {
@@ -253,9 +262,7 @@ impl Operator for PerWindowQuery {
             None => batch.clone(),
         };
         // Late rows go to the dead-letter store whole, with every source column.
-        hold_by_window(
-            &mut self.windows,
-            &self.plan.windowed_schema,
+        self.panes.hold(
             self.plan.windowing,
             self.plan.time_column,
             (&kept, batch),
@@ -278,29 +285,40 @@ impl Operator for PerWindowQuery {
         Ok(())
     }
 
-    /// The open windows' rows as they are held (shared, not copied); each batch carries
-    /// its window in its window columns. Rows of a further input of a join carry its
-    /// number in their schema's metadata.
+    /// Each open window's rows, with its window columns, as each window held its own
+    /// copy (the form restored); rows of a further input of a join carry its number in
+    /// their schema's metadata.
     fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {
-        let mut state: Vec<RecordBatch> = self.windows.values().flatten().cloned().collect();
-        for (n, windows) in self.other_windows.iter().enumerate() {
-            let tagged = tag_input(&self.plan.others[n].windowed_schema, n + 1);
-            for batch in windows.values().flatten() {
-                state.push(batch.clone().with_schema(tagged.clone())?);
+        let mut state = Vec::new();
+        for start in self.open_starts() {
+            state.extend(self.window_rows(start)?);
+            for (n, (input, panes)) in self.plan.others.iter().zip(&self.other_panes).enumerate() {
+                let tagged = tag_input(&input.windowed_schema, n + 1);
+                for batch in panes.window_rows(
+                    self.plan.windowing,
+                    input.time_column,
+                    &input.windowed_schema,
+                    start,
+                )? {
+                    state.push(batch.with_schema(tagged.clone())?);
+                }
             }
         }
         Ok(state)
     }
 
+    /// Each input's panes again from the open windows' rows. The windows before the
+    /// earliest one restored had closed: no rows restored go to them.
     fn restore(&mut self, state: &[RecordBatch]) -> Result<()> {
-        let mut windows = BTreeMap::new();
-        let mut other_windows: Vec<_> = self.plan.others.iter().map(|_| BTreeMap::new()).collect();
+        let windowing = self.plan.windowing;
+        let mut windows: Vec<(usize, i64, RecordBatch)> = Vec::new();
         for batch in state.iter().filter(|b| b.num_rows() > 0) {
-            let (schema, windows) = match tagged_input(batch)? {
-                0 => (&self.plan.windowed_schema, &mut windows),
-                n => match (self.plan.others.get(n - 1), other_windows.get_mut(n - 1)) {
-                    (Some(other), Some(w)) => (&other.windowed_schema, w),
-                    _ => {
+            let n = tagged_input(batch)?;
+            let schema = match n {
+                0 => &self.plan.windowed_schema,
+                n => match self.plan.others.get(n - 1) {
+                    Some(other) => &other.windowed_schema,
+                    None => {
                         return Err(Error::Execution(format!(
                             "the checkpoint holds rows of input {n}; this query has {} inputs",
                             self.plan.others.len() + 1
@@ -309,23 +327,37 @@ impl Operator for PerWindowQuery {
                 },
             };
             let (start, batch) = restored_window(schema, batch)?;
-            windows.entry(start).or_insert_with(Vec::new).push(batch);
+            windows.push((n, start, batch));
         }
-        self.windows = windows;
-        self.other_windows = other_windows;
+        let mut panes = Panes::default();
+        let mut other_panes: Vec<Panes> =
+            self.plan.others.iter().map(|_| Panes::default()).collect();
+        if let Some(earliest) = windows.iter().map(|(_, start, _)| *start).min() {
+            // The end of the window before the earliest: the rows came after it closed.
+            let came_at = windowing.end(earliest.saturating_sub(windowing.slide()));
+            for (n, start, batch) in &windows {
+                let (panes, time_column) = match n {
+                    0 => (&mut panes, self.plan.time_column),
+                    n => (&mut other_panes[n - 1], self.plan.others[n - 1].time_column),
+                };
+                panes.restore(windowing, time_column, *start, batch, came_at)?;
+            }
+        }
+        self.panes = panes;
+        self.other_panes = other_panes;
+        self.closed_at = None;
         Ok(())
     }
 
     fn state_size(&self) -> usize {
-        std::iter::once(&self.windows)
-            .chain(&self.other_windows)
-            .flat_map(|w| w.values().flatten())
-            .map(RecordBatch::get_array_memory_size)
+        std::iter::once(&self.panes)
+            .chain(&self.other_panes)
+            .map(Panes::size)
             .sum()
     }
 
     fn open_windows(&self) -> usize {
-        self.windows.len()
+        self.window_starts().count()
     }
 }
 
