@@ -4,7 +4,7 @@
 //! is put side by side. Checkpoints hold every instance's rows in the serial form,
 //! routed again on restore, so a checkpoint restores at any parallelism.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::ArrayRef;
@@ -257,7 +257,16 @@ impl Operator for KeyedWindowJoin {
         let before = self.held.instances();
         self.held.set_instances(n);
         match self.restored(&state) {
-            Ok(instances) => {
+            Ok(mut instances) => {
+                // Every instance saw every watermark: none may open a closed window.
+                let closed_at = self
+                    .instances
+                    .iter()
+                    .filter_map(PerWindowQuery::closed_at)
+                    .max();
+                instances
+                    .iter_mut()
+                    .for_each(|i| i.carry_closed_at(closed_at));
                 self.instances = instances;
                 self.arriving.set_instances(n);
                 Ok(n)
@@ -273,13 +282,14 @@ impl Operator for KeyedWindowJoin {
         self.instances.iter().map(Operator::state_size).sum()
     }
 
+    /// The most any instance holds: the instances hold rows of the same times, so
+    /// mostly of the same windows (counted in one pass; this runs after every batch).
     fn open_windows(&self) -> usize {
-        let starts: BTreeSet<i64> = self
-            .instances
+        self.instances
             .iter()
-            .flat_map(PerWindowQuery::window_starts)
-            .collect();
-        starts.len()
+            .map(Operator::open_windows)
+            .max()
+            .unwrap_or(0)
     }
 }
 

@@ -665,21 +665,28 @@ async fn a_join_input_with_an_older_watermark_still_sees_rows_behind_the_latest_
          TUMBLE(bids, date_time, INTERVAL '1' SECOND) AS b JOIN TUMBLE(asks, date_time, INTERVAL '1' SECOND) AS a \
          ON b.window_start = a.window_start AND b.auction = a.auction",
     ] {
-        let Statement::CreateView(view) = parse_statement(sql).expect("parses") else {
-            panic!("not a view")
-        };
-        let mut q = ContinuousQuery::plan(&view, &two_sources())
-            .await
-            .expect("plans");
-        let mut out = Collector::default();
-        q.operator.on_watermark(5_000, &mut out).expect("watermark");
-        q.operator
-            .process_input(1, &batch(&[(1, 10, 4_000)]), Some(3_000), &mut out)
-            .expect("process");
-        assert_eq!(
-            out.late.iter().map(|b| b.num_rows()).sum::<usize>(),
-            1,
-            "{sql}"
-        );
+        // Also across a change of parallelism in between: the new instances know the
+        // watermark the old ones closed windows at.
+        for rescaled in [false, true] {
+            let Statement::CreateView(view) = parse_statement(sql).expect("parses") else {
+                panic!("not a view")
+            };
+            let mut q = ContinuousQuery::plan(&view, &two_sources())
+                .await
+                .expect("plans");
+            let mut out = Collector::default();
+            q.operator.on_watermark(5_000, &mut out).expect("watermark");
+            if rescaled {
+                assert_eq!(q.operator.set_parallelism(3).expect("rescales"), 3, "{sql}");
+            }
+            q.operator
+                .process_input(1, &batch(&[(1, 10, 4_000)]), Some(3_000), &mut out)
+                .expect("process");
+            assert_eq!(
+                out.late.iter().map(|b| b.num_rows()).sum::<usize>(),
+                1,
+                "{sql}, rescaled: {rescaled}"
+            );
+        }
     }
 }

@@ -225,11 +225,11 @@ fn without_constant_keys(
         .filter(|(_, b)| b.is_none())
         .map(|(e, _)| e.clone())
         .collect();
-    let grouped = LogicalPlan::Aggregate(Aggregate::try_new(
-        aggregate.input.clone(),
-        keys,
-        aggregate.aggr_expr.clone(),
-    )?);
+    let Ok(grouped) =
+        Aggregate::try_new(aggregate.input.clone(), keys, aggregate.aggr_expr.clone())
+    else {
+        return unchanged(aggregate);
+    };
     let fields: Vec<_> = aggregate.schema.iter().collect();
     let projection: Vec<Expr> = aggregate
         .group_expr
@@ -245,14 +245,15 @@ fn without_constant_keys(
         })
         .chain(aggregate.aggr_expr.iter().cloned())
         .collect();
-    let rewritten = LogicalPlanBuilder::from(grouped)
-        .project(projection)?
-        .build()?;
-    // The nodes above read the aggregate's columns by name: keep them exactly.
-    if !rewritten.schema().iter().eq(aggregate.schema.iter()) {
-        return unchanged(aggregate);
+    let rewritten = LogicalPlanBuilder::from(LogicalPlan::Aggregate(grouped))
+        .project(projection)
+        .and_then(LogicalPlanBuilder::build);
+    // The nodes above read the aggregate's columns by name: keep them exactly, or
+    // leave the aggregate as it is.
+    match rewritten {
+        Ok(plan) if plan.schema().iter().eq(aggregate.schema.iter()) => Ok((plan, kept_constants)),
+        _ => unchanged(aggregate),
     }
-    Ok((rewritten, kept_constants))
 }
 
 #[cfg(test)]

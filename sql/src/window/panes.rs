@@ -96,39 +96,93 @@ impl Panes {
         time_column: usize,
         start: i64,
         rows: &RecordBatch,
-        came_at: i64,
+        came_at: Option<i64>,
     ) -> Result<()> {
         let kept = rows.project(&(0..rows.num_columns() - 2).collect::<Vec<_>>())?;
         let times = event_times(kept.column(time_column))?;
-        let pane_end = start.saturating_add(windowing.slide());
-        let own: Vec<u32> = (0..kept.num_rows() as u32)
-            .filter(|&i| {
-                let t = times.value(i as usize);
-                times.is_valid(i as usize) && t >= start && t < pane_end
-            })
+        let own: Vec<u32> = (0..kept.num_rows())
+            .filter(|&i| times.is_valid(i) && windowing.start(times.value(i)) == start)
+            .map(|i| i as u32)
             .collect();
         if own.is_empty() {
             return Ok(());
         }
         let rows = take_record_batch(&kept, &UInt32Array::from(own))?;
-        let held = Held::new(Some(came_at), rows, time_column)?;
+        let held = Held::new(came_at, rows, time_column)?;
         self.0.entry(start).or_default().push(held);
         Ok(())
     }
 
-    /// Starts of the windows that hold rows and are still open after `closed_at`.
-    pub fn open_starts(&self, windowing: Windowing, closed_at: Option<i64>) -> BTreeSet<i64> {
+    /// Starts of the windows that hold rows, are still open after `closed_at`, and
+    /// close by `until` (any, when `None`), in order.
+    pub fn open_starts(
+        &self,
+        windowing: Windowing,
+        closed_at: Option<i64>,
+        until: Option<i64>,
+    ) -> BTreeSet<i64> {
+        let (size, slide) = (windowing.size(), windowing.slide());
+        // Window starts are multiples of the slide: those whose end is after
+        // `closed_at` and at or before `until`.
+        let first = closed_at.map(|c| {
+            windowing
+                .start(c.saturating_sub(size))
+                .saturating_add(slide)
+        });
+        let last = until.map(|u| windowing.start(u.saturating_sub(size)));
         let mut starts = BTreeSet::new();
-        for (&pane, held) in &self.0 {
-            for start in windowing.starts(pane) {
+        let panes = match until {
+            // A window closing by `until` holds only panes before it.
+            Some(u) => self.0.range(..u),
+            None => self.0.range(..),
+        };
+        for (&pane, held) in panes {
+            let (lowest, _) = windows_over(windowing, pane);
+            let mut start = first.map_or(lowest, |f| f.max(lowest));
+            let highest = last.map_or(pane, |l| l.min(pane));
+            while start <= highest {
                 let end = windowing.end(start);
-                if closed_at.is_none_or(|c| end > c) && held.iter().any(|h| h.in_window_ending(end))
-                {
+                if held.iter().any(|h| h.in_window_ending(end)) {
                     starts.insert(start);
+                }
+                match start.checked_add(slide) {
+                    Some(next) => start = next,
+                    None => break,
                 }
             }
         }
         starts
+    }
+
+    /// How many windows after `closed_at` hold these panes: [`Panes::open_starts`]
+    /// counted in one pass over the panes, as an upper bound (a window over only rows
+    /// that came after it closed is counted).
+    pub fn open_count(&self, windowing: Windowing, closed_at: Option<i64>) -> usize {
+        let (size, slide) = (windowing.size(), windowing.slide());
+        let first = closed_at.map(|c| {
+            windowing
+                .start(c.saturating_sub(size))
+                .saturating_add(slide)
+        });
+        let mut counted_to: Option<i64> = None;
+        let mut count = 0usize;
+        for &pane in self.0.keys() {
+            let (lowest, _) = windows_over(windowing, pane);
+            let from = [
+                Some(lowest),
+                first,
+                counted_to.map(|c| c.saturating_add(slide)),
+            ]
+            .into_iter()
+            .flatten()
+            .max()
+            .unwrap_or(lowest);
+            if from <= pane {
+                count += (pane.saturating_sub(from) / slide) as usize + 1;
+                counted_to = Some(pane);
+            }
+        }
+        count
     }
 
     /// The rows of the window starting at `start`, with its window columns, in
@@ -191,6 +245,15 @@ impl Panes {
             .map(|h| h.rows.get_array_memory_size())
             .sum()
     }
+}
+
+/// The starts of the windows over the pane starting at `pane`: the multiples of the
+/// slide in `(pane - size, pane]`, lowest and highest.
+fn windows_over(windowing: Windowing, pane: i64) -> (i64, i64) {
+    let lowest = windowing
+        .start(pane.saturating_sub(windowing.size()))
+        .saturating_add(windowing.slide());
+    (lowest, pane)
 }
 
 #[cfg(test)]

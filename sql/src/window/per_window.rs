@@ -156,14 +156,26 @@ impl PerWindowQuery {
         }
     }
 
-    /// Starts of the windows that hold rows of any input and are still open.
-    fn open_starts(&self) -> BTreeSet<i64> {
+    /// Starts of the windows that hold rows of any input, are still open, and close by
+    /// `until` (any, when `None`).
+    fn open_starts(&self, until: Option<i64>) -> BTreeSet<i64> {
         let windowing = self.plan.windowing;
-        let mut starts = self.panes.open_starts(windowing, self.closed_at);
+        let mut starts = self.panes.open_starts(windowing, self.closed_at, until);
         for panes in &self.other_panes {
-            starts.extend(panes.open_starts(windowing, self.closed_at));
+            starts.extend(panes.open_starts(windowing, self.closed_at, until));
         }
         starts
+    }
+
+    /// The watermark windows were closed at (see [`PerWindowQuery::carry_closed_at`]).
+    pub fn closed_at(&self) -> Option<i64> {
+        self.closed_at
+    }
+
+    /// Take on the watermark the instance this one replaces had closed windows at: a
+    /// batch with an older watermark (a join's other input) must not open them again.
+    pub fn carry_closed_at(&mut self, closed_at: Option<i64>) {
+        self.closed_at = self.closed_at.max(closed_at);
     }
 }
 
@@ -184,11 +196,7 @@ impl PerWindowQuery {
     /// rows and answer.
     pub fn close(&mut self, watermark: i64) -> Vec<Closed> {
         let windowing = self.plan.windowing;
-        let closing: Vec<i64> = self
-            .open_starts()
-            .into_iter()
-            .filter(|&s| windowing.is_closed(s, Some(watermark)))
-            .collect();
+        let closing = self.open_starts(Some(watermark));
         let closed = closing
             .into_iter()
             .map(|start| self.evaluate_window(start))
@@ -205,7 +213,7 @@ impl PerWindowQuery {
     /// The starts of input 0's open windows (what [`Operator::open_windows`] counts).
     pub fn window_starts(&self) -> impl Iterator<Item = i64> + use<> {
         self.panes
-            .open_starts(self.plan.windowing, self.closed_at)
+            .open_starts(self.plan.windowing, self.closed_at, None)
             .into_iter()
     }
 
@@ -290,7 +298,7 @@ impl Operator for PerWindowQuery {
     /// their schema's metadata.
     fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {
         let mut state = Vec::new();
-        for start in self.open_starts() {
+        for start in self.open_starts(None) {
             state.extend(self.window_rows(start)?);
             for (n, (input, panes)) in self.plan.others.iter().zip(&self.other_panes).enumerate() {
                 let tagged = tag_input(&input.windowed_schema, n + 1);
@@ -334,7 +342,9 @@ impl Operator for PerWindowQuery {
             self.plan.others.iter().map(|_| Panes::default()).collect();
         if let Some(earliest) = windows.iter().map(|(_, start, _)| *start).min() {
             // The end of the window before the earliest: the rows came after it closed.
-            let came_at = windowing.end(earliest.saturating_sub(windowing.slide()));
+            let came_at = earliest
+                .checked_sub(windowing.slide())
+                .map(|before| windowing.end(before));
             for (n, start, batch) in &windows {
                 let (panes, time_column) = match n {
                     0 => (&mut panes, self.plan.time_column),
@@ -356,8 +366,9 @@ impl Operator for PerWindowQuery {
             .sum()
     }
 
+    /// Counted from the panes held, in one pass (this runs after every batch).
     fn open_windows(&self) -> usize {
-        self.window_starts().count()
+        self.panes.open_count(self.plan.windowing, self.closed_at)
     }
 }
 
