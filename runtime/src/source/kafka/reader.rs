@@ -249,7 +249,7 @@ impl Reader {
         let buffer = self.buffers.entry(key).or_default();
         buffer.push(m, &self.layout);
         let full = buffer.len() >= self.feed.chunk_rows || buffer.bytes() >= CHUNK_BYTES;
-        !full || self.flush(&key)
+        !full || self.flush_full(key)
     }
 
     /// Act on the partitions the last poll's rebalance assigned or revoked.
@@ -294,15 +294,29 @@ impl Reader {
         *self.splits.entry(partition.clone()).or_insert(next)
     }
 
-    /// Send every buffered partition's messages; false once the pipeline is gone. The
-    /// partitions are decoded side by side on the worker threads, then sent one by one.
+    /// Send every buffered partition's messages; false once the pipeline is gone.
     fn flush_all(&mut self) -> bool {
         self.last_flush = Instant::now();
+        self.flush_where(|_, _| true)
+    }
+
+    /// Send the partition whose buffer `full` is full, and with it every other at least
+    /// half full, so that they are decoded side by side; false once the pipeline is gone.
+    fn flush_full(&mut self, full: (usize, i32)) -> bool {
+        let (rows, bytes) = (self.feed.chunk_rows / 2, CHUNK_BYTES / 2);
+        self.flush_where(|key, buffer| {
+            *key == full || buffer.len() >= rows || buffer.bytes() >= bytes
+        })
+    }
+
+    /// Send the buffered partitions `pick` picks: decoded side by side on the worker
+    /// threads, then sent one by one; false once the pipeline is gone.
+    fn flush_where(&mut self, pick: impl Fn(&(usize, i32), &Messages) -> bool + Sync) -> bool {
         let layout = &self.layout;
         let mut built: Vec<((usize, i32), i64, Result<Built>)> = self
             .buffers
             .par_iter_mut()
-            .filter(|(_, buffer)| !buffer.is_empty())
+            .filter(|(key, buffer)| !buffer.is_empty() && pick(key, buffer))
             .filter_map(|(key, buffer)| {
                 let next = buffer.next_offset()?;
                 Some((*key, next, buffer.build(layout)))
@@ -312,18 +326,6 @@ impl Reader {
         built
             .into_iter()
             .all(|(key, next, built)| self.send_built(&key, next, built))
-    }
-
-    /// Send one partition's messages as a chunk.
-    fn flush(&mut self, buffer_key: &(usize, i32)) -> bool {
-        let Some(buffer) = self.buffers.get_mut(buffer_key) else {
-            return true;
-        };
-        let Some(next) = buffer.next_offset() else {
-            return true;
-        };
-        let built = buffer.build(&self.layout);
-        self.send_built(buffer_key, next, built)
     }
 
     /// Send a partition's decoded messages (`next` is the offset after them) as a

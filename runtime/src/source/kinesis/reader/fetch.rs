@@ -1,6 +1,8 @@
 //! One round of GetRecords: the calls for the shards due, side by side, and what each
 //! brought made into chunks (KPL aggregates split, positions per user record), with
-//! throttling, expired iterators and failures handled per shard.
+//! throttling, expired iterators and failures handled per shard. The round's chunks are
+//! decoded side by side on the worker pool, then sent in order: each shard's in its
+//! order, shard after shard.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -10,15 +12,15 @@ use aws_sdk_kinesis::operation::get_records::GetRecordsOutput;
 use aws_sdk_kinesis::primitives::DateTime;
 use aws_sdk_kinesis::types::ShardIteratorType;
 use bytes::Bytes;
+use rayon::prelude::*;
 
-use super::{CHUNK_BYTES, MAX_BACKOFF, MIN_POLL, RATE_WINDOW, Reader, Reading, now_ms};
+use super::{CHUNK_BYTES, MAX_BACKOFF, MIN_POLL, RATE_WINDOW, Reader, now_ms};
 use crate::aws::{block_on, describe};
 use crate::checkpoint::Position;
 use crate::deadletter::NewDeadLetter;
-use crate::source::connector::Feed;
 use crate::source::kinesis::kpl::{self, Unpacked};
 use crate::source::kinesis::position::ShardPosition;
-use crate::source::kinesis::records::{Layout, UserRecord};
+use crate::source::kinesis::records::{Built, Records, UserRecord};
 
 impl Reader {
     /// One GetRecords for each shard of `due`, side by side, then their records sent in
@@ -56,21 +58,108 @@ impl Reader {
             })
             .collect();
         let results = block_on(futures::future::join_all(calls));
+        let mut pending = Vec::new();
         for (shard, result) in due.into_iter().zip(results) {
             // A lease lost while the call was out: its records are the new owner's.
             if !self.holds(&shard) {
                 self.drop_shard(&shard);
                 continue;
             }
-            if !self.take(&shard, result) {
+            self.take(&shard, result, &mut pending);
+        }
+        self.send_pending(pending)
+    }
+
+    /// Decode the round's chunks side by side, then send them (and the ends of the
+    /// shards read to their end) in order; false once the pipeline is gone.
+    fn send_pending(&mut self, mut pending: Vec<Pending>) -> bool {
+        let layout = &self.settings.layout;
+        let built: Vec<Option<(ShardPosition, crate::Result<Built>)>> = pending
+            .par_iter_mut()
+            .map(|p| match p {
+                Pending::Chunk { shard, records } => {
+                    let after = records.position().cloned()?;
+                    Some((after, records.build(layout, shard)))
+                }
+                Pending::End(_) => None,
+            })
+            .collect();
+        for (p, built) in pending.into_iter().zip(built) {
+            let sent = match (p, built) {
+                (Pending::Chunk { shard, .. }, Some((after, built))) => {
+                    self.send_built(&shard, after, built)
+                }
+                (Pending::End(shard), _) => self.finish(&shard),
+                (Pending::Chunk { .. }, None) => true,
+            };
+            if !sent {
                 return false;
             }
         }
         true
     }
 
-    /// Act on one shard's GetRecords; false once the pipeline is gone.
-    fn take(&mut self, shard: &str, result: Result<GetRecordsOutput, Failure>) -> bool {
+    /// Send a chunk of `shard`'s records (`after`: the shard's position after them),
+    /// dead-lettering those that did not decode; false once the pipeline is gone.
+    fn send_built(
+        &mut self,
+        shard: &str,
+        after: ShardPosition,
+        built: crate::Result<Built>,
+    ) -> bool {
+        let source = &self.settings.name;
+        let built = match built {
+            Ok(built) => built,
+            Err(e) => {
+                tracing::error!(source, shard, error = %e, "cannot build a batch of records");
+                return true;
+            }
+        };
+        self.feed
+            .dead_letter(built.rejected.into_iter().map(|(at, rejected)| {
+                let sequence_number = match &at {
+                    ShardPosition::After { sequence, sub: _ } => Some(sequence.clone()),
+                    _ => None,
+                }
+                .map(|s| match rejected_sub(&at) {
+                    Some(sub) => format!("{s}/{sub}"),
+                    None => s,
+                });
+                NewDeadLetter {
+                    source: source.to_string(),
+                    view: None,
+                    partition: Some(shard.to_string()),
+                    position: None,
+                    sequence_number,
+                    reason: rejected.reason.into(),
+                    raw: rejected.raw,
+                }
+            }));
+        let Some(r) = self.reading.get_mut(shard) else {
+            return true;
+        };
+        r.position = after.clone();
+        if let Some(state) = self.shared.shards.lock().get_mut(shard) {
+            state.position = Some(after.encode());
+        }
+        let mut position = Position::default();
+        position.0.insert(shard.to_string(), after.encode());
+        let sent = self.feed.send(built.batch, position, r.split);
+        if matches!(after, ShardPosition::After { sub: Some(_), .. }) {
+            // Tests: hold a chunk that ends inside an aggregate until a checkpoint has it.
+            crate::failpoint::delay_point("kinesis-inside-aggregate", Duration::from_secs(1));
+        }
+        sent
+    }
+
+    /// Act on one shard's GetRecords: its records into chunks on `pending`, and the
+    /// shard's end after them when it was read to its end.
+    fn take(
+        &mut self,
+        shard: &str,
+        result: Result<GetRecordsOutput, Failure>,
+        pending: &mut Vec<Pending>,
+    ) {
         let out = match result {
             Ok(out) => out,
             Err(failure) => {
@@ -98,7 +187,7 @@ impl Reader {
                         r.backoff = (r.backoff * 2).min(MAX_BACKOFF);
                     }
                 }
-                return true;
+                return;
             }
         };
         self.shared.waiting.lock().take();
@@ -168,22 +257,18 @@ impl Reader {
                             },
                             ShardPosition::after(sequence, sub),
                         );
-                        if r.records.full(self.feed.chunk_rows, CHUNK_BYTES)
-                            && !send(&self.feed, &name, &self.settings.layout, shard, r)
-                        {
-                            return false;
+                        if r.records.full(self.feed.chunk_rows, CHUNK_BYTES) {
+                            pending.push(Pending::chunk(shard, &mut r.records));
                         }
                     }
                 }
             }
-            if r.records.full(self.feed.chunk_rows, CHUNK_BYTES)
-                && !send(&self.feed, &name, &self.settings.layout, shard, r)
-            {
-                return false;
+            if r.records.full(self.feed.chunk_rows, CHUNK_BYTES) {
+                pending.push(Pending::chunk(shard, &mut r.records));
             }
         }
-        if !send(&self.feed, &name, &self.settings.layout, shard, r) {
-            return false;
+        if r.records.position().is_some() {
+            pending.push(Pending::chunk(shard, &mut r.records));
         }
         // Kinesis's limits count its own records (a KPL aggregate is one).
         r.window.0 += n as u64;
@@ -208,8 +293,8 @@ impl Reader {
         }
         {
             let mut shared = self.shared.shards.lock();
+            // Its position moves as its chunks are sent (`send_built`).
             let state = shared.entry(shard.to_string()).or_default();
-            state.position = Some(r.position.encode());
             state.millis_behind = behind;
             if r.window_start.elapsed() >= RATE_WINDOW {
                 let secs = r.window_start.elapsed().as_secs_f64();
@@ -231,54 +316,31 @@ impl Reader {
                     } else {
                         self.settings.poll_interval
                     };
-                true
             }
-            None => self.finish(shard),
+            None => pending.push(Pending::End(shard.to_string())),
         }
     }
 }
 
-/// Send the records `r` holds as one chunk of its split, dead-lettering those that do
-/// not decode; false once the pipeline is gone.
-fn send(feed: &Feed, source: &str, layout: &Layout, shard: &str, r: &mut Reading) -> bool {
-    let Some(after) = r.records.position().cloned() else {
-        return true;
-    };
-    let built = match r.records.build(layout, shard) {
-        Ok(built) => built,
-        Err(e) => {
-            tracing::error!(source, shard, error = %e, "cannot build a batch of records");
-            return true;
+/// What a round sends, in order.
+pub(super) enum Pending {
+    /// A chunk of one shard's records.
+    Chunk {
+        shard: String,
+        records: Box<Records>,
+    },
+    /// The shard was read to its end: after its chunks, the end of its split.
+    End(String),
+}
+
+impl Pending {
+    /// The records `held` as a chunk (leaving it empty).
+    fn chunk(shard: &str, held: &mut Records) -> Self {
+        Pending::Chunk {
+            shard: shard.to_string(),
+            records: Box::new(std::mem::take(held)),
         }
-    };
-    feed.dead_letter(built.rejected.into_iter().map(|(at, rejected)| {
-        let sequence_number = match &at {
-            ShardPosition::After { sequence, sub: _ } => Some(sequence.clone()),
-            _ => None,
-        }
-        .map(|s| match rejected_sub(&at) {
-            Some(sub) => format!("{s}/{sub}"),
-            None => s,
-        });
-        NewDeadLetter {
-            source: source.to_string(),
-            view: None,
-            partition: Some(shard.to_string()),
-            position: None,
-            sequence_number,
-            reason: rejected.reason.into(),
-            raw: rejected.raw,
-        }
-    }));
-    r.position = after.clone();
-    let mut position = Position::default();
-    position.0.insert(shard.to_string(), after.encode());
-    let sent = feed.send(built.batch, position, r.split);
-    if matches!(after, ShardPosition::After { sub: Some(_), .. }) {
-        // Tests: hold a chunk that ends inside an aggregate until a checkpoint has it.
-        crate::failpoint::delay_point("kinesis-inside-aggregate", Duration::from_secs(1));
     }
-    sent
 }
 
 fn rejected_sub(at: &ShardPosition) -> Option<u64> {
