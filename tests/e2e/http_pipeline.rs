@@ -790,3 +790,82 @@ async fn a_late_row_is_dead_lettered_without_columns_never_decoded() -> Result<(
     assert!(raw["ts"].is_string(), "only its time: {raw}");
     Ok(())
 }
+
+/// Bodies posted at once by many clients are decoded side by side on the server's
+/// threads, as JSON lines and as JSON arrays: every record counts once, with its values.
+#[tokio::test]
+async fn bodies_posted_at_once_by_many_clients_each_count_once() -> Result<()> {
+    let weir = Weir::start(&[]).await?;
+    weir.exec(
+        "CREATE SOURCE events (client BIGINT, seq BIGINT, amount BIGINT) WITH (connector = 'http')",
+    )
+    .await?;
+    weir.exec(
+        "CREATE MATERIALIZED VIEW per_client AS SELECT client, count(*) AS n, sum(seq) AS seqs, \
+         max(seq) AS last, sum(amount) AS amount FROM events GROUP BY client",
+    )
+    .await?;
+    let (clients, bodies, per_body) = (8i64, 12i64, 400i64);
+    let mut posting = tokio::task::JoinSet::new();
+    for client in 0..clients {
+        let (http, url) = (weir.client.clone(), weir.url.clone());
+        posting.spawn(async move {
+            for body in 0..bodies {
+                let records: Vec<String> = (body * per_body..(body + 1) * per_body)
+                    .map(|seq| {
+                        format!(
+                            r#"{{"client": {client}, "seq": {seq}, "amount": {}}}"#,
+                            seq % 7
+                        )
+                    })
+                    .collect();
+                // Every other body a JSON array, the others JSON lines.
+                let text = match body % 2 {
+                    0 => records.join("\n"),
+                    _ => format!("[{}]", records.join(",")),
+                };
+                let answer: Value = http
+                    .post(format!("{url}/api/v1/sources/events/records"))
+                    .body(text)
+                    .send()
+                    .await?
+                    .error_for_status()?
+                    .json()
+                    .await?;
+                anyhow::ensure!(
+                    answer == json!({"accepted": per_body, "dead_lettered": 0}),
+                    "client {client}, body {body}: {answer}"
+                );
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(done) = posting.join_next().await {
+        done??;
+    }
+    let n = bodies * per_body;
+    let expected: Vec<Value> = (0..clients)
+        .map(|client| {
+            json!([
+                client,
+                n,
+                n * (n - 1) / 2,
+                n - 1,
+                (0..n).map(|s| s % 7).sum::<i64>()
+            ])
+        })
+        .collect();
+    weir.wait_for(
+        "every client's records, once",
+        Duration::from_secs(60),
+        || async {
+            let mut rows: Vec<Value> = weir.get("/api/v1/views/per_client").await?["rows"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            rows.sort_by_key(|r| r[0].as_i64());
+            Ok((rows == expected).then_some(()))
+        },
+    )
+    .await
+}

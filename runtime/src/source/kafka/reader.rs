@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::RecordBatch;
 use parking_lot::Mutex;
-use rayon::prelude::*;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Message, OwnedMessage};
@@ -310,22 +309,46 @@ impl Reader {
     }
 
     /// Send the buffered partitions `pick` picks: decoded side by side on the worker
-    /// threads, then sent one by one; false once the pipeline is gone.
+    /// threads (this one decoding its share), then sent one by one; false once the
+    /// pipeline is gone.
     fn flush_where(&mut self, pick: impl Fn(&(usize, i32), &Messages) -> bool + Sync) -> bool {
         let layout = &self.layout;
-        let mut built: Vec<((usize, i32), i64, Result<Built>)> = self
+        let mut picked: Vec<(&(usize, i32), &mut Messages)> = self
             .buffers
-            .par_iter_mut()
+            .iter_mut()
             .filter(|(key, buffer)| !buffer.is_empty() && pick(key, buffer))
-            .filter_map(|(key, buffer)| {
+            .collect();
+        picked.sort_unstable_by_key(|(key, _)| **key);
+        let built: Vec<((usize, i32), i64, Result<Built>)> =
+            weir_sql::parallel::run_parts(picked, |(key, buffer)| {
                 let next = buffer.next_offset()?;
                 Some((*key, next, buffer.build(layout)))
             })
-            .collect();
-        built.sort_unstable_by_key(|(key, _, _)| *key);
-        built
             .into_iter()
-            .all(|(key, next, built)| self.send_built(&key, next, built))
+            .flatten()
+            .collect();
+        for (key, next, built) in built {
+            // A partition revoked while an earlier chunk waited for the pipeline (the
+            // consumer polls meanwhile): its messages are the new owner's.
+            if self.revoked_meanwhile(&key) {
+                continue;
+            }
+            if !self.send_built(&key, next, built) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Whether a rebalance not yet applied revokes the partition of `buffer_key`.
+    fn revoked_meanwhile(&self, buffer_key: &(usize, i32)) -> bool {
+        let topic = &self.topics[buffer_key.0];
+        self.consumer
+            .context()
+            .changes
+            .lock()
+            .iter()
+            .any(|((t, p), assigned)| !assigned && t == topic && *p == buffer_key.1)
     }
 
     /// Send a partition's decoded messages (`next` is the offset after them) as a

@@ -260,6 +260,29 @@ impl Records {
         Ok(Built { batch, rejected })
     }
 
+    /// The held records as dead letters for `reason`, with their positions, and those
+    /// refused before (emptying the buffer): a chunk that could not become a batch.
+    pub fn take_rejected(&mut self, reason: &str) -> Vec<(ShardPosition, Rejected)> {
+        let mut rejected: Vec<(ShardPosition, Rejected)> = (0..self.len())
+            .map(|i| {
+                let at = ShardPosition::after(self.sequence_numbers.text(i), self.sub_sequences[i]);
+                let raw = self.values.get(i).to_vec();
+                let reason = reason.to_string();
+                (
+                    at,
+                    Rejected {
+                        index: i,
+                        raw,
+                        reason,
+                    },
+                )
+            })
+            .collect();
+        rejected.append(&mut self.refused);
+        self.clear();
+        rejected
+    }
+
     fn meta_column(&self, meta: Meta, shard: &str, keep: &[usize]) -> ArrayRef {
         match meta {
             Meta::PartitionKey => Arc::new(StringArray::from_iter_values(
@@ -300,6 +323,52 @@ mod tests {
     fn meta(name: &str, t: DataType, key: &str) -> Field {
         Field::new(name, t, false)
             .with_metadata([(METADATA_KEY.to_string(), key.to_string())].into())
+    }
+
+    #[test]
+    fn a_chunk_that_cannot_be_a_batch_is_dead_lettered_whole_with_positions() {
+        let mut records = Records::default();
+        let record = |data, seq, sub| UserRecord {
+            data,
+            partition_key: "k",
+            sequence_number: seq,
+            sub_sequence: sub,
+            arrival_ms: 7,
+        };
+        records.push(
+            &record(b"{\"n\":1}", "100", None),
+            ShardPosition::after("100", None),
+        );
+        records.push(
+            &record(b"{\"n\":2}", "101", Some(0)),
+            ShardPosition::after("101", Some(0)),
+        );
+        records.refuse(ShardPosition::after("102", None), b"big", "too big".into());
+        let rejected = records.take_rejected("cannot build");
+        let got: Vec<(ShardPosition, &[u8], &str)> = rejected
+            .iter()
+            .map(|(at, r)| (at.clone(), r.raw.as_slice(), r.reason.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    ShardPosition::after("100", None),
+                    &b"{\"n\":1}"[..],
+                    "cannot build"
+                ),
+                (
+                    ShardPosition::after("101", Some(0)),
+                    &b"{\"n\":2}"[..],
+                    "cannot build"
+                ),
+                (ShardPosition::after("102", None), &b"big"[..], "too big"),
+            ]
+        );
+        assert!(
+            records.position().is_none() && records.len() == 0,
+            "emptied"
+        );
     }
 
     #[test]

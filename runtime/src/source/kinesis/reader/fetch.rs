@@ -12,7 +12,7 @@ use aws_sdk_kinesis::operation::get_records::GetRecordsOutput;
 use aws_sdk_kinesis::primitives::DateTime;
 use aws_sdk_kinesis::types::ShardIteratorType;
 use bytes::Bytes;
-use rayon::prelude::*;
+use datafusion::arrow::array::RecordBatch;
 
 use super::{CHUNK_BYTES, MAX_BACKOFF, MIN_POLL, RATE_WINDOW, Reader, now_ms};
 use crate::aws::{block_on, describe};
@@ -74,22 +74,32 @@ impl Reader {
     /// shards read to their end) in order; false once the pipeline is gone.
     fn send_pending(&mut self, mut pending: Vec<Pending>) -> bool {
         let layout = &self.settings.layout;
-        let built: Vec<Option<(ShardPosition, crate::Result<Built>)>> = pending
-            .par_iter_mut()
-            .map(|p| match p {
-                Pending::Chunk { shard, records } => {
-                    let after = records.position().cloned()?;
-                    Some((after, records.build(layout, shard)))
-                }
-                Pending::End(_) => None,
-            })
-            .collect();
+        // This thread decodes a chunk too, and every chunk no worker has started.
+        let built = weir_sql::parallel::run_parts(pending.iter_mut().collect(), |p| match p {
+            Pending::Chunk { shard, records } => {
+                let after = records.position().cloned()?;
+                Some((after, records.build(layout, shard)))
+            }
+            Pending::End(_) => None,
+        });
         for (p, built) in pending.into_iter().zip(built) {
+            let shard = match &p {
+                Pending::Chunk { shard, .. } | Pending::End(shard) => shard.clone(),
+            };
+            // A lease lost while an earlier chunk waited for the pipeline: the rest of
+            // the shard's records are the new owner's.
+            if !self.reading.contains_key(&shard) {
+                continue;
+            }
+            if !self.holds(&shard) {
+                self.drop_shard(&shard);
+                continue;
+            }
             let sent = match (p, built) {
-                (Pending::Chunk { shard, .. }, Some((after, built))) => {
-                    self.send_built(&shard, after, built)
+                (Pending::Chunk { records, .. }, Some((after, built))) => {
+                    self.send_built(&shard, after, built, records)
                 }
-                (Pending::End(shard), _) => self.finish(&shard),
+                (Pending::End(_), _) => self.finish(&shard),
                 (Pending::Chunk { .. }, None) => true,
             };
             if !sent {
@@ -100,21 +110,23 @@ impl Reader {
     }
 
     /// Send a chunk of `shard`'s records (`after`: the shard's position after them),
-    /// dead-lettering those that did not decode; false once the pipeline is gone.
+    /// dead-lettering those that did not decode (all of `records`, when they could not
+    /// become a batch); false once the pipeline is gone.
     fn send_built(
         &mut self,
         shard: &str,
         after: ShardPosition,
         built: crate::Result<Built>,
+        mut records: Box<Records>,
     ) -> bool {
         let source = &self.settings.name;
-        let built = match built {
-            Ok(built) => built,
-            Err(e) => {
-                tracing::error!(source, shard, error = %e, "cannot build a batch of records");
-                return true;
+        let built = built.unwrap_or_else(|e| {
+            tracing::error!(source, shard, error = %e, "cannot build a batch of records");
+            Built {
+                batch: RecordBatch::new_empty(self.settings.layout.schema()),
+                rejected: records.take_rejected(&format!("cannot build a batch of records: {e}")),
             }
-        };
+        });
         self.feed
             .dead_letter(built.rejected.into_iter().map(|(at, rejected)| {
                 let sequence_number = match &at {
@@ -139,12 +151,12 @@ impl Reader {
             return true;
         };
         r.position = after.clone();
-        if let Some(state) = self.shared.shards.lock().get_mut(shard) {
-            state.position = Some(after.encode());
-        }
         let mut position = Position::default();
         position.0.insert(shard.to_string(), after.encode());
         let sent = self.feed.send(built.batch, position, r.split);
+        if let Some(state) = self.shared.shards.lock().get_mut(shard) {
+            state.position = Some(after.encode());
+        }
         if matches!(after, ShardPosition::After { sub: Some(_), .. }) {
             // Tests: hold a chunk that ends inside an aggregate until a checkpoint has it.
             crate::failpoint::delay_point("kinesis-inside-aggregate", Duration::from_secs(1));
@@ -293,8 +305,9 @@ impl Reader {
         }
         {
             let mut shared = self.shared.shards.lock();
-            // Its position moves as its chunks are sent (`send_built`).
+            // Its position moves on as its chunks are sent (`send_built`).
             let state = shared.entry(shard.to_string()).or_default();
+            state.position = Some(r.position.encode());
             state.millis_behind = behind;
             if r.window_start.elapsed() >= RATE_WINDOW {
                 let secs = r.window_start.elapsed().as_secs_f64();
