@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use datafusion::arrow::array::ArrayRef;
+use datafusion::arrow::array::{ArrayRef, UInt32Array};
 use datafusion::arrow::compute::{concat_batches, take_record_batch};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
@@ -50,6 +50,15 @@ impl JoinKeys {
         self.router.shards()
     }
 
+    /// Each instance's rows of `batch` (a batch of input `input`), as row indices.
+    pub fn route_rows(&mut self, input: usize, batch: &RecordBatch) -> Result<Vec<UInt32Array>> {
+        let keys: Vec<ArrayRef> = self.exprs[input]
+            .iter()
+            .map(|e| e.evaluate(batch)?.into_array(batch.num_rows()))
+            .collect::<datafusion::error::Result<_>>()?;
+        self.router.route(&keys, batch.num_rows())
+    }
+
     /// Each instance's rows of `rows` (rows of input `input`), in order.
     pub fn route(&mut self, input: usize, rows: Vec<RecordBatch>) -> Result<Vec<Vec<RecordBatch>>> {
         let n = self.router.shards();
@@ -58,14 +67,7 @@ impl JoinKeys {
         }
         let mut parts = vec![Vec::new(); n];
         for batch in rows.iter().filter(|b| b.num_rows() > 0) {
-            let keys: Vec<ArrayRef> = self.exprs[input]
-                .iter()
-                .map(|e| e.evaluate(batch)?.into_array(batch.num_rows()))
-                .collect::<datafusion::error::Result<_>>()?;
-            for (part, rows) in parts
-                .iter_mut()
-                .zip(self.router.route(&keys, batch.num_rows())?)
-            {
+            for (part, rows) in parts.iter_mut().zip(self.route_rows(input, batch)?) {
                 if rows.len() == batch.num_rows() {
                     part.push(batch.clone());
                 } else if !rows.is_empty() {
@@ -150,29 +152,6 @@ impl KeyedWindowJoin {
             })
             .collect()
     }
-
-    /// `f` on every instance with its part, side by side; what they collect, in
-    /// instance order.
-    fn each<P: Send>(
-        &mut self,
-        parts: Vec<P>,
-        out: &mut Collector,
-        f: impl Fn(&mut PerWindowQuery, P, &mut Collector) -> Result<()> + Sync + Send,
-    ) -> Result<()> {
-        let collected = each_shard(&mut self.instances, parts, |instance, part| {
-            let mut out = Collector::default();
-            f(instance, part, &mut out)?;
-            Ok(out)
-        })?;
-        for c in collected {
-            out.rows.extend(c.rows);
-            out.late.extend(c.late);
-            out.failed.extend(c.failed);
-            out.upserts.extend(c.upserts);
-            out.keyed.extend(c.keyed);
-        }
-        Ok(())
-    }
 }
 
 impl Operator for KeyedWindowJoin {
@@ -198,11 +177,38 @@ impl Operator for KeyedWindowJoin {
         if input > self.plan.others.len() {
             return Err(Error::Execution(format!("the query has no input {input}")));
         }
-        let parts = self.arriving.route(input, vec![batch.clone()])?;
-        self.each(parts, out, |instance, part, out| {
-            part.iter()
-                .try_for_each(|b| instance.process_input(input, b, watermark, out))
-        })
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        // Routed by the whole rows' keys; each instance gets only the columns it keeps.
+        let kept = self.instances[0].kept(input, batch)?;
+        let parts = self
+            .arriving
+            .route_rows(input, batch)?
+            .into_iter()
+            .map(|rows| {
+                let part = match rows.len() == kept.num_rows() {
+                    true => kept.clone(),
+                    false => take_record_batch(&kept, &rows)?,
+                };
+                Ok((part, rows))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let late = each_shard(&mut self.instances, parts, |instance, (part, rows)| {
+            let late = instance.hold_kept(input, &part, watermark)?;
+            // As rows of the batch received.
+            Ok(late
+                .iter()
+                .flat_map(|l| l.values().iter().map(|&i| rows.value(i as usize)))
+                .collect::<Vec<u32>>())
+        })?;
+        let mut late = late.concat();
+        if !late.is_empty() {
+            late.sort_unstable();
+            // Late rows go to the dead-letter store whole, with every source column.
+            out.late(take_record_batch(batch, &UInt32Array::from(late))?);
+        }
+        Ok(())
     }
 
     /// Each closed window whole, as run serially: its rows from every instance, in the

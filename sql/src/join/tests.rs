@@ -679,14 +679,17 @@ async fn a_join_input_with_an_older_watermark_still_sees_rows_behind_the_latest_
             if rescaled {
                 assert_eq!(q.operator.set_parallelism(3).expect("rescales"), 3, "{sql}");
             }
+            let b = batch(&[(1, 10, 4_000)]);
             q.operator
-                .process_input(1, &batch(&[(1, 10, 4_000)]), Some(3_000), &mut out)
+                .process_input(1, &b, Some(3_000), &mut out)
                 .expect("process");
             assert_eq!(
                 out.late.iter().map(|b| b.num_rows()).sum::<usize>(),
                 1,
                 "{sql}, rescaled: {rescaled}"
             );
+            // Whole, with every column of the source.
+            assert_eq!(out.late[0], b, "{sql}, rescaled: {rescaled}");
         }
     }
 }

@@ -20,7 +20,6 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 
 use crate::Result;
-use crate::operator::Collector;
 use crate::window::{Windowing, event_times, split_by_pane};
 
 /// One batch of a pane, with the watermark it came at (`None`: before any).
@@ -55,17 +54,15 @@ impl Held {
 pub struct Panes(BTreeMap<i64, Vec<Held>>);
 
 impl Panes {
-    /// Hold the rows of `batch` (kept columns, and the batch as received) in their
-    /// panes; rows whose windows have all closed at `watermark` go back as late, with
-    /// every column.
+    /// Hold the rows of `batch` (an input's kept columns) in their panes; the indices of
+    /// the rows whose windows have all closed at `watermark` (late), not held.
     pub fn hold(
         &mut self,
         windowing: Windowing,
         time_column: usize,
-        (batch, whole): (&RecordBatch, &RecordBatch),
+        batch: &RecordBatch,
         watermark: Option<i64>,
-        out: &mut Collector,
-    ) -> Result<()> {
+    ) -> Result<Option<UInt32Array>> {
         let times = event_times(batch.column(time_column))?;
         let split = split_by_pane(times, windowing, watermark);
         // Every slice first: an error leaves the panes as they were (the runtime
@@ -81,10 +78,7 @@ impl Panes {
         for (start, held) in slices {
             self.0.entry(start).or_default().push(held);
         }
-        if let Some(late) = &split.late {
-            out.late(take_record_batch(whole, late)?);
-        }
-        Ok(())
+        Ok(split.late)
     }
 
     /// Rows held as a window's rows were checkpointed (`rows` of the window starting at

@@ -13,8 +13,8 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, AsArray};
-use datafusion::arrow::compute::concat_batches;
+use datafusion::arrow::array::{Array, AsArray, UInt32Array};
+use datafusion::arrow::compute::{concat_batches, take_record_batch};
 use datafusion::arrow::datatypes::{SchemaRef, TimestampMillisecondType};
 use datafusion::arrow::record_batch::RecordBatch;
 
@@ -217,30 +217,49 @@ impl PerWindowQuery {
             .into_iter()
     }
 
-    /// Rows of a further input, held by pane like input 0's.
-    fn process_other(
-        &mut self,
-        other: usize,
-        batch: &RecordBatch,
-        watermark: Option<i64>,
-        out: &mut Collector,
-    ) -> Result<()> {
-        let input = self
-            .plan
-            .others
-            .get(other)
-            .ok_or_else(|| Error::Execution(format!("the query has no input {}", other + 1)))?;
-        let kept = match &input.source_columns {
+    /// Input `input`'s columns the query reads, of `batch` (a batch of that source).
+    pub fn kept(&self, input: usize, batch: &RecordBatch) -> Result<RecordBatch> {
+        let columns = match input {
+            0 => &self.plan.source_columns,
+            n => {
+                &self
+                    .plan
+                    .others
+                    .get(n - 1)
+                    .ok_or_else(|| Error::Execution(format!("the query has no input {n}")))?
+                    .source_columns
+            }
+        };
+        Ok(match columns {
             Some(columns) => batch.project(columns)?,
             None => batch.clone(),
-        };
-        self.other_panes[other].hold(
-            self.plan.windowing,
-            input.time_column,
-            (&kept, batch),
-            watermark,
-            out,
-        )
+        })
+    }
+
+    /// Hold `kept`, rows of input `input` in its kept columns ([`PerWindowQuery::kept`]),
+    /// by pane; the indices of its late rows, which are not held.
+    pub fn hold_kept(
+        &mut self,
+        input: usize,
+        kept: &RecordBatch,
+        watermark: Option<i64>,
+    ) -> Result<Option<UInt32Array>> {
+        let watermark = watermark.max(self.closed_at);
+        let windowing = self.plan.windowing;
+        match input {
+            0 => self
+                .panes
+                .hold(windowing, self.plan.time_column, kept, watermark),
+            n => {
+                let time_column = self
+                    .plan
+                    .others
+                    .get(n - 1)
+                    .ok_or_else(|| Error::Execution(format!("the query has no input {n}")))?
+                    .time_column;
+                self.other_panes[n - 1].hold(windowing, time_column, kept, watermark)
+            }
+        }
     }
 }
 
@@ -252,11 +271,12 @@ impl Operator for PerWindowQuery {
         watermark: Option<i64>,
         out: &mut Collector,
     ) -> Result<()> {
-        let watermark = watermark.max(self.closed_at);
-        match input {
-            0 => self.process(batch, watermark, out),
-            n => self.process_other(n - 1, batch, watermark, out),
+        let kept = self.kept(input, batch)?;
+        // Late rows go to the dead-letter store whole, with every source column.
+        if let Some(late) = self.hold_kept(input, &kept, watermark)? {
+            out.late(take_record_batch(batch, &late)?);
         }
+        Ok(())
     }
 
     fn process(
@@ -265,18 +285,7 @@ impl Operator for PerWindowQuery {
         watermark: Option<i64>,
         out: &mut Collector,
     ) -> Result<()> {
-        let kept = match &self.plan.source_columns {
-            Some(columns) => batch.project(columns)?,
-            None => batch.clone(),
-        };
-        // Late rows go to the dead-letter store whole, with every source column.
-        self.panes.hold(
-            self.plan.windowing,
-            self.plan.time_column,
-            (&kept, batch),
-            watermark,
-            out,
-        )
+        self.process_input(0, batch, watermark, out)
     }
 
     fn on_watermark(&mut self, watermark: i64, out: &mut Collector) -> Result<()> {
