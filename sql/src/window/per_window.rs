@@ -6,9 +6,10 @@
 //! per window. When every part of such a query stays inside one window (aggregates group
 //! by `window_start`, window functions partition by it, joins match on it), the query's
 //! answer for a window depends on that window's rows only. [`PerWindowQuery`] keeps the
-//! rows of each open window and, once the watermark closes it, runs the whole query with
-//! DataFusion in batch mode over exactly those rows. Memory is bounded by the rows of the
-//! open windows.
+//! rows of the open windows, each row once ([`super::panes`]), and, once the watermark
+//! closes a window, runs the whole query with DataFusion in batch mode over exactly its
+//! rows, with the window's bounds as constants ([`super::bounds`]). Memory is bounded by
+//! the rows of the open windows.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

@@ -194,3 +194,32 @@ fn a_bound_read_outside_a_window_is_an_error() {
             .any(|l| l.contains("1970-01-01T00:00:10"))
     );
 }
+
+/// EXPLAIN's `query` line of a per-window view shows the bounds taken out of the GROUP
+/// BY, as SQL.md says.
+#[tokio::test]
+async fn explain_shows_the_bounds_above_the_aggregate() {
+    let q = crate::testing::plan(
+        "CREATE MATERIALIZED VIEW v AS SELECT a.auction, a.num, a.window_start FROM \
+         (SELECT auction, count(*) AS num, window_start, window_end \
+          FROM HOP(bids, date_time, INTERVAL '2' SECOND, INTERVAL '10' SECOND) \
+          GROUP BY auction, window_start, window_end) AS a \
+         JOIN (SELECT max(price) AS top, window_start FROM \
+               HOP(bids, date_time, INTERVAL '2' SECOND, INTERVAL '10' SECOND) GROUP BY window_start) AS m \
+         ON a.window_start = m.window_start AND a.num >= m.top",
+    )
+    .await
+    .expect("plans");
+    let query = q
+        .operators
+        .iter()
+        .find(|(op, _)| op == "query")
+        .map(|(_, detail)| detail.clone())
+        .expect("a query line");
+    assert!(
+        query.contains("evaluated_window_start() AS window_start")
+            && query.contains("evaluated_window_end() AS window_end")
+            && query.contains("groupBy=[[bids.auction]]"),
+        "{query}"
+    );
+}
