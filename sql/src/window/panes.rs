@@ -115,15 +115,11 @@ impl Panes {
         closed_at: Option<i64>,
         until: Option<i64>,
     ) -> BTreeSet<i64> {
-        let (size, slide) = (windowing.size(), windowing.slide());
+        let slide = windowing.slide();
         // Window starts are multiples of the slide: those whose end is after
         // `closed_at` and at or before `until`.
-        let first = closed_at.map(|c| {
-            windowing
-                .start(c.saturating_sub(size))
-                .saturating_add(slide)
-        });
-        let last = until.map(|u| windowing.start(u.saturating_sub(size)));
+        let first = first_open(windowing, closed_at);
+        let last = until.map(|u| windowing.start(u.saturating_sub(windowing.size())));
         let mut starts = BTreeSet::new();
         let panes = match until {
             // A window closing by `until` holds only panes before it.
@@ -131,7 +127,7 @@ impl Panes {
             None => self.0.range(..),
         };
         for (&pane, held) in panes {
-            let (lowest, _) = windows_over(windowing, pane);
+            let lowest = lowest_window_over(windowing, pane);
             let mut start = first.map_or(lowest, |f| f.max(lowest));
             let highest = last.map_or(pane, |l| l.min(pane));
             while start <= highest {
@@ -152,16 +148,12 @@ impl Panes {
     /// counted in one pass over the panes, as an upper bound (a window over only rows
     /// that came after it closed is counted).
     pub fn open_count(&self, windowing: Windowing, closed_at: Option<i64>) -> usize {
-        let (size, slide) = (windowing.size(), windowing.slide());
-        let first = closed_at.map(|c| {
-            windowing
-                .start(c.saturating_sub(size))
-                .saturating_add(slide)
-        });
+        let slide = windowing.slide();
+        let first = first_open(windowing, closed_at);
         let mut counted_to: Option<i64> = None;
         let mut count = 0usize;
         for &pane in self.0.keys() {
-            let (lowest, _) = windows_over(windowing, pane);
+            let lowest = lowest_window_over(windowing, pane);
             let from = [
                 Some(lowest),
                 first,
@@ -241,13 +233,18 @@ impl Panes {
     }
 }
 
-/// The starts of the windows over the pane starting at `pane`: the multiples of the
-/// slide in `(pane - size, pane]`, lowest and highest.
-fn windows_over(windowing: Windowing, pane: i64) -> (i64, i64) {
-    let lowest = windowing
+/// The start of the earliest window over the pane starting at `pane` (the windows over
+/// it start at the multiples of the slide in `(pane - size, pane]`).
+fn lowest_window_over(windowing: Windowing, pane: i64) -> i64 {
+    windowing
         .start(pane.saturating_sub(windowing.size()))
-        .saturating_add(windowing.slide());
-    (lowest, pane)
+        .saturating_add(windowing.slide())
+}
+
+/// The start of the earliest window still open after the watermark `closed_at` (whose
+/// end is after it); `None`: every window is open.
+fn first_open(windowing: Windowing, closed_at: Option<i64>) -> Option<i64> {
+    closed_at.map(|c| lowest_window_over(windowing, c))
 }
 
 #[cfg(test)]
