@@ -221,46 +221,21 @@ pub fn split_by_window(
 
 /// Group rows by pane, the multiple of the slide their event times round down to (the
 /// start of their latest window, see [`panes`]); rows whose latest window the watermark
-/// has closed, and rows with no event time, are late.
+/// has closed, and rows with no event time, are late. That is [`split_by_window`] over
+/// tumbling windows of the slide, each closed when its latest window is: `size - slide`
+/// later.
 pub fn split_by_pane(
     times: &TimestampMillisecondArray,
     windowing: Windowing,
     watermark: Option<i64>,
 ) -> Split {
-    let values = times.values();
-    if values.is_empty() {
-        return Split::default();
-    }
-    // Fast path: the whole batch in one open pane (rows come in time order).
-    let first = windowing.start(values[0]);
-    let first_end = first.saturating_add(windowing.slide);
-    if times.null_count() == 0
-        && !windowing.is_closed(first, watermark)
-        && values.iter().all(|&t| t >= first && t < first_end)
-    {
-        return Split {
-            windows: vec![(first, None)],
-            late: None,
-        };
-    }
-    let mut panes: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
-    let mut late = Vec::new();
-    for (i, &t) in values.iter().enumerate() {
-        let pane = windowing.start(t);
-        if times.is_valid(i) && !windowing.is_closed(pane, watermark) {
-            panes.entry(pane).or_default().push(i as u32);
-        } else {
-            late.push(i as u32);
-        }
-    }
-    let whole = |rows: &Vec<u32>| rows.len() == values.len();
-    Split {
-        windows: panes
-            .into_iter()
-            .map(|(s, rows)| (s, (!whole(&rows)).then(|| UInt32Array::from(rows))))
-            .collect(),
-        late: (!late.is_empty()).then(|| UInt32Array::from(late)),
-    }
+    let panes = Windowing {
+        size: windowing.slide,
+        slide: windowing.slide,
+        lateness: 0,
+    };
+    let behind = windowing.size - windowing.slide;
+    split_by_window(times, panes, watermark.map(|w| w.saturating_sub(behind)))
 }
 
 #[cfg(test)]

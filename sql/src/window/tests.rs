@@ -308,40 +308,8 @@ async fn sessions_in_parallel_instances_emit_the_serial_rows_in_order() {
             batch(&rows)
         })
         .collect();
-    // Each batch with the watermark before it (2 s behind the newest time), then the
-    // watermark after it; `restore_in`: snapshot halfway and go on in a new operator.
-    async fn drive(
-        sql: &str,
-        input: &[RecordBatch],
-        parallelism: usize,
-        restore_in: Option<usize>,
-    ) -> (Vec<RecordBatch>, Vec<RecordBatch>) {
-        let mut op = plan(sql).await.expect("plans").operator;
-        assert_eq!(op.set_parallelism(parallelism).expect("set"), parallelism);
-        let (mut out, mut newest) = (Collector::default(), None::<i64>);
-        for (i, b) in input.iter().enumerate() {
-            let watermark = newest.map(|t| t - 2_000);
-            op.process(b, watermark, &mut out).expect("process");
-            let times = b
-                .column(2)
-                .as_any()
-                .downcast_ref::<TimestampMillisecondArray>();
-            newest = newest.max(times.and_then(|a| a.iter().flatten().max()));
-            if let Some(t) = newest {
-                op.on_watermark(t - 2_000, &mut out).expect("watermark");
-            }
-            if let Some(n) = restore_in.filter(|_| i == input.len() / 2) {
-                let state = op.snapshot().expect("snapshot");
-                op = plan(sql).await.expect("plans").operator;
-                op.set_parallelism(n).expect("set");
-                op.restore(&state).expect("restore");
-            }
-        }
-        op.on_watermark(i64::MAX, &mut out).expect("end");
-        (out.rows, out.late)
-    }
     let (serial, serial_late) = drive(sql, &input, 1, None).await;
-    let (parallel, parallel_late) = drive(sql, &input, 3, Some(2)).await;
+    let (parallel, parallel_late) = drive(sql, &input, 3, Some((input.len() / 2, 2))).await;
     let text = |rows: &[RecordBatch]| {
         datafusion::arrow::util::pretty::pretty_format_batches(rows)
             .expect("format")
@@ -562,50 +530,66 @@ async fn per_window_queries_restored_midway_give_the_uninterrupted_rows() {
             batch(&rows)
         })
         .collect();
-    // Each batch with the watermark before it (2 s behind the newest time), then that
-    // watermark; `restore_after`: snapshot after that batch and go on in a new operator.
-    async fn drive(
+    // The rows, sorted, and how many came late; `restore_after`: snapshot after that
+    // batch and go on in a new operator.
+    async fn sorted(
         sql: &str,
         input: &[RecordBatch],
         restore_after: Option<usize>,
     ) -> (Vec<String>, usize) {
-        let mut op = plan(sql).await.expect("plans").operator;
-        let (mut out, mut newest) = (Collector::default(), None::<i64>);
-        for (i, b) in input.iter().enumerate() {
-            let watermark = newest.map(|t| t - 2_000);
-            op.process(b, watermark, &mut out).expect("process");
-            let times = b
-                .column(2)
-                .as_any()
-                .downcast_ref::<TimestampMillisecondArray>();
-            newest = newest.max(times.and_then(|a| a.iter().flatten().max()));
-            if let Some(t) = newest {
-                op.on_watermark(t - 2_000, &mut out).expect("watermark");
-            }
-            if restore_after == Some(i) {
-                let state = op.snapshot().expect("snapshot");
-                op = plan(sql).await.expect("plans").operator;
-                op.restore(&state).expect("restore");
-            }
-        }
-        op.on_watermark(i64::MAX, &mut out).expect("end");
-        let text = datafusion::arrow::util::pretty::pretty_format_batches(&out.rows)
+        let (rows, late) = drive(sql, input, 1, restore_after.map(|i| (i, 1))).await;
+        let text = datafusion::arrow::util::pretty::pretty_format_batches(&rows)
             .expect("format")
             .to_string();
         let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
         lines.sort();
-        (lines, out.late.iter().map(RecordBatch::num_rows).sum())
+        (lines, late.iter().map(RecordBatch::num_rows).sum())
     }
     for sql in &queries {
-        let (rows, late) = drive(sql, &input, None).await;
+        let (rows, late) = sorted(sql, &input, None).await;
         assert!(rows.len() > 40, "{sql}: {rows:?}");
         assert!(late > 10, "{sql}: some rows come late ({late})");
         for at in [0, 7, 16, 28] {
             assert_eq!(
-                drive(sql, &input, Some(at)).await,
+                sorted(sql, &input, Some(at)).await,
                 (rows.clone(), late),
                 "{sql}, restored after batch {at}"
             );
         }
     }
+}
+
+/// Run `sql`'s operator at `parallelism` over `input`: each batch with the watermark
+/// before it (2 s behind the newest time), then that watermark, then the end;
+/// `restore`: after batch `i`, snapshot and go on in a new operator at parallelism `n`.
+/// The rows emitted and the late rows.
+async fn drive(
+    sql: &str,
+    input: &[RecordBatch],
+    parallelism: usize,
+    restore: Option<(usize, usize)>,
+) -> (Vec<RecordBatch>, Vec<RecordBatch>) {
+    let mut op = plan(sql).await.expect("plans").operator;
+    assert_eq!(op.set_parallelism(parallelism).expect("set"), parallelism);
+    let (mut out, mut newest) = (Collector::default(), None::<i64>);
+    for (i, b) in input.iter().enumerate() {
+        let watermark = newest.map(|t| t - 2_000);
+        op.process(b, watermark, &mut out).expect("process");
+        let times = b
+            .column(2)
+            .as_any()
+            .downcast_ref::<TimestampMillisecondArray>();
+        newest = newest.max(times.and_then(|a| a.iter().flatten().max()));
+        if let Some(t) = newest {
+            op.on_watermark(t - 2_000, &mut out).expect("watermark");
+        }
+        if let Some((_, n)) = restore.filter(|(after, _)| *after == i) {
+            let state = op.snapshot().expect("snapshot");
+            op = plan(sql).await.expect("plans").operator;
+            op.set_parallelism(n).expect("set");
+            op.restore(&state).expect("restore");
+        }
+    }
+    op.on_watermark(i64::MAX, &mut out).expect("end");
+    (out.rows, out.late)
 }
