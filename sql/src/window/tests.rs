@@ -1,8 +1,9 @@
-use datafusion::arrow::array::{RecordBatch, TimestampMillisecondArray, UInt32Array};
+use datafusion::arrow::array::{AsArray, RecordBatch, TimestampMillisecondArray, UInt32Array};
+use datafusion::arrow::datatypes::{Int64Type, TimestampMillisecondType};
 use datafusion::assert_batches_eq;
 
 use super::*;
-use crate::operator::Collector;
+use crate::operator::{Collector, Operator};
 use crate::testing::{batch, bids_for_checkpoints, plan, run};
 
 #[test]
@@ -295,19 +296,7 @@ async fn sessions_in_parallel_instances_emit_the_serial_rows_in_order() {
     let sql = "CREATE MATERIALIZED VIEW v AS SELECT window_start, window_end, auction, count(*) AS n, \
                max(price) AS top FROM SESSION(bids, date_time, INTERVAL '3' SECOND) \
                GROUP BY window_start, window_end, auction";
-    // Out of order by up to 16 s, so that rows bridge sessions and some come late.
-    let input: Vec<RecordBatch> = (0..24)
-        .map(|b| {
-            let rows: Vec<(i64, i64, i64)> = (0..40)
-                .map(|i| {
-                    let n: i64 = b * 40 + i;
-                    let jitter = (n * 2_654_435_761) % 16_000;
-                    (n * 31 % 17, n * 37 % 101, n * 200 + jitter - 8_000)
-                })
-                .collect();
-            batch(&rows)
-        })
-        .collect();
+    let input = jittered_bids();
     let (serial, serial_late) = drive(sql, &input, 1, None).await;
     let (parallel, parallel_late) = drive(sql, &input, 3, Some((input.len() / 2, 2))).await;
     let text = |rows: &[RecordBatch]| {
@@ -338,6 +327,108 @@ async fn sessions_in_parallel_instances_emit_the_serial_rows_in_order() {
     .await
     .expect("plans");
     assert_eq!(global.operator.set_parallelism(3).expect("set"), 1);
+}
+
+/// 24 batches of 40 bids of 17 auctions, out of order by up to 16 s, so that rows
+/// bridge sessions and some come late.
+fn jittered_bids() -> Vec<RecordBatch> {
+    (0..24)
+        .map(|b| {
+            let rows: Vec<(i64, i64, i64)> = (0..40)
+                .map(|i| {
+                    let n: i64 = b * 40 + i;
+                    let jitter = (n * 2_654_435_761) % 16_000;
+                    (n * 31 % 17, n * 37 % 101, n * 200 + jitter - 8_000)
+                })
+                .collect();
+            batch(&rows)
+        })
+        .collect()
+}
+
+/// SESSION windows as plainly as they can be said, over [`drive`]'s watermarks: per
+/// auction, open sessions (start, last, rows, top price); a row is late when its own
+/// session `[t, t + gap)` ends by the watermark, else it joins, and merges, every open
+/// session of its auction it overlaps; a session ends when the watermark reaches its
+/// last row's time plus the gap. Returns (start, end, auction, rows, top), sorted.
+fn session_model(input: &[RecordBatch], gap: i64) -> Vec<[i64; 5]> {
+    let (mut open, mut ended) = (Vec::<[i64; 5]>::new(), Vec::new());
+    let mut newest = None::<i64>;
+    let mut close = |open: &mut Vec<[i64; 5]>, watermark: i64| {
+        let (done, going): (Vec<[i64; 5]>, Vec<[i64; 5]>) =
+            open.iter().partition(|s| s[1] + gap <= watermark);
+        ended.extend(done.iter().map(|s| [s[0], s[1] + gap, s[2], s[3], s[4]]));
+        *open = going;
+    };
+    for b in input {
+        let column = |i: usize| b.column(i).as_primitive::<Int64Type>().values().to_vec();
+        let (auction, price) = (column(0), column(1));
+        let times = b.column(2).as_primitive::<TimestampMillisecondType>();
+        let watermark = newest.map(|t| t - 2_000);
+        for r in 0..b.num_rows() {
+            let (k, p, t) = (auction[r], price[r], times.value(r));
+            if watermark.is_some_and(|w| t + gap <= w) {
+                continue;
+            }
+            let (touched, rest): (Vec<[i64; 5]>, Vec<[i64; 5]>) = open
+                .iter()
+                .partition(|s| s[2] == k && s[0] < t + gap && t < s[1] + gap);
+            let merged = touched.iter().fold([t, t, k, 1, p], |m, s| {
+                [
+                    m[0].min(s[0]),
+                    m[1].max(s[1]),
+                    k,
+                    m[3] + s[3],
+                    m[4].max(s[4]),
+                ]
+            });
+            open = rest;
+            open.push(merged);
+        }
+        newest = newest.max(times.iter().flatten().max());
+        if let Some(t) = newest {
+            close(&mut open, t - 2_000);
+        }
+    }
+    close(&mut open, i64::MAX - gap);
+    ended.sort_unstable();
+    ended
+}
+
+/// The session operator, serial and in 3 instances restored in 2 midway, gives the
+/// model's sessions: none ends before its last row's time plus the gap, however late
+/// that row came.
+#[tokio::test]
+async fn sessions_are_the_models_sessions() {
+    let sql = "CREATE MATERIALIZED VIEW v AS SELECT window_start, window_end, auction, count(*) AS n, \
+               max(price) AS top FROM SESSION(bids, date_time, INTERVAL '10' SECOND) \
+               GROUP BY window_start, window_end, auction";
+    let input = jittered_bids();
+    let expected = session_model(&input, 10_000);
+    assert!(expected.len() > 50, "{expected:?}");
+    assert!(
+        expected.iter().any(|s| s[3] > 2),
+        "some sessions hold several rows"
+    );
+    for (parallelism, restore) in [(1, None), (3, Some((input.len() / 2, 2)))] {
+        let (rows, _) = drive(sql, &input, parallelism, restore).await;
+        let mut got = Vec::new();
+        for b in &rows {
+            let time = |i: usize| b.column(i).as_primitive::<TimestampMillisecondType>();
+            let int = |i: usize| b.column(i).as_primitive::<Int64Type>();
+            for r in 0..b.num_rows() {
+                got.push([
+                    time(0).value(r),
+                    time(1).value(r),
+                    int(2).value(r),
+                    int(3).value(r),
+                    int(4).value(r),
+                ]);
+            }
+        }
+        got.sort_unstable();
+        assert_eq!(got, expected, "at parallelism {parallelism}");
+    }
 }
 
 /// A session that ended but waits for its evaluation when a checkpoint is taken stays
@@ -397,6 +488,77 @@ async fn a_restored_ended_session_stays_ended() {
     );
     assert_eq!(run(sql, Some(1)).await, uninterrupted);
     assert_eq!(run(sql, Some(3)).await, uninterrupted);
+}
+
+/// Sessions that end together wait as one batch, counted as the sessions they are, in
+/// a checkpoint too; a checkpoint written before (a batch per ended session, uncounted)
+/// restores to the same count and the same rows.
+#[tokio::test]
+async fn ended_sessions_wait_together_and_count_as_sessions() {
+    let sql = "CREATE MATERIALIZED VIEW v AS SELECT window_start, window_end, auction, count(*) AS n \
+               FROM SESSION(bids, date_time, INTERVAL '5' SECOND) GROUP BY window_start, window_end, auction";
+    let mut op = plan(sql).await.expect("plans").operator;
+    op.set_parallelism(2).expect("set");
+    let mut out = Collector::default();
+    op.process(&batch(&[(0, 1, 1_000)]), None, &mut out)
+        .expect("process");
+    // Evaluated: the next ended sessions wait for 1 s of event time.
+    op.on_watermark(6_100, &mut out).expect("watermark");
+    let rows = (1..=6).map(|k| (k, 1, 1_000 + k * 10)).collect::<Vec<_>>();
+    op.process(&batch(&rows), None, &mut out).expect("process");
+    op.process(&batch(&[(1, 2, 1_500), (7, 1, 9_000)]), None, &mut out)
+        .expect("process");
+    op.on_watermark(6_800, &mut out).expect("watermark");
+    assert_eq!(op.open_windows(), 7, "six ended and waiting, one open");
+    let state = op.snapshot().expect("snapshot");
+    let text = |rows: &[RecordBatch]| {
+        datafusion::arrow::util::pretty::pretty_format_batches(rows)
+            .expect("format")
+            .to_string()
+    };
+    let finish = |mut op: Box<dyn Operator>| {
+        let mut out = Collector::default();
+        op.on_watermark(i64::MAX, &mut out).expect("end");
+        text(&out.rows)
+    };
+    let uninterrupted = finish(op);
+    let rows = uninterrupted
+        .lines()
+        .filter(|l| l.starts_with("| 1970"))
+        .count();
+    assert_eq!(rows, 7, "{uninterrupted}");
+    // The same state as a batch per ended session, uncounted.
+    let mut before = Vec::new();
+    for b in &state {
+        let meta = b.schema().metadata().clone();
+        if meta.get("weir.session").map(String::as_str) != Some("ended") {
+            before.push(b.clone());
+            continue;
+        }
+        assert_eq!(meta.get("weir.sessions").map(String::as_str), Some("6"));
+        let mut meta = meta;
+        meta.remove("weir.sessions");
+        let schema = std::sync::Arc::new(b.schema().as_ref().clone().with_metadata(meta));
+        let starts = b
+            .column(b.num_columns() - 2)
+            .as_primitive::<TimestampMillisecondType>();
+        let mut from = 0;
+        for r in 1..=b.num_rows() {
+            if r == b.num_rows() || starts.value(r) != starts.value(from) {
+                let one = b.slice(from, r - from);
+                let one = RecordBatch::try_new(schema.clone(), one.columns().to_vec());
+                before.push(one.expect("schema"));
+                from = r;
+            }
+        }
+    }
+    for (state, parallelism) in [(&state, 1), (&state, 3), (&before, 1), (&before, 2)] {
+        let mut op = plan(sql).await.expect("plans").operator;
+        op.set_parallelism(parallelism).expect("set");
+        op.restore(state).expect("restore");
+        assert_eq!(op.open_windows(), 7, "restored at {parallelism}");
+        assert_eq!(finish(op), uninterrupted, "restored at {parallelism}");
+    }
 }
 
 /// Nexmark q5 as published (nexmark-flink, RisingWave): the subqueries rename the window

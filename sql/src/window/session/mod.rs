@@ -14,16 +14,17 @@
 pub mod plan;
 mod shard;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int64Array, UInt32Array};
-use datafusion::arrow::compute::{concat_batches, take_record_batch};
+use datafusion::arrow::compute::{concat_batches, interleave_record_batch, take_record_batch};
 use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 
-use crate::aggregate::shards::{Router, each_shard};
+use crate::aggregate::shards::{Router, each_owned_shard};
 use crate::batch::{BatchQuery, WindowRows};
 use crate::operator::{Collector, Operator, tagged};
+use crate::parallel::lock;
 use crate::{Error, Result};
 use shard::{Ended, Sessions, key_arrays};
 
@@ -38,6 +39,8 @@ const EVALUATE_AT_ROWS: usize = 65_536;
 const PART_KEY: &str = "weir.session";
 const ENDED: &str = "ended";
 const EVALUATED_AT: &str = "evaluated-at";
+/// How many sessions a snapshot's batch of ended sessions holds.
+const SESSIONS: &str = "weir.sessions";
 
 /// What a [`SessionQuery`] runs.
 pub struct SessionPlan {
@@ -62,11 +65,14 @@ pub struct SessionPlan {
 /// order of their start and key whatever the shards, so a run gives the same rows in
 /// the same order at any parallelism.
 pub struct SessionQuery {
-    plan: SessionPlan,
+    plan: Arc<SessionPlan>,
     router: Router,
-    shards: Vec<Sessions>,
-    /// Ended sessions (one batch each, with window columns) not yet evaluated.
-    ended: Vec<RecordBatch>,
+    /// Each shared with the work on it ([`each_owned_shard`]).
+    shards: Vec<Arc<Mutex<Sessions>>>,
+    /// Ended sessions not yet evaluated, with their window columns: a batch per
+    /// watermark that ended some (each session's rows together), and how many sessions
+    /// each holds.
+    ended: Vec<(RecordBatch, usize)>,
     ended_rows: usize,
     /// The watermark of the last evaluation.
     evaluated_at: Option<i64>,
@@ -76,8 +82,8 @@ impl SessionQuery {
     pub fn new(plan: SessionPlan) -> Result<Self> {
         Ok(Self {
             router: Router::new(1),
-            shards: vec![Sessions::new(&plan)?],
-            plan,
+            shards: vec![Arc::new(Mutex::new(Sessions::new(&plan)?))],
+            plan: Arc::new(plan),
             ended: Vec::new(),
             ended_rows: 0,
             evaluated_at: None,
@@ -99,18 +105,17 @@ impl Operator for SessionQuery {
         };
         let plan = &self.plan;
         let mut late = if self.shards.len() == 1 {
-            self.shards[0].add_rows(plan, batch, watermark)?
+            lock(&self.shards[0]).add_rows(plan, batch, watermark)?
         } else {
             let parts = self
                 .router
                 .route(&key_arrays(plan, &batch), batch.num_rows())?;
-            let parts = parts
-                .into_iter()
-                .map(|rows| Ok((take_record_batch(&batch, &rows)?, rows)))
-                .collect::<Result<Vec<_>>>()?;
-            // Each shard's late rows, as rows of the whole batch.
-            let late = each_shard(&mut self.shards, parts, |shard, (rows, numbers)| {
-                let late = shard.add_rows(plan, rows, watermark)?;
+            // Each shard takes its rows itself, on its own core; its late rows come back
+            // as rows of the whole batch.
+            let plan = Arc::clone(plan);
+            let late = each_owned_shard(&self.shards, parts, move |shard, numbers| {
+                let rows = take_record_batch(&batch, &numbers)?;
+                let late = shard.add_rows(&plan, rows, watermark)?;
                 Ok(late
                     .into_iter()
                     .map(|i| numbers.value(i as usize))
@@ -126,23 +131,21 @@ impl Operator for SessionQuery {
     }
 
     fn on_watermark(&mut self, watermark: i64, out: &mut Collector) -> Result<()> {
-        let plan = &self.plan;
         let shards = self.shards.len();
-        let ending = self.shards.iter().any(|s| s.may_end_by(watermark));
+        let ending = self.shards.iter().any(|s| lock(s).may_end_by(watermark));
         let closed = if ending {
-            each_shard(&mut self.shards, vec![(); shards], |s, ()| {
-                s.close(plan, watermark)
+            let plan = Arc::clone(&self.plan);
+            each_owned_shard(&self.shards, vec![(); shards], move |s, ()| {
+                s.close(&plan, watermark)
             })?
         } else {
             Vec::new()
         };
-        let mut closed: Vec<Ended> = closed.into_iter().flatten().collect();
         // In a fixed order (not the hash map's, nor the shards'), so a replay, at any
         // parallelism, emits the same rows in the same order.
-        closed.sort_unstable_by(|a, b| (a.start, &a.key).cmp(&(b.start, &b.key)));
-        for ended in closed {
-            self.ended_rows += ended.rows.num_rows();
-            self.ended.push(ended.rows);
+        if let Some((rows, sessions)) = in_order(closed)? {
+            self.ended_rows += rows.num_rows();
+            self.ended.push((rows, sessions));
         }
         let due = watermark == i64::MAX
             || self.ended_rows >= EVALUATE_AT_ROWS
@@ -154,7 +157,10 @@ impl Operator for SessionQuery {
         }
         self.evaluated_at = Some(watermark);
         self.ended_rows = 0;
-        let rows: Vec<RecordBatch> = std::mem::take(&mut self.ended);
+        let rows: Vec<RecordBatch> = std::mem::take(&mut self.ended)
+            .into_iter()
+            .map(|(rows, _)| rows)
+            .collect();
         match self.plan.query.run(&self.plan.table, rows.clone()) {
             Ok(result) => result.into_iter().for_each(|b| out.emit(b)),
             Err(e) => out.failed(
@@ -170,11 +176,14 @@ impl Operator for SessionQuery {
     fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {
         let mut out = Vec::new();
         for shard in &self.shards {
-            out.extend(shard.snapshot(&self.plan)?);
+            out.extend(lock(shard).snapshot(&self.plan)?);
         }
-        let ended = tagged(&self.plan.windowed_schema, PART_KEY, ENDED);
-        for batch in &self.ended {
-            out.push(batch.clone().with_schema(ended.clone())?);
+        for (batch, sessions) in &self.ended {
+            let schema = tagged(&self.plan.windowed_schema, PART_KEY, ENDED);
+            let mut metadata = schema.metadata().clone();
+            metadata.insert(SESSIONS.into(), sessions.to_string());
+            let schema = Arc::new(schema.as_ref().clone().with_metadata(metadata));
+            out.push(batch.clone().with_schema(schema)?);
         }
         if let Some(at) = self.evaluated_at {
             let schema = Arc::new(Schema::new(vec![Field::new("at", DataType::Int64, false)]));
@@ -190,14 +199,15 @@ impl Operator for SessionQuery {
     /// each ended one back among the ended: it stays ended, whatever rows come next.
     fn restore(&mut self, state: &[RecordBatch]) -> Result<()> {
         self.shards = (0..self.router.shards())
-            .map(|_| Sessions::new(&self.plan))
+            .map(|_| Ok(Arc::new(Mutex::new(Sessions::new(&self.plan)?))))
             .collect::<Result<_>>()?;
         self.ended.clear();
         self.ended_rows = 0;
         self.evaluated_at = None;
         let width = self.plan.windowed_schema.fields().len();
         for batch in state.iter().filter(|b| b.num_rows() > 0) {
-            let part = batch.schema().metadata().get(PART_KEY).cloned();
+            let meta = batch.schema().metadata().clone();
+            let part = meta.get(PART_KEY).cloned();
             if part.as_deref() == Some(EVALUATED_AT) {
                 self.evaluated_at = batch
                     .column(0)
@@ -213,8 +223,15 @@ impl Operator for SessionQuery {
             let batch =
                 RecordBatch::try_new(self.plan.windowed_schema.clone(), batch.columns().to_vec())?;
             if part.as_deref() == Some(ENDED) {
+                // Checkpoints before sessions were gathered held one per batch.
+                let sessions = match meta.get(SESSIONS) {
+                    None => 1,
+                    Some(n) => n.parse().map_err(|_| {
+                        Error::Execution(format!("a checkpoint counts {n:?} ended sessions"))
+                    })?,
+                };
                 self.ended_rows += batch.num_rows();
-                self.ended.push(batch);
+                self.ended.push((batch, sessions));
                 continue;
             }
             let shard = if self.shards.len() == 1 {
@@ -227,7 +244,7 @@ impl Operator for SessionQuery {
                 let parts = self.router.route(&keys, 1)?;
                 parts.iter().position(|p| !p.is_empty()).unwrap_or(0)
             };
-            self.shards[shard].restore(&self.plan, batch)?;
+            lock(&self.shards[shard]).restore(&self.plan, batch)?;
         }
         Ok(())
     }
@@ -249,11 +266,11 @@ impl Operator for SessionQuery {
     }
 
     fn state_size(&self) -> usize {
-        let held: usize = self.shards.iter().map(Sessions::held_bytes).sum();
+        let held: usize = self.shards.iter().map(|s| lock(s).held_bytes()).sum();
         let ended: usize = self
             .ended
             .iter()
-            .map(RecordBatch::get_array_memory_size)
+            .map(|(rows, _)| rows.get_array_memory_size())
             .sum();
         held + ended
     }
@@ -261,8 +278,38 @@ impl Operator for SessionQuery {
     fn open_windows(&self) -> usize {
         self.shards
             .iter()
-            .map(Sessions::open_sessions)
+            .map(|s| lock(s).open_sessions())
             .sum::<usize>()
-            + self.ended.len()
+            + self.ended.iter().map(|(_, n)| n).sum::<usize>()
     }
+}
+
+/// The rows of the sessions that the shards ended, in one batch, in the order of the
+/// sessions' start and key (each shard's are in that order already), and how many
+/// sessions there are; `None` when none ended.
+fn in_order(mut ended: Vec<Ended>) -> Result<Option<(RecordBatch, usize)>> {
+    ended.retain(|e| !e.sessions.is_empty());
+    let sessions = ended.iter().map(|e| e.sessions.len()).sum();
+    if ended.len() <= 1 {
+        return Ok(ended.pop().map(|e| (e.rows, sessions)));
+    }
+    // (start, key, shard, first row, end row) of every session, in order.
+    let mut order = Vec::with_capacity(sessions);
+    for (shard, e) in ended.iter().enumerate() {
+        let mut from = 0;
+        for (start, key, to) in &e.sessions {
+            order.push((*start, &**key, shard, from, *to));
+            from = *to;
+        }
+    }
+    order.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    let indices: Vec<(usize, usize)> = order
+        .iter()
+        .flat_map(|&(_, _, shard, from, to)| (from..to).map(move |row| (shard, row)))
+        .collect();
+    let batches: Vec<&RecordBatch> = ended.iter().map(|e| &e.rows).collect();
+    Ok(Some((
+        interleave_record_batch(&batches, &indices)?,
+        sessions,
+    )))
 }

@@ -3,7 +3,8 @@
 //! window columns once the watermark passes their end. A key's sessions live in exactly
 //! one shard, so shards never meet (see [`super::SessionQuery`]).
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, TimestampMillisecondArray};
@@ -11,12 +12,15 @@ use datafusion::arrow::compute::interleave_record_batch;
 use datafusion::arrow::datatypes::TimestampMillisecondType;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::row::{RowConverter, SortField};
+use foldhash::HashMapExt;
 
 use super::SessionPlan;
 use crate::window::event_times;
 use crate::{Error, Result};
 
 struct Session {
+    /// The session key, in arrow's row format.
+    key: Box<[u8]>,
     start: i64,
     last: i64,
     /// (arena batch, row) of each row of the session.
@@ -25,30 +29,36 @@ struct Session {
     batches: Vec<usize>,
 }
 
-/// A session that ended: its start and key (the order sessions are evaluated in) and
-/// its rows with their window columns.
+/// The sessions one watermark ended in one shard, in the order of their start and key,
+/// their rows gathered into one batch: a session's rows together, with its window
+/// columns. One batch, not one per session: sessions are small and many, and each
+/// batch costs the evaluation as much as hundreds of rows.
 pub(super) struct Ended {
-    pub start: i64,
-    pub key: Vec<u8>,
+    /// Each session's start and key, and where its rows end in `rows`.
+    pub sessions: Vec<(i64, Box<[u8]>, usize)>,
     pub rows: RecordBatch,
 }
 
 /// The open sessions of one shard's keys.
 pub(super) struct Sessions {
     keys: RowConverter,
-    /// Open sessions per key (the key columns in arrow's row format), as indices into
-    /// `sessions`.
-    open: HashMap<Vec<u8>, Vec<usize>>,
+    /// Open sessions per key, as indices into `sessions`.
+    open: foldhash::HashMap<Box<[u8]>, Vec<usize>>,
     sessions: Vec<Option<Session>>,
+    /// Bumped each time an id is given to a session, so `ends` can tell an entry of the
+    /// id's earlier session from one of its current session.
+    generation: Vec<u64>,
     free: Vec<usize>,
+    /// (end, id, generation) of each open session, earliest first. An end is where the
+    /// session ended when it was pushed: rows may have moved the session's end later
+    /// since (it is pushed again then, when the watermark reaches the old end), so a
+    /// watermark only looks at the sessions that may have ended, not at all of them.
+    ends: BinaryHeap<Reverse<(i64, usize, u64)>>,
     /// Input batches that open sessions take rows from, with how many sessions do: a
     /// session keeps row indices, not copies, and a batch goes when no session needs it.
     arena: Vec<Option<RecordBatch>>,
     refs: Vec<usize>,
     arena_free: Vec<usize>,
-    /// No open session ends before this (`i64::MAX` when none is open): a watermark
-    /// below it ends nothing, and `close` need not look at every session.
-    earliest_end: i64,
 }
 
 impl Sessions {
@@ -60,32 +70,38 @@ impl Sessions {
             .collect();
         Ok(Self {
             keys: RowConverter::new(fields)?,
-            open: HashMap::new(),
+            open: foldhash::HashMap::new(),
             sessions: Vec::new(),
+            generation: Vec::new(),
             free: Vec::new(),
+            ends: BinaryHeap::new(),
             arena: Vec::new(),
             refs: Vec::new(),
             arena_free: Vec::new(),
-            earliest_end: i64::MAX,
         })
     }
 
     /// Whether a watermark of `watermark` may end one of these sessions.
     pub fn may_end_by(&self, watermark: i64) -> bool {
-        self.earliest_end <= watermark
+        self.ends.peek().is_some_and(|e| e.0.0 <= watermark)
     }
 
-    fn add(&mut self, session: Session) -> usize {
-        match self.free.pop() {
+    fn add(&mut self, session: Session, gap: i64) -> usize {
+        let end = session.last.saturating_add(gap);
+        let id = match self.free.pop() {
             Some(id) => {
                 self.sessions[id] = Some(session);
                 id
             }
             None => {
                 self.sessions.push(Some(session));
+                self.generation.push(0);
                 self.sessions.len() - 1
             }
-        }
+        };
+        self.generation[id] += 1;
+        self.ends.push(Reverse((end, id, self.generation[id])));
+        id
     }
 
     /// Keep an input batch for the sessions that take rows from it.
@@ -128,7 +144,7 @@ impl Sessions {
         let rows = self.keys.convert_columns(&key_arrays(plan, &batch))?;
         // Each row's session; a session merged into another forwards to it.
         let mut assigned: Vec<(usize, u32)> = Vec::with_capacity(batch.num_rows());
-        let mut forward: HashMap<usize, usize> = HashMap::new();
+        let mut forward: foldhash::HashMap<usize, usize> = foldhash::HashMap::new();
         // Ids of sessions merged away: reused only after this batch's rows are placed,
         // or a new session could take an id that `forward` still points from.
         let mut freed = Vec::new();
@@ -147,32 +163,36 @@ impl Sessions {
             // read: every row has the empty key.
             let row = (!plan.key_columns.is_empty()).then(|| rows.row(i));
             let key: &[u8] = row.as_ref().map_or(&[], |r| r.as_ref());
-            // A key's first row allocates its entry; later rows only look it up.
-            if !self.open.contains_key(key) {
-                self.open.insert(key.to_vec(), Vec::new());
-            }
             let overlaps =
                 |s: &Session| s.start < t.saturating_add(gap) && t < s.last.saturating_add(gap);
-            let ids = &self.open[key];
-            let mut touching = ids
-                .iter()
-                .copied()
-                .filter(|&id| self.sessions[id].as_ref().is_some_and(overlaps));
-            let first = touching.next();
-            let more = touching.next().is_some();
+            let (first, more) = match self.open.get(key) {
+                None => (None, false),
+                Some(ids) => {
+                    let mut touching = ids
+                        .iter()
+                        .copied()
+                        .filter(|&id| self.sessions[id].as_ref().is_some_and(overlaps));
+                    (touching.next(), touching.next().is_some())
+                }
+            };
             let id = match (first, more) {
-                // The common cases allocate nothing: a new session, or one extended.
+                // The common cases allocate nothing but a new session's key.
                 (None, _) => {
-                    // A session's end only grows as rows extend it or sessions merge.
-                    self.earliest_end = self.earliest_end.min(t.saturating_add(gap));
-                    let id = self.add(Session {
-                        start: t,
-                        last: t,
-                        rows: Vec::new(),
-                        batches: Vec::new(),
-                    });
-                    if let Some(ids) = self.open.get_mut(key) {
-                        ids.push(id);
+                    let id = self.add(
+                        Session {
+                            key: key.into(),
+                            start: t,
+                            last: t,
+                            rows: Vec::new(),
+                            batches: Vec::new(),
+                        },
+                        gap,
+                    );
+                    match self.open.get_mut(key) {
+                        Some(ids) => ids.push(id),
+                        None => {
+                            self.open.insert(key.into(), vec![id]);
+                        }
                     }
                     id
                 }
@@ -184,6 +204,7 @@ impl Sessions {
                 }
                 // The row bridges several sessions: merge them into the first.
                 (Some(into), true) => {
+                    let ids = self.open.get(key).map_or(&[][..], |ids| ids.as_slice());
                     let (others, mut rest): (Vec<usize>, Vec<usize>) = ids
                         .iter()
                         .copied()
@@ -211,18 +232,19 @@ impl Sessions {
             };
             assigned.push((id, i as u32));
         }
-        // This batch's rows, per session (following merges).
-        let mut per_session: HashMap<usize, Vec<u32>> = HashMap::new();
-        for (mut id, row) in assigned {
-            while let Some(&next) = forward.get(&id) {
-                id = next;
+        // This batch's rows, per session (following merges), each session's in order.
+        if !forward.is_empty() {
+            for (id, _) in &mut assigned {
+                while let Some(&next) = forward.get(id) {
+                    *id = next;
+                }
             }
-            per_session.entry(id).or_default().push(row);
         }
+        assigned.sort_unstable();
         let b = self.store(batch);
-        for (id, rows) in per_session {
-            if let Some(s) = self.sessions[id].as_mut() {
-                s.rows.extend(rows.into_iter().map(|r| (b, r as usize)));
+        for rows in assigned.chunk_by(|x, y| x.0 == y.0) {
+            if let Some(s) = self.sessions[rows[0].0].as_mut() {
+                s.rows.extend(rows.iter().map(|&(_, r)| (b, r as usize)));
                 s.batches.push(b);
                 self.refs[b] += 1;
             }
@@ -235,39 +257,48 @@ impl Sessions {
     }
 
     /// Take out the sessions that end at or before `watermark`.
-    pub fn close(&mut self, plan: &SessionPlan, watermark: i64) -> Result<Vec<Ended>> {
-        if !self.may_end_by(watermark) {
-            return Ok(Vec::new());
-        }
+    pub fn close(&mut self, plan: &SessionPlan, watermark: i64) -> Result<Ended> {
         let gap = plan.gap;
-        let mut closed = Vec::new();
-        let mut earliest_end = i64::MAX;
-        self.open.retain(|key, ids| {
-            ids.retain(|&id| {
-                let Some(s) = self.sessions[id].as_ref() else {
-                    return false;
-                };
-                let end = s.last.saturating_add(gap);
-                if end <= watermark {
-                    closed.push((s.start, key.clone(), id));
-                    return false;
-                }
-                earliest_end = earliest_end.min(end);
-                true
-            });
-            !ids.is_empty()
-        });
-        self.earliest_end = earliest_end;
-        let mut ended = Vec::with_capacity(closed.len());
-        for (start, key, id) in closed {
+        let mut ended = Vec::new();
+        while let Some(&Reverse((end, id, generation))) = self.ends.peek() {
+            if end > watermark {
+                break;
+            }
+            self.ends.pop();
+            if self.generation[id] != generation {
+                continue;
+            }
+            let Some(s) = self.sessions[id].as_ref() else {
+                continue;
+            };
+            let end = s.last.saturating_add(gap);
+            if end > watermark {
+                // Rows moved its end: it waits for that.
+                self.ends.push(Reverse((end, id, generation)));
+                continue;
+            }
             if let Some(s) = self.sessions[id].take() {
-                let rows = self.with_bounds(plan, &s)?;
-                self.release(&s);
-                ended.push(Ended { start, key, rows });
+                if let Some(ids) = self.open.get_mut(&s.key) {
+                    ids.retain(|&other| other != id);
+                    if ids.is_empty() {
+                        self.open.remove(&s.key);
+                    }
+                }
+                ended.push(s);
             }
             self.free.push(id);
         }
-        Ok(ended)
+        ended.sort_unstable_by(|a, b| (a.start, &a.key).cmp(&(b.start, &b.key)));
+        let (rows, to) = self.gather(plan, ended.iter().collect())?;
+        for s in &ended {
+            self.release(s);
+        }
+        let sessions = ended
+            .into_iter()
+            .zip(to)
+            .map(|(s, to)| (s.start, s.key, to))
+            .collect();
+        Ok(Ended { sessions, rows })
     }
 
     /// One batch per open session: its rows with their window columns.
@@ -275,7 +306,7 @@ impl Sessions {
         self.sessions
             .iter()
             .flatten()
-            .map(|s| self.with_bounds(plan, s))
+            .map(|s| Ok(self.gather(plan, vec![s])?.0))
             .collect()
     }
 
@@ -292,22 +323,25 @@ impl Sessions {
                 .ok_or_else(|| Error::Execution("a checkpointed session lacks its bounds".into()))
         };
         let (start, end) = (bound(width - 2)?, bound(width - 1)?);
-        self.earliest_end = self.earliest_end.min(end);
         let keys = self.keys.convert_columns(&key_arrays(plan, &batch))?;
-        let key = match plan.key_columns.is_empty() {
-            true => Vec::new(),
-            false => keys.row(0).as_ref().to_vec(),
+        let key: Box<[u8]> = match plan.key_columns.is_empty() {
+            true => Box::default(),
+            false => keys.row(0).as_ref().into(),
         };
         let source_part = batch.project(&(0..width - 2).collect::<Vec<_>>())?;
         let n = source_part.num_rows();
         let b = self.store(source_part);
         self.refs[b] = 1;
-        let id = self.add(Session {
-            start,
-            last: end - plan.gap,
-            rows: (0..n).map(|r| (b, r)).collect(),
-            batches: vec![b],
-        });
+        let id = self.add(
+            Session {
+                key: key.clone(),
+                start,
+                last: end - plan.gap,
+                rows: (0..n).map(|r| (b, r)).collect(),
+                batches: vec![b],
+            },
+            plan.gap,
+        );
         self.open.entry(key).or_default().push(id);
         Ok(())
     }
@@ -322,27 +356,45 @@ impl Sessions {
     }
 
     pub fn open_sessions(&self) -> usize {
-        self.sessions.iter().flatten().count()
+        // An id is free or holds an open session (between batches).
+        self.sessions.len() - self.free.len()
     }
 
-    /// The rows of one session, gathered into one batch, with its window columns.
-    fn with_bounds(&self, plan: &SessionPlan, session: &Session) -> Result<RecordBatch> {
-        let mut local: HashMap<usize, usize> = HashMap::new();
+    /// The rows of `sessions`, gathered into one batch (each session's rows together,
+    /// in its order), with their window columns; and where each session's rows end.
+    fn gather(
+        &self,
+        plan: &SessionPlan,
+        sessions: Vec<&Session>,
+    ) -> Result<(RecordBatch, Vec<usize>)> {
+        // Each arena batch's place among the batches gathered from.
+        let mut local: foldhash::HashMap<usize, usize> = foldhash::HashMap::new();
         let mut batches: Vec<&RecordBatch> = Vec::new();
-        let mut indices = Vec::with_capacity(session.rows.len());
-        for &(b, row) in &session.rows {
-            let l = match local.get(&b) {
-                Some(&l) => l,
-                None => {
-                    let batch = self.arena[b].as_ref().ok_or_else(|| {
-                        Error::Execution("a session's rows were released early".into())
-                    })?;
-                    batches.push(batch);
-                    local.insert(b, batches.len() - 1);
-                    batches.len() - 1
-                }
-            };
-            indices.push((l, row));
+        let rows: usize = sessions.iter().map(|s| s.rows.len()).sum();
+        let mut indices = Vec::with_capacity(rows);
+        let mut starts = Vec::with_capacity(rows);
+        let mut ends = Vec::with_capacity(rows);
+        let mut to = Vec::with_capacity(sessions.len());
+        for session in sessions {
+            for &(b, row) in &session.rows {
+                let l = match local.get(&b) {
+                    Some(&l) => l,
+                    None => {
+                        let batch = self.arena[b].as_ref().ok_or_else(|| {
+                            Error::Execution("a session's rows were released early".into())
+                        })?;
+                        batches.push(batch);
+                        local.insert(b, batches.len() - 1);
+                        batches.len() - 1
+                    }
+                };
+                indices.push((l, row));
+            }
+            let n = session.rows.len();
+            starts.extend(std::iter::repeat_n(session.start, n));
+            let end = session.last.saturating_add(plan.gap);
+            ends.extend(std::iter::repeat_n(end, n));
+            to.push(indices.len());
         }
         let rows = if batches.is_empty() {
             let n = plan.windowed_schema.fields().len() - 2;
@@ -352,15 +404,13 @@ impl Sessions {
         } else {
             interleave_record_batch(&batches, &indices)?
         };
-        let n = rows.num_rows();
-        let end = session.last.saturating_add(plan.gap);
         let mut columns = rows.columns().to_vec();
-        columns.push(Arc::new(TimestampMillisecondArray::from_value(
-            session.start,
-            n,
-        )));
-        columns.push(Arc::new(TimestampMillisecondArray::from_value(end, n)));
-        Ok(RecordBatch::try_new(plan.windowed_schema.clone(), columns)?)
+        columns.push(Arc::new(TimestampMillisecondArray::from(starts)));
+        columns.push(Arc::new(TimestampMillisecondArray::from(ends)));
+        Ok((
+            RecordBatch::try_new(plan.windowed_schema.clone(), columns)?,
+            to,
+        ))
     }
 }
 
