@@ -13,6 +13,8 @@
 
 pub mod plan;
 mod shard;
+#[cfg(test)]
+mod tests;
 
 use std::sync::{Arc, Mutex};
 
@@ -171,19 +173,22 @@ impl Operator for SessionQuery {
         Ok(())
     }
 
-    /// One batch per open session (its rows with their window columns), one per ended
-    /// session not evaluated yet (marked so), and the watermark of the last evaluation.
+    /// One batch per open session (its rows with their window columns), the ended
+    /// sessions not evaluated yet as they wait (marked so, with how many sessions each
+    /// batch holds), and the watermark of the last evaluation.
     fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {
         let mut out = Vec::new();
         for shard in &self.shards {
             out.extend(lock(shard).snapshot(&self.plan)?);
         }
         for (batch, sessions) in &self.ended {
-            let schema = tagged(&self.plan.windowed_schema, PART_KEY, ENDED);
-            let mut metadata = schema.metadata().clone();
-            metadata.insert(SESSIONS.into(), sessions.to_string());
-            let schema = Arc::new(schema.as_ref().clone().with_metadata(metadata));
-            out.push(batch.clone().with_schema(schema)?);
+            let schema = self.plan.windowed_schema.as_ref().clone().with_metadata(
+                std::collections::HashMap::from([
+                    (PART_KEY.to_string(), ENDED.to_string()),
+                    (SESSIONS.to_string(), sessions.to_string()),
+                ]),
+            );
+            out.push(batch.clone().with_schema(Arc::new(schema))?);
         }
         if let Some(at) = self.evaluated_at {
             let schema = Arc::new(Schema::new(vec![Field::new("at", DataType::Int64, false)]));

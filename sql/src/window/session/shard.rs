@@ -176,7 +176,8 @@ impl Sessions {
                 }
             };
             let id = match (first, more) {
-                // The common cases allocate nothing but a new session's key.
+                // A new session allocates its key (and its key's entry, for a key with
+                // no open session); a row that extends one allocates nothing.
                 (None, _) => {
                     let id = self.add(
                         Session {
