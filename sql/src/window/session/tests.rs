@@ -373,4 +373,22 @@ async fn ended_sessions_wait_together_and_count_as_sessions() {
         assert_eq!(op.open_windows(), 7, "restored at {parallelism}");
         assert_eq!(finish(op), uninterrupted, "restored at {parallelism}");
     }
+    // A count that is not a number is refused, not read as some number of sessions.
+    let garbled: Vec<RecordBatch> = state
+        .iter()
+        .map(|b| {
+            let mut meta = b.schema().metadata().clone();
+            if meta.contains_key("weir.sessions") {
+                meta.insert("weir.sessions".into(), "six".into());
+            }
+            let schema = std::sync::Arc::new(b.schema().as_ref().clone().with_metadata(meta));
+            RecordBatch::try_new(schema, b.columns().to_vec()).expect("schema")
+        })
+        .collect();
+    let mut op = plan(sql).await.expect("plans").operator;
+    let e = op
+        .restore(&garbled)
+        .expect_err("a garbled count")
+        .to_string();
+    assert!(e.contains("counts \"six\" ended sessions"), "{e}");
 }
