@@ -107,9 +107,7 @@ async fn session_windows_per_key_merge_and_close_at_their_end() {
 /// included, and a snapshot taken in 3 instances restores in 2 with nothing lost.
 #[tokio::test]
 async fn sessions_in_parallel_instances_emit_the_serial_rows_in_order() {
-    let sql = "CREATE MATERIALIZED VIEW v AS SELECT window_start, window_end, auction, count(*) AS n, \
-               max(price) AS top FROM SESSION(bids, date_time, INTERVAL '3' SECOND) \
-               GROUP BY window_start, window_end, auction";
+    let sql = &bursts(3);
     let input = jittered_bids();
     let (serial, serial_late) = drive(sql, &input, 1, None).await;
     let (parallel, parallel_late) = drive(sql, &input, 3, Some((input.len() / 2, 2))).await;
@@ -141,6 +139,15 @@ async fn sessions_in_parallel_instances_emit_the_serial_rows_in_order() {
     .await
     .expect("plans");
     assert_eq!(global.operator.set_parallelism(3).expect("set"), 1);
+}
+
+/// Sessions per auction with a gap of `gap` seconds: each one's rows and top price.
+fn bursts(gap: u32) -> String {
+    format!(
+        "CREATE MATERIALIZED VIEW v AS SELECT window_start, window_end, auction, count(*) AS n, \
+         max(price) AS top FROM SESSION(bids, date_time, INTERVAL '{gap}' SECOND) \
+         GROUP BY window_start, window_end, auction"
+    )
 }
 
 /// 24 batches of 40 bids of 17 auctions, out of order by up to 16 s, so that rows
@@ -214,9 +221,7 @@ fn session_model(input: &[RecordBatch], gap: i64) -> Vec<[i64; 5]> {
 /// that row came.
 #[tokio::test]
 async fn sessions_are_the_models_sessions() {
-    let sql = "CREATE MATERIALIZED VIEW v AS SELECT window_start, window_end, auction, count(*) AS n, \
-               max(price) AS top FROM SESSION(bids, date_time, INTERVAL '10' SECOND) \
-               GROUP BY window_start, window_end, auction";
+    let sql = &bursts(10);
     let input = jittered_bids();
     let expected = session_model(&input, 10_000);
     assert!(expected.len() > 50, "{expected:?}");
