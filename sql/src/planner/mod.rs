@@ -430,19 +430,24 @@ async fn plan_per_window(
         &plan,
     );
     let output_schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
+    let query = BatchQuery::new(plan, session);
+    let once = match query.runs_a_repeated_part_once() {
+        true => " (an aggregate it holds twice runs once)",
+        false => "",
+    };
     Ok(ContinuousQuery {
         columns_read: None,
         other_sources: Vec::new(),
         operators,
         source,
         output_schema,
-        description: format!("source -> window ({window_detail}) -> query per window"),
+        description: format!("source -> window ({window_detail}) -> query per window{once}"),
         operator: Box::new(PerWindowQuery::new(PerWindowPlan {
             windowing,
             time_column,
             source_columns,
             windowed_schema,
-            query: BatchQuery::new(plan, session),
+            query,
             table,
             others: Vec::new(),
         })),
