@@ -78,6 +78,10 @@ fn from_an_aggregate(plan: &Arc<dyn ExecutionPlan>) -> bool {
     if let Some(aggregate) = plan.downcast_ref::<AggregateExec>() {
         return aggregate.group_expr().is_single();
     }
+    // An aggregate a batch query holds twice, run once and read from a table.
+    if let Some(held) = plan.downcast_ref::<crate::batch::HeldRowsExec>() {
+        return held.of_an_aggregate;
+    }
     let passes_rows = plan.downcast_ref::<ProjectionExec>().is_some()
         || plan.downcast_ref::<FilterExec>().is_some()
         || plan.downcast_ref::<CoalescePartitionsExec>().is_some()
@@ -222,6 +226,59 @@ mod tests {
             &[5, 9],
         );
         assert_eq!(build_sides(&plan), vec![vec!["w", "top"]]);
+    }
+
+    /// An aggregate a batch query holds twice runs once and is read from a table of
+    /// its own: a join of rows with it still builds on it, and the rows are the same.
+    #[test]
+    fn a_join_of_rows_with_a_repeated_aggregate_builds_on_the_aggregate() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("w", DataType::Int64, false),
+            Field::new("price", DataType::Int64, false),
+        ]));
+        let bid = Arc::new(WindowRows::new(schema.clone()));
+        let ctx = planning_context(&[]);
+        register(&ctx, "bid", bid.clone()).expect("registers");
+        let state = ctx.state();
+        let Ok(Statement::CreateView(view)) = parse_statement(
+            "CREATE MATERIALIZED VIEW v AS SELECT b.w, b.price FROM bid AS b \
+             JOIN (SELECT w, max(price) AS top FROM bid GROUP BY w) AS m \
+             ON b.w = m.w AND b.price = m.top \
+             JOIN (SELECT w, max(price) AS top FROM bid GROUP BY w) AS n \
+             ON b.w = n.w AND b.price = n.top",
+        ) else {
+            panic!("parses")
+        };
+        let plan = futures::executor::block_on(logical_plan(&state, view.query)).expect("plans");
+        let query = crate::batch::BatchQuery::new(state.optimize(&plan).expect("optimizes"), state);
+        assert!(query.runs_a_repeated_part_once());
+        let rows = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Int64Array::from(vec![1; 5])),
+                Arc::new(Int64Array::from(vec![5, 9, 2, 9, 7])),
+            ],
+        )
+        .expect("batch");
+        let result = query.run(&bid, vec![rows]).expect("runs");
+        let plan = query.physical_plan().expect("planned by the run");
+        let sides = build_sides(&plan);
+        assert!(!sides.is_empty(), "hash joins: {sides:?}");
+        for side in &sides {
+            assert!(side.contains(&"top".to_string()), "{sides:?}");
+            assert!(!side.contains(&"price".to_string()), "{sides:?}");
+        }
+        assert_batches_sorted_eq!(
+            [
+                "+---+-------+",
+                "| w | price |",
+                "+---+-------+",
+                "| 1 | 9     |",
+                "| 1 | 9     |",
+                "+---+-------+",
+            ],
+            &result
+        );
     }
 
     /// Joins of rows with rows, of aggregates with aggregates, or of rows whose number

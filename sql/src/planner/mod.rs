@@ -432,7 +432,7 @@ async fn plan_per_window(
     let output_schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
     let query = BatchQuery::new(plan, session);
     let once = match query.runs_a_repeated_part_once() {
-        true => " (an aggregate it holds twice runs once)",
+        true => " (a repeated aggregate runs once)",
         false => "",
     };
     Ok(ContinuousQuery {

@@ -245,8 +245,7 @@ async fn a_window_column_stays_the_window_under_any_alias() {
     // Both count the window's bids per auction once, for the rows and their maximum.
     for q in [&published, &unaliased] {
         assert!(
-            q.description
-                .contains("an aggregate it holds twice runs once"),
+            q.description.contains("a repeated aggregate runs once"),
             "{}",
             q.description
         );
