@@ -308,18 +308,9 @@ impl BatchQuery {
             evaluating(window, || {
                 futures::executor::block_on(async {
                     if let Some(repeated) = &self.repeated {
-                        let physical = match repeated.physical.get() {
-                            Some(p) => p.clone(),
-                            None => {
-                                let p = self.session.create_physical_plan(&repeated.plan).await?;
-                                repeated.physical.get_or_init(|| p).clone()
-                            }
-                        };
-                        let rows = datafusion::physical_plan::collect(
-                            reset_plan_states(physical)?,
-                            self.session.task_ctx(),
-                        )
-                        .await?;
+                        let rows =
+                            run_kept(&self.session, &repeated.plan, &repeated.physical, false)
+                                .await?;
                         let schema = repeated.table.schema.clone();
                         repeated.table.set(
                             rows.into_iter()
@@ -327,19 +318,11 @@ impl BatchQuery {
                                 .collect::<std::result::Result<_, _>>()?,
                         );
                     }
-                    let physical = match self.physical.get() {
-                        _ if self.plan_each_run => {
-                            self.session.create_physical_plan(&self.plan).await?
-                        }
-                        Some(p) => p.clone(),
-                        None => {
-                            let p = self.session.create_physical_plan(&self.plan).await?;
-                            self.physical.get_or_init(|| p).clone()
-                        }
-                    };
-                    datafusion::physical_plan::collect(
-                        reset_plan_states(physical)?,
-                        self.session.task_ctx(),
+                    run_kept(
+                        &self.session,
+                        &self.plan,
+                        &self.physical,
+                        self.plan_each_run,
                     )
                     .await
                 })
@@ -359,6 +342,25 @@ impl BatchQuery {
             })
             .collect()
     }
+}
+
+/// Run `plan` from a reset copy of its physical plan, made on the first run and kept in
+/// `kept` (or made anew for every run, if `each_run`).
+async fn run_kept(
+    session: &SessionState,
+    plan: &LogicalPlan,
+    kept: &OnceLock<Arc<dyn ExecutionPlan>>,
+    each_run: bool,
+) -> datafusion::error::Result<Vec<RecordBatch>> {
+    let physical = match kept.get() {
+        _ if each_run => session.create_physical_plan(plan).await?,
+        Some(p) => p.clone(),
+        None => {
+            let p = session.create_physical_plan(plan).await?;
+            kept.get_or_init(|| p).clone()
+        }
+    };
+    datafusion::physical_plan::collect(reset_plan_states(physical)?, session.task_ctx()).await
 }
 
 /// Run `f`, which blocks on a query, with a panic as an error. The pipelines' threads

@@ -126,36 +126,56 @@ mod tests {
     use crate::parser::{Statement, parse_statement};
     use crate::planner::{logical_plan, planning_context, register};
 
-    /// The physical plan of `sql` over a table `bid(w, price)` holding `prices` in
-    /// window 1, and its result.
-    fn plan_and_run(sql: &str, prices: &[i64]) -> (Arc<dyn ExecutionPlan>, Vec<RecordBatch>) {
+    /// A table `bid(w, price)` registered in a planning context.
+    fn bid_table() -> (Arc<WindowRows>, datafusion::prelude::SessionContext) {
         let schema = Arc::new(Schema::new(vec![
             Field::new("w", DataType::Int64, false),
             Field::new("price", DataType::Int64, false),
         ]));
-        let bid = Arc::new(WindowRows::new(schema.clone()));
+        let bid = Arc::new(WindowRows::new(schema));
         let ctx = planning_context(&[]);
         register(&ctx, "bid", bid.clone()).expect("registers");
-        bid.set(vec![
+        (bid, ctx)
+    }
+
+    /// Rows of `bid` in window 1 at `prices`.
+    fn bids(bid: &WindowRows, prices: &[i64]) -> Vec<RecordBatch> {
+        vec![
             RecordBatch::try_new(
-                schema,
+                datafusion::catalog::TableProvider::schema(bid),
                 vec![
                     Arc::new(Int64Array::from(vec![1; prices.len()])),
                     Arc::new(Int64Array::from(prices.to_vec())),
                 ],
             )
             .expect("batch"),
-        ]);
-        let state = ctx.state();
+        ]
+    }
+
+    /// The optimized logical plan of the view query `sql`.
+    fn optimized(
+        state: &datafusion::execution::SessionState,
+        sql: &str,
+    ) -> datafusion::logical_expr::LogicalPlan {
         let Ok(Statement::CreateView(view)) =
             parse_statement(&format!("CREATE MATERIALIZED VIEW v AS {sql}"))
         else {
             panic!("parses")
         };
+        let plan = futures::executor::block_on(logical_plan(state, view.query)).expect("plans");
+        state.optimize(&plan).expect("optimizes")
+    }
+
+    /// The physical plan of `sql` over a table `bid(w, price)` holding `prices` in
+    /// window 1, and its result.
+    fn plan_and_run(sql: &str, prices: &[i64]) -> (Arc<dyn ExecutionPlan>, Vec<RecordBatch>) {
+        let (bid, ctx) = bid_table();
+        bid.set(bids(&bid, prices));
+        let state = ctx.state();
+        let plan = optimized(&state, sql);
         futures::executor::block_on(async {
-            let plan = logical_plan(&state, view.query).await.expect("plans");
             let physical = state
-                .create_physical_plan(&state.optimize(&plan).expect("optimizes"))
+                .create_physical_plan(&plan)
                 .await
                 .expect("physical plan");
             let result = collect(physical.clone(), state.task_ctx())
@@ -232,35 +252,19 @@ mod tests {
     /// its own: a join of rows with it still builds on it, and the rows are the same.
     #[test]
     fn a_join_of_rows_with_a_repeated_aggregate_builds_on_the_aggregate() {
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("w", DataType::Int64, false),
-            Field::new("price", DataType::Int64, false),
-        ]));
-        let bid = Arc::new(WindowRows::new(schema.clone()));
-        let ctx = planning_context(&[]);
-        register(&ctx, "bid", bid.clone()).expect("registers");
+        let (bid, ctx) = bid_table();
         let state = ctx.state();
-        let Ok(Statement::CreateView(view)) = parse_statement(
-            "CREATE MATERIALIZED VIEW v AS SELECT b.w, b.price FROM bid AS b \
+        let plan = optimized(
+            &state,
+            "SELECT b.w, b.price FROM bid AS b \
              JOIN (SELECT w, max(price) AS top FROM bid GROUP BY w) AS m \
              ON b.w = m.w AND b.price = m.top \
              JOIN (SELECT w, max(price) AS top FROM bid GROUP BY w) AS n \
              ON b.w = n.w AND b.price = n.top",
-        ) else {
-            panic!("parses")
-        };
-        let plan = futures::executor::block_on(logical_plan(&state, view.query)).expect("plans");
-        let query = crate::batch::BatchQuery::new(state.optimize(&plan).expect("optimizes"), state);
+        );
+        let query = crate::batch::BatchQuery::new(plan, state);
         assert!(query.runs_a_repeated_part_once());
-        let rows = RecordBatch::try_new(
-            schema,
-            vec![
-                Arc::new(Int64Array::from(vec![1; 5])),
-                Arc::new(Int64Array::from(vec![5, 9, 2, 9, 7])),
-            ],
-        )
-        .expect("batch");
-        let result = query.run(&bid, vec![rows]).expect("runs");
+        let result = query.run(&bid, bids(&bid, &[5, 9, 2, 9, 7])).expect("runs");
         let plan = query.physical_plan().expect("planned by the run");
         let sides = build_sides(&plan);
         assert!(!sides.is_empty(), "hash joins: {sides:?}");
