@@ -75,6 +75,7 @@ impl Engine {
         parallelize(&mut query, parallelism)?;
         let mut plugins = self.plugins_called_by(&v.query);
         let query_columns_read = query.columns_read.take();
+        let other_columns_read = std::mem::take(&mut query.other_columns_read);
         let mut operators = query.operators.clone();
         // A view over a stream runs on the stream's source, behind the stream's transform.
         let stream = self.inner.streams.get(&query.source).map(|s| s.clone());
@@ -131,10 +132,16 @@ impl Engine {
                 inputs.push(self.source(other)?);
             }
         }
-        // A stream's transform, and a join's operator, take whole rows.
-        let columns_read = match (&query_columns_read, &stream, inputs.is_empty()) {
-            (Some(read), None, true) => crate::decode::Columns::of(read.iter().copied()),
-            _ => crate::decode::Columns::ALL,
+        // What the view reads of each source (a stream's transform takes whole rows).
+        let columns_read = match &stream {
+            Some(_) => Vec::new(),
+            None => std::iter::once((&source_name, query_columns_read))
+                .chain(query.other_sources.iter().zip(other_columns_read))
+                .filter_map(|(name, read)| {
+                    let read = crate::decode::Columns::of(read?.iter().copied());
+                    Some((name.clone(), read))
+                })
+                .collect(),
         };
         let m = &self.inner.metrics;
         let view = Arc::new(

@@ -312,7 +312,11 @@ impl Pipeline {
         for view in views.iter().filter(|v| v.is_join()) {
             self.align(view);
         }
-        for view in views.iter().filter(|v| columns.covers(v.columns_read)) {
+        let source = &self.source.name;
+        for view in views
+            .iter()
+            .filter(|v| columns.covers(v.columns_read_of(source)))
+        {
             // A join's input is late by the join's watermark, not its own source's.
             let before = if view.is_join() {
                 Some(view.combined_watermark.load(Ordering::Acquire)).filter(|&w| w != i64::MIN)
@@ -400,8 +404,13 @@ impl Pipeline {
             tracing::error!(view = %view.name, error = %e, "closing windows failed");
             *view.last_error.lock() = Some(e.to_string());
         }
-        // Rows a view keeps hold only the columns it reads.
-        self.dead_letter_failed(view, &out.failed, view.columns_read);
+        // Rows a view keeps hold only the columns it reads (a join's may be of any
+        // input: all their columns are written, those not read empty).
+        let decoded = match view.is_join() {
+            true => Columns::ALL,
+            false => view.columns_read_of(&self.source.name),
+        };
+        self.dead_letter_failed(view, &out.failed, decoded);
         // An aggregate over a join's closed groups updates the view's rows.
         deliver::publish(view, out, self.received);
     }

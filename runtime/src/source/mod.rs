@@ -188,7 +188,9 @@ impl SourceRuntime {
             return Columns::ALL;
         }
         let time = (self.watermark.as_ref()).and_then(|w| self.schema.index_of(&w.column).ok());
-        (views.iter()).fold(Columns::of(time), |read, v| read.union(v.columns_read))
+        (views.iter()).fold(Columns::of(time), |read, v| {
+            read.union(v.columns_read_of(&self.name))
+        })
     }
 
     /// Ask the source's threads to stop.

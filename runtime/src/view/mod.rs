@@ -93,8 +93,9 @@ pub struct ViewRuntime {
     pub plugins: Vec<Arc<PluginEntry>>,
     /// The derived stream the view reads, if it reads one (its source is the stream's).
     pub stream: Option<String>,
-    /// The columns of its source it reads: it is fed only rows decoded with them.
-    pub(crate) columns_read: crate::decode::Columns,
+    /// The columns it reads of each source it is fed by (of a source not listed: every
+    /// column): it is fed only rows decoded with them.
+    columns_read: Vec<(String, crate::decode::Columns)>,
     /// Batches kept while the view is paused.
     held: Mutex<Vec<Held>>,
     /// Changes since the last snapshot, kept while a client follows committed changes.
@@ -217,7 +218,7 @@ impl ViewRuntime {
             state_bytes: AtomicUsize::new(0),
             plugins: Vec::new(),
             stream: None,
-            columns_read: crate::decode::Columns::ALL,
+            columns_read: Vec::new(),
             held: Mutex::new(Vec::new()),
             uncommitted: Mutex::new(Vec::new()),
             sealed: Mutex::new(Vec::new()),
@@ -234,10 +235,21 @@ impl ViewRuntime {
         }
     }
 
-    /// It reads only these columns of its source.
-    pub(crate) fn with_columns_read(mut self, columns: crate::decode::Columns) -> Self {
+    /// It reads only these columns of these sources.
+    pub(crate) fn with_columns_read(
+        mut self,
+        columns: Vec<(String, crate::decode::Columns)>,
+    ) -> Self {
         self.columns_read = columns;
         self
+    }
+
+    /// The columns it reads of `source`.
+    pub(crate) fn columns_read_of(&self, source: &str) -> crate::decode::Columns {
+        self.columns_read
+            .iter()
+            .find(|(name, _)| name == source)
+            .map_or(crate::decode::Columns::ALL, |(_, columns)| *columns)
     }
 
     /// A preview: left out of checkpoints.

@@ -125,6 +125,7 @@ pub(crate) async fn plan_lookup_join(
     ));
     Ok(ContinuousQuery {
         columns_read: None,
+        other_columns_read: Vec::new(),
         other_sources: Vec::new(),
         operators,
         source,

@@ -158,9 +158,14 @@ async fn run_two_failing(
             })
             .collect()
     };
-    let bids = slices(bids_for_checkpoints());
-    let asks = slices(asks_for(&bids_for_checkpoints(), shift_ms));
     let mut q = ContinuousQuery::plan(&view, &sources).await.expect("plans");
+    // The columns the plan says it does not read of an input hold nonsense: its source
+    // need not decode them (`columns_read`, `other_columns_read`).
+    let bids = scrambled(slices(bids_for_checkpoints()), read_of(&q, "bids"));
+    let asks = scrambled(
+        slices(asks_for(&bids_for_checkpoints(), shift_ms)),
+        read_of(&q, "asks"),
+    );
     let used = q.operator.set_parallelism(instances.0).expect("parallel");
     let over_join = q.operators.iter().any(|(op, _)| op == "aggregate");
     assert!(
@@ -239,6 +244,82 @@ async fn run_two_failing(
         .collect();
     failed.sort();
     (sorted_rows(&result), failed)
+}
+
+/// The columns of source `name` that `q` says it reads (`None`: every column).
+fn read_of(q: &ContinuousQuery, name: &str) -> Option<Vec<usize>> {
+    if q.source == name {
+        return q.columns_read.clone();
+    }
+    let at = q.other_sources.iter().position(|o| o == name);
+    at.and_then(|i| q.other_columns_read.get(i).cloned().flatten())
+}
+
+/// `batches` with every integer column not in `read` (when given) made nonsense.
+fn scrambled(batches: Vec<RecordBatch>, read: Option<Vec<usize>>) -> Vec<RecordBatch> {
+    let Some(read) = read else {
+        return batches;
+    };
+    batches
+        .iter()
+        .map(|b| {
+            let nonsense = Arc::new(Int64Array::from_iter_values(
+                (0..b.num_rows() as i64).map(|i| 1_000_003 * i + 17),
+            ));
+            let columns = (0..b.num_columns())
+                .map(
+                    |c| match b.column(c).as_any().downcast_ref::<Int64Array>() {
+                        Some(_) if !read.contains(&c) => nonsense.clone() as _,
+                        _ => b.column(c).clone(),
+                    },
+                )
+                .collect();
+            RecordBatch::try_new(b.schema(), columns).expect("batch")
+        })
+        .collect()
+}
+
+/// A join reads of each input only the columns its query reads and the input's time
+/// column, and says so: those are all its sources need decode. The rows are the batch
+/// join's with every other column made nonsense (`run_two` scrambles them).
+#[tokio::test]
+async fn a_join_reads_of_each_input_only_what_it_says() {
+    for (view, oracle, reads) in [
+        (
+            "CREATE MATERIALIZED VIEW v AS SELECT b.window_start, b.auction, b.price \
+             FROM TUMBLE(bids, date_time, INTERVAL '2' SECOND) AS b \
+             JOIN TUMBLE(asks, date_time, INTERVAL '2' SECOND) AS a \
+             ON b.window_start = a.window_start AND b.auction = a.auction",
+            "SELECT date_bin(INTERVAL '2 seconds', b.date_time) AS window_start, b.auction, b.price \
+             FROM bids AS b JOIN asks AS a ON b.auction = a.auction \
+             AND date_bin(INTERVAL '2 seconds', b.date_time) = date_bin(INTERVAL '2 seconds', a.date_time)",
+            [None, Some(vec![0, 2])],
+        ),
+        (
+            "CREATE MATERIALIZED VIEW v AS SELECT b.auction, a.date_time \
+             FROM bids AS b JOIN asks AS a ON b.auction = a.auction \
+             AND a.date_time BETWEEN b.date_time AND b.date_time + INTERVAL '1' SECOND",
+            "SELECT b.auction, a.date_time FROM bids AS b JOIN asks AS a ON b.auction = a.auction \
+             AND a.date_time BETWEEN b.date_time AND b.date_time + INTERVAL '1' SECOND",
+            [Some(vec![0, 2]), Some(vec![0, 2])],
+        ),
+    ] {
+        let Statement::CreateView(parsed) = parse_statement(view).expect("parses") else {
+            panic!("not a view")
+        };
+        let q = ContinuousQuery::plan(&parsed, &two_sources())
+            .await
+            .expect("plans");
+        assert_eq!([read_of(&q, "bids"), read_of(&q, "asks")], reads, "{view}");
+        let expected = oracle_two(oracle, 700).await;
+        assert!(expected.len() > 20, "{oracle}: {}", expected.len());
+        assert_eq!(run_two(view, 700, None).await, expected, "{view}");
+        assert_eq!(
+            run_two_in(view, 700, Some(13), (3, 2)).await,
+            expected,
+            "{view}: in 3 instances restored in 2"
+        );
+    }
 }
 
 /// The row lines of `batches` as a pretty-printed table, without the header, sorted.

@@ -173,7 +173,9 @@ pub(crate) async fn plan_window_join(
     let operators = with_held_rows(operators, &detail, &when, &plan);
     let output_schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
     Ok(ContinuousQuery {
-        columns_read: None,
+        // What each input's open windows hold is all the operator reads of it.
+        columns_read: source_columns.clone(),
+        other_columns_read: others.iter().map(|(_, kept)| kept.clone()).collect(),
         other_sources: others.iter().map(|((n, ..), _)| n.clone()).collect(),
         operators,
         source,

@@ -82,6 +82,8 @@ pub struct ContinuousQuery {
     /// The columns of `source` (by index) the operator reads, when known: its source
     /// need not decode the others. `None`: every column.
     pub columns_read: Option<Vec<usize>>,
+    /// The same for each of `other_sources`, in order (an entry missing: every column).
+    pub other_columns_read: Vec<Option<Vec<usize>>>,
     pub output_schema: SchemaRef,
     /// A short description of the operator chain, for status pages.
     pub description: String,
@@ -297,6 +299,7 @@ fn plan_unwindowed(
         let steps = lower_chain(&chain, &props)?;
         return Ok(ContinuousQuery {
             columns_read: None,
+            other_columns_read: Vec::new(),
             other_sources: Vec::new(),
             operators: explain(&chain, &source, info, None),
             source,
@@ -314,6 +317,7 @@ fn plan_unwindowed(
     }
     Ok(ContinuousQuery {
         columns_read: None,
+        other_columns_read: Vec::new(),
         other_sources: Vec::new(),
         operators,
         source,
@@ -358,6 +362,7 @@ fn plan_windowed_aggregate(
     };
     Ok(ContinuousQuery {
         columns_read: None,
+        other_columns_read: Vec::new(),
         other_sources: Vec::new(),
         operators,
         source,
@@ -437,6 +442,7 @@ async fn plan_per_window(
     };
     Ok(ContinuousQuery {
         columns_read: None,
+        other_columns_read: Vec::new(),
         other_sources: Vec::new(),
         operators,
         source,

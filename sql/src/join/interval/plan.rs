@@ -16,6 +16,7 @@ use crate::join::keyed::{KEYED, equality_keys};
 use crate::join::{find_join, scanned_table};
 use crate::parser::CreateView;
 use crate::planner::explain::explain;
+use crate::planner::narrow::used_columns_of;
 use crate::planner::{
     ContinuousQuery, SourceCatalog, logical_plan, planning_context, register, source_info,
 };
@@ -239,9 +240,19 @@ pub(crate) async fn plan_interval_join(
         [right_side, left_side]
     };
     let mut by_input = Vec::with_capacity(2);
-    for ((side, kept, kept_schema), (name, _, time, source_time, source)) in
+    // What each input's side reads of its source, and its time column (rows are freed
+    // by it): all the operator reads of that source.
+    let mut read = Vec::with_capacity(2);
+    for ((side, kept, kept_schema), (name, info, time, source_time, source)) in
         sides.into_iter().zip(inputs)
     {
+        let width = info.schema.fields().len();
+        let mut columns = used_columns_of(&side, &name, width);
+        if !columns.contains(&source_time) {
+            columns.push(source_time);
+            columns.sort_unstable();
+        }
+        read.push((columns.len() < width).then_some(columns));
         let kept_time = side
             .schema()
             .fields()
@@ -266,8 +277,12 @@ pub(crate) async fn plan_interval_join(
     let (Some(i0), Some(i1)) = (by_input.next(), by_input.next()) else {
         return Err(Error::Execution("an interval join has two inputs".into()));
     };
+    let [first_read, second_read]: [Option<Vec<usize>>; 2] = read
+        .try_into()
+        .map_err(|_| Error::Execution("an interval join has two inputs".into()))?;
     Ok(ContinuousQuery {
-        columns_read: None,
+        columns_read: first_read,
+        other_columns_read: vec![second_read],
         other_sources: vec![second.clone()],
         operators,
         source: first.clone(),

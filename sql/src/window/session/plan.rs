@@ -94,6 +94,7 @@ pub(crate) async fn plan_session(
     let output_schema: SchemaRef = Arc::new(narrowed.plan.schema().as_arrow().clone());
     Ok(ContinuousQuery {
         columns_read: None,
+        other_columns_read: Vec::new(),
         other_sources: Vec::new(),
         operators,
         source,
