@@ -7,6 +7,8 @@
 #
 #   scripts/bench-cores.sh [EVENTS] [ROUNDS] [QUERY...]
 #       (default 40,000,000 events, 3 rounds, every query)
+#   q3 and q8 read persons and auctions (8% of the events): give them 100,000,000
+#   events, or each run lasts about a second and the ratio measures the start-up.
 #   BIN=path/to/weir scripts/bench-cores.sh      (default: the release build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
