@@ -15,8 +15,11 @@ use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use datafusion::arrow::array::{RecordBatch, TimestampMillisecondArray};
+use datafusion::arrow::array::{
+    ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray,
+};
 use datafusion::arrow::compute::min;
+use datafusion::arrow::datatypes::{DataType, TimeUnit};
 use datafusion::arrow::util::pretty::pretty_format_batches;
 use datafusion::datasource::MemTable;
 use datafusion::prelude::{SessionConfig, SessionContext};
@@ -79,7 +82,9 @@ const SERIAL: Run = Run {
 
 /// Run the view incrementally, as the runtime drives it, with the pipeline's watermark
 /// rules ([`WatermarkedInputs`]); its rows at the end, and the instances its operator
-/// runs in at `run.parallelism`. Each input it reads is a source
+/// runs in, as (asked, given), at the start and after a restore. Each input's columns
+/// that the view says it does not read (`columns_read`, `other_columns_read`) hold
+/// nonsense, as a source that decodes only the others leaves them. Each input it reads is a source
 /// with its own watermark; batches arrive in event-time order across inputs (the
 /// pipeline's watermark alignment, made deterministic), and an input ends after its
 /// last batch.
@@ -87,7 +92,7 @@ async fn stream(
     view: &str,
     tables: &BTreeMap<&str, Vec<RecordBatch>>,
     run: Run,
-) -> Result<(Vec<RecordBatch>, usize)> {
+) -> Result<(Vec<RecordBatch>, Vec<(usize, usize)>)> {
     let Statement::CreateView(view) = parse_statement(view)? else {
         bail!("not a CREATE MATERIALIZED VIEW")
     };
@@ -108,7 +113,10 @@ async fn stream(
         })
         .collect();
     let mut query = ContinuousQuery::plan(&view, &catalog).await?;
-    let instances = query.operator.set_parallelism(run.parallelism)?;
+    let mut instances = vec![(
+        run.parallelism,
+        query.operator.set_parallelism(run.parallelism)?,
+    )];
     // Every golden join has an equality key: it must run keyed, not serially.
     if run.parallelism > 1 && !query.other_sources.is_empty() {
         let keyed = weir_sql::join::keyed::KEYED;
@@ -118,20 +126,22 @@ async fn stream(
             query.operators
         );
     }
+    let reads = std::iter::once(query.columns_read.clone()).chain(
+        (0..query.other_sources.len()).map(|i| query.other_columns_read.get(i).cloned().flatten()),
+    );
     let names: Vec<&String> = std::iter::once(&query.source)
         .chain(&query.other_sources)
         .collect();
-    let mut inputs = Vec::new();
+    let mut scrambled_inputs = Vec::new();
     let mut marks = Vec::new();
-    for name in names {
+    for (name, read) in names.into_iter().zip(reads) {
         let batches = tables.get(name.as_str()).context("no such table")?;
         let schema = &catalog[name.as_str()].schema;
-        inputs.push(batches.as_slice());
-        marks.push(InputWatermark::new(
-            DELAY_MS,
-            schema.index_of(&watermark.column).ok(),
-        ));
+        let time = schema.index_of(&watermark.column).ok();
+        scrambled_inputs.push(scrambled(batches, read, time)?);
+        marks.push(InputWatermark::new(DELAY_MS, time));
     }
+    let inputs: Vec<&[RecordBatch]> = scrambled_inputs.iter().map(Vec::as_slice).collect();
     let mut marks = WatermarkedInputs::new(marks);
     let mut op = query.operator;
     let mut rows = Vec::new();
@@ -175,7 +185,7 @@ async fn stream(
             // A checkpoint, restored into a new operator at another parallelism.
             let state = op.snapshot()?;
             op = ContinuousQuery::plan(&view, &catalog).await?.operator;
-            op.set_parallelism(restored_in)?;
+            instances.push((restored_in, op.set_parallelism(restored_in)?));
             op.restore(&state)?;
             if let Some(change) = op.keyed_rows()? {
                 let mut restored = KeyedRows::new(change.rows.schema());
@@ -188,6 +198,45 @@ async fn stream(
         return Ok((vec![view.all()?.1], instances));
     }
     Ok((rows, instances))
+}
+
+/// `batches` with each column not in `read` (when given) but the watermark's `time`
+/// column made nonsense: numbers and times from a formula, text a constant.
+fn scrambled(
+    batches: &[RecordBatch],
+    read: Option<Vec<usize>>,
+    time: Option<usize>,
+) -> Result<Vec<RecordBatch>> {
+    let Some(read) = read else {
+        return Ok(batches.to_vec());
+    };
+    batches
+        .iter()
+        .map(|b| {
+            let n = b.num_rows() as i64;
+            let numbers = || (0..n).map(|i| 1_000_003 * i + 17);
+            let columns = (0..b.num_columns())
+                .map(|c| {
+                    let column = b.column(c);
+                    if read.contains(&c) || Some(c) == time {
+                        return column.clone();
+                    }
+                    let nonsense: ArrayRef = match column.data_type() {
+                        DataType::Int64 => Arc::new(Int64Array::from_iter_values(numbers())),
+                        DataType::Utf8 => {
+                            Arc::new(StringArray::from_iter_values((0..n).map(|_| "nonsense")))
+                        }
+                        DataType::Timestamp(TimeUnit::Millisecond, None) => {
+                            Arc::new(TimestampMillisecondArray::from_iter_values(numbers()))
+                        }
+                        _ => column.clone(),
+                    };
+                    nonsense
+                })
+                .collect();
+            Ok(RecordBatch::try_new(b.schema(), columns)?)
+        })
+        .collect()
 }
 
 async fn oracle(sql: &str, tables: &BTreeMap<&str, Vec<RecordBatch>>) -> Result<Vec<RecordBatch>> {
@@ -353,17 +402,17 @@ async fn golden_case(name: &str) -> Result<()> {
         let (rows, instances) = stream(view.trim(), batches, run)
             .await
             .with_context(|| format!("{} {run:?}", file.display()))?;
-        // The parallel runs must be parallel: a view that fell back to one instance
-        // would compare a serial run with itself.
-        if parallelism > 1 {
-            let in_one = RUN_IN_ONE_INSTANCE.contains(&name);
+        // The parallel runs (and restores) must be parallel: a view that fell back to
+        // one instance would compare a serial run with itself.
+        let in_one = RUN_IN_ONE_INSTANCE.contains(&name);
+        for (asked, given) in instances.into_iter().filter(|&(asked, _)| asked > 1) {
             ensure!(
-                (instances > 1) != in_one,
-                "{name}: its operator runs in {instances} instances at parallelism {parallelism}, {}",
+                (given > 1) != in_one,
+                "{name}: {run:?}: its operator runs in {given} instances when asked for {asked}, {}",
                 if in_one {
                     "yet RUN_IN_ONE_INSTANCE lists it"
                 } else {
-                    "one, and RUN_IN_ONE_INSTANCE does not list it"
+                    "and RUN_IN_ONE_INSTANCE does not list it"
                 }
             );
         }
