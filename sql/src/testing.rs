@@ -1,5 +1,6 @@
 //! Test helpers shared by the planner's, the windows' and the joins' tests: a `bids`
-//! source, batches of it, and a driver that runs a view the way the runtime does.
+//! source, batches of it (and with the columns a view does not read made nonsense), and
+//! a driver that runs a view the way the runtime does.
 
 use std::sync::Arc;
 
@@ -100,6 +101,30 @@ pub(crate) fn bids_for_checkpoints() -> Vec<RecordBatch> {
                 })
                 .collect();
             batch(&rows)
+        })
+        .collect()
+}
+
+/// `batches` with every integer column not in `read` (when given) made nonsense.
+pub(crate) fn scrambled(batches: Vec<RecordBatch>, read: Option<Vec<usize>>) -> Vec<RecordBatch> {
+    let Some(read) = read else {
+        return batches;
+    };
+    batches
+        .iter()
+        .map(|b| {
+            let nonsense = Arc::new(Int64Array::from_iter_values(
+                (0..b.num_rows() as i64).map(|i| 1_000_003 * i + 17),
+            ));
+            let columns = (0..b.num_columns())
+                .map(
+                    |c| match b.column(c).as_any().downcast_ref::<Int64Array>() {
+                        Some(_) if !read.contains(&c) => nonsense.clone() as _,
+                        _ => b.column(c).clone(),
+                    },
+                )
+                .collect();
+            RecordBatch::try_new(b.schema(), columns).expect("batch")
         })
         .collect()
 }

@@ -8,7 +8,7 @@ use crate::operator::Collector;
 use crate::parser::{Statement, WatermarkSpec, parse_statement};
 use crate::planner::{ContinuousQuery, SourceCatalog, SourceInfo};
 use crate::schema::TIMESTAMP;
-use crate::testing::{batch, bids_for_checkpoints, catalog};
+use crate::testing::{batch, bids_for_checkpoints, catalog, scrambled};
 use crate::watermark::Watermark;
 
 #[tokio::test]
@@ -253,30 +253,6 @@ fn read_of(q: &ContinuousQuery, name: &str) -> Option<Vec<usize>> {
     }
     let at = q.other_sources.iter().position(|o| o == name);
     at.and_then(|i| q.other_columns_read.get(i).cloned().flatten())
-}
-
-/// `batches` with every integer column not in `read` (when given) made nonsense.
-fn scrambled(batches: Vec<RecordBatch>, read: Option<Vec<usize>>) -> Vec<RecordBatch> {
-    let Some(read) = read else {
-        return batches;
-    };
-    batches
-        .iter()
-        .map(|b| {
-            let nonsense = Arc::new(Int64Array::from_iter_values(
-                (0..b.num_rows() as i64).map(|i| 1_000_003 * i + 17),
-            ));
-            let columns = (0..b.num_columns())
-                .map(
-                    |c| match b.column(c).as_any().downcast_ref::<Int64Array>() {
-                        Some(_) if !read.contains(&c) => nonsense.clone() as _,
-                        _ => b.column(c).clone(),
-                    },
-                )
-                .collect();
-            RecordBatch::try_new(b.schema(), columns).expect("batch")
-        })
-        .collect()
 }
 
 /// A join reads of each input only the columns its query reads and the input's time

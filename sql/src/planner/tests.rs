@@ -8,7 +8,7 @@ use crate::aggregate::KeyedRows;
 use crate::operator::Collector;
 use crate::parser::Statement;
 use crate::parser::parse_statement;
-use crate::testing::{batch, bids_for_checkpoints, catalog, plan, run, run_collecting};
+use crate::testing::{batch, bids_for_checkpoints, catalog, plan, run, run_collecting, scrambled};
 use crate::watermark::Watermark;
 
 /// Run an updating aggregate over each batch of `rows` and keep its changes in `view`,
@@ -1026,21 +1026,7 @@ async fn a_view_reads_only_the_columns_it_says_it_reads() {
         assert_eq!(q.columns_read.as_deref(), Some(&read[..]), "{sql}");
         let expected = everything_out(run_collecting(&mut q, &input, true));
         // Every column it does not read (but the time column) made nonsense.
-        let scrambled: Vec<RecordBatch> = input
-            .iter()
-            .map(|b| {
-                let columns = (0..b.num_columns())
-                    .map(|c| match c {
-                        2 => b.column(2).clone(),
-                        c if read.contains(&c) => b.column(c).clone(),
-                        _ => std::sync::Arc::new(Int64Array::from_iter_values(
-                            (0..b.num_rows() as i64).map(|i| 1_000_003 * i + 17),
-                        )) as _,
-                    })
-                    .collect();
-                RecordBatch::try_new(b.schema(), columns).expect("batch")
-            })
-            .collect();
+        let scrambled = scrambled(input.clone(), Some(read));
         let mut q = plan(&sql).await.expect("plans");
         let rows = everything_out(run_collecting(&mut q, &scrambled, true));
         assert!(
